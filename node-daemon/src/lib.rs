@@ -1,0 +1,7 @@
+//! Pier's per-node daemon.
+//!
+//! Turns the desired `NodeState` of one node into kernel objects (bridges, veths, addresses, routes,
+//! one nftables table) and serves network-scoped DNS. See DESIGN.md §2 and §4.
+
+pub mod state;
+pub mod netns;

@@ -1,0 +1,362 @@
+//! `NodeState`: everything one node must have, as plain data (DESIGN.md §4).
+//!
+//! The node daemon builds it from API objects; `pier dataplane plan|apply -f state.json` reads it from
+//! a file, so the dataplane can be driven, debugged and benchmarked without an API server. Every
+//! address and port in it was allocated by the operator: the node never invents one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the Linux bridges Pier owns: `pier-` + 8 hex digits derived from the Network's uid.
+pub const BRIDGE_PREFIX: &str = "pier-";
+/// Prefix of the host-side veths Pier owns: `pv` + 10 hex digits derived from the Endpoint's uid.
+pub const HOST_VETH_PREFIX: &str = "pv";
+
+/// The desired state of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeState {
+    /// Networks with something on this node (bridge networks get a bridge here).
+    #[serde(default)]
+    pub networks: Vec<NetworkState>,
+    /// Attachments of workloads on this node to networks, and container-mode sharers.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointState>,
+    /// Host ports published on this node.
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+}
+
+/// The network driver, as in `docker network create --driver`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A Linux bridge per node, a veth per endpoint, NAT to the outside.
+    #[default]
+    Bridge,
+    /// The node's own namespace: nothing to create.
+    Host,
+    /// Docker's `none`: the namespace gets `lo` only.
+    Null,
+}
+
+/// One Network as this node needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkState {
+    /// The Network's name (also the DNS suffix in `NAME.NETWORK`).
+    pub name: String,
+    /// The Network's uid: the bridge name derives from it, so a re-created Network gets a new bridge.
+    pub uid: String,
+    #[serde(default)]
+    pub driver: Driver,
+    /// The subnet (absent for `host` and `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// The gateway address, set on the bridge (absent for `host` and `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// No egress, no masquerade, no published ports.
+    #[serde(default)]
+    pub internal: bool,
+    /// Embedded DNS serves this network's endpoints.
+    #[serde(default = "default_true")]
+    pub dns: bool,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl NetworkState {
+    /// The bridge Pier owns for this network: `pier-` + 8 hex digits of the uid's hash.
+    pub fn bridge_name(&self) -> String {
+        format!("{BRIDGE_PREFIX}{:08x}", fnv1a64(self.uid.as_bytes()) as u32)
+    }
+}
+
+/// Where an endpoint's network namespace is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Netns {
+    /// A named namespace, `/var/run/netns/NAME` (what `ip netns add NAME` makes).
+    Named(String),
+    /// Any namespace file, e.g. `/proc/PID/ns/net` of a Pod's sandbox.
+    Path(PathBuf),
+    /// The node's own namespace (the `host` driver).
+    Host,
+}
+
+impl Netns {
+    /// The file to open for `setns`, or `None` for the node's own namespace.
+    pub fn path(&self) -> Option<PathBuf> {
+        match self {
+            Netns::Named(name) => Some(PathBuf::from("/var/run/netns").join(name)),
+            Netns::Path(path) => Some(path.clone()),
+            Netns::Host => None,
+        }
+    }
+}
+
+/// One endpoint: a workload's attachment to one network, or a container-mode sharer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointState {
+    /// Identity on this node, `NAMESPACE/NAME` of the Endpoint object; reports are keyed by it.
+    pub id: String,
+    /// The Endpoint's uid: the host-side veth name derives from it.
+    pub uid: String,
+    /// The DNS name (the Endpoint's name, like a Docker container's name).
+    pub name: String,
+    /// Extra DNS names (`docker run --network-alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The namespace the workload lives in.
+    pub netns: Netns,
+    /// How this endpoint is attached.
+    pub attachment: Attachment,
+}
+
+/// How an endpoint joins the network world.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Attachment {
+    /// A veth into the bridge of a `bridge` network.
+    Bridge(BridgeAttachment),
+    /// A `null` network: the namespace keeps `lo` only.
+    Null {
+        /// The Network's name.
+        network: String,
+    },
+    /// A `host` network: the workload is in the node's own namespace; nothing to create.
+    Host {
+        /// The Network's name.
+        network: String,
+    },
+    /// Container mode: shares the namespace of another endpoint (by `id`); no interface of its own.
+    Shared {
+        /// The `id` of the endpoint whose namespace this one uses.
+        endpoint: String,
+    },
+}
+
+/// The allocated details of a veth attachment, all from the Endpoint's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BridgeAttachment {
+    /// The Network's name.
+    pub network: String,
+    /// The interface name inside the namespace (`eth0`, `eth1`, ...).
+    pub interface: String,
+    /// The endpoint's address; the prefix length comes from the network's subnet.
+    pub address: Ipv4Addr,
+    /// The MAC address of the namespace-side interface, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Whether the default route goes via this network's gateway (only the primary network).
+    #[serde(default)]
+    pub default_route: bool,
+}
+
+impl EndpointState {
+    /// The host-side veth name Pier owns for this endpoint: `pv` + 10 hex digits of the uid's hash.
+    pub fn host_veth_name(&self) -> String {
+        format!(
+            "{HOST_VETH_PREFIX}{:010x}",
+            fnv1a64(self.uid.as_bytes()) & 0xff_ffff_ffff
+        )
+    }
+
+    /// The network this endpoint is attached to, if any (container mode has none of its own).
+    pub fn network(&self) -> Option<&str> {
+        match &self.attachment {
+            Attachment::Bridge(bridge) => Some(&bridge.network),
+            Attachment::Null { network } | Attachment::Host { network } => Some(network),
+            Attachment::Shared { .. } => None,
+        }
+    }
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// One published port: `hostIP:hostPort -> endpoint address:containerPort/protocol`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublishedPort {
+    /// The owner, `NAMESPACE/NAME` of the PortPublish; reports are keyed by it.
+    pub id: String,
+    /// The endpoint (`id`) the traffic goes to.
+    pub endpoint: String,
+    /// The host address to bind; `0.0.0.0` means every address of the node.
+    #[serde(default = "unspecified")]
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub protocol: Protocol,
+    /// Where the traffic goes: the endpoint's address on its network.
+    pub endpoint_address: Ipv4Addr,
+    pub container_port: u16,
+}
+
+fn unspecified() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
+}
+
+/// A NodeState that cannot be applied as a whole.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("network {0:?} appears more than once")]
+    DuplicateNetwork(String),
+    #[error("bridge network {0:?} has no subnet or no gateway")]
+    BridgeWithoutSubnet(String),
+    #[error("network {network:?}: gateway {gateway} is outside subnet {subnet}")]
+    GatewayOutsideSubnet {
+        network: String,
+        gateway: Ipv4Addr,
+        subnet: Ipv4Net,
+    },
+    #[error("endpoint {0:?} appears more than once")]
+    DuplicateEndpoint(String),
+}
+
+impl NodeState {
+    /// Checks what must hold for the state as a whole. Problems of single endpoints or ports
+    /// (unknown network, address outside the subnet, ...) are not errors here: the dataplane reports
+    /// them per object and applies the rest.
+    pub fn validate(&self) -> Result<(), StateError> {
+        let mut networks = BTreeSet::new();
+        for network in &self.networks {
+            if !networks.insert(network.name.as_str()) {
+                return Err(StateError::DuplicateNetwork(network.name.clone()));
+            }
+            if network.driver == Driver::Bridge {
+                let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) else {
+                    return Err(StateError::BridgeWithoutSubnet(network.name.clone()));
+                };
+                if !subnet.contains(&gateway) {
+                    return Err(StateError::GatewayOutsideSubnet {
+                        network: network.name.clone(),
+                        gateway,
+                        subnet,
+                    });
+                }
+            }
+        }
+        let mut endpoints = BTreeSet::new();
+        for endpoint in &self.endpoints {
+            if !endpoints.insert(endpoint.id.as_str()) {
+                return Err(StateError::DuplicateEndpoint(endpoint.id.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Networks by name.
+    pub fn networks_by_name(&self) -> BTreeMap<&str, &NetworkState> {
+        self.networks.iter().map(|n| (n.name.as_str(), n)).collect()
+    }
+}
+
+/// FNV-1a: a stable, dependency-free hash for deriving kernel object names from uids.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge_network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
+        NetworkState {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            driver: Driver::Bridge,
+            subnet: Some(subnet.parse().expect("test subnet")),
+            gateway: Some(gateway.parse().expect("test gateway")),
+            mtu: 1500,
+            internal: false,
+            dns: true,
+        }
+    }
+
+    #[test]
+    fn kernel_names_fit_ifnamsiz_and_are_stable() {
+        let network = bridge_network("workshop-tage", "172.18.0.0/16", "172.18.0.1");
+        let bridge = network.bridge_name();
+        assert_eq!(bridge.len(), 13);
+        assert!(bridge.starts_with("pier-"));
+        assert_eq!(bridge, network.bridge_name());
+        let endpoint = EndpointState {
+            id: "default/con1".into(),
+            uid: "0b5c7e9e-3f0d-4c57-9a59-1b2f4f3e8a10".into(),
+            name: "con1".into(),
+            aliases: vec![],
+            netns: Netns::Named("con1".into()),
+            attachment: Attachment::Null {
+                network: "none".into(),
+            },
+        };
+        let veth = endpoint.host_veth_name();
+        assert_eq!(veth.len(), 12);
+        assert!(veth.starts_with("pv"));
+        assert!(veth[2..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn validate_rejects_gateway_outside_subnet_and_duplicates() {
+        let mut state = NodeState {
+            networks: vec![bridge_network("a", "172.18.0.0/16", "172.19.0.1")],
+            ..NodeState::default()
+        };
+        assert!(matches!(
+            state.validate(),
+            Err(StateError::GatewayOutsideSubnet { .. })
+        ));
+        state.networks = vec![
+            bridge_network("a", "172.18.0.0/16", "172.18.0.1"),
+            bridge_network("a", "172.19.0.0/16", "172.19.0.1"),
+        ];
+        assert_eq!(
+            state.validate(),
+            Err(StateError::DuplicateNetwork("a".into()))
+        );
+    }
+
+    #[test]
+    fn json_round_trip_reads_like_the_docs() {
+        let json = r#"{
+          "networks": [{"name": "workshop-tage", "uid": "u1", "subnet": "172.18.0.0/16", "gateway": "172.18.0.1"}],
+          "endpoints": [{"id": "default/con1", "uid": "u2", "name": "con1", "netns": {"named": "con1"},
+                         "attachment": {"bridge": {"network": "workshop-tage", "interface": "eth0",
+                                        "address": "172.18.0.2", "mac": "02:42:ac:12:00:02", "defaultRoute": true}}}],
+          "ports": [{"id": "default/web", "endpoint": "default/con1", "hostPort": 8000, "protocol": "TCP",
+                     "endpointAddress": "172.18.0.2", "containerPort": 80}]
+        }"#;
+        let state: NodeState = serde_json::from_str(json).expect("state parses");
+        assert_eq!(state.networks[0].mtu, 1500);
+        assert!(state.networks[0].dns);
+        assert_eq!(state.ports[0].host_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(state.validate(), Ok(()));
+        let again: NodeState =
+            serde_json::from_str(&serde_json::to_string(&state).expect("serializes"))
+                .expect("round trip parses");
+        assert_eq!(again, state);
+    }
+}

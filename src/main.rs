@@ -1,0 +1,39 @@
+//! `pier`: one binary, one subcommand per role (DESIGN.md §3).
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "pier", version, about = "Docker-style container networking for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions of Pier's API as YAML (for `kubectl apply -f -`).
+    Crds,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => {
+            let yaml = pier_crds::manifests::all_crds_yaml().context("rendering the CRDs")?;
+            std::io::stdout()
+                .write_all(yaml.as_bytes())
+                .context("writing the CRDs to stdout")?;
+        }
+    }
+    Ok(())
+}

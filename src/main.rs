@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions of Pier's API as YAML (for `kubectl apply -f -`).
     Crds,
+    /// Drive the node dataplane from a NodeState file: plan, apply, reset.
+    Dataplane(pier_node::cli::DataplaneArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +30,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Dataplane(args) => {
+            pier_node::cli::run(&args).context("pier dataplane")?;
+        }
         Command::Crds => {
             let yaml = pier_crds::manifests::all_crds_yaml().context("rendering the CRDs")?;
             std::io::stdout()

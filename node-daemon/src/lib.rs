@@ -5,3 +5,7 @@
 
 pub mod state;
 pub mod netns;
+pub mod netlink;
+pub mod sysctl;
+pub mod reconcile;
+pub mod cli;

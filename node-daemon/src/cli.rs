@@ -1,0 +1,111 @@
+//! `pier dataplane plan|apply|reset`: drive the dataplane from a NodeState file, no API server.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::reconcile::{Dataplane, DataplaneError};
+use crate::state::NodeState;
+
+/// `pier dataplane ...`
+#[derive(Debug, Args)]
+pub struct DataplaneArgs {
+    #[command(subcommand)]
+    pub command: DataplaneCommand,
+    /// The node's network namespace file (e.g. /var/run/netns/node1); default: this process's own.
+    #[arg(long, global = true, value_name = "HOST_NETNS_PATH")]
+    pub netns: Option<PathBuf>,
+}
+
+/// The dataplane subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DataplaneCommand {
+    /// Print what `apply` would change, read against the kernel now.
+    Plan(StateFile),
+    /// Make the kernel match the state; prints a per-object report, fails if any object failed.
+    Apply(StateFile),
+    /// Remove every bridge and veth Pier owns (and its nftables table) from the node.
+    Reset,
+}
+
+/// The state file argument.
+#[derive(Debug, Args)]
+pub struct StateFile {
+    /// A NodeState as JSON (see node-daemon/examples/).
+    #[arg(short = 'f', long = "file", value_name = "STATE_JSON")]
+    pub file: PathBuf,
+    /// Also check every endpoint's interface inside its namespace (slower).
+    #[arg(long)]
+    pub deep: bool,
+}
+
+/// What the `dataplane` command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("reading state file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing state file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("{0} object(s) failed (see the report above)")]
+    Failed(usize),
+}
+
+/// Test hook: `PIER_DATAPLANE_STEP_DELAY_MS` slows every applied step, so a test can kill an
+/// apply half-way. Unset in normal use.
+const STEP_DELAY_ENV: &str = "PIER_DATAPLANE_STEP_DELAY_MS";
+
+fn read_state(path: &PathBuf) -> Result<NodeState, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| CliError::Parse {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// Runs `pier dataplane ...`, printing the plan or report on stdout.
+pub fn run(args: &DataplaneArgs) -> Result<(), CliError> {
+    let delay = std::env::var(STEP_DELAY_ENV)
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let dataplane = Dataplane::new(args.netns.clone()).with_step_delay(delay);
+    match &args.command {
+        DataplaneCommand::Plan(file) => {
+            let state = read_state(&file.file)?;
+            let plan = dataplane.deep(file.deep).plan(&state)?;
+            print!("{plan}");
+        }
+        DataplaneCommand::Apply(file) => {
+            let state = read_state(&file.file)?;
+            let report = dataplane.deep(file.deep).apply(&state)?;
+            print!("{report}");
+            let failed = report.failures().count();
+            if failed > 0 {
+                return Err(CliError::Failed(failed));
+            }
+        }
+        DataplaneCommand::Reset => {
+            let report = dataplane.reset()?;
+            print!("{report}");
+            let failed = report.failures().count();
+            if failed > 0 {
+                return Err(CliError::Failed(failed));
+            }
+        }
+    }
+    Ok(())
+}

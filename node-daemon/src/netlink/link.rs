@@ -1,0 +1,243 @@
+//! Links: read-back, bridges, veth pairs, deletion and attribute changes.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use super::{ENODEV, NetlinkError, Nl, errno};
+
+/// The kind of a link as far as Pier cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    /// Any other kind (`dummy`, `vxlan`, ...), by its kernel name.
+    Other(String),
+    /// No kind reported: physical devices and `lo`.
+    None,
+}
+
+/// One link as the kernel reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: LinkKind,
+    /// The index of the bridge this link is enslaved to.
+    pub master: Option<u32>,
+    pub mtu: Option<u32>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// `ip link set NAME alias ...`: Pier keeps a veth's configuration fingerprint here.
+    pub alias: Option<String>,
+    pub mac: Option<Vec<u8>>,
+}
+
+impl Link {
+    fn from_message(message: LinkMessage) -> Link {
+        let mut link = Link {
+            index: message.header.index,
+            name: String::new(),
+            kind: LinkKind::None,
+            master: None,
+            mtu: None,
+            up: message.header.flags.contains(LinkFlags::Up),
+            alias: None,
+            mac: None,
+        };
+        for attribute in message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Controller(index) => link.master = Some(index),
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
+                LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+                LinkAttribute::Address(mac) => link.mac = Some(mac),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(kind) = info {
+                            link.kind = match kind {
+                                InfoKind::Bridge => LinkKind::Bridge,
+                                InfoKind::Veth => LinkKind::Veth,
+                                other => LinkKind::Other(other.to_string()),
+                            };
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// What a veth pair for one endpoint looks like when created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethSpec {
+    /// Host-side name (`pv...`), stays in the socket's namespace.
+    pub host: String,
+    /// Peer name inside the target namespace (`eth0`, ...).
+    pub peer: String,
+    pub mtu: u32,
+    /// MAC of the peer.
+    pub peer_mac: Vec<u8>,
+    /// Bridge index the host side is enslaved to.
+    pub master: u32,
+}
+
+impl Nl {
+    /// Every link in the namespace (one dump).
+    pub fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        self.block_on(async {
+            self.handle()
+                .link()
+                .get()
+                .execute()
+                .map_ok(Link::from_message)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .map_err(|e| NetlinkError::ListLinks(Box::new(e)))
+    }
+
+    /// One link by name, `None` when there is none.
+    pub fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let found = self.block_on(async {
+            self.handle()
+                .link()
+                .get()
+                .match_name(name)
+                .execute()
+                .try_next()
+                .await
+        });
+        match found {
+            Ok(message) => Ok(message.map(Link::from_message)),
+            Err(error) if errno(&error) == Some(ENODEV) => Ok(None),
+            Err(source) => Err(NetlinkError::GetLink {
+                name: name.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Creates an up bridge with the given MTU.
+    pub fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let message = LinkBridge::new(name).mtu(mtu).build();
+        self.block_on(self.handle().link().add(message).execute())
+            .map_err(|source| NetlinkError::CreateBridge {
+                name: name.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Creates a veth pair in one request: the host side here, up and enslaved to the bridge; the
+    /// peer directly inside the namespace at `peer_netns` with its final name, MAC and MTU, still
+    /// down (Linux 6.18 answers ENOTCONN to a peer created up in another namespace; the caller sets
+    /// it up from inside).
+    /// Creating the peer in place (rather than create, move, rename) leaves no half-made peer with a
+    /// temporary name behind if the process dies, and a name clash in the target is one `EEXIST`.
+    pub fn create_veth(&self, spec: &VethSpec, peer_netns: &Path) -> Result<(), NetlinkError> {
+        let namespace = File::open(peer_netns).map_err(|source| NetlinkError::OpenNamespace {
+            path: peer_netns.display().to_string(),
+            source,
+        })?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(spec.peer.clone())
+            .mtu(spec.mtu)
+            .address(spec.peer_mac.clone())
+            .setns_by_fd(namespace.as_raw_fd())
+            .build();
+        let message = LinkVeth::new(&spec.host, &spec.peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(spec.mtu)
+            .controller(spec.master)
+            .up()
+            .build();
+        let result = self.block_on(self.handle().link().add(message).execute());
+        // The namespace file must stay open until the kernel has read the fd.
+        drop(namespace);
+        result.map_err(|source| NetlinkError::CreateVeth {
+            host: spec.host.clone(),
+            peer: spec.peer.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Deletes a link (a veth takes its peer with it).
+    pub fn delete_link(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        self.block_on(self.handle().link().del(index).execute())
+            .map_err(|source| NetlinkError::DeleteLink {
+                name: name.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Sets a link administratively up.
+    pub fn set_up(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).up().build();
+        self.change(message, name, "set up")
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&self, index: u32, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.change(message, name, "set mtu")
+    }
+
+    /// Sets a link's alias (`ip link set NAME alias TEXT`).
+    pub fn set_alias(&self, index: u32, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.change(message, name, "set alias")
+    }
+
+    fn change(
+        &self,
+        message: LinkMessage,
+        name: &str,
+        what: &'static str,
+    ) -> Result<(), NetlinkError> {
+        self.block_on(self.handle().link().change(message).execute())
+            .map_err(|source| NetlinkError::SetLink {
+                name: name.to_owned(),
+                what,
+                source: Box::new(source),
+            })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` into six bytes.
+pub fn parse_mac(text: &str) -> Option<Vec<u8>> {
+    let bytes = text
+        .split(':')
+        .map(|part| {
+            if part.len() == 2 {
+                u8::from_str_radix(part, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mac;
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:42:ac:12:00:0a"),
+            Some(vec![2, 0x42, 0xac, 0x12, 0, 0x0a])
+        );
+        assert_eq!(parse_mac("02:42:ac:12:00"), None);
+        assert_eq!(parse_mac("02:42:ac:12:00:0g"), None);
+        assert_eq!(parse_mac("2:42:ac:12:00:0a"), None);
+    }
+}

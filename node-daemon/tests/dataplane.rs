@@ -1,0 +1,496 @@
+//! Kernel tests of the link side of the dataplane: each test has its own host namespace and
+//! container namespaces (see tests/common) and checks real traffic.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Lab, Ns, bridge_endpoint, bridge_network, other_network};
+use pier_node::reconcile::{Outcome, Step};
+use pier_node::state::{Attachment, Driver, EndpointState, NodeState};
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().expect("test address")
+}
+
+fn one_network(c1: &Ns, c2: &Ns) -> NodeState {
+    NodeState {
+        networks: vec![bridge_network(
+            "workshop-tage",
+            "172.18.0.0/16",
+            "172.18.0.1",
+        )],
+        endpoints: vec![
+            bridge_endpoint(
+                "default/con1",
+                c1,
+                "workshop-tage",
+                "eth0",
+                "172.18.0.2",
+                true,
+            ),
+            bridge_endpoint(
+                "default/con2",
+                c2,
+                "workshop-tage",
+                "eth0",
+                "172.18.0.3",
+                true,
+            ),
+        ],
+        ports: vec![],
+    }
+}
+
+#[test]
+fn bridge_veth_address_default_route_and_lo_come_up() {
+    let lab = Lab::new("brup");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    // Start from lo down to see the dataplane bring it up.
+    c1.sh("ip link set lo down");
+    let state = one_network(&c1, &c2);
+    let bridge = state.networks[0].bridge_name();
+    let veth = state.endpoints[0].host_veth_name();
+    lab.apply_ok(&state);
+
+    let shown = lab.host.sh(&format!("ip -o -4 addr show dev {bridge}"));
+    assert!(shown.contains("172.18.0.1/16"), "{shown}");
+    let shown = lab.host.sh(&format!("ip -o link show dev {veth}"));
+    assert!(shown.contains(&format!("master {bridge}")), "{shown}");
+    assert!(
+        shown.contains("state UP") || shown.contains(",UP"),
+        "{shown}"
+    );
+    assert_eq!(lab.host.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+    assert_eq!(
+        lab.host
+            .sh(&format!(
+                "cat /proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+            ))
+            .trim(),
+        "1"
+    );
+
+    let shown = c1.sh("ip -o -4 addr show dev eth0");
+    assert!(shown.contains("172.18.0.2/16"), "{shown}");
+    let shown = c1.sh("ip -o link show dev eth0");
+    assert!(shown.contains("02:42:ac:12:00:02"), "{shown}");
+    let shown = c1.sh("ip -4 route show default");
+    assert!(shown.contains("via 172.18.0.1 dev eth0"), "{shown}");
+    let shown = c1.sh("ip -o link show dev lo");
+    assert!(shown.contains(",UP"), "{shown}");
+
+    assert!(c1.ping_eventually(ip("172.18.0.3")), "con1 -> con2 by IP");
+    assert!(c2.ping_eventually(ip("172.18.0.2")), "con2 -> con1 by IP");
+    assert!(c1.ping_eventually(ip("172.18.0.1")), "con1 -> gateway");
+    lab.assert_converged(&state);
+}
+
+#[test]
+fn apply_twice_plans_nothing_the_second_time() {
+    let lab = Lab::new("twice");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = one_network(&c1, &c2);
+    let first = lab.dataplane.plan(&state).expect("plan");
+    assert!(!first.is_empty());
+    lab.apply_ok(&state);
+    let second = lab.dataplane.plan(&state).expect("plan");
+    assert!(second.is_empty(), "{second}");
+    let report = lab.apply_ok(&state);
+    assert!(
+        report.objects.values().all(|o| *o == Outcome::InSync),
+        "{report}"
+    );
+}
+
+#[test]
+fn none_gives_lo_only() {
+    let lab = Lab::new("none");
+    let c = lab.container("c");
+    c.sh("ip link set lo down");
+    let state = NodeState {
+        networks: vec![other_network("none", Driver::Null)],
+        endpoints: vec![EndpointState {
+            id: "default/lonely".into(),
+            uid: "uid-lonely".into(),
+            name: "lonely".into(),
+            aliases: vec![],
+            netns: c.netns(),
+            attachment: Attachment::Null {
+                network: "none".into(),
+            },
+        }],
+        ports: vec![],
+    };
+    lab.apply_ok(&state);
+    assert_eq!(c.links(), vec!["lo".to_owned()]);
+    assert!(c.sh("ip -o link show dev lo").contains(",UP"));
+    assert!(c.ping(ip("127.0.0.1")));
+    // Nothing was made in the host namespace either.
+    assert_eq!(lab.host.links(), vec!["lo".to_owned()]);
+    lab.assert_converged(&state);
+}
+
+#[test]
+fn host_creates_nothing() {
+    let lab = Lab::new("host");
+    let state = NodeState {
+        networks: vec![other_network("host", Driver::Host)],
+        endpoints: vec![EndpointState {
+            id: "default/native".into(),
+            uid: "uid-native".into(),
+            name: "native".into(),
+            aliases: vec![],
+            netns: pier_node::state::Netns::Host,
+            attachment: Attachment::Host {
+                network: "host".into(),
+            },
+        }],
+        ports: vec![],
+    };
+    let plan = lab.dataplane.plan(&state).expect("plan");
+    assert!(plan.is_empty(), "{plan}");
+    assert!(plan.problems.is_empty(), "{plan}");
+    let before = lab.host.links();
+    lab.apply_ok(&state);
+    assert_eq!(lab.host.links(), before);
+}
+
+#[test]
+fn container_mode_shares_the_namespace_over_lo() {
+    let lab = Lab::new("share");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let mut state = one_network(&c1, &c2);
+    // con3 runs `--net container:con1`: same namespace, no interface of its own.
+    state.endpoints.push(EndpointState {
+        id: "default/con3".into(),
+        uid: "uid-con3".into(),
+        name: "con3".into(),
+        aliases: vec![],
+        netns: c1.netns(),
+        attachment: Attachment::Shared {
+            endpoint: "default/con1".into(),
+        },
+    });
+    lab.apply_ok(&state);
+    assert_eq!(
+        c1.links().into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["lo".to_owned(), "eth0".to_owned()])
+    );
+    // One "container" listens on 127.0.0.1 only, the other reaches it over lo.
+    let _server =
+        c1.spawn("socat TCP-LISTEN:7000,bind=127.0.0.1,reuseaddr,fork SYSTEM:'echo shared-lo'");
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = c1
+            .exec("socat -T1 - TCP:127.0.0.1:7000 </dev/null")
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect();
+        if answer.contains("shared-lo") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answer.contains("shared-lo"), "got {answer:?}");
+    // ...and it is not reachable from the other network member.
+    assert!(
+        !c2.exec("socat -T1 - TCP:172.18.0.2:7000 </dev/null")
+            .status
+            .success()
+    );
+    lab.assert_converged(&state);
+}
+
+/// Needs the firewall's isolation rules (forward between two Pier bridges is dropped).
+#[test]
+fn networks_are_isolated_until_connect_and_disconnect_removes_only_eth1() {
+    let lab = Lab::new("iso");
+    let (c1, c3) = (lab.container("c1"), lab.container("c3"));
+    let mut state = NodeState {
+        networks: vec![
+            bridge_network("workshop-tage", "172.18.0.0/16", "172.18.0.1"),
+            bridge_network("ch-open", "172.19.0.0/16", "172.19.0.1"),
+        ],
+        endpoints: vec![
+            bridge_endpoint(
+                "default/con1",
+                &c1,
+                "workshop-tage",
+                "eth0",
+                "172.18.0.2",
+                true,
+            ),
+            bridge_endpoint("default/con3", &c3, "ch-open", "eth0", "172.19.0.2", true),
+        ],
+        ports: vec![],
+    };
+    lab.apply_ok(&state);
+    assert!(
+        c3.ping_eventually(ip("172.19.0.1")),
+        "con3 reaches its own gateway"
+    );
+    assert!(
+        !c3.ping(ip("172.18.0.2")),
+        "con3 must not reach con1 across networks"
+    );
+
+    // docker network connect workshop-tage con3
+    let connect = bridge_endpoint(
+        "default/con3-wt",
+        &c3,
+        "workshop-tage",
+        "eth1",
+        "172.18.0.4",
+        false,
+    );
+    state.endpoints.push(connect);
+    let plan = lab.dataplane.plan(&state).expect("plan");
+    assert_eq!(plan.steps.len(), 1, "connect is one new veth:\n{plan}");
+    assert!(matches!(plan.steps[0], Step::AttachEndpoint(_)), "{plan}");
+    lab.apply_ok(&state);
+    let shown = c3.sh("ip -o -4 addr show dev eth1");
+    assert!(shown.contains("172.18.0.4/16"), "{shown}");
+    assert!(
+        c3.ping_eventually(ip("172.18.0.2")),
+        "after connect con3 reaches con1"
+    );
+    // The primary network keeps the default route.
+    assert!(c3.sh("ip -4 route show default").contains("dev eth0"));
+    lab.assert_converged(&state);
+
+    // docker network disconnect workshop-tage con3
+    state.endpoints.pop();
+    lab.apply_ok(&state);
+    assert_eq!(
+        c3.links().into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["lo".to_owned(), "eth0".to_owned()])
+    );
+    assert!(
+        c3.sh("ip -o -4 addr show dev eth0")
+            .contains("172.19.0.2/16")
+    );
+    assert!(c3.ping_eventually(ip("172.19.0.1")));
+    lab.assert_converged(&state);
+}
+
+#[test]
+fn one_failing_endpoint_does_not_stop_the_others() {
+    let lab = Lab::new("fail");
+    let (c1, c2, c4) = (
+        lab.container("c1"),
+        lab.container("c2"),
+        lab.container("c4"),
+    );
+    // c4 already has a foreign interface named eth0: a name clash, reported for that endpoint only.
+    c4.sh("ip link add eth0 type veth peer name other0");
+    let mut state = one_network(&c1, &c2);
+    state.endpoints.push(bridge_endpoint(
+        "default/clash",
+        &c4,
+        "workshop-tage",
+        "eth0",
+        "172.18.0.4",
+        true,
+    ));
+    // Same address as con1.
+    let dup_ns = lab.container("dup");
+    state.endpoints.push(bridge_endpoint(
+        "default/dup",
+        &dup_ns,
+        "workshop-tage",
+        "eth0",
+        "172.18.0.2",
+        true,
+    ));
+    // A namespace that does not exist.
+    let mut missing = bridge_endpoint(
+        "default/ghost",
+        &c1,
+        "workshop-tage",
+        "eth0",
+        "172.18.0.9",
+        true,
+    );
+    missing.netns = pier_node::state::Netns::Named(format!("pt-missing-{}", std::process::id()));
+    state.endpoints.push(missing);
+
+    let report = lab.dataplane.apply(&state).expect("apply runs");
+    let failed: BTreeSet<&str> = report.failures().map(|(object, _)| object).collect();
+    assert_eq!(
+        failed,
+        BTreeSet::from([
+            "endpoint/default/clash",
+            "endpoint/default/dup",
+            "endpoint/default/ghost"
+        ]),
+        "{report}"
+    );
+    let text = report.to_string();
+    assert!(text.contains("name clash"), "{text}");
+    assert!(text.contains("in use"), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+    // The foreign dummy survived; the good endpoints work.
+    assert!(c4.sh("ip -o link show dev eth0").contains("eth0@other0"));
+    assert!(c1.ping_eventually(ip("172.18.0.3")));
+}
+
+#[test]
+fn garbage_collects_veths_of_deleted_namespaces_and_removed_networks() {
+    let lab = Lab::new("gc");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = one_network(&c1, &c2);
+    lab.apply_ok(&state);
+    let veth2 = state.endpoints[1].host_veth_name();
+    // The namespace is re-created under the same name: the old veth went with the old namespace,
+    // the new namespace is empty; apply must re-make eth0 there.
+    let name2 = c2.name.clone();
+    drop(c2);
+    Command::new("ip")
+        .args(["netns", "add", &name2])
+        .status()
+        .expect("ip netns add");
+    let c2 = Ns { name: name2 };
+    c2.sh("ip link set lo up");
+    // The old namespace is torn down asynchronously: its veth may still be there (with a
+    // fingerprint naming the old namespace) or already gone; both must converge.
+    let _maybe_still_there = lab.host.links().contains(&veth2);
+    lab.apply_ok(&state);
+    lab.assert_converged(&state);
+    assert!(c2.links().contains(&"eth0".to_owned()));
+    assert!(c2.ping_eventually(ip("172.18.0.2")));
+
+    // Dropping the network from the state removes its bridge and veths.
+    let empty = NodeState::default();
+    lab.apply_ok(&empty);
+    assert_eq!(lab.host.links(), vec!["lo".to_owned()]);
+    assert_eq!(c1.links(), vec!["lo".to_owned()]);
+}
+
+#[test]
+fn reset_removes_everything_pier_owns_and_keeps_foreign_links() {
+    let lab = Lab::new("reset");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    lab.host.sh("ip link add br-foreign type bridge && ip link add pvnotours type veth peer name pvnotours1 && ip link add pier-br0 type bridge");
+    let state = one_network(&c1, &c2);
+    lab.apply_ok(&state);
+    // An apply with an empty state and a reset both leave foreign links alone.
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    let left: BTreeSet<String> = lab.host.links().into_iter().collect();
+    assert_eq!(
+        left,
+        BTreeSet::from(
+            ["lo", "br-foreign", "pvnotours", "pvnotours1", "pier-br0"].map(String::from)
+        )
+    );
+    assert_eq!(c1.links(), vec!["lo".to_owned()]);
+    let nft = lab.host.exec("nft list table inet pier");
+    assert!(
+        !nft.status.success(),
+        "the inet pier table must be gone after reset"
+    );
+}
+
+#[test]
+fn kill_9_mid_apply_then_apply_converges() {
+    let lab = Lab::new("kill");
+    let containers: Vec<Ns> = (0..6).map(|i| lab.container(&format!("k{i}"))).collect();
+    let state = NodeState {
+        networks: vec![bridge_network(
+            "workshop-tage",
+            "172.18.0.0/16",
+            "172.18.0.1",
+        )],
+        endpoints: containers
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                bridge_endpoint(
+                    &format!("default/k{i}"),
+                    ns,
+                    "workshop-tage",
+                    "eth0",
+                    &format!("172.18.0.{}", i + 10),
+                    true,
+                )
+            })
+            .collect(),
+        ports: vec![],
+    };
+    let file = std::env::temp_dir().join(format!("{}-state.json", lab.host.name));
+    std::fs::write(&file, serde_json::to_vec(&state).expect("state serializes"))
+        .expect("write state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pier-dataplane"))
+        .args(["apply", "-f"])
+        .arg(&file)
+        .arg("--netns")
+        .arg(lab.host.path())
+        .env("PIER_DATAPLANE_STEP_DELAY_MS", "150")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pier-dataplane");
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().expect("kill -9");
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the apply must have been killed half-way"
+    );
+    let half = lab.dataplane.plan(&state).expect("plan");
+    assert!(!half.is_empty(), "a killed apply leaves work to do");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_pier-dataplane"))
+        .args(["apply", "-f"])
+        .arg(&file)
+        .arg("--netns")
+        .arg(lab.host.path())
+        .output()
+        .expect("run pier-dataplane");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    lab.assert_converged(&state);
+    assert!(containers[0].ping_eventually(ip("172.18.0.15")));
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn cli_plan_prints_changes_and_then_nothing() {
+    let lab = Lab::new("cli");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = one_network(&c1, &c2);
+    let file = std::env::temp_dir().join(format!("{}-state.json", lab.host.name));
+    std::fs::write(&file, serde_json::to_vec(&state).expect("state serializes"))
+        .expect("write state");
+    let run = |verb: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_pier-dataplane"))
+            .args([verb, "-f"])
+            .arg(&file)
+            .arg("--netns")
+            .arg(lab.host.path())
+            .output()
+            .expect("run pier-dataplane");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let plan = run("plan");
+    assert!(plan.contains("+ bridge pier-"), "{plan}");
+    assert!(plan.contains("+ endpoint default/con1"), "{plan}");
+    run("apply");
+    let plan = run("plan");
+    assert!(plan.contains("links: no changes"), "{plan}");
+    let _ = std::fs::remove_file(file);
+}

@@ -1,0 +1,186 @@
+//! `Endpoint`: one workload attached to one network, like `docker run --net` or
+//! `docker network connect`.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::conditions::Condition;
+
+/// The desired attachment of a workload to a network.
+#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "pier.dev",
+    version = "v1alpha1",
+    kind = "Endpoint",
+    plural = "endpoints",
+    singular = "endpoint",
+    namespaced,
+    shortname = "pep",
+    category = "pier",
+    status = "EndpointStatus",
+    doc = "An Endpoint attaches one workload (a named network namespace, a Pod, or another Endpoint's namespace) to one Network, like `docker run --net` or `docker network connect`.",
+    printcolumn(
+        name = "Network",
+        type_ = "string",
+        json_path = ".spec.network",
+        description = "The network (default: bridge)"
+    ),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".status.node",
+        description = "The node the workload runs on"
+    ),
+    printcolumn(
+        name = "IP",
+        type_ = "string",
+        json_path = ".status.ipv4Address",
+        description = "The endpoint's IPv4 address"
+    ),
+    printcolumn(
+        name = "Interface",
+        type_ = "string",
+        json_path = ".status.interface",
+        description = "The interface in the workload's namespace"
+    ),
+    printcolumn(
+        name = "MAC",
+        type_ = "string",
+        json_path = ".status.macAddress",
+        description = "The interface's MAC address",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Attached",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Attached\")].status",
+        description = "Whether the interface exists on the node"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    selectable = ".spec.network",
+    selectable = ".status.node"
+)]
+#[x_kube(validation = Rule::new("has(self.network) == has(oldSelf.network)").message("network cannot be added or removed after creation; create another Endpoint to connect to another network"))]
+#[x_kube(validation = Rule::new("!has(self.target.endpoint) || (!has(self.network) && !has(self.interface) && !has(self.ipv4Address) && !has(self.macAddress) && !has(self.aliases))").message("an Endpoint sharing another Endpoint's namespace (container mode) takes no network, interface, addresses or aliases of its own"))]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSpec {
+    /// The Network to attach to (`docker run --net NAME`). Defaults to `bridge`. Immutable: to join
+    /// another network, create another Endpoint for the same target (`docker network connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(crate::schema::OBJECT_NAME))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("network is immutable"))]
+    pub network: Option<String>,
+
+    /// The workload whose network namespace gets the interface. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("target is immutable"))]
+    pub target: EndpointTarget,
+
+    /// The interface name inside the namespace. Defaults to the next free `ethN` among the
+    /// namespace's Endpoints (`eth0` for the first network, `eth1` after a connect, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 15), pattern(crate::schema::INTERFACE))]
+    pub interface: Option<String>,
+
+    /// A static IPv4 address in the network's subnet (`docker run --ip`). Allocated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15), pattern(crate::schema::IPV4))]
+    pub ipv4_address: Option<String>,
+
+    /// A static MAC address (`docker run --mac-address`). Derived from the IPv4 address when absent,
+    /// as Docker does (`02:42:` followed by the address's four bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 17), pattern(crate::schema::MAC))]
+    pub mac_address: Option<String>,
+
+    /// Extra DNS names on this network (`docker run --network-alias`). Several endpoints may share
+    /// an alias: the name then resolves to all of their addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 63), pattern(crate::schema::DNS_LABEL))
+    )]
+    pub aliases: Option<Vec<String>>,
+}
+
+/// Exactly one of `netns`, `pod` or `endpoint`.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("(has(self.netns) ? 1 : 0) + (has(self.pod) ? 1 : 0) + (has(self.endpoint) ? 1 : 0) == 1").message("target must set exactly one of netns, pod or endpoint"))]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointTarget {
+    /// A named network namespace (`/var/run/netns/NAME`, as `ip netns add NAME` makes) on a node.
+    /// Pier creates it when absent. For local mode, VMs and tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsTarget>,
+    /// A Pod in the Endpoint's namespace; its node comes from the Pod's `spec.nodeName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<LocalObjectReference>,
+    /// Another Endpoint in the same namespace whose network namespace this one shares
+    /// (`docker run --net container:NAME`): no interface of its own, reachable over `lo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<LocalObjectReference>,
+}
+
+/// A named network namespace on a node.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetnsTarget {
+    /// The namespace's name: a file name under `/var/run/netns`.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"))]
+    pub name: String,
+    /// The node it lives on. May be omitted when the cluster has exactly one node (local mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(crate::schema::OBJECT_NAME))]
+    pub node: Option<String>,
+}
+
+/// A reference to an object by name in the same namespace.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectReference {
+    /// The object's name.
+    #[schemars(length(min = 1, max = 253), pattern(crate::schema::OBJECT_NAME))]
+    pub name: String,
+}
+
+/// What the operator allocated for an Endpoint and what the node daemon made of it.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    /// The node the workload runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The Network the endpoint is attached to (spec.network, or the default network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The allocated IPv4 address (what `docker inspect` shows as IPAddress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    /// The prefix length of the network's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<i32>,
+    /// The network's gateway, the endpoint's default route on its primary network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The interface's MAC address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// The interface name inside the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// The names other endpoints on the network resolve to this endpoint's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// The `.metadata.generation` the operator last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The latest observations: `Ready` (operator: allocated; reasons such as `NetworkNotFound`,
+    /// `NodeRequired`, `AddressInUse`) and `Attached` (node daemon: the interface exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

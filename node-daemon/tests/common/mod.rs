@@ -130,13 +130,19 @@ impl Ns {
             .collect()
     }
 
-    /// An HTTP GET with busybox wget; the body, or None.
+    /// An HTTP/1.0 GET of `http://HOST:PORT/` over socat (busybox-static's wget crashes on
+    /// Debian 12, and socat is installed anyway); the body of a 200 answer, or None.
     pub fn http_get(&self, url: &str) -> Option<String> {
-        let output = self.exec(&format!("busybox wget -q -T 2 -O - {url}"));
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        let authority = url.strip_prefix("http://")?.trim_end_matches('/');
+        let output = self.exec(&format!(
+            "printf 'GET / HTTP/1.0\\r\\nHost: {authority}\\r\\n\\r\\n' | socat -T2 - TCP:{authority},connect-timeout=2"
+        ));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.lines()
+            .next()
+            .filter(|status| status.contains(" 200 "))
+            .map(|_| body.to_owned())
     }
 
     /// HTTP GET, retried for a few seconds (the server may still be starting).

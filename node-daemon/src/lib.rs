@@ -5,6 +5,7 @@
 
 pub mod state;
 pub mod netns;
+pub mod firewall;
 pub mod netlink;
 pub mod sysctl;
 pub mod reconcile;

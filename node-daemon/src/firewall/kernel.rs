@@ -1,0 +1,198 @@
+//! Talking to nf_tables over netlink: reading table `inet pier` back, and sending one batch.
+//!
+//! Everything here runs on the thread `netns::run_in` made inside the host namespace; the socket
+//! is opened there, so it is bound to that namespace.
+
+use std::ffi::CString;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mnl::{Bus, CbResult, Socket};
+use nftnl::{
+    Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
+};
+
+use super::FirewallError;
+use super::plan::{FirewallPlan, KernelTable};
+use super::render::{ChainKind, Hook as PierHook, TABLE};
+use super::sys::{self, Dump, ELEMS_PER_MSG, ElemsMsg, ExprMsg, FAMILY_INET, SetMsg};
+
+/// `NFPROTO_INET` as the kernel reports a table's family.
+const INET: u32 = FAMILY_INET as u32;
+const ENOENT: i32 = 2;
+
+/// Sequence numbers only have to differ between requests on one socket; a process-wide counter
+/// seeded from the clock also keeps them apart across restarts, which helps when reading traces.
+fn next_seq() -> u32 {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    let _ = SEQ.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A netfilter netlink socket in the calling thread's namespace.
+pub fn open() -> Result<Socket, FirewallError> {
+    Socket::new(Bus::Netfilter).map_err(FirewallError::Socket)
+}
+
+fn receive_buffer() -> Vec<u8> {
+    // The kernel never sends a single datagram larger than this to a reader of this size.
+    vec![0u8; nftnl::nft_nlmsg_maxsize() as usize]
+}
+
+/// Runs one dump request and collects what `parse` makes of each message.
+fn dump<T>(socket: &Socket, what: Dump<'_>, parse: mnl::Callback<Vec<T>>) -> io::Result<Vec<T>> {
+    let seq = next_seq();
+    socket.send(&sys::dump_request(what, seq))?;
+    let portid = socket.portid();
+    let mut buf = receive_buffer();
+    let mut out = Vec::new();
+    loop {
+        let len = socket.recv_raw(&mut buf)?;
+        if let CbResult::Stop = mnl::cb_run2(&buf[..len], seq, portid, parse, &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+fn read_error(what: &'static str) -> impl FnOnce(io::Error) -> FirewallError {
+    move |source| FirewallError::Read { what, source }
+}
+
+/// What the kernel has in table `inet pier` now; `None` when there is no such table.
+pub fn read(socket: &Socket) -> Result<Option<KernelTable>, FirewallError> {
+    let tables = dump(socket, Dump::Tables, sys::parse_table).map_err(read_error("tables"))?;
+    if !tables.iter().any(|t| t.name == TABLE && t.family == INET) {
+        return Ok(None);
+    }
+    let table = Dump::Chains { table: TABLE };
+    let mut chains = dump(socket, table, sys::parse_chain).map_err(read_error("chains"))?;
+    chains.retain(|c| c.table == TABLE);
+    let table = Dump::Rules { table: TABLE };
+    let mut rules = dump(socket, table, sys::parse_rule).map_err(read_error("rules"))?;
+    rules.retain(|r| r.table == TABLE);
+    let table = Dump::Sets { table: TABLE };
+    let mut sets = dump(socket, table, sys::parse_set).map_err(read_error("sets"))?;
+    sets.retain(|s| s.table == TABLE);
+    let mut elements = std::collections::BTreeMap::new();
+    for set in &sets {
+        let what = Dump::Elements {
+            table: TABLE,
+            set: &set.name,
+        };
+        let found = dump(socket, what, sys::parse_elements).map_err(read_error("set elements"))?;
+        elements.insert(set.name.clone(), found.into_iter().collect());
+    }
+    Ok(Some(KernelTable {
+        chains,
+        rules,
+        sets,
+        elements,
+    }))
+}
+
+fn table() -> Table {
+    Table::new(c"pier", ProtoFamily::Inet)
+}
+
+/// The one atomic batch that carries out `plan`.
+pub fn batch(plan: &FirewallPlan) -> Result<FinalizedBatch, FirewallError> {
+    let mut batch = Batch::new();
+    let table = table();
+    let ruleset = plan.ruleset();
+    if let Some(rebuild) = plan.rebuild() {
+        // Delete and re-add in the same transaction: no packet ever sees a missing table.
+        if rebuild.table_exists {
+            batch.add(&table, MsgType::Del);
+        }
+        batch.add(&table, MsgType::Add);
+        for (id, set) in (1u32..).zip(&ruleset.sets) {
+            batch.add(&SetMsg::new(TABLE, set, id), MsgType::Add);
+            let elements: Vec<_> = set.elements.iter().cloned().collect();
+            for chunk in elements.chunks(ELEMS_PER_MSG) {
+                batch.add(&ElemsMsg::new(TABLE, set.name, chunk), MsgType::Add);
+            }
+        }
+        for spec in &ruleset.chains {
+            let name = CString::new(spec.name).map_err(|_| FirewallError::Build {
+                what: format!("chain name {:?}", spec.name),
+            })?;
+            let mut chain = Chain::new(&name, &table);
+            let hook = match spec.hook {
+                PierHook::Prerouting => Hook::PreRouting,
+                PierHook::Forward => Hook::Forward,
+                PierHook::Output => Hook::Out,
+                PierHook::Postrouting => Hook::PostRouting,
+            };
+            chain.set_hook(hook, spec.priority);
+            chain.set_type(match spec.kind {
+                ChainKind::Filter => ChainType::Filter,
+                ChainKind::Nat => ChainType::Nat,
+            });
+            chain.set_policy(Policy::Accept);
+            batch.add(&chain, MsgType::Add);
+            for rule_spec in &spec.rules {
+                let mut rule = Rule::new(&chain);
+                for expr in &rule_spec.exprs {
+                    rule.add_expr(&ExprMsg(expr));
+                }
+                let comment =
+                    CString::new(rule_spec.comment()).map_err(|_| FirewallError::Build {
+                        what: format!("comment of rule {}", rule_spec.id),
+                    })?;
+                rule.set_comment(&comment)
+                    .map_err(|reason| FirewallError::Build {
+                        what: format!("comment of rule {}: {reason}", rule_spec.id),
+                    })?;
+                batch.add(&rule, MsgType::Add);
+            }
+        }
+    } else {
+        // Removals first, so a key whose value changed is deleted before it is re-added.
+        for change in plan.changes() {
+            for chunk in change.removed.chunks(ELEMS_PER_MSG) {
+                batch.add(&ElemsMsg::new(TABLE, change.set, chunk), MsgType::Del);
+            }
+        }
+        for change in plan.changes() {
+            for chunk in change.added.chunks(ELEMS_PER_MSG) {
+                batch.add(&ElemsMsg::new(TABLE, change.set, chunk), MsgType::Add);
+            }
+        }
+    }
+    Ok(batch.finalize())
+}
+
+/// A batch that deletes table `inet pier` (and so everything in it).
+pub fn delete_table_batch() -> FinalizedBatch {
+    let mut batch = Batch::new();
+    batch.add(&table(), MsgType::Del);
+    batch.finalize()
+}
+
+/// Sends a batch and waits for the kernel's answer to every message in it. The kernel commits all
+/// or nothing; the first error it reports is returned.
+pub fn send(socket: &Socket, batch: &FinalizedBatch) -> io::Result<()> {
+    socket.send_all(batch)?;
+    let portid = socket.portid();
+    let mut buf = receive_buffer();
+    let mut expected = batch.sequence_numbers().len();
+    while expected > 0 {
+        let len = socket.recv_raw(&mut buf)?;
+        for message in mnl::NlMessages::new(&buf[..len]) {
+            // Sequence 0: accept any; on failure the kernel answers out of order, and the errno
+            // it reports is what matters.
+            mnl::cb_run(message?, 0, portid)?;
+            expected = expected.saturating_sub(1);
+        }
+    }
+    Ok(())
+}
+
+/// Whether an error from the kernel means "no such table/set".
+pub fn is_not_found(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(ENOENT)
+}

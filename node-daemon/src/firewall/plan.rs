@@ -1,0 +1,431 @@
+//! The difference between what the kernel has in table `inet pier` and what the state needs.
+//!
+//! Pure: `diff` takes a snapshot read back from the kernel (never a copy remembered in memory,
+//! so a restart or a crash mid-apply converges on the next apply) and the rendered ruleset.
+//!
+//! Two kinds of change:
+//! - the structure (table, chains, rules, set definitions) is a constant of this Pier version, so
+//!   any difference there (table missing, flushed or deleted chain, a rule edited by hand, an
+//!   older Pier's rules) rebuilds the whole table: delete it and add everything, in the same
+//!   atomic batch, so packets never see a half-built table;
+//! - set and map contents change element by element: one port is one element.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use super::render::{Element, Ruleset, SetSpec, TABLE};
+
+/// A table name and family as dumped by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelTableName {
+    pub name: String,
+    pub family: u32,
+}
+
+/// A chain as dumped by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelChain {
+    pub table: String,
+    pub name: String,
+    pub hook: Option<u32>,
+    pub priority: Option<i32>,
+    pub kind: Option<String>,
+    pub policy: Option<u32>,
+}
+
+/// A rule as dumped by the kernel: only what identifies it (see `RuleSpec::comment`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRule {
+    pub table: String,
+    pub chain: String,
+    pub comment: Option<String>,
+}
+
+/// A set or map definition as dumped by the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSet {
+    pub table: String,
+    pub name: String,
+    pub flags: u32,
+    pub key_type: u32,
+    pub key_len: u32,
+    pub data: Option<(u32, u32)>,
+}
+
+/// Everything in table `inet pier` right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelTable {
+    pub chains: Vec<KernelChain>,
+    /// In kernel order within each chain.
+    pub rules: Vec<KernelRule>,
+    pub sets: Vec<KernelSet>,
+    /// Elements by set name.
+    pub elements: BTreeMap<String, BTreeSet<Element>>,
+}
+
+/// `NF_ACCEPT`, the policy of every Pier chain (Pier drops with rules, never by policy).
+const POLICY_ACCEPT: u32 = 1;
+
+/// Why the whole table is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuild {
+    pub reason: String,
+    /// The table exists and is deleted first (in the same batch).
+    pub table_exists: bool,
+}
+
+/// Element changes of one set or map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetChange {
+    pub set: &'static str,
+    pub removed: Vec<Element>,
+    pub added: Vec<Element>,
+}
+
+/// What `apply` will do to table `inet pier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallPlan {
+    pub(super) rebuild: Option<Rebuild>,
+    pub(super) ruleset: Ruleset,
+    pub(super) changes: Vec<SetChange>,
+}
+
+impl FirewallPlan {
+    /// Nothing to do: the kernel already has exactly the desired table.
+    pub fn is_empty(&self) -> bool {
+        self.rebuild.is_none() && self.changes.is_empty()
+    }
+
+    /// Why the table is rebuilt whole, if it is.
+    pub fn rebuild(&self) -> Option<&Rebuild> {
+        self.rebuild.as_ref()
+    }
+
+    /// The element-level changes (empty when the table is rebuilt: then every element is added).
+    pub fn changes(&self) -> &[SetChange] {
+        &self.changes
+    }
+
+    /// Number of elements added plus removed.
+    pub fn element_changes(&self) -> usize {
+        self.changes
+            .iter()
+            .map(|c| c.added.len() + c.removed.len())
+            .sum()
+    }
+
+    /// The desired ruleset this plan leads to.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.ruleset
+    }
+}
+
+/// Compares the kernel's table (`None`: absent) with the desired ruleset.
+pub fn diff(current: Option<&KernelTable>, desired: Ruleset) -> FirewallPlan {
+    let rebuild = match current {
+        None => Some(Rebuild {
+            reason: format!("table inet {TABLE} is missing"),
+            table_exists: false,
+        }),
+        Some(current) => structure_mismatch(current, &desired).map(|reason| Rebuild {
+            reason,
+            table_exists: true,
+        }),
+    };
+    let changes = match (current, &rebuild) {
+        (Some(current), None) => desired
+            .sets
+            .iter()
+            .filter_map(|set| {
+                let empty = BTreeSet::new();
+                let have = current.elements.get(set.name).unwrap_or(&empty);
+                let removed: Vec<_> = have.difference(&set.elements).cloned().collect();
+                let added: Vec<_> = set.elements.difference(have).cloned().collect();
+                (!removed.is_empty() || !added.is_empty()).then_some(SetChange {
+                    set: set.name,
+                    removed,
+                    added,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    FirewallPlan {
+        rebuild,
+        ruleset: desired,
+        changes,
+    }
+}
+
+/// The first structural difference, described for `pier dataplane plan`.
+fn structure_mismatch(current: &KernelTable, desired: &Ruleset) -> Option<String> {
+    for chain in &desired.chains {
+        let Some(have) = current.chains.iter().find(|c| c.name == chain.name) else {
+            return Some(format!("chain {} is missing", chain.name));
+        };
+        let wanted = (
+            Some(chain.hook as u32),
+            Some(chain.priority),
+            Some(chain.kind.as_str()),
+            Some(POLICY_ACCEPT),
+        );
+        if (have.hook, have.priority, have.kind.as_deref(), have.policy) != wanted {
+            return Some(format!(
+                "chain {} has another hook, type or policy",
+                chain.name
+            ));
+        }
+        let have_rules: Vec<_> = current
+            .rules
+            .iter()
+            .filter(|r| r.chain == chain.name)
+            .map(|r| r.comment.clone().unwrap_or_default())
+            .collect();
+        let want_rules: Vec<_> = chain.rules.iter().map(|r| r.comment()).collect();
+        if have_rules != want_rules {
+            return Some(format!(
+                "chain {} has {} rule(s) that differ from Pier's {}",
+                chain.name,
+                have_rules.len(),
+                want_rules.len()
+            ));
+        }
+    }
+    if let Some(extra) = current
+        .chains
+        .iter()
+        .find(|c| !desired.chains.iter().any(|d| d.name == c.name))
+    {
+        return Some(format!("unexpected chain {}", extra.name));
+    }
+    for set in &desired.sets {
+        let Some(have) = current.sets.iter().find(|s| s.name == set.name) else {
+            return Some(format!("set {} is missing", set.name));
+        };
+        if !same_definition(have, set) {
+            return Some(format!("set {} has another type or flags", set.name));
+        }
+    }
+    if let Some(extra) = current
+        .sets
+        .iter()
+        .find(|s| !desired.sets.iter().any(|d| d.name == s.name))
+    {
+        return Some(format!("unexpected set {}", extra.name));
+    }
+    None
+}
+
+fn same_definition(have: &KernelSet, want: &SetSpec) -> bool {
+    have.flags == want.flags()
+        && have.key_type == want.key_type()
+        && have.key_len == want.key_len()
+        && have.data == want.data_type_len()
+}
+
+impl fmt::Display for FirewallPlan {
+    /// One line per change, for `pier dataplane plan`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(rebuild) = &self.rebuild {
+            let verb = if rebuild.table_exists {
+                "replace"
+            } else {
+                "create"
+            };
+            let elements: usize = self.ruleset.sets.iter().map(|s| s.elements.len()).sum();
+            let rules: usize = self.ruleset.chains.iter().map(|c| c.rules.len()).sum();
+            writeln!(
+                f,
+                "table inet {TABLE}: {verb} ({}): {} chains with {rules} rules, {} sets/maps with {elements} elements",
+                rebuild.reason,
+                self.ruleset.chains.len(),
+                self.ruleset.sets.len(),
+            )?;
+            for set in &self.ruleset.sets {
+                for element in &set.elements {
+                    writeln!(f, "  + {} {}", set.name, set.show(element))?;
+                }
+            }
+            return Ok(());
+        }
+        if self.changes.is_empty() {
+            return writeln!(f, "table inet {TABLE}: up to date");
+        }
+        writeln!(
+            f,
+            "table inet {TABLE}: {} element change(s)",
+            self.element_changes()
+        )?;
+        for change in &self.changes {
+            let Some(set) = self.ruleset.set(change.set) else {
+                continue;
+            };
+            for element in &change.removed {
+                writeln!(f, "  - {} {}", set.name, set.show(element))?;
+            }
+            for element in &change.added {
+                writeln!(f, "  + {} {}", set.name, set.show(element))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::render::{MAP_PORTS_ANY, render};
+    use crate::state::{NetworkState, NodeState, Protocol, PublishedPort};
+
+    fn state(ports: u16) -> NodeState {
+        NodeState {
+            networks: vec![NetworkState {
+                name: "web".into(),
+                uid: "uid-web".into(),
+                driver: Default::default(),
+                subnet: Some("172.18.0.0/16".parse().expect("subnet")),
+                gateway: Some("172.18.0.1".parse().expect("gateway")),
+                mtu: 1500,
+                internal: false,
+                dns: true,
+            }],
+            endpoints: vec![],
+            ports: (0..ports)
+                .map(|i| PublishedPort {
+                    id: format!("default/p{i}"),
+                    endpoint: "default/web".into(),
+                    host_ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    host_port: 8000 + i,
+                    protocol: Protocol::Tcp,
+                    endpoint_address: "172.18.0.2".parse().expect("address"),
+                    container_port: 80,
+                })
+                .collect(),
+        }
+    }
+
+    /// What the kernel would report after applying `ruleset` faithfully.
+    fn as_kernel(ruleset: &Ruleset) -> KernelTable {
+        KernelTable {
+            chains: ruleset
+                .chains
+                .iter()
+                .map(|c| KernelChain {
+                    table: TABLE.into(),
+                    name: c.name.into(),
+                    hook: Some(c.hook as u32),
+                    priority: Some(c.priority),
+                    kind: Some(c.kind.as_str().into()),
+                    policy: Some(POLICY_ACCEPT),
+                })
+                .collect(),
+            rules: ruleset
+                .chains
+                .iter()
+                .flat_map(|c| {
+                    c.rules.iter().map(|r| KernelRule {
+                        table: TABLE.into(),
+                        chain: c.name.into(),
+                        comment: Some(r.comment()),
+                    })
+                })
+                .collect(),
+            sets: ruleset
+                .sets
+                .iter()
+                .map(|s| KernelSet {
+                    table: TABLE.into(),
+                    name: s.name.into(),
+                    flags: s.flags(),
+                    key_type: s.key_type(),
+                    key_len: s.key_len(),
+                    data: s.data_type_len(),
+                })
+                .collect(),
+            elements: ruleset
+                .sets
+                .iter()
+                .map(|s| (s.name.to_owned(), s.elements.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn missing_table_is_created_whole() {
+        let plan = diff(None, render(&state(3)));
+        assert!(!plan.is_empty());
+        let rebuild = plan.rebuild().expect("rebuild");
+        assert!(!rebuild.table_exists);
+        assert!(plan.to_string().contains("create"), "{plan}");
+        assert!(
+            plan.to_string().contains("tcp . 8002 : 172.18.0.2 . 80"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn matching_kernel_gives_an_empty_plan() {
+        let desired = render(&state(3));
+        let plan = diff(Some(&as_kernel(&desired)), desired);
+        assert!(plan.is_empty(), "{plan}");
+        assert_eq!(plan.to_string(), "table inet pier: up to date\n");
+    }
+
+    #[test]
+    fn one_more_port_is_one_element() {
+        let kernel = as_kernel(&render(&state(1000)));
+        let plan = diff(Some(&kernel), render(&state(1001)));
+        assert!(plan.rebuild().is_none());
+        assert_eq!(plan.element_changes(), 1);
+        assert_eq!(plan.changes()[0].set, MAP_PORTS_ANY);
+        assert_eq!(plan.changes()[0].added.len(), 1);
+        let plan = diff(Some(&kernel), render(&state(999)));
+        assert_eq!(plan.element_changes(), 1);
+        assert_eq!(plan.changes()[0].removed.len(), 1);
+    }
+
+    #[test]
+    fn changed_target_replaces_the_element() {
+        let kernel = as_kernel(&render(&state(1)));
+        let mut moved = state(1);
+        moved.ports[0].container_port = 8080;
+        let plan = diff(Some(&kernel), render(&moved));
+        assert_eq!(plan.element_changes(), 2);
+        assert!(
+            plan.to_string()
+                .contains("- ports_any tcp . 8000 : 172.18.0.2 . 80")
+        );
+        assert!(
+            plan.to_string()
+                .contains("+ ports_any tcp . 8000 : 172.18.0.2 . 8080")
+        );
+    }
+
+    #[test]
+    fn structural_damage_rebuilds_the_table() {
+        let desired = render(&state(1));
+        let mut flushed = as_kernel(&desired);
+        flushed.rules.clear();
+        let plan = diff(Some(&flushed), desired.clone());
+        assert!(plan.rebuild().expect("rebuild").table_exists);
+
+        let mut edited = as_kernel(&desired);
+        edited.rules[0].comment = None;
+        assert!(diff(Some(&edited), desired.clone()).rebuild().is_some());
+
+        let mut no_set = as_kernel(&desired);
+        no_set.sets.retain(|s| s.name != MAP_PORTS_ANY);
+        assert!(diff(Some(&no_set), desired.clone()).rebuild().is_some());
+
+        let mut extra_chain = as_kernel(&desired);
+        extra_chain.chains.push(KernelChain {
+            table: TABLE.into(),
+            name: "mine".into(),
+            hook: None,
+            priority: None,
+            kind: None,
+            policy: None,
+        });
+        assert!(diff(Some(&extra_chain), desired).rebuild().is_some());
+    }
+}

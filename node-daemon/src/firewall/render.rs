@@ -1,0 +1,816 @@
+//! The desired contents of table `inet pier`, computed from a `NodeState` without touching the
+//! kernel.
+//!
+//! Design: the rules are a constant. Everything that depends on the state (bridges, subnets,
+//! published ports) lives in named sets and maps, so a change of state is a change of set
+//! elements: adding one port to a node with 1000 published ports is one map element, and the
+//! per-packet cost is one hash lookup whatever the number of ports or networks (DESIGN.md §4).
+//!
+//! Published ports use two maps, because a single map keyed by (daddr . l4proto . dport) cannot
+//! express "any local address" for `hostIP: 0.0.0.0` without one element per local address (and
+//! the node's addresses change under us, e.g. DHCP):
+//! - `ports_addr`, keyed (daddr . l4proto . dport), for ports bound to one address;
+//! - `ports_any`, keyed (l4proto . dport), for `0.0.0.0`, consulted only for packets whose
+//!   destination is an address of this node (`fib daddr type local`), so a forwarded packet to
+//!   some other machine's port 80 is never captured.
+//!
+//! The specific map is consulted first, so `127.0.0.1:8000` and `0.0.0.0:8000` may coexist with
+//! the specific binding winning, as a socket bound to one address would over a wildcard one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::state::{Driver, NodeState, Protocol};
+
+use super::expr::{
+    CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1, REG32_00, REG32_01, REG32_02, REG32_04,
+    RTN_LOCAL, Verdict,
+};
+
+/// The table Pier owns; nothing outside it is ever changed.
+pub const TABLE: &str = "pier";
+
+/// Names of the sets and maps.
+pub const SET_BRIDGES: &str = "bridges";
+pub const SET_BRIDGE_PAIRS: &str = "bridge_pairs";
+pub const SET_INTERNAL: &str = "internal_bridges";
+pub const SET_MASQ: &str = "masq_subnets";
+pub const MAP_PORTS_ADDR: &str = "ports_addr";
+pub const MAP_PORTS_ANY: &str = "ports_any";
+
+/// Linux's `IFNAMSIZ`: interface names in set keys are this long, NUL-padded.
+const IFNAMSIZ: usize = 16;
+
+/// The datatype of one field of a set key or map value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Ipv4,
+    InetProto,
+    InetService,
+    IfName,
+}
+
+impl Field {
+    /// nft's datatype number (`enum datatypes` in nftables' datatype.h). The kernel stores it
+    /// without looking at it; `nft list` uses it to print elements readably.
+    fn nft_type(self) -> u32 {
+        match self {
+            Field::Ipv4 => 7,
+            Field::InetProto => 12,
+            Field::InetService => 13,
+            Field::IfName => 41,
+        }
+    }
+
+    /// Bytes of the value itself.
+    fn len(self) -> usize {
+        match self {
+            Field::Ipv4 => 4,
+            Field::InetProto => 1,
+            Field::InetService => 2,
+            Field::IfName => IFNAMSIZ,
+        }
+    }
+
+    /// Bytes the field takes in a concatenation: every field starts on a 4-byte register.
+    fn slot_len(self) -> usize {
+        self.len().div_ceil(4) * 4
+    }
+
+    fn show(self, bytes: &[u8]) -> String {
+        match (self, bytes) {
+            (Field::Ipv4, [a, b, c, d]) => Ipv4Addr::new(*a, *b, *c, *d).to_string(),
+            (Field::InetProto, [p]) => match *p {
+                6 => "tcp".into(),
+                17 => "udp".into(),
+                132 => "sctp".into(),
+                other => other.to_string(),
+            },
+            (Field::InetService, [hi, lo]) => u16::from_be_bytes([*hi, *lo]).to_string(),
+            (Field::IfName, name) => {
+                let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+                format!("\"{}\"", String::from_utf8_lossy(&name[..end]))
+            }
+            (_, other) => format!("0x{}", hex(other)),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// nft's number for a concatenation: the fields' numbers, 6 bits each (`TYPE_BITS`).
+fn concat_type(fields: &[Field]) -> u32 {
+    fields.iter().fold(0, |acc, f| (acc << 6) | f.nft_type())
+}
+
+fn concat_len(fields: &[Field]) -> u32 {
+    let len: usize = if let [single] = fields {
+        single.len()
+    } else {
+        fields.iter().map(|f| f.slot_len()).sum()
+    };
+    // At most 4 fields of at most 16 bytes: always fits.
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Encodes one value per field into the kernel's concatenation layout.
+fn concat(fields: &[Field], values: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (field, value) in fields.iter().zip(values) {
+        let mut slot = value.to_vec();
+        let width = if fields.len() == 1 {
+            field.len()
+        } else {
+            field.slot_len()
+        };
+        slot.resize(width, 0);
+        out.extend_from_slice(&slot);
+    }
+    out
+}
+
+fn split<'a>(fields: &[Field], bytes: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::new();
+    let mut rest = bytes;
+    for field in fields {
+        let width = if fields.len() == 1 {
+            field.len()
+        } else {
+            field.slot_len()
+        };
+        let (slot, tail) = rest.split_at(width.min(rest.len()));
+        parts.push(&slot[..field.len().min(slot.len())]);
+        rest = tail;
+    }
+    parts
+}
+
+fn ifname(name: &str) -> [u8; IFNAMSIZ] {
+    let mut out = [0u8; IFNAMSIZ];
+    // Names longer than IFNAMSIZ-1 cannot exist in the kernel; truncating keeps this total.
+    for (slot, byte) in out.iter_mut().zip(name.bytes().take(IFNAMSIZ - 1)) {
+        *slot = byte;
+    }
+    out
+}
+
+fn l4proto(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+/// One set or map element as the kernel stores it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    pub key: Vec<u8>,
+    /// In an interval set, the first address after a range (`NFT_SET_ELEM_INTERVAL_END`).
+    pub interval_end: bool,
+    /// The value, for maps.
+    pub data: Option<Vec<u8>>,
+}
+
+/// One named set or map of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    pub name: &'static str,
+    pub key: &'static [Field],
+    /// Empty for a set, the value's fields for a map.
+    pub data: &'static [Field],
+    /// Elements are ranges (start, end+1) rather than single keys.
+    pub interval: bool,
+    pub elements: BTreeSet<Element>,
+}
+
+/// `NFT_SET_INTERVAL`, `NFT_SET_MAP`.
+const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_MAP: u32 = 0x8;
+
+impl SetSpec {
+    fn new(name: &'static str, key: &'static [Field], data: &'static [Field]) -> Self {
+        SetSpec {
+            name,
+            key,
+            data,
+            interval: false,
+            elements: BTreeSet::new(),
+        }
+    }
+
+    /// The kernel's set flags.
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.interval {
+            flags |= NFT_SET_INTERVAL;
+        }
+        if !self.data.is_empty() {
+            flags |= NFT_SET_MAP;
+        }
+        flags
+    }
+
+    pub fn key_type(&self) -> u32 {
+        concat_type(self.key)
+    }
+
+    pub fn key_len(&self) -> u32 {
+        concat_len(self.key)
+    }
+
+    /// The value's type and length, for maps.
+    pub fn data_type_len(&self) -> Option<(u32, u32)> {
+        (!self.data.is_empty()).then(|| (concat_type(self.data), concat_len(self.data)))
+    }
+
+    /// The set's user data, in nft's type-length-value format: the key's byte order for a
+    /// single-field key, without which `nft list` prints interface names backwards (empty).
+    /// The kernel stores it without using it.
+    pub fn userdata(&self) -> Vec<u8> {
+        // NFTNL_UDATA_SET_KEYBYTEORDER; nft's BYTEORDER_HOST_ENDIAN = 1, BYTEORDER_BIG_ENDIAN = 2.
+        let order: u32 = match self.key {
+            [Field::IfName] => 1,
+            [_] => 2,
+            _ => return Vec::new(),
+        };
+        let mut out = vec![0, 4];
+        out.extend_from_slice(&order.to_ne_bytes());
+        out
+    }
+
+    /// An element in nft's notation, e.g. `172.18.0.1 . tcp . 8000 : 172.18.0.2 . 80`.
+    pub fn show(&self, element: &Element) -> String {
+        let fields = |fields: &[Field], bytes: &[u8]| {
+            fields
+                .iter()
+                .zip(split(fields, bytes))
+                .map(|(f, b)| f.show(b))
+                .collect::<Vec<_>>()
+                .join(" . ")
+        };
+        let mut out = fields(self.key, &element.key);
+        if self.interval {
+            out.push_str(if element.interval_end {
+                " (range end)"
+            } else {
+                " (range start)"
+            });
+        }
+        if let Some(data) = &element.data {
+            out.push_str(" : ");
+            out.push_str(&fields(self.data, data));
+        }
+        out
+    }
+
+    fn type_text(&self) -> String {
+        let names = |fields: &[Field]| {
+            fields
+                .iter()
+                .map(|f| match f {
+                    Field::Ipv4 => "ipv4_addr",
+                    Field::InetProto => "inet_proto",
+                    Field::InetService => "inet_service",
+                    Field::IfName => "ifname",
+                })
+                .collect::<Vec<_>>()
+                .join(" . ")
+        };
+        if self.data.is_empty() {
+            names(self.key)
+        } else {
+            format!("{} : {}", names(self.key), names(self.data))
+        }
+    }
+}
+
+/// The kind of a base chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainKind {
+    Filter,
+    Nat,
+}
+
+impl ChainKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainKind::Filter => "filter",
+            ChainKind::Nat => "nat",
+        }
+    }
+}
+
+/// The netfilter hook of a base chain (`enum nf_inet_hooks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting = 0,
+    Forward = 2,
+    Output = 3,
+    Postrouting = 4,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+/// One rule: its bytecode and what `nft list` prints for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// A short, stable name for the rule's purpose.
+    pub id: &'static str,
+    /// The rule in nft syntax, as `nft list table inet pier` prints it (tests compare the two;
+    /// nft leaves out the `meta nfproto ipv4` that an `ip ...` match implies in an inet table).
+    pub text: &'static str,
+    pub exprs: Vec<Expr>,
+}
+
+impl RuleSpec {
+    /// The comment stored with the rule in the kernel. It carries a hash of the bytecode, so
+    /// reading the comments back tells whether the kernel runs exactly these rules (a newer Pier
+    /// with different rules, or a hand-edited rule, shows up as a mismatch and is replaced).
+    pub fn comment(&self) -> String {
+        let fingerprint = format!("{}|{:?}", self.text, self.exprs);
+        format!("pier:{}:{:08x}", self.id, fnv1a32(fingerprint.as_bytes()))
+    }
+}
+
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// One base chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub name: &'static str,
+    pub kind: ChainKind,
+    pub hook: Hook,
+    pub priority: i32,
+    pub rules: Vec<RuleSpec>,
+}
+
+/// The whole desired table `inet pier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub sets: Vec<SetSpec>,
+    pub chains: Vec<ChainSpec>,
+}
+
+impl Ruleset {
+    /// The set or map with this name.
+    pub fn set(&self, name: &str) -> Option<&SetSpec> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+}
+
+/// Computes the desired table from the node's state. Pure: no kernel access.
+pub fn render(state: &NodeState) -> Ruleset {
+    let bridges: Vec<_> = state
+        .networks
+        .iter()
+        .filter(|n| n.driver == Driver::Bridge)
+        .collect();
+
+    let mut set_bridges = SetSpec::new(SET_BRIDGES, &[Field::IfName], &[]);
+    let mut set_pairs = SetSpec::new(SET_BRIDGE_PAIRS, &[Field::IfName, Field::IfName], &[]);
+    let mut set_internal = SetSpec::new(SET_INTERNAL, &[Field::IfName], &[]);
+    for network in &bridges {
+        let name = ifname(&network.bridge_name());
+        let element = |key: Vec<u8>| Element {
+            key,
+            interval_end: false,
+            data: None,
+        };
+        set_bridges.elements.insert(element(name.to_vec()));
+        set_pairs
+            .elements
+            .insert(element(concat(set_pairs.key, &[&name, &name])));
+        if network.internal {
+            set_internal.elements.insert(element(name.to_vec()));
+        }
+    }
+
+    let mut set_masq = SetSpec::new(SET_MASQ, &[Field::Ipv4], &[]);
+    set_masq.interval = true;
+    let ranges = merge_ranges(
+        bridges
+            .iter()
+            .filter(|n| !n.internal)
+            .filter_map(|n| n.subnet)
+            .map(|s| {
+                let s = s.trunc();
+                (u32::from(s.network()), u32::from(s.broadcast()))
+            })
+            .collect(),
+    );
+    for (start, end) in ranges {
+        set_masq.elements.insert(Element {
+            key: start.to_be_bytes().to_vec(),
+            interval_end: false,
+            data: None,
+        });
+        // A range that reaches 255.255.255.255 has no "first address after it".
+        if let Some(after) = end.checked_add(1) {
+            set_masq.elements.insert(Element {
+                key: after.to_be_bytes().to_vec(),
+                interval_end: true,
+                data: None,
+            });
+        }
+    }
+
+    // Internal networks have no published ports (docker --internal): their ports are left out.
+    let internal_subnets: Vec<_> = bridges
+        .iter()
+        .filter(|n| n.internal)
+        .filter_map(|n| n.subnet)
+        .collect();
+    let mut by_addr: BTreeMap<Vec<u8>, Element> = BTreeMap::new();
+    let mut by_any: BTreeMap<Vec<u8>, Element> = BTreeMap::new();
+    let mut map_addr = SetSpec::new(
+        MAP_PORTS_ADDR,
+        &[Field::Ipv4, Field::InetProto, Field::InetService],
+        &[Field::Ipv4, Field::InetService],
+    );
+    let mut map_any = SetSpec::new(
+        MAP_PORTS_ANY,
+        &[Field::InetProto, Field::InetService],
+        &[Field::Ipv4, Field::InetService],
+    );
+    for port in &state.ports {
+        if internal_subnets
+            .iter()
+            .any(|s| s.contains(&port.endpoint_address))
+        {
+            continue;
+        }
+        let proto = [l4proto(port.protocol)];
+        let host_port = port.host_port.to_be_bytes();
+        let data = concat(
+            map_addr.data,
+            &[
+                &port.endpoint_address.octets(),
+                &port.container_port.to_be_bytes(),
+            ],
+        );
+        let (key, target) = if port.host_ip.is_unspecified() {
+            (concat(map_any.key, &[&proto, &host_port]), &mut by_any)
+        } else {
+            (
+                concat(map_addr.key, &[&port.host_ip.octets(), &proto, &host_port]),
+                &mut by_addr,
+            )
+        };
+        // Two ports with the same key would be rejected by the kernel as a whole batch; the
+        // operator never allocates such a pair, and if it did, the first one wins here.
+        target.entry(key.clone()).or_insert(Element {
+            key,
+            interval_end: false,
+            data: Some(data),
+        });
+    }
+    map_addr.elements = by_addr.into_values().collect();
+    map_any.elements = by_any.into_values().collect();
+
+    Ruleset {
+        sets: vec![
+            set_bridges,
+            set_pairs,
+            set_internal,
+            set_masq,
+            map_addr,
+            map_any,
+        ],
+        chains: chains(),
+    }
+}
+
+/// Merges overlapping and adjacent inclusive ranges. The kernel's interval sets reject
+/// overlapping ranges, and adjacent /16s are the normal case (172.17/16, 172.18/16, ...), so the
+/// set holds their union.
+fn merge_ranges(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
+fn meta(key: MetaKey, dreg: u32) -> Expr {
+    Expr::Meta { key, dreg }
+}
+
+fn lookup(set: &'static str, sreg: u32) -> Expr {
+    Expr::Lookup {
+        set,
+        sreg,
+        dreg: None,
+        invert: false,
+    }
+}
+
+fn lookup_not(set: &'static str, sreg: u32) -> Expr {
+    Expr::Lookup {
+        set,
+        sreg,
+        dreg: None,
+        invert: true,
+    }
+}
+
+fn ip_saddr() -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Network,
+        offset: 12,
+        len: 4,
+        dreg: REG_1,
+    }
+}
+
+fn fib_daddr_local() -> [Expr; 2] {
+    [
+        Expr::FibDaddrType { dreg: REG_1 },
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `dnat ip to <key> map @ports_addr`: (daddr . l4proto . dport) in REG32_00..02; the value
+/// (address . port) comes back in REG32_00..01.
+fn dnat_specific() -> Vec<Expr> {
+    let mut exprs = Expr::is_ipv4().to_vec();
+    exprs.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: REG32_00,
+        },
+        meta(MetaKey::L4Proto, REG32_01),
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG32_02,
+        },
+        Expr::Lookup {
+            set: MAP_PORTS_ADDR,
+            sreg: REG32_00,
+            dreg: Some(REG32_00),
+            invert: false,
+        },
+        Expr::Dnat {
+            addr: REG32_00,
+            port: REG32_01,
+        },
+    ]);
+    exprs
+}
+
+/// `fib daddr type local dnat ip to meta l4proto . th dport map @ports_any`.
+fn dnat_any() -> Vec<Expr> {
+    let mut exprs = Expr::is_ipv4().to_vec();
+    exprs.extend(fib_daddr_local());
+    exprs.extend([
+        meta(MetaKey::L4Proto, REG32_00),
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG32_01,
+        },
+        Expr::Lookup {
+            set: MAP_PORTS_ANY,
+            sreg: REG32_00,
+            dreg: Some(REG32_00),
+            invert: false,
+        },
+        Expr::Dnat {
+            addr: REG32_00,
+            port: REG32_01,
+        },
+    ]);
+    exprs
+}
+
+fn dnat_rules() -> Vec<RuleSpec> {
+    vec![
+        // The specific map needs no `fib` guard: its key already names the destination address.
+        RuleSpec {
+            id: "dnat-addr",
+            text: "dnat ip to ip daddr . meta l4proto . th dport map @ports_addr",
+            exprs: dnat_specific(),
+        },
+        RuleSpec {
+            id: "dnat-any",
+            text: "meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @ports_any",
+            exprs: dnat_any(),
+        },
+    ]
+}
+
+/// The constant rules. See the module docs for why they do not depend on the state.
+fn chains() -> Vec<ChainSpec> {
+    let mut isolate = vec![
+        meta(MetaKey::IifName, REG_1),
+        lookup(SET_BRIDGES, REG_1),
+        meta(MetaKey::OifName, REG_1),
+        lookup(SET_BRIDGES, REG_1),
+        meta(MetaKey::IifName, REG32_00),
+        meta(MetaKey::OifName, REG32_04),
+        lookup_not(SET_BRIDGE_PAIRS, REG32_00),
+    ];
+    isolate.push(Expr::Verdict(Verdict::Drop));
+
+    let mut masq_out = Expr::is_ipv4().to_vec();
+    masq_out.extend([
+        ip_saddr(),
+        lookup(SET_MASQ, REG_1),
+        meta(MetaKey::OifName, REG_1),
+        lookup_not(SET_BRIDGES, REG_1),
+        Expr::Masquerade,
+    ]);
+
+    let mut masq_hairpin = Expr::is_ipv4().to_vec();
+    masq_hairpin.extend([
+        ip_saddr(),
+        lookup(SET_MASQ, REG_1),
+        meta(MetaKey::OifName, REG_1),
+        lookup(SET_BRIDGES, REG_1),
+        Expr::CtStatus { dreg: REG_1 },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            op: CmpOp::Neq,
+            sreg: REG_1,
+            data: vec![0; 4],
+        },
+        Expr::Masquerade,
+    ]);
+
+    let mut masq_loopback = Expr::is_ipv4().to_vec();
+    masq_loopback.extend([
+        ip_saddr(),
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: vec![255, 0, 0, 0],
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: vec![127, 0, 0, 0],
+        },
+        meta(MetaKey::OifName, REG_1),
+        lookup(SET_BRIDGES, REG_1),
+        Expr::Masquerade,
+    ]);
+
+    vec![
+        ChainSpec {
+            name: "forward",
+            kind: ChainKind::Filter,
+            hook: Hook::Forward,
+            priority: 0,
+            rules: vec![
+                // Routed between two different Pier bridges: networks are isolated. Same-bridge
+                // routed traffic (hairpin after DNAT) is in bridge_pairs and passes.
+                RuleSpec {
+                    id: "isolate-networks",
+                    text: "iifname @bridges oifname @bridges iifname . oifname != @bridge_pairs drop",
+                    exprs: isolate,
+                },
+                // Internal networks: nothing in from, or out to, a non-Pier interface.
+                RuleSpec {
+                    id: "internal-no-egress",
+                    text: "iifname @internal_bridges oifname != @bridges drop",
+                    exprs: vec![
+                        meta(MetaKey::IifName, REG_1),
+                        lookup(SET_INTERNAL, REG_1),
+                        meta(MetaKey::OifName, REG_1),
+                        lookup_not(SET_BRIDGES, REG_1),
+                        Expr::Verdict(Verdict::Drop),
+                    ],
+                },
+                RuleSpec {
+                    id: "internal-no-ingress",
+                    text: "oifname @internal_bridges iifname != @bridges drop",
+                    exprs: vec![
+                        meta(MetaKey::OifName, REG_1),
+                        lookup(SET_INTERNAL, REG_1),
+                        meta(MetaKey::IifName, REG_1),
+                        lookup_not(SET_BRIDGES, REG_1),
+                        Expr::Verdict(Verdict::Drop),
+                    ],
+                },
+            ],
+        },
+        // Packets from other hosts and from endpoints (hairpin) to a published port.
+        ChainSpec {
+            name: "prerouting",
+            kind: ChainKind::Nat,
+            hook: Hook::Prerouting,
+            priority: -100,
+            rules: dnat_rules(),
+        },
+        // Packets from the node itself, including to 127.0.0.1 (needs route_localnet=1 on the
+        // bridge, or the kernel drops a 127/8 source on a non-loopback device).
+        ChainSpec {
+            name: "output",
+            kind: ChainKind::Nat,
+            hook: Hook::Output,
+            priority: -100,
+            rules: dnat_rules(),
+        },
+        ChainSpec {
+            name: "postrouting",
+            kind: ChainKind::Nat,
+            hook: Hook::Postrouting,
+            priority: 100,
+            rules: vec![
+                // Docker's `-s SUBNET ! -o BRIDGE -j MASQUERADE`, for all networks at once.
+                RuleSpec {
+                    id: "masquerade-egress",
+                    text: "ip saddr @masq_subnets oifname != @bridges masquerade",
+                    exprs: masq_out,
+                },
+                // Hairpin: an endpoint reached its own bridge through a published port. Without
+                // SNAT the reply would go straight back endpoint-to-endpoint, bypassing the
+                // reverse DNAT. Isolation drops DNATed traffic between different bridges, so a
+                // DNATed packet from a Pier subnet leaving to a Pier bridge is always same-bridge.
+                RuleSpec {
+                    id: "masquerade-hairpin",
+                    text: "ip saddr @masq_subnets oifname @bridges ct status dnat masquerade",
+                    exprs: masq_hairpin,
+                },
+                // 127.0.0.1:hostPort from the node: the endpoint cannot answer a loopback source.
+                RuleSpec {
+                    id: "masquerade-loopback",
+                    text: "ip saddr 127.0.0.0/8 oifname @bridges masquerade",
+                    exprs: masq_loopback,
+                },
+            ],
+        },
+    ]
+}
+
+impl fmt::Display for Ruleset {
+    /// Roughly what `nft list table inet pier` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table inet {TABLE} {{")?;
+        for set in &self.sets {
+            let kind = if set.data.is_empty() { "set" } else { "map" };
+            writeln!(f, "\t{kind} {} {{", set.name)?;
+            writeln!(f, "\t\ttype {}", set.type_text())?;
+            if set.interval {
+                writeln!(f, "\t\tflags interval")?;
+            }
+            for element in &set.elements {
+                writeln!(f, "\t\telement {}", set.show(element))?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        for chain in &self.chains {
+            writeln!(f, "\tchain {} {{", chain.name)?;
+            writeln!(
+                f,
+                "\t\ttype {} hook {} priority {}; policy accept;",
+                chain.kind.as_str(),
+                chain.hook.as_str(),
+                chain.priority
+            )?;
+            for rule in &chain.rules {
+                writeln!(f, "\t\t{} comment \"{}\"", rule.text, rule.comment())?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! Kernel tests of the firewall's table management: each test has its own "host" namespace.
+
+mod firewall_fixture;
+
+use firewall_fixture::{Ns, network, port, require_root, state};
+use pier_node::firewall::{self, MAP_PORTS_ADDR, MAP_PORTS_ANY, render};
+use pier_node::state::{NodeState, Protocol};
+
+fn sample() -> NodeState {
+    state(
+        vec![
+            network("web", "172.18.0.0/16", false),
+            network("db", "172.19.0.0/16", false),
+            network("secret", "10.77.0.0/24", true),
+        ],
+        vec![
+            port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80),
+            port("127.0.0.1", 8443, Protocol::Tcp, "172.18.0.2", 443),
+            port("0.0.0.0", 5353, Protocol::Udp, "172.19.0.3", 53),
+            port("0.0.0.0", 9000, Protocol::Sctp, "172.19.0.3", 9000),
+            // internal: never published
+            port("0.0.0.0", 7000, Protocol::Tcp, "10.77.0.2", 70),
+        ],
+    )
+}
+
+fn converge(host: &Ns, state: &NodeState) {
+    let plan = firewall::plan(Some(&host.path()), state).expect("plan");
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+}
+
+fn set_elements(json: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    json["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o.get("set").or_else(|| o.get("map")))
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("set {name} in {json}"))
+        .get("elem")
+        .and_then(|e| e.as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn apply_creates_the_table_and_a_second_plan_is_empty() {
+    require_root();
+    let host = Ns::new("apply");
+    let state = sample();
+    let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+    assert!(plan.rebuild().is_some(), "{plan}");
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+
+    let json = host.pier_json();
+    let objects = json["nftables"].as_array().expect("nftables array");
+    let chains: Vec<_> = objects
+        .iter()
+        .filter_map(|o| o.get("chain"))
+        .map(|c| {
+            (
+                c["name"].as_str().expect("name"),
+                c["hook"].as_str().expect("hook"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            ("forward", "forward"),
+            ("prerouting", "prerouting"),
+            ("output", "output"),
+            ("postrouting", "postrouting")
+        ]
+    );
+    assert_eq!(set_elements(&json, "bridges").len(), 3);
+    assert_eq!(set_elements(&json, "internal_bridges").len(), 1);
+    assert_eq!(set_elements(&json, MAP_PORTS_ANY).len(), 3, "{json}");
+    assert_eq!(set_elements(&json, MAP_PORTS_ADDR).len(), 1, "{json}");
+
+    // nft decompiles the kernel's bytecode back into exactly the rules Pier meant.
+    let listing = host.ok("nft list table inet pier");
+    for chain in &render(&state).chains {
+        for rule in &chain.rules {
+            assert!(
+                listing.contains(rule.text),
+                "rule {:?} not in\n{listing}",
+                rule.text
+            );
+        }
+    }
+    assert!(
+        listing.contains("tcp . 8000 : 172.18.0.2 . 80"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("127.0.0.1 . tcp . 8443 : 172.18.0.2 . 443"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("sctp . 9000 : 172.19.0.3 . 9000"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("7000"),
+        "internal port published:\n{listing}"
+    );
+    // Adjacent subnets are one range.
+    assert!(listing.contains("172.18.0.0/15"), "{listing}");
+    assert!(
+        !listing.contains("10.77.0.0"),
+        "internal subnet masqueraded:\n{listing}"
+    );
+
+    let again = firewall::plan(Some(&host.path()), &state).expect("second plan");
+    assert!(again.is_empty(), "second plan not empty:\n{again}");
+    assert_eq!(again.to_string(), "table inet pier: up to date\n");
+}
+
+#[test]
+fn one_more_port_is_one_element_and_removing_it_removes_it() {
+    require_root();
+    let host = Ns::new("port");
+    let mut state = state(vec![network("web", "172.18.0.0/16", false)], vec![]);
+    for i in 0..1000 {
+        state
+            .ports
+            .push(port("0.0.0.0", 10000 + i, Protocol::Tcp, "172.18.0.2", 80));
+    }
+    converge(&host, &state);
+
+    state
+        .ports
+        .push(port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.3", 80));
+    let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+    assert!(plan.rebuild().is_none(), "{plan}");
+    assert_eq!(plan.element_changes(), 1, "{plan}");
+    assert!(
+        plan.to_string()
+            .contains("+ ports_any tcp . 8000 : 172.18.0.3 . 80"),
+        "{plan}"
+    );
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+    let listing = host.ok("nft list map inet pier ports_any");
+    assert!(
+        listing.contains("tcp . 8000 : 172.18.0.3 . 80"),
+        "{listing}"
+    );
+    assert_eq!(set_elements(&host.pier_json(), MAP_PORTS_ANY).len(), 1001);
+
+    state.ports.pop();
+    let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+    assert_eq!(plan.element_changes(), 1, "{plan}");
+    assert!(
+        plan.to_string().contains("- ports_any tcp . 8000"),
+        "{plan}"
+    );
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+    let listing = host.ok("nft list map inet pier ports_any");
+    assert!(!listing.contains(" 8000 "), "{listing}");
+    assert!(
+        firewall::plan(Some(&host.path()), &state)
+            .expect("plan")
+            .is_empty()
+    );
+}
+
+#[test]
+fn changed_networks_are_element_changes() {
+    require_root();
+    let host = Ns::new("nets");
+    let mut state = sample();
+    converge(&host, &state);
+    state.networks.remove(1); // db: 172.19.0.0/16
+    let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+    assert!(plan.rebuild().is_none(), "{plan}");
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+    let listing = host.ok("nft list set inet pier masq_subnets");
+    assert!(listing.contains("172.18.0.0/16"), "{listing}");
+    assert!(!listing.contains("172.19"), "{listing}");
+    assert!(
+        firewall::plan(Some(&host.path()), &state)
+            .expect("plan")
+            .is_empty()
+    );
+}
+
+#[test]
+fn foreign_table_survives_apply_and_reset() {
+    require_root();
+    let host = Ns::new("foreign");
+    host.ok("nft add table inet foreign && nft add chain inet foreign input '{ type filter hook input priority 0; }' && nft add rule inet foreign input tcp dport 22 accept");
+    converge(&host, &sample());
+    let mut state = sample();
+    state.ports.pop();
+    state.ports.pop();
+    converge(&host, &state);
+    let foreign = host.ok("nft list table inet foreign");
+    assert!(foreign.contains("tcp dport 22 accept"), "{foreign}");
+
+    firewall::reset(Some(&host.path())).expect("reset");
+    assert!(
+        !host.has_pier_table(),
+        "table inet pier still there after reset"
+    );
+    let foreign = host.ok("nft list table inet foreign");
+    assert!(foreign.contains("tcp dport 22 accept"), "{foreign}");
+    // Resetting twice is fine.
+    firewall::reset(Some(&host.path())).expect("second reset");
+}
+
+#[test]
+fn out_of_band_damage_is_repaired_by_the_next_apply() {
+    require_root();
+    let host = Ns::new("repair");
+    let state = sample();
+    converge(&host, &state);
+    // Sorted lines: hash sets list their elements in an order that depends on a per-set seed.
+    let listing = || {
+        let mut lines: Vec<String> = host
+            .ok("nft list table inet pier")
+            .split([',', '\n'])
+            .map(|l| l.trim().to_owned())
+            .collect();
+        lines.sort();
+        lines
+    };
+    let pristine = listing();
+
+    for damage in [
+        "nft flush table inet pier",
+        "nft flush chain inet pier postrouting",
+        "nft delete chain inet pier forward",
+        "nft flush map inet pier ports_any",
+        "nft delete element inet pier bridges '{ \"pier-00000000\" }' 2>/dev/null; nft add element inet pier bridges '{ \"foreign0\" }'",
+        "nft insert rule inet pier forward accept",
+        "nft delete table inet pier",
+    ] {
+        host.ok(damage);
+        let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+        assert!(!plan.is_empty(), "damage `{damage}` not noticed");
+        firewall::apply(Some(&host.path()), &plan).expect("repair");
+        assert_eq!(listing(), pristine, "not repaired after `{damage}`");
+        assert!(
+            firewall::plan(Some(&host.path()), &state)
+                .expect("plan")
+                .is_empty(),
+            "plan not empty after repairing `{damage}`"
+        );
+    }
+}

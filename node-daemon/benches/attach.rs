@@ -1,0 +1,394 @@
+//! Attach latency: how long one more endpoint takes to come up when the node already has 10, 100
+//! and 1000 (over 4 bridge networks, so no bridge nears its 1024-port limit), for Pier's
+//! `Dataplane::apply` (plan read back from the kernel + links + firewall) and, in the same run on
+//! the same machine, for `netavark setup` (Podman's network tool, Debian package `netavark`).
+//! Optionally iperf3 throughput host -> endpoint through a published port vs. the direct path.
+//!
+//! Not a test: run as root with
+//! `cargo bench -p pier-node --bench attach` (env `PIER_BENCH_SIZES=10,100,1000`,
+//! `PIER_BENCH_REPS=15`, `PIER_BENCH_NETAVARK=/usr/lib/podman/netavark`, `PIER_BENCH_IPERF=1`).
+//! Everything happens in namespaces made here (`pb<pid>-...`), removed at the end.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pier_node::netns;
+use pier_node::reconcile::Dataplane;
+use pier_node::state::{
+    Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
+    PublishedPort,
+};
+
+const NETWORKS: usize = 4;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Runs `ip -batch -` with the given lines (one process for thousands of namespaces).
+fn ip_batch(lines: &[String]) {
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn ip -batch");
+    let mut input = child.stdin.take().expect("stdin of ip");
+    for line in lines {
+        writeln!(input, "{line}").expect("write to ip -batch");
+    }
+    drop(input);
+    child.wait().expect("ip -batch");
+}
+
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    fn new(prefix: &str, count: usize) -> Namespaces {
+        let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+        ip_batch(
+            &names
+                .iter()
+                .map(|n| format!("netns add {n}"))
+                .collect::<Vec<_>>(),
+        );
+        Namespaces { names }
+    }
+
+    fn path(&self, i: usize) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.names[i])
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        ip_batch(
+            &self
+                .names
+                .iter()
+                .map(|n| format!("netns del {n}"))
+                .collect::<Vec<_>>(),
+        );
+    }
+}
+
+fn network(j: usize) -> NetworkState {
+    NetworkState {
+        name: format!("bench{j}"),
+        uid: format!("uid-bench-{j}"),
+        driver: Driver::Bridge,
+        subnet: Some(format!("10.{}.0.0/16", 60 + j).parse().expect("subnet")),
+        gateway: Some(Ipv4Addr::new(10, 60 + j as u8, 0, 1)),
+        mtu: 1500,
+        internal: false,
+        dns: false,
+    }
+}
+
+/// Endpoint `i` of the run, in namespace `ns`: network `i % 4`, a unique address there.
+fn endpoint(i: usize, ns: &str) -> EndpointState {
+    let j = i % NETWORKS;
+    let k = i / NETWORKS;
+    let address = Ipv4Addr::new(10, 60 + j as u8, (k / 200) as u8, (k % 200 + 2) as u8);
+    let o = address.octets();
+    EndpointState {
+        id: format!("bench/e{i}"),
+        uid: format!("uid-bench-e{i}"),
+        name: format!("e{i}"),
+        aliases: vec![],
+        netns: Netns::Named(ns.to_owned()),
+        attachment: Attachment::Bridge(BridgeAttachment {
+            network: format!("bench{j}"),
+            interface: "eth0".into(),
+            address,
+            mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
+            default_route: true,
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(mut samples: Vec<f64>) -> Stats {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    let median = if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    };
+    Stats {
+        median,
+        min: samples[0],
+        max: samples[n - 1],
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Pier: grow the state to each size, then time `apply` of one more endpoint `reps` times (the
+/// extra endpoint is removed again, untimed, between repetitions).
+fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats)> {
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    let host = Namespaces::new(&format!("pb{pid}-host"), 1);
+    let containers = Namespaces::new(&format!("pb{pid}-c"), max + 1);
+    let dataplane = Dataplane::new(Some(host.path(0)));
+    let mut state = NodeState {
+        networks: (0..NETWORKS).map(network).collect(),
+        ..NodeState::default()
+    };
+    let mut results = Vec::new();
+    for &size in sizes {
+        while state.endpoints.len() < size {
+            let i = state.endpoints.len();
+            state.endpoints.push(endpoint(i, &containers.names[i]));
+        }
+        let report = dataplane.apply(&state).expect("grow apply");
+        assert!(report.is_success(), "growing to {size}: {report}");
+        let mut samples = Vec::new();
+        for _ in 0..reps {
+            let mut bigger = state.clone();
+            bigger.endpoints.push(endpoint(max, &containers.names[max]));
+            let start = Instant::now();
+            let report = dataplane.apply(&bigger).expect("apply");
+            samples.push(ms(start.elapsed()));
+            assert!(report.is_success(), "{report}");
+            let report = dataplane.apply(&state).expect("shrink apply");
+            assert!(report.is_success(), "{report}");
+        }
+        let s = stats(samples);
+        eprintln!(
+            "pier     N={size:5}: median {:.2} ms, min {:.2}, max {:.2}",
+            s.median, s.min, s.max
+        );
+        results.push((size, s));
+    }
+    let _ = dataplane.reset();
+    results
+}
+
+fn netavark_options(i: usize, ns: &str) -> String {
+    let j = i % NETWORKS;
+    let k = i / NETWORKS;
+    let address = Ipv4Addr::new(10, 80 + j as u8, (k / 200) as u8, (k % 200 + 2) as u8);
+    serde_json::json!({
+        "container_id": format!("{:064x}", i + 1),
+        "container_name": ns,
+        "networks": {format!("nv{j}"): {"interface_name": "eth0", "static_ips": [address.to_string()]}},
+        "network_info": {format!("nv{j}"): {
+            "dns_enabled": false, "driver": "bridge", "id": format!("{:064x}", 0xbe00 + j),
+            "internal": false, "ipv6_enabled": false, "name": format!("nv{j}"),
+            "network_interface": format!("nvbr{j}"),
+            "subnets": [{"gateway": format!("10.{}.0.1", 80 + j), "subnet": format!("10.{}.0.0/16", 80 + j)}]
+        }},
+        "port_mappings": []
+    })
+    .to_string()
+}
+
+/// Runs `netavark setup|teardown` inside the host namespace; returns the time it took.
+fn netavark(binary: &str, host: &Path, verb: &str, ns: &Path, options: String) -> Duration {
+    let binary = binary.to_owned();
+    let verb = verb.to_owned();
+    let ns = ns.to_path_buf();
+    let config = std::env::temp_dir().join(format!("pier-bench-netavark-{}", std::process::id()));
+    netns::run_in(Some(host), move || {
+        // A child forked on this thread starts in the thread's namespace.
+        let start = Instant::now();
+        let mut child = Command::new(&binary)
+            .arg("--config")
+            .arg(&config)
+            .arg(&verb)
+            .arg(&ns)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn netavark");
+        child
+            .stdin
+            .take()
+            .expect("netavark stdin")
+            .write_all(options.as_bytes())
+            .expect("write netavark options");
+        let output = child.wait_with_output().expect("netavark runs");
+        let took = start.elapsed();
+        assert!(
+            output.status.success(),
+            "netavark {verb}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        took
+    })
+    .expect("namespace thread")
+}
+
+fn bench_netavark(pid: u32, binary: &str, sizes: &[usize], reps: usize) -> Vec<(usize, Stats)> {
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    let host = Namespaces::new(&format!("pb{pid}-nvhost"), 1);
+    let containers = Namespaces::new(&format!("pb{pid}-nv"), max + 1);
+    let host_path = host.path(0);
+    let mut attached = 0;
+    let mut results = Vec::new();
+    for &size in sizes {
+        while attached < size {
+            netavark(
+                binary,
+                &host_path,
+                "setup",
+                &containers.path(attached),
+                netavark_options(attached, &containers.names[attached]),
+            );
+            attached += 1;
+        }
+        let mut samples = Vec::new();
+        for _ in 0..reps {
+            let options = netavark_options(max, &containers.names[max]);
+            samples.push(ms(netavark(
+                binary,
+                &host_path,
+                "setup",
+                &containers.path(max),
+                options.clone(),
+            )));
+            netavark(
+                binary,
+                &host_path,
+                "teardown",
+                &containers.path(max),
+                options,
+            );
+        }
+        let s = stats(samples);
+        eprintln!(
+            "netavark N={size:5}: median {:.2} ms, min {:.2}, max {:.2}",
+            s.median, s.min, s.max
+        );
+        results.push((size, s));
+    }
+    results
+}
+
+/// iperf3 from the host namespace to an endpoint: directly to its address, and through a
+/// published port on the host's own address (DNAT in the output hook). Gbit/s.
+fn bench_iperf(pid: u32) -> Option<(f64, f64)> {
+    let host = Namespaces::new(&format!("pb{pid}-iphost"), 1);
+    let containers = Namespaces::new(&format!("pb{pid}-ip"), 1);
+    let dataplane = Dataplane::new(Some(host.path(0)));
+    let ep = endpoint(0, &containers.names[0]);
+    let Attachment::Bridge(bridge) = &ep.attachment else {
+        return None;
+    };
+    let address = bridge.address;
+    let state = NodeState {
+        networks: vec![network(0)],
+        ports: vec![PublishedPort {
+            id: "bench/iperf".into(),
+            endpoint: ep.id.clone(),
+            host_ip: Ipv4Addr::UNSPECIFIED,
+            host_port: 15201,
+            protocol: Protocol::Tcp,
+            endpoint_address: address,
+            container_port: 5201,
+        }],
+        endpoints: vec![ep],
+    };
+    let report = dataplane.apply(&state).expect("apply");
+    assert!(report.is_success(), "{report}");
+    let in_ns = |ns: &str, script: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", script])
+            .output()
+            .expect("ip netns exec")
+    };
+    in_ns(
+        &host.names[0],
+        "ip link set lo up; ip link add pbdummy type bridge; ip addr add 192.0.2.1/24 dev pbdummy; ip link set pbdummy up",
+    );
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &containers.names[0], "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let run = |target: &str, port: u16| -> Option<f64> {
+        let output = in_ns(
+            &host.names[0],
+            &format!("iperf3 -J -t 5 -c {target} -p {port}"),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|b| b / 1e9)
+    };
+    let direct = run(&address.to_string(), 5201);
+    let published = run("192.0.2.1", 15201);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = dataplane.reset();
+    Some((direct?, published?))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported here.
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the attach benchmark needs root (network namespaces)"
+    );
+    let sizes: Vec<usize> = env_or("PIER_BENCH_SIZES", "10,100,1000")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let reps: usize = env_or("PIER_BENCH_REPS", "15").parse().unwrap_or(15);
+    let netavark_binary = env_or("PIER_BENCH_NETAVARK", "/usr/lib/podman/netavark");
+    let pid = std::process::id();
+
+    let pier = bench_pier(pid, &sizes, reps);
+    let peer = Path::new(&netavark_binary)
+        .exists()
+        .then(|| bench_netavark(pid, &netavark_binary, &sizes, reps));
+
+    println!(
+        "| endpoints on the node | Pier apply: median / min / max (ms) | netavark setup: median / min / max (ms) |"
+    );
+    println!("|---:|---:|---:|");
+    for (i, (size, s)) in pier.iter().enumerate() {
+        let theirs = peer
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .map(|(_, t)| format!("{:.1} / {:.1} / {:.1}", t.median, t.min, t.max))
+            .unwrap_or_else(|| "not installed".to_owned());
+        println!(
+            "| {size} | {:.2} / {:.2} / {:.2} | {theirs} |",
+            s.median, s.min, s.max
+        );
+    }
+    if let (Some((_, first)), Some((_, last))) = (pier.first(), pier.last()) {
+        println!(
+            "\nPier median ratio largest/smallest: {:.2}x",
+            last.median / first.median
+        );
+    }
+    if env_or("PIER_BENCH_IPERF", "1") == "1" {
+        match bench_iperf(pid) {
+            Some((direct, published)) => println!(
+                "\niperf3 host -> endpoint, 5 s TCP: direct {direct:.2} Gbit/s, through published port {published:.2} Gbit/s ({:.0}%)",
+                published / direct * 100.0
+            ),
+            None => println!("\niperf3: not run (iperf3 missing or failed)"),
+        }
+    }
+}

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+use crate::firewall::{self, FirewallPlan};
 use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::netns::{self, NetnsError};
 use crate::state::{
@@ -50,6 +51,9 @@ pub enum DataplaneError {
     #[error("reading sysctls of the host namespace")]
     ReadSysctls(#[source] NetnsError),
 }
+
+/// The report key of table `inet pier`.
+pub const FIREWALL: &str = "firewall/inet-pier";
 
 /// Whether a link name is a bridge Pier owns (`pier-` + 8 lowercase hex digits).
 pub fn is_pier_bridge_name(name: &str) -> bool {
@@ -230,12 +234,14 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Objects found exactly as desired.
     pub in_sync: BTreeSet<String>,
+    /// What table `inet pier` needs (`None` when it could not be read: see `problems`).
+    pub firewall: Option<FirewallPlan>,
 }
 
 impl Plan {
     /// Nothing to change in the kernel (problems may remain: they need a change of the state).
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.firewall.as_ref().is_none_or(FirewallPlan::is_empty)
     }
 }
 
@@ -246,6 +252,11 @@ impl fmt::Display for Plan {
         }
         for step in &self.steps {
             writeln!(f, "{step}")?;
+        }
+        match &self.firewall {
+            Some(firewall) if !firewall.is_empty() => write!(f, "{firewall}")?,
+            Some(_) => writeln!(f, "firewall: no changes")?,
+            None => {}
         }
         for problem in &self.problems {
             writeln!(f, "! {}: {}", problem.object, problem.message)?;
@@ -703,6 +714,15 @@ impl Dataplane {
             }
         }
 
+        // The firewall engineer's half reads table `inet pier` back the same way.
+        match firewall::plan(self.host_netns(), state) {
+            Ok(firewall) => plan.firewall = Some(firewall),
+            Err(error) => plan.problems.push(Problem {
+                object: FIREWALL.to_owned(),
+                message: chain(&error),
+            }),
+        }
+
         // Deletions first: they free names, addresses and routes that new objects may reuse.
         plan.steps.extend(deletes);
         plan.steps.extend(bridges);
@@ -767,6 +787,19 @@ impl Dataplane {
             }
             if let Some(delay) = self.step_delay {
                 std::thread::sleep(delay);
+            }
+        }
+        // After the links: one atomic batch for the whole table.
+        if let Some(firewall) = &plan.firewall {
+            if firewall.is_empty() {
+                report.objects.insert(FIREWALL.to_owned(), Outcome::InSync);
+            } else {
+                match firewall::apply(self.host_netns(), firewall) {
+                    Ok(()) => {
+                        report.changed(FIREWALL.to_owned(), "table inet pier updated".to_owned())
+                    }
+                    Err(error) => report.failed(FIREWALL.to_owned(), chain(&error)),
+                }
             }
         }
         report
@@ -914,6 +947,10 @@ impl Dataplane {
                 }
                 Err(error) => report.failed(object, chain(&error)),
             }
+        }
+        match firewall::reset(self.host_netns()) {
+            Ok(()) => report.changed(FIREWALL.to_owned(), "table inet pier deleted".to_owned()),
+            Err(error) => report.failed(FIREWALL.to_owned(), chain(&error)),
         }
         Ok(report)
     }

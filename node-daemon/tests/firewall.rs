@@ -88,6 +88,13 @@ fn apply_creates_the_table_and_a_second_plan_is_empty() {
             );
         }
     }
+    let bridges = host.ok("nft list set inet pier bridges");
+    for n in &state.networks {
+        assert!(
+            bridges.contains(&format!("\"{}\"", n.bridge_name())),
+            "{bridges}"
+        );
+    }
     assert!(
         listing.contains("tcp . 8000 : 172.18.0.2 . 80"),
         "{listing}"

@@ -126,7 +126,7 @@ impl Ns {
     fn wait_listening(&self, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            let tcp = self.ok("cat /proc/net/tcp");
+            let tcp = self.ok("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null");
             if tcp
                 .lines()
                 .any(|l| l.contains(&format!(":{port:04X} ")) && l.contains(" 0A "))
@@ -138,14 +138,18 @@ impl Ns {
         panic!("server on {port} in {} did not start", self.name);
     }
 
-    /// HTTP GET from inside this namespace; `None` when it fails or times out.
+    /// HTTP GET from inside this namespace; the body, or `None` when it fails or times out.
+    /// (socat as the client: busybox-static's wget crashes in glibc's static resolver code.)
     pub fn http_get(&self, addr: Ipv4Addr, port: u16) -> Option<String> {
         let out = self.run(&format!(
-            "busybox timeout 3 busybox wget -q -T 2 -O - http://{addr}:{port}/"
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox timeout 4 socat -T 3 - TCP4:{addr}:{port},connect-timeout=2"
         ));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let response = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || !response.starts_with("HTTP/1.") {
+            return None;
+        }
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body)?;
+        Some(body.trim().to_owned())
     }
 
     /// A UDP request from inside this namespace; the reply, if any.
@@ -159,7 +163,9 @@ impl Ns {
 
     /// Whether one ping gets an answer.
     pub fn pings(&self, addr: Ipv4Addr) -> bool {
-        self.run(&format!("ping -c 1 -W 1 {addr}")).status.success()
+        self.run(&format!("busybox ping -c 1 -W 1 {addr}"))
+            .status
+            .success()
     }
 }
 
@@ -172,18 +178,15 @@ impl Drop for Ns {
     }
 }
 
-/// Links two namespaces with a veth pair: `a_if` with `a_addr` in `a`, `b_if` with `b_addr` in `b`.
-pub fn link(a: &Ns, a_if: &str, a_addr: &str, b: &Ns, b_if: &str, b_addr: &str) {
+/// Links two namespaces with a veth pair, `a_if` in `a` and `b_if` in `b`, both up, no addresses.
+pub fn veth(a: &Ns, a_if: &str, b: &Ns, b_if: &str) {
     let tmp = format!("t{}", COUNTER.fetch_add(1, Ordering::SeqCst));
     a.ok(&format!(
-        "ip link add {a_if} type veth peer name {tmp} && ip link set {tmp} netns {}",
+        "ip link add {a_if} type veth peer name {tmp} && ip link set {tmp} netns {} && ip link set {a_if} up",
         b.name
     ));
     b.ok(&format!(
-        "ip link set {tmp} name {b_if} && ip addr add {b_addr} dev {b_if} && ip link set {b_if} up"
-    ));
-    a.ok(&format!(
-        "ip addr add {a_addr} dev {a_if} && ip link set {a_if} up"
+        "ip link set {tmp} name {b_if} && ip link set {b_if} up"
     ));
 }
 
@@ -245,17 +248,14 @@ pub fn container(host: &Ns, network: &NetworkState, address: &str, tag: &str) ->
     let subnet = network.subnet.expect("bridge network has a subnet");
     let gateway = network.gateway.expect("bridge network has a gateway");
     let host_if = format!("v{}", COUNTER.fetch_add(1, Ordering::SeqCst));
-    link(
-        host,
-        &host_if,
-        "0.0.0.0/32",
-        &ns,
-        "eth0",
-        &format!("{address}/{}", subnet.prefix_len()),
-    );
+    veth(host, &host_if, &ns, "eth0");
     host.ok(&format!(
-        "ip addr flush dev {host_if} && ip link set {host_if} master {}",
+        "ip link set {host_if} master {}",
         network.bridge_name()
+    ));
+    ns.ok(&format!(
+        "ip addr add {address}/{} dev eth0",
+        subnet.prefix_len()
     ));
     ns.ok(&format!("ip route add default via {gateway}"));
     ns

@@ -1,1 +1,326 @@
+//! Rule rendering is pure: these tests need no kernel.
 
+use super::*;
+use crate::state::{NetworkState, PublishedPort};
+
+fn network(name: &str, subnet: &str, internal: bool) -> NetworkState {
+    let subnet: ipnet::Ipv4Net = subnet.parse().expect("test subnet");
+    NetworkState {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        driver: Driver::Bridge,
+        subnet: Some(subnet),
+        gateway: subnet.hosts().next(),
+        mtu: 1500,
+        internal,
+        dns: true,
+    }
+}
+
+fn port(
+    host_ip: &str,
+    host_port: u16,
+    protocol: Protocol,
+    to: &str,
+    to_port: u16,
+) -> PublishedPort {
+    PublishedPort {
+        id: format!("default/p{host_port}"),
+        endpoint: "default/web".into(),
+        host_ip: host_ip.parse().expect("host ip"),
+        host_port,
+        protocol,
+        endpoint_address: to.parse().expect("endpoint address"),
+        container_port: to_port,
+    }
+}
+
+fn shown(ruleset: &Ruleset, set: &str) -> Vec<String> {
+    let set = ruleset.set(set).expect("set exists");
+    set.elements.iter().map(|e| set.show(e)).collect()
+}
+
+#[test]
+fn empty_state_renders_the_constant_structure_with_empty_sets() {
+    let ruleset = render(&NodeState::default());
+    let names: Vec<_> = ruleset.sets.iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        [
+            SET_BRIDGES,
+            SET_BRIDGE_PAIRS,
+            SET_INTERNAL,
+            SET_MASQ,
+            MAP_PORTS_ADDR,
+            MAP_PORTS_ANY
+        ]
+    );
+    assert!(ruleset.sets.iter().all(|s| s.elements.is_empty()));
+    let chains: Vec<_> = ruleset
+        .chains
+        .iter()
+        .map(|c| (c.name, c.kind, c.hook, c.priority))
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            ("forward", ChainKind::Filter, Hook::Forward, 0),
+            ("prerouting", ChainKind::Nat, Hook::Prerouting, -100),
+            ("output", ChainKind::Nat, Hook::Output, -100),
+            ("postrouting", ChainKind::Nat, Hook::Postrouting, 100),
+        ]
+    );
+    // Rules never depend on the state: all state is in sets.
+    let with_state = render(&NodeState {
+        networks: vec![network("a", "172.18.0.0/16", false)],
+        ..NodeState::default()
+    });
+    assert_eq!(ruleset.chains, with_state.chains);
+}
+
+#[test]
+fn bridges_pairs_and_internal_sets_name_pier_bridges() {
+    let state = NodeState {
+        networks: vec![
+            network("a", "172.18.0.0/16", false),
+            network("b", "10.1.0.0/24", true),
+            NetworkState {
+                driver: Driver::Host,
+                subnet: None,
+                gateway: None,
+                ..network("host", "10.9.0.0/24", false)
+            },
+        ],
+        ..NodeState::default()
+    };
+    let ruleset = render(&state);
+    let a = state.networks[0].bridge_name();
+    let b = state.networks[1].bridge_name();
+    let mut bridges = vec![format!("\"{a}\""), format!("\"{b}\"")];
+    bridges.sort();
+    let mut got = shown(&ruleset, SET_BRIDGES);
+    got.sort();
+    assert_eq!(got, bridges);
+    let mut pairs = vec![format!("\"{a}\" . \"{a}\""), format!("\"{b}\" . \"{b}\"")];
+    pairs.sort();
+    let mut got = shown(&ruleset, SET_BRIDGE_PAIRS);
+    got.sort();
+    assert_eq!(got, pairs);
+    assert_eq!(shown(&ruleset, SET_INTERNAL), [format!("\"{b}\"")]);
+    // Interface names are 16 bytes, NUL padded; pairs are two of them.
+    let set = ruleset.set(SET_BRIDGE_PAIRS).expect("pairs");
+    assert_eq!(set.key_len(), 32);
+    assert!(set.elements.iter().all(|e| e.key.len() == 32));
+    assert_eq!(ruleset.set(SET_BRIDGES).expect("bridges").key_len(), 16);
+}
+
+#[test]
+fn masquerade_covers_non_internal_subnets_merged_into_ranges() {
+    let state = NodeState {
+        networks: vec![
+            network("a", "172.18.0.0/16", false),
+            network("b", "172.19.0.0/16", false),
+            network("c", "10.0.0.0/24", false),
+            network("internal", "10.0.1.0/24", true),
+        ],
+        ..NodeState::default()
+    };
+    let ruleset = render(&state);
+    let set = ruleset.set(SET_MASQ).expect("masq set");
+    assert!(set.interval);
+    assert_eq!(set.flags(), 0x4);
+    assert_eq!(
+        shown(&ruleset, SET_MASQ),
+        [
+            "10.0.0.0 (range start)",
+            "10.0.1.0 (range end)",
+            "172.18.0.0 (range start)",
+            "172.20.0.0 (range end)",
+        ]
+    );
+}
+
+#[test]
+fn a_range_up_to_the_last_address_has_no_end_element() {
+    assert_eq!(
+        merge_ranges(vec![(5, 9), (1, 2), (3, 4), (20, 30), (25, 26)]),
+        [(1, 9), (20, 30)]
+    );
+    let state = NodeState {
+        networks: vec![network("top", "255.255.255.0/24", false)],
+        ..NodeState::default()
+    };
+    assert_eq!(
+        shown(&render(&state), SET_MASQ),
+        ["255.255.255.0 (range start)"]
+    );
+}
+
+#[test]
+fn ports_go_to_the_specific_or_the_wildcard_map() {
+    let state = NodeState {
+        networks: vec![
+            network("web", "172.18.0.0/16", false),
+            network("secret", "10.77.0.0/24", true),
+        ],
+        ports: vec![
+            port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80),
+            port("127.0.0.1", 8443, Protocol::Tcp, "172.18.0.2", 443),
+            port("0.0.0.0", 5353, Protocol::Udp, "172.18.0.3", 53),
+            port("192.0.2.7", 3868, Protocol::Sctp, "172.18.0.4", 3868),
+            port("0.0.0.0", 7000, Protocol::Tcp, "10.77.0.2", 70),
+        ],
+        ..NodeState::default()
+    };
+    let ruleset = render(&state);
+    assert_eq!(
+        shown(&ruleset, MAP_PORTS_ANY),
+        [
+            "tcp . 8000 : 172.18.0.2 . 80",
+            "udp . 5353 : 172.18.0.3 . 53",
+        ]
+    );
+    assert_eq!(
+        shown(&ruleset, MAP_PORTS_ADDR),
+        [
+            "127.0.0.1 . tcp . 8443 : 172.18.0.2 . 443",
+            "192.0.2.7 . sctp . 3868 : 172.18.0.4 . 3868",
+        ]
+    );
+    let addr = ruleset.set(MAP_PORTS_ADDR).expect("map");
+    assert_eq!(addr.flags(), 0x8);
+    // (ipv4_addr . inet_proto . inet_service) : (ipv4_addr . inet_service), as nft numbers them.
+    assert_eq!(addr.key_type(), (((7 << 6) | 12) << 6) | 13);
+    assert_eq!(addr.key_len(), 12);
+    assert_eq!(addr.data_type_len(), Some(((7 << 6) | 13, 8)));
+    let any = ruleset.set(MAP_PORTS_ANY).expect("map");
+    assert_eq!(any.key_len(), 8);
+    // Each field starts on a 4-byte register; the port is in network byte order.
+    let element = any.elements.iter().next().expect("an element");
+    assert_eq!(element.key, [6, 0, 0, 0, 0x1f, 0x40, 0, 0]);
+    assert_eq!(
+        element.data.as_deref(),
+        Some(&[172, 18, 0, 2, 0, 80, 0, 0][..])
+    );
+}
+
+#[test]
+fn a_duplicate_port_key_keeps_the_first() {
+    let state = NodeState {
+        ports: vec![
+            port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80),
+            port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.9", 90),
+            port("0.0.0.0", 8000, Protocol::Udp, "172.18.0.9", 90),
+        ],
+        ..NodeState::default()
+    };
+    assert_eq!(
+        shown(&render(&state), MAP_PORTS_ANY),
+        [
+            "tcp . 8000 : 172.18.0.2 . 80",
+            "udp . 8000 : 172.18.0.9 . 90",
+        ]
+    );
+}
+
+#[test]
+fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
+    let ruleset = render(&NodeState::default());
+    let mut comments = BTreeSet::new();
+    for chain in &ruleset.chains {
+        for rule in &chain.rules {
+            let comment = rule.comment();
+            assert!(
+                comment.starts_with(&format!("pier:{}:", rule.id)),
+                "{comment}"
+            );
+            // nft comments are at most 128 bytes.
+            assert!(comment.len() < 128);
+            comments.insert((chain.name, comment));
+        }
+    }
+    assert_eq!(comments.len(), 10);
+
+    // The DNAT rules read the map's value (address . port) from the registers the lookup wrote.
+    let prerouting = &ruleset.chains[1];
+    for rule in &prerouting.rules {
+        let lookup = rule
+            .exprs
+            .iter()
+            .find_map(|e| match e {
+                Expr::Lookup { dreg: Some(d), .. } => Some(*d),
+                _ => None,
+            })
+            .expect("a map lookup");
+        assert_eq!(
+            rule.exprs.last(),
+            Some(&Expr::Dnat {
+                addr: lookup,
+                port: lookup + 1
+            })
+        );
+    }
+    // Only the wildcard map needs `fib daddr type local`.
+    assert!(
+        !prerouting.rules[0]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::FibDaddrType { .. }))
+    );
+    assert!(
+        prerouting.rules[1]
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::FibDaddrType { .. }))
+    );
+    // Every IPv4 header match is guarded by `meta nfproto ipv4` (the table is inet).
+    for chain in &ruleset.chains[1..] {
+        for rule in &chain.rules {
+            assert_eq!(rule.exprs[..2], Expr::is_ipv4(), "{}", rule.id);
+        }
+    }
+}
+
+#[test]
+fn display_reads_like_nft() {
+    let state = NodeState {
+        networks: vec![network("web", "172.18.0.0/16", false)],
+        ports: vec![port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80)],
+        ..NodeState::default()
+    };
+    let text = render(&state).to_string();
+    assert!(text.starts_with("table inet pier {"), "{text}");
+    assert!(text.contains("map ports_any {"), "{text}");
+    assert!(text.contains("type inet_proto . inet_service : ipv4_addr . inet_service"));
+    assert!(
+        text.contains("element tcp . 8000 : 172.18.0.2 . 80"),
+        "{text}"
+    );
+    assert!(text.contains("type nat hook prerouting priority -100; policy accept;"));
+    assert!(
+        text.contains("masquerade comment \"pier:masquerade-egress:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn userdata_tells_nft_the_key_byte_order() {
+    let ruleset = render(&NodeState::default());
+    let mut host_endian = vec![0u8, 4];
+    host_endian.extend_from_slice(&1u32.to_ne_bytes());
+    assert_eq!(
+        ruleset.set(SET_BRIDGES).expect("set").userdata(),
+        host_endian
+    );
+    assert_eq!(
+        ruleset.set(SET_MASQ).expect("set").userdata()[2..],
+        2u32.to_ne_bytes()
+    );
+    assert!(
+        ruleset
+            .set(MAP_PORTS_ANY)
+            .expect("map")
+            .userdata()
+            .is_empty()
+    );
+}

@@ -140,7 +140,7 @@ fn ms(duration: Duration) -> f64 {
 
 /// Pier: grow the state to each size, then time `apply` of one more endpoint `reps` times (the
 /// extra endpoint is removed again, untimed, between repetitions).
-fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats)> {
+fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats, Stats)> {
     let max = sizes.iter().copied().max().unwrap_or(0);
     let host = Namespaces::new(&format!("pb{pid}-host"), 1);
     let containers = Namespaces::new(&format!("pb{pid}-c"), max + 1);
@@ -157,23 +157,35 @@ fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats)> {
         }
         let report = dataplane.apply(&state).expect("grow apply");
         assert!(report.is_success(), "growing to {size}: {report}");
-        let mut samples = Vec::new();
+        let mut attach = Vec::new();
+        let mut full = Vec::new();
+        let extra = endpoint(max, &containers.names[max]);
+        let mut bigger = state.clone();
+        bigger.endpoints.push(extra.clone());
         for _ in 0..reps {
-            let mut bigger = state.clone();
-            bigger.endpoints.push(endpoint(max, &containers.names[max]));
+            // The attach path: read back and change only the new endpoint.
+            let start = Instant::now();
+            let report = dataplane
+                .apply_endpoints(&bigger, &[extra.id.as_str()])
+                .expect("apply_endpoints");
+            attach.push(ms(start.elapsed()));
+            assert!(report.is_success(), "{report}");
+            let report = dataplane.apply(&state).expect("shrink apply");
+            assert!(report.is_success(), "{report}");
+            // The full reconcile of the same change: dumps every link, collects garbage.
             let start = Instant::now();
             let report = dataplane.apply(&bigger).expect("apply");
-            samples.push(ms(start.elapsed()));
+            full.push(ms(start.elapsed()));
             assert!(report.is_success(), "{report}");
             let report = dataplane.apply(&state).expect("shrink apply");
             assert!(report.is_success(), "{report}");
         }
-        let s = stats(samples);
+        let (a, f) = (stats(attach), stats(full));
         eprintln!(
-            "pier     N={size:5}: median {:.2} ms, min {:.2}, max {:.2}",
-            s.median, s.min, s.max
+            "pier     N={size:5}: attach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
+            a.median, a.min, a.max, f.median, f.min, f.max
         );
-        results.push((size, s));
+        results.push((size, a, f));
     }
     let _ = dataplane.reset();
     results
@@ -362,23 +374,24 @@ fn main() {
         .then(|| bench_netavark(pid, &netavark_binary, &sizes, reps));
 
     println!(
-        "| endpoints on the node | Pier apply: median / min / max (ms) | netavark setup: median / min / max (ms) |"
+        "| endpoints on the node | Pier attach (`apply_endpoints`) | Pier full `apply` incl. the new endpoint | netavark setup |"
     );
-    println!("|---:|---:|---:|");
-    for (i, (size, s)) in pier.iter().enumerate() {
+    println!("|---:|---:|---:|---:|");
+    for (i, (size, a, f)) in pier.iter().enumerate() {
         let theirs = peer
             .as_ref()
             .and_then(|p| p.get(i))
             .map(|(_, t)| format!("{:.1} / {:.1} / {:.1}", t.median, t.min, t.max))
             .unwrap_or_else(|| "not installed".to_owned());
         println!(
-            "| {size} | {:.2} / {:.2} / {:.2} | {theirs} |",
-            s.median, s.min, s.max
+            "| {size} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {theirs} |",
+            a.median, a.min, a.max, f.median, f.min, f.max
         );
     }
-    if let (Some((_, first)), Some((_, last))) = (pier.first(), pier.last()) {
+    println!("\n(median / min / max in ms over {reps} repetitions)");
+    if let (Some((_, first, _)), Some((_, last, _))) = (pier.first(), pier.last()) {
         println!(
-            "\nPier median ratio largest/smallest: {:.2}x",
+            "Pier attach median, largest/smallest size: {:.2}x",
             last.median / first.median
         );
     }

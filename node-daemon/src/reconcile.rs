@@ -377,11 +377,65 @@ impl Dataplane {
     pub fn plan(&self, state: &NodeState) -> Result<Plan, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
         let host = self.open_host()?;
-        self.plan_with(&host, state)
+        self.plan_with(&host, state, None)
     }
 
-    fn plan_with(&self, host: &Nl, state: &NodeState) -> Result<Plan, DataplaneError> {
-        let links = host.links().map_err(DataplaneError::ReadBack)?;
+    /// Like [`Dataplane::plan`], but reads back and changes only the endpoints `ids` (plus the
+    /// bridges and the firewall table), and collects no garbage. The whole state is still used to
+    /// check the endpoints (duplicate addresses and interface names). This is the attach path:
+    /// its cost does not grow with the number of endpoints already on the node, where a full
+    /// plan dumps every link. A full `apply` (at start and periodically) remains what removes
+    /// leftovers.
+    pub fn plan_endpoints(&self, state: &NodeState, ids: &[&str]) -> Result<Plan, DataplaneError> {
+        state.validate().map_err(DataplaneError::InvalidState)?;
+        let host = self.open_host()?;
+        let scope: BTreeSet<&str> = ids.iter().copied().collect();
+        self.plan_with(&host, state, Some(&scope))
+    }
+
+    /// Applies the endpoints `ids` of `state` (see [`Dataplane::plan_endpoints`]).
+    pub fn apply_endpoints(
+        &self,
+        state: &NodeState,
+        ids: &[&str],
+    ) -> Result<Report, DataplaneError> {
+        state.validate().map_err(DataplaneError::InvalidState)?;
+        let host = self.open_host()?;
+        let scope: BTreeSet<&str> = ids.iter().copied().collect();
+        let plan = self.plan_with(&host, state, Some(&scope))?;
+        Ok(self.execute_with(&host, &plan))
+    }
+
+    /// The links a plan looks at: all of them, or (scoped) the bridges and the scoped veths by name.
+    fn read_links(
+        host: &Nl,
+        state: &NodeState,
+        scope: Option<&BTreeSet<&str>>,
+    ) -> Result<Vec<Link>, NetlinkError> {
+        let Some(scope) = scope else {
+            return host.links();
+        };
+        let mut links = Vec::new();
+        for network in state.networks.iter().filter(|n| n.driver == Driver::Bridge) {
+            links.extend(host.link(&network.bridge_name())?);
+        }
+        for endpoint in &state.endpoints {
+            if scope.contains(endpoint.id.as_str())
+                && matches!(endpoint.attachment, Attachment::Bridge(_))
+            {
+                links.extend(host.link(&endpoint.host_veth_name())?);
+            }
+        }
+        Ok(links)
+    }
+
+    fn plan_with(
+        &self,
+        host: &Nl,
+        state: &NodeState,
+        scope: Option<&BTreeSet<&str>>,
+    ) -> Result<Plan, DataplaneError> {
+        let links = Self::read_links(host, state, scope).map_err(DataplaneError::ReadBack)?;
         let addresses = host.v4_addresses().map_err(DataplaneError::ReadBack)?;
         let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let by_index: HashMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
@@ -496,12 +550,18 @@ impl Dataplane {
         let mut used_interfaces: HashMap<(PathBuf, &str), &str> = HashMap::new();
         let mut namespace_ids: HashMap<PathBuf, Option<(u64, u64)>> = HashMap::new();
         for endpoint in &state.endpoints {
+            let in_scope = scope.is_none_or(|s| s.contains(endpoint.id.as_str()));
+            if !in_scope && !matches!(endpoint.attachment, Attachment::Bridge(_)) {
+                continue;
+            }
             let object = format!("endpoint/{}", endpoint.id);
             let mut problem = |message: String| {
-                plan.problems.push(Problem {
-                    object: object.clone(),
-                    message,
-                });
+                if in_scope {
+                    plan.problems.push(Problem {
+                        object: object.clone(),
+                        message,
+                    });
+                }
             };
             match &endpoint.attachment {
                 Attachment::Shared { endpoint: target } => {
@@ -613,6 +673,10 @@ impl Dataplane {
                         deletes.extend(stale("its interface name is taken"));
                         continue;
                     }
+                    if !in_scope {
+                        // Out of scope: taken part in the address and name checks, nothing more.
+                        continue;
+                    }
                     let namespace_id = *namespace_ids
                         .entry(path.clone())
                         .or_insert_with(|| namespace_identity(&path));
@@ -682,7 +746,13 @@ impl Dataplane {
             }
         }
 
-        // Garbage: Pier-owned links the state does not want.
+        // Garbage: Pier-owned links the state does not want (full plans only: a scoped plan has
+        // not read every link).
+        let garbage = if scope.is_none() {
+            links.as_slice()
+        } else {
+            &[]
+        };
         let already: BTreeSet<u32> = deletes
             .iter()
             .filter_map(|s| match s {
@@ -690,7 +760,7 @@ impl Dataplane {
                 _ => None,
             })
             .collect();
-        for link in links.iter().filter(|l| is_owned(l)) {
+        for link in garbage.iter().filter(|l| is_owned(l)) {
             if already.contains(&link.index) {
                 continue;
             }
@@ -740,7 +810,7 @@ impl Dataplane {
     pub fn apply(&self, state: &NodeState) -> Result<Report, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
         let host = self.open_host()?;
-        let plan = self.plan_with(&host, state)?;
+        let plan = self.plan_with(&host, state, None)?;
         Ok(self.execute_with(&host, &plan))
     }
 

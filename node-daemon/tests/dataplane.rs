@@ -495,3 +495,68 @@ fn cli_plan_prints_changes_and_then_nothing() {
     assert!(plan.contains("links: no changes"), "{plan}");
     let _ = std::fs::remove_file(file);
 }
+
+#[test]
+fn scoped_apply_attaches_one_endpoint_and_leaves_garbage_to_the_full_apply() {
+    let lab = Lab::new("scope");
+    let (c1, c2, c3) = (
+        lab.container("c1"),
+        lab.container("c2"),
+        lab.container("c3"),
+    );
+    let mut state = one_network(&c1, &c2);
+    state.endpoints.push(bridge_endpoint(
+        "default/con3",
+        &c3,
+        "workshop-tage",
+        "eth0",
+        "172.18.0.4",
+        true,
+    ));
+    lab.apply_ok(&state);
+    // con3 leaves the state; con4 arrives, applied alone.
+    let gone = state.endpoints.pop().expect("con3");
+    let c4 = lab.container("c4");
+    state.endpoints.push(bridge_endpoint(
+        "default/con4",
+        &c4,
+        "workshop-tage",
+        "eth0",
+        "172.18.0.5",
+        true,
+    ));
+    let plan = lab
+        .dataplane
+        .plan_endpoints(&state, &["default/con4"])
+        .expect("scoped plan");
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    let report = lab
+        .dataplane
+        .apply_endpoints(&state, &["default/con4"])
+        .expect("scoped apply");
+    assert!(report.is_success(), "{report}");
+    assert!(c4.ping_eventually(ip("172.18.0.2")));
+    // The scoped apply did not collect con3's veth; the full apply does.
+    assert!(lab.host.links().contains(&gone.host_veth_name()));
+    let full = lab.dataplane.plan(&state).expect("plan");
+    assert_eq!(full.steps.len(), 1, "{full}");
+    lab.apply_ok(&state);
+    assert!(!lab.host.links().contains(&gone.host_veth_name()));
+    assert_eq!(c3.links(), vec!["lo".to_owned()]);
+    // A scoped apply checks addresses against the whole state.
+    let c5 = lab.container("c5");
+    state.endpoints.push(bridge_endpoint(
+        "default/con5",
+        &c5,
+        "workshop-tage",
+        "eth0",
+        "172.18.0.2",
+        true,
+    ));
+    let report = lab
+        .dataplane
+        .apply_endpoints(&state, &["default/con5"])
+        .expect("scoped apply");
+    let failed: Vec<&str> = report.failures().map(|(object, _)| object).collect();
+    assert_eq!(failed, vec!["endpoint/default/con5"], "{report}");
+}

@@ -5,8 +5,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -97,6 +98,9 @@ impl Nl {
             self.handle()
                 .link()
                 .get()
+                // Statistics are most of each message and Pier never reads them: at 1000 links
+                // skipping them makes the dump several times cheaper to build and to parse.
+                .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats])
                 .execute()
                 .map_ok(Link::from_message)
                 .try_collect::<Vec<_>>()

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
 
@@ -46,12 +47,11 @@ impl Nl {
     pub fn v4_addresses(&self) -> Result<Vec<V4Address>, NetlinkError> {
         let messages = self
             .block_on(async {
-                self.handle()
-                    .address()
-                    .get()
-                    .execute()
-                    .try_collect::<Vec<_>>()
-                    .await
+                let mut request = self.handle().address().get();
+                // IPv4 only: an unspecified family would also dump the IPv6 link-local address of
+                // every veth, which makes the dump grow with the number of endpoints.
+                request.message_mut().header.family = AddressFamily::Inet;
+                request.execute().try_collect::<Vec<_>>().await
             })
             .map_err(|e| NetlinkError::ListAddresses(Box::new(e)))?;
         Ok(messages.into_iter().filter_map(from_message).collect())

@@ -123,9 +123,13 @@ fn hairpin_from_an_endpoint_on_the_same_bridge() {
             "web2 -> {addr}:8000 (hairpin)"
         );
     }
-    // Not covered: an endpoint reaching its *own* published port (web1 -> gateway:8000 -> web1).
-    // The DNAT happens, but the kernel drops the packet before forward when the rewritten
-    // destination equals its source; Docker needs its userland proxy for the same case.
+    // Even the endpoint itself reaches its own published port (needs hairpin mode on its bridge
+    // port when br_netfilter is active; the fixture sets it, as the links side must).
+    assert_eq!(
+        lab.web1.http_get(GATEWAY_WEB, 8000).as_deref(),
+        Some("hello from web1"),
+        "web1 -> its own published port"
+    );
 }
 
 #[test]

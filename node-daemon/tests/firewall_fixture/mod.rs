@@ -249,8 +249,11 @@ pub fn container(host: &Ns, network: &NetworkState, address: &str, tag: &str) ->
     let gateway = network.gateway.expect("bridge network has a gateway");
     let host_if = format!("v{}", COUNTER.fetch_add(1, Ordering::SeqCst));
     veth(host, &host_if, &ns, "eth0");
+    // Hairpin mode on the bridge port, as Docker sets it: with br_netfilter active (the
+    // default here, bridge-nf-call-iptables=1), an endpoint reaching its own published port has
+    // its DNATed frame bridged back out the port it came in on, which a bridge drops otherwise.
     host.ok(&format!(
-        "ip link set {host_if} master {}",
+        "ip link set {host_if} master {} && ip link set {host_if} type bridge_slave hairpin on",
         network.bridge_name()
     ));
     ns.ok(&format!(

@@ -35,8 +35,13 @@ fn next_seq() -> u32 {
 
 /// A netfilter netlink socket in the calling thread's namespace.
 pub fn open() -> Result<Socket, FirewallError> {
-    Socket::new(Bus::Netfilter).map_err(FirewallError::Socket)
+    let socket = Socket::new(Bus::Netfilter).map_err(FirewallError::Socket)?;
+    sys::set_receive_timeout(&socket, RECEIVE_TIMEOUT).map_err(FirewallError::Socket)?;
+    Ok(socket)
 }
+
+/// How long to wait for the kernel's answer to a dump or a batch (it takes microseconds).
+const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn receive_buffer() -> Vec<u8> {
     // The kernel never sends a single datagram larger than this to a reader of this size.

@@ -13,7 +13,11 @@ use std::ffi::{CStr, CString, c_void};
 use std::os::raw::{c_char, c_int};
 use std::ptr::NonNull;
 
-use mnl::mnl_sys::libc::nlmsghdr;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use mnl::mnl_sys::libc::{self, nlmsghdr};
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg, Rule, expr::Expression};
 
@@ -607,6 +611,31 @@ pub fn parse_elements(nlh: &nlmsghdr, out: &mut Vec<Element>) -> c_int {
         sys::nftnl_set_free(s);
     }
     MNL_CB_OK
+}
+
+/// Makes a blocking receive on `socket` fail with `EAGAIN` after `timeout`, so a kernel that
+/// never answers (or an answer Pier miscounted) cannot hang the daemon.
+pub fn set_receive_timeout(socket: &mnl::Socket, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: the descriptor belongs to `socket`, which is borrowed (so open) for the call;
+    // `tv` is a valid `timeval` and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

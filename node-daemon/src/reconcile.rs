@@ -34,8 +34,8 @@ use crate::firewall::{self, FirewallPlan};
 use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::netns::{self, NetnsError};
 use crate::state::{
-    Attachment, BRIDGE_PREFIX, Driver, EndpointState, HOST_VETH_PREFIX, NetworkState, NodeState,
-    StateError,
+    Attachment, BRIDGE_PREFIX, Driver, EndpointState, HOST_VETH_PREFIX, Netns, NetworkState,
+    NodeState, StateError,
 };
 use crate::sysctl::{self, SysctlError};
 
@@ -547,11 +547,21 @@ impl Dataplane {
         let endpoint_ids: BTreeSet<&str> = state.endpoints.iter().map(|e| e.id.as_str()).collect();
         let mut wanted_veths: BTreeSet<String> = BTreeSet::new();
         let mut used_addresses: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
-        let mut used_interfaces: HashMap<(PathBuf, &str), &str> = HashMap::new();
+        let mut used_interfaces: HashMap<(&Netns, &str), &str> = HashMap::new();
         let mut namespace_ids: HashMap<PathBuf, Option<(u64, u64)>> = HashMap::new();
         for endpoint in &state.endpoints {
             let in_scope = scope.is_none_or(|s| s.contains(endpoint.id.as_str()));
-            if !in_scope && !matches!(endpoint.attachment, Attachment::Bridge(_)) {
+            if !in_scope {
+                // Out of scope: it only claims its address and interface name (first wins), with
+                // no allocation, so a scoped plan stays cheap on a node with many endpoints.
+                if let Attachment::Bridge(bridge) = &endpoint.attachment {
+                    used_addresses
+                        .entry((bridge.network.as_str(), bridge.address))
+                        .or_insert(endpoint.id.as_str());
+                    used_interfaces
+                        .entry((&endpoint.netns, bridge.interface.as_str()))
+                        .or_insert(endpoint.id.as_str());
+                }
                 continue;
             }
             let object = format!("endpoint/{}", endpoint.id);
@@ -661,20 +671,16 @@ impl Dataplane {
                         continue;
                     };
                     if let Some(other) = used_interfaces.insert(
-                        (path.clone(), bridge.interface.as_str()),
+                        (&endpoint.netns, bridge.interface.as_str()),
                         endpoint.id.as_str(),
                     ) {
-                        used_interfaces.insert((path.clone(), bridge.interface.as_str()), other);
+                        used_interfaces.insert((&endpoint.netns, bridge.interface.as_str()), other);
                         problem(format!(
                             "interface {} in {} is already endpoint {other:?}",
                             bridge.interface,
                             path.display()
                         ));
                         deletes.extend(stale("its interface name is taken"));
-                        continue;
-                    }
-                    if !in_scope {
-                        // Out of scope: taken part in the address and name checks, nothing more.
                         continue;
                     }
                     let namespace_id = *namespace_ids
@@ -704,6 +710,7 @@ impl Dataplane {
                     if let Some(link) = existing {
                         let fresh = link.kind == LinkKind::Veth
                             && link.up
+                            && link.hairpin
                             && link.master.is_some()
                             && link.master == bridge_index
                             && link.alias.as_deref() == Some(fingerprint.as_str())
@@ -997,6 +1004,7 @@ impl Dataplane {
             inside.replace_default_route(peer, &attach.interface, gateway)?;
         }
         let host_index = lookup(host, &attach.host_veth)?;
+        host.set_hairpin(host_index, &attach.host_veth)?;
         host.set_alias(host_index, &attach.host_veth, &attach.fingerprint)?;
         Ok(())
     }

@@ -560,3 +560,16 @@ fn scoped_apply_attaches_one_endpoint_and_leaves_garbage_to_the_full_apply() {
     let failed: Vec<&str> = report.failures().map(|(object, _)| object).collect();
     assert_eq!(failed, vec!["endpoint/default/con5"], "{report}");
 }
+
+#[test]
+fn example_state_files_parse_and_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        root.join("examples/drivers.json"),
+        root.join("../examples/dataplane/lesson.json"),
+    ] {
+        let text = std::fs::read_to_string(&file).expect("example exists");
+        let state: NodeState = serde_json::from_str(&text).expect("example parses");
+        assert_eq!(state.validate(), Ok(()), "{}", file.display());
+    }
+}

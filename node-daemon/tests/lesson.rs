@@ -95,6 +95,18 @@ fn published_port_8000_reaches_the_web_server_from_everywhere() {
         Some("hello from web"),
         "from a container (hairpin)"
     );
+    // Even the web server reaches its own published port (hairpin mode on its bridge port).
+    let own = web.http_get_eventually(&format!("http://{HOST_UPLINK}:8000/"));
+    assert_eq!(
+        own.as_deref(),
+        Some("hello from web"),
+        "from the endpoint itself"
+    );
+    let shown = lab.host.sh(&format!(
+        "ip -d link show dev {}",
+        state.endpoints[0].host_veth_name()
+    ));
+    assert!(shown.contains("hairpin on"), "{shown}");
     // The container port itself is not published on the host.
     assert!(
         remote

@@ -6,10 +6,11 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use super::{ENODEV, NetlinkError, Nl, errno};
 
@@ -38,6 +39,8 @@ pub struct Link {
     /// `ip link set NAME alias ...`: Pier keeps a veth's configuration fingerprint here.
     pub alias: Option<String>,
     pub mac: Option<Vec<u8>>,
+    /// Bridge ports only: hairpin mode (frames may leave through the port they came in on).
+    pub hairpin: bool,
 }
 
 impl Link {
@@ -51,6 +54,7 @@ impl Link {
             up: message.header.flags.contains(LinkFlags::Up),
             alias: None,
             mac: None,
+            hairpin: false,
         };
         for attribute in message.attributes {
             match attribute {
@@ -61,12 +65,20 @@ impl Link {
                 LinkAttribute::Address(mac) => link.mac = Some(mac),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
-                        if let LinkInfo::Kind(kind) = info {
-                            link.kind = match kind {
-                                InfoKind::Bridge => LinkKind::Bridge,
-                                InfoKind::Veth => LinkKind::Veth,
-                                other => LinkKind::Other(other.to_string()),
-                            };
+                        match info {
+                            LinkInfo::Kind(kind) => {
+                                link.kind = match kind {
+                                    InfoKind::Bridge => LinkKind::Bridge,
+                                    InfoKind::Veth => LinkKind::Veth,
+                                    other => LinkKind::Other(other.to_string()),
+                                };
+                            }
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                link.hairpin = port
+                                    .iter()
+                                    .any(|p| matches!(p, InfoBridgePort::HairpinMode(true)));
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -192,6 +204,20 @@ impl Nl {
     pub fn set_mtu(&self, index: u32, name: &str, mtu: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
         self.change(message, name, "set mtu")
+    }
+
+    /// Turns on hairpin mode on a bridge port (`ip link set NAME type bridge_slave hairpin on`).
+    /// With br_netfilter active (bridge-nf-call-iptables=1), an endpoint that reaches its own
+    /// published port has its DNATed frame bridged back out the port it came in on; without
+    /// hairpin mode the bridge drops it. Docker sets the same.
+    pub fn set_hairpin(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let message = LinkBridgePort::new(index).hairpin(true).build();
+        self.block_on(self.handle().link().set_port(message).execute())
+            .map_err(|source| NetlinkError::SetLink {
+                name: name.to_owned(),
+                what: "set hairpin on",
+                source: Box::new(source),
+            })
     }
 
     /// Sets a link's alias (`ip link set NAME alias TEXT`).

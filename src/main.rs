@@ -6,7 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "pier", version, about = "Docker-style container networking for Kubernetes")]
+#[command(
+    name = "pier",
+    version,
+    about = "Docker-style container networking for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,13 +22,15 @@ enum Command {
     Crds,
     /// Drive the node dataplane from a NodeState file: plan, apply, reset.
     Dataplane(pier_node::cli::DataplaneArgs),
+    /// Serve the embedded DNS for a NodeState file (re-read on change) until Ctrl-C.
+    Dns(pier_node::dns::cli::DnsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -32,6 +38,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dataplane(args) => {
             pier_node::cli::run(&args).context("pier dataplane")?;
+        }
+        Command::Dns(args) => {
+            pier_node::dns::cli::run(&args).context("pier dns")?;
         }
         Command::Crds => {
             let yaml = pier_crds::manifests::all_crds_yaml().context("rendering the CRDs")?;

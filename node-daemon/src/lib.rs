@@ -3,10 +3,11 @@
 //! Turns the desired `NodeState` of one node into kernel objects (bridges, veths, addresses, routes,
 //! one nftables table) and serves network-scoped DNS. See DESIGN.md §2 and §4.
 
-pub mod state;
-pub mod netns;
+pub mod cli;
+pub mod dns;
 pub mod firewall;
 pub mod netlink;
-pub mod sysctl;
+pub mod netns;
 pub mod reconcile;
-pub mod cli;
+pub mod state;
+pub mod sysctl;

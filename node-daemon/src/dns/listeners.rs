@@ -1,0 +1,141 @@
+//! Listeners that follow the bridges: one hickory `Server` (UDP + TCP) per gateway address.
+//!
+//! A `Server` cannot drop one socket of several, so each gateway gets its own; they all share one
+//! handler (and so the same views). A network that appears gets a listener, one that goes loses
+//! it, and the others are not touched: nothing is ever restarted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use hickory_server::Server;
+
+use super::server::PierHandler;
+use super::sockets::{self, NetnsSockets, SocketThreadGone};
+
+/// How long a TCP client may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(5);
+/// Responses queued per TCP connection.
+const TCP_RESPONSE_BUFFER: usize = 64;
+/// How long a removed listener gets to finish what it is answering.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Listening on one gateway failed (retried at the next sync).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("making sockets for {address}")]
+    Thread {
+        address: SocketAddrV4,
+        #[source]
+        source: SocketThreadGone,
+    },
+    #[error("binding UDP {address}")]
+    Udp {
+        address: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding TCP {address}")]
+    Tcp {
+        address: SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The set of per-gateway servers.
+pub struct Listeners {
+    port: u16,
+    sockets: NetnsSockets,
+    handler: PierHandler,
+    servers: BTreeMap<Ipv4Addr, Server<PierHandler>>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("port", &self.port)
+            .field("gateways", &self.servers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Listeners {
+    pub fn new(port: u16, sockets: NetnsSockets, handler: PierHandler) -> Listeners {
+        Listeners {
+            port,
+            sockets,
+            handler,
+            servers: BTreeMap::new(),
+        }
+    }
+
+    /// Where it listens now.
+    pub fn listening(&self) -> Vec<SocketAddrV4> {
+        self.servers
+            .keys()
+            .map(|ip| SocketAddrV4::new(*ip, self.port))
+            .collect()
+    }
+
+    /// Listens on exactly `gateways`: new ones are bound, gone ones shut down.
+    pub async fn sync(&mut self, gateways: &BTreeSet<Ipv4Addr>) -> Vec<ListenError> {
+        let gone: Vec<Ipv4Addr> = self
+            .servers
+            .keys()
+            .filter(|ip| !gateways.contains(ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            if let Some(server) = self.servers.remove(&ip) {
+                stop(server).await;
+                tracing::info!(address = %ip, "DNS listener removed");
+            }
+        }
+        let mut errors = Vec::new();
+        for ip in gateways {
+            if self.servers.contains_key(ip) {
+                continue;
+            }
+            match self.bind(*ip).await {
+                Ok(server) => {
+                    tracing::info!(address = %ip, port = self.port, "DNS listener added");
+                    self.servers.insert(*ip, server);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        errors
+    }
+
+    /// Stops every listener.
+    pub async fn stop_all(&mut self) {
+        for (_, server) in std::mem::take(&mut self.servers) {
+            stop(server).await;
+        }
+    }
+
+    async fn bind(&self, ip: Ipv4Addr) -> Result<Server<PierHandler>, ListenError> {
+        let address = SocketAddrV4::new(ip, self.port);
+        let (udp, tcp) = self
+            .sockets
+            .run(move || (sockets::bind_udp(address), sockets::listen_tcp(address)))
+            .await
+            .map_err(|source| ListenError::Thread { address, source })?;
+        let udp = udp
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(|source| ListenError::Udp { address, source })?;
+        let tcp = tcp
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|source| ListenError::Tcp { address, source })?;
+        let mut server = Server::new(self.handler.clone());
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
+        Ok(server)
+    }
+}
+
+async fn stop(mut server: Server<PierHandler>) {
+    // Dropping the server (on timeout) aborts whatever is still running.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown_gracefully()).await;
+}

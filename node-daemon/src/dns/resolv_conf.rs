@@ -1,0 +1,343 @@
+//! resolv.conf in both directions: reading the node's (the upstreams, its search domains) and
+//! writing `/etc/netns/NAME/resolv.conf` for named-namespace endpoints.
+//!
+//! `ip netns exec NAME` bind-mounts `/etc/netns/NAME/resolv.conf` over `/etc/resolv.conf`, so
+//! that file is how a netns "container" finds Pier's DNS. Like Docker's embedded DNS the file has
+//! the gateway as nameserver, the node's search domains, and `options ndots:0` so a name with no
+//! dot is tried as is first. Pods do not use these files: the node daemon sets their `dnsConfig`
+//! (nameservers = the gateway, searches and `ndots:0` the same) with `dnsPolicy: None`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::state::{Netns, NodeState};
+
+use super::views::namespace_gateways;
+
+/// First line of every file Pier writes: only files that start with it are ever removed.
+pub const MARKER: &str = "# Written by Pier's embedded DNS";
+
+/// glibc reads at most three nameservers.
+const MAX_NAMESERVERS: usize = 3;
+
+/// The parts of a resolv.conf Pier uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvConf {
+    /// Upstream servers, port 53, in file order.
+    pub nameservers: Vec<SocketAddr>,
+    /// Search domains.
+    pub search: Vec<String>,
+}
+
+impl ResolvConf {
+    /// Parses the `nameserver` and `search`/`domain` lines; everything else is ignored.
+    pub fn parse(text: &str) -> ResolvConf {
+        let mut conf = ResolvConf::default();
+        for line in text.lines() {
+            let line = line.split(['#', ';']).next().unwrap_or_default();
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => {
+                    // Zone ids (`fe80::1%eth0`) cannot be used from another namespace: skipped.
+                    if let Some(ip) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
+                        conf.nameservers.push(SocketAddr::new(ip, 53));
+                    }
+                }
+                // The last `search` or `domain` line wins, as in glibc.
+                Some("search" | "domain") => conf.search = words.map(str::to_owned).collect(),
+                _ => {}
+            }
+        }
+        conf
+    }
+
+    /// Reads a file; a missing or unreadable file means no upstreams (local names still work).
+    pub fn read_or_empty(path: &Path) -> ResolvConf {
+        match std::fs::read_to_string(path) {
+            Ok(text) => ResolvConf::parse(&text),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the upstream resolv.conf");
+                ResolvConf::default()
+            }
+        }
+    }
+}
+
+/// The first line of the files written by the DNS server of node namespace `owner`.
+fn header(owner: &str) -> String {
+    format!("{MARKER} of node namespace {owner}")
+}
+
+/// The file for a namespace whose resolver asks `gateways`, written by `owner`'s DNS server.
+pub fn render(owner: &str, namespace: &str, gateways: &[Ipv4Addr], search: &[String]) -> String {
+    let mut text = format!(
+        "{} for namespace {namespace}; removed when it has no endpoint\n",
+        header(owner)
+    );
+    for gateway in gateways.iter().take(MAX_NAMESERVERS) {
+        text.push_str(&format!("nameserver {gateway}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    text.push_str("options ndots:0\n");
+    text
+}
+
+/// Writing or removing a namespace's resolv.conf failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolvConfError {
+    #[error("creating {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("removing {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Keeps `ROOT/NAME/resolv.conf` in line with the state (ROOT is `/etc/netns` in production).
+#[derive(Debug)]
+pub struct ResolvConfWriter {
+    root: PathBuf,
+    /// The node namespace whose DNS server writes: several node namespaces on one machine (local
+    /// mode, tests) share `/etc/netns`, and each must only ever touch its own files.
+    owner: String,
+    /// Namespaces whose file Pier wrote, with the content (rewritten only when it changes).
+    written: BTreeMap<String, String>,
+}
+
+impl ResolvConfWriter {
+    /// A writer for `root`; files a previous run for the same `owner` left are adopted, so a
+    /// restarted daemon removes those whose endpoints went while it was down.
+    pub fn new(root: PathBuf, owner: String) -> ResolvConfWriter {
+        let mine = format!("{} for namespace ", header(&owner));
+        let mut written = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let file = entry.path().join("resolv.conf");
+                if let Ok(text) = std::fs::read_to_string(&file)
+                    && text.starts_with(&mine)
+                {
+                    written.insert(entry.file_name().to_string_lossy().into_owned(), text);
+                }
+            }
+        }
+        ResolvConfWriter {
+            root,
+            owner,
+            written,
+        }
+    }
+
+    /// The file of namespace `name`.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.root.join(name).join("resolv.conf")
+    }
+
+    /// Writes the files `state` needs and removes the ones no longer needed. Returns one error per
+    /// failed namespace; the others are still done.
+    pub fn sync(&mut self, state: &NodeState, search: &[String]) -> Vec<ResolvConfError> {
+        let desired: BTreeMap<String, String> = namespace_gateways(state)
+            .into_iter()
+            .filter_map(|(netns, gateways)| match netns {
+                Netns::Named(name) if is_plain_name(&name) => {
+                    let text = render(&self.owner, &name, &gateways, search);
+                    Some((name, text))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut errors = Vec::new();
+        for (name, text) in &desired {
+            if self.written.get(name) == Some(text) && self.path_of(name).exists() {
+                continue;
+            }
+            match self.write(name, text) {
+                Ok(()) => {
+                    self.written.insert(name.clone(), text.clone());
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        let gone: BTreeSet<String> = self
+            .written
+            .keys()
+            .filter(|name| !desired.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            match self.remove(&name) {
+                Ok(()) => {
+                    self.written.remove(&name);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        errors
+    }
+
+    /// Removes every file this writer owns (on shutdown).
+    pub fn remove_all(&mut self) -> Vec<ResolvConfError> {
+        self.sync(&NodeState::default(), &[])
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<(), ResolvConfError> {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|source| ResolvConfError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        // Write-then-rename: a resolver never reads half a file.
+        let path = dir.join("resolv.conf");
+        let temporary = dir.join(".resolv.conf.pier");
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|source| ResolvConfError::Write { path, source })
+    }
+
+    fn remove(&self, name: &str) -> Result<(), ResolvConfError> {
+        let path = self.path_of(name);
+        match std::fs::read_to_string(&path) {
+            // Someone replaced the file: it is theirs now, leave it.
+            Ok(text) if !text.starts_with(&header(&self.owner)) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            _ => std::fs::remove_file(&path).or_else(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(ResolvConfError::Remove {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            })?,
+        }
+        // The directory goes too if nothing else is in it.
+        let _ = std::fs::remove_dir(self.root.join(name));
+        Ok(())
+    }
+}
+
+/// A namespace name that is one path component (never `..` or `a/b`).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Attachment, BridgeAttachment, Driver, EndpointState, NetworkState};
+
+    #[test]
+    fn parses_nameservers_and_search() {
+        let conf = ResolvConf::parse(
+            "# comment\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver ::1\n\
+             domain a.example\nsearch b.example c.example ; trailing\noptions ndots:2\n",
+        );
+        assert_eq!(
+            conf.nameservers,
+            vec![
+                "10.0.0.2:53".parse().expect("addr"),
+                "[::1]:53".parse().expect("addr")
+            ]
+        );
+        assert_eq!(conf.search, vec!["b.example", "c.example"]);
+    }
+
+    #[test]
+    fn renders_like_docker() {
+        let text = render(
+            "(own)",
+            "con1",
+            &["172.18.0.1".parse().expect("ip")],
+            &["corp.example".into()],
+        );
+        assert!(text.starts_with(MARKER));
+        assert!(text.contains("nameserver 172.18.0.1\n"));
+        assert!(text.contains("search corp.example\n"));
+        assert!(text.ends_with("options ndots:0\n"));
+    }
+
+    fn state(endpoint_ns: &[&str]) -> NodeState {
+        NodeState {
+            networks: vec![NetworkState {
+                name: "n".into(),
+                uid: "u".into(),
+                driver: Driver::Bridge,
+                subnet: Some("172.18.0.0/16".parse().expect("subnet")),
+                gateway: Some("172.18.0.1".parse().expect("gw")),
+                mtu: 1500,
+                internal: false,
+                dns: true,
+            }],
+            endpoints: endpoint_ns
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| EndpointState {
+                    id: format!("default/{ns}"),
+                    uid: format!("u{i}"),
+                    name: (*ns).into(),
+                    aliases: vec![],
+                    netns: Netns::Named((*ns).into()),
+                    attachment: Attachment::Bridge(BridgeAttachment {
+                        network: "n".into(),
+                        interface: "eth0".into(),
+                        address: Ipv4Addr::new(172, 18, 0, 2 + i as u8),
+                        mac: "02:42:00:00:00:01".into(),
+                        default_route: true,
+                    }),
+                })
+                .collect(),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn writes_removes_and_leaves_foreign_files_alone() {
+        let root = std::env::temp_dir().join(format!("pier-resolv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("foreign")).expect("mkdir");
+        std::fs::write(root.join("foreign/resolv.conf"), "nameserver 9.9.9.9\n").expect("write");
+
+        let mut writer = ResolvConfWriter::new(root.clone(), "node-a".into());
+        // Another node's DNS server on the same machine writes beside it.
+        let mut other = ResolvConfWriter::new(root.clone(), "node-b".into());
+        assert!(other.sync(&state(&["c"]), &[]).is_empty());
+        assert!(writer.sync(&state(&["a", "b"]), &[]).is_empty());
+        let a = std::fs::read_to_string(root.join("a/resolv.conf")).expect("a written");
+        assert!(a.contains("nameserver 172.18.0.1"));
+        assert!(root.join("b/resolv.conf").exists());
+
+        assert!(writer.sync(&state(&["a"]), &[]).is_empty());
+        assert!(
+            !root.join("b").exists(),
+            "b's file and directory are removed"
+        );
+
+        // A restarted writer adopts a's file and removes it when a is gone.
+        let mut restarted = ResolvConfWriter::new(root.clone(), "node-a".into());
+        assert!(restarted.remove_all().is_empty());
+        assert!(!root.join("a").exists());
+        assert!(
+            root.join("c/resolv.conf").exists(),
+            "node-b's file is not node-a's"
+        );
+        assert!(other.remove_all().is_empty());
+        assert!(!root.join("c").exists());
+        assert!(root.join("foreign/resolv.conf").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,121 @@
+//! Sockets inside the node's namespace, made by one long-lived thread that lives there.
+//!
+//! The DNS server runs on tokio workers, which must never `setns` (DESIGN.md §4). A socket belongs
+//! to the namespace it was created in, for its whole life, so one dedicated OS thread entered into
+//! the node's namespace (through `netns::run_in`) creates every socket the server needs: listeners
+//! on the gateways and fresh sockets for each forwarded query. The tokio side then uses them from
+//! anywhere.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::oneshot;
+
+use crate::netns::{self, NetnsError};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A handle to the socket-making thread; the thread ends when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct NetnsSockets {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The socket thread is gone (it only ends when every handle is dropped, or by a panic).
+#[derive(Debug, thiserror::Error)]
+#[error("the socket thread for the node namespace is gone")]
+pub struct SocketThreadGone;
+
+impl NetnsSockets {
+    /// Starts the thread inside `netns` (`None`: this process's namespace).
+    pub fn start(netns: Option<PathBuf>) -> Result<NetnsSockets, NetnsError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::channel::<Result<(), NetnsError>>();
+        let failed_tx = ready_tx.clone();
+        std::thread::Builder::new()
+            .name("pier-dns-netns".into())
+            .spawn(move || {
+                // `run_in` makes a fresh thread inside the namespace; this one only waits for it.
+                let outcome = netns::run_in(netns.as_deref(), move || {
+                    let _ = ready_tx.send(Ok(()));
+                    while let Ok(job) = queue.recv() {
+                        job();
+                    }
+                });
+                if let Err(error) = outcome {
+                    let _ = failed_tx.send(Err(error));
+                }
+            })
+            .map_err(NetnsError::Spawn)?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(NetnsSockets { jobs }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(NetnsError::Panicked {
+                path: "(dns socket thread)".into(),
+            }),
+        }
+    }
+
+    /// Runs `make` on the namespace thread and returns its result.
+    pub async fn run<T, F>(&self, make: F) -> Result<T, SocketThreadGone>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(make());
+            }))
+            .map_err(|_| SocketThreadGone)?;
+        rx.await.map_err(|_| SocketThreadGone)
+    }
+}
+
+/// A UDP socket bound to `address`, with IP_FREEBIND so it can be bound before the bridge has
+/// its gateway address (the dataplane may come later) and keeps working when it comes and goes.
+pub fn bind_udp(address: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_freebind_v4(true)?;
+    socket.set_reuse_address(true)?;
+    // Bursts of queries must queue in the kernel, not be dropped while a worker is busy.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V4(address).into())?;
+    Ok(socket.into())
+}
+
+/// A TCP listener bound to `address` (IP_FREEBIND as for UDP).
+pub fn listen_tcp(address: SocketAddrV4) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_freebind_v4(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V4(address).into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// An unbound UDP socket on an ephemeral port (a fresh random source port per forwarded query,
+/// which is most of what protects a forwarder against spoofed answers).
+pub fn ephemeral_udp(ipv6: bool) -> io::Result<std::net::UdpSocket> {
+    let bind: SocketAddr = if ipv6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// An unconnected TCP socket, to be connected from tokio.
+pub fn tcp_socket(ipv6: bool) -> io::Result<std::net::TcpStream> {
+    let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,506 @@
+//! DNS views: pure logic from a `NodeState` to "this asking address sees these records".
+//!
+//! Docker semantics (DESIGN.md §4): a name resolves for an asker iff they share a network. The
+//! asker is identified by its source address → its endpoint → the namespace that endpoint lives
+//! in → every DNS-enabled network attached to that namespace (after `network connect` it sees
+//! both). Everything is precomputed here when the state changes, so a query is one or two hash
+//! probes and never walks the state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use hickory_server::proto::rr::rdata::{A, PTR};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::state::{Attachment, Driver, EndpointState, Netns, NodeState};
+
+/// TTL of local answers: 0, so a reconnect or a removed endpoint is seen by the next query.
+pub const LOCAL_TTL: u32 = 0;
+
+/// How deep `container:` sharing chains are followed (a cycle in a broken state must not hang).
+const MAX_SHARE_DEPTH: usize = 8;
+
+/// What one namespace's endpoints may see: the union of their DNS-enabled networks.
+#[derive(Debug, Default)]
+pub struct View {
+    /// The networks this view is made of, sorted (for tests and logs).
+    pub networks: Vec<String>,
+    /// A records by lower-cased FQDN (`con1.`, `web.`, `con1.workshop-tage.`).
+    names: HashMap<LowerName, Vec<Record>>,
+    /// PTR records by reverse name (`2.0.18.172.in-addr.arpa.`).
+    pointers: HashMap<LowerName, Vec<Record>>,
+    /// Whether unknown names are forwarded upstream: false when every network is `internal`.
+    pub forward: bool,
+}
+
+/// The outcome of looking a question up in an asker's view.
+#[derive(Debug, PartialEq)]
+pub enum Resolution<'a> {
+    /// The source address is no endpoint on this node: answer REFUSED (not an open resolver).
+    Refused,
+    /// A local name: these records (empty: the name exists but has no data of that type).
+    Local(&'a [Record]),
+    /// No such name here and it must not go upstream: NXDOMAIN.
+    NxDomain,
+    /// Not a local name: ask the node's upstream resolvers.
+    Forward,
+}
+
+/// All views of one `NodeState`, keyed by asking address.
+#[derive(Debug, Default)]
+pub struct Views {
+    askers: HashMap<Ipv4Addr, Arc<View>>,
+    /// Gateways of DNS-enabled bridge networks: where the server listens.
+    pub listen: BTreeSet<Ipv4Addr>,
+}
+
+impl Views {
+    /// Builds every view of `state`. Names that are not valid DNS names are skipped (the operator
+    /// validates names; a bad one must not take the others down).
+    pub fn build(state: &NodeState) -> Views {
+        let networks = state.networks_by_name();
+        let dns_network = |name: &str| {
+            networks
+                .get(name)
+                .is_some_and(|n| n.driver == Driver::Bridge && n.dns && n.gateway.is_some())
+        };
+
+        // Per namespace: its addresses (the asker keys) and its DNS-enabled networks.
+        let mut addresses: BTreeMap<Netns, Vec<Ipv4Addr>> = BTreeMap::new();
+        let mut attached: BTreeMap<Netns, BTreeSet<&str>> = BTreeMap::new();
+        // Per DNS network: (name, address) pairs of its endpoints.
+        let mut members: BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>> = BTreeMap::new();
+        for endpoint in &state.endpoints {
+            let Attachment::Bridge(bridge) = &endpoint.attachment else {
+                continue;
+            };
+            let Some(netns) = namespace_of(state, endpoint) else {
+                continue;
+            };
+            addresses
+                .entry(netns.clone())
+                .or_default()
+                .push(bridge.address);
+            if dns_network(&bridge.network) {
+                attached
+                    .entry(netns)
+                    .or_default()
+                    .insert(bridge.network.as_str());
+                members
+                    .entry(bridge.network.as_str())
+                    .or_default()
+                    .push((endpoint, bridge.address));
+            }
+        }
+
+        // One view per distinct set of networks: namespaces on the same networks share it.
+        let mut by_set: HashMap<BTreeSet<&str>, Arc<View>> = HashMap::new();
+        let mut askers = HashMap::new();
+        for (netns, set) in &attached {
+            let view = by_set
+                .entry(set.clone())
+                .or_insert_with(|| {
+                    Arc::new(build_view(set, &members, |n| {
+                        networks.get(n).is_some_and(|n| !n.internal)
+                    }))
+                })
+                .clone();
+            for address in addresses.get(netns).into_iter().flatten() {
+                askers.insert(*address, view.clone());
+            }
+        }
+
+        let listen = state
+            .networks
+            .iter()
+            .filter(|n| dns_network(&n.name))
+            .filter_map(|n| n.gateway)
+            .collect();
+        Views { askers, listen }
+    }
+
+    /// The view of the asker at `source`, if it is an endpoint on a DNS-enabled network here.
+    pub fn view_of(&self, source: IpAddr) -> Option<&View> {
+        match source {
+            IpAddr::V4(v4) => self.askers.get(&v4).map(Arc::as_ref),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .and_then(|v4| self.askers.get(&v4))
+                .map(Arc::as_ref),
+        }
+    }
+
+    /// Looks `name`/`kind` up as the asker at `source` sees it.
+    pub fn resolve(&self, source: IpAddr, name: &LowerName, kind: RecordType) -> Resolution<'_> {
+        match self.view_of(source) {
+            None => Resolution::Refused,
+            Some(view) => view.resolve(name, kind),
+        }
+    }
+}
+
+impl View {
+    /// Looks a question up. Names of networks the asker is not on are simply absent from the
+    /// view, so they take exactly the path of a name that exists nowhere (no leak).
+    pub fn resolve(&self, name: &LowerName, kind: RecordType) -> Resolution<'_> {
+        let names = self.names.get(name);
+        let pointers = self.pointers.get(name);
+        match (kind, names, pointers) {
+            (RecordType::A | RecordType::ANY, Some(records), _) => Resolution::Local(records),
+            (RecordType::PTR | RecordType::ANY, _, Some(records)) => Resolution::Local(records),
+            // The name is ours but has no data of this type (AAAA before IPv6, MX, ...): NODATA,
+            // never forwarded (the upstream would answer for a different name space).
+            (_, Some(_), _) | (_, _, Some(_)) => Resolution::Local(&[]),
+            // Single-label names are container names or typos: sending them upstream leaks them
+            // and only ever gets NXDOMAIN back.
+            _ if name.num_labels() <= 1 => Resolution::NxDomain,
+            _ if self.forward => Resolution::Forward,
+            _ => Resolution::NxDomain,
+        }
+    }
+
+    /// Number of distinct names (for logs and tests).
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+}
+
+fn build_view(
+    set: &BTreeSet<&str>,
+    members: &BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>>,
+    forwards: impl Fn(&str) -> bool,
+) -> View {
+    let mut view = View {
+        networks: set.iter().map(|n| (*n).to_owned()).collect(),
+        forward: set.iter().any(|n| forwards(n)),
+        ..View::default()
+    };
+    for network in set {
+        for (endpoint, address) in members.get(network).into_iter().flatten() {
+            let short = std::iter::once(&endpoint.name).chain(&endpoint.aliases);
+            for label in short {
+                for fqdn in [format!("{label}."), format!("{label}.{network}.")] {
+                    add_a(&mut view.names, &fqdn, *address);
+                }
+            }
+            // PTR answers with `NAME.NETWORK.`, as Docker does.
+            if let Ok(target) = Name::from_ascii(format!("{}.{network}.", endpoint.name)) {
+                let reverse = Name::from(*address);
+                let record =
+                    Record::from_rdata(reverse.clone(), LOCAL_TTL, RData::PTR(PTR(target)));
+                push_unique(
+                    view.pointers.entry(LowerName::new(&reverse)).or_default(),
+                    record,
+                );
+            }
+        }
+    }
+    view
+}
+
+fn add_a(names: &mut HashMap<LowerName, Vec<Record>>, fqdn: &str, address: Ipv4Addr) {
+    let Ok(name) = Name::from_ascii(fqdn) else {
+        tracing::warn!(name = fqdn, "skipping a name that is not a valid DNS name");
+        return;
+    };
+    let name = name.to_lowercase();
+    let record = Record::from_rdata(name.clone(), LOCAL_TTL, RData::A(A(address)));
+    push_unique(names.entry(LowerName::new(&name)).or_default(), record);
+}
+
+fn push_unique(records: &mut Vec<Record>, record: Record) {
+    if !records.contains(&record) {
+        records.push(record);
+    }
+}
+
+/// The namespace an endpoint's traffic comes from: its own, or for container mode the one of the
+/// endpoint it shares (followed through chains).
+pub fn namespace_of(state: &NodeState, endpoint: &EndpointState) -> Option<Netns> {
+    let mut current = endpoint;
+    for _ in 0..MAX_SHARE_DEPTH {
+        match &current.attachment {
+            Attachment::Shared { endpoint: target } => {
+                current = state.endpoints.iter().find(|e| &e.id == target)?;
+            }
+            _ => return Some(current.netns.clone()),
+        }
+    }
+    None
+}
+
+/// Per namespace, the gateways its resolver should ask: the gateway of each DNS-enabled network
+/// it is attached to, the default-route network first, then in state order.
+pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
+    let networks = state.networks_by_name();
+    let mut out: BTreeMap<Netns, Vec<(bool, Ipv4Addr)>> = BTreeMap::new();
+    for endpoint in &state.endpoints {
+        let Attachment::Bridge(bridge) = &endpoint.attachment else {
+            continue;
+        };
+        let Some(network) = networks.get(bridge.network.as_str()) else {
+            continue;
+        };
+        let (true, Driver::Bridge, Some(gateway)) = (network.dns, network.driver, network.gateway)
+        else {
+            continue;
+        };
+        let Some(netns) = namespace_of(state, endpoint) else {
+            continue;
+        };
+        let gateways = out.entry(netns).or_default();
+        if !gateways.iter().any(|(_, g)| *g == gateway) {
+            gateways.push((bridge.default_route, gateway));
+        }
+    }
+    out.into_iter()
+        .map(|(netns, mut gateways)| {
+            // Stable: the default-route network first, the rest keep their order.
+            gateways.sort_by_key(|(default, _)| !*default);
+            (netns, gateways.into_iter().map(|(_, g)| g).collect())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{BridgeAttachment, NetworkState};
+
+    fn network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
+        NetworkState {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            driver: Driver::Bridge,
+            subnet: Some(subnet.parse().expect("subnet")),
+            gateway: Some(gateway.parse().expect("gateway")),
+            mtu: 1500,
+            internal: false,
+            dns: true,
+        }
+    }
+
+    fn endpoint(id: &str, ns: &str, network: &str, address: &str) -> EndpointState {
+        EndpointState {
+            id: id.into(),
+            uid: format!("uid-{id}"),
+            name: id.rsplit('/').next().unwrap_or(id).into(),
+            aliases: vec![],
+            netns: Netns::Named(ns.into()),
+            attachment: Attachment::Bridge(BridgeAttachment {
+                network: network.into(),
+                interface: "eth0".into(),
+                address: address.parse().expect("address"),
+                mac: "02:42:00:00:00:01".into(),
+                default_route: true,
+            }),
+        }
+    }
+
+    /// The lesson: con1, con2 on workshop-tage; con3 on ch-open.
+    fn lesson() -> NodeState {
+        NodeState {
+            networks: vec![
+                network("workshop-tage", "172.18.0.0/16", "172.18.0.1"),
+                network("ch-open", "172.19.0.0/16", "172.19.0.1"),
+            ],
+            endpoints: vec![
+                endpoint("default/con1", "con1", "workshop-tage", "172.18.0.2"),
+                endpoint("default/con2", "con2", "workshop-tage", "172.18.0.3"),
+                endpoint("default/con3", "con3", "ch-open", "172.19.0.2"),
+            ],
+            ports: vec![],
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn name(s: &str) -> LowerName {
+        LowerName::new(&Name::from_ascii(s).expect("name"))
+    }
+
+    fn addresses(resolution: Resolution<'_>) -> Vec<Ipv4Addr> {
+        match resolution {
+            Resolution::Local(records) => records
+                .iter()
+                .filter_map(|r| match r.data {
+                    RData::A(A(a)) => Some(a),
+                    _ => None,
+                })
+                .collect(),
+            other => panic!("expected local records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoints_on_one_network_see_each_other() {
+        let views = Views::build(&lesson());
+        let got = views.resolve(ip("172.18.0.3"), &name("con1."), RecordType::A);
+        assert_eq!(addresses(got), vec![ip4("172.18.0.2")]);
+        let got = views.resolve(
+            ip("172.18.0.2"),
+            &name("CON2.workshop-tage."),
+            RecordType::A,
+        );
+        assert_eq!(addresses(got), vec![ip4("172.18.0.3")]);
+    }
+
+    fn ip4(s: &str) -> Ipv4Addr {
+        s.parse().expect("ipv4")
+    }
+
+    #[test]
+    fn other_networks_names_are_exactly_like_unknown_names() {
+        let views = Views::build(&lesson());
+        let from_con3 = ip("172.19.0.2");
+        for kind in [RecordType::A, RecordType::AAAA, RecordType::PTR] {
+            assert_eq!(
+                views.resolve(from_con3, &name("con1."), kind),
+                views.resolve(from_con3, &name("nosuchname."), kind),
+            );
+            assert_eq!(
+                views.resolve(from_con3, &name("con1.workshop-tage."), kind),
+                views.resolve(from_con3, &name("nosuch.workshop-tage."), kind),
+            );
+            assert_eq!(
+                views.resolve(from_con3, &name("2.0.18.172.in-addr.arpa."), kind),
+                views.resolve(from_con3, &name("99.0.18.172.in-addr.arpa."), kind),
+            );
+        }
+        assert_eq!(
+            views.resolve(from_con3, &name("con1."), RecordType::A),
+            Resolution::NxDomain
+        );
+        assert_eq!(
+            views.resolve(from_con3, &name("con1.workshop-tage."), RecordType::A),
+            Resolution::Forward
+        );
+    }
+
+    #[test]
+    fn connecting_a_second_network_shows_both() {
+        let mut state = lesson();
+        let mut second = endpoint("default/con3-wt", "con3", "workshop-tage", "172.18.0.4");
+        second.name = "con3".into();
+        if let Attachment::Bridge(b) = &mut second.attachment {
+            b.default_route = false;
+        }
+        state.endpoints.push(second);
+        let views = Views::build(&state);
+        // From either of con3's addresses: names of both networks.
+        for source in ["172.19.0.2", "172.18.0.4"] {
+            let got = views.resolve(ip(source), &name("con1."), RecordType::A);
+            assert_eq!(addresses(got), vec![ip4("172.18.0.2")], "from {source}");
+        }
+        let mut both = addresses(views.resolve(ip("172.19.0.2"), &name("con3."), RecordType::A));
+        both.sort();
+        assert_eq!(both, vec![ip4("172.18.0.4"), ip4("172.19.0.2")]);
+        // con1 now sees con3's workshop-tage address only.
+        let got = views.resolve(ip("172.18.0.2"), &name("con3."), RecordType::A);
+        assert_eq!(addresses(got), vec![ip4("172.18.0.4")]);
+        assert_eq!(
+            namespace_gateways(&state)[&Netns::Named("con3".into())],
+            vec![ip4("172.19.0.1"), ip4("172.18.0.1")]
+        );
+    }
+
+    #[test]
+    fn one_alias_on_several_endpoints_gives_every_address() {
+        let mut state = lesson();
+        state.endpoints[0].aliases = vec!["web".into()];
+        state.endpoints[1].aliases = vec!["web".into(), "www".into()];
+        let views = Views::build(&state);
+        let mut got = addresses(views.resolve(ip("172.18.0.2"), &name("web."), RecordType::A));
+        got.sort();
+        assert_eq!(got, vec![ip4("172.18.0.2"), ip4("172.18.0.3")]);
+        let got =
+            addresses(views.resolve(ip("172.18.0.2"), &name("www.workshop-tage."), RecordType::A));
+        assert_eq!(got, vec![ip4("172.18.0.3")]);
+        assert!(matches!(
+            views.resolve(ip("172.19.0.2"), &name("web."), RecordType::A),
+            Resolution::NxDomain
+        ));
+    }
+
+    #[test]
+    fn ptr_answers_name_dot_network_with_ttl_zero() {
+        let views = Views::build(&lesson());
+        let Resolution::Local(records) = views.resolve(
+            ip("172.18.0.3"),
+            &name("2.0.18.172.in-addr.arpa."),
+            RecordType::PTR,
+        ) else {
+            panic!("expected a PTR record");
+        };
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].ttl, LOCAL_TTL);
+        assert_eq!(
+            records[0].data,
+            RData::PTR(PTR(Name::from_ascii("con1.workshop-tage.").expect("name")))
+        );
+    }
+
+    #[test]
+    fn nodata_for_other_types_refused_for_strangers_internal_not_forwarded() {
+        let mut state = lesson();
+        let views = Views::build(&state);
+        assert_eq!(
+            views.resolve(ip("172.18.0.2"), &name("con2."), RecordType::AAAA),
+            Resolution::Local(&[])
+        );
+        assert_eq!(
+            views.resolve(ip("10.9.9.9"), &name("con2."), RecordType::A),
+            Resolution::Refused
+        );
+        assert_eq!(
+            views.resolve(ip("172.18.0.2"), &name("example.com."), RecordType::A),
+            Resolution::Forward
+        );
+        state.networks[0].internal = true;
+        let views = Views::build(&state);
+        assert_eq!(
+            views.resolve(ip("172.18.0.2"), &name("example.com."), RecordType::A),
+            Resolution::NxDomain
+        );
+    }
+
+    #[test]
+    fn dns_disabled_networks_serve_nothing_and_get_no_listener() {
+        let mut state = lesson();
+        state.networks[1].dns = false;
+        let views = Views::build(&state);
+        assert_eq!(views.listen, BTreeSet::from([ip4("172.18.0.1")]));
+        assert_eq!(
+            views.resolve(ip("172.19.0.2"), &name("con3."), RecordType::A),
+            Resolution::Refused
+        );
+    }
+
+    #[test]
+    fn container_mode_asks_with_the_shared_namespace() {
+        let mut state = lesson();
+        state.endpoints.push(EndpointState {
+            id: "default/side".into(),
+            uid: "uid-side".into(),
+            name: "side".into(),
+            aliases: vec![],
+            netns: Netns::Named("side".into()),
+            attachment: Attachment::Shared {
+                endpoint: "default/con1".into(),
+            },
+        });
+        assert_eq!(
+            namespace_of(&state, &state.endpoints[3]),
+            Some(Netns::Named("con1".into()))
+        );
+        // Like Docker, a container-mode sharer has no name of its own.
+        let views = Views::build(&state);
+        assert_eq!(
+            views.resolve(ip("172.18.0.3"), &name("side."), RecordType::A),
+            Resolution::NxDomain
+        );
+    }
+}

@@ -255,3 +255,34 @@ fn out_of_band_damage_is_repaired_by_the_next_apply() {
         );
     }
 }
+
+#[test]
+fn thousands_of_ports_go_in_one_batch() {
+    require_root();
+    let host = Ns::new("large");
+    // ~600 KB of netlink: several libnftnl batch pages, sent as one datagram (one transaction).
+    let mut state = state(vec![network("web", "172.18.0.0/16", false)], vec![]);
+    for i in 0..6000u16 {
+        let protocol = if i % 2 == 0 {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        state
+            .ports
+            .push(port("0.0.0.0", 20000 + i, protocol, "172.18.0.2", 80));
+    }
+    converge(&host, &state);
+    assert_eq!(set_elements(&host.pier_json(), MAP_PORTS_ANY).len(), 6000);
+    assert!(
+        firewall::plan(Some(&host.path()), &state)
+            .expect("plan")
+            .is_empty()
+    );
+    // Removing all of them is element deletes in several messages of one batch.
+    state.ports.clear();
+    let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+    assert_eq!(plan.element_changes(), 6000);
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+    assert!(set_elements(&host.pier_json(), MAP_PORTS_ANY).is_empty());
+}

@@ -37,8 +37,18 @@ fn next_seq() -> u32 {
 pub fn open() -> Result<Socket, FirewallError> {
     let socket = Socket::new(Bus::Netfilter).map_err(FirewallError::Socket)?;
     sys::set_receive_timeout(&socket, RECEIVE_TIMEOUT).map_err(FirewallError::Socket)?;
+    // Acks echo only the header, not the whole request: a batch of thousands of elements would
+    // otherwise overrun the receive buffer with copies of itself (ENOBUFS).
+    sys::set_int_option(&socket, SOL_NETLINK, NETLINK_CAP_ACK, 1).map_err(FirewallError::Socket)?;
     Ok(socket)
 }
+
+const SOL_NETLINK: i32 = 270;
+const NETLINK_CAP_ACK: i32 = 10;
+const SOL_SOCKET: i32 = 1;
+const SO_SNDBUFFORCE: i32 = 32;
+/// The kernel's default `wmem_default`; a batch larger than this needs a larger send buffer.
+const DEFAULT_SNDBUF: usize = 212_992;
 
 /// How long to wait for the kernel's answer to a dump or a batch (it takes microseconds).
 const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -181,7 +191,16 @@ pub fn delete_table_batch() -> FinalizedBatch {
 /// Sends a batch and waits for the kernel's answer to every message in it. The kernel commits all
 /// or nothing; the first error it reports is returned.
 pub fn send(socket: &Socket, batch: &FinalizedBatch) -> io::Result<()> {
-    socket.send_all(batch)?;
+    // nfnetlink treats one datagram as one transaction, so the batch goes in one send even
+    // when libnftnl built it in several pages (thousands of ports when the table is rebuilt).
+    let bytes: Vec<u8> = batch.iter().flatten().copied().collect();
+    if bytes.len() + 1024 > DEFAULT_SNDBUF {
+        let size = i32::try_from(2 * bytes.len()).unwrap_or(i32::MAX);
+        sys::set_int_option(socket, SOL_SOCKET, SO_SNDBUFFORCE, size)?;
+    }
+    if socket.send(&bytes)? < bytes.len() {
+        return Err(io::Error::other("netlink sent only part of the batch"));
+    }
     let portid = socket.portid();
     let mut buf = receive_buffer();
     let mut expected = batch.sequence_numbers().len();

@@ -638,6 +638,26 @@ pub fn set_receive_timeout(socket: &mnl::Socket, timeout: Duration) -> io::Resul
     }
 }
 
+/// Sets an integer socket option.
+pub fn set_int_option(socket: &mnl::Socket, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the descriptor belongs to `socket`, which is borrowed (so open) for the call;
+    // `value` is a valid `c_int` and its exact size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

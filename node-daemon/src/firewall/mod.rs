@@ -17,7 +17,10 @@
 //!
 //! Kernel settings the rules rely on, set by the links side (`sysctl.rs`): `net.ipv4.ip_forward=1`
 //! in the host namespace and `net.ipv4.conf.<bridge>.route_localnet=1` on Pier bridges (for
-//! `127.0.0.1:hostPort`).
+//! `127.0.0.1:hostPort`). Where br_netfilter is active (`bridge-nf-call-iptables=1`, the
+//! default once the module is loaded), an endpoint reaching its *own* published port also needs
+//! hairpin mode on its bridge port, as with Docker: its DNATed frame is bridged back out the port
+//! it came in on.
 
 mod expr;
 mod kernel;

@@ -63,6 +63,9 @@ pub struct KernelTable {
     pub elements: BTreeMap<String, BTreeSet<Element>>,
 }
 
+/// Elements shown per set when the whole table is (re)built.
+const REBUILD_SHOWN: usize = 20;
+
 /// `NF_ACCEPT`, the policy of every Pier chain (Pier drops with rules, never by policy).
 const POLICY_ACCEPT: u32 = 1;
 
@@ -241,9 +244,14 @@ impl fmt::Display for FirewallPlan {
                 self.ruleset.chains.len(),
                 self.ruleset.sets.len(),
             )?;
+            // A rebuild lists every element; past a screenful per set, only how many.
             for set in &self.ruleset.sets {
-                for element in &set.elements {
+                for element in set.elements.iter().take(REBUILD_SHOWN) {
                     writeln!(f, "  + {} {}", set.name, set.show(element))?;
+                }
+                if set.elements.len() > REBUILD_SHOWN {
+                    let more = set.elements.len() - REBUILD_SHOWN;
+                    writeln!(f, "  + {} ... and {more} more", set.name)?;
                 }
             }
             return Ok(());
@@ -361,6 +369,15 @@ mod tests {
             plan.to_string().contains("tcp . 8002 : 172.18.0.2 . 80"),
             "{plan}"
         );
+    }
+
+    #[test]
+    fn a_rebuild_lists_a_screenful_per_set() {
+        let plan = diff(None, render(&state(100)));
+        let text = plan.to_string();
+        assert!(text.contains("+ ports_any ... and 80 more"), "{text}");
+        // 100 ports, 1 bridge, 1 bridge pair, 1 subnet range (start and end).
+        assert!(text.contains("6 sets/maps with 104 elements"), "{text}");
     }
 
     #[test]

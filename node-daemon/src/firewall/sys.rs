@@ -305,7 +305,8 @@ pub struct ElemsMsg {
 }
 
 impl ElemsMsg {
-    /// Panics never; callers chunk by [`ELEMS_PER_MSG`] and longer lists are cut (debug-asserted).
+    /// Callers chunk by [`ELEMS_PER_MSG`]; a longer slice is a bug (debug-asserted) and is cut
+    /// rather than overflowing the netlink message.
     pub fn new(table: &str, set: &str, elements: &[Element]) -> Self {
         debug_assert!(elements.len() <= ELEMS_PER_MSG);
         ElemsMsg {

@@ -103,6 +103,13 @@ fn published_port_reaches_the_endpoint_from_a_remote_host_the_node_and_localhost
     }
     // A port nobody published stays closed.
     assert_eq!(lab.remote.http_get(HOST_UPLINK, 8001), None);
+    // 0.0.0.0 means this node's addresses only (`fib daddr type local`): an endpoint talking to
+    // port 8000 of another machine reaches that machine, not web1.
+    lab.remote.serve_http(8000, "the remote's own 8000");
+    assert_eq!(
+        lab.web2.http_get(REMOTE, 8000).as_deref(),
+        Some("the remote's own 8000")
+    );
     // Without Pier's table there is no DNAT at all: the rules are what publishes.
     lab.reset();
     assert_eq!(lab.remote.http_get(HOST_UPLINK, 8000), None);

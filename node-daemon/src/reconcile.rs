@@ -905,7 +905,7 @@ impl Dataplane {
                 mtu,
                 ..
             } => {
-                host.create_bridge(bridge, *mtu)?;
+                host.create_bridge(bridge, *mtu, bridge_mac(bridge))?;
                 let index = lookup(host, bridge)?;
                 bridge_indexes.insert(bridge.clone(), index);
                 host.add_address(index, bridge, *gateway)?;
@@ -1116,14 +1116,21 @@ fn valid_interface_name(name: &str) -> bool {
             .any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
+/// A stable, locally administered unicast MAC for a bridge, from its name (`02:` + FNV-1a).
+fn bridge_mac(bridge: &str) -> [u8; 6] {
+    let hash = fnv1a(bridge).to_be_bytes();
+    [0x02, hash[0], hash[1], hash[2], hash[3], hash[4]]
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// `pier1 <16 hex>`: FNV-1a of the description; stable across builds (unlike std's hasher).
 fn fingerprint(description: &str) -> String {
-    let hash = description
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("pier1 {hash:016x}")
+    format!("pier1 {:016x}", fnv1a(description))
 }
 
 #[cfg(test)]
@@ -1157,6 +1164,14 @@ mod tests {
         assert!(!valid_interface_name("lo"));
         assert!(!valid_interface_name("a-very-long-name0"));
         assert!(!valid_interface_name("a/b"));
+    }
+
+    #[test]
+    fn bridge_macs_are_local_unicast_and_stable() {
+        let mac = bridge_mac("pier-0a1b2c3d");
+        assert_eq!(mac[0], 0x02);
+        assert_eq!(mac, bridge_mac("pier-0a1b2c3d"));
+        assert_ne!(mac, bridge_mac("pier-0a1b2c3e"));
     }
 
     #[test]

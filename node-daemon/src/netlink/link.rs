@@ -143,8 +143,12 @@ impl Nl {
     }
 
     /// Creates an up bridge with the given MTU.
-    pub fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
-        let message = LinkBridge::new(name).mtu(mtu).build();
+    ///
+    /// The MAC is set explicitly: a bridge without one takes the lowest MAC of its ports and
+    /// changes it as ports come and go, which leaves stale gateway entries in the endpoints' ARP
+    /// caches and makes every attach recompute it.
+    pub fn create_bridge(&self, name: &str, mtu: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let message = LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build();
         self.block_on(self.handle().link().add(message).execute())
             .map_err(|source| NetlinkError::CreateBridge {
                 name: name.to_owned(),

@@ -48,8 +48,6 @@ pub enum DataplaneError {
     HostNamespace(#[source] NetlinkError),
     #[error("reading links and addresses of the host namespace")]
     ReadBack(#[source] NetlinkError),
-    #[error("reading sysctls of the host namespace")]
-    ReadSysctls(#[source] NetnsError),
 }
 
 /// The report key of table `inet pier`.
@@ -373,10 +371,36 @@ impl Dataplane {
         Nl::open_in(self.host_netns()).map_err(DataplaneError::HostNamespace)
     }
 
+    /// Opens the host socket and reads the sysctls a plan needs, on one namespace thread (each
+    /// thread start can wait for a CPU on a busy node, so a plan starts as few as it can).
+    fn open_host_for(&self, state: &NodeState) -> Result<HostView, DataplaneError> {
+        let bridges: Vec<String> = state
+            .networks
+            .iter()
+            .filter(|n| n.driver == Driver::Bridge)
+            .map(NetworkState::bridge_name)
+            .collect();
+        netns::run_in(self.host_netns(), move || {
+            let nl = Nl::open_here()?;
+            // Sysctls are per namespace and read through the calling thread's namespace.
+            let localnet = bridges
+                .into_iter()
+                .filter(|name| sysctl::is_enabled(&sysctl::route_localnet(name)))
+                .collect();
+            Ok(HostView {
+                nl,
+                forwarding: sysctl::is_enabled(sysctl::IP_FORWARD),
+                localnet,
+            })
+        })
+        .map_err(|error| DataplaneError::HostNamespace(NetlinkError::Netns(error)))?
+        .map_err(DataplaneError::HostNamespace)
+    }
+
     /// What an apply of `state` would change now.
     pub fn plan(&self, state: &NodeState) -> Result<Plan, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host()?;
+        let host = self.open_host_for(state)?;
         self.plan_with(&host, state, None)
     }
 
@@ -388,7 +412,7 @@ impl Dataplane {
     /// leftovers.
     pub fn plan_endpoints(&self, state: &NodeState, ids: &[&str]) -> Result<Plan, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host()?;
+        let host = self.open_host_for(state)?;
         let scope: BTreeSet<&str> = ids.iter().copied().collect();
         self.plan_with(&host, state, Some(&scope))
     }
@@ -400,10 +424,10 @@ impl Dataplane {
         ids: &[&str],
     ) -> Result<Report, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host()?;
+        let host = self.open_host_for(state)?;
         let scope: BTreeSet<&str> = ids.iter().copied().collect();
         let plan = self.plan_with(&host, state, Some(&scope))?;
-        Ok(self.execute_with(&host, &plan))
+        Ok(self.execute_with(&host.nl, &plan))
     }
 
     /// The links a plan looks at: all of them, or (scoped) the bridges and the scoped veths by name.
@@ -431,29 +455,16 @@ impl Dataplane {
 
     fn plan_with(
         &self,
-        host: &Nl,
+        host: &HostView,
         state: &NodeState,
         scope: Option<&BTreeSet<&str>>,
     ) -> Result<Plan, DataplaneError> {
-        let links = Self::read_links(host, state, scope).map_err(DataplaneError::ReadBack)?;
-        let addresses = host.v4_addresses().map_err(DataplaneError::ReadBack)?;
+        let links = Self::read_links(&host.nl, state, scope).map_err(DataplaneError::ReadBack)?;
+        let addresses = host.nl.v4_addresses().map_err(DataplaneError::ReadBack)?;
         let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let by_index: HashMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
 
-        // Sysctls are per namespace and read through the calling thread's namespace.
-        let bridge_names: Vec<String> = links
-            .iter()
-            .filter(|l| l.kind == LinkKind::Bridge && is_pier_bridge_name(&l.name))
-            .map(|l| l.name.clone())
-            .collect();
-        let (forwarding, localnet) = netns::run_in(self.host_netns(), move || {
-            let localnet: BTreeSet<String> = bridge_names
-                .into_iter()
-                .filter(|name| sysctl::is_enabled(&sysctl::route_localnet(name)))
-                .collect();
-            (sysctl::is_enabled(sysctl::IP_FORWARD), localnet)
-        })
-        .map_err(DataplaneError::ReadSysctls)?;
+        let (forwarding, localnet) = (host.forwarding, &host.localnet);
 
         let mut plan = Plan::default();
         let mut deletes = Vec::new();
@@ -816,9 +827,9 @@ impl Dataplane {
     /// Applies `state`: plan against the kernel now, then execute.
     pub fn apply(&self, state: &NodeState) -> Result<Report, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host()?;
+        let host = self.open_host_for(state)?;
         let plan = self.plan_with(&host, state, None)?;
-        Ok(self.execute_with(&host, &plan))
+        Ok(self.execute_with(&host.nl, &plan))
     }
 
     /// Executes a plan made earlier (by `plan`): the kernel may have moved on since, in which case
@@ -1032,6 +1043,15 @@ impl Dataplane {
         }
         Ok(report)
     }
+}
+
+/// The host namespace as a plan sees it: a socket there and the sysctls read with it.
+#[derive(Debug)]
+struct HostView {
+    nl: Nl,
+    forwarding: bool,
+    /// Pier bridges of the state with `route_localnet=1`.
+    localnet: BTreeSet<String>,
 }
 
 /// One step's failure, reported for its object.

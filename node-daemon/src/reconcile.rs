@@ -1079,13 +1079,14 @@ fn loopback_up(path: &Path) -> Result<bool, NetlinkError> {
     Ok(nl.link("lo")?.is_some_and(|l| l.up))
 }
 
-/// Deep check: the peer inside the namespace has the name, MAC, address and state we made.
+/// Deep check: the peer inside the namespace has the name, MAC, address, state and default
+/// route we made.
 fn peer_matches(
     path: &Path,
     interface: &str,
     address: Ipv4Net,
     mac: &[u8],
-    _default_gateway: Option<Ipv4Addr>,
+    default_gateway: Option<Ipv4Addr>,
 ) -> bool {
     let Ok(nl) = Nl::open_in(Some(path)) else {
         return false;
@@ -1096,7 +1097,14 @@ fn peer_matches(
     let Ok(addresses) = nl.v4_addresses() else {
         return false;
     };
-    link.up
+    let route_ok = match default_gateway {
+        None => true,
+        Some(gateway) => nl
+            .default_routes()
+            .is_ok_and(|routes| routes.contains(&(gateway, link.index))),
+    };
+    route_ok
+        && link.up
         && link.mac.as_deref() == Some(mac)
         && addresses
             .iter()

@@ -573,3 +573,28 @@ fn example_state_files_parse_and_validate() {
         assert_eq!(state.validate(), Ok(()), "{}", file.display());
     }
 }
+
+#[test]
+fn deep_plan_notices_a_container_side_changed_by_hand() {
+    let lab = Lab::new("deep");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = one_network(&c1, &c2);
+    lab.apply_ok(&state);
+    // Someone removes con1's address and default route inside the container.
+    c1.sh("ip addr flush dev eth0");
+    // The fast plan trusts the fingerprint on the host veth (see reconcile.rs)...
+    assert!(lab.dataplane.plan(&state).expect("plan").is_empty());
+    // ...the deep plan enters every namespace and re-makes what differs.
+    let deep = lab.dataplane.clone().deep(true);
+    let plan = deep.plan(&state).expect("deep plan");
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    let report = deep.apply(&state).expect("deep apply");
+    assert!(report.is_success(), "{report}");
+    assert!(
+        c1.sh("ip -o -4 addr show dev eth0")
+            .contains("172.18.0.2/16")
+    );
+    assert!(c1.sh("ip -4 route show default").contains("via 172.18.0.1"));
+    assert!(c1.ping_eventually(ip("172.18.0.3")));
+    assert!(deep.plan(&state).expect("deep plan").is_empty());
+}

@@ -6,6 +6,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
 
 use super::{NetlinkError, Nl};
@@ -94,6 +95,37 @@ impl Nl {
                 address: address.to_string(),
                 source: Box::new(source),
             })
+    }
+
+    /// The IPv4 default routes of the main table, as (gateway, output link index).
+    pub fn default_routes(&self) -> Result<Vec<(Ipv4Addr, u32)>, NetlinkError> {
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes = self
+            .block_on(async {
+                self.handle()
+                    .route()
+                    .get(request)
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| NetlinkError::ListRoutes(Box::new(e)))?;
+        Ok(routes
+            .into_iter()
+            .filter(|route| route.header.destination_prefix_length == 0)
+            .filter_map(|route| {
+                let mut gateway = None;
+                let mut oif = None;
+                for attribute in route.attributes {
+                    match attribute {
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(ip),
+                        RouteAttribute::Oif(index) => oif = Some(index),
+                        _ => {}
+                    }
+                }
+                Some((gateway?, oif?))
+            })
+            .collect())
     }
 
     /// Makes `gateway` on link `index` the default route, replacing any other default route.

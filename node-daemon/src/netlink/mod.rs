@@ -37,6 +37,8 @@ pub enum NetlinkError {
     },
     #[error("link {0} does not exist")]
     NoSuchLink(String),
+    #[error("listing routes")]
+    ListRoutes(#[source] Box<rtnetlink::Error>),
     #[error("listing addresses")]
     ListAddresses(#[source] Box<rtnetlink::Error>),
     #[error("creating bridge {name}")]
@@ -100,6 +102,7 @@ impl NetlinkError {
         let source = match self {
             NetlinkError::ListLinks(source)
             | NetlinkError::ListAddresses(source)
+            | NetlinkError::ListRoutes(source)
             | NetlinkError::GetLink { source, .. }
             | NetlinkError::CreateBridge { source, .. }
             | NetlinkError::CreateVeth { source, .. }

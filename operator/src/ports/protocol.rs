@@ -1,0 +1,193 @@
+//! The vocabulary of host ports: protocols and port ranges.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+/// A transport protocol a port can be published for (Kubernetes' `Protocol`).
+///
+/// Ports of different protocols never conflict: TCP 8000 and UDP 8000 are different sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+    /// The lower-case name Docker prints (`80/tcp`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text is not a protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
+pub struct ProtocolParseError(pub String);
+
+impl FromStr for Protocol {
+    type Err = ProtocolParseError;
+
+    /// Case-insensitive: Kubernetes writes `TCP`, Docker `tcp`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ProtocolParseError(s.to_owned()))
+    }
+}
+
+/// An inclusive range of ports, e.g. where automatic host ports come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+/// Why a port range is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    /// Port 0 is not a port, and `first` must not be past `last`.
+    #[error("port range {first}-{last} is invalid: it must be within 1-65535 and not empty")]
+    Invalid {
+        /// The first port given.
+        first: u16,
+        /// The last port given.
+        last: u16,
+    },
+    /// The text is not `FIRST-LAST`.
+    #[error("cannot parse port range {0:?} (expected e.g. 32768-60999)")]
+    Parse(String),
+}
+
+/// Linux's default ephemeral port range (`net.ipv4.ip_local_port_range`), which is also where
+/// Docker picks `-P` ports from: using it keeps Pier's choices where users expect them.
+pub const DEFAULT_AUTO_PORTS: PortRange = PortRange {
+    first: 32768,
+    last: 60999,
+};
+
+impl PortRange {
+    /// The ports `first..=last`.
+    pub fn new(first: u16, last: u16) -> Result<Self, PortRangeError> {
+        if first == 0 || first > last {
+            return Err(PortRangeError::Invalid { first, last });
+        }
+        Ok(Self { first, last })
+    }
+
+    /// The first port.
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+
+    /// The last port.
+    pub fn last(&self) -> u16 {
+        self.last
+    }
+
+    /// Number of ports.
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Always false: a range has at least one port.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// As a `RangeInclusive`.
+    pub fn ports(&self) -> RangeInclusive<u16> {
+        self.first..=self.last
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        DEFAULT_AUTO_PORTS
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PortRangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse_err = || PortRangeError::Parse(s.to_owned());
+        let (a, b) = s.split_once('-').ok_or_else(parse_err)?;
+        let first = a.trim().parse().map_err(|_| parse_err())?;
+        let last = b.trim().parse().map_err(|_| parse_err())?;
+        PortRange::new(first, last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!("TCP".parse(), Ok(Protocol::Tcp));
+        assert_eq!("udp".parse(), Ok(Protocol::Udp));
+        assert_eq!("Sctp".parse(), Ok(Protocol::Sctp));
+        assert_eq!(Protocol::Tcp.to_string(), "tcp");
+        let err = "icmp".parse::<Protocol>().expect_err("unknown");
+        assert_eq!(
+            err.to_string(),
+            "unknown protocol \"icmp\" (expected TCP, UDP or SCTP)"
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(PortRange::default().len(), 28_232);
+        assert_eq!("32768-60999".parse(), Ok(DEFAULT_AUTO_PORTS));
+        assert_eq!(DEFAULT_AUTO_PORTS.to_string(), "32768-60999");
+        assert!(DEFAULT_AUTO_PORTS.contains(32768) && DEFAULT_AUTO_PORTS.contains(60999));
+        assert!(!DEFAULT_AUTO_PORTS.contains(61000));
+        assert_eq!(
+            PortRange::new(0, 10),
+            Err(PortRangeError::Invalid { first: 0, last: 10 })
+        );
+        assert_eq!(
+            PortRange::new(10, 9),
+            Err(PortRangeError::Invalid { first: 10, last: 9 })
+        );
+        assert!(PortRange::new(1, 65535).is_ok());
+        assert!(matches!(
+            "100".parse::<PortRange>(),
+            Err(PortRangeError::Parse(_))
+        ));
+        assert!(matches!(
+            "1-70000".parse::<PortRange>(),
+            Err(PortRangeError::Parse(_))
+        ));
+    }
+}

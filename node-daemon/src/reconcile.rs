@@ -21,7 +21,7 @@
 //! price of not noticing someone re-addressing `eth0` by hand inside a container; [`Dataplane::deep`]
 //! turns on that check (it enters every namespace).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
@@ -555,7 +555,16 @@ impl Dataplane {
         }
 
         // Endpoints.
-        let endpoint_ids: BTreeSet<&str> = state.endpoints.iter().map(|e| e.id.as_str()).collect();
+        // Only container-mode endpoints look others up by id; most states have few of them.
+        let shares = state
+            .endpoints
+            .iter()
+            .any(|e| matches!(e.attachment, Attachment::Shared { .. }));
+        let endpoint_ids: HashSet<&str> = if shares {
+            state.endpoints.iter().map(|e| e.id.as_str()).collect()
+        } else {
+            HashSet::new()
+        };
         let mut wanted_veths: BTreeSet<String> = BTreeSet::new();
         let mut used_addresses: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
         let mut used_interfaces: HashMap<(&Netns, &str), &str> = HashMap::new();

@@ -4,7 +4,7 @@
 //! a file, so the dataplane can be driven, debugged and benchmarked without an API server. Every
 //! address and port in it was allocated by the operator: the node never invents one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -257,7 +257,8 @@ impl NodeState {
                 }
             }
         }
-        let mut endpoints = BTreeSet::new();
+        // A hash set: this runs on every attach, over every endpoint of the node.
+        let mut endpoints = HashSet::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             if !endpoints.insert(endpoint.id.as_str()) {
                 return Err(StateError::DuplicateEndpoint(endpoint.id.clone()));

@@ -332,6 +332,9 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The dataplane of one node, working on the host namespace it was given.
+///
+/// Every method blocks the calling thread (netlink answers are awaited on a private runtime):
+/// from async code call it through `tokio::task::spawn_blocking`, never on a runtime worker.
 #[derive(Debug, Clone, Default)]
 pub struct Dataplane {
     host_netns: Option<PathBuf>,

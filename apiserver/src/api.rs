@@ -1,0 +1,910 @@
+//! The API semantics over the store: create, get, list, update, patch, apply, delete, as the real
+//! server does them (uid, timestamps, generation, status subresource, finalizers, managed fields,
+//! validation). Transport-free: [`crate::http`] maps requests onto these.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, Cause};
+use crate::patch::apply::{self, Scope, Writer};
+use crate::patch::fields::Schema;
+use crate::patch::{self as patches, PatchKind};
+use crate::resources::{Registry, Resource};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::{CommitError, Expect, Store};
+use crate::validation::invalid_message;
+
+/// Query parameters, decoded.
+pub type Params = HashMap<String, String>;
+
+/// The engine behind every route.
+#[derive(Debug)]
+pub struct Api {
+    pub store: Store,
+    registry: RwLock<Arc<Registry>>,
+    /// Concurrent watches allowed.
+    pub watch_slots: Arc<tokio::sync::Semaphore>,
+    /// How often a watch that asked for bookmarks gets one.
+    pub bookmark_interval: std::time::Duration,
+}
+
+const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
+const RETRIES: usize = 16;
+
+/// The current time as Kubernetes writes it.
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = json!({});
+    }
+    let Value::Object(root) = obj else {
+        unreachable!("made an object above")
+    };
+    let meta = root.entry("metadata").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    match meta {
+        Value::Object(m) => m,
+        _ => unreachable!("made an object above"),
+    }
+}
+
+fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    meta(obj).and_then(|m| m.get(key)).and_then(Value::as_str)
+}
+
+fn rv_of(obj: &Value) -> u64 {
+    meta_str(obj, "resourceVersion")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn has_finalizers(obj: &Value) -> bool {
+    meta(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Everything but metadata and status: what bumps `generation`.
+fn spec_part(obj: &Value) -> Map<String, Value> {
+    obj.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Who is writing: the field manager and the operation's scope.
+#[derive(Debug, Clone)]
+pub struct WriteCtx {
+    pub manager: String,
+    pub subresource: String,
+    pub dry_run: bool,
+    /// Whether the request named the manager (apply requires it).
+    pub manager_given: bool,
+}
+
+impl WriteCtx {
+    pub fn from_params(params: &Params, user_agent: Option<&str>, subresource: &str) -> WriteCtx {
+        let manager = params
+            .get("fieldManager")
+            .cloned()
+            .or_else(|| {
+                user_agent
+                    .and_then(|ua| ua.split('/').next())
+                    .map(String::from)
+            })
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        WriteCtx {
+            manager_given: params.contains_key("fieldManager"),
+            manager,
+            subresource: subresource.to_string(),
+            dry_run: params.get("dryRun").is_some_and(|d| d == "All"),
+        }
+    }
+}
+
+impl Api {
+    pub fn new(store: Store, max_watches: usize) -> Api {
+        let api = Api {
+            store,
+            registry: RwLock::new(Arc::new(Registry::default())),
+            watch_slots: Arc::new(tokio::sync::Semaphore::new(max_watches)),
+            bookmark_interval: std::time::Duration::from_secs(10),
+        };
+        api.rebuild_registry();
+        api
+    }
+
+    /// The resources served now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn rebuild_registry(&self) {
+        let crds = self.store.list(CRDS, None, None, None, &|_| true).items;
+        let reg = Arc::new(Registry::build(&crds));
+        match self.registry.write() {
+            Ok(mut r) => *r = reg,
+            Err(p) => *p.into_inner() = reg,
+        }
+    }
+
+    fn not_found(res: &Resource, name: &str) -> ApiError {
+        ApiError::not_found(&res.group, &res.plural, name)
+    }
+
+    fn invalid(res: &Resource, name: &str, causes: Vec<Cause>) -> ApiError {
+        ApiError::Invalid {
+            group: res.group.clone(),
+            kind: res.kind.clone(),
+            name: name.to_string(),
+            message: invalid_message(&res.kind, &res.group, name, &causes),
+            causes,
+        }
+    }
+
+    fn ns_key(res: &Resource, ns: Option<&str>) -> String {
+        if res.namespaced {
+            ns.unwrap_or("default").to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Set the version fields, then prune, default and validate a custom resource.
+    fn check(&self, res: &Resource, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+        if let Some(m) = obj.as_object_mut() {
+            m.insert("apiVersion".into(), json!(res.api_version()));
+            m.insert("kind".into(), json!(res.kind));
+        }
+        let name = meta_str(obj, "name").unwrap_or_default().to_string();
+        if name.is_empty() {
+            return Err(Self::invalid(
+                res,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueRequired".into(),
+                    field: "metadata.name".into(),
+                    message: "Required value: name or generateName is required".into(),
+                }],
+            ));
+        }
+        if let Some(checks) = &res.checks {
+            checks.prune_and_default(obj);
+            let causes = checks.validate(obj, old);
+            if !causes.is_empty() {
+                return Err(Self::invalid(res, &name, causes));
+            }
+        }
+        if res.storage_key == CRDS {
+            crate::resources::from_crd(obj).map_err(|e| {
+                Self::invalid(
+                    res,
+                    &name,
+                    vec![Cause {
+                        reason: "FieldValueInvalid".into(),
+                        field: "spec".into(),
+                        message: e,
+                    }],
+                )
+            })?;
+            set_crd_status(obj);
+        }
+        Ok(())
+    }
+
+    fn writer<'a>(
+        res: &'a Resource,
+        ctx: &'a WriteCtx,
+        now: &'a str,
+        api_version: &'a str,
+    ) -> Writer<'a> {
+        let scope = if ctx.subresource == "status" {
+            Scope::OnlyStatus
+        } else if res.status_subresource {
+            Scope::ExceptStatus
+        } else {
+            Scope::All
+        };
+        Writer {
+            manager: &ctx.manager,
+            api_version,
+            subresource: &ctx.subresource,
+            now,
+            scope,
+            schema: Schema(res.schema()),
+        }
+    }
+
+    async fn commit(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        expect: Expect,
+        new: Option<Value>,
+        dry_run: bool,
+    ) -> Result<Arc<Value>, CommitError> {
+        if dry_run {
+            return Ok(Arc::new(new.unwrap_or_default()));
+        }
+        let (obj, durable) = self.store.commit(&res.storage_key, ns, name, expect, new)?;
+        if res.storage_key == CRDS {
+            self.rebuild_registry();
+        }
+        // A failed disk write is logged by the writer; the answer still reports it.
+        if let Err(e) = durable.wait().await {
+            tracing::error!(error = %e, "write not durable");
+        }
+        Ok(obj)
+    }
+
+    /// POST: create.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        body: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Arc<Value>, ApiError> {
+        if !body.is_object() {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let nsk = Self::ns_key(res, ns);
+        if res.namespaced {
+            self.require_namespace(&nsk)?;
+        }
+        let generate = meta_str(&body, "generateName").map(String::from);
+        let given = meta_str(&body, "name")
+            .map(String::from)
+            .filter(|n| !n.is_empty());
+        for attempt in 0..8 {
+            let name = match (&given, &generate) {
+                (Some(n), _) => n.clone(),
+                (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+                (None, None) => String::new(),
+            };
+            let mut obj = body.clone();
+            let now = now();
+            {
+                let m = meta_mut(&mut obj);
+                m.insert("name".into(), json!(name));
+                if res.namespaced {
+                    m.insert("namespace".into(), json!(nsk));
+                } else {
+                    m.remove("namespace");
+                }
+                m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+                m.insert("creationTimestamp".into(), json!(now));
+                for k in [
+                    "resourceVersion",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "managedFields",
+                    "selfLink",
+                ] {
+                    m.remove(k);
+                }
+                if res.custom {
+                    m.insert("generation".into(), json!(1));
+                } else {
+                    m.remove("generation");
+                }
+            }
+            if res.status_subresource
+                && res.custom
+                && let Some(m) = obj.as_object_mut()
+            {
+                m.remove("status");
+            }
+            if res.storage_key == "/namespaces" {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            self.check(res, &mut obj, None)?;
+            let api_version = res.api_version();
+            let w = Self::writer(res, ctx, &now, &api_version);
+            apply::track_update(
+                None,
+                &mut obj,
+                &Writer {
+                    scope: Scope::All,
+                    ..w
+                },
+            );
+            match self
+                .commit(res, &nsk, &name, Expect::Absent, Some(obj), ctx.dry_run)
+                .await
+            {
+                Ok(o) => return Ok(o),
+                Err(CommitError::Exists) if given.is_none() && attempt < 7 => continue,
+                Err(_) => {
+                    return Err(ApiError::AlreadyExists {
+                        group: res.group.clone(),
+                        resource: res.plural.clone(),
+                        name,
+                    });
+                }
+            }
+        }
+        Err(ApiError::Internal(
+            "could not generate a unique name".into(),
+        ))
+    }
+
+    fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        if self.store.get("/namespaces", "", ns).is_none() {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        }
+        Ok(())
+    }
+
+    /// GET one.
+    pub fn get(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Value>, ApiError> {
+        self.store
+            .get(&res.storage_key, &Self::ns_key(res, ns), name)
+            .ok_or_else(|| Self::not_found(res, name))
+    }
+
+    /// The selectors of a list or watch.
+    pub fn filter(
+        res: &Resource,
+        params: &Params,
+    ) -> Result<impl Fn(&Value) -> bool + Send + Sync + 'static, ApiError> {
+        let labels = LabelSelector::parse(
+            params
+                .get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+        .map_err(ApiError::BadRequest)?;
+        let fields = FieldSelector::parse(
+            params
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or(""),
+            &res.selectable_fields(),
+        )
+        .map_err(ApiError::BadRequest)?;
+        Ok(move |o: &Value| labels.matches(o) && fields.matches(o))
+    }
+
+    /// GET a collection.
+    pub fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        params: &Params,
+    ) -> Result<Value, ApiError> {
+        let filter = Self::filter(res, params)?;
+        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
+        let after = match params.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(decode_continue(token)?),
+            None => None,
+        };
+        let ns = if res.namespaced { ns } else { None };
+        let page = self.store.list(&res.storage_key, ns, after, limit, &filter);
+        let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+        if let Some(next) = &page.next {
+            metadata["continue"] = json!(encode_continue(next));
+            metadata["remainingItemCount"] = json!(page.remaining);
+        }
+        let items: Vec<Value> = page.items.iter().map(|o| (**o).clone()).collect();
+        Ok(json!({
+            "kind": res.list_kind,
+            "apiVersion": res.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// Carry the server-owned parts of `old` into an update and apply status semantics.
+    fn prepare_update(res: &Resource, old: &Value, mut new: Value, ctx: &WriteCtx) -> Value {
+        if ctx.subresource == "status" {
+            // Only status changes on /status (metadata's managed fields come from the writer).
+            let status = new.get("status").cloned();
+            let managed = meta(&new).and_then(|m| m.get("managedFields")).cloned();
+            new = old.clone();
+            if let Some(m) = new.as_object_mut() {
+                match status {
+                    Some(s) => m.insert("status".into(), s),
+                    None => m.remove("status"),
+                };
+            }
+            if let Some(mf) = managed {
+                meta_mut(&mut new).insert("managedFields".into(), mf);
+            }
+        } else if res.status_subresource
+            && let Some(m) = new.as_object_mut()
+        {
+            match old.get("status") {
+                Some(s) => m.insert("status".into(), s.clone()),
+                None => m.remove("status"),
+            };
+        }
+        let old_meta = meta(old).cloned().unwrap_or_default();
+        let m = meta_mut(&mut new);
+        for k in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match old_meta.get(k) {
+                Some(v) => m.insert(k.into(), v.clone()),
+                None => m.remove(k),
+            };
+        }
+        if res.custom && spec_part(old) != spec_part(&new) {
+            let g = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
+            meta_mut(&mut new).insert("generation".into(), json!(g));
+        }
+        new
+    }
+
+    /// Commit an update computed from the current object, retrying when the object changed
+    /// meanwhile (unless the caller pinned a resourceVersion).
+    async fn update_with(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        ctx: &WriteCtx,
+        mut compute: impl FnMut(&Value) -> Result<(Value, bool), ApiError>,
+    ) -> Result<Arc<Value>, ApiError> {
+        let nsk = Self::ns_key(res, ns);
+        for _ in 0..RETRIES {
+            let old = self.get(res, ns, name)?;
+            // `pinned`: the body named a resourceVersion, so a mismatch is the client's conflict.
+            let (body, pinned) = compute(&old)?;
+            if !body.is_object() {
+                return Err(ApiError::BadRequest(
+                    "the body must be a JSON object".into(),
+                ));
+            }
+            if let Some(body_name) = meta_str(&body, "name")
+                && body_name != name
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            let want_rv = meta_str(&body, "resourceVersion")
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|_| pinned);
+            if let Some(want) = want_rv
+                && want != rv_of(&old)
+            {
+                return Err(self.conflict(res, name));
+            }
+            let now = now();
+            let api_version = res.api_version();
+            let w = Self::writer(res, ctx, &now, &api_version);
+            let mut new = Self::prepare_update(res, &old, body, ctx);
+            self.check(res, &mut new, Some(&old))?;
+            if meta(&new).and_then(|m| m.get("managedFields"))
+                == meta(&old).and_then(|m| m.get("managedFields"))
+            {
+                apply::track_update(Some(&old), &mut new, &w);
+            }
+            let deleting = meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            if deleting
+                && let (Some(old_f), Some(new_f)) = (
+                    meta(&old)
+                        .and_then(|m| m.get("finalizers"))
+                        .and_then(Value::as_array),
+                    meta(&new)
+                        .and_then(|m| m.get("finalizers"))
+                        .and_then(Value::as_array),
+                )
+                && new_f.iter().any(|f| !old_f.contains(f))
+            {
+                return Err(Self::invalid(res, name, vec![Cause {
+                            reason: "FieldValueForbidden".into(),
+                            field: "metadata.finalizers".into(),
+                            message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
+                        }]));
+            }
+            let unchanged = {
+                let mut a = (*old).clone();
+                let mut b = new.clone();
+                for o in [&mut a, &mut b] {
+                    meta_mut(o).remove("resourceVersion");
+                    meta_mut(o).remove("managedFields");
+                }
+                a == b
+            };
+            if unchanged {
+                // No-op writes do not bump the resourceVersion, as in Kubernetes.
+                return Ok(old);
+            }
+            let result = if deleting && !has_finalizers(&new) {
+                self.commit(res, &nsk, name, Expect::Rv(rv_of(&old)), None, ctx.dry_run)
+                    .await
+            } else {
+                self.commit(
+                    res,
+                    &nsk,
+                    name,
+                    Expect::Rv(rv_of(&old)),
+                    Some(new),
+                    ctx.dry_run,
+                )
+                .await
+            };
+            match result {
+                Ok(o) => return Ok(o),
+                Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
+                Err(_) if want_rv.is_some() => return Err(self.conflict(res, name)),
+                Err(_) => continue,
+            }
+        }
+        Err(self.conflict(res, name))
+    }
+
+    fn conflict(&self, res: &Resource, name: &str) -> ApiError {
+        let what = if res.group.is_empty() {
+            res.plural.clone()
+        } else {
+            format!("{}.{}", res.plural, res.group)
+        };
+        ApiError::Conflict(format!(
+            "Operation cannot be fulfilled on {what} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ))
+    }
+
+    /// PUT (main resource or /status).
+    pub async fn update(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        ctx: &WriteCtx,
+    ) -> Result<Arc<Value>, ApiError> {
+        let pinned = meta_str(&body, "resourceVersion").is_some_and(|s| !s.is_empty());
+        self.update_with(res, ns, name, ctx, |_| Ok((body.clone(), pinned)))
+            .await
+    }
+
+    /// PATCH (merge, JSON, apply; strategic merge only for built-ins, approximated as merge).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        body: &[u8],
+        ctx: &WriteCtx,
+        force: bool,
+    ) -> Result<Arc<Value>, ApiError> {
+        match kind {
+            PatchKind::Strategic if res.custom => Err(ApiError::UnsupportedMediaType(
+                "strategic merge patch is not supported for custom resources; use application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml".into(),
+            )),
+            PatchKind::Merge | PatchKind::Strategic => {
+                let patch: Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::BadRequest(format!("invalid merge patch: {e}")))?;
+                let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+                self.update_with(res, ns, name, ctx, |old| {
+                    let mut new = old.clone();
+                    patches::merge_patch(&mut new, &patch);
+                    Ok((new, pinned))
+                })
+                .await
+            }
+            PatchKind::Json => {
+                self.update_with(res, ns, name, ctx, |old| {
+                    let mut new = old.clone();
+                    patches::json_patch(&mut new, body)?;
+                    let pinned = new.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion");
+                    Ok((new, pinned))
+                })
+                .await
+            }
+            PatchKind::Apply => self.apply(res, ns, name, body, ctx, force).await,
+        }
+    }
+
+    async fn apply(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &[u8],
+        ctx: &WriteCtx,
+        force: bool,
+    ) -> Result<Arc<Value>, ApiError> {
+        let applied: Value = serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid apply configuration: {e}")))?;
+        if !applied.is_object() {
+            return Err(ApiError::BadRequest(
+                "the apply configuration must be an object".into(),
+            ));
+        }
+        if !ctx.manager_given {
+            return Err(ApiError::BadRequest(
+                "PATCH requests with an apply configuration require a fieldManager".into(),
+            ));
+        }
+        let api_version = res.api_version();
+        if self.get(res, ns, name).is_err() {
+            if ctx.subresource == "status" {
+                return Err(Self::not_found(res, name));
+            }
+            // Apply to a missing object creates it, owned by this manager.
+            let now = now();
+            let w = Self::writer(res, ctx, &now, &api_version);
+            let skeleton =
+                json!({"apiVersion": api_version, "kind": res.kind, "metadata": {"name": name}});
+            let mut obj = apply::apply(&skeleton, &applied, &w, true)
+                .map_err(|c| ApiError::Conflict(apply::conflict_message(&c)))?;
+            if res.status_subresource
+                && res.custom
+                && let Some(m) = obj.as_object_mut()
+            {
+                m.remove("status");
+            }
+            let managed = meta(&obj).and_then(|m| m.get("managedFields")).cloned();
+            let created = self.create(res, ns, obj.clone(), ctx).await;
+            match created {
+                Ok(o) => {
+                    // Replace the create's Update entry with the Apply entry.
+                    if let Some(mf) = managed {
+                        let mut fixed = (*o).clone();
+                        meta_mut(&mut fixed).insert("managedFields".into(), mf);
+                        let nsk = Self::ns_key(res, ns);
+                        if ctx.dry_run {
+                            return Ok(Arc::new(fixed));
+                        }
+                        return self
+                            .commit(res, &nsk, name, Expect::Rv(rv_of(&o)), Some(fixed), false)
+                            .await
+                            .or(Ok(o));
+                    }
+                    return Ok(o);
+                }
+                Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.update_with(res, ns, name, ctx, |old| {
+            let now = now();
+            let w = Self::writer(res, ctx, &now, &api_version);
+            let new = apply::apply(old, &applied, &w, force)
+                .map_err(|conflicts| ApiError::Conflict(apply::conflict_message(&conflicts)))?;
+            let pinned = applied.pointer("/metadata/resourceVersion").is_some();
+            let mut new = new;
+            if pinned && let Some(rv) = applied.pointer("/metadata/resourceVersion") {
+                meta_mut(&mut new).insert("resourceVersion".into(), rv.clone());
+            }
+            Ok((new, pinned))
+        })
+        .await
+    }
+
+    /// DELETE one: immediately, or by setting deletionTimestamp while finalizers remain.
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let nsk = Self::ns_key(res, ns);
+        for _ in 0..RETRIES {
+            let old = self.get(res, ns, name)?;
+            let expect = Expect::Rv(rv_of(&old));
+            if has_finalizers(&old) {
+                if meta(&old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                    return Ok((*old).clone());
+                }
+                let mut new = (*old).clone();
+                let m = meta_mut(&mut new);
+                m.insert("deletionTimestamp".into(), json!(now()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                if let Some(g) = m.get("generation").and_then(Value::as_i64) {
+                    m.insert("generation".into(), json!(g + 1));
+                }
+                match self
+                    .commit(res, &nsk, name, expect, Some(new), dry_run)
+                    .await
+                {
+                    Ok(o) => return Ok((*o).clone()),
+                    Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
+                    Err(_) => continue,
+                }
+            }
+            match self.commit(res, &nsk, name, expect, None, dry_run).await {
+                Ok(o) => {
+                    return Ok(json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                        "details": {"name": name, "group": res.group, "kind": res.plural,
+                            "uid": meta_str(&o, "uid").unwrap_or_default()},
+                    }));
+                }
+                Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
+                Err(_) => continue,
+            }
+        }
+        Err(self.conflict(res, name))
+    }
+
+    /// DELETE a collection (with selectors).
+    pub async fn delete_collection(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        params: &Params,
+    ) -> Result<Value, ApiError> {
+        let list = self.list(res, ns, params)?;
+        let names: Vec<(Option<String>, String)> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                (
+                    meta_str(o, "namespace").map(String::from),
+                    meta_str(o, "name").unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let mut items = Vec::new();
+        for (ons, name) in names {
+            if let Ok(o) = self.delete(res, ons.as_deref(), &name, false).await {
+                items.push(o);
+            }
+        }
+        Ok(
+            json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": {}, "items": items}),
+        )
+    }
+
+    /// Create what a fresh server has: the `default` namespace (and kube-system, kube-public),
+    /// and the local node.
+    pub async fn bootstrap(&self, node: Option<Value>) -> Result<(), ApiError> {
+        let reg = self.registry();
+        let ctx = WriteCtx {
+            manager: "pier-apiserver".into(),
+            subresource: String::new(),
+            dry_run: false,
+            manager_given: true,
+        };
+        if let Some(ns_res) = reg.find("", "v1", "namespaces") {
+            for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                if self.store.get("/namespaces", "", ns).is_none() {
+                    let body =
+                        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+                    self.create(&ns_res, None, body, &ctx).await?;
+                }
+            }
+        }
+        if let (Some(node), Some(node_res)) = (node, reg.find("", "v1", "nodes")) {
+            let name = meta_str(&node, "name").unwrap_or("localhost").to_string();
+            if self.store.get("/nodes", "", &name).is_none() {
+                let status = node.get("status").cloned();
+                let created = self.create(&node_res, None, node, &ctx).await?;
+                if let Some(status) = status {
+                    let mut with_status = (*created).clone();
+                    with_status["status"] = status;
+                    let sctx = WriteCtx {
+                        subresource: "status".into(),
+                        ..ctx.clone()
+                    };
+                    self.update(&node_res, None, &name, with_status, &sctx)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_crd_status(crd: &mut Value) {
+    let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
+    let t = crd
+        .pointer("/metadata/creationTimestamp")
+        .cloned()
+        .unwrap_or_else(|| json!(now()));
+    let cond = |type_: &str, reason: &str, message: &str| json!({"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": t});
+    let stored: Vec<Value> = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("storage") == Some(&Value::Bool(true)))
+        .filter_map(|v| v.get("name").cloned())
+        .collect();
+    crd["status"] = json!({
+        "acceptedNames": names,
+        "conditions": [
+            cond("NamesAccepted", "NoConflicts", "no conflicts found"),
+            cond("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": stored,
+    });
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The opaque `continue` token for a position.
+pub fn encode_continue(pos: &(String, String)) -> String {
+    hex(format!("{}\u{0}{}", pos.0, pos.1).as_bytes())
+}
+
+/// Decode a `continue` token.
+pub fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
+    let bad = || ApiError::BadRequest(format!("invalid continue token {token:?}"));
+    if !token.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect();
+    let s = String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())?;
+    let (ns, name) = s.split_once('\u{0}').ok_or_else(bad)?;
+    Ok((ns.to_string(), name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let pos = ("ns".to_string(), "a-b".to_string());
+        assert_eq!(
+            decode_continue(&encode_continue(&pos)).expect("decodes"),
+            pos
+        );
+        assert!(decode_continue("zz").is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! Patches: JSON merge patch, JSON patch and server-side apply (see [`apply`]).
+
+pub mod apply;
+pub mod fields;
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// The patch formats, by content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    Merge,
+    Json,
+    Strategic,
+    Apply,
+}
+
+impl PatchKind {
+    /// From the request's Content-Type.
+    pub fn from_content_type(ct: &str) -> Result<PatchKind, ApiError> {
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        match ct {
+            "application/merge-patch+json" => Ok(PatchKind::Merge),
+            "application/json-patch+json" => Ok(PatchKind::Json),
+            "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
+            other => Err(ApiError::UnsupportedMediaType(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            if let Some(t) = target.as_object_mut() {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// RFC 6902 JSON patch.
+pub fn json_patch(target: &mut Value, patch: &[u8]) -> Result<(), ApiError> {
+    let patch: json_patch::Patch = serde_json::from_slice(patch)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(target, &patch).map_err(|e| ApiError::Invalid {
+        group: String::new(),
+        kind: String::new(),
+        name: String::new(),
+        message: format!("the JSON patch could not be applied: {e}"),
+        causes: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}, "l": [3]}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}, "l": [3]}));
+        let mut s = json!("x");
+        merge_patch(&mut s, &json!({"k": 1}));
+        assert_eq!(s, json!({"k": 1}));
+    }
+
+    #[test]
+    fn json_patch_ops() {
+        let mut t = json!({"spec": {"a": 1, "l": [1]}});
+        json_patch(
+            &mut t,
+            br#"[{"op":"replace","path":"/spec/a","value":2},{"op":"add","path":"/spec/l/-","value":5},{"op":"test","path":"/spec/a","value":2}]"#,
+        )
+        .expect("applies");
+        assert_eq!(t, json!({"spec": {"a": 2, "l": [1, 5]}}));
+        assert!(json_patch(&mut t, br#"[{"op":"test","path":"/spec/a","value":9}]"#).is_err());
+        assert!(json_patch(&mut t, b"{}").is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            PatchKind::from_content_type("application/apply-patch+yaml; charset=utf-8")
+                .expect("known"),
+            PatchKind::Apply
+        );
+        assert!(PatchKind::from_content_type("text/plain").is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! The resources served: built-in ones and those of the stored CustomResourceDefinitions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::validation::Checks;
+
+/// One additional printer column.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub type_: String,
+    pub format: String,
+    pub description: String,
+    pub priority: i64,
+    pub json_path: String,
+}
+
+/// One served group/version/resource.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub singular: String,
+    pub kind: String,
+    pub list_kind: String,
+    pub namespaced: bool,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    pub status_subresource: bool,
+    /// A custom resource (from a CRD).
+    pub custom: bool,
+    pub checks: Option<Arc<Checks>>,
+    pub columns: Vec<Column>,
+    /// Field selector fields beyond metadata.name/namespace (`spec.network`).
+    pub selectable: Vec<String>,
+    /// Objects of all versions of a resource share one storage key.
+    pub storage_key: String,
+}
+
+impl Resource {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The schema (custom resources only).
+    pub fn schema(&self) -> Option<&Value> {
+        self.checks.as_deref().map(Checks::schema)
+    }
+
+    /// Fields usable in field selectors.
+    pub fn selectable_fields(&self) -> Vec<String> {
+        let mut f = vec![
+            "metadata.name".to_string(),
+            "metadata.namespace".to_string(),
+        ];
+        f.extend(self.selectable.iter().cloned());
+        f
+    }
+
+    /// The APIResource entry of discovery.
+    pub fn discovery(&self) -> Vec<Value> {
+        let mut main = json!({
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        });
+        if !self.short_names.is_empty() {
+            main["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            main["categories"] = json!(self.categories);
+        }
+        let mut out = vec![main];
+        if self.status_subresource {
+            out.push(json!({
+                "name": format!("{}/status", self.plural),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn builtin(
+    group: &str,
+    version: &str,
+    plural: &str,
+    kind: &str,
+    namespaced: bool,
+    short: &[&str],
+    status: bool,
+) -> Resource {
+    Resource {
+        group: group.into(),
+        version: version.into(),
+        plural: plural.into(),
+        singular: kind.to_lowercase(),
+        kind: kind.into(),
+        list_kind: format!("{kind}List"),
+        namespaced,
+        short_names: short.iter().map(|s| s.to_string()).collect(),
+        categories: Vec::new(),
+        status_subresource: status,
+        custom: false,
+        checks: None,
+        columns: Vec::new(),
+        selectable: Vec::new(),
+        storage_key: format!("{group}/{plural}"),
+    }
+}
+
+/// The built-in resources.
+pub fn builtins() -> Vec<Resource> {
+    let mut events_v1 = builtin("", "v1", "events", "Event", true, &["ev"], false);
+    events_v1.selectable = vec![
+        "involvedObject.kind".into(),
+        "involvedObject.name".into(),
+        "involvedObject.namespace".into(),
+        "involvedObject.uid".into(),
+        "reason".into(),
+        "type".into(),
+    ];
+    let mut events = builtin(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        true,
+        &["ev"],
+        false,
+    );
+    events.storage_key = "events.k8s.io/events".into();
+    let mut pods = builtin("", "v1", "pods", "Pod", true, &["po"], true);
+    pods.selectable = vec!["spec.nodeName".into(), "status.phase".into()];
+    let mut crds = builtin(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+        true,
+    );
+    crds.categories = vec!["api-extensions".into()];
+    vec![
+        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true),
+        builtin("", "v1", "nodes", "Node", false, &["no"], true),
+        pods,
+        events_v1,
+        events,
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            false,
+        ),
+        crds,
+    ]
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The resources a stored CRD object defines (one per served version).
+pub fn from_crd(crd: &Value) -> Result<Vec<Resource>, String> {
+    let spec = crd.get("spec").ok_or("a CRD needs a spec")?;
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let group = s(spec, "group");
+    let names = spec.get("names").ok_or("a CRD needs spec.names")?;
+    let plural = s(names, "plural");
+    let kind = s(names, "kind");
+    if group.is_empty() || plural.is_empty() || kind.is_empty() {
+        return Err("a CRD needs spec.group, spec.names.plural and spec.names.kind".into());
+    }
+    let singular = Some(s(names, "singular"))
+        .filter(|x| !x.is_empty())
+        .unwrap_or_else(|| kind.to_lowercase());
+    let list_kind = Some(s(names, "listKind"))
+        .filter(|x| !x.is_empty())
+        .unwrap_or_else(|| format!("{kind}List"));
+    let namespaced = s(spec, "scope") != "Cluster";
+    let mut out = Vec::new();
+    for v in spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if v.get("served") == Some(&Value::Bool(false)) {
+            continue;
+        }
+        let checks = match v.pointer("/schema/openAPIV3Schema") {
+            Some(schema) => Some(Arc::new(Checks::new(schema)?)),
+            None => None,
+        };
+        let columns = v
+            .get("additionalPrinterColumns")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| Column {
+                name: s(c, "name"),
+                type_: s(c, "type"),
+                format: s(c, "format"),
+                description: s(c, "description"),
+                priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                json_path: s(c, "jsonPath"),
+            })
+            .collect();
+        let selectable = v
+            .get("selectableFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|f| s(f, "jsonPath").trim_start_matches('.').to_string())
+            .collect();
+        out.push(Resource {
+            group: group.clone(),
+            version: s(v, "name"),
+            plural: plural.clone(),
+            singular: singular.clone(),
+            kind: kind.clone(),
+            list_kind: list_kind.clone(),
+            namespaced,
+            short_names: strings(names.get("shortNames")),
+            categories: strings(names.get("categories")),
+            status_subresource: v.pointer("/subresources/status").is_some(),
+            custom: true,
+            checks,
+            columns,
+            selectable,
+            storage_key: format!("{group}/{plural}"),
+        });
+    }
+    Ok(out)
+}
+
+/// Every served resource, by group and version (a snapshot; rebuilt when CRDs change).
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// group -> version -> resources (BTreeMaps: stable discovery order)
+    pub groups: BTreeMap<String, BTreeMap<String, Vec<Arc<Resource>>>>,
+}
+
+impl Registry {
+    /// Built-ins plus the resources of `crds`.
+    pub fn build(crds: &[Arc<Value>]) -> Registry {
+        let mut reg = Registry::default();
+        for r in builtins() {
+            reg.add(r);
+        }
+        for crd in crds {
+            match from_crd(crd) {
+                Ok(rs) => rs.into_iter().for_each(|r| reg.add(r)),
+                Err(e) => tracing::warn!(error = %e, "CRD not served"),
+            }
+        }
+        reg
+    }
+
+    fn add(&mut self, r: Resource) {
+        self.groups
+            .entry(r.group.clone())
+            .or_default()
+            .entry(r.version.clone())
+            .or_default()
+            .push(Arc::new(r));
+    }
+
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Resource>> {
+        self.groups
+            .get(group)?
+            .get(version)?
+            .iter()
+            .find(|r| r.plural == plural)
+            .cloned()
+    }
+
+    pub fn versions(&self, group: &str) -> Option<&BTreeMap<String, Vec<Arc<Resource>>>> {
+        self.groups.get(group)
+    }
+
+    /// The preferred (first served) version of a group: v1 over v1beta1 over v1alpha1.
+    pub fn preferred(&self, group: &str) -> Option<String> {
+        let versions = self.groups.get(group)?;
+        let rank = |v: &str| {
+            let stable = !v.contains("alpha") && !v.contains("beta");
+            let beta = v.contains("beta");
+            (stable, beta, v.to_string())
+        };
+        versions.keys().max_by_key(|v| rank(v)).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pier_crds_are_served() {
+        let crds: Vec<Arc<Value>> = pier_crds::manifests::all_crds()
+            .into_iter()
+            .map(|(_, c)| Arc::new(serde_json::to_value(c).expect("encodes")))
+            .collect();
+        let reg = Registry::build(&crds);
+        let net = reg
+            .find("pier.dev", "v1alpha1", "networks")
+            .expect("served");
+        assert!(!net.namespaced);
+        assert!(net.status_subresource);
+        assert_eq!(net.short_names, vec!["pnet"]);
+        assert!(net.columns.iter().any(|c| c.name == "Subnet"));
+        assert_eq!(net.selectable, vec!["spec.driver"]);
+        assert!(reg.find("", "v1", "namespaces").is_some());
+        assert_eq!(reg.preferred("pier.dev").as_deref(), Some("v1alpha1"));
+    }
+}

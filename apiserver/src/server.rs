@@ -1,0 +1,217 @@
+//! [`ApiServer`]: the public entry point (`pier up` and the tests).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::Api;
+use crate::error::Error;
+use crate::http::ApiService;
+use crate::store::Store;
+use crate::tls::Material;
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Change events kept for watches to resume from (older versions get 410 Gone).
+    pub history: usize,
+    /// Concurrent watches allowed (more get 429).
+    pub max_watches: usize,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// The local node's name (default: the host name).
+    pub node_name: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            history: 50_000,
+            max_watches: 1024,
+            bookmark_interval: Duration::from_secs(10),
+            node_name: None,
+        }
+    }
+}
+
+/// The embedded API server.
+#[derive(Debug, Clone)]
+pub struct ApiServer {
+    api: Arc<Api>,
+    dir: Option<PathBuf>,
+    tls: Material,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The address the host uses to reach the outside (no packet is sent), else loopback.
+fn host_address() -> String {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// The local node object.
+pub fn local_node(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+            "node-role.kubernetes.io/control-plane": "",
+        }},
+        "spec": {},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": host_address()},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "PierLocalMode",
+                "message": "the local node of Pier's embedded API server",
+                "lastHeartbeatTime": crate::api::now(), "lastTransitionTime": crate::api::now()}],
+            "nodeInfo": {"operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+                "kubeletVersion": "v1.33.0-pier", "containerRuntimeVersion": "pier://0",
+                "kernelVersion": "", "osImage": "", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+        }
+    })
+}
+
+impl ApiServer {
+    /// Open (or create) a server whose state lives in `data_dir`.
+    pub async fn open(data_dir: impl AsRef<Path>) -> Result<ApiServer, Error> {
+        ApiServer::open_with(data_dir, Options::default()).await
+    }
+
+    /// [`ApiServer::open`] with options.
+    pub async fn open_with(data_dir: impl AsRef<Path>, opts: Options) -> Result<ApiServer, Error> {
+        let dir = data_dir.as_ref().to_path_buf();
+        let store = Store::open(&dir.join("store"), opts.history)?;
+        let tls = Material::load_or_create(&dir)?;
+        ApiServer::start(store, Some(dir), tls, opts).await
+    }
+
+    /// A server that keeps nothing on disk (tests).
+    pub async fn in_memory() -> Result<ApiServer, Error> {
+        ApiServer::in_memory_with(Options::default()).await
+    }
+
+    /// [`ApiServer::in_memory`] with options.
+    pub async fn in_memory_with(opts: Options) -> Result<ApiServer, Error> {
+        let store = Store::in_memory(opts.history);
+        ApiServer::start(store, None, Material::generate()?, opts).await
+    }
+
+    async fn start(
+        store: Store,
+        dir: Option<PathBuf>,
+        tls: Material,
+        opts: Options,
+    ) -> Result<ApiServer, Error> {
+        let mut api = Api::new(store, opts.max_watches);
+        api.bookmark_interval = opts.bookmark_interval;
+        let api = Arc::new(api);
+        let node = opts.node_name.unwrap_or_else(host_name);
+        api.bootstrap(Some(local_node(&node)))
+            .await
+            .map_err(|e| Error::Crd(format!("bootstrap: {e}")))?;
+        Ok(ApiServer { api, dir, tls })
+    }
+
+    /// The engine (for embedding and tests).
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+
+    /// The data directory, if persistent.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The in-process service, without authentication: `kube::Client::new(server.service(), "default")`.
+    pub fn service(&self) -> ApiService {
+        ApiService::new(self.api.clone(), None)
+    }
+
+    /// The service requiring the bearer token (what HTTPS serves).
+    pub fn authenticated_service(&self) -> ApiService {
+        ApiService::new(self.api.clone(), Some(self.tls.token.clone()))
+    }
+
+    /// The bearer token clients must send.
+    pub fn token(&self) -> &str {
+        &self.tls.token
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.tls.ca_pem
+    }
+
+    /// Serve HTTPS on `addr` (port 0: any free port); returns the bound address and the task.
+    pub async fn serve_https(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::io(addr.to_string(), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::io(addr.to_string(), e))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server_config()?);
+        let svc = self.authenticated_service();
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let hyper_svc = hyper::service::service_fn(move |req| {
+                        let mut svc = svc.clone();
+                        tower::Service::call(&mut svc, req)
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    if let Err(e) = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), hyper_svc)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "connection ended");
+                    }
+                });
+            }
+        });
+        Ok((bound, task))
+    }
+
+    /// Write a kubeconfig for `server_url` (e.g. `https://127.0.0.1:6443`).
+    pub fn write_kubeconfig(&self, path: impl AsRef<Path>, server_url: &str) -> Result<(), Error> {
+        let yaml = crate::kubeconfig::render(server_url, &self.tls.ca_pem, &self.tls.token);
+        crate::tls::write_private(path.as_ref(), &yaml)
+    }
+}

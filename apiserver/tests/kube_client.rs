@@ -1,0 +1,642 @@
+//! The kube-rs client against the in-process service: CRUD, semantics, patches, apply, watch.
+
+mod common;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use kube::core::{ApiResource, GroupVersionKind};
+use pier_apiserver::Options;
+use serde_json::{Value, json};
+
+fn networks(client: &kube::Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("pier.dev", "v1alpha1", "Network"),
+        "networks",
+    );
+    Api::all_with(client.clone(), &ar)
+}
+
+fn endpoints(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("pier.dev", "v1alpha1", "Endpoint"),
+        "endpoints",
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn obj(v: Value) -> DynamicObject {
+    serde_json::from_value(v).expect("valid object")
+}
+
+fn network(name: &str, spec: Value) -> DynamicObject {
+    obj(
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": name}, "spec": spec}),
+    )
+}
+
+fn code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn create_get_list_defaults_and_metadata() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let created = api
+        .create(
+            &PostParams::default(),
+            &network("a", json!({"subnet": "172.18.0.0/16"})),
+        )
+        .await
+        .expect("created");
+    let m = &created.metadata;
+    assert!(m.uid.is_some());
+    assert!(m.creation_timestamp.is_some());
+    assert_eq!(m.generation, Some(1));
+    assert_eq!(created.data["spec"]["driver"], "bridge", "defaulted");
+    assert_eq!(created.data["spec"]["dns"], true, "defaulted");
+    let got = api.get("a").await.expect("get");
+    assert_eq!(got.metadata.resource_version, m.resource_version);
+    let e = api
+        .create(&PostParams::default(), &network("a", json!({})))
+        .await
+        .expect_err("exists");
+    assert_eq!(code(e), 409);
+    assert_eq!(code(api.get("nope").await.expect_err("missing")), 404);
+    let list = api.list(&ListParams::default()).await.expect("list");
+    assert_eq!(list.items.len(), 1);
+    // generateName
+    let mut g = network("", json!({}));
+    g.metadata.name = None;
+    g.metadata.generate_name = Some("gen-".into());
+    let generated = api
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("generated");
+    let name = generated.metadata.name.expect("named");
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+}
+
+#[tokio::test]
+async fn generation_status_subresource_and_conflicts() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let created = api
+        .create(&PostParams::default(), &network("n", json!({"mtu": 1500})))
+        .await
+        .expect("created");
+    // Labels do not bump generation.
+    let p = api
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+        )
+        .await
+        .expect("label patch");
+    assert_eq!(p.metadata.generation, Some(1));
+    // Status on the main resource is ignored.
+    let p = api
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mtu": 9000}, "status": {"subnet": "x"}})),
+        )
+        .await
+        .expect("spec patch");
+    assert_eq!(p.metadata.generation, Some(2));
+    assert!(p.data.get("status").is_none());
+    // Spec on /status is ignored, status is written, generation unchanged.
+    let s = api
+        .patch_status(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"mtu": 1}, "status": {"subnet": "10.0.0.0/24"}})),
+        )
+        .await
+        .expect("status patch");
+    assert_eq!(s.data["spec"]["mtu"], 9000);
+    assert_eq!(s.data["status"]["subnet"], "10.0.0.0/24");
+    assert_eq!(s.metadata.generation, Some(2));
+    // A stale resourceVersion conflicts.
+    let mut stale = created.clone();
+    stale.data["spec"]["mtu"] = json!(1400);
+    let e = api
+        .replace("n", &PostParams::default(), &stale)
+        .await
+        .expect_err("stale");
+    assert_eq!(code(e), 409);
+    // JSON patch.
+    let jp: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/spec/mtu", "value": 1450}]))
+            .expect("patch");
+    let j = api
+        .patch("n", &PatchParams::default(), &Patch::<()>::Json(jp))
+        .await
+        .expect("json patch");
+    assert_eq!(j.data["spec"]["mtu"], 1450);
+}
+
+#[tokio::test]
+async fn strategic_merge_on_custom_resources_is_415() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    api.create(&PostParams::default(), &network("n", json!({})))
+        .await
+        .expect("created");
+    let e = api
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"mtu": 1}})),
+        )
+        .await
+        .expect_err("415");
+    assert_eq!(code(e), 415);
+}
+
+#[tokio::test]
+async fn validation_rejects_with_field_paths_and_cel_messages() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let e = api
+        .create(
+            &PostParams::default(),
+            &network("bad", json!({"subnet": "172.18.0.1/16"})),
+        )
+        .await
+        .expect_err("invalid");
+    let kube::Error::Api(status) = e else {
+        panic!("api error")
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("subnet must be a network address"),
+        "{}",
+        status.message
+    );
+    let e = api
+        .create(
+            &PostParams::default(),
+            &network("bad", json!({"subnet": "nope"})),
+        )
+        .await
+        .expect_err("invalid");
+    let kube::Error::Api(status) = e else {
+        panic!("api error")
+    };
+    assert!(status.message.contains("spec.subnet"), "{}", status.message);
+    // Transition rule: the driver is immutable.
+    api.create(
+        &PostParams::default(),
+        &network("n", json!({"driver": "bridge"})),
+    )
+    .await
+    .expect("created");
+    let e = api
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"driver": "host"}})),
+        )
+        .await
+        .expect_err("immutable");
+    let kube::Error::Api(status) = e else {
+        panic!("api error")
+    };
+    assert!(
+        status.message.contains("driver is immutable"),
+        "{}",
+        status.message
+    );
+    // Unknown fields are pruned.
+    let p = api
+        .patch(
+            "n",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"bogus": 1}})),
+        )
+        .await
+        .expect("pruned");
+    assert!(p.data["spec"].get("bogus").is_none());
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let mut n = network("f", json!({}));
+    n.metadata.finalizers = Some(vec!["pier.dev/operator".into()]);
+    api.create(&PostParams::default(), &n)
+        .await
+        .expect("created");
+    api.delete("f", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let held = api.get("f").await.expect("still there");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release");
+    assert_eq!(code(api.get("f").await.expect_err("gone")), 404);
+}
+
+#[tokio::test]
+async fn selectors_and_pagination() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    for i in 0..10 {
+        let mut n = network(
+            &format!("n{i:02}"),
+            json!({"driver": if i % 2 == 0 { "bridge" } else { "null" }}),
+        );
+        n.metadata.labels = Some(
+            [(
+                "tier".to_string(),
+                if i < 5 { "a" } else { "b" }.to_string(),
+            )]
+            .into(),
+        );
+        api.create(&PostParams::default(), &n)
+            .await
+            .expect("created");
+    }
+    let count = |lp: ListParams| {
+        let api = api.clone();
+        async move { api.list(&lp).await.expect("list").items.len() }
+    };
+    assert_eq!(count(ListParams::default().labels("tier=a")).await, 5);
+    assert_eq!(count(ListParams::default().labels("tier!=a")).await, 5);
+    assert_eq!(
+        count(ListParams::default().labels("tier in (a,b)")).await,
+        10
+    );
+    assert_eq!(
+        count(ListParams::default().labels("tier notin (a)")).await,
+        5
+    );
+    assert_eq!(count(ListParams::default().labels("tier")).await, 10);
+    assert_eq!(count(ListParams::default().labels("!tier")).await, 0);
+    assert_eq!(
+        count(ListParams::default().fields("metadata.name=n03")).await,
+        1
+    );
+    assert_eq!(
+        count(ListParams::default().fields("spec.driver=null")).await,
+        5
+    );
+    assert!(
+        api.list(&ListParams::default().fields("spec.mtu=1"))
+            .await
+            .is_err()
+    );
+    let mut seen = Vec::new();
+    let mut lp = ListParams::default().limit(3);
+    loop {
+        let page = api.list(&lp).await.expect("page");
+        seen.extend(page.items.iter().filter_map(|o| o.metadata.name.clone()));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 10);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn namespaced_objects_need_their_namespace() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let ep = |name: &str| {
+        obj(
+            json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+        "metadata": {"name": name}, "spec": {"network": "x", "target": {"netns": {"name": "c1", "node": "n"}}}}),
+        )
+    };
+    endpoints(&client, "default")
+        .create(&PostParams::default(), &ep("e1"))
+        .await
+        .expect("in default");
+    let e = endpoints(&client, "nowhere")
+        .create(&PostParams::default(), &ep("e1"))
+        .await
+        .expect_err("no namespace");
+    assert_eq!(code(e), 404);
+    let all: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("pier.dev", "v1alpha1", "Endpoint"),
+            "endpoints",
+        ),
+    );
+    assert_eq!(
+        all.list(&ListParams::default())
+            .await
+            .expect("all")
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        all.list(&ListParams::default().fields("spec.network=x"))
+            .await
+            .expect("sel")
+            .items
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn server_side_apply_on_status_and_spec() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let applied = api
+        .patch(
+            "n",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(json!({
+            "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+            "spec": {"mtu": 1500}})),
+        )
+        .await
+        .expect("apply creates");
+    assert_eq!(applied.data["spec"]["mtu"], 1500);
+    let mf = applied
+        .metadata
+        .managed_fields
+        .clone()
+        .expect("managed fields");
+    assert_eq!(mf[0].manager.as_deref(), Some("alice"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    let e = api
+        .patch(
+            "n",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(json!({
+            "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+            "spec": {"mtu": 9000}})),
+        )
+        .await
+        .expect_err("conflict");
+    let kube::Error::Api(status) = e else {
+        panic!("api error")
+    };
+    assert_eq!(status.code, 409);
+    assert!(
+        status.message.contains("conflict with \"alice\""),
+        "{}",
+        status.message
+    );
+    assert!(status.message.contains(".spec.mtu"), "{}", status.message);
+    let forced = api
+        .patch(
+            "n",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(json!({
+            "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+            "spec": {"mtu": 9000}})),
+        )
+        .await
+        .expect("forced");
+    assert_eq!(forced.data["spec"]["mtu"], 9000);
+    // Status by two managers, conditions keyed by type.
+    let st = |m: &str, v: Value| {
+        let api = api.clone();
+        let m = m.to_string();
+        async move {
+            api.patch_status(
+                "n",
+                &PatchParams::apply(&m).force(),
+                &Patch::Apply(json!({
+                "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+                "status": v})),
+            )
+            .await
+        }
+    };
+    let cond = |t: &str| json!({"type": t, "status": "True", "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    st(
+        "pier-operator",
+        json!({"subnet": "10.1.0.0/24", "conditions": [cond("Ready")]}),
+    )
+    .await
+    .expect("operator");
+    let both = st("pier-node", json!({"conditions": [cond("Attached")]}))
+        .await
+        .expect("node");
+    assert_eq!(
+        both.data["status"]["conditions"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(both.data["spec"]["mtu"], 9000);
+    let dropped = st("pier-operator", json!({"subnet": "10.1.0.0/24"}))
+        .await
+        .expect("drop Ready");
+    let conds = dropped.data["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(conds.len(), 1);
+    assert_eq!(conds[0]["type"], "Attached");
+    // No-op apply does not bump the resourceVersion.
+    let again = st("pier-operator", json!({"subnet": "10.1.0.0/24"}))
+        .await
+        .expect("no-op");
+    assert_eq!(
+        again.metadata.resource_version,
+        dropped.metadata.resource_version
+    );
+    // Apply without a field manager is rejected like the real server does.
+    let e = api
+        .patch("n", &PatchParams::default(), &Patch::Apply(json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"}})))
+        .await
+        .expect_err("needs a manager");
+    assert_eq!(code(e), 400);
+}
+
+#[tokio::test]
+async fn watch_resumes_and_expires() {
+    let (_s, client) = common::server_with_crds(Options {
+        history: 5,
+        ..Options::default()
+    })
+    .await;
+    let api = networks(&client);
+    let first = api
+        .create(&PostParams::default(), &network("w0", json!({})))
+        .await
+        .expect("created");
+    let rv = first.metadata.resource_version.clone().expect("rv");
+    for i in 1..3 {
+        api.create(
+            &PostParams::default(),
+            &network(&format!("w{i}"), json!({})),
+        )
+        .await
+        .expect("created");
+    }
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        match stream.try_next().await.expect("event") {
+            Some(WatchEvent::Added(o)) => names.extend(o.metadata.name),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names, vec!["w1", "w2"]);
+    api.delete("w1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    match stream.try_next().await.expect("event") {
+        Some(WatchEvent::Deleted(o)) => assert_eq!(o.metadata.name.as_deref(), Some("w1")),
+        other => panic!("unexpected {other:?}"),
+    }
+    for i in 3..12 {
+        api.create(
+            &PostParams::default(),
+            &network(&format!("w{i}"), json!({})),
+        )
+        .await
+        .expect("created");
+    }
+    let mut old = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match old.try_next().await.expect("event") {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_bookmarks_and_label_filtering() {
+    let (_s, client) = common::server_with_crds(Options {
+        bookmark_interval: std::time::Duration::from_millis(100),
+        ..Options::default()
+    })
+    .await;
+    let api = networks(&client);
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut stream = api
+        .watch(&WatchParams::default().labels("app=x"), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    api.create(&PostParams::default(), &network("other", json!({})))
+        .await
+        .expect("created");
+    let mut n = network("mine", json!({}));
+    n.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+    api.create(&PostParams::default(), &n)
+        .await
+        .expect("created");
+    let mut saw_bookmark = false;
+    let mut saw_mine = false;
+    while !(saw_bookmark && saw_mine) {
+        match stream.try_next().await.expect("event") {
+            Some(WatchEvent::Added(o)) => {
+                assert_eq!(o.metadata.name.as_deref(), Some("mine"));
+                saw_mine = true;
+            }
+            Some(WatchEvent::Bookmark(_)) => saw_bookmark = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn builtins_are_served() {
+    let (_s, client) = common::server_with_crds(Options {
+        node_name: Some("node-a".into()),
+        ..Options::default()
+    })
+    .await;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
+    let ns: Api<Namespace> = Api::all(client.clone());
+    ns.get("default").await.expect("default namespace");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get("node-a").await.expect("local node");
+    let addrs = node.status.and_then(|s| s.addresses).expect("addresses");
+    assert!(addrs.iter().any(|a| a.type_ == "InternalIP"));
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .expect("pods")
+            .items
+            .is_empty()
+    );
+    let leases: Api<Lease> = Api::default_namespaced(client.clone());
+    let lease: Lease = serde_json::from_value(
+        json!({"metadata": {"name": "pier-operator"}, "spec": {"holderIdentity": "me"}}),
+    )
+    .expect("lease");
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease created");
+    let events: Api<Event> = Api::default_namespaced(client.clone());
+    let ev: Event = serde_json::from_value(json!({"metadata": {"generateName": "x."}, "involvedObject": {"kind": "Network", "name": "n"}, "reason": "R", "message": "m"})).expect("event");
+    events
+        .create(&PostParams::default(), &ev)
+        .await
+        .expect("event created");
+    let ev2: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({"metadata": {"name": "e2"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "R", "action": "A", "reportingController": "c", "reportingInstance": "i", "type": "Normal"})).expect("event");
+    let events2: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client.clone());
+    events2
+        .create(&PostParams::default(), &ev2)
+        .await
+        .expect("events.k8s.io created");
+    assert_eq!(
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn discovery_finds_custom_resources() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let (ar, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("pier.dev", "v1alpha1", "Network"))
+        .expect("Network discovered");
+    assert_eq!(ar.plural, "networks");
+    assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+    assert!(
+        discovery
+            .groups()
+            .any(|g| g.name() == "apiextensions.k8s.io")
+    );
+}

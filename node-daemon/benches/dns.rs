@@ -5,7 +5,7 @@
 //! latency (endpoint added to the NodeState → its name answerable).
 //!
 //! Not a test: run as root with `cargo bench -p pier-node --bench dns`
-//! (env `PIER_BENCH_SECONDS=10`, `PIER_BENCH_CLIENTS=4`, `PIER_BENCH_AARDVARK=/usr/lib/podman/aardvark-dns`).
+//! (env `PIER_BENCH_SECONDS=10`, `PIER_BENCH_ROUNDS=3`, `PIER_BENCH_CLIENTS=4`, `PIER_BENCH_AARDVARK=/usr/lib/podman/aardvark-dns`).
 //! All traffic stays inside namespaces made here; they are removed at the end.
 
 #[path = "../tests/common/mod.rs"]
@@ -233,7 +233,8 @@ fn main() {
 
     // Alternate servers, so drift on the machine hits both alike.
     let mut max = Vec::new();
-    for round in 0..2 {
+    let rounds: usize = env_or("PIER_BENCH_ROUNDS", "3").parse().unwrap_or(3);
+    for round in 0..rounds {
         for (label, port) in [("pier", PIER_PORT), ("aardvark-dns", AARDVARK_PORT)] {
             let run = throughput(&client, port, &file);
             eprintln!("round {round} {label}: {run:?}");
@@ -281,6 +282,16 @@ fn main() {
         runtime.block_on(handle.synced());
     }
     updates.sort_by(f64::total_cmp);
+    let mut builds: Vec<f64> = (0..50)
+        .map(|_| {
+            let started = Instant::now();
+            let views = pier_node::dns::views::Views::build(&state);
+            let took = started.elapsed().as_secs_f64() * 1e6;
+            drop(views);
+            took
+        })
+        .collect();
+    builds.sort_by(f64::total_cmp);
 
     let best = |who: &str| {
         max.iter()
@@ -290,7 +301,7 @@ fn main() {
     };
     let (pier_qps, aardvark_qps) = (best("pier"), best("aardvark-dns"));
     println!(
-        "\n| server | max QPS (best of 2, {} clients) | lost | QPS at -Q 10000 | p50 µs | p99 µs | max µs | answered |",
+        "\n| server | max QPS (best of {rounds}, {} clients) | lost (each round) | QPS at -Q 10000 | p50 µs | p99 µs | max µs | answered |",
         env_or("PIER_BENCH_CLIENTS", "4")
     );
     println!("|---|---|---|---|---|---|---|---|");
@@ -321,6 +332,12 @@ fn main() {
         percentile(&updates, 0.5),
         percentile(&updates, 0.99),
         percentile(&updates, 1.0)
+    );
+    println!(
+        "Views rebuild for {} endpoints (part of the update): p50 {:.0} µs, max {:.0} µs",
+        state.endpoints.len(),
+        percentile(&builds, 0.5),
+        percentile(&builds, 1.0)
     );
     println!("Pier counters: {:?}", handle.stats());
 

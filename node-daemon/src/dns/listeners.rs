@@ -1,17 +1,20 @@
-//! Listeners that follow the bridges: one hickory `Server` (UDP + TCP) per gateway address.
+//! Listeners that follow the bridges: UDP and TCP on port 53 of each gateway address.
 //!
-//! A `Server` cannot drop one socket of several, so each gateway gets its own; they all share one
-//! handler (and so the same views). A network that appears gets a listener, one that goes loses
-//! it, and the others are not touched: nothing is ever restarted.
+//! Each gateway has its own UDP receive loops (`udp.rs`) and its own hickory `Server` for TCP (a
+//! `Server` cannot drop one socket of several); all share one handler, and so the same views. A
+//! network that appears gets listeners, one that goes loses them, and the others are not
+//! touched: nothing is ever restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use hickory_server::Server;
+use tokio::task::JoinSet;
 
 use super::server::PierHandler;
 use super::sockets::{self, NetnsSockets, SocketThreadGone};
+use super::udp;
 
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(5);
@@ -43,12 +46,18 @@ pub enum ListenError {
     },
 }
 
+/// One gateway's listeners: UDP loops (ours) and TCP (hickory's `Server`).
+struct Gateway {
+    udp: JoinSet<()>,
+    tcp: Server<PierHandler>,
+}
+
 /// The set of per-gateway servers.
 pub struct Listeners {
     port: u16,
     sockets: NetnsSockets,
     handler: PierHandler,
-    servers: BTreeMap<Ipv4Addr, Server<PierHandler>>,
+    servers: BTreeMap<Ipv4Addr, Gateway>,
 }
 
 impl std::fmt::Debug for Listeners {
@@ -115,27 +124,44 @@ impl Listeners {
         }
     }
 
-    async fn bind(&self, ip: Ipv4Addr) -> Result<Server<PierHandler>, ListenError> {
+    async fn bind(&self, ip: Ipv4Addr) -> Result<Gateway, ListenError> {
         let address = SocketAddrV4::new(ip, self.port);
+        // One UDP socket and receive loop per runtime worker: every core can answer.
+        let loops = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
         let (udp, tcp) = self
             .sockets
-            .run(move || (sockets::bind_udp(address), sockets::listen_tcp(address)))
+            .run(move || {
+                let udp: std::io::Result<Vec<_>> =
+                    (0..loops).map(|_| sockets::bind_udp(address)).collect();
+                (udp, sockets::listen_tcp(address))
+            })
             .await
             .map_err(|source| ListenError::Thread { address, source })?;
         let udp = udp
-            .and_then(tokio::net::UdpSocket::from_std)
+            .and_then(|sockets| {
+                sockets
+                    .into_iter()
+                    .map(tokio::net::UdpSocket::from_std)
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
             .map_err(|source| ListenError::Udp { address, source })?;
         let tcp = tcp
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|source| ListenError::Tcp { address, source })?;
         let mut server = Server::new(self.handler.clone());
-        server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
-        Ok(server)
+        Ok(Gateway {
+            udp: udp::serve(udp, self.handler.clone()),
+            tcp: server,
+        })
     }
 }
 
-async fn stop(mut server: Server<PierHandler>) {
+async fn stop(mut gateway: Gateway) {
+    gateway.udp.abort_all();
     // Dropping the server (on timeout) aborts whatever is still running.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown_gracefully()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, gateway.tcp.shutdown_gracefully()).await;
 }

@@ -16,6 +16,7 @@ pub mod listeners;
 pub mod resolv_conf;
 pub mod server;
 pub mod sockets;
+pub mod udp;
 pub mod views;
 
 use std::net::SocketAddrV4;

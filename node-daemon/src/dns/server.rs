@@ -38,10 +38,16 @@ impl Shared {
 
     /// Swaps in new views: the next query sees them.
     pub fn set_views(&self, views: Views) {
-        *self
-            .views
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(views);
+        let new = Arc::new(views);
+        let old = std::mem::replace(
+            &mut *self
+                .views
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            new,
+        );
+        // Freeing thousands of records happens here, not while queries wait on the lock.
+        drop(old);
     }
 }
 
@@ -54,6 +60,16 @@ pub struct PierHandler {
 impl PierHandler {
     pub fn new(shared: Arc<Shared>) -> PierHandler {
         PierHandler { shared }
+    }
+
+    /// Counts a query dropped without an answer (malformed input, a response sent to us).
+    pub fn count_dropped(&self) {
+        Counters::bump(&self.shared.counters.dropped);
+    }
+
+    /// Counts a received query.
+    pub fn count_query(&self) {
+        Counters::bump(&self.shared.counters.queries);
     }
 }
 
@@ -78,10 +94,27 @@ impl RequestHandler for PierHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        mut response: R,
+        response: R,
     ) -> ResponseInfo {
+        self.count_query();
+        match self.answer(request, response, false).await {
+            Ok(info) => info,
+            // Not reached: only `local_only` hands the responder back.
+            Err(_) => unsent(&request.metadata, ResponseCode::ServFail),
+        }
+    }
+}
+
+impl PierHandler {
+    /// Answers `request`. With `local_only`, a query that must go upstream is not answered:
+    /// `Err(response)` hands the responder back so the caller can answer it on a task of its own.
+    pub async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+        local_only: bool,
+    ) -> Result<ResponseInfo, R> {
         let counters = &self.shared.counters;
-        Counters::bump(&counters.queries);
         let metadata = &request.metadata;
         // Answer with the client's EDNS payload size, so UDP answers fit what it can take.
         let edns = request.edns.as_ref().map(|theirs| {
@@ -97,11 +130,11 @@ impl RequestHandler for PierHandler {
             (OpCode::Query, Ok(info)) => info.query,
             (OpCode::Query, Err(_)) => {
                 let message = builder.error_msg(metadata, ResponseCode::FormErr);
-                return send(&mut response, message, metadata).await;
+                return Ok(send(&mut response, message, metadata).await);
             }
             _ => {
                 let message = builder.error_msg(metadata, ResponseCode::NotImp);
-                return send(&mut response, message, metadata).await;
+                return Ok(send(&mut response, message, metadata).await);
             }
         };
 
@@ -111,25 +144,26 @@ impl RequestHandler for PierHandler {
             Resolution::Refused => {
                 Counters::bump(&counters.refused);
                 let message = builder.error_msg(metadata, ResponseCode::Refused);
-                send(&mut response, message, metadata).await
+                Ok(send(&mut response, message, metadata).await)
             }
             Resolution::NxDomain => {
                 Counters::bump(&counters.nxdomain);
                 let mut header = response_metadata(metadata, ResponseCode::NXDomain);
                 header.authoritative = true;
                 let message = builder.build_no_records(header);
-                send(&mut response, message, metadata).await
+                Ok(send(&mut response, message, metadata).await)
             }
             Resolution::Local(records) => {
                 Counters::bump(&counters.local);
                 let mut header = response_metadata(metadata, ResponseCode::NoError);
                 header.authoritative = true;
                 let message = builder.build(header, records.iter(), [], [], []);
-                send(&mut response, message, metadata).await
+                Ok(send(&mut response, message, metadata).await)
             }
+            Resolution::Forward if local_only => Err(response),
             Resolution::Forward => {
                 Counters::bump(&counters.forwarded);
-                match self.shared.forwarder.forward(request.as_slice()).await {
+                let info = match self.shared.forwarder.forward(request.as_slice()).await {
                     Ok(answer) => {
                         let mut header = answer.metadata;
                         header.id = metadata.id;
@@ -154,7 +188,8 @@ impl RequestHandler for PierHandler {
                         let message = builder.error_msg(metadata, ResponseCode::ServFail);
                         send(&mut response, message, metadata).await
                     }
-                }
+                };
+                Ok(info)
             }
         }
     }

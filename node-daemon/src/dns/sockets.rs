@@ -77,10 +77,13 @@ impl NetnsSockets {
 
 /// A UDP socket bound to `address`, with IP_FREEBIND so it can be bound before the bridge has
 /// its gateway address (the dataplane may come later) and keeps working when it comes and goes.
+/// SO_REUSEPORT lets one socket per worker share the address: the kernel spreads askers over them
+/// (only sockets of the same user can join the group).
 pub fn bind_udp(address: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_freebind_v4(true)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     // Bursts of queries must queue in the kernel, not be dropped while a worker is busy.
     let _ = socket.set_recv_buffer_size(4 << 20);
     socket.set_nonblocking(true)?;

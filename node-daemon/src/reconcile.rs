@@ -26,6 +26,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -46,6 +47,8 @@ pub enum DataplaneError {
     InvalidState(#[source] StateError),
     #[error("opening the host network namespace")]
     HostNamespace(#[source] NetlinkError),
+    #[error("the host network namespace {0} does not exist")]
+    HostNamespaceMissing(PathBuf),
     #[error("reading links and addresses of the host namespace")]
     ReadBack(#[source] NetlinkError),
 }
@@ -340,6 +343,8 @@ pub struct Dataplane {
     host_netns: Option<PathBuf>,
     deep: bool,
     step_delay: Option<Duration>,
+    /// Shared by clones; also serializes applies of one dataplane.
+    host: Arc<Mutex<Option<CachedHost>>>,
 }
 
 impl Dataplane {
@@ -348,8 +353,7 @@ impl Dataplane {
     pub fn new(host_netns: Option<PathBuf>) -> Dataplane {
         Dataplane {
             host_netns,
-            deep: false,
-            step_delay: None,
+            ..Dataplane::default()
         }
     }
 
@@ -374,37 +378,38 @@ impl Dataplane {
         Nl::open_in(self.host_netns()).map_err(DataplaneError::HostNamespace)
     }
 
-    /// Opens the host socket and reads the sysctls a plan needs, on one namespace thread (each
-    /// thread start can wait for a CPU on a busy node, so a plan starts as few as it can).
-    fn open_host_for(&self, state: &NodeState) -> Result<HostView, DataplaneError> {
-        let bridges: Vec<String> = state
-            .networks
-            .iter()
-            .filter(|n| n.driver == Driver::Bridge)
-            .map(NetworkState::bridge_name)
-            .collect();
-        netns::run_in(self.host_netns(), move || {
-            let nl = Nl::open_here()?;
-            // Sysctls are per namespace and read through the calling thread's namespace.
-            let localnet = bridges
-                .into_iter()
-                .filter(|name| sysctl::is_enabled(&sysctl::route_localnet(name)))
-                .collect();
-            Ok(HostView {
-                nl,
-                forwarding: sysctl::is_enabled(sysctl::IP_FORWARD),
-                localnet,
-            })
-        })
-        .map_err(|error| DataplaneError::HostNamespace(NetlinkError::Netns(error)))?
-        .map_err(DataplaneError::HostNamespace)
+    /// Runs `work` with the socket in the host namespace, opened once and kept while the
+    /// namespace at `host_netns` stays the same one (device and inode of its file). Keeping it
+    /// saves a thread start per apply, which on a busy node can wait a scheduler tick. A failure
+    /// drops the socket, so the next call starts from a fresh one.
+    fn with_host<T>(
+        &self,
+        work: impl FnOnce(&Nl) -> Result<T, DataplaneError>,
+    ) -> Result<T, DataplaneError> {
+        let identity = match self.host_netns() {
+            Some(path) => Some(
+                namespace_identity(path)
+                    .ok_or_else(|| DataplaneError::HostNamespaceMissing(path.to_path_buf()))?,
+            ),
+            None => None,
+        };
+        // A panic while holding the lock leaves at worst a socket to re-open.
+        let mut cached = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+        let nl = match cached.take() {
+            Some(host) if host.identity == identity => host.nl,
+            _ => self.open_host()?,
+        };
+        let result = work(&nl);
+        if result.is_ok() {
+            *cached = Some(CachedHost { identity, nl });
+        }
+        result
     }
 
     /// What an apply of `state` would change now.
     pub fn plan(&self, state: &NodeState) -> Result<Plan, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host_for(state)?;
-        self.plan_with(&host, state, None)
+        self.with_host(|host| self.plan_with(host, state, None))
     }
 
     /// Like [`Dataplane::plan`], but reads back and changes only the endpoints `ids` (plus the
@@ -415,9 +420,8 @@ impl Dataplane {
     /// leftovers.
     pub fn plan_endpoints(&self, state: &NodeState, ids: &[&str]) -> Result<Plan, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host_for(state)?;
         let scope: BTreeSet<&str> = ids.iter().copied().collect();
-        self.plan_with(&host, state, Some(&scope))
+        self.with_host(|host| self.plan_with(host, state, Some(&scope)))
     }
 
     /// Applies the endpoints `ids` of `state` (see [`Dataplane::plan_endpoints`]).
@@ -427,10 +431,11 @@ impl Dataplane {
         ids: &[&str],
     ) -> Result<Report, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host_for(state)?;
         let scope: BTreeSet<&str> = ids.iter().copied().collect();
-        let plan = self.plan_with(&host, state, Some(&scope))?;
-        Ok(self.execute_with(&host.nl, &plan))
+        self.with_host(|host| {
+            let plan = self.plan_with(host, state, Some(&scope))?;
+            Ok(self.execute_with(host, &plan))
+        })
     }
 
     /// The links a plan looks at: all of them, or (scoped) the bridges and the scoped veths by name.
@@ -443,6 +448,7 @@ impl Dataplane {
             return host.links();
         };
         let mut links = Vec::new();
+        links.extend(host.link("lo")?);
         for network in state.networks.iter().filter(|n| n.driver == Driver::Bridge) {
             links.extend(host.link(&network.bridge_name())?);
         }
@@ -458,16 +464,21 @@ impl Dataplane {
 
     fn plan_with(
         &self,
-        host: &HostView,
+        host: &Nl,
         state: &NodeState,
         scope: Option<&BTreeSet<&str>>,
     ) -> Result<Plan, DataplaneError> {
-        let links = Self::read_links(&host.nl, state, scope).map_err(DataplaneError::ReadBack)?;
-        let addresses = host.nl.v4_addresses().map_err(DataplaneError::ReadBack)?;
+        let links = Self::read_links(host, state, scope).map_err(DataplaneError::ReadBack)?;
+        let addresses = host.v4_addresses().map_err(DataplaneError::ReadBack)?;
         let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
         let by_index: HashMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
 
-        let (forwarding, localnet) = (host.forwarding, &host.localnet);
+        // Writing net.ipv4.ip_forward sets `forwarding` on every link, `lo` included, and `lo`
+        // always exists: its setting, read with the links, stands for the node's.
+        let forwarding = by_name
+            .get("lo")
+            .and_then(|lo| lo.inet)
+            .is_some_and(|conf| conf.forwarding);
 
         let mut plan = Plan::default();
         let mut deletes = Vec::new();
@@ -540,7 +551,7 @@ impl Dataplane {
                             .filter(|a| **a != gateway_net)
                             .map(|a| BridgeFix::RemoveAddress(*a)),
                     );
-                    if !localnet.contains(&name) {
+                    if !link.inet.is_some_and(|conf| conf.route_localnet) {
                         fixes.push(BridgeFix::RouteLocalnet);
                     }
                     if fixes.is_empty() {
@@ -839,16 +850,16 @@ impl Dataplane {
     /// Applies `state`: plan against the kernel now, then execute.
     pub fn apply(&self, state: &NodeState) -> Result<Report, DataplaneError> {
         state.validate().map_err(DataplaneError::InvalidState)?;
-        let host = self.open_host_for(state)?;
-        let plan = self.plan_with(&host, state, None)?;
-        Ok(self.execute_with(&host.nl, &plan))
+        self.with_host(|host| {
+            let plan = self.plan_with(host, state, None)?;
+            Ok(self.execute_with(host, &plan))
+        })
     }
 
     /// Executes a plan made earlier (by `plan`): the kernel may have moved on since, in which case
     /// single steps fail and are reported; a fresh apply converges.
     pub fn execute(&self, plan: &Plan) -> Result<Report, DataplaneError> {
-        let host = self.open_host()?;
-        Ok(self.execute_with(&host, plan))
+        self.with_host(|host| Ok(self.execute_with(host, plan)))
     }
 
     fn execute_with(&self, host: &Nl, plan: &Plan) -> Report {
@@ -1034,7 +1045,10 @@ impl Dataplane {
 
     /// Removes everything Pier owns in the host namespace (veths first, then bridges).
     pub fn reset(&self) -> Result<Report, DataplaneError> {
-        let host = self.open_host()?;
+        self.with_host(|host| self.reset_with(host))
+    }
+
+    fn reset_with(&self, host: &Nl) -> Result<Report, DataplaneError> {
         let links = host.links().map_err(DataplaneError::ReadBack)?;
         let mut report = Report::default();
         let mut owned: Vec<&Link> = links.iter().filter(|l| is_owned(l)).collect();
@@ -1057,13 +1071,11 @@ impl Dataplane {
     }
 }
 
-/// The host namespace as a plan sees it: a socket there and the sysctls read with it.
+/// The host socket a dataplane keeps between calls.
 #[derive(Debug)]
-struct HostView {
+struct CachedHost {
+    identity: Option<(u64, u64)>,
     nl: Nl,
-    forwarding: bool,
-    /// Pier bridges of the state with `route_localnet=1`.
-    localnet: BTreeSet<String>,
 }
 
 /// One step's failure, reported for its object.
@@ -1176,6 +1188,12 @@ fn fingerprint(description: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dataplane_can_be_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Dataplane>();
+    }
 
     #[test]
     fn ownership_patterns_are_strict() {

@@ -598,3 +598,27 @@ fn deep_plan_notices_a_container_side_changed_by_hand() {
     assert!(c1.ping_eventually(ip("172.18.0.3")));
     assert!(deep.plan(&state).expect("deep plan").is_empty());
 }
+
+#[test]
+fn sysctls_and_bridge_changes_made_by_hand_are_read_back_and_repaired() {
+    let lab = Lab::new("drift");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = one_network(&c1, &c2);
+    let bridge = state.networks[0].bridge_name();
+    lab.apply_ok(&state);
+    lab.host.sh(&format!(
+        "echo 0 > /proc/sys/net/ipv4/ip_forward && \
+         echo 0 > /proc/sys/net/ipv4/conf/{bridge}/route_localnet && \
+         ip addr flush dev {bridge} && ip link set {bridge} mtu 1400"
+    ));
+    let plan = lab.dataplane.plan(&state).expect("plan");
+    let text = plan.to_string();
+    assert!(text.contains("net.ipv4.ip_forward=1"), "{text}");
+    assert!(text.contains("route_localnet=1"), "{text}");
+    assert!(text.contains("add address 172.18.0.1/16"), "{text}");
+    assert!(text.contains("set mtu 1500"), "{text}");
+    lab.apply_ok(&state);
+    lab.assert_converged(&state);
+    assert_eq!(lab.host.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+    assert!(c1.ping_eventually(ip("172.18.0.1")));
+}

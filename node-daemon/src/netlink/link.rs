@@ -6,7 +6,7 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::{InfoBridgePort, InfoPortData};
+use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec, InfoBridgePort, InfoPortData};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -41,6 +41,18 @@ pub struct Link {
     pub mac: Option<Vec<u8>>,
     /// Bridge ports only: hairpin mode (frames may leave through the port they came in on).
     pub hairpin: bool,
+    /// IPv4 settings of the link (`net.ipv4.conf.<link>.*`), when the kernel reported them.
+    pub inet: Option<InetConf>,
+}
+
+/// The IPv4 per-link settings Pier reads back, from the link's `IFLA_AF_SPEC` (so no thread has
+/// to enter the namespace to read `/proc/sys/net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InetConf {
+    /// `net.ipv4.conf.<link>.forwarding`; writing `net.ipv4.ip_forward` sets it on every link.
+    pub forwarding: bool,
+    /// `net.ipv4.conf.<link>.route_localnet`.
+    pub route_localnet: bool,
 }
 
 impl Link {
@@ -55,6 +67,7 @@ impl Link {
             alias: None,
             mac: None,
             hairpin: false,
+            inet: None,
         };
         for attribute in message.attributes {
             match attribute {
@@ -63,6 +76,20 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
                 LinkAttribute::Address(mac) => link.mac = Some(mac),
+                LinkAttribute::AfSpecUnspec(specs) => {
+                    for spec in specs {
+                        if let AfSpecUnspec::Inet(inet) = spec {
+                            for conf in inet {
+                                if let AfSpecInet::DevConf(conf) = conf {
+                                    link.inet = Some(InetConf {
+                                        forwarding: conf.forwarding != 0,
+                                        route_localnet: conf.route_localnet != 0,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::path::Path;
 
 pub use addr::{V4Address, list_v4_addresses};
-pub use link::{Link, LinkKind, VethSpec, parse_mac};
+pub use link::{InetConf, Link, LinkKind, VethSpec, parse_mac};
 
 use crate::netns::{self, NetnsError};
 

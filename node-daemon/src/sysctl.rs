@@ -11,6 +11,10 @@
 //!   address that cross a non-loopback interface as martians.
 //!
 //! Nothing else is changed; nothing is reverted on reset (other software may rely on forwarding).
+//!
+//! Plans do not read these files: both values come back with the link dump (`IFLA_AF_SPEC`, the
+//! IPv4 settings of `lo` and of each bridge), so a plan needs no thread in the host namespace.
+//! Only a write (rare: a new bridge, or a value changed by hand) goes through here.
 
 use std::path::PathBuf;
 

@@ -28,6 +28,10 @@ pub struct Api {
     pub watch_slots: Arc<tokio::sync::Semaphore>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: std::time::Duration,
+    /// Watches answered with 410 Gone (for tests and metrics).
+    gone: std::sync::atomic::AtomicU64,
+    /// Bumped to end every open watch.
+    pub(crate) closer: tokio::sync::watch::Sender<u64>,
 }
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
@@ -138,9 +142,30 @@ impl Api {
             registry: RwLock::new(Arc::new(Registry::default())),
             watch_slots: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             bookmark_interval: std::time::Duration::from_secs(10),
+            gone: std::sync::atomic::AtomicU64::new(0),
+            closer: tokio::sync::watch::Sender::new(0),
         };
         api.rebuild_registry();
         api
+    }
+
+    /// How many watches were answered with 410 Gone.
+    pub fn gone_count(&self) -> u64 {
+        self.gone.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// End every open watch (clients resume from their last version, as after a server restart).
+    pub fn close_watches(&self) {
+        self.closer.send_modify(|g| *g += 1);
+    }
+
+    /// Forget the change history: resuming watches get 410 Gone and must re-list.
+    pub fn compact_history(&self) {
+        self.store.compact_history();
+    }
+
+    pub(crate) fn count_gone(&self) {
+        self.gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The resources served now.

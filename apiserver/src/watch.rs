@@ -29,6 +29,7 @@ pub fn start(
     res: Arc<Resource>,
     ns: Option<String>,
     params: &Params,
+    as_table: bool,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let permit = api
         .watch_slots
@@ -57,6 +58,7 @@ pub fn start(
     let sub = match api.store.subscribe(&res.storage_key, from) {
         Ok(s) => s,
         Err(e @ ApiError::Gone(_)) => {
+            api.count_gone();
             let _ = tx.try_send(line("ERROR", &e.status()));
             drop(permit);
             return Ok(rx);
@@ -64,7 +66,27 @@ pub fn start(
         Err(e) => return Err(e),
     };
     let interval = api.bookmark_interval;
+    let mut closer = api.closer.subscribe();
+    let include = params.get("includeObject").cloned().unwrap_or_default();
     tokio::spawn(async move {
+        // Table watches (kubectl get -w): each object becomes a one-row Table, the column
+        // definitions only in the first.
+        let mut first = true;
+        let mut render = |kind: &str, o: &Value| -> Bytes {
+            if !as_table {
+                return line(kind, o);
+            }
+            let rv = o
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let mut t = crate::table::table(&res, &[o], rv, None, &include);
+            if !first {
+                t["columnDefinitions"] = json!([]);
+            }
+            first = false;
+            line(kind, &t)
+        };
         let _permit = permit;
         let in_ns = |o: &Value| {
             ns.as_deref().is_none_or(|ns| {
@@ -73,7 +95,7 @@ pub fn start(
         };
         let mut last = from.unwrap_or(sub.rv);
         for o in &sub.initial {
-            if in_ns(o) && filter(o) && tx.send(line("ADDED", o)).await.is_err() {
+            if in_ns(o) && filter(o) && tx.send(render("ADDED", o)).await.is_err() {
                 return;
             }
         }
@@ -146,6 +168,7 @@ pub fn start(
                     return;
                 }
                 _ = tx.closed() => return,
+                _ = closer.changed() => return,
             }
         }
     });

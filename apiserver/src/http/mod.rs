@@ -259,8 +259,13 @@ impl ApiService {
         match tail {
             [] if *m == Method::GET => {
                 if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                    let rx =
-                        watch::start(self.api.clone(), res.clone(), ns.map(String::from), params)?;
+                    let rx = watch::start(
+                        self.api.clone(),
+                        res.clone(),
+                        ns.map(String::from),
+                        params,
+                        table::wants_table(accept),
+                    )?;
                     let mut resp = Response::new(ResponseBody::stream(rx));
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,

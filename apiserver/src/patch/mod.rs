@@ -55,7 +55,23 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// RFC 6902 JSON patch.
 pub fn json_patch(target: &mut Value, patch: &[u8]) -> Result<(), ApiError> {
-    let patch: json_patch::Patch = serde_json::from_slice(patch)
+    let ops: Vec<Value> = serde_json::from_slice(patch)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+    // As in Kubernetes, `test` of a missing path against null succeeds (kube-rs's finalizer
+    // helper relies on it).
+    let ops: Vec<Value> = ops
+        .into_iter()
+        .filter(|op| {
+            let is_null_test = op.get("op").and_then(Value::as_str) == Some("test")
+                && op.get("value").is_none_or(Value::is_null);
+            let missing = op
+                .get("path")
+                .and_then(Value::as_str)
+                .is_some_and(|p| target.pointer(p).is_none());
+            !(is_null_test && missing)
+        })
+        .collect();
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
     json_patch::patch(target, &patch).map_err(|e| ApiError::Invalid {
         group: String::new(),
@@ -92,6 +108,11 @@ mod tests {
         assert_eq!(t, json!({"spec": {"a": 2, "l": [1, 5]}}));
         assert!(json_patch(&mut t, br#"[{"op":"test","path":"/spec/a","value":9}]"#).is_err());
         assert!(json_patch(&mut t, b"{}").is_err());
+        json_patch(
+            &mut t,
+            br#"[{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata","value":{}}]"#,
+        )
+        .expect("a null test of a missing path passes");
     }
 
     #[test]

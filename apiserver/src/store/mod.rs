@@ -334,6 +334,14 @@ impl Store {
         Ok((object, durable))
     }
 
+    /// Forget the change history (like an etcd compaction): watches can no longer resume from
+    /// any earlier version and get 410 Gone.
+    pub fn compact_history(&self) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.oldest_resumable = inner.rv;
+    }
+
     /// Start a watch on `key` after resourceVersion `from` (None: from now, with the current
     /// objects as `initial`). Fails with 410 Gone when `from` is older than the history kept.
     pub fn subscribe(&self, key: &str, from: Option<u64>) -> Result<Subscription, ApiError> {

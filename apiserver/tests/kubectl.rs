@@ -1,0 +1,352 @@
+//! The real `kubectl` against the HTTPS server, with the kubeconfig the server writes.
+//! kubectl must be installed (CI installs it); these tests fail loudly otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pier_apiserver::{ApiServer, Options};
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+    _server: ApiServer,
+}
+
+impl Kubectl {
+    async fn start() -> Kubectl {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = ApiServer::in_memory_with(Options {
+            node_name: Some("node-a".into()),
+            ..Options::default()
+        })
+        .await
+        .expect("server");
+        let (addr, _task) = server
+            .serve_https("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("https");
+        let kubeconfig = dir.path().join("kubeconfig");
+        server
+            .write_kubeconfig(&kubeconfig, &format!("https://{addr}"))
+            .expect("kubeconfig");
+        Kubectl {
+            kubeconfig,
+            _dir: dir,
+            _server: server,
+        }
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let kubeconfig = self.kubeconfig.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stdin = stdin.map(String::from);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut cmd = Command::new("kubectl");
+            cmd.arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(&args)
+                .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .stdin(std::process::Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .expect("kubectl must be installed to run these tests");
+            if let Some(input) = stdin {
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(input.as_bytes())
+                    .expect("write stdin");
+            } else {
+                drop(child.stdin.take());
+            }
+            child.wait_with_output().expect("kubectl ran")
+        })
+        .await
+        .expect("join")
+    }
+
+    /// Run and expect success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args, None).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        let out = self.run(args, Some(input)).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run and expect failure; returns stderr.
+    async fn fails(&self, args: &[&str], input: Option<&str>) -> String {
+        let out = self.run(args, input).await;
+        assert!(!out.status.success(), "kubectl {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    async fn apply_crds(&self) {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        let out = self
+            .ok(&["apply", "-f", crds.to_str().expect("utf-8 path")])
+            .await;
+        assert!(out.contains("networks.pier.dev created"), "{out}");
+    }
+}
+
+const NETWORK: &str = "apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: workshop-tage}
+spec:
+  subnet: 172.18.0.0/16
+  gateway: 172.18.0.1
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_get_describe_explain_patch_wait_delete() {
+    let k = Kubectl::start().await;
+    k.apply_crds().await;
+    let out = k.ok_stdin(&["apply", "-f", "-"], NETWORK).await;
+    assert!(
+        out.contains("network.pier.dev/workshop-tage created"),
+        "{out}"
+    );
+
+    // Table columns from additionalPrinterColumns.
+    let out = k.ok(&["get", "networks"]).await;
+    let header = out.lines().next().unwrap_or_default();
+    for col in [
+        "NAME",
+        "DRIVER",
+        "SCOPE",
+        "SUBNET",
+        "ENDPOINTS",
+        "READY",
+        "AGE",
+    ] {
+        assert!(header.contains(col), "{out}");
+    }
+    assert!(out.contains("workshop-tage   bridge"), "{out}");
+    let wide = k.ok(&["get", "pnet", "-o", "wide"]).await;
+    assert!(wide.contains("GATEWAY"), "{wide}");
+    let all = k.ok(&["get", "pier"]).await;
+    assert!(all.contains("network.pier.dev/workshop-tage"), "{all}");
+
+    let out = k.ok(&["describe", "network", "workshop-tage"]).await;
+    assert!(out.contains("Subnet:    172.18.0.0/16"), "{out}");
+    let out = k.ok(&["explain", "networks.spec.subnet"]).await;
+    assert!(out.contains("FIELD: subnet <string>"), "{out}");
+
+    let out = k
+        .ok(&[
+            "get",
+            "network",
+            "workshop-tage",
+            "-o",
+            "jsonpath={.spec.driver}",
+        ])
+        .await;
+    assert_eq!(out, "bridge");
+    let out = k
+        .ok(&["get", "network", "workshop-tage", "-o", "yaml"])
+        .await;
+    assert!(
+        out.contains("uid:") && out.contains("generation: 1"),
+        "{out}"
+    );
+
+    k.ok(&[
+        "patch",
+        "network",
+        "workshop-tage",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"mtu":1400}}"#,
+    ])
+    .await;
+    let out = k
+        .ok(&[
+            "get",
+            "network",
+            "workshop-tage",
+            "-o",
+            "jsonpath={.spec.mtu} {.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(out, "1400 2");
+
+    // Status through the subresource, then wait for the condition.
+    k.ok(&[
+        "patch", "network", "workshop-tage", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"subnet":"172.18.0.0/16","conditions":[{"type":"Ready","status":"True","reason":"Allocated","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+    ])
+    .await;
+    let out = k
+        .ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "network/workshop-tage",
+            "--timeout=10s",
+        ])
+        .await;
+    assert!(out.contains("condition met"), "{out}");
+    let out = k.ok(&["get", "networks", "--no-headers"]).await;
+    assert!(
+        out.contains("172.18.0.0/16") && out.contains("True"),
+        "{out}"
+    );
+
+    // Delete with a finalizer held, then released.
+    k.ok(&[
+        "patch",
+        "network",
+        "workshop-tage",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["pier.dev/operator"]}}"#,
+    ])
+    .await;
+    k.ok(&["delete", "network", "workshop-tage", "--wait=false"])
+        .await;
+    let out = k
+        .ok(&[
+            "get",
+            "network",
+            "workshop-tage",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .await;
+    assert!(
+        !out.is_empty(),
+        "deletionTimestamp set while the finalizer is held"
+    );
+    k.ok(&[
+        "patch",
+        "network",
+        "workshop-tage",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .await;
+    let err = k.fails(&["get", "network", "workshop-tage"], None).await;
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+
+    // The local node, with its address.
+    let out = k
+        .ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].metadata.name} {.items[0].status.addresses[0].type}",
+        ])
+        .await;
+    assert_eq!(out, "node-a InternalIP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_server_side_apply_conflicts_and_force() {
+    let k = Kubectl::start().await;
+    k.apply_crds().await;
+    let out = k
+        .ok_stdin(&["apply", "--server-side", "-f", "-"], NETWORK)
+        .await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let other = "apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: workshop-tage}
+spec:
+  subnet: 172.18.0.0/16
+  mtu: 9000
+";
+    k.ok_stdin(
+        &["apply", "--server-side", "--field-manager=ops", "-f", "-"],
+        other,
+    )
+    .await;
+    let changed = other.replace("9000", "1400");
+    let err = k
+        .fails(
+            &["apply", "--server-side", "--field-manager=other", "-f", "-"],
+            Some(&changed),
+        )
+        .await;
+    assert!(err.contains("conflict with \"ops\""), "{err}");
+    assert!(err.contains(".spec.mtu"), "{err}");
+    k.ok_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &changed,
+    )
+    .await;
+    let out = k
+        .ok(&[
+            "get",
+            "network",
+            "workshop-tage",
+            "-o",
+            "jsonpath={.spec.mtu}",
+        ])
+        .await;
+    assert_eq!(out, "1400");
+    let out = k
+        .ok(&[
+            "get",
+            "network",
+            "workshop-tage",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])
+        .await;
+    assert!(
+        out.contains("kubectl") && out.contains("ops") && out.contains("other"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_invalid_objects_are_rejected_with_the_schema_message() {
+    let k = Kubectl::start().await;
+    k.apply_crds().await;
+    let bad = NETWORK.replace("172.18.0.0/16", "172.18.0.1/16");
+    let err = k.fails(&["apply", "-f", "-"], Some(&bad)).await;
+    assert!(err.contains("is invalid"), "{err}");
+    assert!(err.contains("subnet must be a network address"), "{err}");
+    let bad = NETWORK.replace("172.18.0.0/16", "nonsense");
+    let err = k.fails(&["apply", "-f", "-"], Some(&bad)).await;
+    assert!(err.contains("spec.subnet"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_without_the_token_is_unauthorized() {
+    let k = Kubectl::start().await;
+    let err = k.fails(&["get", "namespaces", "--token=wrong"], None).await;
+    assert!(err.contains("You must be logged in"), "{err}");
+    let out = k.ok(&["get", "namespaces"]).await;
+    assert!(out.contains("default"), "{out}");
+}

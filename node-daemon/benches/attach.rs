@@ -138,57 +138,88 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// Pier: grow the state to each size, then time `apply` of one more endpoint `reps` times (the
-/// extra endpoint is removed again, untimed, between repetitions).
+/// One node of a given size for the Pier measurements: its own host namespace and containers.
+struct PierWorld {
+    size: usize,
+    _host: Namespaces,
+    _containers: Namespaces,
+    dataplane: Dataplane,
+    state: NodeState,
+    bigger: NodeState,
+    extra: String,
+    attach: Vec<f64>,
+    full: Vec<f64>,
+}
+
+/// Pier: one node per size, all grown first; then the repetitions go round the sizes, so the
+/// load other processes put on the machine hits every size alike. Each repetition times
+/// `apply_endpoints` of one more endpoint and a full `apply` of the same change (the endpoint is
+/// removed again, untimed, after each).
 fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats, Stats)> {
-    let max = sizes.iter().copied().max().unwrap_or(0);
-    let host = Namespaces::new(&format!("pb{pid}-host"), 1);
-    let containers = Namespaces::new(&format!("pb{pid}-c"), max + 1);
-    let dataplane = Dataplane::new(Some(host.path(0)));
-    let mut state = NodeState {
-        networks: (0..NETWORKS).map(network).collect(),
-        ..NodeState::default()
-    };
-    let mut results = Vec::new();
-    for &size in sizes {
-        while state.endpoints.len() < size {
-            let i = state.endpoints.len();
-            state.endpoints.push(endpoint(i, &containers.names[i]));
-        }
-        let report = dataplane.apply(&state).expect("grow apply");
-        assert!(report.is_success(), "growing to {size}: {report}");
-        let mut attach = Vec::new();
-        let mut full = Vec::new();
-        let extra = endpoint(max, &containers.names[max]);
-        let mut bigger = state.clone();
-        bigger.endpoints.push(extra.clone());
-        for _ in 0..reps {
+    let mut worlds: Vec<PierWorld> = sizes
+        .iter()
+        .map(|&size| {
+            let host = Namespaces::new(&format!("pb{pid}-h{size}"), 1);
+            let containers = Namespaces::new(&format!("pb{pid}-c{size}"), size + 1);
+            let dataplane = Dataplane::new(Some(host.path(0)));
+            let state = NodeState {
+                networks: (0..NETWORKS).map(network).collect(),
+                endpoints: (0..size)
+                    .map(|i| endpoint(i, &containers.names[i]))
+                    .collect(),
+                ..NodeState::default()
+            };
+            let report = dataplane.apply(&state).expect("grow apply");
+            assert!(report.is_success(), "growing to {size}: {report}");
+            let extra = endpoint(size, &containers.names[size]);
+            let mut bigger = state.clone();
+            bigger.endpoints.push(extra.clone());
+            PierWorld {
+                size,
+                _host: host,
+                _containers: containers,
+                dataplane,
+                state,
+                bigger,
+                extra: extra.id,
+                attach: Vec::new(),
+                full: Vec::new(),
+            }
+        })
+        .collect();
+    for _ in 0..reps {
+        for world in &mut worlds {
             // The attach path: read back and change only the new endpoint.
             let start = Instant::now();
-            let report = dataplane
-                .apply_endpoints(&bigger, &[extra.id.as_str()])
+            let report = world
+                .dataplane
+                .apply_endpoints(&world.bigger, &[world.extra.as_str()])
                 .expect("apply_endpoints");
-            attach.push(ms(start.elapsed()));
+            world.attach.push(ms(start.elapsed()));
             assert!(report.is_success(), "{report}");
-            let report = dataplane.apply(&state).expect("shrink apply");
+            let report = world.dataplane.apply(&world.state).expect("shrink apply");
             assert!(report.is_success(), "{report}");
             // The full reconcile of the same change: dumps every link, collects garbage.
             let start = Instant::now();
-            let report = dataplane.apply(&bigger).expect("apply");
-            full.push(ms(start.elapsed()));
+            let report = world.dataplane.apply(&world.bigger).expect("apply");
+            world.full.push(ms(start.elapsed()));
             assert!(report.is_success(), "{report}");
-            let report = dataplane.apply(&state).expect("shrink apply");
+            let report = world.dataplane.apply(&world.state).expect("shrink apply");
             assert!(report.is_success(), "{report}");
         }
-        let (a, f) = (stats(attach), stats(full));
-        eprintln!(
-            "pier     N={size:5}: attach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
-            a.median, a.min, a.max, f.median, f.min, f.max
-        );
-        results.push((size, a, f));
     }
-    let _ = dataplane.reset();
-    results
+    worlds
+        .into_iter()
+        .map(|world| {
+            let _ = world.dataplane.reset();
+            let (a, f) = (stats(world.attach), stats(world.full));
+            eprintln!(
+                "pier     N={:5}: attach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
+                world.size, a.median, a.min, a.max, f.median, f.min, f.max
+            );
+            (world.size, a, f)
+        })
+        .collect()
 }
 
 fn netavark_options(i: usize, ns: &str) -> String {
@@ -215,7 +246,12 @@ fn netavark(binary: &str, host: &Path, verb: &str, ns: &Path, options: String) -
     let binary = binary.to_owned();
     let verb = verb.to_owned();
     let ns = ns.to_path_buf();
-    let config = std::env::temp_dir().join(format!("pier-bench-netavark-{}", std::process::id()));
+    // netavark's state directory, one per host namespace.
+    let config = std::env::temp_dir().join(format!(
+        "pier-bench-netavark-{}",
+        host.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    ));
     netns::run_in(Some(host), move || {
         // A child forked on this thread starts in the thread's namespace.
         let start = Instant::now();
@@ -247,50 +283,57 @@ fn netavark(binary: &str, host: &Path, verb: &str, ns: &Path, options: String) -
     .expect("namespace thread")
 }
 
+/// netavark: one node per size as for Pier, grown first, repetitions round the sizes.
 fn bench_netavark(pid: u32, binary: &str, sizes: &[usize], reps: usize) -> Vec<(usize, Stats)> {
-    let max = sizes.iter().copied().max().unwrap_or(0);
-    let host = Namespaces::new(&format!("pb{pid}-nvhost"), 1);
-    let containers = Namespaces::new(&format!("pb{pid}-nv"), max + 1);
-    let host_path = host.path(0);
-    let mut attached = 0;
-    let mut results = Vec::new();
-    for &size in sizes {
-        while attached < size {
-            netavark(
-                binary,
-                &host_path,
-                "setup",
-                &containers.path(attached),
-                netavark_options(attached, &containers.names[attached]),
-            );
-            attached += 1;
-        }
-        let mut samples = Vec::new();
-        for _ in 0..reps {
-            let options = netavark_options(max, &containers.names[max]);
+    let worlds: Vec<(usize, Namespaces, Namespaces)> = sizes
+        .iter()
+        .map(|&size| {
+            let host = Namespaces::new(&format!("pb{pid}-nvh{size}"), 1);
+            let containers = Namespaces::new(&format!("pb{pid}-nv{size}"), size + 1);
+            for i in 0..size {
+                netavark(
+                    binary,
+                    &host.path(0),
+                    "setup",
+                    &containers.path(i),
+                    netavark_options(i, &containers.names[i]),
+                );
+            }
+            (size, host, containers)
+        })
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); worlds.len()];
+    for _ in 0..reps {
+        for ((size, host, containers), samples) in worlds.iter().zip(samples.iter_mut()) {
+            let options = netavark_options(*size, &containers.names[*size]);
             samples.push(ms(netavark(
                 binary,
-                &host_path,
+                &host.path(0),
                 "setup",
-                &containers.path(max),
+                &containers.path(*size),
                 options.clone(),
             )));
             netavark(
                 binary,
-                &host_path,
+                &host.path(0),
                 "teardown",
-                &containers.path(max),
+                &containers.path(*size),
                 options,
             );
         }
-        let s = stats(samples);
-        eprintln!(
-            "netavark N={size:5}: median {:.2} ms, min {:.2}, max {:.2}",
-            s.median, s.min, s.max
-        );
-        results.push((size, s));
     }
-    results
+    worlds
+        .iter()
+        .zip(samples)
+        .map(|((size, _, _), samples)| {
+            let s = stats(samples);
+            eprintln!(
+                "netavark N={size:5}: median {:.2} ms, min {:.2}, max {:.2}",
+                s.median, s.min, s.max
+            );
+            (*size, s)
+        })
+        .collect()
 }
 
 /// iperf3 from the host namespace to an endpoint: directly to its address, and through a

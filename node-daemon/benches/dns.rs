@@ -58,6 +58,25 @@ struct Run {
     p99_us: f64,
     max_us: f64,
     answered: usize,
+    /// The server's CPU time per answered query (user + system), in µs.
+    cpu_us: f64,
+}
+
+/// User + system CPU time of a process so far, in seconds (/proc/PID/stat fields 14 and 15).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let hz = 100.0; // USER_HZ on Linux
+    (ticks(11) + ticks(12)) / hz
 }
 
 fn dnsperf(client: &Ns, port: u16, file: &str, extra: &str) -> String {
@@ -76,13 +95,19 @@ fn field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn throughput(client: &Ns, port: u16, file: &str) -> Run {
+fn throughput(client: &Ns, port: u16, file: &str, server_pid: u32) -> Run {
+    let cpu_before = cpu_seconds(server_pid);
     let text = dnsperf(client, port, file, "-q 200");
+    let cpu = cpu_seconds(server_pid) - cpu_before;
+    let completed: f64 = field(&text, "Queries completed:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_default();
     Run {
         qps: field(&text, "Queries per second:")
             .and_then(|v| v.parse().ok())
             .unwrap_or_default(),
         lost: field(&text, "Queries lost:").unwrap_or("?").to_owned(),
+        cpu_us: cpu * 1e6 / completed.max(1.0),
         ..Run::default()
     }
 }
@@ -113,6 +138,7 @@ fn latency(client: &Ns, port: u16, file: &str, rate: u32) -> Run {
         p99_us: pick(0.99),
         max_us: pick(1.0),
         answered: samples.len(),
+        cpu_us: f64::NAN,
     }
 }
 
@@ -219,6 +245,21 @@ fn main() {
         .map(common::Bg)
         .expect("starting aardvark-dns");
     std::thread::sleep(Duration::from_millis(500));
+    // aardvark-dns is the only process in the host namespace (`ip netns exec` execs it).
+    let aardvark_pid: u32 = Command::new("ip")
+        .args(["netns", "pids", &lab.host.name])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .find(|pid: &u32| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "aardvark-dns")
+                })
+        })
+        .expect("aardvark-dns runs in the host namespace");
 
     let queries = std::env::temp_dir().join(format!("pier-bench-queries-{}", std::process::id()));
     let text: String = (0..NAMES).map(|i| format!("svc{i} A\n")).collect();
@@ -235,8 +276,11 @@ fn main() {
     let mut max = Vec::new();
     let rounds: usize = env_or("PIER_BENCH_ROUNDS", "3").parse().unwrap_or(3);
     for round in 0..rounds {
-        for (label, port) in [("pier", PIER_PORT), ("aardvark-dns", AARDVARK_PORT)] {
-            let run = throughput(&client, port, &file);
+        for (label, port, pid) in [
+            ("pier", PIER_PORT, std::process::id()),
+            ("aardvark-dns", AARDVARK_PORT, aardvark_pid),
+        ] {
+            let run = throughput(&client, port, &file, pid);
             eprintln!("round {round} {label}: {run:?}");
             max.push((label, run));
         }
@@ -293,28 +337,41 @@ fn main() {
         .collect();
     builds.sort_by(f64::total_cmp);
 
-    let best = |who: &str| {
-        max.iter()
+    let of = |who: &str, pick: fn(&Run) -> f64| {
+        let mut values: Vec<f64> = max
+            .iter()
             .filter(|(l, _)| *l == who)
-            .map(|(_, r)| r.qps)
-            .fold(0.0, f64::max)
+            .map(|(_, r)| pick(r))
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values
     };
-    let (pier_qps, aardvark_qps) = (best("pier"), best("aardvark-dns"));
+    let median = |values: &[f64]| percentile(values, 0.5);
+    let best = |values: &[f64]| values.last().copied().unwrap_or(f64::NAN);
     println!(
-        "\n| server | max QPS (best of {rounds}, {} clients) | lost (each round) | QPS at -Q 10000 | p50 µs | p99 µs | max µs | answered |",
+        "\n| server | max QPS per round ({rounds} rounds, {} clients) | best | median | server CPU µs/query (median) | lost (each round) | QPS at -Q 10000 | p50 µs | p99 µs | max µs | answered |",
         env_or("PIER_BENCH_CLIENTS", "4")
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, run) in &fixed {
+        let qps = of(label, |r| r.qps);
         let lost = max
             .iter()
             .filter(|(l, _)| l == label)
             .map(|(_, r)| r.lost.clone())
             .collect::<Vec<_>>()
             .join(" / ");
+        let rounds_qps = max
+            .iter()
+            .filter(|(l, _)| l == label)
+            .map(|(_, r)| format!("{:.0}", r.qps))
+            .collect::<Vec<_>>()
+            .join(" / ");
         println!(
-            "| {label} | {:.0} | {lost} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
-            best(label),
+            "| {label} | {rounds_qps} | {:.0} | {:.0} | {:.2} | {lost} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            best(&qps),
+            median(&qps),
+            median(&of(label, |r| r.cpu_us)),
             run.qps,
             run.p50_us,
             run.p99_us,
@@ -322,9 +379,12 @@ fn main() {
             run.answered
         );
     }
+    let (pier, aardvark) = (of("pier", |r| r.qps), of("aardvark-dns", |r| r.qps));
     println!(
-        "\nPier / aardvark-dns max QPS: {:.2}x",
-        pier_qps / aardvark_qps.max(1.0)
+        "\nPier / aardvark-dns max QPS: best {:.2}x, median {:.2}x; CPU per query: aardvark-dns / Pier {:.2}x",
+        best(&pier) / best(&aardvark).max(1.0),
+        median(&pier) / median(&aardvark).max(1.0),
+        median(&of("aardvark-dns", |r| r.cpu_us)) / median(&of("pier", |r| r.cpu_us)).max(1e-9)
     );
     println!(
         "Update latency (endpoint added → answerable, {} samples): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",

@@ -18,6 +18,7 @@ pub mod server;
 pub mod sockets;
 pub mod udp;
 pub mod views;
+pub mod wire;
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;

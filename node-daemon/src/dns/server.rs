@@ -1,6 +1,7 @@
 //! The hickory-server request handler: asker → view → local answer, NXDOMAIN, REFUSED, or a
 //! forwarded answer. One handler (cheap to clone) serves every listener.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hickory_server::net::runtime::Time;
@@ -15,6 +16,8 @@ use super::views::{Resolution, Views};
 #[derive(Debug)]
 pub struct Shared {
     views: RwLock<Arc<Views>>,
+    /// Bumped on every swap, so hot loops can keep their own `Arc` and refresh only on change.
+    generation: AtomicU64,
     pub forwarder: Forwarder,
     pub counters: Counters,
 }
@@ -23,6 +26,7 @@ impl Shared {
     pub fn new(views: Views, forwarder: Forwarder) -> Shared {
         Shared {
             views: RwLock::new(Arc::new(views)),
+            generation: AtomicU64::new(0),
             forwarder,
             counters: Counters::default(),
         }
@@ -46,8 +50,14 @@ impl Shared {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             new,
         );
+        self.generation.fetch_add(1, Ordering::Release);
         // Freeing thousands of records happens here, not while queries wait on the lock.
         drop(old);
+    }
+
+    /// The generation of the views now in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -70,6 +80,17 @@ impl PierHandler {
     /// Counts a received query.
     pub fn count_query(&self) {
         Counters::bump(&self.shared.counters.queries);
+    }
+
+    /// Counts a query answered locally outside the handler (the wire fast path).
+    pub fn count_local_answer(&self) {
+        Counters::bump(&self.shared.counters.queries);
+        Counters::bump(&self.shared.counters.local);
+    }
+
+    /// The shared views and their generation.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 }
 
@@ -212,6 +233,141 @@ async fn send<'a, R: ResponseHandler>(
         Err(error) => {
             tracing::debug!(error = %error, "sending a DNS response failed");
             unsent(request, ResponseCode::ServFail)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+
+    use hickory_server::net::NetError;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::proto::op::{Message, MessageType, Query};
+    use hickory_server::proto::rr::{Name, Record, RecordType};
+    use hickory_server::proto::serialize::binary::BinEncoder;
+    use hickory_server::zone_handler::MessageResponse;
+
+    use super::*;
+    use crate::dns::forward::UpstreamConfig;
+    use crate::dns::sockets::NetnsSockets;
+    use crate::dns::wire;
+    use crate::state::{
+        Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState,
+    };
+
+    /// A responder that keeps the encoded answer.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let mut bytes = Vec::new();
+            let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
+            *self.0.lock().expect("capture lock") = bytes;
+            Ok(info)
+        }
+    }
+
+    fn endpoint(name: &str, address: [u8; 4], aliases: &[&str]) -> EndpointState {
+        EndpointState {
+            id: format!("default/{name}"),
+            uid: format!("uid-{name}"),
+            name: name.into(),
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+            netns: Netns::Named(name.into()),
+            attachment: Attachment::Bridge(BridgeAttachment {
+                network: "n".into(),
+                interface: "eth0".into(),
+                address: address.into(),
+                mac: "02:42:00:00:00:01".into(),
+                default_route: true,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wire_fast_path_answers_exactly_like_the_handler() {
+        let state = NodeState {
+            networks: vec![NetworkState {
+                name: "n".into(),
+                uid: "u".into(),
+                driver: Driver::Bridge,
+                subnet: Some("172.18.0.0/16".parse().expect("subnet")),
+                gateway: Some("172.18.0.1".parse().expect("gateway")),
+                mtu: 1500,
+                internal: false,
+                dns: true,
+            }],
+            endpoints: vec![
+                endpoint("con1", [172, 18, 0, 2], &["web"]),
+                endpoint("con2", [172, 18, 0, 3], &["web"]),
+            ],
+            ports: vec![],
+        };
+        let config = UpstreamConfig {
+            resolv_conf: "/nonexistent/resolv.conf".into(),
+            ..UpstreamConfig::default()
+        };
+        let sockets = NetnsSockets::start(None).expect("socket thread");
+        let shared = Arc::new(Shared::new(
+            Views::build(&state),
+            Forwarder::new(&config, sockets),
+        ));
+        let handler = PierHandler::new(shared.clone());
+        let source: SocketAddr = "172.18.0.2:5353".parse().expect("source");
+        for (name, edns) in [("web.", false), ("CON2.n.", true), ("con1.", true)] {
+            let mut query = Message::new(77, MessageType::Query, OpCode::Query);
+            query.metadata.recursion_desired = true;
+            query.add_query(Query::query(
+                Name::from_ascii(name).expect("name"),
+                RecordType::A,
+            ));
+            if edns {
+                let mut opt = Edns::new();
+                opt.set_max_payload(1232);
+                query.set_edns(opt);
+            }
+            let packet = query.to_vec().expect("query encodes");
+
+            let capture = Capture::default();
+            let request =
+                Request::from_bytes(packet.clone(), source, Protocol::Udp).expect("request");
+            assert!(
+                handler
+                    .answer(&request, capture.clone(), false)
+                    .await
+                    .is_ok()
+            );
+            let by_handler =
+                Message::from_vec(&capture.0.lock().expect("lock")).expect("handler answer");
+
+            let views = shared.views();
+            let view = views.view_of(source.ip()).expect("asker is known");
+            let mut fast = Vec::new();
+            assert!(wire::answer(&packet, |n| view.wire(n), &mut fast), "{name}");
+            let by_wire = Message::from_vec(&fast).expect("wire answer");
+
+            assert_eq!(by_wire.metadata, by_handler.metadata, "{name}");
+            assert_eq!(by_wire.queries, by_handler.queries, "{name}");
+            assert_eq!(by_wire.answers, by_handler.answers, "{name}");
+            assert_eq!(
+                by_wire.edns.as_ref().map(Edns::max_payload),
+                by_handler.edns.as_ref().map(Edns::max_payload),
+                "{name}"
+            );
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
 use super::server::PierHandler;
+use super::wire;
 
 /// Largest query accepted over UDP; anything longer is not a query a stub resolver sends.
 const MAX_QUERY: usize = 4096;
@@ -39,6 +40,11 @@ pub fn serve(sockets: Vec<UdpSocket>, handler: PierHandler) -> JoinSet<()> {
 
 async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
     let mut buffer = vec![0u8; MAX_QUERY];
+    let mut answer = Vec::with_capacity(512);
+    // This loop's own reference to the views, refreshed when the generation moves: no lock and
+    // no shared reference count touched per query.
+    let mut generation = handler.shared().generation();
+    let mut views = handler.shared().views();
     loop {
         let (length, source) = match socket.recv_from(&mut buffer).await {
             Ok(received) => received,
@@ -48,6 +54,20 @@ async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
                 continue;
             }
         };
+        if handler.shared().generation() != generation {
+            generation = handler.shared().generation();
+            views = handler.shared().views();
+        }
+        let packet = &buffer[..length];
+        if let Some(view) = views.view_of(source.ip())
+            && wire::answer(packet, |name| view.wire(name), &mut answer)
+        {
+            handler.count_local_answer();
+            if let Err(error) = socket.send_to(&answer, source).await {
+                tracing::debug!(%error, "UDP send error");
+            }
+            continue;
+        }
         // Malformed input, and responses (a reflection loop in the making), are dropped.
         let request = match Request::from_bytes(buffer[..length].to_vec(), source, Protocol::Udp) {
             Ok(request) if request.metadata.message_type == MessageType::Query => request,

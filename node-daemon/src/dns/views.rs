@@ -15,6 +15,8 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 
 use crate::state::{Attachment, Driver, EndpointState, Netns, NodeState};
 
+use super::wire::{self, WireAnswer, WireNames};
+
 /// TTL of local answers: 0, so a reconnect or a removed endpoint is seen by the next query.
 pub const LOCAL_TTL: u32 = 0;
 
@@ -32,6 +34,8 @@ pub struct View {
     pointers: HashMap<LowerName, Vec<Record>>,
     /// Whether unknown names are forwarded upstream: false when every network is `internal`.
     pub forward: bool,
+    /// The A records of `names`, pre-encoded for the wire fast path.
+    wire: WireNames,
 }
 
 /// The outcome of looking a question up in an asker's view.
@@ -160,6 +164,11 @@ impl View {
         }
     }
 
+    /// The pre-encoded A records of a lower-cased wire-format name.
+    pub fn wire(&self, name: &[u8]) -> Option<&WireAnswer> {
+        self.wire.get(name)
+    }
+
     /// Number of distinct names (for logs and tests).
     pub fn name_count(&self) -> usize {
         self.names.len()
@@ -196,6 +205,11 @@ fn build_view(
             }
         }
     }
+    view.wire = view
+        .names
+        .iter()
+        .filter_map(|(name, records)| Some((wire::wire_name(name), wire::encode(records)?)))
+        .collect();
     view
 }
 

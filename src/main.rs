@@ -24,6 +24,8 @@ enum Command {
     Dataplane(pier_node::cli::DataplaneArgs),
     /// Serve the embedded DNS for a NodeState file (re-read on change) until Ctrl-C.
     Dns(pier_node::dns::cli::DnsArgs),
+    /// Run the cluster operator: allocate subnets, addresses and host ports (leader-elected).
+    Operator(pier_operator::OperatorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +43,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Dns(args) => {
             pier_node::dns::cli::run(&args).context("pier dns")?;
+        }
+        Command::Operator(args) => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(pier_operator::run(args))
+                .context("pier operator")?;
         }
         Command::Crds => {
             let yaml = pier_crds::manifests::all_crds_yaml().context("rendering the CRDs")?;

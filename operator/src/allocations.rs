@@ -1,0 +1,896 @@
+//! Everything the operator has handed out, in one place: subnets (one per Network), addresses
+//! (one [`AddressPool`] per bridge Network), host ports, and which endpoint holds which interface
+//! in which namespace.
+//!
+//! A facade over the pure allocators in [`crate::ipam`] and [`crate::ports`], with no kube client:
+//! the controllers hold it behind one mutex (so two reconciles can never hand out the same
+//! address), and [`Allocations::from_objects`] rebuilds it from the statuses a restarted operator
+//! reads back before it reconciles anything (DESIGN.md §2: allocation is recorded only in status).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use kube::ResourceExt;
+use pier_crds::{Driver, Endpoint, Network, PortPublish};
+
+use crate::ipam::{
+    AddressError, AddressPool, AddressPoolConfig, Pool, PoolConfigError, SubnetAllocator,
+    SubnetError,
+};
+use crate::ports::{HostPort, PortAllocator, PortError, PortRange, PortSpec, Protocol};
+
+/// Where automatic subnets and ports come from.
+#[derive(Debug, Clone)]
+pub struct AllocConfig {
+    /// Address pools for Networks without `spec.subnet`, in order.
+    pub pools: Vec<Pool>,
+    /// Where automatic host ports come from.
+    pub port_range: PortRange,
+    /// The Network an Endpoint without `spec.network` joins.
+    pub default_network: String,
+}
+
+impl Default for AllocConfig {
+    fn default() -> Self {
+        Self {
+            pools: crate::ipam::default_pools(),
+            port_range: PortRange::default(),
+            default_network: crate::defaults::BRIDGE.to_owned(),
+        }
+    }
+}
+
+/// What a bridge Network asks for: its spec, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRequest {
+    /// `spec.subnet` (allocated from the pools when absent).
+    pub subnet: Option<Ipv4Net>,
+    /// `spec.gateway`.
+    pub gateway: Option<Ipv4Addr>,
+    /// `spec.ipRange`.
+    pub ip_range: Option<Ipv4Net>,
+    /// `spec.auxAddresses`.
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+}
+
+/// Why a Network gets no subnet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkAllocError {
+    /// The subnet overlaps another Network's, or none is free.
+    #[error(transparent)]
+    Subnet(#[from] SubnetError),
+    /// The gateway, range or aux addresses do not fit the subnet.
+    #[error(transparent)]
+    Config(#[from] PoolConfigError),
+}
+
+/// The subnet and gateway a bridge Network holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkAllocation {
+    /// The subnet.
+    pub subnet: Ipv4Net,
+    /// The gateway (the bridge's address).
+    pub gateway: Ipv4Addr,
+}
+
+/// What an Endpoint asks for, once its node and network are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// The Network.
+    pub network: String,
+    /// The namespace it attaches: see [`target_key`].
+    pub target: String,
+    /// `spec.interface`; the next free `ethN` of the namespace when absent.
+    pub interface: Option<String>,
+    /// The address: `spec.ipv4Address`, or the one recorded in status.
+    pub address: Option<Ipv4Addr>,
+    /// False for `host` and `null` networks, which hand out no addresses.
+    pub needs_address: bool,
+}
+
+/// What an Endpoint holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The address (bridge networks only).
+    pub address: Option<Ipv4Addr>,
+    /// The interface name in the namespace.
+    pub interface: String,
+    /// Whether this call handed out something new (for Events and metrics).
+    pub new: bool,
+}
+
+/// Why an Endpoint cannot be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// The namespace is already attached to the network by another Endpoint.
+    #[error("namespace {target} is already attached to network {network:?} by endpoint {holder}")]
+    AlreadyAttached {
+        /// The namespace.
+        target: String,
+        /// The Network.
+        network: String,
+        /// The Endpoint attaching it.
+        holder: String,
+    },
+    /// The interface name is taken in the namespace.
+    #[error("interface {interface} in namespace {target} is already used by endpoint {holder}")]
+    InterfaceTaken {
+        /// The name.
+        interface: String,
+        /// The namespace.
+        target: String,
+        /// The Endpoint using it.
+        holder: String,
+    },
+    /// The Network has no subnet (yet).
+    #[error("network {0:?} has no subnet yet")]
+    NetworkNotReady(String),
+    /// The address cannot be had.
+    #[error(transparent)]
+    Address(#[from] AddressError),
+}
+
+/// One Endpoint's record.
+#[derive(Debug, Clone)]
+struct Record {
+    network: String,
+    target: String,
+    interface: String,
+    has_address: bool,
+}
+
+/// The key of the namespace an Endpoint attaches: a named netns on a node, or a Pod.
+pub fn target_key(endpoint_namespace: &str, endpoint: &Endpoint, node: &str) -> Option<String> {
+    let target = &endpoint.spec.target;
+    if let Some(netns) = &target.netns {
+        return Some(format!("netns {}/{}", node, netns.name));
+    }
+    if let Some(pod) = &target.pod {
+        return Some(format!("pod {}/{}", endpoint_namespace, pod.name));
+    }
+    None
+}
+
+/// The owner key of a namespaced object in the allocators: `namespace/name`, which is also how
+/// refusals name the holder.
+pub fn owner_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The first `ethN` not in `used` (Docker numbers a container's interfaces in connect order).
+pub fn next_free_eth<'a>(used: impl IntoIterator<Item = &'a str>) -> String {
+    let taken: std::collections::HashSet<&str> = used.into_iter().collect();
+    (0u32..)
+        .map(|n| format!("eth{n}"))
+        .find(|name| !taken.contains(name.as_str()))
+        .unwrap_or_else(|| "eth0".to_owned())
+}
+
+/// The allocations of the whole cluster.
+#[derive(Debug, Clone)]
+pub struct Allocations {
+    config: AllocConfig,
+    subnets: SubnetAllocator,
+    /// Bridge Network name → its addresses.
+    pools: HashMap<String, AddressPool>,
+    ports: PortAllocator,
+    /// Endpoint owner → what it holds.
+    records: HashMap<String, Record>,
+    /// (namespace, network) → the Endpoint attaching it.
+    attachments: HashMap<(String, String), String>,
+    /// Namespace → interface → Endpoint.
+    interfaces: HashMap<String, BTreeMap<String, String>>,
+    /// Network → number of Endpoints attached.
+    counts: HashMap<String, usize>,
+}
+
+impl Default for Allocations {
+    fn default() -> Self {
+        Self::new(AllocConfig::default())
+    }
+}
+
+impl Allocations {
+    /// Nothing allocated.
+    pub fn new(config: AllocConfig) -> Self {
+        Self {
+            subnets: SubnetAllocator::new(config.pools.clone()),
+            ports: PortAllocator::new(config.port_range),
+            config,
+            pools: HashMap::new(),
+            records: HashMap::new(),
+            attachments: HashMap::new(),
+            interfaces: HashMap::new(),
+            counts: HashMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AllocConfig {
+        &self.config
+    }
+
+    /// Gives a bridge Network its subnet (the requested one, or the next free pool subnet) and its
+    /// address pool. Idempotent; the first Network to ask keeps an overlapping subnet.
+    ///
+    /// The gateway, ipRange and aux addresses are read when the pool is first made: the pool
+    /// cannot change under endpoints that already hold addresses.
+    pub fn ensure_network(
+        &mut self,
+        name: &str,
+        request: &NetworkRequest,
+    ) -> Result<NetworkAllocation, NetworkAllocError> {
+        let had_subnet = self.subnets.get(name).is_some();
+        let subnet = self.subnets.allocate(name, request.subnet)?;
+        if let Some(pool) = self.pools.get(name) {
+            return Ok(NetworkAllocation {
+                subnet,
+                gateway: pool.gateway(),
+            });
+        }
+        match AddressPool::new(&pool_config(subnet, request)) {
+            Ok(pool) => {
+                let gateway = pool.gateway();
+                self.pools.insert(name.to_owned(), pool);
+                Ok(NetworkAllocation { subnet, gateway })
+            }
+            Err(e) => {
+                // A Network whose addresses cannot be laid out must not hold a subnet others
+                // could use.
+                if !had_subnet {
+                    self.subnets.release(name);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes automatic subnets skip `subnets` (the explicit subnets of Networks, reconciled or
+    /// not), replacing the previous set. Explicit requests and held subnets are not affected.
+    pub fn reserve_explicit(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>) {
+        self.subnets.set_excluded(subnets);
+    }
+
+    /// What a Network holds.
+    pub fn network(&self, name: &str) -> Option<NetworkAllocation> {
+        let pool = self.pools.get(name)?;
+        Some(NetworkAllocation {
+            subnet: pool.subnet(),
+            gateway: pool.gateway(),
+        })
+    }
+
+    /// Frees a Network's subnet and pool (its endpoints must be gone), returning the subnet.
+    pub fn release_network(&mut self, name: &str) -> Option<Ipv4Net> {
+        self.pools.remove(name);
+        self.subnets.release(name)
+    }
+
+    /// Number of Endpoints attached to `network`.
+    pub fn endpoint_count(&self, network: &str) -> usize {
+        self.counts.get(network).copied().unwrap_or(0)
+    }
+
+    /// `(network, addresses allocated, addresses still free)` for each bridge Network.
+    pub fn pool_usage(&self) -> Vec<(String, usize, u32)> {
+        let mut out: Vec<_> = self
+            .pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.len(), pool.available()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Number of host ports held.
+    pub fn ports_held(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Attaches Endpoint `owner`: refuses a second Endpoint of one namespace on one network,
+    /// gives it its address and an interface name. All or nothing; idempotent.
+    pub fn attach(
+        &mut self,
+        owner: &str,
+        request: &AttachRequest,
+    ) -> Result<Attachment, AttachError> {
+        let key = (request.target.clone(), request.network.clone());
+        if let Some(holder) = self.attachments.get(&key)
+            && holder != owner
+        {
+            return Err(AttachError::AlreadyAttached {
+                target: request.target.clone(),
+                network: request.network.clone(),
+                holder: holder.clone(),
+            });
+        }
+        let existing = self.records.get(owner).cloned();
+        // An Endpoint's network and target are immutable; a record that disagrees is stale
+        // (e.g. rebuilt from an old status): start again.
+        if let Some(r) = &existing
+            && (r.network != request.network || r.target != request.target)
+        {
+            self.detach(owner);
+            return self.attach(owner, request);
+        }
+        let interface = match (&request.interface, &existing) {
+            (Some(wanted), _) => {
+                if let Some(holder) = self
+                    .interfaces
+                    .get(&request.target)
+                    .and_then(|m| m.get(wanted))
+                    && holder != owner
+                {
+                    return Err(AttachError::InterfaceTaken {
+                        interface: wanted.clone(),
+                        target: request.target.clone(),
+                        holder: holder.clone(),
+                    });
+                }
+                wanted.clone()
+            }
+            (None, Some(r)) => r.interface.clone(),
+            (None, None) => next_free_eth(
+                self.interfaces
+                    .get(&request.target)
+                    .into_iter()
+                    .flat_map(|m| m.keys().map(String::as_str)),
+            ),
+        };
+        let had_address = self
+            .pools
+            .get(&request.network)
+            .and_then(|p| p.address_of(owner));
+        let address = if request.needs_address {
+            let pool = self
+                .pools
+                .get_mut(&request.network)
+                .ok_or_else(|| AttachError::NetworkNotReady(request.network.clone()))?;
+            Some(pool.allocate(owner, request.address)?)
+        } else {
+            None
+        };
+        let new = existing.is_none() || had_address != address;
+        if let Some(r) = &existing
+            && r.interface != interface
+            && let Some(m) = self.interfaces.get_mut(&r.target)
+        {
+            m.remove(&r.interface);
+        }
+        self.interfaces
+            .entry(request.target.clone())
+            .or_default()
+            .insert(interface.clone(), owner.to_owned());
+        self.attachments.insert(key, owner.to_owned());
+        if existing.is_none() {
+            *self.counts.entry(request.network.clone()).or_default() += 1;
+        }
+        self.records.insert(
+            owner.to_owned(),
+            Record {
+                network: request.network.clone(),
+                target: request.target.clone(),
+                interface: interface.clone(),
+                has_address: address.is_some(),
+            },
+        );
+        Ok(Attachment {
+            address,
+            interface,
+            new,
+        })
+    }
+
+    /// Frees everything Endpoint `owner` holds, returning its address.
+    pub fn detach(&mut self, owner: &str) -> Option<Ipv4Addr> {
+        let record = self.records.remove(owner)?;
+        let key = (record.target.clone(), record.network.clone());
+        if self.attachments.get(&key).is_some_and(|h| h == owner) {
+            self.attachments.remove(&key);
+        }
+        if let Some(m) = self.interfaces.get_mut(&record.target) {
+            if m.get(&record.interface).is_some_and(|h| h == owner) {
+                m.remove(&record.interface);
+            }
+            if m.is_empty() {
+                self.interfaces.remove(&record.target);
+            }
+        }
+        if let Some(c) = self.counts.get_mut(&record.network) {
+            *c = c.saturating_sub(1);
+        }
+        if record.has_address {
+            self.pools.get_mut(&record.network)?.release(owner)
+        } else {
+            None
+        }
+    }
+
+    /// Makes PortPublish `owner` hold exactly `specs` on `node` (all or nothing).
+    pub fn assign_ports(
+        &mut self,
+        owner: &str,
+        node: &str,
+        specs: &[PortSpec],
+    ) -> Result<Vec<HostPort>, PortError> {
+        self.ports.assign(owner, node, specs)
+    }
+
+    /// The ports PortPublish `owner` holds.
+    pub fn ports_of(&self, owner: &str) -> &[HostPort] {
+        self.ports.ports_of(owner)
+    }
+
+    /// Frees every port of PortPublish `owner`.
+    pub fn release_ports(&mut self, owner: &str) -> Vec<HostPort> {
+        self.ports.release_owner(owner)
+    }
+
+    /// Rebuilds everything from the statuses of every object, oldest object first (so the first
+    /// holder keeps a contested subnet, address or port). Returns the allocations and one message
+    /// per recorded allocation that could not be kept; those objects get new allocations or a
+    /// refusal when they are reconciled.
+    pub fn from_objects(
+        config: AllocConfig,
+        networks: &[Network],
+        endpoints: &[Endpoint],
+        publishes: &[PortPublish],
+    ) -> (Self, Vec<String>) {
+        let mut rejected = Vec::new();
+        let mut networks: Vec<&Network> = networks.iter().collect();
+        networks.sort_by_key(|n| age_key(*n));
+        let bridge_networks: Vec<(&Network, Ipv4Net)> = networks
+            .iter()
+            .filter(|n| n.spec.driver == Driver::Bridge)
+            .filter_map(|n| {
+                let subnet = n.status.as_ref()?.subnet.as_deref()?.parse().ok()?;
+                Some((*n, subnet))
+            })
+            .collect();
+        let rebuilt = SubnetAllocator::rebuild(
+            config.pools.clone(),
+            bridge_networks.iter().map(|(n, s)| (n.name_any(), *s)),
+        );
+        rejected.extend(rebuilt.rejected.iter().map(ToString::to_string));
+        let mut this = Self::new(config);
+        this.subnets = rebuilt.allocator;
+
+        let mut endpoints: Vec<&Endpoint> = endpoints.iter().collect();
+        endpoints.sort_by_key(|e| age_key(*e));
+        for (network, subnet) in &bridge_networks {
+            let name = network.name_any();
+            if this.subnets.get(&name) != Some(*subnet) {
+                continue;
+            }
+            let request = match network_request(network) {
+                Ok(r) => r,
+                Err(e) => {
+                    rejected.push(format!("network {name:?}: {e}"));
+                    this.subnets.release(&name);
+                    continue;
+                }
+            };
+            match AddressPool::new(&pool_config(*subnet, &request)) {
+                Ok(pool) => {
+                    this.pools.insert(name, pool);
+                }
+                Err(e) => {
+                    rejected.push(format!("network {name:?}: {e}"));
+                    this.subnets.release(&name);
+                }
+            }
+        }
+        for endpoint in endpoints {
+            let Some(status) = &endpoint.status else {
+                continue;
+            };
+            let (Some(network), Some(node), Some(interface)) = (
+                status.network.as_deref(),
+                status.node.as_deref(),
+                status.interface.as_deref(),
+            ) else {
+                continue;
+            };
+            let namespace = endpoint.namespace().unwrap_or_default();
+            let Some(target) = target_key(&namespace, endpoint, node) else {
+                continue;
+            };
+            let address = status
+                .ipv4_address
+                .as_deref()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            let owner = owner_key(&namespace, &endpoint.name_any());
+            let request = AttachRequest {
+                network: network.to_owned(),
+                target,
+                interface: Some(interface.to_owned()),
+                address,
+                needs_address: address.is_some(),
+            };
+            if let Err(e) = this.attach(&owner, &request) {
+                rejected.push(format!("endpoint {owner}: {e}"));
+            }
+        }
+
+        let mut publishes: Vec<&PortPublish> = publishes.iter().collect();
+        publishes.sort_by_key(|p| age_key(*p));
+        let mut held = Vec::new();
+        for publish in publishes {
+            let Some(status) = &publish.status else {
+                continue;
+            };
+            let Some(node) = status.node.as_deref() else {
+                continue;
+            };
+            let owner = owner_key(
+                &publish.namespace().unwrap_or_default(),
+                &publish.name_any(),
+            );
+            for port in &status.ports {
+                let (Ok(host_ip), Ok(number)) = (
+                    port.host_ip.parse::<IpAddr>(),
+                    u16::try_from(port.host_port),
+                ) else {
+                    rejected.push(format!("portpublish {owner}: unreadable port {port:?}"));
+                    continue;
+                };
+                held.push((
+                    owner.clone(),
+                    HostPort::new(node, protocol(port.protocol), host_ip, number),
+                ));
+            }
+        }
+        let rebuilt = PortAllocator::rebuild(this.config.port_range, held);
+        rejected.extend(rebuilt.rejected.iter().map(ToString::to_string));
+        this.ports = rebuilt.allocator;
+        (this, rejected)
+    }
+}
+
+/// Sort key: oldest first, then by name (creation timestamps have second resolution).
+fn age_key<K: kube::Resource>(obj: &K) -> (Option<i64>, String, String) {
+    let meta = obj.meta();
+    (
+        meta.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond()),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+fn pool_config(subnet: Ipv4Net, request: &NetworkRequest) -> AddressPoolConfig {
+    AddressPoolConfig {
+        subnet,
+        gateway: request.gateway,
+        ip_range: request.ip_range,
+        aux_addresses: request.aux_addresses.clone(),
+    }
+}
+
+/// Why a Network's spec cannot be read (the API server's schema normally prevents it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field} {value:?} is not valid")]
+pub struct SpecError {
+    /// The field.
+    pub field: &'static str,
+    /// Its value.
+    pub value: String,
+}
+
+/// Parses a bridge Network's spec.
+pub fn network_request(network: &Network) -> Result<NetworkRequest, SpecError> {
+    fn parse<T: std::str::FromStr>(
+        field: &'static str,
+        value: Option<&String>,
+    ) -> Result<Option<T>, SpecError> {
+        value
+            .map(|v| {
+                v.parse().map_err(|_| SpecError {
+                    field,
+                    value: v.clone(),
+                })
+            })
+            .transpose()
+    }
+    let spec = &network.spec;
+    let mut aux_addresses = BTreeMap::new();
+    for (name, address) in spec.aux_addresses.iter().flatten() {
+        let parsed = parse::<Ipv4Addr>("auxAddresses", Some(&address.0))?;
+        if let Some(a) = parsed {
+            aux_addresses.insert(name.clone(), a);
+        }
+    }
+    Ok(NetworkRequest {
+        subnet: parse("subnet", spec.subnet.as_ref())?,
+        gateway: parse("gateway", spec.gateway.as_ref())?,
+        ip_range: parse("ipRange", spec.ip_range.as_ref())?,
+        aux_addresses,
+    })
+}
+
+/// The allocator's protocol for the API's.
+pub fn protocol(p: pier_crds::Protocol) -> Protocol {
+    match p {
+        pier_crds::Protocol::Tcp => Protocol::Tcp,
+        pier_crds::Protocol::Udp => Protocol::Udp,
+        pier_crds::Protocol::Sctp => Protocol::Sctp,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("test CIDR")
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("test address")
+    }
+
+    fn auto() -> NetworkRequest {
+        NetworkRequest {
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+        }
+    }
+
+    fn attach(network: &str, target: &str) -> AttachRequest {
+        AttachRequest {
+            network: network.into(),
+            target: target.into(),
+            interface: None,
+            address: None,
+            needs_address: true,
+        }
+    }
+
+    #[test]
+    fn next_free_eth_fills_gaps() {
+        assert_eq!(next_free_eth([]), "eth0");
+        assert_eq!(next_free_eth(["eth0"]), "eth1");
+        assert_eq!(next_free_eth(["eth0", "eth2", "foo"]), "eth1");
+    }
+
+    #[test]
+    fn lesson_subnets_and_addresses() {
+        let mut a = Allocations::default();
+        let bridge = a.ensure_network("bridge", &auto()).expect("bridge");
+        assert_eq!(bridge.subnet, net("172.17.0.0/16"));
+        assert_eq!(bridge.gateway, ip("172.17.0.1"));
+        let tage = a.ensure_network("workshop-tage", &auto()).expect("tage");
+        assert_eq!(tage.subnet, net("172.18.0.0/16"));
+        // Idempotent.
+        assert_eq!(a.ensure_network("workshop-tage", &auto()), Ok(tage));
+
+        let con1 = a
+            .attach("default/con1", &attach("workshop-tage", "netns n/con1"))
+            .expect("con1");
+        assert_eq!(con1.address, Some(ip("172.18.0.2")));
+        assert_eq!(con1.interface, "eth0");
+        assert!(con1.new);
+        let con2 = a
+            .attach("default/con2", &attach("workshop-tage", "netns n/con2"))
+            .expect("con2");
+        assert_eq!(con2.address, Some(ip("172.18.0.3")));
+        // Again: same answer, nothing new.
+        let again = a
+            .attach("default/con1", &attach("workshop-tage", "netns n/con1"))
+            .expect("con1");
+        assert_eq!(again.address, con1.address);
+        assert!(!again.new);
+        assert_eq!(a.endpoint_count("workshop-tage"), 2);
+
+        // con3 on ch-open, then connected to workshop-tage: eth0 then eth1.
+        a.ensure_network("ch-open", &auto()).expect("ch-open");
+        let c3 = a
+            .attach("default/con3", &attach("ch-open", "netns n/con3"))
+            .expect("con3");
+        assert_eq!(c3.address, Some(ip("172.19.0.2")));
+        assert_eq!(c3.interface, "eth0");
+        let c3b = a
+            .attach(
+                "default/con3-tage",
+                &attach("workshop-tage", "netns n/con3"),
+            )
+            .expect("connect");
+        assert_eq!(c3b.interface, "eth1");
+        assert_eq!(c3b.address, Some(ip("172.18.0.4")));
+    }
+
+    #[test]
+    fn refusals_name_the_holder() {
+        let mut a = Allocations::default();
+        a.ensure_network(
+            "workshop",
+            &NetworkRequest {
+                subnet: Some(net("10.1.0.0/16")),
+                ..auto()
+            },
+        )
+        .expect("free");
+        let err = a
+            .ensure_network(
+                "other",
+                &NetworkRequest {
+                    subnet: Some(net("10.1.2.0/24")),
+                    ..auto()
+                },
+            )
+            .expect_err("overlap");
+        assert!(err.to_string().contains("\"workshop\""), "{err}");
+
+        a.attach("ns/a", &attach("workshop", "netns n/x"))
+            .expect("first");
+        let err = a
+            .attach("ns/b", &attach("workshop", "netns n/x"))
+            .expect_err("second endpoint of one namespace");
+        assert!(matches!(&err, AttachError::AlreadyAttached { holder, .. } if holder == "ns/a"));
+
+        let mut req = attach("workshop", "netns n/y");
+        req.address = Some(ip("10.1.0.2"));
+        let err = a.attach("ns/c", &req).expect_err("taken");
+        assert!(err.to_string().contains("ns/a"), "{err}");
+        // Nothing was kept for the refused endpoint.
+        assert_eq!(a.endpoint_count("workshop"), 1);
+        let mut req = attach("workshop", "netns n/x");
+        req.network = "missing".into();
+        assert_eq!(
+            a.attach("ns/d", &req),
+            Err(AttachError::NetworkNotReady("missing".into()))
+        );
+    }
+
+    #[test]
+    fn bad_gateway_holds_no_subnet() {
+        let mut a = Allocations::default();
+        let err = a
+            .ensure_network(
+                "bad",
+                &NetworkRequest {
+                    subnet: Some(net("10.1.0.0/16")),
+                    gateway: Some(ip("10.2.0.1")),
+                    ..auto()
+                },
+            )
+            .expect_err("gateway outside");
+        assert!(matches!(err, NetworkAllocError::Config(_)));
+        assert!(
+            a.ensure_network(
+                "good",
+                &NetworkRequest {
+                    subnet: Some(net("10.1.0.0/16")),
+                    ..auto()
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn detach_frees_the_address_and_interface() {
+        let mut a = Allocations::default();
+        a.ensure_network("bridge", &auto()).expect("bridge");
+        let first = a.attach("ns/a", &attach("bridge", "netns n/a")).expect("a");
+        assert_eq!(a.detach("ns/a"), first.address);
+        assert_eq!(a.endpoint_count("bridge"), 0);
+        // The namespace may attach again, with eth0 again.
+        let again = a.attach("ns/b", &attach("bridge", "netns n/a")).expect("b");
+        assert_eq!(again.interface, "eth0");
+        assert_eq!(a.detach("ns/missing"), None);
+    }
+
+    #[test]
+    fn host_networks_need_no_pool() {
+        let mut a = Allocations::default();
+        let mut req = attach("host", "pod ns/p");
+        req.needs_address = false;
+        let got = a.attach("ns/h", &req).expect("host");
+        assert_eq!(got.address, None);
+        assert_eq!(got.interface, "eth0");
+        assert_eq!(a.endpoint_count("host"), 1);
+        assert_eq!(a.detach("ns/h"), None);
+    }
+
+    #[test]
+    fn ports_are_all_or_nothing_and_name_the_holder() {
+        let mut a = Allocations::default();
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let got = a
+            .assign_ports(
+                "default/web",
+                "node-a",
+                &[
+                    PortSpec::auto(Protocol::Tcp, any),
+                    PortSpec::fixed(Protocol::Tcp, any, 8000),
+                ],
+            )
+            .expect("free");
+        assert_eq!(got[0].port, 32768);
+        assert_eq!(got[1].port, 8000);
+        let err = a
+            .assign_ports(
+                "default/other",
+                "node-a",
+                &[PortSpec::fixed(Protocol::Tcp, any, 8000)],
+            )
+            .expect_err("conflict");
+        assert!(err.to_string().contains("default/web"), "{err}");
+        // Another node is fine.
+        assert!(
+            a.assign_ports(
+                "default/other",
+                "node-b",
+                &[PortSpec::fixed(Protocol::Tcp, any, 8000)]
+            )
+            .is_ok()
+        );
+        assert_eq!(a.ports_held(), 3);
+        a.release_ports("default/web");
+        assert_eq!(a.ports_held(), 1);
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).expect("valid object")
+    }
+
+    #[test]
+    fn rebuild_from_statuses_keeps_first_holders() {
+        let networks: Vec<Network> = vec![
+            object(
+                serde_json::json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+                "metadata": {"name": "bridge", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {}, "status": {"subnet": "172.17.0.0/16", "gateway": "172.17.0.1"}}),
+            ),
+            object(
+                serde_json::json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+                "metadata": {"name": "late", "creationTimestamp": "2026-01-02T00:00:00Z"},
+                "spec": {}, "status": {"subnet": "172.17.0.0/24"}}),
+            ),
+        ];
+        let ep = |name: &str, addr: &str, ts: &str| -> Endpoint {
+            object(
+                serde_json::json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+                "metadata": {"name": name, "namespace": "default", "creationTimestamp": ts},
+                "spec": {"target": {"netns": {"name": name}}},
+                "status": {"node": "n", "network": "bridge", "ipv4Address": addr, "interface": "eth0"}}),
+            )
+        };
+        let endpoints = vec![
+            ep("b", "172.17.0.2", "2026-01-03T00:00:00Z"),
+            ep("a", "172.17.0.2", "2026-01-02T00:00:00Z"),
+            ep("c", "172.17.0.3", "2026-01-04T00:00:00Z"),
+        ];
+        let publishes: Vec<PortPublish> = vec![object(serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1", "kind": "PortPublish",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"endpoint": "a", "ports": [{"containerPort": 80}]},
+            "status": {"node": "n", "ports": [{"containerPort": 80, "protocol": "TCP", "hostIP": "0.0.0.0", "hostPort": 32772}]}}))];
+        let (mut a, rejected) =
+            Allocations::from_objects(AllocConfig::default(), &networks, &endpoints, &publishes);
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert!(rejected[0].contains("\"late\""), "{rejected:?}");
+        assert!(rejected[1].contains("default/b"), "{rejected:?}");
+        assert_eq!(a.endpoint_count("bridge"), 2);
+        // The next address skips those kept; the next port too.
+        let next = a
+            .attach("default/d", &attach("bridge", "netns n/d"))
+            .expect("d");
+        assert_eq!(next.address, Some(ip("172.17.0.4")));
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let err = a
+            .assign_ports(
+                "default/x",
+                "n",
+                &[PortSpec::fixed(Protocol::Tcp, any, 32772)],
+            )
+            .expect_err("kept");
+        assert!(err.to_string().contains("default/web"), "{err}");
+        assert_eq!(a.ports_of("default/web").len(), 1);
+    }
+}

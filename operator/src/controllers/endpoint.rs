@@ -1,0 +1,415 @@
+//! The Endpoint controller: resolves the target to a node, allocates the address, MAC and
+//! interface into status, refuses a second endpoint of one namespace on one network, and releases
+//! everything on delete (finalizer).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use pier_crds::conditions::READY;
+use pier_crds::{Driver, Endpoint, EndpointStatus, Network};
+
+use super::network::conditions_differ;
+use super::{Error, apply_status, finalizer_error};
+use crate::allocations::{AttachError, AttachRequest, owner_key, target_key};
+use crate::conditions::{ready, reason};
+use crate::context::{Context, FINALIZER};
+use crate::ipam::{AddressError, MacAddr};
+
+/// The controller's name in metrics and logs.
+pub const NAME: &str = "endpoint";
+
+/// Reconciles one Endpoint.
+pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled(NAME);
+    let ns = ep.namespace().unwrap_or_default();
+    let api: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = super::key(&*ep);
+    let action = finalizer(&api, FINALIZER, ep, |event| async {
+        match event {
+            Finalizer::Apply(ep) => apply(&api, &ep, &ctx).await,
+            Finalizer::Cleanup(ep) => cleanup(&ep, &ctx).await,
+        }
+    })
+    .await
+    .map_err(finalizer_error)?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+/// The error policy: backoff.
+pub fn error_policy(ep: Arc<Endpoint>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::error_policy(ep, error, ctx, NAME)
+}
+
+/// The Network an Endpoint joins: `spec.network` or the default (`bridge`).
+pub fn network_of(ep: &Endpoint, default: &str) -> String {
+    ep.spec
+        .network
+        .clone()
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Why an Endpoint is not (yet) allocated: reason, message, and whether it is only waiting (for
+/// a node, pod or network that will come: no Warning event then, just a condition).
+struct Refusal {
+    reason: &'static str,
+    message: String,
+    waiting: bool,
+}
+
+impl Refusal {
+    fn wait(reason: &'static str, message: String) -> Self {
+        Refusal {
+            reason,
+            message,
+            waiting: true,
+        }
+    }
+    fn refuse(reason: &'static str, message: String) -> Self {
+        Refusal {
+            reason,
+            message,
+            waiting: false,
+        }
+    }
+}
+
+fn owned(status: Option<&EndpointStatus>) -> Option<EndpointStatus> {
+    status.map(|s| EndpointStatus {
+        conditions: s
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == READY)
+            .cloned()
+            .collect(),
+        ..s.clone()
+    })
+}
+
+async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+    let current = ep.status.clone().unwrap_or_default();
+    let generation = ep.metadata.generation;
+    let mut status = EndpointStatus {
+        observed_generation: generation,
+        ..EndpointStatus::default()
+    };
+    let outcome = allocate(ep, ctx, &mut status).await?;
+    let (condition, refusal) = match outcome {
+        Ok(message) => (
+            ready(
+                &current.conditions,
+                true,
+                reason::ALLOCATED,
+                message,
+                generation,
+            ),
+            None,
+        ),
+        Err(r) => (
+            ready(
+                &current.conditions,
+                false,
+                r.reason,
+                r.message.clone(),
+                generation,
+            ),
+            Some(r),
+        ),
+    };
+    let changed = conditions_differ(&current.conditions, &condition);
+    status.conditions = vec![condition];
+    apply_status(api, ep, owned(ep.status.as_ref()).as_ref(), &status).await?;
+    let name = super::key(ep);
+    match refusal {
+        None => {
+            if status.ipv4_address.is_some() && current.ipv4_address != status.ipv4_address {
+                let note = format!(
+                    "address {} ({}) on network {}, interface {} on node {}",
+                    status.ipv4_address.as_deref().unwrap_or_default(),
+                    status.mac_address.as_deref().unwrap_or_default(),
+                    status.network.as_deref().unwrap_or_default(),
+                    status.interface.as_deref().unwrap_or_default(),
+                    status.node.as_deref().unwrap_or_default(),
+                );
+                ctx.metrics.allocated("address", 1);
+                tracing::info!(endpoint = %name, %note, "address allocated");
+                ctx.event(ep, false, "AddressAllocated", "Allocate", note)
+                    .await;
+                ctx.observe();
+            }
+            Ok(Action::await_change())
+        }
+        Some(r) => {
+            if changed {
+                ctx.metrics.error(NAME, r.reason);
+                tracing::info!(endpoint = %name, reason = r.reason, message = %r.message, "endpoint not allocated");
+                ctx.event(ep, !r.waiting, r.reason, "Allocate", r.message)
+                    .await;
+            }
+            // Watches bring Networks, Pods and shared Endpoints; nodes are not watched, so a
+            // waiting endpoint also looks again later.
+            Ok(Action::requeue(ctx.config.wait_requeue))
+        }
+    }
+}
+
+/// Fills `status` for the Endpoint; `Ok(Err(..))` when refused or waiting.
+async fn allocate(
+    ep: &Endpoint,
+    ctx: &Context,
+    status: &mut EndpointStatus,
+) -> Result<Result<String, Refusal>, Error> {
+    let ns = ep.namespace().unwrap_or_default();
+    let owner = owner_key(&ns, &ep.name_any());
+    let target = &ep.spec.target;
+
+    // Container mode: the shared endpoint's node; no interface or address of its own.
+    if let Some(shared) = &target.endpoint {
+        let api: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
+        let other = api
+            .get_opt(&shared.name)
+            .await
+            .map_err(|source| Error::Get {
+                what: format!("endpoint {ns}/{}", shared.name),
+                source,
+            })?;
+        let Some(other) = other else {
+            return Ok(Err(Refusal::wait(
+                reason::ENDPOINT_NOT_FOUND,
+                format!(
+                    "endpoint {} (whose namespace this one shares) does not exist",
+                    shared.name
+                ),
+            )));
+        };
+        let Some(node) = other.status.as_ref().and_then(|s| s.node.clone()) else {
+            return Ok(Err(Refusal::wait(
+                reason::ENDPOINT_NOT_READY,
+                format!("endpoint {} has no node yet", shared.name),
+            )));
+        };
+        status.node = Some(node);
+        return Ok(Ok(format!(
+            "shares the network namespace of endpoint {}",
+            shared.name
+        )));
+    }
+
+    let node = match resolve_node(ep, ctx, &ns).await? {
+        Ok(node) => node,
+        Err(r) => {
+            // A target that lost its node holds nothing.
+            release(ctx, &owner);
+            return Ok(Err(r));
+        }
+    };
+    status.node = Some(node.clone());
+    let network_name = network_of(ep, &ctx.config.alloc.default_network);
+    status.network = Some(network_name.clone());
+
+    let networks: Api<Network> = Api::all(ctx.client.clone());
+    let network = networks
+        .get_opt(&network_name)
+        .await
+        .map_err(|source| Error::Get {
+            what: format!("network {network_name}"),
+            source,
+        })?;
+    let network = match network {
+        Some(n) if n.metadata.deletion_timestamp.is_none() => n,
+        Some(_) => {
+            return Ok(Err(Refusal::wait(
+                reason::NETWORK_NOT_FOUND,
+                format!("network {network_name} is being deleted"),
+            )));
+        }
+        None => {
+            return Ok(Err(Refusal::wait(
+                reason::NETWORK_NOT_FOUND,
+                format!("network {network_name} does not exist; waiting for it to be created"),
+            )));
+        }
+    };
+    let needs_address = network.spec.driver == Driver::Bridge;
+    let Some(target_key) = target_key(&ns, ep, &node) else {
+        return Ok(Err(Refusal::refuse(
+            reason::INVALID_ADDRESS,
+            "target names no namespace".into(),
+        )));
+    };
+
+    let requested = match &ep.spec.ipv4_address {
+        Some(text) => match text.parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                return Ok(Err(Refusal::refuse(
+                    reason::INVALID_ADDRESS,
+                    format!("spec.ipv4Address {text:?} is not an IPv4 address"),
+                )));
+            }
+        },
+        // What a previous reconcile recorded (the allocations may have been rebuilt without it
+        // if that write raced a restart): keep it rather than hand out another.
+        None => ep
+            .status
+            .as_ref()
+            .filter(|s| s.network.as_deref() == Some(network_name.as_str()))
+            .and_then(|s| s.ipv4_address.as_deref()?.parse().ok()),
+    };
+    let request = AttachRequest {
+        network: network_name.clone(),
+        target: target_key,
+        interface: ep.spec.interface.clone(),
+        address: if needs_address { requested } else { None },
+        needs_address,
+    };
+    let attached = {
+        let mut allocations = ctx.allocations();
+        let result = allocations.attach(&owner, &request);
+        if result
+            .as_ref()
+            .is_err_and(|e| !matches!(e, AttachError::NetworkNotReady(_)))
+        {
+            // Refused: it holds nothing (no stale address kept from an earlier spec).
+            allocations.detach(&owner);
+        }
+        result.map(|a| (a, allocations.network(&network_name)))
+    };
+    let (attachment, network_alloc) = match attached {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(refusal(&e))),
+    };
+    status.interface = Some(attachment.interface.clone());
+    let mut dns_names = vec![ep.name_any()];
+    dns_names.extend(ep.spec.aliases.iter().flatten().cloned());
+    status.dns_names = dns_names;
+    let Some(address) = attachment.address else {
+        return Ok(Ok(format!(
+            "on {} network {network_name}",
+            network.spec.driver.as_str()
+        )));
+    };
+    status.ipv4_address = Some(address.to_string());
+    if let Some(n) = network_alloc {
+        status.prefix_length = Some(i32::from(n.subnet.prefix_len()));
+        status.gateway = Some(n.gateway.to_string());
+    }
+    status.mac_address = Some(
+        ep.spec
+            .mac_address
+            .clone()
+            .unwrap_or_else(|| MacAddr::from_ipv4(address).to_string()),
+    );
+    Ok(Ok(format!("address {address} on network {network_name}")))
+}
+
+/// The node the Endpoint's namespace is on, or why it is not known yet.
+async fn resolve_node(
+    ep: &Endpoint,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<String, Refusal>, Error> {
+    let target = &ep.spec.target;
+    if let Some(netns) = &target.netns {
+        if let Some(node) = &netns.node {
+            return Ok(Ok(node.clone()));
+        }
+        let nodes: Api<Node> = Api::all(ctx.client.clone());
+        let list = nodes
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|source| Error::List {
+                what: "nodes",
+                source,
+            })?;
+        return Ok(match list.items.as_slice() {
+            [only] => Ok(only.name_any()),
+            items => Err(Refusal::wait(
+                reason::NODE_REQUIRED,
+                format!(
+                    "target.netns.node is required: the cluster has {} nodes",
+                    items.len()
+                ),
+            )),
+        });
+    }
+    if let Some(pod) = &target.pod {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        let found = pods.get_opt(&pod.name).await.map_err(|source| Error::Get {
+            what: format!("pod {ns}/{}", pod.name),
+            source,
+        })?;
+        return Ok(match found {
+            None => Err(Refusal::wait(
+                reason::POD_NOT_FOUND,
+                format!("pod {} does not exist", pod.name),
+            )),
+            Some(p) => match p.spec.and_then(|s| s.node_name) {
+                Some(node) => Ok(node),
+                None => Err(Refusal::wait(
+                    reason::POD_NOT_SCHEDULED,
+                    format!("pod {} is not scheduled to a node yet", pod.name),
+                )),
+            },
+        });
+    }
+    Ok(Err(Refusal::refuse(
+        reason::INVALID_ADDRESS,
+        "target must set netns, pod or endpoint".into(),
+    )))
+}
+
+/// The condition reason and message for a refused attachment.
+fn refusal(e: &AttachError) -> Refusal {
+    let message = e.to_string();
+    match e {
+        AttachError::AlreadyAttached { .. } => Refusal::refuse(reason::ALREADY_ATTACHED, message),
+        AttachError::InterfaceTaken { .. } => Refusal::refuse(reason::INTERFACE_IN_USE, message),
+        AttachError::NetworkNotReady(_) => Refusal::wait(reason::NETWORK_NOT_READY, message),
+        AttachError::Address(AddressError::Exhausted { .. }) => {
+            Refusal::refuse(reason::ADDRESSES_EXHAUSTED, message)
+        }
+        AttachError::Address(
+            AddressError::Taken { .. }
+            | AddressError::OwnerHasAddress { .. }
+            | AddressError::Duplicate { .. },
+        ) => Refusal::refuse(reason::ADDRESS_IN_USE, message),
+        AttachError::Address(_) => Refusal::refuse(reason::INVALID_ADDRESS, message),
+    }
+}
+
+/// Frees what `owner` holds; true if it held an address.
+fn release(ctx: &Context, owner: &str) -> bool {
+    let freed = ctx.allocations().detach(owner);
+    if freed.is_some() {
+        ctx.metrics.released("address", 1);
+        ctx.observe();
+    }
+    freed.is_some()
+}
+
+async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+    let owner = owner_key(&ep.namespace().unwrap_or_default(), &ep.name_any());
+    if release(ctx, &owner) {
+        let address = ep
+            .status
+            .as_ref()
+            .and_then(|s| s.ipv4_address.clone())
+            .unwrap_or_default();
+        tracing::info!(endpoint = %owner, %address, "address released");
+        ctx.event(
+            ep,
+            false,
+            "AddressReleased",
+            "Delete",
+            format!("address {address} released"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,171 @@
+//! The three controllers and what they share: the error type, the error policy (per-object
+//! exponential backoff), and status writes by server-side apply.
+
+pub mod endpoint;
+pub mod network;
+pub mod portpublish;
+
+use std::sync::Arc;
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::{Context, FIELD_MANAGER};
+
+/// Why a reconcile failed: one variant per step, with the API error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading an object the reconcile depends on.
+    #[error("reading {what}")]
+    Get {
+        /// Which object.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Listing objects (nodes, endpoints, networks).
+    #[error("listing {what}")]
+    List {
+        /// Which objects.
+        what: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the status.
+    #[error("writing the status of {what}")]
+    WriteStatus {
+        /// Which object.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Encoding the status.
+    #[error("encoding the status of {what}")]
+    Encode {
+        /// Which object.
+        what: String,
+        /// The encoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A Network being deleted still has endpoints: its deletion is held (retried).
+    #[error("network {network:?} still has {count} endpoint(s)")]
+    InUse {
+        /// The Network.
+        network: String,
+        /// How many.
+        count: usize,
+    },
+    /// Adding or removing the finalizer, or the reconcile inside it.
+    #[error("finalizer {}", crate::context::FINALIZER)]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short, fixed label for metrics.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Get { .. } => "GetFailed",
+            Error::List { .. } => "ListFailed",
+            Error::WriteStatus { .. } => "WriteStatusFailed",
+            Error::Encode { .. } => "EncodeFailed",
+            Error::InUse { .. } => "InUse",
+            Error::Finalizer(inner) => match &**inner {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_reason(),
+                _ => "FinalizerFailed",
+            },
+        }
+    }
+}
+
+/// The key of an object for backoff and logs: `namespace/name` or `name`.
+pub fn key<K: Resource>(obj: &K) -> String {
+    match obj.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
+        None => obj.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+/// Retries a failed object with exponential backoff (per object, reset on success), so a
+/// persistent error neither spins nor starves the others.
+pub fn error_policy<K: Resource>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+    controller: &str,
+) -> Action {
+    let key = key(&*obj);
+    let delay = ctx.backoff(&key);
+    ctx.metrics.error(controller, error.metric_reason());
+    match error {
+        // Expected while a Network drains: not worth a warning each time.
+        Error::InUse { .. } => tracing::debug!(object = %key, %error, ?delay, "waiting"),
+        _ => {
+            tracing::warn!(object = %key, error = %ErrorChain(error), ?delay, "reconcile failed; retrying")
+        }
+    }
+    Action::requeue(delay)
+}
+
+/// An error with its sources, on one line.
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `status` by server-side apply on the status subresource, as `pier-operator`, forcing
+/// ownership (the operator is the only writer of these fields). Skipped when `current` already
+/// equals it, so an unchanged object costs no write.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let what = key(obj);
+    let status = serde_json::to_value(status).map_err(|source| Error::Encode {
+        what: what.clone(),
+        source,
+    })?;
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus { what, source })?;
+    Ok(())
+}
+
+/// Wraps the finalizer helper's error.
+pub fn finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    Error::Finalizer(Box::new(e))
+}

@@ -1,0 +1,206 @@
+//! The Network controller: subnet and gateway into status, endpoint count, and a finalizer that
+//! holds a deletion while endpoints use the network (Docker's "network has active endpoints").
+
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use pier_crds::conditions::READY;
+use pier_crds::network::bridge_name;
+use pier_crds::{Driver, Network, NetworkStatus};
+
+use super::{Error, apply_status, finalizer_error};
+use crate::allocations::{NetworkAllocError, network_request};
+use crate::conditions::{ready, reason};
+use crate::context::{Context, FINALIZER};
+use crate::ipam::SubnetError;
+
+/// The controller's name in metrics and logs.
+pub const NAME: &str = "network";
+
+/// Reconciles one Network.
+pub async fn reconcile(net: Arc<Network>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled(NAME);
+    let api: Api<Network> = Api::all(ctx.client.clone());
+    let key = super::key(&*net);
+    let action = finalizer(&api, FINALIZER, net, |event| async {
+        match event {
+            Finalizer::Apply(net) => apply(&api, &net, &ctx).await,
+            Finalizer::Cleanup(net) => cleanup(&api, &net, &ctx).await,
+        }
+    })
+    .await
+    .map_err(finalizer_error)?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+/// The error policy: backoff.
+pub fn error_policy(net: Arc<Network>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::error_policy(net, error, ctx, NAME)
+}
+
+/// The status with only the conditions the operator owns, to compare with what it would write.
+fn owned(status: Option<&NetworkStatus>) -> Option<NetworkStatus> {
+    status.map(|s| NetworkStatus {
+        conditions: s
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == READY)
+            .cloned()
+            .collect(),
+        ..s.clone()
+    })
+}
+
+async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Action, Error> {
+    let name = net.name_any();
+    let current = net.status.clone().unwrap_or_default();
+    let generation = net.metadata.generation;
+    let mut status = NetworkStatus {
+        scope: Some("local".into()),
+        endpoints: i32::try_from(ctx.allocations().endpoint_count(&name)).unwrap_or(i32::MAX),
+        observed_generation: generation,
+        ..NetworkStatus::default()
+    };
+    let outcome: Result<String, (&str, String)> = match net.spec.driver {
+        Driver::Host | Driver::Null => Ok(format!("{} network", net.spec.driver.as_str())),
+        Driver::Bridge => allocate(net, ctx).await.map(|(subnet, gateway)| {
+            status.subnet = Some(subnet.to_string());
+            status.gateway = Some(gateway.to_string());
+            status.bridge = Some(bridge_name(&net.uid().unwrap_or_default()));
+            format!("subnet {subnet}, gateway {gateway}")
+        }),
+    };
+    let condition = match &outcome {
+        Ok(message) => ready(
+            &current.conditions,
+            true,
+            reason::ALLOCATED,
+            message.clone(),
+            generation,
+        ),
+        Err((why, message)) => ready(&current.conditions, false, why, message.clone(), generation),
+    };
+    let changed = conditions_differ(&current.conditions, &condition);
+    status.conditions = vec![condition];
+    apply_status(api, net, owned(net.status.as_ref()).as_ref(), &status).await?;
+    match outcome {
+        Ok(message) if current.subnet != status.subnet && status.subnet.is_some() => {
+            ctx.metrics.allocated("subnet", 1);
+            tracing::info!(network = %name, %message, "subnet allocated");
+            ctx.event(net, false, "SubnetAllocated", "Allocate", message)
+                .await;
+        }
+        Err((why, message)) if changed => {
+            ctx.metrics.error(NAME, why);
+            tracing::warn!(network = %name, reason = why, %message, "network refused");
+            ctx.event(net, true, why, "Allocate", message).await;
+        }
+        _ => {}
+    }
+    Ok(Action::await_change())
+}
+
+/// Whether writing `new` changes the Ready condition's status, reason or message (refusal
+/// Events are sent only then, not on every retry).
+pub(crate) fn conditions_differ(
+    existing: &[pier_crds::Condition],
+    new: &pier_crds::Condition,
+) -> bool {
+    pier_crds::conditions::find(existing, &new.type_).is_none_or(|c| {
+        c.status != new.status || c.reason != new.reason || c.message != new.message
+    })
+}
+
+/// Subnet and gateway of a bridge Network, or the refusal's reason and message.
+async fn allocate(
+    net: &Network,
+    ctx: &Context,
+) -> Result<(Ipv4Net, std::net::Ipv4Addr), (&'static str, String)> {
+    let name = net.name_any();
+    let request = network_request(net).map_err(|e| (reason::INVALID_SPEC, e.to_string()))?;
+    if request.subnet.is_none() && ctx.allocations().network(&name).is_none() {
+        // Automatic subnets skip every subnet another Network asks for explicitly, even one not
+        // reconciled yet: `bridge` keeps 172.17.0.0/16 whatever order the Networks come in.
+        let reserved = explicit_subnets(ctx, &name).await;
+        ctx.allocations().reserve_explicit(reserved);
+    }
+    let result = ctx.allocations().ensure_network(&name, &request);
+    result.map(|a| (a.subnet, a.gateway)).map_err(|e| match &e {
+        NetworkAllocError::Subnet(SubnetError::Overlap { .. }) => {
+            (reason::SUBNET_CONFLICT, e.to_string())
+        }
+        NetworkAllocError::Subnet(SubnetError::PoolsExhausted { .. }) => {
+            (reason::POOLS_EXHAUSTED, e.to_string())
+        }
+        _ => (reason::INVALID_SPEC, e.to_string()),
+    })
+}
+
+/// The explicit subnets of every other Network (best effort: a failed list reserves nothing).
+async fn explicit_subnets(ctx: &Context, except: &str) -> Vec<Ipv4Net> {
+    let api: Api<Network> = Api::all(ctx.client.clone());
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|n| n.name_any() != except)
+            .filter_map(|n| n.spec.subnet.as_deref()?.parse().ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list networks to skip their subnets");
+            Vec::new()
+        }
+    }
+}
+
+async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Action, Error> {
+    let name = net.name_any();
+    let count = ctx.allocations().endpoint_count(&name);
+    if count > 0 {
+        let current = net.status.clone().unwrap_or_default();
+        let message = format!(
+            "network {name} has {count} active endpoint(s): its deletion waits until they are deleted"
+        );
+        let condition = ready(
+            &current.conditions,
+            false,
+            reason::IN_USE,
+            message.clone(),
+            net.metadata.generation,
+        );
+        let changed = conditions_differ(&current.conditions, &condition);
+        let status = NetworkStatus {
+            endpoints: i32::try_from(count).unwrap_or(i32::MAX),
+            conditions: vec![condition],
+            ..owned(Some(&current)).unwrap_or_default()
+        };
+        apply_status(api, net, owned(net.status.as_ref()).as_ref(), &status).await?;
+        if changed {
+            ctx.event(net, true, reason::IN_USE, "Delete", message)
+                .await;
+        }
+        return Err(Error::InUse {
+            network: name,
+            count,
+        });
+    }
+    let released = ctx.allocations().release_network(&name);
+    if let Some(subnet) = released {
+        ctx.metrics.released("subnet", 1);
+        tracing::info!(network = %name, %subnet, "subnet released");
+        ctx.event(
+            net,
+            false,
+            "SubnetReleased",
+            "Delete",
+            format!("subnet {subnet} released"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,322 @@
+//! The PortPublish controller: host ports on the endpoint's node (explicit ones checked against
+//! every PortPublish of that node, automatic ones from the range), recorded in status with the
+//! node's addresses and a `docker ps`-style summary.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use pier_crds::conditions::{self, READY};
+use pier_crds::portpublish::PublishedPortStatus;
+use pier_crds::{Endpoint, Network, PortPublish, PortPublishStatus};
+
+use super::network::conditions_differ;
+use super::{Error, apply_status, finalizer_error};
+use crate::allocations::{owner_key, protocol};
+use crate::conditions::{ready, reason};
+use crate::context::{Context, FINALIZER};
+use crate::ports::{HostPort, PortError, PortSpec};
+
+/// The controller's name in metrics and logs.
+pub const NAME: &str = "portpublish";
+
+/// Reconciles one PortPublish.
+pub async fn reconcile(pp: Arc<PortPublish>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled(NAME);
+    let ns = pp.namespace().unwrap_or_default();
+    let api: Api<PortPublish> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = super::key(&*pp);
+    let action = finalizer(&api, FINALIZER, pp, |event| async {
+        match event {
+            Finalizer::Apply(pp) => apply(&api, &pp, &ctx).await,
+            Finalizer::Cleanup(pp) => cleanup(&pp, &ctx).await,
+        }
+    })
+    .await
+    .map_err(finalizer_error)?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+/// The error policy: backoff.
+pub fn error_policy(pp: Arc<PortPublish>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::error_policy(pp, error, ctx, NAME)
+}
+
+/// `0.0.0.0:32772->80/tcp, 127.0.0.1:8443->443/tcp`, as the PORTS column of `docker ps`.
+pub fn summary(ports: &[PublishedPortStatus]) -> String {
+    ports
+        .iter()
+        .map(PublishedPortStatus::docker_form)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The status entries for allocated ports, one per spec port.
+pub fn port_statuses(spec: &[pier_crds::PortSpec], held: &[HostPort]) -> Vec<PublishedPortStatus> {
+    spec.iter()
+        .zip(held)
+        .map(|(s, h)| PublishedPortStatus {
+            container_port: s.container_port,
+            protocol: s.protocol,
+            host_ip: h.host_ip.to_string(),
+            host_port: i32::from(h.port),
+        })
+        .collect()
+}
+
+fn owned(status: Option<&PortPublishStatus>) -> Option<PortPublishStatus> {
+    status.map(|s| PortPublishStatus {
+        conditions: s
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == READY)
+            .cloned()
+            .collect(),
+        ..s.clone()
+    })
+}
+
+async fn apply(api: &Api<PortPublish>, pp: &PortPublish, ctx: &Context) -> Result<Action, Error> {
+    let ns = pp.namespace().unwrap_or_default();
+    let owner = owner_key(&ns, &pp.name_any());
+    let current = pp.status.clone().unwrap_or_default();
+    let generation = pp.metadata.generation;
+    let mut status = PortPublishStatus {
+        observed_generation: generation,
+        ..PortPublishStatus::default()
+    };
+    let outcome = allocate(pp, ctx, &owner, &mut status).await?;
+    if outcome.is_err() {
+        // Refused or waiting: it holds no port.
+        let freed = ctx.allocations().release_ports(&owner);
+        ctx.metrics.released("port", freed.len() as u64);
+    }
+    let (condition, refusal) = match outcome {
+        Ok(message) => (
+            ready(
+                &current.conditions,
+                true,
+                reason::ALLOCATED,
+                message,
+                generation,
+            ),
+            None,
+        ),
+        Err((why, message, waiting)) => (
+            ready(&current.conditions, false, why, message.clone(), generation),
+            Some((why, message, waiting)),
+        ),
+    };
+    let changed = conditions_differ(&current.conditions, &condition);
+    status.conditions = vec![condition];
+    apply_status(api, pp, owned(pp.status.as_ref()).as_ref(), &status).await?;
+    ctx.observe();
+    match refusal {
+        None => {
+            if current.ports != status.ports {
+                let note = format!(
+                    "{} on node {}",
+                    status.summary.as_deref().unwrap_or_default(),
+                    status.node.as_deref().unwrap_or_default()
+                );
+                ctx.metrics.allocated("port", status.ports.len() as u64);
+                tracing::info!(portpublish = %owner, %note, "ports allocated");
+                ctx.event(pp, false, "PortsAllocated", "Allocate", note)
+                    .await;
+            }
+            Ok(Action::await_change())
+        }
+        Some((why, message, waiting)) => {
+            if changed {
+                ctx.metrics.error(NAME, why);
+                tracing::info!(portpublish = %owner, reason = why, %message, "ports not allocated");
+                ctx.event(pp, !waiting, why, "Allocate", message).await;
+            }
+            Ok(Action::requeue(ctx.config.wait_requeue))
+        }
+    }
+}
+
+type Outcome = Result<String, (&'static str, String, bool)>;
+
+async fn allocate(
+    pp: &PortPublish,
+    ctx: &Context,
+    owner: &str,
+    status: &mut PortPublishStatus,
+) -> Result<Outcome, Error> {
+    let ns = pp.namespace().unwrap_or_default();
+    let endpoints: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = &pp.spec.endpoint;
+    let get = |what: String| move |source| Error::Get { what, source };
+    let Some(ep) = endpoints
+        .get_opt(name)
+        .await
+        .map_err(get(format!("endpoint {ns}/{name}")))?
+    else {
+        return Ok(Err((
+            reason::ENDPOINT_NOT_FOUND,
+            format!("endpoint {name} does not exist"),
+            true,
+        )));
+    };
+    let ep_status = ep.status.clone().unwrap_or_default();
+    let (Some(node), true) = (
+        ep_status.node.clone(),
+        conditions::is_true(&ep_status.conditions, READY),
+    ) else {
+        return Ok(Err((
+            reason::ENDPOINT_NOT_READY,
+            format!("endpoint {name} is not allocated yet"),
+            true,
+        )));
+    };
+    // Container mode: the ports lead into the shared namespace, on the shared endpoint's network.
+    let network_name = match (&ep_status.network, &ep.spec.target.endpoint) {
+        (Some(n), _) => Some(n.clone()),
+        (None, Some(shared)) => endpoints
+            .get_opt(&shared.name)
+            .await
+            .map_err(get(format!("endpoint {ns}/{}", shared.name)))?
+            .and_then(|e| e.status?.network),
+        (None, None) => None,
+    };
+    if let Some(network_name) = network_name {
+        let networks: Api<Network> = Api::all(ctx.client.clone());
+        let network = networks
+            .get_opt(&network_name)
+            .await
+            .map_err(get(format!("network {network_name}")))?;
+        if network.is_some_and(|n| n.spec.internal) {
+            return Ok(Err((
+                reason::INTERNAL_NETWORK,
+                format!(
+                    "endpoint {name} is on internal network {network_name}, which publishes no ports"
+                ),
+                false,
+            )));
+        }
+    }
+    status.node = Some(node.clone());
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let node_obj = nodes
+        .get_opt(&node)
+        .await
+        .map_err(get(format!("node {node}")))?;
+    status.node_addresses = node_obj
+        .and_then(|n| n.status?.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .map(|a| a.address)
+        .collect();
+
+    let mut specs = Vec::with_capacity(pp.spec.ports.len());
+    for p in &pp.spec.ports {
+        let host_ip = match p.host_ip.as_deref() {
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Some(text) => match text.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    return Ok(Err((
+                        reason::PORT_CONFLICT,
+                        format!("hostIP {text:?} is not an address"),
+                        false,
+                    )));
+                }
+            },
+        };
+        let host_port = match p.host_port.map(u16::try_from) {
+            None => None,
+            Some(Ok(port)) => Some(port),
+            Some(Err(_)) => {
+                return Ok(Err((
+                    reason::PORT_CONFLICT,
+                    format!("hostPort {:?} is not a port", p.host_port),
+                    false,
+                )));
+            }
+        };
+        specs.push(PortSpec {
+            protocol: protocol(p.protocol),
+            host_ip,
+            host_port,
+        });
+    }
+    let assigned = ctx.allocations().assign_ports(owner, &node, &specs);
+    match assigned {
+        Ok(held) => {
+            status.ports = port_statuses(&pp.spec.ports, &held);
+            let text = summary(&status.ports);
+            status.summary = Some(text.clone());
+            Ok(Ok(format!("{text} on node {node}")))
+        }
+        Err(e @ PortError::Exhausted { .. }) => {
+            Ok(Err((reason::PORTS_EXHAUSTED, e.to_string(), false)))
+        }
+        Err(e) => Ok(Err((reason::PORT_CONFLICT, e.to_string(), false))),
+    }
+}
+
+async fn cleanup(pp: &PortPublish, ctx: &Context) -> Result<Action, Error> {
+    let owner = owner_key(&pp.namespace().unwrap_or_default(), &pp.name_any());
+    let freed = ctx.allocations().release_ports(&owner);
+    if !freed.is_empty() {
+        ctx.metrics.released("port", freed.len() as u64);
+        ctx.observe();
+        let text = freed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(portpublish = %owner, ports = %text, "ports released");
+        ctx.event(
+            pp,
+            false,
+            "PortsReleased",
+            "Delete",
+            format!("released {text}"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pier_crds::Protocol;
+
+    #[test]
+    fn summary_reads_like_docker_ps() {
+        let ports = vec![
+            PublishedPortStatus {
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                host_ip: "0.0.0.0".into(),
+                host_port: 32772,
+            },
+            PublishedPortStatus {
+                container_port: 443,
+                protocol: Protocol::Tcp,
+                host_ip: "0.0.0.0".into(),
+                host_port: 32771,
+            },
+            PublishedPortStatus {
+                container_port: 53,
+                protocol: Protocol::Udp,
+                host_ip: "127.0.0.1".into(),
+                host_port: 5353,
+            },
+        ];
+        assert_eq!(
+            summary(&ports),
+            "0.0.0.0:32772->80/tcp, 0.0.0.0:32771->443/tcp, 127.0.0.1:5353->53/udp"
+        );
+        assert_eq!(summary(&[]), "");
+    }
+}

@@ -1,0 +1,293 @@
+//! Running the operator: the leader-election loop, and, while leading, the three controllers
+//! started only after the allocations are rebuilt from every object's status.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use pier_crds::{Endpoint, Network, PortPublish};
+
+use crate::admin::Health;
+use crate::allocations::Allocations;
+use crate::config::{Config, ConfigError, OperatorArgs};
+use crate::context::Context;
+use crate::controllers::{self, endpoint, network, portpublish};
+use crate::metrics::Metrics;
+use crate::{defaults, leader};
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The flags are not usable.
+    #[error("configuration")]
+    Config(#[from] ConfigError),
+    /// No kubeconfig or in-cluster configuration.
+    #[error("connecting to the API server")]
+    Client(#[source] kube::Error),
+    /// The admin port cannot be bound.
+    #[error("serving the admin port on {addr}")]
+    Admin {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for SIGTERM.
+    #[error("installing the signal handler")]
+    Signal(#[source] std::io::Error),
+}
+
+/// `pier operator`: runs until SIGINT or SIGTERM, against the cluster of the kubeconfig (or the
+/// in-cluster service account).
+pub async fn run(args: OperatorArgs) -> Result<(), RunError> {
+    let config = Config::try_from(&args)?;
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    if let Some(addr) = config.admin_addr {
+        let (bound, _task) = crate::admin::serve(addr, Arc::clone(&health), Arc::clone(&metrics))
+            .await
+            .map_err(|source| RunError::Admin { addr, source })?;
+        tracing::info!(%bound, "admin port: /livez /readyz /metrics");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(RunError::Signal)?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    run_with_client(client, config, metrics, health, shutdown).await;
+    Ok(())
+}
+
+/// Runs the leader-election loop until `shutdown` resolves, running the controllers while this
+/// replica holds the Lease and stopping them as soon as it loses it. On shutdown the Lease is
+/// released so a standby takes over at once.
+pub async fn run_with_client(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease.namespace);
+    let identity = config.lease.identity.clone();
+    let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_renew: Option<Instant> = None;
+    // A standby is ready: it serves its purpose by waiting.
+    health.ready.store(true, Ordering::Relaxed);
+    tokio::pin!(shutdown);
+    loop {
+        let leading = match leader::try_acquire_or_renew(&leases, &config.lease).await {
+            Ok(held) => {
+                last_renew = held.then(Instant::now);
+                held
+            }
+            Err(e) => {
+                // Keep leading through a short API outage, but stop well before the lease could
+                // have expired for the others (at two thirds of it).
+                let keep = controllers.is_some()
+                    && last_renew.is_some_and(|t| t.elapsed() < config.lease.duration * 2 / 3);
+                tracing::warn!(error = %e, %identity, keep, "cannot renew the lease");
+                keep
+            }
+        };
+        if leading && controllers.as_ref().is_none_or(|h| h.is_finished()) {
+            tracing::info!(%identity, "leading: starting the controllers");
+            metrics.leader.set(1);
+            health.ready.store(false, Ordering::Relaxed);
+            controllers = Some(tokio::spawn(run_controllers(
+                client.clone(),
+                config.clone(),
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+            )));
+        } else if !leading && let Some(task) = controllers.take() {
+            tracing::warn!(%identity, "lost the lease: stopping the controllers");
+            task.abort();
+            metrics.leader.set(0);
+            health.ready.store(true, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(config.lease.retry) => {}
+        }
+    }
+    if let Some(task) = controllers.take() {
+        task.abort();
+        let _ = task.await;
+        metrics.leader.set(0);
+        if let Err(e) = leader::release(&leases, &config.lease).await {
+            tracing::warn!(error = %e, "cannot release the lease");
+        }
+    }
+}
+
+/// Lists every object of a kind (status included).
+async fn list_all<K>(api: &Api<K>, what: &'static str) -> Result<Vec<K>, controllers::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .map_err(|source| controllers::Error::List { what, source })
+}
+
+/// Rebuilds the allocations from every object's status.
+pub async fn rebuild(client: &Client, config: &Config) -> Result<Allocations, controllers::Error> {
+    let networks = list_all(&Api::<Network>::all(client.clone()), "networks").await?;
+    let endpoints = list_all(&Api::<Endpoint>::all(client.clone()), "endpoints").await?;
+    let publishes = list_all(&Api::<PortPublish>::all(client.clone()), "portpublishes").await?;
+    let (allocations, rejected) =
+        Allocations::from_objects(config.alloc.clone(), &networks, &endpoints, &publishes);
+    for r in &rejected {
+        tracing::warn!(rejected = %r, "recorded allocation not kept; the object will be reconciled again");
+    }
+    tracing::info!(
+        networks = networks.len(),
+        endpoints = endpoints.len(),
+        portpublishes = publishes.len(),
+        rejected = rejected.len(),
+        "allocations rebuilt from status"
+    );
+    Ok(allocations)
+}
+
+/// The leader's work: default networks, rebuild, then the controllers until aborted.
+async fn run_controllers(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) {
+    // Retry the start-up steps until they succeed: without them nothing may be reconciled.
+    let allocations = loop {
+        match start(&client, &config).await {
+            Ok(a) => break a,
+            Err(e) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "operator start-up failed; retrying");
+                tokio::time::sleep(config.min_backoff.max(std::time::Duration::from_secs(1))).await;
+            }
+        }
+    };
+    let ctx = Arc::new(Context::new(client.clone(), config, allocations, metrics));
+    ctx.observe();
+    health.ready.store(true, Ordering::Relaxed);
+    controllers(client, ctx).await;
+}
+
+async fn start(client: &Client, config: &Config) -> Result<Allocations, controllers::Error> {
+    if config.default_networks {
+        let created = defaults::ensure(&Api::all(client.clone()), config.bridge_subnet)
+            .await
+            .map_err(|source| controllers::Error::List {
+                what: "default networks",
+                source,
+            })?;
+        if !created.is_empty() {
+            tracing::info!(?created, "default networks created");
+        }
+    }
+    rebuild(client, config).await
+}
+
+/// Runs the three controllers (until the task is aborted).
+pub async fn controllers(client: Client, ctx: Arc<Context>) {
+    let wc = watcher::Config::default;
+    let networks: Api<Network> = Api::all(client.clone());
+    let endpoints: Api<Endpoint> = Api::all(client.clone());
+    let publishes: Api<PortPublish> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let default_network = ctx.config.alloc.default_network.clone();
+
+    // Network: its endpoint count follows its Endpoints.
+    let default = default_network.clone();
+    let network_controller = Controller::new(networks.clone(), wc())
+        .watches(endpoints.clone(), wc(), move |ep| {
+            Some(ObjectRef::<Network>::new(&endpoint::network_of(
+                &ep, &default,
+            )))
+        })
+        .run(network::reconcile, network::error_policy, Arc::clone(&ctx))
+        .for_each(|_| futures::future::ready(()));
+
+    // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares.
+    let endpoint_controller = Controller::new(endpoints.clone(), wc());
+    let store = endpoint_controller.store();
+    let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store);
+    let default = default_network;
+    let endpoint_controller = endpoint_controller
+        .watches(networks, wc(), move |net| {
+            let name = net.name_any();
+            by_network
+                .state()
+                .into_iter()
+                .filter(|e| endpoint::network_of(e, &default) == name)
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
+        .watches(pods, wc(), move |pod| {
+            let (name, ns) = (pod.name_any(), pod.namespace());
+            by_pod
+                .state()
+                .into_iter()
+                .filter(|e| e.namespace() == ns)
+                .filter(|e| e.spec.target.pod.as_ref().is_some_and(|p| p.name == name))
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
+        .watches(endpoints.clone(), wc(), move |shared| {
+            let (name, ns) = (shared.name_any(), shared.namespace());
+            by_shared
+                .state()
+                .into_iter()
+                .filter(|e| e.namespace() == ns)
+                .filter(|e| {
+                    e.spec
+                        .target
+                        .endpoint
+                        .as_ref()
+                        .is_some_and(|t| t.name == name)
+                })
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
+        .run(
+            endpoint::reconcile,
+            endpoint::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    // PortPublish: follows its Endpoint (node, address, readiness).
+    let publish_controller = Controller::new(publishes, wc());
+    let store = publish_controller.store();
+    let publish_controller = publish_controller
+        .watches(endpoints, wc(), move |ep| {
+            let (name, ns) = (ep.name_any(), ep.namespace());
+            store
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.endpoint == name)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .run(portpublish::reconcile, portpublish::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+
+    futures::join!(network_controller, endpoint_controller, publish_controller);
+}

@@ -17,6 +17,17 @@ use crate::store::{Event, EventType};
 /// Frames queued per watcher before it is applied backpressure.
 const QUEUE: usize = 256;
 
+/// A watch event line around an already encoded object.
+fn line_encoded(kind: &str, object: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(object.len() + 32);
+    v.extend_from_slice(b"{\"type\":\"");
+    v.extend_from_slice(kind.as_bytes());
+    v.extend_from_slice(b"\",\"object\":");
+    v.extend_from_slice(object);
+    v.extend_from_slice(b"}\n");
+    Bytes::from(v)
+}
+
 fn line(kind: &str, object: &Value) -> Bytes {
     let mut v = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     v.push(b'\n');
@@ -99,7 +110,7 @@ pub fn start(
                 return;
             }
         }
-        let translate = |e: &Event| -> Option<(&'static str, Arc<Value>)> {
+        let translate = |e: &Event| -> Option<&'static str> {
             if e.key != res.storage_key || ns.as_deref().is_some_and(|n| n != e.namespace) {
                 return None;
             }
@@ -113,15 +124,22 @@ pub fn start(
                 (_, true, false) => "DELETED",
                 (_, false, false) => return None,
             };
-            Some((kind, e.object.clone()))
+            Some(kind)
+        };
+        let mut emit = |kind: &str, e: &Event| -> Bytes {
+            if as_table {
+                render(kind, &e.object)
+            } else {
+                line_encoded(kind, e.json())
+            }
         };
         for e in &sub.backlog {
             if e.rv <= last {
                 continue;
             }
             last = e.rv;
-            if let Some((kind, obj)) = translate(e)
-                && tx.send(line(kind, &obj)).await.is_err()
+            if let Some(kind) = translate(e)
+                && tx.send(emit(kind, e)).await.is_err()
             {
                 return;
             }
@@ -147,8 +165,8 @@ pub fn start(
                             continue;
                         }
                         last = e.rv;
-                        if let Some((kind, obj)) = translate(&e)
-                            && tx.send(line(kind, &obj)).await.is_err() {
+                        if let Some(kind) = translate(&e)
+                            && tx.send(emit(kind, &e)).await.is_err() {
                                 return;
                             }
                     }

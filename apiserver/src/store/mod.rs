@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{ApiError, Error};
-use wal::{Record, Wal};
+use wal::Wal;
 
 /// What kind of change an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,17 @@ pub struct Event {
     pub object: Arc<Value>,
     /// The object before the change, if any.
     pub old: Option<Arc<Value>>,
+    /// The object's JSON, encoded once for all watchers.
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Event {
+    /// The object as JSON (encoded on first use, then shared).
+    pub fn json(&self) -> &bytes::Bytes {
+        self.encoded.get_or_init(|| {
+            bytes::Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default())
+        })
+    }
 }
 
 /// The precondition of a commit.
@@ -160,7 +171,7 @@ impl Store {
                 (k, objs)
             })
             .collect();
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(16384);
         Store {
             inner: Mutex::new(Inner {
                 rv: recovered.rv,
@@ -307,12 +318,12 @@ impl Store {
             }
         };
         let durable = Durable(self.wal.as_ref().map(|wal| {
-            wal.append(&Record {
+            wal.append(wal::Pending {
                 rv,
                 k: key.to_string(),
                 ns: ns.to_string(),
                 n: name.to_string(),
-                o: (kind != EventType::Deleted).then(|| (*object).clone()),
+                o: (kind != EventType::Deleted).then(|| object.clone()),
             })
         }));
         let event = Arc::new(Event {
@@ -322,6 +333,7 @@ impl Store {
             kind,
             object: object.clone(),
             old,
+            encoded: std::sync::OnceLock::new(),
         });
         inner.history.push_back(event.clone());
         while inner.history.len() > self.history_cap {

@@ -42,7 +42,26 @@ pub struct Recovered {
     pub objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
 }
 
-type Job = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+/// A write to log: serialized by the writer thread, off the request path.
+#[derive(Debug)]
+pub struct Pending {
+    pub rv: u64,
+    pub k: String,
+    pub ns: String,
+    pub n: String,
+    pub o: Option<std::sync::Arc<Value>>,
+}
+
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    rv: u64,
+    k: &'a str,
+    ns: &'a str,
+    n: &'a str,
+    o: Option<&'a Value>,
+}
+
+type Job = (Pending, oneshot::Sender<Result<(), String>>);
 
 /// The log writer handle.
 #[derive(Debug)]
@@ -130,21 +149,26 @@ impl Wal {
     }
 
     /// Queue a record; the receiver resolves once it is on disk.
-    pub fn append(&self, rec: &Record) -> oneshot::Receiver<Result<(), String>> {
+    pub fn append(&self, rec: Pending) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
-        let mut line = match serde_json::to_vec(rec) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
-                return rx;
-            }
-        };
-        line.push(b'\n');
-        if let Err(mpsc::SendError((_, tx))) = self.tx.send((line, tx)) {
+        if let Err(mpsc::SendError((_, tx))) = self.tx.send((rec, tx)) {
             let _ = tx.send(Err("the log writer stopped".into()));
         }
         rx
     }
+}
+
+fn encode(p: &Pending, buf: &mut Vec<u8>) -> Result<(), String> {
+    let r = RecordRef {
+        rv: p.rv,
+        k: &p.k,
+        ns: &p.ns,
+        n: &p.n,
+        o: p.o.as_deref(),
+    };
+    serde_json::to_writer(&mut *buf, &r).map_err(|e| e.to_string())?;
+    buf.push(b'\n');
+    Ok(())
 }
 
 fn write_snapshot(dir: &Path, state: &Recovered) -> Result<(), Error> {
@@ -181,25 +205,30 @@ fn writer(path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
         Err(_) => file,
     };
     let mut buf = Vec::new();
-    let mut acks = Vec::new();
-    while let Ok((line, ack)) = rx.recv() {
-        buf.extend_from_slice(&line);
-        acks.push(ack);
-        while let Ok((line, ack)) = rx.try_recv() {
-            buf.extend_from_slice(&line);
-            acks.push(ack);
-            if buf.len() > 8 << 20 {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            jobs.push(job);
+            if jobs.len() >= 4096 {
                 break;
             }
         }
-        let result = file
-            .write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| format!("{}: {e}", path.display()));
+        let mut result = Ok(());
+        for (p, _) in &jobs {
+            if let Err(e) = encode(p, &mut buf) {
+                result = Err(e);
+            }
+        }
+        if result.is_ok() {
+            result = file
+                .write_all(&buf)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| format!("{}: {e}", path.display()));
+        }
         if result.is_err() {
             tracing::error!(?result, "apiserver log write failed");
         }
-        for ack in acks.drain(..) {
+        for (_, ack) in jobs.drain(..) {
             let _ = ack.send(result.clone());
         }
         buf.clear();
@@ -218,16 +247,16 @@ mod tests {
             let (wal, state) = Wal::open(dir.path()).expect("open");
             assert_eq!(state.rv, 0);
             for rv in 1..=3 {
-                let rx = wal.append(&Record {
+                let rx = wal.append(Pending {
                     rv,
                     k: "g/r".into(),
                     ns: "".into(),
                     n: format!("o{rv}"),
-                    o: Some(json!({"rv": rv})),
+                    o: Some(std::sync::Arc::new(json!({"rv": rv}))),
                 });
                 rx.blocking_recv().expect("acked").expect("written");
             }
-            let rx = wal.append(&Record {
+            let rx = wal.append(Pending {
                 rv: 4,
                 k: "g/r".into(),
                 ns: "".into(),

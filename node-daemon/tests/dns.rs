@@ -46,6 +46,20 @@ struct Dns {
 
 impl Dns {
     fn start(lab: &Lab, state: &NodeState, upstreams: &[&str]) -> Dns {
+        Dns::start_limited(
+            lab,
+            state,
+            upstreams,
+            UpstreamConfig::default().max_in_flight,
+        )
+    }
+
+    fn start_limited(
+        lab: &Lab,
+        state: &NodeState,
+        upstreams: &[&str],
+        max_in_flight: usize,
+    ) -> Dns {
         require_dig();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -67,6 +81,7 @@ impl Dns {
             upstream: UpstreamConfig {
                 resolv_conf: resolv_conf.clone(),
                 timeout: Duration::from_millis(700),
+                max_in_flight,
                 ..UpstreamConfig::default()
             },
         };
@@ -418,6 +433,46 @@ fn listeners_follow_the_bridges_and_garbage_does_not_kill_the_server() {
     dns.set(&only_workshop);
     assert_eq!(dns.handle().listening().len(), 1);
     assert_eq!(dig(&l.con2, "con1").answers, vec!["172.18.0.2"]);
+}
+
+#[test]
+fn a_flood_of_forwarded_queries_is_shed_and_local_names_still_answer() {
+    let lab = Lab::new("dnsx");
+    let l = lesson(&lab);
+    // An upstream that never answers: every forwarded query holds its slot for the whole timeout.
+    lab.host
+        .sh("ip link add sink0 type veth peer name sink1 && ip addr add 198.51.100.1/24 dev sink0 && ip link set sink0 up && ip link set sink1 up");
+    let dns = Dns::start_limited(&lab, &l.state, &["198.51.100.99"], 8);
+    let socket = pier_node::netns::run_in(Some(&l.con1.path()), || {
+        UdpSocket::bind("0.0.0.0:0").expect("client socket")
+    })
+    .expect("socket in con1");
+    for i in 0..300u16 {
+        let mut query = Message::new(i, MessageType::Query, OpCode::Query);
+        query.add_query(hickory_server::proto::op::Query::query(
+            hickory_server::proto::rr::Name::from_ascii(format!("x{i}.example.")).expect("name"),
+            RecordType::A,
+        ));
+        let bytes = query.to_vec().expect("encodes");
+        socket
+            .send_to(&bytes, "172.18.0.1:53")
+            .expect("sending a query");
+    }
+    // While the flood is in flight, local names answer at once.
+    let started = Instant::now();
+    let got = dig(&l.con2, "+tries=1 con1");
+    assert_eq!(got.answers, vec!["172.18.0.2"], "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = dns.handle().stats();
+    assert!(
+        stats.dropped >= 250,
+        "queries beyond 8 in flight are dropped: {stats:?}"
+    );
+    assert!(stats.forwarded >= 300, "{stats:?}");
 }
 
 #[test]

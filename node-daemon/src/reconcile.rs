@@ -35,8 +35,8 @@ use crate::firewall::{self, FirewallPlan};
 use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::netns::{self, NetnsError};
 use crate::state::{
-    Attachment, BRIDGE_PREFIX, Driver, EndpointState, HOST_VETH_PREFIX, Netns, NetworkState,
-    NodeState, StateError,
+    Attachment, BRIDGE_PREFIX, BridgeAttachment, Driver, EndpointState, HOST_VETH_PREFIX, Netns,
+    NetworkState, NodeState, StateError,
 };
 use crate::sysctl::{self, SysctlError};
 
@@ -583,19 +583,11 @@ impl Dataplane {
         let mut used_addresses: HashMap<(&str, Ipv4Addr), &str> = HashMap::new();
         let mut used_interfaces: HashMap<(&Netns, &str), &str> = HashMap::new();
         let mut namespace_ids: HashMap<PathBuf, Option<(u64, u64)>> = HashMap::new();
-        for endpoint in &state.endpoints {
+        for (position, endpoint) in state.endpoints.iter().enumerate() {
             let in_scope = scope.is_none_or(|s| s.contains(endpoint.id.as_str()));
             if !in_scope {
-                // Out of scope: it only claims its address and interface name (first wins), with
-                // no allocation, so a scoped plan stays cheap on a node with many endpoints.
-                if let Attachment::Bridge(bridge) = &endpoint.attachment {
-                    used_addresses
-                        .entry((bridge.network.as_str(), bridge.address))
-                        .or_insert(endpoint.id.as_str());
-                    used_interfaces
-                        .entry((&endpoint.netns, bridge.interface.as_str()))
-                        .or_insert(endpoint.id.as_str());
-                }
+                // A scoped plan checks its few endpoints against the earlier ones by a scan
+                // (`earlier` below) instead of filling maps with every endpoint of the node.
                 continue;
             }
             let object = format!("endpoint/{}", endpoint.id);
@@ -678,9 +670,17 @@ impl Dataplane {
                         deletes.extend(stale("its address is invalid"));
                         continue;
                     }
-                    if let Some(other) = used_addresses
-                        .insert((bridge.network.as_str(), address), endpoint.id.as_str())
-                    {
+                    // First wins: the same address twice on one network is a problem for the
+                    // later endpoint in the state's order, in full and in scoped plans alike.
+                    let taken = if scope.is_some() {
+                        earlier(&state.endpoints[..position], |b, _| {
+                            b.network == bridge.network && b.address == address
+                        })
+                    } else {
+                        used_addresses
+                            .insert((bridge.network.as_str(), address), endpoint.id.as_str())
+                    };
+                    if let Some(other) = taken {
                         used_addresses.insert((bridge.network.as_str(), address), other);
                         problem(format!(
                             "address {address} is in use by endpoint {other:?} on network {:?}",
@@ -704,10 +704,17 @@ impl Dataplane {
                         deletes.extend(stale("it has no namespace"));
                         continue;
                     };
-                    if let Some(other) = used_interfaces.insert(
-                        (&endpoint.netns, bridge.interface.as_str()),
-                        endpoint.id.as_str(),
-                    ) {
+                    let taken = if scope.is_some() {
+                        earlier(&state.endpoints[..position], |b, netns| {
+                            netns == &endpoint.netns && b.interface == bridge.interface
+                        })
+                    } else {
+                        used_interfaces.insert(
+                            (&endpoint.netns, bridge.interface.as_str()),
+                            endpoint.id.as_str(),
+                        )
+                    };
+                    if let Some(other) = taken {
                         used_interfaces.insert((&endpoint.netns, bridge.interface.as_str()), other);
                         problem(format!(
                             "interface {} in {} is already endpoint {other:?}",
@@ -1038,7 +1045,9 @@ impl Dataplane {
             inside.replace_default_route(peer, &attach.interface, gateway)?;
         }
         let host_index = lookup(host, &attach.host_veth)?;
+        host.set_no_ipv6_link_local(host_index, &attach.host_veth)?;
         host.set_hairpin(host_index, &attach.host_veth)?;
+        host.set_up(host_index, &attach.host_veth)?;
         host.set_alias(host_index, &attach.host_veth, &attach.fingerprint)?;
         Ok(())
     }
@@ -1076,6 +1085,17 @@ impl Dataplane {
 struct CachedHost {
     identity: Option<(u64, u64)>,
     nl: Nl,
+}
+
+/// The first endpoint among `endpoints` with a bridge attachment matching `matches`, by id.
+fn earlier(
+    endpoints: &[EndpointState],
+    matches: impl Fn(&BridgeAttachment, &Netns) -> bool,
+) -> Option<&str> {
+    endpoints.iter().find_map(|e| match &e.attachment {
+        Attachment::Bridge(b) if matches(b, &e.netns) => Some(e.id.as_str()),
+        _ => None,
+    })
 }
 
 /// One step's failure, reported for its object.

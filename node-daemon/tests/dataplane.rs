@@ -60,6 +60,9 @@ fn bridge_veth_address_default_route_and_lo_come_up() {
     assert!(shown.contains("172.18.0.1/16"), "{shown}");
     let shown = lab.host.sh(&format!("ip -o link show dev {veth}"));
     assert!(shown.contains(&format!("master {bridge}")), "{shown}");
+    // The host side is a bridge port only: no IPv6 link-local address.
+    let v6 = lab.host.sh(&format!("ip -6 addr show dev {veth}"));
+    assert!(v6.trim().is_empty(), "{v6}");
     assert!(
         shown.contains("state UP") || shown.contains(",UP"),
         "{shown}"

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec, InfoBridgePort, InfoPortData};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoPortData,
+};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -183,10 +185,11 @@ impl Nl {
             })
     }
 
-    /// Creates a veth pair in one request: the host side here, up and enslaved to the bridge; the
-    /// peer directly inside the namespace at `peer_netns` with its final name, MAC and MTU, still
-    /// down (Linux 6.18 answers ENOTCONN to a peer created up in another namespace; the caller sets
-    /// it up from inside).
+    /// Creates a veth pair in one request: the host side here, enslaved to the bridge; the peer
+    /// directly inside the namespace at `peer_netns` with its final name, MAC and MTU. Both stay
+    /// down: Linux 6.18 answers ENOTCONN to a peer created up in another namespace (the caller
+    /// sets it up from inside), and the host side must not come up before its IPv6 address
+    /// generation is turned off.
     /// Creating the peer in place (rather than create, move, rename) leaves no half-made peer with a
     /// temporary name behind if the process dies, and a name clash in the target is one `EEXIST`.
     pub fn create_veth(&self, spec: &VethSpec, peer_netns: &Path) -> Result<(), NetlinkError> {
@@ -204,7 +207,6 @@ impl Nl {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .mtu(spec.mtu)
             .controller(spec.master)
-            .up()
             .build();
         let result = self.block_on(self.handle().link().add(message).execute());
         // The namespace file must stay open until the kernel has read the fd.
@@ -249,6 +251,19 @@ impl Nl {
                 what: "set hairpin on",
                 source: Box::new(source),
             })
+    }
+
+    /// Stops IPv6 from giving a link a link-local address (`ip link set NAME addrgenmode none`);
+    /// only effective before the link first goes up. A host-side veth is a bridge port and needs
+    /// no address, while 1000 of them each doing IPv6 DAD and MLD kept the kernel's RTNL lock
+    /// busy enough to double the time of every other netlink change on the node (measured).
+    pub fn set_no_ipv6_link_local(&self, index: u32, name: &str) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]))
+            .build();
+        self.change(message, name, "set addrgenmode none")
     }
 
     /// Sets a link's alias (`ip link set NAME alias TEXT`).

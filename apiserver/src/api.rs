@@ -112,6 +112,8 @@ pub struct WriteCtx {
     pub dry_run: bool,
     /// Whether the request named the manager (apply requires it).
     pub manager_given: bool,
+    /// `fieldValidation=Strict`: unknown fields are an error instead of being dropped.
+    pub strict: bool,
 }
 
 impl WriteCtx {
@@ -128,6 +130,7 @@ impl WriteCtx {
             .unwrap_or_else(|| "unknown".into());
         WriteCtx {
             manager_given: params.contains_key("fieldManager"),
+            strict: params.get("fieldValidation").is_some_and(|v| v == "Strict"),
             manager,
             subresource: subresource.to_string(),
             dry_run: params.get("dryRun").is_some_and(|d| d == "All"),
@@ -208,7 +211,13 @@ impl Api {
     }
 
     /// Set the version fields, then prune, default and validate a custom resource.
-    fn check(&self, res: &Resource, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+    fn check(
+        &self,
+        res: &Resource,
+        obj: &mut Value,
+        old: Option<&Value>,
+        strict: bool,
+    ) -> Result<(), ApiError> {
         if let Some(m) = obj.as_object_mut() {
             m.insert("apiVersion".into(), json!(res.api_version()));
             m.insert("kind".into(), json!(res.kind));
@@ -226,7 +235,20 @@ impl Api {
             ));
         }
         if let Some(checks) = &res.checks {
-            checks.prune_and_default(obj);
+            let pruned = checks.prune_and_default(obj);
+            if strict && !pruned.is_empty() {
+                let fields: Vec<String> = pruned
+                    .iter()
+                    .map(|p| format!("unknown field \"{p}\""))
+                    .collect();
+                return Err(ApiError::BadRequest(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                    res.kind,
+                    res.version,
+                    res.kind,
+                    fields.join(", ")
+                )));
+            }
             let causes = checks.validate(obj, old);
             if !causes.is_empty() {
                 return Err(Self::invalid(res, &name, causes));
@@ -284,15 +306,34 @@ impl Api {
         if dry_run {
             return Ok(Arc::new(new.unwrap_or_default()));
         }
+        let new = new.map(|v| Self::to_storage(res, v));
         let (obj, durable) = self.store.commit(&res.storage_key, ns, name, expect, new)?;
         if res.storage_key == CRDS {
             self.rebuild_registry();
         }
-        // A failed disk write is logged by the writer; the answer still reports it.
         if let Err(e) = durable.wait().await {
             tracing::error!(error = %e, "write not durable");
+            return Err(CommitError::NotDurable(e.to_string()));
         }
-        Ok(obj)
+        Ok(Self::from_storage(res, obj))
+    }
+
+    /// The stored form of an object of `res`.
+    pub fn to_storage(res: &Resource, v: Value) -> Value {
+        if res.events_form {
+            crate::convert::event_to_core(v)
+        } else {
+            v
+        }
+    }
+
+    /// The served form of a stored object of `res`.
+    pub fn from_storage(res: &Resource, v: Arc<Value>) -> Arc<Value> {
+        if res.events_form {
+            Arc::new(crate::convert::event_from_core((*v).clone()))
+        } else {
+            v
+        }
     }
 
     /// POST: create.
@@ -358,7 +399,7 @@ impl Api {
             if res.storage_key == "/namespaces" {
                 obj["status"] = json!({"phase": "Active"});
             }
-            self.check(res, &mut obj, None)?;
+            self.check(res, &mut obj, None, ctx.strict)?;
             let api_version = res.api_version();
             let w = Self::writer(res, ctx, &now, &api_version);
             apply::track_update(
@@ -374,6 +415,7 @@ impl Api {
                 .await
             {
                 Ok(o) => return Ok(o),
+                Err(CommitError::NotDurable(e)) => return Err(ApiError::Internal(e)),
                 Err(CommitError::Exists) if given.is_none() && attempt < 7 => continue,
                 Err(_) => {
                     return Err(ApiError::AlreadyExists {
@@ -405,6 +447,7 @@ impl Api {
     ) -> Result<Arc<Value>, ApiError> {
         self.store
             .get(&res.storage_key, &Self::ns_key(res, ns), name)
+            .map(|o| Self::from_storage(res, o))
             .ok_or_else(|| Self::not_found(res, name))
     }
 
@@ -445,7 +488,18 @@ impl Api {
             None => None,
         };
         let ns = if res.namespaced { ns } else { None };
-        let page = self.store.list(&res.storage_key, ns, after, limit, &filter);
+        let page = if res.events_form {
+            let served = |o: &Value| filter(&Self::from_storage(res, Arc::new(o.clone())));
+            let mut page = self.store.list(&res.storage_key, ns, after, limit, &served);
+            page.items = page
+                .items
+                .into_iter()
+                .map(|o| Self::from_storage(res, o))
+                .collect();
+            page
+        } else {
+            self.store.list(&res.storage_key, ns, after, limit, &filter)
+        };
         let mut metadata = json!({"resourceVersion": page.rv.to_string()});
         if let Some(next) = &page.next {
             metadata["continue"] = json!(encode_continue(next));
@@ -550,7 +604,7 @@ impl Api {
             let api_version = res.api_version();
             let w = Self::writer(res, ctx, &now, &api_version);
             let mut new = Self::prepare_update(res, &old, body, ctx);
-            self.check(res, &mut new, Some(&old))?;
+            self.check(res, &mut new, Some(&old), ctx.strict)?;
             if meta(&new).and_then(|m| m.get("managedFields"))
                 == meta(&old).and_then(|m| m.get("managedFields"))
             {
@@ -603,6 +657,7 @@ impl Api {
             };
             match result {
                 Ok(o) => return Ok(o),
+                Err(CommitError::NotDurable(e)) => return Err(ApiError::Internal(e)),
                 Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
                 Err(_) if want_rv.is_some() => return Err(self.conflict(res, name)),
                 Err(_) => continue,
@@ -730,7 +785,10 @@ impl Api {
                         return self
                             .commit(res, &nsk, name, Expect::Rv(rv_of(&o)), Some(fixed), false)
                             .await
-                            .or(Ok(o));
+                            .or_else(|e| match e {
+                                CommitError::NotDurable(e) => Err(ApiError::Internal(e)),
+                                _ => Ok(o),
+                            });
                     }
                     return Ok(o);
                 }
@@ -781,6 +839,7 @@ impl Api {
                     .await
                 {
                     Ok(o) => return Ok((*o).clone()),
+                    Err(CommitError::NotDurable(e)) => return Err(ApiError::Internal(e)),
                     Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
                     Err(_) => continue,
                 }
@@ -793,6 +852,7 @@ impl Api {
                             "uid": meta_str(&o, "uid").unwrap_or_default()},
                     }));
                 }
+                Err(CommitError::NotDurable(e)) => return Err(ApiError::Internal(e)),
                 Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
                 Err(_) => continue,
             }
@@ -839,6 +899,7 @@ impl Api {
             subresource: String::new(),
             dry_run: false,
             manager_given: true,
+            strict: false,
         };
         if let Some(ns_res) = reg.find("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {

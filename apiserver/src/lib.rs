@@ -12,6 +12,7 @@
 //! ```
 
 pub mod api;
+pub mod convert;
 pub mod discovery;
 pub mod error;
 pub mod http;

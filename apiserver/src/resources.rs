@@ -39,6 +39,8 @@ pub struct Resource {
     pub selectable: Vec<String>,
     /// Objects of all versions of a resource share one storage key.
     pub storage_key: String,
+    /// Stored in another form (events.k8s.io/v1 Events are stored as core v1 Events).
+    pub events_form: bool,
 }
 
 impl Resource {
@@ -120,6 +122,7 @@ fn builtin(
         columns: Vec::new(),
         selectable: Vec::new(),
         storage_key: format!("{group}/{plural}"),
+        events_form: false,
     }
 }
 
@@ -143,7 +146,19 @@ pub fn builtins() -> Vec<Resource> {
         &["ev"],
         false,
     );
-    events.storage_key = "events.k8s.io/events".into();
+    // One storage for both forms, as in Kubernetes: `kubectl describe` reads core events, the
+    // kube-rs recorder writes events.k8s.io ones.
+    events.storage_key = "/events".into();
+    events.events_form = true;
+    events.selectable = vec![
+        "regarding.kind".into(),
+        "regarding.name".into(),
+        "regarding.namespace".into(),
+        "regarding.uid".into(),
+        "reason".into(),
+        "type".into(),
+        "reportingController".into(),
+    ];
     let mut pods = builtin("", "v1", "pods", "Pod", true, &["po"], true);
     pods.selectable = vec!["spec.nodeName".into(), "status.phase".into()];
     let mut crds = builtin(
@@ -260,6 +275,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<Resource>, String> {
             columns,
             selectable,
             storage_key: format!("{group}/{plural}"),
+            events_form: false,
         });
     }
     Ok(out)

@@ -96,9 +96,12 @@ impl Checks {
 
     /// Drop fields the schema does not declare and fill in defaults, as the real server does
     /// before validating and storing.
-    pub fn prune_and_default(&self, obj: &mut Value) {
-        prune(obj, &self.schema, true);
+    /// Returns the paths of the fields pruned (`spec.bogus`), for strict field validation.
+    pub fn prune_and_default(&self, obj: &mut Value) -> Vec<String> {
+        let mut pruned = Vec::new();
+        prune(obj, &self.schema, true, "", &mut pruned);
         *obj = kube_cel::apply_defaults(&self.schema, obj);
+        pruned
     }
 
     /// Every violation of the schema and of its CEL rules (`old` for transition rules).
@@ -133,7 +136,15 @@ impl Checks {
     }
 }
 
-fn prune(v: &mut Value, schema: &Value, root: bool) {
+fn join(path: &str, k: &str) -> String {
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    }
+}
+
+fn prune(v: &mut Value, schema: &Value, root: bool, path: &str, pruned: &mut Vec<String>) {
     if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
         return;
     }
@@ -143,28 +154,33 @@ fn prune(v: &mut Value, schema: &Value, root: bool) {
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             if props.is_none() && additional.is_none() {
                 if schema.get("type").and_then(Value::as_str) == Some("object") && !root {
+                    pruned.extend(m.keys().map(|k| join(path, k)));
                     m.clear();
                 }
                 return;
             }
             m.retain(|k, _| {
-                (root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+                let keep = (root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
                     || props.is_some_and(|p| p.contains_key(k))
-                    || additional.is_some()
+                    || additional.is_some();
+                if !keep {
+                    pruned.push(join(path, k));
+                }
+                keep
             });
             for (k, child) in m.iter_mut() {
                 if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
                 if let Some(s) = props.and_then(|p| p.get(k)).or(additional) {
-                    prune(child, s, false);
+                    prune(child, s, false, &join(path, k), pruned);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
-                for item in items {
-                    prune(item, s, false);
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune(item, s, false, &format!("{path}[{i}]"), pruned);
                 }
             }
         }
@@ -219,7 +235,8 @@ mod tests {
         let c = Checks::new(&schema()).expect("compiles");
         let mut obj = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a", "zzz": 1},
             "spec": {"mtu": null, "unknown": 1, "free": {"any": 1}, "labels": {"a": "b"}}, "junk": true});
-        c.prune_and_default(&mut obj);
+        let pruned = c.prune_and_default(&mut obj);
+        assert_eq!(pruned, vec!["junk".to_string(), "spec.unknown".to_string()]);
         assert_eq!(
             obj,
             json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a", "zzz": 1},

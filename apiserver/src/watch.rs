@@ -105,8 +105,10 @@ pub fn start(
             })
         };
         let mut last = from.unwrap_or(sub.rv);
+        let served = |o: &Arc<Value>| Api::from_storage(&res, o.clone());
         for o in &sub.initial {
-            if in_ns(o) && filter(o) && tx.send(render("ADDED", o)).await.is_err() {
+            let o = served(o);
+            if in_ns(&o) && filter(&o) && tx.send(render("ADDED", &o)).await.is_err() {
                 return;
             }
         }
@@ -127,8 +129,8 @@ pub fn start(
             Some(kind)
         };
         let mut emit = |kind: &str, e: &Event| -> Bytes {
-            if as_table {
-                render(kind, &e.object)
+            if as_table || res.events_form {
+                render(kind, &served(&e.object))
             } else {
                 line_encoded(kind, e.json())
             }

@@ -605,21 +605,23 @@ async fn builtins_are_served() {
         .create(&PostParams::default(), &ev)
         .await
         .expect("event created");
-    let ev2: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({"metadata": {"name": "e2"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "R", "action": "A", "reportingController": "c", "reportingInstance": "i", "type": "Normal"})).expect("event");
+    let ev2: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({"metadata": {"name": "e2"}, "eventTime": "2026-01-01T00:00:00.000000Z", "reason": "R", "action": "A", "reportingController": "c", "reportingInstance": "i", "type": "Normal", "note": "recorded", "regarding": {"kind": "Network", "name": "n2"}})).expect("event");
     let events2: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client.clone());
     events2
         .create(&PostParams::default(), &ev2)
         .await
         .expect("events.k8s.io created");
-    assert_eq!(
-        events
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .len(),
-        1
-    );
+    // One storage for both Event APIs, as kubectl describe needs.
+    let all = events.list(&ListParams::default()).await.expect("list");
+    assert_eq!(all.items.len(), 2);
+    let core = events
+        .list(&ListParams::default().fields("involvedObject.name=n2"))
+        .await
+        .expect("by involved object");
+    assert_eq!(core.items.len(), 1);
+    assert_eq!(core.items[0].message.as_deref(), Some("recorded"));
+    let back = events2.get("e2").await.expect("events.k8s.io form");
+    assert_eq!(back.note.as_deref(), Some("recorded"));
 }
 
 #[tokio::test]

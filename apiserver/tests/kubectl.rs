@@ -340,6 +340,76 @@ async fn kubectl_invalid_objects_are_rejected_with_the_schema_message() {
     let bad = NETWORK.replace("172.18.0.0/16", "nonsense");
     let err = k.fails(&["apply", "-f", "-"], Some(&bad)).await;
     assert!(err.contains("spec.subnet"), "{err}");
+    // kubectl asks for strict field validation: unknown fields are errors, not silently dropped.
+    let typo = format!("{NETWORK}  mtuu: 1400\n");
+    let err = k.fails(&["apply", "-f", "-"], Some(&typo)).await;
+    assert!(err.contains("unknown field \"spec.mtuu\""), "{err}");
+    // Without validation they are pruned, as the real server does.
+    k.ok_stdin(&["apply", "--validate=false", "-f", "-"], &typo)
+        .await;
+    let out = k
+        .ok(&["get", "network", "workshop-tage", "-o", "jsonpath={.spec}"])
+        .await;
+    assert!(!out.contains("mtuu"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_prints_rows_and_describe_shows_recorded_events() {
+    let k = Kubectl::start().await;
+    k.apply_crds().await;
+    k.ok_stdin(&["apply", "-f", "-"], NETWORK).await;
+    // An event as kube-rs's recorder writes it (events.k8s.io/v1).
+    let uid = k
+        .ok(&[
+            "get",
+            "network",
+            "workshop-tage",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .await;
+    let event = r#"{"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "workshop-tage.1", "namespace": "default"},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "type": "Normal", "reason": "Allocated",
+        "action": "Allocate", "note": "subnet 172.18.0.0/16", "reportingController": "pier-operator",
+        "reportingInstance": "pier-operator-1",
+        "regarding": {"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "name": "workshop-tage", "uid": "UID"}}"#
+        .replace("UID", &uid);
+    k.ok_stdin(&["create", "-f", "-"], &event).await;
+    let out = k.ok(&["describe", "network", "workshop-tage"]).await;
+    assert!(
+        out.contains("Allocated") && out.contains("subnet 172.18.0.0/16"),
+        "{out}"
+    );
+
+    let kubeconfig = k.kubeconfig.clone();
+    let watch = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["4", "kubectl", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["get", "networks", "-w"])
+            .output()
+            .expect("kubectl -w ran")
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    k.ok(&["label", "network", "workshop-tage", "changed=yes"])
+        .await;
+    let out = watch.await.expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows = text
+        .lines()
+        .filter(|l| l.starts_with("workshop-tage"))
+        .count();
+    assert!(
+        text.lines().next().unwrap_or_default().contains("DRIVER"),
+        "{text}"
+    );
+    assert!(rows >= 2, "the initial row and the change: {text}");
+    assert!(
+        text.lines()
+            .all(|l| !l.starts_with("workshop-tage") || l.contains("bridge")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,21 @@ where
         let svc = self.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if svc.authorize(&parts.headers).is_ok()
+                && (ct.starts_with("application/vnd.kubernetes.protobuf")
+                    || ct.starts_with("application/cbor"))
+            {
+                // Only JSON (and YAML for apply) is spoken: protobuf bodies (kubectl's typed
+                // `create namespace`, ...) are refused as unsupported.
+                return Ok(error_response(&ApiError::UnsupportedMediaType(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {ct}"
+                ))));
+            }
             let resp = match svc.authorize(&parts.headers) {
                 Err(e) => error_response(&e),
                 Ok(()) => match read_body(body).await {

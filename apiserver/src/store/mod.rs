@@ -74,6 +74,8 @@ pub enum CommitError {
     Missing,
     /// The object changed since it was read.
     Changed,
+    /// Committed in memory but the disk write failed (the answer must be an error).
+    NotDurable(String),
 }
 
 /// Waits for a commit to be durable.

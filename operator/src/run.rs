@@ -85,7 +85,7 @@ pub async fn run_with_client(
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &config.lease.namespace);
     let identity = config.lease.identity.clone();
-    let mut controllers: Option<tokio::task::JoinHandle<()>> = None;
+    let mut controllers: Option<AbortOnDrop> = None;
     let mut last_renew: Option<Instant> = None;
     // A standby is ready: it serves its purpose by waiting.
     health.ready.store(true, Ordering::Relaxed);
@@ -105,19 +105,19 @@ pub async fn run_with_client(
                 keep
             }
         };
-        if leading && controllers.as_ref().is_none_or(|h| h.is_finished()) {
+        if leading && controllers.as_ref().is_none_or(|h| h.0.is_finished()) {
             tracing::info!(%identity, "leading: starting the controllers");
             metrics.leader.set(1);
             health.ready.store(false, Ordering::Relaxed);
-            controllers = Some(tokio::spawn(run_controllers(
+            controllers = Some(AbortOnDrop(tokio::spawn(run_controllers(
                 client.clone(),
                 config.clone(),
                 Arc::clone(&metrics),
                 Arc::clone(&health),
-            )));
+            ))));
         } else if !leading && let Some(task) = controllers.take() {
             tracing::warn!(%identity, "lost the lease: stopping the controllers");
-            task.abort();
+            drop(task);
             metrics.leader.set(0);
             health.ready.store(true, Ordering::Relaxed);
         }
@@ -126,13 +126,24 @@ pub async fn run_with_client(
             _ = tokio::time::sleep(config.lease.retry) => {}
         }
     }
-    if let Some(task) = controllers.take() {
-        task.abort();
-        let _ = task.await;
+    if let Some(mut task) = controllers.take() {
+        task.0.abort();
+        let _ = (&mut task.0).await;
         metrics.leader.set(0);
         if let Err(e) = leader::release(&leases, &config.lease).await {
             tracing::warn!(error = %e, "cannot release the lease");
         }
+    }
+}
+
+/// The controllers' task, aborted when dropped: if the leader loop itself is dropped (its task
+/// aborted, as when an embedding program stops it), the controllers must stop with it, or a
+/// replica that lost the lease would keep writing.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

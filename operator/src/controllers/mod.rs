@@ -85,6 +85,24 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether the error is expected in normal operation and resolves itself on retry.
+    pub fn is_transient(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::InUse { .. } => true,
+            Error::Finalizer(inner) => match &**inner {
+                F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)) => {
+                    s.code == 409 || s.code == 422
+                }
+                F::CleanupFailed(e) | F::ApplyFailed(e) => e.is_transient(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// The key of an object for backoff and logs: `namespace/name` or `name`.
 pub fn key<K: Resource>(obj: &K) -> String {
     match obj.meta().namespace.as_deref() {
@@ -105,8 +123,12 @@ pub fn error_policy<K: Resource>(
     let delay = ctx.backoff(&key);
     ctx.metrics.error(controller, error.metric_reason());
     match error {
-        // Expected while a Network drains: not worth a warning each time.
-        Error::InUse { .. } => tracing::debug!(object = %key, %error, ?delay, "waiting"),
+        // Expected while a Network drains, or when a reconcile ran on a cached copy older than
+        // the finalizer just added (the API refuses the stale patch; the next run sees it): not
+        // worth a warning each time.
+        _ if error.is_transient() => {
+            tracing::debug!(object = %key, error = %ErrorChain(error), ?delay, "retrying")
+        }
         _ => {
             tracing::warn!(object = %key, error = %ErrorChain(error), ?delay, "reconcile failed; retrying")
         }

@@ -26,6 +26,8 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// The local node's name (default: the host name).
     pub node_name: Option<String>,
+    /// Compact the durable log into a snapshot after this many writes.
+    pub compact_every: usize,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             max_watches: 1024,
             bookmark_interval: Duration::from_secs(10),
             node_name: None,
+            compact_every: 50_000,
         }
     }
 }
@@ -99,7 +102,7 @@ impl ApiServer {
     /// [`ApiServer::open`] with options.
     pub async fn open_with(data_dir: impl AsRef<Path>, opts: Options) -> Result<ApiServer, Error> {
         let dir = data_dir.as_ref().to_path_buf();
-        let store = Store::open(&dir.join("store"), opts.history)?;
+        let store = Store::open(&dir.join("store"), opts.history, opts.compact_every)?;
         let tls = Material::load_or_create(&dir)?;
         ApiServer::start(store, Some(dir), tls, opts).await
     }

@@ -85,7 +85,12 @@ async fn child_server() {
     let Ok(dir) = std::env::var("PIER_APISERVER_CHILD_DIR") else {
         return;
     };
-    let server = ApiServer::open(&dir).await.expect("open");
+    // Frequent snapshots, so the kill lands around log compactions too.
+    let opts = pier_apiserver::Options {
+        compact_every: 97,
+        ..Default::default()
+    };
+    let server = ApiServer::open_with(&dir, opts).await.expect("open");
     let (addr, task) = server
         .serve_https("127.0.0.1:0".parse().expect("addr"))
         .await

@@ -105,6 +105,8 @@ struct Inner {
     history: VecDeque<Arc<Event>>,
     /// The resourceVersion of the oldest change a watch can still resume after.
     oldest_resumable: u64,
+    /// Log records written since the last snapshot.
+    since_snapshot: usize,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -114,6 +116,8 @@ pub struct Store {
     wal: Option<Wal>,
     events: broadcast::Sender<Arc<Event>>,
     history_cap: usize,
+    /// Take a snapshot (and empty the log) after this many log records.
+    compact_every: usize,
 }
 
 /// A consistent page of a list.
@@ -152,16 +156,27 @@ fn set_rv(obj: &mut Value, rv: u64) {
 impl Store {
     /// A store that lives in memory only.
     pub fn in_memory(history_cap: usize) -> Store {
-        Store::build(None, wal::Recovered::default(), history_cap)
+        Store::build(None, wal::Recovered::default(), history_cap, usize::MAX)
     }
 
-    /// A store persisted in `dir`.
-    pub fn open(dir: &Path, history_cap: usize) -> Result<Store, Error> {
+    /// A store persisted in `dir`, compacting its log into a snapshot every `compact_every`
+    /// writes.
+    pub fn open(dir: &Path, history_cap: usize, compact_every: usize) -> Result<Store, Error> {
         let (wal, recovered) = Wal::open(dir)?;
-        Ok(Store::build(Some(wal), recovered, history_cap))
+        Ok(Store::build(
+            Some(wal),
+            recovered,
+            history_cap,
+            compact_every,
+        ))
     }
 
-    fn build(wal: Option<Wal>, recovered: wal::Recovered, history_cap: usize) -> Store {
+    fn build(
+        wal: Option<Wal>,
+        recovered: wal::Recovered,
+        history_cap: usize,
+        compact_every: usize,
+    ) -> Store {
         let objects = recovered
             .objects
             .into_iter()
@@ -180,10 +195,12 @@ impl Store {
                 objects,
                 history: VecDeque::new(),
                 oldest_resumable: recovered.rv,
+                since_snapshot: 0,
             }),
             wal,
             events,
             history_cap: history_cap.max(1),
+            compact_every: compact_every.max(1),
         }
     }
 
@@ -328,6 +345,21 @@ impl Store {
                 o: (kind != EventType::Deleted).then(|| object.clone()),
             })
         }));
+        if let Some(wal) = &self.wal {
+            inner.since_snapshot += 1;
+            if inner.since_snapshot >= self.compact_every {
+                inner.since_snapshot = 0;
+                let objects = inner
+                    .objects
+                    .iter()
+                    .flat_map(|(k, objs)| {
+                        objs.iter()
+                            .map(move |((ns, n), o)| (k.clone(), ns.clone(), n.clone(), o.clone()))
+                    })
+                    .collect();
+                wal.snapshot(wal::Snapshot { rv, objects });
+            }
+        }
         let event = Arc::new(Event {
             rv,
             key: key.to_string(),
@@ -451,6 +483,34 @@ mod tests {
         assert_eq!(p2.next, None);
         let in_a = s.list("k", Some("a"), None, None, &all);
         assert_eq!(in_a.items.len(), 2);
+    }
+
+    #[test]
+    fn the_log_is_compacted_into_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = Store::open(dir.path(), 10, 10).expect("open");
+            for i in 0..25 {
+                let (_, d) = s
+                    .commit("k", "", &format!("o{i}"), Expect::Absent, Some(obj("x")))
+                    .expect("create");
+                futures::executor::block_on(d.wait()).expect("durable");
+            }
+            let (_, d) = s
+                .commit("k", "", "o0", Expect::Rv(1), None)
+                .expect("delete");
+            futures::executor::block_on(d.wait()).expect("durable");
+        }
+        let log = std::fs::read_to_string(dir.path().join("wal.jsonl")).expect("log");
+        assert!(
+            log.lines().count() <= 10,
+            "compacted: {} lines",
+            log.lines().count()
+        );
+        let s = Store::open(dir.path(), 10, 10).expect("reopen");
+        assert_eq!(s.current_rv(), 26);
+        let all = s.list("k", None, None, None, &|_| true);
+        assert_eq!(all.items.len(), 24);
     }
 
     #[test]

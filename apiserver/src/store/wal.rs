@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -38,6 +38,8 @@ struct Header {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub rv: u64,
+    /// The version the snapshot was taken at.
+    pub snapshot_rv: u64,
     /// storage key -> (namespace, name) -> object
     pub objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
 }
@@ -61,7 +63,21 @@ struct RecordRef<'a> {
     o: Option<&'a Value>,
 }
 
-type Job = (Pending, oneshot::Sender<Result<(), String>>);
+/// The whole store at one version, sharing the objects with it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub rv: u64,
+    /// (storage key, namespace, name, object)
+    pub objects: Vec<(String, String, String, std::sync::Arc<Value>)>,
+}
+
+/// What the writer thread does, in order.
+#[derive(Debug)]
+enum Job {
+    Append(Pending, oneshot::Sender<Result<(), String>>),
+    /// Write a snapshot of the whole state at `rv`, then empty the log.
+    Snapshot(Snapshot),
+}
 
 /// The log writer handle.
 #[derive(Debug)]
@@ -86,35 +102,34 @@ fn apply(rec: Record, state: &mut Recovered) {
 }
 
 fn read_lines(path: &Path, state: &mut Recovered, snapshot: bool) -> Result<(), Error> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let data = match fs::read(path) {
+        Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let mut lines = BufReader::new(file).lines().peekable();
-    let mut first = snapshot;
+    let corrupt = |e: serde_json::Error| Error::Corrupt {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut lines = data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .peekable();
+    if snapshot && let Some(first) = lines.next() {
+        let h: Header = serde_json::from_slice(first).map_err(corrupt)?;
+        state.rv = state.rv.max(h.rv);
+        state.snapshot_rv = h.rv;
+    }
     while let Some(line) = lines.next() {
-        let line = line.map_err(|e| Error::io(path, e))?;
         let last = lines.peek().is_none();
-        if first {
-            first = false;
-            let h: Header = serde_json::from_str(&line).map_err(|e| Error::Corrupt {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            state.rv = state.rv.max(h.rv);
-            continue;
-        }
-        match serde_json::from_str::<Record>(&line) {
+        match serde_json::from_slice::<Record>(line) {
+            // Log records the snapshot already contains (a crash between writing a snapshot and
+            // truncating the log) are skipped.
+            Ok(rec) if !snapshot && rec.rv <= state.snapshot_rv => {}
             Ok(rec) => apply(rec, state),
             // A torn final line: the write never completed, so it was never acknowledged.
             Err(_) if last && !snapshot => break,
-            Err(e) => {
-                return Err(Error::Corrupt {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(corrupt(e)),
         }
     }
     Ok(())
@@ -134,7 +149,14 @@ impl Wal {
         let mut state = Recovered::default();
         read_lines(&dir.join(SNAPSHOT), &mut state, true)?;
         read_lines(&dir.join(LOG), &mut state, false)?;
-        write_snapshot(dir, &state)?;
+        write_snapshot(
+            dir,
+            state.rv,
+            state.objects.iter().flat_map(|(k, objs)| {
+                objs.iter()
+                    .map(move |((ns, n), o)| (k.as_str(), ns.as_str(), n.as_str(), o))
+            }),
+        )?;
         let log_path = dir.join(LOG);
         let log = File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
         log.sync_all().map_err(|e| Error::io(&log_path, e))?;
@@ -143,7 +165,10 @@ impl Wal {
         let path = log_path.clone();
         std::thread::Builder::new()
             .name("pier-apiserver-wal".into())
-            .spawn(move || writer(path, log, rx))
+            .spawn({
+                let dir = dir.to_path_buf();
+                move || writer(dir, path, log, rx)
+            })
             .map_err(|e| Error::io(&log_path, e))?;
         Ok((Wal { tx }, state))
     }
@@ -151,10 +176,16 @@ impl Wal {
     /// Queue a record; the receiver resolves once it is on disk.
     pub fn append(&self, rec: Pending) -> oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError((_, tx))) = self.tx.send((rec, tx)) {
+        if let Err(mpsc::SendError(Job::Append(_, tx))) = self.tx.send(Job::Append(rec, tx)) {
             let _ = tx.send(Err("the log writer stopped".into()));
         }
         rx
+    }
+
+    /// Queue a snapshot of `state` (the whole store at `state.rv`, which every record queued
+    /// before has and none queued after has); the log is emptied once it is on disk.
+    pub fn snapshot(&self, state: Snapshot) {
+        let _ = self.tx.send(Job::Snapshot(state));
     }
 }
 
@@ -171,27 +202,29 @@ fn encode(p: &Pending, buf: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-fn write_snapshot(dir: &Path, state: &Recovered) -> Result<(), Error> {
+fn write_snapshot<'a>(
+    dir: &Path,
+    rv: u64,
+    items: impl Iterator<Item = (&'a str, &'a str, &'a str, &'a Value)>,
+) -> Result<(), Error> {
     let tmp: PathBuf = dir.join(format!("{SNAPSHOT}.tmp"));
     let io = |e| Error::io(&tmp, e);
     let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
-    let header = serde_json::to_string(&Header { rv: state.rv }).unwrap_or_default();
+    let header = serde_json::to_string(&Header { rv }).unwrap_or_default();
     writeln!(out, "{header}").map_err(io)?;
-    for (k, objs) in &state.objects {
-        for ((ns, n), o) in objs {
-            let rec = Record {
-                rv: 0,
-                k: k.clone(),
-                ns: ns.clone(),
-                n: n.clone(),
-                o: Some(o.clone()),
-            };
-            let line = serde_json::to_string(&rec).map_err(|e| Error::Corrupt {
-                path: tmp.display().to_string(),
-                message: e.to_string(),
-            })?;
-            writeln!(out, "{line}").map_err(io)?;
-        }
+    for (k, ns, n, o) in items {
+        let rec = RecordRef {
+            rv: 0,
+            k,
+            ns,
+            n,
+            o: Some(o),
+        };
+        serde_json::to_writer(&mut out, &rec).map_err(|e| Error::Corrupt {
+            path: tmp.display().to_string(),
+            message: e.to_string(),
+        })?;
+        out.write_all(b"\n").map_err(io)?;
     }
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
@@ -199,27 +232,37 @@ fn write_snapshot(dir: &Path, state: &Recovered) -> Result<(), Error> {
     fsync_dir(dir)
 }
 
-fn writer(path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
+fn writer(dir: PathBuf, path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
     let mut file = match OpenOptions::new().append(true).open(&path) {
         Ok(f) => f,
         Err(_) => file,
     };
     let mut buf = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while let Ok(job) = rx.try_recv() {
-            jobs.push(job);
-            if jobs.len() >= 4096 {
-                break;
-            }
-        }
+    let mut acks = Vec::new();
+    let mut next = rx.recv().ok();
+    while let Some(job) = next.take() {
+        let mut snapshot = None;
         let mut result = Ok(());
-        for (p, _) in &jobs {
-            if let Err(e) = encode(p, &mut buf) {
-                result = Err(e);
+        let mut job = Some(job);
+        // Gather every queued append (up to a snapshot, which must follow them on disk).
+        while let Some(j) = job.take() {
+            match j {
+                Job::Append(p, ack) => {
+                    if let Err(e) = encode(&p, &mut buf) {
+                        result = Err(e);
+                    }
+                    acks.push(ack);
+                }
+                Job::Snapshot(state) => {
+                    snapshot = Some(state);
+                    break;
+                }
+            }
+            if acks.len() < 4096 {
+                job = rx.try_recv().ok();
             }
         }
-        if result.is_ok() {
+        if !buf.is_empty() && result.is_ok() {
             result = file
                 .write_all(&buf)
                 .and_then(|()| file.sync_data())
@@ -228,10 +271,25 @@ fn writer(path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
         if result.is_err() {
             tracing::error!(?result, "apiserver log write failed");
         }
-        for (_, ack) in jobs.drain(..) {
+        for ack in acks.drain(..) {
             let _ = ack.send(result.clone());
         }
         buf.clear();
+        if let Some(state) = snapshot {
+            let items = state
+                .objects
+                .iter()
+                .map(|(k, ns, n, o)| (k.as_str(), ns.as_str(), n.as_str(), &**o));
+            let done = write_snapshot(&dir, state.rv, items).and_then(|()| {
+                file.set_len(0)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| Error::io(&path, e))
+            });
+            if let Err(e) = done {
+                tracing::error!(error = %e, "apiserver snapshot failed; the log keeps growing");
+            }
+        }
+        next = rx.recv().ok();
     }
 }
 

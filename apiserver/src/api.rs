@@ -820,6 +820,13 @@ impl Api {
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let nsk = Self::ns_key(res, ns);
+        if res.storage_key == "/namespaces"
+            && matches!(name, "default" | "kube-system" | "kube-public")
+        {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         for _ in 0..RETRIES {
             let old = self.get(res, ns, name)?;
             let expect = Expect::Rv(rv_of(&old));
@@ -846,6 +853,9 @@ impl Api {
             }
             match self.commit(res, &nsk, name, expect, None, dry_run).await {
                 Ok(o) => {
+                    if !dry_run {
+                        self.cascade(res, name, &o).await;
+                    }
                     return Ok(json!({
                         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                         "details": {"name": name, "group": res.group, "kind": res.plural,
@@ -858,6 +868,51 @@ impl Api {
             }
         }
         Err(self.conflict(res, name))
+    }
+
+    /// What goes with a deleted object: a namespace's objects (each deleted as by a client,
+    /// so finalizers still hold them), a CRD's custom resources (removed outright).
+    async fn cascade(&self, res: &Resource, name: &str, deleted: &Value) {
+        if res.storage_key == "/namespaces" {
+            let reg = self.registry();
+            let mut keys = std::collections::HashSet::new();
+            let namespaced: Vec<Arc<Resource>> = reg
+                .groups
+                .values()
+                .flat_map(|v| v.values())
+                .flatten()
+                .filter(|r| r.namespaced && keys.insert(r.storage_key.clone()))
+                .cloned()
+                .collect();
+            for r in namespaced {
+                let page = self
+                    .store
+                    .list(&r.storage_key, Some(name), None, None, &|_| true);
+                for o in page.items {
+                    if let Some(n) = meta_str(&o, "name") {
+                        let _ = Box::pin(self.delete(&r, Some(name), n, false)).await;
+                    }
+                }
+            }
+        } else if res.storage_key == CRDS {
+            let group = deleted.pointer("/spec/group").and_then(Value::as_str);
+            let plural = deleted
+                .pointer("/spec/names/plural")
+                .and_then(Value::as_str);
+            if let (Some(g), Some(p)) = (group, plural) {
+                let key = format!("{g}/{p}");
+                let page = self.store.list(&key, None, None, None, &|_| true);
+                for o in page.items {
+                    let ns = meta_str(&o, "namespace").unwrap_or_default();
+                    let n = meta_str(&o, "name").unwrap_or_default();
+                    if let Ok((_, durable)) =
+                        self.store.commit(&key, ns, n, Expect::Rv(rv_of(&o)), None)
+                    {
+                        let _ = durable.wait().await;
+                    }
+                }
+            }
+        }
     }
 
     /// DELETE a collection (with selectors).

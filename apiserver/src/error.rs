@@ -56,6 +56,8 @@ pub enum ApiError {
     PathNotFound,
     #[error("{0}")]
     NotAcceptable(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("Internal error occurred: {0}")]
     Internal(String),
 }
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::Unauthorized => 401,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::NotAcceptable(_) => 406,
+            ApiError::Forbidden(_) => 403,
             ApiError::Internal(_) => 500,
         }
     }
@@ -110,6 +113,7 @@ impl ApiError {
             ApiError::Unauthorized => "Unauthorized",
             ApiError::PayloadTooLarge(_) => "RequestEntityTooLarge",
             ApiError::NotAcceptable(_) => "NotAcceptable",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::Internal(_) => "InternalError",
         }
     }

@@ -642,3 +642,70 @@ async fn discovery_finds_custom_resources() {
             .any(|g| g.name() == "apiextensions.k8s.io")
     );
 }
+
+#[tokio::test]
+async fn deleting_namespaces_and_crds_cascades() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let e = nss
+        .delete("default", &DeleteParams::default())
+        .await
+        .expect_err("default is protected");
+    assert_eq!(code(e), 403);
+    let team: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "team"}})).expect("namespace");
+    nss.create(&PostParams::default(), &team)
+        .await
+        .expect("created");
+    let ep = obj(
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+        "metadata": {"name": "e1"}, "spec": {"network": "x", "target": {"netns": {"name": "c1", "node": "n"}}}}),
+    );
+    endpoints(&client, "team")
+        .create(&PostParams::default(), &ep)
+        .await
+        .expect("in team");
+    endpoints(&client, "default")
+        .create(&PostParams::default(), &ep)
+        .await
+        .expect("in default");
+    nss.delete("team", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    assert!(
+        endpoints(&client, "team")
+            .get_opt("e1")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        endpoints(&client, "default")
+            .get_opt("e1")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    // Deleting a CRD removes its custom resources and stops serving them.
+    networks(&client)
+        .create(&PostParams::default(), &network("n", json!({})))
+        .await
+        .expect("created");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.delete("networks.pier.dev", &DeleteParams::default())
+        .await
+        .expect("CRD deleted");
+    let e = networks(&client).get("n").await.expect_err("not served");
+    assert_eq!(code(e), 404);
+    let again = pier_crds::manifests::all_crds()
+        .into_iter()
+        .find(|(n, _)| n.contains("network"))
+        .expect("networks CRD")
+        .1;
+    crds.create(&PostParams::default(), &again)
+        .await
+        .expect("CRD again");
+    assert!(networks(&client).get_opt("n").await.expect("get").is_none());
+}

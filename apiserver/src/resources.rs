@@ -126,6 +126,17 @@ fn builtin(
     }
 }
 
+fn column(name: &str, type_: &str, json_path: &str, priority: i64) -> Column {
+    Column {
+        name: name.into(),
+        type_: type_.into(),
+        format: String::new(),
+        description: String::new(),
+        priority,
+        json_path: json_path.into(),
+    }
+}
+
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {
     let mut events_v1 = builtin("", "v1", "events", "Event", true, &["ev"], false);
@@ -171,23 +182,43 @@ pub fn builtins() -> Vec<Resource> {
         true,
     );
     crds.categories = vec!["api-extensions".into()];
-    vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true),
-        builtin("", "v1", "nodes", "Node", false, &["no"], true),
-        pods,
-        events_v1,
-        events,
-        builtin(
-            "coordination.k8s.io",
-            "v1",
-            "leases",
-            "Lease",
-            true,
-            &[],
-            false,
+    crds.columns = vec![column(
+        "Created At",
+        "string",
+        ".metadata.creationTimestamp",
+        0,
+    )];
+    let age = || column("Age", "date", ".metadata.creationTimestamp", 0);
+    let mut namespaces = builtin("", "v1", "namespaces", "Namespace", false, &["ns"], true);
+    namespaces.columns = vec![column("Status", "string", ".status.phase", 0), age()];
+    let mut nodes = builtin("", "v1", "nodes", "Node", false, &["no"], true);
+    nodes.columns = vec![
+        column(
+            "Ready",
+            "string",
+            r#".status.conditions[?(@.type=="Ready")].status"#,
+            0,
         ),
-        crds,
-    ]
+        age(),
+        column("Version", "string", ".status.nodeInfo.kubeletVersion", 0),
+        column(
+            "Internal-IP",
+            "string",
+            r#".status.addresses[?(@.type=="InternalIP")].address"#,
+            1,
+        ),
+    ];
+    let mut leases = builtin(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        true,
+        &[],
+        false,
+    );
+    leases.columns = vec![column("Holder", "string", ".spec.holderIdentity", 0), age()];
+    vec![namespaces, nodes, pods, events_v1, events, leases, crds]
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {

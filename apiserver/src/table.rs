@@ -23,7 +23,7 @@ fn columns(res: &Resource) -> Vec<Column> {
     }];
     if res.columns.is_empty() {
         cols.push(Column {
-            name: if res.custom { "Age" } else { "Created At" }.into(),
+            name: "Age".into(),
             type_: "date".into(),
             format: String::new(),
             description: "CreationTimestamp is a timestamp representing the server time when this object was created.".into(),

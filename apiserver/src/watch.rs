@@ -56,6 +56,9 @@ pub fn start(
                 .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))
         })
         .transpose()?;
+    // sendInitialEvents=true (streaming lists): the current objects, then a bookmark.
+    let send_initial = params.get("sendInitialEvents").is_some_and(|b| b == "true");
+    let from = if send_initial { None } else { from };
     let bookmarks = params
         .get("allowWatchBookmarks")
         .is_some_and(|b| b == "true");
@@ -105,12 +108,26 @@ pub fn start(
             })
         };
         let mut last = from.unwrap_or(sub.rv);
+        let bookmark = |rv: u64, initial_end: bool| {
+            let mut meta = json!({"resourceVersion": rv.to_string()});
+            if initial_end {
+                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            line(
+                "BOOKMARK",
+                &json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}),
+            )
+        };
         let served = |o: &Arc<Value>| Api::from_storage(&res, o.clone());
         for o in &sub.initial {
             let o = served(o);
             if in_ns(&o) && filter(&o) && tx.send(render("ADDED", &o)).await.is_err() {
                 return;
             }
+        }
+        // Streaming lists (sendInitialEvents=true): the initial events end with a bookmark.
+        if send_initial && tx.send(bookmark(sub.rv, true)).await.is_err() {
+            return;
         }
         let translate = |e: &Event| -> Option<&'static str> {
             if e.key != res.storage_key || ns.as_deref().is_some_and(|n| n != e.namespace) {
@@ -151,14 +168,6 @@ pub fn start(
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
-        let bookmark = |rv: u64| {
-            line(
-                "BOOKMARK",
-                &json!({"kind": res.kind, "apiVersion": res.api_version(),
-                    "metadata": {"resourceVersion": rv.to_string(),
-                        "annotations": {"k8s.io/initial-events-end": "true"}}}),
-            )
-        };
         loop {
             tokio::select! {
                 ev = live.recv() => match ev {
@@ -177,13 +186,13 @@ pub fn start(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick(), if bookmarks => {
-                    if tx.send(bookmark(last)).await.is_err() {
+                    if tx.send(bookmark(last, false)).await.is_err() {
                         return;
                     }
                 }
                 _ = &mut deadline => {
                     if bookmarks {
-                        let _ = tx.send(bookmark(last)).await;
+                        let _ = tx.send(bookmark(last, false)).await;
                     }
                     return;
                 }

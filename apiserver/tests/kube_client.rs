@@ -709,3 +709,37 @@ async fn deleting_namespaces_and_crds_cascades() {
         .expect("CRD again");
     assert!(networks(&client).get_opt("n").await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_and_plain_lists() {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    for i in 0..3 {
+        api.create(
+            &PostParams::default(),
+            &network(&format!("s{i}"), json!({})),
+        )
+        .await
+        .expect("created");
+    }
+    for cfg in [
+        watcher::Config::default().streaming_lists(),
+        watcher::Config::default().page_size(2),
+    ] {
+        let mut objs = watcher::watcher(api.clone(), cfg)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        let mut names = std::collections::BTreeSet::new();
+        while names.len() < 3 {
+            let o = tokio::time::timeout(std::time::Duration::from_secs(10), objs.try_next())
+                .await
+                .expect("in time")
+                .expect("no error")
+                .expect("an object");
+            names.extend(o.metadata.name);
+        }
+        assert_eq!(names.len(), 3);
+    }
+}

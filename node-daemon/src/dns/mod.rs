@@ -225,7 +225,7 @@ impl Sync {
     /// Applies the current state; returns whether something failed (to retry).
     async fn apply(&mut self, new_state: bool) -> bool {
         let state = self.state.borrow_and_update().clone();
-        let views = Views::build(&state);
+        let views = Views::rebuild(&state, Some(&self.shared.views()));
         let gateways = views.listen.clone();
         if new_state {
             self.shared.set_views(views);

@@ -34,6 +34,8 @@ pub struct View {
     pointers: HashMap<LowerName, Vec<Record>>,
     /// Whether unknown names are forwarded upstream: false when every network is `internal`.
     pub forward: bool,
+    /// A hash of everything the view was built from: equal inputs, reuse the view.
+    fingerprint: u64,
     /// The A records of `names`, pre-encoded for the wire fast path.
     wire: WireNames,
 }
@@ -55,6 +57,8 @@ pub enum Resolution<'a> {
 #[derive(Debug, Default)]
 pub struct Views {
     askers: HashMap<Ipv4Addr, Arc<View>>,
+    /// The views by network set, for reuse by the next rebuild.
+    by_set: HashMap<Vec<String>, Arc<View>>,
     /// Gateways of DNS-enabled bridge networks: where the server listens.
     pub listen: BTreeSet<Ipv4Addr>,
 }
@@ -63,6 +67,12 @@ impl Views {
     /// Builds every view of `state`. Names that are not valid DNS names are skipped (the operator
     /// validates names; a bad one must not take the others down).
     pub fn build(state: &NodeState) -> Views {
+        Views::rebuild(state, None)
+    }
+
+    /// Like `build`, but reuses every view of `previous` whose inputs (its networks' flags and
+    /// members) did not change, so an update costs what changed, not the size of the node.
+    pub fn rebuild(state: &NodeState, previous: Option<&Views>) -> Views {
         let networks = state.networks_by_name();
         let dns_network = |name: &str| {
             networks
@@ -101,14 +111,18 @@ impl Views {
         // One view per distinct set of networks: namespaces on the same networks share it.
         let mut by_set: HashMap<BTreeSet<&str>, Arc<View>> = HashMap::new();
         let mut askers = HashMap::new();
+        let forwards = |n: &str| networks.get(n).is_some_and(|n| !n.internal);
         for (netns, set) in &attached {
             // Usually every namespace is on the same few sets: look up before cloning the key.
             let view = match by_set.get(set) {
                 Some(view) => view.clone(),
                 None => {
-                    let view = Arc::new(build_view(set, &members, |n| {
-                        networks.get(n).is_some_and(|n| !n.internal)
-                    }));
+                    let fingerprint = fingerprint(set, &members, forwards);
+                    let key: Vec<String> = set.iter().map(|n| (*n).to_owned()).collect();
+                    let view = match previous.and_then(|p| p.by_set.get(&key)) {
+                        Some(old) if old.fingerprint == fingerprint => old.clone(),
+                        _ => Arc::new(build_view(set, &members, forwards, fingerprint)),
+                    };
                     by_set.insert(set.clone(), view.clone());
                     view
                 }
@@ -124,7 +138,15 @@ impl Views {
             .filter(|n| dns_network(&n.name))
             .filter_map(|n| n.gateway)
             .collect();
-        Views { askers, listen }
+        let by_set = by_set
+            .into_iter()
+            .map(|(set, view)| (set.into_iter().map(str::to_owned).collect(), view))
+            .collect();
+        Views {
+            askers,
+            by_set,
+            listen,
+        }
     }
 
     /// The view of the asker at `source`, if it is an endpoint on a DNS-enabled network here.
@@ -178,10 +200,33 @@ impl View {
     }
 }
 
+/// What a view depends on: its networks (names, whether they forward) and their members' names,
+/// aliases and addresses, in state order.
+fn fingerprint(
+    set: &BTreeSet<&str>,
+    members: &BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>>,
+    forwards: impl Fn(&str) -> bool,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: fingerprints are compared within one process only, but must be stable there.
+    let mut hasher = std::hash::DefaultHasher::new();
+    for network in set {
+        network.hash(&mut hasher);
+        forwards(network).hash(&mut hasher);
+        for (endpoint, address) in members.get(network).into_iter().flatten() {
+            endpoint.name.hash(&mut hasher);
+            endpoint.aliases.hash(&mut hasher);
+            address.hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
 fn build_view(
     set: &BTreeSet<&str>,
     members: &BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>>,
     forwards: impl Fn(&str) -> bool,
+    fingerprint: u64,
 ) -> View {
     let endpoints: usize = set
         .iter()
@@ -191,6 +236,7 @@ fn build_view(
     let mut view = View {
         networks: set.iter().map(|n| (*n).to_owned()).collect(),
         forward: set.iter().any(|n| forwards(n)),
+        fingerprint,
         // Two names (NAME, NAME.NETWORK) per endpoint at least; growing the tables costs more.
         names: HashMap::with_capacity(endpoints * 2),
         pointers: HashMap::with_capacity(endpoints),
@@ -501,6 +547,37 @@ mod tests {
             views.resolve(ip("172.19.0.2"), &name("con3."), RecordType::A),
             Resolution::Refused
         );
+    }
+
+    #[test]
+    fn a_rebuild_reuses_the_views_of_unchanged_networks() {
+        let state = lesson();
+        let first = Views::build(&state);
+        let mut next = state.clone();
+        next.endpoints
+            .push(endpoint("default/con4", "con4", "ch-open", "172.19.0.3"));
+        let second = Views::rebuild(&next, Some(&first));
+        let view =
+            |views: &Views, source: &str| views.askers.get(&ip4(source)).cloned().expect("asker");
+        // workshop-tage did not change: the very same view; ch-open did: a new one.
+        assert!(Arc::ptr_eq(
+            &view(&first, "172.18.0.2"),
+            &view(&second, "172.18.0.2")
+        ));
+        assert!(!Arc::ptr_eq(
+            &view(&first, "172.19.0.2"),
+            &view(&second, "172.19.0.2")
+        ));
+        let got = second.resolve(ip("172.19.0.2"), &name("con4."), RecordType::A);
+        assert_eq!(addresses(got), vec![ip4("172.19.0.3")]);
+        // An alias change on workshop-tage makes its view new too.
+        let mut third = next.clone();
+        third.endpoints[0].aliases = vec!["web".into()];
+        let third_views = Views::rebuild(&third, Some(&second));
+        assert!(!Arc::ptr_eq(
+            &view(&second, "172.18.0.2"),
+            &view(&third_views, "172.18.0.2")
+        ));
     }
 
     #[test]

@@ -344,6 +344,18 @@ impl Api {
         body: Value,
         ctx: &WriteCtx,
     ) -> Result<Arc<Value>, ApiError> {
+        self.create_managed(res, ns, body, ctx, None).await
+    }
+
+    /// Create, recording `managed` as the managed fields (apply) instead of an Update entry.
+    async fn create_managed(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        body: Value,
+        ctx: &WriteCtx,
+        managed: Option<Value>,
+    ) -> Result<Arc<Value>, ApiError> {
         if !body.is_object() {
             return Err(ApiError::BadRequest(
                 "the body must be a JSON object".into(),
@@ -402,14 +414,19 @@ impl Api {
             self.check(res, &mut obj, None, ctx.strict)?;
             let api_version = res.api_version();
             let w = Self::writer(res, ctx, &now, &api_version);
-            apply::track_update(
-                None,
-                &mut obj,
-                &Writer {
-                    scope: Scope::All,
-                    ..w
-                },
-            );
+            match &managed {
+                Some(mf) => {
+                    meta_mut(&mut obj).insert("managedFields".into(), mf.clone());
+                }
+                None => apply::track_update(
+                    None,
+                    &mut obj,
+                    &Writer {
+                        scope: Scope::All,
+                        ..w
+                    },
+                ),
+            }
             match self
                 .commit(res, &nsk, &name, Expect::Absent, Some(obj), ctx.dry_run)
                 .await
@@ -771,27 +788,9 @@ impl Api {
                 m.remove("status");
             }
             let managed = meta(&obj).and_then(|m| m.get("managedFields")).cloned();
-            let created = self.create(res, ns, obj.clone(), ctx).await;
+            let created = self.create_managed(res, ns, obj, ctx, managed).await;
             match created {
-                Ok(o) => {
-                    // Replace the create's Update entry with the Apply entry.
-                    if let Some(mf) = managed {
-                        let mut fixed = (*o).clone();
-                        meta_mut(&mut fixed).insert("managedFields".into(), mf);
-                        let nsk = Self::ns_key(res, ns);
-                        if ctx.dry_run {
-                            return Ok(Arc::new(fixed));
-                        }
-                        return self
-                            .commit(res, &nsk, name, Expect::Rv(rv_of(&o)), Some(fixed), false)
-                            .await
-                            .or_else(|e| match e {
-                                CommitError::NotDurable(e) => Err(ApiError::Internal(e)),
-                                _ => Ok(o),
-                            });
-                    }
-                    return Ok(o);
-                }
+                Ok(o) => return Ok(o),
                 Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }

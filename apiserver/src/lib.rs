@@ -1,15 +1,44 @@
 //! Pier's embedded Kubernetes-compatible API server.
 //!
-//! The store of local mode (`pier up`) and of the controller tests. See DESIGN.md §2.
+//! The store of local mode (`pier up`) and of the controller tests (DESIGN.md §2): the part of the
+//! Kubernetes API that Pier's users (`kubectl`) and controllers (kube-rs) speak.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pier_apiserver::Error> {
 //! let server = pier_apiserver::ApiServer::open("/var/lib/pier/apiserver").await?;
 //! let (addr, _task) = server.serve_https("127.0.0.1:6443".parse().expect("address")).await?;
 //! server.write_kubeconfig("/root/.kube/pier", &format!("https://{addr}"))?;
-//! // In-process: kube::Client::new(server.service(), "default")
+//! // In-process, without TLS or token: kube::Client::new(server.service(), "default")
 //! # Ok(()) }
 //! ```
+//!
+//! Layout: [`store`] (objects, one resourceVersion counter, watch history, durable log +
+//! snapshots), [`api`] (the semantics: uid, generation, status subresource, finalizers,
+//! optimistic concurrency, managed fields, validation), [`http`] (routing as a `tower::Service`),
+//! [`watch`], [`patch`] (merge, JSON, server-side apply), [`validation`] (pruning, defaulting,
+//! OpenAPI and CEL), [`selectors`], [`discovery`], [`openapi`], [`table`], [`tls`],
+//! [`kubeconfig`], [`server`] (the public entry point).
+//!
+//! Known differences from the real server:
+//! - JSON (and YAML for apply) only: protobuf and CBOR request bodies get 415, so kubectl's typed
+//!   generators (`kubectl create namespace X`, `create secret`, ...) fail; `kubectl apply -f`
+//!   works for everything. Aggregated discovery is answered with the legacy documents (kubectl
+//!   falls back to them).
+//! - Strategic merge patch on built-in resources is applied as a JSON merge patch (lists are
+//!   replaced, not merged by key); on custom resources it is refused with 415 as in Kubernetes.
+//! - Field management: conflicts are detected on leaf fields; list-type `map`/`set` and
+//!   `x-kubernetes-map-type: atomic` are honoured from CRD schemas, built-ins have no schema
+//!   (their lists are atomic). Updates take ownership of the fields they change.
+//! - CEL (`x-kubernetes-validations`) through kube-cel: every rule in Pier's CRDs is enforced
+//!   (including `cidr()`, `containsIP`, `containsCIDR`, `masked()` and transition rules with
+//!   `oldSelf`); kube-cel refuses (fail-closed, reported as a validation error) `sortBy`,
+//!   `cel.bind` and two-variable comprehensions, and no CEL cost budget is enforced.
+//! - One version per storage: CRDs with several served versions share the objects without
+//!   conversion webhooks. Namespace deletion deletes the namespace's objects right away (no
+//!   `Terminating` phase); CRD deletion removes its custom resources outright.
+//! - Lists are served from the current state (`resourceVersion`/`resourceVersionMatch` on
+//!   lists are ignored), continue tokens never expire. No admission, RBAC or audit: whoever has
+//!   the token is admin.
 
 pub mod api;
 pub mod convert;

@@ -271,10 +271,6 @@ fn lesson_names_resolve_only_on_shared_networks_until_connect() {
         String::from_utf8_lossy(&ping.stderr)
     );
     // And con1 now sees con3 (its workshop-tage address).
-    // Workaround, not DNS: the dataplane does not pin the bridge's MAC, so when con3's host-side
-    // veth (with a lower MAC) joins, the bridge takes that MAC and con1's cached neighbour entry
-    // for the gateway points at the old one until it expires. Remove once bridges get a fixed MAC.
-    l.con1.sh("ip neigh flush dev eth0");
     let got = dig(&l.con1, "con3");
     assert_eq!(got.answers, vec!["172.18.0.4"], "{got:?}");
     assert_eq!(dns.handle().stats().dropped, 0);

@@ -704,6 +704,18 @@ impl Api {
         ctx: &WriteCtx,
     ) -> Result<Arc<Value>, ApiError> {
         let pinned = meta_str(&body, "resourceVersion").is_some_and(|s| !s.is_empty());
+        if res.custom && !pinned && self.get(res, ns, name).is_ok() {
+            // Custom resources allow no unconditional update, as in Kubernetes.
+            return Err(Self::invalid(
+                res,
+                name,
+                vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    field: "metadata.resourceVersion".into(),
+                    message: "Invalid value: 0x0: must be specified for an update".into(),
+                }],
+            ));
+        }
         self.update_with(res, ns, name, ctx, |_| Ok((body.clone(), pinned)))
             .await
     }

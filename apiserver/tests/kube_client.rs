@@ -132,6 +132,14 @@ async fn generation_status_subresource_and_conflicts() {
         .await
         .expect_err("stale");
     assert_eq!(code(e), 409);
+    // Custom resources allow no unconditional update.
+    let mut unpinned = created.clone();
+    unpinned.metadata.resource_version = None;
+    let e = api
+        .replace("n", &PostParams::default(), &unpinned)
+        .await
+        .expect_err("needs a resourceVersion");
+    assert_eq!(code(e), 422);
     // JSON patch.
     let jp: json_patch::Patch =
         serde_json::from_value(json!([{"op": "replace", "path": "/spec/mtu", "value": 1450}]))

@@ -190,16 +190,23 @@ impl ApiServer {
                 let acceptor = acceptor.clone();
                 let svc = svc.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let Ok(Ok(tls)) = handshake else {
                         return;
                     };
                     let hyper_svc = hyper::service::service_fn(move |req| {
                         let mut svc = svc.clone();
                         tower::Service::call(&mut svc, req)
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     );
+                    // A client that never finishes its headers does not hold a connection.
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(30));
                     if let Err(e) = builder
                         .serve_connection(hyper_util::rt::TokioIo::new(tls), hyper_svc)
                         .await

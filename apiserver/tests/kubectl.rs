@@ -382,34 +382,53 @@ async fn kubectl_get_watch_prints_rows_and_describe_shows_recorded_events() {
         "{out}"
     );
 
-    let kubeconfig = k.kubeconfig.clone();
-    let watch = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["4", "kubectl", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["get", "networks", "-w"])
-            .output()
-            .expect("kubectl -w ran")
+    // `kubectl get -w`: wait for the initial row, change the object, expect a second row.
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .args(["get", "networks", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    async fn next_line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+        tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .expect("kubectl -w printed in time")
+            .expect("kubectl -w still running")
+    }
+    let header = next_line(&mut rx).await;
+    assert!(
+        header.contains("DRIVER") && header.contains("SUBNET"),
+        "{header}"
+    );
+    let first = next_line(&mut rx).await;
+    assert!(
+        first.starts_with("workshop-tage") && first.contains("bridge"),
+        "{first}"
+    );
     k.ok(&["label", "network", "workshop-tage", "changed=yes"])
         .await;
-    let out = watch.await.expect("join");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rows = text
-        .lines()
-        .filter(|l| l.starts_with("workshop-tage"))
-        .count();
+    let second = next_line(&mut rx).await;
     assert!(
-        text.lines().next().unwrap_or_default().contains("DRIVER"),
-        "{text}"
+        second.starts_with("workshop-tage") && second.contains("bridge"),
+        "{second}"
     );
-    assert!(rows >= 2, "the initial row and the change: {text}");
-    assert!(
-        text.lines()
-            .all(|l| !l.starts_with("workshop-tage") || l.contains("bridge")),
-        "{text}"
-    );
+    child.kill().expect("stop kubectl -w");
+    child.wait().expect("reaped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

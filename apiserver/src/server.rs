@@ -33,7 +33,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            history: 50_000,
+            history: 10_000,
             max_watches: 1024,
             bookmark_interval: Duration::from_secs(10),
             node_name: None,

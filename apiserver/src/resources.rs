@@ -148,6 +148,13 @@ pub fn builtins() -> Vec<Resource> {
         "reason".into(),
         "type".into(),
     ];
+    events_v1.columns = vec![
+        column("Last Seen", "date", ".lastTimestamp|.eventTime", 0),
+        column("Type", "string", ".type", 0),
+        column("Reason", "string", ".reason", 0),
+        column("Object", "string", ".involvedObject.name", 0),
+        column("Message", "string", ".message", 0),
+    ];
     let mut events = builtin(
         "events.k8s.io",
         "v1",

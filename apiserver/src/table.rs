@@ -104,7 +104,13 @@ pub fn human_age(secs: i64) -> String {
 }
 
 fn cell(obj: &Value, col: &Column) -> Value {
-    let found = eval(obj, &col.json_path);
+    // Built-in columns may name alternatives: `.lastTimestamp|.eventTime`.
+    let found = col
+        .json_path
+        .split('|')
+        .map(|p| eval(obj, p))
+        .find(|v| v.iter().any(|x| !x.is_null()))
+        .unwrap_or_default();
     let Some(v) = found.into_iter().next() else {
         return Value::Null;
     };

@@ -167,3 +167,52 @@ fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "pier-operator".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    #[test]
+    fn flags_make_a_config() {
+        let cli = Cli::parse_from([
+            "pier",
+            "--identity",
+            "op-1",
+            "--lease-duration-seconds",
+            "9",
+            "--admin-addr",
+            "127.0.0.1:9191",
+            "--address-pool",
+            "base=10.10.0.0/16,size=24",
+            "--port-range",
+            "40000-40100",
+            "--default-networks",
+            "false",
+        ]);
+        let config = Config::try_from(&cli.args).expect("valid flags");
+        assert_eq!(config.lease.identity, "op-1");
+        assert_eq!(config.lease.duration, Duration::from_secs(9));
+        assert_eq!(config.lease.retry, Duration::from_secs(3));
+        assert_eq!(config.admin_addr, "127.0.0.1:9191".parse().ok());
+        assert_eq!(config.alloc.pools.len(), 1);
+        assert_eq!(config.alloc.port_range.first(), 40000);
+        assert!(!config.default_networks);
+
+        let defaults = Cli::parse_from(["pier", "--admin-addr", "off"]);
+        let config = Config::try_from(&defaults.args).expect("defaults");
+        assert_eq!(config.admin_addr, None);
+        assert_eq!(config.alloc.pools, crate::ipam::default_pools());
+        assert_eq!(config.bridge_subnet.to_string(), "172.17.0.0/16");
+
+        let bad = Cli::parse_from(["pier", "--admin-addr", "nowhere"]);
+        assert!(Config::try_from(&bad.args).is_err());
+    }
+}

@@ -248,6 +248,15 @@ pub async fn controllers(client: Client, ctx: Arc<Context>) {
                 .state()
                 .into_iter()
                 .filter(|e| endpoint::network_of(e, &default) == name)
+                // Only those still waiting for it: an allocated Endpoint does not depend on
+                // anything of its Network that can change (subnet and driver are immutable), and
+                // requeueing all of them on every endpoint-count update would make filling a
+                // network quadratic.
+                .filter(|e| {
+                    !e.status.as_ref().is_some_and(|s| {
+                        pier_crds::conditions::is_true(&s.conditions, pier_crds::conditions::READY)
+                    })
+                })
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })

@@ -94,3 +94,53 @@ async fn admin_port_serves_health_and_metrics() {
     );
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lease_stops_the_controllers() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::api::PostParams;
+
+    let (_server, client) = cluster().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    let a = Operator::start(&client, config("op-a"));
+    wait_for(&leases, "pier-operator", "held by op-a", |l| {
+        holder(l).as_deref() == Some("op-a")
+    })
+    .await;
+    create(&eps, &endpoint("before", "before", None, json!({}))).await;
+    allocated(&eps, "before").await;
+
+    // Someone else takes the lease (e.g. after a network partition the others saw it expire).
+    let mut lease = leases.get("pier-operator").await.expect("lease");
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some("intruder".into());
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        spec.lease_duration_seconds = Some(60);
+    }
+    leases
+        .replace("pier-operator", &PostParams::default(), &lease)
+        .await
+        .expect("lease taken");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a.metrics.encode().contains("pier_operator_leader 0") {
+        assert!(tokio::time::Instant::now() < deadline, "still leading");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Stopped: a new Endpoint gets nothing from op-a.
+    create(&eps, &endpoint("after", "after", None, json!({}))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let after = eps.get("after").await.expect("get");
+    assert_eq!(
+        after.status, None,
+        "a replica without the lease wrote nothing"
+    );
+    assert_eq!(after.metadata.finalizers, None);
+    // The intruder's lease is respected: op-a does not take it back.
+    assert_eq!(
+        holder(&leases.get("pier-operator").await.expect("lease")).as_deref(),
+        Some("intruder")
+    );
+    a.stop().await;
+}

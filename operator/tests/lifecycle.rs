@@ -114,3 +114,62 @@ async fn deleting_an_endpoint_frees_its_address_for_the_next() {
     assert_eq!(address(&got).as_deref(), Some("10.6.0.4"));
     op.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_conditions_survive_operator_status_writes() {
+    use kube::api::{Patch, PatchParams};
+
+    let (_server, client) = cluster().await;
+    let op = Operator::start(&client, config("op-1"));
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    create(&eps, &endpoint("web", "web", None, json!({}))).await;
+    let first = allocated(&eps, "web").await;
+    let ready_at =
+        pier_crds::conditions::find(&first.status.clone().expect("status").conditions, "Ready")
+            .expect("Ready")
+            .last_transition_time
+            .clone();
+
+    // The node daemon reports Attached with its own field manager.
+    eps.patch_status(
+        "web",
+        &PatchParams::apply("pier-node").force(),
+        &Patch::Apply(
+            json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+            "status": {"conditions": [{"type": "Attached", "status": "True", "reason": "Attached",
+                "message": "eth0 up", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+        ),
+    )
+    .await
+    .expect("node status");
+    // A spec change makes the operator write again (new observedGeneration).
+    eps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"aliases": ["www"]}})),
+    )
+    .await
+    .expect("spec changed");
+    let after = wait_for(&eps, "web", "aliases in status", |e| {
+        e.status
+            .as_ref()
+            .is_some_and(|s| s.dns_names.contains(&"www".to_owned()))
+    })
+    .await;
+    let status = after.status.expect("status");
+    assert_eq!(status.observed_generation, after.metadata.generation);
+    assert!(
+        pier_crds::conditions::is_true(&status.conditions, "Attached"),
+        "{:?}",
+        status.conditions
+    );
+    let ready = pier_crds::conditions::find(&status.conditions, "Ready").expect("Ready");
+    assert_eq!(ready.status, "True");
+    assert_eq!(
+        ready.last_transition_time, ready_at,
+        "unchanged status keeps its transition time"
+    );
+    assert_eq!(ready.observed_generation, after.metadata.generation);
+    assert_eq!(address(&first), status.ipv4_address);
+    op.stop().await;
+}

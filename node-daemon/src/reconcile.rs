@@ -419,7 +419,7 @@ impl Dataplane {
     /// plan dumps every link. A full `apply` (at start and periodically) remains what removes
     /// leftovers.
     pub fn plan_endpoints(&self, state: &NodeState, ids: &[&str]) -> Result<Plan, DataplaneError> {
-        state.validate().map_err(DataplaneError::InvalidState)?;
+        validate_scoped(state, ids)?;
         let scope: BTreeSet<&str> = ids.iter().copied().collect();
         self.with_host(|host| self.plan_with(host, state, Some(&scope)))
     }
@@ -430,7 +430,7 @@ impl Dataplane {
         state: &NodeState,
         ids: &[&str],
     ) -> Result<Report, DataplaneError> {
-        state.validate().map_err(DataplaneError::InvalidState)?;
+        validate_scoped(state, ids)?;
         let scope: BTreeSet<&str> = ids.iter().copied().collect();
         self.with_host(|host| {
             let plan = self.plan_with(host, state, Some(&scope))?;
@@ -1085,6 +1085,25 @@ impl Dataplane {
 struct CachedHost {
     identity: Option<(u64, u64)>,
     nl: Nl,
+}
+
+/// What `NodeState::validate` checks, limited to what a scoped plan relies on: the networks
+/// (few) and that each scoped endpoint id appears once. Hashing every endpoint id of a large node
+/// on every attach cost as much as the rest of the plan; a full apply still validates everything.
+fn validate_scoped(state: &NodeState, ids: &[&str]) -> Result<(), DataplaneError> {
+    let networks = NodeState {
+        networks: state.networks.clone(),
+        ..NodeState::default()
+    };
+    networks.validate().map_err(DataplaneError::InvalidState)?;
+    for id in ids {
+        if state.endpoints.iter().filter(|e| e.id == *id).count() > 1 {
+            return Err(DataplaneError::InvalidState(StateError::DuplicateEndpoint(
+                (*id).to_owned(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The first endpoint among `endpoints` with a bridge attachment matching `matches`, by id.

@@ -195,6 +195,8 @@ async fn lesson_objects_get_docker_subnets_addresses_and_ports() {
     let note = event_with(&client, "default", "con1", "AddressAllocated").await;
     assert!(note.contains("172.18.0.2"), "{note}");
     event_with(&client, "default", "web", "PortsAllocated").await;
+    event_with(&client, "default", "on-host", "Allocated").await;
+    event_with(&client, "default", "sidecar", "Allocated").await;
     event_with(&client, "default", "workshop-tage", "SubnetAllocated").await;
     assert!(
         op.metrics

@@ -141,6 +141,14 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
                 ctx.event(ep, false, "AddressAllocated", "Allocate", note)
                     .await;
                 ctx.observe();
+            } else if status.ipv4_address.is_none() && changed {
+                // host and null networks, and container mode: nothing but a node and a name.
+                let note = status
+                    .conditions
+                    .first()
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default();
+                ctx.event(ep, false, "Allocated", "Allocate", note).await;
             }
             Ok(Action::await_change())
         }

@@ -1,0 +1,50 @@
+# syntax=docker/dockerfile:1
+#
+# The `pier` image: one binary for both roles (`pier operator`, `pier node`; DESIGN.md §3).
+#
+#   docker build -t pier:dev .
+#   kind load docker-image pier:dev --name pier     # then: helm install ... --set image.repository=pier,image.tag=dev
+#
+# Build stage: Debian 12 with Rust and the C libraries the nftables bindings link against
+# (libnftnl 1.2.x and libmnl 1.0.4 from libnftnl-dev / libmnl-dev; pkg-config finds them).
+# Runtime stage: distroless (no shell, no package manager), with glibc from the base and the
+# two shared libraries copied from the build stage. Nothing else is needed at run time: Pier
+# speaks netlink and nftables directly and runs no `ip`, `nft` or `iptables`.
+#
+# The image's user is distroless' `nonroot` (65532): the operator runs as it. The node daemon
+# needs root and network capabilities; the chart's DaemonSet sets runAsUser 0 for it.
+#
+# Not built in this repository's CI (no Docker there); tests/kind/run.sh builds it.
+
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnftnl-dev libmnl-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin pier \
+ && install -D -m 0755 target/release/pier /out/pier \
+ && triplet="$(gcc -print-multiarch)" \
+ && mkdir -p "/out/lib/$triplet" \
+ && cp -L "$(dpkg -L libnftnl11 | grep 'libnftnl.so.11$')" "/out/lib/$triplet/" \
+ && cp -L "$(dpkg -L libmnl0 | grep 'libmnl.so.0$')" "/out/lib/$triplet/"
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+LABEL org.opencontainers.image.title="pier" \
+      org.opencontainers.image.description="Docker-style container networking for Kubernetes: pier operator, pier node" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://example.invalid/pier"
+# Into the multiarch library folder the dynamic loader searches (x86_64-linux-gnu, aarch64-linux-gnu).
+COPY --from=build /out/lib/ /usr/lib/
+COPY --from=build /out/pier /usr/local/bin/pier
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/pier"]
+CMD ["--help"]

@@ -1,0 +1,785 @@
+//! Checks of charts/pier that need no cluster:
+//!
+//! - the real Helm engine (PyPI `helm-sdkpy`, Helm's Go library; `tests/chart/render.py`) lints
+//!   the chart and renders it with the default values, with each value of values.yaml toggled
+//!   on its own, and with all of them toggled at once;
+//! - every rendered object decodes strictly into its k8s-openapi type (a round trip, since the
+//!   decoders skip unknown fields: what does not come back was not understood);
+//! - values.yaml documents every value;
+//! - the RBAC of each role grants exactly what that binary's code calls, derived from its source
+//!   by `tests/chart/rbac.rs`: a gap (a call the chart does not allow) or an excess (a grant no
+//!   code uses) fails.
+//!
+//! Needs `pip install --ignore-requires-python helm-sdkpy` (and PyYAML), as `.ci/run` does.
+
+#[path = "chart/rbac.rs"]
+mod rbac;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One way to set the values, and what Helm made of it.
+#[derive(Debug, Clone)]
+struct Rendered {
+    name: String,
+    objects: Vec<Value>,
+    notes: String,
+}
+
+/// The value toggles: for each leaf of values.yaml (dotted path), a value different from its
+/// default. Booleans are flipped automatically; every other leaf needs an entry here, and the
+/// test fails on a leaf without one (so a new value is rendered at least once).
+fn toggles() -> BTreeMap<&'static str, Value> {
+    BTreeMap::from([
+        ("image.repository", json!("registry.example/pier")),
+        ("image.tag", json!("dev")),
+        ("image.pullPolicy", json!("Always")),
+        ("imagePullSecrets", json!([{"name": "regcred"}])),
+        ("nameOverride", json!("net")),
+        ("fullnameOverride", json!("pier-cni")),
+        ("logLevel", json!("debug,hyper=info")),
+        ("operator.replicas", json!(1)),
+        ("operator.leaseDurationSeconds", json!(30)),
+        ("operator.leaseName", json!("pier-leader")),
+        ("operator.adminPort", json!(9190)),
+        ("operator.bridgeSubnet", json!("10.99.0.0/16")),
+        (
+            "operator.addressPools",
+            json!(["base=10.10.0.0/16,size=24", "base=10.20.0.0/16,size=24"]),
+        ),
+        ("operator.portRange", json!("40000-40100")),
+        (
+            "operator.resources",
+            json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+        ),
+        (
+            "operator.nodeSelector",
+            json!({"node-role.kubernetes.io/control-plane": ""}),
+        ),
+        (
+            "operator.tolerations",
+            json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]),
+        ),
+        (
+            "operator.affinity",
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}}),
+        ),
+        (
+            "operator.podAnnotations",
+            json!({"example.com/team": "net"}),
+        ),
+        ("node.adminPort", json!(9191)),
+        ("node.resources", json!({"requests": {"cpu": "200m"}})),
+        ("node.nodeSelector", json!({"pier.dev/dataplane": "true"})),
+        ("node.tolerations", json!([])),
+        ("node.priorityClassName", json!("")),
+        ("node.podAnnotations", json!({"example.com/team": "net"})),
+        ("metrics.serviceMonitor.interval", json!("10s")),
+        (
+            "metrics.serviceMonitor.labels",
+            json!({"release": "prometheus"}),
+        ),
+    ])
+}
+
+fn default_values() -> Value {
+    let text =
+        std::fs::read_to_string(root().join("charts/pier/values.yaml")).expect("values.yaml");
+    serde_yaml::from_str(&text).expect("values.yaml parses")
+}
+
+/// Dotted paths of the leaves of `values` (maps are descended into unless empty).
+fn leaves(values: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match values {
+        Value::Object(map) if !map.is_empty() && !(prefix.ends_with("resources")) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, &path, out);
+            }
+        }
+        other => out.push((prefix.to_owned(), other.clone())),
+    }
+}
+
+fn set_path(values: &mut Value, path: &str, value: Value) {
+    let mut cur = values;
+    let parts: Vec<&str> = path.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        cur = cur
+            .as_object_mut()
+            .expect("object")
+            .entry(part.to_string())
+            .or_insert_with(|| json!({}));
+    }
+    cur.as_object_mut()
+        .expect("object")
+        .insert(parts[parts.len() - 1].to_owned(), value);
+}
+
+/// The cases: defaults, each leaf toggled alone, everything toggled together.
+fn cases() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    leaves(&default_values(), "", &mut out);
+    let toggles = toggles();
+    let mut missing = Vec::new();
+    let mut cases = vec![("default".to_owned(), json!({}))];
+    let mut all = json!({});
+    for (path, default) in &out {
+        let toggled = match (default, toggles.get(path.as_str())) {
+            (Value::Bool(b), _) => Value::Bool(!b),
+            (_, Some(v)) => v.clone(),
+            (_, None) => {
+                missing.push(path.clone());
+                continue;
+            }
+        };
+        assert_ne!(&toggled, default, "the toggle of {path} is its default");
+        let mut values = json!({});
+        set_path(&mut values, path, toggled.clone());
+        set_path(&mut all, path, toggled);
+        cases.push((format!("{path} toggled"), values));
+    }
+    assert!(
+        missing.is_empty(),
+        "values without a toggle in tests/chart.rs toggles(): {missing:?}"
+    );
+    for key in toggles.keys() {
+        assert!(
+            out.iter().any(|(p, _)| p == key),
+            "toggles() names {key}, which values.yaml does not have"
+        );
+    }
+    cases.push(("everything toggled".to_owned(), all));
+    cases
+}
+
+/// Renders every case once per test run (the Helm library takes a few seconds to load).
+fn rendered() -> &'static Vec<Rendered> {
+    static RENDERED: OnceLock<Vec<Rendered>> = OnceLock::new();
+    RENDERED.get_or_init(|| {
+        let cases = cases();
+        let request = json!({
+            "chart": root().join("charts/pier"),
+            "cases": cases.iter().map(|(name, values)| json!({"name": name, "values": values})).collect::<Vec<_>>(),
+        });
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/chart/render.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (tests/chart/render.py needs it)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(request.to_string().as_bytes())
+                .expect("writes the request");
+        }
+        let output = child.wait_with_output().expect("render.py finishes");
+        assert!(
+            output.status.success(),
+            "tests/chart/render.py failed (pip install --ignore-requires-python helm-sdkpy?):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let answer: Value = serde_json::from_slice(&output.stdout).expect("render.py answers JSON");
+        assert_lint_clean("the chart", &answer["lint"]);
+        let mut out = Vec::new();
+        for ((name, values), case) in cases.into_iter().zip(answer["cases"].as_array().expect("cases")) {
+            assert_eq!(case["name"], json!(name));
+            if let Some(error) = case.get("error") {
+                panic!("helm could not render the chart with {name} ({values}): {error}");
+            }
+            assert_lint_clean(&name, &case["lint"]);
+            let manifest = case["manifest"].as_str().expect("manifest");
+            let objects = serde_yaml::Deserializer::from_str(manifest)
+                .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
+                .filter(|v| !v.is_null())
+                .collect();
+            out.push(Rendered {
+                name,
+                objects,
+                notes: case["notes"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        out
+    })
+}
+
+fn assert_lint_clean(what: &str, lint: &Value) {
+    assert!(
+        lint["Errors"].is_null() || lint["Errors"] == json!([]),
+        "helm lint of {what}: {lint}"
+    );
+    assert!(
+        lint["Messages"].is_null() || lint["Messages"] == json!([]),
+        "helm lint of {what} has findings: {lint}"
+    );
+}
+
+/// The subset of the Prometheus Operator's ServiceMonitor the chart writes, strictly.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    namespace_selector: NamespaceSelector,
+    endpoints: Vec<ServiceMonitorEndpoint>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespaceSelector {
+    match_names: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorEndpoint {
+    port: String,
+    path: String,
+    interval: String,
+}
+
+/// Decodes `object` as `T` and encodes it again: every field must come back unchanged.
+fn round_trip<T: serde::de::DeserializeOwned + Serialize>(case: &str, object: &Value) {
+    let name = format!(
+        "{} {} ({case})",
+        object["kind"].as_str().unwrap_or("?"),
+        object["metadata"]["name"].as_str().unwrap_or("?")
+    );
+    let typed: T = serde_json::from_value(object.clone())
+        .unwrap_or_else(|e| panic!("{name} does not decode: {e}"));
+    let again = serde_json::to_value(&typed).expect("encodes");
+    assert_eq!(&again, object, "{name} has fields its type does not know");
+}
+
+#[test]
+fn chart_lints_and_renders_with_every_value_toggled() {
+    let rendered = rendered();
+    // defaults + one case per value + all at once
+    assert!(rendered.len() > 20, "{} cases", rendered.len());
+    for r in rendered {
+        assert!(!r.objects.is_empty(), "{}: nothing rendered", r.name);
+        assert!(
+            r.notes.contains("kubectl get pier"),
+            "{}: NOTES.txt",
+            r.name
+        );
+        let mut names = BTreeSet::new();
+        for o in &r.objects {
+            let key = format!(
+                "{}/{}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            assert!(names.insert(key.clone()), "{}: {key} twice", r.name);
+        }
+    }
+}
+
+#[test]
+fn every_rendered_object_decodes_strictly() {
+    let mut kinds = BTreeSet::new();
+    for r in rendered() {
+        for o in &r.objects {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            kinds.insert(kind.to_owned());
+            match kind {
+                "Deployment" => round_trip::<Deployment>(&r.name, o),
+                "DaemonSet" => round_trip::<DaemonSet>(&r.name, o),
+                "ServiceAccount" => round_trip::<ServiceAccount>(&r.name, o),
+                "Service" => round_trip::<Service>(&r.name, o),
+                "ClusterRole" => round_trip::<ClusterRole>(&r.name, o),
+                "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(&r.name, o),
+                "Role" => round_trip::<Role>(&r.name, o),
+                "RoleBinding" => round_trip::<RoleBinding>(&r.name, o),
+                "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(&r.name, o),
+                "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(&r.name, o),
+                "ServiceMonitor" => round_trip::<ServiceMonitor>(&r.name, o),
+                other => panic!("{}: no strict decoder for kind {other}", r.name),
+            }
+        }
+    }
+    // Every template is rendered by some case.
+    for kind in [
+        "Deployment",
+        "DaemonSet",
+        "ServiceAccount",
+        "Service",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "PodDisruptionBudget",
+        "CustomResourceDefinition",
+        "ServiceMonitor",
+    ] {
+        assert!(kinds.contains(kind), "no case renders a {kind}");
+    }
+}
+
+fn find<'a>(r: &'a Rendered, kind: &str) -> Vec<&'a Value> {
+    r.objects
+        .iter()
+        .filter(|o| o["kind"] == json!(kind))
+        .collect()
+}
+
+fn container<T: serde::de::DeserializeOwned>(o: &Value) -> (T, Container) {
+    let typed: T = serde_json::from_value(o.clone()).expect("decodes");
+    let c: Container =
+        serde_json::from_value(o["spec"]["template"]["spec"]["containers"][0].clone())
+            .expect("container");
+    (typed, c)
+}
+
+fn env(c: &Container, name: &str) -> Option<k8s_openapi::api::core::v1::EnvVar> {
+    c.env.as_ref()?.iter().find(|e| e.name == name).cloned()
+}
+
+#[test]
+fn default_render_runs_both_roles_as_designed() {
+    let r = &rendered()[0];
+    assert_eq!(r.name, "default");
+    // Operator: pier operator, 2 replicas with leader election, probes on the admin port,
+    // locked down.
+    let deployments = find(r, "Deployment");
+    assert_eq!(deployments.len(), 1);
+    let (deployment, c) = container::<Deployment>(deployments[0]);
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2));
+    assert_eq!(c.args.as_deref(), Some(&["operator".to_owned()][..]));
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.service_account_name.as_deref(), Some("pier0-operator"));
+    let lease_ns = env(&c, "PIER_LEASE_NAMESPACE").expect("lease namespace");
+    assert_eq!(
+        lease_ns
+            .value_from
+            .and_then(|v| v.field_ref)
+            .map(|f| f.field_path),
+        Some("metadata.namespace".to_owned())
+    );
+    assert_eq!(
+        env(&c, "PIER_ADMIN_ADDR").and_then(|e| e.value).as_deref(),
+        Some("0.0.0.0:9090")
+    );
+    let live = c.liveness_probe.and_then(|p| p.http_get).expect("liveness");
+    let ready = c
+        .readiness_probe
+        .and_then(|p| p.http_get)
+        .expect("readiness");
+    assert_eq!(live.path.as_deref(), Some("/livez"));
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+    let port = &c.ports.as_ref().expect("ports")[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("admin"), 9090)
+    );
+    assert!(c.resources.is_some());
+    let sc = c.security_context.expect("securityContext");
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        sc.seccomp_profile.map(|s| s.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+
+    // Node daemon: pier node on the host network, NODE_NAME from the downward API, hostPID
+    // for Pod targets, the netns folders, every node, one node at a time.
+    let daemonsets = find(r, "DaemonSet");
+    assert_eq!(daemonsets.len(), 1);
+    let (ds, c) = container::<DaemonSet>(daemonsets[0]);
+    let spec = ds.spec.expect("spec");
+    assert_eq!(c.args.as_deref(), Some(&["node".to_owned()][..]));
+    let strategy = spec
+        .update_strategy
+        .and_then(|s| s.rolling_update)
+        .expect("rolling");
+    assert_eq!(
+        strategy.max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.host_pid, Some(true));
+    let tolerations = pod.tolerations.expect("tolerations");
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none())
+    );
+    let node_name = env(&c, "NODE_NAME").expect("NODE_NAME");
+    assert_eq!(
+        node_name
+            .value_from
+            .and_then(|v| v.field_ref)
+            .map(|f| f.field_path),
+        Some("spec.nodeName".to_owned())
+    );
+    let mounts = c.volume_mounts.clone().expect("mounts");
+    let netns = mounts
+        .iter()
+        .find(|m| m.mount_path == "/var/run/netns")
+        .expect("/var/run/netns");
+    assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
+    assert!(mounts.iter().any(|m| m.mount_path == "/etc/netns"));
+    assert!(!mounts.iter().any(|m| m.mount_path.contains("xtables")));
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+}
+
+#[test]
+fn unprivileged_node_mode_adds_only_the_needed_capabilities() {
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "node.privileged toggled")
+        .expect("case");
+    let (_, c) = container::<DaemonSet>(find(r, "DaemonSet")[0]);
+    let sc = c.security_context.expect("securityContext");
+    assert_eq!(sc.privileged, None);
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    // SYS_PTRACE comes with hostPID (other users' /proc/PID/ns/net); NET_RAW only on request.
+    assert_eq!(
+        caps.add,
+        Some(vec![
+            "NET_ADMIN".to_owned(),
+            "SYS_ADMIN".to_owned(),
+            "SYS_PTRACE".to_owned()
+        ])
+    );
+    let mounts = c.volume_mounts.expect("mounts");
+    let netns = mounts
+        .iter()
+        .find(|m| m.mount_path == "/var/run/netns")
+        .expect("netns");
+    // Bidirectional propagation is only allowed in privileged containers.
+    assert_eq!(netns.mount_propagation.as_deref(), Some("HostToContainer"));
+}
+
+#[test]
+fn crds_as_templates_match_the_committed_crds_and_are_kept() {
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "crds.manage toggled")
+        .expect("case");
+    let crds = find(r, "CustomResourceDefinition");
+    assert_eq!(crds.len(), 3);
+    for crd in crds {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+            json!("keep")
+        );
+        let name = crd["spec"]["names"]["plural"].as_str().expect("plural");
+        let committed: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(root().join(format!("charts/pier/crds/{name}.yaml")))
+                .expect("committed CRD"),
+        )
+        .expect("parses");
+        assert_eq!(
+            crd["spec"], committed["spec"],
+            "{name}: spec differs from crds/"
+        );
+    }
+    assert!(find(&rendered()[0], "CustomResourceDefinition").is_empty());
+}
+
+#[test]
+fn values_yaml_documents_every_value() {
+    let text = std::fs::read_to_string(root().join("charts/pier/values.yaml")).expect("values");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    leaves(&default_values(), "", &mut out);
+    let mut undocumented = Vec::new();
+    for (path, _) in &out {
+        // Find the key line of each path segment in turn, each below and deeper than the last.
+        let mut from = 0;
+        let mut indent = 0;
+        let mut found = None;
+        for (depth, key) in path.split('.').enumerate() {
+            let hit = lines.iter().enumerate().skip(from).find(|(_, l)| {
+                let t = l.trim_start();
+                let ind = l.len() - t.len();
+                (depth == 0 && ind == 0 || depth > 0 && ind > indent)
+                    && t.starts_with(&format!("{key}:"))
+            });
+            let Some((i, l)) = hit else {
+                found = None;
+                break;
+            };
+            from = i + 1;
+            indent = l.len() - l.trim_start().len();
+            found = Some(i);
+        }
+        let line = found.unwrap_or_else(|| panic!("{path} not found in values.yaml"));
+        if !line
+            .checked_sub(1)
+            .is_some_and(|j| lines[j].trim_start().starts_with('#'))
+        {
+            undocumented.push(path.clone());
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "values.yaml: values without a comment right above them: {undocumented:?}"
+    );
+}
+
+/// The grants of one role in a render: (group, resource, verb) from its ClusterRole(s) and
+/// Role(s), by the `app.kubernetes.io/component` label.
+fn chart_grants(r: &Rendered, component: &str) -> BTreeSet<rbac::Grant> {
+    let mut grants = BTreeSet::new();
+    for o in r.objects.iter().filter(|o| {
+        (o["kind"] == json!("ClusterRole") || o["kind"] == json!("Role"))
+            && o["metadata"]["labels"]["app.kubernetes.io/component"] == json!(component)
+    }) {
+        let rules: Vec<PolicyRule> =
+            serde_json::from_value(o["rules"].clone()).expect("rules decode");
+        for rule in rules {
+            assert!(
+                rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+                "the scanner does not model resourceNames / nonResourceURLs"
+            );
+            for g in rule.api_groups.clone().unwrap_or_default() {
+                for res in rule.resources.clone().unwrap_or_default() {
+                    for v in &rule.verbs {
+                        assert!(
+                            g != "*" && res != "*" && v != "*",
+                            "{component}: a wildcard grant"
+                        );
+                        grants.insert((g.clone(), res.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+fn show(set: &BTreeSet<rbac::Grant>, usage: &rbac::Usage) -> String {
+    set.iter()
+        .map(|g| {
+            let from = usage
+                .origins
+                .get(g)
+                .map(|o| o.join(", "))
+                .unwrap_or_default();
+            format!("\n  {:?} {} {} {}", g.0, g.1, g.2, from)
+        })
+        .collect()
+}
+
+/// The node daemon's grants by design (DESIGN.md §2, §4: it reads its node's objects, holds the
+/// finalizer pier.dev/node, writes its conditions into status, looks up Pods and its Node, and
+/// records Events). Used only while `node-daemon/src` makes no API call yet; as soon as it does,
+/// the role is compared with the code like the operator's.
+const NODE_DESIGN: &[(&str, &str, &str)] = &[
+    ("pier.dev", "networks", "get"),
+    ("pier.dev", "networks", "list"),
+    ("pier.dev", "networks", "watch"),
+    ("pier.dev", "endpoints", "get"),
+    ("pier.dev", "endpoints", "list"),
+    ("pier.dev", "endpoints", "watch"),
+    ("pier.dev", "endpoints", "patch"),
+    ("pier.dev", "portpublishes", "get"),
+    ("pier.dev", "portpublishes", "list"),
+    ("pier.dev", "portpublishes", "watch"),
+    ("pier.dev", "portpublishes", "patch"),
+    ("pier.dev", "endpoints/status", "patch"),
+    ("pier.dev", "portpublishes/status", "patch"),
+    ("", "pods", "get"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "nodes", "get"),
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+];
+
+fn check_role(component: &str, src: &str) -> rbac::Usage {
+    let usage = rbac::scan(&root().join(src));
+    assert!(
+        usage.problems.is_empty(),
+        "the RBAC scanner cannot account for these API uses in {src}:\n  {}",
+        usage.problems.join("\n  ")
+    );
+    for r in rendered() {
+        let granted = chart_grants(r, component);
+        let needed: BTreeSet<rbac::Grant> = if usage.uses_api {
+            usage.grants.clone()
+        } else {
+            NODE_DESIGN
+                .iter()
+                .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let gaps: BTreeSet<_> = needed.difference(&granted).cloned().collect();
+        let excess: BTreeSet<_> = granted.difference(&needed).cloned().collect();
+        assert!(
+            gaps.is_empty() && excess.is_empty(),
+            "{component} RBAC in charts/pier ({}) differs from what {src} calls\n\
+             missing from the chart:{}\ngranted but unused:{}",
+            r.name,
+            show(&gaps, &usage),
+            show(&excess, &usage)
+        );
+    }
+    usage
+}
+
+#[test]
+fn operator_rbac_matches_the_operator_code() {
+    let usage = check_role("operator", "operator/src");
+    assert!(usage.uses_api, "operator/src makes no API call?");
+    // The essentials, so a scanner that silently finds nothing cannot pass.
+    for (g, r, v) in [
+        ("pier.dev", "networks", "watch"),
+        ("pier.dev", "endpoints/status", "patch"),
+        ("pier.dev", "portpublishes", "patch"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(
+            usage
+                .grants
+                .contains(&(g.to_owned(), r.to_owned(), v.to_owned())),
+            "the scanner missed {g} {r} {v}: {:?}",
+            usage.grants
+        );
+    }
+    // The Lease is namespaced (Api::namespaced in the release namespace): a Role, not cluster-wide.
+    let r = &rendered()[0];
+    for o in find(r, "ClusterRole") {
+        assert!(!o.to_string().contains("leases"), "leases in a ClusterRole");
+    }
+    assert!(
+        find(r, "Role")
+            .iter()
+            .any(|o| o.to_string().contains("leases"))
+    );
+}
+
+#[test]
+fn node_rbac_matches_the_node_daemon_code() {
+    let usage = check_role("node", "node-daemon/src");
+    if !usage.uses_api {
+        eprintln!(
+            "note: node-daemon/src makes no Kubernetes API call yet; the node role is checked \
+             against the design table NODE_DESIGN instead"
+        );
+    }
+}
+
+/// The scanner finds what it claims to, and refuses what it cannot see.
+#[test]
+fn rbac_scanner_derives_verbs_from_code() {
+    let dir = tempfile_dir("scanner");
+    std::fs::write(
+        dir.join("lib.rs"),
+        r#"
+use kube::Api;
+async fn run(client: Client) {
+    let nets: Api<Network> = Api::all(client.clone());
+    Controller::new(nets.clone(), wc()).run();
+    let secrets = Api::<Secret>::namespaced(client.clone(), "ns");
+    secrets.get_opt("x").await;
+    Api::<ConfigMap>::namespaced(client.clone(), "ns").delete("y", &dp).await;
+    write_status(&nets, &obj).await;
+    finalizer(&nets, "pier.dev/x", obj, |e| async {}).await;
+    ensure(&Api::all(client.clone())).await;
+    let rec = Recorder::new(client.clone(), reporter);
+}
+async fn write_status<K: Resource>(api: &Api<K>, obj: &K) {
+    api.patch_status("n", &pp, &patch).await;
+}
+async fn ensure(api: &Api<Lease>) {
+    api.replace("l", &pp, &l).await;
+}
+#[cfg(test)]
+mod tests {
+    async fn t(api: Api<Namespace>) { api.delete("x", &dp).await; }
+}
+"#,
+    )
+    .expect("writes");
+    let usage = rbac::scan(&dir);
+    assert!(usage.problems.is_empty(), "{:?}", usage.problems);
+    let got: BTreeSet<String> = usage
+        .grants
+        .iter()
+        .map(|(g, r, v)| format!("{g}/{r}:{v}"))
+        .collect();
+    let want: BTreeSet<String> = [
+        "pier.dev/networks:list",
+        "pier.dev/networks:watch",
+        "pier.dev/networks:patch",
+        "pier.dev/networks/status:patch",
+        "/secrets:get",
+        "/configmaps:delete",
+        "coordination.k8s.io/leases:update",
+        "events.k8s.io/events:create",
+        "events.k8s.io/events:patch",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(got, want);
+
+    std::fs::write(
+        dir.join("lib.rs"),
+        r#"
+async fn run(client: Client) {
+    let a: Api<Widget> = Api::all(client.clone());
+    let n: Api<Node> = Api::all(client.clone());
+    n.evict("x").await;
+    let anything = Api::all(client.clone());
+    client.request::<Node>(req).await;
+}
+"#,
+    )
+    .expect("writes");
+    let usage = rbac::scan(&dir);
+    assert_eq!(usage.problems.len(), 4, "{:#?}", usage.problems);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pier-chart-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}

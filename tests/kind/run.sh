@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Pier on a real multi-node cluster: builds the image, creates a kind cluster (1 control plane,
+# 2 workers), loads the image, installs charts/pier, and replays the lesson with Pods as targets:
+#
+#   1. two Pods on one Network ping each other by name (Pier's DNS on the gateway);
+#   2. a PortPublish answers on the node's address, from the node and from another node;
+#   3. Networks are isolated: a Pod on another Network reaches neither the address nor the name;
+#   4. connecting that Pod to the first Network (a second Endpoint) makes both reachable.
+#
+# Needs docker, kind, kubectl and helm on PATH; not part of .ci/run (CI has no Docker).
+# Usage: tests/kind/run.sh            (KEEP=1 keeps the cluster afterwards; CLUSTER=name)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CLUSTER="${CLUSTER:-pier}"
+IMAGE="${IMAGE:-pier:e2e}"
+NS=pier-system
+HERE=tests/kind
+
+missing=()
+for tool in docker kind kubectl helm; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "tests/kind/run.sh needs ${missing[*]} on PATH (and a running Docker daemon); nothing was run." >&2
+  echo "  kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation" >&2
+  exit 2
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "tests/kind/run.sh: the Docker daemon is not reachable (docker info failed); nothing was run." >&2
+  exit 2
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# retry N CMD...: runs CMD until it succeeds, at most N times, a second apart.
+retry() {
+  local n=$1; shift
+  for _ in $(seq "$n"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  return 1
+}
+
+cleanup() {
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "keeping cluster $CLUSTER (kind delete cluster --name $CLUSTER)"
+  else
+    kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+  fi
+}
+
+step "building $IMAGE"
+docker build -t "$IMAGE" --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" .
+
+step "creating kind cluster $CLUSTER"
+if ! kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  kind create cluster --name "$CLUSTER" --config "$HERE/kind-config.yaml" --wait 120s
+fi
+trap cleanup EXIT
+kubectl config use-context "kind-$CLUSTER" >/dev/null
+kind load docker-image "$IMAGE" --name "$CLUSTER"
+
+step "installing charts/pier"
+helm upgrade --install pier charts/pier --namespace "$NS" --create-namespace \
+  --set image.repository="${IMAGE%%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
+  --wait --timeout 5m
+kubectl -n "$NS" rollout status deployment/pier-operator --timeout=3m
+kubectl -n "$NS" rollout status daemonset/pier-node --timeout=3m
+retry 60 kubectl get network bridge || fail "the operator did not create the default networks"
+kubectl get networks
+
+step "applying the lesson"
+NODE="$(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[0].metadata.name}')"
+OTHER="$(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[1].metadata.name}')"
+echo "targets on $NODE, remote client on $OTHER"
+kubectl delete pod,endpoint.pier.dev,portpublish.pier.dev -l app=pier-e2e --ignore-not-found >/dev/null
+kubectl apply -f "$HERE/manifests/1-networks.yaml"
+sed "s/NODE/$NODE/" "$HERE/manifests/2-pods.yaml" | kubectl apply -f -
+kubectl wait --for=condition=Ready pod/con1 pod/con2 pod/con3 --timeout=3m
+kubectl apply -f "$HERE/manifests/3-endpoints.yaml"
+kubectl wait --for=condition=Ready endpoint.pier.dev/con1 endpoint.pier.dev/con2 endpoint.pier.dev/con3 --timeout=2m
+kubectl wait --for=condition=Ready portpublish.pier.dev/con1-web --timeout=2m
+kubectl get pier -o wide
+
+ip_of() { kubectl get endpoint.pier.dev "$1" -o jsonpath='{.status.ipv4Address}'; }
+CON1_IP="$(ip_of con1)"
+[ -n "$CON1_IP" ] || fail "con1 has no address in status"
+
+step "1. con2 pings con1 by name on workshop-tage"
+retry 20 kubectl exec con2 -- ping -c1 -W2 con1 || fail "con2 cannot ping con1 by name"
+kubectl exec con2 -- ping -c1 -W2 con1.workshop-tage >/dev/null || fail "NAME.NETWORK does not resolve"
+echo ok
+
+step "2. the PortPublish answers on the node's address"
+NODE_IP="$(kubectl get node "$NODE" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
+retry 20 docker exec "$OTHER" curl -sf "http://$NODE_IP:8000/" || fail "$NODE_IP:8000 unreachable from $OTHER"
+docker exec "$OTHER" curl -sf "http://$NODE_IP:8000/" | grep -q hello-from-con1 || fail "wrong answer on $NODE_IP:8000"
+docker exec "$NODE" curl -sf "http://127.0.0.1:8000/" | grep -q hello-from-con1 || fail "127.0.0.1:8000 unreachable on $NODE"
+kubectl get ppub con1-web
+echo ok
+
+step "3. networks are isolated: con3 (ch-open) reaches neither con1's address nor its name"
+if kubectl exec con3 -- ping -c1 -W2 "$CON1_IP" >/dev/null 2>&1; then fail "con3 reached $CON1_IP across networks"; fi
+if kubectl exec con3 -- nslookup con1 172.19.0.1 >/dev/null 2>&1; then fail "con3 resolved con1 across networks"; fi
+echo ok
+
+step "4. docker network connect workshop-tage con3"
+kubectl apply -f "$HERE/manifests/4-connect.yaml"
+kubectl wait --for=condition=Ready endpoint.pier.dev/con3-workshop-tage --timeout=2m
+retry 20 kubectl exec con3 -- ping -c1 -W2 con1 || fail "con3 cannot ping con1 after the connect"
+echo ok
+
+step "disconnect: deleting the second Endpoint isolates con3 again"
+kubectl delete -f "$HERE/manifests/4-connect.yaml" --wait
+retry 20 sh -c "! kubectl exec con3 -- ping -c1 -W2 $CON1_IP" || fail "con3 still reaches con1 after the disconnect"
+echo ok
+
+printf '\nall kind checks passed\n'

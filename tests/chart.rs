@@ -783,3 +783,24 @@ fn tempfile_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[test]
+#[ignore = "prints what the scanner derives: cargo test -p pier --test chart -- --ignored --nocapture"]
+fn print_scanned_grants() {
+    for src in ["operator/src", "node-daemon/src"] {
+        let usage = rbac::scan(&root().join(src));
+        println!("{src}: uses the API: {}", usage.uses_api);
+        for (grant, origins) in &usage.origins {
+            println!(
+                "  {:?} {} {}  <- {}",
+                grant.0,
+                grant.1,
+                grant.2,
+                origins.join(", ")
+            );
+        }
+        for p in &usage.problems {
+            println!("  problem: {p}");
+        }
+    }
+}

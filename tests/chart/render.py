@@ -191,35 +191,52 @@ def merge(base, override):
     return out
 
 
+async def render_case(chart, defaults, i, case):
+    """Lints and renders one case against its own stand-in API server."""
+    # A handler class per case: its own store, so cases run side by side.
+    handler = type(f"FakeApi{i}", (FakeApi,), {"store": {}, "lock": threading.Lock()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    entry = {"name": case["name"]}
+    try:
+        config = helm_sdkpy.Configuration(
+            namespace="pier-system", kubeconfig=kubeconfig(server.server_address[1]))
+        # Lint sees only values.yaml: lint a copy whose values.yaml holds this case's values.
+        with tempfile.TemporaryDirectory() as tmp:
+            copy_dir = os.path.join(tmp, "pier")
+            shutil.copytree(chart, copy_dir)
+            with open(os.path.join(copy_dir, "values.yaml"), "w") as f:
+                yaml.safe_dump(merge(defaults, case["values"]), f)
+            entry["lint"] = await helm_sdkpy.Lint(config).run(copy_dir)
+        release = await helm_sdkpy.Install(config).run(
+            f"pier{i}", chart, values=case["values"] or None, wait=False, timeout=60)
+        entry["manifest"] = release.get("manifest", "")
+        entry["notes"] = (release.get("info") or {}).get("notes", "")
+    except Exception as e:  # reported per case, the Rust test fails on it
+        entry["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        server.shutdown()
+    return entry
+
+
 async def run(request):
     chart = os.path.abspath(request["chart"])
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    config = helm_sdkpy.Configuration(namespace="pier-system", kubeconfig=kubeconfig(port))
-    out = {"lint": await helm_sdkpy.Lint(config).run(chart), "cases": []}
+    config = helm_sdkpy.Configuration(
+        namespace="pier-system", kubeconfig=kubeconfig(server.server_address[1]))
+    out = {"lint": await helm_sdkpy.Lint(config).run(chart)}
+    server.server_close()
     with open(os.path.join(chart, "values.yaml")) as f:
         defaults = yaml.safe_load(f)
-    for i, case in enumerate(request["cases"]):
-        FakeApi.store = {}
-        entry = {"name": case["name"]}
-        try:
-            # Lint sees only values.yaml: lint a copy whose values.yaml holds this case's values.
-            with tempfile.TemporaryDirectory() as tmp:
-                copy_dir = os.path.join(tmp, "pier")
-                shutil.copytree(chart, copy_dir)
-                with open(os.path.join(copy_dir, "values.yaml"), "w") as f:
-                    yaml.safe_dump(merge(defaults, case["values"]), f)
-                entry["lint"] = await helm_sdkpy.Lint(config).run(copy_dir)
-            release = await helm_sdkpy.Install(config).run(
-                f"pier{i}", chart, values=case["values"] or None, wait=False, timeout=60)
-            entry["manifest"] = release.get("manifest", "")
-            entry["notes"] = (release.get("info") or {}).get("notes", "")
-            entry["release"] = {k: v for k, v in release.items() if k not in ("manifest", "chart")}
-        except Exception as e:  # reported per case, the Rust test fails on it
-            entry["error"] = f"{type(e).__name__}: {e}"
-        out["cases"].append(entry)
-    server.shutdown()
+    # Eight at a time: each install waits mostly on Helm's own pauses, not on the CPU.
+    limit = asyncio.Semaphore(8)
+
+    async def limited(i, case):
+        async with limit:
+            return await render_case(chart, defaults, i, case)
+
+    out["cases"] = list(await asyncio.gather(
+        *(limited(i, case) for i, case in enumerate(request["cases"]))))
     return out
 
 

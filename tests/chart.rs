@@ -478,6 +478,7 @@ fn unprivileged_node_mode_adds_only_the_needed_capabilities() {
         Some(vec![
             "NET_ADMIN".to_owned(),
             "SYS_ADMIN".to_owned(),
+            "NET_BIND_SERVICE".to_owned(),
             "SYS_PTRACE".to_owned()
         ])
     );

@@ -723,6 +723,10 @@ async fn run(client: Client) {
     finalizer(&nets, "pier.dev/x", obj, |e| async {}).await;
     ensure(&Api::all(client.clone())).await;
     let rec = Recorder::new(client.clone(), reporter);
+    ctx.services.create(&pp, &svc).await;
+}
+struct Ctx {
+    services: Api<Service>,
 }
 async fn write_status<K: Resource>(api: &Api<K>, obj: &K) {
     api.patch_status("n", &pp, &patch).await;
@@ -751,6 +755,7 @@ mod tests {
         "pier.dev/networks/status:patch",
         "/secrets:get",
         "/configmaps:delete",
+        "/services:create",
         "coordination.k8s.io/leases:update",
         "events.k8s.io/events:create",
         "events.k8s.io/events:patch",
@@ -769,12 +774,31 @@ async fn run(client: Client) {
     n.evict("x").await;
     let anything = Api::all(client.clone());
     client.request::<Node>(req).await;
+    let maybe: Option<Api<Pod>> = None;
+    if let Some(p) = maybe { p.delete("x", &dp).await; }
 }
 "#,
     )
     .expect("writes");
     let usage = rbac::scan(&dir);
-    assert_eq!(usage.problems.len(), 4, "{:#?}", usage.problems);
+    // Each of these uses is refused rather than missed.
+    let expected = [
+        ":3: Api<Widget>: unknown type",
+        ":4: Api<Node> is used, but the RBAC scanner saw no call on it",
+        ":5: `n.evict(..)` on an Api handle: unknown method",
+        ":6: an untyped `Api::all`",
+        ":7: a raw client.request",
+        ":8: Api<Pod> is used, but the RBAC scanner saw no call on it",
+    ];
+    assert_eq!(
+        usage.problems.len(),
+        expected.len(),
+        "{:#?}",
+        usage.problems
+    );
+    for (problem, want) in usage.problems.iter().zip(expected) {
+        assert!(problem.contains(want), "{problem} (expected {want})");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,8 +3,8 @@
 //!
 //! The scanner reads every `.rs` file under a crate's `src/` (test modules removed) and finds:
 //!
-//! - **typed handles**: `name: Api<T>` (let bindings, function parameters, struct fields, used as
-//!   `name.` or `self.name.`), `let name = Api::<T>::...`, and inline `Api::<T>::all(..).method(..)`;
+//! - **typed handles**: `name: Api<T>` (let bindings, function parameters, and struct fields,
+//!   reached as `anything.name.`), `let name = Api::<T>::...`, and inline `Api::<T>::all(..).method(..)`;
 //! - **calls on them**, mapped to verbs ([`method_verbs`]): `get`/`get_opt`/`get_metadata*` → get,
 //!   `list`/`list_metadata` → list, `watch*` → watch, `create` → create, `replace` → update,
 //!   `patch`/`patch_metadata` → patch, `delete` → delete, `delete_collection` → deletecollection,
@@ -341,7 +341,7 @@ pub fn scan(src: &Path) -> Usage {
         }
         funcs.extend(parse_funcs(name, text));
     }
-    // Struct fields `name: Api<T>`, reached as `self.name`.
+    // Struct fields `name: Api<T>`, reached as `self.name`, `ctx.name`, ...
     let mut fields: Vec<(String, String)> = Vec::new();
     let field_re = Regex::new(
         r"(?m)^\s*(pub(\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:\s*Api\s*<\s*(\w+)\s*>\s*,",
@@ -425,7 +425,7 @@ pub fn scan(src: &Path) -> Usage {
         }
         for (field, ty) in &fields {
             if let Some(h) = classify(ty) {
-                bindings.push((format!("self.{field}"), h));
+                bindings.push((format!(".{field}"), h));
             }
         }
         usage.problems.append(&mut problems);
@@ -465,8 +465,14 @@ pub fn scan(src: &Path) -> Usage {
 
         // Method calls on named handles.
         for (name, h) in &bindings {
+            // A local name stands alone; a field (".name") follows any receiver.
+            let prefix = if name.starts_with('.') {
+                ""
+            } else {
+                r"(?:^|[^.\w])"
+            };
             let re = Regex::new(&format!(
-                r"(?:^|[^.\w]){}(?:\.clone\(\))?\s*\.\s*([a-z_][a-z0-9_]*)\s*(?:::<[^>]*>)?\s*\(",
+                r"{prefix}{}(?:\.clone\(\))?\s*\.\s*([a-z_][a-z0-9_]*)\s*(?:::<[^>]*>)?\s*\(",
                 regex::escape(name)
             ))
             .expect("regex");
@@ -654,6 +660,27 @@ pub fn scan(src: &Path) -> Usage {
         }
         if !changed {
             break;
+        }
+    }
+    // Safety net: every concrete type written as `Api<T>` or `Api::<T>` must have led to at
+    // least one grant, or a use of it went unseen (e.g. an `Option<Api<T>>`, a tuple, a macro).
+    let mention_re = Regex::new(r"\bApi\s*(?:::)?<\s*(\w+)\s*>").expect("regex");
+    for (name, text) in &texts {
+        for c in mention_re.captures_iter(text) {
+            let Some((g, r)) = resource_of(&c[1]) else {
+                continue;
+            };
+            let seen = usage
+                .grants
+                .iter()
+                .any(|(gg, rr, _)| gg == g && (rr == r || rr.strip_suffix("/status") == Some(r)));
+            if !seen {
+                usage.problems.push(format!(
+                    "{name}:{}: Api<{}> is used, but the RBAC scanner saw no call on it",
+                    line_of(text, c.get(0).expect("m").start()),
+                    &c[1]
+                ));
+            }
         }
     }
     usage.problems.sort();

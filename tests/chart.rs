@@ -829,3 +829,62 @@ fn print_scanned_grants() {
         }
     }
 }
+
+/// `true` when every field of `original` is in `again` with the same value (`again` may add
+/// defaults the typed decoder fills in).
+fn covers(again: &Value, original: &Value) -> bool {
+    match (again, original) {
+        (Value::Object(a), Value::Object(o)) => o
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| covers(av, v))),
+        (Value::Array(a), Value::Array(o)) => {
+            a.len() == o.len() && a.iter().zip(o).all(|(x, y)| covers(x, y))
+        }
+        (a, o) => a == o,
+    }
+}
+
+fn decode_covering<T: serde::de::DeserializeOwned + Serialize>(path: &str, object: &Value) {
+    let typed: T = serde_json::from_value(object.clone())
+        .unwrap_or_else(|e| panic!("{path}: {} does not decode: {e}", object["kind"]));
+    let again = serde_json::to_value(&typed).expect("encodes");
+    assert!(
+        covers(&again, object),
+        "{path}: {} has fields its type does not know:\n{object:#}\nunderstood:\n{again:#}",
+        object["kind"]
+    );
+}
+
+/// The kind test's manifests decode strictly: Pods into k8s-openapi's Pod, Pier objects into
+/// the API types (which may add their defaults, but must keep every field written).
+#[test]
+fn kind_manifests_decode_strictly() {
+    let dir = root().join("tests/kind/manifests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/kind/manifests")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let mut kinds = BTreeSet::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let name = path.display().to_string();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let object = Value::deserialize(doc).expect("YAML parses");
+            if object.is_null() {
+                continue;
+            }
+            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+            match kind.as_str() {
+                "Pod" => round_trip::<k8s_openapi::api::core::v1::Pod>(&name, &object),
+                "Network" => decode_covering::<pier_crds::Network>(&name, &object),
+                "Endpoint" => decode_covering::<pier_crds::Endpoint>(&name, &object),
+                "PortPublish" => decode_covering::<pier_crds::PortPublish>(&name, &object),
+                other => panic!("{name}: unexpected kind {other}"),
+            }
+            kinds.insert(kind);
+        }
+    }
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+}

@@ -406,7 +406,18 @@ pub fn scan(src: &Path) -> Usage {
             let ty = &c[2];
             match classify(ty) {
                 Some(h) => bindings.push((c[1].to_owned(), h)),
-                None if f.generics.contains(ty) => {}
+                // A parameter's own type (already a binding); anything else built for a
+                // generic K inside the function has a type only its callers' turbofish knows.
+                None if f.generics.contains(ty) => {
+                    let name = &c[1];
+                    if !f.params.iter().any(|(p, _)| p == name) {
+                        problems.push(format!(
+                            "{}: Api<{ty}> built inside the generic fn {}: the RBAC scanner cannot tell {ty}",
+                            at(c.get(0).expect("m").start()),
+                            f.name
+                        ));
+                    }
+                }
                 None => problems.push(format!(
                     "{}: Api<{ty}>: unknown type (add it to resource_of)",
                     at(c.get(0).expect("m").start())

@@ -3,6 +3,7 @@
 //! Turns the desired `NodeState` of one node into kernel objects (bridges, veths, addresses, routes,
 //! one nftables table) and serves network-scoped DNS. See DESIGN.md §2 and §4.
 
+pub mod agent;
 pub mod cli;
 pub mod dns;
 pub mod firewall;

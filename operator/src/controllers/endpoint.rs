@@ -8,16 +8,15 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
 use pier_crds::{Driver, Endpoint, EndpointStatus, Network};
 
 use super::network::conditions_differ;
-use super::{Error, apply_status, finalizer_error};
+use super::{Error, apply_status};
 use crate::allocations::{AttachError, AttachRequest, owner_key, target_key};
 use crate::conditions::{ready, reason};
-use crate::context::{Context, FINALIZER};
+use crate::context::Context;
 use crate::ipam::{AddressError, MacAddr};
 
 /// The controller's name in metrics and logs.
@@ -25,20 +24,9 @@ pub const NAME: &str = "endpoint";
 
 /// Reconciles one Endpoint.
 pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled(NAME);
-    let ns = ep.namespace().unwrap_or_default();
-    let api: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = super::key(&*ep);
-    let action = finalizer(&api, FINALIZER, ep, |event| async {
-        match event {
-            Finalizer::Apply(ep) => apply(&api, &ep, &ctx).await,
-            Finalizer::Cleanup(ep) => cleanup(&ep, &ctx).await,
-        }
-    })
-    .await
-    .map_err(finalizer_error)?;
-    ctx.succeeded(&key);
-    Ok(action)
+    let api: Api<Endpoint> =
+        Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
+    super::reconcile_finalized(api, ep, ctx, NAME, apply, cleanup).await
 }
 
 /// The error policy: backoff.
@@ -401,7 +389,7 @@ fn release(ctx: &Context, owner: &str) -> bool {
     freed.is_some()
 }
 
-async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(_api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     let owner = owner_key(&ep.namespace().unwrap_or_default(), &ep.name_any());
     if release(ctx, &owner) {
         let address = ep

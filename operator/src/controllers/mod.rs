@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, FINALIZER};
 
 /// Why a reconcile failed: one variant per step, with the API error as the source.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +186,34 @@ where
     .await
     .map_err(|source| Error::WriteStatus { what, source })?;
     Ok(())
+}
+
+/// The top-level action of every controller: counts the reconcile, runs `apply` (or `cleanup`
+/// once the object is being deleted) under the operator's finalizer, and resets the object's
+/// backoff on success.
+pub async fn reconcile_finalized<K>(
+    api: Api<K>,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    apply: impl AsyncFnOnce(&Api<K>, &K, &Context) -> Result<Action, Error>,
+    cleanup: impl AsyncFnOnce(&Api<K>, &K, &Context) -> Result<Action, Error>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    ctx.metrics.reconciled(controller);
+    let key = key(&*obj);
+    let action = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => apply(&api, &obj, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(&api, &obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(finalizer_error)?;
+    ctx.succeeded(&key);
+    Ok(action)
 }
 
 /// Wraps the finalizer helper's error.

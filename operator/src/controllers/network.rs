@@ -6,16 +6,15 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
 use pier_crds::network::bridge_name;
 use pier_crds::{Driver, Network, NetworkStatus};
 
-use super::{Error, apply_status, finalizer_error};
+use super::{Error, apply_status};
 use crate::allocations::{NetworkAllocError, network_request};
 use crate::conditions::{ready, reason};
-use crate::context::{Context, FINALIZER};
+use crate::context::Context;
 use crate::ipam::SubnetError;
 
 /// The controller's name in metrics and logs.
@@ -23,19 +22,8 @@ pub const NAME: &str = "network";
 
 /// Reconciles one Network.
 pub async fn reconcile(net: Arc<Network>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled(NAME);
     let api: Api<Network> = Api::all(ctx.client.clone());
-    let key = super::key(&*net);
-    let action = finalizer(&api, FINALIZER, net, |event| async {
-        match event {
-            Finalizer::Apply(net) => apply(&api, &net, &ctx).await,
-            Finalizer::Cleanup(net) => cleanup(&api, &net, &ctx).await,
-        }
-    })
-    .await
-    .map_err(finalizer_error)?;
-    ctx.succeeded(&key);
-    Ok(action)
+    super::reconcile_finalized(api, net, ctx, NAME, apply, cleanup).await
 }
 
 /// The error policy: backoff.

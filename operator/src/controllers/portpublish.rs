@@ -7,17 +7,16 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::{self, READY};
 use pier_crds::portpublish::PublishedPortStatus;
 use pier_crds::{Endpoint, Network, PortPublish, PortPublishStatus};
 
 use super::network::conditions_differ;
-use super::{Error, apply_status, finalizer_error};
+use super::{Error, apply_status};
 use crate::allocations::{owner_key, protocol};
 use crate::conditions::{ready, reason};
-use crate::context::{Context, FINALIZER};
+use crate::context::Context;
 use crate::ports::{HostPort, PortError, PortSpec};
 
 /// The controller's name in metrics and logs.
@@ -25,20 +24,9 @@ pub const NAME: &str = "portpublish";
 
 /// Reconciles one PortPublish.
 pub async fn reconcile(pp: Arc<PortPublish>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciled(NAME);
-    let ns = pp.namespace().unwrap_or_default();
-    let api: Api<PortPublish> = Api::namespaced(ctx.client.clone(), &ns);
-    let key = super::key(&*pp);
-    let action = finalizer(&api, FINALIZER, pp, |event| async {
-        match event {
-            Finalizer::Apply(pp) => apply(&api, &pp, &ctx).await,
-            Finalizer::Cleanup(pp) => cleanup(&pp, &ctx).await,
-        }
-    })
-    .await
-    .map_err(finalizer_error)?;
-    ctx.succeeded(&key);
-    Ok(action)
+    let api: Api<PortPublish> =
+        Api::namespaced(ctx.client.clone(), &pp.namespace().unwrap_or_default());
+    super::reconcile_finalized(api, pp, ctx, NAME, apply, cleanup).await
 }
 
 /// The error policy: backoff.
@@ -262,7 +250,11 @@ async fn allocate(
     }
 }
 
-async fn cleanup(pp: &PortPublish, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(
+    _api: &Api<PortPublish>,
+    pp: &PortPublish,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let owner = owner_key(&pp.namespace().unwrap_or_default(), &pp.name_any());
     let freed = ctx.allocations().release_ports(&owner);
     if !freed.is_empty() {

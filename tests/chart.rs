@@ -52,6 +52,7 @@ fn toggles() -> BTreeMap<&'static str, Value> {
         ("nameOverride", json!("net")),
         ("fullnameOverride", json!("pier-cni")),
         ("logLevel", json!("debug,hyper=info")),
+        ("logFormat", json!("text")),
         ("operator.replicas", json!(1)),
         ("operator.leaseDurationSeconds", json!(30)),
         ("operator.leaseName", json!("pier-leader")),
@@ -916,12 +917,14 @@ fn declared_env(src: &str) -> BTreeSet<String> {
 }
 
 /// Every variable the chart sets for a role is one its code reads (`RUST_LOG` goes to the log
-/// filter), so a renamed flag cannot leave the chart setting nothing.
+/// filter; the binary's global flags in src/, such as `PIER_LOG_FORMAT`, apply to every role),
+/// so a renamed flag cannot leave the chart setting nothing.
 fn check_env(kind: &str, src: &str, extra: &[&str]) -> usize {
-    let declared = declared_env(src);
+    let mut declared = declared_env(src);
     if declared.is_empty() {
         return 0;
     }
+    declared.extend(declared_env("src"));
     let mut checked = 0;
     for r in rendered() {
         for o in find(r, kind) {

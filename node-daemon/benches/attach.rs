@@ -28,6 +28,15 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
+/// With `PIER_BENCH_JSON=/path/file.json` set, writes the figures there as one JSON document
+/// (read by `benches/run.sh`), besides the human-readable table on stdout.
+fn write_json(document: &serde_json::Value) {
+    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
+        let text = serde_json::to_string_pretty(document).expect("JSON of plain numbers");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
+    }
+}
+
 /// Runs `ip -batch -` with the given lines (one process for thousands of namespaces).
 fn ip_batch(lines: &[String]) {
     let mut child = Command::new("ip")
@@ -112,7 +121,7 @@ fn endpoint(i: usize, ns: &str) -> EndpointState {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 struct Stats {
     median: f64,
     min: f64,
@@ -438,13 +447,36 @@ fn main() {
             last.median / first.median
         );
     }
+    let mut iperf = serde_json::Value::Null;
     if env_or("PIER_BENCH_IPERF", "1") == "1" {
         match bench_iperf(pid) {
-            Some((direct, published)) => println!(
-                "\niperf3 host -> endpoint, 5 s TCP: direct {direct:.2} Gbit/s, through published port {published:.2} Gbit/s ({:.0}%)",
-                published / direct * 100.0
-            ),
+            Some((direct, published)) => {
+                println!(
+                    "\niperf3 host -> endpoint, 5 s TCP: direct {direct:.2} Gbit/s, through published port {published:.2} Gbit/s ({:.0}%)",
+                    published / direct * 100.0
+                );
+                iperf = serde_json::json!({"direct_gbps": direct, "published_gbps": published});
+            }
             None => println!("\niperf3: not run (iperf3 missing or failed)"),
         }
     }
+    let rows: Vec<serde_json::Value> = pier
+        .iter()
+        .enumerate()
+        .map(|(i, (size, attach, full))| {
+            let netavark = peer.as_ref().and_then(|p| p.get(i)).map(|(_, t)| *t);
+            serde_json::json!({
+                "endpoints": size,
+                "pier_attach_ms": attach,
+                "pier_full_apply_ms": full,
+                "netavark_setup_ms": netavark,
+            })
+        })
+        .collect();
+    write_json(&serde_json::json!({
+        "bench": "attach",
+        "repetitions": reps,
+        "sizes": rows,
+        "iperf3": iperf,
+    }));
 }

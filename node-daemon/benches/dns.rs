@@ -31,6 +31,15 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
+/// With `PIER_BENCH_JSON=/path/file.json` set, writes the figures there as one JSON document
+/// (read by `benches/run.sh`), besides the human-readable table on stdout.
+fn write_json(document: &serde_json::Value) {
+    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
+        let text = serde_json::to_string_pretty(document).expect("JSON of plain numbers");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
+    }
+}
+
 fn name_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 30, 0, 10 + i as u8)
 }
@@ -50,7 +59,7 @@ fn record(client: &Ns, name: &str, address: Ipv4Addr) -> EndpointState {
     endpoint
 }
 
-#[derive(Debug, Default)]
+#[derive(serde::Serialize, Debug, Default)]
 struct Run {
     qps: f64,
     lost: String,
@@ -400,6 +409,37 @@ fn main() {
         percentile(&builds, 1.0)
     );
     println!("Pier counters: {:?}", handle.stats());
+
+    // Rounds alternate the two servers, so each round's pair saw the same machine load.
+    let pair_ratios: Vec<f64> = max
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [(_, ours), (_, theirs)] => Some(ours.qps / theirs.qps.max(1.0)),
+            _ => None,
+        })
+        .collect();
+    let runs = |who: &str| -> Vec<&Run> {
+        max.iter()
+            .filter(|(l, _)| *l == who)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let at_10k = |who: &str| fixed.iter().find(|(l, _)| *l == who).map(|(_, r)| r);
+    write_json(&serde_json::json!({
+        "bench": "dns",
+        "rounds": rounds,
+        "clients": env_or("PIER_BENCH_CLIENTS", "4"),
+        "max_qps_rounds": {"pier": runs("pier"), "aardvark-dns": runs("aardvark-dns")},
+        "qps_ratio_per_round": pair_ratios,
+        "at_10k_qps": {"pier": at_10k("pier"), "aardvark-dns": at_10k("aardvark-dns")},
+        "update_us": {
+            "samples": updates.len(),
+            "p50": percentile(&updates, 0.5),
+            "p99": percentile(&updates, 0.99),
+            "max": percentile(&updates, 1.0),
+        },
+        "views_rebuild_us": {"p50": percentile(&builds, 0.5), "max": percentile(&builds, 1.0)},
+    }));
 
     runtime.block_on(handle.stop());
     let _ = std::fs::remove_dir_all(&config);

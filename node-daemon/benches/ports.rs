@@ -25,6 +25,15 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
 }
 
+/// With `PIER_BENCH_JSON=/path/file.json` set, writes the figures there as one JSON document
+/// (read by `benches/run.sh`), besides the human-readable table on stdout.
+fn write_json(document: &serde_json::Value) {
+    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
+        let text = serde_json::to_string_pretty(document).expect("JSON of plain numbers");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
+    }
+}
+
 struct HostNs(String);
 
 impl HostNs {
@@ -87,6 +96,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+#[derive(serde::Serialize)]
 struct Stats {
     median: f64,
     min: f64,
@@ -151,6 +161,7 @@ fn main() {
         "| ports already published | add one port: plan+apply median | min | max | plan (read back + diff) median | apply (one batch) median |"
     );
     println!("|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     for &size in &sizes {
         let base = state(size);
         converge(&base);
@@ -179,7 +190,20 @@ fn main() {
             "| {size} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             t.median, t.min, t.max, p.median, a.median
         );
+        rows.push(serde_json::json!({
+            "ports": size,
+            "add_one_ms": t,
+            "plan_ms": p,
+            "apply_ms": a,
+        }));
     }
     firewall::reset(host_path).expect("reset");
     println!("\n({reps} repetitions per size, {pause_ms} ms pause between repetitions)");
+    write_json(&serde_json::json!({
+        "bench": "ports",
+        "repetitions": reps,
+        "pause_ms": pause_ms,
+        "host_netns_via_setns": via_setns,
+        "sizes": rows,
+    }));
 }

@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "benches/run.sh needs root (network namespaces, nftables)" >&2; exit 1; }
 
-out=benches/report
+out="${PIER_BENCH_OUT:-benches/report}"  # another directory keeps a committed report intact
 json=$out/json
 mkdir -p "$json"
 rm -f "$json"/*.json

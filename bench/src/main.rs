@@ -211,7 +211,11 @@ fn main() -> Result<()> {
         "- aardvark-dns: {}",
         version_of("/usr/lib/podman/aardvark-dns", &["--version"])
     )?;
-    writeln!(md, "- dnsperf: {}", version_of("dnsperf", &["-V"]))?;
+    writeln!(
+        md,
+        "- dnsperf: {} (Debian package)",
+        version_of("dpkg-query", &["-W", "-f", "${Version}", "dnsperf"])
+    )?;
     writeln!(md, "- iperf3: {}\n", version_of("iperf3", &["--version"]))?;
 
     // Issue 2: IPAM (criterion's own estimates, in ns).
@@ -396,7 +400,8 @@ fn main() -> Result<()> {
         writeln!(
             md,
             "{} rounds alternating the servers, {} dnsperf clients.\n",
-            dns["rounds"], dns["clients"]
+            dns["rounds"],
+            dns["clients"].as_str().unwrap_or("?")
         )?;
         writeln!(
             md,

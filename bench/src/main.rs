@@ -191,7 +191,7 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.out)?;
     let mut md = String::new();
-    let rev = version_of("git", &["rev-parse", "--short", "HEAD"]);
+    let rev = version_of("git", &["describe", "--always", "--dirty"]);
     writeln!(md, "# Pier benchmark report\n")?;
     writeln!(
         md,

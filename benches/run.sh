@@ -21,7 +21,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "benches/run.sh needs root (network namespaces, nftables)" >&2; exit 1; }
 
 out="${PIER_BENCH_OUT:-benches/report}"  # another directory keeps a committed report intact
-json=$out/json
+json="$(realpath -m "$out")/json"
 mkdir -p "$json"
 rm -f "$json"/*.json
 
@@ -41,14 +41,25 @@ echo "== building the bench binaries (release)"
 cargo bench -p pier-operator --bench ipam --no-run
 cargo bench -p pier-node --bench attach --bench ports --bench dns --no-run
 
+# PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.
+suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns} "
+run() { [[ "$suites" == *" $1 "* ]]; }
+if run ipam; then
 echo "== IPAM (criterion)"
 cargo bench -p pier-operator --bench ipam -- "${criterion_args[@]}"
+fi
+if run attach; then
 echo "== attach: Pier vs netavark"
-env "${attach_env[@]}" PIER_BENCH_JSON="$PWD/$json/attach.json" cargo bench -p pier-node --bench attach
+env "${attach_env[@]}" PIER_BENCH_JSON="$json/attach.json" cargo bench -p pier-node --bench attach
+fi
+if run ports; then
 echo "== published ports"
-env "${ports_env[@]}" PIER_BENCH_JSON="$PWD/$json/ports.json" cargo bench -p pier-node --bench ports
+env "${ports_env[@]}" PIER_BENCH_JSON="$json/ports.json" cargo bench -p pier-node --bench ports
+fi
+if run dns; then
 echo "== DNS: Pier vs aardvark-dns (dnsperf)"
-env "${dns_env[@]}" PIER_BENCH_JSON="$PWD/$json/dns.json" cargo bench -p pier-node --bench dns
+env "${dns_env[@]}" PIER_BENCH_JSON="$json/dns.json" cargo bench -p pier-node --bench dns
+fi
 
 echo "== report"
 cargo run -q -p pier-bench -- --results "$json" --criterion target/criterion --out "$out" \

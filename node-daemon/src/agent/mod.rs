@@ -39,6 +39,23 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
 }
 
+impl AgentConfig {
+    /// Defaults for a node: resync 10 s, DNS on, `/proc`, `/var/lib/pier/node`, backoff
+    /// 100 ms..60 s, the process's own namespace.
+    pub fn new(node_name: impl Into<String>) -> AgentConfig {
+        AgentConfig {
+            node_name: node_name.into(),
+            host_netns: None,
+            resync: Duration::from_secs(10),
+            dns: Some(DnsConfig::default()),
+            proc_root: PathBuf::from("/proc"),
+            state_dir: PathBuf::from("/var/lib/pier/node"),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
 /// What the agent's admin port (/livez, /readyz) reports.
 #[derive(Debug, Default)]
 pub struct AgentHealth {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod dns;
 pub mod firewall;
+pub mod hostnet;
 pub mod netlink;
 pub mod netns;
 pub mod reconcile;

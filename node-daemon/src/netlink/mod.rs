@@ -9,12 +9,14 @@
 
 mod addr;
 mod link;
+mod route;
 
 use std::future::Future;
 use std::path::Path;
 
 pub use addr::{V4Address, list_v4_addresses};
 pub use link::{InetConf, Link, LinkKind, VethSpec, parse_mac};
+pub use route::{MAIN_TABLE, RouteKind, V4Route};
 
 use crate::netns::{self, NetnsError};
 

@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod hostnet;
 pub mod netlink;
 pub mod netns;
+pub mod podns;
 pub mod reconcile;
 pub mod state;
 pub mod sysctl;

@@ -29,6 +29,10 @@ pub struct AllocConfig {
     pub port_range: PortRange,
     /// The Network an Endpoint without `spec.network` joins.
     pub default_network: String,
+    /// Subnets automatic allocation from the pools must skip: those already in use on the
+    /// machine (e.g. Docker's 172.17.0.0/16 in local mode). An explicit `spec.subnet` is not
+    /// refused because of them; each node daemon checks that against its own routes.
+    pub excluded: Vec<Ipv4Net>,
 }
 
 impl Default for AllocConfig {
@@ -37,6 +41,7 @@ impl Default for AllocConfig {
             pools: crate::ipam::default_pools(),
             port_range: PortRange::default(),
             default_network: crate::defaults::BRIDGE.to_owned(),
+            excluded: Vec::new(),
         }
     }
 }
@@ -194,8 +199,10 @@ impl Default for Allocations {
 impl Allocations {
     /// Nothing allocated.
     pub fn new(config: AllocConfig) -> Self {
+        let mut subnets = SubnetAllocator::new(config.pools.clone());
+        subnets.set_excluded(config.excluded.iter().copied());
         Self {
-            subnets: SubnetAllocator::new(config.pools.clone()),
+            subnets,
             ports: PortAllocator::new(config.port_range),
             config,
             pools: HashMap::new(),
@@ -247,9 +254,11 @@ impl Allocations {
     }
 
     /// Makes automatic subnets skip `subnets` (the explicit subnets of Networks, reconciled or
-    /// not), replacing the previous set. Explicit requests and held subnets are not affected.
+    /// not), replacing the previous set; the configured [`AllocConfig::excluded`] subnets stay
+    /// skipped. Explicit requests and held subnets are not affected.
     pub fn reserve_explicit(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>) {
-        self.subnets.set_excluded(subnets);
+        self.subnets
+            .set_excluded(self.config.excluded.iter().copied().chain(subnets));
     }
 
     /// What a Network holds.
@@ -455,6 +464,8 @@ impl Allocations {
         rejected.extend(rebuilt.rejected.iter().map(ToString::to_string));
         let mut this = Self::new(config);
         this.subnets = rebuilt.allocator;
+        this.subnets
+            .set_excluded(this.config.excluded.iter().copied());
 
         let mut endpoints: Vec<&Endpoint> = endpoints.iter().collect();
         endpoints.sort_by_key(|e| age_key(*e));
@@ -701,6 +712,35 @@ mod tests {
             .expect("connect");
         assert_eq!(c3b.interface, "eth1");
         assert_eq!(c3b.address, Some(ip("172.18.0.4")));
+    }
+
+    #[test]
+    fn automatic_subnets_skip_excluded_host_subnets() {
+        let config = AllocConfig {
+            excluded: vec![net("172.17.0.0/16"), net("172.19.4.0/24")],
+            ..AllocConfig::default()
+        };
+        let mut a = Allocations::new(config.clone());
+        // 172.17/16 is docker0's, 172.19/16 holds a routed /24.
+        let first = a.ensure_network("first", &auto()).expect("first");
+        assert_eq!(first.subnet, net("172.18.0.0/16"));
+        // Reserving explicit subnets keeps the configured exclusions.
+        a.reserve_explicit([net("172.20.0.0/16")]);
+        let second = a.ensure_network("second", &auto()).expect("second");
+        assert_eq!(second.subnet, net("172.21.0.0/16"));
+        // An explicit subnet is not refused here (the node daemon refuses it per node).
+        let explicit = NetworkRequest {
+            subnet: Some(net("172.17.0.0/16")),
+            ..auto()
+        };
+        let docker = a.ensure_network("docker", &explicit).expect("explicit");
+        assert_eq!(docker.subnet, net("172.17.0.0/16"));
+
+        // A restarted operator keeps skipping them.
+        let (mut b, rejected) = Allocations::from_objects(config, &[], &[], &[]);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let again = b.ensure_network("first", &auto()).expect("first");
+        assert_eq!(again.subnet, net("172.18.0.0/16"));
     }
 
     #[test]

@@ -153,6 +153,7 @@ impl TryFrom<&OperatorArgs> for Config {
                 },
                 port_range: args.port_range,
                 default_network: crate::defaults::BRIDGE.to_owned(),
+                excluded: Vec::new(),
             },
             ..defaults
         })

@@ -22,7 +22,7 @@ pub mod subnets;
 pub use addresses::{AddressError, AddressPool, AddressPoolConfig, PoolConfigError, Reservation};
 pub use bitmap::Bitmap;
 pub use mac::{MacAddr, MacParseError};
-pub use pools::{DEFAULT_POOLS, Pool, PoolError, default_pools};
+pub use pools::{DEFAULT_POOLS, Pool, PoolError, default_pools, first_free_subnet};
 pub use subnets::{SubnetAllocator, SubnetError};
 
 /// The result of rebuilding an allocator from recorded allocations: the allocator, holding every

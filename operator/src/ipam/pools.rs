@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
-use super::subnets::has_host_bits;
+use super::subnets::{SubnetAllocator, has_host_bits};
 
 /// A base range cut into subnets of one prefix length (`size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,6 +173,15 @@ pub fn default_pools() -> Vec<Pool> {
     DEFAULT_POOLS.to_vec()
 }
 
+/// The first subnet of `pools` (in order) that overlaps none of `excluded`, e.g. where local mode
+/// puts the default `bridge` Network when Docker already has 172.17.0.0/16.
+pub fn first_free_subnet(pools: &[Pool], excluded: &[Ipv4Net]) -> Option<Ipv4Net> {
+    // The allocator jumps past each exclusion instead of trying every subnet of a big pool.
+    let mut allocator = SubnetAllocator::new(pools.to_vec());
+    allocator.set_excluded(excluded.iter().copied());
+    allocator.allocate("", None).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +244,35 @@ mod tests {
             .expect_err("host bits")
             .to_string();
         assert!(msg.contains("did you mean 10.0.0.0/16"), "{msg}");
+    }
+
+    #[test]
+    fn first_free_subnet_skips_excluded() {
+        assert_eq!(
+            first_free_subnet(&DEFAULT_POOLS, &[]),
+            Some(net("172.17.0.0/16"))
+        );
+        // Docker's docker0 and a VPN route inside 172.18/16.
+        assert_eq!(
+            first_free_subnet(
+                &DEFAULT_POOLS,
+                &[net("172.17.0.0/16"), net("172.18.3.0/24")]
+            ),
+            Some(net("172.19.0.0/16"))
+        );
+        // An exclusion containing whole pools moves on to the next pool.
+        assert_eq!(
+            first_free_subnet(&DEFAULT_POOLS, &[net("172.16.0.0/12")]),
+            Some(net("192.168.0.0/20"))
+        );
+        // Host addresses (non-network CIDRs) exclude their whole network.
+        let pool = Pool::new(net("10.10.0.0/16"), 24).expect("pool");
+        assert_eq!(
+            first_free_subnet(&[pool], &[net("10.10.0.1/24"), net("10.10.1.7/32")]),
+            Some(net("10.10.2.0/24"))
+        );
+        assert_eq!(first_free_subnet(&[pool], &[net("10.0.0.0/8")]), None);
+        assert_eq!(first_free_subnet(&[], &[]), None);
     }
 
     #[test]

@@ -1,0 +1,251 @@
+//! Every manifest under `examples/` is a Pier object the API server would accept: each YAML
+//! document decodes into its typed kind without losing a field (a misspelt field would be dropped
+//! silently by `kubectl apply`), passes the CRD's schema and CEL rules, and the folders can be
+//! applied together (no object, namespace or fixed host port is used by two of them).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kube::CustomResourceExt;
+use pier_crds::{Endpoint, Network, PortPublish};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crds/ has a parent")
+        .join("examples")
+}
+
+/// Every `.yaml`/`.yml` file under `dir`, recursively, sorted.
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("reading a directory entry").path();
+        if path.is_dir() {
+            files.extend(yaml_files(&path));
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+/// One non-empty YAML document of an example file, as JSON.
+#[derive(Debug)]
+struct Document {
+    file: PathBuf,
+    index: usize,
+    value: Value,
+}
+
+impl Document {
+    fn at(&self) -> String {
+        format!("{} (document {})", self.file.display(), self.index + 1)
+    }
+
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    /// The example folder (`01-published-webserver`, ...) the file is in.
+    fn folder(&self) -> String {
+        self.file
+            .strip_prefix(examples_dir())
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn documents() -> Vec<Document> {
+    let mut documents = Vec::new();
+    for file in yaml_files(&examples_dir()) {
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} document {}: {e}", file.display(), index + 1));
+            // `---` at the end or comments only.
+            if !value.is_null() {
+                documents.push(Document {
+                    file: file.clone(),
+                    index,
+                    value,
+                });
+            }
+        }
+    }
+    documents
+}
+
+/// The fields of `original` that `decoded` lacks or has with another value (`decoded` may have
+/// more: the defaults the type fills in).
+fn lost_fields(original: &Value, decoded: &Value, at: &str, lost: &mut Vec<String>) {
+    match (original, decoded) {
+        (Value::Object(fields), Value::Object(kept)) => {
+            for (key, value) in fields {
+                match kept.get(key) {
+                    Some(again) => lost_fields(value, again, &format!("{at}.{key}"), lost),
+                    None => lost.push(format!("{at}.{key}")),
+                }
+            }
+        }
+        (Value::Array(items), Value::Array(kept)) if items.len() == kept.len() => {
+            for (i, (item, again)) in items.iter().zip(kept).enumerate() {
+                lost_fields(item, again, &format!("{at}[{i}]"), lost);
+            }
+        }
+        _ if original == decoded => {}
+        _ => lost.push(format!("{at} ({original} became {decoded})")),
+    }
+}
+
+/// Decodes into `K`, requires every field to survive, and checks the CRD's schema and rules.
+fn check<K>(document: &Document) -> K
+where
+    K: DeserializeOwned + serde::Serialize + CustomResourceExt,
+{
+    let at = document.at();
+    let object: K = serde_json::from_value(document.value.clone())
+        .unwrap_or_else(|e| panic!("{at} does not decode as {}: {e}", document.kind()));
+    let again = serde_json::to_value(&object).expect("encodes");
+    let mut lost = Vec::new();
+    lost_fields(&document.value, &again, "", &mut lost);
+    assert!(lost.is_empty(), "{at}: unknown or changed fields {lost:?}");
+
+    let crd = K::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("every Pier CRD has a schema");
+    let schema = serde_json::to_value(schema).expect("schema encodes");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let mut errors: Vec<String> = validator
+        .iter_errors(&document.value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    if let Err(cel) = kube_cel::validate(&schema, &document.value, None) {
+        errors.extend(cel.into_vec().into_iter().map(|e| e.to_string()));
+    }
+    assert!(
+        errors.is_empty(),
+        "{at} is rejected by the CRD: {errors:#?}"
+    );
+    object
+}
+
+#[test]
+fn every_example_manifest_is_a_valid_pier_object() {
+    let documents = documents();
+    assert!(
+        documents.len() >= 10,
+        "expected the lesson's examples, found {} documents",
+        documents.len()
+    );
+    for document in &documents {
+        let at = document.at();
+        assert_eq!(
+            document.value["apiVersion"], "pier.dev/v1alpha1",
+            "{at}: apiVersion"
+        );
+        assert!(!document.name().is_empty(), "{at}: no metadata.name");
+        match document.kind() {
+            "Network" => {
+                check::<Network>(document);
+            }
+            "Endpoint" => {
+                check::<Endpoint>(document);
+            }
+            "PortPublish" => {
+                check::<PortPublish>(document);
+            }
+            other => panic!("{at}: kind {other:?} is not a Pier kind"),
+        }
+    }
+}
+
+#[test]
+fn every_lesson_step_has_manifests_and_a_readme() {
+    let root = examples_dir();
+    assert!(root.join("README.md").is_file(), "examples/README.md");
+    let mut steps = 0;
+    for entry in std::fs::read_dir(&root).expect("reading examples/") {
+        let path = entry.expect("reading a directory entry").path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !path.is_dir() || !name.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        steps += 1;
+        assert!(path.join("README.md").is_file(), "{name} has no README.md");
+        assert!(!yaml_files(&path).is_empty(), "{name} has no manifests");
+    }
+    assert!(
+        steps >= 5,
+        "expected the lesson's five steps, found {steps}"
+    );
+}
+
+/// Applying every folder at once must work: no two folders define the same object, attach the
+/// same named namespace or publish the same fixed host port.
+#[test]
+fn example_folders_can_be_applied_together() {
+    let documents = documents();
+    let mut objects: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut namespaces: BTreeMap<String, String> = BTreeMap::new();
+    let mut host_ports: BTreeMap<(String, i32), String> = BTreeMap::new();
+    for document in &documents {
+        let folder = document.folder();
+        let at = document.at();
+        let key = (document.kind().to_owned(), document.name().to_owned());
+        if let Some(other) = objects.insert(key.clone(), at.clone()) {
+            panic!("{key:?} is defined twice: {other} and {at}");
+        }
+        match document.kind() {
+            "Endpoint" => {
+                let endpoint: Endpoint = check(document);
+                if let Some(netns) = endpoint.spec.target.netns {
+                    // One folder may attach a namespace twice (`network connect`); two may not.
+                    let owner = namespaces
+                        .entry(netns.name.clone())
+                        .or_insert(folder.clone());
+                    assert_eq!(
+                        *owner, folder,
+                        "netns {} is used by {owner} and by {at}",
+                        netns.name
+                    );
+                }
+            }
+            "PortPublish" => {
+                let publish: PortPublish = check(document);
+                for port in publish.spec.ports {
+                    let Some(host_port) = port.host_port else {
+                        continue;
+                    };
+                    let key = (format!("{:?}", port.protocol), host_port);
+                    if let Some(other) = host_ports.insert(key, at.clone()) {
+                        panic!("host port {host_port} is published by {other} and {at}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

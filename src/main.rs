@@ -1,5 +1,8 @@
 //! `pier`: one binary, one subcommand per role (DESIGN.md §3).
 
+mod manifests;
+mod up;
+
 use std::io::Write;
 
 use anyhow::Context;
@@ -48,6 +51,19 @@ enum Command {
     Dns(pier_node::dns::cli::DnsArgs),
     /// Run the cluster operator: allocate subnets, addresses and host ports (leader-elected).
     Operator(pier_operator::OperatorArgs),
+    /// Run the node agent: bridges, veths, ports and DNS for this node's objects.
+    Node(pier_node::agent::cli::NodeArgs),
+    /// Run everything on this machine: API server (kubectl works), operator and node agent.
+    Up(up::UpArgs),
+    /// Remove Pier's kernel objects from this machine (after `pier up` stopped).
+    Down(up::DownArgs),
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,12 +77,20 @@ fn main() -> anyhow::Result<()> {
             pier_node::dns::cli::run(&args).context("pier dns")?;
         }
         Command::Operator(args) => {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?
+            runtime()?
                 .block_on(pier_operator::run(args))
                 .context("pier operator")?;
+        }
+        Command::Node(args) => {
+            runtime()?
+                .block_on(pier_node::agent::cli::run(args))
+                .context("pier node")?;
+        }
+        Command::Up(args) => {
+            runtime()?.block_on(up::run(args)).context("pier up")?;
+        }
+        Command::Down(args) => {
+            up::down(&args).context("pier down")?;
         }
         Command::Crds => {
             let yaml = pier_crds::manifests::all_crds_yaml().context("rendering the CRDs")?;

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dns;
 pub mod firewall;
 pub mod hostnet;
+pub mod named_netns;
 pub mod netlink;
 pub mod netns;
 pub mod podns;

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of the Linux bridges Pier owns: `pier-` + 8 hex digits derived from the Network's uid.
-pub const BRIDGE_PREFIX: &str = "pier-";
+pub const BRIDGE_PREFIX: &str = pier_crds::network::BRIDGE_PREFIX;
 /// Prefix of the host-side veths Pier owns: `pv` + 10 hex digits derived from the Endpoint's uid.
 pub const HOST_VETH_PREFIX: &str = "pv";
 
@@ -79,9 +79,10 @@ fn default_true() -> bool {
 }
 
 impl NetworkState {
-    /// The bridge Pier owns for this network: `pier-` + 8 hex digits of the uid's hash.
+    /// The bridge Pier owns for this network: `pier-` + 8 hex digits of the uid's hash (the
+    /// operator records the same name in the Network's status).
     pub fn bridge_name(&self) -> String {
-        format!("{BRIDGE_PREFIX}{:08x}", fnv1a64(self.uid.as_bytes()) as u32)
+        pier_crds::network::bridge_name(&self.uid)
     }
 }
 
@@ -170,10 +171,7 @@ pub struct BridgeAttachment {
 impl EndpointState {
     /// The host-side veth name Pier owns for this endpoint: `pv` + 10 hex digits of the uid's hash.
     pub fn host_veth_name(&self) -> String {
-        format!(
-            "{HOST_VETH_PREFIX}{:010x}",
-            fnv1a64(self.uid.as_bytes()) & 0xff_ffff_ffff
-        )
+        host_veth_name(&self.uid)
     }
 
     /// The network this endpoint is attached to, if any (container mode has none of its own).
@@ -186,6 +184,14 @@ impl EndpointState {
     }
 }
 
+/// The host-side veth name of the Endpoint with this uid: `pv` + 10 hex digits of the uid's hash.
+pub fn host_veth_name(uid: &str) -> String {
+    format!(
+        "{HOST_VETH_PREFIX}{:010x}",
+        fnv1a64(uid.as_bytes()) & 0xff_ffff_ffff
+    )
+}
+
 /// A transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -193,6 +199,17 @@ pub enum Protocol {
     Tcp,
     Udp,
     Sctp,
+}
+
+impl Protocol {
+    /// Lower case, as `docker ps` prints it (`80/tcp`).
+    pub fn as_lowercase(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
 }
 
 /// One published port: `hostIP:hostPort -> endpoint address:containerPort/protocol`.

@@ -1,8 +1,6 @@
 //! The `Ready` condition the operator owns, Kubernetes-style: `lastTransitionTime` moves only when
 //! the status flips, so a reconcile that changes nothing writes nothing new.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use pier_crds::conditions::{self, Condition, READY};
 
 /// Reasons the operator gives, one per outcome (the API's vocabulary; users grep for them).
@@ -58,24 +56,14 @@ pub fn ready(
     message: impl Into<String>,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let last_transition_time = conditions::find(existing, READY)
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: READY.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time,
-    }
+    conditions::observe(existing, READY, ok, reason, message, generation)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
 
     #[test]
     fn transition_time_moves_only_on_flips() {

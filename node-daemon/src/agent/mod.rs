@@ -1,8 +1,18 @@
 //! The node agent (`pier node`): watches the API for what belongs on this node, builds the
 //! NodeState, drives the dataplane and DNS, and reports `Attached` / `Published` (DESIGN.md §2).
 //!
-//! INTERFACE SKELETON (session 3 coordination): the signatures below are the contract `pier up`
-//! (src/up.rs) and the whole-system tests build against. The body is being written now.
+//!
+//! Two controllers (Endpoints and PortPublishes whose `status.node` names this node, by field
+//! selector) attach and publish one object at a time on the fast path; a resync loop runs a full
+//! reconcile at start and every `resync` (drift repair, garbage collection, host subnets). Both
+//! build the node's state from the same stores with one pure function ([`build::build`]).
+
+pub mod build;
+pub mod cli;
+pub mod context;
+pub mod endpoint;
+pub mod portpublish;
+pub mod resync;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,7 +20,17 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::dns::DnsConfig;
+use futures::StreamExt;
+use kube::Api;
+use kube::ResourceExt;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
+use pier_crds::{Endpoint, Network, PortPublish};
+use tokio::sync::watch;
+
+use crate::dns::{DnsConfig, DnsServer};
+use crate::state::NodeState;
+use context::Context;
 
 /// Field manager of every write the node agent makes (DESIGN.md §4).
 pub const FIELD_MANAGER: &str = "pier-node";
@@ -70,14 +90,162 @@ pub enum AgentError {
     Dns(#[source] crate::dns::DnsError),
 }
 
+/// Why one reconcile failed: one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the watches stopped before listing")]
+    NotSynced(#[source] reflector::store::WriterDropped),
+    #[error("running kernel work")]
+    Blocking(#[source] tokio::task::JoinError),
+    #[error("applying the node's state")]
+    Dataplane(#[source] crate::reconcile::DataplaneError),
+    #[error("attaching endpoint {endpoint}: {message}")]
+    Attach { endpoint: String, message: String },
+    #[error("detaching endpoint {endpoint}: {message}")]
+    Detach { endpoint: String, message: String },
+    #[error("publishing the ports of {portpublish}: {message}")]
+    Publish {
+        portpublish: String,
+        message: String,
+    },
+    #[error("removing a network namespace")]
+    Netns(#[source] crate::named_netns::NamedNetnsError),
+    #[error("reading pod {pod}")]
+    Pod {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("finding a pod's network namespace")]
+    PodNetns(#[source] crate::podns::PodNetnsError),
+    #[error("reading the node's own addresses and routes")]
+    HostSubnets(#[source] crate::netlink::NetlinkError),
+    #[error("writing the status of {what}")]
+    WriteStatus {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("finalizer {FINALIZER}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// How many objects are reconciled at once (kernel work is serialized in the dataplane anyway;
+/// this bounds the blocking threads waiting for it).
+const CONCURRENCY: u16 = 8;
+
 /// Runs the agent until `shutdown` resolves. Kernel objects stay in place on shutdown (a restart
 /// resumes with them); `pier down` / `Dataplane::reset` removes them.
 pub async fn run(
-    _client: kube::Client,
-    _config: AgentConfig,
-    _health: Arc<AgentHealth>,
+    client: kube::Client,
+    config: AgentConfig,
+    health: Arc<AgentHealth>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    shutdown.await;
+    let node = config.node_name.clone();
+    let on_node = || watcher::Config::default().fields(&format!("status.node={node}"));
+    let networks: Api<Network> = Api::all(client.clone());
+    let endpoints: Api<Endpoint> = Api::all(client.clone());
+    let publishes: Api<PortPublish> = Api::all(client.clone());
+
+    // Networks: a store of its own (the controllers' stores hold this node's objects only).
+    let (network_store, network_writer) = reflector::store();
+    let network_watch = watcher(networks.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(network_writer)
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+
+    let endpoint_controller = Controller::new(endpoints.clone(), on_node())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+    let endpoint_store = endpoint_controller.store();
+    let publish_controller = Controller::new(publishes, on_node())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+    let publish_store = publish_controller.store();
+
+    let (dns_state, dns_watch) = watch::channel(NodeState::default());
+    let dns = match config.dns.clone() {
+        Some(dns_config) => Some(
+            DnsServer::start_with(config.host_netns.clone(), dns_watch, dns_config)
+                .map_err(AgentError::Dns)?,
+        ),
+        None => None,
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        config,
+        (network_store, endpoint_store.clone(), publish_store.clone()),
+        dns_state,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    // A Network's change (its status filled, its MTU) concerns its endpoints here.
+    let by_network = endpoint_store.clone();
+    let endpoint_controller = endpoint_controller
+        .watches(networks, watcher::Config::default(), move |net| {
+            let name = net.name_any();
+            by_network
+                .state()
+                .into_iter()
+                .filter(|e| e.status.as_ref().and_then(|s| s.network.as_deref()) == Some(&name))
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped())
+        .run(
+            endpoint::reconcile,
+            endpoint::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    // A PortPublish follows its Endpoint (attached, re-addressed, gone).
+    let by_endpoint = publish_store;
+    let publish_controller = publish_controller
+        .watches(endpoints, on_node(), move |ep| {
+            let (name, ns) = (ep.name_any(), ep.namespace());
+            by_endpoint
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.endpoint == name)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped())
+        .run(
+            portpublish::reconcile,
+            portpublish::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let resync = resync::run(Arc::clone(&ctx), health);
+    let work = async {
+        tokio::select! {
+            _ = network_watch => {}
+            _ = resync => {}
+            () = async { futures::join!(endpoint_controller, publish_controller); } => {}
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => tracing::warn!("node agent stopped on its own"),
+        () = shutdown => {
+            tracing::info!("node agent shutting down");
+            let _ = stop_tx.send(true);
+            // The controllers finish the reconciles in flight (no kernel work is cut in half).
+            let _ = tokio::time::timeout(Duration::from_secs(10), &mut work).await;
+        }
+    }
+    if let Some(dns) = dns {
+        dns.stop().await;
+    }
     Ok(())
 }

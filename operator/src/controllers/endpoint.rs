@@ -12,12 +12,12 @@ use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
 use pier_crds::{Driver, Endpoint, EndpointStatus, Network};
 
-use super::network::conditions_differ;
 use super::{Error, apply_status};
 use crate::allocations::{AttachError, AttachRequest, owner_key, target_key};
 use crate::conditions::{ready, reason};
 use crate::context::Context;
 use crate::ipam::{AddressError, MacAddr};
+use pier_crds::conditions::differs as conditions_differ;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "endpoint";

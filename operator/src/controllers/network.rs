@@ -8,6 +8,7 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
+use pier_crds::conditions::differs as conditions_differ;
 use pier_crds::network::bridge_name;
 use pier_crds::{Driver, Network, NetworkStatus};
 
@@ -91,17 +92,6 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
         _ => {}
     }
     Ok(Action::await_change())
-}
-
-/// Whether writing `new` changes the Ready condition's status, reason or message (refusal
-/// Events are sent only then, not on every retry).
-pub(crate) fn conditions_differ(
-    existing: &[pier_crds::Condition],
-    new: &pier_crds::Condition,
-) -> bool {
-    pier_crds::conditions::find(existing, &new.type_).is_none_or(|c| {
-        c.status != new.status || c.reason != new.reason || c.message != new.message
-    })
 }
 
 /// Subnet and gateway of a bridge Network, or the refusal's reason and message.

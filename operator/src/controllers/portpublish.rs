@@ -12,12 +12,12 @@ use pier_crds::conditions::{self, READY};
 use pier_crds::portpublish::PublishedPortStatus;
 use pier_crds::{Endpoint, Network, PortPublish, PortPublishStatus};
 
-use super::network::conditions_differ;
 use super::{Error, apply_status};
 use crate::allocations::{owner_key, protocol};
 use crate::conditions::{ready, reason};
 use crate::context::Context;
 use crate::ports::{HostPort, PortError, PortSpec};
+use pier_crds::conditions::differs as conditions_differ;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "portpublish";

@@ -1,0 +1,298 @@
+//! What the node agent's reconcilers share: the API client, the stores the watches fill, the
+//! dataplane, the DNS state, and the writes of the node's conditions and Events.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use pier_crds::conditions::{self, Condition};
+use pier_crds::{Endpoint, Network, PortPublish};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::build::{self, Built, Inputs};
+use super::{AgentConfig, Error, FIELD_MANAGER};
+use crate::hostnet::HostSubnet;
+use crate::named_netns::{NamedNetns, RUN_DIR};
+use crate::reconcile::{Dataplane, Report};
+use crate::state::{Netns, NodeState};
+
+/// Which part of the node an apply looks at.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Only these endpoints (plus bridges and the firewall): the attach path.
+    Endpoints(Vec<String>),
+    /// Everything, removing what is Pier's and no longer wanted: start, resync and detach.
+    Full,
+}
+
+/// Shared by the reconcilers and the resync loop.
+pub struct Context {
+    pub client: Client,
+    pub config: AgentConfig,
+    pub dataplane: Dataplane,
+    pub named: Arc<NamedNetns>,
+    pub networks: Store<Network>,
+    pub endpoints: Store<Endpoint>,
+    pub ports: Store<PortPublish>,
+    /// Refreshed by every resync (and at start).
+    pub host_subnets: Mutex<Vec<HostSubnet>>,
+    /// Target Pods' namespaces found on this node, by `NAMESPACE/POD`.
+    pub pod_netns: Mutex<HashMap<String, PathBuf>>,
+    /// What the DNS server serves: the node's state after every apply.
+    pub dns_state: watch::Sender<NodeState>,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("node", &self.config.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lock that a panic elsewhere does not make unusable: every value behind these locks is
+/// replaced whole, never left half-written.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Context {
+    /// A context over the watches' stores.
+    pub fn new(
+        client: Client,
+        config: AgentConfig,
+        stores: (Store<Network>, Store<Endpoint>, Store<PortPublish>),
+        dns_state: watch::Sender<NodeState>,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(config.node_name.clone()),
+        };
+        let (networks, endpoints, ports) = stores;
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            dataplane: Dataplane::new(config.host_netns.clone()),
+            named: Arc::new(NamedNetns::new(RUN_DIR, &config.state_dir)),
+            config,
+            networks,
+            endpoints,
+            ports,
+            host_subnets: Mutex::new(Vec::new()),
+            pod_netns: Mutex::new(HashMap::new()),
+            dns_state,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits until every watch has listed once: before that, a full apply would remove what
+    /// belongs to objects not seen yet.
+    pub async fn wait_synced(&self) -> Result<(), Error> {
+        self.networks
+            .wait_until_ready()
+            .await
+            .map_err(Error::NotSynced)?;
+        self.endpoints
+            .wait_until_ready()
+            .await
+            .map_err(Error::NotSynced)?;
+        self.ports
+            .wait_until_ready()
+            .await
+            .map_err(Error::NotSynced)
+    }
+
+    /// The node's state from what the stores hold now.
+    pub fn build(&self) -> Built {
+        let (networks, endpoints, ports) = (
+            self.networks.state(),
+            self.endpoints.state(),
+            self.ports.state(),
+        );
+        let host_subnets = lock(&self.host_subnets).clone();
+        let pod_netns = lock(&self.pod_netns).clone();
+        build::build(Inputs {
+            node: &self.config.node_name,
+            networks: &networks,
+            endpoints: &endpoints,
+            ports: &ports,
+            host_subnets: &host_subnets,
+            pod_netns: &pod_netns,
+        })
+    }
+
+    /// Applies `built` to the kernel (creating missing named namespaces of the endpoints in
+    /// scope first), then hands the state to the DNS server.
+    pub async fn apply(&self, built: &Built, scope: Scope) -> Result<Report, Error> {
+        let named: Vec<String> = built
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| match &scope {
+                Scope::Full => true,
+                Scope::Endpoints(ids) => ids.contains(&e.id),
+            })
+            .filter_map(|e| match &e.netns {
+                Netns::Named(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        let dataplane = self.dataplane.clone();
+        let state = built.state.clone();
+        let (report, created) = self
+            .blocking({
+                let named_netns = Arc::clone(&self.named);
+                move || {
+                    let mut created = Vec::new();
+                    for name in &named {
+                        match named_netns.ensure(name) {
+                            Ok(true) => created.push(name.clone()),
+                            Ok(false) => {}
+                            // The endpoint's attach reports the missing namespace.
+                            Err(error) => tracing::warn!(namespace = %name, error = %crate::reconcile::chain(&error), "cannot create network namespace"),
+                        }
+                    }
+                    let report = match &scope {
+                        Scope::Full => dataplane.apply(&state),
+                        Scope::Endpoints(ids) => {
+                            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                            dataplane.apply_endpoints(&state, &ids)
+                        }
+                    };
+                    (report, created)
+                }
+            })
+            .await?;
+        if !created.is_empty() {
+            tracing::info!(?created, "network namespaces created for endpoints");
+        }
+        let report = report.map_err(Error::Dataplane)?;
+        self.dns_state.send_if_modified(|serving| {
+            let changed = *serving != built.state;
+            if changed {
+                *serving = built.state.clone();
+            }
+            changed
+        });
+        Ok(report)
+    }
+
+    /// Runs kernel work off the async runtime (it blocks on netlink and mounts).
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(Error::Blocking)
+    }
+
+    /// Writes the node's condition `condition` into `obj`'s status by server-side apply as
+    /// `pier-node` (only that entry of the list-map: the operator's `Ready` stays its own), and
+    /// publishes an Event when what it says changed. Unchanged: no write.
+    pub async fn report<K>(
+        &self,
+        obj: &K,
+        existing: &[Condition],
+        condition: Condition,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let event = conditions::differs(existing, &condition);
+        let same_generation = conditions::find(existing, &condition.type_)
+            .is_some_and(|c| c.observed_generation == condition.observed_generation);
+        if !event && same_generation {
+            return Ok(());
+        }
+        let api: Api<K> =
+            Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": {"conditions": [condition]},
+        });
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::WriteStatus {
+            what: format!("{} {}", K::kind(&()), key(obj)),
+            source,
+        })?;
+        if event {
+            let ok = condition.status == "True";
+            self.event(
+                obj,
+                !ok,
+                &condition.reason,
+                &condition.type_,
+                condition.message,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Publishes an Event about `obj`; failing to is logged, never fatal.
+    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, object = %obj.name_any(), reason, "cannot publish event");
+        }
+    }
+
+    /// Forgets `key`'s failures (it reconciled).
+    pub fn succeeded(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// The delay before `key` is retried: doubles per consecutive failure, capped.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = lock(&self.failures);
+        let count = failures.entry(key.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        let factor = 2u32.saturating_pow(count.saturating_sub(1).min(16));
+        self.config
+            .min_backoff
+            .saturating_mul(factor)
+            .min(self.config.max_backoff)
+    }
+}
+
+/// `NAMESPACE/NAME` (or `NAME`) of an object, for logs and keys.
+pub fn key<K: Resource>(obj: &K) -> String {
+    match obj.meta().namespace.as_deref() {
+        Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
+        None => obj.meta().name.clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,215 @@
+//! The node's Endpoint reconciler: the endpoint's interface exists on this node (`Attached`), and
+//! is gone before the Endpoint is (finalizer `pier.dev/node`).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use pier_crds::Endpoint;
+use pier_crds::conditions::{self, ATTACHED};
+
+use super::build::{endpoint_key, object_id, reason};
+use super::context::{Context, Scope, key};
+use super::{Error, FINALIZER};
+use crate::reconcile::Outcome;
+use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
+
+/// Why an attach failed in the kernel (the message says what).
+pub const ATTACH_FAILED: &str = "AttachFailed";
+/// The interface exists and is configured.
+pub const ATTACHED_REASON: &str = "Attached";
+
+/// Reconciles one Endpoint of this node.
+pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<Endpoint> =
+        Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
+    let key = key(&*ep);
+    let action = finalizer(&api, FINALIZER, ep, |event| async {
+        match event {
+            Finalizer::Apply(ep) => attach(&ep, &ctx).await,
+            Finalizer::Cleanup(ep) => detach(&ep, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+/// Retries with a per-object backoff.
+pub fn error_policy(ep: Arc<Endpoint>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key(&*ep);
+    let delay = ctx.backoff(&key);
+    tracing::warn!(endpoint = %key, error = %crate::reconcile::chain(error), ?delay, "endpoint reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The `Attached` condition for an endpoint the dataplane has as desired.
+pub fn attached_message(endpoint: &EndpointState, state: &NodeState) -> String {
+    let netns = match &endpoint.netns {
+        Netns::Named(name) => format!("netns {name}"),
+        Netns::Path(path) => format!("namespace {}", path.display()),
+        Netns::Host => "the node's namespace".to_owned(),
+    };
+    match &endpoint.attachment {
+        Attachment::Bridge(bridge) => {
+            let network = state.networks.iter().find(|n| n.name == bridge.network);
+            let prefix = network
+                .and_then(|n| n.subnet)
+                .map_or(32, |s| s.prefix_len());
+            let bridge_name = network.map(|n| n.bridge_name()).unwrap_or_default();
+            format!(
+                "{} {}/{prefix} in {netns}, on bridge {bridge_name}",
+                bridge.interface, bridge.address
+            )
+        }
+        Attachment::Null { network } => format!("{netns} has lo only (network {network})"),
+        Attachment::Host { network } => {
+            format!("uses the node's own namespace (network {network})")
+        }
+        Attachment::Shared { endpoint } => {
+            format!("shares the namespace of endpoint {endpoint} ({netns})")
+        }
+    }
+}
+
+async fn attach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+    ctx.wait_synced().await?;
+    if let Some(pod) = &ep.spec.target.pod {
+        find_pod_netns(ep, &pod.name, ctx).await?;
+    }
+    let built = ctx.build();
+    let id = object_id(&ep.metadata);
+    let object = endpoint_key(&id);
+    let existing = ep
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = ep.metadata.generation;
+    if let Some(refusal) = built.refusals.get(&object) {
+        let condition = conditions::observe(
+            &existing,
+            ATTACHED,
+            false,
+            refusal.reason,
+            refusal.message.clone(),
+            generation,
+        );
+        ctx.report(ep, &existing, condition).await?;
+        // Pods start later than their Endpoints; everything else comes with a watch event or
+        // the next resync (host subnets).
+        return Ok(match refusal.reason {
+            reason::POD_NETNS_NOT_FOUND => {
+                Action::requeue(ctx.config.resync.min(std::time::Duration::from_secs(5)))
+            }
+            _ => Action::await_change(),
+        });
+    }
+    let Some(endpoint) = built.state.endpoints.iter().find(|e| e.id == id) else {
+        // Not (or no longer) this node's.
+        return Ok(Action::await_change());
+    };
+    let report = ctx
+        .apply(&built, Scope::Endpoints(vec![id.clone()]))
+        .await?;
+    if let Some(Outcome::Failed(message)) = report.objects.get(&object) {
+        let condition = conditions::observe(
+            &existing,
+            ATTACHED,
+            false,
+            ATTACH_FAILED,
+            message.clone(),
+            generation,
+        );
+        ctx.report(ep, &existing, condition).await?;
+        return Err(Error::Attach {
+            endpoint: id,
+            message: message.clone(),
+        });
+    }
+    let condition = conditions::observe(
+        &existing,
+        ATTACHED,
+        true,
+        ATTACHED_REASON,
+        attached_message(endpoint, &built.state),
+        generation,
+    );
+    ctx.report(ep, &existing, condition).await?;
+    Ok(Action::await_change())
+}
+
+/// Removes the endpoint's kernel objects: a full apply of the node without it (and without
+/// anything else being deleted), then its named namespace if Pier made it and nothing else
+/// uses it.
+async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+    ctx.wait_synced().await?;
+    let built = ctx.build();
+    let report = ctx.apply(&built, Scope::Full).await?;
+    let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());
+    if let Some(Outcome::Failed(message)) = report.objects.get(&format!("link/{veth}")) {
+        return Err(Error::Detach {
+            endpoint: key(ep),
+            message: message.clone(),
+        });
+    }
+    if let Some(named) = &ep.spec.target.netns {
+        let name = named.name.clone();
+        let still_used = ctx.endpoints.state().iter().any(|other| {
+            other.metadata.uid != ep.metadata.uid
+                && other
+                    .spec
+                    .target
+                    .netns
+                    .as_ref()
+                    .is_some_and(|n| n.name == name)
+        });
+        if !still_used {
+            let named_netns = Arc::clone(&ctx.named);
+            ctx.blocking(move || named_netns.remove_if_created(&name))
+                .await?
+                .map_err(Error::Netns)?;
+        }
+    }
+    tracing::info!(endpoint = %key(ep), %veth, "endpoint detached");
+    Ok(Action::await_change())
+}
+
+/// Finds the target Pod's namespace on this node (its uid in a process's cgroup).
+async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), Error> {
+    let namespace = ep.namespace().unwrap_or_default();
+    let pod_id = format!("{namespace}/{pod}");
+    let known = super::context::lock(&ctx.pod_netns)
+        .get(&pod_id)
+        .is_some_and(|path| path.exists());
+    if known {
+        return Ok(());
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let found = pods.get_opt(pod).await.map_err(|source| Error::Pod {
+        pod: pod_id.clone(),
+        source,
+    })?;
+    let Some(uid) = found.and_then(|p| p.metadata.uid) else {
+        super::context::lock(&ctx.pod_netns).remove(&pod_id);
+        return Ok(());
+    };
+    let proc_root = ctx.config.proc_root.clone();
+    let path = ctx
+        .blocking(move || crate::podns::find_pod_netns(&proc_root, &uid))
+        .await?
+        .map_err(Error::PodNetns)?;
+    let mut known = super::context::lock(&ctx.pod_netns);
+    match path {
+        Some(path) => {
+            known.insert(pod_id, path);
+        }
+        None => {
+            known.remove(&pod_id);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The node's PortPublish reconciler: the host ports are live in table `inet pier` (`Published`),
+//! and are withdrawn before the PortPublish is gone (finalizer `pier.dev/node`).
+
+use std::sync::Arc;
+
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, ResourceExt};
+use pier_crds::PortPublish;
+use pier_crds::conditions::{self, PUBLISHED};
+
+use super::build::{object_id, ports_key};
+use super::context::{Context, Scope, key};
+use super::{Error, FINALIZER};
+use crate::reconcile::{FIREWALL, Outcome, Report};
+use crate::state::NodeState;
+
+/// The table could not be updated (the message says why).
+pub const PUBLISH_FAILED: &str = "PublishFailed";
+/// The ports are live.
+pub const PUBLISHED_REASON: &str = "Published";
+
+/// Reconciles one PortPublish of this node.
+pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<PortPublish> =
+        Api::namespaced(ctx.client.clone(), &publish.namespace().unwrap_or_default());
+    let key = key(&*publish);
+    let action = finalizer(&api, FINALIZER, publish, |event| async {
+        match event {
+            Finalizer::Apply(publish) => publish_ports(&publish, &ctx).await,
+            Finalizer::Cleanup(publish) => withdraw(&publish, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+/// Retries with a per-object backoff.
+pub fn error_policy(publish: Arc<PortPublish>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key(&*publish);
+    let delay = ctx.backoff(&key);
+    tracing::warn!(portpublish = %key, error = %crate::reconcile::chain(error), ?delay, "portpublish reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The `Published` condition's message: the ports as `docker ps` shows them, and the node.
+pub fn published_message(id: &str, state: &NodeState, node: &str) -> String {
+    let ports: Vec<String> = state
+        .ports
+        .iter()
+        .filter(|p| p.id == id)
+        .map(|p| {
+            format!(
+                "{}:{}->{}/{}",
+                p.host_ip,
+                p.host_port,
+                p.container_port,
+                p.protocol.as_lowercase()
+            )
+        })
+        .collect();
+    format!("{} live on node {node}", ports.join(", "))
+}
+
+/// The firewall's outcome in a report: `Err(message)` when the table could not be written.
+pub fn firewall_outcome(report: &Report) -> Result<(), String> {
+    match report.objects.get(FIREWALL) {
+        Some(Outcome::Failed(message)) => Err(message.clone()),
+        _ => Ok(()),
+    }
+}
+
+async fn publish_ports(publish: &PortPublish, ctx: &Context) -> Result<Action, Error> {
+    ctx.wait_synced().await?;
+    let built = ctx.build();
+    let id = object_id(&publish.metadata);
+    let existing = publish
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = publish.metadata.generation;
+    if let Some(refusal) = built.refusals.get(&ports_key(&id)) {
+        let condition = conditions::observe(
+            &existing,
+            PUBLISHED,
+            false,
+            refusal.reason,
+            refusal.message.clone(),
+            generation,
+        );
+        ctx.report(publish, &existing, condition).await?;
+        return Ok(Action::await_change());
+    }
+    if !built.state.ports.iter().any(|p| p.id == id) {
+        return Ok(Action::await_change());
+    }
+    // No endpoint in scope: bridges and the table only.
+    let report = ctx.apply(&built, Scope::Endpoints(Vec::new())).await?;
+    if let Err(message) = firewall_outcome(&report) {
+        let condition = conditions::observe(
+            &existing,
+            PUBLISHED,
+            false,
+            PUBLISH_FAILED,
+            message.clone(),
+            generation,
+        );
+        ctx.report(publish, &existing, condition).await?;
+        return Err(Error::Publish {
+            portpublish: id,
+            message,
+        });
+    }
+    let condition = conditions::observe(
+        &existing,
+        PUBLISHED,
+        true,
+        PUBLISHED_REASON,
+        published_message(&id, &built.state, &ctx.config.node_name),
+        generation,
+    );
+    ctx.report(publish, &existing, condition).await?;
+    Ok(Action::await_change())
+}
+
+/// Withdraws the ports: the table rendered from the node without this PortPublish.
+async fn withdraw(publish: &PortPublish, ctx: &Context) -> Result<Action, Error> {
+    ctx.wait_synced().await?;
+    let built = ctx.build();
+    let report = ctx.apply(&built, Scope::Endpoints(Vec::new())).await?;
+    firewall_outcome(&report).map_err(|message| Error::Publish {
+        portpublish: key(publish),
+        message,
+    })?;
+    tracing::info!(portpublish = %key(publish), "ports withdrawn");
+    Ok(Action::await_change())
+}

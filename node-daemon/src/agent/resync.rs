@@ -1,0 +1,167 @@
+//! The full reconcile of the node, at start and then every `resync`: read back every kernel object
+//! Pier owns and converge it on what the API says. This is what removes what belongs to objects
+//! deleted while the agent was down, and what repairs drift (a veth deleted by hand, the `pier`
+//! table flushed, a bridge removed). It also re-reads the node's own subnets and brings every
+//! object's condition up to date.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
+
+use super::build::{Built, endpoint_key, object_id, ports_key};
+use super::context::{Context, Scope, lock};
+use super::endpoint::{ATTACH_FAILED, ATTACHED_REASON, attached_message};
+use super::portpublish::{PUBLISH_FAILED, PUBLISHED_REASON, firewall_outcome, published_message};
+use super::{AgentHealth, Error, FINALIZER};
+use crate::reconcile::{Outcome, Report};
+
+/// Runs full reconciles until the task is dropped; marks the agent ready after the first success.
+pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
+    if let Err(error) = ctx.wait_synced().await {
+        tracing::error!(error = %crate::reconcile::chain(&error), "watches never listed");
+        return;
+    }
+    loop {
+        match once(&ctx).await {
+            Ok(()) => health.ready.store(true, Ordering::Relaxed),
+            Err(error) => {
+                tracing::warn!(error = %crate::reconcile::chain(&error), "full reconcile of the node failed");
+            }
+        }
+        tokio::time::sleep(ctx.config.resync).await;
+    }
+}
+
+/// One full reconcile.
+pub async fn once(ctx: &Context) -> Result<(), Error> {
+    let host_netns = ctx.config.host_netns.clone();
+    let subnets = ctx
+        .blocking(move || crate::hostnet::subnets_in_use_in(host_netns.as_deref()))
+        .await?
+        .map_err(Error::HostSubnets)?;
+    *lock(&ctx.host_subnets) = subnets;
+    lock(&ctx.pod_netns).retain(|_, path| path.exists());
+    let built = ctx.build();
+    let report = ctx.apply(&built, Scope::Full).await?;
+    let repaired: Vec<String> = report
+        .objects
+        .iter()
+        .filter_map(|(object, outcome)| match outcome {
+            Outcome::Changed(changes) => Some(format!("{object}: {}", changes.join("; "))),
+            _ => None,
+        })
+        .collect();
+    if !repaired.is_empty() {
+        tracing::info!(changes = ?repaired, "full reconcile changed the kernel");
+    }
+    report_all(ctx, &built, &report).await
+}
+
+/// Writes every condition that no longer says what the node has.
+async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(), Error> {
+    let mut first_error = None;
+    let has_finalizer = |finalizers: &Option<Vec<String>>| {
+        finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+    };
+    for ep in ctx.endpoints.state() {
+        // Objects the reconciler has not taken yet (no finalizer) or that are going get nothing.
+        if ep.metadata.deletion_timestamp.is_some() || !has_finalizer(&ep.metadata.finalizers) {
+            continue;
+        }
+        let id = object_id(&ep.metadata);
+        let object = endpoint_key(&id);
+        let existing = ep
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let generation = ep.metadata.generation;
+        let condition = if let Some(refusal) = built.refusals.get(&object) {
+            conditions::observe(
+                &existing,
+                ATTACHED,
+                false,
+                refusal.reason,
+                refusal.message.clone(),
+                generation,
+            )
+        } else if let Some(endpoint) = built.state.endpoints.iter().find(|e| e.id == id) {
+            match report.objects.get(&object) {
+                Some(Outcome::Failed(message)) => conditions::observe(
+                    &existing,
+                    ATTACHED,
+                    false,
+                    ATTACH_FAILED,
+                    message.clone(),
+                    generation,
+                ),
+                _ => conditions::observe(
+                    &existing,
+                    ATTACHED,
+                    true,
+                    ATTACHED_REASON,
+                    attached_message(endpoint, &built.state),
+                    generation,
+                ),
+            }
+        } else {
+            continue;
+        };
+        if let Err(error) = ctx.report(&*ep, &existing, condition).await {
+            first_error.get_or_insert(error);
+        }
+    }
+    let firewall = firewall_outcome(report);
+    for publish in ctx.ports.state() {
+        if publish.metadata.deletion_timestamp.is_some()
+            || !has_finalizer(&publish.metadata.finalizers)
+        {
+            continue;
+        }
+        let id = object_id(&publish.metadata);
+        let existing = publish
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let generation = publish.metadata.generation;
+        let condition = if let Some(refusal) = built.refusals.get(&ports_key(&id)) {
+            conditions::observe(
+                &existing,
+                PUBLISHED,
+                false,
+                refusal.reason,
+                refusal.message.clone(),
+                generation,
+            )
+        } else if built.state.ports.iter().any(|p| p.id == id) {
+            match &firewall {
+                Err(message) => conditions::observe(
+                    &existing,
+                    PUBLISHED,
+                    false,
+                    PUBLISH_FAILED,
+                    message.clone(),
+                    generation,
+                ),
+                Ok(()) => conditions::observe(
+                    &existing,
+                    PUBLISHED,
+                    true,
+                    PUBLISHED_REASON,
+                    published_message(&id, &built.state, &ctx.config.node_name),
+                    generation,
+                ),
+            }
+        } else {
+            continue;
+        };
+        if let Err(error) = ctx.report(&*publish, &existing, condition).await {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

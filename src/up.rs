@@ -1,0 +1,283 @@
+//! `pier up`: the whole system on one Linux machine, in one process. The embedded API server
+//! (HTTPS on loopback, token-authenticated), Pier's CRDs, the operator and the node agent for the
+//! local node; `kubectl --kubeconfig DATA_DIR/kubeconfig` drives it like a cluster.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ipnet::Ipv4Net;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use pier_apiserver::{ApiServer, Options};
+use pier_node::agent::{AgentConfig, AgentHealth};
+use pier_node::dns::DnsConfig;
+
+use crate::manifests;
+
+/// The field manager of what `pier up` writes (CRDs, `-f` manifests).
+const FIELD_MANAGER: &str = "pier-up";
+
+/// `pier up` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the API server's data, the kubeconfig (DATA_DIR/kubeconfig) and the node's state live.
+    #[arg(long, env = "PIER_DATA_DIR", default_value = "/var/lib/pier")]
+    pub data_dir: PathBuf,
+    /// Manifests to apply once running: a file, or a folder of .yaml/.yml/.json files (repeat).
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// The API server's HTTPS address; loopback only (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// The node's network namespace (a namespace file); the machine's own when absent. Tests pass
+    /// their own so they never touch the machine's.
+    #[arg(long)]
+    pub node_netns: Option<PathBuf>,
+    /// The local node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Port of the embedded DNS server on every gateway address; 0 disables it.
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
+    /// Seconds between full reconciles of the node (drift repair).
+    #[arg(long, default_value_t = 10)]
+    pub resync_seconds: u64,
+}
+
+/// Runs everything until SIGINT or SIGTERM.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "pier up needs root: it creates bridges, veths, network namespaces and nftables rules \
+             (run it with sudo)"
+        );
+    }
+    if !args.listen.ip().is_loopback() {
+        bail!(
+            "--listen {} is not a loopback address: the local API server only listens on \
+             127.0.0.1 or ::1",
+            args.listen
+        );
+    }
+    if let Some(netns) = &args.node_netns
+        && !netns.exists()
+    {
+        bail!("--node-netns {} does not exist", netns.display());
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let node_name = args.node_name.clone().unwrap_or_else(host_name);
+
+    let server = ApiServer::open_with(
+        args.data_dir.join("api"),
+        Options {
+            node_name: Some(node_name.clone()),
+            ..Options::default()
+        },
+    )
+    .await
+    .context("opening the API server's data")?;
+    let (bound, serving) = server
+        .serve_https(args.listen)
+        .await
+        .with_context(|| format!("serving HTTPS on {}", args.listen))?;
+    let kubeconfig = args.data_dir.join("kubeconfig");
+    server
+        .write_kubeconfig(&kubeconfig, &format!("https://{bound}"))
+        .context("writing the kubeconfig")?;
+    // In-process components talk to the server without TLS or sockets.
+    let client = Client::new(server.service(), "default");
+    install_crds(&client).await?;
+
+    let node_netns = args.node_netns.clone();
+    let host_subnets = tokio::task::spawn_blocking(move || {
+        pier_node::hostnet::subnets_in_use_in(node_netns.as_deref())
+    })
+    .await
+    .context("reading the node's subnets")?
+    .context("reading the node's addresses and routes")?;
+    let operator = operator_config(host_subnets.iter().map(|s| s.subnet).collect());
+    if operator.bridge_subnet != pier_operator::Config::default().bridge_subnet {
+        tracing::info!(
+            subnet = %operator.bridge_subnet,
+            "172.17.0.0/16 is in use on this machine: the default bridge network gets another subnet"
+        );
+    }
+
+    let agent = agent_config(&args, node_name);
+    let health = Arc::new(AgentHealth::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |rx: tokio::sync::watch::Receiver<bool>| async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let operator_task = tokio::spawn(pier_operator::run_with_client(
+        client.clone(),
+        operator,
+        Arc::new(pier_operator::metrics::Metrics::default()),
+        Arc::new(pier_operator::admin::Health::default()),
+        stopped(stop_rx.clone()),
+    ));
+    let agent_task = tokio::spawn(pier_node::agent::run(
+        client.clone(),
+        agent,
+        Arc::clone(&health),
+        stopped(stop_rx.clone()),
+    ));
+
+    for path in &args.files {
+        let applied = manifests::apply_path(&client, path, FIELD_MANAGER)
+            .await
+            .with_context(|| format!("applying {}", path.display()))?;
+        for line in applied {
+            eprintln!("{line}");
+        }
+    }
+
+    let signals = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    };
+    tokio::pin!(signals);
+    let mut announced = false;
+    loop {
+        if !announced && health.ready.load(Ordering::Relaxed) {
+            println!("{}", kubeconfig.display());
+            println!("ready");
+            announced = true;
+        }
+        if agent_task.is_finished() {
+            bail!("the node agent stopped on its own (see the log)");
+        }
+        tokio::select! {
+            result = &mut signals => { result?; break; }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        let _ = operator_task.await;
+        if let Ok(Err(error)) = agent_task.await {
+            tracing::warn!(error = %error, "node agent");
+        }
+    })
+    .await;
+    serving.abort();
+    Ok(())
+}
+
+/// Installs (or updates) Pier's CRDs by server-side apply.
+async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (name, crd) in pier_crds::manifests::all_crds() {
+        crds.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("installing CRD {name}"))?;
+    }
+    Ok(())
+}
+
+/// The operator for one machine: pools skip what the machine already routes, and the default
+/// `bridge` network moves off 172.17.0.0/16 when that is taken (e.g. by Docker's docker0).
+fn operator_config(host_subnets: Vec<Ipv4Net>) -> pier_operator::Config {
+    let mut config = pier_operator::Config::default();
+    config.lease.identity = "pier-up".into();
+    config.lease.retry = Duration::from_secs(2);
+    let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    if host_subnets
+        .iter()
+        .any(|s| overlaps(s, &config.bridge_subnet))
+        && let Some(free) =
+            pier_operator::ipam::first_free_subnet(&config.alloc.pools, &host_subnets)
+    {
+        config.bridge_subnet = free;
+    }
+    config.alloc.excluded = host_subnets;
+    config
+}
+
+fn agent_config(args: &UpArgs, node_name: String) -> AgentConfig {
+    let mut config = AgentConfig::new(node_name);
+    config.host_netns = args.node_netns.clone();
+    config.resync = Duration::from_secs(args.resync_seconds.max(1));
+    config.dns = (args.dns_port != 0).then(|| DnsConfig {
+        port: args.dns_port,
+        ..DnsConfig::default()
+    });
+    config.state_dir = args.data_dir.join("node");
+    config
+}
+
+/// The machine's host name, lower case (a valid node name), or `localhost`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `pier down` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DownArgs {
+    /// The data directory `pier up` used.
+    #[arg(long, env = "PIER_DATA_DIR", default_value = "/var/lib/pier")]
+    pub data_dir: PathBuf,
+    /// The node namespace `pier up` used (`--node-netns`).
+    #[arg(long)]
+    pub node_netns: Option<PathBuf>,
+    /// Also delete the data directory (the API objects, addresses and ports).
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// Removes Pier's kernel objects (bridges, veths, table `inet pier`) and the namespaces Pier
+/// created. Run it after `pier up` has stopped.
+pub fn down(args: &DownArgs) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("pier down needs root: it deletes bridges, veths and nftables rules");
+    }
+    let report = pier_node::reconcile::Dataplane::new(args.node_netns.clone())
+        .reset()
+        .context("removing Pier's kernel objects")?;
+    print!("{report}");
+    let named = pier_node::named_netns::NamedNetns::new(
+        pier_node::named_netns::RUN_DIR,
+        &args.data_dir.join("node"),
+    );
+    for name in named.created() {
+        named
+            .remove_if_created(&name)
+            .with_context(|| format!("removing network namespace {name}"))?;
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
+        println!("netns/{name}: deleted");
+    }
+    if args.purge {
+        match std::fs::remove_dir_all(&args.data_dir) {
+            Ok(()) => println!("{}: deleted", args.data_dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("deleting {}", args.data_dir.display()));
+            }
+        }
+    }
+    if !report.is_success() {
+        bail!("some kernel objects could not be removed (see above)");
+    }
+    Ok(())
+}

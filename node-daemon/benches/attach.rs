@@ -1,7 +1,10 @@
 //! Attach latency: how long one more endpoint takes to come up when the node already has 10, 100
 //! and 1000 (over 4 bridge networks, so no bridge nears its 1024-port limit), for Pier's
 //! `Dataplane::apply` (plan read back from the kernel + links + firewall) and, in the same run on
-//! the same machine, for `netavark setup` (Podman's network tool, Debian package `netavark`).
+//! the same machine, for `netavark setup` (Podman's network tool, Debian package `netavark`);
+//! then detach (removing it again): Pier's full apply without it (the node agent's detach path)
+//! and `netavark teardown`. Each repetition times Pier and netavark back to back at each size,
+//! so their ratio is computed pair by pair (the machine's load drifts between repetitions).
 //! Optionally iperf3 throughput host -> endpoint through a published port vs. the direct path.
 //!
 //! Not a test: run as root with
@@ -157,15 +160,33 @@ struct PierWorld {
     bigger: NodeState,
     extra: String,
     attach: Vec<f64>,
+    detach: Vec<f64>,
     full: Vec<f64>,
 }
 
-/// Pier: one node per size, all grown first; then the repetitions go round the sizes, so the
-/// load other processes put on the machine hits every size alike. Each repetition times
-/// `apply_endpoints` of one more endpoint and a full `apply` of the same change (the endpoint is
-/// removed again, untimed, after each).
-fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats, Stats)> {
-    let mut worlds: Vec<PierWorld> = sizes
+/// One node of a given size for netavark: its host namespace (with netavark's own bridges and
+/// iptables rules) and containers; the setup and teardown samples of the extra container.
+struct NetavarkWorld {
+    host: Namespaces,
+    containers: Namespaces,
+    setup: Vec<f64>,
+    teardown: Vec<f64>,
+}
+
+/// What one size measured, for the table and the JSON.
+struct SizeResult {
+    size: usize,
+    attach: Stats,
+    detach: Stats,
+    full: Stats,
+    netavark: Option<(Stats, Stats)>,
+    /// Per repetition: netavark setup / Pier attach, netavark teardown / Pier detach.
+    ratios: Option<(Stats, Stats)>,
+}
+
+/// Builds one Pier node per size, all grown first.
+fn pier_worlds(pid: u32, sizes: &[usize]) -> Vec<PierWorld> {
+    sizes
         .iter()
         .map(|&size| {
             let host = Namespaces::new(&format!("pb{pid}-h{size}"), 1);
@@ -192,41 +213,87 @@ fn bench_pier(pid: u32, sizes: &[usize], reps: usize) -> Vec<(usize, Stats, Stat
                 bigger,
                 extra: extra.id,
                 attach: Vec::new(),
+                detach: Vec::new(),
                 full: Vec::new(),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// One Pier repetition at one size: `apply_endpoints` of one more endpoint (the attach path),
+/// then the full `apply` without it (detach: what the node agent runs when an Endpoint goes),
+/// then a full `apply` of the same addition (the start-up/periodic reconcile), removed again
+/// untimed.
+fn pier_repetition(world: &mut PierWorld) {
+    let start = Instant::now();
+    let report = world
+        .dataplane
+        .apply_endpoints(&world.bigger, &[world.extra.as_str()])
+        .expect("apply_endpoints");
+    world.attach.push(ms(start.elapsed()));
+    assert!(report.is_success(), "{report}");
+    let start = Instant::now();
+    let report = world.dataplane.apply(&world.state).expect("detach apply");
+    world.detach.push(ms(start.elapsed()));
+    assert!(report.is_success(), "{report}");
+    let start = Instant::now();
+    let report = world.dataplane.apply(&world.bigger).expect("apply");
+    world.full.push(ms(start.elapsed()));
+    assert!(report.is_success(), "{report}");
+    let report = world.dataplane.apply(&world.state).expect("shrink apply");
+    assert!(report.is_success(), "{report}");
+}
+
+/// Pier and (when installed) netavark: one node per size each, all grown first; then the
+/// repetitions go round the sizes, Pier then netavark back to back at each, so whatever load the
+/// machine has hits every size and both alike, and the ratio is taken per pair.
+fn bench(pid: u32, netavark_binary: Option<&str>, sizes: &[usize], reps: usize) -> Vec<SizeResult> {
+    let mut worlds = pier_worlds(pid, sizes);
+    let mut peers: Option<Vec<NetavarkWorld>> =
+        netavark_binary.map(|binary| netavark_worlds(pid, binary, sizes));
     for _ in 0..reps {
-        for world in &mut worlds {
-            // The attach path: read back and change only the new endpoint.
-            let start = Instant::now();
-            let report = world
-                .dataplane
-                .apply_endpoints(&world.bigger, &[world.extra.as_str()])
-                .expect("apply_endpoints");
-            world.attach.push(ms(start.elapsed()));
-            assert!(report.is_success(), "{report}");
-            let report = world.dataplane.apply(&world.state).expect("shrink apply");
-            assert!(report.is_success(), "{report}");
-            // The full reconcile of the same change: dumps every link, collects garbage.
-            let start = Instant::now();
-            let report = world.dataplane.apply(&world.bigger).expect("apply");
-            world.full.push(ms(start.elapsed()));
-            assert!(report.is_success(), "{report}");
-            let report = world.dataplane.apply(&world.state).expect("shrink apply");
-            assert!(report.is_success(), "{report}");
+        for (i, world) in worlds.iter_mut().enumerate() {
+            pier_repetition(world);
+            if let (Some(binary), Some(peers)) = (netavark_binary, peers.as_mut()) {
+                netavark_repetition(binary, world.size, &mut peers[i]);
+            }
         }
     }
     worlds
         .into_iter()
-        .map(|world| {
+        .enumerate()
+        .map(|(i, world)| {
             let _ = world.dataplane.reset();
-            let (a, f) = (stats(world.attach), stats(world.full));
+            let peer = peers.as_ref().map(|p| &p[i]);
+            let ratios = peer.map(|p| {
+                let per_pair = |theirs: &[f64], ours: &[f64]| {
+                    stats(theirs.iter().zip(ours).map(|(t, o)| t / o).collect())
+                };
+                (
+                    per_pair(&p.setup, &world.attach),
+                    per_pair(&p.teardown, &world.detach),
+                )
+            });
+            let result = SizeResult {
+                size: world.size,
+                attach: stats(world.attach),
+                detach: stats(world.detach),
+                full: stats(world.full),
+                netavark: peer.map(|p| (stats(p.setup.clone()), stats(p.teardown.clone()))),
+                ratios,
+            };
+            let (a, d, f) = (result.attach, result.detach, result.full);
             eprintln!(
-                "pier     N={:5}: attach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
-                world.size, a.median, a.min, a.max, f.median, f.min, f.max
+                "pier     N={:5}: attach median {:.2} ms (min {:.2}, max {:.2}); detach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
+                result.size, a.median, a.min, a.max, d.median, d.min, d.max, f.median, f.min, f.max
             );
-            (world.size, a, f)
+            if let Some((s, t)) = result.netavark {
+                eprintln!(
+                    "netavark N={:5}: setup median {:.2} ms (min {:.2}, max {:.2}); teardown median {:.2} ms (min {:.2}, max {:.2})",
+                    result.size, s.median, s.min, s.max, t.median, t.min, t.max
+                );
+            }
+            result
         })
         .collect()
 }
@@ -292,9 +359,9 @@ fn netavark(binary: &str, host: &Path, verb: &str, ns: &Path, options: String) -
     .expect("namespace thread")
 }
 
-/// netavark: one node per size as for Pier, grown first, repetitions round the sizes.
-fn bench_netavark(pid: u32, binary: &str, sizes: &[usize], reps: usize) -> Vec<(usize, Stats)> {
-    let worlds: Vec<(usize, Namespaces, Namespaces)> = sizes
+/// netavark: one node per size as for Pier, grown first.
+fn netavark_worlds(pid: u32, binary: &str, sizes: &[usize]) -> Vec<NetavarkWorld> {
+    sizes
         .iter()
         .map(|&size| {
             let host = Namespaces::new(&format!("pb{pid}-nvh{size}"), 1);
@@ -308,41 +375,31 @@ fn bench_netavark(pid: u32, binary: &str, sizes: &[usize], reps: usize) -> Vec<(
                     netavark_options(i, &containers.names[i]),
                 );
             }
-            (size, host, containers)
-        })
-        .collect();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); worlds.len()];
-    for _ in 0..reps {
-        for ((size, host, containers), samples) in worlds.iter().zip(samples.iter_mut()) {
-            let options = netavark_options(*size, &containers.names[*size]);
-            samples.push(ms(netavark(
-                binary,
-                &host.path(0),
-                "setup",
-                &containers.path(*size),
-                options.clone(),
-            )));
-            netavark(
-                binary,
-                &host.path(0),
-                "teardown",
-                &containers.path(*size),
-                options,
-            );
-        }
-    }
-    worlds
-        .iter()
-        .zip(samples)
-        .map(|((size, _, _), samples)| {
-            let s = stats(samples);
-            eprintln!(
-                "netavark N={size:5}: median {:.2} ms, min {:.2}, max {:.2}",
-                s.median, s.min, s.max
-            );
-            (*size, s)
+            NetavarkWorld {
+                host,
+                containers,
+                setup: Vec::new(),
+                teardown: Vec::new(),
+            }
         })
         .collect()
+}
+
+/// One netavark repetition at one size: `setup` of one more container, then its `teardown`.
+fn netavark_repetition(binary: &str, size: usize, world: &mut NetavarkWorld) {
+    let options = netavark_options(size, &world.containers.names[size]);
+    let host = world.host.path(0);
+    let container = world.containers.path(size);
+    world.setup.push(ms(netavark(
+        binary,
+        &host,
+        "setup",
+        &container,
+        options.clone(),
+    )));
+    world.teardown.push(ms(netavark(
+        binary, &host, "teardown", &container, options,
+    )));
 }
 
 /// iperf3 from the host namespace to an endpoint: directly to its address, and through a
@@ -420,31 +477,40 @@ fn main() {
     let netavark_binary = env_or("PIER_BENCH_NETAVARK", "/usr/lib/podman/netavark");
     let pid = std::process::id();
 
-    let pier = bench_pier(pid, &sizes, reps);
-    let peer = Path::new(&netavark_binary)
+    let netavark = Path::new(&netavark_binary)
         .exists()
-        .then(|| bench_netavark(pid, &netavark_binary, &sizes, reps));
+        .then_some(netavark_binary.as_str());
+    let results = bench(pid, netavark, &sizes, reps);
 
+    let fmt = |s: &Stats| format!("{:.2} / {:.2} / {:.2}", s.median, s.min, s.max);
     println!(
-        "| endpoints on the node | Pier attach (`apply_endpoints`) | Pier full `apply` incl. the new endpoint | netavark setup |"
+        "| endpoints on the node | Pier attach (`apply_endpoints`) | Pier detach (full `apply`) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
     );
-    println!("|---:|---:|---:|---:|");
-    for (i, (size, a, f)) in pier.iter().enumerate() {
-        let theirs = peer
-            .as_ref()
-            .and_then(|p| p.get(i))
-            .map(|(_, t)| format!("{:.1} / {:.1} / {:.1}", t.median, t.min, t.max))
-            .unwrap_or_else(|| "not installed".to_owned());
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        let (setup, teardown) = r.netavark.as_ref().map_or_else(
+            || ("not installed".to_owned(), "not installed".to_owned()),
+            |(s, t)| (fmt(s), fmt(t)),
+        );
+        let (rs, rt) = r.ratios.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |(s, t)| (format!("{:.1}x", s.median), format!("{:.1}x", t.median)),
+        );
         println!(
-            "| {size} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {theirs} |",
-            a.median, a.min, a.max, f.median, f.min, f.max
+            "| {} | {} | {} | {} | {setup} | {teardown} | {rs} | {rt} |",
+            r.size,
+            fmt(&r.attach),
+            fmt(&r.detach),
+            fmt(&r.full)
         );
     }
-    println!("\n(median / min / max in ms over {reps} repetitions)");
-    if let (Some((_, first, _)), Some((_, last, _))) = (pier.first(), pier.last()) {
+    println!(
+        "\n(median / min / max in ms over {reps} repetitions; ratios: median of netavark / Pier per repetition)"
+    );
+    if let (Some(first), Some(last)) = (results.first(), results.last()) {
         println!(
             "Pier attach median, largest/smallest size: {:.2}x",
-            last.median / first.median
+            last.attach.median / first.attach.median
         );
     }
     let mut iperf = serde_json::Value::Null;
@@ -460,22 +526,25 @@ fn main() {
             None => println!("\niperf3: not run (iperf3 missing or failed)"),
         }
     }
-    let rows: Vec<serde_json::Value> = pier
+    let rows: Vec<serde_json::Value> = results
         .iter()
-        .enumerate()
-        .map(|(i, (size, attach, full))| {
-            let netavark = peer.as_ref().and_then(|p| p.get(i)).map(|(_, t)| *t);
+        .map(|r| {
             serde_json::json!({
-                "endpoints": size,
-                "pier_attach_ms": attach,
-                "pier_full_apply_ms": full,
-                "netavark_setup_ms": netavark,
+                "endpoints": r.size,
+                "pier_attach_ms": r.attach,
+                "pier_detach_ms": r.detach,
+                "pier_full_apply_ms": r.full,
+                "netavark_setup_ms": r.netavark.map(|(s, _)| s),
+                "netavark_teardown_ms": r.netavark.map(|(_, t)| t),
+                "setup_ratio_per_pair": r.ratios.map(|(s, _)| s),
+                "teardown_ratio_per_pair": r.ratios.map(|(_, t)| t),
             })
         })
         .collect();
     write_json(&serde_json::json!({
         "bench": "attach",
         "repetitions": reps,
+        "interleaved": true,
         "sizes": rows,
         "iperf3": iperf,
     }));

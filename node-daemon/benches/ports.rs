@@ -1,10 +1,10 @@
 //! Published-port latency: how long `firewall::plan` + `firewall::apply` take to add one published
 //! port when the node already publishes 10, 100 and 1000 (target: < 5 ms and flat, because one
-//! port is one map element whatever the number of ports).
+//! port is one map element whatever the number of ports), and to remove it again.
 //!
 //! Not a test: run as root with
 //! `cargo bench -p pier-node --bench ports` (env `PIER_BENCH_SIZES=10,100,1000`,
-//! `PIER_BENCH_REPS=50`, `PIER_BENCH_PAUSE_MS=20` between repetitions, `PIER_BENCH_SETNS=1`).
+//! `PIER_BENCH_REPS=50`, `PIER_BENCH_PAUSE_MS=20` before each add and each remove, `PIER_BENCH_SETNS=1`).
 //! Everything happens in a network namespace made here (unshared by the process, or
 //! `pbports<pid>` with PIER_BENCH_SETNS=1, deleted at the end); the machine's own namespace is
 //! never touched. The first 5 repetitions of each size are warm-up and not counted.
@@ -158,9 +158,9 @@ fn main() {
     );
 
     println!(
-        "| ports already published | add one port: plan+apply median | min | max | plan (read back + diff) median | apply (one batch) median |"
+        "| ports already published | add one port: plan+apply median | min | max | plan (read back + diff) median | apply (one batch) median | remove it again: plan+apply median |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for &size in &sizes {
         let base = state(size);
@@ -168,6 +168,7 @@ fn main() {
         let mut plus_one = base.clone();
         plus_one.ports.push(published(9_000, 2));
         let (mut total, mut plans, mut applies) = (Vec::new(), Vec::new(), Vec::new());
+        let mut removes = Vec::new();
         for rep in 0..reps + WARMUP {
             let start = Instant::now();
             let plan = firewall::plan(host_path, &plus_one).expect("plan");
@@ -180,21 +181,31 @@ fn main() {
                 plans.push(planned - start);
                 applies.push(done - planned);
             }
-            converge(&base); // untimed: remove it again
-            // Let the kernel's deferred transaction cleanup of that removal finish, so it is not
-            // billed to the next add (ports do not change at kHz rates in real life).
+            // Let the kernel's deferred transaction cleanup finish before each change, so it is
+            // not billed to the next one (ports do not change at kHz rates in real life).
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            // Remove it again: plan+apply back to the N ports.
+            let start = Instant::now();
+            let plan = firewall::plan(host_path, &base).expect("plan");
+            firewall::apply(host_path, &plan).expect("apply");
+            let removed = start.elapsed();
+            assert_eq!(plan.element_changes(), 1, "{plan}");
+            if rep >= WARMUP {
+                removes.push(removed);
+            }
             std::thread::sleep(Duration::from_millis(pause_ms));
         }
-        let (t, p, a) = (stats(total), stats(plans), stats(applies));
+        let (t, p, a, r) = (stats(total), stats(plans), stats(applies), stats(removes));
         println!(
-            "| {size} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
-            t.median, t.min, t.max, p.median, a.median
+            "| {size} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            t.median, t.min, t.max, p.median, a.median, r.median
         );
         rows.push(serde_json::json!({
             "ports": size,
             "add_one_ms": t,
             "plan_ms": p,
             "apply_ms": a,
+            "remove_one_ms": r,
         }));
     }
     firewall::reset(host_path).expect("reset");

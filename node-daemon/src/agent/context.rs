@@ -197,59 +197,6 @@ impl Context {
             .map_err(Error::Blocking)
     }
 
-    /// Writes the node's condition `condition` into `obj`'s status by server-side apply as
-    /// `pier-node` (only that entry of the list-map: the operator's `Ready` stays its own), and
-    /// publishes an Event when what it says changed. Unchanged: no write.
-    pub async fn report<K>(
-        &self,
-        obj: &K,
-        existing: &[Condition],
-        condition: Condition,
-    ) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug,
-    {
-        let event = conditions::differs(existing, &condition);
-        let same_generation = conditions::find(existing, &condition.type_)
-            .is_some_and(|c| c.observed_generation == condition.observed_generation);
-        if !event && same_generation {
-            return Ok(());
-        }
-        let api: Api<K> =
-            Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
-        let patch = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": {"conditions": [condition]},
-        });
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            what: format!("{} {}", K::kind(&()), key(obj)),
-            source,
-        })?;
-        if event {
-            let ok = condition.status == "True";
-            self.event(
-                obj,
-                !ok,
-                &condition.reason,
-                &condition.type_,
-                condition.message,
-            )
-            .await;
-        }
-        Ok(())
-    }
-
     /// Publishes an Event about `obj`; failing to is logged, never fatal.
     pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
     where
@@ -295,4 +242,56 @@ pub fn key<K: Resource>(obj: &K) -> String {
         Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
         None => obj.meta().name.clone().unwrap_or_default(),
     }
+}
+
+/// Writes the node's condition `condition` into `obj`'s status by server-side apply as
+/// `pier-node` (only that entry of the list-map: the operator's `Ready` stays its own), and
+/// publishes an Event when what it says changed. Unchanged: no write.
+pub async fn write_condition<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    existing: &[Condition],
+    condition: Condition,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let event = conditions::differs(existing, &condition);
+    let same_generation = conditions::find(existing, &condition.type_)
+        .is_some_and(|c| c.observed_generation == condition.observed_generation);
+    if !event && same_generation {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": {"conditions": [condition]},
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        what: format!("{} {}", K::kind(&()), key(obj)),
+        source,
+    })?;
+    if event {
+        let ok = condition.status == "True";
+        ctx.event(
+            obj,
+            !ok,
+            &condition.reason,
+            &condition.type_,
+            condition.message,
+        )
+        .await;
+    }
+    Ok(())
 }

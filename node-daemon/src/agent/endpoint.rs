@@ -11,7 +11,7 @@ use pier_crds::Endpoint;
 use pier_crds::conditions::{self, ATTACHED};
 
 use super::build::{endpoint_key, object_id, reason};
-use super::context::{Context, Scope, key};
+use super::context::{Context, Scope, key, write_condition};
 use super::{Error, FINALIZER};
 use crate::reconcile::Outcome;
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
@@ -28,7 +28,7 @@ pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, E
     let key = key(&*ep);
     let action = finalizer(&api, FINALIZER, ep, |event| async {
         match event {
-            Finalizer::Apply(ep) => attach(&ep, &ctx).await,
+            Finalizer::Apply(ep) => attach(&api, &ep, &ctx).await,
             Finalizer::Cleanup(ep) => detach(&ep, &ctx).await,
         }
     })
@@ -75,7 +75,7 @@ pub fn attached_message(endpoint: &EndpointState, state: &NodeState) -> String {
     }
 }
 
-async fn attach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     if let Some(pod) = &ep.spec.target.pod {
         find_pod_netns(ep, &pod.name, ctx).await?;
@@ -98,7 +98,7 @@ async fn attach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
             refusal.message.clone(),
             generation,
         );
-        ctx.report(ep, &existing, condition).await?;
+        write_condition(ctx, api, ep, &existing, condition).await?;
         // Pods start later than their Endpoints; everything else comes with a watch event or
         // the next resync (host subnets).
         return Ok(match refusal.reason {
@@ -124,7 +124,7 @@ async fn attach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
             message.clone(),
             generation,
         );
-        ctx.report(ep, &existing, condition).await?;
+        write_condition(ctx, api, ep, &existing, condition).await?;
         return Err(Error::Attach {
             endpoint: id,
             message: message.clone(),
@@ -138,7 +138,7 @@ async fn attach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
         attached_message(endpoint, &built.state),
         generation,
     );
-    ctx.report(ep, &existing, condition).await?;
+    write_condition(ctx, api, ep, &existing, condition).await?;
     Ok(Action::await_change())
 }
 

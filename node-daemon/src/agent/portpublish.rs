@@ -10,7 +10,7 @@ use pier_crds::PortPublish;
 use pier_crds::conditions::{self, PUBLISHED};
 
 use super::build::{object_id, ports_key};
-use super::context::{Context, Scope, key};
+use super::context::{Context, Scope, key, write_condition};
 use super::{Error, FINALIZER};
 use crate::reconcile::{FIREWALL, Outcome, Report};
 use crate::state::NodeState;
@@ -27,7 +27,7 @@ pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<A
     let key = key(&*publish);
     let action = finalizer(&api, FINALIZER, publish, |event| async {
         match event {
-            Finalizer::Apply(publish) => publish_ports(&publish, &ctx).await,
+            Finalizer::Apply(publish) => publish_ports(&api, &publish, &ctx).await,
             Finalizer::Cleanup(publish) => withdraw(&publish, &ctx).await,
         }
     })
@@ -72,7 +72,11 @@ pub fn firewall_outcome(report: &Report) -> Result<(), String> {
     }
 }
 
-async fn publish_ports(publish: &PortPublish, ctx: &Context) -> Result<Action, Error> {
+async fn publish_ports(
+    api: &Api<PortPublish>,
+    publish: &PortPublish,
+    ctx: &Context,
+) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     let built = ctx.build();
     let id = object_id(&publish.metadata);
@@ -91,7 +95,7 @@ async fn publish_ports(publish: &PortPublish, ctx: &Context) -> Result<Action, E
             refusal.message.clone(),
             generation,
         );
-        ctx.report(publish, &existing, condition).await?;
+        write_condition(ctx, api, publish, &existing, condition).await?;
         return Ok(Action::await_change());
     }
     if !built.state.ports.iter().any(|p| p.id == id) {
@@ -108,7 +112,7 @@ async fn publish_ports(publish: &PortPublish, ctx: &Context) -> Result<Action, E
             message.clone(),
             generation,
         );
-        ctx.report(publish, &existing, condition).await?;
+        write_condition(ctx, api, publish, &existing, condition).await?;
         return Err(Error::Publish {
             portpublish: id,
             message,
@@ -122,7 +126,7 @@ async fn publish_ports(publish: &PortPublish, ctx: &Context) -> Result<Action, E
         published_message(&id, &built.state, &ctx.config.node_name),
         generation,
     );
-    ctx.report(publish, &existing, condition).await?;
+    write_condition(ctx, api, publish, &existing, condition).await?;
     Ok(Action::await_change())
 }
 

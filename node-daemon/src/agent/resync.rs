@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use kube::{Api, ResourceExt};
 use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
+use pier_crds::{Endpoint, PortPublish};
 
 use super::build::{Built, endpoint_key, object_id, ports_key};
-use super::context::{Context, Scope, lock};
+use super::context::{Context, Scope, lock, write_condition};
 use super::endpoint::{ATTACH_FAILED, ATTACHED_REASON, attached_message};
 use super::portpublish::{PUBLISH_FAILED, PUBLISHED_REASON, firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
@@ -71,6 +73,8 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         if ep.metadata.deletion_timestamp.is_some() || !has_finalizer(&ep.metadata.finalizers) {
             continue;
         }
+        let api: Api<Endpoint> =
+            Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
         let id = object_id(&ep.metadata);
         let object = endpoint_key(&id);
         let existing = ep
@@ -110,7 +114,7 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         } else {
             continue;
         };
-        if let Err(error) = ctx.report(&*ep, &existing, condition).await {
+        if let Err(error) = write_condition(ctx, &api, &*ep, &existing, condition).await {
             first_error.get_or_insert(error);
         }
     }
@@ -121,6 +125,8 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         {
             continue;
         }
+        let api: Api<PortPublish> =
+            Api::namespaced(ctx.client.clone(), &publish.namespace().unwrap_or_default());
         let id = object_id(&publish.metadata);
         let existing = publish
             .status
@@ -159,7 +165,7 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         } else {
             continue;
         };
-        if let Err(error) = ctx.report(&*publish, &existing, condition).await {
+        if let Err(error) = write_condition(ctx, &api, &*publish, &existing, condition).await {
             first_error.get_or_insert(error);
         }
     }

@@ -1,0 +1,303 @@
+//! The lesson through `pier up` and the real `kubectl`, with real traffic (DESIGN.md §5, tier 4).
+//! Needs root, kubectl, iproute2, ping, busybox-static, socat and nft.
+
+mod system;
+
+use std::time::Duration;
+
+use system::{Pier, examples, wait_for};
+
+/// `docker run -P`: the published web server answers on its host port from the node (its own
+/// address and 127.0.0.1); `kill -9` and restart keep address and port and repair the kernel; a
+/// veth deleted by hand comes back; deleting the objects removes the kernel objects and the
+/// namespace Pier created.
+#[test]
+fn published_webserver_survives_kill_9_and_hand_deleted_veth() {
+    let mut pier = Pier::up("web", &["nginx"]);
+    let folder = examples("01-published-webserver");
+    pier.kubectl_ok(&format!("apply -f {}", folder.display()));
+    pier.wait_condition("pep nginx", "Attached", "True");
+    pier.wait_condition("ppub nginx", "Published", "True");
+
+    let ports = pier.kubectl_ok("get ppub nginx");
+    let port: u16 = wait_for("a host port", Duration::from_secs(5), || {
+        pier.jsonpath("ppub nginx", "{.status.ports[0].hostPort}")
+            .parse()
+            .ok()
+    });
+    assert!(
+        ports.contains(&format!("0.0.0.0:{port}->80/tcp")),
+        "kubectl get ppub shows the docker ps form:\n{ports}"
+    );
+    let address = pier.jsonpath("pep nginx", "{.status.ipv4Address}");
+    let gateway = pier.jsonpath("pnet bridge", "{.status.gateway}");
+    assert!(address.starts_with("172.17."), "{address}");
+
+    let mut httpd = pier.serve_http("nginx", "hello from nginx");
+    for authority in [format!("127.0.0.1:{port}"), format!("{gateway}:{port}")] {
+        let page = wait_for(
+            &format!("http://{authority}/"),
+            Duration::from_secs(10),
+            || {
+                let page = pier.http_from_node(&authority);
+                page.contains("hello from nginx").then_some(page)
+            },
+        );
+        assert!(page.starts_with("HTTP/1."), "{page}");
+    }
+    assert!(
+        pier.on_node(&format!("ping -c1 -W2 {address}"))
+            .status
+            .success(),
+        "the node reaches the endpoint's address"
+    );
+
+    // kill -9, restart: same address and port, traffic still flows.
+    let veth_before = pier.node_links();
+    pier.kill_9();
+    pier.start(&[]);
+    assert_eq!(pier.jsonpath("pep nginx", "{.status.ipv4Address}"), address);
+    assert_eq!(
+        pier.jsonpath("ppub nginx", "{.status.ports[0].hostPort}"),
+        port.to_string()
+    );
+    assert!(
+        pier.http_from_node(&format!("127.0.0.1:{port}"))
+            .contains("hello from nginx")
+    );
+
+    // Drift: a hand-deleted veth and a flushed table come back within the resync (2 s here).
+    let veth = veth_before
+        .lines()
+        .find_map(|l| l.split(['@', ' ']).next().filter(|n| n.starts_with("pv")))
+        .expect("a Pier veth on the node")
+        .to_owned();
+    assert!(
+        pier.on_node(&format!("ip link del {veth}"))
+            .status
+            .success()
+    );
+    assert!(pier.on_node("nft flush table inet pier").status.success());
+    wait_for(
+        "the veth and the port to be repaired",
+        Duration::from_secs(15),
+        || {
+            (pier.node_links().contains(&veth)
+                && pier
+                    .http_from_node(&format!("127.0.0.1:{port}"))
+                    .contains("hello from nginx"))
+            .then_some(())
+        },
+    );
+
+    // Deleting the objects removes veth, bridge, port mapping and the namespace Pier created.
+    pier.kubectl_ok(&format!("delete -f {} --timeout=30s", folder.display()));
+    wait_for("the kernel objects to go", Duration::from_secs(15), || {
+        let links = pier.node_links();
+        (!links.contains("pv") && !links.contains("pier-")).then_some(())
+    });
+    assert!(
+        !std::path::Path::new("/var/run/netns/nginx").exists(),
+        "the namespace Pier created went with its Endpoint"
+    );
+    let map = pier.on_node("nft list map inet pier ports_any");
+    assert!(
+        !String::from_utf8_lossy(&map.stdout).contains(&format!("{port} :")),
+        "the port mapping is gone"
+    );
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    pier.stop();
+}
+
+/// `docker network create`, `--net`, name resolution within a network, isolation between
+/// networks, and `docker network connect`.
+#[test]
+fn networks_names_isolation_and_connect() {
+    let pier = Pier::up("connect", &["con1", "con2", "con3"]);
+    let folder = examples("04-connect");
+    pier.kubectl_ok(&format!(
+        "apply -f {}",
+        folder.join("containers.yaml").display()
+    ));
+    for name in ["con1", "con2", "con3"] {
+        pier.wait_condition(&format!("pep {name}"), "Attached", "True");
+    }
+    let networks = pier.kubectl_ok("get networks");
+    for column in ["NAME", "DRIVER", "SCOPE", "SUBNET"] {
+        assert!(networks.contains(column), "{networks}");
+    }
+    for network in ["bridge", "host", "none", "workshop-tage", "ch-open"] {
+        assert!(
+            networks
+                .lines()
+                .any(|l| l.starts_with(&format!("{network} "))),
+            "docker network ls lists {network}:\n{networks}"
+        );
+    }
+
+    let con1 = pier.jsonpath("pep con1", "{.status.ipv4Address}");
+    let ping = |from: &str, to: &str| {
+        system::sh(&format!("ip netns exec {from} ping -c1 -W1 {to}"))
+            .status
+            .success()
+    };
+    assert!(ping("con2", &con1), "con2 reaches con1 at {con1}");
+    wait_for("con2 to ping con1 by name", Duration::from_secs(10), || {
+        ping("con2", "con1").then_some(())
+    });
+    assert!(
+        !ping("con3", &con1),
+        "ch-open is isolated from workshop-tage"
+    );
+    assert!(
+        !ping("con3", "con1"),
+        "con3 does not resolve con1 before the connect"
+    );
+
+    pier.kubectl_ok(&format!(
+        "apply -f {}",
+        folder.join("connect.yaml").display()
+    ));
+    pier.wait_condition("pep con3-workshop-tage", "Attached", "True");
+    wait_for("con3 to ping con1 by name", Duration::from_secs(10), || {
+        ping("con3", "con1").then_some(())
+    });
+    let interfaces = system::sh_ok("ip netns exec con3 ip -4 -br addr");
+    let tage = pier.jsonpath("pnet workshop-tage", "{.status.subnet}");
+    let open = pier.jsonpath("pnet ch-open", "{.status.subnet}");
+    let line = |iface: &str| {
+        interfaces
+            .lines()
+            .find(|l| l.starts_with(iface))
+            .unwrap_or_else(|| panic!("{iface} in con3:\n{interfaces}"))
+            .to_owned()
+    };
+    let prefix = |subnet: &str| subnet.split('.').take(2).collect::<Vec<_>>().join(".");
+    assert!(
+        line("eth0").contains(&prefix(&open)),
+        "eth0 on ch-open {open}: {interfaces}"
+    );
+    assert!(
+        line("eth1").contains(&prefix(&tage)),
+        "eth1 on workshop-tage {tage}: {interfaces}"
+    );
+}
+
+/// Bad input shows in `kubectl get`/`describe` with a clear reason and breaks nothing else:
+/// an overlapping subnet, a taken static address, a taken host port, an unknown network, and a
+/// subnet the node itself uses.
+#[test]
+fn bad_input_has_clear_reasons_and_breaks_nothing() {
+    let pier = Pier::up(
+        "refuse",
+        &["rf-good", "rf-taken", "rf-lost", "rf-host", "rf-port"],
+    );
+    // The node uses 10.77.0.0/24 on a link Pier does not own.
+    assert!(
+        pier.on_node(
+            "ip link add rf-uplink type veth peer name rf-peer && ip addr add 10.77.0.1/24 dev rf-uplink && ip link set rf-uplink up"
+        )
+        .status
+        .success()
+    );
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: good}
+spec: {subnet: 10.66.0.0/16}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: overlapping}
+spec: {subnet: 10.66.5.0/24}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: on-node}
+spec: {subnet: 10.77.0.0/16}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: good}
+spec: {network: good, ipv4Address: 10.66.0.10, target: {netns: {name: rf-good}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: PortPublish
+metadata: {name: good}
+spec: {endpoint: good, ports: [{containerPort: 80, hostPort: 8000}]}
+"#,
+    );
+    pier.wait_condition("pep good", "Attached", "True");
+    pier.wait_condition("ppub good", "Published", "True");
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: taken}
+spec: {network: good, ipv4Address: 10.66.0.10, target: {netns: {name: rf-taken}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: lost}
+spec: {network: no-such-network, target: {netns: {name: rf-lost}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: on-node}
+spec: {network: on-node, target: {netns: {name: rf-host}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: port}
+spec: {network: good, target: {netns: {name: rf-port}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: PortPublish
+metadata: {name: port}
+spec: {endpoint: port, ports: [{containerPort: 80, hostPort: 8000}]}
+"#,
+    );
+    assert_eq!(
+        pier.wait_condition("pnet overlapping", "Ready", "False"),
+        "SubnetConflict"
+    );
+    assert_eq!(
+        pier.wait_condition("pep taken", "Ready", "False"),
+        "AddressInUse"
+    );
+    assert_eq!(
+        pier.wait_condition("pep lost", "Ready", "False"),
+        "NetworkNotFound"
+    );
+    assert_eq!(
+        pier.wait_condition("ppub port", "Ready", "False"),
+        "PortConflict"
+    );
+    assert_eq!(
+        pier.wait_condition("pep on-node", "Attached", "False"),
+        "SubnetInUseOnNode"
+    );
+    let describe = pier.kubectl_ok("describe pep on-node");
+    assert!(
+        describe.contains("SubnetInUseOnNode") && describe.contains("rf-uplink"),
+        "describe says why and what overlaps:\n{describe}"
+    );
+    let listed = pier.kubectl_ok("get pep");
+    assert!(listed.contains("good"), "{listed}");
+
+    // Nothing of the node's was touched, and the good endpoint still works.
+    let uplink =
+        String::from_utf8_lossy(&pier.on_node("ip -4 -br addr show rf-uplink").stdout).into_owned();
+    assert!(uplink.contains("10.77.0.1/24"), "{uplink}");
+    let addresses = String::from_utf8_lossy(&pier.on_node("ip -4 -br addr").stdout).into_owned();
+    assert_eq!(
+        addresses.matches("10.77.").count(),
+        1,
+        "no bridge got an address of the refused network:\n{addresses}"
+    );
+    assert_eq!(pier.condition("pep good", "Attached").0, "True");
+    assert_eq!(pier.condition("ppub good", "Published").0, "True");
+    assert!(pier.on_node("ping -c1 -W2 10.66.0.10").status.success());
+}

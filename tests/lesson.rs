@@ -301,3 +301,126 @@ spec: {endpoint: port, ports: [{containerPort: 80, hostPort: 8000}]}
     assert_eq!(pier.condition("ppub good", "Published").0, "True");
     assert!(pier.on_node("ping -c1 -W2 10.66.0.10").status.success());
 }
+
+/// `docker run -p 8000:80` and `-p 127.0.0.1:8080:80`, then a user-defined network with a
+/// fixed subnet and a static address (`docker network create --subnet`, `docker run --ip`).
+#[test]
+fn manual_ports_and_user_defined_network() {
+    let pier = Pier::up("manual", &["nginx-8000", "nginx-local", "box1", "box2"]);
+    pier.kubectl_ok(&format!(
+        "apply -f {}",
+        examples("02-manual-ports").display()
+    ));
+    pier.kubectl_ok(&format!(
+        "apply -f {}",
+        examples("03-user-defined-network").display()
+    ));
+    for object in ["ppub nginx-8000", "ppub nginx-local"] {
+        pier.wait_condition(object, "Published", "True");
+    }
+    let ports = pier.kubectl_ok("get ppub");
+    assert!(ports.contains("0.0.0.0:8000->80/tcp"), "{ports}");
+    assert!(ports.contains("127.0.0.1:8080->80/tcp"), "{ports}");
+    let mut servers = vec![
+        pier.serve_http("nginx-8000", "on eight thousand"),
+        pier.serve_http("nginx-local", "on loopback only"),
+    ];
+    let gateway = pier.jsonpath("pnet bridge", "{.status.gateway}");
+    for authority in ["127.0.0.1:8000".to_owned(), format!("{gateway}:8000")] {
+        wait_for(
+            &format!("http://{authority}/"),
+            Duration::from_secs(10),
+            || {
+                pier.http_from_node(&authority)
+                    .contains("on eight thousand")
+                    .then_some(())
+            },
+        );
+    }
+    wait_for("http://127.0.0.1:8080/", Duration::from_secs(10), || {
+        pier.http_from_node("127.0.0.1:8080")
+            .contains("on loopback only")
+            .then_some(())
+    });
+    assert!(
+        !pier
+            .http_from_node(&format!("{gateway}:8080"))
+            .contains("on loopback only"),
+        "a port bound to 127.0.0.1 is not published on the node's other addresses"
+    );
+
+    for name in ["box1", "box2"] {
+        pier.wait_condition(&format!("pep {name}"), "Attached", "True");
+    }
+    assert_eq!(
+        pier.jsonpath("pep box2", "{.status.ipv4Address}"),
+        "172.30.0.10"
+    );
+    assert_eq!(
+        pier.jsonpath("pnet my-net", "{.status.subnet}"),
+        "172.30.0.0/16"
+    );
+    system::sh_ok("ip netns exec box1 ping -c1 -W2 172.30.0.10");
+    wait_for("box1 to ping box2 by name", Duration::from_secs(10), || {
+        system::sh("ip netns exec box1 ping -c1 -W1 box2")
+            .status
+            .success()
+            .then_some(())
+    });
+    for server in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}
+
+/// `docker run --net none` (loopback only) and `--net container:NAME` (one namespace, reachable
+/// over lo, no interface of its own).
+#[test]
+fn none_network_and_container_mode() {
+    let pier = Pier::up("modes", &["md-none", "md-app"]);
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: isolated}
+spec: {network: none, target: {netns: {name: md-none}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: app}
+spec: {target: {netns: {name: md-app}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: sidecar}
+spec: {target: {endpoint: {name: app}}}
+"#,
+    );
+    for name in ["isolated", "app", "sidecar"] {
+        pier.wait_condition(&format!("pep {name}"), "Attached", "True");
+    }
+    let links = system::sh_ok("ip netns exec md-none ip -br link");
+    assert_eq!(links.lines().count(), 1, "none has lo only:\n{links}");
+    assert!(links.starts_with("lo "), "{links}");
+    assert!(
+        system::sh("ip netns exec md-none ping -c1 -W1 127.0.0.1")
+            .status
+            .success()
+    );
+    let message = pier.jsonpath(
+        "pep sidecar",
+        "{.status.conditions[?(@.type==\"Attached\")].message}",
+    );
+    assert!(message.contains("default/app"), "{message}");
+    let mut server = pier.serve_http("md-app", "shared namespace");
+    wait_for("the app over lo", Duration::from_secs(10), || {
+        let out = system::sh(
+            "ip netns exec md-app sh -c 'printf \"GET / HTTP/1.0\\r\\n\\r\\n\" | socat -T2 - TCP:127.0.0.1:80'",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .contains("shared namespace")
+            .then_some(())
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+}

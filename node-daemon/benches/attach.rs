@@ -397,9 +397,9 @@ fn netavark_repetition(binary: &str, size: usize, world: &mut NetavarkWorld) {
         &container,
         options.clone(),
     )));
-    world.teardown.push(ms(netavark(
-        binary, &host, "teardown", &container, options,
-    )));
+    world
+        .teardown
+        .push(ms(netavark(binary, &host, "teardown", &container, options)));
 }
 
 /// iperf3 from the host namespace to an endpoint: directly to its address, and through a

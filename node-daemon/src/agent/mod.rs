@@ -186,7 +186,10 @@ pub async fn run(
         }
     };
 
-    // A Network's change (its status filled, its MTU) concerns its endpoints here.
+    // A Network's status being filled concerns its endpoints here that wait for it. Only those:
+    // the operator rewrites a Network's status on every endpoint it gains, and waking all of
+    // its attached endpoints each time would make filling a network quadratic. What else can
+    // change (the MTU) the next resync applies.
     let by_network = endpoint_store.clone();
     let endpoint_controller = endpoint_controller
         .watches(networks, watcher::Config::default(), move |net| {
@@ -195,6 +198,14 @@ pub async fn run(
                 .state()
                 .into_iter()
                 .filter(|e| e.status.as_ref().and_then(|s| s.network.as_deref()) == Some(&name))
+                .filter(|e| {
+                    !e.status.as_ref().is_some_and(|s| {
+                        pier_crds::conditions::is_true(
+                            &s.conditions,
+                            pier_crds::conditions::ATTACHED,
+                        )
+                    })
+                })
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })

@@ -52,10 +52,21 @@ fn published_webserver_survives_kill_9_and_hand_deleted_veth() {
         "the node reaches the endpoint's address"
     );
 
-    // kill -9, restart: same address and port, traffic still flows.
+    // kill -9, restart: same address and port, traffic still flows. A Pier-named veth that no
+    // object explains (left by a crash) is removed by the full reconcile at start.
     let veth_before = pier.node_links();
     pier.kill_9();
+    assert!(
+        pier.on_node("ip link add pv00deadbeef type veth peer name stray-peer")
+            .status
+            .success()
+    );
     pier.start(&[]);
+    wait_for(
+        "the stray veth to be removed",
+        Duration::from_secs(10),
+        || (!pier.node_links().contains("pv00deadbeef")).then_some(()),
+    );
     assert_eq!(pier.jsonpath("pep nginx", "{.status.ipv4Address}"), address);
     assert_eq!(
         pier.jsonpath("ppub nginx", "{.status.ports[0].hostPort}"),
@@ -66,23 +77,35 @@ fn published_webserver_survives_kill_9_and_hand_deleted_veth() {
             .contains("hello from nginx")
     );
 
-    // Drift: a hand-deleted veth and a flushed table come back within the resync (2 s here).
+    // Drift: a hand-deleted veth and bridge and a flushed table come back within the resync (2 s here).
     let veth = veth_before
         .lines()
         .find_map(|l| l.split(['@', ' ']).next().filter(|n| n.starts_with("pv")))
         .expect("a Pier veth on the node")
+        .to_owned();
+    let bridge = veth_before
+        .lines()
+        .find_map(|l| l.split(' ').next().filter(|n| n.starts_with("pier-")))
+        .expect("a Pier bridge on the node")
         .to_owned();
     assert!(
         pier.on_node(&format!("ip link del {veth}"))
             .status
             .success()
     );
+    assert!(
+        pier.on_node(&format!("ip link del {bridge}"))
+            .status
+            .success()
+    );
     assert!(pier.on_node("nft flush table inet pier").status.success());
     wait_for(
-        "the veth and the port to be repaired",
+        "veth, bridge and port to be repaired",
         Duration::from_secs(15),
         || {
-            (pier.node_links().contains(&veth)
+            let links = pier.node_links();
+            (links.contains(&veth)
+                && links.contains(&bridge)
                 && pier
                     .http_from_node(&format!("127.0.0.1:{port}"))
                     .contains("hello from nginx"))
@@ -377,7 +400,9 @@ fn manual_ports_and_user_defined_network() {
 /// over lo, no interface of its own).
 #[test]
 fn none_network_and_container_mode() {
-    let pier = Pier::up("modes", &["md-none", "md-app"]);
+    let pier = Pier::up("modes", &["md-none", "md-app", "md-own"]);
+    // A namespace someone else made: used, and left in place when its Endpoint goes.
+    system::sh_ok("ip netns add md-own");
     pier.apply(
         r#"
 apiVersion: pier.dev/v1alpha1
@@ -394,7 +419,22 @@ apiVersion: pier.dev/v1alpha1
 kind: Endpoint
 metadata: {name: sidecar}
 spec: {target: {endpoint: {name: app}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: own}
+spec: {target: {netns: {name: md-own}}}
 "#,
+    );
+    pier.wait_condition("pep own", "Attached", "True");
+    pier.kubectl_ok("delete pep own --timeout=30s");
+    assert!(
+        std::path::Path::new("/var/run/netns/md-own").exists(),
+        "a namespace Pier did not create stays when its Endpoint goes"
+    );
+    assert!(
+        !system::sh_ok("ip netns exec md-own ip -br link").contains("eth0"),
+        "but the interface Pier made in it is gone"
     );
     for name in ["isolated", "app", "sidecar"] {
         pier.wait_condition(&format!("pep {name}"), "Attached", "True");

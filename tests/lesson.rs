@@ -464,3 +464,50 @@ spec: {target: {netns: {name: md-own}}}
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Beside Docker: the machine already has 172.17.0.0/16 (docker0) and 172.18.0.0/16. `pier up`
+/// gives its default `bridge` network and a new network subnets the machine does not use, and
+/// touches nothing of the machine's.
+#[test]
+fn beside_docker_pools_skip_the_machines_subnets() {
+    let pier = Pier::up_after(
+        "docker",
+        &["bd-web"],
+        "ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && \
+         ip link set docker0 up && ip link add br-other type bridge && \
+         ip addr add 172.18.0.1/16 dev br-other && ip link set br-other up",
+    );
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: next}
+spec: {}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: web}
+spec: {target: {netns: {name: bd-web}}}
+"#,
+    );
+    pier.wait_condition("pep web", "Attached", "True");
+    pier.wait_condition("pnet next", "Ready", "True");
+    let bridge = pier.jsonpath("pnet bridge", "{.status.subnet}");
+    let next = pier.jsonpath("pnet next", "{.status.subnet}");
+    for subnet in [&bridge, &next] {
+        assert!(
+            !subnet.starts_with("172.17.") && !subnet.starts_with("172.18."),
+            "{subnet} overlaps the machine's subnets"
+        );
+    }
+    assert_ne!(bridge, next);
+    let address = pier.jsonpath("pep web", "{.status.ipv4Address}");
+    assert!(
+        pier.on_node(&format!("ping -c1 -W2 {address}"))
+            .status
+            .success()
+    );
+    let docker0 =
+        String::from_utf8_lossy(&pier.on_node("ip -4 -br addr show docker0").stdout).into_owned();
+    assert!(docker0.contains("172.17.0.1/16"), "{docker0}");
+}

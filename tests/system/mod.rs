@@ -82,6 +82,12 @@ impl Pier {
     /// Starts `pier up` (node `node-a`, resync every 2 s) in a fresh node namespace and waits
     /// for its `ready` line. `containers`: the named namespaces the test will use.
     pub fn up(tag: &str, containers: &[&str]) -> Pier {
+        Pier::up_after(tag, containers, "true")
+    }
+
+    /// Like [`Pier::up`], running `script` in the node namespace first (e.g. to give the node
+    /// addresses of its own, as Docker's docker0 has).
+    pub fn up_after(tag: &str, containers: &[&str], script: &str) -> Pier {
         require_root_and_tools();
         let data = tempfile::tempdir().expect("data dir");
         let node_netns = format!("pn-{tag}-{}", std::process::id());
@@ -89,6 +95,7 @@ impl Pier {
         sh_ok(&format!(
             "ip netns add {node_netns} && ip netns exec {node_netns} ip link set lo up"
         ));
+        sh_ok(&format!("ip netns exec {node_netns} sh -c '{script}'"));
         for name in containers {
             // Left over from an earlier failed run: Pier must create them itself here.
             let _ = sh(&format!("ip netns del {name} 2>/dev/null"));

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # One command for all Pier benchmarks: runs every suite on this machine, collects their JSON
-# (PIER_BENCH_JSON) and criterion's estimates, and writes benches/report/README.md with plots.
+# (PIER_BENCH_JSON) and criterion's estimates, and regenerates BENCHMARKS.md (every target met /
+# not met, plots in benches/report/).
 #   benches/run.sh [--quick|--full] [--load "what else ran on the machine"]
 # --quick (default): fewer repetitions and smaller N, under ~2 minutes once built.
-# --full: the sizes and repetitions the issues ask for (10/100/1000 endpoints and ports).
-# Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3.
+# --full: the sizes and repetitions the issues ask for (10/100/1000 endpoints and ports, 500
+# Endpoints at once through `pier up`).
+# PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local" picks suites (default all).
+# PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
+# Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3, fping,
+# kubectl (Debian: apt-get install netavark aardvark-dns dnsperf iperf3 fping).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=quick
@@ -23,44 +28,96 @@ done
 out="${PIER_BENCH_OUT:-benches/report}"  # another directory keeps a committed report intact
 json="$(realpath -m "$out")/json"
 mkdir -p "$json"
-rm -f "$json"/*.json
+run_id="$(date -u '+%Y-%m-%d %H:%M UTC')"
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+load_start="$(loadavg)"
 
 if [ "$mode" = full ]; then
   criterion_args=()
   attach_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=15 PIER_BENCH_IPERF=1)
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=50)
   dns_env=(PIER_BENCH_ROUNDS=3)
+  api_objects=10000
+  local_env=(PIER_BENCH_RUNS=30 PIER_BENCH_SCALE=100,500)
 else
   criterion_args=(--warm-up-time 1 --measurement-time 2 ipam/fill_slash16)
   attach_env=(PIER_BENCH_SIZES=10,100 PIER_BENCH_REPS=5 PIER_BENCH_IPERF=0)
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=10)
   dns_env=(PIER_BENCH_ROUNDS=1)
+  api_objects=2000
+  local_env=(PIER_BENCH_RUNS=10 PIER_BENCH_SCALE=100)
 fi
 
-echo "== building the bench binaries (release)"
-cargo bench -p pier-operator --bench ipam --no-run
-cargo bench -p pier-node --bench attach --bench ports --bench dns --no-run
-
 # PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.
-suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns} "
+suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns apiserver operator local} "
 run() { [[ "$suites" == *" $1 "* ]]; }
+# A suite's JSON is replaced only when it runs (the report says which figures are from an earlier
+# run, from SUITE.meta.json); a suite that fails leaves no JSON behind.
+for suite in $suites; do rm -f "$json/$suite.json" "$json/$suite.meta.json"; done
+ran() { # suite: records which run wrote its JSON
+  jq -n --arg run "$run_id" --arg command "benches/run.sh --$mode" --arg mode "$mode" --arg load "$load" \
+    --arg avg "$(loadavg)" '{run: $run, command: $command, mode: $mode,
+      load: "\($load); load average when it ended: \($avg)"}' >"$json/$1.meta.json"
+}
+
+echo "== building what the suites need (release)"
+if run ipam || run operator; then
+  cargo bench -p pier-operator --bench ipam --bench controllers --no-run
+fi
+if run attach || run ports || run dns; then
+  cargo bench -p pier-node --bench attach --bench ports --bench dns --no-run
+fi
+if run apiserver; then cargo build --release -p pier-apiserver --example bench; fi
+if run local; then cargo build --release -p pier; fi
+
 if run ipam; then
 echo "== IPAM (criterion)"
 cargo bench -p pier-operator --bench ipam -- "${criterion_args[@]}"
+jq '{bench: "ipam", fill_slash16_65533_median_ns: .median.point_estimate}' \
+  target/criterion/ipam/fill_slash16_65533/new/estimates.json >"$json/ipam.json"
+ran ipam
 fi
 if run attach; then
 echo "== attach: Pier vs netavark"
 env "${attach_env[@]}" PIER_BENCH_JSON="$json/attach.json" cargo bench -p pier-node --bench attach
+ran attach
 fi
 if run ports; then
 echo "== published ports"
 env "${ports_env[@]}" PIER_BENCH_JSON="$json/ports.json" cargo bench -p pier-node --bench ports
+ran ports
 fi
 if run dns; then
 echo "== DNS: Pier vs aardvark-dns (dnsperf)"
 env "${dns_env[@]}" PIER_BENCH_JSON="$json/dns.json" cargo bench -p pier-node --bench dns
+ran dns
+fi
+
+if run apiserver; then
+echo "== API server"
+WATCHERS=10 PIER_BENCH_JSON="$json/apiserver.json" \
+  cargo run -q --release -p pier-apiserver --example bench -- "$api_objects"
+ran apiserver
+fi
+if run operator; then
+echo "== operator"
+PIER_BENCH_JSON="$json/operator.json" cargo bench -p pier-operator --bench controllers
+ran operator
+fi
+if run local; then
+echo "== local mode (pier up)"
+env "${local_env[@]}" PIER_BENCH_JSON="$json/local.json" benches/local.sh
+ran local
 fi
 
 echo "== report"
+if [ "$(realpath -m "$out")" = "$(realpath -m benches/report)" ]; then
+  report=(--benchmarks BENCHMARKS.md --image-prefix benches/report/)
+else
+  report=(--benchmarks "$out/BENCHMARKS.md")
+fi
 cargo run -q -p pier-bench -- --results "$json" --criterion target/criterion --out "$out" \
-  --notes benches/notes --mode "$mode" --command "benches/run.sh --$mode" --load "$load"
+  --notes benches/notes --history benches/notes/history.md "${report[@]}" \
+  --mode "$mode" --command "benches/run.sh --$mode" --run-id "$run_id" \
+  --load "$load; load average (1/5/15 min) at the start $load_start, at the end $(loadavg)" \
+  --suites "$suites"

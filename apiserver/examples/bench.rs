@@ -2,7 +2,8 @@
 //! throughput with 10,000 objects, and memory.
 //!
 //! `cargo run --release -p pier-apiserver --example bench -- [N] [DATA_DIR]`
-//! (DATA_DIR: a persistent, fsynced store; default: a temporary directory).
+//! (DATA_DIR: a persistent, fsynced store; default: a temporary directory). With
+//! `PIER_BENCH_JSON=FILE` the figures are also written there as JSON (read by `benches/run.sh`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,10 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v.get(i).copied().unwrap_or_default()
+}
+
+fn msf(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn ms(d: Duration) -> String {
@@ -161,6 +166,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         create_lat.extend(t.await?);
     }
     let create_secs = start.elapsed().as_secs_f64();
+    let mut figures = serde_json::Map::new();
+    figures.insert("bench".into(), json!("apiserver"));
+    figures.insert("objects".into(), json!(n));
+    figures.insert(
+        "create_concurrent".into(),
+        json!({"clients": 64, "writes_per_s": n as f64 / create_secs,
+               "p50_ms": msf(pct(&mut create_lat, 0.5)), "p99_ms": msf(pct(&mut create_lat, 0.99))}),
+    );
     println!(
         "create: {n} in {create_secs:.2} s = {:.0} writes/s (64 concurrent clients); latency p50 {} p99 {}",
         n as f64 / create_secs,
@@ -182,6 +195,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => break,
         }
     }
+    figures.insert(
+        "watch_during_storm".into(),
+        json!({"watchers": watchers, "received": fan.len(), "expected": n * watchers,
+               "p50_ms": msf(pct(&mut fan, 0.5)), "p99_ms": msf(pct(&mut fan, 0.99)),
+               "max_ms": msf(pct(&mut fan, 1.0))}),
+    );
     println!(
         "watch during the write storm: {watchers} watchers received {} of {} events; create-call-to-delivery p50 {} p99 {} max {}",
         fan.len(),
@@ -198,6 +217,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         api.create(&PostParams::default(), &endpoint(i)).await?;
         seq.push(t.elapsed());
     }
+    figures.insert(
+        "create_sequential".into(),
+        json!({"p50_ms": msf(pct(&mut seq, 0.5)), "p99_ms": msf(pct(&mut seq, 0.99))}),
+    );
     println!(
         "create (one client, sequential): p50 {} p99 {}",
         ms(pct(&mut seq, 0.5)),
@@ -237,6 +260,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => break,
         }
     }
+    figures.insert(
+        "watch_fanout".into(),
+        json!({"watchers": fan_watchers, "creates": paced, "pace_ms": 5,
+               "received": fan.len(), "expected": paced * fan_watchers,
+               "p50_ms": msf(pct(&mut fan, 0.5)), "p99_ms": msf(pct(&mut fan, 0.99)),
+               "max_ms": msf(pct(&mut fan, 1.0))}),
+    );
     println!(
         "watch fan-out: {fan_watchers} watchers x {paced} creates (one per 5 ms): received {} of {}; create-call-to-delivery p50 {} p99 {} max {}",
         fan.len(),
@@ -255,6 +285,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         get_lat.push(t.elapsed());
     }
     let get_secs = start.elapsed().as_secs_f64();
+    figures.insert(
+        "get".into(),
+        json!({"gets_per_s": n as f64 / get_secs, "p50_ms": msf(pct(&mut get_lat, 0.5)),
+               "p99_ms": msf(pct(&mut get_lat, 0.99))}),
+    );
     println!(
         "get: {n} sequential in {get_secs:.2} s = {:.0} gets/s; latency p50 {} p99 {}",
         n as f64 / get_secs,
@@ -265,21 +300,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Lists.
     let t = Instant::now();
     let all = api.list(&ListParams::default()).await?;
-    println!(
-        "list: all {} objects in {}",
-        all.items.len(),
-        ms(t.elapsed())
-    );
+    let took = t.elapsed();
+    figures.insert("list_all_ms".into(), json!(msf(took)));
+    println!("list: all {} objects in {}", all.items.len(), ms(took));
     let t = Instant::now();
     let sel = api.list(&ListParams::default().labels("app=a3")).await?;
+    let took = t.elapsed();
+    figures.insert("list_selector_ms".into(), json!(msf(took)));
     println!(
         "list with label selector: {} of {} in {}",
         sel.items.len(),
         all.items.len(),
-        ms(t.elapsed())
+        ms(took)
     );
     drop(all);
     drop(sel);
+    figures.insert(
+        "memory".into(),
+        json!({"rss_mib": rss_mib(), "objects": n + 200, "rss_start_mib": rss0}),
+    );
+    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
+        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+    }
 
     println!(
         "memory: RSS {:.1} MiB with {} objects ({:.1} MiB at start)",

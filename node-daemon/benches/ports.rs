@@ -168,7 +168,7 @@ fn main() {
         let mut plus_one = base.clone();
         plus_one.ports.push(published(9_000, 2));
         let (mut total, mut plans, mut applies) = (Vec::new(), Vec::new(), Vec::new());
-        let mut removes = Vec::new();
+        let (mut removes, mut remove_plans) = (Vec::new(), Vec::new());
         for rep in 0..reps + WARMUP {
             let start = Instant::now();
             let plan = firewall::plan(host_path, &plus_one).expect("plan");
@@ -187,15 +187,18 @@ fn main() {
             // Remove it again: plan+apply back to the N ports.
             let start = Instant::now();
             let plan = firewall::plan(host_path, &base).expect("plan");
+            let planned = start.elapsed();
             firewall::apply(host_path, &plan).expect("apply");
             let removed = start.elapsed();
             assert_eq!(plan.element_changes(), 1, "{plan}");
             if rep >= WARMUP {
                 removes.push(removed);
+                remove_plans.push(planned);
             }
             std::thread::sleep(Duration::from_millis(pause_ms));
         }
-        let (t, p, a, r) = (stats(total), stats(plans), stats(applies), stats(removes));
+        let (t, p, a) = (stats(total), stats(plans), stats(applies));
+        let (r, rp) = (stats(removes), stats(remove_plans));
         println!(
             "| {size} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             t.median, t.min, t.max, p.median, a.median, r.median
@@ -206,6 +209,7 @@ fn main() {
             "plan_ms": p,
             "apply_ms": a,
             "remove_one_ms": r,
+            "remove_plan_ms": rp,
         }));
     }
     firewall::reset(host_path).expect("reset");

@@ -2,7 +2,8 @@
 //! created to its address in status, and how long 1,000 Endpoints take to be allocated.
 //!
 //! Not a timed test: a report. `cargo bench -p pier-operator --bench controllers`
-//! (figures in BENCHMARKS.md, section "Operator").
+//! (figures in BENCHMARKS.md, section "Operator"). With `PIER_BENCH_JSON=FILE` the figures are
+//! also written there as JSON (read by `benches/run.sh`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -177,4 +178,22 @@ async fn main() {
         ms(last),
         BULK as f64 / last.as_secs_f64()
     );
+    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
+        let f = |d: Duration| d.as_secs_f64() * 1e3;
+        let document = json!({
+            "bench": "operator",
+            "sequential": SEQUENTIAL,
+            "created_to_address_ms": {
+                "p50": f(percentile(&latencies, 0.5)),
+                "p90": f(percentile(&latencies, 0.9)),
+                "p99": f(percentile(&latencies, 0.99)),
+                "max": f(percentile(&latencies, 1.0)),
+            },
+            "bulk": BULK,
+            "bulk_created_s": created.as_secs_f64(),
+            "bulk_allocated_s": last.as_secs_f64(),
+        });
+        let text = serde_json::to_string_pretty(&document).expect("JSON of plain numbers");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
+    }
 }

@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# Local mode (issue 7): `pier up` as a user runs it, driven over its HTTPS API, measured from the
+# node's network namespace with ping. Called by benches/run.sh (suite `local`); runs alone too:
+#   sudo PIER_BENCH_RUNS=10 PIER_BENCH_SCALE=100 PIER_BENCH_JSON=/tmp/local.json benches/local.sh
+# Env: PIER_BENCH_RUNS (apply->ping repetitions, default 10), PIER_BENCH_SCALE (comma list of
+# "applied at once" sizes, default 100), PIER_BENCH_KUBECTL (1: also time `kubectl apply`, default
+# 1), PIER_BIN (default target/release/pier), PIER_BENCH_JSON (where the figures go).
+#
+# Everything runs in namespaces made here: the node is `pbl<pid>-node` (passed to `pier up
+# --node-netns`), Endpoints target named namespaces `pbl<pid>-<n>` that Pier creates on first use.
+# All of them, `pier up` and its data directory are removed at the end, on failure too.
+#
+# Measuring from the node (the host side of the bridge) without artefacts of the measurement:
+# - ping is started before the apply, so an INCOMPLETE neighbour entry exists for the address; by
+#   default the kernel re-sends ARP for it only every second, which would add up to 1 s that is not
+#   Pier's. The bench's bridge gets retrans_time_ms=1 (ARP probe every ms while unresolved) and a
+#   high mcast_solicit for the apply->ping runs; the queued echo is sent the moment the endpoint
+#   answers ARP, so the reply time is when the endpoint became reachable (to within ~1 ms).
+# - one anchor Endpoint stays attached, so the bridge has carrier throughout (a bridge without
+#   ports has none, and its first port coming up would flush the neighbour table).
+# - for the N-at-once runs, fping rounds over the addresses not answering yet (1 ARP probe each,
+#   20 ms), repeated until all answer; the clock stops at the end of the round in which the last
+#   one answered (so it over-counts by at most that round, whose length is recorded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs="${PIER_BENCH_RUNS:-10}"
+scales="${PIER_BENCH_SCALE:-100}"
+with_kubectl="${PIER_BENCH_KUBECTL:-1}"
+pier="$(realpath "${PIER_BIN:-target/release/pier}")"
+json_out="${PIER_BENCH_JSON:-}"
+[ "$(id -u)" = 0 ] || { echo "benches/local.sh needs root (pier up)" >&2; exit 1; }
+[ -x "$pier" ] || { echo "$pier not built (cargo build --release -p pier)" >&2; exit 1; }
+
+tag="pbl$$"
+node="$tag-node"
+work="$(mktemp -d /tmp/pier-bench-local.XXXXXX)"
+data="$work/data"
+up_pid=""
+ns="default"
+net="$tag-net"
+subnet_prefix="10.231"
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
+    kill -INT "$up_pid"
+    for _ in $(seq 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$up_pid" 2>/dev/null && kill -KILL "$up_pid"
+    wait "$up_pid" 2>/dev/null
+  fi
+  if [ -d "$data" ]; then
+    "$pier" down --data-dir "$data" --node-netns "/run/netns/$node" --purge >"$work/down.log" 2>&1 \
+      || { echo "pier down:"; cat "$work/down.log"; } >&2
+  fi
+  # Whatever is left of this run's namespaces (only ours: the prefix has this shell's pid).
+  ip netns list | awk '{print $1}' | grep -E "^$tag-" | while read -r n; do ip netns del "$n"; done
+  if [ "$rc" != 0 ] && [ -f "$work/up.log" ]; then
+    cp "$work/up.log" /tmp/pier-bench-local-up.log
+    echo "--- pier up's warnings and errors (whole log: /tmp/pier-bench-local-up.log)" >&2
+    grep -E "WARN|ERROR|panicked" "$work/up.log" | tail -20 >&2
+  fi
+  [ -n "${PIER_BENCH_LOCAL_LOG:-}" ] && [ -f "$work/up.log" ] && cp "$work/up.log" "$PIER_BENCH_LOCAL_LOG"
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { echo "$EPOCHREALTIME"; }
+ms_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) * 1000 }'; }
+# {median, min, max} of the numbers on stdin (one a line) as JSON.
+stats() {
+  jq -s 'sort | if length == 0 then null else
+    {median: (if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end),
+     min: .[0], max: .[-1], samples: .} end'
+}
+# CPU seconds used so far by pier up (user + system), and by the whole machine (busy, total).
+hz="$(getconf CLK_TCK)"
+up_cpu() { awk -v hz="$hz" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$up_pid/stat"; }
+machine_cpu() { awk -v hz="$hz" '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i;
+  printf "%.3f %.3f", (t - $5 - $6) / hz, t / hz }' /proc/stat; }
+# CPU seconds per thread name of pier up (tokio workers: API server, operator, agent; blocking
+# pool: kernel work), as a JSON object.
+threads_cpu() {
+  for t in /proc/"$up_pid"/task/*; do
+    [ -r "$t/stat" ] && sed 's/^[0-9]* (\(.*\)) /\1\t/' "$t/stat" 2>/dev/null
+  done | awk -F'\t' -v hz="$hz" '{ split($2, f, " "); cpu[$1] += (f[12] + f[13]) / hz }
+    END { printf "{"; sep = ""; for (c in cpu) { printf "%s\"%s\": %.3f", sep, c, cpu[c]; sep = ", " }; printf "}" }'
+}
+rss_json() {
+  awk -v n="$1" '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
+    END { printf "{\"endpoints\": %d, \"vmrss_mib\": %.1f, \"vmhwm_mib\": %.1f}\n", n, rss / 1024, hwm / 1024 }' \
+    "/proc/$up_pid/status"
+}
+
+# --- pier up in its own node namespace
+ip netns add "$node"
+ip netns exec "$node" ip link set lo up
+up_cmd=("$pier" up --data-dir "$data" --listen 127.0.0.1:0 --node-netns "/run/netns/$node"
+  --node-name node-a --resync-seconds 10)
+echo "== local: ${up_cmd[*]}"
+"${up_cmd[@]}" >"$work/up.out" 2>"$work/up.log" &
+up_pid=$!
+for _ in $(seq 600); do
+  grep -qx ready "$work/up.out" 2>/dev/null && break
+  kill -0 "$up_pid" 2>/dev/null || { echo "pier up exited" >&2; exit 1; }
+  sleep 0.1
+done
+grep -qx ready "$work/up.out" || { echo "pier up not ready after 60 s" >&2; exit 1; }
+kubeconfig="$data/kubeconfig"
+kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
+server="$(kc config view --raw -o jsonpath='{.clusters[0].cluster.server}')"
+token="$(kc config view --raw -o jsonpath='{.users[0].user.token}')"
+kc config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$work/ca.pem"
+printf 'header = "Authorization: Bearer %s"\n' "$token" >"$work/auth.curlrc"
+api() { curl -sS --fail-with-body --cacert "$work/ca.pem" -K "$work/auth.curlrc" "$@"; }
+ep_url() { echo "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints/$1?fieldManager=pier-bench&force=true"; }
+ep_json() { # name address
+  printf '{"apiVersion":"pier.dev/v1alpha1","kind":"Endpoint","metadata":{"name":"%s","namespace":"%s","labels":{"pier-bench":"%s"}},"spec":{"network":"%s","target":{"netns":{"name":"%s"}},"ipv4Address":"%s"}}' \
+    "$1" "$ns" "$tag" "$net" "$1" "$2"
+}
+apply_ep() { # name address: server-side apply, one request; prints curl's "pretransfer total" (s)
+  api -X PATCH -H 'Content-Type: application/apply-patch+yaml' --data-binary "$(ep_json "$1" "$2")" \
+    -o /dev/null -w '%{time_pretransfer} %{time_total}' "$(ep_url "$1")"
+}
+count_eps() {
+  api "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?labelSelector=pier-bench%3D$tag" | jq '.items | length'
+}
+delete_eps() { # all of this run's Endpoints but the anchor; waits until they are gone
+  api -X DELETE -o /dev/null \
+    "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?labelSelector=pier-bench%3D$tag,pier-bench-anchor!%3Dyes"
+  for _ in $(seq 1200); do [ "$(count_eps)" -le 1 ] && return 0; sleep 0.1; done
+  echo "Endpoints not gone after 120 s" >&2; return 1
+}
+sleep 2
+rss0="$(rss_json 0)"
+echo "   RSS at 0 endpoints: $rss0"
+
+# --- the Network and the anchor Endpoint
+api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
+  --data-binary "{\"apiVersion\":\"pier.dev/v1alpha1\",\"kind\":\"Network\",\"metadata\":{\"name\":\"$net\"},\"spec\":{\"subnet\":\"$subnet_prefix.0.0/16\",\"gateway\":\"$subnet_prefix.0.1\"}}" \
+  "$server/apis/pier.dev/v1alpha1/networks/$net?fieldManager=pier-bench&force=true"
+api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
+  --data-binary "$(ep_json "$tag-anchor" "$subnet_prefix.0.2" | jq -c '.metadata.labels["pier-bench-anchor"] = "yes"')" \
+  "$(ep_url "$tag-anchor")"
+for _ in $(seq 60); do
+  ip netns exec "$node" ping -n -q -c1 -W 0.5 "$subnet_prefix.0.2" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+ip netns exec "$node" ping -n -q -c1 -W 1 "$subnet_prefix.0.2" >/dev/null \
+  || { echo "anchor endpoint $subnet_prefix.0.2 never answered" >&2; exit 1; }
+bridge="$(ip -n "$node" -o -4 addr show | awk -v a="$subnet_prefix.0.1/16" '$4 == a {print $2}')"
+[ -n "$bridge" ] || { echo "no bridge with $subnet_prefix.0.1/16 in $node" >&2; exit 1; }
+neigh() { ip netns exec "$node" sysctl -q "net.ipv4.neigh.$bridge.retrans_time_ms=$1" "net.ipv4.neigh.$bridge.mcast_solicit=$2"; }
+
+# --- apply -> ping, one Endpoint at a time (a static address: the clock covers allocation too)
+neigh 1 30000
+ping_cmd="ip netns exec $node ping -n -D -c1 -w5 -i0.002 ADDRESS"
+curl_cmd="curl -X PATCH -H 'Content-Type: application/apply-patch+yaml' --cacert CA -H 'Authorization: Bearer TOKEN' --data-binary ENDPOINT_JSON $server/apis/pier.dev/v1alpha1/namespaces/default/endpoints/NAME?fieldManager=pier-bench&force=true"
+kubectl_cmd="kubectl --kubeconfig $kubeconfig apply -f - (one Endpoint, client-side apply)"
+: >"$work/api.ms"; : >"$work/start.ms"; : >"$work/request.ms"; : >"$work/kubectl.ms"
+: >"$work/kubectl-process.ms"
+failures=0
+# how name address -> "from_sent_ms from_start_ms request_ms" (api) or "from_start_ms" (kubectl),
+# or "fail". With curl, "sent" is the process start plus curl's own time_pretransfer (connect and
+# TLS handshake done, request about to go): a little late, since curl's clock starts after its
+# own initialisation, so the latency from it is if anything over-counted.
+one_run() {
+  local how="$1" name="$2" addr="$3" p t0 reply timing=""
+  ip netns exec "$node" ping -n -D -c1 -w5 -i0.002 "$addr" >"$work/ping.out" 2>&1 &
+  p=$!
+  sleep 0.1 # ping runs, the neighbour entry is INCOMPLETE
+  t0="$(now)"
+  if [ "$how" = api ]; then
+    timing="$(apply_ep "$name" "$addr")"
+  else
+    ep_json "$name" "$addr" | kc apply -f - >/dev/null
+    echo "$(ms_between "$t0" "$(now)")" >>"$work/kubectl-process.ms"
+  fi
+  if ! wait "$p"; then echo fail; return; fi
+  reply="$(sed -n 's/^\[\([0-9.]*\)\] [0-9]* bytes from.*/\1/p' "$work/ping.out" | head -1)"
+  [ -n "$reply" ] || { echo fail; return; }
+  if [ "$how" = api ]; then
+    awk -v t0="$t0" -v r="$reply" -v pre="${timing% *}" -v total="${timing#* }" \
+      'BEGIN { printf "%.2f %.2f %.2f\n", (r - t0 - pre) * 1000, (r - t0) * 1000, (total - pre) * 1000 }'
+  else
+    ms_between "$t0" "$reply"
+  fi
+}
+echo "== local: apply -> ping, $runs runs"
+for i in $(seq "$runs"); do
+  r="$(one_run api "$tag-a$i" "$subnet_prefix.1.$i")"
+  if [ "$r" = fail ]; then failures=$((failures + 1)); else
+    read -r sent start request <<<"$r"
+    echo "$sent" >>"$work/api.ms"; echo "$start" >>"$work/start.ms"; echo "$request" >>"$work/request.ms"
+  fi
+  if [ "$with_kubectl" = 1 ]; then
+    r="$(one_run kubectl "$tag-k$i" "$subnet_prefix.2.$i")"
+    if [ "$r" = fail ]; then failures=$((failures + 1)); else echo "$r" >>"$work/kubectl.ms"; fi
+  fi
+  echo "   run $i: API $(tail -1 "$work/api.ms") ms from the request sent, $(tail -1 "$work/start.ms") ms from curl's start$([ "$with_kubectl" = 1 ] && echo ", kubectl $(tail -1 "$work/kubectl.ms") ms")"
+done
+api_stats="$(stats <"$work/api.ms")"
+request_stats="$(stats <"$work/request.ms")"
+start_stats="$(stats <"$work/start.ms")"
+kubectl_process_stats="$(stats <"$work/kubectl-process.ms")"
+kubectl_stats="$(stats <"$work/kubectl.ms")"
+echo "   apply->ping median $(jq .median <<<"$api_stats") ms (kubectl: $(jq .median <<<"$kubectl_stats") ms), failures $failures"
+delete_eps
+
+# --- N Endpoints at once: parallel server-side applies, fping until every address answers
+neigh 20 1
+if command -v fping >/dev/null; then
+  pinger="fping"
+  probe_cmd="ip netns exec $node fping -a -r0 -t50 -i0 ADDRESSES_NOT_ANSWERING_YET"
+else
+  pinger="ping"
+  probe_cmd="ip netns exec $node ping -n -q -c1 -W0.05 ADDRESS (32 in parallel, per address not answering yet)"
+fi
+probe() { # addresses file -> prints those answering
+  if [ "$pinger" = fping ]; then
+    ip netns exec "$node" fping -a -r0 -t50 -i0 -f "$1" 2>/dev/null || true
+  else
+    xargs -P 32 -I{} sh -c "ip netns exec '$node' ping -n -q -c1 -W0.05 {} >/dev/null 2>&1 && echo {}" <"$1" || true
+  fi
+}
+scale_json="[]"
+rss_list="[$rss0]"
+base=10
+for n in ${scales//,/ }; do
+  echo "== local: $n Endpoints at once"
+  : >"$work/curl.cfg"; : >"$work/pending"
+  for i in $(seq 0 $((n - 1))); do
+    addr="$subnet_prefix.$((base + i / 250)).$((i % 250 + 2))"
+    name="$tag-s$n-$i"
+    ep_json "$name" "$addr" >"$work/ep-$i.json"
+    {
+      [ "$i" = 0 ] || echo 'next'
+      echo "url = \"$(ep_url "$name")\""
+      echo 'request = "PATCH"'
+      echo 'header = "Content-Type: application/apply-patch+yaml"'
+      echo "header = \"Authorization: Bearer $token\""
+      echo "cacert = \"$work/ca.pem\""
+      echo "data-binary = \"@$work/ep-$i.json\""
+      echo 'output = "/dev/null"'
+      echo 'fail'
+    } >>"$work/curl.cfg"
+    echo "$addr" >>"$work/pending"
+  done
+  base=$((base + (n + 249) / 250))
+  cpu0="$(up_cpu)"; read -r busy0 total0 <<<"$(machine_cpu)"; threads0="$(threads_cpu)"
+  t0="$(now)"
+  curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" >"$work/curl.log" 2>&1 &
+  curl_pid=$!
+  rounds=0; last_round_ms=0; t_done=""; t_requests=""; progress=""
+  while :; do
+    r0="$(now)"
+    probe "$work/pending" | sort >"$work/alive"
+    r1="$(now)"
+    rounds=$((rounds + 1)); last_round_ms="$(ms_between "$r0" "$r1")"
+    sort "$work/pending" | comm -23 - "$work/alive" >"$work/pending.next"
+    mv "$work/pending.next" "$work/pending"
+    progress="$progress$(awk -v a="$t0" -v b="$r1" -v n="$n" -v left="$(wc -l <"$work/pending")" \
+      'BEGIN { printf "[%.3f,%d],", b - a, n - left }')"
+    if [ -z "$t_requests" ] && ! kill -0 "$curl_pid" 2>/dev/null; then
+      wait "$curl_pid" || { echo "some applies failed:" >&2; cat "$work/curl.log" >&2; exit 1; }
+      t_requests="$r1"
+    fi
+    if [ ! -s "$work/pending" ]; then t_done="$r1"; break; fi
+    if awk -v a="$t0" -v b="$r1" 'BEGIN { exit !((b - a) > 120) }'; then break; fi
+  done
+  t_end="$(now)"; cpu1="$(up_cpu)"; read -r busy1 total1 <<<"$(machine_cpu)"; threads1="$(threads_cpu)"
+  [ -n "$t_requests" ] || { wait "$curl_pid" || true; t_requests="$(now)"; }
+  # Over the phase: CPUs pier up kept busy, and the share of the machine's CPUs that were busy.
+  cpu_json="$(awk -v t0="$t0" -v t1="$t_end" -v c0="$cpu0" -v c1="$cpu1" -v b0="$busy0" -v b1="$busy1" \
+    -v a0="$total0" -v a1="$total1" 'BEGIN { printf "{\"seconds\": %.3f, \"pier_up_cpu_s\": %.3f, \"pier_up_cpus\": %.2f, \"machine_busy\": %.2f}",
+      t1 - t0, c1 - c0, (c1 - c0) / (t1 - t0), (b1 - b0) / (a1 - a0) }')"
+  cpu_json="$(jq -c --argjson a "$threads0" --argjson b "$threads1" \
+    '.pier_up_threads_cpu_s = ($b | with_entries(.value = ((.value - ($a[.key] // 0)) * 1000 | round / 1000)))' <<<"$cpu_json")"
+  left="$(wc -l <"$work/pending")"
+  all_s="null"; [ -n "$t_done" ] && all_s="$(awk -v a="$t0" -v b="$t_done" 'BEGIN { printf "%.3f", b - a }')"
+  req_s="$(awk -v a="$t0" -v b="$t_requests" 'BEGIN { printf "%.3f", b - a }')"
+  echo "   CPU over the phase: $cpu_json"
+  echo "   all $n reachable after ${all_s} s (requests done by ${req_s} s, $rounds ping rounds, last ${last_round_ms} ms, $left not answering)"
+  # Settle (status writes, DNS), then memory with these endpoints attached.
+  sleep 3
+  rss_n="$(rss_json "$n")"
+  echo "   RSS at $n endpoints: $rss_n"
+  rss_list="$(jq -c --argjson r "$rss_n" '. + [$r]' <<<"$rss_list")"
+  d0="$(now)"
+  delete_eps
+  del_s="$(awk -v a="$d0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')"
+  echo "   deleted (Endpoints gone, finalizers done) in $del_s s"
+  scale_json="$(jq -c --argjson n "$n" --argjson all "$all_s" --argjson req "$req_s" --argjson rounds "$rounds" \
+    --argjson last "$last_round_ms" --argjson left "$left" --argjson del "$del_s" \
+    --argjson progress "[${progress%,}]" --argjson cpu "$cpu_json" \
+    '. + [{endpoints: $n, all_reachable_s: $all, requests_done_s: $req, ping_rounds: $rounds,
+           last_round_ms: $last, not_reachable: $left, delete_all_s: $del,
+           answering_after_s: $progress, cpu: $cpu}]' <<<"$scale_json")"
+done
+rss_final="$(rss_json 0)"
+
+if [ -n "$json_out" ]; then
+  jq -n --argjson runs "$runs" --argjson failures "$failures" \
+    --argjson api "$api_stats" --argjson request "$request_stats" --argjson kubectl "$kubectl_stats" \
+    --argjson start "$start_stats" --argjson kubectl_process "$kubectl_process_stats" \
+    --argjson scale "$scale_json" --argjson rss "$rss_list" --argjson rss_end "$rss_final" \
+    --arg up "pier up --data-dir DIR --listen 127.0.0.1:0 --node-netns /run/netns/NODE --node-name node-a --resync-seconds 10" \
+    --arg ping "${ping_cmd//$node/NODE}" --arg curl "${curl_cmd//$server/https://127.0.0.1:PORT}" \
+    --arg kubectl_cmd "${kubectl_cmd//$kubeconfig/DIR\/kubeconfig}" --arg probe "${probe_cmd//$node/NODE}" \
+    --arg pinger "$pinger" --arg pier_version "$("$pier" --version 2>/dev/null || echo unknown)" \
+    '{bench: "local", runs: $runs, failures: $failures,
+      apply_to_ping_ms: $api, curl_start_to_ping_ms: $start, apply_request_ms: $request,
+      kubectl_apply_to_ping_ms: $kubectl, kubectl_process_ms: $kubectl_process,
+      at_once: $scale, rss: $rss, rss_after_delete: ($rss_end | .endpoints = 0),
+      pinger: $pinger, pier: $pier_version,
+      commands: {pier_up: $up, apply: $curl, ping: $ping, kubectl: $kubectl_cmd, at_once_probe: $probe,
+                 at_once_apply: "curl -Z --parallel-max 16 -K CONFIG (one PATCH like `apply` per Endpoint)",
+                 rss: "grep -E \"VmRSS|VmHWM\" /proc/PID_OF_PIER_UP/status"}}' >"$json_out"
+  echo "   wrote $json_out"
+fi

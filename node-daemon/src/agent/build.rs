@@ -116,9 +116,11 @@ pub fn build(inputs: Inputs<'_>) -> Built {
         .collect();
     // Older first: the first bridge network of a namespace carries its default route, as the
     // network a Docker container was started on does.
-    endpoints.sort_by(|a, b| {
-        (&a.metadata.creation_timestamp, object_id(&a.metadata))
-            .cmp(&(&b.metadata.creation_timestamp, object_id(&b.metadata)))
+    endpoints.sort_by_cached_key(|e| {
+        (
+            e.metadata.creation_timestamp.clone(),
+            object_id(&e.metadata),
+        )
     });
 
     let mut used_networks: BTreeSet<&str> = BTreeSet::new();

@@ -48,6 +48,9 @@ pub struct Context {
     pub pod_netns: Mutex<HashMap<String, PathBuf>>,
     /// What the DNS server serves: the node's state after every apply.
     pub dns_state: watch::Sender<NodeState>,
+    /// What each Endpoint (by uid) was last attached as, to skip the reconcile that only our own
+    /// status write caused: the resync still checks the kernel for all of them.
+    pub attached: Mutex<HashMap<String, String>>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -91,6 +94,7 @@ impl Context {
             host_subnets: Mutex::new(Vec::new()),
             pod_netns: Mutex::new(HashMap::new()),
             dns_state,
+            attached: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -11,7 +11,7 @@ use pier_crds::Endpoint;
 use pier_crds::conditions::{self, ATTACHED};
 
 use super::build::{endpoint_key, object_id, reason};
-use super::context::{Context, Scope, key, write_condition};
+use super::context::{Context, Scope, key, lock, write_condition};
 use super::{Error, FINALIZER};
 use crate::reconcile::Outcome;
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
@@ -75,8 +75,30 @@ pub fn attached_message(endpoint: &EndpointState, state: &NodeState) -> String {
     }
 }
 
+/// What an attach depends on in the Endpoint itself: the same again needs no kernel work.
+fn attach_input(ep: &Endpoint) -> Option<String> {
+    let status = ep.status.as_ref()?;
+    conditions::is_true(&status.conditions, ATTACHED).then(|| {
+        format!(
+            "{:?}/{:?}/{:?}/{:?}/{:?}/{:?}",
+            ep.metadata.generation,
+            status.node,
+            status.network,
+            status.ipv4_address,
+            status.mac_address,
+            status.interface
+        )
+    })
+}
+
 async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
+    let uid = ep.metadata.uid.clone().unwrap_or_default();
+    let input = attach_input(ep);
+    if input.is_some() && lock(&ctx.attached).get(&uid) == input.as_ref() {
+        // Only our own `Attached` write changed since this endpoint was attached.
+        return Ok(Action::await_change());
+    }
     if let Some(pod) = &ep.spec.target.pod {
         find_pod_netns(ep, &pod.name, ctx).await?;
     }
@@ -138,7 +160,15 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         attached_message(endpoint, &built.state),
         generation,
     );
-    write_condition(ctx, api, ep, &existing, condition).await?;
+    write_condition(ctx, api, ep, &existing, condition.clone()).await?;
+    let mut written = ep.clone();
+    if let Some(status) = written.status.as_mut() {
+        status.conditions.retain(|c| c.type_ != ATTACHED);
+        status.conditions.push(condition);
+    }
+    if let Some(input) = attach_input(&written) {
+        lock(&ctx.attached).insert(uid, input);
+    }
     Ok(Action::await_change())
 }
 
@@ -147,6 +177,7 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
 /// uses it.
 async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
+    lock(&ctx.attached).remove(ep.metadata.uid.as_deref().unwrap_or_default());
     let built = ctx.build();
     let report = ctx.apply(&built, Scope::Full).await?;
     let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());

@@ -89,6 +89,16 @@ threads_cpu() {
   done | awk -F'\t' -v hz="$hz" '{ split($2, f, " "); cpu[$1] += (f[12] + f[13]) / hz }
     END { printf "{"; sep = ""; for (c in cpu) { printf "%s\"%s\": %.3f", sep, c, cpu[c]; sep = ", " }; printf "}" }'
 }
+# How often the kernel's neighbour (ARP) table was full so far: it is one table for all network
+# namespaces, at most net.ipv4.neigh.default.gc_thresh3 entries (1024 by default), and at N
+# endpoints it holds N entries on the node's side plus one in each endpoint's namespace.
+arp_table_fulls() {
+  local n=0 f
+  if [ -r /proc/net/stat/arp_cache ]; then
+    for f in $(awk 'NR > 1 { print $13 }' /proc/net/stat/arp_cache); do n=$((n + 16#$f)); done
+  fi
+  echo "$n"
+}
 rss_json() {
   awk -v n="$1" '/^VmRSS:/ {rss = $2} /^VmHWM:/ {hwm = $2}
     END { printf "{\"endpoints\": %d, \"vmrss_mib\": %.1f, \"vmhwm_mib\": %.1f}\n", n, rss / 1024, hwm / 1024 }' \
@@ -250,6 +260,11 @@ for n in ${scales//,/ }; do
     echo "$addr" >>"$work/pending"
   done
   base=$((base + (n + 249) / 250))
+  # Each phase starts with the node's neighbour entries of earlier phases gone (as on a node
+  # whose deleted containers' entries have been collected), so phases do not add up in the
+  # kernel's shared ARP table.
+  ip -n "$node" neigh flush all >/dev/null 2>&1 || true
+  fulls0="$(arp_table_fulls)"
   cpu0="$(up_cpu)"; read -r busy0 total0 <<<"$(machine_cpu)"; threads0="$(threads_cpu)"
   t0="$(now)"
   curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" >"$work/curl.log" 2>&1 &
@@ -272,6 +287,7 @@ for n in ${scales//,/ }; do
     if awk -v a="$t0" -v b="$r1" 'BEGIN { exit !((b - a) > 120) }'; then break; fi
   done
   t_end="$(now)"; cpu1="$(up_cpu)"; read -r busy1 total1 <<<"$(machine_cpu)"; threads1="$(threads_cpu)"
+  arp_fulls=$(($(arp_table_fulls) - fulls0))
   [ -n "$t_requests" ] || { wait "$curl_pid" || true; t_requests="$(now)"; }
   # Over the phase: CPUs pier up kept busy, and the share of the machine's CPUs that were busy.
   cpu_json="$(awk -v t0="$t0" -v t1="$t_end" -v c0="$cpu0" -v c1="$cpu1" -v b0="$busy0" -v b1="$busy1" \
@@ -282,7 +298,7 @@ for n in ${scales//,/ }; do
   left="$(wc -l <"$work/pending")"
   all_s="null"; [ -n "$t_done" ] && all_s="$(awk -v a="$t0" -v b="$t_done" 'BEGIN { printf "%.3f", b - a }')"
   req_s="$(awk -v a="$t0" -v b="$t_requests" 'BEGIN { printf "%.3f", b - a }')"
-  echo "   CPU over the phase: $cpu_json"
+  echo "   CPU over the phase: $cpu_json; ARP table full $arp_fulls times"
   echo "   all $n reachable after ${all_s} s (requests done by ${req_s} s, $rounds ping rounds, last ${last_round_ms} ms, $left not answering)"
   # Settle (status writes, DNS), then memory with these endpoints attached.
   sleep 3
@@ -295,10 +311,12 @@ for n in ${scales//,/ }; do
   echo "   deleted (Endpoints gone, finalizers done) in $del_s s"
   scale_json="$(jq -c --argjson n "$n" --argjson all "$all_s" --argjson req "$req_s" --argjson rounds "$rounds" \
     --argjson last "$last_round_ms" --argjson left "$left" --argjson del "$del_s" \
-    --argjson progress "[${progress%,}]" --argjson cpu "$cpu_json" \
+    --argjson progress "[${progress%,}]" --argjson cpu "$cpu_json" --argjson fulls "$arp_fulls" \
+    --argjson thresh3 "$(sysctl -n net.ipv4.neigh.default.gc_thresh3)" \
     '. + [{endpoints: $n, all_reachable_s: $all, requests_done_s: $req, ping_rounds: $rounds,
            last_round_ms: $last, not_reachable: $left, delete_all_s: $del,
-           answering_after_s: $progress, cpu: $cpu}]' <<<"$scale_json")"
+           answering_after_s: $progress, cpu: $cpu,
+           arp_table_full_events: $fulls, arp_gc_thresh3: $thresh3}]' <<<"$scale_json")"
 done
 rss_final="$(rss_json 0)"
 

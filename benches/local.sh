@@ -335,7 +335,7 @@ if [ -n "$json_out" ]; then
       at_once: $scale, rss: $rss, rss_after_delete: ($rss_end | .endpoints = 0),
       pinger: $pinger, pier: $pier_version,
       commands: {pier_up: $up, apply: $curl, ping: $ping, kubectl: $kubectl_cmd, at_once_probe: $probe,
-                 at_once_apply: "curl -Z --parallel-max 16 -K CONFIG (one PATCH like `apply` per Endpoint)",
+                 at_once_apply: "curl -Z --parallel-max 16 -K CONFIG (one PATCH as above per Endpoint)",
                  rss: "grep -E \"VmRSS|VmHWM\" /proc/PID_OF_PIER_UP/status"}}' >"$json_out"
   echo "   wrote $json_out"
 fi

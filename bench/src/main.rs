@@ -952,7 +952,8 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
     };
     r.section_run(args, "local");
     let c = &local["commands"];
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    // Shown inside inline code: no backticks of their own.
+    let s = |v: &Value| v.as_str().unwrap_or("?").replace('`', "");
     writeln!(
         r.md,
         "Command: `PIER_BENCH_RUNS={} PIER_BENCH_SCALE={} benches/local.sh` (run by `benches/run.sh`). \

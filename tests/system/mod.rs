@@ -168,6 +168,11 @@ impl Pier {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
             let status = child.wait().expect("pier up exits");
             assert!(status.success(), "pier up exited with {status} on Ctrl-C");
+            let log = self.log();
+            assert!(
+                !log.contains("panicked"),
+                "pier up panicked while stopping:\n{log}"
+            );
         }
     }
 

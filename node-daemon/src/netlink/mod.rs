@@ -135,8 +135,20 @@ pub fn errno(error: &rtnetlink::Error) -> Option<i32> {
 /// One rtnetlink socket bound to one network namespace, with the runtime that drives it.
 #[derive(Debug)]
 pub struct Nl {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken out by `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
     handle: rtnetlink::Handle,
+}
+
+impl Drop for Nl {
+    /// Shuts the private runtime down without blocking: an `Nl` may be dropped from async code
+    /// (the node agent's last reference to the dataplane goes on a runtime worker), where a
+    /// runtime's ordinary drop panics.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Nl {
@@ -162,15 +174,35 @@ impl Nl {
             runtime.spawn(connection);
             handle
         };
-        Ok(Nl { runtime, handle })
+        Ok(Nl {
+            runtime: Some(runtime),
+            handle,
+        })
     }
 
     /// Runs one request to completion; the connection task is driven while it waits.
     fn block_on<F: Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(future),
+            // Only `Drop` takes the runtime, and nothing runs on a value being dropped.
+            None => unreachable!("an Nl is used after drop"),
+        }
     }
 
     fn handle(&self) -> &rtnetlink::Handle {
         &self.handle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node agent drops its last dataplane reference (and so its cached socket) on a runtime
+    /// worker at shutdown: that must not panic.
+    #[tokio::test]
+    async fn dropping_a_socket_inside_async_code_does_not_panic() {
+        let nl = Nl::open_here().expect("a netlink socket opens without privileges");
+        drop(nl);
     }
 }

@@ -12,6 +12,7 @@ use pier_crds::conditions::{self, ATTACHED};
 
 use super::build::{endpoint_key, object_id, reason};
 use super::context::{Context, Scope, key, lock, write_condition};
+use super::resync::attached_condition;
 use super::{Error, FINALIZER};
 use crate::reconcile::Outcome;
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
@@ -112,15 +113,9 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         .unwrap_or_default();
     let generation = ep.metadata.generation;
     if let Some(refusal) = built.refusals.get(&object) {
-        let condition = conditions::observe(
-            &existing,
-            ATTACHED,
-            false,
-            refusal.reason,
-            refusal.message.clone(),
-            generation,
-        );
-        write_condition(ctx, api, ep, &existing, condition).await?;
+        if let Some(condition) = attached_condition(&built, None, &id, &existing, generation) {
+            write_condition(ctx, api, ep, &existing, condition).await?;
+        }
         // Pods start later than their Endpoints; everything else comes with a watch event or
         // the next resync (host subnets).
         return Ok(match refusal.reason {
@@ -130,37 +125,24 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
             _ => Action::await_change(),
         });
     }
-    let Some(endpoint) = built.state.endpoints.iter().find(|e| e.id == id) else {
+    if !built.state.endpoints.iter().any(|e| e.id == id) {
         // Not (or no longer) this node's.
         return Ok(Action::await_change());
-    };
+    }
     let report = ctx
         .apply(&built, Scope::Endpoints(vec![id.clone()]))
         .await?;
-    if let Some(Outcome::Failed(message)) = report.objects.get(&object) {
-        let condition = conditions::observe(
-            &existing,
-            ATTACHED,
-            false,
-            ATTACH_FAILED,
-            message.clone(),
-            generation,
-        );
-        write_condition(ctx, api, ep, &existing, condition).await?;
+    let Some(condition) = attached_condition(&built, Some(&report), &id, &existing, generation)
+    else {
+        return Ok(Action::await_change());
+    };
+    write_condition(ctx, api, ep, &existing, condition.clone()).await?;
+    if condition.status != "True" {
         return Err(Error::Attach {
             endpoint: id,
-            message: message.clone(),
+            message: condition.message,
         });
     }
-    let condition = conditions::observe(
-        &existing,
-        ATTACHED,
-        true,
-        ATTACHED_REASON,
-        attached_message(endpoint, &built.state),
-        generation,
-    );
-    write_condition(ctx, api, ep, &existing, condition.clone()).await?;
     let mut written = ep.clone();
     if let Some(status) = written.status.as_mut() {
         status.conditions.retain(|c| c.type_ != ATTACHED);

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use super::resync::published_condition;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use pier_crds::PortPublish;
-use pier_crds::conditions::{self, PUBLISHED};
 
 use super::build::{object_id, ports_key};
 use super::context::{Context, Scope, key, write_condition};
@@ -86,16 +86,12 @@ async fn publish_ports(
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let generation = publish.metadata.generation;
-    if let Some(refusal) = built.refusals.get(&ports_key(&id)) {
-        let condition = conditions::observe(
-            &existing,
-            PUBLISHED,
-            false,
-            refusal.reason,
-            refusal.message.clone(),
-            generation,
-        );
-        write_condition(ctx, api, publish, &existing, condition).await?;
+    let node = &ctx.config.node_name;
+    if built.refusals.contains_key(&ports_key(&id)) {
+        if let Some(condition) = published_condition(&built, None, &id, node, &existing, generation)
+        {
+            write_condition(ctx, api, publish, &existing, condition).await?;
+        }
         return Ok(Action::await_change());
     }
     if !built.state.ports.iter().any(|p| p.id == id) {
@@ -103,30 +99,17 @@ async fn publish_ports(
     }
     // No endpoint in scope: bridges and the table only.
     let report = ctx.apply(&built, Scope::Endpoints(Vec::new())).await?;
-    if let Err(message) = firewall_outcome(&report) {
-        let condition = conditions::observe(
-            &existing,
-            PUBLISHED,
-            false,
-            PUBLISH_FAILED,
-            message.clone(),
-            generation,
-        );
-        write_condition(ctx, api, publish, &existing, condition).await?;
-        return Err(Error::Publish {
-            portpublish: id,
-            message,
-        });
-    }
-    let condition = conditions::observe(
-        &existing,
-        PUBLISHED,
-        true,
-        PUBLISHED_REASON,
-        published_message(&id, &built.state, &ctx.config.node_name),
-        generation,
-    );
+    let firewall = firewall_outcome(&report);
+    let Some(condition) =
+        published_condition(&built, Some(&firewall), &id, node, &existing, generation)
+    else {
+        return Ok(Action::await_change());
+    };
     write_condition(ctx, api, publish, &existing, condition).await?;
+    firewall.map_err(|message| Error::Publish {
+        portpublish: id,
+        message,
+    })?;
     Ok(Action::await_change())
 }
 

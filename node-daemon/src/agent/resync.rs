@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use kube::{Api, ResourceExt};
+use pier_crds::Condition;
 use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
 use pier_crds::{Endpoint, PortPublish};
 
@@ -76,42 +77,14 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         let api: Api<Endpoint> =
             Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
         let id = object_id(&ep.metadata);
-        let object = endpoint_key(&id);
         let existing = ep
             .status
             .as_ref()
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
         let generation = ep.metadata.generation;
-        let condition = if let Some(refusal) = built.refusals.get(&object) {
-            conditions::observe(
-                &existing,
-                ATTACHED,
-                false,
-                refusal.reason,
-                refusal.message.clone(),
-                generation,
-            )
-        } else if let Some(endpoint) = built.state.endpoints.iter().find(|e| e.id == id) {
-            match report.objects.get(&object) {
-                Some(Outcome::Failed(message)) => conditions::observe(
-                    &existing,
-                    ATTACHED,
-                    false,
-                    ATTACH_FAILED,
-                    message.clone(),
-                    generation,
-                ),
-                _ => conditions::observe(
-                    &existing,
-                    ATTACHED,
-                    true,
-                    ATTACHED_REASON,
-                    attached_message(endpoint, &built.state),
-                    generation,
-                ),
-            }
-        } else {
+        let Some(condition) = attached_condition(built, Some(report), &id, &existing, generation)
+        else {
             continue;
         };
         if let Err(error) = write_condition(ctx, &api, &*ep, &existing, condition).await {
@@ -134,35 +107,14 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
             .map(|s| s.conditions.clone())
             .unwrap_or_default();
         let generation = publish.metadata.generation;
-        let condition = if let Some(refusal) = built.refusals.get(&ports_key(&id)) {
-            conditions::observe(
-                &existing,
-                PUBLISHED,
-                false,
-                refusal.reason,
-                refusal.message.clone(),
-                generation,
-            )
-        } else if built.state.ports.iter().any(|p| p.id == id) {
-            match &firewall {
-                Err(message) => conditions::observe(
-                    &existing,
-                    PUBLISHED,
-                    false,
-                    PUBLISH_FAILED,
-                    message.clone(),
-                    generation,
-                ),
-                Ok(()) => conditions::observe(
-                    &existing,
-                    PUBLISHED,
-                    true,
-                    PUBLISHED_REASON,
-                    published_message(&id, &built.state, &ctx.config.node_name),
-                    generation,
-                ),
-            }
-        } else {
+        let Some(condition) = published_condition(
+            built,
+            Some(&firewall),
+            &id,
+            &ctx.config.node_name,
+            &existing,
+            generation,
+        ) else {
             continue;
         };
         if let Err(error) = write_condition(ctx, &api, &*publish, &existing, condition).await {
@@ -170,4 +122,62 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The `Attached` condition of endpoint `id` on this node: its refusal, or (once applied with
+/// `report`) whether the dataplane has it as desired. `None`: not this node's, or not applied.
+pub fn attached_condition(
+    built: &Built,
+    report: Option<&Report>,
+    id: &str,
+    existing: &[Condition],
+    generation: Option<i64>,
+) -> Option<Condition> {
+    let object = endpoint_key(id);
+    let (ok, reason, message) = if let Some(refusal) = built.refusals.get(&object) {
+        (false, refusal.reason, refusal.message.clone())
+    } else {
+        let endpoint = built.state.endpoints.iter().find(|e| e.id == id)?;
+        match report?.objects.get(&object) {
+            Some(Outcome::Failed(message)) => (false, ATTACH_FAILED, message.clone()),
+            _ => (
+                true,
+                ATTACHED_REASON,
+                attached_message(endpoint, &built.state),
+            ),
+        }
+    };
+    Some(conditions::observe(
+        existing, ATTACHED, ok, reason, message, generation,
+    ))
+}
+
+/// The `Published` condition of PortPublish `id` on `node`: its refusal, or (once applied, with
+/// the table's outcome `firewall`) whether its ports are live. `None`: not this node's, or not
+/// applied.
+pub fn published_condition(
+    built: &Built,
+    firewall: Option<&Result<(), String>>,
+    id: &str,
+    node: &str,
+    existing: &[Condition],
+    generation: Option<i64>,
+) -> Option<Condition> {
+    let (ok, reason, message) = if let Some(refusal) = built.refusals.get(&ports_key(id)) {
+        (false, refusal.reason, refusal.message.clone())
+    } else if built.state.ports.iter().any(|p| p.id == id) {
+        match firewall? {
+            Err(message) => (false, PUBLISH_FAILED, message.clone()),
+            Ok(()) => (
+                true,
+                PUBLISHED_REASON,
+                published_message(id, &built.state, node),
+            ),
+        }
+    } else {
+        return None;
+    };
+    Some(conditions::observe(
+        existing, PUBLISHED, ok, reason, message, generation,
+    ))
 }

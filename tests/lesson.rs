@@ -233,11 +233,6 @@ spec: {subnet: 10.66.0.0/16}
 ---
 apiVersion: pier.dev/v1alpha1
 kind: Network
-metadata: {name: overlapping}
-spec: {subnet: 10.66.5.0/24}
----
-apiVersion: pier.dev/v1alpha1
-kind: Network
 metadata: {name: on-node}
 spec: {subnet: 10.77.0.0/16}
 ---
@@ -254,8 +249,15 @@ spec: {endpoint: good, ports: [{containerPort: 80, hostPort: 8000}]}
     );
     pier.wait_condition("pep good", "Attached", "True");
     pier.wait_condition("ppub good", "Published", "True");
+    // Applied once `good` holds its subnet: of two overlapping Networks the one allocated first
+    // keeps its subnet, whatever order a single apply lists them in.
     pier.apply(
         r#"
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: overlapping}
+spec: {subnet: 10.66.5.0/24}
+---
 apiVersion: pier.dev/v1alpha1
 kind: Endpoint
 metadata: {name: taken}

@@ -2,8 +2,8 @@
 //! and 1000 (over 4 bridge networks, so no bridge nears its 1024-port limit), for Pier's
 //! `Dataplane::apply` (plan read back from the kernel + links + firewall) and, in the same run on
 //! the same machine, for `netavark setup` (Podman's network tool, Debian package `netavark`);
-//! then detach (removing it again): Pier's full apply without it (the node agent's detach path)
-//! and `netavark teardown`. Each repetition times Pier and netavark back to back at each size,
+//! then detach (removing it again): Pier's `remove_links` of its veth and bridge (the node agent's
+//! detach path) and `netavark teardown`. Each repetition times Pier and netavark back to back at each size,
 //! so their ratio is computed pair by pair (the machine's load drifts between repetitions).
 //! Optionally iperf3 throughput host -> endpoint through a published port vs. the direct path.
 //!
@@ -221,7 +221,8 @@ fn pier_worlds(pid: u32, sizes: &[usize]) -> Vec<PierWorld> {
 }
 
 /// One Pier repetition at one size: `apply_endpoints` of one more endpoint (the attach path),
-/// then the full `apply` without it (detach: what the node agent runs when an Endpoint goes),
+/// then `remove_links` of its veth and its bridge with the state without it (detach: what the node
+/// agent runs when an Endpoint goes; the bridge stays, others use it),
 /// then a full `apply` of the same addition (the start-up/periodic reconcile), removed again
 /// untimed.
 fn pier_repetition(world: &mut PierWorld) {
@@ -232,8 +233,29 @@ fn pier_repetition(world: &mut PierWorld) {
         .expect("apply_endpoints");
     world.attach.push(ms(start.elapsed()));
     assert!(report.is_success(), "{report}");
+    let removed = world
+        .bigger
+        .endpoints
+        .iter()
+        .find(|e| e.id == world.extra)
+        .map(|e| {
+            let bridge = e.network().and_then(|network| {
+                world
+                    .bigger
+                    .networks
+                    .iter()
+                    .find(|n| n.name == network)
+                    .map(|n| n.bridge_name())
+            });
+            [Some(e.host_veth_name()), bridge]
+        })
+        .expect("the extra endpoint");
+    let names: Vec<&str> = removed.iter().flatten().map(String::as_str).collect();
     let start = Instant::now();
-    let report = world.dataplane.apply(&world.state).expect("detach apply");
+    let report = world
+        .dataplane
+        .remove_links(&world.state, &names)
+        .expect("detach (remove_links)");
     world.detach.push(ms(start.elapsed()));
     assert!(report.is_success(), "{report}");
     let start = Instant::now();
@@ -484,7 +506,7 @@ fn main() {
 
     let fmt = |s: &Stats| format!("{:.2} / {:.2} / {:.2}", s.median, s.min, s.max);
     println!(
-        "| endpoints on the node | Pier attach (`apply_endpoints`) | Pier detach (full `apply`) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
+        "| endpoints on the node | Pier attach (`apply_endpoints`) | Pier detach (`remove_links`) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {

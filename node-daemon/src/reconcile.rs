@@ -420,7 +420,7 @@ impl Dataplane {
     /// leftovers.
     pub fn plan_endpoints(&self, state: &NodeState, ids: &[&str]) -> Result<Plan, DataplaneError> {
         validate_scoped(state, ids)?;
-        let scope: BTreeSet<&str> = ids.iter().copied().collect();
+        let scope = Scoped::endpoints(ids);
         self.with_host(|host| self.plan_with(host, state, Some(&scope)))
     }
 
@@ -431,33 +431,70 @@ impl Dataplane {
         ids: &[&str],
     ) -> Result<Report, DataplaneError> {
         validate_scoped(state, ids)?;
-        let scope: BTreeSet<&str> = ids.iter().copied().collect();
+        let scope = Scoped::endpoints(ids);
         self.with_host(|host| {
             let plan = self.plan_with(host, state, Some(&scope))?;
             Ok(self.execute_with(host, &plan))
         })
     }
 
-    /// The links a plan looks at: all of them, or (scoped) the bridges and the scoped veths by name.
+    /// What removing links would change: the bridges and the firewall table of `state` (as in a
+    /// scoped plan with no endpoint), and a deletion of each of the links `names` that is Pier's
+    /// and that `state` does not want. This is the detach path: it reads those links by name
+    /// instead of dumping every link, so its cost does not grow with the node's endpoints.
+    pub fn plan_removal(&self, state: &NodeState, names: &[&str]) -> Result<Plan, DataplaneError> {
+        validate_scoped(state, &[])?;
+        let scope = Scoped::removal(names);
+        self.with_host(|host| self.plan_with(host, state, Some(&scope)))
+    }
+
+    /// Applies [`Dataplane::plan_removal`]: e.g. the departed endpoint's veth and the bridge of its
+    /// network, which goes only if no endpoint of `state` still uses it.
+    pub fn remove_links(
+        &self,
+        state: &NodeState,
+        names: &[&str],
+    ) -> Result<Report, DataplaneError> {
+        validate_scoped(state, &[])?;
+        let scope = Scoped::removal(names);
+        self.with_host(|host| {
+            let plan = self.plan_with(host, state, Some(&scope))?;
+            Ok(self.execute_with(host, &plan))
+        })
+    }
+
+    /// The links a plan looks at: all of them, or (scoped) the bridges, the scoped veths and the
+    /// links to remove, by name.
     fn read_links(
         host: &Nl,
         state: &NodeState,
-        scope: Option<&BTreeSet<&str>>,
+        scope: Option<&Scoped<'_>>,
     ) -> Result<Vec<Link>, NetlinkError> {
         let Some(scope) = scope else {
             return host.links();
         };
+        let mut names: BTreeSet<String> = BTreeSet::from(["lo".to_owned()]);
+        names.extend(
+            state
+                .networks
+                .iter()
+                .filter(|n| n.driver == Driver::Bridge)
+                .map(NetworkState::bridge_name),
+        );
+        names.extend(
+            state
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    scope.endpoints.contains(e.id.as_str())
+                        && matches!(e.attachment, Attachment::Bridge(_))
+                })
+                .map(EndpointState::host_veth_name),
+        );
+        names.extend(scope.removals.iter().map(|name| (*name).to_owned()));
         let mut links = Vec::new();
-        links.extend(host.link("lo")?);
-        for network in state.networks.iter().filter(|n| n.driver == Driver::Bridge) {
-            links.extend(host.link(&network.bridge_name())?);
-        }
-        for endpoint in &state.endpoints {
-            if scope.contains(endpoint.id.as_str())
-                && matches!(endpoint.attachment, Attachment::Bridge(_))
-            {
-                links.extend(host.link(&endpoint.host_veth_name())?);
-            }
+        for name in &names {
+            links.extend(host.link(name)?);
         }
         Ok(links)
     }
@@ -466,7 +503,7 @@ impl Dataplane {
         &self,
         host: &Nl,
         state: &NodeState,
-        scope: Option<&BTreeSet<&str>>,
+        scope: Option<&Scoped<'_>>,
     ) -> Result<Plan, DataplaneError> {
         let links = Self::read_links(host, state, scope).map_err(DataplaneError::ReadBack)?;
         let addresses = host.v4_addresses().map_err(DataplaneError::ReadBack)?;
@@ -584,7 +621,7 @@ impl Dataplane {
         let mut used_interfaces: HashMap<(&Netns, &str), &str> = HashMap::new();
         let mut namespace_ids: HashMap<PathBuf, Option<(u64, u64)>> = HashMap::new();
         for (position, endpoint) in state.endpoints.iter().enumerate() {
-            let in_scope = scope.is_none_or(|s| s.contains(endpoint.id.as_str()));
+            let in_scope = scope.is_none_or(|s| s.endpoints.contains(endpoint.id.as_str()));
             if !in_scope {
                 // A scoped plan checks its few endpoints against the earlier ones by a scan
                 // (`earlier` below) instead of filling maps with every endpoint of the node.
@@ -794,13 +831,27 @@ impl Dataplane {
             }
         }
 
-        // Garbage: Pier-owned links the state does not want (full plans only: a scoped plan has
-        // not read every link).
-        let garbage = if scope.is_none() {
-            links.as_slice()
-        } else {
-            &[]
+        // Garbage: Pier-owned links the state does not want; a scoped plan has not read every
+        // link, so it looks only at the links it was asked to remove.
+        let garbage: Vec<&Link> = match scope {
+            None => links.iter().collect(),
+            Some(scope) => links
+                .iter()
+                .filter(|l| scope.removals.contains(l.name.as_str()))
+                .collect(),
         };
+        if scope.is_some() {
+            // Veths of endpoints outside the scope are wanted too (a full plan knows them all).
+            let names: BTreeSet<&str> = garbage.iter().map(|l| l.name.as_str()).collect();
+            wanted_veths.extend(
+                state
+                    .endpoints
+                    .iter()
+                    .filter(|e| matches!(e.attachment, Attachment::Bridge(_)))
+                    .map(EndpointState::host_veth_name)
+                    .filter(|name| names.contains(name.as_str())),
+            );
+        }
         let already: BTreeSet<u32> = deletes
             .iter()
             .filter_map(|s| match s {
@@ -808,7 +859,7 @@ impl Dataplane {
                 _ => None,
             })
             .collect();
-        for link in garbage.iter().filter(|l| is_owned(l)) {
+        for link in garbage.into_iter().filter(|l| is_owned(l)) {
             if already.contains(&link.index) {
                 continue;
             }
@@ -1104,6 +1155,31 @@ fn validate_scoped(state: &NodeState, ids: &[&str]) -> Result<(), DataplaneError
         }
     }
     Ok(())
+}
+
+/// What a scoped plan reads back and changes besides the bridges and the firewall table.
+#[derive(Debug, Default)]
+struct Scoped<'a> {
+    /// Endpoints to check and attach.
+    endpoints: BTreeSet<&'a str>,
+    /// Links to delete if they are Pier's and the state does not want them.
+    removals: BTreeSet<&'a str>,
+}
+
+impl<'a> Scoped<'a> {
+    fn endpoints(ids: &[&'a str]) -> Scoped<'a> {
+        Scoped {
+            endpoints: ids.iter().copied().collect(),
+            ..Scoped::default()
+        }
+    }
+
+    fn removal(names: &[&'a str]) -> Scoped<'a> {
+        Scoped {
+            removals: names.iter().copied().collect(),
+            ..Scoped::default()
+        }
+    }
 }
 
 /// The first endpoint among `endpoints` with a bridge attachment matching `matches`, by id.

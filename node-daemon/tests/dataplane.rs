@@ -565,6 +565,83 @@ fn scoped_apply_attaches_one_endpoint_and_leaves_garbage_to_the_full_apply() {
 }
 
 #[test]
+fn removal_deletes_only_the_named_links_the_state_no_longer_wants() {
+    let lab = Lab::new("remove");
+    let (c1, c2, c3) = (
+        lab.container("c1"),
+        lab.container("c2"),
+        lab.container("c3"),
+    );
+    let mut state = one_network(&c1, &c2);
+    state
+        .networks
+        .push(bridge_network("ch-open", "172.19.0.0/16", "172.19.0.1"));
+    state.endpoints.push(bridge_endpoint(
+        "default/con3",
+        &c3,
+        "ch-open",
+        "eth0",
+        "172.19.0.2",
+        true,
+    ));
+    lab.apply_ok(&state);
+    let tage = state.networks[0].bridge_name();
+    let open = state.networks[1].bridge_name();
+    let con2 = state.endpoints[1].host_veth_name();
+    let con3 = state.endpoints[2].host_veth_name();
+    lab.host
+        .sh("ip link add pv00deadbeef type veth peer name stray-peer && ip link add br-foreign type bridge");
+
+    // con2 leaves: its veth goes; the bridge it was on stays for con1; a stray veth and a foreign
+    // link named alongside are left alone (the stray one to the full apply).
+    state.endpoints.remove(1);
+    let plan = lab
+        .dataplane
+        .plan_removal(&state, &[&con2, &tage, "br-foreign"])
+        .expect("removal plan");
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    assert!(
+        matches!(&plan.steps[0], Step::DeleteLink { name, .. } if *name == con2),
+        "{plan}"
+    );
+    let report = lab
+        .dataplane
+        .remove_links(&state, &[&con2, &tage, "br-foreign"])
+        .expect("removal");
+    assert!(report.is_success(), "{report}");
+    let links = lab.host.links();
+    assert!(!links.contains(&con2), "{links:?}");
+    for kept in [&tage, &open, &con3, "pv00deadbeef", "br-foreign"] {
+        assert!(links.iter().any(|l| l == kept), "{kept} kept: {links:?}");
+    }
+    assert_eq!(c2.links(), vec!["lo".to_owned()]);
+    assert!(c1.ping_eventually(ip("172.18.0.1")));
+
+    // Naming a veth the state still wants (con1's) deletes nothing.
+    let con1 = state.endpoints[0].host_veth_name();
+    let plan = lab
+        .dataplane
+        .plan_removal(&state, &[&con1])
+        .expect("removal plan");
+    assert!(plan.steps.is_empty(), "{plan}");
+
+    // con3 leaves, the last on ch-open: its veth and its network's bridge go.
+    state.endpoints.pop();
+    state.networks.pop();
+    let report = lab
+        .dataplane
+        .remove_links(&state, &[&con3, &open])
+        .expect("removal");
+    assert!(report.is_success(), "{report}");
+    let links = lab.host.links();
+    assert!(
+        !links.contains(&con3) && !links.contains(&open),
+        "{links:?}"
+    );
+    assert!(links.contains(&tage) && links.contains(&con1), "{links:?}");
+}
+
+#[test]
 fn example_state_files_parse_and_validate() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in [

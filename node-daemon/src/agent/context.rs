@@ -29,7 +29,10 @@ use crate::state::{Netns, NodeState};
 pub enum Scope {
     /// Only these endpoints (plus bridges and the firewall): the attach path.
     Endpoints(Vec<String>),
-    /// Everything, removing what is Pier's and no longer wanted: start, resync and detach.
+    /// The bridges and the firewall, and these links if the state no longer wants them: the
+    /// detach path (a departed endpoint's veth and its network's bridge).
+    Removal(Vec<String>),
+    /// Everything, removing what is Pier's and no longer wanted: start and resync.
     Full,
 }
 
@@ -145,6 +148,7 @@ impl Context {
             .filter(|e| match &scope {
                 Scope::Full => true,
                 Scope::Endpoints(ids) => ids.contains(&e.id),
+                Scope::Removal(_) => false,
             })
             .filter_map(|e| match &e.netns {
                 Netns::Named(name) => Some(name.clone()),
@@ -171,6 +175,10 @@ impl Context {
                         Scope::Endpoints(ids) => {
                             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                             dataplane.apply_endpoints(&state, &ids)
+                        }
+                        Scope::Removal(links) => {
+                            let names: Vec<&str> = links.iter().map(String::as_str).collect();
+                            dataplane.remove_links(&state, &names)
                         }
                     };
                     (report, created)

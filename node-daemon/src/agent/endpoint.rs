@@ -6,9 +6,11 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use pier_crds::Endpoint;
 use pier_crds::conditions::{self, ATTACHED};
+use pier_crds::network::bridge_name;
 
 use super::build::{endpoint_key, object_id, reason};
 use super::context::{Context, Scope, key, lock, write_condition};
@@ -154,15 +156,23 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     Ok(Action::await_change())
 }
 
-/// Removes the endpoint's kernel objects: a full apply of the node without it (and without
-/// anything else being deleted), then its named namespace if Pier made it and nothing else
-/// uses it.
+/// Removes the endpoint's kernel objects: its veth, and its network's bridge when no other
+/// endpoint on the node uses it, with the firewall table of the node without it (a scoped apply:
+/// the resync's full apply collects anything else left over); then its named namespace if Pier
+/// made it and nothing else uses it.
 async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     lock(&ctx.attached).remove(ep.metadata.uid.as_deref().unwrap_or_default());
     let built = ctx.build();
-    let report = ctx.apply(&built, Scope::Full).await?;
     let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());
+    let mut links = vec![veth.clone()];
+    let network = ep.status.as_ref().and_then(|s| s.network.as_deref());
+    if let Some(network) = network.and_then(|name| ctx.networks.get(&ObjectRef::new(name))) {
+        links.push(bridge_name(
+            network.metadata.uid.as_deref().unwrap_or_default(),
+        ));
+    }
+    let report = ctx.apply(&built, Scope::Removal(links)).await?;
     if let Some(Outcome::Failed(message)) = report.objects.get(&format!("link/{veth}")) {
         return Err(Error::Detach {
             endpoint: key(ep),

@@ -13,6 +13,7 @@
 
 pub mod conditions;
 pub mod endpoint;
+pub mod finalizers;
 pub mod manifests;
 pub mod network;
 pub mod portpublish;

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 /// The field manager of every write (DESIGN.md §4).
 pub const FIELD_MANAGER: &str = "pier-operator";
 /// The finalizer that holds deletions until allocations are released.
-pub const FINALIZER: &str = "pier.dev/operator";
+pub const FINALIZER: &str = pier_crds::finalizers::OPERATOR;
 
 /// Shared state of the controllers.
 pub struct Context {

@@ -173,3 +173,97 @@ async fn node_conditions_survive_operator_status_writes() {
     assert_eq!(address(&first), status.ipv4_address);
     op.stop().await;
 }
+
+/// Adds the node agent's finalizer, as `pier node` does once the Endpoint is on its node.
+async fn hold_for_node(eps: &Api<Endpoint>, name: &str) {
+    use kube::api::{Patch, PatchParams};
+    let current = eps.get(name).await.expect("get");
+    let mut finalizers = current.metadata.finalizers.clone().unwrap_or_default();
+    finalizers.push(pier_crds::finalizers::NODE.to_owned());
+    eps.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+    )
+    .await
+    .expect("node finalizer added");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_is_released_only_after_the_node_let_go() {
+    use kube::api::{Patch, PatchParams};
+
+    let (_server, client) = cluster().await;
+    let op = Operator::start(&client, config("op-1"));
+    let nets: Api<Network> = Api::all(client.clone());
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    // A /30: one address for endpoints (.2), so its reuse shows when it was released.
+    create(&nets, &network("one", json!({"subnet": "10.7.0.0/30"}))).await;
+    create(&eps, &endpoint("first", "first", Some("one"), json!({}))).await;
+    let first = allocated(&eps, "first").await;
+    assert_eq!(address(&first).as_deref(), Some("10.7.0.2"));
+    hold_for_node(&eps, "first").await;
+
+    eps.delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    create(&eps, &endpoint("second", "second", Some("one"), json!({}))).await;
+    wait_for(&eps, "second", "AddressesExhausted", |e| {
+        endpoint_reason(e) == "AddressesExhausted"
+    })
+    .await;
+    // The node still holds `first`: the operator keeps its finalizer and the address.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let held = eps.get("first").await.expect("still there");
+    assert_eq!(
+        held.metadata.finalizers.as_deref(),
+        Some(
+            &[
+                pier_crds::finalizers::OPERATOR.to_owned(),
+                pier_crds::finalizers::NODE.to_owned()
+            ][..]
+        )
+    );
+    assert_eq!(
+        endpoint_reason(&eps.get("second").await.expect("get")),
+        "AddressesExhausted"
+    );
+
+    // The node lets go (as the agent's finalizer helper does): then the address is released.
+    eps.patch(
+        "first",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": [pier_crds::finalizers::OPERATOR]}})),
+    )
+    .await
+    .expect("node finalizer removed");
+    wait_gone(&eps, "first").await;
+    let second = allocated(&eps, "second").await;
+    assert_eq!(address(&second).as_deref(), Some("10.7.0.2"));
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_gone_does_not_hold_a_deletion() {
+    use k8s_openapi::api::core::v1::Node;
+
+    let (_server, client) = cluster().await;
+    let op = Operator::start(&client, config("op-1"));
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    create(&eps, &endpoint("orphan", "orphan", None, json!({}))).await;
+    allocated(&eps, "orphan").await;
+    hold_for_node(&eps, "orphan").await;
+    // The node leaves the cluster with the Endpoint still on it.
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .delete(NODE, &DeleteParams::default())
+        .await
+        .expect("node deleted");
+    eps.delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&eps, "orphan").await;
+    let note = event_with(&client, "default", "orphan", "NodeGone").await;
+    assert!(note.contains(pier_crds::finalizers::NODE), "{note}");
+    op.stop().await;
+}

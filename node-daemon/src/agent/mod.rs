@@ -35,7 +35,7 @@ use context::Context;
 /// Field manager of every write the node agent makes (DESIGN.md §4).
 pub const FIELD_MANAGER: &str = "pier-node";
 /// The node-scoped finalizer: kernel objects are gone before the object is.
-pub const FINALIZER: &str = "pier.dev/node";
+pub const FINALIZER: &str = pier_crds::finalizers::NODE;
 
 /// Everything the node agent runs with.
 #[derive(Debug, Clone)]

@@ -7,10 +7,12 @@ pub mod portpublish;
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
+use pier_crds::{Endpoint, Network, PortPublish, finalizers};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,6 +65,15 @@ pub enum Error {
         /// How many.
         count: usize,
     },
+    /// Removing the node agent's finalizer of an object whose node no longer exists.
+    #[error("removing finalizer {} of {what} (its node is gone)", finalizers::NODE)]
+    RemoveNodeFinalizer {
+        /// Which object.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// Adding or removing the finalizer, or the reconcile inside it.
     #[error("finalizer {}", crate::context::FINALIZER)]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -77,6 +88,7 @@ impl Error {
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::Encode { .. } => "EncodeFailed",
             Error::InUse { .. } => "InUse",
+            Error::RemoveNodeFinalizer { .. } => "RemoveNodeFinalizerFailed",
             Error::Finalizer(inner) => match &**inner {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_reason(),
@@ -92,6 +104,10 @@ impl Error {
         use kube::runtime::finalizer::Error as F;
         match self {
             Error::InUse { .. } => true,
+            Error::RemoveNodeFinalizer {
+                source: kube::Error::Api(s),
+                ..
+            } => s.code == 409,
             Error::Finalizer(inner) => match &**inner {
                 F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)) => {
                     s.code == 409 || s.code == 422
@@ -188,9 +204,101 @@ where
     Ok(())
 }
 
+/// The node whose agent holds an object's kernel objects (and its finalizer), if any.
+pub trait OnNode {
+    /// `status.node`.
+    fn node(&self) -> Option<&str>;
+}
+
+impl OnNode for Endpoint {
+    fn node(&self) -> Option<&str> {
+        self.status.as_ref()?.node.as_deref()
+    }
+}
+
+impl OnNode for PortPublish {
+    fn node(&self) -> Option<&str> {
+        self.status.as_ref()?.node.as_deref()
+    }
+}
+
+impl OnNode for Network {
+    fn node(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Whether `obj`'s deletion waits for the node agent: while its finalizer is on the object, the
+/// node may still use the address or host port, so the operator's cleanup (which releases them)
+/// comes after; and the two finalizers are never removed at once (two patches of one list, one of
+/// which would then fail). The node's removal is a watch event that brings the object back here.
+/// A node that no longer exists will never remove its finalizer: the operator does, with an Event.
+async fn waits_for_node<K>(api: &Api<K>, obj: &K, ctx: &Context) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + OnNode + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let meta = obj.meta();
+    let held = meta
+        .finalizers
+        .as_ref()
+        .is_some_and(|all| all.iter().any(|f| f == finalizers::NODE));
+    if meta.deletion_timestamp.is_none() || !held {
+        return Ok(false);
+    }
+    let what = key(obj);
+    if let Some(node) = obj.node() {
+        let nodes: Api<Node> = Api::all(ctx.client.clone());
+        let found = nodes
+            .get_metadata_opt(node)
+            .await
+            .map_err(|source| Error::Get {
+                what: format!("node {node}"),
+                source,
+            })?;
+        if found.is_some() {
+            tracing::debug!(object = %what, node, "waiting for the node to release it");
+            return Ok(true);
+        }
+    }
+    // The rest of the list, at the version read: a concurrent change is a conflict, retried.
+    let rest: Vec<&String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizers::NODE)
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": rest, "resourceVersion": meta.resource_version},
+    });
+    api.patch_metadata(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| Error::RemoveNodeFinalizer {
+        what: what.clone(),
+        source,
+    })?;
+    let why = match obj.node() {
+        Some(node) => format!("node {node} no longer exists"),
+        None => "it is on no node any more".to_owned(),
+    };
+    tracing::warn!(object = %what, %why, "removed the node finalizer");
+    ctx.event(
+        obj,
+        true,
+        "NodeGone",
+        "Delete",
+        format!("{why}: removed finalizer {}", finalizers::NODE),
+    )
+    .await;
+    Ok(true)
+}
+
 /// The top-level action of every controller: counts the reconcile, runs `apply` (or `cleanup`
-/// once the object is being deleted) under the operator's finalizer, and resets the object's
-/// backoff on success.
+/// once the object is being deleted and no node holds it) under the operator's finalizer, and
+/// resets the object's backoff on success.
 pub async fn reconcile_finalized<K>(
     api: Api<K>,
     obj: Arc<K>,
@@ -200,10 +308,14 @@ pub async fn reconcile_finalized<K>(
     cleanup: impl AsyncFnOnce(&Api<K>, &K, &Context) -> Result<Action, Error>,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + OnNode + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     ctx.metrics.reconciled(controller);
     let key = key(&*obj);
+    if waits_for_node(&api, &*obj, &ctx).await? {
+        ctx.succeeded(&key);
+        return Ok(Action::await_change());
+    }
     let action = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => apply(&api, &obj, &ctx).await,

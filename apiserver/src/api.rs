@@ -956,6 +956,38 @@ impl Api {
         )
     }
 
+    /// Deletes the Events last seen more than `ttl` ago (kube-apiserver's `--event-ttl`): every
+    /// change of a busy cluster writes some, and nothing else ever removes them. Returns how many
+    /// went.
+    pub async fn expire_events(&self, ttl: std::time::Duration) -> usize {
+        let Some(res) = self.registry().find("", "v1", "events") else {
+            return 0;
+        };
+        let Ok(ttl) = jiff::SignedDuration::try_from(ttl) else {
+            return 0; // longer than any timestamp can be old
+        };
+        let Ok(cutoff) = jiff::Timestamp::now().checked_sub(ttl) else {
+            return 0;
+        };
+        let expired = |o: &Value| last_seen(o).is_some_and(|seen| seen < cutoff);
+        let page = self
+            .store
+            .list(&res.storage_key, None, None, None, &expired);
+        let mut deleted = 0;
+        for event in page.items {
+            let (Some(ns), Some(name)) = (meta_str(&event, "namespace"), meta_str(&event, "name"))
+            else {
+                continue;
+            };
+            match self.delete(&res, Some(ns), name, false).await {
+                Ok(_) => deleted += 1,
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(event = %name, error = %e, "cannot expire event"),
+            }
+        }
+        deleted
+    }
+
     /// Create what a fresh server has: the `default` namespace (and kube-system, kube-public),
     /// and the local node.
     pub async fn bootstrap(&self, node: Option<Value>) -> Result<(), ApiError> {
@@ -995,6 +1027,28 @@ impl Api {
         }
         Ok(())
     }
+}
+
+/// When an Event (stored as core v1) last happened: the latest of its timestamps (the events.k8s.io
+/// form fills `eventTime` and `series.lastObservedTime`, the core form `lastTimestamp`), else its
+/// creation.
+fn last_seen(event: &Value) -> Option<jiff::Timestamp> {
+    [
+        "/lastTimestamp",
+        "/eventTime",
+        "/series/lastObservedTime",
+        "/firstTimestamp",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .filter_map(|path| {
+        event
+            .pointer(path)?
+            .as_str()?
+            .parse::<jiff::Timestamp>()
+            .ok()
+    })
+    .max()
 }
 
 fn set_crd_status(crd: &mut Value) {

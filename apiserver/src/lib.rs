@@ -17,7 +17,8 @@
 //! optimistic concurrency, managed fields, validation), [`http`] (routing as a `tower::Service`),
 //! [`watch`], [`patch`] (merge, JSON, server-side apply), [`validation`] (pruning, defaulting,
 //! OpenAPI and CEL), [`selectors`], [`discovery`], [`openapi`], [`table`], [`tls`],
-//! [`kubeconfig`], [`server`] (the public entry point).
+//! [`kubeconfig`], [`server`] (the public entry point). Events expire an hour after they were last
+//! written or seen ([`Options::event_ttl`], kube-apiserver's `--event-ttl`).
 //!
 //! Known differences from the real server:
 //! - JSON (and YAML for apply) only: protobuf and CBOR request bodies get 415, so kubectl's typed

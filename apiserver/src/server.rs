@@ -28,6 +28,8 @@ pub struct Options {
     pub node_name: Option<String>,
     /// Compact the durable log into a snapshot after this many writes.
     pub compact_every: usize,
+    /// Events last seen longer ago are deleted (kube-apiserver's `--event-ttl`, 1 h).
+    pub event_ttl: Duration,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(10),
             node_name: None,
             compact_every: 50_000,
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -67,6 +70,21 @@ fn host_address() -> String {
         })
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+/// Deletes expired Events every tenth of `ttl` (at most every minute), until the server is gone.
+async fn expire_events(api: std::sync::Weak<Api>, ttl: Duration) {
+    let every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(api) = api.upgrade() else {
+            return;
+        };
+        let deleted = api.expire_events(ttl).await;
+        if deleted > 0 {
+            tracing::debug!(deleted, ?ttl, "expired events deleted");
+        }
+    }
 }
 
 /// The local node object.
@@ -131,6 +149,7 @@ impl ApiServer {
         api.bootstrap(Some(local_node(&node)))
             .await
             .map_err(|e| Error::Crd(format!("bootstrap: {e}")))?;
+        tokio::spawn(expire_events(Arc::downgrade(&api), opts.event_ttl));
         Ok(ApiServer { api, dir, tls })
     }
 

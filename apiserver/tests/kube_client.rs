@@ -751,3 +751,43 @@ async fn watcher_with_streaming_lists_and_plain_lists() {
         assert_eq!(names.len(), 3);
     }
 }
+
+#[tokio::test]
+async fn events_expire_after_their_ttl() {
+    // Like kube-apiserver's --event-ttl: an Event lives that long after it was last written.
+    let ttl = std::time::Duration::from_secs(2);
+    let (_s, client) = common::server_with_crds(Options {
+        event_ttl: ttl,
+        ..Options::default()
+    })
+    .await;
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
+    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let event = obj(json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "seen", "namespace": "default"},
+        "involvedObject": {"kind": "Network", "name": "n"},
+        "reason": "Test", "message": "seen", "type": "Normal",
+        "firstTimestamp": stamp, "lastTimestamp": stamp}));
+    let created = std::time::Instant::now();
+    events
+        .create(&PostParams::default(), &event)
+        .await
+        .expect("created");
+    let mut gone = None;
+    while created.elapsed() < ttl * 4 {
+        if events.get_opt("seen").await.expect("get").is_none() {
+            gone = Some(created.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let gone = gone.expect("the event outlived its TTL by far");
+    // Timestamps have whole seconds: it may go up to 1 s early, never sooner.
+    assert!(
+        gone >= ttl - std::time::Duration::from_secs(1),
+        "deleted after {gone:?}, before its TTL"
+    );
+}

@@ -1,8 +1,9 @@
 //! Kernel tests of the firewall's table management: each test has its own "host" namespace.
 
-mod firewall_fixture;
+mod common;
 
-use firewall_fixture::{Ns, network, port, require_root, state};
+use common::Ns;
+use common::firewall::{network, port, require_root, state};
 use pier_node::firewall::{self, MAP_PORTS_ADDR, MAP_PORTS_ANY, render};
 use pier_node::state::{NodeState, Protocol};
 
@@ -78,7 +79,7 @@ fn apply_creates_the_table_and_a_second_plan_is_empty() {
     assert_eq!(set_elements(&json, MAP_PORTS_ADDR).len(), 1, "{json}");
 
     // nft decompiles the kernel's bytecode back into exactly the rules Pier meant.
-    let listing = host.ok("nft list table inet pier");
+    let listing = host.sh("nft list table inet pier");
     for chain in &render(&state).chains {
         for rule in &chain.rules {
             assert!(
@@ -88,7 +89,7 @@ fn apply_creates_the_table_and_a_second_plan_is_empty() {
             );
         }
     }
-    let bridges = host.ok("nft list set inet pier bridges");
+    let bridges = host.sh("nft list set inet pier bridges");
     for n in &state.networks {
         assert!(
             bridges.contains(&format!("\"{}\"", n.bridge_name())),
@@ -147,7 +148,7 @@ fn one_more_port_is_one_element_and_removing_it_removes_it() {
         "{plan}"
     );
     firewall::apply(Some(&host.path()), &plan).expect("apply");
-    let listing = host.ok("nft list map inet pier ports_any");
+    let listing = host.sh("nft list map inet pier ports_any");
     assert!(
         listing.contains("tcp . 8000 : 172.18.0.3 . 80"),
         "{listing}"
@@ -162,7 +163,7 @@ fn one_more_port_is_one_element_and_removing_it_removes_it() {
         "{plan}"
     );
     firewall::apply(Some(&host.path()), &plan).expect("apply");
-    let listing = host.ok("nft list map inet pier ports_any");
+    let listing = host.sh("nft list map inet pier ports_any");
     assert!(!listing.contains(" 8000 "), "{listing}");
     assert!(
         firewall::plan(Some(&host.path()), &state)
@@ -181,7 +182,7 @@ fn changed_networks_are_element_changes() {
     let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
     assert!(plan.rebuild().is_none(), "{plan}");
     firewall::apply(Some(&host.path()), &plan).expect("apply");
-    let listing = host.ok("nft list set inet pier masq_subnets");
+    let listing = host.sh("nft list set inet pier masq_subnets");
     assert!(listing.contains("172.18.0.0/16"), "{listing}");
     assert!(!listing.contains("172.19"), "{listing}");
     assert!(
@@ -195,13 +196,13 @@ fn changed_networks_are_element_changes() {
 fn foreign_table_survives_apply_and_reset() {
     require_root();
     let host = Ns::new("foreign");
-    host.ok("nft add table inet foreign && nft add chain inet foreign input '{ type filter hook input priority 0; }' && nft add rule inet foreign input tcp dport 22 accept");
+    host.sh("nft add table inet foreign && nft add chain inet foreign input '{ type filter hook input priority 0; }' && nft add rule inet foreign input tcp dport 22 accept");
     converge(&host, &sample());
     let mut state = sample();
     state.ports.pop();
     state.ports.pop();
     converge(&host, &state);
-    let foreign = host.ok("nft list table inet foreign");
+    let foreign = host.sh("nft list table inet foreign");
     assert!(foreign.contains("tcp dport 22 accept"), "{foreign}");
 
     firewall::reset(Some(&host.path())).expect("reset");
@@ -209,7 +210,7 @@ fn foreign_table_survives_apply_and_reset() {
         !host.has_pier_table(),
         "table inet pier still there after reset"
     );
-    let foreign = host.ok("nft list table inet foreign");
+    let foreign = host.sh("nft list table inet foreign");
     assert!(foreign.contains("tcp dport 22 accept"), "{foreign}");
     // Resetting twice is fine.
     firewall::reset(Some(&host.path())).expect("second reset");
@@ -224,7 +225,7 @@ fn out_of_band_damage_is_repaired_by_the_next_apply() {
     // Sorted lines: hash sets list their elements in an order that depends on a per-set seed.
     let listing = || {
         let mut lines: Vec<String> = host
-            .ok("nft list table inet pier")
+            .sh("nft list table inet pier")
             .split([',', '\n'])
             .map(|l| l.trim().to_owned())
             .collect();
@@ -242,7 +243,7 @@ fn out_of_band_damage_is_repaired_by_the_next_apply() {
         "nft insert rule inet pier forward accept",
         "nft delete table inet pier",
     ] {
-        host.ok(damage);
+        host.sh(damage);
         let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
         assert!(!plan.is_empty(), "damage `{damage}` not noticed");
         firewall::apply(Some(&host.path()), &plan).expect("repair");

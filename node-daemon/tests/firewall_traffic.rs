@@ -9,11 +9,12 @@
 //! The remote machine has no route to the container subnets, so a reply reaches it only through
 //! the host's NAT. Every test has its own namespaces and runs in parallel with the others.
 
-mod firewall_fixture;
+mod common;
 
 use std::net::Ipv4Addr;
 
-use firewall_fixture::{Ns, bridge, container, network, port, require_root, state, veth};
+use common::firewall::{bridge, container, network, port, require_root, state};
+use common::{Ns, veth};
 use pier_node::firewall;
 use pier_node::state::{NetworkState, NodeState, Protocol};
 
@@ -41,8 +42,8 @@ impl Lab {
         let host = Ns::new(&format!("{tag}-host"));
         let remote = Ns::new(&format!("{tag}-remote"));
         veth(&host, "up0", &remote, "eth0");
-        host.ok(&format!("ip addr add {HOST_UPLINK}/24 dev up0"));
-        remote.ok(&format!("ip addr add {REMOTE}/24 dev eth0"));
+        host.sh(&format!("ip addr add {HOST_UPLINK}/24 dev up0"));
+        remote.sh(&format!("ip addr add {REMOTE}/24 dev eth0"));
         let networks: Vec<NetworkState> = vec![
             network("web", "172.18.0.0/24", false),
             network("db", "172.19.0.0/24", false),
@@ -85,7 +86,7 @@ fn published_port_reaches_the_endpoint_from_a_remote_host_the_node_and_localhost
         "pub",
         vec![port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80)],
     );
-    lab.web1.serve_http(80, "hello from web1");
+    let _web1 = lab.web1.serve_http(80, "hello from web1");
 
     // From another machine (prerouting).
     assert_eq!(
@@ -105,7 +106,7 @@ fn published_port_reaches_the_endpoint_from_a_remote_host_the_node_and_localhost
     assert_eq!(lab.remote.http_get(HOST_UPLINK, 8001), None);
     // 0.0.0.0 means this node's addresses only (`fib daddr type local`): an endpoint talking to
     // port 8000 of another machine reaches that machine, not web1.
-    lab.remote.serve_http(8000, "the remote's own 8000");
+    let _remote = lab.remote.serve_http(8000, "the remote's own 8000");
     assert_eq!(
         lab.web2.http_get(REMOTE, 8000).as_deref(),
         Some("the remote's own 8000")
@@ -122,7 +123,7 @@ fn hairpin_from_an_endpoint_on_the_same_bridge() {
         "hair",
         vec![port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80)],
     );
-    lab.web1.serve_http(80, "hello from web1");
+    let _web1 = lab.web1.serve_http(80, "hello from web1");
     for addr in [HOST_UPLINK, GATEWAY_WEB] {
         assert_eq!(
             lab.web2.http_get(addr, 8000).as_deref(),
@@ -155,8 +156,8 @@ fn host_ip_binds_one_address_and_udp_is_published_too() {
             port("0.0.0.0", 5353, Protocol::Udp, "172.19.0.2", 53),
         ],
     );
-    lab.web1.serve_http(80, "web1");
-    lab.db1.serve_udp(53, "udp-from-db1");
+    let _web1 = lab.web1.serve_http(80, "web1");
+    let _db1 = lab.db1.serve_udp(53, "udp-from-db1");
 
     assert_eq!(lab.host.http_get(LOCALHOST, 8001).as_deref(), Some("web1"));
     assert_eq!(
@@ -186,7 +187,7 @@ fn host_ip_binds_one_address_and_udp_is_published_too() {
 #[test]
 fn egress_is_masqueraded_and_internal_networks_have_none() {
     let lab = Lab::new("egress", vec![]);
-    lab.remote.serve_http(80, "hello from remote");
+    let _remote = lab.remote.serve_http(80, "hello from remote");
     // The remote has no route to 172.18.0.0/24: the answer comes back only through masquerade.
     assert_eq!(
         lab.web1.http_get(REMOTE, 80).as_deref(),
@@ -194,15 +195,15 @@ fn egress_is_masqueraded_and_internal_networks_have_none() {
     );
     let seen = lab
         .remote
-        .ok("cat /proc/net/nf_conntrack 2>/dev/null || true");
+        .sh("cat /proc/net/nf_conntrack 2>/dev/null || true");
     assert!(!seen.contains("src=172.18.0.2"), "{seen}");
 
     // Internal: give the remote a route back, so that only the firewall can stop the traffic.
     lab.remote
-        .ok(&format!("ip route add 10.77.0.0/24 via {HOST_UPLINK}"));
+        .sh(&format!("ip route add 10.77.0.0/24 via {HOST_UPLINK}"));
     assert_eq!(lab.vault1.http_get(REMOTE, 80), None, "internal egress");
     assert!(
-        !lab.remote.pings(Ipv4Addr::new(10, 77, 0, 2)),
+        !lab.remote.ping(Ipv4Addr::new(10, 77, 0, 2)),
         "ingress to internal"
     );
     // Control: without Pier's table the same packets flow (routed, not masqueraded).
@@ -218,17 +219,17 @@ fn egress_is_masqueraded_and_internal_networks_have_none() {
 #[test]
 fn networks_are_isolated_from_each_other() {
     let lab = Lab::new("iso", vec![]);
-    assert!(lab.web1.pings(WEB1), "self");
+    assert!(lab.web1.ping(WEB1), "self");
     assert!(
-        lab.web1.pings(Ipv4Addr::new(172, 18, 0, 3)),
+        lab.web1.ping(Ipv4Addr::new(172, 18, 0, 3)),
         "same network, bridged"
     );
-    assert!(!lab.web1.pings(DB1), "web -> db must be dropped");
-    assert!(!lab.db1.pings(WEB1), "db -> web must be dropped");
-    assert!(!lab.vault1.pings(WEB1), "internal -> web must be dropped");
+    assert!(!lab.web1.ping(DB1), "web -> db must be dropped");
+    assert!(!lab.db1.ping(WEB1), "db -> web must be dropped");
+    assert!(!lab.vault1.ping(WEB1), "internal -> web must be dropped");
     // Control: without Pier's table the host routes between the bridges.
     lab.reset();
-    assert!(lab.web1.pings(DB1), "without the table web -> db is routed");
+    assert!(lab.web1.ping(DB1), "without the table web -> db is routed");
     lab.apply();
-    assert!(!lab.web1.pings(DB1), "isolation back after apply");
+    assert!(!lab.web1.ping(DB1), "isolation back after apply");
 }

@@ -10,7 +10,7 @@ use common::{Lab, Ns, bridge_endpoint, bridge_network, published};
 use pier_node::state::NodeState;
 
 /// The host's address on the link to the "remote computer".
-const HOST_UPLINK: &str = "192.0.2.1";
+const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const REMOTE: &str = "192.0.2.2";
 
 /// A second "computer": its own namespace, linked to the test's host namespace by a veth that
@@ -69,34 +69,32 @@ fn published_port_8000_reaches_the_web_server_from_everywhere() {
     lab.apply_ok(&state);
     lab.assert_converged(&state);
 
-    let from_remote = remote.http_get_eventually(&format!("http://{HOST_UPLINK}:8000/"));
+    let from_remote = remote.http_get_eventually(HOST_UPLINK, 8000);
     assert_eq!(
         from_remote.as_deref(),
         Some("hello from web"),
         "from another computer"
     );
-    let from_host = lab
-        .host
-        .http_get_eventually(&format!("http://{HOST_UPLINK}:8000/"));
+    let from_host = lab.host.http_get_eventually(HOST_UPLINK, 8000);
     assert_eq!(
         from_host.as_deref(),
         Some("hello from web"),
         "from the node itself"
     );
-    let from_localhost = lab.host.http_get_eventually("http://127.0.0.1:8000/");
+    let from_localhost = lab.host.http_get_eventually(Ipv4Addr::LOCALHOST, 8000);
     assert_eq!(
         from_localhost.as_deref(),
         Some("hello from web"),
         "from 127.0.0.1"
     );
-    let hairpin = client.http_get_eventually(&format!("http://{HOST_UPLINK}:8000/"));
+    let hairpin = client.http_get_eventually(HOST_UPLINK, 8000);
     assert_eq!(
         hairpin.as_deref(),
         Some("hello from web"),
         "from a container (hairpin)"
     );
     // Even the web server reaches its own published port (hairpin mode on its bridge port).
-    let own = web.http_get_eventually(&format!("http://{HOST_UPLINK}:8000/"));
+    let own = web.http_get_eventually(HOST_UPLINK, 8000);
     assert_eq!(
         own.as_deref(),
         Some("hello from web"),
@@ -108,11 +106,7 @@ fn published_port_8000_reaches_the_web_server_from_everywhere() {
     ));
     assert!(shown.contains("hairpin on"), "{shown}");
     // The container port itself is not published on the host.
-    assert!(
-        remote
-            .http_get(&format!("http://{HOST_UPLINK}:80/"))
-            .is_none()
-    );
+    assert!(remote.http_get(HOST_UPLINK, 80).is_none());
 }
 
 #[test]
@@ -130,15 +124,11 @@ fn publish_all_maps_allocated_high_ports() {
     ];
     lab.apply_ok(&state);
     assert_eq!(
-        remote
-            .http_get_eventually(&format!("http://{HOST_UPLINK}:32772/"))
-            .as_deref(),
+        remote.http_get_eventually(HOST_UPLINK, 32772).as_deref(),
         Some("port 80")
     );
     assert_eq!(
-        remote
-            .http_get_eventually(&format!("http://{HOST_UPLINK}:32771/"))
-            .as_deref(),
+        remote.http_get_eventually(HOST_UPLINK, 32771).as_deref(),
         Some("port 443")
     );
     lab.assert_converged(&state);
@@ -164,30 +154,20 @@ fn two_servers_on_host_ports_80_and_8000() {
     };
     lab.apply_ok(&state);
     assert_eq!(
-        remote
-            .http_get_eventually(&format!("http://{HOST_UPLINK}:80/"))
-            .as_deref(),
+        remote.http_get_eventually(HOST_UPLINK, 80).as_deref(),
         Some("first nginx")
     );
     assert_eq!(
-        remote
-            .http_get_eventually(&format!("http://{HOST_UPLINK}:8000/"))
-            .as_deref(),
+        remote.http_get_eventually(HOST_UPLINK, 8000).as_deref(),
         Some("second nginx")
     );
     // Removing one publication is one change and leaves the other working.
     let mut fewer = state.clone();
     fewer.ports.pop();
     lab.apply_ok(&fewer);
-    assert!(
-        remote
-            .http_get(&format!("http://{HOST_UPLINK}:8000/"))
-            .is_none()
-    );
+    assert!(remote.http_get(HOST_UPLINK, 8000).is_none());
     assert_eq!(
-        remote
-            .http_get_eventually(&format!("http://{HOST_UPLINK}:80/"))
-            .as_deref(),
+        remote.http_get_eventually(HOST_UPLINK, 80).as_deref(),
         Some("first nginx")
     );
 }

@@ -1,9 +1,13 @@
-//! Kernel test fixture: a private "host" namespace per test plus "container" namespaces, all
-//! named after the test and the process id (so tests run in parallel, also across test binaries)
-//! and deleted on drop. Nothing here touches the machine's own namespace.
+//! Kernel test fixture: a private "host" namespace per test plus "container" (and "remote")
+//! namespaces, all named after the test, the process id and a counter (so tests run in
+//! parallel, also across test binaries) and deleted on drop with everything running inside.
+//! Nothing here touches the machine's own namespace.
 //!
-//! Needs root and iproute2 (`ip netns`), ping (iputils-ping), busybox (busybox-static) and socat.
+//! Needs root and iproute2 (`ip netns`), ping (iputils-ping), busybox (busybox-static) and socat;
+//! the firewall tests also nftables (see [`firewall`]).
 #![allow(dead_code)] // each test binary uses a different part of the fixture
+
+pub mod firewall;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -19,14 +23,24 @@ use pier_node::state::{
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A number unique in this process (names of namespaces and links).
+fn unique() -> usize {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
 /// Fails the test loudly when it cannot do what it must (DESIGN.md §5: never pass silently).
 pub fn require_root() {
+    require_root_with(&[]);
+}
+
+/// [`require_root`], and the tools `extra` too (`nft` for the firewall tests).
+pub fn require_root_with(extra: &[&str]) {
     let uid = nix::unistd::Uid::effective();
     assert!(
         uid.is_root(),
         "this kernel test needs root (network namespaces, links, nftables); run `cargo test -p pier-node` as root"
     );
-    for tool in ["ip", "ping", "busybox", "socat"] {
+    for tool in ["ip", "ping", "busybox", "socat"].iter().chain(extra) {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -34,12 +48,12 @@ pub fn require_root() {
             .unwrap_or(false);
         assert!(
             found,
-            "this kernel test needs `{tool}` (apt-get install iproute2 iputils-ping busybox-static socat)"
+            "this kernel test needs `{tool}` (apt-get install iproute2 iputils-ping busybox-static socat nftables)"
         );
     }
 }
 
-/// A named network namespace (`ip netns add`), deleted on drop.
+/// A named network namespace (`ip netns add`), deleted on drop with its processes.
 #[derive(Debug)]
 pub struct Ns {
     pub name: String,
@@ -47,8 +61,7 @@ pub struct Ns {
 
 impl Ns {
     pub fn new(tag: &str) -> Ns {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("pt-{tag}-{}-{n}", std::process::id());
+        let name = format!("pt-{tag}-{}-{}", std::process::id(), unique());
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Ns { name };
         ns.sh("ip link set lo up");
@@ -86,6 +99,7 @@ impl Ns {
     }
 
     /// Starts a background process inside the namespace (killed by the returned guard).
+    #[must_use = "the process is killed when the guard is dropped"]
     pub fn spawn(&self, script: &str) -> Bg {
         let child = Command::new("ip")
             .args([
@@ -104,6 +118,7 @@ impl Ns {
         Bg(child)
     }
 
+    /// Whether one ping gets an answer within a second.
     pub fn ping(&self, address: Ipv4Addr) -> bool {
         self.exec(&format!("ping -c1 -W1 {address}"))
             .status
@@ -130,26 +145,26 @@ impl Ns {
             .collect()
     }
 
-    /// An HTTP/1.0 GET of `http://HOST:PORT/` over socat (busybox-static's wget crashes on
-    /// Debian 12, and socat is installed anyway); the body of a 200 answer, or None.
-    pub fn http_get(&self, url: &str) -> Option<String> {
-        let authority = url.strip_prefix("http://")?.trim_end_matches('/');
+    /// An HTTP/1.0 GET of `http://ADDR:PORT/` from inside the namespace: the (trimmed) body of
+    /// any HTTP answer, or None when there is none in a few seconds. socat is the client:
+    /// busybox-static's wget crashes in glibc's static resolver code on Debian 12.
+    pub fn http_get(&self, addr: Ipv4Addr, port: u16) -> Option<String> {
         let output = self.exec(&format!(
-            "printf 'GET / HTTP/1.0\\r\\nHost: {authority}\\r\\n\\r\\n' | socat -T2 - TCP:{authority},connect-timeout=2"
+            "printf 'GET / HTTP/1.0\\r\\nHost: {addr}:{port}\\r\\n\\r\\n' | busybox timeout 4 socat -T 3 - TCP4:{addr}:{port},connect-timeout=2"
         ));
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.lines()
-            .next()
-            .filter(|status| status.contains(" 200 "))
-            .map(|_| body.to_owned())
+        let response = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() || !response.starts_with("HTTP/1.") {
+            return None;
+        }
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        Some(body.trim().to_owned())
     }
 
-    /// HTTP GET, retried for a few seconds (the server may still be starting).
-    pub fn http_get_eventually(&self, url: &str) -> Option<String> {
+    /// HTTP GET, retried for a few seconds (the path may still be settling).
+    pub fn http_get_eventually(&self, addr: Ipv4Addr, port: u16) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(6);
         while Instant::now() < deadline {
-            if let Some(body) = self.http_get(url) {
+            if let Some(body) = self.http_get(addr, port) {
                 return Some(body);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -157,12 +172,57 @@ impl Ns {
         None
     }
 
-    /// Starts busybox httpd on `port` serving a file whose content is `body`.
+    /// Starts busybox httpd on `port` serving a file whose content is `body`, and waits until
+    /// it listens.
+    #[must_use = "the server is killed when the guard is dropped"]
     pub fn serve_http(&self, port: u16, body: &str) -> Bg {
-        let dir = std::env::temp_dir().join(format!("{}-www-{port}", self.name));
+        let dir = self.web_roots().join(port.to_string());
         std::fs::create_dir_all(&dir).expect("creating the web root");
         std::fs::write(dir.join("index.html"), body).expect("writing index.html");
-        self.spawn(&format!("busybox httpd -f -p {port} -h {}", dir.display()))
+        let server = self.spawn(&format!("busybox httpd -f -p {port} -h {}", dir.display()));
+        self.wait_bound("/proc/net/tcp /proc/net/tcp6", port, " 0A ");
+        server
+    }
+
+    /// Starts a UDP server on `port` that answers every datagram with `reply`, and waits until
+    /// it is bound.
+    #[must_use = "the server is killed when the guard is dropped"]
+    pub fn serve_udp(&self, port: u16, reply: &str) -> Bg {
+        let server = self.spawn(&format!(
+            "socat UDP4-RECVFROM:{port},fork SYSTEM:'echo {reply}'"
+        ));
+        self.wait_bound("/proc/net/udp", port, "");
+        server
+    }
+
+    /// A UDP request from inside the namespace; the reply, if any.
+    pub fn udp_request(&self, addr: Ipv4Addr, port: u16) -> Option<String> {
+        let output = self.exec(&format!(
+            "echo hi | busybox timeout 3 socat -T 2 - UDP4:{addr}:{port}"
+        ));
+        let reply = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        (!reply.is_empty()).then_some(reply)
+    }
+
+    /// Waits until a line of the socket `tables` has local port `port` (and `state`).
+    fn wait_bound(&self, tables: &str, port: u16, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let sockets = self.sh(&format!("cat {tables} 2>/dev/null || true"));
+            if sockets
+                .lines()
+                .any(|l| l.contains(&format!(":{port:04X} ")) && l.contains(state))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server on {port} in {} did not start", self.name);
+    }
+
+    /// Where [`Ns::serve_http`] keeps its files (removed on drop).
+    fn web_roots(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-www", self.name))
     }
 }
 
@@ -180,6 +240,7 @@ impl Drop for Ns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(self.web_roots());
     }
 }
 
@@ -201,6 +262,18 @@ fn run_ok(command: &mut Command) {
         "{command:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Links two namespaces with a veth pair, `a_if` in `a` and `b_if` in `b`, both up, no addresses.
+pub fn veth(a: &Ns, a_if: &str, b: &Ns, b_if: &str) {
+    let tmp = format!("t{}", unique());
+    a.sh(&format!(
+        "ip link add {a_if} type veth peer name {tmp} && ip link set {tmp} netns {} && ip link set {a_if} up",
+        b.name
+    ));
+    b.sh(&format!(
+        "ip link set {tmp} name {b_if} && ip link set {b_if} up"
+    ));
 }
 
 /// A test's world: its own host namespace and a dataplane bound to it.

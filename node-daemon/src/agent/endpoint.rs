@@ -35,8 +35,8 @@ pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, E
             Finalizer::Cleanup(ep) => detach(&ep, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    .await;
+    let action = super::finalized(action)?;
     ctx.succeeded(&key);
     Ok(action)
 }

@@ -130,6 +130,22 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
+/// The finalizer helper's outcome as the reconcile's. Removing our finalizer from an object that
+/// is already gone is success: something else (the operator, for a node that left the cluster)
+/// removed the last finalizer, and there is nothing left to hold.
+fn finalized(
+    result: Result<kube::runtime::controller::Action, kube::runtime::finalizer::Error<Error>>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    match result {
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status)))
+            if status.code == 404 =>
+        {
+            Ok(kube::runtime::controller::Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    }
+}
+
 /// How many objects are reconciled at once (kernel work is serialized in the dataplane anyway;
 /// this bounds the blocking threads waiting for it).
 const CONCURRENCY: u16 = 8;
@@ -259,4 +275,31 @@ pub async fn run(
         dns.stop().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::Error as Finalizer;
+
+    use super::{Error, finalized};
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[test]
+    fn a_finalizer_removal_on_a_gone_object_is_success() {
+        let gone = finalized(Err(Finalizer::RemoveFinalizer(api_error(404))));
+        assert_eq!(gone.ok(), Some(Action::await_change()));
+        for error in [
+            Finalizer::RemoveFinalizer(api_error(422)),
+            Finalizer::AddFinalizer(api_error(404)),
+        ] {
+            assert!(matches!(finalized(Err(error)), Err(Error::Finalizer(_))));
+        }
+    }
 }

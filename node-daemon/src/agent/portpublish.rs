@@ -31,8 +31,8 @@ pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<A
             Finalizer::Cleanup(publish) => withdraw(&publish, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    .await;
+    let action = super::finalized(action)?;
     ctx.succeeded(&key);
     Ok(action)
 }

@@ -513,3 +513,52 @@ spec: {target: {netns: {name: bd-web}}}
         String::from_utf8_lossy(&pier.on_node("ip -4 -br addr show docker0").stdout).into_owned();
     assert!(docker0.contains("172.17.0.1/16"), "{docker0}");
 }
+
+/// A `pier up` whose mounts do not reach the machine (a slave mount namespace, as in a container
+/// with a HostToContainer mount, or under `ip netns exec`) does not create a named namespace only
+/// it would see: the Endpoint says why and what to do. A namespace made on the machine works.
+#[test]
+fn a_namespace_only_pier_would_see_is_refused_with_the_fix() {
+    let pier = Pier::up_wrapped(
+        "slave",
+        &["sl-new", "sl-made"],
+        &["unshare", "--mount", "--propagation", "slave"],
+    );
+    system::sh_ok("ip netns add sl-made");
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: new}
+spec: {target: {netns: {name: sl-new}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: made}
+spec: {target: {netns: {name: sl-made}}}
+"#,
+    );
+    pier.wait_condition("pep made", "Attached", "True");
+    assert_eq!(
+        pier.wait_condition("pep new", "Attached", "False"),
+        "AttachFailed"
+    );
+    let message = pier.jsonpath(
+        "pep new",
+        "{.status.conditions[?(@.type==\"Attached\")].message}",
+    );
+    assert!(
+        message.contains("slave mount") && message.contains("ip netns add"),
+        "{message}"
+    );
+    assert!(
+        !std::path::Path::new("/var/run/netns/sl-new").exists(),
+        "no namespace file on the machine"
+    );
+    let address = pier.jsonpath("pep made", "{.status.ipv4Address}");
+    assert!(
+        pier.on_node(&format!("ping -c1 -W2 {address}"))
+            .status
+            .success()
+    );
+}

@@ -41,6 +41,12 @@ pub enum NamedNetnsError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path} would not be visible outside Pier: {mount_point} is a slave mount (mounts \
+         propagate into it from the node, not back); mount {RUN_DIR} with bidirectional \
+         propagation, or create the namespace on the node first (`ip netns add`)"
+    )]
+    NotPropagated { path: PathBuf, mount_point: PathBuf },
     #[error("writing the marker {path}")]
     Marker {
         path: PathBuf,
@@ -91,6 +97,9 @@ impl NamedNetns {
         let path = self.path(name);
         if is_namespace(&path) {
             return Ok(false);
+        }
+        if let Some(mount_point) = self.slave_mount() {
+            return Err(NamedNetnsError::NotPropagated { path, mount_point });
         }
         self.prepare_run_dir()?;
         // The marker first: a crash between the two leaves a marker for a namespace that a later
@@ -158,6 +167,22 @@ impl NamedNetns {
         names
     }
 
+    /// The mount holding the run directory, if Pier's mount namespace only receives mounts from
+    /// its master there (a container's `HostToContainer` mount, `ip netns exec`, a service with
+    /// private mounts): a namespace created in it would exist for Pier alone.
+    fn slave_mount(&self) -> Option<PathBuf> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        // /var/run is usually a link to /run, which is what mountinfo names.
+        let dir = fs::canonicalize(&self.run_dir)
+            .or_else(|_| {
+                let parent = self.run_dir.parent().unwrap_or(Path::new("/"));
+                let name = self.run_dir.file_name().unwrap_or_default();
+                fs::canonicalize(parent).map(|p| p.join(name))
+            })
+            .ok()?;
+        slave_mount_over(&mountinfo, &dir)
+    }
+
     /// The directory must be a shared mount point, so namespaces mounted into it show in every
     /// mount namespace (what `ip netns add` does: make it shared, bind-mounting it onto itself
     /// first when it is not a mount point yet).
@@ -193,6 +218,56 @@ impl NamedNetns {
             Err(errno) => Err(fail(errno.into())),
         }
     }
+}
+
+/// The mount point of the mount that holds `dir` in `mountinfo` (`/proc/self/mountinfo`), if
+/// that mount is a slave (optional field `master:N`).
+fn slave_mount_over(mountinfo: &str, dir: &Path) -> Option<PathBuf> {
+    let mut holder: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(separator) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let Some(point) = fields.get(4).map(|p| unescape(p)) else {
+            continue;
+        };
+        let point = PathBuf::from(point);
+        // The longest mount point above `dir`; of equal ones the later (mounted over the other).
+        let deeper = holder
+            .as_ref()
+            .is_none_or(|(held, _)| point.components().count() >= held.components().count());
+        if dir.starts_with(&point) && deeper {
+            let optional = fields.get(6..separator).unwrap_or_default();
+            let slave = optional.iter().any(|f| f.starts_with("master:"));
+            holder = Some((point, slave));
+        }
+    }
+    holder.and_then(|(point, slave)| slave.then_some(point))
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .map(|d| d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0')));
+        match octal.and_then(|n| u8::try_from(n).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A file name under the run directory: no separators, not `.`/`..`.
@@ -263,6 +338,48 @@ mod tests {
         assert!(!valid_name(""));
         assert!(!valid_name(".."));
         assert!(!valid_name("a/b"));
+    }
+
+    #[test]
+    fn a_slave_mount_over_the_run_directory_is_found() {
+        let host = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+25 22 0:23 / /run rw,nosuid shared:5 - tmpfs tmpfs rw
+40 25 0:4 / /run/netns rw shared:12 - tmpfs tmpfs rw
+";
+        let dir = Path::new("/run/netns");
+        assert_eq!(slave_mount_over(host, dir), None);
+        // HostToContainer: the container's mounts are slaves of the node's.
+        let container = "\
+300 299 0:80 / / rw master:1 - overlay overlay rw
+310 300 0:23 /netns /run/netns rw,nosuid master:5 - tmpfs tmpfs rw
+";
+        assert_eq!(
+            slave_mount_over(container, dir),
+            Some(PathBuf::from("/run/netns"))
+        );
+        // Bidirectional: shared with the node's peer group, no master.
+        let bidirectional = "\
+300 299 0:80 / / rw master:1 - overlay overlay rw
+310 300 0:23 /netns /run/netns rw,nosuid shared:5 - tmpfs tmpfs rw
+";
+        assert_eq!(slave_mount_over(bidirectional, dir), None);
+        // No mount at /run/netns: the one above it decides; a private one is not a slave.
+        let private = "300 299 0:80 / / rw - overlay overlay rw\n";
+        assert_eq!(slave_mount_over(private, dir), None);
+        let slave_root = "300 299 0:80 / / rw master:1 - overlay overlay rw\n";
+        assert_eq!(slave_mount_over(slave_root, dir), Some(PathBuf::from("/")));
+        // Escaped mount points; a sibling with a common prefix does not count.
+        let escaped = "\
+22 1 254:0 / / rw shared:1 - ext4 /dev/vda rw
+41 22 0:4 / /run/net\\040ns rw master:3 - tmpfs tmpfs rw
+42 22 0:4 / /run/netnsx rw master:3 - tmpfs tmpfs rw
+";
+        assert_eq!(
+            slave_mount_over(escaped, Path::new("/run/net ns/x")),
+            Some(PathBuf::from("/run/net ns"))
+        );
+        assert_eq!(slave_mount_over(escaped, dir), None);
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Pier {
     pub kubeconfig: PathBuf,
     /// Named namespaces the test's manifests target (removed on drop, should Pier not have).
     pub containers: Vec<String>,
+    /// A command `pier up` runs under (e.g. `unshare --mount`), if any.
+    wrapper: Vec<String>,
     child: Option<Child>,
     _data: tempfile::TempDir,
 }
@@ -88,6 +90,15 @@ impl Pier {
     /// Like [`Pier::up`], running `script` in the node namespace first (e.g. to give the node
     /// addresses of its own, as Docker's docker0 has).
     pub fn up_after(tag: &str, containers: &[&str], script: &str) -> Pier {
+        Pier::up_with(tag, containers, script, &[])
+    }
+
+    /// Like [`Pier::up`], with `pier up` run under `wrapper` (a command that runs its arguments).
+    pub fn up_wrapped(tag: &str, containers: &[&str], wrapper: &[&str]) -> Pier {
+        Pier::up_with(tag, containers, "true", wrapper)
+    }
+
+    fn up_with(tag: &str, containers: &[&str], script: &str, wrapper: &[&str]) -> Pier {
         require_root_and_tools();
         let data = tempfile::tempdir().expect("data dir");
         let node_netns = format!("pn-{tag}-{}", std::process::id());
@@ -106,6 +117,7 @@ impl Pier {
             data_dir: data.path().to_path_buf(),
             kubeconfig: data.path().join("kubeconfig"),
             containers: containers.iter().map(|c| (*c).to_owned()).collect(),
+            wrapper: wrapper.iter().map(|w| (*w).to_owned()).collect(),
             child: None,
             _data: data,
         };
@@ -120,7 +132,16 @@ impl Pier {
             .append(true)
             .open(self.data_dir.join("pier.log"))
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pier"))
+        let pier = env!("CARGO_BIN_EXE_pier");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(pier);
+                command
+            }
+            None => Command::new(pier),
+        };
+        let mut child = command
             .args(["up", "--listen", "127.0.0.1:0", "--node-name", "node-a"])
             .args(["--resync-seconds", "2", "--data-dir"])
             .arg(&self.data_dir)

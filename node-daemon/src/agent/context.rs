@@ -21,7 +21,7 @@ use super::build::{self, Built, Inputs};
 use super::{AgentConfig, Error, FIELD_MANAGER};
 use crate::hostnet::HostSubnet;
 use crate::named_netns::{NamedNetns, RUN_DIR};
-use crate::reconcile::{Dataplane, Report};
+use crate::reconcile::{Dataplane, Outcome, Report};
 use crate::state::{Netns, NodeState};
 
 /// Which part of the node an apply looks at.
@@ -157,17 +157,21 @@ impl Context {
             .collect();
         let dataplane = self.dataplane.clone();
         let state = built.state.clone();
-        let (report, created) = self
+        let (report, created, uncreatable) = self
             .blocking({
                 let named_netns = Arc::clone(&self.named);
                 move || {
                     let mut created = Vec::new();
+                    let mut uncreatable = HashMap::new();
                     for name in &named {
                         match named_netns.ensure(name) {
                             Ok(true) => created.push(name.clone()),
                             Ok(false) => {}
-                            // The endpoint's attach reports the missing namespace.
-                            Err(error) => tracing::warn!(namespace = %name, error = %crate::reconcile::chain(&error), "cannot create network namespace"),
+                            Err(error) => {
+                                let message = crate::reconcile::chain(&error);
+                                tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
+                                uncreatable.insert(name.clone(), message);
+                            }
                         }
                     }
                     let report = match &scope {
@@ -181,14 +185,25 @@ impl Context {
                             dataplane.remove_links(&state, &names)
                         }
                     };
-                    (report, created)
+                    (report, created, uncreatable)
                 }
             })
             .await?;
         if !created.is_empty() {
             tracing::info!(?created, "network namespaces created for endpoints");
         }
-        let report = report.map_err(Error::Dataplane)?;
+        let mut report = report.map_err(Error::Dataplane)?;
+        // Why a namespace is missing says more than the dataplane's "does not exist".
+        for endpoint in &built.state.endpoints {
+            if let Netns::Named(name) = &endpoint.netns
+                && let Some(message) = uncreatable.get(name)
+            {
+                report.objects.insert(
+                    build::endpoint_key(&endpoint.id),
+                    Outcome::Failed(format!("creating network namespace {name}: {message}")),
+                );
+            }
+        }
         self.dns_state.send_if_modified(|serving| {
             let changed = *serving != built.state;
             if changed {

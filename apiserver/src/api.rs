@@ -167,6 +167,17 @@ impl Api {
         self.store.compact_history();
     }
 
+    /// Drops watch history older than its max age ([`crate::Options::history_max_age`]);
+    /// returns how many changes went.
+    pub fn prune_history(&self) -> usize {
+        self.store.prune_history()
+    }
+
+    /// How many changes the watch history holds.
+    pub fn history_len(&self) -> usize {
+        self.store.history_len()
+    }
+
     pub(crate) fn count_gone(&self) {
         self.gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

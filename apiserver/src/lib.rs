@@ -18,7 +18,11 @@
 //! [`watch`], [`patch`] (merge, JSON, server-side apply), [`validation`] (pruning, defaulting,
 //! OpenAPI and CEL), [`selectors`], [`discovery`], [`openapi`], [`table`], [`tls`],
 //! [`kubeconfig`], [`server`] (the public entry point). Events expire an hour after they were last
-//! written or seen ([`Options::event_ttl`], kube-apiserver's `--event-ttl`).
+//! written or seen ([`Options::event_ttl`], kube-apiserver's `--event-ttl`). The watch history
+//! keeps the last 10,000 changes ([`Options::history`]) but none older than 5 minutes
+//! ([`Options::history_max_age`]), dropped on writes and by a periodic task, like the etcd
+//! compaction kube-apiserver runs every 5 minutes (`--etcd-compaction-interval`): a watch
+//! resuming from a version before them gets 410 Gone and re-lists.
 //!
 //! Known differences from the real server:
 //! - JSON (and YAML for apply) only: protobuf and CBOR request bodies get 415, so kubectl's typed

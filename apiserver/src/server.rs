@@ -20,6 +20,10 @@ use crate::tls::Material;
 pub struct Options {
     /// Change events kept for watches to resume from (older versions get 410 Gone).
     pub history: usize,
+    /// Change events are also dropped from that history once older than this (like the etcd
+    /// compaction kube-apiserver runs, `--etcd-compaction-interval`, 5 min): each keeps a whole
+    /// object version alive, and a watch that far behind re-lists after its 410 anyway.
+    pub history_max_age: Duration,
     /// Concurrent watches allowed (more get 429).
     pub max_watches: usize,
     /// How often watches that asked for bookmarks get one.
@@ -36,6 +40,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             history: 10_000,
+            history_max_age: Duration::from_secs(300),
             max_watches: 1024,
             bookmark_interval: Duration::from_secs(10),
             node_name: None,
@@ -87,6 +92,22 @@ async fn expire_events(api: std::sync::Weak<Api>, ttl: Duration) {
     }
 }
 
+/// Drops watch history older than `max_age` every tenth of it (at most every 30 s), so an idle
+/// server frees it too (writes prune it as well), until the server is gone.
+async fn prune_history(api: std::sync::Weak<Api>, max_age: Duration) {
+    let every = (max_age / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(api) = api.upgrade() else {
+            return;
+        };
+        let dropped = api.prune_history();
+        if dropped > 0 {
+            tracing::trace!(dropped, ?max_age, "old watch history dropped");
+        }
+    }
+}
+
 /// The local node object.
 pub fn local_node(name: &str) -> Value {
     json!({
@@ -120,7 +141,8 @@ impl ApiServer {
     /// [`ApiServer::open`] with options.
     pub async fn open_with(data_dir: impl AsRef<Path>, opts: Options) -> Result<ApiServer, Error> {
         let dir = data_dir.as_ref().to_path_buf();
-        let store = Store::open(&dir.join("store"), opts.history, opts.compact_every)?;
+        let store = Store::open(&dir.join("store"), opts.history, opts.compact_every)?
+            .with_history_max_age(opts.history_max_age);
         let tls = Material::load_or_create(&dir)?;
         ApiServer::start(store, Some(dir), tls, opts).await
     }
@@ -132,7 +154,7 @@ impl ApiServer {
 
     /// [`ApiServer::in_memory`] with options.
     pub async fn in_memory_with(opts: Options) -> Result<ApiServer, Error> {
-        let store = Store::in_memory(opts.history);
+        let store = Store::in_memory(opts.history).with_history_max_age(opts.history_max_age);
         ApiServer::start(store, None, Material::generate()?, opts).await
     }
 
@@ -150,6 +172,7 @@ impl ApiServer {
             .await
             .map_err(|e| Error::Crd(format!("bootstrap: {e}")))?;
         tokio::spawn(expire_events(Arc::downgrade(&api), opts.event_ttl));
+        tokio::spawn(prune_history(Arc::downgrade(&api), opts.history_max_age));
         Ok(ApiServer { api, dir, tls })
     }
 

@@ -534,6 +534,91 @@ async fn watch_resumes_and_expires() {
 }
 
 #[tokio::test]
+async fn watch_history_is_dropped_by_age() {
+    // Like the etcd compaction kube-apiserver runs every 5 minutes: changes older than
+    // history_max_age cannot be resumed from (410 Gone), even on an idle server; newer ones
+    // are replayed whole.
+    let max_age = std::time::Duration::from_secs(1);
+    let (server, client) = common::server_with_crds(Options {
+        history_max_age: max_age,
+        ..Options::default()
+    })
+    .await;
+    let api = networks(&client);
+    let first = api
+        .create(&PostParams::default(), &network("a0", json!({})))
+        .await
+        .expect("created");
+    let rv = first.metadata.resource_version.clone().expect("rv");
+    let mut last = rv.clone();
+    let mut last_written = None;
+    for i in 1..3 {
+        last_written = Some(std::time::Instant::now());
+        let o = api
+            .create(
+                &PostParams::default(),
+                &network(&format!("a{i}"), json!({})),
+            )
+            .await
+            .expect("created");
+        last = o.metadata.resource_version.expect("rv");
+    }
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut names = Vec::new();
+    while names.len() < 2 {
+        match stream.try_next().await.expect("event") {
+            Some(WatchEvent::Added(o)) => names.extend(o.metadata.name),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names, vec!["a1", "a2"]);
+    drop(stream);
+    let last_written = last_written.expect("written");
+
+    // Idle: no write prunes, the periodic task does.
+    let idle = std::time::Instant::now();
+    while server.api().history_len() > 0 {
+        assert!(
+            idle.elapsed() < max_age * 5,
+            "history kept {} changes while idle",
+            server.api().history_len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        last_written.elapsed() > max_age,
+        "dropped {:?} after the last write",
+        last_written.elapsed()
+    );
+    let mut old = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match old.try_next().await.expect("event") {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
+    // Up to date: nothing is missing, so it resumes.
+    let mut current = api
+        .watch(&WatchParams::default(), &last)
+        .await
+        .expect("watch")
+        .boxed();
+    api.create(&PostParams::default(), &network("a3", json!({})))
+        .await
+        .expect("created");
+    match current.try_next().await.expect("event") {
+        Some(WatchEvent::Added(o)) => assert_eq!(o.metadata.name.as_deref(), Some("a3")),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn watch_bookmarks_and_label_filtering() {
     let (_s, client) = common::server_with_crds(Options {
         bookmark_interval: std::time::Duration::from_millis(100),

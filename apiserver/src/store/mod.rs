@@ -1,5 +1,6 @@
 //! The object store: JSON objects by (storage key, namespace, name), one global resourceVersion
-//! counter, a bounded history of change events for watches, and durability through [`wal`].
+//! counter, a history of change events for watches (bounded by count and by age, like etcd's
+//! compaction), and durability through [`wal`].
 
 pub mod wal;
 
@@ -7,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
@@ -102,7 +104,8 @@ type Objects = BTreeMap<(String, String), Arc<Value>>;
 struct Inner {
     rv: u64,
     objects: HashMap<String, Objects>,
-    history: VecDeque<Arc<Event>>,
+    /// Recent changes, oldest first, each with when it was recorded.
+    history: VecDeque<(Instant, Arc<Event>)>,
     /// The resourceVersion of the oldest change a watch can still resume after.
     oldest_resumable: u64,
     /// Log records written since the last snapshot.
@@ -116,6 +119,8 @@ pub struct Store {
     wal: Option<Wal>,
     events: broadcast::Sender<Arc<Event>>,
     history_cap: usize,
+    /// Changes recorded longer ago are dropped from the history.
+    history_max_age: Duration,
     /// Take a snapshot (and empty the log) after this many log records.
     compact_every: usize,
 }
@@ -200,8 +205,16 @@ impl Store {
             wal,
             events,
             history_cap: history_cap.max(1),
+            history_max_age: Duration::MAX,
             compact_every: compact_every.max(1),
         }
+    }
+
+    /// Also drop changes from the history once they are older than `max_age` (by default
+    /// only the count bounds it): see [`Store::prune_history`].
+    pub fn with_history_max_age(mut self, max_age: Duration) -> Store {
+        self.history_max_age = max_age;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -369,15 +382,55 @@ impl Store {
             old,
             encoded: std::sync::OnceLock::new(),
         });
-        inner.history.push_back(event.clone());
+        let now = Instant::now();
+        self.prune_locked(&mut inner, now);
+        inner.history.push_back((now, event.clone()));
         while inner.history.len() > self.history_cap {
-            if let Some(dropped) = inner.history.pop_front() {
+            if let Some((_, dropped)) = inner.history.pop_front() {
                 inner.oldest_resumable = dropped.rv;
             }
         }
         // No receivers is fine.
         let _ = self.events.send(event);
         Ok((object, durable))
+    }
+
+    /// Drops the changes recorded more than the history's max age ago (like etcd's periodic
+    /// compaction): each keeps a whole object version (and the one it replaced) alive, and a
+    /// watch that fell that far behind re-lists anyway. Watches resuming from before them get
+    /// 410 Gone. Every write does this; call it periodically so an idle store frees them too.
+    /// Returns how many were dropped.
+    pub fn prune_history(&self) -> usize {
+        let mut inner = self.lock();
+        let dropped = self.prune_locked(&mut inner, Instant::now());
+        // The deque keeps its buffer; give it back once mostly empty (a burst of writes
+        // grows it up to the count cap).
+        if dropped > 0
+            && inner.history.capacity() > 64
+            && inner.history.len() * 4 < inner.history.capacity()
+        {
+            inner.history.shrink_to_fit();
+        }
+        dropped
+    }
+
+    fn prune_locked(&self, inner: &mut Inner, now: Instant) -> usize {
+        let Some(cutoff) = now.checked_sub(self.history_max_age) else {
+            return 0; // nothing can be that old
+        };
+        let mut dropped = 0;
+        while inner.history.front().is_some_and(|(at, _)| *at < cutoff) {
+            if let Some((_, event)) = inner.history.pop_front() {
+                inner.oldest_resumable = event.rv;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// How many changes the history holds.
+    pub fn history_len(&self) -> usize {
+        self.lock().history.len()
     }
 
     /// Forget the change history (like an etcd compaction): watches can no longer resume from
@@ -417,8 +470,8 @@ impl Store {
                 let backlog = inner
                     .history
                     .iter()
-                    .filter(|e| e.rv > from && e.key == key)
-                    .cloned()
+                    .filter(|(_, e)| e.rv > from && e.key == key)
+                    .map(|(_, e)| e.clone())
                     .collect();
                 Ok(Subscription {
                     backlog,
@@ -526,5 +579,49 @@ mod tests {
             vec![2, 3]
         );
         assert!(matches!(s.subscribe("k", Some(0)), Err(ApiError::Gone(_))));
+    }
+
+    fn rvs(sub: &Subscription) -> Vec<u64> {
+        sub.backlog.iter().map(|e| e.rv).collect()
+    }
+
+    #[test]
+    fn history_is_bounded_by_age() {
+        let age = Duration::from_millis(300);
+        let s = Store::in_memory(100).with_history_max_age(age);
+        for n in ["a", "b"] {
+            s.commit("k", "", n, Expect::Absent, Some(obj(n)))
+                .expect("create");
+        }
+        std::thread::sleep(age + Duration::from_millis(100));
+        // A write drops what is older than the max age: a and b (rv 1 and 2).
+        for n in ["c", "d"] {
+            s.commit("k", "", n, Expect::Absent, Some(obj(n)))
+                .expect("create");
+        }
+        assert_eq!(s.history_len(), 2);
+        assert!(matches!(s.subscribe("k", Some(0)), Err(ApiError::Gone(_))));
+        // After rv 1 comes rv 2, which is gone: no silent gap.
+        assert!(matches!(s.subscribe("k", Some(1)), Err(ApiError::Gone(_))));
+        let sub = s.subscribe("k", Some(2)).expect("resumable");
+        assert_eq!(rvs(&sub), vec![3, 4]);
+
+        // Idle: pruning frees them without any write.
+        assert_eq!(s.prune_history(), 0, "nothing is old yet");
+        std::thread::sleep(age + Duration::from_millis(100));
+        assert_eq!(s.prune_history(), 2);
+        assert_eq!(s.history_len(), 0);
+        assert!(matches!(s.subscribe("k", Some(3)), Err(ApiError::Gone(_))));
+        let sub = s.subscribe("k", Some(4)).expect("up to date");
+        assert!(sub.backlog.is_empty());
+    }
+
+    #[test]
+    fn without_a_max_age_only_the_count_bounds_history() {
+        let s = Store::in_memory(100);
+        s.commit("k", "", "a", Expect::Absent, Some(obj("a")))
+            .expect("create");
+        assert_eq!(s.prune_history(), 0);
+        assert_eq!(rvs(&s.subscribe("k", Some(0)).expect("resumable")), vec![1]);
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::firewall::{self, FirewallPlan};
+use crate::firewall::{self, FirewallPlan, IptablesChange};
 use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::netns::{self, NetnsError};
 use crate::state::{
@@ -55,6 +55,8 @@ pub enum DataplaneError {
 
 /// The report key of table `inet pier`.
 pub const FIREWALL: &str = "firewall/inet-pier";
+/// The report key of Pier's accepts in other firewalls' iptables tables.
+pub const IPTABLES: &str = "firewall/iptables";
 
 /// Whether a link name is a bridge Pier owns (`pier-` + 8 lowercase hex digits).
 pub fn is_pier_bridge_name(name: &str) -> bool {
@@ -237,12 +239,16 @@ pub struct Plan {
     pub in_sync: BTreeSet<String>,
     /// What table `inet pier` needs (`None` when it could not be read: see `problems`).
     pub firewall: Option<FirewallPlan>,
+    /// What other firewalls' iptables filter tables need (full plans only).
+    pub iptables: Vec<IptablesChange>,
 }
 
 impl Plan {
     /// Nothing to change in the kernel (problems may remain: they need a change of the state).
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty() && self.firewall.as_ref().is_none_or(FirewallPlan::is_empty)
+        self.steps.is_empty()
+            && self.firewall.as_ref().is_none_or(FirewallPlan::is_empty)
+            && self.iptables.is_empty()
     }
 }
 
@@ -258,6 +264,9 @@ impl fmt::Display for Plan {
             Some(firewall) if !firewall.is_empty() => write!(f, "{firewall}")?,
             Some(_) => writeln!(f, "firewall: no changes")?,
             None => {}
+        }
+        for change in &self.iptables {
+            write!(f, "{change}")?;
         }
         for problem in &self.problems {
             writeln!(f, "! {}: {}", problem.object, problem.message)?;
@@ -883,13 +892,25 @@ impl Dataplane {
             }
         }
 
-        // The firewall engineer's half reads table `inet pier` back the same way.
+        // Table `inet pier` is read back the same way.
         match firewall::plan(self.host_netns(), state) {
             Ok(firewall) => plan.firewall = Some(firewall),
             Err(error) => plan.problems.push(Problem {
                 object: FIREWALL.to_owned(),
                 message: chain(&error),
             }),
+        }
+        // Other firewalls' iptables accepts are constant and only need repair when someone
+        // else's reload took them: a full apply (start, resync) checks them, an attach does not
+        // pay for running iptables-save.
+        if scope.is_none() {
+            match firewall::iptables_plan(self.host_netns()) {
+                Ok(changes) => plan.iptables = changes,
+                Err(error) => plan.problems.push(Problem {
+                    object: IPTABLES.to_owned(),
+                    message: chain(&error),
+                }),
+            }
         }
 
         // Deletions first: they free names, addresses and routes that new objects may reuse.
@@ -969,6 +990,16 @@ impl Dataplane {
                     }
                     Err(error) => report.failed(FIREWALL.to_owned(), chain(&error)),
                 }
+            }
+        }
+        if !plan.iptables.is_empty() {
+            match firewall::iptables_apply(self.host_netns(), &plan.iptables) {
+                Ok(()) => {
+                    for change in &plan.iptables {
+                        report.changed(IPTABLES.to_owned(), change.summary.join("; "));
+                    }
+                }
+                Err(error) => report.failed(IPTABLES.to_owned(), chain(&error)),
             }
         }
         report
@@ -1126,6 +1157,13 @@ impl Dataplane {
         match firewall::reset(self.host_netns()) {
             Ok(()) => report.changed(FIREWALL.to_owned(), "table inet pier deleted".to_owned()),
             Err(error) => report.failed(FIREWALL.to_owned(), chain(&error)),
+        }
+        match firewall::iptables_reset(self.host_netns()) {
+            Ok(()) => report.changed(
+                IPTABLES.to_owned(),
+                "Pier's chains and jumps removed".to_owned(),
+            ),
+            Err(error) => report.failed(IPTABLES.to_owned(), chain(&error)),
         }
         Ok(report)
     }

@@ -68,6 +68,7 @@ fn apply_creates_the_table_and_a_second_plan_is_empty() {
         chains,
         [
             ("forward", "forward"),
+            ("input", "input"),
             ("prerouting", "prerouting"),
             ("output", "output"),
             ("postrouting", "postrouting")

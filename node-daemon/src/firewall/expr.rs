@@ -57,6 +57,10 @@ pub const NFPROTO_IPV4: u8 = 2;
 pub const RTN_LOCAL: u32 = 2;
 /// `IPS_DST_NAT`: the conntrack status bit of a connection whose destination was rewritten.
 pub const IPS_DST_NAT: u32 = 1 << 5;
+/// `ct state` bits (`NF_CT_STATE_BIT`): a packet of a connection seen in both directions, and
+/// one related to a known connection (an ICMP error, an FTP data channel).
+pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+pub const CT_STATE_RELATED: u32 = 1 << 2;
 
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +99,8 @@ pub enum Expr {
     FibDaddrType { dreg: Register },
     /// `ct status` into `dreg`.
     CtStatus { dreg: Register },
+    /// `ct state` into `dreg`.
+    CtState { dreg: Register },
     /// IPv4 DNAT to the address in `addr` and the port in `port`.
     Dnat { addr: Register, port: Register },
     /// Source NAT to the address of the outgoing interface.

@@ -109,6 +109,18 @@ pub fn read(socket: &Socket) -> Result<Option<KernelTable>, FirewallError> {
     }))
 }
 
+/// The base chains of iptables-nft's table `ip filter` (its built-in chains that exist), by
+/// name; empty when there is no such table.
+pub fn iptables_nft_builtins(socket: &Socket) -> Result<Vec<String>, FirewallError> {
+    let what = Dump::Ipv4Chains { table: "filter" };
+    let chains = dump(socket, what, sys::parse_chain).map_err(read_error("chains of ip filter"))?;
+    Ok(chains
+        .into_iter()
+        .filter(|c| c.table == "filter" && c.hook.is_some())
+        .map(|c| c.name)
+        .collect())
+}
+
 fn table() -> Table {
     Table::new(c"pier", ProtoFamily::Inet)
 }
@@ -138,6 +150,7 @@ pub fn batch(plan: &FirewallPlan) -> Result<FinalizedBatch, FirewallError> {
             let mut chain = Chain::new(&name, &table);
             let hook = match spec.hook {
                 PierHook::Prerouting => Hook::PreRouting,
+                PierHook::Input => Hook::In,
                 PierHook::Forward => Hook::Forward,
                 PierHook::Output => Hook::Out,
                 PierHook::Postrouting => Hook::PostRouting,

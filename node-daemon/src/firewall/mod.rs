@@ -4,8 +4,11 @@
 //! - [`plan`] reads the table back from the kernel and diffs it against the rendering;
 //! - [`apply`] sends the plan as one batch; [`reset`] deletes the table.
 //!
-//! Pier never touches any other table (DESIGN.md §4). Everything goes through libnftnl over
-//! netlink; the `nft` binary is not needed at run time (tests use it to inspect).
+//! Pier changes no other nftables table. Where another firewall's iptables chains would drop
+//! Pier's traffic (Docker's `FORWARD` policy DROP, ufw), [`iptables`] adds the accepts Pier's
+//! bridges need there, through the iptables tools, since those tables are theirs to write.
+//! Everything else goes through libnftnl over netlink; the `nft` binary is not needed at run
+//! time (tests use it to inspect).
 //!
 //! What the rules do (see `render.rs` for the exact rules and why):
 //! - masquerade traffic from a non-internal network's subnet leaving through a non-Pier interface;
@@ -23,18 +26,21 @@
 //! it came in on.
 
 mod expr;
+pub mod iptables;
 mod kernel;
 mod plan;
 mod render;
 mod sys;
 
-use std::io;
+use std::io::{self, Write};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use crate::netns::{self, NetnsError};
 use crate::state::NodeState;
 
 pub use expr::{CmpOp, Expr, MetaKey, PayloadBase, Verdict};
+pub use iptables::{Backend, IptablesChange};
 pub use plan::{FirewallPlan, Rebuild, SetChange};
 pub use render::{
     ChainKind, ChainSpec, Element, Field, Hook, MAP_PORTS_ADDR, MAP_PORTS_ANY, RuleSpec, Ruleset,
@@ -60,6 +66,19 @@ pub enum FirewallError {
     Apply(#[source] io::Error),
     #[error("deleting table inet pier")]
     Reset(#[source] io::Error),
+    #[error(
+        "the node has an iptables {backend} filter table, but {tool} is not installed: Pier cannot \
+         add the accepts its bridges need there (install the iptables package)"
+    )]
+    IptablesToolMissing { backend: Backend, tool: String },
+    #[error("running {tool}")]
+    IptablesRun {
+        tool: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{tool} failed: {stderr}")]
+    IptablesFailed { tool: String, stderr: String },
 }
 
 /// Reads table `inet pier` from the kernel of `host_netns` (`None`: this process's namespace)
@@ -97,6 +116,144 @@ pub fn reset(host_netns: Option<&Path>) -> Result<(), FirewallError> {
             Err(err) if !kernel::is_not_found(&err) => Err(FirewallError::Reset(err)),
             _ => Ok(()),
         }
+    })
+    .map_err(FirewallError::Netns)?
+}
+
+/// Where the legacy backend lists its tables (this thread's namespace: the work runs on a thread
+/// inside the host namespace).
+const LEGACY_TABLES: &str = "/proc/thread-self/net/ip_tables_names";
+
+/// The built-in chains of `backend`'s filter table that exist in the calling thread's namespace;
+/// empty when the backend has no filter table (nothing of Pier's belongs there then).
+fn iptables_builtins(backend: Backend) -> Result<Vec<String>, FirewallError> {
+    let existing = match backend {
+        Backend::Nft => kernel::iptables_nft_builtins(&kernel::open()?)?,
+        // x_tables creates every built-in chain with the table. Reading this file loads nothing.
+        Backend::Legacy => match std::fs::read_to_string(LEGACY_TABLES) {
+            Ok(names) if names.lines().any(|n| n.trim() == "filter") => {
+                iptables::BUILTINS.iter().map(|b| (*b).to_owned()).collect()
+            }
+            _ => Vec::new(),
+        },
+    };
+    Ok(existing
+        .into_iter()
+        .filter(|c| iptables::BUILTINS.contains(&c.as_str()))
+        .collect())
+}
+
+/// Runs an iptables tool in the calling thread's namespace (a child inherits it).
+fn run_tool(
+    backend: Backend,
+    tool: &str,
+    args: &[&str],
+    stdin: &str,
+) -> Result<String, FirewallError> {
+    let spawned = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(FirewallError::IptablesToolMissing {
+                backend,
+                tool: tool.to_owned(),
+            });
+        }
+        other => other.map_err(|source| FirewallError::IptablesRun {
+            tool: tool.to_owned(),
+            source,
+        })?,
+    };
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .map_err(|source| FirewallError::IptablesRun {
+                tool: tool.to_owned(),
+                source,
+            })?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|source| FirewallError::IptablesRun {
+            tool: tool.to_owned(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(FirewallError::IptablesFailed {
+            tool: tool.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// What `backend`'s filter table has now; `None` when there is no filter table.
+fn iptables_read(backend: Backend) -> Result<Option<iptables::FilterTable>, FirewallError> {
+    let builtins = iptables_builtins(backend)?;
+    if builtins.is_empty() {
+        return Ok(None);
+    }
+    let save = run_tool(backend, &backend.save_tool(), &["-t", "filter"], "")?;
+    Ok(Some(iptables::FilterTable::parse(&save, builtins)))
+}
+
+/// For each iptables backend with a filter table in `host_netns`: what gives Pier's bridges
+/// their accepts there (see [`iptables`]). Empty when every backend is in sync or has no table.
+pub fn iptables_plan(host_netns: Option<&Path>) -> Result<Vec<IptablesChange>, FirewallError> {
+    netns::run_in(host_netns, || {
+        let mut changes = Vec::new();
+        for backend in Backend::ALL {
+            if let Some(table) = iptables_read(backend)? {
+                changes.extend(iptables::diff(backend, &table));
+            }
+        }
+        Ok(changes)
+    })
+    .map_err(FirewallError::Netns)?
+}
+
+/// Carries out each change in one `iptables-restore --noflush` batch per backend.
+pub fn iptables_apply(
+    host_netns: Option<&Path>,
+    changes: &[IptablesChange],
+) -> Result<(), FirewallError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let changes = changes.to_vec();
+    netns::run_in(host_netns, move || {
+        for change in &changes {
+            let tool = change.backend.restore_tool();
+            // -w: wait for the xtables lock other users of the legacy backend hold.
+            run_tool(
+                change.backend,
+                &tool,
+                &["--noflush", "-w", "5"],
+                &change.script,
+            )?;
+        }
+        Ok(())
+    })
+    .map_err(FirewallError::Netns)?
+}
+
+/// Removes Pier's chains and jumps from every iptables backend; nothing else is touched.
+pub fn iptables_reset(host_netns: Option<&Path>) -> Result<(), FirewallError> {
+    netns::run_in(host_netns, || {
+        for backend in Backend::ALL {
+            let Some(table) = iptables_read(backend)? else {
+                continue;
+            };
+            if let Some(change) = iptables::removal(backend, &table) {
+                let tool = backend.restore_tool();
+                run_tool(backend, &tool, &["--noflush", "-w", "5"], &change.script)?;
+            }
+        }
+        Ok(())
     })
     .map_err(FirewallError::Netns)?
 }

@@ -24,8 +24,8 @@ use std::net::Ipv4Addr;
 use crate::state::{Driver, NodeState, Protocol};
 
 use super::expr::{
-    CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1, REG32_00, REG32_01, REG32_02, REG32_04,
-    RTN_LOCAL, Verdict,
+    CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1,
+    REG32_00, REG32_01, REG32_02, REG32_04, RTN_LOCAL, Verdict,
 };
 
 /// The table Pier owns; nothing outside it is ever changed.
@@ -308,6 +308,7 @@ impl ChainKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting = 0,
+    Input = 1,
     Forward = 2,
     Output = 3,
     Postrouting = 4,
@@ -317,6 +318,7 @@ impl Hook {
     pub fn as_str(self) -> &'static str {
         match self {
             Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
             Hook::Forward => "forward",
             Hook::Output => "output",
             Hook::Postrouting => "postrouting",
@@ -543,6 +545,48 @@ fn ip_saddr() -> Expr {
     }
 }
 
+/// `REG_1 & mask == 0`: none of the bits of `mask` is set in the 4-byte value in `REG_1`.
+fn none_of(mask: u32) -> [Expr; 2] {
+    [
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `ip daddr 127.0.0.0/8`.
+fn ip_daddr_loopback() -> Vec<Expr> {
+    let mut exprs = Expr::is_ipv4().to_vec();
+    exprs.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: vec![255, 0, 0, 0],
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: vec![127, 0, 0, 0],
+        },
+    ]);
+    exprs
+}
+
 fn fib_daddr_local() -> [Expr; 2] {
     [
         Expr::FibDaddrType { dreg: REG_1 },
@@ -641,6 +685,32 @@ fn chains() -> Vec<ChainSpec> {
     ];
     isolate.push(Expr::Verdict(Verdict::Drop));
 
+    // Routed into a Pier bridge from a non-Pier interface (another host, Docker's bridge, a VPN):
+    // only replies and connections a published port DNATed pass, as with Docker 28. Without
+    // this, anyone with a route to a container subnet via the node reaches every container port.
+    let mut published_only = vec![
+        meta(MetaKey::OifName, REG_1),
+        lookup(SET_BRIDGES, REG_1),
+        meta(MetaKey::IifName, REG_1),
+        lookup_not(SET_BRIDGES, REG_1),
+        Expr::CtState { dreg: REG_1 },
+    ];
+    published_only.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
+    published_only.push(Expr::CtStatus { dreg: REG_1 });
+    published_only.extend(none_of(IPS_DST_NAT));
+    published_only.push(Expr::Verdict(Verdict::Drop));
+
+    // A container sending to 127.0.0.0/8 via its gateway: the bridges have route_localnet=1 (for
+    // 127.0.0.1:hostPort from the node), which would deliver it to the node's loopback-only
+    // services (CVE-2020-8558). A DNATed packet no longer has a 127/8 destination here; a reply
+    // to the node's own 127.0.0.1:hostPort connection does (the loopback masquerade is undone),
+    // and is established.
+    let mut no_loopback = vec![meta(MetaKey::IifName, REG_1), lookup(SET_BRIDGES, REG_1)];
+    no_loopback.extend(ip_daddr_loopback());
+    no_loopback.push(Expr::CtState { dreg: REG_1 });
+    no_loopback.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
+    no_loopback.push(Expr::Verdict(Verdict::Drop));
+
     let mut masq_out = Expr::is_ipv4().to_vec();
     masq_out.extend([
         ip_saddr(),
@@ -727,7 +797,23 @@ fn chains() -> Vec<ChainSpec> {
                         Expr::Verdict(Verdict::Drop),
                     ],
                 },
+                RuleSpec {
+                    id: "published-only",
+                    text: "oifname @bridges iifname != @bridges ct state ! established,related ct status ! dnat drop",
+                    exprs: published_only,
+                },
             ],
+        },
+        ChainSpec {
+            name: "input",
+            kind: ChainKind::Filter,
+            hook: Hook::Input,
+            priority: 0,
+            rules: vec![RuleSpec {
+                id: "no-loopback-from-bridges",
+                text: "iifname @bridges ip daddr 127.0.0.0/8 ct state ! established,related drop",
+                exprs: no_loopback,
+            }],
         },
         // Packets from other hosts and from endpoints (hairpin) to a published port.
         ChainSpec {

@@ -27,6 +27,8 @@ use super::render::{Element, SetSpec};
 
 /// `NFPROTO_INET`: the family of table `inet pier`.
 pub const FAMILY_INET: u16 = 1;
+/// `NFPROTO_IPV4`: the family of iptables-nft's tables.
+pub const FAMILY_IPV4: u16 = 2;
 
 // Netlink and nf_tables message constants (linux/netlink.h, linux/netfilter/nf_tables.h).
 const NLM_F_ACK: u16 = 0x4;
@@ -128,7 +130,7 @@ impl Expression for ExprMsg<'_> {
             Expr::Bitwise { .. } => c"bitwise",
             Expr::Lookup { .. } => c"lookup",
             Expr::FibDaddrType { .. } => c"fib",
-            Expr::CtStatus { .. } => c"ct",
+            Expr::CtStatus { .. } | Expr::CtState { .. } => c"ct",
             Expr::Dnat { .. } => c"nat",
             Expr::Masquerade => c"masq",
             Expr::Verdict(_) => c"immediate",
@@ -194,6 +196,11 @@ impl Expression for ExprMsg<'_> {
             Expr::CtStatus { dreg } => {
                 // NFT_CT_STATUS
                 raw.u32(sys::NFTNL_EXPR_CT_KEY, 2);
+                raw.u32(sys::NFTNL_EXPR_CT_DREG, *dreg);
+            }
+            Expr::CtState { dreg } => {
+                // NFT_CT_STATE
+                raw.u32(sys::NFTNL_EXPR_CT_KEY, 0);
                 raw.u32(sys::NFTNL_EXPR_CT_DREG, *dreg);
             }
             Expr::Dnat { addr, port } => {
@@ -371,10 +378,23 @@ unsafe impl NlMsg for ElemsMsg {
 #[derive(Debug, Clone, Copy)]
 pub enum Dump<'a> {
     Tables,
-    Chains { table: &'a str },
-    Rules { table: &'a str },
-    Sets { table: &'a str },
-    Elements { table: &'a str, set: &'a str },
+    Chains {
+        table: &'a str,
+    },
+    /// Chains of an `ip` (IPv4) family table: where iptables-nft keeps its tables.
+    Ipv4Chains {
+        table: &'a str,
+    },
+    Rules {
+        table: &'a str,
+    },
+    Sets {
+        table: &'a str,
+    },
+    Elements {
+        table: &'a str,
+        set: &'a str,
+    },
 }
 
 /// A netlink dump request for `what`, ready to send.
@@ -382,19 +402,23 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
     let kind = match what {
         Dump::Tables => NFT_MSG_GETTABLE,
-        Dump::Chains { .. } => NFT_MSG_GETCHAIN,
+        Dump::Chains { .. } | Dump::Ipv4Chains { .. } => NFT_MSG_GETCHAIN,
         Dump::Rules { .. } => NFT_MSG_GETRULE,
         Dump::Sets { .. } => NFT_MSG_GETSET,
         Dump::Elements { .. } => NFT_MSG_GETSETELEM,
     };
     // SAFETY: `buf` holds `nft_nlmsg_maxsize` bytes, more than any request below needs; every
     // libnftnl object is freed right after serialising it.
+    let family = match what {
+        Dump::Ipv4Chains { .. } => FAMILY_IPV4,
+        _ => FAMILY_INET,
+    };
     let len = unsafe {
         let header =
-            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind, FAMILY_INET, NLM_F_DUMP, seq);
+            sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind, family, NLM_F_DUMP, seq);
         match what {
             Dump::Tables => {}
-            Dump::Chains { table } => {
+            Dump::Chains { table } | Dump::Ipv4Chains { table } => {
                 let chain = alloc(sys::nftnl_chain_alloc());
                 let table = cstring(table);
                 sys::nftnl_chain_set_str(

@@ -65,6 +65,7 @@ fn empty_state_renders_the_constant_structure_with_empty_sets() {
         chains,
         [
             ("forward", ChainKind::Filter, Hook::Forward, 0),
+            ("input", ChainKind::Filter, Hook::Input, 0),
             ("prerouting", ChainKind::Nat, Hook::Prerouting, -100),
             ("output", ChainKind::Nat, Hook::Output, -100),
             ("postrouting", ChainKind::Nat, Hook::Postrouting, 100),
@@ -239,10 +240,14 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
             comments.insert((chain.name, comment));
         }
     }
-    assert_eq!(comments.len(), 10);
+    assert_eq!(comments.len(), 12);
 
     // The DNAT rules read the map's value (address . port) from the registers the lookup wrote.
-    let prerouting = &ruleset.chains[1];
+    let prerouting = ruleset
+        .chains
+        .iter()
+        .find(|c| c.name == "prerouting")
+        .expect("a prerouting chain");
     for rule in &prerouting.rules {
         let lookup = rule
             .exprs
@@ -273,10 +278,26 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
             .iter()
             .any(|e| matches!(e, Expr::FibDaddrType { .. }))
     );
-    // Every IPv4 header match is guarded by `meta nfproto ipv4` (the table is inet).
-    for chain in &ruleset.chains[1..] {
+    // Every IPv4 header match is guarded by `meta nfproto ipv4` (the table is inet), and so is
+    // every IPv4 NAT.
+    for chain in &ruleset.chains {
         for rule in &chain.rules {
-            assert_eq!(rule.exprs[..2], Expr::is_ipv4(), "{}", rule.id);
+            let first_ipv4 = rule.exprs.iter().position(|e| {
+                matches!(
+                    e,
+                    Expr::Payload {
+                        base: PayloadBase::Network,
+                        ..
+                    } | Expr::Dnat { .. }
+                        | Expr::Masquerade
+                )
+            });
+            if let Some(at) = first_ipv4 {
+                let guarded = rule.exprs[..at]
+                    .windows(2)
+                    .any(|pair| pair == Expr::is_ipv4());
+                assert!(guarded, "{}", rule.id);
+            }
         }
     }
 }

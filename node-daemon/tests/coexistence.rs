@@ -1,0 +1,359 @@
+//! The dataplane on machines that are not empty: beside Docker (iptables-nft chains, `FORWARD`
+//! policy DROP, br_netfilter), beside a strict iptables-legacy firewall (ufw's defaults: `INPUT`
+//! and `FORWARD` DROP), probed from another host of the LAN, and attacked from a container
+//! through its gateway. Real packets throughout; every test has its own namespaces.
+//!
+//! ```text
+//!  lan (192.0.2.2) ──uplink0── host (192.0.2.1) ── pier bridge "web" 172.18.0.0/16 ── con1 .2, con2 .3
+//!                                               ├── pier bridge "vault" (internal) 10.77.0.0/24 ── vault1 .2
+//!                                               └── docker0 172.17.0.0/16 ── dockercon .2  (Docker's own)
+//! ```
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{Lab, Ns, bridge_endpoint, bridge_network, published};
+use pier_node::firewall::{self, iptables};
+use pier_node::state::NodeState;
+
+const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+const CON1: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+const VAULT1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+/// What Docker 26-28 (Debian's docker.io) sets up on start, through iptables-nft: forwarding,
+/// br_netfilter on, its chains, `FORWARD` policy DROP, masquerade of its own subnet, and one
+/// container on docker0.
+const DOCKER_HOST: &str = "\
+sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && ip link set docker0 up
+iptables-nft -N DOCKER
+iptables-nft -N DOCKER-ISOLATION-STAGE-1
+iptables-nft -N DOCKER-ISOLATION-STAGE-2
+iptables-nft -N DOCKER-USER
+iptables-nft -P FORWARD DROP
+iptables-nft -A FORWARD -j DOCKER-USER
+iptables-nft -A FORWARD -j DOCKER-ISOLATION-STAGE-1
+iptables-nft -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+iptables-nft -A FORWARD -o docker0 -j DOCKER
+iptables-nft -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+iptables-nft -A FORWARD -i docker0 -o docker0 -j ACCEPT
+iptables-nft -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+iptables-nft -A DOCKER-ISOLATION-STAGE-1 -j RETURN
+iptables-nft -A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+iptables-nft -A DOCKER-ISOLATION-STAGE-2 -j RETURN
+iptables-nft -A DOCKER-USER -j RETURN
+iptables-nft -t nat -N DOCKER
+iptables-nft -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+iptables-nft -t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+iptables-nft -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+iptables-nft -t nat -A DOCKER -i docker0 -j RETURN
+";
+
+/// ufw's defaults (deny incoming, deny routed), through iptables-legacy.
+const STRICT_HOST: &str = "\
+sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
+iptables-legacy -A INPUT -i lo -j ACCEPT
+iptables-legacy -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+iptables-legacy -P INPUT DROP
+iptables-legacy -P FORWARD DROP
+";
+
+fn require_iptables() {
+    common::require_root_with(&["iptables-nft", "iptables-legacy"]);
+}
+
+/// `iptables-save` of one backend without its comments and packet counters: what a reset must
+/// leave exactly as it was.
+fn iptables_save(host: &Ns, backend: &str) -> String {
+    host.sh(&format!("{backend}-save"))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.find(" [") {
+            Some(at) if l.starts_with(':') => &l[..at],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A host of the LAN, linked to the node by a veth Pier does not own, with a route to the
+/// container subnets via the node (what a router or a curious neighbour would have).
+fn lan_host(lab: &Lab) -> Ns {
+    let lan = lab.container("lan");
+    lab.host.sh(&format!(
+        "ip link add uplink0 type veth peer name eth0 netns {lan} && \
+         ip addr add {HOST_UPLINK}/24 dev uplink0 && ip link set uplink0 up",
+        lan = lan.name
+    ));
+    lan.sh(&format!(
+        "ip addr add {LAN}/24 dev eth0 && ip link set eth0 up && \
+         ip route add 172.16.0.0/12 via {HOST_UPLINK} && ip route add 10.77.0.0/24 via {HOST_UPLINK}"
+    ));
+    lan
+}
+
+struct Node {
+    con1: Ns,
+    con2: Ns,
+    vault1: Ns,
+    state: NodeState,
+}
+
+/// con1 and con2 on `web`, vault1 on the internal `vault`; con1's port 80 published on 8000 of
+/// every address and 8080 of 127.0.0.1 only.
+fn node(lab: &Lab) -> Node {
+    let (con1, con2, vault1) = (
+        lab.container("con1"),
+        lab.container("con2"),
+        lab.container("vault1"),
+    );
+    let mut vault = bridge_network("vault", "10.77.0.0/24", "10.77.0.1");
+    vault.internal = true;
+    let mut loopback_only = published("default/web-lo", "default/con1", 8080, "172.18.0.2", 80);
+    loopback_only.host_ip = Ipv4Addr::LOCALHOST;
+    let state = NodeState {
+        networks: vec![bridge_network("web", "172.18.0.0/16", "172.18.0.1"), vault],
+        endpoints: vec![
+            bridge_endpoint("default/con1", &con1, "web", "eth0", "172.18.0.2", true),
+            bridge_endpoint("default/con2", &con2, "web", "eth0", "172.18.0.3", true),
+            bridge_endpoint(
+                "default/vault1",
+                &vault1,
+                "vault",
+                "eth0",
+                "10.77.0.2",
+                true,
+            ),
+        ],
+        ports: vec![
+            published("default/web", "default/con1", 8000, "172.18.0.2", 80),
+            loopback_only,
+        ],
+    };
+    Node {
+        con1,
+        con2,
+        vault1,
+        state,
+    }
+}
+
+#[test]
+fn beside_docker_the_lesson_traffic_flows_and_reset_leaves_dockers_rules_as_they_were() {
+    require_iptables();
+    let lab = Lab::new("dock");
+    let lan = lan_host(&lab);
+    lab.host.sh(DOCKER_HOST);
+    let dockercon = lab.container("dockercon");
+    lab.host.sh(&format!(
+        "ip link add vdock type veth peer name eth0 netns {c} && ip link set vdock master docker0 up",
+        c = dockercon.name
+    ));
+    dockercon.sh("ip addr add 172.17.0.2/16 dev eth0 && ip link set eth0 up && ip route add default via 172.17.0.1");
+    let _lan_web = lan.serve_http(80, "hello from the lan");
+    assert_eq!(
+        dockercon.http_get_eventually(LAN, 80).as_deref(),
+        Some("hello from the lan"),
+        "Docker's container reaches the LAN before Pier"
+    );
+    let before = iptables_save(&lab.host, "iptables-nft");
+
+    let node = node(&lab);
+    lab.apply_ok(&node.state);
+    lab.assert_converged(&node.state);
+    let _web = node.con1.serve_http(80, "hello from con1");
+
+    let traffic_flows = || {
+        assert!(node.con2.ping_eventually(CON1), "same network, bridged");
+        assert_eq!(
+            lan.http_get_eventually(HOST_UPLINK, 8000).as_deref(),
+            Some("hello from con1"),
+            "published port from the LAN"
+        );
+        assert_eq!(
+            node.con2.http_get_eventually(HOST_UPLINK, 8000).as_deref(),
+            Some("hello from con1"),
+            "published port from a container (hairpin)"
+        );
+        assert_eq!(
+            node.con1.http_get_eventually(LAN, 80).as_deref(),
+            Some("hello from the lan"),
+            "a container reaches the outside (masquerade)"
+        );
+    };
+    traffic_flows();
+    // The internal network stays closed both ways, Docker's container is unharmed.
+    assert_eq!(node.vault1.http_get(LAN, 80), None, "internal egress");
+    assert!(!lan.ping(VAULT1), "internal ingress");
+    assert_eq!(
+        dockercon.http_get_eventually(LAN, 80).as_deref(),
+        Some("hello from the lan"),
+        "Docker's container beside Pier"
+    );
+    // Docker isolates its bridge from every other one, Pier's included.
+    assert!(!dockercon.ping(CON1), "docker0 -> pier bridge");
+
+    // Without Pier's accepts Docker's DROP policy takes the traffic: what a firewall reload
+    // (or a Docker that flushed FORWARD) leaves. The next full apply (the agent's resync)
+    // puts them back.
+    lab.host.sh(&format!(
+        "iptables-nft -D FORWARD -m comment --comment '{}' -j {}",
+        iptables::JUMP_COMMENT,
+        iptables::CHAIN_FORWARD
+    ));
+    assert!(
+        !node.con2.ping(CON1),
+        "Docker's FORWARD DROP without Pier's jump"
+    );
+    assert_eq!(lan.http_get(HOST_UPLINK, 8000), None);
+    let plan = lab.dataplane.plan(&node.state).expect("plan");
+    assert!(
+        plan.to_string()
+            .contains("jump FORWARD -> PIER-FORWARD inserted first"),
+        "{plan}"
+    );
+    lab.apply_ok(&node.state);
+    lab.assert_converged(&node.state);
+    traffic_flows();
+
+    // `pier down`: Docker's rules exactly as before, Docker's container still fine.
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(iptables_save(&lab.host, "iptables-nft"), before);
+    assert_eq!(
+        dockercon.http_get_eventually(LAN, 80).as_deref(),
+        Some("hello from the lan")
+    );
+}
+
+#[test]
+fn beside_a_strict_legacy_firewall_pier_opens_only_its_bridges_and_dns() {
+    require_iptables();
+    let lab = Lab::new("strict");
+    let lan = lan_host(&lab);
+    lab.host.sh(STRICT_HOST);
+    let before = iptables_save(&lab.host, "iptables-legacy");
+    let node = node(&lab);
+    lab.apply_ok(&node.state);
+    lab.assert_converged(&node.state);
+    let _web = node.con1.serve_http(80, "hello from con1");
+    // A stand-in for the embedded DNS on the gateway, and another service of the node's there.
+    let _dns = lab.host.serve_udp(53, "dns-answer");
+    let _ssh = lab.host.serve_http(22, "the node's own service");
+
+    assert!(node.con2.ping_eventually(CON1), "same network");
+    assert_eq!(
+        lan.http_get_eventually(HOST_UPLINK, 8000).as_deref(),
+        Some("hello from con1"),
+        "published port from the LAN"
+    );
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53).as_deref(),
+        Some("dns-answer"),
+        "DNS on the gateway through INPUT DROP"
+    );
+    assert_eq!(
+        node.con2.http_get(GATEWAY, 22),
+        None,
+        "only DNS is opened on the node, not its other services"
+    );
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(iptables_save(&lab.host, "iptables-legacy"), before);
+}
+
+#[test]
+fn from_the_lan_only_published_ports_reach_containers() {
+    common::require_root();
+    let lab = Lab::new("lanp");
+    let lan = lan_host(&lab);
+    let node = node(&lab);
+    lab.apply_ok(&node.state);
+    let _web = node.con1.serve_http(80, "hello from con1");
+    let _other = node.con1.serve_http(9000, "not published");
+
+    assert_eq!(
+        lan.http_get_eventually(HOST_UPLINK, 8000).as_deref(),
+        Some("hello from con1"),
+        "the published port"
+    );
+    assert_eq!(lan.http_get(CON1, 80), None, "routed to the container");
+    assert_eq!(lan.http_get(CON1, 9000), None, "an unpublished port");
+    assert!(!lan.ping(CON1), "ping routed to the container");
+    assert_eq!(
+        lan.http_get(HOST_UPLINK, 8080),
+        None,
+        "a port published on 127.0.0.1"
+    );
+    assert_eq!(
+        lab.host
+            .http_get_eventually(Ipv4Addr::LOCALHOST, 8080)
+            .as_deref(),
+        Some("hello from con1"),
+        "127.0.0.1:8080 from the node itself"
+    );
+    // Replies to what containers start still come back.
+    let _lan_web = lan.serve_http(80, "hello from the lan");
+    assert_eq!(
+        node.con2.http_get_eventually(LAN, 80).as_deref(),
+        Some("hello from the lan")
+    );
+    // Control: without table inet pier the routed packets reach the container.
+    firewall::reset(Some(&lab.host.path())).expect("firewall reset");
+    assert_eq!(
+        lan.http_get_eventually(CON1, 9000).as_deref(),
+        Some("not published")
+    );
+}
+
+#[test]
+fn containers_never_reach_the_nodes_loopback_services() {
+    common::require_root();
+    let lab = Lab::new("lo8558");
+    let node = node(&lab);
+    lab.apply_ok(&node.state);
+    // Services of the node bound to 127.0.0.1 only.
+    let received = std::env::temp_dir().join(format!("{}-udp-received", lab.host.name));
+    let _ = std::fs::remove_file(&received);
+    let _udp = lab.host.spawn(&format!(
+        "socat -u UDP4-RECV:5555,bind=127.0.0.1 OPEN:{},creat,append",
+        received.display()
+    ));
+    let _tcp = lab
+        .host
+        .spawn("socat TCP4-LISTEN:5556,bind=127.0.0.1,fork,reuseaddr SYSTEM:'echo hi'");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // What an attacker in a container does (CVE-2020-8558): route 127.0.0.0/8 to the gateway.
+    node.con1.sh(&format!(
+        "ip addr flush dev lo && \
+         sysctl -qw net.ipv4.conf.eth0.route_localnet=1 && \
+         ip route add 127.0.0.0/8 via {GATEWAY} dev eth0"
+    ));
+    let attack = |n: usize| {
+        for _ in 0..n {
+            node.con1
+                .exec("echo secret | busybox timeout 2 socat -u - UDP4-SENDTO:127.0.0.1:5555");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let udp = std::fs::read_to_string(&received).unwrap_or_default();
+        let tcp = node
+            .con1
+            .exec("busybox timeout 3 socat -T 2 - TCP4:127.0.0.1:5556,connect-timeout=2 </dev/null")
+            .status
+            .success();
+        (udp.contains("secret"), tcp)
+    };
+    assert_eq!(attack(3), (false, false), "UDP arrived / TCP connected");
+    // Control: the same attack works without table inet pier (route_localnet=1 stays on the
+    // bridge, as the node's own 127.0.0.1:hostPort needs it).
+    firewall::reset(Some(&lab.host.path())).expect("firewall reset");
+    assert_eq!(
+        attack(3),
+        (true, true),
+        "the attack itself must work without the rule"
+    );
+    let _ = std::fs::remove_file(&received);
+}

@@ -7,12 +7,14 @@
 #
 # Build stage: Debian 12 with Rust and the C libraries the nftables bindings link against
 # (libnftnl 1.2.x and libmnl 1.0.4 from libnftnl-dev / libmnl-dev; pkg-config finds them).
-# Runtime stage: distroless (no shell, no package manager), with glibc from the base and the
-# two shared libraries copied from the build stage. Nothing else is needed at run time: Pier
-# speaks netlink and nftables directly and runs no `ip`, `nft` or `iptables`.
+# Runtime stage: Debian 12 slim with those two libraries and the iptables package, nothing else.
+# Pier speaks netlink and nftables directly; it runs the iptables tools only where the node has
+# another firewall's iptables filter table (Docker, ufw, firewalld's iptables backend), to add
+# the accepts its bridges need there: those tables are written by their own tools, as
+# kube-proxy's and Calico's images carry iptables for the same reason.
 #
-# The image's user is distroless' `nonroot` (65532): the operator runs as it. The node daemon
-# needs root and network capabilities; the chart's DaemonSet sets runAsUser 0 for it.
+# The image's user is 65532 (`nonroot`): the operator runs as it. The node daemon needs root and
+# network capabilities; the chart's DaemonSet sets runAsUser 0 for it.
 #
 # Not built in this repository's CI (no Docker there); tests/kind/run.sh builds it.
 
@@ -27,13 +29,12 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin pier \
- && install -D -m 0755 target/release/pier /out/pier \
- && triplet="$(gcc -print-multiarch)" \
- && mkdir -p "/out/lib/$triplet" \
- && cp -L "$(dpkg -L libnftnl11 | grep 'libnftnl.so.11$')" "/out/lib/$triplet/" \
- && cp -L "$(dpkg -L libmnl0 | grep 'libmnl.so.0$')" "/out/lib/$triplet/"
+ && install -D -m 0755 target/release/pier /out/pier
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM docker.io/library/debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnftnl11 libmnl0 iptables \
+ && rm -rf /var/lib/apt/lists/*
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="pier" \
@@ -42,8 +43,6 @@ LABEL org.opencontainers.image.title="pier" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://example.invalid/pier"
-# Into the multiarch library folder the dynamic loader searches (x86_64-linux-gnu, aarch64-linux-gnu).
-COPY --from=build /out/lib/ /usr/lib/
 COPY --from=build /out/pier /usr/local/bin/pier
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/pier"]

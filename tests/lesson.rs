@@ -562,3 +562,136 @@ spec: {target: {netns: {name: sl-made}}}
             .success()
     );
 }
+
+/// The do-it-yourself step (`docker network create workshop`, `docker run -P --net workshop
+/// nginx`, `curl http://web:80` from a second container) on a machine where Docker runs: its
+/// iptables chains, `FORWARD` policy DROP and br_netfilter (tests/fixtures/docker-host.sh). Names
+/// resolve, the containers reach each other and the LAN, and another host of the LAN reaches the
+/// published port.
+#[test]
+fn beside_a_docker_host_the_lesson_traffic_flows() {
+    let pier = Pier::up_after(
+        "dockerfw",
+        &["dw-web", "dw-ubuntu"],
+        include_str!("fixtures/docker-host.sh"),
+    );
+    let lan = format!("pl-lan-{}", std::process::id());
+    let _ = system::sh(&format!("ip netns del {lan} 2>/dev/null"));
+    system::sh_ok(&format!("ip netns add {lan}"));
+    let _lan_guard = DeleteNetns(lan.clone());
+    let wired = pier.on_node(&format!(
+        "ip link add uplink0 type veth peer name eth0 netns {lan} && \
+         ip addr add 192.0.2.1/24 dev uplink0 && ip link set uplink0 up"
+    ));
+    assert!(wired.status.success(), "{wired:?}");
+    system::sh_ok(&format!(
+        "ip netns exec {lan} sh -c \"ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up && ip link set lo up\""
+    ));
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {name: workshop}
+spec: {}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: web}
+spec: {network: workshop, target: {netns: {name: dw-web}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: PortPublish
+metadata: {name: web}
+spec:
+  endpoint: web
+  ports: [{containerPort: 80, protocol: TCP}]
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: ubuntu}
+spec: {network: workshop, target: {netns: {name: dw-ubuntu}}}
+"#,
+    );
+    pier.wait_condition("pep web", "Attached", "True");
+    pier.wait_condition("pep ubuntu", "Attached", "True");
+    pier.wait_condition("ppub web", "Published", "True");
+    let _web = KillOnDrop(pier.serve_http("dw-web", "hello from web"));
+    let get = |netns: &str, authority: &str| {
+        let out = system::sh(&format!(
+            "ip netns exec {netns} sh -c 'printf \"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" | socat -T2 - TCP:{authority},connect-timeout=2'"
+        ));
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        page.contains("hello from").then_some(page)
+    };
+
+    // `curl http://web:80` from the second container: DNS by name and the bridged path.
+    let page = wait_for(
+        "ubuntu to fetch http://web:80",
+        Duration::from_secs(15),
+        || get("dw-ubuntu", "web:80"),
+    );
+    assert!(page.contains("hello from web"), "{page}");
+    let ping = |target: &str| {
+        system::sh(&format!("ip netns exec dw-ubuntu ping -c1 -W2 {target}"))
+            .status
+            .success()
+    };
+    assert!(ping("web"), "ping web by name");
+    let address = pier.jsonpath("pep web", "{.status.ipv4Address}");
+    assert!(ping(&address), "ping web at {address}");
+
+    // The published port from another host of the LAN.
+    let port = pier.jsonpath("ppub web", "{.status.ports[0].hostPort}");
+    let page = wait_for(
+        "the LAN to reach the published port",
+        Duration::from_secs(10),
+        || get(&lan, &format!("192.0.2.1:{port}")),
+    );
+    assert!(page.contains("hello from web"), "{page}");
+
+    // A container reaches the outside (masquerade through Docker's FORWARD DROP).
+    let dir = std::env::temp_dir().join(format!("{lan}-www"));
+    std::fs::create_dir_all(&dir).expect("www dir");
+    std::fs::write(dir.join("index.html"), "hello from the lan").expect("index.html");
+    let mut lan_web = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &lan, "busybox", "httpd", "-f", "-p", "80", "-h",
+        ])
+        .arg(&dir)
+        .spawn()
+        .expect("httpd starts");
+    let page = wait_for("ubuntu to reach the LAN", Duration::from_secs(10), || {
+        get("dw-ubuntu", "192.0.2.2:80")
+    });
+    assert!(page.contains("hello from the lan"), "{page}");
+
+    // Pier's accepts sit in Docker's table, tagged, and Docker's rules are all still there.
+    let rules =
+        String::from_utf8_lossy(&pier.on_node("iptables-nft -S FORWARD").stdout).into_owned();
+    assert!(rules.contains("-j PIER-FORWARD"), "{rules}");
+    assert!(
+        rules.contains("-j DOCKER-USER") && rules.contains("-P FORWARD DROP"),
+        "{rules}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Kills a server when dropped, also when an assertion failed (a leftover would keep the test
+/// harness's output pipe open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Deletes a named network namespace when dropped.
+struct DeleteNetns(String);
+
+impl Drop for DeleteNetns {
+    fn drop(&mut self) {
+        let _ = system::sh(&format!("ip netns del {} 2>/dev/null", self.0));
+    }
+}

@@ -23,34 +23,8 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 const CON1: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 const VAULT1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
-/// What Docker 26-28 (Debian's docker.io) sets up on start, through iptables-nft: forwarding,
-/// br_netfilter on, its chains, `FORWARD` policy DROP, masquerade of its own subnet, and one
-/// container on docker0.
-const DOCKER_HOST: &str = "\
-sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
-ip link add docker0 type bridge && ip addr add 172.17.0.1/16 dev docker0 && ip link set docker0 up
-iptables-nft -N DOCKER
-iptables-nft -N DOCKER-ISOLATION-STAGE-1
-iptables-nft -N DOCKER-ISOLATION-STAGE-2
-iptables-nft -N DOCKER-USER
-iptables-nft -P FORWARD DROP
-iptables-nft -A FORWARD -j DOCKER-USER
-iptables-nft -A FORWARD -j DOCKER-ISOLATION-STAGE-1
-iptables-nft -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-iptables-nft -A FORWARD -o docker0 -j DOCKER
-iptables-nft -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
-iptables-nft -A FORWARD -i docker0 -o docker0 -j ACCEPT
-iptables-nft -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
-iptables-nft -A DOCKER-ISOLATION-STAGE-1 -j RETURN
-iptables-nft -A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
-iptables-nft -A DOCKER-ISOLATION-STAGE-2 -j RETURN
-iptables-nft -A DOCKER-USER -j RETURN
-iptables-nft -t nat -N DOCKER
-iptables-nft -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
-iptables-nft -t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
-iptables-nft -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
-iptables-nft -t nat -A DOCKER -i docker0 -j RETURN
-";
+/// What Docker sets up on start (shared with the whole-system tests).
+const DOCKER_HOST: &str = include_str!("../../tests/fixtures/docker-host.sh");
 
 /// ufw's defaults (deny incoming, deny routed), through iptables-legacy.
 const STRICT_HOST: &str = "\

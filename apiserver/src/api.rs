@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Cause};
+use crate::names::{self, NameRule};
 use crate::patch::apply::{self, Scope, Writer};
 use crate::patch::fields::Schema;
 use crate::patch::{self as patches, PatchKind};
@@ -35,6 +36,7 @@ pub struct Api {
 }
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
+const NAMESPACES: &str = "/namespaces";
 const RETRIES: usize = 16;
 
 /// The current time as Kubernetes writes it.
@@ -87,7 +89,7 @@ fn random_suffix() -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     bytes
         .iter()
-        .take(5)
+        .take(names::GENERATED_SUFFIX_LEN)
         .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
         .collect()
 }
@@ -380,12 +382,23 @@ impl Api {
         let given = meta_str(&body, "name")
             .map(String::from)
             .filter(|n| !n.is_empty());
+        let rule = if res.storage_key == NAMESPACES {
+            NameRule::Label
+        } else {
+            NameRule::Subdomain
+        };
         for attempt in 0..8 {
             let name = match (&given, &generate) {
                 (Some(n), _) => n.clone(),
-                (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+                (None, Some(prefix)) => names::generated(prefix, &random_suffix()),
                 (None, None) => String::new(),
             };
+            if !name.is_empty() {
+                let causes = names::causes(rule, &name, generate.as_deref());
+                if !causes.is_empty() {
+                    return Err(Self::invalid(res, &name, causes));
+                }
+            }
             let mut obj = body.clone();
             let now = now();
             {
@@ -419,7 +432,7 @@ impl Api {
             {
                 m.remove("status");
             }
-            if res.storage_key == "/namespaces" {
+            if res.storage_key == NAMESPACES {
                 obj["status"] = json!({"phase": "Active"});
             }
             self.check(res, &mut obj, None, ctx.strict)?;
@@ -460,7 +473,7 @@ impl Api {
     }
 
     fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        if self.store.get("/namespaces", "", ns).is_none() {
+        if self.store.get(NAMESPACES, "", ns).is_none() {
             return Err(ApiError::not_found("", "namespaces", ns));
         }
         Ok(())
@@ -842,7 +855,7 @@ impl Api {
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let nsk = Self::ns_key(res, ns);
-        if res.storage_key == "/namespaces"
+        if res.storage_key == NAMESPACES
             && matches!(name, "default" | "kube-system" | "kube-public")
         {
             return Err(ApiError::Forbidden(format!(
@@ -895,7 +908,7 @@ impl Api {
     /// What goes with a deleted object: a namespace's objects (each deleted as by a client,
     /// so finalizers still hold them), a CRD's custom resources (removed outright).
     async fn cascade(&self, res: &Resource, name: &str, deleted: &Value) {
-        if res.storage_key == "/namespaces" {
+        if res.storage_key == NAMESPACES {
             let reg = self.registry();
             let mut keys = std::collections::HashSet::new();
             let namespaced: Vec<Arc<Resource>> = reg
@@ -1012,7 +1025,7 @@ impl Api {
         };
         if let Some(ns_res) = reg.find("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                if self.store.get("/namespaces", "", ns).is_none() {
+                if self.store.get(NAMESPACES, "", ns).is_none() {
                     let body =
                         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
                     self.create(&ns_res, None, body, &ctx).await?;

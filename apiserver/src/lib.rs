@@ -51,6 +51,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod kubeconfig;
+pub mod names;
 pub mod openapi;
 pub mod patch;
 pub mod resources;

@@ -147,3 +147,37 @@ async fn the_authenticated_service_needs_the_token() {
     assert_eq!(code, 200);
     assert_eq!(list["kind"], "NamespaceList");
 }
+
+#[tokio::test]
+async fn a_bad_name_is_422_invalid_naming_metadata_name() {
+    let server = ApiServer::in_memory().await.expect("server");
+    let body = br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"Bad_NS"}}"#;
+    let (code, status) = call(
+        server.service(),
+        Method::POST,
+        "/api/v1/namespaces",
+        body.to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(status["details"]["name"], "Bad_NS");
+    let cause = &status["details"]["causes"][0];
+    assert_eq!(cause["field"], "metadata.name");
+    assert_eq!(cause["reason"], "FieldValueInvalid");
+    assert_eq!(
+        cause["message"],
+        "Invalid value: \"Bad_NS\": a lowercase RFC 1123 label must consist of lower case \
+         alphanumeric characters or '-', and must start and end with an alphanumeric character \
+         (e.g. 'my-name',  or '123-abc', regex used for validation is \
+         '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+    );
+    assert_eq!(
+        status["message"],
+        format!(
+            "Namespace \"Bad_NS\" is invalid: metadata.name: {}",
+            cause["message"].as_str().unwrap_or_default()
+        )
+    );
+}

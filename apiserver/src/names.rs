@@ -93,12 +93,13 @@ pub fn dns1123_subdomain(value: &str) -> Vec<String> {
     errs
 }
 
-/// What is wrong with `name` under `rule`; a `generateName` prefix may end in '-'.
+/// What is wrong with `name` under `rule`. A `generateName` prefix may end in '-': like
+/// apimachinery's `maskTrailingDash`, its last two characters become one 'a' before the check.
 fn check(rule: NameRule, name: &str, prefix: bool) -> Vec<String> {
     let masked;
-    let name = match name.strip_suffix('-') {
-        Some(head) if prefix && !head.is_empty() => {
-            masked = format!("{head}a");
+    let name = match name.len().checked_sub(2) {
+        Some(cut) if prefix && name.ends_with('-') && name.is_char_boundary(cut) => {
+            masked = format!("{}a", &name[..cut]);
             masked.as_str()
         }
         _ => name,
@@ -204,6 +205,8 @@ mod tests {
         );
         // A prefix may end in '-'; a bad one is reported on generateName too.
         assert!(causes(NameRule::Subdomain, "web-x7k2p", Some("web-")).is_empty());
+        assert!(causes(NameRule::Subdomain, "x-x7k2p", Some("x-")).is_empty());
+        assert!(!causes(NameRule::Subdomain, "x.x7k2p", Some("x.")).is_empty());
         let c = causes(NameRule::Subdomain, "Web-x7k2p", Some("Web-"));
         let fields: Vec<&str> = c.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, vec!["metadata.generateName", "metadata.name"]);

@@ -771,7 +771,7 @@ async fn builtins_are_served() {
         .await
         .expect("lease created");
     let events: Api<Event> = Api::default_namespaced(client.clone());
-    let ev: Event = serde_json::from_value(json!({"metadata": {"generateName": "x."}, "involvedObject": {"kind": "Network", "name": "n"}, "reason": "R", "message": "m"})).expect("event");
+    let ev: Event = serde_json::from_value(json!({"metadata": {"generateName": "x-"}, "involvedObject": {"kind": "Network", "name": "n"}, "reason": "R", "message": "m"})).expect("event");
     events
         .create(&PostParams::default(), &ev)
         .await

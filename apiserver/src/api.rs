@@ -24,7 +24,8 @@ pub type Params = HashMap<String, String>;
 #[derive(Debug)]
 pub struct Api {
     pub store: Store,
-    registry: RwLock<Arc<Registry>>,
+    /// The resources served, built from the CRDs as of the version with it.
+    registry: RwLock<(u64, Arc<Registry>)>,
     /// Concurrent watches allowed.
     pub watch_slots: Arc<tokio::sync::Semaphore>,
     /// How often a watch that asked for bookmarks gets one.
@@ -38,6 +39,8 @@ pub struct Api {
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
 const NAMESPACES: &str = "/namespaces";
 const RETRIES: usize = 16;
+/// The registry's version before its first build.
+const NEVER_BUILT: u64 = u64::MAX;
 
 /// The current time as Kubernetes writes it.
 pub fn now() -> String {
@@ -144,13 +147,13 @@ impl Api {
     pub fn new(store: Store, max_watches: usize) -> Api {
         let api = Api {
             store,
-            registry: RwLock::new(Arc::new(Registry::default())),
+            registry: RwLock::new((NEVER_BUILT, Arc::new(Registry::default()))),
             watch_slots: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             bookmark_interval: std::time::Duration::from_secs(10),
             gone: std::sync::atomic::AtomicU64::new(0),
             closer: tokio::sync::watch::Sender::new(0),
         };
-        api.rebuild_registry();
+        api.registry();
         api
     }
 
@@ -184,21 +187,27 @@ impl Api {
         self.gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The resources served now.
+    /// The resources served now: rebuilt once CRD changes are visible (durable), so no request
+    /// is served by a CRD that may yet be lost.
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry
-            .read()
-            .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        let version = self.store.key_version(CRDS);
+        {
+            let current = self.registry.read().unwrap_or_else(|p| p.into_inner());
+            if current.0 == version {
+                return current.1.clone();
+            }
+        }
+        self.rebuild_registry()
     }
 
-    fn rebuild_registry(&self) {
-        let crds = self.store.list(CRDS, None, None, None, &|_| true).items;
-        let reg = Arc::new(Registry::build(&crds));
-        match self.registry.write() {
-            Ok(mut r) => *r = reg,
-            Err(p) => *p.into_inner() = reg,
+    fn rebuild_registry(&self) -> Arc<Registry> {
+        let mut current = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        let version = self.store.key_version(CRDS);
+        if current.0 != version {
+            let crds = self.store.list(CRDS, None, None, None, &|_| true).items;
+            *current = (version, Arc::new(Registry::build(&crds)));
         }
+        current.1.clone()
     }
 
     fn not_found(res: &Resource, name: &str) -> ApiError {
@@ -321,9 +330,6 @@ impl Api {
         }
         let new = new.map(|v| Self::to_storage(res, v));
         let (obj, durable) = self.store.commit(&res.storage_key, ns, name, expect, new)?;
-        if res.storage_key == CRDS {
-            self.rebuild_registry();
-        }
         if let Err(e) = durable.wait().await {
             tracing::error!(error = %e, "write not durable");
             return Err(CommitError::NotDurable(e.to_string()));
@@ -492,6 +498,27 @@ impl Api {
             .ok_or_else(|| Self::not_found(res, name))
     }
 
+    /// One object as the next write sees it (pending writes included): the base of updates,
+    /// patches and deletions, so they queue behind a write not yet durable instead of
+    /// conflicting with it. Never served to readers.
+    fn latest(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Arc<Value>, ApiError> {
+        self.store
+            .latest(&res.storage_key, &Self::ns_key(res, ns), name)
+            .map(|o| Self::from_storage(res, o))
+            .ok_or_else(|| Self::not_found(res, name))
+    }
+
+    /// Whether `obj` is still pending; if so, waits until it is visible or dropped (the caller
+    /// then reads again), so an answer never shows a write that is not durable.
+    async fn still_pending(&self, obj: &Value) -> bool {
+        let rv = rv_of(obj);
+        if rv <= self.store.current_rv() {
+            return false;
+        }
+        self.store.settled(rv).await;
+        true
+    }
+
     /// The selectors of a list or watch.
     pub fn filter(
         res: &Resource,
@@ -618,7 +645,7 @@ impl Api {
     ) -> Result<Arc<Value>, ApiError> {
         let nsk = Self::ns_key(res, ns);
         for _ in 0..RETRIES {
-            let old = self.get(res, ns, name)?;
+            let old = self.latest(res, ns, name)?;
             // `pinned`: the body named a resourceVersion, so a mismatch is the client's conflict.
             let (body, pinned) = compute(&old)?;
             if !body.is_object() {
@@ -679,6 +706,9 @@ impl Api {
                 a == b
             };
             if unchanged {
+                if self.still_pending(&old).await {
+                    continue;
+                }
                 // No-op writes do not bump the resourceVersion, as in Kubernetes.
                 return Ok(old);
             }
@@ -728,7 +758,7 @@ impl Api {
         ctx: &WriteCtx,
     ) -> Result<Arc<Value>, ApiError> {
         let pinned = meta_str(&body, "resourceVersion").is_some_and(|s| !s.is_empty());
-        if res.custom && !pinned && self.get(res, ns, name).is_ok() {
+        if res.custom && !pinned && self.latest(res, ns, name).is_ok() {
             // Custom resources allow no unconditional update, as in Kubernetes.
             return Err(Self::invalid(
                 res,
@@ -806,7 +836,7 @@ impl Api {
             ));
         }
         let api_version = res.api_version();
-        if self.get(res, ns, name).is_err() {
+        if self.latest(res, ns, name).is_err() {
             if ctx.subresource == "status" {
                 return Err(Self::not_found(res, name));
             }
@@ -863,10 +893,13 @@ impl Api {
             )));
         }
         for _ in 0..RETRIES {
-            let old = self.get(res, ns, name)?;
+            let old = self.latest(res, ns, name)?;
             let expect = Expect::Rv(rv_of(&old));
             if has_finalizers(&old) {
                 if meta(&old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                    if self.still_pending(&old).await {
+                        continue;
+                    }
                     return Ok((*old).clone());
                 }
                 let mut new = (*old).clone();

@@ -54,12 +54,14 @@ pub mod kubeconfig;
 pub mod names;
 pub mod openapi;
 pub mod patch;
+pub mod private;
 pub mod resources;
 pub mod selectors;
 pub mod server;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod token;
 pub mod validation;
 pub mod watch;
 

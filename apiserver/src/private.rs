@@ -13,6 +13,7 @@ use crate::error::Error;
 pub const DIR_MODE: u32 = 0o700;
 /// The mode of every file the server keeps data in.
 pub const FILE_MODE: u32 = 0o600;
+const STICKY: u32 = 0o1000;
 
 fn set_mode(path: &Path, current: u32, mode: u32) -> Result<(), Error> {
     if current & 0o7777 == mode {
@@ -22,7 +23,8 @@ fn set_mode(path: &Path, current: u32, mode: u32) -> Result<(), Error> {
 }
 
 /// Creates `dir` (and missing parents) 0700, or tightens an existing one to 0700. What is below
-/// it is left alone (see [`ensure_tree`]).
+/// it is left alone (see [`ensure_tree`]). A shared directory (sticky bit, like /tmp) is refused
+/// rather than closed to its other users.
 pub fn ensure_dir(dir: &Path) -> Result<(), Error> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -30,6 +32,14 @@ pub fn ensure_dir(dir: &Path) -> Result<(), Error> {
         .create(dir)
         .map_err(|e| Error::io(dir, e))?;
     let meta = fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    if meta.permissions().mode() & STICKY != 0 {
+        return Err(Error::io(
+            dir,
+            std::io::Error::other(
+                "a shared directory (sticky bit, like /tmp): give Pier a directory of its own",
+            ),
+        ));
+    }
     set_mode(dir, meta.permissions().mode(), DIR_MODE)
 }
 
@@ -135,5 +145,14 @@ mod tests {
         fs::set_permissions(&tmp, Permissions::from_mode(0o666)).expect("chmod");
         create_file(&tmp).expect("reopened");
         assert_eq!(mode(&tmp), FILE_MODE);
+    }
+
+    #[test]
+    fn a_shared_directory_is_refused_not_closed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(root.path(), Permissions::from_mode(0o1777)).expect("chmod");
+        let e = ensure_dir(root.path()).expect_err("refused");
+        assert!(e.to_string().contains("sticky bit"), "{e}");
+        assert_eq!(mode(root.path()), 0o1777);
     }
 }

@@ -69,8 +69,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     {
         bail!("--node-netns {} does not exist", netns.display());
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    prepare_data_dir(&args.data_dir)?;
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
 
     let server = ApiServer::open_with(
@@ -211,6 +210,13 @@ fn operator_config(host_subnets: Vec<Ipv4Net>) -> pier_operator::Config {
     config
 }
 
+/// The data directory, 0700 (also when it existed): below it are the store, the TLS key, the
+/// admin token and the kubeconfig. The API server makes its own files 0600.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    pier_apiserver::private::ensure_dir(dir)
+        .with_context(|| format!("preparing the data directory {}", dir.display()))
+}
+
 fn agent_config(args: &UpArgs, node_name: String) -> AgentConfig {
     let mut config = AgentConfig::new(node_name);
     config.host_netns = args.node_netns.clone();
@@ -280,4 +286,24 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
         bail!("some kernel objects could not be removed (see above)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_data_directory_is_private_also_when_it_existed() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("dir").permissions().mode() & 0o7777;
+        let fresh = root.path().join("fresh");
+        prepare_data_dir(&fresh).expect("created");
+        assert_eq!(mode(&fresh), 0o700);
+        let existing = root.path().join("existing");
+        std::fs::create_dir(&existing).expect("mkdir");
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        prepare_data_dir(&existing).expect("tightened");
+        assert_eq!(mode(&existing), 0o700);
+    }
 }

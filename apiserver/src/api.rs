@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Cause};
+use crate::names::{self, NameRule};
 use crate::patch::apply::{self, Scope, Writer};
 use crate::patch::fields::Schema;
 use crate::patch::{self as patches, PatchKind};
@@ -23,7 +24,8 @@ pub type Params = HashMap<String, String>;
 #[derive(Debug)]
 pub struct Api {
     pub store: Store,
-    registry: RwLock<Arc<Registry>>,
+    /// The resources served, built from the CRDs as of the version with it.
+    registry: RwLock<(u64, Arc<Registry>)>,
     /// Concurrent watches allowed.
     pub watch_slots: Arc<tokio::sync::Semaphore>,
     /// How often a watch that asked for bookmarks gets one.
@@ -35,7 +37,10 @@ pub struct Api {
 }
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
+const NAMESPACES: &str = "/namespaces";
 const RETRIES: usize = 16;
+/// The registry's version before its first build.
+const NEVER_BUILT: u64 = u64::MAX;
 
 /// The current time as Kubernetes writes it.
 pub fn now() -> String {
@@ -87,7 +92,7 @@ fn random_suffix() -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     bytes
         .iter()
-        .take(5)
+        .take(names::GENERATED_SUFFIX_LEN)
         .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
         .collect()
 }
@@ -142,13 +147,13 @@ impl Api {
     pub fn new(store: Store, max_watches: usize) -> Api {
         let api = Api {
             store,
-            registry: RwLock::new(Arc::new(Registry::default())),
+            registry: RwLock::new((NEVER_BUILT, Arc::new(Registry::default()))),
             watch_slots: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             bookmark_interval: std::time::Duration::from_secs(10),
             gone: std::sync::atomic::AtomicU64::new(0),
             closer: tokio::sync::watch::Sender::new(0),
         };
-        api.rebuild_registry();
+        api.registry();
         api
     }
 
@@ -182,21 +187,27 @@ impl Api {
         self.gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The resources served now.
+    /// The resources served now: rebuilt once CRD changes are visible (durable), so no request
+    /// is served by a CRD that may yet be lost.
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry
-            .read()
-            .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        let version = self.store.key_version(CRDS);
+        {
+            let current = self.registry.read().unwrap_or_else(|p| p.into_inner());
+            if current.0 == version {
+                return current.1.clone();
+            }
+        }
+        self.rebuild_registry()
     }
 
-    fn rebuild_registry(&self) {
-        let crds = self.store.list(CRDS, None, None, None, &|_| true).items;
-        let reg = Arc::new(Registry::build(&crds));
-        match self.registry.write() {
-            Ok(mut r) => *r = reg,
-            Err(p) => *p.into_inner() = reg,
+    fn rebuild_registry(&self) -> Arc<Registry> {
+        let mut current = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        let version = self.store.key_version(CRDS);
+        if current.0 != version {
+            let crds = self.store.list(CRDS, None, None, None, &|_| true).items;
+            *current = (version, Arc::new(Registry::build(&crds)));
         }
+        current.1.clone()
     }
 
     fn not_found(res: &Resource, name: &str) -> ApiError {
@@ -319,9 +330,6 @@ impl Api {
         }
         let new = new.map(|v| Self::to_storage(res, v));
         let (obj, durable) = self.store.commit(&res.storage_key, ns, name, expect, new)?;
-        if res.storage_key == CRDS {
-            self.rebuild_registry();
-        }
         if let Err(e) = durable.wait().await {
             tracing::error!(error = %e, "write not durable");
             return Err(CommitError::NotDurable(e.to_string()));
@@ -380,12 +388,23 @@ impl Api {
         let given = meta_str(&body, "name")
             .map(String::from)
             .filter(|n| !n.is_empty());
+        let rule = if res.storage_key == NAMESPACES {
+            NameRule::Label
+        } else {
+            NameRule::Subdomain
+        };
         for attempt in 0..8 {
             let name = match (&given, &generate) {
                 (Some(n), _) => n.clone(),
-                (None, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+                (None, Some(prefix)) => names::generated(prefix, &random_suffix()),
                 (None, None) => String::new(),
             };
+            if !name.is_empty() {
+                let causes = names::causes(rule, &name, generate.as_deref());
+                if !causes.is_empty() {
+                    return Err(Self::invalid(res, &name, causes));
+                }
+            }
             let mut obj = body.clone();
             let now = now();
             {
@@ -419,7 +438,7 @@ impl Api {
             {
                 m.remove("status");
             }
-            if res.storage_key == "/namespaces" {
+            if res.storage_key == NAMESPACES {
                 obj["status"] = json!({"phase": "Active"});
             }
             self.check(res, &mut obj, None, ctx.strict)?;
@@ -460,7 +479,7 @@ impl Api {
     }
 
     fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        if self.store.get("/namespaces", "", ns).is_none() {
+        if self.store.get(NAMESPACES, "", ns).is_none() {
             return Err(ApiError::not_found("", "namespaces", ns));
         }
         Ok(())
@@ -477,6 +496,27 @@ impl Api {
             .get(&res.storage_key, &Self::ns_key(res, ns), name)
             .map(|o| Self::from_storage(res, o))
             .ok_or_else(|| Self::not_found(res, name))
+    }
+
+    /// One object as the next write sees it (pending writes included): the base of updates,
+    /// patches and deletions, so they queue behind a write not yet durable instead of
+    /// conflicting with it. Never served to readers.
+    fn latest(&self, res: &Resource, ns: Option<&str>, name: &str) -> Result<Arc<Value>, ApiError> {
+        self.store
+            .latest(&res.storage_key, &Self::ns_key(res, ns), name)
+            .map(|o| Self::from_storage(res, o))
+            .ok_or_else(|| Self::not_found(res, name))
+    }
+
+    /// Whether `obj` is still pending; if so, waits until it is visible or dropped (the caller
+    /// then reads again), so an answer never shows a write that is not durable.
+    async fn still_pending(&self, obj: &Value) -> bool {
+        let rv = rv_of(obj);
+        if rv <= self.store.current_rv() {
+            return false;
+        }
+        self.store.settled(rv).await;
+        true
     }
 
     /// The selectors of a list or watch.
@@ -605,7 +645,7 @@ impl Api {
     ) -> Result<Arc<Value>, ApiError> {
         let nsk = Self::ns_key(res, ns);
         for _ in 0..RETRIES {
-            let old = self.get(res, ns, name)?;
+            let old = self.latest(res, ns, name)?;
             // `pinned`: the body named a resourceVersion, so a mismatch is the client's conflict.
             let (body, pinned) = compute(&old)?;
             if !body.is_object() {
@@ -666,6 +706,9 @@ impl Api {
                 a == b
             };
             if unchanged {
+                if self.still_pending(&old).await {
+                    continue;
+                }
                 // No-op writes do not bump the resourceVersion, as in Kubernetes.
                 return Ok(old);
             }
@@ -715,7 +758,7 @@ impl Api {
         ctx: &WriteCtx,
     ) -> Result<Arc<Value>, ApiError> {
         let pinned = meta_str(&body, "resourceVersion").is_some_and(|s| !s.is_empty());
-        if res.custom && !pinned && self.get(res, ns, name).is_ok() {
+        if res.custom && !pinned && self.latest(res, ns, name).is_ok() {
             // Custom resources allow no unconditional update, as in Kubernetes.
             return Err(Self::invalid(
                 res,
@@ -793,7 +836,7 @@ impl Api {
             ));
         }
         let api_version = res.api_version();
-        if self.get(res, ns, name).is_err() {
+        if self.latest(res, ns, name).is_err() {
             if ctx.subresource == "status" {
                 return Err(Self::not_found(res, name));
             }
@@ -842,7 +885,7 @@ impl Api {
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let nsk = Self::ns_key(res, ns);
-        if res.storage_key == "/namespaces"
+        if res.storage_key == NAMESPACES
             && matches!(name, "default" | "kube-system" | "kube-public")
         {
             return Err(ApiError::Forbidden(format!(
@@ -850,10 +893,13 @@ impl Api {
             )));
         }
         for _ in 0..RETRIES {
-            let old = self.get(res, ns, name)?;
+            let old = self.latest(res, ns, name)?;
             let expect = Expect::Rv(rv_of(&old));
             if has_finalizers(&old) {
                 if meta(&old).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                    if self.still_pending(&old).await {
+                        continue;
+                    }
                     return Ok((*old).clone());
                 }
                 let mut new = (*old).clone();
@@ -895,7 +941,7 @@ impl Api {
     /// What goes with a deleted object: a namespace's objects (each deleted as by a client,
     /// so finalizers still hold them), a CRD's custom resources (removed outright).
     async fn cascade(&self, res: &Resource, name: &str, deleted: &Value) {
-        if res.storage_key == "/namespaces" {
+        if res.storage_key == NAMESPACES {
             let reg = self.registry();
             let mut keys = std::collections::HashSet::new();
             let namespaced: Vec<Arc<Resource>> = reg
@@ -1012,7 +1058,7 @@ impl Api {
         };
         if let Some(ns_res) = reg.find("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                if self.store.get("/namespaces", "", ns).is_none() {
+                if self.store.get(NAMESPACES, "", ns).is_none() {
                     let body =
                         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
                     self.create(&ns_res, None, body, &ctx).await?;

@@ -192,6 +192,8 @@ pub enum Error {
     },
     #[error("corrupt state in {path}: {message}")]
     Corrupt { path: String, message: String },
+    #[error("weak token: {0}")]
+    WeakToken(String),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("built-in CRD: {0}")]

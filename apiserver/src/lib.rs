@@ -13,11 +13,14 @@
 //! ```
 //!
 //! Layout: [`store`] (objects, one resourceVersion counter, watch history, durable log +
-//! snapshots), [`api`] (the semantics: uid, generation, status subresource, finalizers,
+//! snapshots; a write is visible only once fsynced, and a failed one is cut from the log and
+//! seen by nobody), [`api`] (the semantics: uid, generation, status subresource, finalizers,
 //! optimistic concurrency, managed fields, validation), [`http`] (routing as a `tower::Service`),
 //! [`watch`], [`patch`] (merge, JSON, server-side apply), [`validation`] (pruning, defaulting,
 //! OpenAPI and CEL), [`selectors`], [`discovery`], [`openapi`], [`table`], [`tls`],
-//! [`kubeconfig`], [`server`] (the public entry point). Events expire an hour after they were last
+//! [`kubeconfig`], [`names`] (object names as kube-apiserver checks them), [`private`] (the data
+//! directory 0700, its files 0600), [`token`] (at least 32 bytes), [`server`] (the public entry
+//! point; at most [`Options::max_connections`] connections at once, more wait to be accepted). Events expire an hour after they were last
 //! written or seen ([`Options::event_ttl`], kube-apiserver's `--event-ttl`). The watch history
 //! keeps the last 10,000 changes ([`Options::history`]) but none older than 5 minutes
 //! ([`Options::history_max_age`]), dropped on writes and by a periodic task, like the etcd
@@ -41,6 +44,9 @@
 //! - One version per storage: CRDs with several served versions share the objects without
 //!   conversion webhooks. Namespace deletion deletes the namespace's objects right away (no
 //!   `Terminating` phase); CRD deletion removes its custom resources outright.
+//! - A write that fails to reach the disk (write or fsync error) also fails every write queued
+//!   behind it in the same moment (they may build on it), and a create that raced it may have
+//!   been answered 409 AlreadyExists for an object that then never existed.
 //! - Lists are served from the current state (`resourceVersion`/`resourceVersionMatch` on
 //!   lists are ignored), continue tokens never expire. No admission, RBAC or audit: whoever has
 //!   the token is admin.
@@ -51,14 +57,17 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod kubeconfig;
+pub mod names;
 pub mod openapi;
 pub mod patch;
+pub mod private;
 pub mod resources;
 pub mod selectors;
 pub mod server;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod token;
 pub mod validation;
 pub mod watch;
 

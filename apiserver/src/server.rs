@@ -13,6 +13,7 @@ use crate::api::Api;
 use crate::error::Error;
 use crate::http::ApiService;
 use crate::store::Store;
+use crate::store::wal::{FileIo, LogIo};
 use crate::tls::Material;
 
 /// Tunables.
@@ -34,6 +35,13 @@ pub struct Options {
     pub compact_every: usize,
     /// Events last seen longer ago are deleted (kube-apiserver's `--event-ttl`, 1 h).
     pub event_ttl: Duration,
+    /// Connections served at once over HTTPS. Further ones wait, unaccepted, in the listen
+    /// backlog until one closes: a client sees latency rather than a reset it would report as
+    /// an error, and the server's file descriptors stay bounded. (HTTP/2 clients such as kube-rs
+    /// multiplex every request and watch over one connection.)
+    pub max_connections: usize,
+    /// The durable log's writes and fsyncs (tests make them fail).
+    pub log_io: Arc<dyn LogIo>,
 }
 
 impl Default for Options {
@@ -46,6 +54,8 @@ impl Default for Options {
             node_name: None,
             compact_every: 50_000,
             event_ttl: Duration::from_secs(3600),
+            max_connections: 1024,
+            log_io: Arc::new(FileIo),
         }
     }
 }
@@ -56,6 +66,7 @@ pub struct ApiServer {
     api: Arc<Api>,
     dir: Option<PathBuf>,
     tls: Material,
+    max_connections: usize,
 }
 
 fn host_name() -> String {
@@ -138,11 +149,18 @@ impl ApiServer {
         ApiServer::open_with(data_dir, Options::default()).await
     }
 
-    /// [`ApiServer::open`] with options.
+    /// [`ApiServer::open`] with options. The directory becomes 0700 and every file in it 0600
+    /// (also when it existed with looser modes).
     pub async fn open_with(data_dir: impl AsRef<Path>, opts: Options) -> Result<ApiServer, Error> {
         let dir = data_dir.as_ref().to_path_buf();
-        let store = Store::open(&dir.join("store"), opts.history, opts.compact_every)?
-            .with_history_max_age(opts.history_max_age);
+        crate::private::ensure_tree(&dir)?;
+        let store = Store::open(
+            &dir.join("store"),
+            opts.history,
+            opts.compact_every,
+            opts.log_io.clone(),
+        )?
+        .with_history_max_age(opts.history_max_age);
         let tls = Material::load_or_create(&dir)?;
         ApiServer::start(store, Some(dir), tls, opts).await
     }
@@ -173,7 +191,12 @@ impl ApiServer {
             .map_err(|e| Error::Crd(format!("bootstrap: {e}")))?;
         tokio::spawn(expire_events(Arc::downgrade(&api), opts.event_ttl));
         tokio::spawn(prune_history(Arc::downgrade(&api), opts.history_max_age));
-        Ok(ApiServer { api, dir, tls })
+        Ok(ApiServer {
+            api,
+            dir,
+            tls,
+            max_connections: opts.max_connections.max(1),
+        })
     }
 
     /// The engine (for embedding and tests).
@@ -198,7 +221,7 @@ impl ApiServer {
 
     /// The bearer token clients must send.
     pub fn token(&self) -> &str {
-        &self.tls.token
+        self.tls.token.as_str()
     }
 
     /// The CA certificate (PEM) that signed the serving certificate.
@@ -219,8 +242,13 @@ impl ApiServer {
             .map_err(|e| Error::io(addr.to_string(), e))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server_config()?);
         let svc = self.authenticated_service();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         let task = tokio::spawn(async move {
             loop {
+                // Accept only with a free slot; the slot goes with the connection.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, _) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -232,6 +260,7 @@ impl ApiServer {
                 let acceptor = acceptor.clone();
                 let svc = svc.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
                     let Ok(Ok(tls)) = handshake else {
@@ -263,7 +292,7 @@ impl ApiServer {
 
     /// Write a kubeconfig for `server_url` (e.g. `https://127.0.0.1:6443`).
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>, server_url: &str) -> Result<(), Error> {
-        let yaml = crate::kubeconfig::render(server_url, &self.tls.ca_pem, &self.tls.token);
-        crate::tls::write_private(path.as_ref(), &yaml)
+        let yaml = crate::kubeconfig::render(server_url, &self.tls.ca_pem, self.tls.token.as_str());
+        crate::private::write_file(path.as_ref(), &yaml)
     }
 }

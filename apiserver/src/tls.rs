@@ -1,5 +1,6 @@
 //! TLS material: a self-signed CA generated on first start, a serving certificate for the
-//! loopback names signed by it, and the bearer token; all kept in the data directory (0600).
+//! loopback names signed by it, and the bearer token; all kept in the data directory (0600,
+//! [`crate::private`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
+use crate::private;
+use crate::token::Token;
 
 /// The CA, the serving certificate and key (PEM), and the bearer token.
 #[derive(Clone)]
@@ -16,7 +19,7 @@ pub struct Material {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
-    pub token: String,
+    pub token: Token,
 }
 
 impl std::fmt::Debug for Material {
@@ -27,15 +30,6 @@ impl std::fmt::Debug for Material {
 
 fn tls_err(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
-}
-
-fn random_hex(n: usize) -> String {
-    let mut s = String::new();
-    while s.len() < n * 2 {
-        s.push_str(&uuid::Uuid::new_v4().simple().to_string());
-    }
-    s.truncate(n * 2);
-    s
 }
 
 impl Material {
@@ -67,11 +61,12 @@ impl Material {
             ca_pem: ca_cert.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
-            token: random_hex(32),
+            token: Token::generate(),
         })
     }
 
-    /// Load from `dir`, generating and storing on first start.
+    /// Load from `dir`, generating and storing on first start. A token file someone shortened
+    /// is refused rather than served.
     pub fn load_or_create(dir: &Path) -> Result<Material, Error> {
         let files = ["ca.crt", "server.crt", "server.key", "token"];
         let read = |f: &str| std::fs::read_to_string(dir.join(f));
@@ -81,15 +76,15 @@ impl Material {
                 ca_pem: get("ca.crt")?,
                 cert_pem: get("server.crt")?,
                 key_pem: get("server.key")?,
-                token: get("token")?.trim().to_string(),
+                token: Token::parse(&get("token")?, &dir.join("token").display().to_string())?,
             });
         }
         let m = Material::generate()?;
         for (f, content) in files
             .iter()
-            .zip([&m.ca_pem, &m.cert_pem, &m.key_pem, &m.token])
+            .zip([&m.ca_pem, &m.cert_pem, &m.key_pem, m.token.as_str()])
         {
-            write_private(&dir.join(f), content)?;
+            private::write_file(&dir.join(f), content)?;
         }
         Ok(m)
     }
@@ -113,24 +108,6 @@ impl Material {
     }
 }
 
-/// Write a file readable by its owner only, atomically.
-pub fn write_private(path: &Path, content: &str) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(content.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,8 +119,17 @@ mod tests {
         let b = Material::load_or_create(dir.path()).expect("load");
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.token, b.token);
-        assert_eq!(a.token.len(), 64);
+        assert_eq!(a.token.as_str().len(), 64);
         assert!(a.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         b.server_config().expect("rustls accepts it");
+    }
+
+    #[test]
+    fn a_short_token_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Material::load_or_create(dir.path()).expect("generate");
+        std::fs::write(dir.path().join("token"), "hunter2\n").expect("shorten");
+        let e = Material::load_or_create(dir.path()).expect_err("refused");
+        assert!(e.to_string().contains("has 7 bytes; at least 32"), "{e}");
     }
 }

@@ -147,3 +147,108 @@ async fn the_authenticated_service_needs_the_token() {
     assert_eq!(code, 200);
     assert_eq!(list["kind"], "NamespaceList");
 }
+
+#[tokio::test]
+async fn a_bad_name_is_422_invalid_naming_metadata_name() {
+    let server = ApiServer::in_memory().await.expect("server");
+    let body = br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"Bad_NS"}}"#;
+    let (code, status) = call(
+        server.service(),
+        Method::POST,
+        "/api/v1/namespaces",
+        body.to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(status["details"]["name"], "Bad_NS");
+    let cause = &status["details"]["causes"][0];
+    assert_eq!(cause["field"], "metadata.name");
+    assert_eq!(cause["reason"], "FieldValueInvalid");
+    assert_eq!(
+        cause["message"],
+        "Invalid value: \"Bad_NS\": a lowercase RFC 1123 label must consist of lower case \
+         alphanumeric characters or '-', and must start and end with an alphanumeric character \
+         (e.g. 'my-name',  or '123-abc', regex used for validation is \
+         '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+    );
+    assert_eq!(
+        status["message"],
+        format!(
+            "Namespace \"Bad_NS\" is invalid: metadata.name: {}",
+            cause["message"].as_str().unwrap_or_default()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_short_token_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(ApiServer::open(dir.path()).await.expect("first start"));
+    std::fs::write(dir.path().join("token"), "not-32-bytes-long\n").expect("shorten");
+    let e = ApiServer::open(dir.path()).await.expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("has 17 bytes; at least 32 are required"),
+        "{e}"
+    );
+    assert!(pier_apiserver::token::Token::parse("short", "a flag").is_err());
+}
+
+async fn client_for(
+    server: &ApiServer,
+    addr: std::net::SocketAddr,
+) -> (tempfile::TempDir, kube::Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kubeconfig");
+    server
+        .write_kubeconfig(&path, &format!("https://{addr}"))
+        .expect("kubeconfig");
+    let kc = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    (dir, kube::Client::try_from(cfg).expect("client"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let server = ApiServer::in_memory_with(pier_apiserver::Options {
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await
+    .expect("server");
+    let (addr, _task) = server
+        .serve_https("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("https");
+    // Two idle connections take both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    let (_dir, client) = client_for(&server, addr).await;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(1500),
+        namespaces.list(&Default::default()),
+    )
+    .await;
+    assert!(waited.is_err(), "a third connection was served: {waited:?}");
+    // Once one closes, the waiting client is served.
+    drop(held);
+    let list = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        namespaces.list(&Default::default()),
+    )
+    .await
+    .expect("served once a slot is free")
+    .expect("list");
+    assert!(
+        list.items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some("default"))
+    );
+}

@@ -366,6 +366,84 @@ async fn namespaced_objects_need_their_namespace() {
 }
 
 #[tokio::test]
+async fn names_are_validated_like_kube_apiserver() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let invalid = |e: kube::Error| match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected an API error, got {other:?}"),
+    };
+    for bad in ["Bad_Name", "-a", "a..b", &"x".repeat(254)] {
+        let e = invalid(
+            api.create(&PostParams::default(), &network(bad, json!({})))
+                .await
+                .expect_err(bad),
+        );
+        assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{bad}");
+        assert!(
+            e.message.contains("metadata.name: Invalid value:"),
+            "{}",
+            e.message
+        );
+        assert!(api.get_opt(bad).await.expect("get").is_none(), "{bad}");
+    }
+    // Server-side apply creates through the same check.
+    let e = invalid(
+        api.patch(
+            "Also_Bad",
+            &PatchParams::apply("test"),
+            &Patch::Apply(network("Also_Bad", json!({}))),
+        )
+        .await
+        .expect_err("apply refused"),
+    );
+    assert_eq!(e.code, 422);
+    // Dots are fine in names, not in namespace names (labels, at most 63 characters).
+    api.create(&PostParams::default(), &network("a.b-c.0", json!({})))
+        .await
+        .expect("a subdomain is a valid name");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = |name: &str| -> k8s_openapi::api::core::v1::Namespace {
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace")
+    };
+    for bad in ["a.b", &"n".repeat(64), "Upper"] {
+        let e = invalid(
+            namespaces
+                .create(&PostParams::default(), &ns(bad))
+                .await
+                .expect_err(bad),
+        );
+        assert_eq!(e.code, 422, "{bad}");
+    }
+    namespaces
+        .create(&PostParams::default(), &ns(&"n".repeat(63)))
+        .await
+        .expect("63 characters are fine");
+    // generateName: the prefix is cut so the name stays short, and checked itself.
+    let generated = api
+        .create(
+            &PostParams::default(),
+            &obj(json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+                "metadata": {"generateName": format!("{}-", "g".repeat(80))}, "spec": {}})),
+        )
+        .await
+        .expect("generated");
+    let name = generated.metadata.name.expect("name");
+    assert_eq!(name.len(), 63, "{name}");
+    let e = invalid(
+        api.create(
+            &PostParams::default(),
+            &obj(json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+                "metadata": {"generateName": "Gen-"}, "spec": {}})),
+        )
+        .await
+        .expect_err("bad prefix"),
+    );
+    assert_eq!(e.code, 422);
+    assert!(e.message.contains("metadata.generateName"), "{}", e.message);
+}
+
+#[tokio::test]
 async fn server_side_apply_on_status_and_spec() {
     let (_s, client) = common::server_with_crds(Options::default()).await;
     let api = networks(&client);
@@ -693,7 +771,7 @@ async fn builtins_are_served() {
         .await
         .expect("lease created");
     let events: Api<Event> = Api::default_namespaced(client.clone());
-    let ev: Event = serde_json::from_value(json!({"metadata": {"generateName": "x."}, "involvedObject": {"kind": "Network", "name": "n"}, "reason": "R", "message": "m"})).expect("event");
+    let ev: Event = serde_json::from_value(json!({"metadata": {"generateName": "x-"}, "involvedObject": {"kind": "Network", "name": "n"}, "reason": "R", "message": "m"})).expect("event");
     events
         .create(&PostParams::default(), &ev)
         .await

@@ -439,3 +439,28 @@ async fn kubectl_without_the_token_is_unauthorized() {
     let out = k.ok(&["get", "namespaces"]).await;
     assert!(out.contains("default"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_bad_names_are_refused_as_kube_apiserver_refuses_them() {
+    let k = Kubectl::start().await;
+    k.apply_crds().await;
+    let bad = NETWORK.replace("workshop-tage", "Bad_Name");
+    let err = k.fails(&["apply", "-f", "-"], Some(&bad)).await;
+    assert!(
+        err.contains(
+            "metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must \
+             consist of lower case alphanumeric characters, '-' or '.', and must start and end \
+             with an alphanumeric character"
+        ),
+        "{err}"
+    );
+    let out = k.ok(&["get", "networks", "-o", "name"]).await;
+    assert!(!out.contains("Bad_Name"), "{out}");
+    // Namespaces are labels: no dots.
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n";
+    let err = k.fails(&["apply", "-f", "-"], Some(ns)).await;
+    assert!(
+        err.contains("metadata.name: Invalid value: \"a.b\": must not contain dots"),
+        "{err}"
+    );
+}

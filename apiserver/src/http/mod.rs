@@ -18,6 +18,7 @@ use crate::api::{Api, Params, WriteCtx};
 use crate::error::ApiError;
 use crate::patch::PatchKind;
 use crate::resources::Resource;
+use crate::token::Token;
 use crate::{discovery, openapi, table, watch};
 pub use body::ResponseBody;
 
@@ -29,15 +30,14 @@ pub const MAX_BODY: usize = 3 << 20;
 pub struct ApiService {
     api: Arc<Api>,
     /// Bearer token required on every request, if set.
-    token: Option<Arc<str>>,
+    token: Option<Token>,
 }
 
 impl ApiService {
-    pub fn new(api: Arc<Api>, token: Option<String>) -> ApiService {
-        ApiService {
-            api,
-            token: token.map(Arc::from),
-        }
+    /// The service; with a token, every request must carry it (a [`Token`] is long enough by
+    /// construction: [`Token::parse`]).
+    pub fn new(api: Arc<Api>, token: Option<Token>) -> ApiService {
+        ApiService { api, token }
     }
 }
 
@@ -183,7 +183,7 @@ impl ApiService {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(g) if token.matches(g) => Ok(()),
             _ => Err(ApiError::Unauthorized),
         }
     }
@@ -395,13 +395,6 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .or_else(|_| serde_yaml::from_slice(body))
         .map_err(|e| ApiError::BadRequest(format!("the body is not a valid object: {e}")))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! The object store: JSON objects by (storage key, namespace, name), one global resourceVersion
 //! counter, a history of change events for watches (bounded by count and by age, like etcd's
 //! compaction), and durability through [`wal`].
+//!
+//! A write is visible (to get, list and watch) only once it is on disk. Until then it is
+//! pending: later writes see it (their preconditions check against it, [`Store::latest`]), readers
+//! do not. The log writer publishes pending writes in resourceVersion order once their group is
+//! fsynced, before acknowledging them; when a group fails, every pending write is dropped
+//! unseen (later ones may build on the failed ones) and their requests fail.
 
 pub mod wal;
 
@@ -14,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{ApiError, Error};
-use wal::Wal;
+use wal::{LogIo, Wal};
 
 /// What kind of change an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,10 +106,26 @@ impl Durable {
 
 type Objects = BTreeMap<(String, String), Arc<Value>>;
 
+/// (storage key, namespace, name)
+type ObjectId = (String, String, String);
+
 #[derive(Debug)]
 struct Inner {
+    /// The version of the last visible (durable) write.
     rv: u64,
+    /// The version of the last write, pending ones included.
+    next_rv: u64,
+    /// The visible objects.
     objects: HashMap<String, Objects>,
+    /// The newest pending state of each object with pending writes (None: deleted), and the
+    /// version that wrote it.
+    pending: HashMap<ObjectId, (u64, Option<Arc<Value>>)>,
+    /// Pending writes in version order, with the object's name.
+    queue: VecDeque<(String, Arc<Event>)>,
+    /// The version of the last visible write of each storage key.
+    key_rv: HashMap<String, u64>,
+    /// Changes recorded longer ago are dropped from the history.
+    history_max_age: Duration,
     /// Recent changes, oldest first, each with when it was recorded.
     history: VecDeque<(Instant, Arc<Event>)>,
     /// The resourceVersion of the oldest change a watch can still resume after.
@@ -115,14 +137,20 @@ struct Inner {
 /// The store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
     wal: Option<Wal>,
-    events: broadcast::Sender<Arc<Event>>,
-    history_cap: usize,
-    /// Changes recorded longer ago are dropped from the history.
-    history_max_age: Duration,
     /// Take a snapshot (and empty the log) after this many log records.
     compact_every: usize,
+}
+
+/// What the log writer thread reaches too (to publish).
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Arc<Event>>,
+    history_cap: usize,
+    /// Every write up to this version is published or dropped.
+    settled: tokio::sync::watch::Sender<u64>,
 }
 
 /// A consistent page of a list.
@@ -161,27 +189,24 @@ fn set_rv(obj: &mut Value, rv: u64) {
 impl Store {
     /// A store that lives in memory only.
     pub fn in_memory(history_cap: usize) -> Store {
-        Store::build(None, wal::Recovered::default(), history_cap, usize::MAX)
+        Store::build(wal::Recovered::default(), history_cap, usize::MAX)
     }
 
     /// A store persisted in `dir`, compacting its log into a snapshot every `compact_every`
-    /// writes.
-    pub fn open(dir: &Path, history_cap: usize, compact_every: usize) -> Result<Store, Error> {
-        let (wal, recovered) = Wal::open(dir)?;
-        Ok(Store::build(
-            Some(wal),
-            recovered,
-            history_cap,
-            compact_every,
-        ))
-    }
-
-    fn build(
-        wal: Option<Wal>,
-        recovered: wal::Recovered,
+    /// writes; `io` does the log's writes and fsyncs.
+    pub fn open(
+        dir: &Path,
         history_cap: usize,
         compact_every: usize,
-    ) -> Store {
+        io: Arc<dyn LogIo>,
+    ) -> Result<Store, Error> {
+        let (recovered, recovery) = wal::recover(dir, io)?;
+        let mut store = Store::build(recovered, history_cap, compact_every);
+        store.wal = Some(recovery.start(Publish(store.shared.clone()))?);
+        Ok(store)
+    }
+
+    fn build(recovered: wal::Recovered, history_cap: usize, compact_every: usize) -> Store {
         let objects = recovered
             .objects
             .into_iter()
@@ -195,31 +220,37 @@ impl Store {
             .collect();
         let (events, _) = broadcast::channel(16384);
         Store {
-            inner: Mutex::new(Inner {
-                rv: recovered.rv,
-                objects,
-                history: VecDeque::new(),
-                oldest_resumable: recovered.rv,
-                since_snapshot: 0,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    rv: recovered.rv,
+                    next_rv: recovered.rv,
+                    objects,
+                    pending: HashMap::new(),
+                    queue: VecDeque::new(),
+                    key_rv: HashMap::new(),
+                    history_max_age: Duration::MAX,
+                    history: VecDeque::new(),
+                    oldest_resumable: recovered.rv,
+                    since_snapshot: 0,
+                }),
+                events,
+                history_cap: history_cap.max(1),
+                settled: tokio::sync::watch::Sender::new(recovered.rv),
             }),
-            wal,
-            events,
-            history_cap: history_cap.max(1),
-            history_max_age: Duration::MAX,
+            wal: None,
             compact_every: compact_every.max(1),
         }
     }
 
     /// Also drop changes from the history once they are older than `max_age` (by default
     /// only the count bounds it): see [`Store::prune_history`].
-    pub fn with_history_max_age(mut self, max_age: Duration) -> Store {
-        self.history_max_age = max_age;
+    pub fn with_history_max_age(self, max_age: Duration) -> Store {
+        self.lock().history_max_age = max_age;
         self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data (each commit is applied whole).
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     /// The current resourceVersion.
@@ -235,6 +266,23 @@ impl Store {
             .get(key)
             .and_then(|o| o.get(&(ns.to_string(), name.to_string())))
             .cloned()
+    }
+
+    /// One object as the next write sees it: with pending writes, which readers do not see yet.
+    /// For computing writes only: what it returns may never become durable.
+    pub fn latest(&self, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
+        latest_locked(&self.lock(), key, ns, name)
+    }
+
+    /// The version of the last visible write to storage key `key` (0: none since the start).
+    pub fn key_version(&self, key: &str) -> u64 {
+        self.lock().key_rv.get(key).copied().unwrap_or(0)
+    }
+
+    /// Waits until every write up to `rv` is visible or dropped.
+    pub async fn settled(&self, rv: u64) {
+        let mut rx = self.shared.settled.subscribe();
+        let _ = rx.wait_for(|settled| *settled >= rv).await;
     }
 
     /// Every object of a storage key (in one namespace, or all when `ns` is None), in (ns, name)
@@ -300,8 +348,10 @@ impl Store {
             .collect()
     }
 
-    /// Write (`Some`) or delete (`None`) an object if `expect` holds. Sets the new
-    /// resourceVersion in the object, records the event and queues the log write.
+    /// Write (`Some`) or delete (`None`) an object if `expect` holds (checked against the
+    /// latest state, pending writes included). Sets the new resourceVersion in the object and
+    /// queues the log write; the change becomes visible once durable ([`Durable::wait`]), at
+    /// once for an in-memory store.
     pub fn commit(
         &self,
         key: &str,
@@ -311,8 +361,7 @@ impl Store {
         new: Option<Value>,
     ) -> Result<(Arc<Value>, Durable), CommitError> {
         let mut inner = self.lock();
-        let id = (ns.to_string(), name.to_string());
-        let old = inner.objects.get(key).and_then(|o| o.get(&id)).cloned();
+        let old = latest_locked(&inner, key, ns, name);
         match (expect, &old) {
             (Expect::Absent, Some(_)) => return Err(CommitError::Exists),
             (Expect::Rv(_), None) => return Err(CommitError::Missing),
@@ -322,57 +371,24 @@ impl Store {
         if new.is_none() && old.is_none() {
             return Err(CommitError::Missing);
         }
-        let rv = inner.rv + 1;
-        inner.rv = rv;
+        let rv = inner.next_rv + 1;
         let (kind, object) = match new {
             Some(mut obj) => {
                 set_rv(&mut obj, rv);
-                let obj = Arc::new(obj);
-                inner
-                    .objects
-                    .entry(key.to_string())
-                    .or_default()
-                    .insert(id.clone(), obj.clone());
                 let kind = if old.is_some() {
                     EventType::Modified
                 } else {
                     EventType::Added
                 };
-                (kind, obj)
+                (kind, Arc::new(obj))
             }
             None => {
-                if let Some(objs) = inner.objects.get_mut(key) {
-                    objs.remove(&id);
-                }
                 let mut last = old.as_deref().cloned().unwrap_or(Value::Null);
                 set_rv(&mut last, rv);
                 (EventType::Deleted, Arc::new(last))
             }
         };
-        let durable = Durable(self.wal.as_ref().map(|wal| {
-            wal.append(wal::Pending {
-                rv,
-                k: key.to_string(),
-                ns: ns.to_string(),
-                n: name.to_string(),
-                o: (kind != EventType::Deleted).then(|| object.clone()),
-            })
-        }));
-        if let Some(wal) = &self.wal {
-            inner.since_snapshot += 1;
-            if inner.since_snapshot >= self.compact_every {
-                inner.since_snapshot = 0;
-                let objects = inner
-                    .objects
-                    .iter()
-                    .flat_map(|(k, objs)| {
-                        objs.iter()
-                            .map(move |((ns, n), o)| (k.clone(), ns.clone(), n.clone(), o.clone()))
-                    })
-                    .collect();
-                wal.snapshot(wal::Snapshot { rv, objects });
-            }
-        }
+        let stored = (kind != EventType::Deleted).then(|| object.clone());
         let event = Arc::new(Event {
             rv,
             key: key.to_string(),
@@ -382,17 +398,36 @@ impl Store {
             old,
             encoded: std::sync::OnceLock::new(),
         });
-        let now = Instant::now();
-        self.prune_locked(&mut inner, now);
-        inner.history.push_back((now, event.clone()));
-        while inner.history.len() > self.history_cap {
-            if let Some((_, dropped)) = inner.history.pop_front() {
-                inner.oldest_resumable = dropped.rv;
-            }
+        let Some(wal) = &self.wal else {
+            inner.next_rv = rv;
+            self.shared.publish_locked(&mut inner, name, event);
+            self.shared.settled.send_replace(rv);
+            return Ok((object, Durable(None)));
+        };
+        let Some(ack) = wal.append(wal::Pending {
+            rv,
+            k: key.to_string(),
+            ns: ns.to_string(),
+            n: name.to_string(),
+            o: stored.clone(),
+        }) else {
+            return Err(CommitError::NotDurable("the log writer stopped".into()));
+        };
+        inner.next_rv = rv;
+        inner.pending.insert(
+            (key.to_string(), ns.to_string(), name.to_string()),
+            (rv, stored),
+        );
+        inner.queue.push_back((name.to_string(), event));
+        inner.since_snapshot += 1;
+        if inner.since_snapshot >= self.compact_every {
+            inner.since_snapshot = 0;
+            wal.snapshot(wal::Snapshot {
+                rv,
+                objects: latest_objects(&inner),
+            });
         }
-        // No receivers is fine.
-        let _ = self.events.send(event);
-        Ok((object, durable))
+        Ok((object, Durable(Some(ack))))
     }
 
     /// Drops the changes recorded more than the history's max age ago (like etcd's periodic
@@ -402,7 +437,7 @@ impl Store {
     /// Returns how many were dropped.
     pub fn prune_history(&self) -> usize {
         let mut inner = self.lock();
-        let dropped = self.prune_locked(&mut inner, Instant::now());
+        let dropped = prune_locked(&mut inner, Instant::now());
         // The deque keeps its buffer; give it back once mostly empty (a burst of writes
         // grows it up to the count cap).
         if dropped > 0
@@ -410,20 +445,6 @@ impl Store {
             && inner.history.len() * 4 < inner.history.capacity()
         {
             inner.history.shrink_to_fit();
-        }
-        dropped
-    }
-
-    fn prune_locked(&self, inner: &mut Inner, now: Instant) -> usize {
-        let Some(cutoff) = now.checked_sub(self.history_max_age) else {
-            return 0; // nothing can be that old
-        };
-        let mut dropped = 0;
-        while inner.history.front().is_some_and(|(at, _)| *at < cutoff) {
-            if let Some((_, event)) = inner.history.pop_front() {
-                inner.oldest_resumable = event.rv;
-                dropped += 1;
-            }
         }
         dropped
     }
@@ -445,7 +466,7 @@ impl Store {
     /// objects as `initial`). Fails with 410 Gone when `from` is older than the history kept.
     pub fn subscribe(&self, key: &str, from: Option<u64>) -> Result<Subscription, ApiError> {
         let inner = self.lock();
-        let live = self.events.subscribe();
+        let live = self.shared.events.subscribe();
         match from {
             None => {
                 let initial = inner
@@ -481,6 +502,131 @@ impl Store {
                 })
             }
         }
+    }
+}
+
+fn latest_locked(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
+    if !inner.pending.is_empty()
+        && let Some((_, state)) =
+            inner
+                .pending
+                .get(&(key.to_string(), ns.to_string(), name.to_string()))
+    {
+        return state.clone();
+    }
+    inner
+        .objects
+        .get(key)
+        .and_then(|o| o.get(&(ns.to_string(), name.to_string())))
+        .cloned()
+}
+
+/// Every object as of the last write, pending ones included (what a snapshot queued behind
+/// them holds).
+fn latest_objects(inner: &Inner) -> Vec<(String, String, String, Arc<Value>)> {
+    let mut out: Vec<_> = inner
+        .objects
+        .iter()
+        .flat_map(|(k, objs)| {
+            objs.iter()
+                .map(move |((ns, n), o)| (k.clone(), ns.clone(), n.clone(), o.clone()))
+        })
+        .filter(|(k, ns, n, _)| {
+            inner.pending.is_empty()
+                || !inner
+                    .pending
+                    .contains_key(&(k.clone(), ns.clone(), n.clone()))
+        })
+        .collect();
+    out.extend(inner.pending.iter().filter_map(|((k, ns, n), (_, o))| {
+        o.as_ref()
+            .map(|o| (k.clone(), ns.clone(), n.clone(), o.clone()))
+    }));
+    out
+}
+
+fn prune_locked(inner: &mut Inner, now: Instant) -> usize {
+    let Some(cutoff) = now.checked_sub(inner.history_max_age) else {
+        return 0; // nothing can be that old
+    };
+    let mut dropped = 0;
+    while inner.history.front().is_some_and(|(at, _)| *at < cutoff) {
+        if let Some((_, event)) = inner.history.pop_front() {
+            inner.oldest_resumable = event.rv;
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (each change is applied whole).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a change visible: applies it, records it in the history and sends it to watches.
+    fn publish_locked(&self, inner: &mut Inner, name: &str, event: Arc<Event>) {
+        let id = (event.namespace.clone(), name.to_string());
+        let objs = inner.objects.entry(event.key.clone()).or_default();
+        if event.kind == EventType::Deleted {
+            objs.remove(&id);
+        } else {
+            objs.insert(id, event.object.clone());
+        }
+        inner.rv = event.rv;
+        match inner.key_rv.get_mut(&event.key) {
+            Some(v) => *v = event.rv,
+            None => {
+                inner.key_rv.insert(event.key.clone(), event.rv);
+            }
+        }
+        let now = Instant::now();
+        prune_locked(inner, now);
+        inner.history.push_back((now, event.clone()));
+        while inner.history.len() > self.history_cap {
+            if let Some((_, dropped)) = inner.history.pop_front() {
+                inner.oldest_resumable = dropped.rv;
+            }
+        }
+        // No receivers is fine.
+        let _ = self.events.send(event);
+    }
+}
+
+/// The store's side of the log writer.
+#[derive(Debug)]
+struct Publish(Arc<Shared>);
+
+impl wal::Publisher for Publish {
+    fn durable(&mut self, rv: u64) {
+        let shared = &self.0;
+        let mut inner = shared.lock();
+        while inner.queue.front().is_some_and(|(_, e)| e.rv <= rv) {
+            let Some((name, event)) = inner.queue.pop_front() else {
+                break;
+            };
+            let id = (event.key.clone(), event.namespace.clone(), name.clone());
+            if inner
+                .pending
+                .get(&id)
+                .is_some_and(|(at, _)| *at == event.rv)
+            {
+                inner.pending.remove(&id);
+            }
+            shared.publish_locked(&mut inner, &name, event);
+        }
+        shared.settled.send_replace(rv);
+    }
+
+    fn failed(&mut self) -> u64 {
+        let shared = &self.0;
+        let mut inner = shared.lock();
+        inner.queue.clear();
+        inner.pending.clear();
+        let last = inner.next_rv;
+        shared.settled.send_replace(last);
+        last
     }
 }
 
@@ -542,7 +688,7 @@ mod tests {
     fn the_log_is_compacted_into_snapshots() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let s = Store::open(dir.path(), 10, 10).expect("open");
+            let s = Store::open(dir.path(), 10, 10, Arc::new(wal::FileIo)).expect("open");
             for i in 0..25 {
                 let (_, d) = s
                     .commit("k", "", &format!("o{i}"), Expect::Absent, Some(obj("x")))
@@ -560,7 +706,7 @@ mod tests {
             "compacted: {} lines",
             log.lines().count()
         );
-        let s = Store::open(dir.path(), 10, 10).expect("reopen");
+        let s = Store::open(dir.path(), 10, 10, Arc::new(wal::FileIo)).expect("reopen");
         assert_eq!(s.current_rv(), 26);
         let all = s.list("k", None, None, None, &|_| true);
         assert_eq!(all.items.len(), 24);

@@ -4,20 +4,25 @@
 //! line); `wal.jsonl` the writes after it. Opening replays both (a torn last line, from a crash in
 //! the middle of a write, is dropped: it was never acknowledged), writes a fresh snapshot atomically
 //! (temporary file, fsync, rename, fsync of the directory) and starts an empty log. Writes are
-//! appended by one thread that fsyncs once for all writes queued meanwhile (group commit) and only
-//! then acknowledges them.
+//! appended by one thread that fsyncs once for all writes queued meanwhile (group commit), then
+//! has the store publish them ([`Publisher::durable`]) and only then acknowledges them. A group
+//! whose write or fsync fails is cut from the log (truncated back to the last good record) and
+//! every write queued after it is refused unwritten ([`Publisher::failed`]): those were computed
+//! on top of the failed ones. If even the truncation fails, the log takes no more writes until
+//! the next start, which drops the torn tail. All files are 0600 ([`crate::private`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::Error;
+use crate::private;
 
 /// One write as logged: `o` is the object, or null for a deletion.
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +76,38 @@ pub struct Snapshot {
     pub objects: Vec<(String, String, String, std::sync::Arc<Value>)>,
 }
 
+/// The log file's operations, the seam where tests make a write or an fsync fail.
+pub trait LogIo: Send + Sync + std::fmt::Debug {
+    /// Appends a group of records.
+    fn write(&self, file: &mut File, buf: &[u8]) -> std::io::Result<()> {
+        file.write_all(buf)
+    }
+    /// Makes what was appended durable.
+    fn sync(&self, file: &mut File) -> std::io::Result<()> {
+        file.sync_data()
+    }
+    /// Cuts the log back to `len` bytes, durably.
+    fn truncate(&self, file: &mut File, len: u64) -> std::io::Result<()> {
+        file.set_len(len)?;
+        file.sync_all()
+    }
+}
+
+/// The real file operations.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileIo;
+
+impl LogIo for FileIo {}
+
+/// What the writer thread tells the store, before it acknowledges anything.
+pub trait Publisher: Send + 'static {
+    /// Every write up to `rv` is on disk: make them visible.
+    fn durable(&mut self, rv: u64);
+    /// A group failed and was cut from the log: forget every write not yet visible and return
+    /// the last resourceVersion handed out, through which queued writes are refused unwritten.
+    fn failed(&mut self) -> u64;
+}
+
 /// What the writer thread does, in order.
 #[derive(Debug)]
 enum Job {
@@ -83,6 +120,15 @@ enum Job {
 #[derive(Debug)]
 pub struct Wal {
     tx: mpsc::Sender<Job>,
+}
+
+/// A recovered, emptied log, ready for [`Recovery::start`].
+#[derive(Debug)]
+pub struct Recovery {
+    dir: PathBuf,
+    log_path: PathBuf,
+    file: File,
+    io: Arc<dyn LogIo>,
 }
 
 const SNAPSHOT: &str = "snapshot.jsonl";
@@ -141,45 +187,59 @@ fn fsync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(dir, e))
 }
 
-impl Wal {
-    /// Recover the state in `dir` (created if missing), compact it into a new snapshot and start
-    /// the log writer.
-    pub fn open(dir: &Path) -> Result<(Wal, Recovered), Error> {
-        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut state = Recovered::default();
-        read_lines(&dir.join(SNAPSHOT), &mut state, true)?;
-        read_lines(&dir.join(LOG), &mut state, false)?;
-        write_snapshot(
-            dir,
-            state.rv,
-            state.objects.iter().flat_map(|(k, objs)| {
-                objs.iter()
-                    .map(move |((ns, n), o)| (k.as_str(), ns.as_str(), n.as_str(), o))
-            }),
-        )?;
-        let log_path = dir.join(LOG);
-        let log = File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-        log.sync_all().map_err(|e| Error::io(&log_path, e))?;
-        fsync_dir(dir)?;
+/// Recovers the state in `dir` (created 0700 if missing, its files made 0600), compacts it into
+/// a new snapshot and empties the log.
+pub fn recover(dir: &Path, io: Arc<dyn LogIo>) -> Result<(Recovered, Recovery), Error> {
+    private::ensure_tree(dir)?;
+    let mut state = Recovered::default();
+    read_lines(&dir.join(SNAPSHOT), &mut state, true)?;
+    read_lines(&dir.join(LOG), &mut state, false)?;
+    write_snapshot(
+        dir,
+        state.rv,
+        state.objects.iter().flat_map(|(k, objs)| {
+            objs.iter()
+                .map(move |((ns, n), o)| (k.as_str(), ns.as_str(), n.as_str(), o))
+        }),
+    )?;
+    let log_path = dir.join(LOG);
+    let log = private::create_file(&log_path)?;
+    log.sync_all().map_err(|e| Error::io(&log_path, e))?;
+    fsync_dir(dir)?;
+    // Appends land at the end even after the log is cut back.
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
+    let recovery = Recovery {
+        dir: dir.to_path_buf(),
+        log_path,
+        file,
+        io,
+    };
+    Ok((state, recovery))
+}
+
+impl Recovery {
+    /// Starts the log writer, which tells `publisher` what became of each group of writes.
+    pub fn start(self, publisher: impl Publisher) -> Result<Wal, Error> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let path = log_path.clone();
+        let path = self.log_path.clone();
         std::thread::Builder::new()
             .name("pier-apiserver-wal".into())
-            .spawn({
-                let dir = dir.to_path_buf();
-                move || writer(dir, path, log, rx)
-            })
-            .map_err(|e| Error::io(&log_path, e))?;
-        Ok((Wal { tx }, state))
+            .spawn(move || writer(self, publisher, rx))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Wal { tx })
     }
+}
 
-    /// Queue a record; the receiver resolves once it is on disk.
-    pub fn append(&self, rec: Pending) -> oneshot::Receiver<Result<(), String>> {
+impl Wal {
+    /// Queue a record; the receiver resolves once it is on disk and published. None: the
+    /// writer is gone, nothing was queued.
+    pub fn append(&self, rec: Pending) -> Option<oneshot::Receiver<Result<(), String>>> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Job::Append(_, tx))) = self.tx.send(Job::Append(rec, tx)) {
-            let _ = tx.send(Err("the log writer stopped".into()));
-        }
-        rx
+        self.tx.send(Job::Append(rec, tx)).ok()?;
+        Some(rx)
     }
 
     /// Queue a snapshot of `state` (the whole store at `state.rv`, which every record queued
@@ -209,7 +269,7 @@ fn write_snapshot<'a>(
 ) -> Result<(), Error> {
     let tmp: PathBuf = dir.join(format!("{SNAPSHOT}.tmp"));
     let io = |e| Error::io(&tmp, e);
-    let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io)?);
+    let mut out = std::io::BufWriter::new(private::create_file(&tmp)?);
     let header = serde_json::to_string(&Header { rv }).unwrap_or_default();
     writeln!(out, "{header}").map_err(io)?;
     for (k, ns, n, o) in items {
@@ -232,26 +292,45 @@ fn write_snapshot<'a>(
     fsync_dir(dir)
 }
 
-fn writer(dir: PathBuf, path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
-    let mut file = match OpenOptions::new().append(true).open(&path) {
-        Ok(f) => f,
-        Err(_) => file,
-    };
+fn writer(log: Recovery, mut publisher: impl Publisher, rx: mpsc::Receiver<Job>) {
+    let Recovery {
+        dir,
+        log_path: path,
+        mut file,
+        io,
+    } = log;
+    // The log's length up to its last record known to be on disk.
+    let mut good_len: u64 = 0;
+    // Writes up to this version were computed on top of a failed group: never written.
+    let mut void_through: u64 = 0;
+    // Set when a failed group could not be cut from the log: it takes no more writes.
+    let mut broken: Option<String> = None;
     let mut buf = Vec::new();
     let mut acks = Vec::new();
     let mut next = rx.recv().ok();
     while let Some(job) = next.take() {
         let mut snapshot = None;
-        let mut result = Ok(());
+        let mut encoded = Ok(());
+        let mut last_rv = 0;
         let mut job = Some(job);
         // Gather every queued append (up to a snapshot, which must follow them on disk).
         while let Some(j) = job.take() {
             match j {
                 Job::Append(p, ack) => {
-                    if let Err(e) = encode(&p, &mut buf) {
-                        result = Err(e);
+                    if let Some(why) = &broken {
+                        let _ = ack.send(Err(why.clone()));
+                    } else if p.rv <= void_through {
+                        let _ = ack.send(Err(format!(
+                            "not written: an earlier write to {} failed",
+                            path.display()
+                        )));
+                    } else {
+                        if let Err(e) = encode(&p, &mut buf) {
+                            encoded = Err(e);
+                        }
+                        last_rv = p.rv;
+                        acks.push(ack);
                     }
-                    acks.push(ack);
                 }
                 Job::Snapshot(state) => {
                     snapshot = Some(state);
@@ -262,31 +341,48 @@ fn writer(dir: PathBuf, path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
                 job = rx.try_recv().ok();
             }
         }
-        if !buf.is_empty() && result.is_ok() {
-            result = file
-                .write_all(&buf)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| format!("{}: {e}", path.display()));
-        }
-        if result.is_err() {
-            tracing::error!(?result, "apiserver log write failed");
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(result.clone());
+        if !acks.is_empty() {
+            let result = encoded.and_then(|()| {
+                io.write(&mut file, &buf)
+                    .and_then(|()| io.sync(&mut file))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
+            match &result {
+                Ok(()) => {
+                    good_len += buf.len() as u64;
+                    publisher.durable(last_rv);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "apiserver log write failed; its writes are dropped");
+                    if let Err(t) = io.truncate(&mut file, good_len) {
+                        tracing::error!(error = %t, "apiserver log cannot be cut back; it takes no more writes until restarted");
+                        broken = Some(format!(
+                            "{}: the log could not be repaired after a failed write ({t}); \
+                             restart the server",
+                            path.display()
+                        ));
+                    }
+                    void_through = publisher.failed();
+                }
+            }
+            for ack in acks.drain(..) {
+                let _ = ack.send(result.clone());
+            }
         }
         buf.clear();
-        if let Some(state) = snapshot {
+        // A snapshot that includes failed writes is not written.
+        if let Some(state) = snapshot.filter(|s| s.rv > void_through && broken.is_none()) {
             let items = state
                 .objects
                 .iter()
                 .map(|(k, ns, n, o)| (k.as_str(), ns.as_str(), n.as_str(), &**o));
-            let done = write_snapshot(&dir, state.rv, items).and_then(|()| {
-                file.set_len(0)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| Error::io(&path, e))
-            });
-            if let Err(e) = done {
-                tracing::error!(error = %e, "apiserver snapshot failed; the log keeps growing");
+            let done = write_snapshot(&dir, state.rv, items)
+                .and_then(|()| io.truncate(&mut file, 0).map_err(|e| Error::io(&path, e)));
+            match done {
+                Ok(()) => good_len = 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "apiserver snapshot failed; the log keeps growing")
+                }
             }
         }
         next = rx.recv().ok();
@@ -297,30 +393,83 @@ fn writer(dir: PathBuf, path: PathBuf, file: File, rx: mpsc::Receiver<Job>) {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Records what the writer published.
+    #[derive(Debug, Default, Clone)]
+    struct Seen(Arc<Mutex<Vec<Result<u64, ()>>>>);
+
+    impl Publisher for Seen {
+        fn durable(&mut self, rv: u64) {
+            self.0.lock().expect("lock").push(Ok(rv));
+        }
+        fn failed(&mut self) -> u64 {
+            self.0.lock().expect("lock").push(Err(()));
+            0
+        }
+    }
+
+    /// Fails the `n`th write after writing half of it, and every truncation when asked.
+    #[derive(Debug, Default)]
+    struct Faulty {
+        writes: AtomicUsize,
+        fail_write: usize,
+        fail_truncate: bool,
+    }
+
+    impl LogIo for Faulty {
+        fn write(&self, file: &mut File, buf: &[u8]) -> std::io::Result<()> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_write {
+                file.write_all(&buf[..buf.len() / 2])?;
+                return Err(std::io::Error::other("injected: disk full"));
+            }
+            file.write_all(buf)
+        }
+        fn truncate(&self, file: &mut File, len: u64) -> std::io::Result<()> {
+            if self.fail_truncate {
+                return Err(std::io::Error::other("injected: truncate"));
+            }
+            FileIo.truncate(file, len)
+        }
+    }
+
+    fn open(dir: &Path, io: Arc<dyn LogIo>, seen: Seen) -> (Wal, Recovered) {
+        let (state, recovery) = recover(dir, io).expect("open");
+        (recovery.start(seen).expect("start"), state)
+    }
+
+    fn put(wal: &Wal, rv: u64, name: &str) -> Result<(), String> {
+        let rx = wal
+            .append(Pending {
+                rv,
+                k: "g/r".into(),
+                ns: "".into(),
+                n: name.into(),
+                o: Some(Arc::new(json!({"rv": rv}))),
+            })
+            .expect("queued");
+        rx.blocking_recv().expect("acked")
+    }
 
     #[test]
     fn replays_log_and_drops_a_torn_tail() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let (wal, state) = Wal::open(dir.path()).expect("open");
+            let (wal, state) = open(dir.path(), Arc::new(FileIo), Seen::default());
             assert_eq!(state.rv, 0);
             for rv in 1..=3 {
-                let rx = wal.append(Pending {
-                    rv,
+                put(&wal, rv, &format!("o{rv}")).expect("written");
+            }
+            let rx = wal
+                .append(Pending {
+                    rv: 4,
                     k: "g/r".into(),
                     ns: "".into(),
-                    n: format!("o{rv}"),
-                    o: Some(std::sync::Arc::new(json!({"rv": rv}))),
-                });
-                rx.blocking_recv().expect("acked").expect("written");
-            }
-            let rx = wal.append(Pending {
-                rv: 4,
-                k: "g/r".into(),
-                ns: "".into(),
-                n: "o1".into(),
-                o: None,
-            });
+                    n: "o1".into(),
+                    o: None,
+                })
+                .expect("queued");
             rx.blocking_recv().expect("acked").expect("written");
         }
         let mut f = OpenOptions::new()
@@ -329,15 +478,77 @@ mod tests {
             .expect("log");
         f.write_all(b"{\"rv\":5,\"k\":\"g/").expect("torn write");
         drop(f);
-        let (_wal, state) = Wal::open(dir.path()).expect("reopen");
+        let (_wal, state) = open(dir.path(), Arc::new(FileIo), Seen::default());
         assert_eq!(state.rv, 4);
         let objs = &state.objects["g/r"];
         assert_eq!(objs.len(), 2);
         assert!(objs.contains_key(&(String::new(), "o2".to_string())));
         // Reopening again reads the compacted snapshot.
         drop(_wal);
-        let (_wal, again) = Wal::open(dir.path()).expect("reopen twice");
+        let (_wal, again) = open(dir.path(), Arc::new(FileIo), Seen::default());
         assert_eq!(again.rv, 4);
         assert_eq!(again.objects["g/r"].len(), 2);
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_from_the_log_and_later_writes_follow_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seen = Seen::default();
+        let faulty = Arc::new(Faulty {
+            fail_write: 2,
+            ..Faulty::default()
+        });
+        {
+            let (wal, _) = open(dir.path(), faulty, seen.clone());
+            put(&wal, 1, "a").expect("written");
+            let e = put(&wal, 2, "b").expect_err("injected");
+            assert!(e.contains("injected: disk full"), "{e}");
+            put(&wal, 3, "c").expect("written after the failure");
+        }
+        assert_eq!(*seen.0.lock().expect("lock"), vec![Ok(1), Err(()), Ok(3)]);
+        // Half a record was written and cut away: the log holds exactly the good ones.
+        let log = fs::read_to_string(dir.path().join(LOG)).expect("log");
+        assert_eq!(log.lines().count(), 2, "{log}");
+        let (_wal, state) = open(dir.path(), Arc::new(FileIo), Seen::default());
+        let names: Vec<&str> = state.objects["g/r"]
+            .keys()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(names, vec!["a", "c"]);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_repaired_takes_no_more_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faulty = Arc::new(Faulty {
+            fail_write: 1,
+            fail_truncate: true,
+            ..Faulty::default()
+        });
+        {
+            let (wal, _) = open(dir.path(), faulty, Seen::default());
+            put(&wal, 1, "a").expect_err("injected");
+            let e = put(&wal, 2, "b").expect_err("refused");
+            assert!(e.contains("restart the server"), "{e}");
+        }
+        // The next start drops the torn half record.
+        let (_wal, state) = open(dir.path(), Arc::new(FileIo), Seen::default());
+        assert_eq!(state.rv, 0);
+        assert!(state.objects.is_empty());
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("store");
+        fs::create_dir(&store).expect("dir");
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (wal, _) = open(&store, Arc::new(FileIo), Seen::default());
+        put(&wal, 1, "a").expect("written");
+        let mode = |p: &Path| fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&store), 0o700);
+        assert_eq!(mode(&store.join(LOG)), 0o600);
+        assert_eq!(mode(&store.join(SNAPSHOT)), 0o600);
     }
 }

@@ -457,6 +457,18 @@ fn default_render_runs_both_roles_as_designed() {
         .expect("/var/run/netns");
     assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
     assert!(mounts.iter().any(|m| m.mount_path == "/etc/netns"));
+    // The namespace's lock is the node's, so `pier up` on the node and the daemon see each other.
+    let run_pier = mounts
+        .iter()
+        .find(|m| m.mount_path == pier_node::node_lock::LOCK_DIR)
+        .expect("the lock directory");
+    let volume = pod
+        .volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == run_pier.name))
+        .and_then(|v| v.host_path.clone())
+        .expect("a hostPath volume for the lock directory");
+    assert_eq!(volume.path, pier_node::node_lock::LOCK_DIR);
     assert!(!mounts.iter().any(|m| m.mount_path.contains("xtables")));
     assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
 }

@@ -1,7 +1,7 @@
 //! `pier node`: the agent as the chart's DaemonSet runs it, with its admin port.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use super::{AgentConfig, AgentError, AgentHealth};
 use crate::dns::DnsConfig;
+use crate::node_lock::{Holder, LOCK_DIR, LockError, NodeLock};
 
 /// `pier node` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +54,8 @@ pub enum NodeError {
     Signal(#[source] std::io::Error),
     #[error("the node agent")]
     Agent(#[source] AgentError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 impl NodeArgs {
@@ -72,6 +75,12 @@ impl NodeArgs {
 
 /// Runs `pier node` until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
+    // Held until the agent stops: another Pier in this namespace would delete our links.
+    let _owner = NodeLock::acquire(
+        Path::new(LOCK_DIR),
+        None,
+        &Holder::this_process("pier node", &args.state_dir),
+    )?;
     let health = Arc::new(AgentHealth::default());
     let admin = match args.admin_addr.as_str() {
         "off" | "" => None,

@@ -35,6 +35,11 @@ pub struct NodeArgs {
     /// Root of the host's procfs (Pods' namespaces are found there).
     #[arg(long, env = "PIER_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Let Endpoints target named namespaces (/var/run/netns/NAME) on this node; off by
+    /// default, since in a cluster Pods are the targets (such Endpoints are refused with
+    /// reason NetnsTargetsDisabled).
+    #[arg(long, env = "PIER_NETNS_TARGETS")]
+    pub netns_targets: bool,
 }
 
 /// Why `pier node` stopped.
@@ -69,6 +74,7 @@ impl NodeArgs {
         });
         config.state_dir = self.state_dir.clone();
         config.proc_root = self.proc_root.clone();
+        config.netns_targets = self.netns_targets;
         config
     }
 }

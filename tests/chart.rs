@@ -473,6 +473,52 @@ fn default_render_runs_both_roles_as_designed() {
     assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
 }
 
+/// Netns targets are off in a cluster unless `node.netnsTargets`; on, the daemon keeps which
+/// namespaces it created in a directory of the node (a read-only root could not hold it, and a
+/// new Pod must still know them).
+#[test]
+fn netns_targets_are_off_unless_enabled_and_then_keep_their_markers_on_the_node() {
+    let default = &rendered()[0];
+    let (_, c) = container::<DaemonSet>(find(default, "DaemonSet")[0]);
+    assert_eq!(
+        env(&c, "PIER_NETNS_TARGETS")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some("false")
+    );
+    assert!(env(&c, "PIER_STATE_DIR").is_none());
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "node.netnsTargets toggled")
+        .expect("case");
+    let (ds, c) = container::<DaemonSet>(find(r, "DaemonSet")[0]);
+    assert_eq!(
+        env(&c, "PIER_NETNS_TARGETS")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some("true")
+    );
+    let state_dir = env(&c, "PIER_STATE_DIR")
+        .and_then(|e| e.value)
+        .expect("PIER_STATE_DIR");
+    let mount = c
+        .volume_mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.mount_path == state_dir)
+        .expect("the state directory is mounted");
+    let volume = ds
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.volumes)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.host_path)
+        .expect("from the node");
+    assert_eq!(volume.path, state_dir);
+}
+
 #[test]
 fn unprivileged_node_mode_adds_only_the_needed_capabilities() {
     let r = rendered()

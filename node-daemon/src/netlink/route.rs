@@ -139,7 +139,7 @@ mod tests {
         // Not a default route, or not in the main table: not what the namespace routes by.
         assert!(!route("10.0.0.0/8", MAIN_TABLE, BOOT).is_foreign_default());
         assert!(!route("0.0.0.0/0", 100, BOOT).is_foreign_default());
-        assert_eq!(foreign_default_route(&[pier.clone()]), None);
+        assert_eq!(foreign_default_route(std::slice::from_ref(&pier)), None);
         assert_eq!(
             foreign_default_route(&[pier, own.clone()]),
             Some(&own),

@@ -69,6 +69,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     {
         bail!("--node-netns {} does not exist", netns.display());
     }
+    // Before anything touches the kernel or the data: a second Pier here would delete ours.
+    let _owner = lock_node(args.node_netns.as_deref(), "pier up", &args.data_dir)?;
     prepare_data_dir(&args.data_dir)?;
     let node_name = args.node_name.clone().unwrap_or_else(host_name);
 
@@ -238,6 +240,20 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Takes the machine-wide lock of the node namespace (`None`: the process's own) for `command`.
+fn lock_node(
+    netns: Option<&Path>,
+    command: &str,
+    data_dir: &Path,
+) -> anyhow::Result<pier_node::node_lock::NodeLock> {
+    let lock = pier_node::node_lock::NodeLock::acquire(
+        Path::new(pier_node::node_lock::LOCK_DIR),
+        netns,
+        &pier_node::node_lock::Holder::this_process(command, data_dir),
+    )?;
+    Ok(lock)
+}
+
 /// `pier down` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DownArgs {
@@ -253,11 +269,12 @@ pub struct DownArgs {
 }
 
 /// Removes Pier's kernel objects (bridges, veths, table `inet pier`) and the namespaces Pier
-/// created. Run it after `pier up` has stopped.
+/// created. Refused while `pier up` (or `pier node`) runs in the same namespace.
 pub fn down(args: &DownArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("pier down needs root: it deletes bridges, veths and nftables rules");
     }
+    let _owner = lock_node(args.node_netns.as_deref(), "pier down", &args.data_dir)?;
     let report = pier_node::reconcile::Dataplane::new(args.node_netns.clone())
         .reset()
         .context("removing Pier's kernel objects")?;

@@ -457,8 +457,66 @@ fn default_render_runs_both_roles_as_designed() {
         .expect("/var/run/netns");
     assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
     assert!(mounts.iter().any(|m| m.mount_path == "/etc/netns"));
+    // The namespace's lock is the node's, so `pier up` on the node and the daemon see each other.
+    let run_pier = mounts
+        .iter()
+        .find(|m| m.mount_path == pier_node::node_lock::LOCK_DIR)
+        .expect("the lock directory");
+    let volume = pod
+        .volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == run_pier.name))
+        .and_then(|v| v.host_path.clone())
+        .expect("a hostPath volume for the lock directory");
+    assert_eq!(volume.path, pier_node::node_lock::LOCK_DIR);
     assert!(!mounts.iter().any(|m| m.mount_path.contains("xtables")));
     assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+}
+
+/// Netns targets are off in a cluster unless `node.netnsTargets`; on, the daemon keeps which
+/// namespaces it created in a directory of the node (a read-only root could not hold it, and a
+/// new Pod must still know them).
+#[test]
+fn netns_targets_are_off_unless_enabled_and_then_keep_their_markers_on_the_node() {
+    let default = &rendered()[0];
+    let (_, c) = container::<DaemonSet>(find(default, "DaemonSet")[0]);
+    assert_eq!(
+        env(&c, "PIER_NETNS_TARGETS")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some("false")
+    );
+    assert!(env(&c, "PIER_STATE_DIR").is_none());
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "node.netnsTargets toggled")
+        .expect("case");
+    let (ds, c) = container::<DaemonSet>(find(r, "DaemonSet")[0]);
+    assert_eq!(
+        env(&c, "PIER_NETNS_TARGETS")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some("true")
+    );
+    let state_dir = env(&c, "PIER_STATE_DIR")
+        .and_then(|e| e.value)
+        .expect("PIER_STATE_DIR");
+    let mount = c
+        .volume_mounts
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.mount_path == state_dir)
+        .expect("the state directory is mounted");
+    let volume = ds
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.volumes)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.host_path)
+        .expect("from the node");
+    assert_eq!(volume.path, state_dir);
 }
 
 #[test]

@@ -653,13 +653,15 @@ spec: {network: workshop, target: {netns: {name: dw-ubuntu}}}
     let dir = std::env::temp_dir().join(format!("{lan}-www"));
     std::fs::create_dir_all(&dir).expect("www dir");
     std::fs::write(dir.join("index.html"), "hello from the lan").expect("index.html");
-    let mut lan_web = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &lan, "busybox", "httpd", "-f", "-p", "80", "-h",
-        ])
-        .arg(&dir)
-        .spawn()
-        .expect("httpd starts");
+    let _lan_web = KillOnDrop(
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &lan, "busybox", "httpd", "-f", "-p", "80", "-h",
+            ])
+            .arg(&dir)
+            .spawn()
+            .expect("httpd starts"),
+    );
     let page = wait_for("ubuntu to reach the LAN", Duration::from_secs(10), || {
         get("dw-ubuntu", "192.0.2.2:80")
     });
@@ -694,4 +696,74 @@ impl Drop for DeleteNetns {
     fn drop(&mut self) {
         let _ = system::sh(&format!("ip netns del {} 2>/dev/null", self.0));
     }
+}
+
+/// `docker network connect` to a running container keeps the container's gateway: a namespace
+/// made by hand, with a default route and a resolv.conf of its own, keeps both when an Endpoint
+/// joins and leaves it, and the Attached message says so.
+#[test]
+fn a_namespace_of_its_own_keeps_its_default_route_and_resolv_conf() {
+    let pier = Pier::up("ownns", &["ow-own"]);
+    system::sh_ok(
+        "ip netns add ow-own && ip -n ow-own link set lo up && \
+         ip -n ow-own link add ext0 type veth peer name ext0p && \
+         ip -n ow-own link set ext0p up && ip -n ow-own link set ext0 up && \
+         ip -n ow-own addr add 10.98.0.2/24 dev ext0 && \
+         ip -n ow-own route add default via 10.98.0.1",
+    );
+    let resolv = "nameserver 10.98.0.53\nsearch own.example\n";
+    std::fs::create_dir_all("/etc/netns/ow-own").expect("/etc/netns/ow-own");
+    std::fs::write("/etc/netns/ow-own/resolv.conf", resolv).expect("resolv.conf");
+    let default_route = || system::sh_ok("ip -n ow-own -4 route show default");
+    let before = default_route();
+    assert!(before.contains("via 10.98.0.1 dev ext0"), "{before}");
+
+    pier.apply(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {name: own}
+spec: {target: {netns: {name: ow-own}}}
+"#,
+    );
+    pier.wait_condition("pep own", "Attached", "True");
+    let message = pier.jsonpath(
+        "pep own",
+        "{.status.conditions[?(@.type==\"Attached\")].message}",
+    );
+    for note in [
+        pier_node::reconcile::OWN_DEFAULT_ROUTE_KEPT,
+        pier_node::dns::resolv_conf::FOREIGN_NOTE,
+    ] {
+        assert!(message.contains(note), "{message}");
+    }
+    let address = pier.jsonpath("pep own", "{.status.ipv4Address}");
+    let gateway = pier.jsonpath("pnet bridge", "{.status.gateway}");
+    let eth0 = system::sh_ok("ip -n ow-own -4 -br addr show eth0");
+    assert!(eth0.contains(&format!("{address}/")), "{eth0}");
+    assert!(
+        system::sh(&format!("ip netns exec ow-own ping -c1 -W2 {gateway}"))
+            .status
+            .success(),
+        "the endpoint reaches its network's gateway by the subnet's route"
+    );
+    // Past a resync (2 s) and the DNS server's sync: both still the namespace's own.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(default_route(), before);
+    assert_eq!(
+        std::fs::read_to_string("/etc/netns/ow-own/resolv.conf").expect("resolv.conf"),
+        resolv
+    );
+
+    pier.kubectl_ok("delete pep own --timeout=30s");
+    assert!(
+        !system::sh_ok("ip -n ow-own -br link").contains("eth0"),
+        "the interface Pier made is gone"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(default_route(), before);
+    assert_eq!(
+        std::fs::read_to_string("/etc/netns/ow-own/resolv.conf").expect("resolv.conf"),
+        resolv
+    );
 }

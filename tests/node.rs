@@ -80,8 +80,9 @@ impl SecondNode {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Starts `pier node` in the namespace, configured as the chart's DaemonSet configures it.
-    fn start_agent(&mut self, kubeconfig: &Path) {
+    /// Starts `pier node` in the namespace, configured as the chart's DaemonSet configures it
+    /// (`netns_targets`: the chart's `node.netnsTargets`).
+    fn start_agent(&mut self, kubeconfig: &Path, netns_targets: bool) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
@@ -94,6 +95,7 @@ impl SecondNode {
             .env("PIER_ADMIN_ADDR", format!("127.0.0.1:{ADMIN_PORT}"))
             .env("PIER_DNS_PORT", "53")
             .env("PIER_RESYNC_SECONDS", "2")
+            .env("PIER_NETNS_TARGETS", netns_targets.to_string())
             .env("RUST_LOG", "info,hickory_server=warn")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdin(Stdio::null())
@@ -229,6 +231,86 @@ fn is_netns(path: &str) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "nsfs"
 }
 
+/// The port of `pier up`'s API server, from its kubeconfig.
+fn api_port(pier: &Pier) -> u16 {
+    let server = pier.kubectl_ok("config view -o 'jsonpath={.clusters[0].cluster.server}'");
+    server
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a port in the kubeconfig's server {server:?}"))
+}
+
+/// Registers node B as its kubelet would (the operator relies on the Node object).
+fn register_node_b(pier: &Pier) {
+    pier.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: {NODE_B}
+  labels: {{kubernetes.io/hostname: {NODE_B}, kubernetes.io/os: linux}}
+"#
+    ));
+}
+
+/// In a cluster, `pier node` serves netns targets only when the chart enables them: an Endpoint
+/// naming a netns on node B is refused with a reason that says how, and an Event; no namespace,
+/// bridge or veth is made for it.
+#[test]
+fn pier_node_refuses_netns_targets_unless_enabled() {
+    assert!(
+        sh("command -v nsenter").status.success(),
+        "this test needs `nsenter` (util-linux)"
+    );
+    let z = format!("nd-z-{}", std::process::id());
+    let pier = Pier::up("nd-off", &[]);
+    let mut node = SecondNode::create("off", &[&z]);
+    register_node_b(&pier);
+    node.start_agent(&pier.kubeconfig, false);
+    node.bridge_api(api_port(&pier));
+    wait_for("pier node's /readyz", Duration::from_secs(60), || {
+        (node.probe("/readyz") == "HTTP/1.1 200 OK").then_some(())
+    });
+    pier.apply(&format!(
+        r#"
+apiVersion: pier.dev/v1alpha1
+kind: Network
+metadata: {{name: nd-off}}
+spec: {{}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: Endpoint
+metadata: {{name: nd-z}}
+spec: {{network: nd-off, target: {{netns: {{name: {z}, node: {NODE_B}}}}}}}
+"#
+    ));
+    assert_eq!(
+        pier.wait_condition("pep nd-z", "Attached", "False"),
+        "NetnsTargetsDisabled"
+    );
+    let message = pier.jsonpath(
+        "pep nd-z",
+        "{.status.conditions[?(@.type==\"Attached\")].message}",
+    );
+    assert!(message.contains("node.netnsTargets=true"), "{message}");
+    let events = wait_for("the refusal's Event", Duration::from_secs(10), || {
+        let events = pier.kubectl_ok("get events -o jsonpath='{.items[*].reason}'");
+        events.contains("NetnsTargetsDisabled").then_some(events)
+    });
+    assert!(!events.is_empty());
+    assert!(
+        !Path::new(&format!("/var/run/netns/{z}")).exists(),
+        "no namespace was made for it"
+    );
+    let links = node.links();
+    assert!(
+        !links.contains("pier-") && !links.contains("pv"),
+        "nothing of it on node B:\n{links}"
+    );
+}
+
 /// A second node: `pier node` in a namespace of its own attaches the Endpoints that name it,
 /// beside `pier up`'s agent for node-a, and each agent touches only its own node's objects;
 /// /readyz follows the first full reconcile; deleting B's Endpoint removes its veth, bridge and
@@ -248,18 +330,10 @@ fn second_node_runs_pier_node_beside_pier_up() {
     let mut node = SecondNode::create("two", &[&y]);
     // The kubelet of a real node registers its Node; the operator relies on it (an object whose
     // node is gone loses the node finalizer to the operator, as the agent will never remove it).
-    pier.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Node
-metadata:
-  name: {NODE_B}
-  labels: {{kubernetes.io/hostname: {NODE_B}, kubernetes.io/os: linux}}
-"#
-    ));
+    register_node_b(&pier);
 
     // pier node starts before its API bridge exists: alive, but not ready.
-    node.start_agent(&pier.kubeconfig);
+    node.start_agent(&pier.kubeconfig, true);
     let livez = wait_for("pier node's admin port", Duration::from_secs(30), || {
         let line = node.probe("/livez");
         (!line.is_empty()).then_some(line)
@@ -274,14 +348,7 @@ metadata:
         "/readyz before any full reconcile (the API is unreachable)"
     );
 
-    let server = pier.kubectl_ok("config view -o 'jsonpath={.clusters[0].cluster.server}'");
-    let port: u16 = server
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("a port in the kubeconfig's server {server:?}"));
-    node.bridge_api(port);
+    node.bridge_api(api_port(&pier));
     wait_for("pier node's /readyz", Duration::from_secs(60), || {
         (node.probe("/readyz") == "HTTP/1.1 200 OK").then_some(())
     });

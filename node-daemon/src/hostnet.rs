@@ -175,6 +175,7 @@ mod tests {
             oif,
             table,
             kind,
+            protocol: 2,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod hostnet;
 pub mod named_netns;
 pub mod netlink;
 pub mod netns;
+pub mod node_lock;
 pub mod podns;
 pub mod reconcile;
 pub mod state;

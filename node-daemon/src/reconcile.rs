@@ -58,6 +58,14 @@ pub const FIREWALL: &str = "firewall/inet-pier";
 /// The report key of Pier's accepts in other firewalls' iptables tables.
 pub const IPTABLES: &str = "firewall/iptables";
 
+/// The note on an endpoint whose namespace kept a default route of its own (Docker's `network
+/// connect` to a running container keeps the container's gateway).
+pub const OWN_DEFAULT_ROUTE_KEPT: &str = "default route left as it was: the namespace has its own";
+
+/// Appended to a host veth's fingerprint alias when its attach kept the namespace's own default
+/// route, so that an in-sync plan still knows it (and says so) without entering the namespace.
+const OWN_DEFAULT_ALIAS: &str = "own-default";
+
 /// Whether a link name is a bridge Pier owns (`pier-` + 8 lowercase hex digits).
 pub fn is_pier_bridge_name(name: &str) -> bool {
     name.strip_prefix(BRIDGE_PREFIX)
@@ -237,6 +245,8 @@ pub struct Plan {
     pub problems: Vec<Problem>,
     /// Objects found exactly as desired.
     pub in_sync: BTreeSet<String>,
+    /// What the user should know about objects as desired (e.g. [`OWN_DEFAULT_ROUTE_KEPT`]).
+    pub notes: BTreeMap<String, Vec<String>>,
     /// What table `inet pier` needs (`None` when it could not be read: see `problems`).
     pub firewall: Option<FirewallPlan>,
     /// What other firewalls' iptables filter tables need (full plans only).
@@ -287,6 +297,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub objects: BTreeMap<String, Outcome>,
+    /// What the user should know about objects that are as desired, per object.
+    pub notes: BTreeMap<String, Vec<String>>,
 }
 
 impl Report {
@@ -315,6 +327,11 @@ impl Report {
 
     fn failed(&mut self, object: String, message: String) {
         self.objects.insert(object, Outcome::Failed(message));
+    }
+
+    /// The notes on `object` (empty when none).
+    pub fn notes_of(&self, object: &str) -> &[String] {
+        self.notes.get(object).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -795,12 +812,16 @@ impl Dataplane {
                         .map(|l| l.index);
                     let mut replaces = None;
                     if let Some(link) = existing {
+                        let alias = link
+                            .alias
+                            .as_deref()
+                            .and_then(|alias| read_alias(alias, &fingerprint));
                         let fresh = link.kind == LinkKind::Veth
                             && link.up
                             && link.hairpin
                             && link.master.is_some()
                             && link.master == bridge_index
-                            && link.alias.as_deref() == Some(fingerprint.as_str())
+                            && alias.is_some()
                             && (!self.deep
                                 || peer_matches(
                                     &path,
@@ -808,8 +829,15 @@ impl Dataplane {
                                     address_net,
                                     &mac,
                                     default_gateway,
+                                    alias == Some(AliasState::OwnDefaultKept),
                                 ));
                         if fresh {
+                            if alias == Some(AliasState::OwnDefaultKept) {
+                                plan.notes
+                                    .entry(object.clone())
+                                    .or_default()
+                                    .push(OWN_DEFAULT_ROUTE_KEPT.to_owned());
+                            }
                             plan.in_sync.insert(object);
                             continue;
                         }
@@ -946,6 +974,7 @@ impl Dataplane {
         for object in &plan.in_sync {
             report.objects.insert(object.clone(), Outcome::InSync);
         }
+        report.notes.extend(plan.notes.clone());
         for problem in &plan.problems {
             report.failed(problem.object.clone(), problem.message.clone());
         }
@@ -962,7 +991,22 @@ impl Dataplane {
                 );
                 continue;
             }
-            match self.execute_step(host, step, &mut bridge_indexes) {
+            let done = match step {
+                Step::AttachEndpoint(attach) => {
+                    self.attach(host, attach, &mut bridge_indexes)
+                        .map(|attached| {
+                            if attached == Attached::OwnDefaultKept {
+                                report
+                                    .notes
+                                    .entry(object.clone())
+                                    .or_default()
+                                    .push(OWN_DEFAULT_ROUTE_KEPT.to_owned());
+                            }
+                        })
+                }
+                _ => self.execute_step(host, step, &mut bridge_indexes),
+            };
+            match done {
                 Ok(()) => report.changed(object, step.to_string()),
                 Err(error) => {
                     let message = chain(&error);
@@ -1055,7 +1099,7 @@ impl Dataplane {
                 }
                 Ok(())
             }
-            Step::AttachEndpoint(attach) => self.attach(host, attach, bridge_indexes),
+            Step::AttachEndpoint(attach) => self.attach(host, attach, bridge_indexes).map(|_| ()),
             Step::LoopbackUp { netns, .. } => {
                 let nl = Nl::open_in(Some(netns)).map_err(StepError::Netlink)?;
                 let lo = lookup(&nl, "lo")?;
@@ -1076,7 +1120,7 @@ impl Dataplane {
         host: &Nl,
         attach: &Attach,
         bridge_indexes: &mut HashMap<String, u32>,
-    ) -> Result<(), StepError> {
+    ) -> Result<Attached, StepError> {
         if let Some(index) = attach.replaces {
             match host.delete_link(index, &attach.host_veth) {
                 Err(error) if error.errno() == Some(netlink::ENODEV) => {}
@@ -1123,15 +1167,27 @@ impl Dataplane {
         inside.set_up(peer, &attach.interface)?;
         let lo = lookup(&inside, "lo")?;
         inside.set_up(lo, "lo")?;
+        let mut attached = Attached::AsPlanned;
         if let Some(gateway) = attach.default_gateway {
-            inside.replace_default_route(peer, &attach.interface, gateway)?;
+            // A namespace Pier did not set up may route by a gateway of its own (a container's,
+            // a Pod's): the endpoint then adds only its subnet (the address's route), as Docker's
+            // `network connect` does. A default route Pier set for another endpoint is replaced.
+            if netlink::foreign_default_route(&inside.v4_routes()?).is_some() {
+                attached = Attached::OwnDefaultKept;
+            } else {
+                inside.replace_default_route(peer, &attach.interface, gateway)?;
+            }
         }
         let host_index = lookup(host, &attach.host_veth)?;
         host.set_no_ipv6_link_local(host_index, &attach.host_veth)?;
         host.set_hairpin(host_index, &attach.host_veth)?;
         host.set_up(host_index, &attach.host_veth)?;
-        host.set_alias(host_index, &attach.host_veth, &attach.fingerprint)?;
-        Ok(())
+        let alias = match attached {
+            Attached::AsPlanned => attach.fingerprint.clone(),
+            Attached::OwnDefaultKept => format!("{} {OWN_DEFAULT_ALIAS}", attach.fingerprint),
+        };
+        host.set_alias(host_index, &attach.host_veth, &alias)?;
+        Ok(attached)
     }
 
     /// Removes everything Pier owns in the host namespace (veths first, then bridges).
@@ -1231,6 +1287,33 @@ fn earlier(
     })
 }
 
+/// How an attach went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attached {
+    AsPlanned,
+    /// The namespace had a default route of its own, which stays.
+    OwnDefaultKept,
+}
+
+/// What a host veth's alias says about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AliasState {
+    AsPlanned,
+    OwnDefaultKept,
+}
+
+/// Reads a host veth's `alias` against the `fingerprint` of the desired configuration; `None`
+/// when it is not that configuration's.
+fn read_alias(alias: &str, fingerprint: &str) -> Option<AliasState> {
+    match alias.strip_prefix(fingerprint)? {
+        "" => Some(AliasState::AsPlanned),
+        rest if rest.strip_prefix(' ') == Some(OWN_DEFAULT_ALIAS) => {
+            Some(AliasState::OwnDefaultKept)
+        }
+        _ => None,
+    }
+}
+
 /// One step's failure, reported for its object.
 #[derive(Debug, thiserror::Error)]
 enum StepError {
@@ -1257,13 +1340,15 @@ fn loopback_up(path: &Path) -> Result<bool, NetlinkError> {
 }
 
 /// Deep check: the peer inside the namespace has the name, MAC, address, state and default
-/// route we made.
+/// route we made (or, when the attach kept the namespace's own default route, that one is still
+/// there).
 fn peer_matches(
     path: &Path,
     interface: &str,
     address: Ipv4Net,
     mac: &[u8],
     default_gateway: Option<Ipv4Addr>,
+    own_default_kept: bool,
 ) -> bool {
     let Ok(nl) = Nl::open_in(Some(path)) else {
         return false;
@@ -1276,6 +1361,9 @@ fn peer_matches(
     };
     let route_ok = match default_gateway {
         None => true,
+        Some(_) if own_default_kept => nl
+            .v4_routes()
+            .is_ok_and(|routes| netlink::foreign_default_route(&routes).is_some()),
         Some(gateway) => nl
             .default_routes()
             .is_ok_and(|routes| routes.contains(&(gateway, link.index))),
@@ -1383,6 +1471,23 @@ mod tests {
         assert_eq!(mac[0], 0x02);
         assert_eq!(mac, bridge_mac("pier-0a1b2c3d"));
         assert_ne!(mac, bridge_mac("pier-0a1b2c3e"));
+    }
+
+    #[test]
+    fn an_alias_is_the_fingerprint_and_what_the_attach_kept() {
+        let print = fingerprint("x");
+        assert_eq!(read_alias(&print, &print), Some(AliasState::AsPlanned));
+        assert_eq!(
+            read_alias(&format!("{print} {OWN_DEFAULT_ALIAS}"), &print),
+            Some(AliasState::OwnDefaultKept)
+        );
+        assert_eq!(read_alias(&fingerprint("y"), &print), None);
+        assert_eq!(read_alias(&format!("{print} other"), &print), None);
+        assert_eq!(
+            read_alias(&format!("{print}{OWN_DEFAULT_ALIAS}"), &print),
+            None
+        );
+        assert_eq!(read_alias("", &print), None);
     }
 
     #[test]

@@ -702,3 +702,107 @@ fn sysctls_and_bridge_changes_made_by_hand_are_read_back_and_repaired() {
     assert_eq!(lab.host.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
     assert!(c1.ping_eventually(ip("172.18.0.1")));
 }
+
+/// A namespace Pier did not set up, with a default route of its own (a container's gateway): an
+/// endpoint joining it adds its interface and subnet route and leaves that default route, says
+/// so in its report, stays in sync (also by the deep check), and leaves the route when it goes.
+/// A default route Pier set for an earlier endpoint is still Pier's to replace.
+#[test]
+fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
+    let lab = Lab::new("owndef");
+    let (own, uplink) = (lab.container("own"), lab.container("up"));
+    common::veth(&own, "ext0", &uplink, "up0");
+    own.sh("ip addr add 10.99.0.2/24 dev ext0 && ip route add default via 10.99.0.1");
+    uplink.sh("ip addr add 10.99.0.1/24 dev up0");
+    let default_before = own.sh("ip -4 route show default");
+    assert!(
+        default_before.contains("via 10.99.0.1 dev ext0"),
+        "{default_before}"
+    );
+
+    let mut state = NodeState {
+        networks: vec![bridge_network("tage", "172.18.0.0/16", "172.18.0.1")],
+        endpoints: vec![bridge_endpoint(
+            "default/own",
+            &own,
+            "tage",
+            "eth0",
+            "172.18.0.2",
+            true,
+        )],
+        ports: vec![],
+    };
+    let report = lab.apply_ok(&state);
+    let object = "endpoint/default/own";
+    assert_eq!(
+        report.notes_of(object),
+        [pier_node::reconcile::OWN_DEFAULT_ROUTE_KEPT.to_owned()],
+        "{report}"
+    );
+    assert_eq!(own.sh("ip -4 route show default"), default_before);
+    let subnet = own.sh("ip -4 route show 172.18.0.0/16");
+    assert!(subnet.contains("dev eth0"), "the subnet's route: {subnet}");
+    assert!(
+        own.ping_eventually(ip("172.18.0.1")),
+        "the bridge network works"
+    );
+    assert!(own.ping(ip("10.99.0.1")), "and so does the namespace's own");
+
+    // In sync, by the fast and the deep plan, and the note stays.
+    lab.assert_converged(&state);
+    let deep = lab.dataplane.clone().deep(true);
+    assert!(deep.plan(&state).expect("deep plan").is_empty());
+    let again = lab.apply_ok(&state);
+    assert_eq!(again.objects[object], Outcome::InSync);
+    assert_eq!(again.notes_of(object), report.notes_of(object));
+
+    state.endpoints.clear();
+    lab.apply_ok(&state);
+    assert!(!own.links().contains(&"eth0".to_owned()));
+    assert_eq!(own.sh("ip -4 route show default"), default_before);
+
+    // A namespace whose default route is Pier's: a later primary endpoint replaces it.
+    let c = lab.container("c");
+    let mut state = NodeState {
+        networks: vec![
+            bridge_network("tage", "172.18.0.0/16", "172.18.0.1"),
+            bridge_network("other", "172.19.0.0/16", "172.19.0.1"),
+        ],
+        endpoints: vec![bridge_endpoint(
+            "default/c",
+            &c,
+            "tage",
+            "eth0",
+            "172.18.0.3",
+            true,
+        )],
+        ports: vec![],
+    };
+    let report = lab.apply_ok(&state);
+    assert!(report.notes_of("endpoint/default/c").is_empty(), "{report}");
+    let shown = c.sh("ip -4 route show default");
+    assert!(shown.contains("via 172.18.0.1 dev eth0"), "{shown}");
+    assert!(
+        shown.contains("proto 0xf1") || shown.contains("proto 241"),
+        "marked as Pier's: {shown}"
+    );
+    state.endpoints.push(bridge_endpoint(
+        "default/c-other",
+        &c,
+        "other",
+        "eth1",
+        "172.19.0.3",
+        true,
+    ));
+    let report = lab.apply_ok(&state);
+    assert_eq!(report.objects["endpoint/default/c"], Outcome::InSync);
+    assert!(
+        report.notes_of("endpoint/default/c-other").is_empty(),
+        "{report}"
+    );
+    let shown = c.sh("ip -4 route show default");
+    assert!(
+        shown.contains("via 172.19.0.1 dev eth1") && !shown.contains("eth0"),
+        "Pier's own default route is replaced: {shown}"
+    );
+}

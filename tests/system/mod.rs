@@ -125,6 +125,32 @@ impl Pier {
         pier
     }
 
+    /// Another `pier up` (not started) with a data directory of its own in this one's node
+    /// namespace, as a second `pier up --data-dir B` on the same machine.
+    pub fn another_in_same_node(&self, tag: &str) -> Pier {
+        let data = tempfile::tempdir().expect("data dir");
+        Pier {
+            tag: tag.into(),
+            node_netns: self.node_netns.clone(),
+            data_dir: data.path().to_path_buf(),
+            kubeconfig: data.path().join("kubeconfig"),
+            containers: Vec::new(),
+            wrapper: Vec::new(),
+            child: None,
+            _data: data,
+        }
+    }
+
+    /// The pid of the running `pier up`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The node namespace's file, as `--node-netns` takes it.
+    pub fn node_netns_path(&self) -> String {
+        format!("/var/run/netns/{}", self.node_netns)
+    }
+
     /// Starts (or restarts) the process; `extra`: more flags (e.g. `-f PATH`).
     pub fn start(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new()

@@ -34,6 +34,8 @@ pub mod reason {
     pub const ENDPOINT_NOT_FOUND: &str = "EndpointNotFound";
     /// The PortPublish's Endpoint is not attached on this node.
     pub const ENDPOINT_NOT_ATTACHED: &str = "EndpointNotAttached";
+    /// The Endpoint targets a named netns, and this node does not serve netns targets.
+    pub const NETNS_TARGETS_DISABLED: &str = "NetnsTargetsDisabled";
 }
 
 /// What the node's objects are built from.
@@ -48,6 +50,8 @@ pub struct Inputs<'a> {
     pub host_subnets: &'a [HostSubnet],
     /// Network namespaces of target Pods found on this node, by `NAMESPACE/POD`.
     pub pod_netns: &'a HashMap<String, PathBuf>,
+    /// Whether Endpoints may target named namespaces on this node (see `AgentConfig`).
+    pub netns_targets: bool,
 }
 
 /// Why one object was left out.
@@ -151,6 +155,18 @@ pub fn build(inputs: Inputs<'_>) -> Built {
             continue;
         }
         let netns = if let Some(named) = &target.netns {
+            if !inputs.netns_targets {
+                refuse(
+                    &mut built.refusals,
+                    key,
+                    reason::NETNS_TARGETS_DISABLED,
+                    format!(
+                        "netns targets are off on node {} (in a cluster, Pods are the targets;                          a named namespace is made and used by hand): enable them with the                          chart value node.netnsTargets=true (pier node --netns-targets)",
+                        inputs.node
+                    ),
+                );
+                continue;
+            }
             Netns::Named(named.name.clone())
         } else if let Some(pod) = &target.pod {
             let pod_id = format!("{namespace}/{}", pod.name);
@@ -528,7 +544,39 @@ mod tests {
             ports,
             host_subnets,
             pod_netns: &HashMap::new(),
+            netns_targets: true,
         })
+    }
+
+    /// In a cluster (`pier node` without `--netns-targets`) a named netns is refused with a
+    /// reason that says how to enable it; everything else on the node goes on.
+    #[test]
+    fn netns_targets_are_refused_where_they_are_off() {
+        let networks = [bridge("tage", "172.18.0.0/16", "172.18.0.1")];
+        let endpoints = [endpoint("con1", "con1", "tage", "172.18.0.2", "eth0", 1)];
+        let built = build(Inputs {
+            node: NODE,
+            networks: &networks,
+            endpoints: &endpoints,
+            ports: &[],
+            host_subnets: &[],
+            pod_netns: &HashMap::new(),
+            netns_targets: false,
+        });
+        assert!(built.state.endpoints.is_empty(), "{:?}", built.state);
+        assert!(
+            built.state.networks.is_empty(),
+            "no bridge for a refused endpoint"
+        );
+        let refusal = &built.refusals[&endpoint_key("default/con1")];
+        assert_eq!(refusal.reason, reason::NETNS_TARGETS_DISABLED);
+        assert!(
+            refusal.message.contains("node.netnsTargets=true"),
+            "{}",
+            refusal.message
+        );
+        let on = run(&networks, &endpoints, &[], &[]);
+        assert_eq!(on.state.endpoints.len(), 1, "{:?}", on.refusals);
     }
 
     #[test]

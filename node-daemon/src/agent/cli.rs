@@ -1,7 +1,7 @@
 //! `pier node`: the agent as the chart's DaemonSet runs it, with its admin port.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use super::{AgentConfig, AgentError, AgentHealth};
 use crate::dns::DnsConfig;
+use crate::node_lock::{Holder, LOCK_DIR, LockError, NodeLock};
 
 /// `pier node` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +35,11 @@ pub struct NodeArgs {
     /// Root of the host's procfs (Pods' namespaces are found there).
     #[arg(long, env = "PIER_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Let Endpoints target named namespaces (/var/run/netns/NAME) on this node; off by
+    /// default, since in a cluster Pods are the targets (such Endpoints are refused with
+    /// reason NetnsTargetsDisabled).
+    #[arg(long, env = "PIER_NETNS_TARGETS")]
+    pub netns_targets: bool,
 }
 
 /// Why `pier node` stopped.
@@ -53,6 +59,8 @@ pub enum NodeError {
     Signal(#[source] std::io::Error),
     #[error("the node agent")]
     Agent(#[source] AgentError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 impl NodeArgs {
@@ -66,12 +74,19 @@ impl NodeArgs {
         });
         config.state_dir = self.state_dir.clone();
         config.proc_root = self.proc_root.clone();
+        config.netns_targets = self.netns_targets;
         config
     }
 }
 
 /// Runs `pier node` until SIGINT or SIGTERM.
 pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
+    // Held until the agent stops: another Pier in this namespace would delete our links.
+    let _owner = NodeLock::acquire(
+        Path::new(LOCK_DIR),
+        None,
+        &Holder::this_process("pier node", &args.state_dir),
+    )?;
     let health = Arc::new(AgentHealth::default());
     let admin = match args.admin_addr.as_str() {
         "off" | "" => None,

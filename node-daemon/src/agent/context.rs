@@ -2,7 +2,7 @@
 //! dataplane, the DNS state, and the writes of the node's conditions and Events.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::build::{self, Built, Inputs};
 use super::{AgentConfig, Error, FIELD_MANAGER};
+use crate::dns::resolv_conf;
 use crate::hostnet::HostSubnet;
 use crate::named_netns::{NamedNetns, RUN_DIR};
 use crate::reconcile::{Dataplane, Outcome, Report};
@@ -135,6 +136,7 @@ impl Context {
             ports: &ports,
             host_subnets: &host_subnets,
             pod_netns: &pod_netns,
+            netns_targets: self.config.netns_targets,
         })
     }
 
@@ -157,6 +159,8 @@ impl Context {
             .collect();
         let dataplane = self.dataplane.clone();
         let state = built.state.clone();
+        let resolv_conf_root = self.config.dns.as_ref().and_then(|d| d.etc_netns.clone());
+        let resolv_conf_owner = resolv_conf::owner_of(self.config.host_netns.as_deref());
         let (report, created, uncreatable) = self
             .blocking({
                 let named_netns = Arc::clone(&self.named);
@@ -174,7 +178,7 @@ impl Context {
                             }
                         }
                     }
-                    let report = match &scope {
+                    let mut report = match &scope {
                         Scope::Full => dataplane.apply(&state),
                         Scope::Endpoints(ids) => {
                             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -185,6 +189,9 @@ impl Context {
                             dataplane.remove_links(&state, &names)
                         }
                     };
+                    if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
+                        note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
+                    }
                     (report, created, uncreatable)
                 }
             })
@@ -260,6 +267,35 @@ impl Context {
             .min_backoff
             .saturating_mul(factor)
             .min(self.config.max_backoff)
+    }
+}
+
+/// Notes on the endpoints in `scope` whose named namespace has a resolv.conf that Pier did not
+/// write (the DNS server leaves it alone): the `Attached` message says so.
+fn note_foreign_resolv_confs(
+    report: &mut Report,
+    state: &NodeState,
+    scope: &Scope,
+    root: &Path,
+    owner: &str,
+) {
+    let served = resolv_conf::served_namespaces(state);
+    for endpoint in &state.endpoints {
+        let in_scope = match scope {
+            Scope::Full => true,
+            Scope::Endpoints(ids) => ids.contains(&endpoint.id),
+            Scope::Removal(_) => false,
+        };
+        if let (true, Netns::Named(name)) = (in_scope, &endpoint.netns)
+            && served.contains(name)
+            && resolv_conf::is_foreign(root, name, owner)
+        {
+            report
+                .notes
+                .entry(build::endpoint_key(&endpoint.id))
+                .or_default()
+                .push(resolv_conf::FOREIGN_NOTE.to_owned());
+        }
     }
 }
 

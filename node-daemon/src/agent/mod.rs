@@ -57,6 +57,10 @@ pub struct AgentConfig {
     pub min_backoff: Duration,
     /// The longest retry delay.
     pub max_backoff: Duration,
+    /// Whether Endpoints may target named namespaces (`/var/run/netns/NAME`) on this node: on
+    /// for `pier up` (local mode is all about them), off for `pier node` unless enabled (in a
+    /// cluster Pods are the targets, and containerd's `cni-*` namespaces are Pods' own).
+    pub netns_targets: bool,
 }
 
 impl AgentConfig {
@@ -72,6 +76,7 @@ impl AgentConfig {
             state_dir: PathBuf::from("/var/lib/pier/node"),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(60),
+            netns_targets: true,
         }
     }
 }

@@ -138,13 +138,17 @@ pub fn attached_condition(
         (false, refusal.reason, refusal.message.clone())
     } else {
         let endpoint = built.state.endpoints.iter().find(|e| e.id == id)?;
-        match report?.objects.get(&object) {
+        let report = report?;
+        match report.objects.get(&object) {
             Some(Outcome::Failed(message)) => (false, ATTACH_FAILED, message.clone()),
-            _ => (
-                true,
-                ATTACHED_REASON,
-                attached_message(endpoint, &built.state),
-            ),
+            _ => {
+                let mut message = attached_message(endpoint, &built.state);
+                for note in report.notes_of(&object) {
+                    message.push_str("; ");
+                    message.push_str(note);
+                }
+                (true, ATTACHED_REASON, message)
+            }
         }
     };
     Some(conditions::observe(

@@ -99,9 +99,7 @@ impl DnsServer {
         let initial = state.borrow_and_update().clone();
         let shared = Arc::new(Shared::new(Views::build(&initial), forwarder));
         let listeners = Listeners::new(config.port, sockets, PierHandler::new(shared.clone()));
-        let owner = host_netns
-            .as_deref()
-            .map_or_else(|| "(own)".to_owned(), |p| p.display().to_string());
+        let owner = resolv_conf::owner_of(host_netns.as_deref());
         let writer = config
             .etc_netns
             .clone()

@@ -4,7 +4,8 @@
 //! `ip netns exec NAME` bind-mounts `/etc/netns/NAME/resolv.conf` over `/etc/resolv.conf`, so
 //! that file is how a netns "container" finds Pier's DNS. Like Docker's embedded DNS the file has
 //! the gateway as nameserver, the node's search domains, and `options ndots:0` so a name with no
-//! dot is tried as is first. Pods do not use these files: the node daemon sets their `dnsConfig`
+//! dot is tried as is first. A file Pier did not write (a namespace someone else set up, with a
+//! resolver of its own) is never overwritten or removed. Pods do not use these files: the node daemon sets their `dnsConfig`
 //! (nameservers = the gateway, searches and `ndots:0` the same) with `dnsPolicy: None`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,34 @@ impl ResolvConf {
                 ResolvConf::default()
             }
         }
+    }
+}
+
+/// What the `Attached` condition says of a namespace whose resolv.conf Pier left alone.
+pub const FOREIGN_NOTE: &str = "resolv.conf left as it was: not written by Pier";
+
+/// The owner name of the DNS server of node namespace `host_netns` (`None`: the process's own).
+pub fn owner_of(host_netns: Option<&Path>) -> String {
+    host_netns.map_or_else(|| "(own)".to_owned(), |p| p.display().to_string())
+}
+
+/// The named namespaces of `state` that get a resolv.conf (endpoints on DNS-enabled networks).
+pub fn served_namespaces(state: &NodeState) -> BTreeSet<String> {
+    namespace_gateways(state)
+        .into_keys()
+        .filter_map(|netns| match netns {
+            Netns::Named(name) if is_plain_name(&name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `ROOT/NAME/resolv.conf` exists and was not written by `owner`'s DNS server: Pier then
+/// leaves it as it is.
+pub fn is_foreign(root: &Path, name: &str, owner: &str) -> bool {
+    match std::fs::read_to_string(root.join(name).join("resolv.conf")) {
+        Ok(text) => !text.starts_with(&header(owner)),
+        Err(error) => error.kind() != std::io::ErrorKind::NotFound,
     }
 }
 
@@ -163,6 +192,11 @@ impl ResolvConfWriter {
         let mut errors = Vec::new();
         for (name, text) in &desired {
             if self.written.get(name) == Some(text) && self.path_of(name).exists() {
+                continue;
+            }
+            if is_foreign(&self.root, name, &self.owner) {
+                // Someone else's resolver (or a file replaced since): never Pier's to change.
+                self.written.remove(name);
                 continue;
             }
             match self.write(name, text) {
@@ -303,6 +337,43 @@ mod tests {
                 .collect(),
             ports: vec![],
         }
+    }
+
+    /// A namespace set up with a resolver of its own: Pier neither overwrites nor removes it,
+    /// and a file replaced after Pier wrote it is the replacer's from then on.
+    #[test]
+    fn never_overwrites_or_removes_a_file_it_did_not_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("a")).expect("mkdir");
+        let own = "nameserver 10.0.0.53\nsearch corp.example\n";
+        std::fs::write(root.join("a/resolv.conf"), own).expect("write");
+        assert!(is_foreign(&root, "a", "node-a"));
+        assert!(!is_foreign(&root, "missing", "node-a"));
+        assert_eq!(
+            served_namespaces(&state(&["a", "b"])),
+            BTreeSet::from(["a".to_owned(), "b".to_owned()])
+        );
+
+        let mut writer = ResolvConfWriter::new(root.clone(), "node-a".into());
+        assert!(writer.sync(&state(&["a", "b"]), &[]).is_empty());
+        let read = |name: &str| std::fs::read_to_string(root.join(name).join("resolv.conf"));
+        assert_eq!(read("a").expect("a"), own, "not overwritten");
+        assert!(!is_foreign(&root, "b", "node-a"), "b's is Pier's");
+        assert!(is_foreign(&root, "b", "node-b"), "but not node-b's");
+        assert!(writer.sync(&state(&[]), &[]).is_empty());
+        assert_eq!(read("a").expect("a"), own, "not removed");
+        assert!(read("b").is_err(), "Pier's own file goes");
+
+        // Written by Pier, then replaced by hand: a changed state leaves it too.
+        assert!(writer.sync(&state(&["b"]), &[]).is_empty());
+        std::fs::write(root.join("b/resolv.conf"), own).expect("replace");
+        let mut changed = state(&["b"]);
+        changed.networks[0].gateway = Some("172.18.0.254".parse().expect("gw"));
+        assert!(writer.sync(&changed, &[]).is_empty());
+        assert_eq!(read("b").expect("b"), own);
+        assert!(writer.remove_all().is_empty());
+        assert_eq!(read("b").expect("b"), own);
     }
 
     #[test]

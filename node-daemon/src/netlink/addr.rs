@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
 
 use super::{NetlinkError, Nl};
@@ -128,7 +128,8 @@ impl Nl {
             .collect())
     }
 
-    /// Makes `gateway` on link `index` the default route, replacing any other default route.
+    /// Makes `gateway` on link `index` the default route, replacing a default route of the same
+    /// metric; marked as Pier's ([`super::route::PIER_ROUTE_PROTOCOL`]).
     pub fn replace_default_route(
         &self,
         index: u32,
@@ -138,6 +139,7 @@ impl Nl {
         let message = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(index)
+            .protocol(RouteProtocol::from(super::PIER_ROUTE_PROTOCOL))
             .build();
         self.block_on(self.handle().route().add(message).replace().execute())
             .map_err(|source| NetlinkError::DefaultRoute {

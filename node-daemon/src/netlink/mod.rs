@@ -16,7 +16,7 @@ use std::path::Path;
 
 pub use addr::{V4Address, list_v4_addresses};
 pub use link::{InetConf, Link, LinkKind, VethSpec, parse_mac};
-pub use route::{MAIN_TABLE, RouteKind, V4Route};
+pub use route::{MAIN_TABLE, PIER_ROUTE_PROTOCOL, RouteKind, V4Route, foreign_default_route};
 
 use crate::netns::{self, NetnsError};
 

@@ -14,6 +14,12 @@ use super::{NetlinkError, Nl};
 /// `RT_TABLE_MAIN`: the table `ip route` shows and most software adds to.
 pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
+/// The route protocol (`ip route ... proto 0xf1`) of the default routes Pier sets inside an
+/// endpoint's namespace: how a later attach tells Pier's default route (which it may replace)
+/// from the namespace's own (which it never touches). Unassigned in the kernel's rtnetlink.h and
+/// iproute2's rt_protos.
+pub const PIER_ROUTE_PROTOCOL: u8 = 0xf1;
+
 /// What a route does with matching packets, as far as Pier tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteKind {
@@ -36,6 +42,22 @@ pub struct V4Route {
     pub oif: Option<u32>,
     pub table: u32,
     pub kind: RouteKind,
+    /// Who added it (`RTPROT_*`; [`PIER_ROUTE_PROTOCOL`] for Pier's default routes).
+    pub protocol: u8,
+}
+
+impl V4Route {
+    /// A default route of the main table that Pier did not set.
+    pub fn is_foreign_default(&self) -> bool {
+        self.destination.prefix_len() == 0
+            && self.table == MAIN_TABLE
+            && self.protocol != PIER_ROUTE_PROTOCOL
+    }
+}
+
+/// The first default route of the main table among `routes` that Pier did not set.
+pub fn foreign_default_route(routes: &[V4Route]) -> Option<&V4Route> {
+    routes.iter().find(|r| r.is_foreign_default())
 }
 
 fn from_message(message: RouteMessage) -> Option<V4Route> {
@@ -67,6 +89,7 @@ fn from_message(message: RouteMessage) -> Option<V4Route> {
         oif,
         table,
         kind,
+        protocol: u8::from(message.header.protocol),
     })
 }
 
@@ -86,5 +109,41 @@ impl Nl {
             })
             .map_err(|e| NetlinkError::ListRoutes(Box::new(e)))?;
         Ok(messages.into_iter().filter_map(from_message).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(destination: &str, table: u32, protocol: u8) -> V4Route {
+        V4Route {
+            destination: destination.parse().expect("net"),
+            gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            oif: Some(2),
+            table,
+            kind: RouteKind::Unicast,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn a_default_route_pier_did_not_set_is_foreign() {
+        const BOOT: u8 = 3; // `ip route add`
+        const DHCP: u8 = 16;
+        let own = route("0.0.0.0/0", MAIN_TABLE, BOOT);
+        let pier = route("0.0.0.0/0", MAIN_TABLE, PIER_ROUTE_PROTOCOL);
+        assert!(own.is_foreign_default());
+        assert!(route("0.0.0.0/0", MAIN_TABLE, DHCP).is_foreign_default());
+        assert!(!pier.is_foreign_default());
+        // Not a default route, or not in the main table: not what the namespace routes by.
+        assert!(!route("10.0.0.0/8", MAIN_TABLE, BOOT).is_foreign_default());
+        assert!(!route("0.0.0.0/0", 100, BOOT).is_foreign_default());
+        assert_eq!(foreign_default_route(std::slice::from_ref(&pier)), None);
+        assert_eq!(
+            foreign_default_route(&[pier, own.clone()]),
+            Some(&own),
+            "the namespace's own beside Pier's"
+        );
     }
 }

@@ -469,7 +469,21 @@ fn default_render_runs_both_roles_as_designed() {
         .and_then(|v| v.host_path.clone())
         .expect("a hostPath volume for the lock directory");
     assert_eq!(volume.path, pier_node::node_lock::LOCK_DIR);
-    assert!(!mounts.iter().any(|m| m.mount_path.contains("xtables")));
+    // iptables-restore -w, where another firewall has iptables rules, shares the node's lock.
+    let xtables = mounts
+        .iter()
+        .find(|m| m.mount_path == "/run/xtables.lock")
+        .expect("the node's xtables lock");
+    let volume = pod
+        .volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == xtables.name))
+        .and_then(|v| v.host_path.clone())
+        .expect("a hostPath volume for the xtables lock");
+    assert_eq!(
+        (volume.path.as_str(), volume.type_.as_deref()),
+        ("/run/xtables.lock", Some("FileOrCreate"))
+    );
     assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
 }
 

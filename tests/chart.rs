@@ -63,6 +63,7 @@ fn toggles() -> BTreeMap<&'static str, Value> {
             json!(["base=10.10.0.0/16,size=24", "base=10.20.0.0/16,size=24"]),
         ),
         ("operator.portRange", json!("40000-40100")),
+        ("operator.deniedHostPorts", json!([])),
         (
             "operator.resources",
             json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),

@@ -393,6 +393,13 @@ fn default_render_runs_both_roles_as_designed() {
         env(&c, "PIER_ADMIN_ADDR").and_then(|e| e.value).as_deref(),
         Some("0.0.0.0:9090")
     );
+    // Kubernetes' own ports are refused by default, the same list as `pier operator`'s default.
+    assert_eq!(
+        env(&c, "PIER_DENIED_HOST_PORTS")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some(pier_operator::ports::KUBERNETES_HOST_PORTS)
+    );
     let live = c.liveness_probe.and_then(|p| p.http_get).expect("liveness");
     let ready = c
         .readiness_probe
@@ -460,6 +467,19 @@ fn default_render_runs_both_roles_as_designed() {
     assert!(mounts.iter().any(|m| m.mount_path == "/etc/netns"));
     assert!(!mounts.iter().any(|m| m.mount_path.contains("xtables")));
     assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+}
+
+#[test]
+fn denied_host_ports_can_be_emptied() {
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "operator.deniedHostPorts toggled")
+        .expect("case");
+    let (_, c) = container::<Deployment>(find(r, "Deployment")[0]);
+    let value = env(&c, "PIER_DENIED_HOST_PORTS").and_then(|e| e.value);
+    assert_eq!(value.as_deref(), Some(""));
+    let parsed: pier_operator::ports::PortSet = value.unwrap_or_default().parse().expect("parses");
+    assert!(parsed.is_empty(), "no port denied");
 }
 
 #[test]

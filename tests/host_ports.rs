@@ -31,15 +31,20 @@ impl Drop for Process {
     }
 }
 
-/// A process listening on TCP `port` in the node's namespace that answers `text` to everyone.
+/// A web server of the node: listening on TCP `port` in the node's namespace, serving `text`.
 fn node_listener(pier: &Pier, port: u16, text: &str) -> Process {
+    let dir = pier.data_dir.join(format!("www-node-{port}"));
+    std::fs::create_dir_all(&dir).expect("www dir");
+    std::fs::write(dir.join("index.html"), text).expect("index.html");
     let child = Command::new("ip")
-        .args(["netns", "exec", &pier.node_netns, "socat"])
-        .arg(format!("TCP-LISTEN:{port},reuseaddr,fork"))
-        .arg(format!("SYSTEM:echo {text}"))
+        .args(["netns", "exec", &pier.node_netns, "busybox", "httpd", "-f"])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-h")
+        .arg(&dir)
         .stdin(Stdio::null())
         .spawn()
-        .expect("socat starts in the node namespace");
+        .expect("httpd starts in the node namespace");
     Process(child)
 }
 
@@ -71,7 +76,7 @@ fn published_message(pier: &Pier, object: &str) -> String {
 #[test]
 fn a_port_the_node_uses_is_refused_until_free_and_published_ports_are_held() {
     let pier = Pier::up("hostport", &["hp-web"]);
-    let mut sshd = node_listener(&pier, 8000, "from-the-node");
+    let mut node_server = node_listener(&pier, 8000, "from-the-node");
     wait_for("the node's listener", Duration::from_secs(10), || {
         pier.http_from_node("127.0.0.1:8000")
             .contains("from-the-node")
@@ -142,7 +147,7 @@ spec:
     );
 
     // The process goes: the next resync publishes the port, and holds it.
-    sshd.stop();
+    node_server.stop();
     assert_eq!(
         pier.wait_condition("ppub web", "Published", "True"),
         "Published"

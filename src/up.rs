@@ -47,6 +47,11 @@ pub struct UpArgs {
     /// Seconds between full reconciles of the node (drift repair).
     #[arg(long, default_value_t = 10)]
     pub resync_seconds: u64,
+    /// Host ports no PortPublish may publish (`22,6443,10255-10259`), refused with
+    /// `PortNotAllowed`. None by default, as Docker lets you publish any free port: a port a
+    /// process of the machine listens on (sshd's 22) is refused anyway, with `PortInUseOnNode`.
+    #[arg(long, default_value = "")]
+    pub denied_host_ports: pier_operator::ports::PortSet,
 }
 
 /// Runs everything until SIGINT or SIGTERM.
@@ -102,7 +107,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await
     .context("reading the node's subnets")?
     .context("reading the node's addresses and routes")?;
-    let operator = operator_config(host_subnets.iter().map(|s| s.subnet).collect());
+    let operator = operator_config(
+        host_subnets.iter().map(|s| s.subnet).collect(),
+        args.denied_host_ports.clone(),
+    );
     if operator.bridge_subnet != pier_operator::Config::default().bridge_subnet {
         tracing::info!(
             subnet = %operator.bridge_subnet,
@@ -195,8 +203,12 @@ async fn install_crds(client: &Client) -> anyhow::Result<()> {
 
 /// The operator for one machine: pools skip what the machine already routes, and the default
 /// `bridge` network moves off 172.17.0.0/16 when that is taken (e.g. by Docker's docker0).
-fn operator_config(host_subnets: Vec<Ipv4Net>) -> pier_operator::Config {
+fn operator_config(
+    host_subnets: Vec<Ipv4Net>,
+    denied_host_ports: pier_operator::ports::PortSet,
+) -> pier_operator::Config {
     let mut config = pier_operator::Config::default();
+    config.alloc.denied_ports = denied_host_ports;
     config.lease.identity = "pier-up".into();
     config.lease.retry = Duration::from_secs(2);
     let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());

@@ -63,6 +63,7 @@ fn toggles() -> BTreeMap<&'static str, Value> {
             json!(["base=10.10.0.0/16,size=24", "base=10.20.0.0/16,size=24"]),
         ),
         ("operator.portRange", json!("40000-40100")),
+        ("operator.deniedHostPorts", json!([])),
         (
             "operator.resources",
             json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
@@ -392,6 +393,13 @@ fn default_render_runs_both_roles_as_designed() {
         env(&c, "PIER_ADMIN_ADDR").and_then(|e| e.value).as_deref(),
         Some("0.0.0.0:9090")
     );
+    // Kubernetes' own ports are refused by default, the same list as `pier operator`'s default.
+    assert_eq!(
+        env(&c, "PIER_DENIED_HOST_PORTS")
+            .and_then(|e| e.value)
+            .as_deref(),
+        Some(pier_operator::ports::KUBERNETES_HOST_PORTS)
+    );
     let live = c.liveness_probe.and_then(|p| p.http_get).expect("liveness");
     let ready = c
         .readiness_probe
@@ -531,6 +539,19 @@ fn netns_targets_are_off_unless_enabled_and_then_keep_their_markers_on_the_node(
         .and_then(|v| v.host_path)
         .expect("from the node");
     assert_eq!(volume.path, state_dir);
+}
+
+#[test]
+fn denied_host_ports_can_be_emptied() {
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "operator.deniedHostPorts toggled")
+        .expect("case");
+    let (_, c) = container::<Deployment>(find(r, "Deployment")[0]);
+    let value = env(&c, "PIER_DENIED_HOST_PORTS").and_then(|e| e.value);
+    assert_eq!(value.as_deref(), Some(""));
+    let parsed: pier_operator::ports::PortSet = value.unwrap_or_default().parse().expect("parses");
+    assert!(parsed.is_empty(), "no port denied");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod dns;
 pub mod firewall;
+pub mod host_ports;
 pub mod hostnet;
 pub mod named_netns;
 pub mod netlink;

@@ -18,7 +18,10 @@ use crate::ipam::{
     AddressError, AddressPool, AddressPoolConfig, Pool, PoolConfigError, SubnetAllocator,
     SubnetError,
 };
-use crate::ports::{HostPort, PortAllocator, PortError, PortRange, PortSpec, Protocol};
+use crate::ports::{
+    HostPort, KUBERNETES_HOST_PORTS, PortAllocator, PortError, PortRange, PortSet, PortSpec,
+    Protocol,
+};
 
 /// Where automatic subnets and ports come from.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct AllocConfig {
     pub pools: Vec<Pool>,
     /// Where automatic host ports come from.
     pub port_range: PortRange,
+    /// Host ports never published, fixed or automatic (`PortNotAllowed`).
+    pub denied_ports: PortSet,
     /// The Network an Endpoint without `spec.network` joins.
     pub default_network: String,
     /// Subnets automatic allocation from the pools must skip: those already in use on the
@@ -40,6 +45,8 @@ impl Default for AllocConfig {
         Self {
             pools: crate::ipam::default_pools(),
             port_range: PortRange::default(),
+            // The constant is unit-tested to parse.
+            denied_ports: KUBERNETES_HOST_PORTS.parse().unwrap_or_default(),
             default_network: crate::defaults::BRIDGE.to_owned(),
             excluded: Vec::new(),
         }
@@ -203,7 +210,7 @@ impl Allocations {
         subnets.set_excluded(config.excluded.iter().copied());
         Self {
             subnets,
-            ports: PortAllocator::new(config.port_range),
+            ports: PortAllocator::denying(config.port_range, config.denied_ports.clone()),
             config,
             pools: HashMap::new(),
             records: HashMap::new(),
@@ -552,7 +559,11 @@ impl Allocations {
                 ));
             }
         }
-        let rebuilt = PortAllocator::rebuild(this.config.port_range, held);
+        let rebuilt = PortAllocator::rebuild_denying(
+            this.config.port_range,
+            this.config.denied_ports.clone(),
+            held,
+        );
         rejected.extend(rebuilt.rejected.iter().map(ToString::to_string));
         this.ports = rebuilt.allocator;
         (this, rejected)

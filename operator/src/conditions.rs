@@ -41,6 +41,8 @@ pub mod reason {
     pub const ADDRESSES_EXHAUSTED: &str = "AddressesExhausted";
     /// A host port is held by another PortPublish.
     pub const PORT_CONFLICT: &str = "PortConflict";
+    /// An explicit host port is one of the operator's denied host ports.
+    pub const PORT_NOT_ALLOWED: &str = "PortNotAllowed";
     /// No automatic host port is free.
     pub const PORTS_EXHAUSTED: &str = "PortsExhausted";
     /// Ports cannot be published from an internal network.

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 
 use crate::allocations::AllocConfig;
 use crate::ipam::Pool;
-use crate::ports::PortRange;
+use crate::ports::{KUBERNETES_HOST_PORTS, PortRange, PortSet};
 
 /// `pier operator` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +46,10 @@ pub struct OperatorArgs {
     /// Range of automatically allocated host ports.
     #[arg(long, env = "PIER_PORT_RANGE", default_value = "32768-60999")]
     pub port_range: PortRange,
+    /// Host ports no PortPublish may publish, as ports and ranges (`22,6443,10255-10259`);
+    /// refused with `PortNotAllowed`, never picked automatically. Empty: none.
+    #[arg(long, env = "PIER_DENIED_HOST_PORTS", default_value = KUBERNETES_HOST_PORTS)]
+    pub denied_host_ports: PortSet,
 }
 
 /// Leader election settings.
@@ -152,6 +156,7 @@ impl TryFrom<&OperatorArgs> for Config {
                     args.address_pools.clone()
                 },
                 port_range: args.port_range,
+                denied_ports: args.denied_host_ports.clone(),
                 default_network: crate::defaults::BRIDGE.to_owned(),
                 excluded: Vec::new(),
             },
@@ -197,6 +202,8 @@ mod tests {
             "40000-40100",
             "--default-networks",
             "false",
+            "--denied-host-ports",
+            "22,8000-8080",
         ]);
         let config = Config::try_from(&cli.args).expect("valid flags");
         assert_eq!(config.lease.identity, "op-1");
@@ -206,12 +213,21 @@ mod tests {
         assert_eq!(config.alloc.pools.len(), 1);
         assert_eq!(config.alloc.port_range.first(), 40000);
         assert!(!config.default_networks);
+        assert_eq!(config.alloc.denied_ports.to_string(), "22,8000-8080");
 
         let defaults = Cli::parse_from(["pier", "--admin-addr", "off"]);
         let config = Config::try_from(&defaults.args).expect("defaults");
         assert_eq!(config.admin_addr, None);
         assert_eq!(config.alloc.pools, crate::ipam::default_pools());
         assert_eq!(config.bridge_subnet.to_string(), "172.17.0.0/16");
+        assert_eq!(
+            config.alloc.denied_ports.to_string(),
+            KUBERNETES_HOST_PORTS,
+            "Kubernetes' own ports by default"
+        );
+        let none = Cli::parse_from(["pier", "--denied-host-ports", ""]);
+        let config = Config::try_from(&none.args).expect("empty list");
+        assert!(config.alloc.denied_ports.is_empty());
 
         let bad = Cli::parse_from(["pier", "--admin-addr", "nowhere"]);
         assert!(Config::try_from(&bad.args).is_err());

@@ -242,3 +242,82 @@ async fn every_refusal_is_a_condition_and_an_event() {
     assert!(metrics.contains("reason=\"PortConflict\""), "{metrics}");
     op.stop().await;
 }
+
+/// The ports of a PortPublish's status.
+fn host_ports(p: &PortPublish) -> Vec<i32> {
+    p.status
+        .as_ref()
+        .map(|s| s.ports.iter().map(|port| port.host_port).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_own_ports_are_not_allowed_and_never_picked() {
+    let (_server, client) = cluster().await;
+    let mut config = config("op-1");
+    // An automatic range around the kubelet's 10250: both of its neighbours, never it.
+    config.alloc.port_range = "10249-10251".parse().expect("range");
+    assert!(config.alloc.denied_ports.contains(10250), "the default");
+    let op = Operator::start(&client, config);
+    let nets: Api<Network> = Api::all(client.clone());
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    let pps: Api<PortPublish> = Api::namespaced(client.clone(), "default");
+    create(&nets, &network("net", json!({"subnet": "10.7.0.0/24"}))).await;
+    create(&eps, &endpoint("web", "web", Some("net"), json!({}))).await;
+    allocated(&eps, "web").await;
+
+    for (name, port) in [
+        ("ssh", 22),
+        ("apiserver", 6443),
+        ("kubelet", 10250),
+        ("etcd", 2379),
+    ] {
+        create(
+            &pps,
+            &publish(
+                name,
+                "web",
+                json!([{"containerPort": 80, "hostPort": port, "hostIP": "127.0.0.1"}]),
+            ),
+        )
+        .await;
+        let refused = wait_for(&pps, name, "PortNotAllowed", |p| {
+            ready_of_publish(p).1 == "PortNotAllowed"
+        })
+        .await;
+        let (status, _, message) = ready_of_publish(&refused);
+        assert_eq!(status, "False");
+        assert!(
+            message.contains(&format!("127.0.0.1:{port}/tcp")),
+            "{message}"
+        );
+        assert!(host_ports(&refused).is_empty());
+        let note = event_with(&client, "default", name, "PortNotAllowed").await;
+        assert!(note.contains("denied host ports"), "{note}");
+    }
+
+    let first = publish(
+        "auto",
+        "web",
+        json!([{"containerPort": 80}, {"containerPort": 81}]),
+    );
+    create(&pps, &first).await;
+    let auto = wait_for(&pps, "auto", "allocated", |p| {
+        ready_of_publish(p).1 == "Allocated"
+    })
+    .await;
+    let mut ports = host_ports(&auto);
+    ports.sort_unstable();
+    assert_eq!(ports, vec![10249, 10251]);
+    // The range is full: the denied port is not a spare.
+    create(
+        &pps,
+        &publish("more", "web", json!([{"containerPort": 82}])),
+    )
+    .await;
+    wait_for(&pps, "more", "PortsExhausted", |p| {
+        ready_of_publish(p).1 == "PortsExhausted"
+    })
+    .await;
+    op.stop().await;
+}

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use pier_crds::conditions::{self, READY};
 use pier_crds::{Endpoint, Network, PortPublish};
 
+use crate::host_ports::{HostPort, Refused};
 use crate::hostnet::{HostSubnet, overlapping};
 use crate::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
@@ -36,6 +37,9 @@ pub mod reason {
     pub const ENDPOINT_NOT_ATTACHED: &str = "EndpointNotAttached";
     /// The Endpoint targets a named netns, and this node does not serve netns targets.
     pub const NETNS_TARGETS_DISABLED: &str = "NetnsTargetsDisabled";
+    /// A process of the node already has one of the PortPublish's host ports (that port is
+    /// left out; the others are published).
+    pub const PORT_IN_USE_ON_NODE: &str = "PortInUseOnNode";
 }
 
 /// What the node's objects are built from.
@@ -367,6 +371,67 @@ pub fn build(inputs: Inputs<'_>) -> Built {
     built
 }
 
+/// Leaves out of `built` the published ports the node could not hold (`refused`, see
+/// [`crate::host_ports`]) and refuses each PortPublish concerned, naming its ports left out and
+/// those still live. Refusals from [`build`] stay as they are.
+pub fn refuse_ports(built: &mut Built, refused: &BTreeMap<HostPort, Refused>, node: &str) {
+    if refused.is_empty() {
+        return;
+    }
+    let mut left_out: BTreeMap<String, Vec<(HostPort, &Refused)>> = BTreeMap::new();
+    built.state.ports.retain(|port| {
+        let host = HostPort::of(port);
+        match refused.get(&host) {
+            Some(why) => {
+                left_out
+                    .entry(port.id.clone())
+                    .or_default()
+                    .push((host, why));
+                false
+            }
+            None => true,
+        }
+    });
+    for (id, ports) in left_out {
+        let in_use: Vec<String> = ports
+            .iter()
+            .filter(|(_, why)| **why == Refused::InUse)
+            .map(|(port, _)| port.to_string())
+            .collect();
+        let failed: Vec<String> = ports
+            .iter()
+            .filter_map(|(port, why)| match why {
+                Refused::Failed(message) => {
+                    Some(format!("cannot hold host port {port}: {message}"))
+                }
+                Refused::InUse => None,
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !in_use.is_empty() {
+            parts.push(format!(
+                "host port {} is in use on node {node} (a process of the node has it and keeps \
+                 it); published once it is free",
+                in_use.join(", ")
+            ));
+        }
+        parts.extend(failed);
+        let live = super::portpublish::published_message(&id, &built.state, node);
+        if built.state.ports.iter().any(|p| p.id == id) {
+            parts.push(live);
+        }
+        let reason = if in_use.is_empty() {
+            super::portpublish::PUBLISH_FAILED
+        } else {
+            reason::PORT_IN_USE_ON_NODE
+        };
+        built.refusals.entry(ports_key(&id)).or_insert(Refusal {
+            reason,
+            message: parts.join("; "),
+        });
+    }
+}
+
 fn bridge_addressing(network: &Network) -> Option<(Ipv4Net, Ipv4Addr)> {
     let status = network.status.as_ref()?;
     let subnet: Ipv4Net = status.subnet.as_deref()?.parse().ok()?;
@@ -660,6 +725,61 @@ mod tests {
         assert_eq!(port.container_port, 80);
         assert_eq!(port.endpoint_address, Ipv4Addr::new(172, 17, 0, 2));
         assert_eq!(port.endpoint, "default/web");
+    }
+
+    #[test]
+    fn ports_the_node_cannot_hold_are_left_out_and_the_rest_stays_live() {
+        let networks = [bridge("bridge", "172.17.0.0/16", "172.17.0.1")];
+        let endpoints = [endpoint("web", "web", "bridge", "172.17.0.2", "eth0", 1)];
+        let mut two = (*publish("two", "web", 8000)).clone();
+        if let Some(status) = two.status.as_mut() {
+            status.ports.push(PublishedPortStatus {
+                container_port: 81,
+                protocol: pier_crds::Protocol::Tcp,
+                host_ip: "127.0.0.1".into(),
+                host_port: 8001,
+            });
+        }
+        let ports = [Arc::new(two), publish("other", "web", 9000)];
+        let mut built = run(&networks, &endpoints, &ports, &[]);
+        assert_eq!(built.state.ports.len(), 3);
+        let held = |port| HostPort {
+            ip: Ipv4Addr::UNSPECIFIED,
+            protocol: Protocol::Tcp,
+            port,
+        };
+        refuse_ports(
+            &mut built,
+            &BTreeMap::from([(held(8000), Refused::InUse)]),
+            NODE,
+        );
+        let live: Vec<u16> = built.state.ports.iter().map(|p| p.host_port).collect();
+        assert_eq!(
+            live,
+            vec![9000, 8001],
+            "the other port and the other PortPublish stay"
+        );
+        let refusal = &built.refusals["portpublish/default/two"];
+        assert_eq!(refusal.reason, reason::PORT_IN_USE_ON_NODE);
+        assert_eq!(
+            refusal.message,
+            "host port 0.0.0.0:8000/tcp is in use on node node-a (a process of the node has it \
+             and keeps it); published once it is free; 127.0.0.1:8001->81/tcp live on node node-a"
+        );
+        assert!(!built.refusals.contains_key("portpublish/default/other"));
+
+        let mut built = run(&networks, &endpoints, &ports, &[]);
+        refuse_ports(
+            &mut built,
+            &BTreeMap::from([(held(9000), Refused::Failed("Permission denied".into()))]),
+            NODE,
+        );
+        let refusal = &built.refusals["portpublish/default/other"];
+        assert_eq!(refusal.reason, super::super::portpublish::PUBLISH_FAILED);
+        assert_eq!(
+            refusal.message,
+            "cannot hold host port 0.0.0.0:9000/tcp: Permission denied"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What the node agent's reconcilers share: the API client, the stores the watches fill, the
 //! dataplane, the DNS state, and the writes of the node's conditions and Events.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::build::{self, Built, Inputs};
 use super::{AgentConfig, Error, FIELD_MANAGER};
 use crate::dns::resolv_conf;
+use crate::host_ports::{self, HostPort, Opened, PortHolder, Refused};
 use crate::hostnet::HostSubnet;
 use crate::named_netns::{NamedNetns, RUN_DIR};
 use crate::reconcile::{Dataplane, Outcome, Report};
@@ -55,6 +56,9 @@ pub struct Context {
     /// What each Endpoint (by uid) was last attached as, to skip the reconcile that only our own
     /// status write caused: the resync still checks the kernel for all of them.
     pub attached: Mutex<HashMap<String, String>>,
+    /// The sockets holding the published host ports (see [`crate::host_ports`]); locked across
+    /// each apply, so the ports held and the ports in the table change together.
+    pub host_ports: Arc<Mutex<PortHolder<socket2::Socket>>>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -99,6 +103,7 @@ impl Context {
             pod_netns: Mutex::new(HashMap::new()),
             dns_state,
             attached: Mutex::new(HashMap::new()),
+            host_ports: Arc::new(Mutex::new(PortHolder::default())),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -142,7 +147,11 @@ impl Context {
 
     /// Applies `built` to the kernel (creating missing named namespaces of the endpoints in
     /// scope first), then hands the state to the DNS server.
-    pub async fn apply(&self, built: &Built, scope: Scope) -> Result<Report, Error> {
+    ///
+    /// Published ports are held first (see [`crate::host_ports`]): one the node cannot hold is
+    /// left out of the table and out of `built`, and its PortPublish refused there. Ports refused
+    /// before are tried again by the full apply (the resync) only.
+    pub async fn apply(&self, built: &mut Built, scope: Scope) -> Result<Report, Error> {
         let named: Vec<String> = built
             .state
             .endpoints
@@ -158,10 +167,12 @@ impl Context {
             })
             .collect();
         let dataplane = self.dataplane.clone();
-        let state = built.state.clone();
+        let mut state = built.state.clone();
         let resolv_conf_root = self.config.dns.as_ref().and_then(|d| d.etc_netns.clone());
         let resolv_conf_owner = resolv_conf::owner_of(self.config.host_netns.as_deref());
-        let (report, created, uncreatable) = self
+        let holder = Arc::clone(&self.host_ports);
+        let host_netns = self.config.host_netns.clone();
+        let (report, created, uncreatable, refused) = self
             .blocking({
                 let named_netns = Arc::clone(&self.named);
                 move || {
@@ -178,6 +189,16 @@ impl Context {
                             }
                         }
                     }
+                    let mut holder = lock(&holder);
+                    let wanted: BTreeSet<HostPort> =
+                        state.ports.iter().map(HostPort::of).collect();
+                    let refused =
+                        holder.converge(&wanted, matches!(scope, Scope::Full), |ports| {
+                            open_host_ports(host_netns.as_deref(), ports)
+                        });
+                    state
+                        .ports
+                        .retain(|port| !refused.contains_key(&HostPort::of(port)));
                     let mut report = match &scope {
                         Scope::Full => dataplane.apply(&state),
                         Scope::Endpoints(ids) => {
@@ -189,13 +210,15 @@ impl Context {
                             dataplane.remove_links(&state, &names)
                         }
                     };
+                    drop(holder);
                     if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
                         note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
                     }
-                    (report, created, uncreatable)
+                    (report, created, uncreatable, refused)
                 }
             })
             .await?;
+        build::refuse_ports(built, &refused, &self.config.node_name);
         if !created.is_empty() {
             tracing::info!(?created, "network namespaces created for endpoints");
         }
@@ -295,6 +318,30 @@ fn note_foreign_resolv_confs(
                 .entry(build::endpoint_key(&endpoint.id))
                 .or_default()
                 .push(resolv_conf::FOREIGN_NOTE.to_owned());
+        }
+    }
+}
+
+/// Opens `ports` in the node's namespace `netns` (`None`: the process's own, where this blocking
+/// thread already is), one outcome per port.
+fn open_host_ports(netns: Option<&Path>, ports: &[HostPort]) -> Vec<Opened<socket2::Socket>> {
+    let open_all = |ports: Vec<HostPort>| -> Vec<Opened<socket2::Socket>> {
+        ports
+            .iter()
+            .map(|port| Opened::from_result(host_ports::open(port)))
+            .collect()
+    };
+    match netns {
+        None => open_all(ports.to_vec()),
+        Some(path) => {
+            let owned = ports.to_vec();
+            crate::netns::run_in(Some(path), move || open_all(owned)).unwrap_or_else(|error| {
+                let message = crate::reconcile::chain(&error);
+                ports
+                    .iter()
+                    .map(|_| Opened::Refused(Refused::Failed(message.clone())))
+                    .collect()
+            })
         }
     }
 }

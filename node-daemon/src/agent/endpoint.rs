@@ -105,7 +105,7 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     if let Some(pod) = &ep.spec.target.pod {
         find_pod_netns(ep, &pod.name, ctx).await?;
     }
-    let built = ctx.build();
+    let mut built = ctx.build();
     let id = object_id(&ep.metadata);
     let object = endpoint_key(&id);
     let existing = ep
@@ -132,7 +132,7 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     let report = ctx
-        .apply(&built, Scope::Endpoints(vec![id.clone()]))
+        .apply(&mut built, Scope::Endpoints(vec![id.clone()]))
         .await?;
     let Some(condition) = attached_condition(&built, Some(&report), &id, &existing, generation)
     else {
@@ -163,7 +163,7 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
 async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     lock(&ctx.attached).remove(ep.metadata.uid.as_deref().unwrap_or_default());
-    let built = ctx.build();
+    let mut built = ctx.build();
     let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());
     let mut links = vec![veth.clone()];
     let network = ep.status.as_ref().and_then(|s| s.network.as_deref());
@@ -172,7 +172,7 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
             network.metadata.uid.as_deref().unwrap_or_default(),
         ));
     }
-    let report = ctx.apply(&built, Scope::Removal(links)).await?;
+    let report = ctx.apply(&mut built, Scope::Removal(links)).await?;
     if let Some(Outcome::Failed(message)) = report.objects.get(&format!("link/{veth}")) {
         return Err(Error::Detach {
             endpoint: key(ep),

@@ -78,7 +78,7 @@ async fn publish_ports(
     ctx: &Context,
 ) -> Result<Action, Error> {
     ctx.wait_synced().await?;
-    let built = ctx.build();
+    let mut built = ctx.build();
     let id = object_id(&publish.metadata);
     let existing = publish
         .status
@@ -98,7 +98,7 @@ async fn publish_ports(
         return Ok(Action::await_change());
     }
     // No endpoint in scope: bridges and the table only.
-    let report = ctx.apply(&built, Scope::Endpoints(Vec::new())).await?;
+    let report = ctx.apply(&mut built, Scope::Endpoints(Vec::new())).await?;
     let firewall = firewall_outcome(&report);
     let Some(condition) =
         published_condition(&built, Some(&firewall), &id, node, &existing, generation)
@@ -116,8 +116,8 @@ async fn publish_ports(
 /// Withdraws the ports: the table rendered from the node without this PortPublish.
 async fn withdraw(publish: &PortPublish, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
-    let built = ctx.build();
-    let report = ctx.apply(&built, Scope::Endpoints(Vec::new())).await?;
+    let mut built = ctx.build();
+    let report = ctx.apply(&mut built, Scope::Endpoints(Vec::new())).await?;
     firewall_outcome(&report).map_err(|message| Error::Publish {
         portpublish: key(publish),
         message,

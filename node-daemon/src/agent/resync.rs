@@ -45,8 +45,8 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
         .map_err(Error::HostSubnets)?;
     *lock(&ctx.host_subnets) = subnets;
     lock(&ctx.pod_netns).retain(|_, path| path.exists());
-    let built = ctx.build();
-    let report = ctx.apply(&built, Scope::Full).await?;
+    let mut built = ctx.build();
+    let report = ctx.apply(&mut built, Scope::Full).await?;
     let repaired: Vec<String> = report
         .objects
         .iter()

@@ -246,6 +246,9 @@ async fn allocate(
         Err(e @ PortError::Exhausted { .. }) => {
             Ok(Err((reason::PORTS_EXHAUSTED, e.to_string(), false)))
         }
+        Err(e @ PortError::NotAllowed { .. }) => {
+            Ok(Err((reason::PORT_NOT_ALLOWED, e.to_string(), false)))
+        }
         Err(e) => Ok(Err((reason::PORT_CONFLICT, e.to_string(), false))),
     }
 }

@@ -16,7 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::protocol::{PortRange, Protocol};
+use super::protocol::{PortRange, PortSet, Protocol};
 use crate::ipam::hash::IntMap;
 use crate::ipam::{Bitmap, Rebuilt};
 
@@ -146,6 +146,17 @@ pub enum PortError {
         /// The automatic range.
         range: PortRange,
     },
+    /// The port is one of the operator's denied host ports (the node's own services use it).
+    #[error(
+        "host port {requested} may not be published: the operator's denied host ports ({denied}) \
+         are kept for the node's own services"
+    )]
+    NotAllowed {
+        /// The port asked for.
+        requested: HostPort,
+        /// The denied ports.
+        denied: PortSet,
+    },
     /// Port 0 cannot be held (ask for an automatic port instead).
     #[error("host port {requested} is not a port: ask for an automatic port instead of port 0")]
     ZeroPort {
@@ -180,9 +191,15 @@ struct Table {
 }
 
 impl Table {
-    fn new() -> Self {
+    /// A table with nothing held; the `denied` ports are marked used, so the automatic search
+    /// never picks one (and, never held, they are never cleared).
+    fn new(denied: &PortSet) -> Self {
+        let mut used = Bitmap::new(1 << 16);
+        for port in denied.ports() {
+            used.set(u32::from(port));
+        }
         Self {
-            used: Bitmap::new(1 << 16),
+            used,
             holders: IntMap::default(),
         }
     }
@@ -220,6 +237,8 @@ impl Table {
 #[derive(Debug, Clone)]
 pub struct PortAllocator {
     range: PortRange,
+    /// Ports never handed out, fixed or automatic.
+    denied: PortSet,
     tables: HashMap<String, HashMap<Protocol, Table>>,
     /// Owner → its ports, in the order they were taken.
     by_owner: HashMap<Arc<str>, Vec<HostPort>>,
@@ -235,8 +254,15 @@ impl Default for PortAllocator {
 impl PortAllocator {
     /// An empty allocator picking automatic ports from `range`.
     pub fn new(range: PortRange) -> Self {
+        Self::denying(range, PortSet::empty())
+    }
+
+    /// An empty allocator picking automatic ports from `range` that never hands out a port of
+    /// `denied` (the node's own services: sshd, the kubelet, ...).
+    pub fn denying(range: PortRange, denied: PortSet) -> Self {
         Self {
             range,
+            denied,
             tables: HashMap::new(),
             by_owner: HashMap::new(),
         }
@@ -252,7 +278,21 @@ impl PortAllocator {
         I: IntoIterator<Item = (S, HostPort)>,
         S: AsRef<str>,
     {
-        let mut this = Self::new(range);
+        Self::rebuild_denying(range, PortSet::empty(), existing)
+    }
+
+    /// [`PortAllocator::rebuild`] of an allocator [`denying`](PortAllocator::denying) `denied`:
+    /// a recorded port that is denied now is not kept and is reported.
+    pub fn rebuild_denying<I, S>(
+        range: PortRange,
+        denied: PortSet,
+        existing: I,
+    ) -> Rebuilt<Self, PortError>
+    where
+        I: IntoIterator<Item = (S, HostPort)>,
+        S: AsRef<str>,
+    {
+        let mut this = Self::denying(range, denied);
         let mut rejected = Vec::new();
         for (owner, port) in existing {
             let owner = owner.as_ref();
@@ -277,6 +317,11 @@ impl PortAllocator {
         self.range
     }
 
+    /// The ports never handed out.
+    pub fn denied(&self) -> &PortSet {
+        &self.denied
+    }
+
     /// Takes a fixed host port for `owner` (`docker run -p 8000:80`).
     ///
     /// Idempotent: an owner already holding exactly this port gets `Ok` again. Returns the port
@@ -285,6 +330,12 @@ impl PortAllocator {
         let port = port.normalized();
         if port.port == 0 {
             return Err(PortError::ZeroPort { requested: port });
+        }
+        if self.denied.contains(port.port) {
+            return Err(PortError::NotAllowed {
+                requested: port,
+                denied: self.denied.clone(),
+            });
         }
         if let Some(h) = self
             .tables
@@ -536,7 +587,14 @@ impl PortAllocator {
         );
         match self.tables.get(node).and_then(|t| t.get(&protocol)) {
             Some(table) => table.used.count_clear_in(lo, hi),
-            None => self.range.len(),
+            None => {
+                let denied: std::collections::BTreeSet<u16> = self
+                    .denied
+                    .ports()
+                    .filter(|p| self.range.contains(*p))
+                    .collect();
+                self.range.len() - u32::try_from(denied.len()).unwrap_or(u32::MAX)
+            }
         }
     }
 
@@ -549,10 +607,11 @@ impl PortAllocator {
     }
 
     fn table_mut(&mut self, node: &str, protocol: Protocol) -> &mut Table {
+        let denied = &self.denied;
         self.tables
             .entry(node.to_owned())
             .or_default()
             .entry(protocol)
-            .or_insert_with(Table::new)
+            .or_insert_with(|| Table::new(denied))
     }
 }

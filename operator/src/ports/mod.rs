@@ -9,7 +9,10 @@ pub mod allocator;
 pub mod protocol;
 
 pub use allocator::{HostPort, PortAllocator, PortError, PortSpec, ips_conflict};
-pub use protocol::{DEFAULT_AUTO_PORTS, PortRange, PortRangeError, Protocol, ProtocolParseError};
+pub use protocol::{
+    DEFAULT_AUTO_PORTS, KUBERNETES_HOST_PORTS, PortRange, PortRangeError, PortSet, Protocol,
+    ProtocolParseError,
+};
 
 #[cfg(test)]
 mod tests;

@@ -148,6 +148,77 @@ impl FromStr for PortRange {
     }
 }
 
+/// Kubernetes' own host ports (sshd, etcd, the API server, the kubelet, its read-only port,
+/// kube-proxy's health port, the controller managers and the scheduler): what the operator
+/// refuses to publish unless told otherwise.
+pub const KUBERNETES_HOST_PORTS: &str = "22,2379-2380,6443,10250,10255-10259";
+
+/// A set of ports given as ports and ranges, e.g. `22,2379-2380,6443` (empty: no port).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct PortSet {
+    ranges: Vec<PortRange>,
+}
+
+impl PortSet {
+    /// The empty set.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges.iter().any(|r| r.contains(port))
+    }
+
+    /// Whether the set has no port.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Every port of the set (a port in two ranges comes twice).
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ranges.iter().flat_map(PortRange::ports)
+    }
+}
+
+impl fmt::Display for PortSet {
+    /// `22,2379-2380,6443`: what it was parsed from, normalized.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, range) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if range.first() == range.last() {
+                write!(f, "{}", range.first())?;
+            } else {
+                write!(f, "{range}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = PortRangeError;
+
+    /// Comma-separated ports and `FIRST-LAST` ranges; blanks around items are ignored.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut ranges = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let range = if item.contains('-') {
+                item.parse()?
+            } else {
+                let port = item
+                    .parse()
+                    .map_err(|_| PortRangeError::Parse(item.to_owned()))?;
+                PortRange::new(port, port)?
+            };
+            ranges.push(range);
+        }
+        Ok(Self { ranges })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +259,37 @@ mod tests {
         assert!(matches!(
             "1-70000".parse::<PortRange>(),
             Err(PortRangeError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn port_sets() {
+        let kubernetes: PortSet = KUBERNETES_HOST_PORTS.parse().expect("the default parses");
+        for port in [22, 2379, 2380, 6443, 10250, 10255, 10259] {
+            assert!(kubernetes.contains(port), "{port}");
+        }
+        for port in [21, 23, 2381, 8080, 10251, 10254, 10260] {
+            assert!(!kubernetes.contains(port), "{port}");
+        }
+        assert_eq!(kubernetes.to_string(), KUBERNETES_HOST_PORTS);
+        assert_eq!(kubernetes.ports().count(), 10);
+        let empty: PortSet = "".parse().expect("empty");
+        assert!(empty.is_empty() && !empty.contains(22));
+        assert_eq!(
+            " 22 , 80-81 ".parse::<PortSet>().map(|s| s.to_string()),
+            Ok("22,80-81".into())
+        );
+        assert!(matches!(
+            "22,ssh".parse::<PortSet>(),
+            Err(PortRangeError::Parse(_))
+        ));
+        assert!(matches!(
+            "0".parse::<PortSet>(),
+            Err(PortRangeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            "90-80".parse::<PortSet>(),
+            Err(PortRangeError::Invalid { .. })
         ));
     }
 }

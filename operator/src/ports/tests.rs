@@ -515,3 +515,91 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn denied_ports_are_never_handed_out() {
+    let denied: PortSet = KUBERNETES_HOST_PORTS.parse().expect("default");
+    // A range holding some of them: 6443 and 10250 among 6442-6444 and 10249-10251.
+    let range = PortRange::new(6442, 6444).expect("range");
+    let mut a = PortAllocator::denying(range, denied.clone());
+    assert_eq!(a.available("node-a", Protocol::Tcp), 2);
+    for ip in [ANY, LO] {
+        let err = a.reserve("default/ssh", &tcp(ip, 22)).expect_err("denied");
+        assert_eq!(
+            err,
+            PortError::NotAllowed {
+                requested: tcp(ip, 22),
+                denied: denied.clone()
+            }
+        );
+    }
+    assert!(
+        a.reserve("default/dns", &hp("node-a", Protocol::Udp, ANY, 6443))
+            .is_err(),
+        "every protocol"
+    );
+    assert_eq!(
+        a.reserve("default/ssh", &tcp(ANY, 22))
+            .expect_err("denied")
+            .to_string(),
+        "host port 0.0.0.0:22/tcp on node \"node-a\" may not be published: the operator's \
+         denied host ports (22,2379-2380,6443,10250,10255-10259) are kept for the node's own \
+         services"
+    );
+    let auto: Vec<u16> = (0..2)
+        .map(|i| {
+            a.allocate(&format!("default/p{i}"), "node-a", Protocol::Tcp, ANY)
+                .expect("free")
+                .port
+        })
+        .collect();
+    assert_eq!(auto, vec![6442, 6444]);
+    assert!(matches!(
+        a.allocate("default/p2", "node-a", Protocol::Tcp, ANY),
+        Err(PortError::Exhausted { .. })
+    ));
+    // Releasing every port of the range leaves the denied one out of the automatic search.
+    a.release_owner("default/p0");
+    a.release_owner("default/p1");
+    let specs = [
+        PortSpec::auto(Protocol::Tcp, ANY),
+        PortSpec::auto(Protocol::Tcp, ANY),
+    ];
+    let ports: BTreeSet<u16> = a
+        .assign("default/both", "node-a", &specs)
+        .expect("two free")
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, BTreeSet::from([6442, 6444]));
+    assert!(
+        a.assign(
+            "default/fixed",
+            "node-a",
+            &[PortSpec::fixed(Protocol::Tcp, ANY, 10250)]
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn rebuild_drops_ports_denied_since() {
+    let denied: PortSet = "22".parse().expect("set");
+    let rebuilt = PortAllocator::rebuild_denying(
+        PortRange::default(),
+        denied,
+        [
+            ("default/ssh", tcp(ANY, 22)),
+            ("default/web", tcp(ANY, 8000)),
+        ],
+    );
+    assert_eq!(rebuilt.allocator.len(), 1);
+    assert_eq!(
+        rebuilt.allocator.holder(&tcp(ANY, 8000)),
+        Some("default/web")
+    );
+    assert!(matches!(
+        rebuilt.rejected.as_slice(),
+        [PortError::NotAllowed { .. }]
+    ));
+}

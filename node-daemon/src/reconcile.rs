@@ -1215,10 +1215,11 @@ impl Dataplane {
             Err(error) => report.failed(FIREWALL.to_owned(), chain(&error)),
         }
         match firewall::iptables_reset(self.host_netns()) {
-            Ok(()) => report.changed(
-                IPTABLES.to_owned(),
-                "Pier's chains and jumps removed".to_owned(),
-            ),
+            Ok(removed) => {
+                for change in removed {
+                    report.changed(IPTABLES.to_owned(), change.summary.join("; "));
+                }
+            }
             Err(error) => report.failed(IPTABLES.to_owned(), chain(&error)),
         }
         Ok(report)

@@ -227,14 +227,7 @@ pub fn iptables_apply(
     let changes = changes.to_vec();
     netns::run_in(host_netns, move || {
         for change in &changes {
-            let tool = change.backend.restore_tool();
-            // -w: wait for the xtables lock other users of the legacy backend hold.
-            run_tool(
-                change.backend,
-                &tool,
-                &["--noflush", "-w", "5"],
-                &change.script,
-            )?;
+            run_restore(change)?;
         }
         Ok(())
     })
@@ -242,18 +235,27 @@ pub fn iptables_apply(
 }
 
 /// Removes Pier's chains and jumps from every iptables backend; nothing else is touched.
-pub fn iptables_reset(host_netns: Option<&Path>) -> Result<(), FirewallError> {
+/// Returns what was removed.
+pub fn iptables_reset(host_netns: Option<&Path>) -> Result<Vec<IptablesChange>, FirewallError> {
     netns::run_in(host_netns, || {
+        let mut removed = Vec::new();
         for backend in Backend::ALL {
             let Some(table) = iptables_read(backend)? else {
                 continue;
             };
             if let Some(change) = iptables::removal(backend, &table) {
-                let tool = backend.restore_tool();
-                run_tool(backend, &tool, &["--noflush", "-w", "5"], &change.script)?;
+                run_restore(&change)?;
+                removed.push(change);
             }
         }
-        Ok(())
+        Ok(removed)
     })
     .map_err(FirewallError::Netns)?
+}
+
+/// One `iptables-restore --noflush` batch; `-w` waits for the xtables lock that other users of
+/// the legacy backend hold.
+fn run_restore(change: &IptablesChange) -> Result<String, FirewallError> {
+    let tool = change.backend.restore_tool();
+    run_tool(change.backend, &tool, &["--noflush", "-w", "5"], &change.script)
 }

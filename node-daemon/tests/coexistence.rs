@@ -110,6 +110,20 @@ fn chain_rules(host: &Ns, chain: &str) -> Vec<String> {
         .collect()
 }
 
+/// Deletes, by hand, the rule of Pier's in `inet firewalld`'s `chain` whose text has `what`.
+fn delete_pier_rule(host: &Ns, chain: &str, what: &str) {
+    let handle = host
+        .sh(&format!("nft -a list chain inet firewalld {chain}"))
+        .lines()
+        .find(|l| l.contains(what) && l.contains("pier:coexist:"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_owned())
+        .expect("Pier's rule has a handle");
+    host.sh(&format!(
+        "nft delete rule inet firewalld {chain} handle {handle}"
+    ));
+}
+
 fn require_iptables() {
     common::require_root_with(&["iptables-nft", "iptables-legacy"]);
 }
@@ -473,20 +487,16 @@ fn beside_firewalld_on_nftables_pier_opens_only_its_bridges_and_dns() {
     assert_eq!(node.vault1.http_get(LAN, 80), None, "internal egress");
     assert!(!lan.ping(VAULT1), "internal ingress");
 
-    // Someone deletes Pier's oifname rule: firewalld's reject takes the published port; the
-    // next full apply puts it back.
-    let handle = lab
-        .host
-        .sh("nft -a list chain inet firewalld filter_FORWARD")
-        .lines()
-        .find(|l| l.contains("oifname \"pier-*\" accept"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .map(|h| h.trim().to_owned())
-        .expect("Pier's oifname rule has a handle");
-    lab.host.sh(&format!(
-        "nft delete rule inet firewalld filter_FORWARD handle {handle}"
-    ));
+    // Someone deletes Pier's rules: firewalld's reject takes the published port and DNS; the
+    // next full apply puts them back.
+    delete_pier_rule(&lab.host, "filter_FORWARD", "oifname");
+    delete_pier_rule(&lab.host, "filter_INPUT", "udp dport 53");
     assert_eq!(lan.http_get(HOST_UPLINK, 8000), None, "without Pier's rule");
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53),
+        None,
+        "without Pier's rule"
+    );
     let plan = lab.dataplane.plan(&node.state).expect("plan");
     assert!(
         plan.to_string().contains(
@@ -497,6 +507,10 @@ fn beside_firewalld_on_nftables_pier_opens_only_its_bridges_and_dns() {
     lab.apply_ok(&node.state);
     lab.assert_converged(&node.state);
     assert_eq!(published_from_lan().as_deref(), Some("hello from con1"));
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53).as_deref(),
+        Some("dns-answer")
+    );
 
     // `pier down`: firewalld's ruleset exactly as before.
     let report = lab.dataplane.reset().expect("reset");
@@ -512,6 +526,7 @@ fn beside_a_hand_written_inet_filter_and_across_a_reload() {
     nft_load(&lab.host, INET_FILTER_HOST);
     let before = nft_ruleset(&lab.host);
     let node = node(&lab);
+    let _web = node.con1.serve_http(80, "hello from con1");
 
     // A firewall reload between Pier's read and its batch: the table Pier planned against is
     // gone. The error is reported under its own key, the rest applies, the next apply converges.
@@ -532,6 +547,13 @@ fn beside_a_hand_written_inet_filter_and_across_a_reload() {
         1,
         "{report}"
     );
+    // Links and table inet pier are in place, but without Pier's accepts the policy drop of
+    // inet filter takes the published port.
+    assert_eq!(
+        lan.http_get(HOST_UPLINK, 8000),
+        None,
+        "without Pier's accepts"
+    );
     nft_load(&lab.host, INET_FILTER_HOST);
     lab.apply_ok(&node.state);
     lab.assert_converged(&node.state);
@@ -544,7 +566,6 @@ fn beside_a_hand_written_inet_filter_and_across_a_reload() {
         pier_lines(NativeHook::Input)
     );
 
-    let _web = node.con1.serve_http(80, "hello from con1");
     let _lan_web = lan.serve_http(80, "hello from the lan");
     let _dns = lab.host.serve_udp(53, "dns-answer");
     let _ssh = lab.host.serve_http(22, "the node's own service");
@@ -569,4 +590,46 @@ fn beside_a_hand_written_inet_filter_and_across_a_reload() {
     let report = lab.dataplane.reset().expect("reset");
     assert!(report.is_success(), "{report}");
     assert_eq!(nft_ruleset(&lab.host), before);
+}
+
+#[test]
+fn a_table_only_its_owner_may_change_is_left_alone_and_named() {
+    common::require_root_with(&["nft"]);
+    let lab = Lab::new("nown");
+    // firewalld 2 creates its table with the owner flag; the table lives as long as the owner's
+    // netlink socket, here an interactive nft reading from a pipe that stays open for 30 s (long
+    // enough for the test; the pipeline ends by itself after).
+    let _owner = lab.host.spawn(
+        "sh -c \"(echo 'add table inet owned { flags owner; }'; \
+         echo 'add chain inet owned forward_c { type filter hook forward priority 0; policy drop; }'; \
+         sleep 30) | nft -i\"",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !lab
+        .host
+        .exec("nft list chain inet owned forward_c")
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owned table did not appear"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before = lab.host.sh("nft list table inet owned");
+    let node = node(&lab);
+    let report = lab.apply_ok(&node.state);
+    let notes = report.notes.get(NFTABLES).cloned().unwrap_or_default();
+    assert_eq!(notes, [native::owned_note("inet owned")], "{report}");
+    assert!(
+        lab.dataplane
+            .plan(&node.state)
+            .expect("plan")
+            .nftables
+            .is_empty()
+    );
+    assert_eq!(lab.host.sh("nft list table inet owned"), before);
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
 }

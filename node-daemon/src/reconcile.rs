@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use crate::firewall::{self, FirewallPlan, IptablesChange};
+use crate::firewall::{self, FirewallPlan, IptablesChange, NativeChange};
 use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::netns::{self, NetnsError};
 use crate::state::{
@@ -57,6 +57,8 @@ pub enum DataplaneError {
 pub const FIREWALL: &str = "firewall/inet-pier";
 /// The report key of Pier's accepts in other firewalls' iptables tables.
 pub const IPTABLES: &str = "firewall/iptables";
+/// The report key of Pier's accepts in other programs' nftables tables (firewalld, `inet filter`).
+pub const NFTABLES: &str = "firewall/nftables";
 
 /// The note on an endpoint whose namespace kept a default route of its own (Docker's `network
 /// connect` to a running container keeps the container's gateway).
@@ -251,6 +253,8 @@ pub struct Plan {
     pub firewall: Option<FirewallPlan>,
     /// What other firewalls' iptables filter tables need (full plans only).
     pub iptables: Vec<IptablesChange>,
+    /// What other programs' nftables tables need (full plans only).
+    pub nftables: Vec<NativeChange>,
 }
 
 impl Plan {
@@ -259,6 +263,7 @@ impl Plan {
         self.steps.is_empty()
             && self.firewall.as_ref().is_none_or(FirewallPlan::is_empty)
             && self.iptables.is_empty()
+            && self.nftables.is_empty()
     }
 }
 
@@ -276,6 +281,9 @@ impl fmt::Display for Plan {
             None => {}
         }
         for change in &self.iptables {
+            write!(f, "{change}")?;
+        }
+        for change in &self.nftables {
             write!(f, "{change}")?;
         }
         for problem in &self.problems {
@@ -939,6 +947,18 @@ impl Dataplane {
                     message: chain(&error),
                 }),
             }
+            match firewall::native_plan(self.host_netns()) {
+                Ok(native) => {
+                    plan.nftables = native.changes;
+                    if !native.notes.is_empty() {
+                        plan.notes.insert(NFTABLES.to_owned(), native.notes);
+                    }
+                }
+                Err(error) => plan.problems.push(Problem {
+                    object: NFTABLES.to_owned(),
+                    message: chain(&error),
+                }),
+            }
         }
 
         // Deletions first: they free names, addresses and routes that new objects may reuse.
@@ -1044,6 +1064,19 @@ impl Dataplane {
                     }
                 }
                 Err(error) => report.failed(IPTABLES.to_owned(), chain(&error)),
+            }
+        }
+        if !plan.nftables.is_empty() {
+            match firewall::native_apply(self.host_netns(), &plan.nftables) {
+                Ok(()) => {
+                    for change in &plan.nftables {
+                        report.changed(
+                            NFTABLES.to_owned(),
+                            format!("{}: {}", change.location(), change.summary.join("; ")),
+                        );
+                    }
+                }
+                Err(error) => report.failed(NFTABLES.to_owned(), chain(&error)),
             }
         }
         report
@@ -1221,6 +1254,16 @@ impl Dataplane {
                 }
             }
             Err(error) => report.failed(IPTABLES.to_owned(), chain(&error)),
+        }
+        match firewall::native_reset(self.host_netns()) {
+            Ok(removed) => report.changed(
+                NFTABLES.to_owned(),
+                format!(
+                    "Pier's rules removed from {} chain(s) of other nftables tables",
+                    removed.len()
+                ),
+            ),
+            Err(error) => report.failed(NFTABLES.to_owned(), chain(&error)),
         }
         Ok(report)
     }

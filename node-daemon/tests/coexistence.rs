@@ -1,6 +1,7 @@
 //! The dataplane on machines that are not empty: beside Docker (iptables-nft chains, `FORWARD`
 //! policy DROP, br_netfilter), beside a strict iptables-legacy firewall (ufw's defaults: `INPUT`
-//! and `FORWARD` DROP), probed from another host of the LAN, and attacked from a container
+//! and `FORWARD` DROP), beside firewalls written natively in nftables (firewalld's nftables
+//! backend, a hand-written `inet filter`), probed from another host of the LAN, and attacked from a container
 //! through its gateway. Real packets throughout; every test has its own namespaces.
 //!
 //! ```text
@@ -14,7 +15,9 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network, published};
+use pier_node::firewall::native::{self, NativeHook};
 use pier_node::firewall::{self, iptables};
+use pier_node::reconcile::{NFTABLES, Outcome};
 use pier_node::state::NodeState;
 
 const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -34,6 +37,92 @@ iptables-legacy -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 iptables-legacy -P INPUT DROP
 iptables-legacy -P FORWARD DROP
 ";
+
+/// What firewalld's nftables backend amounts to for Pier's traffic (zone public, no services):
+/// base chains at forward and input that reject or drop everything not allowed. Loaded with
+/// `nft -f`, as firewalld does (without the owner flag, which only a live owner keeps).
+const FIREWALLD_HOST: &str = "\
+table inet firewalld {
+    chain filter_INPUT {
+        type filter hook input priority filter + 10; policy drop;
+        ct state established,related accept
+        ct state invalid drop
+        iifname \"lo\" accept
+        reject with icmpx admin-prohibited
+    }
+    chain filter_FORWARD {
+        type filter hook forward priority filter + 10; policy accept;
+        ct state established,related accept
+        ct state invalid drop
+        iifname \"lo\" accept
+        reject with icmpx admin-prohibited
+    }
+    chain filter_OUTPUT {
+        type filter hook output priority filter + 10; policy accept;
+        oifname \"lo\" accept
+    }
+}
+";
+
+/// A hand-written firewall: `inet filter` with forward policy drop, and an `ip` family table
+/// that drops what comes in.
+const INET_FILTER_HOST: &str = "\
+table inet filter {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+    }
+}
+table ip guard {
+    chain in {
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iifname \"lo\" accept
+    }
+}
+";
+
+/// Loads a ruleset into the node's namespace with `nft -f`.
+fn nft_load(host: &Ns, ruleset: &str) {
+    host.sh(&format!("nft -f - <<'EOF'\n{ruleset}EOF"));
+}
+
+/// `nft list ruleset` (no handles, no counters in these rulesets).
+fn nft_ruleset(host: &Ns) -> String {
+    host.sh("nft list ruleset")
+}
+
+/// Pier's rules as `nft list` prints them, in order.
+fn pier_lines(hook: NativeHook) -> Vec<String> {
+    native::desired(hook)
+        .iter()
+        .map(|r| format!("{} comment \"{}\"", r.text, r.comment()))
+        .collect()
+}
+
+/// The rules of one chain as `nft list chain` prints them.
+fn chain_rules(host: &Ns, chain: &str) -> Vec<String> {
+    host.sh(&format!("nft list chain {chain}"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("table") && !l.starts_with("chain"))
+        .filter(|l| !l.starts_with("type") && *l != "}")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deletes, by hand, the rule of Pier's in `inet firewalld`'s `chain` whose text has `what`.
+fn delete_pier_rule(host: &Ns, chain: &str, what: &str) {
+    let handle = host
+        .sh(&format!("nft -a list chain inet firewalld {chain}"))
+        .lines()
+        .find(|l| l.contains(what) && l.contains("pier:coexist:"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_owned())
+        .expect("Pier's rule has a handle");
+    host.sh(&format!(
+        "nft delete rule inet firewalld {chain} handle {handle}"
+    ));
+}
 
 fn require_iptables() {
     common::require_root_with(&["iptables-nft", "iptables-legacy"]);
@@ -330,4 +419,217 @@ fn containers_never_reach_the_nodes_loopback_services() {
         "the attack itself must work without the rule"
     );
     let _ = std::fs::remove_file(&received);
+}
+
+#[test]
+fn beside_firewalld_on_nftables_pier_opens_only_its_bridges_and_dns() {
+    common::require_root_with(&["nft"]);
+    let lab = Lab::new("fwd");
+    let lan = lan_host(&lab);
+    // Where Docker or Kubernetes loaded br_netfilter, even traffic bridged within one Pier
+    // network meets firewalld's forward chain.
+    lab.host
+        .sh("sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1");
+    nft_load(&lab.host, FIREWALLD_HOST);
+    let before = nft_ruleset(&lab.host);
+
+    let node = node(&lab);
+    let report = lab.apply_ok(&node.state);
+    assert!(
+        matches!(report.objects.get(NFTABLES), Some(Outcome::Changed(_))),
+        "{report}"
+    );
+    lab.assert_converged(&node.state);
+    // Pier's rules first in each chain, as nft prints them; firewalld's rules untouched after.
+    let forward = chain_rules(&lab.host, "inet firewalld filter_FORWARD");
+    assert_eq!(
+        forward[..2],
+        pier_lines(NativeHook::Forward),
+        "{forward:#?}"
+    );
+    assert_eq!(forward[2], "ct state established,related accept");
+    assert_eq!(forward.len(), 6, "{forward:#?}");
+    let input = chain_rules(&lab.host, "inet firewalld filter_INPUT");
+    assert_eq!(input[..2], pier_lines(NativeHook::Input), "{input:#?}");
+    assert_eq!(input.len(), 6, "{input:#?}");
+    assert_eq!(
+        chain_rules(&lab.host, "inet firewalld filter_OUTPUT"),
+        ["oifname \"lo\" accept"],
+        "no accepts at the output hook"
+    );
+
+    let _web = node.con1.serve_http(80, "hello from con1");
+    let _lan_web = lan.serve_http(80, "hello from the lan");
+    let _dns = lab.host.serve_udp(53, "dns-answer");
+    let _ssh = lab.host.serve_http(22, "the node's own service");
+    let published_from_lan = || lan.http_get_eventually(HOST_UPLINK, 8000);
+    assert!(node.con2.ping_eventually(CON1), "same network, bridged");
+    assert_eq!(
+        published_from_lan().as_deref(),
+        Some("hello from con1"),
+        "published port from the LAN"
+    );
+    assert_eq!(
+        node.con1.http_get_eventually(LAN, 80).as_deref(),
+        Some("hello from the lan"),
+        "a container reaches the outside (masquerade)"
+    );
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53).as_deref(),
+        Some("dns-answer"),
+        "DNS on the gateway through firewalld's input chain"
+    );
+    assert_eq!(
+        node.con2.http_get(GATEWAY, 22),
+        None,
+        "only DNS is opened on the node, not its other services"
+    );
+    assert_eq!(node.vault1.http_get(LAN, 80), None, "internal egress");
+    assert!(!lan.ping(VAULT1), "internal ingress");
+
+    // Someone deletes Pier's rules: firewalld's reject takes the published port and DNS; the
+    // next full apply puts them back.
+    delete_pier_rule(&lab.host, "filter_FORWARD", "oifname");
+    delete_pier_rule(&lab.host, "filter_INPUT", "udp dport 53");
+    assert_eq!(lan.http_get(HOST_UPLINK, 8000), None, "without Pier's rule");
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53),
+        None,
+        "without Pier's rule"
+    );
+    let plan = lab.dataplane.plan(&node.state).expect("plan");
+    assert!(
+        plan.to_string().contains(
+            "~ nftables inet firewalld filter_FORWARD: rule `oifname \"pier-*\" accept` inserted at the top"
+        ),
+        "{plan}"
+    );
+    lab.apply_ok(&node.state);
+    lab.assert_converged(&node.state);
+    assert_eq!(published_from_lan().as_deref(), Some("hello from con1"));
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53).as_deref(),
+        Some("dns-answer")
+    );
+
+    // `pier down`: firewalld's ruleset exactly as before.
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(nft_ruleset(&lab.host), before);
+}
+
+#[test]
+fn beside_a_hand_written_inet_filter_and_across_a_reload() {
+    common::require_root_with(&["nft"]);
+    let lab = Lab::new("nfilt");
+    let lan = lan_host(&lab);
+    nft_load(&lab.host, INET_FILTER_HOST);
+    let before = nft_ruleset(&lab.host);
+    let node = node(&lab);
+    let _web = node.con1.serve_http(80, "hello from con1");
+
+    // A firewall reload between Pier's read and its batch: the table Pier planned against is
+    // gone. The error is reported under its own key, the rest applies, the next apply converges.
+    let plan = lab.dataplane.plan(&node.state).expect("plan");
+    assert_eq!(plan.nftables.len(), 2, "{plan}");
+    lab.host.sh("nft delete table ip guard");
+    let report = lab.dataplane.execute(&plan).expect("execute");
+    assert!(
+        matches!(report.objects.get(NFTABLES), Some(Outcome::Failed(_))),
+        "{report}"
+    );
+    assert_eq!(
+        report
+            .objects
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
+            .count(),
+        1,
+        "{report}"
+    );
+    // Links and table inet pier are in place, but without Pier's accepts the policy drop of
+    // inet filter takes the published port.
+    assert_eq!(
+        lan.http_get(HOST_UPLINK, 8000),
+        None,
+        "without Pier's accepts"
+    );
+    nft_load(&lab.host, INET_FILTER_HOST);
+    lab.apply_ok(&node.state);
+    lab.assert_converged(&node.state);
+    assert_eq!(
+        chain_rules(&lab.host, "inet filter forward"),
+        pier_lines(NativeHook::Forward)
+    );
+    assert_eq!(
+        chain_rules(&lab.host, "ip guard in")[..2],
+        pier_lines(NativeHook::Input)
+    );
+
+    let _lan_web = lan.serve_http(80, "hello from the lan");
+    let _dns = lab.host.serve_udp(53, "dns-answer");
+    let _ssh = lab.host.serve_http(22, "the node's own service");
+    assert_eq!(
+        lan.http_get_eventually(HOST_UPLINK, 8000).as_deref(),
+        Some("hello from con1"),
+        "published port from the LAN through forward policy drop"
+    );
+    assert_eq!(
+        node.con1.http_get_eventually(LAN, 80).as_deref(),
+        Some("hello from the lan"),
+        "a container reaches the outside"
+    );
+    assert_eq!(
+        node.con2.udp_request(GATEWAY, 53).as_deref(),
+        Some("dns-answer"),
+        "DNS on the gateway through the ip table's input policy drop"
+    );
+    assert_eq!(node.con2.http_get(GATEWAY, 22), None, "the node's ssh");
+    assert_eq!(node.vault1.http_get(LAN, 80), None, "internal egress");
+
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(nft_ruleset(&lab.host), before);
+}
+
+#[test]
+fn a_table_only_its_owner_may_change_is_left_alone_and_named() {
+    common::require_root_with(&["nft"]);
+    let lab = Lab::new("nown");
+    // firewalld 2 creates its table with the owner flag; the table lives as long as the owner's
+    // netlink socket, here an interactive nft reading from a pipe that stays open for 30 s (long
+    // enough for the test; the pipeline ends by itself after).
+    let _owner = lab.host.spawn(
+        "sh -c \"(echo 'add table inet owned { flags owner; }'; \
+         echo 'add chain inet owned forward_c { type filter hook forward priority 0; policy drop; }'; \
+         sleep 30) | nft -i\"",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !lab
+        .host
+        .exec("nft list chain inet owned forward_c")
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owned table did not appear"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before = lab.host.sh("nft list table inet owned");
+    let node = node(&lab);
+    let report = lab.apply_ok(&node.state);
+    let notes = report.notes.get(NFTABLES).cloned().unwrap_or_default();
+    assert_eq!(notes, [native::owned_note("inet owned")], "{report}");
+    assert!(
+        lab.dataplane
+            .plan(&node.state)
+            .expect("plan")
+            .nftables
+            .is_empty()
+    );
+    assert_eq!(lab.host.sh("nft list table inet owned"), before);
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
 }

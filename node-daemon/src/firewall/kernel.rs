@@ -13,6 +13,7 @@ use nftnl::{
 };
 
 use super::FirewallError;
+use super::native::{self, Family, NativeChain, NativeChange};
 use super::plan::{FirewallPlan, KernelTable};
 use super::render::{ChainKind, Hook as PierHook, TABLE};
 use super::sys::{self, Dump, ELEMS_PER_MSG, ElemsMsg, ExprMsg, FAMILY_INET, SetMsg};
@@ -119,6 +120,93 @@ pub fn iptables_nft_builtins(socket: &Socket) -> Result<Vec<String>, FirewallErr
         .filter(|c| c.table == "filter" && c.hook.is_some())
         .map(|c| c.name)
         .collect())
+}
+
+fn native_read_error(what: &'static str) -> impl FnOnce(io::Error) -> FirewallError {
+    move |source| FirewallError::ReadNative { what, source }
+}
+
+/// The base chains of other programs' tables that get Pier's accepts, each with its rules, and
+/// the tables that only their owner may change (see [`native`]).
+pub fn native_read(socket: &Socket) -> Result<(Vec<NativeChain>, Vec<String>), FirewallError> {
+    let tables =
+        dump(socket, Dump::Tables, sys::parse_table).map_err(native_read_error("tables"))?;
+    let chains =
+        dump(socket, Dump::AllChains, sys::parse_chain).map_err(native_read_error("chains"))?;
+    let mut selection = native::select(&tables, &chains);
+    let mut by_table: Vec<(Family, String)> = selection
+        .chains
+        .iter()
+        .map(|c| (c.family, c.table.clone()))
+        .collect();
+    by_table.sort();
+    by_table.dedup();
+    for (family, table) in by_table {
+        let what = Dump::TableRules {
+            family: family.nfproto(),
+            table: &table,
+        };
+        let rules = dump(socket, what, sys::parse_rule).map_err(native_read_error("rules"))?;
+        for chain in selection
+            .chains
+            .iter_mut()
+            .filter(|c| c.family == family && c.table == table)
+        {
+            chain.rules = rules
+                .iter()
+                .filter(|r| {
+                    u32::from(family.nfproto()) == r.family
+                        && r.table == table
+                        && r.chain == chain.name
+                })
+                .cloned()
+                .collect();
+        }
+    }
+    Ok((selection.chains, selection.owned))
+}
+
+fn proto_family(family: Family) -> ProtoFamily {
+    match family {
+        Family::Ip => ProtoFamily::Ipv4,
+        Family::Inet => ProtoFamily::Inet,
+    }
+}
+
+fn build_error(what: String) -> FirewallError {
+    FirewallError::Build { what }
+}
+
+/// One batch for `changes`: deletions by handle, then insertions at the top of each chain.
+pub fn native_batch(changes: &[NativeChange]) -> Result<FinalizedBatch, FirewallError> {
+    let mut batch = Batch::new();
+    for change in changes {
+        let table_name = CString::new(change.table.as_str())
+            .map_err(|_| build_error(format!("table name {:?}", change.table)))?;
+        let chain_name = CString::new(change.chain.as_str())
+            .map_err(|_| build_error(format!("chain name {:?}", change.chain)))?;
+        let table = Table::new(&table_name, proto_family(change.family));
+        let chain = Chain::new(&chain_name, &table);
+        for handle in &change.delete {
+            let mut rule = Rule::new(&chain);
+            rule.set_handle(*handle);
+            batch.add(&rule, MsgType::Del);
+        }
+        // Each insertion goes on top of the previous one: the last rule is inserted first.
+        for spec in change.insert.iter().rev() {
+            let mut rule = Rule::new(&chain);
+            for expr in &spec.exprs {
+                rule.add_expr(&ExprMsg(expr));
+            }
+            let comment = CString::new(spec.comment())
+                .map_err(|_| build_error(format!("comment of rule {}", spec.text)))?;
+            rule.set_comment(&comment).map_err(|reason| {
+                build_error(format!("comment of rule {}: {reason}", spec.text))
+            })?;
+            batch.add(&sys::InsertRule(rule), MsgType::Add);
+        }
+    }
+    Ok(batch.finalize())
 }
 
 fn table() -> Table {

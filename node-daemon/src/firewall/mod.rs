@@ -28,6 +28,7 @@
 mod expr;
 pub mod iptables;
 mod kernel;
+pub mod native;
 mod plan;
 mod render;
 mod sys;
@@ -41,6 +42,7 @@ use crate::state::NodeState;
 
 pub use expr::{CmpOp, Expr, MetaKey, PayloadBase, Verdict};
 pub use iptables::{Backend, IptablesChange};
+pub use native::NativeChange;
 pub use plan::{FirewallPlan, Rebuild, SetChange};
 pub use render::{
     ChainKind, ChainSpec, Element, Field, Hook, MAP_PORTS_ADDR, MAP_PORTS_ANY, RuleSpec, Ruleset,
@@ -60,6 +62,17 @@ pub enum FirewallError {
         #[source]
         source: io::Error,
     },
+    #[error("reading the {what} of the node's other nftables tables")]
+    ReadNative {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the kernel rejected the batch of Pier's accepts in other nftables tables (a firewall \
+         reloading meanwhile is repaired by the next resync)"
+    )]
+    NativeApply(#[source] io::Error),
     #[error("building the nftables batch: invalid {what}")]
     Build { what: String },
     #[error("the kernel rejected the nftables batch for table inet pier")]
@@ -116,6 +129,56 @@ pub fn reset(host_netns: Option<&Path>) -> Result<(), FirewallError> {
             Err(err) if !kernel::is_not_found(&err) => Err(FirewallError::Reset(err)),
             _ => Ok(()),
         }
+    })
+    .map_err(FirewallError::Netns)?
+}
+
+/// Pier's accepts in other programs' nftables tables (see [`native`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NativePlan {
+    pub changes: Vec<NativeChange>,
+    /// Why a table got no accepts (it has an owner), one sentence each.
+    pub notes: Vec<String>,
+}
+
+/// Reads the base chains at the forward and input hooks of other programs' nftables tables in
+/// `host_netns` and returns what gives each one Pier's accepts.
+pub fn native_plan(host_netns: Option<&Path>) -> Result<NativePlan, FirewallError> {
+    let (chains, owned) = netns::run_in(host_netns, || kernel::native_read(&kernel::open()?))
+        .map_err(FirewallError::Netns)??;
+    Ok(NativePlan {
+        changes: native::diff(&chains),
+        notes: owned.iter().map(|t| native::owned_note(t)).collect(),
+    })
+}
+
+/// Carries out `changes` in one atomic netlink batch. Nothing is sent when there are none.
+pub fn native_apply(
+    host_netns: Option<&Path>,
+    changes: &[NativeChange],
+) -> Result<(), FirewallError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let batch = kernel::native_batch(changes)?;
+    netns::run_in(host_netns, move || {
+        kernel::send(&kernel::open()?, &batch).map_err(FirewallError::NativeApply)
+    })
+    .map_err(FirewallError::Netns)?
+}
+
+/// Deletes every rule of Pier's from other programs' nftables tables, by handle, and nothing
+/// else; returns what it deleted.
+pub fn native_reset(host_netns: Option<&Path>) -> Result<Vec<NativeChange>, FirewallError> {
+    netns::run_in(host_netns, || {
+        let socket = kernel::open()?;
+        let (chains, _) = kernel::native_read(&socket)?;
+        let changes = native::removal(&chains);
+        if !changes.is_empty() {
+            let batch = kernel::native_batch(&changes)?;
+            kernel::send(&socket, &batch).map_err(FirewallError::NativeApply)?;
+        }
+        Ok(changes)
     })
     .map_err(FirewallError::Netns)?
 }

@@ -20,11 +20,15 @@ use super::render::{Element, Ruleset, SetSpec, TABLE};
 pub struct KernelTableName {
     pub name: String,
     pub family: u32,
+    /// `NFTA_TABLE_FLAGS` (`NFT_TABLE_F_OWNER`: only the program that made it may change it).
+    pub flags: u32,
 }
 
 /// A chain as dumped by the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelChain {
+    /// `NFPROTO_*` of the chain's table.
+    pub family: u32,
     pub table: String,
     pub name: String,
     pub hook: Option<u32>,
@@ -33,11 +37,15 @@ pub struct KernelChain {
     pub policy: Option<u32>,
 }
 
-/// A rule as dumped by the kernel: only what identifies it (see `RuleSpec::comment`).
+/// A rule as dumped by the kernel: only what identifies it (see `RuleSpec::comment`), and its
+/// handle, by which it is deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRule {
+    /// `NFPROTO_*` of the rule's table.
+    pub family: u32,
     pub table: String,
     pub chain: String,
+    pub handle: u64,
     pub comment: Option<String>,
 }
 
@@ -319,6 +327,7 @@ mod tests {
                 .chains
                 .iter()
                 .map(|c| KernelChain {
+                    family: 1,
                     table: TABLE.into(),
                     name: c.name.into(),
                     hook: Some(c.hook as u32),
@@ -332,8 +341,10 @@ mod tests {
                 .iter()
                 .flat_map(|c| {
                     c.rules.iter().map(|r| KernelRule {
+                        family: 1,
                         table: TABLE.into(),
                         chain: c.name.into(),
+                        handle: 0,
                         comment: Some(r.comment()),
                     })
                 })
@@ -436,6 +447,7 @@ mod tests {
 
         let mut extra_chain = as_kernel(&desired);
         extra_chain.chains.push(KernelChain {
+            family: 1,
             table: TABLE.into(),
             name: "mine".into(),
             hook: None,

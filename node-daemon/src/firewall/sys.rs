@@ -29,9 +29,12 @@ use super::render::{Element, SetSpec};
 pub const FAMILY_INET: u16 = 1;
 /// `NFPROTO_IPV4`: the family of iptables-nft's tables.
 pub const FAMILY_IPV4: u16 = 2;
+/// `NFPROTO_UNSPEC`: a dump of every family.
+const FAMILY_ANY: u16 = 0;
 
 // Netlink and nf_tables message constants (linux/netlink.h, linux/netfilter/nf_tables.h).
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_APPEND: u16 = 0x800;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const NFT_MSG_GETTABLE: u16 = 1;
@@ -374,11 +377,42 @@ unsafe impl NlMsg for ElemsMsg {
     }
 }
 
+/// Inserts the rule at the top of its chain: the same message as `MsgType::Add` of the `nftnl`
+/// crate (which always appends) without `NLM_F_APPEND`; with neither a position nor that flag,
+/// the kernel puts a new rule before every other rule of the chain.
+pub struct InsertRule<'a>(pub Rule<'a>);
+
+// SAFETY: writes exactly what `Rule` writes (same buffer contract), then clears one flag bit in
+// the header that write just built at the start of `buf`.
+unsafe impl NlMsg for InsertRule<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.0.write(buf, seq, msg_type) };
+        if let MsgType::Add = msg_type {
+            // SAFETY: `buf` now starts with the `nlmsghdr` written above; it may be unaligned.
+            unsafe {
+                let header = buf.cast::<nlmsghdr>();
+                let mut value = header.read_unaligned();
+                value.nlmsg_flags &= !NLM_F_APPEND;
+                header.write_unaligned(value);
+            }
+        }
+    }
+}
+
 /// What to dump from the kernel.
 #[derive(Debug, Clone, Copy)]
 pub enum Dump<'a> {
+    /// Every table of every family.
     Tables,
     Chains {
+        table: &'a str,
+    },
+    /// Every chain of every table and family.
+    AllChains,
+    /// The rules of one table of any family.
+    TableRules {
+        family: u16,
         table: &'a str,
     },
     /// Chains of an `ip` (IPv4) family table: where iptables-nft keeps its tables.
@@ -402,8 +436,8 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
     let kind = match what {
         Dump::Tables => NFT_MSG_GETTABLE,
-        Dump::Chains { .. } | Dump::Ipv4Chains { .. } => NFT_MSG_GETCHAIN,
-        Dump::Rules { .. } => NFT_MSG_GETRULE,
+        Dump::Chains { .. } | Dump::Ipv4Chains { .. } | Dump::AllChains => NFT_MSG_GETCHAIN,
+        Dump::Rules { .. } | Dump::TableRules { .. } => NFT_MSG_GETRULE,
         Dump::Sets { .. } => NFT_MSG_GETSET,
         Dump::Elements { .. } => NFT_MSG_GETSETELEM,
     };
@@ -411,13 +445,15 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
     // libnftnl object is freed right after serialising it.
     let family = match what {
         Dump::Ipv4Chains { .. } => FAMILY_IPV4,
+        Dump::Tables | Dump::AllChains => FAMILY_ANY,
+        Dump::TableRules { family, .. } => family,
         _ => FAMILY_INET,
     };
     let len = unsafe {
         let header =
             sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind, family, NLM_F_DUMP, seq);
         match what {
-            Dump::Tables => {}
+            Dump::Tables | Dump::AllChains => {}
             Dump::Chains { table } | Dump::Ipv4Chains { table } => {
                 let chain = alloc(sys::nftnl_chain_alloc());
                 let table = cstring(table);
@@ -429,7 +465,7 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
                 sys::nftnl_chain_nlmsg_build_payload(header, chain.as_ptr());
                 sys::nftnl_chain_free(chain.as_ptr());
             }
-            Dump::Rules { table } => {
+            Dump::Rules { table } | Dump::TableRules { table, .. } => {
                 let rule = alloc(sys::nftnl_rule_alloc());
                 let table = cstring(table);
                 sys::nftnl_rule_set_str(
@@ -471,9 +507,15 @@ pub fn parse_table(nlh: &nlmsghdr, out: &mut Vec<KernelTableName>) -> c_int {
             return MNL_CB_ERROR;
         }
         if let Some(name) = owned_str(sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16)) {
+            let flags = if sys::nftnl_table_is_set(t, sys::NFTNL_TABLE_FLAGS as u16) {
+                sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FLAGS as u16)
+            } else {
+                0
+            };
             out.push(KernelTableName {
                 name,
                 family: sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FAMILY as u16),
+                flags,
             });
         }
         sys::nftnl_table_free(t);
@@ -493,6 +535,7 @@ pub fn parse_chain(nlh: &nlmsghdr, out: &mut Vec<KernelChain>) -> c_int {
         }
         let is_set = |attr: u32| sys::nftnl_chain_is_set(c, attr as u16);
         let parsed = KernelChain {
+            family: sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_FAMILY as u16),
             table: owned_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16))
                 .unwrap_or_default(),
             name: owned_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16))
@@ -533,10 +576,12 @@ pub fn parse_rule(nlh: &nlmsghdr, out: &mut Vec<KernelRule>) -> c_int {
             Vec::new()
         };
         out.push(KernelRule {
+            family: sys::nftnl_rule_get_u32(r, sys::NFTNL_RULE_FAMILY as u16),
             table: owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16))
                 .unwrap_or_default(),
             chain: owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16))
                 .unwrap_or_default(),
+            handle: sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16),
             comment: comment_from_userdata(&userdata),
         });
         sys::nftnl_rule_free(r);

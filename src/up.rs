@@ -240,6 +240,8 @@ fn agent_config(args: &UpArgs, node_name: String) -> AgentConfig {
         ..DnsConfig::default()
     });
     config.state_dir = args.data_dir.join("node");
+    // Local mode is all about named namespaces (`ip netns add con1`).
+    config.netns_targets = true;
     config
 }
 

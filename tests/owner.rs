@@ -98,6 +98,9 @@ spec: {{target: {{netns: {{name: {container}}}}}}}
     // `pier down` while it runs, with its own data directory as a user would type it.
     let down = pier_command(&["down", "--data-dir", &data_dir, "--node-netns", &netns]);
     assert_refused("pier down", &down, pid, &data_dir);
+    // `pier dataplane reset` (the dataplane without an API server) would delete its links too.
+    let reset = pier_command(&["dataplane", "--netns", &netns, "reset"]);
+    assert_refused("pier dataplane reset", &reset, pid, &data_dir);
 
     // `pier node` (the DaemonSet's command) in the same namespace: the process's own.
     let node = Command::new("timeout")

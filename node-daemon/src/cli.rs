@@ -1,10 +1,11 @@
 //! `pier dataplane plan|apply|reset`: drive the dataplane from a NodeState file, no API server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::node_lock::{Holder, LOCK_DIR, NodeLock};
 use crate::reconcile::{Dataplane, DataplaneError};
 use crate::state::NodeState;
 
@@ -59,6 +60,8 @@ pub enum CliError {
     Dataplane(#[from] DataplaneError),
     #[error("{0} object(s) failed (see the report above)")]
     Failed(usize),
+    #[error("taking the node's namespace")]
+    Lock(#[source] crate::node_lock::LockError),
 }
 
 /// Test hook: `PIER_DATAPLANE_STEP_DELAY_MS` slows every applied step, so a test can kill an
@@ -76,6 +79,17 @@ fn read_state(path: &PathBuf) -> Result<NodeState, CliError> {
     })
 }
 
+/// The node's lock of the namespace `args` works in, for `command` (with `file` as what it
+/// works from, shown to a second instance).
+fn lock(args: &DataplaneArgs, command: &str, file: &Path) -> Result<NodeLock, CliError> {
+    NodeLock::acquire(
+        Path::new(LOCK_DIR),
+        args.netns.as_deref(),
+        &Holder::this_process(command, file),
+    )
+    .map_err(CliError::Lock)
+}
+
 /// Runs `pier dataplane ...`, printing the plan or report on stdout.
 pub fn run(args: &DataplaneArgs) -> Result<(), CliError> {
     let delay = std::env::var(STEP_DELAY_ENV)
@@ -91,6 +105,8 @@ pub fn run(args: &DataplaneArgs) -> Result<(), CliError> {
         }
         DataplaneCommand::Apply(file) => {
             let state = read_state(&file.file)?;
+            // Changing the kernel under a running `pier up` or `pier node` would undo its work.
+            let _owner = lock(args, "pier dataplane apply", &file.file)?;
             let report = dataplane.deep(file.deep).apply(&state)?;
             print!("{report}");
             let failed = report.failures().count();
@@ -99,6 +115,7 @@ pub fn run(args: &DataplaneArgs) -> Result<(), CliError> {
             }
         }
         DataplaneCommand::Reset => {
+            let _owner = lock(args, "pier dataplane reset", Path::new("/"))?;
             let report = dataplane.reset()?;
             print!("{report}");
             let failed = report.failures().count();

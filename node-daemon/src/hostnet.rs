@@ -61,6 +61,25 @@ const ALWAYS_IGNORED: [Ipv4Net; 2] = [
 ///   default route without replacing it: counted as in use they would overlap every subnet.
 ///
 /// Each subnet appears once, addresses first (they name the link most readably).
+/// The node's bridges of other container engines and hypervisors (docker0, br-…, virbr0): bridges
+/// that are not Pier's and carry no default route of the main table (one that does is the
+/// node's uplink, e.g. `br0` on a hypervisor host). Sorted by name.
+pub fn host_bridges(links: &[Link], routes: &[V4Route]) -> Vec<String> {
+    let uplinks: HashSet<u32> = routes
+        .iter()
+        .filter(|r| r.table == MAIN_TABLE && r.destination.prefix_len() == 0)
+        .filter_map(|r| r.oif)
+        .collect();
+    let mut names: Vec<String> = links
+        .iter()
+        .filter(|l| l.kind == LinkKind::Bridge && !is_pier_bridge_name(&l.name))
+        .filter(|l| !uplinks.contains(&l.index))
+        .map(|l| l.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 pub fn collect(links: &[Link], addresses: &[V4Address], routes: &[V4Route]) -> Vec<HostSubnet> {
     let names: HashMap<u32, &Link> = links.iter().map(|link| (link.index, link)).collect();
     // A link that vanished between the dumps has no name; it is not known to be Pier's, so keep it.
@@ -177,6 +196,25 @@ mod tests {
             kind,
             protocol: 2,
         }
+    }
+
+    #[test]
+    fn host_bridges_are_other_bridges_without_a_default_route() {
+        let links = [
+            link(1, "lo", LinkKind::None),
+            link(2, "docker0", LinkKind::Bridge),
+            link(3, "br0", LinkKind::Bridge),
+            link(4, "pier-0a1b2c3d", LinkKind::Bridge),
+            link(5, "virbr0", LinkKind::Bridge),
+            link(6, "eth0", LinkKind::Other("veth".into())),
+        ];
+        let routes = [
+            route("0.0.0.0/0", Some(3), MAIN_TABLE, RouteKind::Unicast),
+            route("0.0.0.0/0", Some(5), 100, RouteKind::Unicast),
+            route("172.17.0.0/16", Some(2), MAIN_TABLE, RouteKind::Unicast),
+        ];
+        // br0 is the uplink (the default route); a default route in another table does not count.
+        assert_eq!(host_bridges(&links, &routes), ["docker0", "virbr0"]);
     }
 
     #[test]

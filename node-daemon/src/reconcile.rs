@@ -32,6 +32,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::firewall::{self, FirewallPlan, IptablesChange, NativeChange};
+use crate::hostnet;
 use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::netns::{self, NetnsError};
 use crate::state::{
@@ -928,8 +929,23 @@ impl Dataplane {
             }
         }
 
-        // Table `inet pier` is read back the same way.
-        match firewall::plan(self.host_netns(), state) {
+        // Table `inet pier` is read back the same way. A full plan also finds the other
+        // engines' bridges (a scoped one keeps what the kernel has: it does not read every link).
+        let host_bridges = if scope.is_none() {
+            match host.v4_routes() {
+                Ok(routes) => Some(hostnet::host_bridges(&links, &routes)),
+                Err(error) => {
+                    plan.problems.push(Problem {
+                        object: FIREWALL.to_owned(),
+                        message: chain(&error),
+                    });
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        match firewall::plan_with(self.host_netns(), state, host_bridges.as_deref()) {
             Ok(firewall) => plan.firewall = Some(firewall),
             Err(error) => plan.problems.push(Problem {
                 object: FIREWALL.to_owned(),

@@ -25,6 +25,7 @@ const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 const CON1: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 const VAULT1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const DOCKERCON: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 
 /// What Docker sets up on start (shared with the whole-system tests).
 const DOCKER_HOST: &str = include_str!("../../tests/fixtures/docker-host.sh");
@@ -256,8 +257,24 @@ fn beside_docker_the_lesson_traffic_flows_and_reset_leaves_dockers_rules_as_they
         Some("hello from the lan"),
         "Docker's container beside Pier"
     );
-    // Docker isolates its bridge from every other one, Pier's included.
+    // Docker isolates its bridge from every other one, Pier's included, and Pier's accepts in
+    // Docker's table do not open Docker's containers to Pier's: only Docker's published port.
     assert!(!dockercon.ping(CON1), "docker0 -> pier bridge");
+    let _docker_web = dockercon.serve_http(80, "hello from docker");
+    assert_eq!(
+        node.con1.http_get(DOCKERCON, 80),
+        None,
+        "pier container -> Docker container, unpublished"
+    );
+    assert!(
+        !node.con1.ping(DOCKERCON),
+        "pier container pings a Docker container"
+    );
+    assert_eq!(
+        node.con1.http_get_eventually(HOST_UPLINK, 8888).as_deref(),
+        Some("hello from docker"),
+        "pier container -> Docker's published port"
+    );
 
     // Without Pier's accepts Docker's DROP policy takes the traffic: what a firewall reload
     // (or a Docker that flushed FORWARD) leaves. The next full apply (the agent's resync)

@@ -165,7 +165,9 @@ pub fn build(inputs: Inputs<'_>) -> Built {
                     key,
                     reason::NETNS_TARGETS_DISABLED,
                     format!(
-                        "netns targets are off on node {} (in a cluster, Pods are the targets;                          a named namespace is made and used by hand): enable them with the                          chart value node.netnsTargets=true (pier node --netns-targets)",
+                        "netns targets are off on node {} (in a cluster, Pods are the targets; a named \
+                         namespace is made and used by hand): enable them with the chart value \
+                         node.netnsTargets=true (pier node --netns-targets)",
                         inputs.node
                     ),
                 );
@@ -636,7 +638,7 @@ mod tests {
         let refusal = &built.refusals[&endpoint_key("default/con1")];
         assert_eq!(refusal.reason, reason::NETNS_TARGETS_DISABLED);
         assert!(
-            refusal.message.contains("node.netnsTargets=true"),
+            refusal.message.contains("node.netnsTargets=true") && !refusal.message.contains("  "),
             "{}",
             refusal.message
         );

@@ -45,7 +45,11 @@ pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, E
 pub fn error_policy(ep: Arc<Endpoint>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key(&*ep);
     let delay = ctx.backoff(&key);
-    tracing::warn!(endpoint = %key, error = %crate::reconcile::chain(error), ?delay, "endpoint reconcile failed");
+    if error.is_transient() {
+        tracing::debug!(endpoint = %key, error = %crate::reconcile::chain(error), ?delay, "retrying");
+    } else {
+        tracing::warn!(endpoint = %key, error = %crate::reconcile::chain(error), ?delay, "endpoint reconcile failed");
+    }
     Action::requeue(delay)
 }
 

@@ -65,7 +65,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// Defaults for a node: resync 10 s, DNS on, `/proc`, `/var/lib/pier/node`, backoff
-    /// 100 ms..60 s, the process's own namespace.
+    /// 100 ms..60 s, the process's own namespace, no netns targets.
     pub fn new(node_name: impl Into<String>) -> AgentConfig {
         AgentConfig {
             node_name: node_name.into(),
@@ -76,7 +76,7 @@ impl AgentConfig {
             state_dir: PathBuf::from("/var/lib/pier/node"),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(60),
-            netns_targets: true,
+            netns_targets: false,
         }
     }
 }
@@ -133,6 +133,23 @@ pub enum Error {
     },
     #[error("finalizer {FINALIZER}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A finalizer patch made from a cached copy older than another writer's change (the operator
+    /// adds its finalizer at the same time): the API refuses it (409, or 422 for the JSON patch's
+    /// test) and the next run, on the newer copy, succeeds. Expected, so not worth a warning.
+    pub fn is_transient(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(inner) => matches!(
+                &**inner,
+                F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s))
+                    if s.code == 409 || s.code == 422
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// The finalizer helper's outcome as the reconcile's. Removing our finalizer from an object that

@@ -41,7 +41,11 @@ pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<A
 pub fn error_policy(publish: Arc<PortPublish>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key(&*publish);
     let delay = ctx.backoff(&key);
-    tracing::warn!(portpublish = %key, error = %crate::reconcile::chain(error), ?delay, "portpublish reconcile failed");
+    if error.is_transient() {
+        tracing::debug!(portpublish = %key, error = %crate::reconcile::chain(error), ?delay, "retrying");
+    } else {
+        tracing::warn!(portpublish = %key, error = %crate::reconcile::chain(error), ?delay, "portpublish reconcile failed");
+    }
     Action::requeue(delay)
 }
 

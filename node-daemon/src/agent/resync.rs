@@ -17,7 +17,7 @@ use super::context::{Context, Scope, lock, write_condition};
 use super::endpoint::{ATTACH_FAILED, ATTACHED_REASON, attached_message};
 use super::portpublish::{PUBLISH_FAILED, PUBLISHED_REASON, firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
-use crate::reconcile::{Outcome, Report};
+use crate::reconcile::{FIREWALL, IPTABLES, NFTABLES, Outcome, Report};
 
 /// Runs full reconciles until the task is dropped; marks the agent ready after the first success.
 pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
@@ -57,6 +57,13 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
         .collect();
     if !repaired.is_empty() {
         tracing::info!(changes = ?repaired, "full reconcile changed the kernel");
+    }
+    // The node's firewalls are no object's: their failures (a missing iptables tool, another
+    // firewall's table gone mid-batch) are said here, at every resync until repaired.
+    for (object, message) in report.failures() {
+        if [FIREWALL, IPTABLES, NFTABLES].contains(&object) {
+            tracing::warn!(%object, error = %message, "the node's firewall is not as Pier needs it");
+        }
     }
     report_all(ctx, &built, &report).await
 }

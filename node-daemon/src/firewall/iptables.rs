@@ -92,7 +92,9 @@ const OWN_CHAINS: [OwnChain; 2] = [
 ];
 
 /// The built-in chains Pier jumps from.
-pub const BUILTINS: [&str; 2] = ["FORWARD", "INPUT"];
+pub fn builtins() -> impl Iterator<Item = &'static str> {
+    OWN_CHAINS.iter().map(|c| c.from)
+}
 
 /// The jump to `chain`, as `iptables-save` prints it after `-A FROM `.
 fn jump(chain: &str) -> String {
@@ -279,7 +281,7 @@ COMMIT
 "#;
 
     fn builtins() -> Vec<String> {
-        BUILTINS.iter().map(|b| (*b).to_owned()).collect()
+        super::builtins().map(str::to_owned).collect()
     }
 
     fn with_pier() -> String {

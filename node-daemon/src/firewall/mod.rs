@@ -46,7 +46,8 @@ pub use native::NativeChange;
 pub use plan::{FirewallPlan, Rebuild, SetChange};
 pub use render::{
     ChainKind, ChainSpec, Element, Field, Hook, MAP_PORTS_ADDR, MAP_PORTS_ANY, RuleSpec, Ruleset,
-    SET_BRIDGE_PAIRS, SET_BRIDGES, SET_INTERNAL, SET_MASQ, SetSpec, TABLE, render,
+    SET_BRIDGE_PAIRS, SET_BRIDGES, SET_HOST_BRIDGES, SET_INTERNAL, SET_MASQ, SetSpec, TABLE,
+    render, render_with,
 };
 
 /// A firewall step that failed.
@@ -95,15 +96,41 @@ pub enum FirewallError {
 }
 
 /// Reads table `inet pier` from the kernel of `host_netns` (`None`: this process's namespace)
-/// and returns what must change for it to match `state`.
+/// and returns what must change for it to match `state`. The other engines' bridges stay as the
+/// last full plan found them (an attach does not read every link of the node).
 pub fn plan(host_netns: Option<&Path>, state: &NodeState) -> Result<FirewallPlan, FirewallError> {
-    let desired = render(state);
+    plan_with(host_netns, state, None)
+}
+
+/// [`plan`], with the other engines' bridges now on the node (`None`: as the kernel has them).
+pub fn plan_with(
+    host_netns: Option<&Path>,
+    state: &NodeState,
+    host_bridges: Option<&[String]>,
+) -> Result<FirewallPlan, FirewallError> {
     let current = netns::run_in(host_netns, || {
         let socket = kernel::open()?;
         kernel::read(&socket)
     })
     .map_err(FirewallError::Netns)??;
-    Ok(plan::diff(current.as_ref(), desired))
+    let kept: Vec<String>;
+    let host_bridges = match host_bridges {
+        Some(names) => names,
+        None => {
+            kept = current
+                .as_ref()
+                .and_then(|table| table.elements.get(SET_HOST_BRIDGES))
+                .into_iter()
+                .flatten()
+                .map(|element| render::ifname_of(&element.key))
+                .collect();
+            &kept
+        }
+    };
+    Ok(plan::diff(
+        current.as_ref(),
+        render_with(state, host_bridges),
+    ))
 }
 
 /// Carries out `plan` in one atomic netlink batch. An empty plan sends nothing.
@@ -195,14 +222,14 @@ fn iptables_builtins(backend: Backend) -> Result<Vec<String>, FirewallError> {
         // x_tables creates every built-in chain with the table. Reading this file loads nothing.
         Backend::Legacy => match std::fs::read_to_string(LEGACY_TABLES) {
             Ok(names) if names.lines().any(|n| n.trim() == "filter") => {
-                iptables::BUILTINS.iter().map(|b| (*b).to_owned()).collect()
+                iptables::builtins().map(str::to_owned).collect()
             }
             _ => Vec::new(),
         },
     };
     Ok(existing
         .into_iter()
-        .filter(|c| iptables::BUILTINS.contains(&c.as_str()))
+        .filter(|c| iptables::builtins().any(|b| b == c))
         .collect())
 }
 
@@ -320,5 +347,10 @@ pub fn iptables_reset(host_netns: Option<&Path>) -> Result<Vec<IptablesChange>, 
 /// the legacy backend hold.
 fn run_restore(change: &IptablesChange) -> Result<String, FirewallError> {
     let tool = change.backend.restore_tool();
-    run_tool(change.backend, &tool, &["--noflush", "-w", "5"], &change.script)
+    run_tool(
+        change.backend,
+        &tool,
+        &["--noflush", "-w", "5"],
+        &change.script,
+    )
 }

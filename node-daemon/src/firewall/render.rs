@@ -35,6 +35,9 @@ pub const TABLE: &str = "pier";
 pub const SET_BRIDGES: &str = "bridges";
 pub const SET_BRIDGE_PAIRS: &str = "bridge_pairs";
 pub const SET_INTERNAL: &str = "internal_bridges";
+/// Bridges of other container engines and hypervisors on the node (docker0, br-…, virbr0): not
+/// Pier's, and carrying no default route (a bridge that does is the node's uplink).
+pub const SET_HOST_BRIDGES: &str = "host_bridges";
 pub const SET_MASQ: &str = "masq_subnets";
 pub const MAP_PORTS_ADDR: &str = "ports_addr";
 pub const MAP_PORTS_ANY: &str = "ports_any";
@@ -155,6 +158,12 @@ fn ifname(name: &str) -> [u8; IFNAMSIZ] {
         *slot = byte;
     }
     out
+}
+
+/// The interface name in a NUL-padded set key.
+pub fn ifname_of(key: &[u8]) -> String {
+    let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+    String::from_utf8_lossy(&key[..end]).into_owned()
 }
 
 fn l4proto(protocol: Protocol) -> u8 {
@@ -377,8 +386,14 @@ impl Ruleset {
     }
 }
 
-/// Computes the desired table from the node's state. Pure: no kernel access.
+/// Computes the desired table from the node's state, with no bridges of other engines. Pure.
 pub fn render(state: &NodeState) -> Ruleset {
+    render_with(state, &[])
+}
+
+/// Computes the desired table from the node's state and the names of the other engines'
+/// bridges on the node (see [`SET_HOST_BRIDGES`]). Pure: no kernel access.
+pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
     let bridges: Vec<_> = state
         .networks
         .iter()
@@ -402,6 +417,15 @@ pub fn render(state: &NodeState) -> Ruleset {
         if network.internal {
             set_internal.elements.insert(element(name.to_vec()));
         }
+    }
+
+    let mut set_host_bridges = SetSpec::new(SET_HOST_BRIDGES, &[Field::IfName], &[]);
+    for name in host_bridges {
+        set_host_bridges.elements.insert(Element {
+            key: ifname(name).to_vec(),
+            interval_end: false,
+            data: None,
+        });
     }
 
     let mut set_masq = SetSpec::new(SET_MASQ, &[Field::Ipv4], &[]);
@@ -491,6 +515,7 @@ pub fn render(state: &NodeState) -> Ruleset {
             set_bridges,
             set_pairs,
             set_internal,
+            set_host_bridges,
             set_masq,
             map_addr,
             map_any,
@@ -700,6 +725,23 @@ fn chains() -> Vec<ChainSpec> {
     published_only.extend(none_of(IPS_DST_NAT));
     published_only.push(Expr::Verdict(Verdict::Drop));
 
+    // From a Pier bridge into another engine's bridge (Docker's docker0, libvirt's virbr0): only
+    // replies and connections to that engine's published ports (DNATed) pass, as that engine
+    // allows its own hosts. The accepts Pier adds to other firewalls are broad (see
+    // iptables.rs), so this keeps the other engines' containers as closed to Pier's as to
+    // anyone else's.
+    let mut no_new_into_host_bridges = vec![
+        meta(MetaKey::IifName, REG_1),
+        lookup(SET_BRIDGES, REG_1),
+        meta(MetaKey::OifName, REG_1),
+        lookup(SET_HOST_BRIDGES, REG_1),
+        Expr::CtState { dreg: REG_1 },
+    ];
+    no_new_into_host_bridges.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
+    no_new_into_host_bridges.push(Expr::CtStatus { dreg: REG_1 });
+    no_new_into_host_bridges.extend(none_of(IPS_DST_NAT));
+    no_new_into_host_bridges.push(Expr::Verdict(Verdict::Drop));
+
     // A container sending to 127.0.0.0/8 via its gateway: the bridges have route_localnet=1 (for
     // 127.0.0.1:hostPort from the node), which would deliver it to the node's loopback-only
     // services (CVE-2020-8558). A DNATed packet no longer has a 127/8 destination here; a reply
@@ -796,6 +838,11 @@ fn chains() -> Vec<ChainSpec> {
                         lookup_not(SET_BRIDGES, REG_1),
                         Expr::Verdict(Verdict::Drop),
                     ],
+                },
+                RuleSpec {
+                    id: "no-new-into-host-bridges",
+                    text: "iifname @bridges oifname @host_bridges ct state ! established,related ct status ! dnat drop",
+                    exprs: no_new_into_host_bridges,
                 },
                 RuleSpec {
                     id: "published-only",

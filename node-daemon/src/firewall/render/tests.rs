@@ -50,6 +50,7 @@ fn empty_state_renders_the_constant_structure_with_empty_sets() {
             SET_BRIDGES,
             SET_BRIDGE_PAIRS,
             SET_INTERNAL,
+            SET_HOST_BRIDGES,
             SET_MASQ,
             MAP_PORTS_ADDR,
             MAP_PORTS_ANY
@@ -240,7 +241,7 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
             comments.insert((chain.name, comment));
         }
     }
-    assert_eq!(comments.len(), 12);
+    assert_eq!(comments.len(), 13);
 
     // The DNAT rules read the map's value (address . port) from the registers the lookup wrote.
     let prerouting = ruleset
@@ -344,4 +345,18 @@ fn userdata_tells_nft_the_key_byte_order() {
             .userdata()
             .is_empty()
     );
+}
+
+#[test]
+fn other_engines_bridges_are_set_elements_and_the_rules_stay_constant() {
+    let host_bridges = vec!["docker0".to_owned(), "virbr0".to_owned()];
+    let ruleset = render_with(&NodeState::default(), &host_bridges);
+    assert_eq!(
+        shown(&ruleset, SET_HOST_BRIDGES),
+        ["\"docker0\"", "\"virbr0\""]
+    );
+    assert_eq!(ruleset.chains, render(&NodeState::default()).chains);
+    let set = ruleset.set(SET_HOST_BRIDGES).expect("set");
+    let names: Vec<String> = set.elements.iter().map(|e| ifname_of(&e.key)).collect();
+    assert_eq!(names, host_bridges);
 }

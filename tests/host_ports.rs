@@ -9,27 +9,10 @@ mod system;
 use std::io;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use system::{Pier, wait_for};
-
-/// A process the test started, killed when dropped (also when the test fails, so it never
-/// outlives the test holding its output open).
-struct Process(Child);
-
-impl Process {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use system::{Pier, Process, wait_for};
 
 /// A web server of the node: listening on TCP `port` in the node's namespace, serving `text`.
 fn node_listener(pier: &Pier, port: u16, text: &str) -> Process {

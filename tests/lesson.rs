@@ -5,7 +5,7 @@ mod system;
 
 use std::time::Duration;
 
-use system::{Pier, examples, wait_for};
+use system::{Pier, Process, TestNetns, examples, wait_for};
 
 /// `docker run -P`: the published web server answers on its host port from the node (its own
 /// address and 127.0.0.1); `kill -9` and restart keep address and port and repair the kernel; a
@@ -576,16 +576,14 @@ fn beside_a_docker_host_the_lesson_traffic_flows() {
         include_str!("fixtures/docker-host.sh"),
     );
     let lan = format!("pl-lan-{}", std::process::id());
-    let _ = system::sh(&format!("ip netns del {lan} 2>/dev/null"));
-    system::sh_ok(&format!("ip netns add {lan}"));
-    let _lan_guard = DeleteNetns(lan.clone());
+    let _lan_guard = TestNetns::new(&lan);
     let wired = pier.on_node(&format!(
         "ip link add uplink0 type veth peer name eth0 netns {lan} && \
          ip addr add 192.0.2.1/24 dev uplink0 && ip link set uplink0 up"
     ));
     assert!(wired.status.success(), "{wired:?}");
     system::sh_ok(&format!(
-        "ip netns exec {lan} sh -c \"ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up && ip link set lo up\""
+        "ip netns exec {lan} sh -c \"ip addr add 192.0.2.2/24 dev eth0 && ip link set eth0 up\""
     ));
     pier.apply(
         r#"
@@ -615,7 +613,7 @@ spec: {network: workshop, target: {netns: {name: dw-ubuntu}}}
     pier.wait_condition("pep web", "Attached", "True");
     pier.wait_condition("pep ubuntu", "Attached", "True");
     pier.wait_condition("ppub web", "Published", "True");
-    let _web = KillOnDrop(pier.serve_http("dw-web", "hello from web"));
+    let _web = Process(pier.serve_http("dw-web", "hello from web"));
     let get = |netns: &str, authority: &str| {
         let out = system::sh(&format!(
             "ip netns exec {netns} sh -c 'printf \"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" | socat -T2 - TCP:{authority},connect-timeout=2'"
@@ -653,7 +651,7 @@ spec: {network: workshop, target: {netns: {name: dw-ubuntu}}}
     let dir = std::env::temp_dir().join(format!("{lan}-www"));
     std::fs::create_dir_all(&dir).expect("www dir");
     std::fs::write(dir.join("index.html"), "hello from the lan").expect("index.html");
-    let _lan_web = KillOnDrop(
+    let _lan_web = Process(
         std::process::Command::new("ip")
             .args([
                 "netns", "exec", &lan, "busybox", "httpd", "-f", "-p", "80", "-h",
@@ -676,26 +674,6 @@ spec: {network: workshop, target: {netns: {name: dw-ubuntu}}}
         "{rules}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Kills a server when dropped, also when an assertion failed (a leftover would keep the test
-/// harness's output pipe open).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Deletes a named network namespace when dropped.
-struct DeleteNetns(String);
-
-impl Drop for DeleteNetns {
-    fn drop(&mut self) {
-        let _ = system::sh(&format!("ip netns del {} 2>/dev/null", self.0));
-    }
 }
 
 /// `docker network connect` to a running container keeps the container's gateway: a namespace

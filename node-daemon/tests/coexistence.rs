@@ -146,15 +146,9 @@ fn iptables_save(host: &Ns, backend: &str) -> String {
 /// A host of the LAN, linked to the node by a veth Pier does not own, with a route to the
 /// container subnets via the node (what a router or a curious neighbour would have).
 fn lan_host(lab: &Lab) -> Ns {
-    let lan = lab.container("lan");
-    lab.host.sh(&format!(
-        "ip link add uplink0 type veth peer name eth0 netns {lan} && \
-         ip addr add {HOST_UPLINK}/24 dev uplink0 && ip link set uplink0 up",
-        lan = lan.name
-    ));
+    let lan = lab.lan_computer("lan", HOST_UPLINK, LAN);
     lan.sh(&format!(
-        "ip addr add {LAN}/24 dev eth0 && ip link set eth0 up && \
-         ip route add 172.16.0.0/12 via {HOST_UPLINK} && ip route add 10.77.0.0/24 via {HOST_UPLINK}"
+        "ip route add 172.16.0.0/12 via {HOST_UPLINK} && ip route add 10.77.0.0/24 via {HOST_UPLINK}"
     ));
     lan
 }

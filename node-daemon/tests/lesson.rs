@@ -11,21 +11,11 @@ use pier_node::state::NodeState;
 
 /// The host's address on the link to the "remote computer".
 const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const REMOTE: &str = "192.0.2.2";
+const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
-/// A second "computer": its own namespace, linked to the test's host namespace by a veth that
-/// Pier does not own (a stand-in for the node's physical NIC).
+/// A second "computer" on the node's LAN, with no route to the container subnets.
 fn remote_computer(lab: &Lab) -> Ns {
-    let remote = lab.container("remote");
-    lab.host.sh(&format!(
-        "ip link add uplink0 type veth peer name eth0 netns {remote} && \
-         ip addr add {HOST_UPLINK}/24 dev uplink0 && ip link set uplink0 up",
-        remote = remote.name
-    ));
-    remote.sh(&format!(
-        "ip addr add {REMOTE}/24 dev eth0 && ip link set eth0 up"
-    ));
-    remote
+    lab.lan_computer("remote", HOST_UPLINK, REMOTE)
 }
 
 fn web_state(web: &Ns) -> NodeState {
@@ -199,7 +189,7 @@ fn egress_is_masqueraded_and_internal_networks_have_none() {
     };
     lab.apply_ok(&state);
     // The remote computer has no route to 172.17.0.0/16: only masquerade makes the reply come back.
-    let remote_ip: Ipv4Addr = REMOTE.parse().expect("address");
+    let remote_ip = REMOTE;
     assert!(out.ping_eventually(remote_ip), "egress through masquerade");
     assert!(
         !inner.ping(remote_ip),

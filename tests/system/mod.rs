@@ -387,3 +387,39 @@ pub fn examples(step: &str) -> PathBuf {
         .join("examples")
         .join(step)
 }
+
+/// A process the test started, killed when dropped (also when the test fails, so it never
+/// outlives the test holding the harness's output open).
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A named network namespace of the test's own (`ip netns add`), deleted when dropped.
+pub struct TestNetns(pub String);
+
+impl TestNetns {
+    pub fn new(name: &str) -> TestNetns {
+        let _ = sh(&format!("ip netns del {name} 2>/dev/null"));
+        sh_ok(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        TestNetns(name.to_owned())
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {} 2>/dev/null", self.0));
+    }
+}

@@ -587,6 +587,16 @@ fn none_of(mask: u32) -> [Expr; 2] {
     ]
 }
 
+/// `ct state ! established,related ct status ! dnat`: a packet that starts a connection no
+/// published port rewrote.
+fn new_and_not_dnated() -> Vec<Expr> {
+    let mut exprs = vec![Expr::CtState { dreg: REG_1 }];
+    exprs.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
+    exprs.push(Expr::CtStatus { dreg: REG_1 });
+    exprs.extend(none_of(IPS_DST_NAT));
+    exprs
+}
+
 /// `ip daddr 127.0.0.0/8`.
 fn ip_daddr_loopback() -> Vec<Expr> {
     let mut exprs = Expr::is_ipv4().to_vec();
@@ -718,11 +728,8 @@ fn chains() -> Vec<ChainSpec> {
         lookup(SET_BRIDGES, REG_1),
         meta(MetaKey::IifName, REG_1),
         lookup_not(SET_BRIDGES, REG_1),
-        Expr::CtState { dreg: REG_1 },
     ];
-    published_only.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
-    published_only.push(Expr::CtStatus { dreg: REG_1 });
-    published_only.extend(none_of(IPS_DST_NAT));
+    published_only.extend(new_and_not_dnated());
     published_only.push(Expr::Verdict(Verdict::Drop));
 
     // From a Pier bridge into another engine's bridge (Docker's docker0, libvirt's virbr0): only
@@ -735,11 +742,8 @@ fn chains() -> Vec<ChainSpec> {
         lookup(SET_BRIDGES, REG_1),
         meta(MetaKey::OifName, REG_1),
         lookup(SET_HOST_BRIDGES, REG_1),
-        Expr::CtState { dreg: REG_1 },
     ];
-    no_new_into_host_bridges.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
-    no_new_into_host_bridges.push(Expr::CtStatus { dreg: REG_1 });
-    no_new_into_host_bridges.extend(none_of(IPS_DST_NAT));
+    no_new_into_host_bridges.extend(new_and_not_dnated());
     no_new_into_host_bridges.push(Expr::Verdict(Verdict::Drop));
 
     // A container sending to 127.0.0.0/8 via its gateway: the bridges have route_localnet=1 (for

@@ -304,6 +304,22 @@ impl Lab {
         Ns::new(&format!("{}-{name}", self.tag))
     }
 
+    /// Another computer on the node's LAN: namespace `name`, linked to the host by a veth Pier
+    /// does not own (`uplink0`, a stand-in for the node's NIC), the host at `host/24` and the
+    /// computer at `peer/24`. Returns the computer; routes are the caller's.
+    pub fn lan_computer(&self, name: &str, host: Ipv4Addr, peer: Ipv4Addr) -> Ns {
+        let computer = self.container(name);
+        self.host.sh(&format!(
+            "ip link add uplink0 type veth peer name eth0 netns {computer} && \
+             ip addr add {host}/24 dev uplink0 && ip link set uplink0 up",
+            computer = computer.name
+        ));
+        computer.sh(&format!(
+            "ip addr add {peer}/24 dev eth0 && ip link set eth0 up"
+        ));
+        computer
+    }
+
     /// Applies and requires every object to succeed.
     pub fn apply_ok(&self, state: &NodeState) -> Report {
         let report = self.dataplane.apply(state).expect("apply runs");

@@ -9,7 +9,10 @@
 //! whose write or fsync fails is cut from the log (truncated back to the last good record) and
 //! every write queued after it is refused unwritten ([`Publisher::failed`]): those were computed
 //! on top of the failed ones. If even the truncation fails, the log takes no more writes until
-//! the next start, which drops the torn tail. All files are 0600 ([`crate::private`]).
+//! the next start, which drops a torn last line; whole records of the failed group that did
+//! reach the file are replayed then, so writes answered with an error may reappear after that
+//! double fault (a storage that fails both fsync and truncate). All files are 0600
+//! ([`crate::private`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

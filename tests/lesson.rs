@@ -726,22 +726,20 @@ spec: {target: {netns: {name: ow-own}}}
         "the endpoint reaches its network's gateway by the subnet's route"
     );
     // Past a resync (2 s) and the DNS server's sync: both still the namespace's own.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(default_route(), before);
-    assert_eq!(
-        std::fs::read_to_string("/etc/netns/ow-own/resolv.conf").expect("resolv.conf"),
-        resolv
-    );
+    let both_still_its_own = || {
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(default_route(), before);
+        assert_eq!(
+            std::fs::read_to_string("/etc/netns/ow-own/resolv.conf").expect("resolv.conf"),
+            resolv
+        );
+    };
+    both_still_its_own();
 
     pier.kubectl_ok("delete pep own --timeout=30s");
     assert!(
         !system::sh_ok("ip -n ow-own -br link").contains("eth0"),
         "the interface Pier made is gone"
     );
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(default_route(), before);
-    assert_eq!(
-        std::fs::read_to_string("/etc/netns/ow-own/resolv.conf").expect("resolv.conf"),
-        resolv
-    );
+    both_still_its_own();
 }

@@ -564,7 +564,7 @@ fn lookup_not(set: &'static str, sreg: u32) -> Expr {
 fn ip_saddr() -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
-        offset: 12,
+        offset: IP_SADDR_OFFSET,
         len: 4,
         dreg: REG_1,
     }
@@ -597,13 +597,18 @@ fn new_and_not_dnated() -> Vec<Expr> {
     exprs
 }
 
-/// `ip daddr 127.0.0.0/8`.
-fn ip_daddr_loopback() -> Vec<Expr> {
+/// Where an IPv4 header keeps its source and destination addresses.
+const IP_SADDR_OFFSET: u32 = 12;
+const IP_DADDR_OFFSET: u32 = 16;
+
+/// `ip saddr 127.0.0.0/8` (`offset` [`IP_SADDR_OFFSET`]) or `ip daddr 127.0.0.0/8`
+/// ([`IP_DADDR_OFFSET`]), with its `meta nfproto ipv4`.
+fn ip_addr_loopback(offset: u32) -> Vec<Expr> {
     let mut exprs = Expr::is_ipv4().to_vec();
     exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
-            offset: 16,
+            offset,
             len: 4,
             dreg: REG_1,
         },
@@ -620,6 +625,16 @@ fn ip_daddr_loopback() -> Vec<Expr> {
         },
     ]);
     exprs
+}
+
+/// `KEY @set` (an interface name looked up in a set of them).
+fn in_set(key: MetaKey, set: &'static str) -> [Expr; 2] {
+    [meta(key, REG_1), lookup(set, REG_1)]
+}
+
+/// `KEY != @set`.
+fn not_in_set(key: MetaKey, set: &'static str) -> [Expr; 2] {
+    [meta(key, REG_1), lookup_not(set, REG_1)]
 }
 
 fn fib_daddr_local() -> [Expr; 2] {
@@ -640,7 +655,7 @@ fn dnat_specific() -> Vec<Expr> {
     exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
-            offset: 16,
+            offset: IP_DADDR_OFFSET,
             len: 4,
             dreg: REG32_00,
         },
@@ -723,12 +738,11 @@ fn chains() -> Vec<ChainSpec> {
     // Routed into a Pier bridge from a non-Pier interface (another host, Docker's bridge, a VPN):
     // only replies and connections a published port DNATed pass, as with Docker 28. Without
     // this, anyone with a route to a container subnet via the node reaches every container port.
-    let mut published_only = vec![
-        meta(MetaKey::OifName, REG_1),
-        lookup(SET_BRIDGES, REG_1),
-        meta(MetaKey::IifName, REG_1),
-        lookup_not(SET_BRIDGES, REG_1),
-    ];
+    let mut published_only = [
+        in_set(MetaKey::OifName, SET_BRIDGES),
+        not_in_set(MetaKey::IifName, SET_BRIDGES),
+    ]
+    .concat();
     published_only.extend(new_and_not_dnated());
     published_only.push(Expr::Verdict(Verdict::Drop));
 
@@ -737,12 +751,11 @@ fn chains() -> Vec<ChainSpec> {
     // allows its own hosts. The accepts Pier adds to other firewalls are broad (see
     // iptables.rs), so this keeps the other engines' containers as closed to Pier's as to
     // anyone else's.
-    let mut no_new_into_host_bridges = vec![
-        meta(MetaKey::IifName, REG_1),
-        lookup(SET_BRIDGES, REG_1),
-        meta(MetaKey::OifName, REG_1),
-        lookup(SET_HOST_BRIDGES, REG_1),
-    ];
+    let mut no_new_into_host_bridges = [
+        in_set(MetaKey::IifName, SET_BRIDGES),
+        in_set(MetaKey::OifName, SET_HOST_BRIDGES),
+    ]
+    .concat();
     no_new_into_host_bridges.extend(new_and_not_dnated());
     no_new_into_host_bridges.push(Expr::Verdict(Verdict::Drop));
 
@@ -751,8 +764,8 @@ fn chains() -> Vec<ChainSpec> {
     // services (CVE-2020-8558). A DNATed packet no longer has a 127/8 destination here; a reply
     // to the node's own 127.0.0.1:hostPort connection does (the loopback masquerade is undone),
     // and is established.
-    let mut no_loopback = vec![meta(MetaKey::IifName, REG_1), lookup(SET_BRIDGES, REG_1)];
-    no_loopback.extend(ip_daddr_loopback());
+    let mut no_loopback = in_set(MetaKey::IifName, SET_BRIDGES).to_vec();
+    no_loopback.extend(ip_addr_loopback(IP_DADDR_OFFSET));
     no_loopback.push(Expr::CtState { dreg: REG_1 });
     no_loopback.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
     no_loopback.push(Expr::Verdict(Verdict::Drop));
@@ -787,24 +800,9 @@ fn chains() -> Vec<ChainSpec> {
         Expr::Masquerade,
     ]);
 
-    let mut masq_loopback = Expr::is_ipv4().to_vec();
-    masq_loopback.extend([
-        ip_saddr(),
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: vec![255, 0, 0, 0],
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: vec![127, 0, 0, 0],
-        },
-        meta(MetaKey::OifName, REG_1),
-        lookup(SET_BRIDGES, REG_1),
-        Expr::Masquerade,
-    ]);
+    let mut masq_loopback = ip_addr_loopback(IP_SADDR_OFFSET);
+    masq_loopback.extend(in_set(MetaKey::OifName, SET_BRIDGES));
+    masq_loopback.push(Expr::Masquerade);
 
     vec![
         ChainSpec {

@@ -102,7 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let node_netns = args.node_netns.clone();
     let host_subnets = tokio::task::spawn_blocking(move || {
-        pier_node::hostnet::subnets_in_use_in(node_netns.as_deref())
+        pier_node::kernel::hostnet::subnets_in_use_in(node_netns.as_deref())
     })
     .await
     .context("reading the node's subnets")?
@@ -259,11 +259,11 @@ fn lock_node(
     netns: Option<&Path>,
     command: &str,
     data_dir: &Path,
-) -> anyhow::Result<pier_node::node_lock::NodeLock> {
-    let lock = pier_node::node_lock::NodeLock::acquire(
-        Path::new(pier_node::node_lock::LOCK_DIR),
+) -> anyhow::Result<pier_node::kernel::node_lock::NodeLock> {
+    let lock = pier_node::kernel::node_lock::NodeLock::acquire(
+        Path::new(pier_node::kernel::node_lock::LOCK_DIR),
         netns,
-        &pier_node::node_lock::Holder::this_process(command, data_dir),
+        &pier_node::kernel::node_lock::Holder::this_process(command, data_dir),
     )?;
     Ok(lock)
 }
@@ -289,12 +289,12 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
         bail!("pier down needs root: it deletes bridges, veths and nftables rules");
     }
     let _owner = lock_node(args.node_netns.as_deref(), "pier down", &args.data_dir)?;
-    let report = pier_node::reconcile::Dataplane::new(args.node_netns.clone())
+    let report = pier_node::dataplane::Dataplane::new(args.node_netns.clone())
         .reset()
         .context("removing Pier's kernel objects")?;
     print!("{report}");
-    let named = pier_node::named_netns::NamedNetns::new(
-        pier_node::named_netns::RUN_DIR,
+    let named = pier_node::kernel::named_netns::NamedNetns::new(
+        pier_node::kernel::named_netns::RUN_DIR,
         &args.data_dir.join("node"),
     );
     for name in named.created() {

@@ -468,7 +468,7 @@ fn default_render_runs_both_roles_as_designed() {
     // The namespace's lock is the node's, so `pier up` on the node and the daemon see each other.
     let run_pier = mounts
         .iter()
-        .find(|m| m.mount_path == pier_node::node_lock::LOCK_DIR)
+        .find(|m| m.mount_path == pier_node::kernel::node_lock::LOCK_DIR)
         .expect("the lock directory");
     let volume = pod
         .volumes
@@ -476,7 +476,7 @@ fn default_render_runs_both_roles_as_designed() {
         .and_then(|v| v.iter().find(|v| v.name == run_pier.name))
         .and_then(|v| v.host_path.clone())
         .expect("a hostPath volume for the lock directory");
-    assert_eq!(volume.path, pier_node::node_lock::LOCK_DIR);
+    assert_eq!(volume.path, pier_node::kernel::node_lock::LOCK_DIR);
     // iptables-restore -w, where another firewall has iptables rules, shares the node's lock.
     let xtables = mounts
         .iter()

@@ -36,7 +36,7 @@ fn node_listener(pier: &Pier, port: u16, text: &str) -> Process {
 fn bind_on_node(pier: &Pier, protocol: &str, port: u16) -> Option<io::ErrorKind> {
     let netns = PathBuf::from(format!("/var/run/netns/{}", pier.node_netns));
     let tcp = protocol == "tcp";
-    pier_node::netns::run_in(Some(&netns), move || {
+    pier_node::kernel::netns::run_in(Some(&netns), move || {
         let address = (Ipv4Addr::UNSPECIFIED, port);
         let bound = if tcp {
             TcpListener::bind(address).map(drop)

@@ -710,7 +710,7 @@ spec: {target: {netns: {name: ow-own}}}
         "{.status.conditions[?(@.type==\"Attached\")].message}",
     );
     for note in [
-        pier_node::reconcile::OWN_DEFAULT_ROUTE_KEPT,
+        pier_node::dataplane::OWN_DEFAULT_ROUTE_KEPT,
         pier_node::dns::resolv_conf::FOREIGN_NOTE,
     ] {
         assert!(message.contains(note), "{message}");

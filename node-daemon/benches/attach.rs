@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pier_node::netns;
-use pier_node::reconcile::Dataplane;
+use pier_node::dataplane::Dataplane;
+use pier_node::kernel::netns;
 use pier_node::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
     PublishedPort,

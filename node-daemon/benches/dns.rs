@@ -302,7 +302,7 @@ fn main() {
     }
 
     // Update latency: add one endpoint to the NodeState, ask for it until it answers.
-    let socket = pier_node::netns::run_in(Some(&client.path()), || {
+    let socket = pier_node::kernel::netns::run_in(Some(&client.path()), || {
         UdpSocket::bind("0.0.0.0:0").expect("client socket")
     })
     .expect("socket in the client namespace");

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::node_lock::{Holder, LOCK_DIR, NodeLock};
-use crate::reconcile::{Dataplane, DataplaneError};
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::kernel::node_lock::{Holder, LOCK_DIR, NodeLock};
 use crate::state::NodeState;
 
 /// `pier dataplane ...`
@@ -61,7 +61,7 @@ pub enum CliError {
     #[error("{0} object(s) failed (see the report above)")]
     Failed(usize),
     #[error("taking the node's namespace")]
-    Lock(#[source] crate::node_lock::LockError),
+    Lock(#[source] crate::kernel::node_lock::LockError),
 }
 
 /// Test hook: `PIER_DATAPLANE_STEP_DELAY_MS` slows every applied step, so a test can kill an

@@ -1,19 +1,20 @@
-//! Pier's per-node daemon.
+//! Pier's per-node daemon, grouped by layer.
 //!
-//! Turns the desired `NodeState` of one node into kernel objects (bridges, veths, addresses, routes,
-//! one nftables table) and serves network-scoped DNS. See DESIGN.md §2 and §4.
+//! - `kernel`: the kernel's primitives Pier uses (network namespaces, netlink, sysctl, the host's
+//!   addresses, the node lock, host port holders). No Pier policy.
+//! - `state`: `NodeState`, the desired state of one node: the contract between the agent and the
+//!   layers below.
+//! - `dataplane`: bridges, veths, addresses and routes from `NodeState`.
+//! - `firewall`: table `inet pier` and the accepts in other firewalls.
+//! - `dns`: network-scoped DNS.
+//! - `agent`: the controllers that watch the API and drive the layers above.
+//!
+//! See docs/architecture.md.
 
 pub mod agent;
 pub mod cli;
+pub mod dataplane;
 pub mod dns;
 pub mod firewall;
-pub mod host_ports;
-pub mod hostnet;
-pub mod named_netns;
-pub mod netlink;
-pub mod netns;
-pub mod node_lock;
-pub mod podns;
-pub mod reconcile;
+pub mod kernel;
 pub mod state;
-pub mod sysctl;

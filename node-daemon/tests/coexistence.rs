@@ -15,9 +15,9 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network, published};
+use pier_node::dataplane::{NFTABLES, Outcome};
 use pier_node::firewall::native::{self, NativeHook};
 use pier_node::firewall::{self, iptables};
-use pier_node::reconcile::{NFTABLES, Outcome};
 use pier_node::state::NodeState;
 
 const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network, other_network};
-use pier_node::reconcile::{Outcome, Step};
+use pier_node::dataplane::{Outcome, Step};
 use pier_node::state::{Attachment, Driver, EndpointState, NodeState};
 
 fn ip(text: &str) -> Ipv4Addr {
@@ -662,7 +662,7 @@ fn deep_plan_notices_a_container_side_changed_by_hand() {
     lab.apply_ok(&state);
     // Someone removes con1's address and default route inside the container.
     c1.sh("ip addr flush dev eth0");
-    // The fast plan trusts the fingerprint on the host veth (see reconcile.rs)...
+    // The fast plan trusts the fingerprint on the host veth (see the dataplane module)...
     assert!(lab.dataplane.plan(&state).expect("plan").is_empty());
     // ...the deep plan enters every namespace and re-makes what differs.
     let deep = lab.dataplane.clone().deep(true);
@@ -736,7 +736,7 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
     let object = "endpoint/default/own";
     assert_eq!(
         report.notes_of(object),
-        [pier_node::reconcile::OWN_DEFAULT_ROUTE_KEPT.to_owned()],
+        [pier_node::dataplane::OWN_DEFAULT_ROUTE_KEPT.to_owned()],
         "{report}"
     );
     assert_eq!(own.sh("ip -4 route show default"), default_before);

@@ -439,7 +439,7 @@ fn a_flood_of_forwarded_queries_is_shed_and_local_names_still_answer() {
     lab.host
         .sh("ip link add sink0 type veth peer name sink1 && ip addr add 198.51.100.1/24 dev sink0 && ip link set sink0 up && ip link set sink1 up");
     let dns = Dns::start_limited(&lab, &l.state, &["198.51.100.99"], 8);
-    let socket = pier_node::netns::run_in(Some(&l.con1.path()), || {
+    let socket = pier_node::kernel::netns::run_in(Some(&l.con1.path()), || {
         UdpSocket::bind("0.0.0.0:0").expect("client socket")
     })
     .expect("socket in con1");
@@ -510,7 +510,7 @@ impl Upstream {
             "the upstream namespace is reachable from the host namespace"
         );
         let bind: SocketAddr = format!("{UPSTREAM}:53").parse().expect("addr");
-        let (udp, tcp) = pier_node::netns::run_in(Some(&ns.path()), move || {
+        let (udp, tcp) = pier_node::kernel::netns::run_in(Some(&ns.path()), move || {
             (
                 UdpSocket::bind(bind).expect("upstream udp"),
                 TcpListener::bind(bind).expect("upstream tcp"),

@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use common::{Ns, require_root};
-use pier_node::host_ports::{self, HostPort, Opened, Refused};
-use pier_node::netns::run_in;
+use pier_node::kernel::host_ports::{self, HostPort, Opened, Refused};
+use pier_node::kernel::netns::run_in;
 use pier_node::state::Protocol;
 use socket2::{Domain, Socket, Type};
 

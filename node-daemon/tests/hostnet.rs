@@ -5,7 +5,7 @@ mod common;
 
 use common::{Ns, require_root};
 use ipnet::Ipv4Net;
-use pier_node::hostnet::subnets_in_use_in;
+use pier_node::kernel::hostnet::subnets_in_use_in;
 
 fn net(text: &str) -> Ipv4Net {
     text.parse().expect("test subnet")

@@ -14,8 +14,8 @@ use ipnet::Ipv4Net;
 use pier_crds::conditions::{self, READY};
 use pier_crds::{Endpoint, Network, PortPublish};
 
-use crate::host_ports::{HostPort, Refused};
-use crate::hostnet::{HostSubnet, overlapping};
+use crate::kernel::host_ports::{HostPort, Refused};
+use crate::kernel::hostnet::{HostSubnet, overlapping};
 use crate::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
     PublishedPort,
@@ -374,7 +374,7 @@ pub fn build(inputs: Inputs<'_>) -> Built {
 }
 
 /// Leaves out of `built` the published ports the node could not hold (`refused`, see
-/// [`crate::host_ports`]) and refuses each PortPublish concerned, naming its ports left out and
+/// [`crate::kernel::host_ports`]) and refuses each PortPublish concerned, naming its ports left out and
 /// those still live. Refusals from [`build`] stay as they are.
 pub fn refuse_ports(built: &mut Built, refused: &BTreeMap<HostPort, Refused>, node: &str) {
     if refused.is_empty() {

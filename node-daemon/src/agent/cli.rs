@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use super::{AgentConfig, AgentError, AgentHealth};
 use crate::dns::DnsConfig;
-use crate::node_lock::{Holder, LOCK_DIR, LockError, NodeLock};
+use crate::kernel::node_lock::{Holder, LOCK_DIR, LockError, NodeLock};
 
 /// `pier node` flags.
 #[derive(Debug, Clone, clap::Args)]

@@ -19,11 +19,11 @@ use tokio::sync::watch;
 
 use super::build::{self, Built, Inputs};
 use super::{AgentConfig, Error, FIELD_MANAGER};
+use crate::dataplane::{Dataplane, Outcome, Report};
 use crate::dns::resolv_conf;
-use crate::host_ports::{self, HostPort, Opened, PortHolder, Refused};
-use crate::hostnet::HostSubnet;
-use crate::named_netns::{NamedNetns, RUN_DIR};
-use crate::reconcile::{Dataplane, Outcome, Report};
+use crate::kernel::host_ports::{self, HostPort, Opened, PortHolder, Refused};
+use crate::kernel::hostnet::HostSubnet;
+use crate::kernel::named_netns::{NamedNetns, RUN_DIR};
 use crate::state::{Netns, NodeState};
 
 /// Which part of the node an apply looks at.
@@ -56,7 +56,7 @@ pub struct Context {
     /// What each Endpoint (by uid) was last attached as, to skip the reconcile that only our own
     /// status write caused: the resync still checks the kernel for all of them.
     pub attached: Mutex<HashMap<String, String>>,
-    /// The sockets holding the published host ports (see [`crate::host_ports`]); locked across
+    /// The sockets holding the published host ports (see [`crate::kernel::host_ports`]); locked across
     /// each apply, so the ports held and the ports in the table change together.
     pub host_ports: Arc<Mutex<PortHolder<socket2::Socket>>>,
     recorder: Recorder,
@@ -148,7 +148,7 @@ impl Context {
     /// Applies `built` to the kernel (creating missing named namespaces of the endpoints in
     /// scope first), then hands the state to the DNS server.
     ///
-    /// Published ports are held first (see [`crate::host_ports`]): one the node cannot hold is
+    /// Published ports are held first (see [`crate::kernel::host_ports`]): one the node cannot hold is
     /// left out of the table and out of `built`, and its PortPublish refused there. Ports refused
     /// before are tried again by the full apply (the resync) only.
     pub async fn apply(&self, built: &mut Built, scope: Scope) -> Result<Report, Error> {
@@ -183,7 +183,7 @@ impl Context {
                             Ok(true) => created.push(name.clone()),
                             Ok(false) => {}
                             Err(error) => {
-                                let message = crate::reconcile::chain(&error);
+                                let message = crate::dataplane::chain(&error);
                                 tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
                                 uncreatable.insert(name.clone(), message);
                             }
@@ -335,13 +335,15 @@ fn open_host_ports(netns: Option<&Path>, ports: &[HostPort]) -> Vec<Opened<socke
         None => open_all(ports.to_vec()),
         Some(path) => {
             let owned = ports.to_vec();
-            crate::netns::run_in(Some(path), move || open_all(owned)).unwrap_or_else(|error| {
-                let message = crate::reconcile::chain(&error);
-                ports
-                    .iter()
-                    .map(|_| Opened::Refused(Refused::Failed(message.clone())))
-                    .collect()
-            })
+            crate::kernel::netns::run_in(Some(path), move || open_all(owned)).unwrap_or_else(
+                |error| {
+                    let message = crate::dataplane::chain(&error);
+                    ports
+                        .iter()
+                        .map(|_| Opened::Refused(Refused::Failed(message.clone())))
+                        .collect()
+                },
+            )
         }
     }
 }

@@ -16,7 +16,7 @@ use super::build::{endpoint_key, object_id, reason};
 use super::context::{Context, Scope, key, lock, write_condition};
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
-use crate::reconcile::Outcome;
+use crate::dataplane::Outcome;
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
 
 /// Why an attach failed in the kernel (the message says what).
@@ -46,9 +46,9 @@ pub fn error_policy(ep: Arc<Endpoint>, error: &Error, ctx: Arc<Context>) -> Acti
     let key = key(&*ep);
     let delay = ctx.backoff(&key);
     if error.is_transient() {
-        tracing::debug!(endpoint = %key, error = %crate::reconcile::chain(error), ?delay, "retrying");
+        tracing::debug!(endpoint = %key, error = %crate::dataplane::chain(error), ?delay, "retrying");
     } else {
-        tracing::warn!(endpoint = %key, error = %crate::reconcile::chain(error), ?delay, "endpoint reconcile failed");
+        tracing::warn!(endpoint = %key, error = %crate::dataplane::chain(error), ?delay, "endpoint reconcile failed");
     }
     Action::requeue(delay)
 }
@@ -226,7 +226,7 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
     };
     let proc_root = ctx.config.proc_root.clone();
     let path = ctx
-        .blocking(move || crate::podns::find_pod_netns(&proc_root, &uid))
+        .blocking(move || crate::kernel::podns::find_pod_netns(&proc_root, &uid))
         .await?
         .map_err(Error::PodNetns)?;
     let mut known = super::context::lock(&ctx.pod_netns);

@@ -103,7 +103,7 @@ pub enum Error {
     #[error("running kernel work")]
     Blocking(#[source] tokio::task::JoinError),
     #[error("applying the node's state")]
-    Dataplane(#[source] crate::reconcile::DataplaneError),
+    Dataplane(#[source] crate::dataplane::DataplaneError),
     #[error("attaching endpoint {endpoint}: {message}")]
     Attach { endpoint: String, message: String },
     #[error("detaching endpoint {endpoint}: {message}")]
@@ -114,7 +114,7 @@ pub enum Error {
         message: String,
     },
     #[error("removing a network namespace")]
-    Netns(#[source] crate::named_netns::NamedNetnsError),
+    Netns(#[source] crate::kernel::named_netns::NamedNetnsError),
     #[error("reading pod {pod}")]
     Pod {
         pod: String,
@@ -122,9 +122,9 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("finding a pod's network namespace")]
-    PodNetns(#[source] crate::podns::PodNetnsError),
+    PodNetns(#[source] crate::kernel::podns::PodNetnsError),
     #[error("reading the node's own addresses and routes")]
-    HostSubnets(#[source] crate::netlink::NetlinkError),
+    HostSubnets(#[source] crate::kernel::netlink::NetlinkError),
     #[error("writing the status of {what}")]
     WriteStatus {
         what: String,

@@ -12,7 +12,7 @@ use pier_crds::PortPublish;
 use super::build::{object_id, ports_key};
 use super::context::{Context, Scope, key, write_condition};
 use super::{Error, FINALIZER};
-use crate::reconcile::{FIREWALL, Outcome, Report};
+use crate::dataplane::{FIREWALL, Outcome, Report};
 use crate::state::NodeState;
 
 /// The table could not be updated (the message says why).
@@ -42,9 +42,9 @@ pub fn error_policy(publish: Arc<PortPublish>, error: &Error, ctx: Arc<Context>)
     let key = key(&*publish);
     let delay = ctx.backoff(&key);
     if error.is_transient() {
-        tracing::debug!(portpublish = %key, error = %crate::reconcile::chain(error), ?delay, "retrying");
+        tracing::debug!(portpublish = %key, error = %crate::dataplane::chain(error), ?delay, "retrying");
     } else {
-        tracing::warn!(portpublish = %key, error = %crate::reconcile::chain(error), ?delay, "portpublish reconcile failed");
+        tracing::warn!(portpublish = %key, error = %crate::dataplane::chain(error), ?delay, "portpublish reconcile failed");
     }
     Action::requeue(delay)
 }

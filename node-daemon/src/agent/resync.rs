@@ -17,19 +17,19 @@ use super::context::{Context, Scope, lock, write_condition};
 use super::endpoint::{ATTACH_FAILED, ATTACHED_REASON, attached_message};
 use super::portpublish::{PUBLISH_FAILED, PUBLISHED_REASON, firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
-use crate::reconcile::{FIREWALL, IPTABLES, NFTABLES, Outcome, Report};
+use crate::dataplane::{FIREWALL, IPTABLES, NFTABLES, Outcome, Report};
 
 /// Runs full reconciles until the task is dropped; marks the agent ready after the first success.
 pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
     if let Err(error) = ctx.wait_synced().await {
-        tracing::error!(error = %crate::reconcile::chain(&error), "watches never listed");
+        tracing::error!(error = %crate::dataplane::chain(&error), "watches never listed");
         return;
     }
     loop {
         match once(&ctx).await {
             Ok(()) => health.ready.store(true, Ordering::Relaxed),
             Err(error) => {
-                tracing::warn!(error = %crate::reconcile::chain(&error), "full reconcile of the node failed");
+                tracing::warn!(error = %crate::dataplane::chain(&error), "full reconcile of the node failed");
             }
         }
         tokio::time::sleep(ctx.config.resync).await;
@@ -40,7 +40,7 @@ pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
 pub async fn once(ctx: &Context) -> Result<(), Error> {
     let host_netns = ctx.config.host_netns.clone();
     let subnets = ctx
-        .blocking(move || crate::hostnet::subnets_in_use_in(host_netns.as_deref()))
+        .blocking(move || crate::kernel::hostnet::subnets_in_use_in(host_netns.as_deref()))
         .await?
         .map_err(Error::HostSubnets)?;
     *lock(&ctx.host_subnets) = subnets;

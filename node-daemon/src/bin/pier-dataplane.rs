@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pier_node::cli::{DataplaneArgs, run};
-use pier_node::reconcile::chain;
+use pier_node::dataplane::chain;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -127,7 +127,7 @@ async fn serve(args: &DnsArgs) -> Result<(), DnsCliError> {
                         handle.synced().await;
                         tracing::info!(listening = ?handle.listening(), "state file reloaded");
                     }
-                    Err(error) => tracing::warn!(error = %crate::reconcile::chain(&error), "keeping the last state"),
+                    Err(error) => tracing::warn!(error = %crate::dataplane::chain(&error), "keeping the last state"),
                 }
             }
         }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::netns::NetnsError;
+use crate::kernel::netns::NetnsError;
 use crate::state::NodeState;
 
 pub use forward::{DnsStats, UpstreamConfig};
@@ -214,7 +214,7 @@ impl Sync {
         self.listeners.stop_all().await;
         if let Some(writer) = &mut self.writer {
             for error in writer.remove_all() {
-                tracing::warn!(error = %crate::reconcile::chain(&error), "removing a resolv.conf");
+                tracing::warn!(error = %crate::dataplane::chain(&error), "removing a resolv.conf");
             }
         }
         self.listening.send_replace(Vec::new());
@@ -230,14 +230,14 @@ impl Sync {
         }
         let mut failed = false;
         for error in self.listeners.sync(&gateways).await {
-            tracing::warn!(error = %crate::reconcile::chain(&error), "DNS listener");
+            tracing::warn!(error = %crate::dataplane::chain(&error), "DNS listener");
             failed = true;
         }
         self.listening.send_replace(self.listeners.listening());
         if let Some(writer) = &mut self.writer {
             let search = self.shared.forwarder.upstream().search.clone();
             for error in writer.sync(&state, &search) {
-                tracing::warn!(error = %crate::reconcile::chain(&error), "namespace resolv.conf");
+                tracing::warn!(error = %crate::dataplane::chain(&error), "namespace resolv.conf");
                 failed = true;
             }
         }

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::oneshot;
 
-use crate::netns::{self, NetnsError};
+use crate::kernel::netns::{self, NetnsError};
 
 type Job = Box<dyn FnOnce() + Send>;
 

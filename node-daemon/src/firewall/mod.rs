@@ -37,7 +37,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::netns::{self, NetnsError};
+use crate::kernel::netns::{self, NetnsError};
 use crate::state::NodeState;
 
 pub use expr::{CmpOp, Expr, MetaKey, PayloadBase, Verdict};

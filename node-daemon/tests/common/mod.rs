@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pier_node::reconcile::{Dataplane, Report};
+use pier_node::dataplane::{Dataplane, Report};
 use pier_node::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
     PublishedPort,

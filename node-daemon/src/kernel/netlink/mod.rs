@@ -18,7 +18,7 @@ pub use addr::{V4Address, list_v4_addresses};
 pub use link::{InetConf, Link, LinkKind, VethSpec, parse_mac};
 pub use route::{MAIN_TABLE, PIER_ROUTE_PROTOCOL, RouteKind, V4Route, foreign_default_route};
 
-use crate::netns::{self, NetnsError};
+use crate::kernel::netns::{self, NetnsError};
 
 /// A netlink step that failed; one variant per kind of step, with the kernel's answer as source.
 #[derive(Debug, thiserror::Error)]

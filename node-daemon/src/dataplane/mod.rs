@@ -32,14 +32,14 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use crate::firewall::{self, FirewallPlan, IptablesChange, NativeChange};
-use crate::hostnet;
-use crate::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
-use crate::netns::{self, NetnsError};
+use crate::kernel::hostnet;
+use crate::kernel::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
+use crate::kernel::netns::{self, NetnsError};
+use crate::kernel::sysctl::{self, SysctlError};
 use crate::state::{
     Attachment, BRIDGE_PREFIX, BridgeAttachment, Driver, EndpointState, HOST_VETH_PREFIX, Netns,
     NetworkState, NodeState, StateError,
 };
-use crate::sysctl::{self, SysctlError};
 
 /// A failure that stops the whole plan or apply (as opposed to one object's failure in a [`Report`]).
 #[derive(Debug, thiserror::Error)]

@@ -294,7 +294,7 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
         .context("removing Pier's kernel objects")?;
     print!("{report}");
     let named = pier_node::kernel::named_netns::NamedNetns::new(
-        pier_node::kernel::named_netns::RUN_DIR,
+        pier_crds::names::NETNS_DIR,
         &args.data_dir.join("node"),
     );
     for name in named.created() {

@@ -11,6 +11,77 @@ pub const ATTACHED: &str = "Attached";
 /// The PortPublish's ports are live on its node (set by the node daemon).
 pub const PUBLISHED: &str = "Published";
 
+/// Condition reasons, one per outcome: the API's vocabulary (users grep for them), shared by the
+/// operator (`Ready`) and the node daemon (`Attached`, `Published`).
+pub mod reason {
+    // The operator's `Ready`.
+    /// Everything is allocated.
+    pub const ALLOCATED: &str = "Allocated";
+    /// A Network's subnet overlaps another Network's.
+    pub const SUBNET_CONFLICT: &str = "SubnetConflict";
+    /// No pool subnet is free.
+    pub const POOLS_EXHAUSTED: &str = "PoolsExhausted";
+    /// A Network's gateway, ipRange or aux addresses do not fit.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A Network is being deleted while endpoints use it.
+    pub const IN_USE: &str = "InUse";
+    /// The Endpoint's Network does not exist (yet).
+    pub const NETWORK_NOT_FOUND: &str = "NetworkNotFound";
+    /// The Endpoint's Network has no subnet (yet).
+    pub const NETWORK_NOT_READY: &str = "NetworkNotReady";
+    /// The netns target names no node and the cluster has several.
+    pub const NODE_REQUIRED: &str = "NodeRequired";
+    /// The target Pod does not exist.
+    pub const POD_NOT_FOUND: &str = "PodNotFound";
+    /// The target Pod has no node yet.
+    pub const POD_NOT_SCHEDULED: &str = "PodNotScheduled";
+    /// The endpoint shared (container mode) or published does not exist.
+    pub const ENDPOINT_NOT_FOUND: &str = "EndpointNotFound";
+    /// The endpoint shared or published has no node or address yet.
+    pub const ENDPOINT_NOT_READY: &str = "EndpointNotReady";
+    /// The namespace is already on this network through another Endpoint.
+    pub const ALREADY_ATTACHED: &str = "AlreadyAttached";
+    /// The interface name is taken in the namespace.
+    pub const INTERFACE_IN_USE: &str = "InterfaceInUse";
+    /// The static address is taken, reserved or outside the subnet.
+    pub const ADDRESS_IN_USE: &str = "AddressInUse";
+    /// The static address is not in the subnet or is reserved.
+    pub const INVALID_ADDRESS: &str = "InvalidAddress";
+    /// No address is free.
+    pub const ADDRESSES_EXHAUSTED: &str = "AddressesExhausted";
+    /// A host port is held by another PortPublish.
+    pub const PORT_CONFLICT: &str = "PortConflict";
+    /// An explicit host port is one of the operator's denied host ports.
+    pub const PORT_NOT_ALLOWED: &str = "PortNotAllowed";
+    /// No automatic host port is free.
+    pub const PORTS_EXHAUSTED: &str = "PortsExhausted";
+    /// Ports cannot be published from an internal network.
+    pub const INTERNAL_NETWORK: &str = "InternalNetwork";
+
+    // The node daemon's `Attached` and `Published`.
+    /// The operator has not (or not yet) allocated the object: its `Ready` is not `True`.
+    pub const NOT_ALLOCATED: &str = "NotAllocated";
+    /// The Network's subnet overlaps an address or route of the node that Pier does not own.
+    pub const SUBNET_IN_USE_ON_NODE: &str = "SubnetInUseOnNode";
+    /// The target Pod's network namespace was not found on this node.
+    pub const POD_NETNS_NOT_FOUND: &str = "PodNetnsNotFound";
+    /// The PortPublish's Endpoint is not attached on this node.
+    pub const ENDPOINT_NOT_ATTACHED: &str = "EndpointNotAttached";
+    /// The Endpoint targets a named netns, and this node does not serve netns targets.
+    pub const NETNS_TARGETS_DISABLED: &str = "NetnsTargetsDisabled";
+    /// A process of the node already has one of the PortPublish's host ports (that port is
+    /// left out; the others are published).
+    pub const PORT_IN_USE_ON_NODE: &str = "PortInUseOnNode";
+    /// The endpoint's interface exists as desired.
+    pub const ATTACHED: &str = "Attached";
+    /// The kernel refused part of the endpoint's attachment.
+    pub const ATTACH_FAILED: &str = "AttachFailed";
+    /// The ports are live in the node's table.
+    pub const PUBLISHED: &str = "Published";
+    /// The node's table could not be written.
+    pub const PUBLISH_FAILED: &str = "PublishFailed";
+}
+
 /// Finds the condition of `type_` in a list.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

@@ -15,6 +15,7 @@ pub mod conditions;
 pub mod endpoint;
 pub mod finalizers;
 pub mod manifests;
+pub mod names;
 pub mod network;
 pub mod portpublish;
 mod schema;

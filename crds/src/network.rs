@@ -84,8 +84,11 @@ pub struct NetworkSpec {
     pub dns: bool,
 }
 
+/// The MTU of a Network that sets none (Docker's default for its bridges).
+pub const DEFAULT_MTU: i32 = 1500;
+
 fn default_mtu() -> i32 {
-    1500
+    DEFAULT_MTU
 }
 
 fn default_true() -> bool {
@@ -147,35 +150,4 @@ pub struct NetworkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-}
-
-/// Prefix of the Linux bridges Pier owns.
-pub const BRIDGE_PREFIX: &str = "pier-";
-
-/// The Linux bridge of the Network with this uid: `pier-` + 8 hex digits of the uid's FNV-1a hash.
-///
-/// Shared by the operator (which records it in status) and the node daemon (which creates it), so
-/// the two can never disagree; a re-created Network gets a new uid and so a new bridge.
-pub fn bridge_name(uid: &str) -> String {
-    let hash = uid
-        .as_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    // The low 32 bits, as node-daemon/src/state.rs has always derived it (IFNAMSIZ leaves room
-    // for 8 hex digits after the prefix).
-    format!("{BRIDGE_PREFIX}{:08x}", hash as u32)
-}
-
-#[cfg(test)]
-mod bridge_tests {
-    #[test]
-    fn bridge_name_is_stable() {
-        // Pinned: changing it would orphan every bridge on every node.
-        assert_eq!(super::bridge_name(""), "pier-84222325");
-        let name = super::bridge_name("0f4f8c1e-3b7a-4c5e-9d2a-1b2c3d4e5f60");
-        assert_eq!(name.len(), 13);
-        assert!(name.starts_with("pier-"));
-    }
 }

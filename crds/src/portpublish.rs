@@ -106,14 +106,50 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
     /// Lower case, as `docker ps` prints it (`80/tcp`).
-    pub fn as_lowercase(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Sctp => "sctp",
         }
     }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text is not a protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
+pub struct ProtocolParseError(pub String);
+
+impl std::str::FromStr for Protocol {
+    type Err = ProtocolParseError;
+
+    /// Case-insensitive: Kubernetes writes `TCP`, Docker `tcp`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ProtocolParseError(s.to_owned()))
+    }
+}
+
+/// A published port in `docker ps` form: `0.0.0.0:32772->80/tcp`.
+pub fn docker_form(
+    host_ip: impl std::fmt::Display,
+    host_port: impl std::fmt::Display,
+    container_port: impl std::fmt::Display,
+    protocol: Protocol,
+) -> String {
+    format!("{host_ip}:{host_port}->{container_port}/{protocol}")
 }
 
 /// What the operator allocated and what the node daemon made of it.
@@ -160,12 +196,11 @@ pub struct PublishedPortStatus {
 impl PublishedPortStatus {
     /// `0.0.0.0:32772->80/tcp`, as the PORTS column of `docker ps`.
     pub fn docker_form(&self) -> String {
-        format!(
-            "{}:{}->{}/{}",
-            self.host_ip,
+        docker_form(
+            &self.host_ip,
             self.host_port,
             self.container_port,
-            self.protocol.as_lowercase()
+            self.protocol,
         )
     }
 }

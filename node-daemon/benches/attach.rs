@@ -73,7 +73,7 @@ impl Namespaces {
     }
 
     fn path(&self, i: usize) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.names[i])
+        PathBuf::from(pier_crds::names::NETNS_DIR).join(&self.names[i])
     }
 }
 

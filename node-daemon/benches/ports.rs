@@ -51,7 +51,7 @@ impl HostNs {
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.0)
+        PathBuf::from(pier_crds::names::NETNS_DIR).join(&self.0)
     }
 }
 

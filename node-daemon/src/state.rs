@@ -11,10 +11,8 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-/// Prefix of the Linux bridges Pier owns: `pier-` + 8 hex digits derived from the Network's uid.
-pub const BRIDGE_PREFIX: &str = pier_crds::network::BRIDGE_PREFIX;
-/// Prefix of the host-side veths Pier owns: `pv` + 10 hex digits derived from the Endpoint's uid.
-pub const HOST_VETH_PREFIX: &str = "pv";
+pub use pier_crds::Protocol;
+pub use pier_crds::names::host_veth_name;
 
 /// The desired state of one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +69,7 @@ pub struct NetworkState {
 }
 
 fn default_mtu() -> u32 {
-    1500
+    pier_crds::network::DEFAULT_MTU.unsigned_abs()
 }
 
 fn default_true() -> bool {
@@ -82,7 +80,7 @@ impl NetworkState {
     /// The bridge Pier owns for this network: `pier-` + 8 hex digits of the uid's hash (the
     /// operator records the same name in the Network's status).
     pub fn bridge_name(&self) -> String {
-        pier_crds::network::bridge_name(&self.uid)
+        pier_crds::names::bridge_name(&self.uid)
     }
 }
 
@@ -102,7 +100,7 @@ impl Netns {
     /// The file to open for `setns`, or `None` for the node's own namespace.
     pub fn path(&self) -> Option<PathBuf> {
         match self {
-            Netns::Named(name) => Some(PathBuf::from("/var/run/netns").join(name)),
+            Netns::Named(name) => Some(PathBuf::from(pier_crds::names::NETNS_DIR).join(name)),
             Netns::Path(path) => Some(path.clone()),
             Netns::Host => None,
         }
@@ -184,34 +182,6 @@ impl EndpointState {
     }
 }
 
-/// The host-side veth name of the Endpoint with this uid: `pv` + 10 hex digits of the uid's hash.
-pub fn host_veth_name(uid: &str) -> String {
-    format!(
-        "{HOST_VETH_PREFIX}{:010x}",
-        fnv1a64(uid.as_bytes()) & 0xff_ffff_ffff
-    )
-}
-
-/// A transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// Lower case, as `docker ps` prints it (`80/tcp`).
-    pub fn as_lowercase(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
-
 /// One published port: `hostIP:hostPort -> endpoint address:containerPort/protocol`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -288,13 +258,6 @@ impl NodeState {
     pub fn networks_by_name(&self) -> BTreeMap<&str, &NetworkState> {
         self.networks.iter().map(|n| (n.name.as_str(), n)).collect()
     }
-}
-
-/// FNV-1a: a stable, dependency-free hash for deriving kernel object names from uids.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

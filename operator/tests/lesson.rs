@@ -28,7 +28,7 @@ async fn lesson_objects_get_docker_subnets_addresses_and_ports() {
     let uid = bridge.metadata.uid.clone().expect("uid");
     assert_eq!(
         status.bridge.as_deref(),
-        Some(pier_crds::network::bridge_name(&uid).as_str())
+        Some(pier_crds::names::bridge_name(&uid).as_str())
     );
     assert_eq!(
         ready_of(&status.conditions).map(|r| r.0).as_deref(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use pier_crds::conditions::{self, READY};
+use pier_crds::conditions::{self, READY, reason};
 use pier_crds::{Endpoint, Network, PortPublish};
 
 use crate::kernel::host_ports::{HostPort, Refused};
@@ -20,27 +20,6 @@ use crate::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
     PublishedPort,
 };
-
-/// Why an object is not on this node; the reason goes into its condition.
-pub mod reason {
-    /// The operator has not (or not yet) allocated the object: its `Ready` is not `True`.
-    pub const NOT_ALLOCATED: &str = "NotAllocated";
-    /// The Endpoint's Network is missing or has no subnet in its status yet.
-    pub const NETWORK_NOT_READY: &str = "NetworkNotReady";
-    /// The Network's subnet overlaps an address or route of the node that Pier does not own.
-    pub const SUBNET_IN_USE_ON_NODE: &str = "SubnetInUseOnNode";
-    /// The target Pod's network namespace was not found on this node.
-    pub const POD_NETNS_NOT_FOUND: &str = "PodNetnsNotFound";
-    /// The Endpoint whose namespace is shared (container mode) is not on this node.
-    pub const ENDPOINT_NOT_FOUND: &str = "EndpointNotFound";
-    /// The PortPublish's Endpoint is not attached on this node.
-    pub const ENDPOINT_NOT_ATTACHED: &str = "EndpointNotAttached";
-    /// The Endpoint targets a named netns, and this node does not serve netns targets.
-    pub const NETNS_TARGETS_DISABLED: &str = "NetnsTargetsDisabled";
-    /// A process of the node already has one of the PortPublish's host ports (that port is
-    /// left out; the others are published).
-    pub const PORT_IN_USE_ON_NODE: &str = "PortInUseOnNode";
-}
 
 /// What the node's objects are built from.
 #[derive(Debug, Clone, Copy)]
@@ -423,7 +402,7 @@ pub fn refuse_ports(built: &mut Built, refused: &BTreeMap<HostPort, Refused>, no
             parts.push(live);
         }
         let reason = if in_use.is_empty() {
-            super::portpublish::PUBLISH_FAILED
+            reason::PUBLISH_FAILED
         } else {
             reason::PORT_IN_USE_ON_NODE
         };
@@ -777,7 +756,7 @@ mod tests {
             NODE,
         );
         let refusal = &built.refusals["portpublish/default/other"];
-        assert_eq!(refusal.reason, super::super::portpublish::PUBLISH_FAILED);
+        assert_eq!(refusal.reason, reason::PUBLISH_FAILED);
         assert_eq!(
             refusal.message,
             "cannot hold host port 0.0.0.0:9000/tcp: Permission denied"

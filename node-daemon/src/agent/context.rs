@@ -23,7 +23,7 @@ use crate::dataplane::{Dataplane, Outcome, Report};
 use crate::dns::resolv_conf;
 use crate::kernel::host_ports::{self, HostPort, Opened, PortHolder, Refused};
 use crate::kernel::hostnet::HostSubnet;
-use crate::kernel::named_netns::{NamedNetns, RUN_DIR};
+use crate::kernel::named_netns::NamedNetns;
 use crate::state::{Netns, NodeState};
 
 /// Which part of the node an apply looks at.
@@ -94,7 +94,10 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             dataplane: Dataplane::new(config.host_netns.clone()),
-            named: Arc::new(NamedNetns::new(RUN_DIR, &config.state_dir)),
+            named: Arc::new(NamedNetns::new(
+                pier_crds::names::NETNS_DIR,
+                &config.state_dir,
+            )),
             config,
             networks,
             endpoints,

@@ -10,19 +10,16 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use pier_crds::Endpoint;
 use pier_crds::conditions::{self, ATTACHED};
-use pier_crds::network::bridge_name;
+use pier_crds::names::bridge_name;
 
-use super::build::{endpoint_key, object_id, reason};
+use pier_crds::conditions::reason;
+
+use super::build::{endpoint_key, object_id};
 use super::context::{Context, Scope, key, lock, write_condition};
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
 use crate::dataplane::Outcome;
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
-
-/// Why an attach failed in the kernel (the message says what).
-pub const ATTACH_FAILED: &str = "AttachFailed";
-/// The interface exists and is configured.
-pub const ATTACHED_REASON: &str = "Attached";
 
 /// Reconciles one Endpoint of this node.
 pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -15,11 +15,6 @@ use super::{Error, FINALIZER};
 use crate::dataplane::{FIREWALL, Outcome, Report};
 use crate::state::NodeState;
 
-/// The table could not be updated (the message says why).
-pub const PUBLISH_FAILED: &str = "PublishFailed";
-/// The ports are live.
-pub const PUBLISHED_REASON: &str = "Published";
-
 /// Reconciles one PortPublish of this node.
 pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<PortPublish> =
@@ -56,12 +51,11 @@ pub fn published_message(id: &str, state: &NodeState, node: &str) -> String {
         .iter()
         .filter(|p| p.id == id)
         .map(|p| {
-            format!(
-                "{}:{}->{}/{}",
+            pier_crds::portpublish::docker_form(
                 p.host_ip,
                 p.host_port,
                 p.container_port,
-                p.protocol.as_lowercase()
+                p.protocol,
             )
         })
         .collect();

@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 
 use kube::{Api, ResourceExt};
 use pier_crds::Condition;
-use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
+use pier_crds::conditions::{self, ATTACHED, PUBLISHED, reason};
 use pier_crds::{Endpoint, PortPublish};
 
 use super::build::{Built, endpoint_key, object_id, ports_key};
 use super::context::{Context, Scope, lock, write_condition};
-use super::endpoint::{ATTACH_FAILED, ATTACHED_REASON, attached_message};
-use super::portpublish::{PUBLISH_FAILED, PUBLISHED_REASON, firewall_outcome, published_message};
+use super::endpoint::attached_message;
+use super::portpublish::{firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
 use crate::dataplane::{FIREWALL, IPTABLES, NFTABLES, Outcome, Report};
 
@@ -147,14 +147,14 @@ pub fn attached_condition(
         let endpoint = built.state.endpoints.iter().find(|e| e.id == id)?;
         let report = report?;
         match report.objects.get(&object) {
-            Some(Outcome::Failed(message)) => (false, ATTACH_FAILED, message.clone()),
+            Some(Outcome::Failed(message)) => (false, reason::ATTACH_FAILED, message.clone()),
             _ => {
                 let mut message = attached_message(endpoint, &built.state);
                 for note in report.notes_of(&object) {
                     message.push_str("; ");
                     message.push_str(note);
                 }
-                (true, ATTACHED_REASON, message)
+                (true, reason::ATTACHED, message)
             }
         }
     };
@@ -178,10 +178,10 @@ pub fn published_condition(
         (false, refusal.reason, refusal.message.clone())
     } else if built.state.ports.iter().any(|p| p.id == id) {
         match firewall? {
-            Err(message) => (false, PUBLISH_FAILED, message.clone()),
+            Err(message) => (false, reason::PUBLISH_FAILED, message.clone()),
             Ok(()) => (
                 true,
-                PUBLISHED_REASON,
+                reason::PUBLISHED,
                 published_message(id, &built.state, node),
             ),
         }

@@ -31,14 +31,15 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+use pier_crds::names::{fnv1a64, is_pier_bridge_name, is_pier_veth_name};
+
 use crate::firewall::{self, FirewallPlan, IptablesChange, NativeChange};
 use crate::kernel::hostnet;
 use crate::kernel::netlink::{self, Link, LinkKind, NetlinkError, Nl, VethSpec};
 use crate::kernel::netns::{self, NetnsError};
 use crate::kernel::sysctl::{self, SysctlError};
 use crate::state::{
-    Attachment, BRIDGE_PREFIX, BridgeAttachment, Driver, EndpointState, HOST_VETH_PREFIX, Netns,
-    NetworkState, NodeState, StateError,
+    Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, StateError,
 };
 
 /// A failure that stops the whole plan or apply (as opposed to one object's failure in a [`Report`]).
@@ -68,23 +69,6 @@ pub const OWN_DEFAULT_ROUTE_KEPT: &str = "default route left as it was: the name
 /// Appended to a host veth's fingerprint alias when its attach kept the namespace's own default
 /// route, so that an in-sync plan still knows it (and says so) without entering the namespace.
 const OWN_DEFAULT_ALIAS: &str = "own-default";
-
-/// Whether a link name is a bridge Pier owns (`pier-` + 8 lowercase hex digits).
-pub fn is_pier_bridge_name(name: &str) -> bool {
-    name.strip_prefix(BRIDGE_PREFIX)
-        .is_some_and(|rest| rest.len() == 8 && is_lower_hex(rest))
-}
-
-/// Whether a link name is a host-side veth Pier owns (`pv` + 10 lowercase hex digits).
-pub fn is_pier_veth_name(name: &str) -> bool {
-    name.strip_prefix(HOST_VETH_PREFIX)
-        .is_some_and(|rest| rest.len() == 10 && is_lower_hex(rest))
-}
-
-fn is_lower_hex(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 /// Whether a link found in the host namespace is Pier's (name pattern and kind both match).
 fn is_owned(link: &Link) -> bool {
@@ -1471,19 +1455,13 @@ fn valid_interface_name(name: &str) -> bool {
 
 /// A stable, locally administered unicast MAC for a bridge, from its name (`02:` + FNV-1a).
 fn bridge_mac(bridge: &str) -> [u8; 6] {
-    let hash = fnv1a(bridge).to_be_bytes();
+    let hash = fnv1a64(bridge.as_bytes()).to_be_bytes();
     [0x02, hash[0], hash[1], hash[2], hash[3], hash[4]]
-}
-
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// `pier1 <16 hex>`: FNV-1a of the description; stable across builds (unlike std's hasher).
 fn fingerprint(description: &str) -> String {
-    format!("pier1 {:016x}", fnv1a(description))
+    format!("pier1 {:016x}", fnv1a64(description.as_bytes()))
 }
 
 #[cfg(test)]
@@ -1494,17 +1472,6 @@ mod tests {
     fn a_dataplane_can_be_shared_between_threads() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Dataplane>();
-    }
-
-    #[test]
-    fn ownership_patterns_are_strict() {
-        assert!(is_pier_bridge_name("pier-0a1b2c3d"));
-        assert!(!is_pier_bridge_name("pier-0a1b2c3"));
-        assert!(!is_pier_bridge_name("pier-0A1B2C3D"));
-        assert!(!is_pier_bridge_name("pier-br0"));
-        assert!(is_pier_veth_name("pv0123456789"));
-        assert!(!is_pier_veth_name("pvnet0"));
-        assert!(!is_pier_veth_name("pv01234567890"));
     }
 
     #[test]

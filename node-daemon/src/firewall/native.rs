@@ -38,7 +38,7 @@ pub fn comment_prefix() -> String {
 
 /// What `iifname "pier-*"` compares: a name starting with Pier's bridge prefix (nft's wildcard is
 /// a comparison of the prefix bytes only).
-const BRIDGE_PREFIX: &[u8] = crate::state::BRIDGE_PREFIX.as_bytes();
+const BRIDGE_PREFIX: &[u8] = pier_crds::names::BRIDGE_PREFIX.as_bytes();
 
 /// iptables-nft's tables: written through the iptables tools only, never natively.
 const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
@@ -568,7 +568,7 @@ mod tests {
 
     #[test]
     fn the_texts_match_the_bridge_prefix() {
-        let wildcard = format!("\"{}*\"", crate::state::BRIDGE_PREFIX);
+        let wildcard = format!("\"{}*\"", pier_crds::names::BRIDGE_PREFIX);
         for hook in [NativeHook::Forward, NativeHook::Input] {
             assert!(desired(hook).iter().all(|r| r.text.contains(&wildcard)));
         }

@@ -352,14 +352,12 @@ impl RuleSpec {
     /// with different rules, or a hand-edited rule, shows up as a mismatch and is replaced).
     pub fn comment(&self) -> String {
         let fingerprint = format!("{}|{:?}", self.text, self.exprs);
-        format!("pier:{}:{:08x}", self.id, fnv1a32(fingerprint.as_bytes()))
+        format!(
+            "pier:{}:{:08x}",
+            self.id,
+            pier_crds::names::fnv1a32(fingerprint.as_bytes())
+        )
     }
-}
-
-fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |hash, byte| {
-        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
-    })
 }
 
 /// One base chain.

@@ -42,13 +42,7 @@ impl HostPort {
 impl fmt::Display for HostPort {
     /// `0.0.0.0:8000/tcp`, as `docker ps` shows the host side.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}/{}",
-            self.ip,
-            self.port,
-            self.protocol.as_lowercase()
-        )
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol.as_str())
     }
 }
 

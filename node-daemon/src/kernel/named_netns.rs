@@ -15,8 +15,7 @@ use std::sync::{Mutex, PoisonError};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
-/// Where `ip netns` keeps its namespaces.
-pub const RUN_DIR: &str = "/var/run/netns";
+use pier_crds::names::NETNS_DIR;
 
 /// Creating or removing a named namespace failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +42,7 @@ pub enum NamedNetnsError {
     },
     #[error(
         "{path} would not be visible outside Pier: {mount_point} is a slave mount (mounts \
-         propagate into it from the node, not back); mount {RUN_DIR} with bidirectional \
+         propagate into it from the node, not back); mount {NETNS_DIR} with bidirectional \
          propagation, or create the namespace on the node first (`ip netns add`)"
     )]
     NotPropagated { path: PathBuf, mount_point: PathBuf },
@@ -65,7 +64,7 @@ pub struct NamedNetns {
 }
 
 impl NamedNetns {
-    /// Namespaces under `run_dir` (normally [`RUN_DIR`]); markers under `state_dir/netns`.
+    /// Namespaces under `run_dir` (normally [`NETNS_DIR`]); markers under `state_dir/netns`.
     pub fn new(run_dir: impl Into<PathBuf>, state_dir: &Path) -> NamedNetns {
         NamedNetns {
             run_dir: run_dir.into(),

@@ -69,7 +69,7 @@ impl Ns {
     }
 
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/var/run/netns").join(&self.name)
+        PathBuf::from(pier_crds::names::NETNS_DIR).join(&self.name)
     }
 
     pub fn netns(&self) -> Netns {

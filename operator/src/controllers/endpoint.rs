@@ -14,10 +14,11 @@ use pier_crds::{Driver, Endpoint, EndpointStatus, Network};
 
 use super::{Error, apply_status};
 use crate::allocations::{AttachError, AttachRequest, owner_key, target_key};
-use crate::conditions::{ready, reason};
+use crate::conditions::ready;
 use crate::context::Context;
 use crate::ipam::{AddressError, MacAddr};
 use pier_crds::conditions::differs as conditions_differ;
+use pier_crds::conditions::reason;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "endpoint";

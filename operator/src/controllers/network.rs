@@ -9,14 +9,15 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
 use pier_crds::conditions::differs as conditions_differ;
-use pier_crds::network::bridge_name;
+use pier_crds::names::bridge_name;
 use pier_crds::{Driver, Network, NetworkStatus};
 
 use super::{Error, apply_status};
 use crate::allocations::{NetworkAllocError, network_request};
-use crate::conditions::{ready, reason};
+use crate::conditions::ready;
 use crate::context::Context;
 use crate::ipam::SubnetError;
+use pier_crds::conditions::reason;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "network";

@@ -14,10 +14,11 @@ use pier_crds::{Endpoint, Network, PortPublish, PortPublishStatus};
 
 use super::{Error, apply_status};
 use crate::allocations::{owner_key, protocol};
-use crate::conditions::{ready, reason};
+use crate::conditions::ready;
 use crate::context::Context;
 use crate::ports::{HostPort, PortError, PortSpec};
 use pier_crds::conditions::differs as conditions_differ;
+use pier_crds::conditions::reason;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "portpublish";

@@ -4,55 +4,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
-/// A transport protocol a port can be published for (Kubernetes' `Protocol`).
-///
-/// Ports of different protocols never conflict: TCP 8000 and UDP 8000 are different sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    /// Every protocol.
-    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
-
-    /// The lower-case name Docker prints (`80/tcp`).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The text is not a protocol.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown protocol {0:?} (expected TCP, UDP or SCTP)")]
-pub struct ProtocolParseError(pub String);
-
-impl FromStr for Protocol {
-    type Err = ProtocolParseError;
-
-    /// Case-insensitive: Kubernetes writes `TCP`, Docker `tcp`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Protocol::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| ProtocolParseError(s.to_owned()))
-    }
-}
+pub use pier_crds::portpublish::{Protocol, ProtocolParseError};
 
 /// An inclusive range of ports, e.g. where automatic host ports come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -173,35 +173,35 @@ impl Context {
         let holder = Arc::clone(&self.host_ports);
         let (report, created, uncreatable, refused) = self
             .blocking(move || {
-                    let mut created = Vec::new();
-                    let mut uncreatable = HashMap::new();
-                    for name in &named {
-                        match kernel.ensure_named_netns(name) {
-                            Ok(true) => created.push(name.clone()),
-                            Ok(false) => {}
-                            Err(error) => {
-                                let message = crate::dataplane::chain(&error);
-                                tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
-                                uncreatable.insert(name.clone(), message);
-                            }
+                let mut created = Vec::new();
+                let mut uncreatable = HashMap::new();
+                for name in &named {
+                    match kernel.ensure_named_netns(name) {
+                        Ok(true) => created.push(name.clone()),
+                        Ok(false) => {}
+                        Err(error) => {
+                            let message = crate::dataplane::chain(&error);
+                            tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
+                            uncreatable.insert(name.clone(), message);
                         }
                     }
-                    let mut holder = lock(&holder);
-                    let wanted: BTreeSet<HostPort> =
-                        state.ports.iter().map(HostPort::of).collect();
-                    let refused =
-                        holder.converge(&wanted, matches!(scope, Scope::Full), |ports| {
-                            kernel.open_host_ports(ports)
-                        });
-                    state
-                        .ports
-                        .retain(|port| !refused.contains_key(&HostPort::of(port)));
-                    let mut report = kernel.apply(&state, &scope);
-                    drop(holder);
-                    if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
-                        note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
-                    }
-                    (report, created, uncreatable, refused)
+                }
+                let mut holder = lock(&holder);
+                let wanted: BTreeSet<HostPort> =
+                    state.ports.iter().map(HostPort::of).collect();
+                let refused =
+                    holder.converge(&wanted, matches!(scope, Scope::Full), |ports| {
+                        kernel.open_host_ports(ports)
+                    });
+                state
+                    .ports
+                    .retain(|port| !refused.contains_key(&HostPort::of(port)));
+                let mut report = kernel.apply(&state, &scope);
+                drop(holder);
+                if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
+                    note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
+                }
+                (report, created, uncreatable, refused)
             })
             .await?;
         build::refuse_ports(built, &refused, &self.config.node_name);

@@ -550,6 +550,22 @@ async fn a_port_in_use_is_refused_the_others_published_and_the_resync_publishes_
     })
     .await;
     assert!(cluster.kernel.held_ports().contains(&tcp(18081)));
+
+    // Withdrawn before the object goes: the table is empty and the sockets closed.
+    publishes
+        .delete("srv-ports", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + PATIENCE;
+    while publishes.get_opt("srv-ports").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the PortPublish was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.kernel.published().is_empty());
+    assert!(cluster.kernel.held_ports().is_empty());
     cluster.stop().await;
 }
 

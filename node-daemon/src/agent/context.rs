@@ -1,5 +1,5 @@
 //! What the node agent's reconcilers share: the API client, the stores the watches fill, the
-//! dataplane, the DNS state, and the writes of the node's conditions and Events.
+//! node's kernel, the DNS state, and the writes of the node's conditions and Events.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,12 +18,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::build::{self, Built, Inputs};
+use super::node_kernel::{HeldPort, NodeKernel};
 use super::{AgentConfig, Error, FIELD_MANAGER};
-use crate::dataplane::{Dataplane, Outcome, Report};
+use crate::dataplane::{Outcome, Report};
 use crate::dns::resolv_conf;
-use crate::kernel::host_ports::{self, HostPort, Opened, PortHolder, Refused};
+use crate::kernel::host_ports::{HostPort, PortHolder};
 use crate::kernel::hostnet::HostSubnet;
-use crate::kernel::named_netns::NamedNetns;
 use crate::state::{Netns, NodeState};
 
 /// Which part of the node an apply looks at.
@@ -42,8 +42,8 @@ pub enum Scope {
 pub struct Context {
     pub client: Client,
     pub config: AgentConfig,
-    pub dataplane: Dataplane,
-    pub named: Arc<NamedNetns>,
+    /// Where the kernel work goes: the node's own kernel, or a fake in tests.
+    pub kernel: Arc<dyn NodeKernel>,
     pub networks: Store<Network>,
     pub endpoints: Store<Endpoint>,
     pub ports: Store<PortPublish>,
@@ -58,7 +58,7 @@ pub struct Context {
     pub attached: Mutex<HashMap<String, String>>,
     /// The sockets holding the published host ports (see [`crate::kernel::host_ports`]); locked across
     /// each apply, so the ports held and the ports in the table change together.
-    pub host_ports: Arc<Mutex<PortHolder<socket2::Socket>>>,
+    pub host_ports: Arc<Mutex<PortHolder<HeldPort>>>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -78,10 +78,11 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Context {
-    /// A context over the watches' stores.
+    /// A context over the watches' stores, doing its kernel work with `kernel`.
     pub fn new(
         client: Client,
         config: AgentConfig,
+        kernel: Arc<dyn NodeKernel>,
         stores: (Store<Network>, Store<Endpoint>, Store<PortPublish>),
         dns_state: watch::Sender<NodeState>,
     ) -> Context {
@@ -93,11 +94,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            dataplane: Dataplane::new(config.host_netns.clone()),
-            named: Arc::new(NamedNetns::new(
-                pier_crds::names::NETNS_DIR,
-                &config.state_dir,
-            )),
+            kernel,
             config,
             networks,
             endpoints,
@@ -169,56 +166,42 @@ impl Context {
                 _ => None,
             })
             .collect();
-        let dataplane = self.dataplane.clone();
+        let kernel = Arc::clone(&self.kernel);
         let mut state = built.state.clone();
         let resolv_conf_root = self.config.dns.as_ref().and_then(|d| d.etc_netns.clone());
         let resolv_conf_owner = resolv_conf::owner_of(self.config.host_netns.as_deref());
         let holder = Arc::clone(&self.host_ports);
-        let host_netns = self.config.host_netns.clone();
         let (report, created, uncreatable, refused) = self
-            .blocking({
-                let named_netns = Arc::clone(&self.named);
-                move || {
-                    let mut created = Vec::new();
-                    let mut uncreatable = HashMap::new();
-                    for name in &named {
-                        match named_netns.ensure(name) {
-                            Ok(true) => created.push(name.clone()),
-                            Ok(false) => {}
-                            Err(error) => {
-                                let message = crate::dataplane::chain(&error);
-                                tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
-                                uncreatable.insert(name.clone(), message);
-                            }
+            .blocking(move || {
+                let mut created = Vec::new();
+                let mut uncreatable = HashMap::new();
+                for name in &named {
+                    match kernel.ensure_named_netns(name) {
+                        Ok(true) => created.push(name.clone()),
+                        Ok(false) => {}
+                        Err(error) => {
+                            let message = crate::dataplane::chain(&error);
+                            tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
+                            uncreatable.insert(name.clone(), message);
                         }
                     }
-                    let mut holder = lock(&holder);
-                    let wanted: BTreeSet<HostPort> =
-                        state.ports.iter().map(HostPort::of).collect();
-                    let refused =
-                        holder.converge(&wanted, matches!(scope, Scope::Full), |ports| {
-                            open_host_ports(host_netns.as_deref(), ports)
-                        });
-                    state
-                        .ports
-                        .retain(|port| !refused.contains_key(&HostPort::of(port)));
-                    let mut report = match &scope {
-                        Scope::Full => dataplane.apply(&state),
-                        Scope::Endpoints(ids) => {
-                            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                            dataplane.apply_endpoints(&state, &ids)
-                        }
-                        Scope::Removal(links) => {
-                            let names: Vec<&str> = links.iter().map(String::as_str).collect();
-                            dataplane.remove_links(&state, &names)
-                        }
-                    };
-                    drop(holder);
-                    if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
-                        note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
-                    }
-                    (report, created, uncreatable, refused)
                 }
+                let mut holder = lock(&holder);
+                let wanted: BTreeSet<HostPort> =
+                    state.ports.iter().map(HostPort::of).collect();
+                let refused =
+                    holder.converge(&wanted, matches!(scope, Scope::Full), |ports| {
+                        kernel.open_host_ports(ports)
+                    });
+                state
+                    .ports
+                    .retain(|port| !refused.contains_key(&HostPort::of(port)));
+                let mut report = kernel.apply(&state, &scope);
+                drop(holder);
+                if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
+                    note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
+                }
+                (report, created, uncreatable, refused)
             })
             .await?;
         build::refuse_ports(built, &refused, &self.config.node_name);
@@ -321,32 +304,6 @@ fn note_foreign_resolv_confs(
                 .entry(build::endpoint_key(&endpoint.id))
                 .or_default()
                 .push(resolv_conf::FOREIGN_NOTE.to_owned());
-        }
-    }
-}
-
-/// Opens `ports` in the node's namespace `netns` (`None`: the process's own, where this blocking
-/// thread already is), one outcome per port.
-fn open_host_ports(netns: Option<&Path>, ports: &[HostPort]) -> Vec<Opened<socket2::Socket>> {
-    let open_all = |ports: Vec<HostPort>| -> Vec<Opened<socket2::Socket>> {
-        ports
-            .iter()
-            .map(|port| Opened::from_result(host_ports::open(port)))
-            .collect()
-    };
-    match netns {
-        None => open_all(ports.to_vec()),
-        Some(path) => {
-            let owned = ports.to_vec();
-            crate::kernel::netns::run_in(Some(path), move || open_all(owned)).unwrap_or_else(
-                |error| {
-                    let message = crate::dataplane::chain(&error);
-                    ports
-                        .iter()
-                        .map(|_| Opened::Refused(Refused::Failed(message.clone())))
-                        .collect()
-                },
-            )
         }
     }
 }

@@ -192,8 +192,8 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
                     .is_some_and(|n| n.name == name)
         });
         if !still_used {
-            let named_netns = Arc::clone(&ctx.named);
-            ctx.blocking(move || named_netns.remove_if_created(&name))
+            let kernel = Arc::clone(&ctx.kernel);
+            ctx.blocking(move || kernel.remove_named_netns(&name))
                 .await?
                 .map_err(Error::Netns)?;
         }
@@ -208,7 +208,7 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
     let pod_id = format!("{namespace}/{pod}");
     let known = super::context::lock(&ctx.pod_netns)
         .get(&pod_id)
-        .is_some_and(|path| path.exists());
+        .is_some_and(|path| ctx.kernel.netns_exists(path));
     if known {
         return Ok(());
     }
@@ -221,9 +221,9 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
         super::context::lock(&ctx.pod_netns).remove(&pod_id);
         return Ok(());
     };
-    let proc_root = ctx.config.proc_root.clone();
+    let kernel = Arc::clone(&ctx.kernel);
     let path = ctx
-        .blocking(move || crate::kernel::podns::find_pod_netns(&proc_root, &uid))
+        .blocking(move || kernel.find_pod_netns(&uid))
         .await?
         .map_err(Error::PodNetns)?;
     let mut known = super::context::lock(&ctx.pod_netns);

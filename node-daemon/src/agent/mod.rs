@@ -11,6 +11,8 @@ pub mod build;
 pub mod cli;
 pub mod context;
 pub mod endpoint;
+pub mod fake;
+pub mod node_kernel;
 pub mod portpublish;
 pub mod resync;
 
@@ -31,6 +33,7 @@ use tokio::sync::watch;
 use crate::dns::{DnsConfig, DnsServer};
 use crate::state::NodeState;
 use context::Context;
+use node_kernel::{NodeKernel, RealKernel};
 
 /// Field manager of every write the node agent makes (DESIGN.md §4).
 pub const FIELD_MANAGER: &str = "pier-node";
@@ -172,19 +175,29 @@ fn finalized(
 /// this bounds the blocking threads waiting for it).
 const CONCURRENCY: u16 = 8;
 
-/// Runs the agent until `shutdown` resolves. Kernel objects stay in place on shutdown (a restart
-/// resumes with them); `pier down` / `Dataplane::reset` removes them.
+/// Runs the agent on this node's kernel until `shutdown` resolves. Kernel objects stay in place
+/// on shutdown (a restart resumes with them); `pier down` / `Dataplane::reset` removes them.
 pub async fn run(
     client: kube::Client,
     config: AgentConfig,
     health: Arc<AgentHealth>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let node = config.node_name.clone();
-    let on_node = || watcher::Config::default().fields(&format!("status.node={node}"));
+    let kernel = Arc::new(RealKernel::new(&config));
+    run_with(client, config, kernel, health, shutdown).await
+}
+
+/// Runs the agent with its kernel work going to `kernel` (the node's own, or a fake in tests)
+/// until `shutdown` resolves.
+pub async fn run_with(
+    client: kube::Client,
+    config: AgentConfig,
+    kernel: Arc<dyn NodeKernel>,
+    health: Arc<AgentHealth>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let on_node = on_node(&config.node_name);
     let networks: Api<Network> = Api::all(client.clone());
-    let endpoints: Api<Endpoint> = Api::all(client.clone());
-    let publishes: Api<PortPublish> = Api::all(client.clone());
 
     // Networks: a store of its own (the controllers' stores hold this node's objects only).
     let (network_store, network_writer) = reflector::store();
@@ -194,10 +207,10 @@ pub async fn run(
         .applied_objects()
         .for_each(|_| futures::future::ready(()));
 
-    let endpoint_controller = Controller::new(endpoints.clone(), on_node())
+    let endpoint_controller = Controller::new(Api::all(client.clone()), on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let endpoint_store = endpoint_controller.store();
-    let publish_controller = Controller::new(publishes, on_node())
+    let publish_controller = Controller::new(Api::all(client.clone()), on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let publish_store = publish_controller.store();
 
@@ -210,71 +223,21 @@ pub async fn run(
         None => None,
     };
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         config,
+        kernel,
         (network_store, endpoint_store.clone(), publish_store.clone()),
         dns_state,
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
-        async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }
-    };
-
-    // A Network's status being filled concerns its endpoints here that wait for it. Only those:
-    // the operator rewrites a Network's status on every endpoint it gains, and waking all of
-    // its attached endpoints each time would make filling a network quadratic. What else can
-    // change (the MTU) the next resync applies.
-    let by_network = endpoint_store.clone();
-    let endpoint_controller = endpoint_controller
-        .watches(networks, watcher::Config::default(), move |net| {
-            let name = net.name_any();
-            by_network
-                .state()
-                .into_iter()
-                .filter(|e| e.status.as_ref().and_then(|s| s.network.as_deref()) == Some(&name))
-                .filter(|e| {
-                    !e.status.as_ref().is_some_and(|s| {
-                        pier_crds::conditions::is_true(
-                            &s.conditions,
-                            pier_crds::conditions::ATTACHED,
-                        )
-                    })
-                })
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(stopped())
-        .run(
-            endpoint::reconcile,
-            endpoint::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    // A PortPublish follows its Endpoint (attached, re-addressed, gone).
-    let by_endpoint = publish_store;
-    let publish_controller = publish_controller
-        .watches(endpoints, on_node(), move |ep| {
-            let (name, ns) = (ep.name_any(), ep.namespace());
-            by_endpoint
-                .state()
-                .into_iter()
-                .filter(|p| p.namespace() == ns && p.spec.endpoint == name)
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(stopped())
-        .run(
-            portpublish::reconcile,
-            portpublish::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(|_| futures::future::ready(()));
-
+    let endpoint_controller = run_endpoints(endpoint_controller, networks, &ctx, stopped(&stop_rx));
+    let publish_controller = run_publishes(
+        publish_controller,
+        (Api::all(client), on_node),
+        &ctx,
+        stopped(&stop_rx),
+    );
     let resync = resync::run(Arc::clone(&ctx), health);
     let work = async {
         tokio::select! {
@@ -297,6 +260,83 @@ pub async fn run(
         dns.stop().await;
     }
     Ok(())
+}
+
+/// The watch of the objects whose `status.node` names `node`.
+fn on_node(node: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("status.node={node}"))
+}
+
+/// Resolves once `true` is sent on the channel `stop` belongs to.
+fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
+    let mut stop = stop.clone();
+    async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Runs the Endpoint controller until `stopped` resolves.
+fn run_endpoints(
+    controller: Controller<Endpoint>,
+    networks: Api<Network>,
+    ctx: &Arc<Context>,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    // A Network's status being filled concerns its endpoints here that wait for it. Only those:
+    // the operator rewrites a Network's status on every endpoint it gains, and waking all of
+    // its attached endpoints each time would make filling a network quadratic. What else can
+    // change (the MTU) the next resync applies.
+    let by_network = controller.store();
+    controller
+        .watches(networks, watcher::Config::default(), move |net| {
+            let name = net.name_any();
+            by_network
+                .state()
+                .into_iter()
+                .filter(|e| e.status.as_ref().and_then(|s| s.network.as_deref()) == Some(&name))
+                .filter(|e| {
+                    !e.status.as_ref().is_some_and(|s| {
+                        pier_crds::conditions::is_true(
+                            &s.conditions,
+                            pier_crds::conditions::ATTACHED,
+                        )
+                    })
+                })
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped)
+        .run(endpoint::reconcile, endpoint::error_policy, Arc::clone(ctx))
+        .for_each(|_| futures::future::ready(()))
+}
+
+/// Runs the PortPublish controller until `stopped` resolves. A PortPublish follows its Endpoint
+/// (attached, re-addressed, gone): `endpoints` is the watch of this node's.
+fn run_publishes(
+    controller: Controller<PortPublish>,
+    endpoints: (Api<Endpoint>, watcher::Config),
+    ctx: &Arc<Context>,
+    stopped: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    let by_endpoint = controller.store();
+    let (endpoints, on_node) = endpoints;
+    controller
+        .watches(endpoints, on_node, move |ep| {
+            let (name, ns) = (ep.name_any(), ep.namespace());
+            by_endpoint
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.endpoint == name)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped)
+        .run(
+            portpublish::reconcile,
+            portpublish::error_policy,
+            Arc::clone(ctx),
+        )
+        .for_each(|_| futures::future::ready(()))
 }
 
 #[cfg(test)]

@@ -38,13 +38,13 @@ pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
 
 /// One full reconcile.
 pub async fn once(ctx: &Context) -> Result<(), Error> {
-    let host_netns = ctx.config.host_netns.clone();
+    let kernel = Arc::clone(&ctx.kernel);
     let subnets = ctx
-        .blocking(move || crate::kernel::hostnet::subnets_in_use_in(host_netns.as_deref()))
+        .blocking(move || kernel.host_subnets())
         .await?
         .map_err(Error::HostSubnets)?;
     *lock(&ctx.host_subnets) = subnets;
-    lock(&ctx.pod_netns).retain(|_, path| path.exists());
+    lock(&ctx.pod_netns).retain(|_, path| ctx.kernel.netns_exists(path));
     let mut built = ctx.build();
     let report = ctx.apply(&mut built, Scope::Full).await?;
     let repaired: Vec<String> = report

@@ -1,0 +1,606 @@
+//! The node agent's controllers against the embedded API server and the real operator, with the
+//! in-memory kernel ([`FakeKernel`]): attach, detach and the finalizers' order, refusal reasons,
+//! and the resync's repairs. No root, no kernel object: every test has its own API server.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use pier_apiserver::{ApiServer, Options};
+use pier_crds::conditions::reason;
+use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
+use pier_crds::finalizers;
+use pier_crds::{Endpoint, Network, PortPublish};
+use pier_node::agent::context::Scope;
+use pier_node::agent::fake::FakeKernel;
+use pier_node::agent::{AgentConfig, AgentHealth};
+use pier_node::dataplane::Outcome;
+use pier_node::kernel::host_ports::HostPort;
+use pier_node::kernel::hostnet::HostSubnet;
+use pier_node::state::{Attachment, Netns, Protocol};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The embedded API server's single node, which the agent serves.
+const NODE: &str = "node-a";
+
+/// How long a wait may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// An API server with Pier's CRDs, the operator, and the agent on a fake kernel.
+struct Cluster {
+    _server: ApiServer,
+    client: Client,
+    kernel: Arc<FakeKernel>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Starts everything and waits for the agent's first full reconcile. `kernel` is the node
+    /// as it is before the agent starts.
+    async fn start(kernel: FakeKernel, resync: Duration) -> Cluster {
+        logs();
+        let server = ApiServer::in_memory_with(Options {
+            node_name: Some(NODE.into()),
+            ..Options::default()
+        })
+        .await
+        .expect("API server starts");
+        let client = Client::new(server.service(), "default");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for (_, crd) in pier_crds::manifests::all_crds() {
+            crds.create(&PostParams::default(), &crd)
+                .await
+                .expect("CRD installed");
+        }
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+
+        let mut operator = pier_operator::config::Config::default();
+        operator.lease.identity = "test-operator".into();
+        operator.lease.duration = Duration::from_secs(2);
+        operator.lease.retry = Duration::from_millis(200);
+        operator.wait_requeue = Duration::from_secs(1);
+        operator.min_backoff = Duration::from_millis(20);
+        operator.max_backoff = Duration::from_millis(500);
+        let operator = tokio::spawn(pier_operator::run_with_client(
+            client.clone(),
+            operator,
+            Arc::new(pier_operator::metrics::Metrics::default()),
+            Arc::new(pier_operator::admin::Health::default()),
+            until_stopped(),
+        ));
+
+        let mut agent = AgentConfig::new(NODE);
+        agent.resync = resync;
+        agent.dns = None;
+        agent.netns_targets = true;
+        agent.min_backoff = Duration::from_millis(20);
+        agent.max_backoff = Duration::from_millis(500);
+        let kernel = Arc::new(kernel);
+        let health = Arc::new(AgentHealth::default());
+        let agent_task = tokio::spawn({
+            let (client, kernel, health) = (client.clone(), kernel.clone(), health.clone());
+            let stopped = until_stopped();
+            async move {
+                let result =
+                    pier_node::agent::run_with(client, agent, kernel, health, stopped).await;
+                if let Err(error) = result {
+                    panic!("the agent stopped: {error}");
+                }
+            }
+        });
+        let deadline = Instant::now() + PATIENCE;
+        while !health.ready.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "the agent never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Cluster {
+            _server: server,
+            client,
+            kernel,
+            stop,
+            tasks: vec![
+                tokio::spawn(async move {
+                    let _ = operator.await;
+                }),
+                agent_task,
+            ],
+        }
+    }
+
+    fn api<K: Resource<Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K>
+    where
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Stops the agent and the operator cleanly (an agent that panicked fails the test).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.expect("stopped cleanly");
+        }
+    }
+}
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn object<K: DeserializeOwned>(value: Value) -> K {
+    serde_json::from_value(value).expect("valid object")
+}
+
+async fn create<K>(api: &Api<K>, value: Value) -> K
+where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &object(value))
+        .await
+        .expect("object created")
+}
+
+/// A bridge Network with `subnet`.
+async fn network(cluster: &Cluster, name: &str, subnet: &str) {
+    let networks: Api<Network> = Api::all(cluster.client.clone());
+    create(
+        &networks,
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+            "metadata": {"name": name}, "spec": {"subnet": subnet}}),
+    )
+    .await;
+}
+
+/// An Endpoint of `target` on `network`.
+async fn endpoint(cluster: &Cluster, name: &str, network: &str, target: Value) -> Endpoint {
+    create(
+        &cluster.api(),
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"network": network, "target": target}}),
+    )
+    .await
+}
+
+/// Polls `name` until `pred` holds.
+async fn wait_for<K, F>(api: &Api<K>, name: &str, what: &str, pred: F) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    F: Fn(&K) -> bool,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = api.get_opt(name).await.expect("get");
+        if let Some(obj) = &got
+            && pred(obj)
+        {
+            return obj.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {name}: {what}; last seen {got:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `check` holds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The condition `type_` of a status's conditions as (status, reason, message).
+fn condition(list: &[pier_crds::Condition], type_: &str) -> Option<(String, String, String)> {
+    conditions::find(list, type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn attached(ep: &Endpoint) -> Option<(String, String, String)> {
+    ep.status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, ATTACHED))
+}
+
+fn published(publish: &PortPublish) -> Option<(String, String, String)> {
+    publish
+        .status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, PUBLISHED))
+}
+
+fn is_attached(ep: &Endpoint) -> bool {
+    attached(ep).is_some_and(|c| c.0 == "True")
+}
+
+/// Whether `ep` is `Attached=False` for `why` (before the operator's allocation, it is for
+/// another reason first: `NotAllocated`).
+fn refused_for(ep: &Endpoint, why: &str) -> bool {
+    attached(ep).is_some_and(|c| c.0 == "False" && c.1 == why)
+}
+
+fn has_finalizer<K: Resource>(obj: &K, finalizer: &str) -> bool {
+    obj.finalizers().iter().any(|f| f == finalizer)
+}
+
+/// Waits until an Event with `reason` about `name` exists; returns its (type, note).
+async fn event_with(client: &Client, name: &str, reason: &str) -> (String, String) {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let events = api.list(&Default::default()).await.expect("events listed");
+        let found = events.items.into_iter().find(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.reason.as_deref() == Some(reason)
+        });
+        if let Some(event) = found {
+            return (
+                event.type_.unwrap_or_default(),
+                event.note.unwrap_or_default(),
+            );
+        }
+        assert!(Instant::now() < deadline, "no {reason} event about {name}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn tcp(port: u16) -> HostPort {
+    HostPort {
+        ip: Ipv4Addr::UNSPECIFIED,
+        protocol: Protocol::Tcp,
+        port,
+    }
+}
+
+/// What a watch of Endpoints saw of one object: when, its finalizers, and whether it was the
+/// deletion.
+type Seen = Vec<(Instant, Vec<String>, bool)>;
+
+/// Records every change of Endpoint `name` the watch sees, until the test ends.
+fn record_changes(api: Api<Endpoint>, name: &str) -> Arc<std::sync::Mutex<Seen>> {
+    let seen = Arc::new(std::sync::Mutex::new(Seen::new()));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            let (obj, deleted) = match event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => (obj, false),
+                Ok(watcher::Event::Delete(obj)) => (obj, true),
+                _ => continue,
+            };
+            let at = Instant::now();
+            let list = obj.finalizers().to_vec();
+            record
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((at, list, deleted));
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_then_detach_in_finalizer_order() {
+    let cluster = Cluster::start(FakeKernel::new(), Duration::from_secs(10)).await;
+    network(&cluster, "web", "10.30.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "a", "web", json!({"netns": {"name": "ns-a"}})).await;
+
+    // Attach: Attached=True, the fake has the endpoint as the operator allocated it, in the
+    // namespace the agent created, and the node's finalizer holds the object.
+    let ep = wait_for(&eps, "a", "Attached=True", is_attached).await;
+    let status = ep.status.clone().expect("status");
+    let on_node = cluster
+        .kernel
+        .attached("default/a")
+        .expect("the fake has the endpoint");
+    assert_eq!(on_node.netns, Netns::Named("ns-a".into()));
+    let Attachment::Bridge(bridge) = &on_node.attachment else {
+        panic!("a bridge attachment: {on_node:?}");
+    };
+    assert_eq!(
+        Some(bridge.address.to_string()),
+        status.ipv4_address,
+        "the address is the operator's"
+    );
+    assert_eq!(Some(&bridge.mac), status.mac_address.as_ref());
+    assert!(cluster.kernel.named_netns().contains("ns-a"));
+    assert!(has_finalizer(&ep, finalizers::NODE));
+    assert!(has_finalizer(&ep, finalizers::OPERATOR));
+    // The attach was the endpoint's own scoped apply.
+    assert!(cluster.kernel.applied().iter().any(|a| {
+        matches!(&a.scope, Scope::Endpoints(ids) if ids == &["default/a".to_owned()])
+            && a.state.endpoints.iter().any(|e| e.id == "default/a")
+    }));
+    let veth = on_node.host_veth_name();
+    assert!(cluster.kernel.links().contains(&veth));
+
+    // Detach refused by the kernel: the object stays, held by both finalizers, and the
+    // endpoint stays on the node.
+    let seen = record_changes(eps.clone(), "a");
+    cluster
+        .kernel
+        .fail_detach("default/a", Some("device or resource busy"));
+    eps.delete("a", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    eventually("the agent tried to remove the veth", || {
+        cluster.kernel.applied().iter().any(|a| {
+            matches!(&a.scope, Scope::Removal(links) if links.contains(&veth))
+                && matches!(
+                    a.report.objects.get(&format!("link/{veth}")),
+                    Some(Outcome::Failed(_))
+                )
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = eps.get("a").await.expect("still there");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(has_finalizer(&held, finalizers::NODE));
+    assert!(has_finalizer(&held, finalizers::OPERATOR));
+    assert!(cluster.kernel.attached("default/a").is_some());
+    assert!(cluster.kernel.links().contains(&veth));
+    assert!(!cluster.kernel.removed().iter().any(|r| r.link == veth));
+
+    // The kernel lets go: the veth goes, then the node's finalizer, then the operator's.
+    cluster.kernel.fail_detach("default/a", None);
+    let deadline = Instant::now() + PATIENCE;
+    while eps.get_opt("a").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "the endpoint was never deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.kernel.attached("default/a").is_none());
+    assert!(!cluster.kernel.links().contains(&veth));
+    assert!(
+        !cluster.kernel.named_netns().contains("ns-a"),
+        "the namespace the agent made goes with its last endpoint"
+    );
+    let removed = cluster.kernel.removed();
+    let veth_removed = removed
+        .iter()
+        .find(|r| r.link == veth)
+        .expect("the veth removal was recorded")
+        .at;
+    eventually("the watch saw the deletion", || {
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|s| s.2)
+    })
+    .await;
+    let seen = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let node_released = seen
+        .iter()
+        .find(|(_, list, _)| !list.iter().any(|f| f == finalizers::NODE))
+        .expect("a version without the node's finalizer");
+    assert!(
+        veth_removed < node_released.0,
+        "the node's finalizer went after the kernel detach"
+    );
+    assert!(
+        node_released.1.iter().any(|f| f == finalizers::OPERATOR) && !node_released.2,
+        "the node's finalizer went first, while the operator's still held: {seen:?}"
+    );
+    for (_, list, _) in &seen {
+        let holds = |finalizer: &str| list.iter().any(|f| f == finalizer);
+        assert!(
+            holds(finalizers::OPERATOR) || !holds(finalizers::NODE),
+            "the operator's finalizer never goes before the node's: {seen:?}"
+        );
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_failure_is_attached_false_with_a_warning_until_it_passes() {
+    let kernel = FakeKernel::new();
+    let message = "moving eth0 into ns-b: file exists";
+    kernel.fail_attach("default/b", Some(message));
+    let cluster = Cluster::start(kernel, Duration::from_secs(10)).await;
+    network(&cluster, "web", "10.31.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "b", "web", json!({"netns": {"name": "ns-b"}})).await;
+
+    let ep = wait_for(&eps, "b", "Attached=False", |e| {
+        refused_for(e, reason::ATTACH_FAILED)
+    })
+    .await;
+    let (_, _, said) = attached(&ep).expect("Attached");
+    assert_eq!(said, message);
+    let (kind, note) = event_with(&cluster.client, "b", reason::ATTACH_FAILED).await;
+    assert_eq!(kind, "Warning");
+    assert_eq!(note, message);
+    assert!(cluster.kernel.attached("default/b").is_none());
+
+    // The kernel recovers: the controller's retry attaches it.
+    cluster.kernel.fail_attach("default/b", None);
+    wait_for(&eps, "b", "Attached=True", is_attached).await;
+    assert!(cluster.kernel.attached("default/b").is_some());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_a_namespace_on_the_node_is_pod_netns_not_found_until_it_runs() {
+    let cluster = Cluster::start(FakeKernel::new(), Duration::from_secs(10)).await;
+    network(&cluster, "web", "10.32.0.0/24").await;
+    let pods: Api<Pod> = cluster.api();
+    let pod = create(
+        &pods,
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-0", "namespace": "default"},
+            "spec": {"nodeName": NODE, "containers": [{"name": "web", "image": "nginx"}]}}),
+    )
+    .await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "p", "web", json!({"pod": {"name": "web-0"}})).await;
+
+    let ep = wait_for(&eps, "p", "Attached=False", |e| {
+        refused_for(e, reason::POD_NETNS_NOT_FOUND)
+    })
+    .await;
+    let (_, _, said) = attached(&ep).expect("Attached");
+    assert!(said.contains("default/web-0"), "{said}");
+    assert!(cluster.kernel.attached("default/p").is_none());
+
+    // The Pod's sandbox starts: the agent looks again on its own and attaches into it.
+    let netns = "/proc/4242/ns/net";
+    cluster.kernel.add_pod(&pod.uid().expect("uid"), netns);
+    wait_for(&eps, "p", "Attached=True", is_attached).await;
+    let on_node = cluster.kernel.attached("default/p").expect("attached");
+    assert_eq!(on_node.netns, Netns::Path(netns.into()));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_the_node_uses_is_subnet_in_use_on_node() {
+    let kernel = FakeKernel::new();
+    kernel.set_host_subnets(vec![HostSubnet {
+        subnet: "10.33.0.0/16".parse().expect("subnet"),
+        source: "address 10.33.1.1/16 on eth1".into(),
+    }]);
+    let cluster = Cluster::start(kernel, Duration::from_secs(10)).await;
+    network(&cluster, "lan", "10.33.5.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "s", "lan", json!({"netns": {"name": "ns-s"}})).await;
+    let ep = wait_for(&eps, "s", "Attached=False", |e| {
+        refused_for(e, reason::SUBNET_IN_USE_ON_NODE)
+    })
+    .await;
+    let (_, _, said) = attached(&ep).expect("Attached");
+    assert!(said.contains("address 10.33.1.1/16 on eth1"), "{said}");
+    assert!(cluster.kernel.attached("default/s").is_none());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_refused_the_others_published_and_the_resync_publishes_it_once_free() {
+    let kernel = FakeKernel::new();
+    kernel.use_port(tcp(18081));
+    let cluster = Cluster::start(kernel, Duration::from_millis(300)).await;
+    network(&cluster, "web", "10.34.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "srv", "web", json!({"netns": {"name": "ns-srv"}})).await;
+    wait_for(&eps, "srv", "Attached=True", is_attached).await;
+    let publishes: Api<PortPublish> = cluster.api();
+    create(
+        &publishes,
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "PortPublish",
+            "metadata": {"name": "srv-ports", "namespace": "default"},
+            "spec": {"endpoint": "srv", "ports": [
+                {"containerPort": 80, "hostPort": 18080},
+                {"containerPort": 81, "hostPort": 18081}]}}),
+    )
+    .await;
+
+    let publish = wait_for(&publishes, "srv-ports", "Published=False", |p| {
+        published(p).is_some_and(|c| c.0 == "False" && c.1 == reason::PORT_IN_USE_ON_NODE)
+    })
+    .await;
+    let (_, _, said) = published(&publish).expect("Published");
+    assert!(said.contains("0.0.0.0:18081/tcp"), "{said}");
+    let live: Vec<u16> = cluster
+        .kernel
+        .published()
+        .iter()
+        .map(|p| p.host_port)
+        .collect();
+    assert_eq!(live, vec![18080], "the other port is published");
+    assert!(cluster.kernel.held_ports().contains(&tcp(18080)));
+    assert!(!cluster.kernel.held_ports().contains(&tcp(18081)));
+
+    // The process lets go of the port: the next resync holds and publishes it.
+    cluster.kernel.release_port(&tcp(18081));
+    wait_for(&publishes, "srv-ports", "Published=True", |p| {
+        published(p).is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    eventually("both ports are published", || {
+        cluster.kernel.published().len() == 2
+    })
+    .await;
+    assert!(cluster.kernel.held_ports().contains(&tcp(18081)));
+
+    // Withdrawn before the object goes: the table is empty and the sockets closed.
+    publishes
+        .delete("srv-ports", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let deadline = Instant::now() + PATIENCE;
+    while publishes.get_opt("srv-ports").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the PortPublish was never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cluster.kernel.published().is_empty());
+    assert!(cluster.kernel.held_ports().is_empty());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resync_reattaches_what_was_removed_behind_the_agents_back() {
+    let cluster = Cluster::start(FakeKernel::new(), Duration::from_millis(300)).await;
+    network(&cluster, "web", "10.35.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "r", "web", json!({"netns": {"name": "ns-r"}})).await;
+    wait_for(&eps, "r", "Attached=True", is_attached).await;
+    let veth = cluster
+        .kernel
+        .attached("default/r")
+        .expect("attached")
+        .host_veth_name();
+
+    let before = cluster.kernel.applied().len();
+    cluster.kernel.delete_by_hand("default/r");
+    assert!(!cluster.kernel.links().contains(&veth));
+    eventually("the endpoint is back", || {
+        cluster.kernel.attached("default/r").is_some() && cluster.kernel.links().contains(&veth)
+    })
+    .await;
+    // Nothing in the API changed: the repair is the resync's full apply.
+    let applied = cluster.kernel.applied();
+    let repair = applied[before..]
+        .iter()
+        .find(|a| {
+            matches!(
+                a.report.objects.get("endpoint/default/r"),
+                Some(Outcome::Changed(_))
+            )
+        })
+        .expect("an apply re-attached it");
+    assert!(matches!(repair.scope, Scope::Full), "{:?}", repair.scope);
+    let ep = eps.get("r").await.expect("endpoint");
+    assert!(is_attached(&ep));
+    cluster.stop().await;
+}

@@ -2,6 +2,7 @@
 //!
 //! - `kernel`: the kernel's primitives Pier uses (network namespaces, netlink, sysctl, the host's
 //!   addresses, the node lock, host port holders). No Pier policy.
+//! - `names`: the names Pier's kernel objects have and the hash behind them.
 //! - `state`: `NodeState`, the desired state of one node: the contract between the agent and the
 //!   layers below.
 //! - `dataplane`: bridges, veths, addresses and routes from `NodeState`.
@@ -17,4 +18,5 @@ pub mod dataplane;
 pub mod dns;
 pub mod firewall;
 pub mod kernel;
+pub mod names;
 pub mod state;

@@ -19,24 +19,12 @@ use tokio::sync::watch;
 
 use super::build::{self, Built, Inputs};
 use super::{AgentConfig, Error, FIELD_MANAGER};
-use crate::dataplane::{Dataplane, Outcome, Report};
+use crate::dataplane::{Dataplane, Outcome, Report, Scope};
 use crate::dns::resolv_conf;
 use crate::kernel::host_ports::{self, HostPort, Opened, PortHolder, Refused};
 use crate::kernel::hostnet::HostSubnet;
 use crate::kernel::named_netns::{NamedNetns, RUN_DIR};
 use crate::state::{Netns, NodeState};
-
-/// Which part of the node an apply looks at.
-#[derive(Debug, Clone)]
-pub enum Scope {
-    /// Only these endpoints (plus bridges and the firewall): the attach path.
-    Endpoints(Vec<String>),
-    /// The bridges and the firewall, and these links if the state no longer wants them: the
-    /// detach path (a departed endpoint's veth and its network's bridge).
-    Removal(Vec<String>),
-    /// Everything, removing what is Pier's and no longer wanted: start and resync.
-    Full,
-}
 
 /// Shared by the reconcilers and the resync loop.
 pub struct Context {
@@ -199,17 +187,7 @@ impl Context {
                     state
                         .ports
                         .retain(|port| !refused.contains_key(&HostPort::of(port)));
-                    let mut report = match &scope {
-                        Scope::Full => dataplane.apply(&state),
-                        Scope::Endpoints(ids) => {
-                            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                            dataplane.apply_endpoints(&state, &ids)
-                        }
-                        Scope::Removal(links) => {
-                            let names: Vec<&str> = links.iter().map(String::as_str).collect();
-                            dataplane.remove_links(&state, &names)
-                        }
-                    };
+                    let mut report = dataplane.apply(&state, &scope);
                     drop(holder);
                     if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
                         note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);

@@ -13,10 +13,10 @@ use pier_crds::conditions::{self, ATTACHED};
 use pier_crds::network::bridge_name;
 
 use super::build::{endpoint_key, object_id, reason};
-use super::context::{Context, Scope, key, lock, write_condition};
+use super::context::{Context, key, lock, write_condition};
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
-use crate::dataplane::Outcome;
+use crate::dataplane::{ObjectKey, Outcome, Scope};
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
 
 /// Why an attach failed in the kernel (the message says what).
@@ -177,7 +177,7 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
         ));
     }
     let report = ctx.apply(&mut built, Scope::Removal(links)).await?;
-    if let Some(Outcome::Failed(message)) = report.objects.get(&format!("link/{veth}")) {
+    if let Some(Outcome::Failed(message)) = report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(Error::Detach {
             endpoint: key(ep),
             message: message.clone(),

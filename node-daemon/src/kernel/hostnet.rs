@@ -11,10 +11,10 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use crate::dataplane::{is_pier_bridge_name, is_pier_veth_name};
 use crate::kernel::netlink::{
     Link, LinkKind, MAIN_TABLE, NetlinkError, Nl, RouteKind, V4Address, V4Route,
 };
+use crate::names::{is_pier_bridge_name, is_pier_veth_name};
 
 /// One subnet the node already uses, and what uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]

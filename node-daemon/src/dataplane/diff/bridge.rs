@@ -338,7 +338,7 @@ fn address_taken<'a>(
     bridge: &'a BridgeAttachment,
 ) -> Option<&'a str> {
     let state = diff.state;
-    let taken = if diff.scope.is_full() {
+    if diff.scope.is_full() {
         let key = (bridge.network.as_str(), bridge.address);
         let first = *diff
             .used_addresses
@@ -349,8 +349,7 @@ fn address_taken<'a>(
         earlier(&state.endpoints[..position], |b, _| {
             b.network == bridge.network && b.address == bridge.address
         })
-    };
-    taken
+    }
 }
 
 /// Like [`address_taken`], for the interface name in the endpoint's namespace.

@@ -1,30 +1,32 @@
 //! The dataplane: make the kernel of one node match a [`NodeState`].
 //!
-//! [`Dataplane::plan`] reads (`snapshot`) what the kernel has *now* (links, addresses, sysctls of the host
-//! namespace; the namespaces of endpoints that need it) and diffs it against the desired state
-//! (`diff`, pure).
-//! Nothing is remembered between runs, so a restart, a crash or a `kill -9` in the middle of an apply
-//! converges on the next apply. [`Dataplane::apply`] executes a plan (`execute`) with the fewest changes it can
-//! and reports per object (`report`): one endpoint failing (missing namespace, address in use, a name clash with
-//! a foreign link) does not stop the others. [`Dataplane::reset`] removes everything Pier owns.
-//!
-//! Ownership ([`crate::names`]): bridges `pier-` + 8 hex digits, host-side veths `pv` + 10 hex digits.
-//! Links matching neither pattern are never touched.
+//! It has the firewall's shape. A plan reads what the kernel has *now* (`snapshot`: links,
+//! addresses and sysctls of the host namespace; the namespaces of the endpoints that need it),
+//! then diffs it against the desired state (`diff`, pure, one module per driver) into a [`Plan`]
+//! of [`Step`]s (`plan`), adding what table `inet pier` needs (`tables`). An apply executes the
+//! plan with the fewest changes it can (`execute`) and reports per object ([`Report`] by
+//! [`ObjectKey`]): one endpoint failing (missing namespace, address in use, a name clash with a
+//! foreign link) does not stop the others. Nothing is remembered between runs, so a restart, a
+//! crash or a `kill -9` in the middle of an apply converges on the next apply.
+//! [`Dataplane::reset`] removes everything Pier owns.
 //!
 //! A [`Scope`] says which part of the node a plan reads and changes: the attach path reads the
 //! bridges and the new endpoint's veth by name, the detach path the links to remove, a full plan
 //! everything.
 //!
+//! Ownership ([`crate::names`]): bridges `pier-` + 8 hex digits, host-side veths `pv` + 10 hex
+//! digits. Links matching neither pattern are never touched.
+//!
 //! ## How a veth is known to be in sync without entering every namespace
 //! When an endpoint's veth is fully configured (peer named, addressed, routed, up), the last step
-//! writes a fingerprint of its desired configuration — including the identity (device and inode) of
-//! the target namespace — into the host-side veth's alias. The plan compares that alias, the bridge
-//! it is enslaved to and its up flag, all read from one link dump of the host namespace. A veth whose
-//! apply was interrupted has no (or an old) fingerprint and is re-created; a veth whose namespace was
-//! deleted disappears with it; one whose namespace file now names another namespace has a stale
-//! fingerprint. This keeps one attach cheap at 1000 endpoints (no per-namespace round trips), at the
-//! price of not noticing someone re-addressing `eth0` by hand inside a container; [`Dataplane::deep`]
-//! turns on that check (it enters every namespace).
+//! writes a fingerprint of its desired configuration — including the identity (device and inode)
+//! of the target namespace — into the host-side veth's alias. The plan compares that alias, the
+//! bridge it is enslaved to and its up flag, all read with the host namespace's links. A veth
+//! whose apply was interrupted has no (or an old) fingerprint and is re-created; a veth whose
+//! namespace was deleted disappears with it; one whose namespace file now names another namespace
+//! has a stale fingerprint. This keeps one attach cheap at 1000 endpoints (no per-namespace round
+//! trips), at the price of not noticing someone re-addressing `eth0` by hand inside a container;
+//! [`Dataplane::deep`] turns on that check (it enters every namespace).
 
 mod alias;
 mod diff;
@@ -51,7 +53,8 @@ use crate::state::{NodeState, StateError};
 use execute::Executor;
 use snapshot::namespace_identity;
 
-/// A failure that stops the whole plan or apply (as opposed to one object's failure in a [`Report`]).
+/// A failure that stops the whole plan or apply (as opposed to one object's failure in a
+/// [`Report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("the desired state is invalid")]

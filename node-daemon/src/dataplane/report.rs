@@ -14,7 +14,8 @@ pub enum ObjectKey {
     Network(String),
     /// An endpoint, by `NAMESPACE/NAME`.
     Endpoint(String),
-    /// A PortPublish, by `NAMESPACE/NAME` (refusals only: its ports are in [`ObjectKey::Firewall`]).
+    /// A PortPublish, by `NAMESPACE/NAME` (refusals only: its ports are in
+    /// [`ObjectKey::Firewall`]).
     Ports(String),
     /// A link deleted by name.
     Link(String),

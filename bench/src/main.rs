@@ -412,8 +412,8 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
     )?;
     writeln!(
         r.md,
-        "- Pier attach: `Dataplane::apply_endpoints` (the node agent's attach path: reads back the bridges and the new veth, plans and applies it and table `inet pier`).\n\
-         - Pier detach: `Dataplane::remove_links` of its veth and its bridge with the state without it (the agent's detach path: reads those links by name and table `inet pier`, deletes the veth; the bridge stays for the others; most of it is the kernel deleting the veth).\n\
+        "- Pier attach: `Dataplane::apply` in `Scope::Endpoints` (the node agent's attach path: reads back the bridges and the new veth, plans and applies it and table `inet pier`).\n\
+         - Pier detach: `Dataplane::apply` in `Scope::Removal` of its veth and its bridge with the state without it (the agent's detach path: reads those links by name and table `inet pier`, deletes the veth; the bridge stays for the others; most of it is the kernel deleting the veth).\n\
          - Pier full apply: the start-up/periodic reconcile with the new endpoint.\n"
     )?;
     writeln!(

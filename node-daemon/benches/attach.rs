@@ -2,7 +2,7 @@
 //! and 1000 (over 4 bridge networks, so no bridge nears its 1024-port limit), for Pier's
 //! `Dataplane::apply` (plan read back from the kernel + links + firewall) and, in the same run on
 //! the same machine, for `netavark setup` (Podman's network tool, Debian package `netavark`);
-//! then detach (removing it again): Pier's `remove_links` of its veth and bridge (the node agent's
+//! then detach (removing it again): Pier's apply in the removal scope of its veth and bridge (the node agent's
 //! detach path) and `netavark teardown`. Each repetition times Pier and netavark back to back at each size,
 //! so their ratio is computed pair by pair (the machine's load drifts between repetitions).
 //! Optionally iperf3 throughput host -> endpoint through a published port vs. the direct path.
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pier_node::dataplane::Dataplane;
+use pier_node::dataplane::{Dataplane, Scope};
 use pier_node::kernel::netns;
 use pier_node::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
@@ -199,7 +199,7 @@ fn pier_worlds(pid: u32, sizes: &[usize]) -> Vec<PierWorld> {
                     .collect(),
                 ..NodeState::default()
             };
-            let report = dataplane.apply(&state).expect("grow apply");
+            let report = dataplane.apply(&state, &Scope::Full).expect("grow apply");
             assert!(report.is_success(), "growing to {size}: {report}");
             let extra = endpoint(size, &containers.names[size]);
             let mut bigger = state.clone();
@@ -220,17 +220,18 @@ fn pier_worlds(pid: u32, sizes: &[usize]) -> Vec<PierWorld> {
         .collect()
 }
 
-/// One Pier repetition at one size: `apply_endpoints` of one more endpoint (the attach path),
-/// then `remove_links` of its veth and its bridge with the state without it (detach: what the node
+/// One Pier repetition at one size: an apply in the endpoints scope of one more endpoint (the
+/// attach path), then an apply in the removal scope of its veth and its bridge with the state without it (detach: what the node
 /// agent runs when an Endpoint goes; the bridge stays, others use it),
 /// then a full `apply` of the same addition (the start-up/periodic reconcile), removed again
 /// untimed.
 fn pier_repetition(world: &mut PierWorld) {
+    let attach = Scope::endpoints([world.extra.as_str()]);
     let start = Instant::now();
     let report = world
         .dataplane
-        .apply_endpoints(&world.bigger, &[world.extra.as_str()])
-        .expect("apply_endpoints");
+        .apply(&world.bigger, &attach)
+        .expect("apply (endpoints scope)");
     world.attach.push(ms(start.elapsed()));
     assert!(report.is_success(), "{report}");
     let removed = world
@@ -250,19 +251,25 @@ fn pier_repetition(world: &mut PierWorld) {
             [Some(e.host_veth_name()), bridge]
         })
         .expect("the extra endpoint");
-    let names: Vec<&str> = removed.iter().flatten().map(String::as_str).collect();
+    let detach = Scope::removal(removed.into_iter().flatten());
     let start = Instant::now();
     let report = world
         .dataplane
-        .remove_links(&world.state, &names)
-        .expect("detach (remove_links)");
+        .apply(&world.state, &detach)
+        .expect("detach (removal scope)");
     world.detach.push(ms(start.elapsed()));
     assert!(report.is_success(), "{report}");
     let start = Instant::now();
-    let report = world.dataplane.apply(&world.bigger).expect("apply");
+    let report = world
+        .dataplane
+        .apply(&world.bigger, &Scope::Full)
+        .expect("apply");
     world.full.push(ms(start.elapsed()));
     assert!(report.is_success(), "{report}");
-    let report = world.dataplane.apply(&world.state).expect("shrink apply");
+    let report = world
+        .dataplane
+        .apply(&world.state, &Scope::Full)
+        .expect("shrink apply");
     assert!(report.is_success(), "{report}");
 }
 
@@ -465,7 +472,7 @@ fn bench_iperf(pid: u32) -> Option<Iperf> {
         }],
         endpoints: vec![ep],
     };
-    let report = dataplane.apply(&state).expect("apply");
+    let report = dataplane.apply(&state, &Scope::Full).expect("apply");
     assert!(report.is_success(), "{report}");
     let in_ns = |ns: &str, script: &str| {
         Command::new("ip")
@@ -533,7 +540,7 @@ fn main() {
 
     let fmt = |s: &Stats| format!("{:.2} / {:.2} / {:.2}", s.median, s.min, s.max);
     println!(
-        "| endpoints on the node | Pier attach (`apply_endpoints`) | Pier detach (`remove_links`) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
+        "| endpoints on the node | Pier attach (`apply`, endpoints scope) | Pier detach (`apply`, removal scope) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::dataplane::{Dataplane, DataplaneError};
+use crate::dataplane::{Dataplane, DataplaneError, Scope};
 use crate::kernel::node_lock::{Holder, LOCK_DIR, NodeLock};
 use crate::state::NodeState;
 
@@ -100,14 +100,14 @@ pub fn run(args: &DataplaneArgs) -> Result<(), CliError> {
     match &args.command {
         DataplaneCommand::Plan(file) => {
             let state = read_state(&file.file)?;
-            let plan = dataplane.deep(file.deep).plan(&state)?;
+            let plan = dataplane.deep(file.deep).plan(&state, &Scope::Full)?;
             print!("{plan}");
         }
         DataplaneCommand::Apply(file) => {
             let state = read_state(&file.file)?;
             // Changing the kernel under a running `pier up` or `pier node` would undo its work.
             let _owner = lock(args, "pier dataplane apply", &file.file)?;
-            let report = dataplane.deep(file.deep).apply(&state)?;
+            let report = dataplane.deep(file.deep).apply(&state, &Scope::Full)?;
             print!("{report}");
             let failed = report.failures().count();
             if failed > 0 {

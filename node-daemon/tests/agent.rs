@@ -18,10 +18,10 @@ use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
 use pier_crds::finalizers;
 use pier_crds::{Endpoint, Network, PortPublish};
-use pier_node::agent::context::Scope;
 use pier_node::agent::fake::FakeKernel;
 use pier_node::agent::{AgentConfig, AgentHealth};
-use pier_node::dataplane::Outcome;
+use pier_node::dataplane::Scope;
+use pier_node::dataplane::{ObjectKey, Outcome};
 use pier_node::kernel::host_ports::HostPort;
 use pier_node::kernel::hostnet::HostSubnet;
 use pier_node::state::{Attachment, Netns, Protocol};
@@ -354,7 +354,7 @@ async fn attach_then_detach_in_finalizer_order() {
         cluster.kernel.applied().iter().any(|a| {
             matches!(&a.scope, Scope::Removal(links) if links.contains(&veth))
                 && matches!(
-                    a.report.objects.get(&format!("link/{veth}")),
+                    a.report.objects.get(&ObjectKey::Link(veth.clone())),
                     Some(Outcome::Failed(_))
                 )
         })
@@ -594,7 +594,7 @@ async fn the_resync_reattaches_what_was_removed_behind_the_agents_back() {
         .iter()
         .find(|a| {
             matches!(
-                a.report.objects.get("endpoint/default/r"),
+                a.report.objects.get(&ObjectKey::endpoint("default/r")),
                 Some(Outcome::Changed(_))
             )
         })

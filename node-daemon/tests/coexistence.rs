@@ -15,7 +15,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network, published};
-use pier_node::dataplane::{NFTABLES, Outcome};
+use pier_node::dataplane::{ObjectKey, Outcome, Scope};
 use pier_node::firewall::native::{self, NativeHook};
 use pier_node::firewall::{self, iptables};
 use pier_node::state::NodeState;
@@ -283,7 +283,7 @@ fn beside_docker_the_lesson_traffic_flows_and_reset_leaves_dockers_rules_as_they
         "Docker's FORWARD DROP without Pier's jump"
     );
     assert_eq!(lan.http_get(HOST_UPLINK, 8000), None);
-    let plan = lab.dataplane.plan(&node.state).expect("plan");
+    let plan = lab.dataplane.plan(&node.state, &Scope::Full).expect("plan");
     assert!(
         plan.to_string()
             .contains("jump FORWARD -> PIER-FORWARD inserted first"),
@@ -447,7 +447,10 @@ fn beside_firewalld_on_nftables_pier_opens_only_its_bridges_and_dns() {
     let node = node(&lab);
     let report = lab.apply_ok(&node.state);
     assert!(
-        matches!(report.objects.get(NFTABLES), Some(Outcome::Changed(_))),
+        matches!(
+            report.outcome(&ObjectKey::Nftables),
+            Some(Outcome::Changed(_))
+        ),
         "{report}"
     );
     lab.assert_converged(&node.state);
@@ -508,7 +511,7 @@ fn beside_firewalld_on_nftables_pier_opens_only_its_bridges_and_dns() {
         None,
         "without Pier's rule"
     );
-    let plan = lab.dataplane.plan(&node.state).expect("plan");
+    let plan = lab.dataplane.plan(&node.state, &Scope::Full).expect("plan");
     assert!(
         plan.to_string().contains(
             "~ nftables inet firewalld filter_FORWARD: rule `oifname \"pier-*\" accept` inserted at the top"
@@ -541,12 +544,15 @@ fn beside_a_hand_written_inet_filter_and_across_a_reload() {
 
     // A firewall reload between Pier's read and its batch: the table Pier planned against is
     // gone. The error is reported under its own key, the rest applies, the next apply converges.
-    let plan = lab.dataplane.plan(&node.state).expect("plan");
+    let plan = lab.dataplane.plan(&node.state, &Scope::Full).expect("plan");
     assert_eq!(plan.nftables.len(), 2, "{plan}");
     lab.host.sh("nft delete table ip guard");
     let report = lab.dataplane.execute(&plan).expect("execute");
     assert!(
-        matches!(report.objects.get(NFTABLES), Some(Outcome::Failed(_))),
+        matches!(
+            report.outcome(&ObjectKey::Nftables),
+            Some(Outcome::Failed(_))
+        ),
         "{report}"
     );
     assert_eq!(
@@ -631,11 +637,15 @@ fn a_table_only_its_owner_may_change_is_left_alone_and_named() {
     let before = lab.host.sh("nft list table inet owned");
     let node = node(&lab);
     let report = lab.apply_ok(&node.state);
-    let notes = report.notes.get(NFTABLES).cloned().unwrap_or_default();
+    let notes = report
+        .notes
+        .get(&ObjectKey::Nftables)
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(notes, [native::owned_note("inet owned")], "{report}");
     assert!(
         lab.dataplane
-            .plan(&node.state)
+            .plan(&node.state, &Scope::Full)
             .expect("plan")
             .nftables
             .is_empty()

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network, other_network};
-use pier_node::dataplane::{Outcome, Step};
+use pier_node::dataplane::{ObjectKey, Outcome, Scope, Step};
 use pier_node::state::{Attachment, Driver, EndpointState, NodeState};
 
 fn ip(text: &str) -> Ipv4Addr {
@@ -97,10 +97,10 @@ fn apply_twice_plans_nothing_the_second_time() {
     let lab = Lab::new("twice");
     let (c1, c2) = (lab.container("c1"), lab.container("c2"));
     let state = one_network(&c1, &c2);
-    let first = lab.dataplane.plan(&state).expect("plan");
+    let first = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     assert!(!first.is_empty());
     lab.apply_ok(&state);
-    let second = lab.dataplane.plan(&state).expect("plan");
+    let second = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     assert!(second.is_empty(), "{second}");
     let report = lab.apply_ok(&state);
     assert!(
@@ -154,7 +154,7 @@ fn host_creates_nothing() {
         }],
         ports: vec![],
     };
-    let plan = lab.dataplane.plan(&state).expect("plan");
+    let plan = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     // No link work at all (the firewall may still create its empty base table).
     assert!(plan.steps.is_empty(), "{plan}");
     assert!(plan.problems.is_empty(), "{plan}");
@@ -253,7 +253,7 @@ fn networks_are_isolated_until_connect_and_disconnect_removes_only_eth1() {
         false,
     );
     state.endpoints.push(connect);
-    let plan = lab.dataplane.plan(&state).expect("plan");
+    let plan = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     assert_eq!(plan.steps.len(), 1, "connect is one new veth:\n{plan}");
     assert!(matches!(plan.steps[0], Step::AttachEndpoint(_)), "{plan}");
     lab.apply_ok(&state);
@@ -323,14 +323,20 @@ fn one_failing_endpoint_does_not_stop_the_others() {
     missing.netns = pier_node::state::Netns::Named(format!("pt-missing-{}", std::process::id()));
     state.endpoints.push(missing);
 
-    let report = lab.dataplane.apply(&state).expect("apply runs");
-    let failed: BTreeSet<&str> = report.failures().map(|(object, _)| object).collect();
+    let report = lab
+        .dataplane
+        .apply(&state, &Scope::Full)
+        .expect("apply runs");
+    let failed: BTreeSet<String> = report
+        .failures()
+        .map(|(object, _)| object.to_string())
+        .collect();
     assert_eq!(
         failed,
         BTreeSet::from([
-            "endpoint/default/clash",
-            "endpoint/default/dup",
-            "endpoint/default/ghost"
+            "endpoint/default/clash".to_owned(),
+            "endpoint/default/dup".to_owned(),
+            "endpoint/default/ghost".to_owned()
         ]),
         "{report}"
     );
@@ -446,7 +452,7 @@ fn kill_9_mid_apply_then_apply_converges() {
         !status.success(),
         "the apply must have been killed half-way"
     );
-    let half = lab.dataplane.plan(&state).expect("plan");
+    let half = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     assert!(!half.is_empty(), "a killed apply leaves work to do");
 
     let output = Command::new(env!("CARGO_BIN_EXE_pier-dataplane"))
@@ -530,18 +536,18 @@ fn scoped_apply_attaches_one_endpoint_and_leaves_garbage_to_the_full_apply() {
     ));
     let plan = lab
         .dataplane
-        .plan_endpoints(&state, &["default/con4"])
+        .plan(&state, &Scope::endpoints(["default/con4"]))
         .expect("scoped plan");
     assert_eq!(plan.steps.len(), 1, "{plan}");
     let report = lab
         .dataplane
-        .apply_endpoints(&state, &["default/con4"])
+        .apply(&state, &Scope::endpoints(["default/con4"]))
         .expect("scoped apply");
     assert!(report.is_success(), "{report}");
     assert!(c4.ping_eventually(ip("172.18.0.2")));
     // The scoped apply did not collect con3's veth; the full apply does.
     assert!(lab.host.links().contains(&gone.host_veth_name()));
-    let full = lab.dataplane.plan(&state).expect("plan");
+    let full = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     assert_eq!(full.steps.len(), 1, "{full}");
     lab.apply_ok(&state);
     assert!(!lab.host.links().contains(&gone.host_veth_name()));
@@ -558,9 +564,12 @@ fn scoped_apply_attaches_one_endpoint_and_leaves_garbage_to_the_full_apply() {
     ));
     let report = lab
         .dataplane
-        .apply_endpoints(&state, &["default/con5"])
+        .apply(&state, &Scope::endpoints(["default/con5"]))
         .expect("scoped apply");
-    let failed: Vec<&str> = report.failures().map(|(object, _)| object).collect();
+    let failed: Vec<String> = report
+        .failures()
+        .map(|(object, _)| object.to_string())
+        .collect();
     assert_eq!(failed, vec!["endpoint/default/con5"], "{report}");
 }
 
@@ -597,7 +606,10 @@ fn removal_deletes_only_the_named_links_the_state_no_longer_wants() {
     state.endpoints.remove(1);
     let plan = lab
         .dataplane
-        .plan_removal(&state, &[&con2, &tage, "br-foreign"])
+        .plan(
+            &state,
+            &Scope::removal([con2.as_str(), tage.as_str(), "br-foreign"]),
+        )
         .expect("removal plan");
     assert_eq!(plan.steps.len(), 1, "{plan}");
     assert!(
@@ -606,7 +618,10 @@ fn removal_deletes_only_the_named_links_the_state_no_longer_wants() {
     );
     let report = lab
         .dataplane
-        .remove_links(&state, &[&con2, &tage, "br-foreign"])
+        .apply(
+            &state,
+            &Scope::removal([con2.as_str(), tage.as_str(), "br-foreign"]),
+        )
         .expect("removal");
     assert!(report.is_success(), "{report}");
     let links = lab.host.links();
@@ -621,7 +636,7 @@ fn removal_deletes_only_the_named_links_the_state_no_longer_wants() {
     let con1 = state.endpoints[0].host_veth_name();
     let plan = lab
         .dataplane
-        .plan_removal(&state, &[&con1])
+        .plan(&state, &Scope::removal([con1.as_str()]))
         .expect("removal plan");
     assert!(plan.steps.is_empty(), "{plan}");
 
@@ -630,7 +645,7 @@ fn removal_deletes_only_the_named_links_the_state_no_longer_wants() {
     state.networks.pop();
     let report = lab
         .dataplane
-        .remove_links(&state, &[&con3, &open])
+        .apply(&state, &Scope::removal([con3.as_str(), open.as_str()]))
         .expect("removal");
     assert!(report.is_success(), "{report}");
     let links = lab.host.links();
@@ -663,12 +678,17 @@ fn deep_plan_notices_a_container_side_changed_by_hand() {
     // Someone removes con1's address and default route inside the container.
     c1.sh("ip addr flush dev eth0");
     // The fast plan trusts the fingerprint on the host veth (see the dataplane module)...
-    assert!(lab.dataplane.plan(&state).expect("plan").is_empty());
+    assert!(
+        lab.dataplane
+            .plan(&state, &Scope::Full)
+            .expect("plan")
+            .is_empty()
+    );
     // ...the deep plan enters every namespace and re-makes what differs.
     let deep = lab.dataplane.clone().deep(true);
-    let plan = deep.plan(&state).expect("deep plan");
+    let plan = deep.plan(&state, &Scope::Full).expect("deep plan");
     assert_eq!(plan.steps.len(), 1, "{plan}");
-    let report = deep.apply(&state).expect("deep apply");
+    let report = deep.apply(&state, &Scope::Full).expect("deep apply");
     assert!(report.is_success(), "{report}");
     assert!(
         c1.sh("ip -o -4 addr show dev eth0")
@@ -676,7 +696,11 @@ fn deep_plan_notices_a_container_side_changed_by_hand() {
     );
     assert!(c1.sh("ip -4 route show default").contains("via 172.18.0.1"));
     assert!(c1.ping_eventually(ip("172.18.0.3")));
-    assert!(deep.plan(&state).expect("deep plan").is_empty());
+    assert!(
+        deep.plan(&state, &Scope::Full)
+            .expect("deep plan")
+            .is_empty()
+    );
 }
 
 #[test]
@@ -691,7 +715,7 @@ fn sysctls_and_bridge_changes_made_by_hand_are_read_back_and_repaired() {
          echo 0 > /proc/sys/net/ipv4/conf/{bridge}/route_localnet && \
          ip addr flush dev {bridge} && ip link set {bridge} mtu 1400"
     ));
-    let plan = lab.dataplane.plan(&state).expect("plan");
+    let plan = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     let text = plan.to_string();
     assert!(text.contains("net.ipv4.ip_forward=1"), "{text}");
     assert!(text.contains("route_localnet=1"), "{text}");
@@ -733,7 +757,7 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
         ports: vec![],
     };
     let report = lab.apply_ok(&state);
-    let object = "endpoint/default/own";
+    let object = &ObjectKey::endpoint("default/own");
     assert_eq!(
         report.notes_of(object),
         [pier_node::dataplane::OWN_DEFAULT_ROUTE_KEPT.to_owned()],
@@ -751,7 +775,11 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
     // In sync, by the fast and the deep plan, and the note stays.
     lab.assert_converged(&state);
     let deep = lab.dataplane.clone().deep(true);
-    assert!(deep.plan(&state).expect("deep plan").is_empty());
+    assert!(
+        deep.plan(&state, &Scope::Full)
+            .expect("deep plan")
+            .is_empty()
+    );
     let again = lab.apply_ok(&state);
     assert_eq!(again.objects[object], Outcome::InSync);
     assert_eq!(again.notes_of(object), report.notes_of(object));
@@ -779,7 +807,12 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
         ports: vec![],
     };
     let report = lab.apply_ok(&state);
-    assert!(report.notes_of("endpoint/default/c").is_empty(), "{report}");
+    assert!(
+        report
+            .notes_of(&ObjectKey::endpoint("default/c"))
+            .is_empty(),
+        "{report}"
+    );
     let shown = c.sh("ip -4 route show default");
     assert!(shown.contains("via 172.18.0.1 dev eth0"), "{shown}");
     assert!(
@@ -795,9 +828,14 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
         true,
     ));
     let report = lab.apply_ok(&state);
-    assert_eq!(report.objects["endpoint/default/c"], Outcome::InSync);
+    assert_eq!(
+        report.objects[&ObjectKey::endpoint("default/c")],
+        Outcome::InSync
+    );
     assert!(
-        report.notes_of("endpoint/default/c-other").is_empty(),
+        report
+            .notes_of(&ObjectKey::endpoint("default/c-other"))
+            .is_empty(),
         "{report}"
     );
     let shown = c.sh("ip -4 route show default");

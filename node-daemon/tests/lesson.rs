@@ -213,7 +213,7 @@ fn foreign_bridge_and_nftables_table_survive_apply_and_reset() {
     let state = web_state(&web);
     lab.apply_ok(&state);
     lab.dataplane
-        .apply(&NodeState::default())
+        .apply(&NodeState::default(), &pier_node::dataplane::Scope::Full)
         .expect("apply empty");
     let report = lab.dataplane.reset().expect("reset");
     assert!(report.is_success(), "{report}");

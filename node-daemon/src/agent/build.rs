@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use pier_crds::conditions::{self, READY, reason};
 use pier_crds::{Endpoint, Network, PortPublish};
 
+use crate::dataplane::ObjectKey;
 use crate::kernel::host_ports::{HostPort, Refused};
 use crate::kernel::hostnet::{HostSubnet, overlapping};
 use crate::state::{
@@ -49,17 +50,17 @@ pub struct Refusal {
 pub struct Built {
     pub state: NodeState,
     /// By [`endpoint_key`] or [`ports_key`].
-    pub refusals: BTreeMap<String, Refusal>,
+    pub refusals: BTreeMap<ObjectKey, Refusal>,
 }
 
-/// The key of an Endpoint in reports and refusals (the dataplane's own form).
-pub fn endpoint_key(id: &str) -> String {
-    format!("endpoint/{id}")
+/// The key of an Endpoint in reports and refusals (the dataplane's own).
+pub fn endpoint_key(id: &str) -> ObjectKey {
+    ObjectKey::endpoint(id)
 }
 
 /// The key of a PortPublish in refusals.
-pub fn ports_key(id: &str) -> String {
-    format!("portpublish/{id}")
+pub fn ports_key(id: &str) -> ObjectKey {
+    ObjectKey::Ports(id.to_owned())
 }
 
 /// `NAMESPACE/NAME` of an object.
@@ -72,8 +73,8 @@ pub fn object_id(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
 }
 
 fn refuse(
-    refusals: &mut BTreeMap<String, Refusal>,
-    key: String,
+    refusals: &mut BTreeMap<ObjectKey, Refusal>,
+    key: ObjectKey,
     reason: &'static str,
     message: String,
 ) {
@@ -674,11 +675,11 @@ mod tests {
             source: "address 172.17.0.1/16 on docker0".into(),
         }];
         let built = run(&networks, &endpoints, &[publish("web", "a", 8000)], &docker);
-        let refusal = &built.refusals["endpoint/default/a"];
+        let refusal = &built.refusals[&endpoint_key("default/a")];
         assert_eq!(refusal.reason, reason::SUBNET_IN_USE_ON_NODE);
         assert!(refusal.message.contains("docker0"), "{}", refusal.message);
         assert_eq!(
-            built.refusals["portpublish/default/web"].reason,
+            built.refusals[&ports_key("default/web")].reason,
             reason::ENDPOINT_NOT_ATTACHED
         );
         assert_eq!(built.state.endpoints.len(), 1);
@@ -740,14 +741,14 @@ mod tests {
             vec![9000, 8001],
             "the other port and the other PortPublish stay"
         );
-        let refusal = &built.refusals["portpublish/default/two"];
+        let refusal = &built.refusals[&ports_key("default/two")];
         assert_eq!(refusal.reason, reason::PORT_IN_USE_ON_NODE);
         assert_eq!(
             refusal.message,
             "host port 0.0.0.0:8000/tcp is in use on node node-a (a process of the node has it \
              and keeps it); published once it is free; 127.0.0.1:8001->81/tcp live on node node-a"
         );
-        assert!(!built.refusals.contains_key("portpublish/default/other"));
+        assert!(!built.refusals.contains_key(&ports_key("default/other")));
 
         let mut built = run(&networks, &endpoints, &ports, &[]);
         refuse_ports(
@@ -755,7 +756,7 @@ mod tests {
             &BTreeMap::from([(held(9000), Refused::Failed("Permission denied".into()))]),
             NODE,
         );
-        let refusal = &built.refusals["portpublish/default/other"];
+        let refusal = &built.refusals[&ports_key("default/other")];
         assert_eq!(refusal.reason, reason::PUBLISH_FAILED);
         assert_eq!(
             refusal.message,
@@ -787,10 +788,10 @@ mod tests {
         );
         assert!(built.state.endpoints.is_empty());
         assert!(built.state.networks.is_empty(), "no endpoint, no bridge");
-        let refusal = &built.refusals["endpoint/default/wait"];
+        let refusal = &built.refusals[&endpoint_key("default/wait")];
         assert_eq!(refusal.reason, reason::NOT_ALLOCATED);
         assert!(refusal.message.contains("AddressInUse"));
-        assert!(!built.refusals.contains_key("endpoint/default/gone"));
+        assert!(!built.refusals.contains_key(&endpoint_key("default/gone")));
     }
 
     #[test]
@@ -827,7 +828,7 @@ mod tests {
             .expect("sidecar built");
         assert_eq!(sidecar.netns, Netns::Named("db".into()));
         assert_eq!(
-            built.refusals["endpoint/default/orphan"].reason,
+            built.refusals[&endpoint_key("default/orphan")].reason,
             reason::ENDPOINT_NOT_FOUND
         );
         assert_eq!(built.state.validate(), Ok(()));

@@ -20,23 +20,11 @@ use tokio::sync::watch;
 use super::build::{self, Built, Inputs};
 use super::node_kernel::{HeldPort, NodeKernel};
 use super::{AgentConfig, Error, FIELD_MANAGER};
-use crate::dataplane::{Outcome, Report};
+use crate::dataplane::{Outcome, Report, Scope};
 use crate::dns::resolv_conf;
 use crate::kernel::host_ports::{HostPort, PortHolder};
 use crate::kernel::hostnet::HostSubnet;
 use crate::state::{Netns, NodeState};
-
-/// Which part of the node an apply looks at.
-#[derive(Debug, Clone)]
-pub enum Scope {
-    /// Only these endpoints (plus bridges and the firewall): the attach path.
-    Endpoints(Vec<String>),
-    /// The bridges and the firewall, and these links if the state no longer wants them: the
-    /// detach path (a departed endpoint's veth and its network's bridge).
-    Removal(Vec<String>),
-    /// Everything, removing what is Pier's and no longer wanted: start and resync.
-    Full,
-}
 
 /// Shared by the reconcilers and the resync loop.
 pub struct Context {

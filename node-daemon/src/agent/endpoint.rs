@@ -15,10 +15,10 @@ use pier_crds::names::bridge_name;
 use pier_crds::conditions::reason;
 
 use super::build::{endpoint_key, object_id};
-use super::context::{Context, Scope, key, lock, write_condition};
+use super::context::{Context, key, lock, write_condition};
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
-use crate::dataplane::Outcome;
+use crate::dataplane::{ObjectKey, Outcome, Scope};
 use crate::state::{Attachment, EndpointState, Netns, NodeState, host_veth_name};
 
 /// Reconciles one Endpoint of this node.
@@ -174,7 +174,7 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
         ));
     }
     let report = ctx.apply(&mut built, Scope::Removal(links)).await?;
-    if let Some(Outcome::Failed(message)) = report.objects.get(&format!("link/{veth}")) {
+    if let Some(Outcome::Failed(message)) = report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(Error::Detach {
             endpoint: key(ep),
             message: message.clone(),

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::build::endpoint_key;
-use super::context::{Scope, lock};
+use super::context::lock;
 use super::node_kernel::{HeldPort, NodeKernel};
-use crate::dataplane::{DataplaneError, FIREWALL, Outcome, Report};
+use crate::dataplane::{DataplaneError, ObjectKey, Outcome, Report, Scope};
 use crate::kernel::host_ports::{HostPort, Opened, Refused};
 use crate::kernel::hostnet::HostSubnet;
 use crate::kernel::named_netns::NamedNetnsError;
@@ -221,7 +221,7 @@ impl Node {
             .values()
             .find(|e| e.host_veth_name() == link)
             .map(|e| e.id.clone());
-        let key = format!("link/{link}");
+        let key = ObjectKey::Link(link.to_owned());
         if let Some(message) = owner.as_ref().and_then(|id| self.detach_failures.get(id)) {
             report.objects.insert(key, Outcome::Failed(message.clone()));
             return;
@@ -247,7 +247,7 @@ impl NodeKernel for FakeKernel {
         for network in state.networks.iter().filter(|n| n.driver == Driver::Bridge) {
             let created = node.links.insert(network.bridge_name());
             report.objects.insert(
-                format!("network/{}", network.name),
+                ObjectKey::network(&network.name),
                 outcome(created, "bridge created"),
             );
         }
@@ -276,7 +276,7 @@ impl NodeKernel for FakeKernel {
         let table_changed = node.published != state.ports;
         node.published = state.ports.clone();
         report.objects.insert(
-            FIREWALL.to_owned(),
+            ObjectKey::Firewall,
             outcome(table_changed, "ports rewritten"),
         );
         node.applied.push(Applied {
@@ -378,13 +378,13 @@ mod tests {
         let scope = Scope::Endpoints(vec!["default/a".into()]);
         let report = kernel.apply(&state, &scope).expect("the fake applies");
         assert!(matches!(
-            report.objects.get("endpoint/default/a"),
+            report.objects.get(&ObjectKey::endpoint("default/a")),
             Some(Outcome::Changed(_))
         ));
         assert!(kernel.links().contains(&veth));
         let again = kernel.apply(&state, &scope).expect("the fake applies");
         assert_eq!(
-            again.objects.get("endpoint/default/a"),
+            again.objects.get(&ObjectKey::endpoint("default/a")),
             Some(&Outcome::InSync)
         );
 
@@ -404,7 +404,7 @@ mod tests {
             .apply(&gone, &Scope::Removal(vec![veth.clone()]))
             .expect("the fake applies");
         assert_eq!(
-            refused.objects.get(&format!("link/{veth}")),
+            refused.objects.get(&ObjectKey::Link(veth.clone())),
             Some(&Outcome::Failed("busy".into()))
         );
         kernel.fail_detach("default/a", None);
@@ -427,7 +427,7 @@ mod tests {
             .apply(&state(), &Scope::Full)
             .expect("the fake applies");
         assert_eq!(
-            report.objects.get("endpoint/default/a"),
+            report.objects.get(&ObjectKey::endpoint("default/a")),
             Some(&Outcome::Failed("no such namespace".into()))
         );
         assert!(kernel.attached("default/a").is_none());

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::AgentConfig;
-use super::context::Scope;
+use crate::dataplane::Scope;
 use crate::dataplane::{Dataplane, DataplaneError, Report};
 use crate::kernel::host_ports::{self, HostPort, Opened, Refused};
 use crate::kernel::hostnet::HostSubnet;
@@ -67,17 +67,7 @@ impl RealKernel {
 
 impl NodeKernel for RealKernel {
     fn apply(&self, state: &NodeState, scope: &Scope) -> Result<Report, DataplaneError> {
-        match scope {
-            Scope::Full => self.dataplane.apply(state),
-            Scope::Endpoints(ids) => {
-                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                self.dataplane.apply_endpoints(state, &ids)
-            }
-            Scope::Removal(links) => {
-                let names: Vec<&str> = links.iter().map(String::as_str).collect();
-                self.dataplane.remove_links(state, &names)
-            }
-        }
+        self.dataplane.apply(state, scope)
     }
 
     /// In the node's namespace (`None`: the process's own, where this blocking thread already

@@ -10,9 +10,9 @@ use kube::{Api, ResourceExt};
 use pier_crds::PortPublish;
 
 use super::build::{object_id, ports_key};
-use super::context::{Context, Scope, key, write_condition};
+use super::context::{Context, key, write_condition};
 use super::{Error, FINALIZER};
-use crate::dataplane::{FIREWALL, Outcome, Report};
+use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
 use crate::state::NodeState;
 
 /// Reconciles one PortPublish of this node.
@@ -64,7 +64,7 @@ pub fn published_message(id: &str, state: &NodeState, node: &str) -> String {
 
 /// The firewall's outcome in a report: `Err(message)` when the table could not be written.
 pub fn firewall_outcome(report: &Report) -> Result<(), String> {
-    match report.objects.get(FIREWALL) {
+    match report.outcome(&ObjectKey::Firewall) {
         Some(Outcome::Failed(message)) => Err(message.clone()),
         _ => Ok(()),
     }

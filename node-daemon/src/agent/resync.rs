@@ -13,11 +13,11 @@ use pier_crds::conditions::{self, ATTACHED, PUBLISHED, reason};
 use pier_crds::{Endpoint, PortPublish};
 
 use super::build::{Built, endpoint_key, object_id, ports_key};
-use super::context::{Context, Scope, lock, write_condition};
+use super::context::{Context, lock, write_condition};
 use super::endpoint::attached_message;
 use super::portpublish::{firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
-use crate::dataplane::{FIREWALL, IPTABLES, NFTABLES, Outcome, Report};
+use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
 
 /// Runs full reconciles until the task is dropped; marks the agent ready after the first success.
 pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
@@ -61,7 +61,10 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
     // The node's firewalls are no object's: their failures (a missing iptables tool, another
     // firewall's table gone mid-batch) are said here, at every resync until repaired.
     for (object, message) in report.failures() {
-        if [FIREWALL, IPTABLES, NFTABLES].contains(&object) {
+        if matches!(
+            object,
+            ObjectKey::Firewall | ObjectKey::Iptables | ObjectKey::Nftables
+        ) {
             tracing::warn!(%object, error = %message, "the node's firewall is not as Pier needs it");
         }
     }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::state::{Driver, NodeState, Protocol};
+use crate::state::{Driver, NetworkState, NodeState, Protocol};
 
 use super::expr::{
     CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1,
@@ -392,16 +392,33 @@ pub fn render(state: &NodeState) -> Ruleset {
 /// Computes the desired table from the node's state and the names of the other engines'
 /// bridges on the node (see [`SET_HOST_BRIDGES`]). Pure: no kernel access.
 pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
-    let bridges: Vec<_> = state
+    let bridges: Vec<&NetworkState> = state
         .networks
         .iter()
         .filter(|n| n.driver == Driver::Bridge)
         .collect();
+    let [set_bridges, set_pairs, set_internal] = bridge_sets(&bridges);
+    let (map_addr, map_any) = port_maps(state, &bridges);
+    Ruleset {
+        sets: vec![
+            set_bridges,
+            set_pairs,
+            set_internal,
+            host_bridges_set(host_bridges),
+            masquerade_set(&bridges),
+            map_addr,
+            map_any,
+        ],
+        chains: chains(),
+    }
+}
 
+/// Pier's bridges, each bridge paired with itself, and the internal networks' bridges.
+fn bridge_sets(bridges: &[&NetworkState]) -> [SetSpec; 3] {
     let mut set_bridges = SetSpec::new(SET_BRIDGES, &[Field::IfName], &[]);
     let mut set_pairs = SetSpec::new(SET_BRIDGE_PAIRS, &[Field::IfName, Field::IfName], &[]);
     let mut set_internal = SetSpec::new(SET_INTERNAL, &[Field::IfName], &[]);
-    for network in &bridges {
+    for network in bridges {
         let name = ifname(&network.bridge_name());
         let element = |key: Vec<u8>| Element {
             key,
@@ -416,7 +433,11 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
             set_internal.elements.insert(element(name.to_vec()));
         }
     }
+    [set_bridges, set_pairs, set_internal]
+}
 
+/// The other engines' bridges (see [`SET_HOST_BRIDGES`]).
+fn host_bridges_set(host_bridges: &[String]) -> SetSpec {
     let mut set_host_bridges = SetSpec::new(SET_HOST_BRIDGES, &[Field::IfName], &[]);
     for name in host_bridges {
         set_host_bridges.elements.insert(Element {
@@ -425,7 +446,11 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
             data: None,
         });
     }
+    set_host_bridges
+}
 
+/// The subnets masqueraded on the way out: the non-internal bridge networks', merged.
+fn masquerade_set(bridges: &[&NetworkState]) -> SetSpec {
     let mut set_masq = SetSpec::new(SET_MASQ, &[Field::Ipv4], &[]);
     set_masq.interval = true;
     let ranges = merge_ranges(
@@ -455,6 +480,11 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
         }
     }
 
+    set_masq
+}
+
+/// The published ports by host address and port, and by port alone (host address unspecified).
+fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> (SetSpec, SetSpec) {
     // Internal networks have no published ports (docker --internal): their ports are left out.
     let internal_subnets: Vec<_> = bridges
         .iter()
@@ -508,18 +538,7 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
     map_addr.elements = by_addr.into_values().collect();
     map_any.elements = by_any.into_values().collect();
 
-    Ruleset {
-        sets: vec![
-            set_bridges,
-            set_pairs,
-            set_internal,
-            set_host_bridges,
-            set_masq,
-            map_addr,
-            map_any,
-        ],
-        chains: chains(),
-    }
+    (map_addr, map_any)
 }
 
 /// Merges overlapping and adjacent inclusive ranges. The kernel's interval sets reject
@@ -722,6 +741,32 @@ fn dnat_rules() -> Vec<RuleSpec> {
 
 /// The constant rules. See the module docs for why they do not depend on the state.
 fn chains() -> Vec<ChainSpec> {
+    vec![
+        forward_chain(),
+        input_chain(),
+        // Packets from other hosts and from endpoints (hairpin) to a published port.
+        ChainSpec {
+            name: "prerouting",
+            kind: ChainKind::Nat,
+            hook: Hook::Prerouting,
+            priority: -100,
+            rules: dnat_rules(),
+        },
+        // Packets from the node itself, including to 127.0.0.1 (needs route_localnet=1 on the
+        // bridge, or the kernel drops a 127/8 source on a non-loopback device).
+        ChainSpec {
+            name: "output",
+            kind: ChainKind::Nat,
+            hook: Hook::Output,
+            priority: -100,
+            rules: dnat_rules(),
+        },
+        postrouting_chain(),
+    ]
+}
+
+/// Isolation between networks, internal networks, and what may be routed into a bridge.
+fn forward_chain() -> ChainSpec {
     let mut isolate = vec![
         meta(MetaKey::IifName, REG_1),
         lookup(SET_BRIDGES, REG_1),
@@ -757,6 +802,58 @@ fn chains() -> Vec<ChainSpec> {
     no_new_into_host_bridges.extend(new_and_not_dnated());
     no_new_into_host_bridges.push(Expr::Verdict(Verdict::Drop));
 
+    ChainSpec {
+        name: "forward",
+        kind: ChainKind::Filter,
+        hook: Hook::Forward,
+        priority: 0,
+        rules: vec![
+            // Routed between two different Pier bridges: networks are isolated. Same-bridge
+            // routed traffic (hairpin after DNAT) is in bridge_pairs and passes.
+            RuleSpec {
+                id: "isolate-networks",
+                text: "iifname @bridges oifname @bridges iifname . oifname != @bridge_pairs drop",
+                exprs: isolate,
+            },
+            // Internal networks: nothing in from, or out to, a non-Pier interface.
+            RuleSpec {
+                id: "internal-no-egress",
+                text: "iifname @internal_bridges oifname != @bridges drop",
+                exprs: vec![
+                    meta(MetaKey::IifName, REG_1),
+                    lookup(SET_INTERNAL, REG_1),
+                    meta(MetaKey::OifName, REG_1),
+                    lookup_not(SET_BRIDGES, REG_1),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            },
+            RuleSpec {
+                id: "internal-no-ingress",
+                text: "oifname @internal_bridges iifname != @bridges drop",
+                exprs: vec![
+                    meta(MetaKey::OifName, REG_1),
+                    lookup(SET_INTERNAL, REG_1),
+                    meta(MetaKey::IifName, REG_1),
+                    lookup_not(SET_BRIDGES, REG_1),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            },
+            RuleSpec {
+                id: "no-new-into-host-bridges",
+                text: "iifname @bridges oifname @host_bridges ct state ! established,related ct status ! dnat drop",
+                exprs: no_new_into_host_bridges,
+            },
+            RuleSpec {
+                id: "published-only",
+                text: "oifname @bridges iifname != @bridges ct state ! established,related ct status ! dnat drop",
+                exprs: published_only,
+            },
+        ],
+    }
+}
+
+/// Nothing from a bridge to the node's loopback-only services.
+fn input_chain() -> ChainSpec {
     // A container sending to 127.0.0.0/8 via its gateway: the bridges have route_localnet=1 (for
     // 127.0.0.1:hostPort from the node), which would deliver it to the node's loopback-only
     // services (CVE-2020-8558). A DNATed packet no longer has a 127/8 destination here; a reply
@@ -768,6 +865,21 @@ fn chains() -> Vec<ChainSpec> {
     no_loopback.extend(none_of(CT_STATE_ESTABLISHED | CT_STATE_RELATED));
     no_loopback.push(Expr::Verdict(Verdict::Drop));
 
+    ChainSpec {
+        name: "input",
+        kind: ChainKind::Filter,
+        hook: Hook::Input,
+        priority: 0,
+        rules: vec![RuleSpec {
+            id: "no-loopback-from-bridges",
+            text: "iifname @bridges ip daddr 127.0.0.0/8 ct state ! established,related drop",
+            exprs: no_loopback,
+        }],
+    }
+}
+
+/// Masquerade: egress, hairpin through a published port, and the node's loopback connections.
+fn postrouting_chain() -> ChainSpec {
     let mut masq_out = Expr::is_ipv4().to_vec();
     masq_out.extend([
         ip_saddr(),
@@ -802,113 +914,35 @@ fn chains() -> Vec<ChainSpec> {
     masq_loopback.extend(in_set(MetaKey::OifName, SET_BRIDGES));
     masq_loopback.push(Expr::Masquerade);
 
-    vec![
-        ChainSpec {
-            name: "forward",
-            kind: ChainKind::Filter,
-            hook: Hook::Forward,
-            priority: 0,
-            rules: vec![
-                // Routed between two different Pier bridges: networks are isolated. Same-bridge
-                // routed traffic (hairpin after DNAT) is in bridge_pairs and passes.
-                RuleSpec {
-                    id: "isolate-networks",
-                    text: "iifname @bridges oifname @bridges iifname . oifname != @bridge_pairs drop",
-                    exprs: isolate,
-                },
-                // Internal networks: nothing in from, or out to, a non-Pier interface.
-                RuleSpec {
-                    id: "internal-no-egress",
-                    text: "iifname @internal_bridges oifname != @bridges drop",
-                    exprs: vec![
-                        meta(MetaKey::IifName, REG_1),
-                        lookup(SET_INTERNAL, REG_1),
-                        meta(MetaKey::OifName, REG_1),
-                        lookup_not(SET_BRIDGES, REG_1),
-                        Expr::Verdict(Verdict::Drop),
-                    ],
-                },
-                RuleSpec {
-                    id: "internal-no-ingress",
-                    text: "oifname @internal_bridges iifname != @bridges drop",
-                    exprs: vec![
-                        meta(MetaKey::OifName, REG_1),
-                        lookup(SET_INTERNAL, REG_1),
-                        meta(MetaKey::IifName, REG_1),
-                        lookup_not(SET_BRIDGES, REG_1),
-                        Expr::Verdict(Verdict::Drop),
-                    ],
-                },
-                RuleSpec {
-                    id: "no-new-into-host-bridges",
-                    text: "iifname @bridges oifname @host_bridges ct state ! established,related ct status ! dnat drop",
-                    exprs: no_new_into_host_bridges,
-                },
-                RuleSpec {
-                    id: "published-only",
-                    text: "oifname @bridges iifname != @bridges ct state ! established,related ct status ! dnat drop",
-                    exprs: published_only,
-                },
-            ],
-        },
-        ChainSpec {
-            name: "input",
-            kind: ChainKind::Filter,
-            hook: Hook::Input,
-            priority: 0,
-            rules: vec![RuleSpec {
-                id: "no-loopback-from-bridges",
-                text: "iifname @bridges ip daddr 127.0.0.0/8 ct state ! established,related drop",
-                exprs: no_loopback,
-            }],
-        },
-        // Packets from other hosts and from endpoints (hairpin) to a published port.
-        ChainSpec {
-            name: "prerouting",
-            kind: ChainKind::Nat,
-            hook: Hook::Prerouting,
-            priority: -100,
-            rules: dnat_rules(),
-        },
-        // Packets from the node itself, including to 127.0.0.1 (needs route_localnet=1 on the
-        // bridge, or the kernel drops a 127/8 source on a non-loopback device).
-        ChainSpec {
-            name: "output",
-            kind: ChainKind::Nat,
-            hook: Hook::Output,
-            priority: -100,
-            rules: dnat_rules(),
-        },
-        ChainSpec {
-            name: "postrouting",
-            kind: ChainKind::Nat,
-            hook: Hook::Postrouting,
-            priority: 100,
-            rules: vec![
-                // Docker's `-s SUBNET ! -o BRIDGE -j MASQUERADE`, for all networks at once.
-                RuleSpec {
-                    id: "masquerade-egress",
-                    text: "ip saddr @masq_subnets oifname != @bridges masquerade",
-                    exprs: masq_out,
-                },
-                // Hairpin: an endpoint reached its own bridge through a published port. Without
-                // SNAT the reply would go straight back endpoint-to-endpoint, bypassing the
-                // reverse DNAT. Isolation drops DNATed traffic between different bridges, so a
-                // DNATed packet from a Pier subnet leaving to a Pier bridge is always same-bridge.
-                RuleSpec {
-                    id: "masquerade-hairpin",
-                    text: "ip saddr @masq_subnets oifname @bridges ct status dnat masquerade",
-                    exprs: masq_hairpin,
-                },
-                // 127.0.0.1:hostPort from the node: the endpoint cannot answer a loopback source.
-                RuleSpec {
-                    id: "masquerade-loopback",
-                    text: "ip saddr 127.0.0.0/8 oifname @bridges masquerade",
-                    exprs: masq_loopback,
-                },
-            ],
-        },
-    ]
+    ChainSpec {
+        name: "postrouting",
+        kind: ChainKind::Nat,
+        hook: Hook::Postrouting,
+        priority: 100,
+        rules: vec![
+            // Docker's `-s SUBNET ! -o BRIDGE -j MASQUERADE`, for all networks at once.
+            RuleSpec {
+                id: "masquerade-egress",
+                text: "ip saddr @masq_subnets oifname != @bridges masquerade",
+                exprs: masq_out,
+            },
+            // Hairpin: an endpoint reached its own bridge through a published port. Without
+            // SNAT the reply would go straight back endpoint-to-endpoint, bypassing the
+            // reverse DNAT. Isolation drops DNATed traffic between different bridges, so a
+            // DNATed packet from a Pier subnet leaving to a Pier bridge is always same-bridge.
+            RuleSpec {
+                id: "masquerade-hairpin",
+                text: "ip saddr @masq_subnets oifname @bridges ct status dnat masquerade",
+                exprs: masq_hairpin,
+            },
+            // 127.0.0.1:hostPort from the node: the endpoint cannot answer a loopback source.
+            RuleSpec {
+                id: "masquerade-loopback",
+                text: "ip saddr 127.0.0.0/8 oifname @bridges masquerade",
+                exprs: masq_loopback,
+            },
+        ],
+    }
 }
 
 impl fmt::Display for Ruleset {

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pier_node::dataplane::{Dataplane, Report};
+use pier_node::dataplane::{Dataplane, Report, Scope};
 use pier_node::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
     PublishedPort,
@@ -322,14 +322,17 @@ impl Lab {
 
     /// Applies and requires every object to succeed.
     pub fn apply_ok(&self, state: &NodeState) -> Report {
-        let report = self.dataplane.apply(state).expect("apply runs");
+        let report = self
+            .dataplane
+            .apply(state, &Scope::Full)
+            .expect("apply runs");
         assert!(report.is_success(), "apply failed:\n{report}");
         report
     }
 
     /// Asserts that planning again finds nothing to do.
     pub fn assert_converged(&self, state: &NodeState) {
-        let plan = self.dataplane.plan(state).expect("plan runs");
+        let plan = self.dataplane.plan(state, &Scope::Full).expect("plan runs");
         assert!(plan.is_empty(), "second plan is not empty:\n{plan}");
     }
 }

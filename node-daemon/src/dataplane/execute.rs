@@ -1,0 +1,291 @@
+//! Runs a [`Plan`] against the kernel: the link steps in order, then the firewall's batches,
+//! reporting per object. One object's failure does not stop the others.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::alias::{AliasState, alias};
+use super::names::bridge_mac;
+use super::plan::{Attach, BridgeFix, Plan, Step};
+use super::report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report, chain};
+use crate::firewall;
+use crate::kernel::netlink::{self, NetlinkError, Nl, VethSpec};
+use crate::kernel::netns::{self, NetnsError};
+use crate::kernel::sysctl::{self, SysctlError};
+
+/// One step's failure, reported for its object.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("working in a namespace")]
+    Netns(#[source] NetnsError),
+    #[error(transparent)]
+    Sysctl(SysctlError),
+    #[error("name clash: {name} already exists in {netns} and is not Pier's")]
+    NameClash { name: String, netns: String },
+}
+
+/// Where and how a plan is executed.
+pub(super) struct Executor<'a> {
+    /// The socket in the host namespace.
+    pub host: &'a Nl,
+    /// The host namespace's file (`None`: the process's own).
+    pub host_netns: Option<&'a Path>,
+    /// Sleeps after every link step: only for tests that kill an apply half-way.
+    pub step_delay: Option<Duration>,
+}
+
+impl Executor<'_> {
+    /// Executes `plan`; the report starts from what the plan found in sync and its problems.
+    pub fn run(&self, plan: &Plan) -> Report {
+        let mut report = Report::default();
+        for object in &plan.in_sync {
+            report.objects.insert(object.clone(), Outcome::InSync);
+        }
+        report.notes.extend(plan.notes.clone());
+        for problem in &plan.problems {
+            report.failed(problem.object.clone(), problem.message.clone());
+        }
+        self.links(plan, &mut report);
+        self.firewall(plan, &mut report);
+        report
+    }
+
+    fn links(&self, plan: &Plan, report: &mut Report) {
+        let mut bridge_indexes: HashMap<String, u32> = HashMap::new();
+        let mut failed_networks: HashMap<String, String> = HashMap::new();
+        for step in &plan.steps {
+            let object = step.object();
+            if let Step::AttachEndpoint(attach) = step
+                && let Some(reason) = failed_networks.get(&attach.network)
+            {
+                report.failed(
+                    object,
+                    format!("network {} failed: {reason}", attach.network),
+                );
+                continue;
+            }
+            match self.step(step, &mut bridge_indexes) {
+                Ok(kept) => {
+                    if kept == AliasState::OwnDefaultKept {
+                        report.note(object.clone(), OWN_DEFAULT_ROUTE_KEPT.to_owned());
+                    }
+                    report.changed(object, step.to_string());
+                }
+                Err(error) => {
+                    let message = chain(&error);
+                    if let Step::CreateBridge { network, .. } | Step::FixBridge { network, .. } =
+                        step
+                    {
+                        failed_networks.insert(network.clone(), message.clone());
+                    }
+                    tracing::warn!(%object, error = %message, "dataplane step failed");
+                    report.failed(object, message);
+                }
+            }
+            if let Some(delay) = self.step_delay {
+                std::thread::sleep(delay);
+            }
+        }
+    }
+
+    /// After the links: one atomic batch for table `inet pier`, then the other firewalls.
+    fn firewall(&self, plan: &Plan, report: &mut Report) {
+        if let Some(table) = &plan.firewall {
+            if table.is_empty() {
+                report.objects.insert(ObjectKey::Firewall, Outcome::InSync);
+            } else {
+                match firewall::apply(self.host_netns, table) {
+                    Ok(()) => {
+                        report.changed(ObjectKey::Firewall, "table inet pier updated".to_owned())
+                    }
+                    Err(error) => report.failed(ObjectKey::Firewall, chain(&error)),
+                }
+            }
+        }
+        if !plan.iptables.is_empty() {
+            match firewall::iptables_apply(self.host_netns, &plan.iptables) {
+                Ok(()) => {
+                    for change in &plan.iptables {
+                        report.changed(ObjectKey::Iptables, change.summary.join("; "));
+                    }
+                }
+                Err(error) => report.failed(ObjectKey::Iptables, chain(&error)),
+            }
+        }
+        if !plan.nftables.is_empty() {
+            match firewall::native_apply(self.host_netns, &plan.nftables) {
+                Ok(()) => {
+                    for change in &plan.nftables {
+                        let what = format!("{}: {}", change.location(), change.summary.join("; "));
+                        report.changed(ObjectKey::Nftables, what);
+                    }
+                }
+                Err(error) => report.failed(ObjectKey::Nftables, chain(&error)),
+            }
+        }
+    }
+
+    /// Runs one step; an attach says what it kept, every other step is [`AliasState::AsPlanned`].
+    fn step(
+        &self,
+        step: &Step,
+        bridge_indexes: &mut HashMap<String, u32>,
+    ) -> Result<AliasState, StepError> {
+        let host = self.host;
+        match step {
+            Step::EnableForwarding => {
+                netns::run_in(self.host_netns, || sysctl::set(sysctl::IP_FORWARD, "1"))
+                    .map_err(StepError::Netns)?
+                    .map_err(StepError::Sysctl)?;
+            }
+            Step::DeleteLink { name, index, .. } => match host.delete_link(*index, name) {
+                // Gone already (e.g. the peer's namespace was deleted meanwhile): that is the goal.
+                Err(error) if error.errno() == Some(netlink::ENODEV) => {}
+                other => other?,
+            },
+            Step::CreateBridge {
+                bridge,
+                gateway,
+                mtu,
+                ..
+            } => {
+                host.create_bridge(bridge, *mtu, bridge_mac(bridge))?;
+                let index = lookup(host, bridge)?;
+                bridge_indexes.insert(bridge.clone(), index);
+                host.add_address(index, bridge, *gateway)?;
+                self.enable_route_localnet(bridge)?;
+            }
+            Step::FixBridge {
+                bridge,
+                index,
+                fixes,
+                ..
+            } => {
+                for fix in fixes {
+                    self.fix_bridge(bridge, *index, fix)?;
+                }
+            }
+            Step::AttachEndpoint(attach) => return self.attach(attach, bridge_indexes),
+            Step::LoopbackUp { netns, .. } => {
+                let nl = Nl::open_in(Some(netns))?;
+                let lo = lookup(&nl, "lo")?;
+                nl.set_up(lo, "lo")?;
+            }
+        }
+        Ok(AliasState::AsPlanned)
+    }
+
+    fn fix_bridge(&self, bridge: &str, index: u32, fix: &BridgeFix) -> Result<(), StepError> {
+        let host = self.host;
+        match fix {
+            BridgeFix::Mtu(mtu) => host.set_mtu(index, bridge, *mtu)?,
+            BridgeFix::Up => host.set_up(index, bridge)?,
+            BridgeFix::AddAddress(address) => host.add_address(index, bridge, *address)?,
+            BridgeFix::RemoveAddress(address) => host.delete_address(index, bridge, *address)?,
+            BridgeFix::RouteLocalnet => self.enable_route_localnet(bridge)?,
+        }
+        Ok(())
+    }
+
+    fn enable_route_localnet(&self, bridge: &str) -> Result<(), StepError> {
+        let key = sysctl::route_localnet(bridge);
+        netns::run_in(self.host_netns, move || sysctl::set(&key, "1"))
+            .map_err(StepError::Netns)?
+            .map_err(StepError::Sysctl)
+    }
+
+    /// Makes one endpoint's veth: the pair, the peer's address, state and default route in the
+    /// namespace, the host side's settings, and last the fingerprint in its alias.
+    fn attach(
+        &self,
+        attach: &Attach,
+        bridge_indexes: &mut HashMap<String, u32>,
+    ) -> Result<AliasState, StepError> {
+        let host = self.host;
+        if let Some(index) = attach.replaces {
+            match host.delete_link(index, &attach.host_veth) {
+                Err(error) if error.errno() == Some(netlink::ENODEV) => {}
+                other => other?,
+            }
+        }
+        let master = match bridge_indexes.get(&attach.bridge) {
+            Some(index) => *index,
+            None => {
+                let index = lookup(host, &attach.bridge)?;
+                bridge_indexes.insert(attach.bridge.clone(), index);
+                index
+            }
+        };
+        self.create_veth(attach, master)?;
+        // From here a failure leaves a veth without fingerprint: the next plan re-makes it.
+        let kept = configure_peer(attach)?;
+        let host_index = lookup(host, &attach.host_veth)?;
+        host.set_no_ipv6_link_local(host_index, &attach.host_veth)?;
+        host.set_hairpin(host_index, &attach.host_veth)?;
+        host.set_up(host_index, &attach.host_veth)?;
+        host.set_alias(
+            host_index,
+            &attach.host_veth,
+            &alias(&attach.fingerprint, kept),
+        )?;
+        Ok(kept)
+    }
+
+    fn create_veth(&self, attach: &Attach, master: u32) -> Result<(), StepError> {
+        let spec = VethSpec {
+            host: attach.host_veth.clone(),
+            peer: attach.interface.clone(),
+            mtu: attach.mtu,
+            peer_mac: attach.mac.clone(),
+            master,
+        };
+        match self.host.create_veth(&spec, &attach.netns) {
+            Err(error) if error.errno() == Some(netlink::EEXIST) => {
+                let on_host = self.host.link(&attach.host_veth).ok().flatten().is_some();
+                Err(StepError::NameClash {
+                    name: if on_host {
+                        attach.host_veth.clone()
+                    } else {
+                        attach.interface.clone()
+                    },
+                    netns: if on_host {
+                        "the host namespace".to_owned()
+                    } else {
+                        attach.netns.display().to_string()
+                    },
+                })
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Inside the endpoint's namespace: the peer's address, up, `lo` up, and the default route.
+fn configure_peer(attach: &Attach) -> Result<AliasState, StepError> {
+    let inside = Nl::open_in(Some(&attach.netns))?;
+    let peer = lookup(&inside, &attach.interface)?;
+    inside.add_address(peer, &attach.interface, attach.address)?;
+    inside.set_up(peer, &attach.interface)?;
+    let lo = lookup(&inside, "lo")?;
+    inside.set_up(lo, "lo")?;
+    let Some(gateway) = attach.default_gateway else {
+        return Ok(AliasState::AsPlanned);
+    };
+    // A namespace Pier did not set up may route by a gateway of its own (a container's, a
+    // Pod's): the endpoint then adds only its subnet (the address's route), as Docker's `network
+    // connect` does. A default route Pier set for another endpoint is replaced.
+    if netlink::foreign_default_route(&inside.v4_routes()?).is_some() {
+        return Ok(AliasState::OwnDefaultKept);
+    }
+    inside.replace_default_route(peer, &attach.interface, gateway)?;
+    Ok(AliasState::AsPlanned)
+}
+
+fn lookup(nl: &Nl, name: &str) -> Result<u32, NetlinkError> {
+    nl.link(name)?
+        .map(|l| l.index)
+        .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))
+}

@@ -1,0 +1,205 @@
+//! What the kernel has now, as far as a plan of one scope needs it: the only reads of a plan
+//! besides table `inet pier`'s. The diff then works on this snapshot without touching the
+//! kernel.
+//!
+//! What is read, by scope:
+//! - full: every link of the host namespace, its addresses and routes;
+//! - endpoints and removal: `lo`, the state's bridges, the scoped endpoints' host veths and the
+//!   links to remove, each by name, and the host's addresses;
+//! - always, for the scoped endpoints: the identity (device and inode) of each bridge endpoint's
+//!   namespace file, and `lo`'s state inside each null endpoint's namespace;
+//! - deep only: inside the namespace of each scoped bridge endpoint whose host veth exists, its
+//!   interface, addresses and default routes. Without `deep` no bridge endpoint's namespace is
+//!   entered: the host veth's alias stands for it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use super::report::chain;
+use super::scope::Scope;
+use crate::kernel::netlink::{self, Link, LinkKind, NetlinkError, Nl, V4Address, V4Route};
+use crate::state::{Attachment, Driver, EndpointState, NetworkState, NodeState};
+
+/// Device and inode of a namespace file: a re-created namespace at the same path differs.
+pub type NamespaceIdentity = (u64, u64);
+
+/// The kernel's state for one plan.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Links of the host namespace: all of them (full scope) or those the scope names.
+    pub links: Vec<Link>,
+    /// IPv4 addresses of the host namespace.
+    pub addresses: Vec<V4Address>,
+    /// Routes of the host namespace (full scope only; `Err` is why they could not be read).
+    pub host_routes: Option<Result<Vec<V4Route>, String>>,
+    /// Identity of each scoped bridge endpoint's namespace file; `None` when it does not exist.
+    pub namespaces: HashMap<PathBuf, Option<NamespaceIdentity>>,
+    /// Whether `lo` is up in each scoped null endpoint's namespace (`Err`: why it is unknown).
+    pub loopbacks: HashMap<PathBuf, Result<bool, String>>,
+    /// Deep only (`None` otherwise): the peers found inside the namespaces, by namespace file and
+    /// interface name. A peer that could not be read is absent.
+    pub peers: Option<HashMap<(PathBuf, String), Peer>>,
+}
+
+/// An endpoint's interface inside its namespace (deep plans only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub index: u32,
+    pub up: bool,
+    pub mac: Option<Vec<u8>>,
+    /// The addresses on this interface.
+    pub addresses: Vec<Ipv4Net>,
+    /// The namespace's default routes, as (gateway, link index) (read when the endpoint wants one).
+    pub default_routes: Vec<(Ipv4Addr, u32)>,
+    /// Whether the namespace has a default route Pier did not set.
+    pub foreign_default: bool,
+}
+
+impl Snapshot {
+    /// Reads what a plan of `state` in `scope` needs from the host namespace `host` and from the
+    /// scoped endpoints' namespaces.
+    pub fn read(
+        host: &Nl,
+        state: &NodeState,
+        scope: &Scope,
+        deep: bool,
+    ) -> Result<Snapshot, NetlinkError> {
+        let links = read_links(host, state, scope)?;
+        let addresses = host.v4_addresses()?;
+        let host_routes = scope
+            .is_full()
+            .then(|| host.v4_routes().map_err(|error| chain(&error)));
+        let mut snapshot = Snapshot {
+            links,
+            addresses,
+            host_routes,
+            peers: deep.then(HashMap::new),
+            ..Snapshot::default()
+        };
+        let networks = state.networks_by_name();
+        for endpoint in state.endpoints.iter().filter(|e| scope.has_endpoint(&e.id)) {
+            let Some(path) = endpoint.netns.path() else {
+                continue;
+            };
+            match &endpoint.attachment {
+                Attachment::Null { network }
+                    if networks
+                        .get(network.as_str())
+                        .is_some_and(|n| n.driver == Driver::Null) =>
+                {
+                    let up = loopback_up(&path).map_err(|error| chain(&error));
+                    snapshot.loopbacks.insert(path, up);
+                }
+                Attachment::Bridge(bridge) => {
+                    snapshot.read_bridge_endpoint(
+                        endpoint,
+                        &bridge.interface,
+                        bridge.default_route,
+                        path,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn read_bridge_endpoint(
+        &mut self,
+        endpoint: &EndpointState,
+        interface: &str,
+        default_route: bool,
+        path: PathBuf,
+    ) {
+        if !self.namespaces.contains_key(&path) {
+            self.namespaces
+                .insert(path.clone(), namespace_identity(&path));
+        }
+        let host_veth = endpoint.host_veth_name();
+        let veth_exists = self
+            .links
+            .iter()
+            .any(|l| l.name == host_veth && l.kind == LinkKind::Veth);
+        if let (Some(peers), true) = (&mut self.peers, veth_exists)
+            && let Some(peer) = read_peer(&path, interface, default_route)
+        {
+            peers.insert((path, interface.to_owned()), peer);
+        }
+    }
+
+    /// The host link named `name`.
+    pub fn link(&self, name: &str) -> Option<&Link> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}
+
+/// The links a plan looks at: all of them, or (scoped) the bridges, the scoped veths and the
+/// links to remove, by name.
+fn read_links(host: &Nl, state: &NodeState, scope: &Scope) -> Result<Vec<Link>, NetlinkError> {
+    if scope.is_full() {
+        return host.links();
+    }
+    let mut names: BTreeSet<String> = BTreeSet::from(["lo".to_owned()]);
+    names.extend(
+        state
+            .networks
+            .iter()
+            .filter(|n| n.driver == Driver::Bridge)
+            .map(NetworkState::bridge_name),
+    );
+    names.extend(
+        state
+            .endpoints
+            .iter()
+            .filter(|e| scope.has_endpoint(&e.id) && matches!(e.attachment, Attachment::Bridge(_)))
+            .map(EndpointState::host_veth_name),
+    );
+    names.extend(scope.removals().iter().cloned());
+    let mut links = Vec::new();
+    for name in &names {
+        links.extend(host.link(name)?);
+    }
+    Ok(links)
+}
+
+/// Device and inode of the namespace file at `path`.
+pub fn namespace_identity(path: &Path) -> Option<NamespaceIdentity> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Whether `lo` is up in the namespace at `path`.
+fn loopback_up(path: &Path) -> Result<bool, NetlinkError> {
+    let nl = Nl::open_in(Some(path))?;
+    Ok(nl.link("lo")?.is_some_and(|l| l.up))
+}
+
+/// The interface `interface` inside the namespace at `path`; `None` when any read fails.
+fn read_peer(path: &Path, interface: &str, default_route: bool) -> Option<Peer> {
+    let nl = Nl::open_in(Some(path)).ok()?;
+    let link = nl.link(interface).ok()??;
+    let addresses = nl
+        .v4_addresses()
+        .ok()?
+        .into_iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.address)
+        .collect();
+    let mut peer = Peer {
+        index: link.index,
+        up: link.up,
+        mac: link.mac,
+        addresses,
+        ..Peer::default()
+    };
+    if default_route {
+        peer.foreign_default = nl
+            .v4_routes()
+            .is_ok_and(|routes| netlink::foreign_default_route(&routes).is_some());
+        peer.default_routes = nl.default_routes().unwrap_or_default();
+    }
+    Some(peer)
+}

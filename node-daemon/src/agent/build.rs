@@ -1,8 +1,9 @@
 //! From API objects to the node's [`NodeState`]: a pure function, so what the node daemon does for
 //! a set of objects is unit-tested without an API server or a kernel.
 //!
-//! Every address, MAC, interface and host port comes from a status the operator wrote: the node
-//! never invents one (DESIGN.md §2). What cannot go on this node is left out with a reason, and the
+//! Every address, MAC, interface, DNS name, default-route choice and host port comes from a
+//! status the operator wrote: the node never invents or re-derives one, so the operator's record
+//! and the kernel cannot disagree. What cannot go on this node is left out with a reason, and the
 //! rest of the node goes on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1023,7 +1024,7 @@ mod tests {
         let named = with_status(Arc::new(spec_says), |s| {
             s.dns_names = vec!["con1".into(), "web".into(), "www".into()];
         });
-        let built = run(&networks, &[named.clone()], &[], &[]);
+        let built = run(&networks, std::slice::from_ref(&named), &[], &[]);
         let state = &built.state.endpoints[0];
         assert_eq!(state.name, "con1");
         assert_eq!(state.aliases, vec!["web".to_owned(), "www".to_owned()]);

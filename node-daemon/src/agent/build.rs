@@ -161,20 +161,23 @@ fn build_endpoints<'e>(
     let mut shared = Vec::new();
     let mut routed_namespaces: BTreeSet<Netns> = BTreeSet::new();
     for endpoint in endpoints {
-        let id = object_id(&endpoint.metadata);
-        let outcome = allocated_status(endpoint).and_then(|status| {
-            if let Some(other) = &endpoint.spec.target.endpoint {
-                let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
-                shared.push((endpoint, format!("{namespace}/{}", other.name)));
-                return Ok(None);
-            }
-            own_endpoint(inputs, networks, endpoint, status, &mut routed_namespaces).map(Some)
-        });
-        match outcome {
-            Ok(Some(state)) => built.state.endpoints.push(state),
-            Ok(None) => {}
+        let key = endpoint_key(&object_id(&endpoint.metadata));
+        let status = match allocated_status(endpoint) {
+            Ok(status) => status,
             Err(why) => {
-                built.refusals.insert(endpoint_key(&id), why);
+                built.refusals.insert(key, why);
+                continue;
+            }
+        };
+        if let Some(other) = &endpoint.spec.target.endpoint {
+            let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
+            shared.push((endpoint, format!("{namespace}/{}", other.name)));
+            continue;
+        }
+        match own_endpoint(inputs, networks, endpoint, status, &mut routed_namespaces) {
+            Ok(state) => built.state.endpoints.push(state),
+            Err(why) => {
+                built.refusals.insert(key, why);
             }
         }
     }

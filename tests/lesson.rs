@@ -399,7 +399,8 @@ fn manual_ports_and_user_defined_network() {
 }
 
 /// `docker run --net none` (loopback only) and `--net container:NAME` (one namespace, reachable
-/// over lo, no interface of its own).
+/// over lo, no interface of its own; a port published for it leads to the namespace's owner, as
+/// Docker publishes a shared namespace's ports on the container that owns it).
 #[test]
 fn none_network_and_container_mode() {
     let pier = Pier::up("modes", &["md-none", "md-app", "md-own"]);
@@ -421,6 +422,11 @@ apiVersion: pier.dev/v1alpha1
 kind: Endpoint
 metadata: {name: sidecar}
 spec: {target: {endpoint: {name: app}}}
+---
+apiVersion: pier.dev/v1alpha1
+kind: PortPublish
+metadata: {name: sidecar}
+spec: {endpoint: sidecar, ports: [{containerPort: 80}]}
 ---
 apiVersion: pier.dev/v1alpha1
 kind: Endpoint
@@ -463,6 +469,17 @@ spec: {target: {netns: {name: md-own}}}
             .contains("shared namespace")
             .then_some(())
     });
+    pier.wait_condition("ppub sidecar", "Published", "True");
+    let port = pier.jsonpath("ppub sidecar", "{.status.ports[0].hostPort}");
+    wait_for(
+        "the sidecar's published port",
+        Duration::from_secs(10),
+        || {
+            pier.http_from_node(&format!("127.0.0.1:{port}"))
+                .contains("shared namespace")
+                .then_some(())
+        },
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

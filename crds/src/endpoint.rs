@@ -163,16 +163,25 @@ pub struct EndpointStatus {
     /// The prefix length of the network's subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_length: Option<i32>,
-    /// The network's gateway, the endpoint's default route on its primary network.
+    /// The network's gateway (the next hop of the default route when `defaultRoute` is true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// Whether the namespace's default route goes through this network's gateway. Set on every
+    /// Endpoint with an address (bridge networks): true on exactly one Endpoint of a namespace,
+    /// the first one attached (the oldest by creation time, ties by namespace/name), as Docker
+    /// keeps the network a container was started on as its gateway across `docker network
+    /// connect`. When that Endpoint goes, the next oldest takes the default route over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<bool>,
     /// The interface's MAC address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
     /// The interface name inside the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// The names other endpoints on the network resolve to this endpoint's address.
+    /// The names other endpoints on the network resolve to this endpoint's address: the
+    /// Endpoint's name first (what a reverse lookup answers, `NAME.NETWORK`), then its aliases.
+    /// Empty in container mode: a sharer has no name of its own, as in Docker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,
     /// The `.metadata.generation` the operator last acted on.

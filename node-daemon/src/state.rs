@@ -115,9 +115,10 @@ pub struct EndpointState {
     pub id: String,
     /// The Endpoint's uid: the host-side veth name derives from it.
     pub uid: String,
-    /// The DNS name (the Endpoint's name, like a Docker container's name).
+    /// The DNS name: the first of the Endpoint's `status.dnsNames` (its name, like a Docker
+    /// container's name).
     pub name: String,
-    /// Extra DNS names (`docker run --network-alias`).
+    /// Extra DNS names (`docker run --network-alias`): the rest of `status.dnsNames`.
     #[serde(default)]
     pub aliases: Vec<String>,
     /// The namespace the workload lives in.
@@ -161,7 +162,8 @@ pub struct BridgeAttachment {
     pub address: Ipv4Addr,
     /// The MAC address of the namespace-side interface, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
-    /// Whether the default route goes via this network's gateway (only the primary network).
+    /// Whether the default route goes via this network's gateway: the operator's choice
+    /// (`status.defaultRoute`, the namespace's first network), one per namespace.
     #[serde(default)]
     pub default_route: bool,
 }

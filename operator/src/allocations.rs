@@ -99,6 +99,9 @@ pub struct AttachRequest {
     pub address: Option<Ipv4Addr>,
     /// False for `host` and `null` networks, which hand out no addresses.
     pub needs_address: bool,
+    /// The Endpoint's creation time in milliseconds since the epoch: of a namespace's Endpoints
+    /// with an address, the oldest carries the default route (see [`Allocations::default_route`]).
+    pub created: Option<i64>,
 }
 
 /// What an Endpoint holds.
@@ -150,6 +153,7 @@ struct Record {
     target: String,
     interface: String,
     has_address: bool,
+    created: Option<i64>,
 }
 
 /// The key of the namespace an Endpoint attaches: a named netns on a node, or a Pod.
@@ -389,6 +393,7 @@ impl Allocations {
                 target: request.target.clone(),
                 interface: interface.clone(),
                 has_address: address.is_some(),
+                created: request.created,
             },
         );
         Ok(Attachment {
@@ -396,6 +401,23 @@ impl Allocations {
             interface,
             new,
         })
+    }
+
+    /// Whether Endpoint `owner` carries its namespace's default route: `None` when it holds no
+    /// address (nothing to route through), else whether it is the first of the namespace's
+    /// Endpoints with an address: the oldest by creation time, ties by owner key. Docker's rule:
+    /// the network a container was started on stays its gateway after `docker network connect`.
+    pub fn default_route(&self, owner: &str) -> Option<bool> {
+        let record = self.records.get(owner).filter(|r| r.has_address)?;
+        let first = self
+            .interfaces
+            .get(&record.target)?
+            .values()
+            .filter_map(|holder| Some((holder, self.records.get(holder)?)))
+            .filter(|(_, r)| r.has_address && r.target == record.target)
+            .min_by_key(|(holder, r)| (r.created, holder.as_str()))
+            .map(|(holder, _)| holder.as_str());
+        Some(first == Some(owner))
     }
 
     /// Frees everything Endpoint `owner` holds, returning its address.
@@ -525,6 +547,7 @@ impl Allocations {
                 interface: Some(interface.to_owned()),
                 address,
                 needs_address: address.is_some(),
+                created: creation_millis(endpoint),
             };
             if let Err(e) = this.attach(&owner, &request) {
                 rejected.push(format!("endpoint {owner}: {e}"));
@@ -574,12 +597,18 @@ impl Allocations {
 fn age_key<K: kube::Resource>(obj: &K) -> (Option<i64>, String, String) {
     let meta = obj.meta();
     (
-        meta.creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_millisecond()),
+        creation_millis(obj),
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+/// An object's creation time in milliseconds since the epoch.
+pub fn creation_millis<K: kube::Resource>(obj: &K) -> Option<i64> {
+    obj.meta()
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond())
 }
 
 fn pool_config(subnet: Ipv4Net, request: &NetworkRequest) -> AddressPoolConfig {
@@ -669,6 +698,7 @@ mod tests {
             interface: None,
             address: None,
             needs_address: true,
+            created: None,
         }
     }
 
@@ -943,5 +973,49 @@ mod tests {
             .expect_err("kept");
         assert!(err.to_string().contains("default/web"), "{err}");
         assert_eq!(a.ports_of("default/web").len(), 1);
+    }
+
+    /// Docker's rule: the first network attached keeps the default route after a connect; when
+    /// its Endpoint goes, the next oldest takes it over; `host` and `null` attachments (no
+    /// address) neither carry nor take it.
+    #[test]
+    fn the_oldest_attachment_of_a_namespace_carries_the_default_route() {
+        let mut a = Allocations::default();
+        a.ensure_network("bridge", &auto()).expect("bridge");
+        a.ensure_network("tage", &auto()).expect("tage");
+        let at = |network: &str, created: i64| AttachRequest {
+            created: Some(created),
+            ..attach(network, "netns n/con3")
+        };
+        // Reconciled in any order: the creation time decides, ties by owner key.
+        a.attach("default/con3-tage", &at("tage", 20))
+            .expect("tage");
+        assert_eq!(a.default_route("default/con3-tage"), Some(true));
+        a.attach("default/con3", &at("bridge", 10)).expect("bridge");
+        assert_eq!(a.default_route("default/con3"), Some(true));
+        assert_eq!(a.default_route("default/con3-tage"), Some(false));
+        let none = AttachRequest {
+            needs_address: false,
+            ..at("none", 1)
+        };
+        a.attach("default/con3-none", &none).expect("none");
+        assert_eq!(a.default_route("default/con3-none"), None);
+        assert_eq!(a.default_route("default/con3"), Some(true));
+        // Another namespace has its own.
+        a.attach("default/con1", &attach("tage", "netns n/con1"))
+            .expect("con1");
+        assert_eq!(a.default_route("default/con1"), Some(true));
+        // A tie in creation time: the smaller owner key.
+        let tie = |network: &str| AttachRequest {
+            created: Some(5),
+            ..attach(network, "netns n/tie")
+        };
+        a.attach("default/tie-b", &tie("bridge")).expect("b");
+        a.attach("default/tie-a", &tie("tage")).expect("a");
+        assert_eq!(a.default_route("default/tie-a"), Some(true));
+        assert_eq!(a.default_route("default/tie-b"), Some(false));
+        a.detach("default/con3");
+        assert_eq!(a.default_route("default/con3-tage"), Some(true));
+        assert_eq!(a.default_route("default/con3"), None);
     }
 }

@@ -236,10 +236,12 @@ pub async fn controllers(client: Client, ctx: Arc<Context>) {
         .run(network::reconcile, network::error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()));
 
-    // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares.
+    // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares; follows
+    // the other Endpoints of its namespace (the oldest carries the default route).
     let endpoint_controller = Controller::new(endpoints.clone(), wc());
     let store = endpoint_controller.store();
-    let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store);
+    let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store.clone());
+    let sharers = store;
     let default = default_network;
     let endpoint_controller = endpoint_controller
         .watches(networks, wc(), move |net| {
@@ -270,19 +272,11 @@ pub async fn controllers(client: Client, ctx: Arc<Context>) {
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })
-        .watches(endpoints.clone(), wc(), move |shared| {
-            let (name, ns) = (shared.name_any(), shared.namespace());
+        .watches(endpoints.clone(), wc(), move |changed| {
             by_shared
                 .state()
                 .into_iter()
-                .filter(|e| e.namespace() == ns)
-                .filter(|e| {
-                    e.spec
-                        .target
-                        .endpoint
-                        .as_ref()
-                        .is_some_and(|t| t.name == name)
-                })
+                .filter(|e| endpoint::depends_on(e, &changed))
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })
@@ -293,16 +287,31 @@ pub async fn controllers(client: Client, ctx: Arc<Context>) {
         )
         .for_each(|_| futures::future::ready(()));
 
-    // PortPublish: follows its Endpoint (node, address, readiness).
+    // PortPublish: follows its Endpoint (node, address, readiness), and for a container-mode
+    // Endpoint the one whose namespace it shares (the ports lead to that one's address).
     let publish_controller = Controller::new(publishes, wc());
     let store = publish_controller.store();
     let publish_controller = publish_controller
         .watches(endpoints, wc(), move |ep| {
             let (name, ns) = (ep.name_any(), ep.namespace());
+            let mut leading_to_it: Vec<String> = sharers
+                .state()
+                .into_iter()
+                .filter(|e| e.namespace() == ns)
+                .filter(|e| {
+                    e.spec
+                        .target
+                        .endpoint
+                        .as_ref()
+                        .is_some_and(|t| t.name == name)
+                })
+                .map(|e| e.name_any())
+                .collect();
+            leading_to_it.push(name);
             store
                 .state()
                 .into_iter()
-                .filter(|p| p.namespace() == ns && p.spec.endpoint == name)
+                .filter(|p| p.namespace() == ns && leading_to_it.contains(&p.spec.endpoint))
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })

@@ -101,6 +101,9 @@ async fn lesson_objects_get_docker_subnets_addresses_and_ports() {
         connected.dns_names,
         vec!["con3-tage".to_owned(), "third".to_owned()]
     );
+    // con3's first network keeps its default route.
+    assert_eq!(con3.default_route, Some(true));
+    assert_eq!(connected.default_route, Some(false));
 
     // docker run --ip: a static address is honoured.
     create(

@@ -1,8 +1,9 @@
 //! From API objects to the node's [`NodeState`]: a pure function, so what the node daemon does for
 //! a set of objects is unit-tested without an API server or a kernel.
 //!
-//! Every address, MAC, interface and host port comes from a status the operator wrote: the node
-//! never invents one (DESIGN.md §2). What cannot go on this node is left out with a reason, and the
+//! Every address, MAC, interface, DNS name, default-route choice and host port comes from a
+//! status the operator wrote: the node never invents or re-derives one, so the operator's record
+//! and the kernel cannot disagree. What cannot go on this node is left out with a reason, and the
 //! rest of the node goes on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use pier_crds::conditions::{self, READY, reason};
-use pier_crds::{Endpoint, Network, PortPublish};
+use pier_crds::{Endpoint, EndpointStatus, Network, PortPublish};
 
 use crate::dataplane::ObjectKey;
 use crate::kernel::host_ports::{HostPort, Refused};
@@ -72,189 +73,252 @@ pub fn object_id(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMe
     )
 }
 
-fn refuse(
-    refusals: &mut BTreeMap<ObjectKey, Refusal>,
-    key: ObjectKey,
-    reason: &'static str,
-    message: String,
-) {
-    refusals.insert(key, Refusal { reason, message });
+fn refusal(reason: &'static str, message: String) -> Refusal {
+    Refusal { reason, message }
 }
+
+/// Networks by name.
+type Networks<'a> = HashMap<&'a str, &'a Network>;
 
 /// Builds the node's state. Objects being deleted are left out (their kernel objects go).
 pub fn build(inputs: Inputs<'_>) -> Built {
     let mut built = Built::default();
-    let networks: HashMap<&str, &Network> = inputs
+    let networks: Networks<'_> = inputs
         .networks
         .iter()
         .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
         .collect();
-    let mine = |deleting: bool, node: Option<&str>| !deleting && node == Some(inputs.node);
+    let shared = build_endpoints(&inputs, &networks, &mut built);
+    build_shared_endpoints(shared, &mut built);
+    let used_networks: BTreeSet<&str> = built
+        .state
+        .endpoints
+        .iter()
+        .filter_map(EndpointState::network)
+        .collect();
+    let network_states = used_networks
+        .iter()
+        .filter_map(|name| network_state(networks.get(name)?))
+        .collect();
+    built.state.networks = network_states;
+    build_ports(&inputs, &mut built);
+    built
+}
 
+/// Whether an object is this node's and not being deleted.
+fn mine(inputs: &Inputs<'_>, deleting: bool, node: Option<&str>) -> bool {
+    !deleting && node == Some(inputs.node)
+}
+
+/// The Endpoints with a namespace of their own go into `built`; the container-mode ones are
+/// returned with the `id` of the Endpoint whose namespace they share, for
+/// [`build_shared_endpoints`] once every namespace is known.
+fn build_endpoints<'e>(
+    inputs: &Inputs<'e>,
+    networks: &Networks<'_>,
+    built: &mut Built,
+) -> Vec<(&'e Endpoint, String)> {
     let mut endpoints: Vec<&Endpoint> = inputs
         .endpoints
         .iter()
         .map(|e| &**e)
         .filter(|e| {
             mine(
+                inputs,
                 e.metadata.deletion_timestamp.is_some(),
                 e.status.as_ref().and_then(|s| s.node.as_deref()),
             ) && e.metadata.uid.is_some()
         })
         .collect();
-    // Older first: the first bridge network of a namespace carries its default route, as the
-    // network a Docker container was started on does.
+    // Older first, as the operator orders a namespace's attachments: should two statuses claim
+    // one namespace's default route (one written before the other was updated), the older keeps it.
     endpoints.sort_by_cached_key(|e| {
         (
             e.metadata.creation_timestamp.clone(),
             object_id(&e.metadata),
         )
     });
-
-    let mut used_networks: BTreeSet<&str> = BTreeSet::new();
-    let mut shared: Vec<(&Endpoint, String)> = Vec::new();
+    let mut shared = Vec::new();
     let mut routed_namespaces: BTreeSet<Netns> = BTreeSet::new();
     for endpoint in endpoints {
-        let id = object_id(&endpoint.metadata);
-        let key = endpoint_key(&id);
-        let Some(status) = endpoint.status.as_ref() else {
-            continue;
+        let key = endpoint_key(&object_id(&endpoint.metadata));
+        let status = match allocated_status(endpoint) {
+            Ok(status) => status,
+            Err(why) => {
+                built.refusals.insert(key, why);
+                continue;
+            }
         };
-        if !conditions::is_true(&status.conditions, READY) {
-            let why = conditions::find(&status.conditions, READY)
-                .map(|c| format!("{}: {}", c.reason, c.message))
-                .unwrap_or_else(|| "not looked at yet".to_owned());
-            refuse(
-                &mut built.refusals,
-                key,
-                reason::NOT_ALLOCATED,
-                format!("waiting for the operator's allocation ({why})"),
-            );
-            continue;
-        }
-        let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
-        let target = &endpoint.spec.target;
-        if let Some(other) = &target.endpoint {
+        if let Some(other) = &endpoint.spec.target.endpoint {
+            let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
             shared.push((endpoint, format!("{namespace}/{}", other.name)));
             continue;
         }
-        let netns = if let Some(named) = &target.netns {
-            if !inputs.netns_targets {
-                refuse(
-                    &mut built.refusals,
-                    key,
-                    reason::NETNS_TARGETS_DISABLED,
-                    format!(
-                        "netns targets are off on node {} (in a cluster, Pods are the targets; a named \
-                         namespace is made and used by hand): enable them with the chart value \
-                         node.netnsTargets=true (pier node --netns-targets)",
-                        inputs.node
-                    ),
-                );
-                continue;
+        match own_endpoint(inputs, networks, endpoint, status, &mut routed_namespaces) {
+            Ok(state) => built.state.endpoints.push(state),
+            Err(why) => {
+                built.refusals.insert(key, why);
             }
-            Netns::Named(named.name.clone())
-        } else if let Some(pod) = &target.pod {
-            let pod_id = format!("{namespace}/{}", pod.name);
-            match inputs.pod_netns.get(&pod_id) {
-                Some(path) => Netns::Path(path.clone()),
-                None => {
-                    refuse(
-                        &mut built.refusals,
-                        key,
-                        reason::POD_NETNS_NOT_FOUND,
-                        format!(
-                            "no process of pod {pod_id} found on node {} (is it running?)",
-                            inputs.node
-                        ),
-                    );
-                    continue;
-                }
-            }
-        } else {
-            continue;
-        };
-        let Some((network_name, network)) = status
-            .network
-            .as_deref()
-            .and_then(|name| Some((name, *networks.get(name)?)))
-        else {
-            refuse(
-                &mut built.refusals,
-                key,
-                reason::NETWORK_NOT_READY,
-                format!(
-                    "network {} is not known on this node yet",
-                    status.network.as_deref().unwrap_or("(none)")
-                ),
-            );
-            continue;
-        };
-        let attachment = match network.spec.driver {
-            pier_crds::Driver::Null => Attachment::Null {
-                network: network_name.to_owned(),
-            },
-            pier_crds::Driver::Host => Attachment::Host {
-                network: network_name.to_owned(),
-            },
-            pier_crds::Driver::Bridge => {
-                let Some((subnet, _)) = bridge_addressing(network) else {
-                    refuse(
-                        &mut built.refusals,
-                        key,
-                        reason::NETWORK_NOT_READY,
-                        format!("network {network_name} has no subnet and gateway yet"),
-                    );
-                    continue;
-                };
-                if let Some(host) = overlapping(subnet, inputs.host_subnets) {
-                    refuse(
-                        &mut built.refusals,
-                        key,
-                        reason::SUBNET_IN_USE_ON_NODE,
-                        format!(
-                            "network {network_name}'s subnet {subnet} overlaps {} on node {}; \
-                             nothing of the node's was changed",
-                            host.source, inputs.node
-                        ),
-                    );
-                    continue;
-                }
-                let allocated = (
-                    status.ipv4_address.as_deref().and_then(|a| a.parse().ok()),
-                    status.mac_address.as_ref(),
-                    status.interface.as_ref(),
-                );
-                let (Some(address), Some(mac), Some(interface)) = allocated else {
-                    refuse(
-                        &mut built.refusals,
-                        key,
-                        reason::NOT_ALLOCATED,
-                        "the status has no address, MAC or interface yet".to_owned(),
-                    );
-                    continue;
-                };
-                Attachment::Bridge(BridgeAttachment {
-                    network: network_name.to_owned(),
-                    interface: interface.clone(),
-                    address,
-                    mac: mac.clone(),
-                    default_route: routed_namespaces.insert(netns.clone()),
-                })
-            }
-        };
-        used_networks.insert(network_name);
-        built.state.endpoints.push(EndpointState {
-            id,
-            uid: endpoint.metadata.uid.clone().unwrap_or_default(),
-            name: endpoint.metadata.name.clone().unwrap_or_default(),
-            aliases: endpoint.spec.aliases.clone().unwrap_or_default(),
-            netns,
-            attachment,
-        });
+        }
     }
+    shared
+}
 
-    // Container mode: the namespace of the endpoint shared, once that one is on the node.
+/// The Endpoint's status once the operator has allocated it (`Ready` is `True`).
+fn allocated_status(endpoint: &Endpoint) -> Result<&EndpointStatus, Refusal> {
+    let status = endpoint.status.as_ref();
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    match status {
+        Some(status) if conditions::is_true(conditions, READY) => Ok(status),
+        _ => {
+            let why = conditions::find(conditions, READY)
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_else(|| "not looked at yet".to_owned());
+            Err(refusal(
+                reason::NOT_ALLOCATED,
+                format!("waiting for the operator's allocation ({why})"),
+            ))
+        }
+    }
+}
+
+/// An Endpoint with a namespace of its own, from its status: the network, the interface, the
+/// address, the MAC, whether it carries the default route and its DNS names.
+fn own_endpoint(
+    inputs: &Inputs<'_>,
+    networks: &Networks<'_>,
+    endpoint: &Endpoint,
+    status: &EndpointStatus,
+    routed_namespaces: &mut BTreeSet<Netns>,
+) -> Result<EndpointState, Refusal> {
+    let netns = endpoint_netns(inputs, endpoint)?;
+    let Some((network_name, network)) = status
+        .network
+        .as_deref()
+        .and_then(|name| Some((name, *networks.get(name)?)))
+    else {
+        return Err(refusal(
+            reason::NETWORK_NOT_READY,
+            format!(
+                "network {} is not known on this node yet",
+                status.network.as_deref().unwrap_or("(none)")
+            ),
+        ));
+    };
+    let attachment = match network.spec.driver {
+        pier_crds::Driver::Null => Attachment::Null {
+            network: network_name.to_owned(),
+        },
+        pier_crds::Driver::Host => Attachment::Host {
+            network: network_name.to_owned(),
+        },
+        pier_crds::Driver::Bridge => {
+            let bridge = bridge_attachment(inputs, network_name, network, status)?;
+            // The operator names one Endpoint per namespace; a second claim is a status not
+            // updated yet, and a namespace has one default route.
+            let default_route = bridge.default_route && routed_namespaces.insert(netns.clone());
+            Attachment::Bridge(BridgeAttachment {
+                default_route,
+                ..bridge
+            })
+        }
+    };
+    let mut dns_names = status.dns_names.iter().cloned();
+    Ok(EndpointState {
+        id: object_id(&endpoint.metadata),
+        uid: endpoint.metadata.uid.clone().unwrap_or_default(),
+        name: dns_names.next().unwrap_or_default(),
+        aliases: dns_names.collect(),
+        netns,
+        attachment,
+    })
+}
+
+/// Where the Endpoint's namespace is on this node.
+fn endpoint_netns(inputs: &Inputs<'_>, endpoint: &Endpoint) -> Result<Netns, Refusal> {
+    let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
+    let target = &endpoint.spec.target;
+    if let Some(named) = &target.netns {
+        if !inputs.netns_targets {
+            return Err(refusal(
+                reason::NETNS_TARGETS_DISABLED,
+                format!(
+                    "netns targets are off on node {} (in a cluster, Pods are the targets; a named \
+                     namespace is made and used by hand): enable them with the chart value \
+                     node.netnsTargets=true (pier node --netns-targets)",
+                    inputs.node
+                ),
+            ));
+        }
+        return Ok(Netns::Named(named.name.clone()));
+    }
+    let Some(pod) = &target.pod else {
+        return Err(refusal(
+            reason::NOT_ALLOCATED,
+            "the target names no namespace".to_owned(),
+        ));
+    };
+    let pod_id = format!("{namespace}/{}", pod.name);
+    match inputs.pod_netns.get(&pod_id) {
+        Some(path) => Ok(Netns::Path(path.clone())),
+        None => Err(refusal(
+            reason::POD_NETNS_NOT_FOUND,
+            format!(
+                "no process of pod {pod_id} found on node {} (is it running?)",
+                inputs.node
+            ),
+        )),
+    }
+}
+
+/// A veth into a bridge network, with everything the operator allocated in the status.
+fn bridge_attachment(
+    inputs: &Inputs<'_>,
+    network_name: &str,
+    network: &Network,
+    status: &EndpointStatus,
+) -> Result<BridgeAttachment, Refusal> {
+    let Some((subnet, _)) = bridge_addressing(network) else {
+        return Err(refusal(
+            reason::NETWORK_NOT_READY,
+            format!("network {network_name} has no subnet and gateway yet"),
+        ));
+    };
+    if let Some(host) = overlapping(subnet, inputs.host_subnets) {
+        return Err(refusal(
+            reason::SUBNET_IN_USE_ON_NODE,
+            format!(
+                "network {network_name}'s subnet {subnet} overlaps {} on node {}; nothing of the \
+                 node's was changed",
+                host.source, inputs.node
+            ),
+        ));
+    }
+    let allocated = (
+        status.ipv4_address.as_deref().and_then(|a| a.parse().ok()),
+        status.mac_address.as_ref(),
+        status.interface.as_ref(),
+        status.default_route,
+        !status.dns_names.is_empty(),
+    );
+    let (Some(address), Some(mac), Some(interface), Some(default_route), true) = allocated else {
+        return Err(refusal(
+            reason::NOT_ALLOCATED,
+            "the status has no address, MAC, interface, default-route choice or DNS names yet"
+                .to_owned(),
+        ));
+    };
+    Ok(BridgeAttachment {
+        network: network_name.to_owned(),
+        interface: interface.clone(),
+        address,
+        mac: mac.clone(),
+        default_route,
+    })
+}
+
+/// Container mode: the namespace of the Endpoint shared, once that one is on the node.
+fn build_shared_endpoints(shared: Vec<(&Endpoint, String)>, built: &mut Built) {
     let own_namespaces: HashMap<String, Netns> = built
         .state
         .endpoints
@@ -263,33 +327,41 @@ pub fn build(inputs: Inputs<'_>) -> Built {
         .collect();
     for (endpoint, other) in shared {
         let id = object_id(&endpoint.metadata);
-        match own_namespaces.get(&other) {
-            Some(netns) => built.state.endpoints.push(EndpointState {
-                uid: endpoint.metadata.uid.clone().unwrap_or_default(),
-                name: endpoint.metadata.name.clone().unwrap_or_default(),
-                aliases: Vec::new(),
-                netns: netns.clone(),
-                attachment: Attachment::Shared { endpoint: other },
-                id,
-            }),
-            None => refuse(
-                &mut built.refusals,
+        let Some(netns) = own_namespaces.get(&other) else {
+            built.refusals.insert(
                 endpoint_key(&id),
-                reason::ENDPOINT_NOT_FOUND,
-                format!(
-                    "endpoint {other} (whose namespace this one shares) is not attached on this node"
+                refusal(
+                    reason::ENDPOINT_NOT_FOUND,
+                    format!(
+                        "endpoint {other} (whose namespace this one shares) is not attached on \
+                         this node"
+                    ),
                 ),
-            ),
-        }
+            );
+            continue;
+        };
+        // A sharer has no DNS name of its own (its status lists none), as in Docker.
+        let mut dns_names = endpoint
+            .status
+            .iter()
+            .flat_map(|s| s.dns_names.iter().cloned());
+        built.state.endpoints.push(EndpointState {
+            uid: endpoint.metadata.uid.clone().unwrap_or_default(),
+            name: dns_names.next().unwrap_or_default(),
+            aliases: dns_names.collect(),
+            netns: netns.clone(),
+            attachment: Attachment::Shared { endpoint: other },
+            id,
+        });
     }
+}
 
-    built.state.networks = used_networks
-        .iter()
-        .filter_map(|name| network_state(networks.get(name)?))
-        .collect();
-
-    let addresses: HashMap<&str, Ipv4Addr> = built
-        .state
+/// Where each endpoint's published ports lead: `(endpoint id, address)` by the `id` named in a
+/// PortPublish. A container-mode endpoint's ports lead to the endpoint whose namespace it shares,
+/// at that one's address (Docker publishes a shared namespace's ports on its owner); the
+/// operator resolves it the same way.
+fn port_destinations(state: &NodeState) -> HashMap<&str, (&str, Ipv4Addr)> {
+    let addresses: HashMap<&str, Ipv4Addr> = state
         .endpoints
         .iter()
         .filter_map(|e| match &e.attachment {
@@ -297,60 +369,83 @@ pub fn build(inputs: Inputs<'_>) -> Built {
             _ => None,
         })
         .collect();
+    state
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let receiver = match &e.attachment {
+                Attachment::Shared { endpoint } => endpoint.as_str(),
+                _ => e.id.as_str(),
+            };
+            let address = addresses.get(receiver)?;
+            Some((e.id.as_str(), (receiver, *address)))
+        })
+        .collect()
+}
+
+/// The published ports of this node's PortPublishes whose endpoint is here.
+fn build_ports(inputs: &Inputs<'_>, built: &mut Built) {
     let mut ports: Vec<&PortPublish> = inputs
         .ports
         .iter()
         .map(|p| &**p)
         .filter(|p| {
             mine(
+                inputs,
                 p.metadata.deletion_timestamp.is_some(),
                 p.status.as_ref().and_then(|s| s.node.as_deref()),
             )
         })
         .collect();
     ports.sort_by_key(|p| object_id(&p.metadata));
+    let destinations = port_destinations(&built.state);
     let mut published = Vec::new();
     for publish in ports {
         let id = object_id(&publish.metadata);
-        let key = ports_key(&id);
-        let Some(status) = publish.status.as_ref() else {
-            continue;
-        };
-        if !conditions::is_true(&status.conditions, READY) {
-            refuse(
-                &mut built.refusals,
-                key,
-                reason::NOT_ALLOCATED,
-                "waiting for the operator to allocate the host ports".to_owned(),
-            );
-            continue;
-        }
-        let namespace = publish.metadata.namespace.as_deref().unwrap_or_default();
-        let endpoint = format!("{namespace}/{}", publish.spec.endpoint);
-        let Some(address) = addresses.get(endpoint.as_str()) else {
-            refuse(
-                &mut built.refusals,
-                key,
-                reason::ENDPOINT_NOT_ATTACHED,
-                format!(
-                    "endpoint {} has no interface on a bridge network of this node",
-                    publish.spec.endpoint
-                ),
-            );
-            continue;
-        };
-        match published_ports(&id, &endpoint, *address, status) {
-            Some(mut these) => published.append(&mut these),
-            None => refuse(
-                &mut built.refusals,
-                key,
-                reason::NOT_ALLOCATED,
-                "the status's ports are not valid host ports".to_owned(),
-            ),
+        match publish_ports(&id, publish, &destinations) {
+            Ok(mut these) => published.append(&mut these),
+            Err(why) => {
+                built.refusals.insert(ports_key(&id), why);
+            }
         }
     }
     built.state.ports = published;
-    built
+}
+
+/// One PortPublish's ports, or why it is not published here.
+fn publish_ports(
+    id: &str,
+    publish: &PortPublish,
+    destinations: &HashMap<&str, (&str, Ipv4Addr)>,
+) -> Result<Vec<PublishedPort>, Refusal> {
+    let status = publish
+        .status
+        .as_ref()
+        .filter(|s| conditions::is_true(&s.conditions, READY))
+        .ok_or_else(|| {
+            refusal(
+                reason::NOT_ALLOCATED,
+                "waiting for the operator to allocate the host ports".to_owned(),
+            )
+        })?;
+    let namespace = publish.metadata.namespace.as_deref().unwrap_or_default();
+    let endpoint = format!("{namespace}/{}", publish.spec.endpoint);
+    let Some((receiver, address)) = destinations.get(endpoint.as_str()) else {
+        return Err(refusal(
+            reason::ENDPOINT_NOT_ATTACHED,
+            format!(
+                "endpoint {} has no interface on a bridge network of this node, nor shares the \
+                 namespace of an endpoint that has",
+                publish.spec.endpoint
+            ),
+        ));
+    };
+    published_ports(id, receiver, *address, status).ok_or_else(|| {
+        refusal(
+            reason::NOT_ALLOCATED,
+            "the status's ports are not valid host ports".to_owned(),
+        )
+    })
 }
 
 /// Leaves out of `built` the published ports the node could not hold (`refused`, see
@@ -433,7 +528,8 @@ fn network_state(network: &Network) -> Option<NetworkState> {
         driver,
         subnet: addressing.map(|(subnet, _)| subnet),
         gateway: addressing.map(|(_, gateway)| gateway),
-        mtu: u32::try_from(network.spec.mtu).unwrap_or(1500),
+        mtu: u32::try_from(network.spec.mtu)
+            .unwrap_or(pier_crds::network::DEFAULT_MTU.unsigned_abs()),
         internal: network.spec.internal,
         dns: network.spec.dns,
     })
@@ -551,6 +647,37 @@ mod tests {
                 ipv4_address: Some(address.into()),
                 mac_address: Some("02:42:ac:12:00:02".into()),
                 interface: Some(iface.into()),
+                default_route: Some(true),
+                dns_names: vec![name.into()],
+                conditions: ready(),
+                ..EndpointStatus::default()
+            }),
+        })
+    }
+
+    fn with_status(
+        endpoint: Arc<Endpoint>,
+        change: impl FnOnce(&mut EndpointStatus),
+    ) -> Arc<Endpoint> {
+        let mut endpoint = (*endpoint).clone();
+        if let Some(status) = endpoint.status.as_mut() {
+            change(status);
+        }
+        Arc::new(endpoint)
+    }
+
+    fn sharer(name: &str, other: &str) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            metadata: meta(Some("default"), name, 5),
+            spec: EndpointSpec {
+                target: EndpointTarget {
+                    endpoint: Some(LocalObjectReference { name: other.into() }),
+                    ..EndpointTarget::default()
+                },
+                ..EndpointSpec::default()
+            },
+            status: Some(EndpointStatus {
+                node: Some(NODE.into()),
                 conditions: ready(),
                 ..EndpointStatus::default()
             }),
@@ -632,8 +759,12 @@ mod tests {
             bridge("tage", "172.18.0.0/16", "172.18.0.1"),
             bridge("other", "172.19.0.0/16", "172.19.0.1"),
         ];
+        // The operator's choice: con3's first network carries its default route.
         let endpoints = [
-            endpoint("con3-tage", "con3", "tage", "172.18.0.4", "eth1", 10),
+            with_status(
+                endpoint("con3-tage", "con3", "tage", "172.18.0.4", "eth1", 10),
+                |s| s.default_route = Some(false),
+            ),
             endpoint("con3", "con3", "other", "172.19.0.2", "eth0", 1),
             endpoint("con1", "con1", "tage", "172.18.0.2", "eth0", 2),
         ];
@@ -797,23 +928,6 @@ mod tests {
     #[test]
     fn container_mode_shares_the_namespace_once_the_other_is_here() {
         let networks = [bridge("bridge", "172.17.0.0/16", "172.17.0.1")];
-        let sharer = |name: &str, other: &str| {
-            Arc::new(Endpoint {
-                metadata: meta(Some("default"), name, 5),
-                spec: EndpointSpec {
-                    target: EndpointTarget {
-                        endpoint: Some(LocalObjectReference { name: other.into() }),
-                        ..EndpointTarget::default()
-                    },
-                    ..EndpointSpec::default()
-                },
-                status: Some(EndpointStatus {
-                    node: Some(NODE.into()),
-                    conditions: ready(),
-                    ..EndpointStatus::default()
-                }),
-            })
-        };
         let endpoints = [
             endpoint("db", "db", "bridge", "172.17.0.2", "eth0", 1),
             sharer("sidecar", "db"),
@@ -832,5 +946,106 @@ mod tests {
             reason::ENDPOINT_NOT_FOUND
         );
         assert_eq!(built.state.validate(), Ok(()));
+    }
+
+    /// The default route is the operator's choice, whatever the ages; should two statuses claim
+    /// it for one namespace (one not updated yet), the older keeps it; without a choice in the
+    /// status the Endpoint waits for the operator.
+    #[test]
+    fn the_default_route_follows_the_status() {
+        let networks = [
+            bridge("tage", "172.18.0.0/16", "172.18.0.1"),
+            bridge("other", "172.19.0.0/16", "172.19.0.1"),
+        ];
+        let routes = |endpoints: &[Arc<Endpoint>]| -> Vec<(String, bool)> {
+            let built = run(&networks, endpoints, &[], &[]);
+            built
+                .state
+                .endpoints
+                .iter()
+                .filter_map(|e| match &e.attachment {
+                    Attachment::Bridge(b) => Some((e.id.clone(), b.default_route)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let older = endpoint("con3", "con3", "other", "172.19.0.2", "eth0", 1);
+        let younger = endpoint("con3-tage", "con3", "tage", "172.18.0.4", "eth1", 10);
+        let chosen = [
+            with_status(older.clone(), |s| s.default_route = Some(false)),
+            younger.clone(),
+        ];
+        assert_eq!(
+            routes(&chosen),
+            vec![
+                ("default/con3".to_owned(), false),
+                ("default/con3-tage".to_owned(), true)
+            ]
+        );
+        assert_eq!(
+            routes(&[older.clone(), younger.clone()]),
+            vec![
+                ("default/con3".to_owned(), true),
+                ("default/con3-tage".to_owned(), false)
+            ]
+        );
+        let undecided = [older, with_status(younger, |s| s.default_route = None)];
+        let built = run(&networks, &undecided, &[], &[]);
+        assert_eq!(built.state.endpoints.len(), 1);
+        assert_eq!(
+            built.refusals[&endpoint_key("default/con3-tage")].reason,
+            reason::NOT_ALLOCATED
+        );
+    }
+
+    /// DNS names are those of the status (the Endpoint's name first, then its aliases), not the
+    /// spec's; a bridge Endpoint whose status has none waits for the operator.
+    #[test]
+    fn dns_names_come_from_the_status() {
+        let networks = [bridge("tage", "172.18.0.0/16", "172.18.0.1")];
+        let mut spec_says = (*endpoint("con1", "con1", "tage", "172.18.0.2", "eth0", 1)).clone();
+        spec_says.spec.aliases = Some(vec!["from-spec".into()]);
+        let named = with_status(Arc::new(spec_says), |s| {
+            s.dns_names = vec!["con1".into(), "web".into(), "www".into()];
+        });
+        let built = run(&networks, std::slice::from_ref(&named), &[], &[]);
+        let state = &built.state.endpoints[0];
+        assert_eq!(state.name, "con1");
+        assert_eq!(state.aliases, vec!["web".to_owned(), "www".to_owned()]);
+        let nameless = with_status(named, |s| s.dns_names.clear());
+        let built = run(&networks, &[nameless], &[], &[]);
+        assert!(built.state.endpoints.is_empty());
+        assert_eq!(
+            built.refusals[&endpoint_key("default/con1")].reason,
+            reason::NOT_ALLOCATED
+        );
+    }
+
+    /// `--net container:web` with a PortPublish on the sharer: the ports lead to web's address
+    /// (the namespace's owner), as the operator allocated them; without the owner on the node
+    /// there is nothing to lead to.
+    #[test]
+    fn container_mode_ports_lead_to_the_owner_address() {
+        let networks = [bridge("bridge", "172.17.0.0/16", "172.17.0.1")];
+        let endpoints = [
+            endpoint("web", "web", "bridge", "172.17.0.2", "eth0", 1),
+            sharer("sidecar", "web"),
+        ];
+        let ports = [publish("side", "sidecar", 8080)];
+        let built = run(&networks, &endpoints, &ports, &[]);
+        assert!(built.refusals.is_empty(), "{:?}", built.refusals);
+        assert_eq!(built.state.ports.len(), 1);
+        let port = &built.state.ports[0];
+        assert_eq!(port.id, "default/side");
+        assert_eq!(port.endpoint, "default/web");
+        assert_eq!(port.endpoint_address, Ipv4Addr::new(172, 17, 0, 2));
+        assert_eq!((port.host_port, port.container_port), (8080, 80));
+
+        let built = run(&networks, &[sharer("sidecar", "web")], &ports, &[]);
+        assert!(built.state.ports.is_empty());
+        assert_eq!(
+            built.refusals[&ports_key("default/side")].reason,
+            reason::ENDPOINT_NOT_ATTACHED
+        );
     }
 }

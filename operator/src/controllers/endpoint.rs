@@ -13,7 +13,7 @@ use pier_crds::conditions::READY;
 use pier_crds::{Driver, Endpoint, EndpointStatus, Network};
 
 use super::{Error, apply_status};
-use crate::allocations::{AttachError, AttachRequest, owner_key, target_key};
+use crate::allocations::{AttachError, AttachRequest, creation_millis, owner_key, target_key};
 use crate::conditions::ready;
 use crate::context::Context;
 use crate::ipam::{AddressError, MacAddr};
@@ -41,6 +41,33 @@ pub fn network_of(ep: &Endpoint, default: &str) -> String {
         .network
         .clone()
         .unwrap_or_else(|| default.to_owned())
+}
+
+/// Whether a change of Endpoint `changed` may change what `ep` gets: `ep` shares `changed`'s
+/// namespace (container mode: it waits for its node), or both attach the same namespace (the
+/// oldest of those carries the default route, so one coming or going moves it).
+pub fn depends_on(ep: &Endpoint, changed: &Endpoint) -> bool {
+    let same_namespace = ep.namespace() == changed.namespace();
+    let (mine, theirs) = (&ep.spec.target, &changed.spec.target);
+    let shares = same_namespace
+        && mine
+            .endpoint
+            .as_ref()
+            .is_some_and(|t| t.name == changed.name_any());
+    let same_pod = same_namespace
+        && mine
+            .pod
+            .as_ref()
+            .zip(theirs.pod.as_ref())
+            .is_some_and(|(a, b)| a.name == b.name);
+    // Named namespaces are the node's, not a Kubernetes namespace's; the node may be left to
+    // the single node of the cluster, so the name alone is compared (a spare reconcile at most).
+    let same_netns = mine
+        .netns
+        .as_ref()
+        .zip(theirs.netns.as_ref())
+        .is_some_and(|(a, b)| a.name == b.name);
+    shares || same_pod || same_netns
 }
 
 /// Why an Endpoint is not (yet) allocated: reason, message, and whether it is only waiting (for
@@ -264,6 +291,7 @@ async fn allocate(
         interface: ep.spec.interface.clone(),
         address: if needs_address { requested } else { None },
         needs_address,
+        created: creation_millis(ep),
     };
     let attached = {
         let mut allocations = ctx.allocations();
@@ -275,9 +303,12 @@ async fn allocate(
             // Refused: it holds nothing (no stale address kept from an earlier spec).
             allocations.detach(&owner);
         }
-        result.map(|a| (a, allocations.network(&network_name)))
+        result.map(|a| {
+            let default_route = allocations.default_route(&owner);
+            (a, allocations.network(&network_name), default_route)
+        })
     };
-    let (attachment, network_alloc) = match attached {
+    let (attachment, network_alloc, default_route) = match attached {
         Ok(a) => a,
         Err(e) => return Ok(Err(refusal(&e))),
     };
@@ -296,6 +327,7 @@ async fn allocate(
         status.prefix_length = Some(i32::from(n.subnet.prefix_len()));
         status.gateway = Some(n.gateway.to_string());
     }
+    status.default_route = default_route;
     status.mac_address = Some(
         ep.spec
             .mac_address

@@ -164,16 +164,40 @@ async fn allocate(
             true,
         )));
     };
-    // Container mode: the ports lead into the shared namespace, on the shared endpoint's network.
-    let network_name = match (&ep_status.network, &ep.spec.target.endpoint) {
-        (Some(n), _) => Some(n.clone()),
-        (None, Some(shared)) => endpoints
-            .get_opt(&shared.name)
-            .await
-            .map_err(get(format!("endpoint {ns}/{}", shared.name)))?
-            .and_then(|e| e.status?.network),
-        (None, None) => None,
+    // Container mode (`docker run --net container:NAME`): the namespace belongs to the Endpoint
+    // shared, so the ports lead to that Endpoint's address, as Docker publishes the ports of a
+    // shared namespace on the container that owns it. The node resolves it the same way.
+    let receiver = match ep.spec.target.endpoint.clone() {
+        None => ep,
+        Some(shared) => {
+            let owner = endpoints
+                .get_opt(&shared.name)
+                .await
+                .map_err(get(format!("endpoint {ns}/{}", shared.name)))?;
+            match owner {
+                Some(owner)
+                    if owner.status.as_ref().is_some_and(|s| {
+                        s.node.as_deref() == Some(node.as_str())
+                            && conditions::is_true(&s.conditions, READY)
+                    }) =>
+                {
+                    owner
+                }
+                _ => {
+                    return Ok(Err((
+                        reason::ENDPOINT_NOT_READY,
+                        format!(
+                            "endpoint {name} shares the namespace of endpoint {}, which is not \
+                             allocated yet: the ports lead to its address",
+                            shared.name
+                        ),
+                        true,
+                    )));
+                }
+            }
+        }
     };
+    let network_name = receiver.status.as_ref().and_then(|s| s.network.clone());
     if let Some(network_name) = network_name {
         let networks: Api<Network> = Api::all(ctx.client.clone());
         let network = networks
@@ -184,7 +208,8 @@ async fn allocate(
             return Ok(Err((
                 reason::INTERNAL_NETWORK,
                 format!(
-                    "endpoint {name} is on internal network {network_name}, which publishes no ports"
+                    "endpoint {} is on internal network {network_name}, which publishes no ports",
+                    receiver.name_any()
                 ),
                 false,
             )));

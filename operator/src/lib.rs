@@ -16,6 +16,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ports;
 pub mod run;
+pub mod stores;
 
 pub use config::{Config, OperatorArgs};
 pub use run::{RunError, run, run_with_client};

@@ -1,6 +1,7 @@
 //! Pier's cluster operator.
 //!
-//! Allocation happens here, once, and is recorded in status (DESIGN.md §2). The allocators are pure
+//! Allocation happens here, once, and is recorded in status, which the node agents read. The
+//! allocators are pure
 //! logic with no kube imports so they can be tested and benchmarked directly; [`allocations`]
 //! composes them, [`controllers`] drive them from the API, [`run`] elects a leader and runs them.
 

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# The `pier` image: one binary for both roles (`pier operator`, `pier node`; DESIGN.md §3).
+# The `pier` image: one binary for both roles (`pier operator`, `pier node`; the parts are described
+# in docs/architecture.md).
 #
 #   docker build -t pier:dev .
 #   kind load docker-image pier:dev --name pier     # then: helm install ... --set image.repository=pier,image.tag=dev

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Local mode (issue 7): `pier up` as a user runs it, driven over its HTTPS API, measured from the
+# Local mode: `pier up` as a user runs it, driven over its HTTPS API, measured from the
 # node's network namespace with ping. Called by benches/run.sh (suite `local`); runs alone too:
 #   sudo PIER_BENCH_RUNS=10 PIER_BENCH_SCALE=100 PIER_BENCH_JSON=/tmp/local.json benches/local.sh
 # Env: PIER_BENCH_RUNS (apply->ping repetitions, default 10), PIER_BENCH_SCALE (comma list of

@@ -2,14 +2,15 @@
 # One command for all Pier benchmarks: runs every suite on this machine, collects their JSON
 # (PIER_BENCH_JSON) and criterion's estimates, and regenerates BENCHMARKS.md (every target met /
 # not met, plots in benches/report/).
-#   benches/run.sh [--quick|--full] [--load "what else ran on the machine"]
+#   benches/run.sh [--quick|--full] [--load "what else ran on the machine"] [--help]
 # --quick (default): fewer repetitions and smaller N, under ~2 minutes once built.
-# --full: the sizes and repetitions the issues ask for (10/100/1000 endpoints and ports, 500
+# --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
 # Endpoints at once through `pier up`).
 # PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local" picks suites (default all).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
 # Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3, fping,
 # kubectl (Debian: apt-get install netavark aardvark-dns dnsperf iperf3 fping).
+# The report is written by the driver crate in benches/driver (package pier-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=quick
@@ -19,7 +20,8 @@ while [ $# -gt 0 ]; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --load) load="$2"; shift ;;
-    *) echo "usage: benches/run.sh [--quick|--full] [--load TEXT]" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) echo "usage: benches/run.sh [--quick|--full] [--load TEXT] [--help]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -61,6 +63,8 @@ ran() { # suite: records which run wrote its JSON
 }
 
 echo "== building what the suites need (release)"
+# The report driver first: a run that cannot write its report should fail before the suites.
+cargo build -q -p pier-bench
 if run ipam || run operator; then
   cargo bench -p pier-operator --bench ipam --bench controllers --no-run
 fi

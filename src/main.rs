@@ -1,4 +1,4 @@
-//! `pier`: one binary, one subcommand per role (DESIGN.md §3).
+//! `pier`: one binary, one subcommand per role (operator, node, up, dataplane, ...).
 
 mod manifests;
 mod up;

@@ -1,8 +1,8 @@
-//! Host ports as Docker keeps them, through `pier up` and the real `kubectl` (DESIGN.md §5, tier 4):
-//! a port a process of the node listens on is refused (`PortInUseOnNode`) and the process keeps
-//! answering, the PortPublish's other ports are live, the port is published once the process is
-//! gone; a published port cannot be bound by a process of the node; an unpublished one is free
-//! again. Needs root, kubectl, iproute2, busybox-static, socat and nft.
+//! Host ports as Docker keeps them, through `pier up` and the real `kubectl` (system tier, see
+//! docs/architecture.md): a port a process of the node listens on is refused (`PortInUseOnNode`)
+//! and the process keeps answering, the PortPublish's other ports are live, the port is published
+//! once the process is gone; a published port cannot be bound by a process of the node; an
+//! unpublished one is free again. Needs root, kubectl, iproute2, busybox-static, socat and nft.
 
 mod system;
 

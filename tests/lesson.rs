@@ -1,5 +1,5 @@
-//! The lesson through `pier up` and the real `kubectl`, with real traffic (DESIGN.md §5, tier 4).
-//! Needs root, kubectl, iproute2, ping, busybox-static, socat and nft.
+//! The lesson through `pier up` and the real `kubectl`, with real traffic (system tier, see
+//! docs/architecture.md). Needs root, kubectl, iproute2, ping, busybox-static, socat and nft.
 
 mod system;
 

@@ -1,5 +1,6 @@
 //! `pier node`, the per-node agent as the chart's DaemonSet runs it, as a second node beside
-//! `pier up` (DESIGN.md §5, tier 4). Needs root, kubectl, iproute2, ping, socat, nsenter and nft.
+//! `pier up` (system tier, see docs/architecture.md). Needs root, kubectl, iproute2, ping, socat,
+//! nsenter and nft.
 //!
 //! `pier up` is node `node-a` (its kernel work in the fixture's node namespace). Node B is a
 //! namespace of its own with the real `pier node` binary in it, configured by the environment

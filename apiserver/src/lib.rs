@@ -1,6 +1,6 @@
 //! Pier's embedded Kubernetes-compatible API server.
 //!
-//! The store of local mode (`pier up`) and of the controller tests (DESIGN.md §2): the part of the
+//! The store of local mode (`pier up`) and of the controller tests: the part of the
 //! Kubernetes API that Pier's users (`kubectl`) and controllers (kube-rs) speak.
 //!
 //! ```no_run

@@ -88,34 +88,54 @@ fn host_address() -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// Deletes expired Events every tenth of `ttl` (at most every minute), until the server is gone.
-async fn expire_events(api: std::sync::Weak<Api>, ttl: Duration) {
-    let every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+/// How often the maintenance task runs: a tenth of the event TTL (at most every minute) and a
+/// tenth of the history's max age (at most every 30 s), whichever is sooner, and at most every
+/// 100 ms. Each step then runs at least as often as its own period asks.
+fn maintenance_period(event_ttl: Duration, history_max_age: Duration) -> Duration {
+    let events = (event_ttl / 10).min(Duration::from_secs(60));
+    let history = (history_max_age / 10).min(Duration::from_secs(30));
+    events.min(history).max(Duration::from_millis(100))
+}
+
+/// The server's periodic upkeep, one interval for every step, until the server is gone: expired
+/// Events deleted, old watch history dropped (so an idle server frees it too; writes prune it as
+/// well).
+async fn maintain(api: std::sync::Weak<Api>, opts: MaintenanceOptions) {
+    let period = maintenance_period(opts.event_ttl, opts.history_max_age);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A slow step (many Events to delete) postpones the next run rather than bunching them.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(every).await;
+        ticks.tick().await;
         let Some(api) = api.upgrade() else {
             return;
         };
-        let deleted = api.expire_events(ttl).await;
-        if deleted > 0 {
-            tracing::debug!(deleted, ?ttl, "expired events deleted");
-        }
+        expire_events(&api, opts.event_ttl).await;
+        prune_history(&api, opts.history_max_age);
     }
 }
 
-/// Drops watch history older than `max_age` every tenth of it (at most every 30 s), so an idle
-/// server frees it too (writes prune it as well), until the server is gone.
-async fn prune_history(api: std::sync::Weak<Api>, max_age: Duration) {
-    let every = (max_age / 10).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(api) = api.upgrade() else {
-            return;
-        };
-        let dropped = api.prune_history();
-        if dropped > 0 {
-            tracing::trace!(dropped, ?max_age, "old watch history dropped");
-        }
+/// What the maintenance task needs of [`Options`].
+#[derive(Debug, Clone, Copy)]
+struct MaintenanceOptions {
+    event_ttl: Duration,
+    history_max_age: Duration,
+}
+
+/// Deletes the Events last seen more than `ttl` ago (each failed deletion is logged by
+/// [`Api::expire_events`] and retried on the next run).
+async fn expire_events(api: &Api, ttl: Duration) {
+    let deleted = api.expire_events(ttl).await;
+    if deleted > 0 {
+        tracing::debug!(deleted, ?ttl, "expired events deleted");
+    }
+}
+
+/// Drops watch history older than `max_age`.
+fn prune_history(api: &Api, max_age: Duration) {
+    let dropped = api.prune_history();
+    if dropped > 0 {
+        tracing::trace!(dropped, ?max_age, "old watch history dropped");
     }
 }
 
@@ -189,8 +209,11 @@ impl ApiServer {
         api.bootstrap(Some(local_node(&node)))
             .await
             .map_err(|e| Error::Crd(format!("bootstrap: {e}")))?;
-        tokio::spawn(expire_events(Arc::downgrade(&api), opts.event_ttl));
-        tokio::spawn(prune_history(Arc::downgrade(&api), opts.history_max_age));
+        let maintenance = MaintenanceOptions {
+            event_ttl: opts.event_ttl,
+            history_max_age: opts.history_max_age,
+        };
+        tokio::spawn(maintain(Arc::downgrade(&api), maintenance));
         Ok(ApiServer {
             api,
             dir,
@@ -294,5 +317,24 @@ impl ApiServer {
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>, server_url: &str) -> Result<(), Error> {
         let yaml = crate::kubeconfig::render(server_url, &self.tls.ca_pem, self.tls.token.as_str());
         crate::private::write_file(path.as_ref(), &yaml)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maintenance_runs_as_often_as_its_most_frequent_step() {
+        let secs = Duration::from_secs;
+        // The defaults: history every 30 s (its cap) beats events every 60 s.
+        assert_eq!(maintenance_period(secs(3600), secs(300)), secs(30));
+        // A short event TTL sets the pace.
+        assert_eq!(maintenance_period(secs(50), secs(300)), secs(5));
+        // Never busier than every 100 ms.
+        assert_eq!(
+            maintenance_period(Duration::from_millis(10), Duration::ZERO),
+            Duration::from_millis(100)
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Embedded DNS benchmark (issue 4): Pier's DNS and aardvark-dns (Podman's, Debian package
+//! Embedded DNS benchmark: Pier's DNS and aardvark-dns (Podman's, Debian package
 //! `aardvark-dns`) serve the same 200 names on the same bridge gateway of a private "host"
 //! namespace, in one run; dnsperf (Debian package `dnsperf`) asks from a "container" namespace on
 //! that bridge. Reports max QPS, latency p50/p99 at a fixed 10,000 QPS, and Pier's record update

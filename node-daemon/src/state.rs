@@ -1,4 +1,4 @@
-//! `NodeState`: everything one node must have, as plain data (DESIGN.md §4).
+//! `NodeState`: everything one node must have, as plain data (no kube or netlink types).
 //!
 //! The node daemon builds it from API objects; `pier dataplane plan|apply -f state.json` reads it from
 //! a file, so the dataplane can be driven, debugged and benchmarked without an API server. Every

@@ -1,4 +1,4 @@
-//! Kernel tests of the embedded DNS (issue 4): the lesson's name resolution with real `dig` and
+//! Kernel tests of the embedded DNS: the lesson's name resolution with real `dig` and
 //! `ping` inside namespaces, against the real dataplane. Each test has its own host namespace
 //! (common::Lab), its own containers and, where it forwards, its own upstream resolver in another
 //! namespace. Needs root, iproute2, iputils-ping, dnsutils (dig), socat.

@@ -1,4 +1,4 @@
-//! IPAM and host-port allocation benchmarks (issue 2): `cargo bench -p pier-operator --bench ipam`.
+//! IPAM and host-port allocation benchmarks: `cargo bench -p pier-operator --bench ipam`.
 //!
 //! Owner names are made before timing starts, so the figures are the allocators' own cost
 //! (including storing the owner), not `format!`'s.

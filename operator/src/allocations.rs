@@ -5,7 +5,7 @@
 //! A facade over the pure allocators in [`crate::ipam`] and [`crate::ports`], with no kube client:
 //! the controllers hold it behind one mutex (so two reconciles can never hand out the same
 //! address), and [`Allocations::from_objects`] rebuilds it from the statuses a restarted operator
-//! reads back before it reconciles anything (DESIGN.md §2: allocation is recorded only in status).
+//! reads back before it reconciles anything (allocation is recorded only in status).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};

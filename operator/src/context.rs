@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 use crate::allocations::Allocations;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::stores::Stores;
 
 /// The field manager of every write (DESIGN.md §4).
 pub const FIELD_MANAGER: &str = "pier-operator";
@@ -28,6 +29,8 @@ pub struct Context {
     recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The controllers' reflector stores, read instead of the API.
+    pub stores: Stores,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -49,6 +52,7 @@ impl Context {
         config: Config,
         allocations: Allocations,
         metrics: Arc<Metrics>,
+        stores: Stores,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -60,6 +64,7 @@ impl Context {
             config,
             allocations: Mutex::new(allocations),
             metrics,
+            stores,
             failures: Mutex::new(HashMap::new()),
         }
     }

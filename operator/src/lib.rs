@@ -1,6 +1,7 @@
 //! Pier's cluster operator.
 //!
-//! Allocation happens here, once, and is recorded in status (DESIGN.md §2). The allocators are pure
+//! Allocation happens here, once, and is recorded in status, which the node agents read. The
+//! allocators are pure
 //! logic with no kube imports so they can be tested and benchmarked directly; [`allocations`]
 //! composes them, [`controllers`] drive them from the API, [`run`] elects a leader and runs them.
 
@@ -16,6 +17,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ports;
 pub mod run;
+pub mod stores;
 
 pub use config::{Config, OperatorArgs};
 pub use run::{RunError, run, run_with_client};

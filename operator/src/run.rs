@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError, OperatorArgs};
 use crate::context::Context;
 use crate::controllers::{self, endpoint, network, portpublish};
 use crate::metrics::Metrics;
+use crate::stores::Stores;
 use crate::{defaults, leader};
 
 /// Why the operator stopped.
@@ -195,10 +196,17 @@ async fn run_controllers(
             }
         }
     };
-    let ctx = Arc::new(Context::new(client.clone(), config, allocations, metrics));
+    let controllers = Controllers::new(&client, &config.alloc.default_network);
+    let ctx = Arc::new(Context::new(
+        client,
+        config,
+        allocations,
+        metrics,
+        controllers.stores(),
+    ));
     ctx.observe();
     health.ready.store(true, Ordering::Relaxed);
-    controllers(client, ctx).await;
+    controllers.run(ctx).await;
 }
 
 async fn start(client: &Client, config: &Config) -> Result<Allocations, controllers::Error> {
@@ -216,83 +224,84 @@ async fn start(client: &Client, config: &Config) -> Result<Allocations, controll
     rebuild(client, config).await
 }
 
-/// Runs the three controllers (until the task is aborted).
-pub async fn controllers(client: Client, ctx: Arc<Context>) {
-    let wc = watcher::Config::default;
-    let networks: Api<Network> = Api::all(client.clone());
-    let endpoints: Api<Endpoint> = Api::all(client.clone());
-    let publishes: Api<PortPublish> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
-    let default_network = ctx.config.alloc.default_network.clone();
+/// The three controllers, built before the context that holds their stores.
+struct Controllers {
+    network: Controller<Network>,
+    endpoint: Controller<Endpoint>,
+    publish: Controller<PortPublish>,
+}
 
-    // Network: its endpoint count follows its Endpoints.
-    let default = default_network.clone();
-    let network_controller = Controller::new(networks.clone(), wc())
-        .watches(endpoints.clone(), wc(), move |ep| {
-            Some(ObjectRef::<Network>::new(&endpoint::network_of(
-                &ep, &default,
-            )))
-        })
-        .run(network::reconcile, network::error_policy, Arc::clone(&ctx))
-        .for_each(|_| futures::future::ready(()));
+impl Controllers {
+    /// The controllers and the watches that bring objects back to them.
+    fn new(client: &Client, default_network: &str) -> Self {
+        let wc = watcher::Config::default;
+        let networks: Api<Network> = Api::all(client.clone());
+        let endpoints: Api<Endpoint> = Api::all(client.clone());
+        let publishes: Api<PortPublish> = Api::all(client.clone());
+        let pods: Api<Pod> = Api::all(client.clone());
 
-    // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares; follows
-    // the other Endpoints of its namespace (the oldest carries the default route).
-    let endpoint_controller = Controller::new(endpoints.clone(), wc());
-    let store = endpoint_controller.store();
-    let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store.clone());
-    let sharers = store;
-    let default = default_network;
-    let endpoint_controller = endpoint_controller
-        .watches(networks, wc(), move |net| {
-            let name = net.name_any();
-            by_network
-                .state()
-                .into_iter()
-                .filter(|e| endpoint::network_of(e, &default) == name)
-                // Only those still waiting for it: an allocated Endpoint does not depend on
-                // anything of its Network that can change (subnet and driver are immutable), and
-                // requeueing all of them on every endpoint-count update would make filling a
-                // network quadratic.
-                .filter(|e| {
-                    !e.status.as_ref().is_some_and(|s| {
-                        pier_crds::conditions::is_true(&s.conditions, pier_crds::conditions::READY)
+        // Network: its endpoint count follows its Endpoints.
+        let default = default_network.to_owned();
+        let network =
+            Controller::new(networks.clone(), wc()).watches(endpoints.clone(), wc(), move |ep| {
+                Some(ObjectRef::<Network>::new(&endpoint::network_of(
+                    &ep, &default,
+                )))
+            });
+
+        // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares;
+        // follows the other Endpoints of its namespace (the oldest carries the default route).
+        let endpoint = Controller::new(endpoints.clone(), wc());
+        let store = endpoint.store();
+        let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store.clone());
+        let sharers = store;
+        let default = default_network.to_owned();
+        let endpoint = endpoint
+            .watches(networks, wc(), move |net| {
+                let name = net.name_any();
+                by_network
+                    .state()
+                    .into_iter()
+                    .filter(|e| endpoint::network_of(e, &default) == name)
+                    // Only those still waiting for it: an allocated Endpoint does not depend on
+                    // anything of its Network that can change (subnet and driver are immutable),
+                    // and requeueing all of them on every endpoint-count update would make
+                    // filling a network quadratic.
+                    .filter(|e| {
+                        !e.status.as_ref().is_some_and(|s| {
+                            pier_crds::conditions::is_true(
+                                &s.conditions,
+                                pier_crds::conditions::READY,
+                            )
+                        })
                     })
-                })
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
-        })
-        .watches(pods, wc(), move |pod| {
-            let (name, ns) = (pod.name_any(), pod.namespace());
-            by_pod
-                .state()
-                .into_iter()
-                .filter(|e| e.namespace() == ns)
-                .filter(|e| e.spec.target.pod.as_ref().is_some_and(|p| p.name == name))
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
-        })
-        .watches(endpoints.clone(), wc(), move |changed| {
-            by_shared
-                .state()
-                .into_iter()
-                .filter(|e| endpoint::depends_on(e, &changed))
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
-        })
-        .run(
-            endpoint::reconcile,
-            endpoint::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(|_| futures::future::ready(()));
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            })
+            .watches(pods, wc(), move |pod| {
+                let (name, ns) = (pod.name_any(), pod.namespace());
+                by_pod
+                    .state()
+                    .into_iter()
+                    .filter(|e| e.namespace() == ns)
+                    .filter(|e| e.spec.target.pod.as_ref().is_some_and(|p| p.name == name))
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            })
+            .watches(endpoints.clone(), wc(), move |changed| {
+                by_shared
+                    .state()
+                    .into_iter()
+                    .filter(|e| endpoint::depends_on(e, &changed))
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            });
 
-    // PortPublish: follows its Endpoint (node, address, readiness), and for a container-mode
-    // Endpoint the one whose namespace it shares (the ports lead to that one's address).
-    let publish_controller = Controller::new(publishes, wc());
-    let store = publish_controller.store();
-    let publish_controller = publish_controller
-        .watches(endpoints, wc(), move |ep| {
+        // PortPublish: follows its Endpoint (node, address, readiness), and for a container-mode
+        // Endpoint the one whose namespace it shares (the ports lead to that one's address).
+        let publish = Controller::new(publishes, wc());
+        let store = publish.store();
+        let publish = publish.watches(endpoints, wc(), move |ep| {
             let (name, ns) = (ep.name_any(), ep.namespace());
             let mut leading_to_it: Vec<String> = sharers
                 .state()
@@ -314,9 +323,37 @@ pub async fn controllers(client: Client, ctx: Arc<Context>) {
                 .filter(|p| p.namespace() == ns && leading_to_it.contains(&p.spec.endpoint))
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
-        })
-        .run(portpublish::reconcile, portpublish::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()));
+        });
+        Controllers {
+            network,
+            endpoint,
+            publish,
+        }
+    }
 
-    futures::join!(network_controller, endpoint_controller, publish_controller);
+    /// The stores the reconcilers read.
+    fn stores(&self) -> Stores {
+        Stores::new(self.network.store(), self.endpoint.store())
+    }
+
+    /// Runs the three controllers (until the task is aborted).
+    async fn run(self, ctx: Arc<Context>) {
+        let network = self
+            .network
+            .run(network::reconcile, network::error_policy, Arc::clone(&ctx))
+            .for_each(|_| futures::future::ready(()));
+        let endpoint = self
+            .endpoint
+            .run(
+                endpoint::reconcile,
+                endpoint::error_policy,
+                Arc::clone(&ctx),
+            )
+            .for_each(|_| futures::future::ready(()));
+        let publish = self
+            .publish
+            .run(portpublish::reconcile, portpublish::error_policy, ctx)
+            .for_each(|_| futures::future::ready(()));
+        futures::join!(network, endpoint, publish);
+    }
 }

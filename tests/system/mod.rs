@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Fails loudly when the test cannot run (DESIGN.md §5: never pass silently).
+/// Fails loudly when the test cannot run: a test never passes silently.
 pub fn require_root_and_tools() {
     assert!(
         nix::unistd::Uid::effective().is_root(),

@@ -1,4 +1,4 @@
-//! Pier's embedded DNS (issue 4): network-scoped names, like Docker's embedded DNS.
+//! Pier's embedded DNS: network-scoped names, like Docker's embedded DNS.
 //!
 //! ```text
 //! watch<NodeState> ──► views (pure: asker address → visible records) ──► handler (hickory-server)

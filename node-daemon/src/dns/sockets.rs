@@ -1,6 +1,7 @@
 //! Sockets inside the node's namespace, made by one long-lived thread that lives there.
 //!
-//! The DNS server runs on tokio workers, which must never `setns` (DESIGN.md §4). A socket belongs
+//! The DNS server runs on tokio workers, which must never `setns` (a worker would carry the
+//! namespace into every task it runs later). A socket belongs
 //! to the namespace it was created in, for its whole life, so one dedicated OS thread entered into
 //! the node's namespace (through `netns::run_in`) creates every socket the server needs: listeners
 //! on the gateways and fresh sockets for each forwarded query. The tokio side then uses them from

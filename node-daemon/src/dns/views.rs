@@ -1,6 +1,6 @@
 //! DNS views: pure logic from a `NodeState` to "this asking address sees these records".
 //!
-//! Docker semantics (DESIGN.md §4): a name resolves for an asker iff they share a network. The
+//! Docker semantics: a name resolves for an asker iff they share a network. The
 //! asker is identified by its source address → its endpoint → the namespace that endpoint lives
 //! in → every DNS-enabled network attached to that namespace (after `network connect` it sees
 //! both). Everything is precomputed here when the state changes, so a query is one or two hash

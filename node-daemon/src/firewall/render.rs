@@ -4,7 +4,7 @@
 //! Design: the rules are a constant. Everything that depends on the state (bridges, subnets,
 //! published ports) lives in named sets and maps, so a change of state is a change of set
 //! elements: adding one port to a node with 1000 published ports is one map element, and the
-//! per-packet cost is one hash lookup whatever the number of ports or networks (DESIGN.md §4).
+//! per-packet cost is one hash lookup whatever the number of ports or networks.
 //!
 //! Published ports use two maps, because a single map keyed by (daddr . l4proto . dport) cannot
 //! express "any local address" for `hostIP: 0.0.0.0` without one element per local address (and

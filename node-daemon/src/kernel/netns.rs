@@ -3,7 +3,7 @@
 //! `setns` changes the namespace of the calling thread only. A tokio worker or the caller's thread
 //! moved into a foreign namespace would silently send later work to the wrong place, so everything
 //! here runs on a fresh OS thread that enters the namespace, does its work and then exits: the
-//! thread dies with the namespace it was in (DESIGN.md §4). Netlink sockets opened on that thread stay
+//! thread dies with the namespace it was in. Netlink sockets opened on that thread stay
 //! bound to the namespace after the thread ends, so callers can open sockets inside and use them
 //! from anywhere.
 

@@ -28,7 +28,7 @@ fn unique() -> usize {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 
-/// Fails the test loudly when it cannot do what it must (DESIGN.md §5: never pass silently).
+/// Fails the test loudly when it cannot do what it must: a test never passes silently.
 pub fn require_root() {
     require_root_with(&[]);
 }

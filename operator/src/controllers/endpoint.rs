@@ -10,11 +10,11 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
-use pier_crds::{Driver, Endpoint, EndpointStatus, Network};
+use pier_crds::{Driver, Endpoint, EndpointStatus};
 
+use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
 use crate::allocations::{AttachError, AttachRequest, creation_millis, owner_key, target_key};
-use crate::conditions::ready;
 use crate::context::Context;
 use crate::ipam::{AddressError, MacAddr};
 use pier_crds::conditions::differs as conditions_differ;
@@ -70,31 +70,6 @@ pub fn depends_on(ep: &Endpoint, changed: &Endpoint) -> bool {
     shares || same_pod || same_netns
 }
 
-/// Why an Endpoint is not (yet) allocated: reason, message, and whether it is only waiting (for
-/// a node, pod or network that will come: no Warning event then, just a condition).
-struct Refusal {
-    reason: &'static str,
-    message: String,
-    waiting: bool,
-}
-
-impl Refusal {
-    fn wait(reason: &'static str, message: String) -> Self {
-        Refusal {
-            reason,
-            message,
-            waiting: true,
-        }
-    }
-    fn refuse(reason: &'static str, message: String) -> Self {
-        Refusal {
-            reason,
-            message,
-            waiting: false,
-        }
-    }
-}
-
 fn owned(status: Option<&EndpointStatus>) -> Option<EndpointStatus> {
     status.map(|s| EndpointStatus {
         conditions: s
@@ -115,34 +90,13 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
         ..EndpointStatus::default()
     };
     let outcome = allocate(ep, ctx, &mut status).await?;
-    let (condition, refusal) = match outcome {
-        Ok(message) => (
-            ready(
-                &current.conditions,
-                true,
-                reason::ALLOCATED,
-                message,
-                generation,
-            ),
-            None,
-        ),
-        Err(r) => (
-            ready(
-                &current.conditions,
-                false,
-                r.reason,
-                r.message.clone(),
-                generation,
-            ),
-            Some(r),
-        ),
-    };
+    let condition = refusal::condition(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
     status.conditions = vec![condition];
     apply_status(api, ep, owned(ep.status.as_ref()).as_ref(), &status).await?;
     let name = super::key(ep);
-    match refusal {
-        None => {
+    match outcome {
+        Ok(_) => {
             if status.ipv4_address.is_some() && current.ipv4_address != status.ipv4_address {
                 let note = format!(
                     "address {} ({}) on network {}, interface {} on node {}",
@@ -168,12 +122,9 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
             }
             Ok(Action::await_change())
         }
-        Some(r) => {
+        Err(r) => {
             if changed {
-                ctx.metrics.error(NAME, r.reason);
-                tracing::info!(endpoint = %name, reason = r.reason, message = %r.message, "endpoint not allocated");
-                ctx.event(ep, !r.waiting, r.reason, "Allocate", r.message)
-                    .await;
+                r.report(ctx, ep, NAME, "Allocate").await;
             }
             // Watches bring Networks, Pods and shared Endpoints; nodes are not watched, so a
             // waiting endpoint also looks again later.
@@ -187,13 +138,16 @@ async fn allocate(
     ep: &Endpoint,
     ctx: &Context,
     status: &mut EndpointStatus,
-) -> Result<Result<String, Refusal>, Error> {
+) -> Result<Outcome, Error> {
     let ns = ep.namespace().unwrap_or_default();
     let owner = owner_key(&ns, &ep.name_any());
     let target = &ep.spec.target;
 
     // Container mode: the shared endpoint's node; no interface or address of its own.
     if let Some(shared) = &target.endpoint {
+        // Read from the API, not the store: the shared Endpoint's node decides where this one is
+        // attached, and this reconcile usually runs because that node changed, seen by a watch
+        // other than the one filling the store (which may still hold the previous version).
         let api: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
         let other = api
             .get_opt(&shared.name)
@@ -236,15 +190,9 @@ async fn allocate(
     let network_name = network_of(ep, &ctx.config.alloc.default_network);
     status.network = Some(network_name.clone());
 
-    let networks: Api<Network> = Api::all(ctx.client.clone());
-    let network = networks
-        .get_opt(&network_name)
-        .await
-        .map_err(|source| Error::Get {
-            what: format!("network {network_name}"),
-            source,
-        })?;
-    let network = match network {
+    // What this reconcile uses of the Network either cannot change (the driver) or is checked
+    // again under the allocations' lock (the subnet), so the store's copy is as good as a fresh one.
+    let network = match super::network(ctx, &network_name).await? {
         Some(n) if n.metadata.deletion_timestamp.is_none() => n,
         Some(_) => {
             return Ok(Err(Refusal::wait(
@@ -263,7 +211,7 @@ async fn allocate(
     let Some(target_key) = target_key(&ns, ep, &node) else {
         return Ok(Err(Refusal::refuse(
             reason::INVALID_ADDRESS,
-            "target names no namespace".into(),
+            "target names no namespace",
         )));
     };
 
@@ -337,7 +285,8 @@ async fn allocate(
     Ok(Ok(format!("address {address} on network {network_name}")))
 }
 
-/// The node the Endpoint's namespace is on, or why it is not known yet.
+/// The node the Endpoint's namespace is on, or why it is not known yet. Nodes and Pods are read
+/// from the API: the operator keeps no store of them.
 async fn resolve_node(
     ep: &Endpoint,
     ctx: &Context,
@@ -389,7 +338,7 @@ async fn resolve_node(
     }
     Ok(Err(Refusal::refuse(
         reason::INVALID_ADDRESS,
-        "target must set netns, pod or endpoint".into(),
+        "target must set netns, pod or endpoint",
     )))
 }
 

@@ -4,6 +4,7 @@
 pub mod endpoint;
 pub mod network;
 pub mod portpublish;
+pub mod refusal;
 
 use std::sync::Arc;
 
@@ -74,6 +75,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading a controller's reflector store, whose writer is gone (the controllers are
+    /// stopping).
+    #[error("reading the store of {what}")]
+    Store {
+        /// Which objects.
+        what: &'static str,
+        /// The store's error.
+        #[source]
+        source: kube::runtime::reflector::store::WriterDropped,
+    },
     /// Adding or removing the finalizer, or the reconcile inside it.
     #[error("finalizer {}", crate::context::FINALIZER)]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -89,6 +100,7 @@ impl Error {
             Error::Encode { .. } => "EncodeFailed",
             Error::InUse { .. } => "InUse",
             Error::RemoveNodeFinalizer { .. } => "RemoveNodeFinalizerFailed",
+            Error::Store { .. } => "StoreClosed",
             Error::Finalizer(inner) => match &**inner {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_reason(),
@@ -204,6 +216,59 @@ where
     Ok(())
 }
 
+/// The Network `name`, from the store; a miss is confirmed by the API. The reconcile may run
+/// because the Network was just created, seen by a watch other than the one filling the store, and
+/// a wrong "not found" would hold an Endpoint for a requeue period or skip a PortPublish's check.
+pub async fn network(ctx: &Context, name: &str) -> Result<Option<Arc<Network>>, Error> {
+    let stored = ctx
+        .stores
+        .network(name)
+        .await
+        .map_err(|source| Error::Store {
+            what: "networks",
+            source,
+        })?;
+    if stored.is_some() {
+        return Ok(stored);
+    }
+    let fresh = Api::<Network>::all(ctx.client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Get {
+            what: format!("network {name}"),
+            source,
+        })?;
+    Ok(fresh.map(Arc::new))
+}
+
+/// The Endpoint `namespace/name`, from the store; a miss is confirmed by the API, as for
+/// [`network`]. Only for what cannot change (the spec): its status may be newer in the API.
+pub async fn endpoint_spec(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<Endpoint>>, Error> {
+    let stored = ctx
+        .stores
+        .endpoint(namespace, name)
+        .await
+        .map_err(|source| Error::Store {
+            what: "endpoints",
+            source,
+        })?;
+    if stored.is_some() {
+        return Ok(stored);
+    }
+    let fresh = Api::<Endpoint>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Get {
+            what: format!("endpoint {namespace}/{name}"),
+            source,
+        })?;
+    Ok(fresh.map(Arc::new))
+}
+
 /// The node whose agent holds an object's kernel objects (and its finalizer), if any.
 pub trait OnNode {
     /// `status.node`.
@@ -247,6 +312,8 @@ where
     }
     let what = key(obj);
     if let Some(node) = obj.node() {
+        // From the API: the operator keeps no store of Nodes, and a stale "gone" would remove
+        // the node agent's finalizer while it still holds the kernel objects.
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         let found = nodes
             .get_metadata_opt(node)

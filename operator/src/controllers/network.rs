@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::READY;
@@ -12,9 +11,9 @@ use pier_crds::conditions::differs as conditions_differ;
 use pier_crds::names::bridge_name;
 use pier_crds::{Driver, Network, NetworkStatus};
 
+use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
 use crate::allocations::{NetworkAllocError, network_request};
-use crate::conditions::ready;
 use crate::context::Context;
 use crate::ipam::SubnetError;
 use pier_crds::conditions::reason;
@@ -56,7 +55,7 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
         observed_generation: generation,
         ..NetworkStatus::default()
     };
-    let outcome: Result<String, (&str, String)> = match net.spec.driver {
+    let outcome: Outcome = match net.spec.driver {
         Driver::Host | Driver::Null => Ok(format!("{} network", net.spec.driver.as_str())),
         Driver::Bridge => allocate(net, ctx).await.map(|(subnet, gateway)| {
             status.subnet = Some(subnet.to_string());
@@ -65,16 +64,7 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
             format!("subnet {subnet}, gateway {gateway}")
         }),
     };
-    let condition = match &outcome {
-        Ok(message) => ready(
-            &current.conditions,
-            true,
-            reason::ALLOCATED,
-            message.clone(),
-            generation,
-        ),
-        Err((why, message)) => ready(&current.conditions, false, why, message.clone(), generation),
-    };
+    let condition = refusal::condition(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
     status.conditions = vec![condition];
     apply_status(api, net, owned(net.status.as_ref()).as_ref(), &status).await?;
@@ -85,23 +75,17 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
             ctx.event(net, false, "SubnetAllocated", "Allocate", message)
                 .await;
         }
-        Err((why, message)) if changed => {
-            ctx.metrics.error(NAME, why);
-            tracing::warn!(network = %name, reason = why, %message, "network refused");
-            ctx.event(net, true, why, "Allocate", message).await;
-        }
+        Err(r) if changed => r.report(ctx, net, NAME, "Allocate").await,
         _ => {}
     }
     Ok(Action::await_change())
 }
 
-/// Subnet and gateway of a bridge Network, or the refusal's reason and message.
-async fn allocate(
-    net: &Network,
-    ctx: &Context,
-) -> Result<(Ipv4Net, std::net::Ipv4Addr), (&'static str, String)> {
+/// Subnet and gateway of a bridge Network, or why not.
+async fn allocate(net: &Network, ctx: &Context) -> Result<(Ipv4Net, std::net::Ipv4Addr), Refusal> {
     let name = net.name_any();
-    let request = network_request(net).map_err(|e| (reason::INVALID_SPEC, e.to_string()))?;
+    let request =
+        network_request(net).map_err(|e| Refusal::refuse(reason::INVALID_SPEC, e.to_string()))?;
     if request.subnet.is_none() && ctx.allocations().network(&name).is_none() {
         // Automatic subnets skip every subnet another Network asks for explicitly, even one not
         // reconciled yet: `bridge` keeps 172.17.0.0/16 whatever order the Networks come in.
@@ -109,29 +93,29 @@ async fn allocate(
         ctx.allocations().reserve_explicit(reserved);
     }
     let result = ctx.allocations().ensure_network(&name, &request);
-    result.map(|a| (a.subnet, a.gateway)).map_err(|e| match &e {
-        NetworkAllocError::Subnet(SubnetError::Overlap { .. }) => {
-            (reason::SUBNET_CONFLICT, e.to_string())
-        }
-        NetworkAllocError::Subnet(SubnetError::PoolsExhausted { .. }) => {
-            (reason::POOLS_EXHAUSTED, e.to_string())
-        }
-        _ => (reason::INVALID_SPEC, e.to_string()),
+    result.map(|a| (a.subnet, a.gateway)).map_err(|e| {
+        let why = match &e {
+            NetworkAllocError::Subnet(SubnetError::Overlap { .. }) => reason::SUBNET_CONFLICT,
+            NetworkAllocError::Subnet(SubnetError::PoolsExhausted { .. }) => {
+                reason::POOLS_EXHAUSTED
+            }
+            _ => reason::INVALID_SPEC,
+        };
+        Refusal::refuse(why, e.to_string())
     })
 }
 
-/// The explicit subnets of every other Network (best effort: a failed list reserves nothing).
+/// The explicit subnets of every other Network, from the store (best effort, as a list from the
+/// API would be: a Network created after either is not seen; a closed store reserves nothing).
 async fn explicit_subnets(ctx: &Context, except: &str) -> Vec<Ipv4Net> {
-    let api: Api<Network> = Api::all(ctx.client.clone());
-    match api.list(&ListParams::default()).await {
-        Ok(list) => list
-            .items
+    match ctx.stores.networks().await {
+        Ok(networks) => networks
             .iter()
             .filter(|n| n.name_any() != except)
             .filter_map(|n| n.spec.subnet.as_deref()?.parse().ok())
             .collect(),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list networks to skip their subnets");
+            tracing::warn!(error = %e, "cannot read the networks to skip their subnets");
             Vec::new()
         }
     }
@@ -145,13 +129,8 @@ async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Act
         let message = format!(
             "network {name} has {count} active endpoint(s): its deletion waits until they are deleted"
         );
-        let condition = ready(
-            &current.conditions,
-            false,
-            reason::IN_USE,
-            message.clone(),
-            net.metadata.generation,
-        );
+        let in_use = Refusal::refuse(reason::IN_USE, message);
+        let condition = in_use.condition(&current.conditions, net.metadata.generation);
         let changed = conditions_differ(&current.conditions, &condition);
         let status = NetworkStatus {
             endpoints: i32::try_from(count).unwrap_or(i32::MAX),
@@ -160,8 +139,7 @@ async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Act
         };
         apply_status(api, net, owned(net.status.as_ref()).as_ref(), &status).await?;
         if changed {
-            ctx.event(net, true, reason::IN_USE, "Delete", message)
-                .await;
+            in_use.report(ctx, net, NAME, "Delete").await;
         }
         return Err(Error::InUse {
             network: name,

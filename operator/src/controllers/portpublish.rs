@@ -10,11 +10,11 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::{self, READY};
 use pier_crds::portpublish::PublishedPortStatus;
-use pier_crds::{Endpoint, Network, PortPublish, PortPublishStatus};
+use pier_crds::{Endpoint, PortPublish, PortPublishStatus};
 
+use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
 use crate::allocations::{owner_key, protocol};
-use crate::conditions::ready;
 use crate::context::Context;
 use crate::ports::{HostPort, PortError, PortSpec};
 use pier_crds::conditions::differs as conditions_differ;
@@ -84,28 +84,13 @@ async fn apply(api: &Api<PortPublish>, pp: &PortPublish, ctx: &Context) -> Resul
         let freed = ctx.allocations().release_ports(&owner);
         ctx.metrics.released("port", freed.len() as u64);
     }
-    let (condition, refusal) = match outcome {
-        Ok(message) => (
-            ready(
-                &current.conditions,
-                true,
-                reason::ALLOCATED,
-                message,
-                generation,
-            ),
-            None,
-        ),
-        Err((why, message, waiting)) => (
-            ready(&current.conditions, false, why, message.clone(), generation),
-            Some((why, message, waiting)),
-        ),
-    };
+    let condition = refusal::condition(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
     status.conditions = vec![condition];
     apply_status(api, pp, owned(pp.status.as_ref()).as_ref(), &status).await?;
     ctx.observe();
-    match refusal {
-        None => {
+    match outcome {
+        Ok(_) => {
             if current.ports != status.ports {
                 let note = format!(
                     "{} on node {}",
@@ -119,18 +104,14 @@ async fn apply(api: &Api<PortPublish>, pp: &PortPublish, ctx: &Context) -> Resul
             }
             Ok(Action::await_change())
         }
-        Some((why, message, waiting)) => {
+        Err(r) => {
             if changed {
-                ctx.metrics.error(NAME, why);
-                tracing::info!(portpublish = %owner, reason = why, %message, "ports not allocated");
-                ctx.event(pp, !waiting, why, "Allocate", message).await;
+                r.report(ctx, pp, NAME, "Allocate").await;
             }
             Ok(Action::requeue(ctx.config.wait_requeue))
         }
     }
 }
-
-type Outcome = Result<String, (&'static str, String, bool)>;
 
 async fn allocate(
     pp: &PortPublish,
@@ -139,6 +120,9 @@ async fn allocate(
     status: &mut PortPublishStatus,
 ) -> Result<Outcome, Error> {
     let ns = pp.namespace().unwrap_or_default();
+    // The published Endpoint from the API, not the store: its node and readiness decide where the
+    // host ports are held, and this reconcile usually runs because they changed, seen by a watch
+    // other than the one filling the store (which may still hold the previous version).
     let endpoints: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
     let name = &pp.spec.endpoint;
     let get = |what: String| move |source| Error::Get { what, source };
@@ -147,10 +131,9 @@ async fn allocate(
         .await
         .map_err(get(format!("endpoint {ns}/{name}")))?
     else {
-        return Ok(Err((
+        return Ok(Err(Refusal::wait(
             reason::ENDPOINT_NOT_FOUND,
             format!("endpoint {name} does not exist"),
-            true,
         )));
     };
     let ep_status = ep.status.clone().unwrap_or_default();
@@ -158,15 +141,15 @@ async fn allocate(
         ep_status.node.clone(),
         conditions::is_true(&ep_status.conditions, READY),
     ) else {
-        return Ok(Err((
+        return Ok(Err(Refusal::wait(
             reason::ENDPOINT_NOT_READY,
             format!("endpoint {name} is not allocated yet"),
-            true,
         )));
     };
     // Container mode (`docker run --net container:NAME`): the namespace belongs to the Endpoint
     // shared, so the ports lead to that Endpoint's address, as Docker publishes the ports of a
-    // shared namespace on the container that owns it. The node resolves it the same way.
+    // shared namespace on the container that owns it. The node resolves it the same way. From
+    // the API, like the published Endpoint: its node and readiness decide.
     let receiver = match ep.spec.target.endpoint.clone() {
         None => ep,
         Some(shared) => {
@@ -184,14 +167,13 @@ async fn allocate(
                     owner
                 }
                 _ => {
-                    return Ok(Err((
+                    return Ok(Err(Refusal::wait(
                         reason::ENDPOINT_NOT_READY,
                         format!(
                             "endpoint {name} shares the namespace of endpoint {}, which is not \
                              allocated yet: the ports lead to its address",
                             shared.name
                         ),
-                        true,
                     )));
                 }
             }
@@ -199,23 +181,21 @@ async fn allocate(
     };
     let network_name = receiver.status.as_ref().and_then(|s| s.network.clone());
     if let Some(network_name) = network_name {
-        let networks: Api<Network> = Api::all(ctx.client.clone());
-        let network = networks
-            .get_opt(&network_name)
-            .await
-            .map_err(get(format!("network {network_name}")))?;
+        // `internal` from the store: a change of it brings no PortPublish back, so a GET would
+        // only be fresher by the store's lag, at no gain in correctness.
+        let network = super::network(ctx, &network_name).await?;
         if network.is_some_and(|n| n.spec.internal) {
-            return Ok(Err((
+            return Ok(Err(Refusal::refuse(
                 reason::INTERNAL_NETWORK,
                 format!(
                     "endpoint {} is on internal network {network_name}, which publishes no ports",
                     receiver.name_any()
                 ),
-                false,
             )));
         }
     }
     status.node = Some(node.clone());
+    // From the API: the operator keeps no store of Nodes.
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let node_obj = nodes
         .get_opt(&node)
@@ -236,10 +216,9 @@ async fn allocate(
             Some(text) => match text.parse() {
                 Ok(ip) => ip,
                 Err(_) => {
-                    return Ok(Err((
+                    return Ok(Err(Refusal::refuse(
                         reason::PORT_CONFLICT,
                         format!("hostIP {text:?} is not an address"),
-                        false,
                     )));
                 }
             },
@@ -248,10 +227,9 @@ async fn allocate(
             None => None,
             Some(Ok(port)) => Some(port),
             Some(Err(_)) => {
-                return Ok(Err((
+                return Ok(Err(Refusal::refuse(
                     reason::PORT_CONFLICT,
                     format!("hostPort {:?} is not a port", p.host_port),
-                    false,
                 )));
             }
         };
@@ -270,12 +248,13 @@ async fn allocate(
             Ok(Ok(format!("{text} on node {node}")))
         }
         Err(e @ PortError::Exhausted { .. }) => {
-            Ok(Err((reason::PORTS_EXHAUSTED, e.to_string(), false)))
+            Ok(Err(Refusal::refuse(reason::PORTS_EXHAUSTED, e.to_string())))
         }
-        Err(e @ PortError::NotAllowed { .. }) => {
-            Ok(Err((reason::PORT_NOT_ALLOWED, e.to_string(), false)))
-        }
-        Err(e) => Ok(Err((reason::PORT_CONFLICT, e.to_string(), false))),
+        Err(e @ PortError::NotAllowed { .. }) => Ok(Err(Refusal::refuse(
+            reason::PORT_NOT_ALLOWED,
+            e.to_string(),
+        ))),
+        Err(e) => Ok(Err(Refusal::refuse(reason::PORT_CONFLICT, e.to_string()))),
     }
 }
 

@@ -1,6 +1,6 @@
 //! IP address management: subnets for Networks, addresses for Endpoints, MACs from addresses.
 //!
-//! Pure logic with no Kubernetes or kernel imports (DESIGN.md §3): allocation happens once, in the
+//! Pure logic with no Kubernetes or kernel imports, tested directly: allocation happens once, in the
 //! operator, and is recorded in status; a restarted operator calls the `rebuild` constructors with
 //! what it reads back from status. Everything here is deterministic so that controller tests can
 //! predict the addresses Docker would have given.

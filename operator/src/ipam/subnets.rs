@@ -1,6 +1,6 @@
 //! Cluster-wide subnet allocation, keyed by Network name.
 //!
-//! IPAM is cluster-wide (DESIGN.md §1): even though bridge networks are node-scoped, no two
+//! IPAM is cluster-wide: even though bridge networks are node-scoped, no two
 //! Networks may overlap, so an address never means two different endpoints. Subnets are kept as
 //! disjoint `[start, end]` intervals in a `BTreeMap`, so an overlap check is one range look-up and
 //! automatic allocation jumps straight past whatever is in the way instead of trying every subnet.

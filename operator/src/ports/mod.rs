@@ -1,7 +1,7 @@
 //! Host-port allocation for PortPublish: fixed ports checked for conflicts, automatic ports
 //! picked from a range, per (node, protocol, host IP), with owners so errors name who holds what.
 //!
-//! Pure logic with no Kubernetes or kernel imports (DESIGN.md §3). Like IPAM, allocation happens
+//! Pure logic with no Kubernetes or kernel imports, tested directly. Like IPAM, allocation happens
 //! once in the operator and is recorded in status; [`PortAllocator::rebuild`] is how a restarted
 //! operator recovers. The free-port search reuses IPAM's [`crate::ipam::Bitmap`].
 

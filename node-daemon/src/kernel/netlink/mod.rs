@@ -3,7 +3,7 @@
 //! A [`Nl`] is one rtnetlink socket bound to one network namespace plus the small current-thread
 //! tokio runtime that drives it. The socket is created on a `netns::run_in` thread, so it is bound
 //! to the target namespace for its whole life, and the caller's thread never enters a foreign
-//! namespace (DESIGN.md §4). After that the `Nl` can be used from any plain (non-async) thread:
+//! namespace (`setns` on a shared thread would move its later work too). After that the `Nl` can be used from any plain (non-async) thread:
 //! every call blocks on the private runtime, which keeps the dataplane usable from CLI code, tests
 //! and — through `spawn_blocking` — from the async node daemon.
 

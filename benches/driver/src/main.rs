@@ -1,6 +1,6 @@
 //! `pier-bench`: turns the JSON documents written by the bench suites (`PIER_BENCH_JSON`) and
-//! criterion's estimates into one Markdown report (`BENCHMARKS.md`) with every target of the
-//! issues marked met / not met (and, when not met, what limits it), SVG plots of latency against
+//! criterion's estimates into one Markdown report (`BENCHMARKS.md`) with every target
+//! marked met / not met (and, when not met, what limits it), SVG plots of latency against
 //! N for Pier and its peer, the machine, the versions and the exact command. `benches/run.sh`
 //! runs the suites, then this. Kept out of the `pier` binary so plotting never becomes a
 //! dependency of the product.
@@ -159,9 +159,10 @@ fn fmt_opt(v: Option<f64>, digits: usize, unit: &str) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}{unit}"))
 }
 
-/// One target of an issue, for the summary and the section's verdict table.
+/// One target, for the summary and the section's verdict table.
 struct Target {
-    issue: u32,
+    /// What it measures: the part of Pier, as the summary's first column names it.
+    area: &'static str,
     target: String,
     measured: String,
     met: Option<bool>,
@@ -181,7 +182,7 @@ impl Report {
     /// Records a target and writes its row in the current section's verdict table.
     fn target(
         &mut self,
-        issue: u32,
+        area: &'static str,
         target: &str,
         measured: String,
         met: Option<bool>,
@@ -193,7 +194,7 @@ impl Report {
             None => measured,
         };
         self.targets.push(Target {
-            issue,
+            area,
             target: target.to_owned(),
             measured,
             met,
@@ -231,10 +232,10 @@ impl Report {
     }
 
     /// A target whose suite did not run: listed in the summary as not measured.
-    fn not_run(&mut self, issue: u32, targets: &[&str], why: &str) {
+    fn not_run(&mut self, area: &'static str, targets: &[&str], why: &str) {
         for t in targets {
             self.targets.push(Target {
-                issue,
+                area,
                 target: (*t).to_owned(),
                 measured: why.to_owned(),
                 met: None,
@@ -320,7 +321,7 @@ const IMG: &str = "@IMG@/";
 
 fn ipam(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "## IPAM (issue 2)\n")?;
+    writeln!(r.md, "## IPAM\n")?;
     writeln!(
         r.md,
         "Command: `cargo bench -p pier-operator --bench ipam` (criterion; quick mode: `-- --warm-up-time 1 --measurement-time 2 ipam/fill_slash16`).\n\
@@ -344,7 +345,7 @@ fn ipam(r: &mut Report, args: &Args) -> Result<()> {
     }
     r.verdict_header();
     r.target(
-        2,
+        "IPAM",
         "fill a /16 (65,533 addresses) < 50 ms",
         ms.map_or_else(
             || "not measured".to_owned(),
@@ -374,11 +375,11 @@ fn gbps_list(runs: &serde_json::Value) -> String {
 
 fn attach(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "\n## Dataplane attach and detach (issue 3)\n")?;
+    writeln!(r.md, "\n## Dataplane attach and detach\n")?;
     let Some(attach) = read_json(&args.results.join("attach.json")) else {
         writeln!(r.md, "Attach: not measured in this run.")?;
         r.not_run(
-            3,
+            "attach",
             &[
                 "attach < 10 ms median at every size",
                 "attach: largest / smallest size <= 1.5x",
@@ -483,14 +484,14 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
     let flat = growth(&medians);
     r.verdict_header();
     r.target(
-        3,
+        "attach",
         "attach < 10 ms median at every size",
         worst.map_or("-".to_owned(), |w| format!("worst median {w:.2} ms")),
         worst.map(|w| w < 10.0),
         "",
     );
     r.target(
-        3,
+        "attach",
         "attach: largest / smallest size <= 1.5x (10 -> 1000 endpoints)",
         match flat {
             Some(f) => format!(
@@ -512,7 +513,7 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
         attach["iperf3"]["published_gbps"].as_f64(),
     ) {
         r.target(
-            3,
+            "attach",
             "iperf3 through a published port within 10% of direct",
             format!(
                 "{p:.2} vs {d:.2} Gbit/s ({:.0}%; medians of alternating 5 s runs: {} vs {})",
@@ -526,7 +527,7 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
         );
     } else {
         r.not_run(
-            3,
+            "attach",
             &["iperf3 through a published port within 10% of direct"],
             "not run in this mode (PIER_BENCH_IPERF=0)",
         );
@@ -572,11 +573,11 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
 
 fn ports(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "\n## Published ports (issue 3)\n")?;
+    writeln!(r.md, "\n## Published ports\n")?;
     let Some(ports) = read_json(&args.results.join("ports.json")) else {
         writeln!(r.md, "Ports: not measured in this run.")?;
         r.not_run(
-            3,
+            "ports",
             &["add one port with 1000 published < 5 ms median"],
             "suite `ports` not run",
         );
@@ -620,7 +621,7 @@ fn ports(r: &mut Report, args: &Args) -> Result<()> {
         .and_then(|r| Some((r["ports"].as_u64()?, r["add_one_ms"]["median"].as_f64()?)));
     r.verdict_header();
     r.target(
-        3,
+        "ports",
         "add one port with 1000 published < 5 ms median",
         at_largest.map_or("-".to_owned(), |(n, m)| format!("{m:.2} ms at {n}")),
         at_largest.filter(|(n, _)| *n >= 1000).map(|(_, m)| m < 5.0),
@@ -658,11 +659,11 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
 
 fn dns(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "\n## DNS (issue 4)\n")?;
+    writeln!(r.md, "\n## DNS\n")?;
     let Some(dns) = read_json(&args.results.join("dns.json")) else {
         writeln!(r.md, "DNS: not measured in this run.")?;
         r.not_run(
-            4,
+            "DNS",
             &[
                 "QPS >= 2x aardvark-dns",
                 "p99 < 1 ms at 10,000 QPS",
@@ -726,7 +727,7 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
     let update = dns["update_us"]["p50"].as_f64();
     r.verdict_header();
     r.target(
-        4,
+        "DNS",
         "QPS >= 2x aardvark-dns (per-round pairs)",
         format!(
             "median {} (rounds: {})",
@@ -746,14 +747,14 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
         ),
     );
     r.target(
-        4,
+        "DNS",
         "p99 < 1 ms at 10,000 QPS",
         fmt_opt(p99, 0, " µs"),
         p99.map(|p| p < 1000.0),
         "the tail is time spent waiting for one of the 2 shared CPUs (p50 stays flat)",
     );
     r.target(
-        4,
+        "DNS",
         "record update < 5 ms",
         format!(
             "p50 {}, p99 {}",
@@ -769,14 +770,14 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
 
 fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "\n## API server (issue 5)\n")?;
+    writeln!(r.md, "\n## API server\n")?;
     let Some(api) = read_json(&args.results.join("apiserver.json")) else {
         writeln!(
             r.md,
             "Not measured in this run (suite `apiserver`); see the hand-run figures at the end."
         )?;
         r.not_run(
-            5,
+            "API server",
             &[
                 "create >= 2,000 writes/s",
                 "watch fan-out < 5 ms (p99, 100 watchers)",
@@ -863,7 +864,7 @@ fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
     let all_delivered = w["received"] == w["expected"];
     r.verdict_header();
     r.target(
-        5,
+        "API server",
         "create >= 2,000 writes/s",
         fmt_opt(writes, 0, " writes/s"),
         writes.map(|x| x >= 2000.0),
@@ -871,7 +872,7 @@ fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
          runs on the 2 shared CPUs",
     );
     r.target(
-        5,
+        "API server",
         "watch fan-out < 5 ms (p99, 100 watchers)",
         format!(
             "p99 {}{}",
@@ -891,14 +892,14 @@ fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
 
 fn operator(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "\n## Operator (issue 6)\n")?;
+    writeln!(r.md, "\n## Operator\n")?;
     let Some(op) = read_json(&args.results.join("operator.json")) else {
         writeln!(
             r.md,
             "Not measured in this run (suite `operator`); see the hand-run figures at the end."
         )?;
         r.not_run(
-            6,
+            "operator",
             &[
                 "Endpoint created -> address in status p50 < 20 ms",
                 "1,000 Endpoints allocated < 5 s",
@@ -937,14 +938,14 @@ fn operator(r: &mut Report, args: &Args) -> Result<()> {
     let p50 = l["p50"].as_f64();
     r.verdict_header();
     r.target(
-        6,
+        "operator",
         "Endpoint created -> address in status p50 < 20 ms",
         fmt_opt(p50, 1, " ms"),
         p50.map(|p| p < 20.0),
         "three watch round trips and two fsynced writes per Endpoint on the shared machine",
     );
     r.target(
-        6,
+        "operator",
         "1,000 Endpoints allocated < 5 s",
         fmt_opt(bulk, 2, " s"),
         bulk.map(|b| b < 5.0),
@@ -956,11 +957,11 @@ fn operator(r: &mut Report, args: &Args) -> Result<()> {
 
 fn local(r: &mut Report, args: &Args) -> Result<()> {
     r.earlier = None;
-    writeln!(r.md, "\n## Local mode, `pier up` (issue 7)\n")?;
+    writeln!(r.md, "\n## Local mode, `pier up`\n")?;
     let Some(local) = read_json(&args.results.join("local.json")) else {
         writeln!(r.md, "Not measured in this run (suite `local`).")?;
         r.not_run(
-            7,
+            "local mode",
             &[
                 "apply -> ping < 100 ms median",
                 "500 Endpoints applied at once reachable < 10 s",
@@ -1126,7 +1127,7 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
         .find(|r| r["endpoints"].as_u64() == Some(500));
     r.verdict_header();
     r.target(
-        7,
+        "local mode",
         "apply -> ping < 100 ms median (Docker 20.10 `network connect`: about 157 ms)",
         format!(
             "{} (kubectl apply: {})",
@@ -1144,7 +1145,7 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
         Some(row) => {
             let all = row["all_reachable_s"].as_f64();
             r.target(
-                7,
+                "local mode",
                 "500 Endpoints applied at once reachable < 10 s",
                 fmt_opt(all, 2, " s"),
                 Some(all.is_some_and(|a| a < 10.0)),
@@ -1154,7 +1155,7 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
         None => {
             let largest = at_once.last();
             r.target(
-                7,
+                "local mode",
                 "500 Endpoints applied at once reachable < 10 s",
                 largest.map_or("not measured".to_owned(), |row| {
                     format!(
@@ -1206,8 +1207,8 @@ fn limit_500(row: &Value) -> String {
 
 fn summary(targets: &[Target]) -> String {
     let mut md = String::from(
-        "## Targets\n\nEvery target the issues set, as measured by this run (details in the sections below).\n\n\
-         | issue | target | measured | verdict | what limits it (when not met) |\n|---:|---|---|---|---|\n",
+        "## Targets\n\nEvery target, as measured by this run (details in the sections below).\n\n\
+         | area | target | measured | verdict | what limits it (when not met) |\n|---|---|---|---|---|\n",
     );
     for t in targets {
         let limit = if t.met == Some(false) {
@@ -1218,7 +1219,7 @@ fn summary(targets: &[Target]) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {limit} |",
-            t.issue,
+            t.area,
             t.target,
             t.measured,
             verdict(t.met)
@@ -1249,7 +1250,7 @@ fn main() -> Result<()> {
     writeln!(
         head,
         "Generated by `{}` ({} mode) at {}; every figure and verdict below comes from that run (suites run: {}; \
-         a section run earlier says so), nothing is edited by hand (the notes come from `benches/notes/`, the text from `bench/src/main.rs`). \
+         a section run earlier says so), nothing is edited by hand (the notes come from `benches/notes/`, the text from `benches/driver/src/main.rs`). \
          Run it yourself, as root: `sudo benches/run.sh --quick` (under about 2 minutes once built: \
          smaller N, fewer repetitions, so the targets at 1000 / 500 are not judged) or \
          `sudo benches/run.sh --full`; `PIER_BENCH_SUITES=\"ipam attach ports dns apiserver operator local\"` \

@@ -358,16 +358,7 @@ impl fmt::Display for Report {
 }
 
 /// An error with all its sources, `outer: inner: innermost`, for reports.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
+pub use pier_runtime::error_chain as chain;
 
 /// The dataplane of one node, working on the host namespace it was given.
 ///

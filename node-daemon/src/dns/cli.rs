@@ -102,6 +102,8 @@ async fn serve(args: &DnsArgs) -> Result<(), DnsCliError> {
             max_in_flight: args.max_in_flight,
             ..UpstreamConfig::default()
         },
+        // No admin port here: the counters are printed on exit, not served.
+        ..DnsConfig::default()
     };
     let handle = DnsServer::start_with(args.netns.clone(), rx, config)?;
     handle.synced().await;

@@ -212,4 +212,24 @@ mod tests {
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
         task.abort();
     }
+
+    #[tokio::test]
+    async fn answers_a_bare_half_closed_http_1_0_probe() {
+        let (_, _, admin) = admin();
+        let (addr, task) = admin
+            .serve("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bound");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /livez HTTP/1.0\r\n\r\n")
+            .await
+            .expect("write");
+        // As `printf ... | socat` does: the asker's side closes before the answer comes.
+        tcp.shutdown().await.expect("half-close");
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("ok\n"), "{out}");
+        task.abort();
+    }
 }

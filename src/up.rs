@@ -16,6 +16,8 @@ use kube::{Api, Client};
 use pier_apiserver::{ApiServer, Options};
 use pier_node::agent::{AgentConfig, AgentHealth};
 use pier_node::dns::DnsConfig;
+use pier_runtime::admin::{Admin, Readiness};
+use prometheus_client::registry::Registry;
 
 use crate::manifests;
 
@@ -52,6 +54,25 @@ pub struct UpArgs {
     /// process of the machine listens on (sshd's 22) is refused anyway, with `PortInUseOnNode`.
     #[arg(long, default_value = "")]
     pub denied_host_ports: pier_operator::ports::PortSet,
+    /// Address of the admin port (/livez, /readyz, /metrics with the operator's and the node's
+    /// metrics), e.g. 127.0.0.1:9091; off by default.
+    #[arg(long, default_value = "off")]
+    pub admin_addr: String,
+}
+
+/// `pier up` is ready when both halves are: the operator leads with its allocations rebuilt, and
+/// the node's first full reconcile succeeded.
+#[derive(Debug)]
+struct UpHealth {
+    operator: Arc<pier_operator::admin::Health>,
+    agent: Arc<AgentHealth>,
+}
+
+impl Readiness for UpHealth {
+    fn ready(&self) -> Result<(), &'static str> {
+        self.operator.ready()?;
+        self.agent.ready()
+    }
 }
 
 /// Runs everything until SIGINT or SIGTERM.
@@ -120,6 +141,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let agent = agent_config(&args, node_name);
     let health = Arc::new(AgentHealth::default());
+    let operator_health = Arc::new(pier_operator::admin::Health::default());
+    let operator_metrics = Arc::new(pier_operator::metrics::Metrics::default());
+    let admin_addr = match args.admin_addr.as_str() {
+        "off" | "" => None,
+        text => Some(text.parse::<SocketAddr>().with_context(|| {
+            format!("--admin-addr {text:?} is not an address like 127.0.0.1:9091 (or `off`)")
+        })?),
+    };
+    if let Some(addr) = admin_addr {
+        let mut registry = Registry::default();
+        operator_metrics.register(&mut registry);
+        agent.metrics.register(&mut registry);
+        let readiness = Arc::new(UpHealth {
+            operator: Arc::clone(&operator_health),
+            agent: Arc::clone(&health),
+        });
+        let (bound, _serving) = Admin::new(readiness, Arc::new(registry))
+            .serve(addr)
+            .await
+            .with_context(|| format!("serving the admin port on {addr}"))?;
+        tracing::info!(%bound, "admin port: /livez /readyz /metrics");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |rx: tokio::sync::watch::Receiver<bool>| async move {
         let mut rx = rx;
@@ -128,8 +171,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let operator_task = tokio::spawn(pier_operator::run_with_client(
         client.clone(),
         operator,
-        Arc::new(pier_operator::metrics::Metrics::default()),
-        Arc::new(pier_operator::admin::Health::default()),
+        operator_metrics,
+        operator_health,
         stopped(stop_rx.clone()),
     ));
     let agent_task = tokio::spawn(pier_node::agent::run(

@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::{Container, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -498,6 +499,141 @@ fn default_render_runs_both_roles_as_designed() {
 /// Netns targets are off in a cluster unless `node.netnsTargets`; on, the daemon keeps which
 /// namespaces it created in a directory of the node (a read-only root could not hold it, and a
 /// new Pod must still know them).
+/// Whether `labels` has every entry of `wanted` (a label selector's `matchLabels`).
+fn has_labels(labels: &Value, wanted: &serde_json::Map<String, Value>) -> bool {
+    wanted
+        .iter()
+        .all(|(key, value)| labels.get(key) == Some(value))
+}
+
+/// The port of an `ADDRESS:PORT` value (the admin address a binary listens on).
+fn port_of(address: &str) -> Option<i32> {
+    address.rsplit(':').next()?.parse().ok()
+}
+
+/// The binaries (`pier ROLE`) whose admin port serves `/metrics`, with the file that serves it:
+/// each registers its metrics and hands them to pier-runtime's admin server.
+const METRICS_SERVERS: [(&str, &str); 2] = [
+    ("operator", "operator/src/run.rs"),
+    ("node", "node-daemon/src/agent/cli.rs"),
+];
+
+/// The ServiceMonitor scrapes `/metrics` on the named port of every Service it selects; each such
+/// Service must lead to a container port on which `pier operator` or `pier node` serves its admin
+/// port (the port of PIER_ADMIN_ADDR), and between them the Services cover both roles.
+#[test]
+fn every_service_the_service_monitor_selects_serves_metrics() {
+    for (role, file) in METRICS_SERVERS {
+        let src = std::fs::read_to_string(root().join(file)).expect("source");
+        assert!(
+            src.contains("Admin::new(") && src.contains(".register(&mut registry)"),
+            "{file}: pier {role} serves its registered metrics on pier-runtime's admin port"
+        );
+    }
+    let mut monitors = 0;
+    for r in rendered() {
+        for monitor in find(r, "ServiceMonitor") {
+            monitors += 1;
+            let case = &r.name;
+            let spec = &monitor["spec"];
+            let wanted = spec["selector"]["matchLabels"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{case}: the ServiceMonitor selects by matchLabels"));
+            let namespaces: Vec<&Value> = spec["namespaceSelector"]["matchNames"]
+                .as_array()
+                .map(|names| names.iter().collect())
+                .unwrap_or_default();
+            let endpoints = spec["endpoints"].as_array().expect("endpoints");
+            assert!(
+                !endpoints.is_empty(),
+                "{case}: the ServiceMonitor scrapes something"
+            );
+            for endpoint in endpoints {
+                assert_eq!(endpoint["path"], json!("/metrics"), "{case}: {endpoint}");
+            }
+            let selected: Vec<&Value> = find(r, "Service")
+                .into_iter()
+                .filter(|svc| has_labels(&svc["metadata"]["labels"], wanted))
+                .filter(|svc| namespaces.contains(&&svc["metadata"]["namespace"]))
+                .collect();
+            assert!(
+                !selected.is_empty(),
+                "{case}: the ServiceMonitor selects no Service"
+            );
+            let mut roles = BTreeSet::new();
+            for service in selected {
+                let name = &service["metadata"]["name"];
+                let typed: Service = serde_json::from_value(service.clone()).expect("Service");
+                let svc_spec = typed.spec.expect("Service spec");
+                let pods = svc_spec.selector.clone().unwrap_or_default();
+                let pods = serde_json::to_value(pods).expect("selector");
+                let pods = pods.as_object().expect("selector map");
+                assert!(!pods.is_empty(), "{case}: Service {name} selects its Pods");
+                let workloads: Vec<&Value> = find(r, "Deployment")
+                    .into_iter()
+                    .chain(find(r, "DaemonSet"))
+                    .filter(|w| has_labels(&w["spec"]["template"]["metadata"]["labels"], pods))
+                    .collect();
+                assert!(
+                    !workloads.is_empty(),
+                    "{case}: Service {name} selects no Pods"
+                );
+                for endpoint in endpoints {
+                    let port_name = endpoint["port"].as_str().expect("endpoint port name");
+                    let port = svc_spec
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(port_name))
+                        .unwrap_or_else(|| {
+                            panic!("{case}: Service {name} has no port {port_name}")
+                        });
+                    let target = port.target_port.clone().expect("targetPort");
+                    for workload in &workloads {
+                        let (_, c) = container::<Value>(workload);
+                        let role = c
+                            .args
+                            .as_ref()
+                            .and_then(|a| a.first())
+                            .cloned()
+                            .unwrap_or_default();
+                        assert!(
+                            METRICS_SERVERS.iter().any(|(r, _)| *r == role),
+                            "{case}: Service {name} leads to `pier {role}`, which serves no /metrics"
+                        );
+                        let admin = env(&c, "PIER_ADMIN_ADDR")
+                            .and_then(|e| e.value)
+                            .and_then(|a| port_of(&a))
+                            .unwrap_or_else(|| panic!("{case}: pier {role} has an admin address"));
+                        let served = c
+                            .ports
+                            .iter()
+                            .flatten()
+                            .find(|p| match &target {
+                                IntOrString::Int(n) => p.container_port == *n,
+                                IntOrString::String(s) => p.name.as_deref() == Some(s.as_str()),
+                            })
+                            .map(|p| p.container_port);
+                        assert_eq!(
+                            served,
+                            Some(admin),
+                            "{case}: Service {name}'s {port_name} port targets {target:?}, which is \
+                             not pier {role}'s admin port {admin}"
+                        );
+                        roles.insert(role);
+                    }
+                }
+            }
+            assert_eq!(
+                roles,
+                BTreeSet::from(["node".to_owned(), "operator".to_owned()]),
+                "{case}: the ServiceMonitor scrapes both the operator and every node"
+            );
+        }
+    }
+    assert!(monitors > 0, "some case renders the ServiceMonitor");
+}
+
 #[test]
 fn netns_targets_are_off_unless_enabled_and_then_keep_their_markers_on_the_node() {
     let default = &rendered()[0];
@@ -697,8 +833,12 @@ fn show(set: &BTreeSet<rbac::Grant>, usage: &rbac::Usage) -> String {
         .collect()
 }
 
+/// The shared runtime both binaries call with their handles (status writes, the finalizer
+/// wrapper, Events): scanned with each.
+const RUNTIME_SRC: &str = "runtime/src";
+
 fn check_role(component: &str, src: &str) -> rbac::Usage {
-    let usage = rbac::scan(&root().join(src));
+    let usage = rbac::scan_all(&[&root().join(src), &root().join(RUNTIME_SRC)]);
     assert!(
         usage.problems.is_empty(),
         "the RBAC scanner cannot account for these API uses in {src}:\n  {}",
@@ -883,7 +1023,7 @@ fn tempfile_dir(name: &str) -> PathBuf {
 #[ignore = "prints what the scanner derives: cargo test -p pier --test chart -- --ignored --nocapture"]
 fn print_scanned_grants() {
     for src in ["operator/src", "node-daemon/src"] {
-        let usage = rbac::scan(&root().join(src));
+        let usage = rbac::scan_all(&[&root().join(src), &root().join(RUNTIME_SRC)]);
         println!("{src}: uses the API: {}", usage.uses_api);
         for (grant, origins) in &usage.origins {
             println!(

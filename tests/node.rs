@@ -27,6 +27,24 @@ use system::{Pier, sh, sh_ok, wait_for};
 
 /// `pier node`'s admin port inside node B (B's loopback is its own, so a fixed port is safe).
 const ADMIN_PORT: u16 = 9091;
+/// Metrics every node agent's admin port lists (with DNS on).
+const NODE_METRICS: [&str; 5] = [
+    "pier_node_attach_duration_seconds_bucket",
+    "pier_node_detach_duration_seconds_count",
+    "pier_node_kernel_errors_total",
+    "pier_node_dns_queries_total{rcode=\"NOERROR\"}",
+    "pier_node_objects{",
+];
+
+/// The attaches timed so far, from a `/metrics` response (0 when not listed).
+fn attach_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("pier_node_attach_duration_seconds_count "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Node B's name, as Endpoints' `target.netns.node` and `status.node` name it.
 const NODE_B: &str = "node-b";
 /// The fixture's `pier up --node-name`.
@@ -140,15 +158,20 @@ impl SecondNode {
 
     /// The status line of `GET path` on the admin port, from inside B ("" when nothing answers).
     fn probe(&self, path: &str) -> String {
-        let out = self.on_node(&format!(
-            "printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:{ADMIN_PORT},connect-timeout=2"
-        ));
-        String::from_utf8_lossy(&out.stdout)
+        self.admin_get(path)
             .lines()
             .next()
             .unwrap_or_default()
             .trim()
             .to_owned()
+    }
+
+    /// The whole response to `GET path` on the admin port, from inside B.
+    fn admin_get(&self, path: &str) -> String {
+        let out = self.on_node(&format!(
+            "printf 'GET {path} HTTP/1.1\\r\\nHost: node\\r\\nConnection: close\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:{ADMIN_PORT},connect-timeout=2"
+        ));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The links of B (`ip -br link` lines).
@@ -391,6 +414,43 @@ spec: {{network: nd-net, target: {{netns: {{name: {y}, node: {NODE_B}}}}}}}
             "kubectl get pep shows {name} attached on {node_name}:\n{listing}"
         );
     }
+    // Both admin ports list the node's metrics: B's attach was timed, the objects by condition
+    // come with B's next full reconcile; `pier up`'s lists the operator's beside node A's.
+    let metrics = wait_for("node B's objects gauge", Duration::from_secs(20), || {
+        let metrics = node.admin_get("/metrics");
+        metrics
+            .contains(r#"pier_node_objects{kind="Endpoint",condition="Attached",status="True"} 1"#)
+            .then_some(metrics)
+    });
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    assert!(
+        attach_count(&metrics) >= 1,
+        "B timed its attach:\n{metrics}"
+    );
+    for name in NODE_METRICS {
+        assert!(
+            metrics.contains(name),
+            "B's /metrics lists {name}:\n{metrics}"
+        );
+    }
+    let up_metrics = pier.admin_get("/metrics");
+    assert!(up_metrics.starts_with("HTTP/1.1 200 OK"), "{up_metrics}");
+    assert!(
+        attach_count(&up_metrics) >= 1,
+        "A timed its attach:\n{up_metrics}"
+    );
+    for name in NODE_METRICS
+        .iter()
+        .chain(&["pier_operator_reconciles_total"])
+    {
+        assert!(
+            up_metrics.contains(name),
+            "pier up's /metrics lists {name}:\n{up_metrics}"
+        );
+    }
+    assert!(pier.admin_get("/livez").starts_with("HTTP/1.1 200 OK"));
+    assert!(pier.admin_get("/readyz").starts_with("HTTP/1.1 200 OK"));
+
     let finalizers = pier.jsonpath("pep nd-y", "{.metadata.finalizers}");
     assert!(
         finalizers.contains("pier.dev/node"),

@@ -224,6 +224,7 @@ fn main() {
                     resolv_conf: upstream.clone(),
                     ..UpstreamConfig::default()
                 },
+                ..DnsConfig::default()
             },
         )
         .expect("pier dns starts")

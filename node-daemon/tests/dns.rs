@@ -84,6 +84,7 @@ impl Dns {
                 max_in_flight,
                 ..UpstreamConfig::default()
             },
+            ..DnsConfig::default()
         };
         let handle = {
             let _inside = runtime.enter();

@@ -83,9 +83,10 @@ pub struct Config {
     /// How soon an object waiting on something no watch reports (e.g. a node to be named) is
     /// looked at again.
     pub wait_requeue: Duration,
-    /// Per-object retry delay after an error: doubles per failure up to `max_backoff`.
+    /// Per-object retry delay after an error: doubles per failure up to `max_backoff`; jitter
+    /// adds up to as much again.
     pub min_backoff: Duration,
-    /// The longest retry delay.
+    /// The longest retry delay before jitter.
     pub max_backoff: Duration,
 }
 

@@ -6,6 +6,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// The prefix of every operator metric's name.
+const PREFIX: &str = "pier_operator";
+
 /// Labels naming a controller.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -39,6 +42,7 @@ pub struct NetworkLabels {
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
+    /// The operator's metrics alone (see [`Metrics::encode`]).
     registry: Registry,
     /// Reconciles run, per controller.
     pub reconciles: Family<ControllerLabels, Counter>,
@@ -60,7 +64,6 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("pier_operator");
         let m = Metrics {
             reconciles: Family::default(),
             errors: Family::default(),
@@ -72,43 +75,51 @@ impl Default for Metrics {
             leader: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("reconciles", "Reconciles run", m.reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed or were refused, by reason",
-            m.errors.clone(),
-        );
-        registry.register(
-            "allocations",
-            "Subnets, addresses and host ports handed out",
-            m.allocations.clone(),
-        );
-        registry.register(
-            "releases",
-            "Subnets, addresses and host ports given back",
-            m.releases.clone(),
-        );
-        registry.register(
-            "pool_addresses_used",
-            "Addresses allocated in a Network's pool",
-            m.pool_used.clone(),
-        );
-        registry.register(
-            "pool_addresses_free",
-            "Addresses still free for dynamic allocation in a Network's pool",
-            m.pool_free.clone(),
-        );
-        registry.register("host_ports", "Host ports held", m.ports_held.clone());
-        registry.register(
-            "leader",
-            "1 while this replica is the leader",
-            m.leader.clone(),
-        );
+        let mut registry = Registry::default();
+        m.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Registers every metric in `registry`, under `pier_operator_` (the admin port's registry;
+    /// the same handles, so both see every count).
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix(PREFIX);
+        registry.register("reconciles", "Reconciles run", self.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed or were refused, by reason",
+            self.errors.clone(),
+        );
+        registry.register(
+            "allocations",
+            "Subnets, addresses and host ports handed out",
+            self.allocations.clone(),
+        );
+        registry.register(
+            "releases",
+            "Subnets, addresses and host ports given back",
+            self.releases.clone(),
+        );
+        registry.register(
+            "pool_addresses_used",
+            "Addresses allocated in a Network's pool",
+            self.pool_used.clone(),
+        );
+        registry.register(
+            "pool_addresses_free",
+            "Addresses still free for dynamic allocation in a Network's pool",
+            self.pool_free.clone(),
+        );
+        registry.register("host_ports", "Host ports held", self.ports_held.clone());
+        registry.register(
+            "leader",
+            "1 while this replica is the leader",
+            self.leader.clone(),
+        );
+    }
+
     /// Counts a reconcile.
     pub fn reconciled(&self, controller: &str) {
         self.reconciles
@@ -173,7 +184,8 @@ impl Metrics {
             .set(i64::try_from(allocations.ports_held()).unwrap_or(i64::MAX));
     }
 
-    /// The text exposition format.
+    /// The operator's metrics alone in the text exposition format (tests read them; the admin
+    /// port serves its own registry).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -56,7 +56,11 @@ pub async fn run(args: OperatorArgs) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     if let Some(addr) = config.admin_addr {
-        let (bound, _task) = crate::admin::serve(addr, Arc::clone(&health), Arc::clone(&metrics))
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let admin = pier_runtime::admin::Admin::new(health.clone(), Arc::new(registry));
+        let (bound, _task) = admin
+            .serve(addr)
             .await
             .map_err(|source| RunError::Admin { addr, source })?;
         tracing::info!(%bound, "admin port: /livez /readyz /metrics");

@@ -70,10 +70,12 @@ async fn admin_port_serves_health_and_metrics() {
     let metrics = Arc::new(pier_operator::metrics::Metrics::default());
     metrics.reconciled("endpoint");
     let health = Arc::new(pier_operator::admin::Health::default());
-    let (addr, task) =
-        pier_operator::admin::serve("127.0.0.1:0".parse().expect("addr"), health, metrics)
-            .await
-            .expect("bound");
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let (addr, task) = pier_runtime::admin::Admin::new(health, Arc::new(registry))
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bound");
     let get = |path: &'static str| async move {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         tcp.write_all(

@@ -1,7 +1,8 @@
 //! What a binary's code asks of the Kubernetes API, derived from its source (not declared by
 //! hand), so that the chart's RBAC can be compared with it.
 //!
-//! The scanner reads every `.rs` file under a crate's `src/` (test modules removed) and finds:
+//! The scanner reads every `.rs` file under a crate's `src/`, with those of the crates whose
+//! helpers it calls (the shared runtime's), test modules removed, and finds:
 //!
 //! - **typed handles**: `name: Api<T>` (let bindings, function parameters, and struct fields,
 //!   reached as `anything.name.`), `let name = Api::<T>::...`, and inline `Api::<T>::all(..).method(..)`;
@@ -303,9 +304,17 @@ enum Handle {
 
 /// Scans the crate whose sources are under `src`.
 pub fn scan(src: &Path) -> Usage {
+    scan_all(&[src])
+}
+
+/// Scans the sources under every folder of `srcs` as one program (a crate with the crates whose
+/// generic helpers it passes its handles to).
+pub fn scan_all(srcs: &[&Path]) -> Usage {
     let mut usage = Usage::default();
     let mut files = Vec::new();
-    rust_files(src, &mut files);
+    for src in srcs {
+        rust_files(src, &mut files);
+    }
     let mut texts = Vec::new();
     for path in &files {
         let raw = std::fs::read_to_string(path).unwrap_or_default();

@@ -169,6 +169,7 @@ impl Pier {
         };
         let mut child = command
             .args(["up", "--listen", "127.0.0.1:0", "--node-name", "node-a"])
+            .args(["--admin-addr", "127.0.0.1:0"])
             .args(["--resync-seconds", "2", "--data-dir"])
             .arg(&self.data_dir)
             .arg("--node-netns")
@@ -193,6 +194,30 @@ impl Pier {
                 self.log()
             ),
         }
+    }
+
+    /// `GET path` on `pier up`'s admin port (the address its log names last): the whole response.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let address = log
+            .lines()
+            .rev()
+            .filter(|line| line.contains("admin port"))
+            .find_map(|line| line.split("bound=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("pier up logs its admin port; log:\n{log}"));
+        let mut tcp = std::net::TcpStream::connect(address).expect("pier up's admin port");
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: pier\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).expect("response");
+        response
     }
 
     /// `pier up`'s log so far.

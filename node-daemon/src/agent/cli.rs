@@ -3,11 +3,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use pier_runtime::admin::Admin;
+use prometheus_client::registry::Registry;
 
 use super::{AgentConfig, AgentError, AgentHealth};
 use crate::dns::DnsConfig;
@@ -23,7 +22,7 @@ pub struct NodeArgs {
     /// Seconds between full reconciles of the node (drift repair).
     #[arg(long, env = "PIER_RESYNC_SECONDS", default_value_t = 10)]
     pub resync_seconds: u64,
-    /// Address of the admin port (/livez, /readyz); `off` to disable.
+    /// Address of the admin port (/livez, /readyz, /metrics); `off` to disable.
     #[arg(long, env = "PIER_ADMIN_ADDR", default_value = "0.0.0.0:9091")]
     pub admin_addr: String,
     /// Port of the embedded DNS server on every gateway address; 0 disables it.
@@ -95,11 +94,15 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
                 .map_err(|_| NodeError::AdminAddr(text.to_owned()))?,
         ),
     };
+    let config = args.config();
     if let Some(addr) = admin {
-        let bound = serve_admin(addr, Arc::clone(&health))
+        let mut registry = Registry::default();
+        config.metrics.register(&mut registry);
+        let (bound, _serving) = Admin::new(health.clone(), Arc::new(registry))
+            .serve(addr)
             .await
             .map_err(|source| NodeError::Admin { addr, source })?;
-        tracing::info!(%bound, "admin port: /livez /readyz");
+        tracing::info!(%bound, "admin port: /livez /readyz /metrics");
     }
     let client = kube::Client::try_default()
         .await
@@ -112,72 +115,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
             _ = term.recv() => {}
         }
     };
-    super::run(client, args.config(), health, shutdown)
+    super::run(client, config, health, shutdown)
         .await
         .map_err(NodeError::Agent)
-}
-
-/// Serves `/livez` (always 200) and `/readyz` (200 once the first full reconcile succeeded) on
-/// `addr`; returns the bound address.
-pub async fn serve_admin(
-    addr: SocketAddr,
-    health: Arc<AgentHealth>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let ready = health.ready.load(Ordering::Relaxed);
-            tokio::spawn(async move {
-                let mut request = [0u8; 1024];
-                let read =
-                    tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut request)).await;
-                let Ok(Ok(n)) = read else { return };
-                let response = admin_response(&request[..n], ready);
-                let _ = tcp.write_all(response.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    Ok(bound)
-}
-
-/// The whole HTTP/1.1 response to one request (probes send a GET and close).
-fn admin_response(request: &[u8], ready: bool) -> String {
-    let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
-    let path = std::str::from_utf8(line)
-        .ok()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("");
-    let (status, body) = match path {
-        "/livez" => ("200 OK", "ok\n"),
-        "/readyz" if ready => ("200 OK", "ok\n"),
-        "/readyz" => (
-            "503 Service Unavailable",
-            "not ready: the first full reconcile has not succeeded yet\n",
-        ),
-        _ => ("404 Not Found", "not found\n"),
-    };
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probes() {
-        assert!(admin_response(b"GET /livez HTTP/1.1\r\n\r\n", false).starts_with("HTTP/1.1 200"));
-        assert!(admin_response(b"GET /readyz HTTP/1.1\r\n\r\n", false).starts_with("HTTP/1.1 503"));
-        assert!(admin_response(b"GET /readyz HTTP/1.1\r\n\r\n", true).starts_with("HTTP/1.1 200"));
-        assert!(admin_response(b"GET /x HTTP/1.1\r\n\r\n", true).starts_with("HTTP/1.1 404"));
-        assert!(admin_response(b"", true).starts_with("HTTP/1.1 404"));
-    }
 }

@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use pier_crds::conditions::{self, Condition};
 use pier_crds::{Endpoint, Network, PortPublish};
+use pier_runtime::{Backoff, Events};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -47,8 +46,8 @@ pub struct Context {
     /// The sockets holding the published host ports (see [`crate::kernel::host_ports`]); locked across
     /// each apply, so the ports held and the ports in the table change together.
     pub host_ports: Arc<Mutex<PortHolder<HeldPort>>>,
-    recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
+    events: Events,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Context {
@@ -74,13 +73,10 @@ impl Context {
         stores: (Store<Network>, Store<Endpoint>, Store<PortPublish>),
         dns_state: watch::Sender<NodeState>,
     ) -> Context {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(config.node_name.clone()),
-        };
         let (networks, endpoints, ports) = stores;
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::new(client.clone(), FIELD_MANAGER, config.node_name.clone()),
+            backoff: Backoff::new(config.min_backoff, config.max_backoff),
             client,
             kernel,
             config,
@@ -92,7 +88,6 @@ impl Context {
             dns_state,
             attached: Mutex::new(HashMap::new()),
             host_ports: Arc::new(Mutex::new(PortHolder::default())),
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -168,7 +163,7 @@ impl Context {
                         Ok(true) => created.push(name.clone()),
                         Ok(false) => {}
                         Err(error) => {
-                            let message = crate::dataplane::chain(&error);
+                            let message = pier_runtime::error_chain(&error);
                             tracing::warn!(namespace = %name, error = %message, "cannot create network namespace");
                             uncreatable.insert(name.clone(), message);
                         }
@@ -233,37 +228,19 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, object = %obj.name_any(), reason, "cannot publish event");
-        }
+        self.events
+            .publish(obj, warning, reason, action, note)
+            .await;
     }
 
     /// Forgets `key`'s failures (it reconciled).
     pub fn succeeded(&self, key: &str) {
-        lock(&self.failures).remove(key);
+        self.backoff.reset(key);
     }
 
-    /// The delay before `key` is retried: doubles per consecutive failure, capped.
+    /// The delay before `key` is retried: exponential up to `max_backoff`, with jitter.
     pub fn backoff(&self, key: &str) -> Duration {
-        let mut failures = lock(&self.failures);
-        let count = failures.entry(key.to_owned()).or_insert(0);
-        *count = count.saturating_add(1);
-        let factor = 2u32.saturating_pow(count.saturating_sub(1).min(16));
-        self.config
-            .min_backoff
-            .saturating_mul(factor)
-            .min(self.config.max_backoff)
+        self.backoff.next(key)
     }
 }
 
@@ -296,13 +273,7 @@ fn note_foreign_resolv_confs(
     }
 }
 
-/// `NAMESPACE/NAME` (or `NAME`) of an object, for logs and keys.
-pub fn key<K: Resource>(obj: &K) -> String {
-    match obj.meta().namespace.as_deref() {
-        Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
-        None => obj.meta().name.clone().unwrap_or_default(),
-    }
-}
+pub use pier_runtime::key;
 
 /// Writes the node's condition `condition` into `obj`'s status by server-side apply as
 /// `pier-node` (only that entry of the list-map: the operator's `Ready` stays its own), and
@@ -327,21 +298,12 @@ where
     if !event && same_generation {
         return Ok(());
     }
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": {"conditions": [condition]},
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus {
-        what: format!("{} {}", K::kind(&()), key(obj)),
-        source,
-    })?;
+    pier_runtime::status::apply_condition(api, obj, FIELD_MANAGER, &condition)
+        .await
+        .map_err(|source| Error::WriteStatus {
+            what: format!("{} {}", K::kind(&()), key(obj)),
+            source,
+        })?;
     if event {
         let ok = condition.status == "True";
         ctx.event(

@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use pier_crds::Endpoint;
+use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED};
 use pier_crds::names::bridge_name;
-
-use pier_crds::conditions::reason;
+use pier_runtime::finalizer::finalizer;
 
 use super::build::{endpoint_key, object_id};
 use super::context::{Context, key, lock, write_condition};
+use super::metrics::{self, Timed};
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
 use crate::dataplane::{ObjectKey, Outcome, Scope};
@@ -33,7 +34,7 @@ pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, E
         }
     })
     .await;
-    let action = super::finalized(action)?;
+    let action = action.map_err(|e| Error::Finalizer(Box::new(e)))?;
     ctx.succeeded(&key);
     Ok(action)
 }
@@ -43,9 +44,9 @@ pub fn error_policy(ep: Arc<Endpoint>, error: &Error, ctx: Arc<Context>) -> Acti
     let key = key(&*ep);
     let delay = ctx.backoff(&key);
     if error.is_transient() {
-        tracing::debug!(endpoint = %key, error = %crate::dataplane::chain(error), ?delay, "retrying");
+        tracing::debug!(endpoint = %key, error = %pier_runtime::error_chain(error), ?delay, "retrying");
     } else {
-        tracing::warn!(endpoint = %key, error = %crate::dataplane::chain(error), ?delay, "endpoint reconcile failed");
+        tracing::warn!(endpoint = %key, error = %pier_runtime::error_chain(error), ?delay, "endpoint reconcile failed");
     }
     Action::requeue(delay)
 }
@@ -132,9 +133,8 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         // Not (or no longer) this node's.
         return Ok(Action::await_change());
     }
-    let report = ctx
-        .apply(&mut built, Scope::Endpoints(vec![id.clone()]))
-        .await?;
+    let scope = Scope::Endpoints(vec![id.clone()]);
+    let report = metrics::apply(ctx, &mut built, scope, Timed::Attach).await?;
     let Some(condition) = attached_condition(&built, Some(&report), &id, &existing, generation)
     else {
         return Ok(Action::await_change());
@@ -173,7 +173,7 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
             network.metadata.uid.as_deref().unwrap_or_default(),
         ));
     }
-    let report = ctx.apply(&mut built, Scope::Removal(links)).await?;
+    let report = metrics::apply(ctx, &mut built, Scope::Removal(links), Timed::Detach).await?;
     if let Some(Outcome::Failed(message)) = report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(Error::Detach {
             endpoint: key(ep),

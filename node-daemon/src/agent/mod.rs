@@ -12,6 +12,7 @@ pub mod cli;
 pub mod context;
 pub mod endpoint;
 pub mod fake;
+pub mod metrics;
 pub mod node_kernel;
 pub mod portpublish;
 pub mod resync;
@@ -19,7 +20,7 @@ pub mod resync;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -33,6 +34,7 @@ use tokio::sync::watch;
 use crate::dns::{DnsConfig, DnsServer};
 use crate::state::NodeState;
 use context::Context;
+use metrics::NodeMetrics;
 use node_kernel::{NodeKernel, RealKernel};
 
 /// Field manager of every write the node agent makes (DESIGN.md §4).
@@ -56,14 +58,17 @@ pub struct AgentConfig {
     pub proc_root: PathBuf,
     /// Where the agent keeps its own small state (e.g. which named namespaces it created).
     pub state_dir: PathBuf,
-    /// Per-object retry delay after an error: doubles per failure up to `max_backoff`.
+    /// Per-object retry delay after an error: doubles per failure up to `max_backoff`; jitter
+    /// adds up to as much again.
     pub min_backoff: Duration,
-    /// The longest retry delay.
+    /// The longest retry delay before jitter.
     pub max_backoff: Duration,
     /// Whether Endpoints may target named namespaces (`/var/run/netns/NAME`) on this node: on
     /// for `pier up` (local mode is all about them), off for `pier node` unless enabled (in a
     /// cluster Pods are the targets, and containerd's `cni-*` namespaces are Pods' own).
     pub netns_targets: bool,
+    /// Where the agent counts (the admin port serves these).
+    pub metrics: Arc<NodeMetrics>,
 }
 
 impl AgentConfig {
@@ -80,15 +85,26 @@ impl AgentConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(60),
             netns_targets: false,
+            metrics: Arc::new(NodeMetrics::default()),
         }
     }
 }
 
-/// What the agent's admin port (/livez, /readyz) reports.
+/// What the agent's admin port reports on /readyz.
 #[derive(Debug, Default)]
 pub struct AgentHealth {
     /// Set after the first full reconcile of the node succeeded.
     pub ready: AtomicBool,
+}
+
+impl pier_runtime::admin::Readiness for AgentHealth {
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("the first full reconcile has not succeeded yet")
+        }
+    }
 }
 
 /// Why the agent stopped.
@@ -132,7 +148,7 @@ pub enum Error {
     WriteStatus {
         what: String,
         #[source]
-        source: kube::Error,
+        source: pier_runtime::status::StatusError,
     },
     #[error("finalizer {FINALIZER}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -152,22 +168,6 @@ impl Error {
             ),
             _ => false,
         }
-    }
-}
-
-/// The finalizer helper's outcome as the reconcile's. Removing our finalizer from an object that
-/// is already gone is success: something else (the operator, for a node that left the cluster)
-/// removed the last finalizer, and there is nothing left to hold.
-fn finalized(
-    result: Result<kube::runtime::controller::Action, kube::runtime::finalizer::Error<Error>>,
-) -> Result<kube::runtime::controller::Action, Error> {
-    match result {
-        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status)))
-            if status.code == 404 =>
-        {
-            Ok(kube::runtime::controller::Action::await_change())
-        }
-        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
     }
 }
 
@@ -217,8 +217,15 @@ pub async fn run_with(
     let (dns_state, dns_watch) = watch::channel(NodeState::default());
     let dns = match config.dns.clone() {
         Some(dns_config) => Some(
-            DnsServer::start_with(config.host_netns.clone(), dns_watch, dns_config)
-                .map_err(AgentError::Dns)?,
+            DnsServer::start_with(
+                config.host_netns.clone(),
+                dns_watch,
+                DnsConfig {
+                    metrics: config.metrics.dns.clone(),
+                    ..dns_config
+                },
+            )
+            .map_err(AgentError::Dns)?,
         ),
         None => None,
     };
@@ -337,31 +344,4 @@ fn run_publishes(
             Arc::clone(ctx),
         )
         .for_each(|_| futures::future::ready(()))
-}
-
-#[cfg(test)]
-mod tests {
-    use kube::runtime::controller::Action;
-    use kube::runtime::finalizer::Error as Finalizer;
-
-    use super::{Error, finalized};
-
-    fn api_error(code: u16) -> kube::Error {
-        kube::Error::Api(Box::new(kube::core::Status {
-            code,
-            ..kube::core::Status::default()
-        }))
-    }
-
-    #[test]
-    fn a_finalizer_removal_on_a_gone_object_is_success() {
-        let gone = finalized(Err(Finalizer::RemoveFinalizer(api_error(404))));
-        assert_eq!(gone.ok(), Some(Action::await_change()));
-        for error in [
-            Finalizer::RemoveFinalizer(api_error(422)),
-            Finalizer::AddFinalizer(api_error(404)),
-        ] {
-            assert!(matches!(finalized(Err(error)), Err(Error::Finalizer(_))));
-        }
-    }
 }

@@ -89,7 +89,7 @@ impl NodeKernel for RealKernel {
                 let owned = ports.to_vec();
                 crate::kernel::netns::run_in(Some(path), move || open_all(owned)).unwrap_or_else(
                     |error| {
-                        let message = crate::dataplane::chain(&error);
+                        let message = pier_runtime::error_chain(&error);
                         ports
                             .iter()
                             .map(|_| Opened::Refused(Refused::Failed(message.clone())))

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use super::resync::published_condition;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Api, ResourceExt};
 use pier_crds::PortPublish;
+use pier_runtime::finalizer::finalizer;
 
 use super::build::{object_id, ports_key};
 use super::context::{Context, key, write_condition};
+use super::metrics::{self, Timed};
 use super::{Error, FINALIZER};
 use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
 use crate::state::NodeState;
@@ -27,7 +29,7 @@ pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<A
         }
     })
     .await;
-    let action = super::finalized(action)?;
+    let action = action.map_err(|e| Error::Finalizer(Box::new(e)))?;
     ctx.succeeded(&key);
     Ok(action)
 }
@@ -37,9 +39,9 @@ pub fn error_policy(publish: Arc<PortPublish>, error: &Error, ctx: Arc<Context>)
     let key = key(&*publish);
     let delay = ctx.backoff(&key);
     if error.is_transient() {
-        tracing::debug!(portpublish = %key, error = %crate::dataplane::chain(error), ?delay, "retrying");
+        tracing::debug!(portpublish = %key, error = %pier_runtime::error_chain(error), ?delay, "retrying");
     } else {
-        tracing::warn!(portpublish = %key, error = %crate::dataplane::chain(error), ?delay, "portpublish reconcile failed");
+        tracing::warn!(portpublish = %key, error = %pier_runtime::error_chain(error), ?delay, "portpublish reconcile failed");
     }
     Action::requeue(delay)
 }
@@ -96,7 +98,8 @@ async fn publish_ports(
         return Ok(Action::await_change());
     }
     // No endpoint in scope: bridges and the table only.
-    let report = ctx.apply(&mut built, Scope::Endpoints(Vec::new())).await?;
+    let scope = Scope::Endpoints(Vec::new());
+    let report = metrics::apply(ctx, &mut built, scope, Timed::No).await?;
     let firewall = firewall_outcome(&report);
     let Some(condition) =
         published_condition(&built, Some(&firewall), &id, node, &existing, generation)
@@ -115,7 +118,8 @@ async fn publish_ports(
 async fn withdraw(publish: &PortPublish, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     let mut built = ctx.build();
-    let report = ctx.apply(&mut built, Scope::Endpoints(Vec::new())).await?;
+    let scope = Scope::Endpoints(Vec::new());
+    let report = metrics::apply(ctx, &mut built, scope, Timed::No).await?;
     firewall_outcome(&report).map_err(|message| Error::Publish {
         portpublish: key(publish),
         message,

@@ -15,6 +15,7 @@ use pier_crds::{Endpoint, PortPublish};
 use super::build::{Built, endpoint_key, object_id, ports_key};
 use super::context::{Context, lock, write_condition};
 use super::endpoint::attached_message;
+use super::metrics::{self, Timed};
 use super::portpublish::{firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
 use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
@@ -22,16 +23,17 @@ use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
 /// Runs full reconciles until the task is dropped; marks the agent ready after the first success.
 pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
     if let Err(error) = ctx.wait_synced().await {
-        tracing::error!(error = %crate::dataplane::chain(&error), "watches never listed");
+        tracing::error!(error = %pier_runtime::error_chain(&error), "watches never listed");
         return;
     }
     loop {
         match once(&ctx).await {
             Ok(()) => health.ready.store(true, Ordering::Relaxed),
             Err(error) => {
-                tracing::warn!(error = %crate::dataplane::chain(&error), "full reconcile of the node failed");
+                tracing::warn!(error = %pier_runtime::error_chain(&error), "full reconcile of the node failed");
             }
         }
+        ctx.config.metrics.observe_objects(&ctx);
         tokio::time::sleep(ctx.config.resync).await;
     }
 }
@@ -46,7 +48,7 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
     *lock(&ctx.host_subnets) = subnets;
     lock(&ctx.pod_netns).retain(|_, path| ctx.kernel.netns_exists(path));
     let mut built = ctx.build();
-    let report = ctx.apply(&mut built, Scope::Full).await?;
+    let report = metrics::apply(ctx, &mut built, Scope::Full, Timed::No).await?;
     let repaired: Vec<String> = report
         .objects
         .iter()

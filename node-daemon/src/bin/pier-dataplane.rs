@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pier_node::cli::{DataplaneArgs, run};
-use pier_node::dataplane::chain;
+use pier_runtime::error_chain as chain;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -8,7 +8,9 @@ use std::time::Duration;
 use super::alias::{AliasState, alias};
 use super::names::bridge_mac;
 use super::plan::{Attach, BridgeFix, Plan, Step};
-use super::report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report, chain};
+use pier_runtime::error_chain as chain;
+
+use super::report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report};
 use crate::firewall;
 use crate::kernel::netlink::{self, NetlinkError, Nl, VethSpec};
 use crate::kernel::netns::{self, NetnsError};

@@ -45,7 +45,7 @@ use std::time::Duration;
 
 pub use diff::diff;
 pub use plan::{Attach, BridgeFix, Plan, Problem, Step};
-pub use report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report, chain};
+pub use report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report};
 pub use scope::Scope;
 pub use snapshot::{NamespaceIdentity, Peer, Snapshot};
 

@@ -42,6 +42,21 @@ impl ObjectKey {
 
     /// The text before and after the `/`. No kind is a prefix of another, so comparing these
     /// pairs orders keys as their whole text would.
+    /// Every kind a key can have (the text before the `/`).
+    pub const KINDS: [&'static str; 6] = [
+        "network",
+        "endpoint",
+        "portpublish",
+        "link",
+        "node",
+        "firewall",
+    ];
+
+    /// The key's kind: `network`, `endpoint`, `portpublish`, `link`, `node` or `firewall`.
+    pub fn kind(&self) -> &'static str {
+        self.parts().0
+    }
+
     fn parts(&self) -> (&'static str, &str) {
         match self {
             ObjectKey::Network(name) => ("network", name),
@@ -150,18 +165,6 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
-}
-
-/// An error with all its sources, `outer: inner: innermost`, for reports.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

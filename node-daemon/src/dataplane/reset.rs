@@ -5,7 +5,9 @@ use std::path::Path;
 
 use super::DataplaneError;
 use super::diff::is_owned;
-use super::report::{ObjectKey, Report, chain};
+use pier_runtime::error_chain as chain;
+
+use super::report::{ObjectKey, Report};
 use crate::firewall;
 use crate::kernel::netlink::{self, Link, LinkKind, Nl};
 

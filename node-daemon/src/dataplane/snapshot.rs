@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use super::report::chain;
 use super::scope::Scope;
 use crate::kernel::netlink::{self, Link, LinkKind, NetlinkError, Nl, V4Address, V4Route};
 use crate::state::{Attachment, Driver, EndpointState, NetworkState, NodeState};
+use pier_runtime::error_chain as chain;
 
 /// Device and inode of a namespace file: a re-created namespace at the same path differs.
 pub type NamespaceIdentity = (u64, u64);

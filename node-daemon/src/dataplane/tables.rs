@@ -5,12 +5,12 @@ use std::path::Path;
 
 use super::plan::Plan;
 use super::report::ObjectKey;
-use super::report::chain;
 use super::scope::Scope;
 use super::snapshot::Snapshot;
 use crate::firewall;
 use crate::kernel::hostnet;
 use crate::state::NodeState;
+use pier_runtime::error_chain as chain;
 
 /// Adds what the firewalls need to `plan`; what cannot be read becomes a problem of its key.
 pub(super) fn plan(

@@ -102,6 +102,8 @@ async fn serve(args: &DnsArgs) -> Result<(), DnsCliError> {
             max_in_flight: args.max_in_flight,
             ..UpstreamConfig::default()
         },
+        // No admin port here: the counters are printed on exit, not served.
+        ..DnsConfig::default()
     };
     let handle = DnsServer::start_with(args.netns.clone(), rx, config)?;
     handle.synced().await;
@@ -127,7 +129,7 @@ async fn serve(args: &DnsArgs) -> Result<(), DnsCliError> {
                         handle.synced().await;
                         tracing::info!(listening = ?handle.listening(), "state file reloaded");
                     }
-                    Err(error) => tracing::warn!(error = %crate::dataplane::chain(&error), "keeping the last state"),
+                    Err(error) => tracing::warn!(error = %pier_runtime::error_chain(&error), "keeping the last state"),
                 }
             }
         }

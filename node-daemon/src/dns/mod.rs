@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod forward;
 pub mod listeners;
+pub mod metrics;
 pub mod resolv_conf;
 pub mod server;
 pub mod sockets;
@@ -34,6 +35,7 @@ pub use forward::{DnsStats, UpstreamConfig};
 
 use forward::Forwarder;
 use listeners::Listeners;
+use metrics::DnsMetrics;
 use resolv_conf::{ResolvConf, ResolvConfWriter};
 use server::{PierHandler, Shared};
 use sockets::NetnsSockets;
@@ -48,6 +50,9 @@ pub struct DnsConfig {
     pub etc_netns: Option<PathBuf>,
     /// Upstream resolvers and forwarding limits.
     pub upstream: UpstreamConfig,
+    /// Where answers are counted by response code (the node agent registers these on its admin
+    /// port; `pier dns` has none and prints its stats on exit instead).
+    pub metrics: DnsMetrics,
 }
 
 impl Default for DnsConfig {
@@ -56,6 +61,7 @@ impl Default for DnsConfig {
             port: 53,
             etc_netns: Some("/etc/netns".into()),
             upstream: UpstreamConfig::default(),
+            metrics: DnsMetrics::default(),
         }
     }
 }
@@ -97,7 +103,11 @@ impl DnsServer {
         let sockets = NetnsSockets::start(host_netns.clone()).map_err(DnsError::Netns)?;
         let forwarder = Forwarder::new(&config.upstream, sockets.clone());
         let initial = state.borrow_and_update().clone();
-        let shared = Arc::new(Shared::new(Views::build(&initial), forwarder));
+        let shared = Arc::new(Shared::new(
+            Views::build(&initial),
+            forwarder,
+            config.metrics.clone(),
+        ));
         let listeners = Listeners::new(config.port, sockets, PierHandler::new(shared.clone()));
         let owner = resolv_conf::owner_of(host_netns.as_deref());
         let writer = config
@@ -214,7 +224,7 @@ impl Sync {
         self.listeners.stop_all().await;
         if let Some(writer) = &mut self.writer {
             for error in writer.remove_all() {
-                tracing::warn!(error = %crate::dataplane::chain(&error), "removing a resolv.conf");
+                tracing::warn!(error = %pier_runtime::error_chain(&error), "removing a resolv.conf");
             }
         }
         self.listening.send_replace(Vec::new());
@@ -230,14 +240,14 @@ impl Sync {
         }
         let mut failed = false;
         for error in self.listeners.sync(&gateways).await {
-            tracing::warn!(error = %crate::dataplane::chain(&error), "DNS listener");
+            tracing::warn!(error = %pier_runtime::error_chain(&error), "DNS listener");
             failed = true;
         }
         self.listening.send_replace(self.listeners.listening());
         if let Some(writer) = &mut self.writer {
             let search = self.shared.forwarder.upstream().search.clone();
             for error in writer.sync(&state, &search) {
-                tracing::warn!(error = %crate::dataplane::chain(&error), "namespace resolv.conf");
+                tracing::warn!(error = %pier_runtime::error_chain(&error), "namespace resolv.conf");
                 failed = true;
             }
         }

@@ -10,6 +10,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 
 use super::forward::{Counters, ForwardError, Forwarder};
+use super::metrics::DnsMetrics;
 use super::views::{Resolution, Views};
 
 /// What every listener shares: the current views, the forwarder, the counters.
@@ -20,15 +21,18 @@ pub struct Shared {
     generation: AtomicU64,
     pub forwarder: Forwarder,
     pub counters: Counters,
+    /// Answers by response code.
+    pub rcodes: DnsMetrics,
 }
 
 impl Shared {
-    pub fn new(views: Views, forwarder: Forwarder) -> Shared {
+    pub fn new(views: Views, forwarder: Forwarder, rcodes: DnsMetrics) -> Shared {
         Shared {
             views: RwLock::new(Arc::new(views)),
             generation: AtomicU64::new(0),
             forwarder,
             counters: Counters::default(),
+            rcodes,
         }
     }
 
@@ -86,6 +90,7 @@ impl PierHandler {
     pub fn count_local_answer(&self) {
         Counters::bump(&self.shared.counters.queries);
         Counters::bump(&self.shared.counters.local);
+        self.shared.rcodes.answered(ResponseCode::NoError);
     }
 
     /// The shared views and their generation.
@@ -150,10 +155,12 @@ impl PierHandler {
         let query = match (metadata.op_code, request.request_info()) {
             (OpCode::Query, Ok(info)) => info.query,
             (OpCode::Query, Err(_)) => {
+                self.shared.rcodes.answered(ResponseCode::FormErr);
                 let message = builder.error_msg(metadata, ResponseCode::FormErr);
                 return Ok(send(&mut response, message, metadata).await);
             }
             _ => {
+                self.shared.rcodes.answered(ResponseCode::NotImp);
                 let message = builder.error_msg(metadata, ResponseCode::NotImp);
                 return Ok(send(&mut response, message, metadata).await);
             }
@@ -164,11 +171,13 @@ impl PierHandler {
         match resolution {
             Resolution::Refused => {
                 Counters::bump(&counters.refused);
+                self.shared.rcodes.answered(ResponseCode::Refused);
                 let message = builder.error_msg(metadata, ResponseCode::Refused);
                 Ok(send(&mut response, message, metadata).await)
             }
             Resolution::NxDomain => {
                 Counters::bump(&counters.nxdomain);
+                self.shared.rcodes.answered(ResponseCode::NXDomain);
                 let mut header = response_metadata(metadata, ResponseCode::NXDomain);
                 header.authoritative = true;
                 let message = builder.build_no_records(header);
@@ -176,6 +185,7 @@ impl PierHandler {
             }
             Resolution::Local(records) => {
                 Counters::bump(&counters.local);
+                self.shared.rcodes.answered(ResponseCode::NoError);
                 let mut header = response_metadata(metadata, ResponseCode::NoError);
                 header.authoritative = true;
                 let message = builder.build(header, records.iter(), [], [], []);
@@ -189,6 +199,7 @@ impl PierHandler {
                         let mut header = answer.metadata;
                         header.id = metadata.id;
                         header.recursion_available = true;
+                        self.shared.rcodes.answered(header.response_code);
                         let message = builder.build(
                             header,
                             answer.answers.iter(),
@@ -206,6 +217,7 @@ impl PierHandler {
                     Err(error) => {
                         tracing::debug!(error = %error, "forwarding failed");
                         Counters::bump(&counters.servfail);
+                        self.shared.rcodes.answered(ResponseCode::ServFail);
                         let message = builder.error_msg(metadata, ResponseCode::ServFail);
                         send(&mut response, message, metadata).await
                     }
@@ -325,6 +337,7 @@ mod tests {
         let shared = Arc::new(Shared::new(
             Views::build(&state),
             Forwarder::new(&config, sockets),
+            DnsMetrics::default(),
         ));
         let handler = PierHandler::new(shared.clone());
         let source: SocketAddr = "172.18.0.2:5353".parse().expect("source");
@@ -369,5 +382,10 @@ mod tests {
                 "{name}"
             );
         }
+        assert_eq!(
+            shared.rcodes.count(ResponseCode::NoError),
+            3,
+            "each handler answer is counted once by its code"
+        );
     }
 }

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Api, Resource, ResourceExt};
 use pier_crds::{Endpoint, Network, PortPublish, finalizers};
+use pier_runtime::error_chain;
+use pier_runtime::finalizer::finalizer;
+use pier_runtime::status::StatusError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -132,13 +135,7 @@ impl Error {
     }
 }
 
-/// The key of an object for backoff and logs: `namespace/name` or `name`.
-pub fn key<K: Resource>(obj: &K) -> String {
-    match obj.meta().namespace.as_deref() {
-        Some(ns) => format!("{ns}/{}", obj.meta().name.as_deref().unwrap_or_default()),
-        None => obj.meta().name.clone().unwrap_or_default(),
-    }
-}
+pub use pier_runtime::key;
 
 /// Retries a failed object with exponential backoff (per object, reset on success), so a
 /// persistent error neither spins nor starves the others.
@@ -156,28 +153,13 @@ pub fn error_policy<K: Resource>(
         // the finalizer just added (the API refuses the stale patch; the next run sees it): not
         // worth a warning each time.
         _ if error.is_transient() => {
-            tracing::debug!(object = %key, error = %ErrorChain(error), ?delay, "retrying")
+            tracing::debug!(object = %key, error = %error_chain(error), ?delay, "retrying")
         }
         _ => {
-            tracing::warn!(object = %key, error = %ErrorChain(error), ?delay, "reconcile failed; retrying")
+            tracing::warn!(object = %key, error = %error_chain(error), ?delay, "reconcile failed; retrying")
         }
     }
     Action::requeue(delay)
-}
-
-/// An error with its sources, on one line.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
 }
 
 /// Writes `status` by server-side apply on the status subresource, as `pier-operator`, forcing
@@ -196,24 +178,15 @@ where
     if current == Some(status) {
         return Ok(());
     }
-    let what = key(obj);
-    let status = serde_json::to_value(status).map_err(|source| Error::Encode {
-        what: what.clone(),
-        source,
-    })?;
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus { what, source })?;
-    Ok(())
+    pier_runtime::status::apply_status(api, obj, FIELD_MANAGER, status)
+        .await
+        .map_err(|error| {
+            let what = key(obj);
+            match error {
+                StatusError::Encode(source) => Error::Encode { what, source },
+                StatusError::Api(source) => Error::WriteStatus { what, source },
+            }
+        })
 }
 
 /// The Network `name`, from the store; a miss is confirmed by the API. The reconcile may run

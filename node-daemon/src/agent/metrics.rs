@@ -1,0 +1,320 @@
+//! The node agent's Prometheus metrics (`pier_node_*`), served on `pier node`'s admin port:
+//! attach and detach latency, kernel errors by kind, DNS answers by response code, and the
+//! objects on this node by condition.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use pier_crds::Condition;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::Error;
+use super::build::Built;
+use super::context::Context;
+use crate::dataplane::{ObjectKey, Report, Scope};
+use crate::dns::metrics::DnsMetrics;
+
+/// The prefix of every node metric's name.
+const PREFIX: &str = "pier_node";
+
+/// The kind an apply that failed as a whole is counted under (the host namespace unreadable, the
+/// state invalid); a failed object is counted under its report key's kind ([`ObjectKey::kind`]).
+const WHOLE_APPLY: &str = "dataplane";
+
+/// The label of a kernel error.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// What failed: a report key's kind (`link`, `endpoint`, `network`, `firewall`, ...) or
+    /// `dataplane`.
+    pub kind: &'static str,
+}
+
+/// The labels of a count of objects.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// `Network`, `Endpoint` or `PortPublish`.
+    pub kind: &'static str,
+    /// The condition's type (`Ready`, `Attached`, `Published`).
+    pub condition: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+}
+
+/// Every metric the node agent exports. Clones of the handles count into the same metrics.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    /// Seconds the kernel apply of an attach took.
+    pub attach: Histogram,
+    /// Seconds the kernel apply of a detach took.
+    pub detach: Histogram,
+    /// Kernel objects that failed to apply, by kind.
+    pub kernel_errors: Family<KindLabels, Counter>,
+    /// Objects on this node by condition, as of the last full reconcile.
+    pub objects: Family<ConditionLabels, Gauge>,
+    /// DNS answers by response code (the embedded DNS server counts into these).
+    pub dns: DnsMetrics,
+}
+
+/// Latency buckets from 0.5 ms to about 4 s: an attach takes a few milliseconds, a slow one
+/// (a loaded node, a namespace being created) up to seconds.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        let kernel_errors = Family::<KindLabels, Counter>::default();
+        // Every kind listed from the start, at 0: a scrape shows the series before any error.
+        for kind in ObjectKey::KINDS.into_iter().chain([WHOLE_APPLY]) {
+            let _ = kernel_errors.get_or_create(&KindLabels { kind });
+        }
+        NodeMetrics {
+            attach: latency(),
+            detach: latency(),
+            kernel_errors,
+            objects: Family::default(),
+            dns: DnsMetrics::default(),
+        }
+    }
+}
+
+impl NodeMetrics {
+    /// Registers every metric in `registry` under `pier_node_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix(PREFIX);
+        registry.register(
+            "attach_duration_seconds",
+            "Time the kernel apply of an endpoint attach took",
+            self.attach.clone(),
+        );
+        registry.register(
+            "detach_duration_seconds",
+            "Time the kernel apply of an endpoint detach took",
+            self.detach.clone(),
+        );
+        registry.register(
+            "kernel_errors",
+            "Kernel objects that failed to apply, by kind",
+            self.kernel_errors.clone(),
+        );
+        registry.register(
+            "objects",
+            "Objects on this node by condition type and status, at the last full reconcile",
+            self.objects.clone(),
+        );
+        self.dns.register(registry);
+    }
+
+    /// Counts the failures of an apply: each failed object by kind, or the whole apply.
+    fn count_failures(&self, result: &Result<Report, Error>) {
+        match result {
+            Ok(report) => {
+                for (object, _) in report.failures() {
+                    let kind = object.kind();
+                    self.kernel_errors.get_or_create(&KindLabels { kind }).inc();
+                }
+            }
+            Err(Error::Dataplane(_)) => {
+                self.kernel_errors
+                    .get_or_create(&KindLabels { kind: WHOLE_APPLY })
+                    .inc();
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Sets the objects-by-condition gauges to `counts` (label sets no longer seen are dropped).
+    pub fn set_objects(&self, counts: BTreeMap<ConditionLabels, i64>) {
+        self.objects.clear();
+        for (labels, count) in counts {
+            self.objects.get_or_create(&labels).set(count);
+        }
+    }
+
+    /// Recounts the objects by condition from the agent's stores.
+    pub fn observe_objects(&self, ctx: &Context) {
+        let (networks, endpoints, ports) = (
+            ctx.networks.state(),
+            ctx.endpoints.state(),
+            ctx.ports.state(),
+        );
+        fn of<'a>(
+            kind: &'static str,
+            conditions: Option<&'a Vec<Condition>>,
+        ) -> (&'static str, &'a [Condition]) {
+            (kind, conditions.map(Vec::as_slice).unwrap_or_default())
+        }
+        let all = networks
+            .iter()
+            .map(|n| of("Network", n.status.as_ref().map(|s| &s.conditions)))
+            .chain(
+                endpoints
+                    .iter()
+                    .map(|e| of("Endpoint", e.status.as_ref().map(|s| &s.conditions))),
+            )
+            .chain(
+                ports
+                    .iter()
+                    .map(|p| of("PortPublish", p.status.as_ref().map(|s| &s.conditions))),
+            );
+        self.set_objects(count_by_condition(all));
+    }
+}
+
+/// How many objects have each (kind, condition type, status).
+pub fn count_by_condition<'a>(
+    objects: impl IntoIterator<Item = (&'static str, &'a [Condition])>,
+) -> BTreeMap<ConditionLabels, i64> {
+    let mut counts = BTreeMap::new();
+    for (kind, conditions) in objects {
+        for condition in conditions {
+            let labels = ConditionLabels {
+                kind,
+                condition: condition.type_.clone(),
+                status: condition.status.clone(),
+            };
+            *counts.entry(labels).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Which latency an apply is timed into.
+#[derive(Debug, Clone, Copy)]
+pub enum Timed {
+    /// An endpoint's attach.
+    Attach,
+    /// An endpoint's detach.
+    Detach,
+    /// Not timed (ports, the full reconcile).
+    No,
+}
+
+/// `ctx.apply`, observed: its kernel failures counted by kind, and its duration when `timed`.
+pub async fn apply(
+    ctx: &Context,
+    built: &mut Built,
+    scope: Scope,
+    timed: Timed,
+) -> Result<Report, Error> {
+    let metrics = &ctx.config.metrics;
+    let started = Instant::now();
+    let result = ctx.apply(built, scope).await;
+    let seconds = started.elapsed().as_secs_f64();
+    match timed {
+        Timed::Attach => metrics.attach.observe(seconds),
+        Timed::Detach => metrics.detach.observe(seconds),
+        Timed::No => {}
+    }
+    metrics.count_failures(&result);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dataplane::Outcome;
+
+    use super::*;
+
+    fn condition(type_: &str, status: &str) -> Condition {
+        pier_crds::conditions::observe(&[], type_, status == "True", "Why", "", None)
+    }
+
+    fn encode(metrics: &NodeMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn failed_report_entries_are_counted_by_kind() {
+        let metrics = NodeMetrics::default();
+        let mut report = Report::default();
+        report.objects.insert(
+            ObjectKey::Link("pv1".into()),
+            Outcome::Failed("exists".into()),
+        );
+        report.objects.insert(
+            ObjectKey::Link("pv2".into()),
+            Outcome::Failed("exists".into()),
+        );
+        report
+            .objects
+            .insert(ObjectKey::endpoint("a"), Outcome::InSync);
+        metrics.count_failures(&Ok(report));
+        let text = encode(&metrics);
+        assert!(
+            text.contains("pier_node_kernel_errors_total{kind=\"link\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pier_node_kernel_errors_total{kind=\"endpoint\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn objects_are_counted_by_kind_condition_and_status() {
+        let ready = [condition("Ready", "True"), condition("Attached", "True")];
+        let refused = [condition("Ready", "True"), condition("Attached", "False")];
+        let counts = count_by_condition([
+            ("Endpoint", &ready[..]),
+            ("Endpoint", &ready[..]),
+            ("Endpoint", &refused[..]),
+            ("Network", &ready[..1]),
+            ("PortPublish", &[][..]),
+        ]);
+        let get = |kind, condition: &str, status: &str| {
+            counts
+                .get(&ConditionLabels {
+                    kind,
+                    condition: condition.into(),
+                    status: status.into(),
+                })
+                .copied()
+        };
+        assert_eq!(get("Endpoint", "Ready", "True"), Some(3));
+        assert_eq!(get("Endpoint", "Attached", "True"), Some(2));
+        assert_eq!(get("Endpoint", "Attached", "False"), Some(1));
+        assert_eq!(get("Network", "Ready", "True"), Some(1));
+        assert_eq!(counts.len(), 4);
+
+        let metrics = NodeMetrics::default();
+        metrics.set_objects(counts);
+        metrics.set_objects(count_by_condition([("Network", &ready[..1])]));
+        let text = encode(&metrics);
+        assert!(
+            text.contains(
+                "pier_node_objects{kind=\"Network\",condition=\"Ready\",status=\"True\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("kind=\"Endpoint\""),
+            "gone label sets: {text}"
+        );
+    }
+
+    #[test]
+    fn every_metric_is_listed_under_the_node_prefix() {
+        let metrics = NodeMetrics::default();
+        metrics.attach.observe(0.002);
+        let text = encode(&metrics);
+        for name in [
+            "pier_node_attach_duration_seconds_bucket",
+            "pier_node_attach_duration_seconds_count 1",
+            "pier_node_detach_duration_seconds_count 0",
+            "pier_node_kernel_errors_total{kind=\"dataplane\"} 0",
+            "pier_node_dns_queries_total{rcode=\"NOERROR\"} 0",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+    }
+}

@@ -12,7 +12,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::stores::Stores;
 
-/// The field manager of every write (DESIGN.md §4).
+/// The field manager of every write: the allocations in status stay apart from the node's
+/// conditions.
 pub const FIELD_MANAGER: &str = "pier-operator";
 /// The finalizer that holds deletions until allocations are released.
 pub const FINALIZER: &str = pier_crds::finalizers::OPERATOR;

@@ -1,5 +1,6 @@
 //! The node agent (`pier node`): watches the API for what belongs on this node, builds the
-//! NodeState, drives the dataplane and DNS, and reports `Attached` / `Published` (DESIGN.md §2).
+//! NodeState, drives the dataplane and DNS, and reports `Attached` / `Published`. The operator
+//! decides (addresses, ports, names, the default route); the agent applies what status says.
 //!
 //!
 //! Two controllers (Endpoints and PortPublishes whose `status.node` names this node, by field
@@ -37,7 +38,8 @@ use context::Context;
 use metrics::NodeMetrics;
 use node_kernel::{NodeKernel, RealKernel};
 
-/// Field manager of every write the node agent makes (DESIGN.md §4).
+/// Field manager of every write the node agent makes: its conditions and finalizer stay apart
+/// from the operator's.
 pub const FIELD_MANAGER: &str = "pier-node";
 /// The node-scoped finalizer: kernel objects are gone before the object is.
 pub const FINALIZER: &str = pier_crds::finalizers::NODE;

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ipnet::Ipv4Net;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::Client;
 use pier_apiserver::{ApiServer, Options};
 use pier_node::agent::{AgentConfig, AgentHealth};
 use pier_node::dns::DnsConfig;
@@ -102,10 +100,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let server = ApiServer::open_with(
         args.data_dir.join("api"),
-        Options {
-            node_name: Some(node_name.clone()),
-            ..Options::default()
-        },
+        Options::for_node(node_name.clone()),
     )
     .await
     .context("opening the API server's data")?;
@@ -119,7 +114,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .context("writing the kubeconfig")?;
     // In-process components talk to the server without TLS or sockets.
     let client = Client::new(server.service(), "default");
-    install_crds(&client).await?;
+    pier_crds::manifests::install(&client, FIELD_MANAGER)
+        .await
+        .context("installing Pier's CRDs")?;
 
     let node_netns = args.node_netns.clone();
     let host_subnets = tokio::task::spawn_blocking(move || {
@@ -226,21 +223,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     })
     .await;
     serving.abort();
-    Ok(())
-}
-
-/// Installs (or updates) Pier's CRDs by server-side apply.
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (name, crd) in pier_crds::manifests::all_crds() {
-        crds.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("installing CRD {name}"))?;
-    }
     Ok(())
 }
 

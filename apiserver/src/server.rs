@@ -44,6 +44,16 @@ pub struct Options {
     pub log_io: Arc<dyn LogIo>,
 }
 
+impl Options {
+    /// The defaults, with one local node named `node_name`.
+    pub fn for_node(node_name: impl Into<String>) -> Options {
+        Options {
+            node_name: Some(node_name.into()),
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

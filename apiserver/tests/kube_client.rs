@@ -740,11 +740,7 @@ async fn watch_bookmarks_and_label_filtering() {
 
 #[tokio::test]
 async fn builtins_are_served() {
-    let (_s, client) = common::server_with_crds(Options {
-        node_name: Some("node-a".into()),
-        ..Options::default()
-    })
-    .await;
+    let (_s, client) = common::server_with_crds(Options::for_node("node-a")).await;
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod};
     let ns: Api<Namespace> = Api::all(client.clone());

@@ -15,12 +15,9 @@ struct Kubectl {
 impl Kubectl {
     async fn start() -> Kubectl {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = ApiServer::in_memory_with(Options {
-            node_name: Some("node-a".into()),
-            ..Options::default()
-        })
-        .await
-        .expect("server");
+        let server = ApiServer::in_memory_with(Options::for_node("node-a"))
+            .await
+            .expect("server");
         let (addr, _task) = server
             .serve_https("127.0.0.1:0".parse().expect("addr"))
             .await

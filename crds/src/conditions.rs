@@ -82,6 +82,30 @@ pub mod reason {
     pub const PUBLISH_FAILED: &str = "PublishFailed";
 }
 
+/// A Pier object's conditions, read from its status (none before it has a status).
+pub trait WithConditions {
+    /// The object's conditions.
+    fn conditions(&self) -> &[Condition];
+}
+
+impl WithConditions for crate::Network {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl WithConditions for crate::Endpoint {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl WithConditions for crate::PortPublish {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
 /// Finds the condition of `type_` in a list.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

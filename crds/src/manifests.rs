@@ -29,3 +29,16 @@ pub fn all_crds_yaml() -> Result<String, serde_yaml::Error> {
     }
     Ok(out)
 }
+
+/// Installs (or updates) the three CRDs on the API server behind `client`, by server-side apply as
+/// `field_manager`.
+pub async fn install(client: &kube::Client, field_manager: &str) -> Result<(), kube::Error> {
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let params = kube::api::PatchParams::apply(field_manager).force();
+    for (_, crd) in all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &params, &kube::api::Patch::Apply(&crd))
+            .await?;
+    }
+    Ok(())
+}

@@ -12,6 +12,9 @@
 //! `PIER_BENCH_REPS=15`, `PIER_BENCH_NETAVARK=/usr/lib/podman/netavark`, `PIER_BENCH_IPERF=1`).
 //! Everything happens in namespaces made here (`pb<pid>-...`), removed at the end.
 
+mod shared;
+
+use shared::{env_or, write_json};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -26,19 +29,6 @@ use pier_node::state::{
 };
 
 const NETWORKS: usize = 4;
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// With `PIER_BENCH_JSON=/path/file.json` set, writes the figures there as one JSON document
-/// (read by `benches/run.sh`), besides the human-readable table on stdout.
-fn write_json(document: &serde_json::Value) {
-    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
-        let text = serde_json::to_string_pretty(document).expect("JSON of plain numbers");
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
-    }
-}
 
 /// Runs `ip -batch -` with the given lines (one process for thousands of namespaces).
 fn ip_batch(lines: &[String]) {

@@ -11,6 +11,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+mod shared;
+
+use shared::{env_or, write_json};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,19 +29,6 @@ const GATEWAY: &str = "172.30.0.1";
 const NAMES: usize = 200;
 const PIER_PORT: u16 = 53;
 const AARDVARK_PORT: u16 = 5300;
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// With `PIER_BENCH_JSON=/path/file.json` set, writes the figures there as one JSON document
-/// (read by `benches/run.sh`), besides the human-readable table on stdout.
-fn write_json(document: &serde_json::Value) {
-    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
-        let text = serde_json::to_string_pretty(document).expect("JSON of plain numbers");
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
-    }
-}
 
 fn name_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 30, 0, 10 + i as u8)

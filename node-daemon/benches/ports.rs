@@ -10,6 +10,9 @@
 //! never touched. The first 5 repetitions of each size are warm-up and not counted.
 //! Prints a Markdown table for BENCHMARKS.md.
 
+mod shared;
+
+use shared::{env_or, write_json};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,19 +23,6 @@ use pier_node::state::{Driver, NetworkState, NodeState, Protocol, PublishedPort}
 
 /// Repetitions per size run before measuring (caches, first-use allocations in the kernel).
 const WARMUP: usize = 5;
-
-fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// With `PIER_BENCH_JSON=/path/file.json` set, writes the figures there as one JSON document
-/// (read by `benches/run.sh`), besides the human-readable table on stdout.
-fn write_json(document: &serde_json::Value) {
-    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
-        let text = serde_json::to_string_pretty(document).expect("JSON of plain numbers");
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
-    }
-}
 
 struct HostNs(String);
 

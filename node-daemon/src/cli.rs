@@ -42,8 +42,9 @@ pub struct StateFile {
 }
 
 /// What the `dataplane` command can fail with.
+/// A NodeState file (`-f state.json`) that cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub enum StateFileError {
     #[error("reading state file {path}")]
     Read {
         path: PathBuf,
@@ -56,6 +57,24 @@ pub enum CliError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Reads a NodeState from a JSON file (`pier dataplane ... -f`, `pier dns -f`).
+pub fn read_state(path: &Path) -> Result<NodeState, StateFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StateFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| StateFileError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    State(#[from] StateFileError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error("{0} object(s) failed (see the report above)")]
@@ -67,17 +86,6 @@ pub enum CliError {
 /// Test hook: `PIER_DATAPLANE_STEP_DELAY_MS` slows every applied step, so a test can kill an
 /// apply half-way. Unset in normal use.
 const STEP_DELAY_ENV: &str = "PIER_DATAPLANE_STEP_DELAY_MS";
-
-fn read_state(path: &PathBuf) -> Result<NodeState, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| CliError::Parse {
-        path: path.clone(),
-        source,
-    })
-}
 
 /// The node's lock of the namespace `args` works in, for `command` (with `file` as what it
 /// works from, shown to a second instance).

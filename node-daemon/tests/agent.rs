@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use pier_apiserver::{ApiServer, Options};
+use pier_apiserver::ApiServer;
 use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
 use pier_crds::finalizers;
@@ -30,8 +29,11 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The embedded API server's single node, which the agent serves.
-const NODE: &str = "node-a";
+/// The operator's test fixture: an embedded API server with Pier's CRDs, and the real operator.
+#[path = "../../operator/tests/common/mod.rs"]
+mod operator_fixture;
+
+use operator_fixture::{NODE, Operator, object};
 
 /// How long a wait may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -41,28 +43,17 @@ struct Cluster {
     _server: ApiServer,
     client: Client,
     kernel: Arc<FakeKernel>,
+    operator: Operator,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    agent: JoinHandle<()>,
 }
 
 impl Cluster {
     /// Starts everything and waits for the agent's first full reconcile. `kernel` is the node
     /// as it is before the agent starts.
     async fn start(kernel: FakeKernel, resync: Duration) -> Cluster {
-        logs();
-        let server = ApiServer::in_memory_with(Options {
-            node_name: Some(NODE.into()),
-            ..Options::default()
-        })
-        .await
-        .expect("API server starts");
-        let client = Client::new(server.service(), "default");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for (_, crd) in pier_crds::manifests::all_crds() {
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .expect("CRD installed");
-        }
+        let (server, client) = operator_fixture::cluster().await;
+        let operator = Operator::start(&client, operator_fixture::config("test-operator"));
         let (stop, stopped) = watch::channel(false);
         let until_stopped = || {
             let mut stopped = stopped.clone();
@@ -70,21 +61,6 @@ impl Cluster {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
-
-        let mut operator = pier_operator::config::Config::default();
-        operator.lease.identity = "test-operator".into();
-        operator.lease.duration = Duration::from_secs(2);
-        operator.lease.retry = Duration::from_millis(200);
-        operator.wait_requeue = Duration::from_secs(1);
-        operator.min_backoff = Duration::from_millis(20);
-        operator.max_backoff = Duration::from_millis(500);
-        let operator = tokio::spawn(pier_operator::run_with_client(
-            client.clone(),
-            operator,
-            Arc::new(pier_operator::metrics::Metrics::default()),
-            Arc::new(pier_operator::admin::Health::default()),
-            until_stopped(),
-        ));
 
         let mut agent = AgentConfig::new(NODE);
         agent.resync = resync;
@@ -94,7 +70,7 @@ impl Cluster {
         agent.max_backoff = Duration::from_millis(500);
         let kernel = Arc::new(kernel);
         let health = Arc::new(AgentHealth::default());
-        let agent_task = tokio::spawn({
+        let agent = tokio::spawn({
             let (client, kernel, health) = (client.clone(), kernel.clone(), health.clone());
             let stopped = until_stopped();
             async move {
@@ -114,13 +90,9 @@ impl Cluster {
             _server: server,
             client,
             kernel,
+            operator,
             stop,
-            tasks: vec![
-                tokio::spawn(async move {
-                    let _ = operator.await;
-                }),
-                agent_task,
-            ],
+            agent,
         }
     }
 
@@ -134,24 +106,9 @@ impl Cluster {
     /// Stops the agent and the operator cleanly (an agent that panicked fails the test).
     async fn stop(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            task.await.expect("stopped cleanly");
-        }
+        self.agent.await.expect("the agent stopped cleanly");
+        self.operator.stop().await;
     }
-}
-
-fn logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-fn object<K: DeserializeOwned>(value: Value) -> K {
-    serde_json::from_value(value).expect("valid object")
 }
 
 async fn create<K>(api: &Api<K>, value: Value) -> K

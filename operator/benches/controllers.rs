@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -41,19 +40,13 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let server = ApiServer::in_memory_with(Options {
-        node_name: Some("node-a".into()),
-        ..Options::default()
-    })
-    .await
-    .expect("API server starts");
+    let server = ApiServer::in_memory_with(Options::for_node("node-a"))
+        .await
+        .expect("API server starts");
     let client = Client::new(server.service(), "default");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in pier_crds::manifests::all_crds() {
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("CRD installed");
-    }
+    pier_crds::manifests::install(&client, "test")
+        .await
+        .expect("CRDs installed");
     let mut config = pier_operator::Config::default();
     config.lease.identity = "bench".into();
     let metrics = std::sync::Arc::new(pier_operator::metrics::Metrics::default());

@@ -1,6 +1,16 @@
 //! The `Ready` condition the operator owns, Kubernetes-style: `lastTransitionTime` moves only when
 //! the status flips, so a reconcile that changes nothing writes nothing new.
 
+/// The conditions of a status the operator owns (`Ready`): what it compares with what it would
+/// write, leaving the node's conditions out.
+pub fn operator_owned(conditions: &[Condition]) -> Vec<Condition> {
+    conditions
+        .iter()
+        .filter(|c| c.type_ == READY)
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, Condition, READY};

@@ -2,9 +2,8 @@
 //! never hand out the same thing), the Events, metrics and per-object backoff.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use kube::{Client, Resource};
+use kube::Client;
 use pier_runtime::{Backoff, Events};
 
 use crate::allocations::Allocations;
@@ -25,13 +24,14 @@ pub struct Context {
     /// Settings.
     pub config: Config,
     allocations: Mutex<Allocations>,
-    events: Events,
+    /// Events about the objects reconciled.
+    pub events: Events,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The controllers' reflector stores, read instead of the API.
     pub stores: Stores,
     /// Retry delays of the objects that are failing.
-    backoff: Backoff,
+    pub backoff: Backoff,
 }
 
 impl std::fmt::Debug for Context {
@@ -72,27 +72,6 @@ impl Context {
         self.allocations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Publishes an Event about `obj` (best-effort: a failure is logged).
-    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
-    where
-        K: Resource<DynamicType = ()>,
-    {
-        self.events
-            .publish(obj, warning, reason, action, note)
-            .await;
-    }
-
-    /// Forgets `key`'s failures (it reconciled).
-    pub fn succeeded(&self, key: &str) {
-        self.backoff.reset(key);
-    }
-
-    /// Counts a failure of `key` and returns how long to wait: exponential from `min_backoff` up
-    /// to `max_backoff`, with jitter.
-    pub fn backoff(&self, key: &str) -> Duration {
-        self.backoff.next(key)
     }
 
     /// Updates the pool gauges.

@@ -4,8 +4,7 @@
 mod common;
 
 use common::*;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use pier_apiserver::{ApiServer, Options};
 use pier_crds::{Endpoint, Network};
@@ -31,15 +30,9 @@ async fn https_client(
 }
 
 async fn open(dir: &std::path::Path) -> ApiServer {
-    ApiServer::open_with(
-        dir.join("data"),
-        Options {
-            node_name: Some(NODE.into()),
-            ..Options::default()
-        },
-    )
-    .await
-    .expect("server opens")
+    ApiServer::open_with(dir.join("data"), Options::for_node(NODE))
+        .await
+        .expect("server opens")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,12 +41,9 @@ async fn over_https_and_across_a_restart_of_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = open(dir.path()).await;
     let (client, serving) = https_client(&server, dir.path()).await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in pier_crds::manifests::all_crds() {
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("CRD installed");
-    }
+    pier_crds::manifests::install(&client, "test")
+        .await
+        .expect("CRDs installed");
     let op = Operator::start(&client, config("op-1"));
     let nets: Api<Network> = Api::all(client.clone());
     let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");

@@ -4,7 +4,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::reflector::Store;
@@ -46,8 +45,10 @@ pub struct Context {
     /// The sockets holding the published host ports (see [`crate::kernel::host_ports`]); locked across
     /// each apply, so the ports held and the ports in the table change together.
     pub host_ports: Arc<Mutex<PortHolder<HeldPort>>>,
-    events: Events,
-    backoff: Backoff,
+    /// Events about the objects reconciled.
+    pub events: Events,
+    /// Retry delays of the objects that are failing.
+    pub backoff: Backoff,
 }
 
 impl std::fmt::Debug for Context {
@@ -222,26 +223,6 @@ impl Context {
             .await
             .map_err(Error::Blocking)
     }
-
-    /// Publishes an Event about `obj`; failing to is logged, never fatal.
-    pub async fn event<K>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String)
-    where
-        K: Resource<DynamicType = ()>,
-    {
-        self.events
-            .publish(obj, warning, reason, action, note)
-            .await;
-    }
-
-    /// Forgets `key`'s failures (it reconciled).
-    pub fn succeeded(&self, key: &str) {
-        self.backoff.reset(key);
-    }
-
-    /// The delay before `key` is retried: exponential up to `max_backoff`, with jitter.
-    pub fn backoff(&self, key: &str) -> Duration {
-        self.backoff.next(key)
-    }
 }
 
 /// Notes on the endpoints in `scope` whose named namespace has a resolv.conf that Pier did not
@@ -306,14 +287,15 @@ where
         })?;
     if event {
         let ok = condition.status == "True";
-        ctx.event(
-            obj,
-            !ok,
-            &condition.reason,
-            &condition.type_,
-            condition.message,
-        )
-        .await;
+        ctx.events
+            .publish(
+                obj,
+                !ok,
+                &condition.reason,
+                &condition.type_,
+                condition.message,
+            )
+            .await;
     }
     Ok(())
 }

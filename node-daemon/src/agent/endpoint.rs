@@ -9,6 +9,7 @@ use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use pier_crds::Endpoint;
+use pier_crds::conditions::WithConditions;
 use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED};
 use pier_crds::names::bridge_name;
@@ -35,14 +36,14 @@ pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, E
     })
     .await;
     let action = action.map_err(|e| Error::Finalizer(Box::new(e)))?;
-    ctx.succeeded(&key);
+    ctx.backoff.reset(&key);
     Ok(action)
 }
 
 /// Retries with a per-object backoff.
 pub fn error_policy(ep: Arc<Endpoint>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key(&*ep);
-    let delay = ctx.backoff(&key);
+    let delay = ctx.backoff.next(&key);
     if error.is_transient() {
         tracing::debug!(endpoint = %key, error = %pier_runtime::error_chain(error), ?delay, "retrying");
     } else {
@@ -110,11 +111,7 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     let mut built = ctx.build();
     let id = object_id(&ep.metadata);
     let object = endpoint_key(&id);
-    let existing = ep
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let existing = ep.conditions().to_vec();
     let generation = ep.metadata.generation;
     if let Some(refusal) = built.refusals.get(&object) {
         if let Some(condition) = attached_condition(&built, None, &id, &existing, generation) {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use pier_crds::Condition;
+use pier_crds::conditions::WithConditions;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -143,25 +144,11 @@ impl NodeMetrics {
             ctx.endpoints.state(),
             ctx.ports.state(),
         );
-        fn of<'a>(
-            kind: &'static str,
-            conditions: Option<&'a Vec<Condition>>,
-        ) -> (&'static str, &'a [Condition]) {
-            (kind, conditions.map(Vec::as_slice).unwrap_or_default())
-        }
         let all = networks
             .iter()
-            .map(|n| of("Network", n.status.as_ref().map(|s| &s.conditions)))
-            .chain(
-                endpoints
-                    .iter()
-                    .map(|e| of("Endpoint", e.status.as_ref().map(|s| &s.conditions))),
-            )
-            .chain(
-                ports
-                    .iter()
-                    .map(|p| of("PortPublish", p.status.as_ref().map(|s| &s.conditions))),
-            );
+            .map(|n| ("Network", n.conditions()))
+            .chain(endpoints.iter().map(|e| ("Endpoint", e.conditions())))
+            .chain(ports.iter().map(|p| ("PortPublish", p.conditions())));
         self.set_objects(count_by_condition(all));
     }
 }

@@ -8,6 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Api, ResourceExt};
 use pier_crds::PortPublish;
+use pier_crds::conditions::WithConditions;
 use pier_runtime::finalizer::finalizer;
 
 use super::build::{object_id, ports_key};
@@ -30,14 +31,14 @@ pub async fn reconcile(publish: Arc<PortPublish>, ctx: Arc<Context>) -> Result<A
     })
     .await;
     let action = action.map_err(|e| Error::Finalizer(Box::new(e)))?;
-    ctx.succeeded(&key);
+    ctx.backoff.reset(&key);
     Ok(action)
 }
 
 /// Retries with a per-object backoff.
 pub fn error_policy(publish: Arc<PortPublish>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key(&*publish);
-    let delay = ctx.backoff(&key);
+    let delay = ctx.backoff.next(&key);
     if error.is_transient() {
         tracing::debug!(portpublish = %key, error = %pier_runtime::error_chain(error), ?delay, "retrying");
     } else {
@@ -80,11 +81,7 @@ async fn publish_ports(
     ctx.wait_synced().await?;
     let mut built = ctx.build();
     let id = object_id(&publish.metadata);
-    let existing = publish
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let existing = publish.conditions().to_vec();
     let generation = publish.metadata.generation;
     let node = &ctx.config.node_name;
     if built.refusals.contains_key(&ports_key(&id)) {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use kube::{Api, ResourceExt};
 use pier_crds::Condition;
+use pier_crds::conditions::WithConditions;
 use pier_crds::conditions::{self, ATTACHED, PUBLISHED, reason};
 use pier_crds::{Endpoint, PortPublish};
 
@@ -89,11 +90,7 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         let api: Api<Endpoint> =
             Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
         let id = object_id(&ep.metadata);
-        let existing = ep
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
+        let existing = ep.conditions().to_vec();
         let generation = ep.metadata.generation;
         let Some(condition) = attached_condition(built, Some(report), &id, &existing, generation)
         else {
@@ -113,11 +110,7 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         let api: Api<PortPublish> =
             Api::namespaced(ctx.client.clone(), &publish.namespace().unwrap_or_default());
         let id = object_id(&publish.metadata);
-        let existing = publish
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
+        let existing = publish.conditions().to_vec();
         let generation = publish.metadata.generation;
         let Some(condition) = published_condition(
             built,

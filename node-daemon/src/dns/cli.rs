@@ -9,7 +9,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use super::{DnsConfig, DnsError, DnsServer, UpstreamConfig};
-use crate::state::NodeState;
+use crate::cli::{StateFileError, read_state};
 
 /// How often the state file is checked for changes.
 const STATE_POLL: Duration = Duration::from_millis(200);
@@ -46,35 +46,14 @@ pub struct DnsArgs {
 /// What `pier dns` can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsCliError {
-    #[error("reading state file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("parsing state file {path}")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    State(#[from] StateFileError),
     #[error("starting the tokio runtime")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Dns(#[from] DnsError),
     #[error("waiting for Ctrl-C")]
     Signal(#[source] std::io::Error),
-}
-
-fn read_state(path: &Path) -> Result<NodeState, DnsCliError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DnsCliError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| DnsCliError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use pier_crds::conditions::READY;
 use pier_crds::{Driver, Endpoint, EndpointStatus};
 
 use super::refusal::{self, Outcome, Refusal};
@@ -72,12 +71,7 @@ pub fn depends_on(ep: &Endpoint, changed: &Endpoint) -> bool {
 
 fn owned(status: Option<&EndpointStatus>) -> Option<EndpointStatus> {
     status.map(|s| EndpointStatus {
-        conditions: s
-            .conditions
-            .iter()
-            .filter(|c| c.type_ == READY)
-            .cloned()
-            .collect(),
+        conditions: crate::conditions::operator_owned(&s.conditions),
         ..s.clone()
     })
 }
@@ -108,7 +102,8 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
                 );
                 ctx.metrics.allocated("address", 1);
                 tracing::info!(endpoint = %name, %note, "address allocated");
-                ctx.event(ep, false, "AddressAllocated", "Allocate", note)
+                ctx.events
+                    .publish(ep, false, "AddressAllocated", "Allocate", note)
                     .await;
                 ctx.observe();
             } else if status.ipv4_address.is_none() && changed {
@@ -118,18 +113,13 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
                     .first()
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
-                ctx.event(ep, false, "Allocated", "Allocate", note).await;
+                ctx.events
+                    .publish(ep, false, "Allocated", "Allocate", note)
+                    .await;
             }
             Ok(Action::await_change())
         }
-        Err(r) => {
-            if changed {
-                r.report(ctx, ep, NAME, "Allocate").await;
-            }
-            // Watches bring Networks, Pods and shared Endpoints; nodes are not watched, so a
-            // waiting endpoint also looks again later.
-            Ok(Action::requeue(ctx.config.wait_requeue))
-        }
+        Err(r) => Ok(r.requeue(changed, ctx, ep, NAME).await),
     }
 }
 
@@ -380,14 +370,15 @@ async fn cleanup(_api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<A
             .and_then(|s| s.ipv4_address.clone())
             .unwrap_or_default();
         tracing::info!(endpoint = %owner, %address, "address released");
-        ctx.event(
-            ep,
-            false,
-            "AddressReleased",
-            "Delete",
-            format!("address {address} released"),
-        )
-        .await;
+        ctx.events
+            .publish(
+                ep,
+                false,
+                "AddressReleased",
+                "Delete",
+                format!("address {address} released"),
+            )
+            .await;
     }
     Ok(Action::await_change())
 }

@@ -146,7 +146,7 @@ pub fn error_policy<K: Resource>(
     controller: &str,
 ) -> Action {
     let key = key(&*obj);
-    let delay = ctx.backoff(&key);
+    let delay = ctx.backoff.next(&key);
     ctx.metrics.error(controller, error.metric_reason());
     match error {
         // Expected while a Network drains, or when a reconcile ran on a cached copy older than
@@ -325,14 +325,15 @@ where
         None => "it is on no node any more".to_owned(),
     };
     tracing::warn!(object = %what, %why, "removed the node finalizer");
-    ctx.event(
-        obj,
-        true,
-        "NodeGone",
-        "Delete",
-        format!("{why}: removed finalizer {}", finalizers::NODE),
-    )
-    .await;
+    ctx.events
+        .publish(
+            obj,
+            true,
+            "NodeGone",
+            "Delete",
+            format!("{why}: removed finalizer {}", finalizers::NODE),
+        )
+        .await;
     Ok(true)
 }
 
@@ -353,7 +354,7 @@ where
     ctx.metrics.reconciled(controller);
     let key = key(&*obj);
     if waits_for_node(&api, &*obj, &ctx).await? {
-        ctx.succeeded(&key);
+        ctx.backoff.reset(&key);
         return Ok(Action::await_change());
     }
     let action = finalizer(&api, FINALIZER, obj, |event| async {
@@ -364,7 +365,7 @@ where
     })
     .await
     .map_err(finalizer_error)?;
-    ctx.succeeded(&key);
+    ctx.backoff.reset(&key);
     Ok(action)
 }
 

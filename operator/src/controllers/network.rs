@@ -6,7 +6,6 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use pier_crds::conditions::READY;
 use pier_crds::conditions::differs as conditions_differ;
 use pier_crds::names::bridge_name;
 use pier_crds::{Driver, Network, NetworkStatus};
@@ -35,12 +34,7 @@ pub fn error_policy(net: Arc<Network>, error: &Error, ctx: Arc<Context>) -> Acti
 /// The status with only the conditions the operator owns, to compare with what it would write.
 fn owned(status: Option<&NetworkStatus>) -> Option<NetworkStatus> {
     status.map(|s| NetworkStatus {
-        conditions: s
-            .conditions
-            .iter()
-            .filter(|c| c.type_ == READY)
-            .cloned()
-            .collect(),
+        conditions: crate::conditions::operator_owned(&s.conditions),
         ..s.clone()
     })
 }
@@ -72,7 +66,8 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
         Ok(message) if current.subnet != status.subnet && status.subnet.is_some() => {
             ctx.metrics.allocated("subnet", 1);
             tracing::info!(network = %name, %message, "subnet allocated");
-            ctx.event(net, false, "SubnetAllocated", "Allocate", message)
+            ctx.events
+                .publish(net, false, "SubnetAllocated", "Allocate", message)
                 .await;
         }
         Err(r) if changed => r.report(ctx, net, NAME, "Allocate").await,
@@ -150,14 +145,15 @@ async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Act
     if let Some(subnet) = released {
         ctx.metrics.released("subnet", 1);
         tracing::info!(network = %name, %subnet, "subnet released");
-        ctx.event(
-            net,
-            false,
-            "SubnetReleased",
-            "Delete",
-            format!("subnet {subnet} released"),
-        )
-        .await;
+        ctx.events
+            .publish(
+                net,
+                false,
+                "SubnetReleased",
+                "Delete",
+                format!("subnet {subnet} released"),
+            )
+            .await;
     }
     Ok(Action::await_change())
 }

@@ -59,12 +59,7 @@ pub fn port_statuses(spec: &[pier_crds::PortSpec], held: &[HostPort]) -> Vec<Pub
 
 fn owned(status: Option<&PortPublishStatus>) -> Option<PortPublishStatus> {
     status.map(|s| PortPublishStatus {
-        conditions: s
-            .conditions
-            .iter()
-            .filter(|c| c.type_ == READY)
-            .cloned()
-            .collect(),
+        conditions: crate::conditions::operator_owned(&s.conditions),
         ..s.clone()
     })
 }
@@ -99,17 +94,13 @@ async fn apply(api: &Api<PortPublish>, pp: &PortPublish, ctx: &Context) -> Resul
                 );
                 ctx.metrics.allocated("port", status.ports.len() as u64);
                 tracing::info!(portpublish = %owner, %note, "ports allocated");
-                ctx.event(pp, false, "PortsAllocated", "Allocate", note)
+                ctx.events
+                    .publish(pp, false, "PortsAllocated", "Allocate", note)
                     .await;
             }
             Ok(Action::await_change())
         }
-        Err(r) => {
-            if changed {
-                r.report(ctx, pp, NAME, "Allocate").await;
-            }
-            Ok(Action::requeue(ctx.config.wait_requeue))
-        }
+        Err(r) => Ok(r.requeue(changed, ctx, pp, NAME).await),
     }
 }
 
@@ -274,14 +265,15 @@ async fn cleanup(
             .collect::<Vec<_>>()
             .join(", ");
         tracing::info!(portpublish = %owner, ports = %text, "ports released");
-        ctx.event(
-            pp,
-            false,
-            "PortsReleased",
-            "Delete",
-            format!("released {text}"),
-        )
-        .await;
+        ctx.events
+            .publish(
+                pp,
+                false,
+                "PortsReleased",
+                "Delete",
+                format!("released {text}"),
+            )
+            .await;
     }
     Ok(Action::await_change())
 }

@@ -68,14 +68,36 @@ impl Refusal {
         } else {
             tracing::warn!(controller, %object, reason = self.reason, message = %self.message, "refused");
         }
-        ctx.event(
-            obj,
-            !self.waiting,
-            self.reason,
-            action,
-            self.message.clone(),
-        )
-        .await;
+        ctx.events
+            .publish(
+                obj,
+                !self.waiting,
+                self.reason,
+                action,
+                self.message.clone(),
+            )
+            .await;
+    }
+}
+
+impl Refusal {
+    /// Reports the refusal of `obj` when its condition `changed` (see [`Refusal::report`]) and
+    /// asks to look again later: the watches bring most of what an object waits for, not all
+    /// (Nodes are not watched).
+    pub async fn requeue<K>(
+        &self,
+        changed: bool,
+        ctx: &Context,
+        obj: &K,
+        controller: &'static str,
+    ) -> kube::runtime::controller::Action
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        if changed {
+            self.report(ctx, obj, controller, "Allocate").await;
+        }
+        kube::runtime::controller::Action::requeue(ctx.config.wait_requeue)
     }
 }
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
 use pier_apiserver::{ApiServer, Options};
@@ -33,19 +32,13 @@ pub fn logs() {
 /// A fresh in-memory API server (one node, `node-a`) with Pier's CRDs, and a client on it.
 pub async fn cluster() -> (ApiServer, Client) {
     logs();
-    let server = ApiServer::in_memory_with(Options {
-        node_name: Some(NODE.into()),
-        ..Options::default()
-    })
-    .await
-    .expect("API server starts");
+    let server = ApiServer::in_memory_with(Options::for_node(NODE))
+        .await
+        .expect("API server starts");
     let client = Client::new(server.service(), "default");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in pier_crds::manifests::all_crds() {
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("CRD installed");
-    }
+    pier_crds::manifests::install(&client, "test")
+        .await
+        .expect("CRDs installed");
     (server, client)
 }
 

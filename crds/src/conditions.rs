@@ -57,6 +57,8 @@ pub mod reason {
     pub const PORTS_EXHAUSTED: &str = "PortsExhausted";
     /// Ports cannot be published from an internal network.
     pub const INTERNAL_NETWORK: &str = "InternalNetwork";
+    /// Ports cannot be published to an endpoint without an address (host and none networks).
+    pub const NO_ADDRESS: &str = "NoAddress";
 
     // The node daemon's `Attached` and `Published`.
     /// The operator has not (or not yet) allocated the object: its `Ready` is not `True`.

@@ -193,3 +193,59 @@ pub struct EndpointStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
+
+/// The names of the Endpoints whose published ports lead to Endpoint `name`'s address: `name`
+/// itself and, in container mode, every Endpoint of `namespace` that shares its network namespace.
+/// Both the operator and the node follow a PortPublish's Endpoint through this.
+pub fn publishing_through<'a>(
+    endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<String> {
+    let mut names: Vec<String> = endpoints
+        .into_iter()
+        .filter(|e| e.metadata.namespace.as_deref() == namespace)
+        .filter(|e| {
+            e.spec
+                .target
+                .endpoint
+                .as_ref()
+                .is_some_and(|t| t.name == name)
+        })
+        .filter_map(|e| e.metadata.name.clone())
+        .collect();
+    names.push(name.to_owned());
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(namespace: &str, name: &str, shares: Option<&str>) -> Endpoint {
+        let mut endpoint = Endpoint::new(name, EndpointSpec::default());
+        endpoint.metadata.namespace = Some(namespace.into());
+        endpoint.spec.target.endpoint = shares.map(|other| LocalObjectReference {
+            name: other.into(),
+        });
+        endpoint
+    }
+
+    #[test]
+    fn ports_lead_through_the_endpoints_that_share_a_namespace() {
+        let endpoints = [
+            endpoint("default", "web", None),
+            endpoint("default", "sidecar", Some("web")),
+            endpoint("other", "elsewhere", Some("web")),
+            endpoint("default", "unrelated", Some("db")),
+        ];
+        assert_eq!(
+            publishing_through(&endpoints, Some("default"), "web"),
+            vec!["sidecar".to_owned(), "web".to_owned()]
+        );
+        assert_eq!(
+            publishing_through(&endpoints, Some("default"), "db"),
+            vec!["unrelated".to_owned(), "db".to_owned()]
+        );
+    }
+}

@@ -41,7 +41,6 @@ pub struct StateFile {
     pub deep: bool,
 }
 
-/// What the `dataplane` command can fail with.
 /// A NodeState file (`-f state.json`) that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
@@ -71,6 +70,7 @@ pub fn read_state(path: &Path) -> Result<NodeState, StateFileError> {
     })
 }
 
+/// What the `dataplane` command can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]

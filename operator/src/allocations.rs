@@ -20,7 +20,6 @@ use crate::ipam::{
 };
 use crate::ports::{
     HostPort, KUBERNETES_HOST_PORTS, PortAllocator, PortError, PortRange, PortSet, PortSpec,
-    Protocol,
 };
 
 /// Where automatic subnets and ports come from.
@@ -578,7 +577,7 @@ impl Allocations {
                 };
                 held.push((
                     owner.clone(),
-                    HostPort::new(node, protocol(port.protocol), host_ip, number),
+                    HostPort::new(node, port.protocol, host_ip, number),
                 ));
             }
         }
@@ -661,18 +660,10 @@ pub fn network_request(network: &Network) -> Result<NetworkRequest, SpecError> {
     })
 }
 
-/// The allocator's protocol for the API's.
-pub fn protocol(p: pier_crds::Protocol) -> Protocol {
-    match p {
-        pier_crds::Protocol::Tcp => Protocol::Tcp,
-        pier_crds::Protocol::Udp => Protocol::Udp,
-        pier_crds::Protocol::Sctp => Protocol::Sctp,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Protocol;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().expect("test CIDR")

@@ -105,8 +105,8 @@ impl Default for Config {
             bridge_subnet: Ipv4Net::new_assert(std::net::Ipv4Addr::new(172, 17, 0, 0), 16),
             alloc: AllocConfig::default(),
             wait_requeue: Duration::from_secs(30),
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(60),
+            min_backoff: pier_runtime::backoff::DEFAULT_MIN,
+            max_backoff: pier_runtime::backoff::DEFAULT_MAX,
         }
     }
 }

@@ -307,20 +307,12 @@ impl Controllers {
         let store = publish.store();
         let publish = publish.watches(endpoints, wc(), move |ep| {
             let (name, ns) = (ep.name_any(), ep.namespace());
-            let mut leading_to_it: Vec<String> = sharers
-                .state()
-                .into_iter()
-                .filter(|e| e.namespace() == ns)
-                .filter(|e| {
-                    e.spec
-                        .target
-                        .endpoint
-                        .as_ref()
-                        .is_some_and(|t| t.name == name)
-                })
-                .map(|e| e.name_any())
-                .collect();
-            leading_to_it.push(name);
+            let sharing = sharers.state();
+            let leading_to_it = pier_crds::endpoint::publishing_through(
+                sharing.iter().map(|e| &**e),
+                ns.as_deref(),
+                &name,
+            );
             store
                 .state()
                 .into_iter()
@@ -337,7 +329,7 @@ impl Controllers {
 
     /// The stores the reconcilers read.
     fn stores(&self) -> Stores {
-        Stores::new(self.network.store(), self.endpoint.store())
+        Stores::new(self.network.store())
     }
 
     /// Runs the three controllers (until the task is aborted).

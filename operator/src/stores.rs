@@ -1,27 +1,25 @@
-//! The reflector stores of the Network and Endpoint controllers, read by the reconcilers instead
-//! of the API. Pods, Nodes and PortPublishes are not read from here: the operator keeps no store
-//! of Pods or Nodes, and no reconcile reads another PortPublish.
+//! The reflector store of the Network controller, read by the reconcilers instead of the API.
+//! Endpoints are read from the API where a reconcile depends on one (a shared or published
+//! Endpoint: its node and readiness decide, and the reconcile usually runs because they changed,
+//! seen by another watch than the one filling the store); the operator keeps no store of Pods or
+//! Nodes, and no reconcile reads another PortPublish.
 
 use std::sync::Arc;
 
 use kube::runtime::reflector::store::WriterDropped;
 use kube::runtime::reflector::{ObjectRef, Store};
-use pier_crds::{Endpoint, Network};
+use pier_crds::Network;
 
-/// Every Network and every Endpoint, as the controllers' watches last saw them.
+/// Every Network, as the Network controller's watch last saw them.
 #[derive(Debug, Clone)]
 pub struct Stores {
     networks: Store<Network>,
-    endpoints: Store<Endpoint>,
 }
 
 impl Stores {
-    /// The stores of the Network and Endpoint controllers.
-    pub fn new(networks: Store<Network>, endpoints: Store<Endpoint>) -> Self {
-        Stores {
-            networks,
-            endpoints,
-        }
+    /// The store of the Network controller.
+    pub fn new(networks: Store<Network>) -> Self {
+        Stores { networks }
     }
 
     /// The Network `name`. Waits until the store holds the initial list: the controller that
@@ -35,15 +33,5 @@ impl Stores {
     pub async fn networks(&self) -> Result<Vec<Arc<Network>>, WriterDropped> {
         self.networks.wait_until_ready().await?;
         Ok(self.networks.state())
-    }
-
-    /// The Endpoint `namespace/name` (after the initial list, as [`Stores::network`]).
-    pub async fn endpoint(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Arc<Endpoint>>, WriterDropped> {
-        self.endpoints.wait_until_ready().await?;
-        Ok(self.endpoints.get(&ObjectRef::new(name).within(namespace)))
     }
 }

@@ -178,6 +178,29 @@ async fn every_refusal_is_a_condition_and_an_event() {
     .await;
     event_with(&client, "default", "leak", "InternalNetwork").await;
 
+    // NoAddress: no ports to an endpoint on a host (or none) network, as Docker discards them.
+    create(&nets, &network("hostnet", json!({"driver": "host"}))).await;
+    create(
+        &eps,
+        &endpoint("on-host", "on-host", Some("hostnet"), json!({})),
+    )
+    .await;
+    wait_for(&eps, "on-host", "Ready", |e| {
+        endpoint_ready(e).is_some_and(|(status, _, _)| status == "True")
+    })
+    .await;
+    create(
+        &pps,
+        &publish("nowhere", "on-host", json!([{"containerPort": 80}])),
+    )
+    .await;
+    let refused = wait_for(&pps, "nowhere", "NoAddress", |p| {
+        ready_of_publish(p).1 == "NoAddress"
+    })
+    .await;
+    assert!(refused.status.expect("status").ports.is_empty());
+    event_with(&client, "default", "nowhere", "NoAddress").await;
+
     // EndpointNotFound for a PortPublish.
     create(
         &pps,

@@ -10,6 +10,11 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 type Delays = <ExponentialBuilder as BackoffBuilder>::Backoff;
 
+/// The first retry delay of a controller that sets none.
+pub const DEFAULT_MIN: Duration = Duration::from_millis(100);
+/// The longest retry delay (before jitter) of a controller that sets none.
+pub const DEFAULT_MAX: Duration = Duration::from_secs(60);
+
 /// The retry delays of every object that is failing, by key.
 #[derive(Debug)]
 pub struct Backoff {

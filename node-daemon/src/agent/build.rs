@@ -19,7 +19,7 @@ use crate::dataplane::ObjectKey;
 use crate::kernel::host_ports::{HostPort, Refused};
 use crate::kernel::hostnet::{HostSubnet, overlapping};
 use crate::state::{
-    Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState, Protocol,
+    Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState,
     PublishedPort,
 };
 
@@ -298,16 +298,18 @@ fn bridge_attachment(
         status.ipv4_address.as_deref().and_then(|a| a.parse().ok()),
         status.mac_address.as_ref(),
         status.interface.as_ref(),
-        status.default_route,
         !status.dns_names.is_empty(),
     );
-    let (Some(address), Some(mac), Some(interface), Some(default_route), true) = allocated else {
+    let (Some(address), Some(mac), Some(interface), true) = allocated else {
         return Err(refusal(
             reason::NOT_ALLOCATED,
-            "the status has no address, MAC, interface, default-route choice or DNS names yet"
-                .to_owned(),
+            "the status has no address, MAC, interface or DNS names yet".to_owned(),
         ));
     };
+    // A status an older operator wrote has no `defaultRoute`: it claims the route, and the oldest
+    // claim of the namespace keeps it (see `build_endpoints`), which is the operator's own rule.
+    // So a node upgraded before its operator keeps every endpoint it has.
+    let default_route = status.default_route.unwrap_or(true);
     Ok(BridgeAttachment {
         network: network_name.to_owned(),
         interface: interface.clone(),
@@ -554,11 +556,7 @@ fn published_ports(
                     port.host_ip.parse().ok()?
                 },
                 host_port: u16::try_from(port.host_port).ok().filter(|p| *p > 0)?,
-                protocol: match port.protocol {
-                    pier_crds::Protocol::Tcp => Protocol::Tcp,
-                    pier_crds::Protocol::Udp => Protocol::Udp,
-                    pier_crds::Protocol::Sctp => Protocol::Sctp,
-                },
+                protocol: port.protocol,
                 endpoint_address: address,
                 container_port: u16::try_from(port.container_port).ok().filter(|p| *p > 0)?,
             })
@@ -858,7 +856,7 @@ mod tests {
         assert_eq!(built.state.ports.len(), 3);
         let held = |port| HostPort {
             ip: Ipv4Addr::UNSPECIFIED,
-            protocol: Protocol::Tcp,
+            protocol: pier_crds::Protocol::Tcp,
             port,
         };
         refuse_ports(
@@ -950,7 +948,7 @@ mod tests {
 
     /// The default route is the operator's choice, whatever the ages; should two statuses claim
     /// it for one namespace (one not updated yet), the older keeps it; without a choice in the
-    /// status the Endpoint waits for the operator.
+    /// status of an older operator the oldest attachment keeps it.
     #[test]
     fn the_default_route_follows_the_status() {
         let networks = [
@@ -989,12 +987,18 @@ mod tests {
                 ("default/con3-tage".to_owned(), false)
             ]
         );
-        let undecided = [older, with_status(younger, |s| s.default_route = None)];
-        let built = run(&networks, &undecided, &[], &[]);
-        assert_eq!(built.state.endpoints.len(), 1);
+        // Statuses of an older operator (no `defaultRoute`): the oldest attachment keeps the
+        // route, as before the operator recorded it, and no endpoint is left out.
+        let from_an_older_operator = [
+            with_status(older, |s| s.default_route = None),
+            with_status(younger, |s| s.default_route = None),
+        ];
         assert_eq!(
-            built.refusals[&endpoint_key("default/con3-tage")].reason,
-            reason::NOT_ALLOCATED
+            routes(&from_an_older_operator),
+            vec![
+                ("default/con3".to_owned(), true),
+                ("default/con3-tage".to_owned(), false)
+            ]
         );
     }
 

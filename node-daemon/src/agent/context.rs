@@ -140,11 +140,7 @@ impl Context {
             .state
             .endpoints
             .iter()
-            .filter(|e| match &scope {
-                Scope::Full => true,
-                Scope::Endpoints(ids) => ids.contains(&e.id),
-                Scope::Removal(_) => false,
-            })
+            .filter(|e| scope.has_endpoint(&e.id))
             .filter_map(|e| match &e.netns {
                 Netns::Named(name) => Some(name.clone()),
                 _ => None,
@@ -236,11 +232,7 @@ fn note_foreign_resolv_confs(
 ) {
     let served = resolv_conf::served_namespaces(state);
     for endpoint in &state.endpoints {
-        let in_scope = match scope {
-            Scope::Full => true,
-            Scope::Endpoints(ids) => ids.contains(&endpoint.id),
-            Scope::Removal(_) => false,
-        };
+        let in_scope = scope.has_endpoint(&endpoint.id);
         if let (true, Netns::Named(name)) = (in_scope, &endpoint.netns)
             && served.contains(name)
             && resolv_conf::is_foreign(root, name, owner)

@@ -86,13 +86,15 @@ fn attach_input(ep: &Endpoint) -> Option<String> {
     let status = ep.status.as_ref()?;
     conditions::is_true(&status.conditions, ATTACHED).then(|| {
         format!(
-            "{:?}/{:?}/{:?}/{:?}/{:?}/{:?}",
+            "{:?}/{:?}/{:?}/{:?}/{:?}/{:?}/{:?}/{:?}",
             ep.metadata.generation,
             status.node,
             status.network,
             status.ipv4_address,
             status.mac_address,
-            status.interface
+            status.interface,
+            status.default_route,
+            status.dns_names
         )
     })
 }

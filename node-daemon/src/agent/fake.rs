@@ -251,11 +251,7 @@ impl NodeKernel for FakeKernel {
                 outcome(created, "bridge created"),
             );
         }
-        let in_scope = |endpoint: &EndpointState| match scope {
-            Scope::Full => true,
-            Scope::Endpoints(ids) => ids.contains(&endpoint.id),
-            Scope::Removal(_) => false,
-        };
+        let in_scope = |endpoint: &EndpointState| scope.has_endpoint(&endpoint.id);
         for endpoint in state.endpoints.iter().filter(|e| in_scope(e)) {
             node.attach(endpoint, &mut report);
         }

@@ -2,7 +2,6 @@
 //! NodeState, drives the dataplane and DNS, and reports `Attached` / `Published`. The operator
 //! decides (addresses, ports, names, the default route); the agent applies what status says.
 //!
-//!
 //! Two controllers (Endpoints and PortPublishes whose `status.node` names this node, by field
 //! selector) attach and publish one object at a time on the fast path; a resync loop runs a full
 //! reconcile at start and every `resync` (drift repair, garbage collection, host subnets). Both
@@ -84,8 +83,8 @@ impl AgentConfig {
             dns: Some(DnsConfig::default()),
             proc_root: PathBuf::from("/proc"),
             state_dir: PathBuf::from("/var/lib/pier/node"),
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(60),
+            min_backoff: pier_runtime::backoff::DEFAULT_MIN,
+            max_backoff: pier_runtime::backoff::DEFAULT_MAX,
             netns_targets: false,
             metrics: Arc::new(NodeMetrics::default()),
         }
@@ -209,10 +208,12 @@ pub async fn run_with(
         .applied_objects()
         .for_each(|_| futures::future::ready(()));
 
-    let endpoint_controller = Controller::new(Api::all(client.clone()), on_node.clone())
+    let endpoints: Api<Endpoint> = Api::all(client.clone());
+    let publishes: Api<PortPublish> = Api::all(client.clone());
+    let endpoint_controller = Controller::new(endpoints.clone(), on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let endpoint_store = endpoint_controller.store();
-    let publish_controller = Controller::new(Api::all(client.clone()), on_node.clone())
+    let publish_controller = Controller::new(publishes, on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let publish_store = publish_controller.store();
 
@@ -243,7 +244,7 @@ pub async fn run_with(
     let endpoint_controller = run_endpoints(endpoint_controller, networks, &ctx, stopped(&stop_rx));
     let publish_controller = run_publishes(
         publish_controller,
-        (Api::all(client), on_node),
+        (endpoints, on_node),
         &ctx,
         stopped(&stop_rx),
     );
@@ -287,7 +288,7 @@ fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
 /// Runs the Endpoint controller until `stopped` resolves.
 fn run_endpoints(
     controller: Controller<Endpoint>,
-    networks: Api<Network>,
+    network_api: Api<Network>,
     ctx: &Arc<Context>,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
@@ -297,7 +298,7 @@ fn run_endpoints(
     // change (the MTU) the next resync applies.
     let by_network = controller.store();
     controller
-        .watches(networks, watcher::Config::default(), move |net| {
+        .watches(network_api, watcher::Config::default(), move |net| {
             let name = net.name_any();
             by_network
                 .state()
@@ -320,7 +321,8 @@ fn run_endpoints(
 }
 
 /// Runs the PortPublish controller until `stopped` resolves. A PortPublish follows its Endpoint
-/// (attached, re-addressed, gone): `endpoints` is the watch of this node's.
+/// (attached, re-addressed, gone), and in container mode the Endpoint whose namespace that one
+/// shares: `endpoints` is the watch of this node's.
 fn run_publishes(
     controller: Controller<PortPublish>,
     endpoints: (Api<Endpoint>, watcher::Config),
@@ -328,14 +330,21 @@ fn run_publishes(
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
     let by_endpoint = controller.store();
+    let sharers = ctx.endpoints.clone();
     let (endpoints, on_node) = endpoints;
     controller
         .watches(endpoints, on_node, move |ep| {
             let (name, ns) = (ep.name_any(), ep.namespace());
+            let sharing = sharers.state();
+            let leading_to_it = pier_crds::endpoint::publishing_through(
+                sharing.iter().map(|e| &**e),
+                ns.as_deref(),
+                &name,
+            );
             by_endpoint
                 .state()
                 .into_iter()
-                .filter(|p| p.namespace() == ns && p.spec.endpoint == name)
+                .filter(|p| p.namespace() == ns && leading_to_it.contains(&p.spec.endpoint))
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })

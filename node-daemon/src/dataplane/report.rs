@@ -40,8 +40,6 @@ impl ObjectKey {
         ObjectKey::Network(name.to_owned())
     }
 
-    /// The text before and after the `/`. No kind is a prefix of another, so comparing these
-    /// pairs orders keys as their whole text would.
     /// Every kind a key can have (the text before the `/`).
     pub const KINDS: [&'static str; 6] = [
         "network",
@@ -57,6 +55,8 @@ impl ObjectKey {
         self.parts().0
     }
 
+    /// The text before and after the `/`. No kind is a prefix of another, so comparing these
+    /// pairs orders keys as their whole text would.
     fn parts(&self) -> (&'static str, &str) {
         match self {
             ObjectKey::Network(name) => ("network", name),

@@ -114,7 +114,7 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
                 ctx.events
-                    .publish(ep, false, "Allocated", "Allocate", note)
+                    .publish(ep, false, reason::ALLOCATED, "Allocate", note)
                     .await;
             }
             Ok(Action::await_change())

@@ -101,7 +101,7 @@ impl Error {
             Error::List { .. } => "ListFailed",
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::Encode { .. } => "EncodeFailed",
-            Error::InUse { .. } => "InUse",
+            Error::InUse { .. } => pier_crds::conditions::reason::IN_USE,
             Error::RemoveNodeFinalizer { .. } => "RemoveNodeFinalizerFailed",
             Error::Store { .. } => "StoreClosed",
             Error::Finalizer(inner) => match &**inner {
@@ -204,41 +204,11 @@ pub async fn network(ctx: &Context, name: &str) -> Result<Option<Arc<Network>>, 
     if stored.is_some() {
         return Ok(stored);
     }
-    let fresh = Api::<Network>::all(ctx.client.clone())
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Get {
-            what: format!("network {name}"),
-            source,
-        })?;
-    Ok(fresh.map(Arc::new))
-}
-
-/// The Endpoint `namespace/name`, from the store; a miss is confirmed by the API, as for
-/// [`network`]. Only for what cannot change (the spec): its status may be newer in the API.
-pub async fn endpoint_spec(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Arc<Endpoint>>, Error> {
-    let stored = ctx
-        .stores
-        .endpoint(namespace, name)
-        .await
-        .map_err(|source| Error::Store {
-            what: "endpoints",
-            source,
-        })?;
-    if stored.is_some() {
-        return Ok(stored);
-    }
-    let fresh = Api::<Endpoint>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Get {
-            what: format!("endpoint {namespace}/{name}"),
-            source,
-        })?;
+    let api: Api<Network> = Api::all(ctx.client.clone());
+    let fresh = api.get_opt(name).await.map_err(|source| Error::Get {
+        what: format!("network {name}"),
+        source,
+    })?;
     Ok(fresh.map(Arc::new))
 }
 

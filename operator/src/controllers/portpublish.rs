@@ -14,7 +14,7 @@ use pier_crds::{Endpoint, PortPublish, PortPublishStatus};
 
 use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
-use crate::allocations::{owner_key, protocol};
+use crate::allocations::owner_key;
 use crate::context::Context;
 use crate::ports::{HostPort, PortError, PortSpec};
 use pier_crds::conditions::differs as conditions_differ;
@@ -185,6 +185,22 @@ async fn allocate(
             )));
         }
     }
+    // A host or none network gives the endpoint no address of its own: Docker discards `-p`
+    // there, and no node could publish to it.
+    if receiver
+        .status
+        .as_ref()
+        .is_none_or(|s| s.ipv4_address.is_none())
+    {
+        return Ok(Err(Refusal::refuse(
+            reason::NO_ADDRESS,
+            format!(
+                "endpoint {} has no address of its own (a host or none network): ports can be \
+                 published only to an endpoint on a bridge network",
+                receiver.name_any()
+            ),
+        )));
+    }
     status.node = Some(node.clone());
     // From the API: the operator keeps no store of Nodes.
     let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -225,7 +241,7 @@ async fn allocate(
             }
         };
         specs.push(PortSpec {
-            protocol: protocol(p.protocol),
+            protocol: p.protocol,
             host_ip,
             host_port,
         });

@@ -225,9 +225,8 @@ mod tests {
     fn endpoint(namespace: &str, name: &str, shares: Option<&str>) -> Endpoint {
         let mut endpoint = Endpoint::new(name, EndpointSpec::default());
         endpoint.metadata.namespace = Some(namespace.into());
-        endpoint.spec.target.endpoint = shares.map(|other| LocalObjectReference {
-            name: other.into(),
-        });
+        endpoint.spec.target.endpoint =
+            shares.map(|other| LocalObjectReference { name: other.into() });
         endpoint
     }
 

@@ -119,14 +119,16 @@ impl Snapshot {
             self.namespaces
                 .insert(path.clone(), namespace_identity(&path));
         }
+        // Deep only: looking the veth up scans the links, once per endpoint.
+        let Some(peers) = &mut self.peers else {
+            return;
+        };
         let host_veth = endpoint.host_veth_name();
         let veth_exists = self
             .links
             .iter()
             .any(|l| l.name == host_veth && l.kind == LinkKind::Veth);
-        if let (Some(peers), true) = (&mut self.peers, veth_exists)
-            && let Some(peer) = read_peer(&path, interface, default_route)
-        {
+        if veth_exists && let Some(peer) = read_peer(&path, interface, default_route) {
             peers.insert((path, interface.to_owned()), peer);
         }
     }

@@ -1,6 +1,7 @@
 //! The node agent's Prometheus metrics (`pier_node_*`), served on `pier node`'s admin port:
 //! attach and detach latency, kernel errors by kind, DNS answers by response code, and the
-//! objects on this node by condition.
+//! objects the agent watches by condition (every Network; this node's Endpoints and
+//! PortPublishes).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -55,7 +56,8 @@ pub struct NodeMetrics {
     pub detach: Histogram,
     /// Kernel objects that failed to apply, by kind.
     pub kernel_errors: Family<KindLabels, Counter>,
-    /// Objects on this node by condition, as of the last full reconcile.
+    /// Objects the agent watches by condition (every Network of the cluster; this node's
+    /// Endpoints and PortPublishes), as of the last full reconcile.
     pub objects: Family<ConditionLabels, Gauge>,
     /// DNS answers by response code (the embedded DNS server counts into these).
     pub dns: DnsMetrics,
@@ -105,7 +107,7 @@ impl NodeMetrics {
         );
         registry.register(
             "objects",
-            "Objects on this node by condition type and status, at the last full reconcile",
+            "Networks, and this node's Endpoints and PortPublishes, by condition type and status, at the last full reconcile",
             self.objects.clone(),
         );
         self.dns.register(registry);

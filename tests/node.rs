@@ -166,10 +166,12 @@ impl SecondNode {
             .to_owned()
     }
 
-    /// The whole response to `GET path` on the admin port, from inside B.
+    /// The whole response to `GET path` on the admin port, from inside B. `-t5`: after sending
+    /// the request socat waits up to 5 s for the answer (its default, 0.5 s, can cut a reply off
+    /// on a loaded machine and read as an empty response).
     fn admin_get(&self, path: &str) -> String {
         let out = self.on_node(&format!(
-            "printf 'GET {path} HTTP/1.1\\r\\nHost: node\\r\\nConnection: close\\r\\n\\r\\n' | socat -T2 - TCP:127.0.0.1:{ADMIN_PORT},connect-timeout=2"
+            "printf 'GET {path} HTTP/1.1\\r\\nHost: node\\r\\nConnection: close\\r\\n\\r\\n' | socat -T2 -t5 - TCP:127.0.0.1:{ADMIN_PORT},connect-timeout=2"
         ));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

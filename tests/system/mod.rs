@@ -334,7 +334,7 @@ impl Pier {
     /// An HTTP/1.0 GET from the node namespace; the response (busybox wget crashes on Debian 12).
     pub fn http_from_node(&self, authority: &str) -> String {
         let out = self.on_node(&format!(
-            "printf \"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" | socat -T2 - TCP:{authority},connect-timeout=2"
+            "printf \"GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n\" | socat -T2 -t5 - TCP:{authority},connect-timeout=2"
         ));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

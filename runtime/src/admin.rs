@@ -111,11 +111,15 @@ impl Admin {
                     let mut builder = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     );
-                    // A client that opens a connection and sends nothing does not hold it.
+                    // A client that opens a connection and sends nothing does not hold it; one
+                    // that shuts its side down after the request (`nc`, `socat`, probes) still
+                    // gets its answer (without half-close, an EOF read before the response is
+                    // written closes the connection unanswered).
                     builder
                         .http1()
                         .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT);
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .half_close(true);
                     if let Err(error) = builder
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
                         .await

@@ -46,7 +46,7 @@ async fn reconcile(net: Arc<Network>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     // Write with a stale version: the server answers 409 and we retry.
                     let mut stale = (*net).clone();
                     stale.metadata.resource_version = Some("1".into());
-                    stale.spec.mtu = 1234;
+                    stale.spec.mtu = Some(1234);
                     api.replace(&name, &PostParams::default(), &stale).await?;
                 }
                 let generation = net.metadata.generation.unwrap_or(0);

@@ -12,6 +12,18 @@ pub const BRIDGE_PREFIX: &str = "pier-";
 /// Prefix of the host-side veths Pier owns: `pv` + 10 lowercase hex digits.
 pub const HOST_VETH_PREFIX: &str = "pv";
 
+/// Prefix of the VXLAN devices Pier owns: `pvx` + the 8 hex digits of the network's bridge.
+pub const VXLAN_PREFIX: &str = "pvx";
+
+/// The Node annotation where a node agent records its tunnel address (the underlay address
+/// other nodes send an overlay's VXLAN packets to). On the Node because the Node's lifetime is
+/// the node's: a Node deleted from the cluster takes its address, and so every entry pointing
+/// at it, with it; every agent already may read Nodes.
+pub const TUNNEL_ADDRESS_ANNOTATION: &str = "pier.dev/tunnel-address";
+/// The Node annotation where a node agent records the MTU of its underlay interface (the
+/// operator derives an overlay's MTU from the smallest).
+pub const UNDERLAY_MTU_ANNOTATION: &str = "pier.dev/underlay-mtu";
+
 /// FNV-1a, 64 bits: stable across builds and platforms (unlike std's hasher), no dependency.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
@@ -31,6 +43,19 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
 /// uid and so a new bridge.
 pub fn bridge_name(uid: &str) -> String {
     format!("{BRIDGE_PREFIX}{:08x}", fnv1a64(uid.as_bytes()) as u32)
+}
+
+/// The VXLAN device of the overlay Network with this uid: `pvx` + the same 8 hex digits as its
+/// bridge.
+pub fn vxlan_name(uid: &str) -> String {
+    format!("{VXLAN_PREFIX}{:08x}", fnv1a64(uid.as_bytes()) as u32)
+}
+
+/// Whether a link name is a VXLAN device Pier owns (the prefix and exactly 8 lowercase hex
+/// digits).
+pub fn is_pier_vxlan_name(name: &str) -> bool {
+    name.strip_prefix(VXLAN_PREFIX)
+        .is_some_and(|rest| rest.len() == 8 && is_lower_hex(rest))
 }
 
 /// The host-side veth of the Endpoint with this uid: `pv` + the low 40 bits of the uid's hash.
@@ -73,6 +98,10 @@ mod tests {
         assert_eq!(host_veth_name(uid).len(), 12);
         assert!(is_pier_bridge_name(&bridge_name(uid)));
         assert!(is_pier_veth_name(&host_veth_name(uid)));
+        assert_eq!(vxlan_name(""), "pvx84222325");
+        assert!(is_pier_vxlan_name(&vxlan_name(uid)));
+        assert!(!is_pier_veth_name(&vxlan_name(uid)));
+        assert!(!is_pier_vxlan_name("pvxlan0"));
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a32(b""), 0x811c_9dc5);
         assert_eq!(fnv1a32(b"a"), 0xe40c_292c);

@@ -21,7 +21,7 @@ use crate::conditions::Condition;
     status = "NetworkStatus",
     doc = "A Network is a virtual switch with its own subnet, like a Docker network: endpoints on it reach each other and resolve each other's names; different networks are isolated.",
     printcolumn(name = "Driver", type_ = "string", json_path = ".spec.driver", description = "The network driver"),
-    printcolumn(name = "Scope", type_ = "string", json_path = ".status.scope", description = "Where the network exists: local (per node)"),
+    printcolumn(name = "Scope", type_ = "string", json_path = ".status.scope", description = "Where the network exists: local (per node, bridge) or cluster (across nodes, overlay)"),
     printcolumn(name = "Subnet", type_ = "string", json_path = ".status.subnet", description = "The allocated subnet"),
     printcolumn(name = "Gateway", type_ = "string", json_path = ".status.gateway", description = "The gateway address", priority = 1),
     printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints", description = "Endpoints attached to this network"),
@@ -31,14 +31,15 @@ use crate::conditions::Condition;
     validation = Rule::new("self.metadata.name.size() <= 63").message("a Network name is at most 63 characters, so NAME.NETWORK stays a valid DNS name"),
 )]
 #[x_kube(validation = Rule::new("has(self.subnet) == has(oldSelf.subnet)").message("subnet cannot be added or removed after creation"))]
-#[x_kube(validation = Rule::new("self.driver == 'bridge' || (!has(self.subnet) && !has(self.gateway) && !has(self.ipRange) && !has(self.auxAddresses) && !self.internal)").message("only bridge networks take subnet, gateway, ipRange, auxAddresses and internal"))]
+#[x_kube(validation = Rule::new("self.driver == 'bridge' || self.driver == 'overlay' || (!has(self.subnet) && !has(self.gateway) && !has(self.ipRange) && !has(self.auxAddresses) && !self.internal && !has(self.mtu))").message("only bridge and overlay networks take subnet, gateway, ipRange, auxAddresses, internal and mtu"))]
 #[x_kube(validation = Rule::new("!has(self.gateway) || (has(self.subnet) && cidr(self.subnet).containsIP(self.gateway))").message("gateway needs a subnet and must lie within it"))]
 #[x_kube(validation = Rule::new("!has(self.ipRange) || (has(self.subnet) && cidr(self.subnet).containsCIDR(self.ipRange))").message("ipRange needs a subnet and must lie within it"))]
 #[x_kube(validation = Rule::new("!has(self.auxAddresses) || (has(self.subnet) && self.auxAddresses.all(k, cidr(self.subnet).containsIP(self.auxAddresses[k])))").message("auxAddresses need a subnet and must lie within it"))]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
-    /// The network driver: `bridge` (a Linux bridge per node, the default), `host` (the node's own
-    /// network namespace) or `null` (Docker's `none`: loopback only). Immutable.
+    /// The network driver: `bridge` (a Linux bridge per node, the default), `overlay` (one network
+    /// across nodes, VXLAN between them), `host` (the node's own network namespace) or `null`
+    /// (Docker's `none`: loopback only). Immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("driver is immutable"))]
     pub driver: Driver,
@@ -73,10 +74,12 @@ pub struct NetworkSpec {
     #[serde(default)]
     pub internal: bool,
 
-    /// The MTU of the bridge and of every endpoint interface on it.
-    #[serde(default = "default_mtu")]
+    /// The MTU of the bridge and of every endpoint interface on it. When absent: 1500 for a
+    /// bridge network; for an overlay network the smallest underlay MTU of the cluster's nodes
+    /// minus the 50 bytes of VXLAN headers. `status.mtu` says what is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 68, max = 65535))]
-    pub mtu: i32,
+    pub mtu: Option<i32>,
 
     /// Serve the embedded DNS to this network's endpoints: they resolve each other by name, by
     /// alias and as `NAME.NETWORK`.
@@ -84,12 +87,22 @@ pub struct NetworkSpec {
     pub dns: bool,
 }
 
-/// The MTU of a Network that sets none (Docker's default for its bridges).
+/// The MTU of a bridge Network that sets none (Docker's default for its bridges), and of the
+/// underlay assumed for an overlay Network before any node has said what its underlay has.
 pub const DEFAULT_MTU: i32 = 1500;
 
-fn default_mtu() -> i32 {
-    DEFAULT_MTU
-}
+/// What VXLAN over IPv4 adds to every frame: outer IPv4 (20), UDP (8), VXLAN (8) and the inner
+/// Ethernet header (14). An overlay's MTU is its underlay's minus this.
+pub const VXLAN_OVERHEAD: i32 = 50;
+
+/// The first VXLAN id the operator hands out (Docker's overlay driver starts here too).
+pub const FIRST_VXLAN_ID: u32 = 4096;
+
+/// The largest VXLAN id (24 bits).
+pub const MAX_VXLAN_ID: u32 = (1 << 24) - 1;
+
+/// The UDP port of VXLAN (IANA's, and Linux's and Docker's default).
+pub const VXLAN_PORT: u16 = 4789;
 
 fn default_true() -> bool {
     true
@@ -107,6 +120,10 @@ pub enum Driver {
     /// A Linux bridge per node, a veth pair per endpoint, masquerade to the outside.
     #[default]
     Bridge,
+    /// One network across nodes: a bridge with a VXLAN device on each node where it has
+    /// endpoints; the same gateway address and MAC everywhere, so traffic out leaves from the
+    /// endpoint's own node.
+    Overlay,
     /// The node's own network namespace: nothing is created.
     Host,
     /// Loopback only (Docker's `none`).
@@ -118,9 +135,24 @@ impl Driver {
     pub fn as_str(self) -> &'static str {
         match self {
             Driver::Bridge => "bridge",
+            Driver::Overlay => "overlay",
             Driver::Host => "host",
             Driver::Null => "null",
         }
+    }
+
+    /// Where a network of this driver exists, as `docker network ls` says: `cluster` for an
+    /// overlay (one network across nodes), `local` for the others.
+    pub fn scope(self) -> &'static str {
+        match self {
+            Driver::Overlay => "cluster",
+            Driver::Bridge | Driver::Host | Driver::Null => "local",
+        }
+    }
+
+    /// Whether networks of this driver have a subnet and a bridge on each node (bridge, overlay).
+    pub fn has_subnet(self) -> bool {
+        matches!(self, Driver::Bridge | Driver::Overlay)
     }
 }
 
@@ -137,9 +169,17 @@ pub struct NetworkStatus {
     /// The Linux bridge on each node where the network has endpoints (`pier-` + 8 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
-    /// `local`: the network exists per node, as Docker's bridge networks do.
+    /// `local`: the network exists per node, as Docker's bridge networks do; `cluster`: one
+    /// network across nodes (overlay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The VXLAN id of an overlay network (from 4096, unique in the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_id: Option<u32>,
+    /// The MTU of the bridge and of every endpoint interface: the spec's, or the default
+    /// (1500 for a bridge; the smallest underlay MTU of the nodes minus 50 for an overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<i32>,
     /// How many Endpoints are attached to this network.
     #[serde(default)]
     pub endpoints: i32,

@@ -62,6 +62,14 @@ fn networks_accept_the_lesson_and_docker_options() {
     let schema = schema_of(&Network::crd());
     assert_accepted(&schema, network(json!({})));
     assert_accepted(&schema, network(json!({"driver": "null"})));
+    assert_accepted(&schema, network(json!({"driver": "overlay"})));
+    assert_accepted(
+        &schema,
+        network(json!({
+            "driver": "overlay", "subnet": "10.20.0.0/24", "ipRange": "10.20.0.128/25",
+            "internal": true, "mtu": 1400
+        })),
+    );
     assert_accepted(
         &schema,
         network(json!({
@@ -122,13 +130,18 @@ fn networks_reject_malformed_addressing() {
     );
     assert_rejected(
         &schema,
-        network(json!({"driver": "overlay"})),
+        network(json!({"driver": "vlan"})),
         "is not one of",
     );
     assert_rejected(
         &schema,
         network(json!({"driver": "host", "subnet": "172.18.0.0/16"})),
-        "only bridge networks",
+        "only bridge and overlay networks",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"driver": "null", "mtu": 1400})),
+        "only bridge and overlay networks",
     );
     assert_rejected(
         &schema,

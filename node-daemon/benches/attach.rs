@@ -89,6 +89,7 @@ fn network(j: usize) -> NetworkState {
         mtu: 1500,
         internal: false,
         dns: false,
+        vxlan_id: None,
     }
 }
 
@@ -461,6 +462,7 @@ fn bench_iperf(pid: u32) -> Option<Iperf> {
             container_port: 5201,
         }],
         endpoints: vec![ep],
+        ..NodeState::default()
     };
     let report = dataplane.apply(&state, &Scope::Full).expect("apply");
     assert!(report.is_success(), "{report}");

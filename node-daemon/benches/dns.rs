@@ -185,6 +185,7 @@ fn main() {
             true,
         )],
         ports: vec![],
+        ..NodeState::default()
     };
     lab.apply_ok(&state);
     assert!(client.ping_eventually(GATEWAY.parse().expect("gateway")));

@@ -74,11 +74,13 @@ fn state(ports: usize) -> NodeState {
             mtu: 1500,
             internal: false,
             dns: true,
+            vxlan_id: None,
         }],
         endpoints: vec![],
         ports: (0..ports)
             .map(|i| published(10_000 + i as u16, 2 + (i % 250) as u8))
             .collect(),
+        ..NodeState::default()
     }
 }
 

@@ -27,6 +27,14 @@ pub struct NodeState {
     /// Host ports published on this node.
     #[serde(default)]
     pub ports: Vec<PublishedPort>,
+    /// This node's tunnel address: the underlay address its overlay networks' VXLAN devices
+    /// send from and other nodes send to (absent: no overlay network can be set up here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Ipv4Addr>,
+    /// The endpoints of this node's overlay networks that live on other nodes: static FDB and
+    /// neighbour entries on the network's VXLAN device here, and names in its DNS view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_endpoints: Vec<RemoteEndpoint>,
 }
 
 /// The network driver, as in `docker network create --driver`.
@@ -36,10 +44,20 @@ pub enum Driver {
     /// A Linux bridge per node, a veth per endpoint, NAT to the outside.
     #[default]
     Bridge,
+    /// A bridge network across nodes: on each node a bridge as for `bridge`, plus a VXLAN device
+    /// on it with static entries for the network's endpoints on other nodes.
+    Overlay,
     /// The node's own namespace: nothing to create.
     Host,
     /// Docker's `none`: the namespace gets `lo` only.
     Null,
+}
+
+impl Driver {
+    /// Whether a network of this driver has a bridge (and a subnet and a gateway) on the node.
+    pub fn has_bridge(self) -> bool {
+        matches!(self, Driver::Bridge | Driver::Overlay)
+    }
 }
 
 /// One Network as this node needs it.
@@ -66,6 +84,9 @@ pub struct NetworkState {
     /// Embedded DNS serves this network's endpoints.
     #[serde(default = "default_true")]
     pub dns: bool,
+    /// The VXLAN id (overlay networks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_id: Option<u32>,
 }
 
 fn default_mtu() -> u32 {
@@ -81,6 +102,12 @@ impl NetworkState {
     /// operator records the same name in the Network's status).
     pub fn bridge_name(&self) -> String {
         pier_crds::names::bridge_name(&self.uid)
+    }
+
+    /// The VXLAN device Pier owns for this network when it is an overlay: `pvx` + the bridge's 8
+    /// hex digits.
+    pub fn vxlan_name(&self) -> String {
+        pier_crds::names::vxlan_name(&self.uid)
     }
 }
 
@@ -202,6 +229,28 @@ pub struct PublishedPort {
     pub container_port: u16,
 }
 
+/// An endpoint of an overlay network on another node, from its Endpoint's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteEndpoint {
+    /// `NAMESPACE/NAME` of the Endpoint object.
+    pub id: String,
+    /// The DNS name (the first of `status.dnsNames`).
+    pub name: String,
+    /// The other DNS names.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The overlay Network's name.
+    pub network: String,
+    pub address: Ipv4Addr,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The node it lives on.
+    pub node: String,
+    /// That node's tunnel address: where its VXLAN packets go.
+    pub tunnel: Ipv4Addr,
+}
+
 fn unspecified() -> Ipv4Addr {
     Ipv4Addr::UNSPECIFIED
 }
@@ -213,6 +262,8 @@ pub enum StateError {
     DuplicateNetwork(String),
     #[error("bridge network {0:?} has no subnet or no gateway")]
     BridgeWithoutSubnet(String),
+    #[error("overlay network {0:?} has no VXLAN id")]
+    OverlayWithoutVxlanId(String),
     #[error("network {network:?}: gateway {gateway} is outside subnet {subnet}")]
     GatewayOutsideSubnet {
         network: String,
@@ -233,7 +284,10 @@ impl NodeState {
             if !networks.insert(network.name.as_str()) {
                 return Err(StateError::DuplicateNetwork(network.name.clone()));
             }
-            if network.driver == Driver::Bridge {
+            if network.driver == Driver::Overlay && network.vxlan_id.is_none() {
+                return Err(StateError::OverlayWithoutVxlanId(network.name.clone()));
+            }
+            if network.driver.has_bridge() {
                 let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) else {
                     return Err(StateError::BridgeWithoutSubnet(network.name.clone()));
                 };
@@ -276,6 +330,7 @@ mod tests {
             mtu: 1500,
             internal: false,
             dns: true,
+            vxlan_id: None,
         }
     }
 

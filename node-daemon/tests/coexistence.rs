@@ -190,6 +190,7 @@ fn node(lab: &Lab) -> Node {
             published("default/web", "default/con1", 8000, "172.18.0.2", 80),
             loopback_only,
         ],
+        ..NodeState::default()
     };
     Node {
         con1,

@@ -42,6 +42,7 @@ fn one_network(c1: &Ns, c2: &Ns) -> NodeState {
             ),
         ],
         ports: vec![],
+        ..NodeState::default()
     }
 }
 
@@ -127,6 +128,7 @@ fn none_gives_lo_only() {
             },
         }],
         ports: vec![],
+        ..NodeState::default()
     };
     lab.apply_ok(&state);
     assert_eq!(c.links(), vec!["lo".to_owned()]);
@@ -153,6 +155,7 @@ fn host_creates_nothing() {
             },
         }],
         ports: vec![],
+        ..NodeState::default()
     };
     let plan = lab.dataplane.plan(&state, &Scope::Full).expect("plan");
     // No link work at all (the firewall may still create its empty base table).
@@ -232,6 +235,7 @@ fn networks_are_isolated_until_connect_and_disconnect_removes_only_eth1() {
             bridge_endpoint("default/con3", &c3, "ch-open", "eth0", "172.19.0.2", true),
         ],
         ports: vec![],
+        ..NodeState::default()
     };
     lab.apply_ok(&state);
     assert!(
@@ -431,6 +435,7 @@ fn kill_9_mid_apply_then_apply_converges() {
             })
             .collect(),
         ports: vec![],
+        ..NodeState::default()
     };
     let file = std::env::temp_dir().join(format!("{}-state.json", lab.host.name));
     std::fs::write(&file, serde_json::to_vec(&state).expect("state serializes"))
@@ -755,6 +760,7 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
             true,
         )],
         ports: vec![],
+        ..NodeState::default()
     };
     let report = lab.apply_ok(&state);
     let object = &ObjectKey::endpoint("default/own");
@@ -805,6 +811,7 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
             true,
         )],
         ports: vec![],
+        ..NodeState::default()
     };
     let report = lab.apply_ok(&state);
     assert!(

@@ -207,6 +207,7 @@ fn lesson(lab: &Lab) -> Lesson {
             bridge_endpoint("default/con3", &con3, "ch-open", "eth0", "172.19.0.2", true),
         ],
         ports: vec![],
+        ..NodeState::default()
     };
     lab.apply_ok(&state);
     Lesson {
@@ -398,6 +399,7 @@ fn listeners_follow_the_bridges_and_garbage_does_not_kill_the_server() {
         networks: vec![l.state.networks[0].clone()],
         endpoints: l.state.endpoints[..2].to_vec(),
         ports: vec![],
+        ..NodeState::default()
     };
     let dns = Dns::start(&lab, &only_workshop, &[]);
     assert_eq!(

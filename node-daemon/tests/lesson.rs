@@ -36,6 +36,7 @@ fn web_state(web: &Ns) -> NodeState {
             "172.17.0.2",
             80,
         )],
+        ..NodeState::default()
     }
 }
 
@@ -141,6 +142,7 @@ fn two_servers_on_host_ports_80_and_8000() {
             published("default/web1", "default/web1", 80, "172.17.0.2", 80),
             published("default/web2", "default/web2", 8000, "172.17.0.3", 80),
         ],
+        ..NodeState::default()
     };
     lab.apply_ok(&state);
     assert_eq!(
@@ -186,6 +188,7 @@ fn egress_is_masqueraded_and_internal_networks_have_none() {
             ),
         ],
         ports: vec![],
+        ..NodeState::default()
     };
     lab.apply_ok(&state);
     // The remote computer has no route to 172.17.0.0/16: only masquerade makes the reply come back.

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use kube::ResourceExt;
-use pier_crds::{Driver, Endpoint, Network, PortPublish};
+use pier_crds::{Endpoint, Network, PortPublish};
 
 use crate::ipam::{
     AddressError, AddressPool, AddressPoolConfig, Pool, PoolConfigError, SubnetAllocator,
@@ -479,7 +479,7 @@ impl Allocations {
         networks.sort_by_key(|n| age_key(*n));
         let bridge_networks: Vec<(&Network, Ipv4Net)> = networks
             .iter()
-            .filter(|n| n.spec.driver == Driver::Bridge)
+            .filter(|n| n.spec.driver.has_subnet())
             .filter_map(|n| {
                 let subnet = n.status.as_ref()?.subnet.as_deref()?.parse().ok()?;
                 Some((*n, subnet))

@@ -21,7 +21,7 @@ pub fn default_networks(bridge_subnet: Ipv4Net) -> Vec<Network> {
         ip_range: None,
         aux_addresses: None,
         internal: false,
-        mtu: pier_crds::network::DEFAULT_MTU,
+        mtu: None,
         dns: true,
     };
     vec![

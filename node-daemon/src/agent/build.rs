@@ -212,7 +212,7 @@ fn own_endpoint(
         pier_crds::Driver::Host => Attachment::Host {
             network: network_name.to_owned(),
         },
-        pier_crds::Driver::Bridge => {
+        pier_crds::Driver::Bridge | pier_crds::Driver::Overlay => {
             let bridge = bridge_attachment(inputs, network_name, network, status)?;
             // The operator names one Endpoint per namespace; a second claim is a status not
             // updated yet, and a namespace has one default route.
@@ -518,9 +518,21 @@ fn bridge_addressing(network: &Network) -> Option<(Ipv4Net, Ipv4Addr)> {
     subnet.contains(&gateway).then_some((subnet, gateway))
 }
 
+/// The MTU the operator chose (`status.mtu`), else the spec's, else Docker's default.
+fn network_mtu(network: &Network) -> u32 {
+    network
+        .status
+        .as_ref()
+        .and_then(|s| s.mtu)
+        .or(network.spec.mtu)
+        .and_then(|mtu| u32::try_from(mtu).ok())
+        .unwrap_or(pier_crds::network::DEFAULT_MTU.unsigned_abs())
+}
+
 fn network_state(network: &Network) -> Option<NetworkState> {
     let (driver, addressing) = match network.spec.driver {
         pier_crds::Driver::Bridge => (Driver::Bridge, Some(bridge_addressing(network)?)),
+        pier_crds::Driver::Overlay => (Driver::Overlay, Some(bridge_addressing(network)?)),
         pier_crds::Driver::Host => (Driver::Host, None),
         pier_crds::Driver::Null => (Driver::Null, None),
     };
@@ -530,10 +542,13 @@ fn network_state(network: &Network) -> Option<NetworkState> {
         driver,
         subnet: addressing.map(|(subnet, _)| subnet),
         gateway: addressing.map(|(_, gateway)| gateway),
-        mtu: u32::try_from(network.spec.mtu)
-            .unwrap_or(pier_crds::network::DEFAULT_MTU.unsigned_abs()),
+        mtu: network_mtu(network),
         internal: network.spec.internal,
         dns: network.spec.dns,
+        vxlan_id: match driver {
+            Driver::Overlay => Some(network.status.as_ref()?.vxlan_id?),
+            _ => None,
+        },
     })
 }
 
@@ -605,7 +620,7 @@ mod tests {
         Arc::new(Network {
             metadata: meta(None, name, 0),
             spec: NetworkSpec {
-                mtu: 1500,
+                mtu: Some(1500),
                 dns: true,
                 ..NetworkSpec::default()
             },

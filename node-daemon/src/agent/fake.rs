@@ -339,6 +339,7 @@ mod tests {
                 mtu: 1500,
                 internal: false,
                 dns: true,
+                vxlan_id: None,
             }],
             endpoints: vec![EndpointState {
                 id: "default/a".into(),
@@ -355,6 +356,7 @@ mod tests {
                 }),
             }],
             ports: Vec::new(),
+            ..NodeState::default()
         }
     }
 

@@ -316,6 +316,7 @@ mod tests {
                 mtu: 1500,
                 internal: false,
                 dns: true,
+                vxlan_id: None,
             }],
             endpoints: endpoint_ns
                 .iter()
@@ -336,6 +337,7 @@ mod tests {
                 })
                 .collect(),
             ports: vec![],
+            ..NodeState::default()
         }
     }
 

@@ -322,12 +322,14 @@ mod tests {
                 mtu: 1500,
                 internal: false,
                 dns: true,
+                vxlan_id: None,
             }],
             endpoints: vec![
                 endpoint("con1", [172, 18, 0, 2], &["web"]),
                 endpoint("con2", [172, 18, 0, 3], &["web"]),
             ],
             ports: vec![],
+            ..NodeState::default()
         };
         let config = UpstreamConfig {
             resolv_conf: "/nonexistent/resolv.conf".into(),

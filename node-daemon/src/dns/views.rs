@@ -348,6 +348,7 @@ mod tests {
             mtu: 1500,
             internal: false,
             dns: true,
+            vxlan_id: None,
         }
     }
 
@@ -381,6 +382,7 @@ mod tests {
                 endpoint("default/con3", "con3", "ch-open", "172.19.0.2"),
             ],
             ports: vec![],
+            ..NodeState::default()
         }
     }
 
@@ -626,6 +628,7 @@ mod timing {
                 mtu: 1500,
                 internal: false,
                 dns: true,
+                vxlan_id: None,
             }],
             endpoints: (0..200u8)
                 .map(|i| EndpointState {
@@ -644,6 +647,7 @@ mod timing {
                 })
                 .collect(),
             ports: vec![],
+            ..NodeState::default()
         };
         let rounds = 2000;
         let started = std::time::Instant::now();

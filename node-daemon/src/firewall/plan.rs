@@ -304,6 +304,7 @@ mod tests {
                 mtu: 1500,
                 internal: false,
                 dns: true,
+                vxlan_id: None,
             }],
             endpoints: vec![],
             ports: (0..ports)
@@ -317,6 +318,7 @@ mod tests {
                     container_port: 80,
                 })
                 .collect(),
+            ..NodeState::default()
         }
     }
 

@@ -98,7 +98,7 @@ pub fn container(host: &Ns, network: &NetworkState, address: &str, tag: &str) ->
 pub fn state(networks: Vec<NetworkState>, ports: Vec<PublishedPort>) -> NodeState {
     NodeState {
         networks,
-        endpoints: vec![],
         ports,
+        ..NodeState::default()
     }
 }

@@ -347,6 +347,7 @@ pub fn bridge_network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
         mtu: 1500,
         internal: false,
         dns: true,
+        vxlan_id: None,
     }
 }
 
@@ -360,6 +361,7 @@ pub fn other_network(name: &str, driver: Driver) -> NetworkState {
         mtu: 1500,
         internal: false,
         dns: false,
+        vxlan_id: None,
     }
 }
 

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use pier_crds::{Driver, Endpoint, EndpointStatus};
+use pier_crds::{Endpoint, EndpointStatus};
 
 use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
@@ -197,7 +197,7 @@ async fn allocate(
             )));
         }
     };
-    let needs_address = network.spec.driver == Driver::Bridge;
+    let needs_address = network.spec.driver.has_subnet();
     let Some(target_key) = target_key(&ns, ep, &node) else {
         return Ok(Err(Refusal::refuse(
             reason::INVALID_ADDRESS,

@@ -44,14 +44,14 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
     let current = net.status.clone().unwrap_or_default();
     let generation = net.metadata.generation;
     let mut status = NetworkStatus {
-        scope: Some("local".into()),
+        scope: Some(net.spec.driver.scope().into()),
         endpoints: i32::try_from(ctx.allocations().endpoint_count(&name)).unwrap_or(i32::MAX),
         observed_generation: generation,
         ..NetworkStatus::default()
     };
     let outcome: Outcome = match net.spec.driver {
         Driver::Host | Driver::Null => Ok(format!("{} network", net.spec.driver.as_str())),
-        Driver::Bridge => allocate(net, ctx).await.map(|(subnet, gateway)| {
+        Driver::Bridge | Driver::Overlay => allocate(net, ctx).await.map(|(subnet, gateway)| {
             status.subnet = Some(subnet.to_string());
             status.gateway = Some(gateway.to_string());
             status.bridge = Some(bridge_name(&net.uid().unwrap_or_default()));

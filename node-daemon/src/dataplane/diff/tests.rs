@@ -29,6 +29,7 @@ fn bridge_network(name: &str, subnet: &str, gateway: Ipv4Addr) -> NetworkState {
         mtu: 1500,
         internal: false,
         dns: true,
+        vxlan_id: None,
     }
 }
 
@@ -67,6 +68,7 @@ fn one_endpoint() -> NodeState {
             Ipv4Addr::new(172, 18, 0, 2),
         )],
         ports: Vec::new(),
+        ..NodeState::default()
     }
 }
 
@@ -442,7 +444,7 @@ fn a_null_endpoint_gets_its_loopback_up() {
             },
             ..bridge_endpoint("default/n", "none", Ipv4Addr::new(10, 0, 0, 2))
         }],
-        ports: Vec::new(),
+        ..NodeState::default()
     };
     let path = namespace_of("default/n");
     let mut node = bare_node(&state);

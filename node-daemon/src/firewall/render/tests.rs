@@ -14,6 +14,7 @@ fn network(name: &str, subnet: &str, internal: bool) -> NetworkState {
         mtu: 1500,
         internal,
         dns: true,
+        vxlan_id: None,
     }
 }
 

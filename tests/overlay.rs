@@ -109,23 +109,26 @@ impl Cluster {
 
     /// Every Node's tunnel-address annotation, once all three have one.
     fn wait_tunnel_addresses(&self) -> BTreeMap<String, String> {
-        wait_for(
-            "every node to annotate its Node with its tunnel address",
-            CONVERGE,
-            || {
-                let found: BTreeMap<String, String> = [NODE_A, NODE_B, NODE_C]
-                    .into_iter()
-                    .map(|node| {
-                        let address = self.a.jsonpath(
-                            &format!("node {node}"),
-                            "{.metadata.annotations.pier\\.dev/tunnel-address}",
-                        );
-                        (node.to_owned(), address)
-                    })
-                    .collect();
-                found.values().all(|a| !a.is_empty()).then_some(found)
-            },
-        )
+        let mut found = BTreeMap::new();
+        let annotated = wait_until(CONVERGE, || {
+            found = [NODE_A, NODE_B, NODE_C]
+                .into_iter()
+                .map(|node| {
+                    let address = self.a.jsonpath(
+                        &format!("node {node}"),
+                        "{.metadata.annotations.pier\\.dev/tunnel-address}",
+                    );
+                    (node.to_owned(), address)
+                })
+                .collect();
+            found.values().all(|a| !a.is_empty())
+        });
+        assert!(
+            annotated,
+            "every node annotates its Node with its tunnel address within {CONVERGE:?}: {found:?}\n{}",
+            String::from_utf8_lossy(&self.a.kubectl("get nodes -o wide").stdout)
+        );
+        found
     }
 
     /// The Endpoints as the API has them now.
@@ -207,9 +210,10 @@ impl Seen {
     /// written what the entries need (address, MAC, node, Attached=True).
     fn from_json(item: &Value) -> Option<Seen> {
         let status = &item["status"];
-        let attached = status["conditions"].as_array()?.iter().any(|c| {
-            c["type"] == Value::from("Attached") && c["status"] == Value::from("True")
-        });
+        let attached = status["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Attached" && c["status"] == "True");
         let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
         attached.then_some(())?;
         Some(Seen {
@@ -279,7 +283,12 @@ fn wanted_entries(
         .collect();
     let mut fdb: Vec<(String, String)> = remote
         .iter()
-        .map(|e| (e.mac.clone(), tunnels.get(&e.node).cloned().unwrap_or_default()))
+        .map(|e| {
+            (
+                e.mac.clone(),
+                tunnels.get(&e.node).cloned().unwrap_or_default(),
+            )
+        })
         .collect();
     let mut neigh: Vec<(String, String)> = remote
         .iter()
@@ -349,8 +358,16 @@ fn overlay_lesson_across_three_nodes() {
     let cluster = Cluster::start("ovl");
     let pier = &cluster.a;
     let tunnels = cluster.wait_tunnel_addresses();
-    assert_eq!(tunnels[NODE_A], Underlay::address(1), "A: from its default route");
-    assert_eq!(tunnels[NODE_B], Underlay::address(2), "B: from its default route");
+    assert_eq!(
+        tunnels[NODE_A],
+        Underlay::address(1),
+        "A: from its default route"
+    );
+    assert_eq!(
+        tunnels[NODE_B],
+        Underlay::address(2),
+        "B: from its default route"
+    );
     assert_eq!(
         tunnels[NODE_C],
         Underlay::address(C_TUNNEL_HOST),
@@ -380,12 +397,19 @@ fn overlay_lesson_across_three_nodes() {
     }
     pier.wait_condition("ppub con2", "Published", "True");
     for (name, node) in [("con1", NODE_A), ("con2", NODE_B), ("con3", NODE_C)] {
-        assert_eq!(pier.jsonpath(&format!("pep {name}"), "{.status.node}"), node);
+        assert_eq!(
+            pier.jsonpath(&format!("pep {name}"), "{.status.node}"),
+            node
+        );
     }
 
     // docker network ls: scope cluster for overlays, local for bridge; ids and MTU in status.
     let networks = pier.kubectl_ok("get pnet");
-    for (network, scope) in [("ov-tage", "cluster"), ("ov-open", "cluster"), ("bridge", "local")] {
+    for (network, scope) in [
+        ("ov-tage", "cluster"),
+        ("ov-open", "cluster"),
+        ("bridge", "local"),
+    ] {
         assert!(
             networks
                 .lines()
@@ -420,10 +444,14 @@ fn overlay_lesson_across_three_nodes() {
     });
     assert!(ping(con1, &con2_address), "con1 reaches {con2_address}");
     let _httpd = Process(pier.serve_http(con2, "hello from con2 on node-b"));
-    let page = wait_for("con1 to fetch http://con2/", Duration::from_secs(10), || {
-        let page = http_from(con1, "con2:80");
-        page.contains("hello from con2 on node-b").then_some(page)
-    });
+    let page = wait_for(
+        "con1 to fetch http://con2/",
+        Duration::from_secs(10),
+        || {
+            let page = http_from(con1, "con2:80");
+            page.contains("hello from con2 on node-b").then_some(page)
+        },
+    );
     assert!(page.starts_with("HTTP/1."), "{page}");
 
     // The published port leaves from the endpoint's own node: B's underlay address, from A.
@@ -440,24 +468,44 @@ fn overlay_lesson_across_three_nodes() {
 
     // MTU 1450: 1422 bytes of ICMP payload + 28 of headers fit; one more with DF set does not.
     assert!(
-        in_netns(con1, "ping -c1 -W2 -M do -s 1422 con2").status.success(),
+        in_netns(con1, "ping -c1 -W2 -M do -s 1422 con2")
+            .status
+            .success(),
         "the largest unfragmented ping (1422 bytes) passes"
     );
     assert!(
-        !in_netns(con1, "ping -c1 -W2 -M do -s 1423 con2").status.success(),
+        !in_netns(con1, "ping -c1 -W2 -M do -s 1423 con2")
+            .status
+            .success(),
         "one byte more with DF set fails"
     );
 
     // Isolation: con3 on ov-open neither reaches nor resolves con1 until it is connected.
     let open_gateway = pier.jsonpath("pnet ov-open", "{.status.gateway}");
-    assert!(!ping(con3, &con1_address), "ov-open is isolated from ov-tage");
+    wait_for(
+        "con3 to resolve its own name (the DNS server answers at all)",
+        CONVERGE,
+        || resolves(con3, "con3", &open_gateway).then_some(()),
+    );
+    assert!(
+        !ping(con3, &con1_address),
+        "ov-open is isolated from ov-tage"
+    );
     assert!(
         !resolves(con3, "con1", &open_gateway),
         "con3 does not resolve con1 before the connect"
     );
     pier.apply(&endpoint("con3-tage", "ov-tage", con3, NODE_C));
     pier.wait_condition("pep con3-tage", "Attached", "True");
-    assert_eq!(pier.jsonpath("pep con3-tage", "{.status.interface}"), "eth1");
+    assert_eq!(
+        pier.jsonpath("pep con3-tage", "{.status.interface}"),
+        "eth1"
+    );
+    wait_for(
+        "con3 (C) to resolve con1 (A) after the connect",
+        CONVERGE,
+        || resolves(con3, "con1", &open_gateway).then_some(()),
+    );
     wait_for("con3 (C) to ping con1 (A) by name", CONVERGE, || {
         ping(con3, "con1").then_some(())
     });
@@ -512,12 +560,13 @@ fn overlay_converges_after_kill_9_and_node_removal() {
         .find(|e| e.name == "ec")
         .expect("ec is attached");
     cluster.a.kubectl_ok("delete pep ec --timeout=60s");
-    cluster
-        .a
-        .apply(&endpoint("ec2", "ov-conv", &con3, NODE_C));
+    cluster.a.apply(&endpoint("ec2", "ov-conv", &con3, NODE_C));
     cluster.a.wait_condition("pep ec2", "Attached", "True");
     assert!(
-        entries(&cluster.b.netns).fdb.iter().any(|(mac, _)| *mac == ec.mac),
+        entries(&cluster.b.netns)
+            .fdb
+            .iter()
+            .any(|(mac, _)| *mac == ec.mac),
         "with its agent dead, B still holds ec's entry (the test would prove nothing otherwise)"
     );
 
@@ -562,7 +611,9 @@ fn overlay_converges_after_kill_9_and_node_removal() {
         .into_iter()
         .find(|e| e.name == "ec2")
         .expect("ec2 is still attached in the API");
-    cluster.a.kubectl_ok(&format!("delete node {NODE_C} --timeout=60s"));
+    cluster
+        .a
+        .kubectl_ok(&format!("delete node {NODE_C} --timeout=60s"));
     let mut last = Entries::default();
     let dropped = wait_until(CONVERGE, || {
         [NODE_A, NODE_B].into_iter().all(|node| {

@@ -108,7 +108,11 @@ impl PierNode {
 
     /// Starts `pier node` again as it was started last (after [`PierNode::kill_9`]).
     pub fn restart_agent(&mut self) {
-        assert!(self.agent.is_none(), "pier node on {} still runs", self.name);
+        assert!(
+            self.agent.is_none(),
+            "pier node on {} still runs",
+            self.name
+        );
         let launch = self.launch.as_ref().expect("pier node was started before");
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -86,6 +86,7 @@ fn toggles() -> BTreeMap<&'static str, Value> {
             json!({"example.com/team": "net"}),
         ),
         ("node.adminPort", json!(9191)),
+        ("node.tunnelAddressFrom", json!("defaultRoute")),
         ("node.resources", json!({"requests": {"cpu": "200m"}})),
         ("node.nodeSelector", json!({"pier.dev/dataplane": "true"})),
         ("node.tolerations", json!([])),
@@ -677,6 +678,24 @@ fn netns_targets_are_off_unless_enabled_and_then_keep_their_markers_on_the_node(
     assert_eq!(volume.path, state_dir);
 }
 
+/// Each node's tunnel address (overlay networks) is the kubelet's `status.hostIP` by default;
+/// with `defaultRoute` the chart sets nothing and the daemon detects it from the default route.
+#[test]
+fn tunnel_address_is_the_host_ip_unless_the_default_route_is_asked_for() {
+    let (_, c) = container::<DaemonSet>(find(&rendered()[0], "DaemonSet")[0]);
+    let field = env(&c, "PIER_TUNNEL_ADDRESS")
+        .and_then(|e| e.value_from)
+        .and_then(|from| from.field_ref)
+        .map(|field| field.field_path);
+    assert_eq!(field.as_deref(), Some("status.hostIP"));
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "node.tunnelAddressFrom toggled")
+        .expect("case");
+    let (_, c) = container::<DaemonSet>(find(r, "DaemonSet")[0]);
+    assert!(env(&c, "PIER_TUNNEL_ADDRESS").is_none());
+}
+
 #[test]
 fn denied_host_ports_can_be_emptied() {
     let r = rendered()
@@ -837,6 +856,17 @@ fn show(set: &BTreeSet<rbac::Grant>, usage: &rbac::Usage) -> String {
 /// wrapper, Events): scanned with each.
 const RUNTIME_SRC: &str = "runtime/src";
 
+/// Calls a role's code makes that the chart deliberately does not grant: (component, grant, why).
+/// Each must still be made by the code (a stale entry fails), and the chart must not turn on what
+/// makes it (checked by the role's test).
+const NOT_GRANTED: &[(&str, (&str, &str, &str), &str)] = &[(
+    "node",
+    ("", "nodes", "create"),
+    "`pier node --register-node` (PIER_REGISTER_NODE) creates its Node where no kubelet does \
+     (pier up, the system tests); in a cluster the kubelet registers Nodes, and the chart never \
+     sets it",
+)];
+
 fn check_role(component: &str, src: &str) -> rbac::Usage {
     let usage = rbac::scan_all(&[&root().join(src), &root().join(RUNTIME_SRC)]);
     assert!(
@@ -844,9 +874,17 @@ fn check_role(component: &str, src: &str) -> rbac::Usage {
         "the RBAC scanner cannot account for these API uses in {src}:\n  {}",
         usage.problems.join("\n  ")
     );
+    let mut needed = usage.grants.clone();
+    for (_, (g, r, v), why) in NOT_GRANTED.iter().filter(|(c, ..)| *c == component) {
+        let grant = ((*g).to_owned(), (*r).to_owned(), (*v).to_owned());
+        assert!(
+            needed.remove(&grant),
+            "NOT_GRANTED lists {g:?} {r} {v} for {component} ({why}), but {src} does not call it: \
+             remove the entry"
+        );
+    }
     for r in rendered() {
         let granted = chart_grants(r, component);
-        let needed = usage.grants.clone();
         let gaps: BTreeSet<_> = needed.difference(&granted).cloned().collect();
         let excess: BTreeSet<_> = granted.difference(&needed).cloned().collect();
         assert!(
@@ -896,6 +934,17 @@ fn operator_rbac_matches_the_operator_code() {
 #[test]
 fn node_rbac_matches_the_node_daemon_code() {
     let usage = check_role("node", "node-daemon/src");
+    // Nodes are the kubelet's to create: the chart never asks the daemon to register its own.
+    for r in rendered() {
+        for o in find(r, "DaemonSet") {
+            let (_, c): (DaemonSet, Container) = container(o);
+            assert!(
+                env(&c, "PIER_REGISTER_NODE").is_none(),
+                "{}: the DaemonSet sets PIER_REGISTER_NODE (the chart grants no Node create)",
+                r.name
+            );
+        }
+    }
     assert!(usage.uses_api, "node-daemon/src makes no API call?");
     // The essentials, so a scanner that silently finds nothing cannot pass.
     for (g, r, v) in [

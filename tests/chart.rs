@@ -856,17 +856,6 @@ fn show(set: &BTreeSet<rbac::Grant>, usage: &rbac::Usage) -> String {
 /// wrapper, Events): scanned with each.
 const RUNTIME_SRC: &str = "runtime/src";
 
-/// Calls a role's code makes that the chart deliberately does not grant: (component, grant, why).
-/// Each must still be made by the code (a stale entry fails), and the chart must not turn on what
-/// makes it (checked by the role's test).
-const NOT_GRANTED: &[(&str, (&str, &str, &str), &str)] = &[(
-    "node",
-    ("", "nodes", "create"),
-    "`pier node --register-node` (PIER_REGISTER_NODE) creates its Node where no kubelet does \
-     (pier up, the system tests); in a cluster the kubelet registers Nodes, and the chart never \
-     sets it",
-)];
-
 fn check_role(component: &str, src: &str) -> rbac::Usage {
     let usage = rbac::scan_all(&[&root().join(src), &root().join(RUNTIME_SRC)]);
     assert!(
@@ -874,15 +863,7 @@ fn check_role(component: &str, src: &str) -> rbac::Usage {
         "the RBAC scanner cannot account for these API uses in {src}:\n  {}",
         usage.problems.join("\n  ")
     );
-    let mut needed = usage.grants.clone();
-    for (_, (g, r, v), why) in NOT_GRANTED.iter().filter(|(c, ..)| *c == component) {
-        let grant = ((*g).to_owned(), (*r).to_owned(), (*v).to_owned());
-        assert!(
-            needed.remove(&grant),
-            "NOT_GRANTED lists {g:?} {r} {v} for {component} ({why}), but {src} does not call it: \
-             remove the entry"
-        );
-    }
+    let needed = usage.grants.clone();
     for r in rendered() {
         let granted = chart_grants(r, component);
         let gaps: BTreeSet<_> = needed.difference(&granted).cloned().collect();
@@ -934,13 +915,14 @@ fn operator_rbac_matches_the_operator_code() {
 #[test]
 fn node_rbac_matches_the_node_daemon_code() {
     let usage = check_role("node", "node-daemon/src");
-    // Nodes are the kubelet's to create: the chart never asks the daemon to register its own.
+    // Nodes are the kubelet's to register: the chart never asks the daemon to create its own
+    // (`--register-node` is for machines without a kubelet, beside `pier up`).
     for r in rendered() {
         for o in find(r, "DaemonSet") {
             let (_, c): (DaemonSet, Container) = container(o);
             assert!(
                 env(&c, "PIER_REGISTER_NODE").is_none(),
-                "{}: the DaemonSet sets PIER_REGISTER_NODE (the chart grants no Node create)",
+                "{}: the DaemonSet sets PIER_REGISTER_NODE (in a cluster the kubelet registers Nodes)",
                 r.name
             );
         }

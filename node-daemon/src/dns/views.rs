@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hickory_server::proto::rr::rdata::{A, PTR};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::state::{Attachment, Driver, EndpointState, Netns, NodeState};
+use crate::state::{Attachment, EndpointState, Netns, NodeState};
 
 use super::wire::{self, WireAnswer, WireNames};
 
@@ -77,7 +77,7 @@ impl Views {
         let dns_network = |name: &str| {
             networks
                 .get(name)
-                .is_some_and(|n| n.driver == Driver::Bridge && n.dns && n.gateway.is_some())
+                .is_some_and(|n| n.driver.has_bridge() && n.dns && n.gateway.is_some())
         };
 
         // Per namespace: its addresses (the asker keys) and its DNS-enabled networks.
@@ -312,7 +312,8 @@ pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
         let Some(network) = networks.get(bridge.network.as_str()) else {
             continue;
         };
-        let (true, Driver::Bridge, Some(gateway)) = (network.dns, network.driver, network.gateway)
+        let (true, true, Some(gateway)) =
+            (network.dns, network.driver.has_bridge(), network.gateway)
         else {
             continue;
         };
@@ -336,7 +337,7 @@ pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{BridgeAttachment, NetworkState};
+    use crate::state::{BridgeAttachment, Driver, NetworkState};
 
     fn network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
         NetworkState {
@@ -611,7 +612,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
-    use crate::state::{BridgeAttachment, NetworkState};
+    use crate::state::{BridgeAttachment, Driver, NetworkState};
 
     /// `cargo test --release -p pier-node --lib dns::views::timing -- --ignored --nocapture`:
     /// how long a rebuild of 200 endpoints' views takes (the update path's main cost).

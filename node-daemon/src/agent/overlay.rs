@@ -143,14 +143,7 @@ pub async fn follow(ctx: Arc<Context>) {
             continue;
         }
         let state = built.state.clone();
-        match metrics::apply(
-            &ctx,
-            &mut built,
-            Scope::endpoints(Vec::<String>::new()),
-            Timed::No,
-        )
-        .await
-        {
+        match metrics::apply(&ctx, &mut built, Scope::Overlay, Timed::No).await {
             Ok(report) => {
                 applied = Some(state);
                 for (object, message) in report.failures() {

@@ -24,7 +24,7 @@ fn mac_of_endpoint(address: &str) -> String {
 /// Three hosts with one container each on overlay `ov` (10.20.0.0/24, VNI 4096): con1 .2 on
 /// host 1, con2 .3 on host 2, con3 .4 on host 3.
 struct World {
-    _underlay: Underlay,
+    underlay: Underlay,
     hosts: Vec<Lab>,
     containers: Vec<Ns>,
     networks: Vec<NetworkState>,
@@ -52,7 +52,7 @@ impl World {
             })
             .collect();
         World {
-            _underlay: underlay,
+            underlay,
             hosts,
             containers,
             networks: vec![overlay_network("ov", "10.20.0.0/24", "10.20.0.1", 4096)],
@@ -343,5 +343,87 @@ fn reset_removes_the_vxlan_devices_and_leaves_foreign_ones() {
     assert!(
         links.iter().any(|l| l == "vxlan9"),
         "foreign device kept: {links:?}"
+    );
+}
+
+/// A LAN computer on the underlay that speaks VXLAN (id 4096, con2's MAC, to host 2) does not
+/// get a frame into the overlay: only the nodes with an endpoint of the network may send into
+/// it. Once host 2's state names it as such a node, the same frames pass (so it is that rule
+/// that stopped them, kept up to date by `Scope::Overlay`).
+#[test]
+fn only_the_overlays_nodes_may_send_into_it() {
+    let world = World::new("ovg");
+    world.apply_all();
+    let [con1, con2, _] = world.containers.as_slice() else {
+        panic!("three containers");
+    };
+    let received = tempfile::NamedTempFile::new().expect("a file for what con2 receives");
+    let path = received.path().display().to_string();
+    let _listener = con2.spawn(&format!("socat -u UDP4-RECV:9999 OPEN:{path},append"));
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    let until = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if read().contains(what) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    let send = |from: &Ns, text: &str| {
+        from.sh(&format!(
+            "for i in 1 2 3; do echo {text} | socat -u - UDP4-SENDTO:10.20.0.3:9999; done"
+        ));
+    };
+    send(con1, "from-con1");
+    assert!(
+        until("from-con1"),
+        "con2 hears con1 across the overlay: {:?}",
+        read()
+    );
+
+    let lan = Ns::new("ovg-lan");
+    world.underlay.attach(&lan, 50);
+    lan.sh(&format!(
+        "ip link add inj type vxlan id 4096 local {} remote {} dstport 4789 nolearning && \
+         ip link set inj address 02:42:0a:14:00:32 mtu 1450 up && \
+         ip addr add 10.20.0.50/24 dev inj && \
+         ip neigh add 10.20.0.3 lladdr {} dev inj nud permanent",
+        tunnel_of(50),
+        tunnel_of(2),
+        mac_of_endpoint("10.20.0.3")
+    ));
+    send(&lan, "from-lan");
+    assert!(
+        !until("from-lan"),
+        "a LAN computer put a frame into the overlay: {:?}",
+        read()
+    );
+
+    let mut state = world.state(2);
+    state
+        .remote_endpoints
+        .push(pier_node::state::RemoteEndpoint {
+            id: "default/lan".into(),
+            name: "lan".into(),
+            aliases: vec![],
+            network: "ov".into(),
+            address: ip("10.20.0.50"),
+            mac: "02:42:0a:14:00:32".into(),
+            node: "lan".into(),
+            tunnel: tunnel_of(50),
+        });
+    let report = world
+        .host(2)
+        .dataplane
+        .apply(&state, &Scope::Overlay)
+        .expect("apply runs");
+    assert!(report.is_success(), "{report}");
+    send(&lan, "from-peer");
+    assert!(
+        until("from-peer"),
+        "a declared node's frames pass: {:?}",
+        read()
     );
 }

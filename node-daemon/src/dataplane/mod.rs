@@ -153,9 +153,7 @@ impl Dataplane {
         let snapshot =
             Snapshot::read(host, state, scope, self.deep).map_err(DataplaneError::ReadBack)?;
         let mut plan = diff(&snapshot, state, scope);
-        if scope.has_firewall() {
-            tables::plan(self.host_netns(), &snapshot, state, scope, &mut plan);
-        }
+        tables::plan(self.host_netns(), &snapshot, state, scope, &mut plan);
         Ok(plan)
     }
 

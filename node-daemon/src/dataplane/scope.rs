@@ -5,9 +5,10 @@ use crate::state::{Driver, NetworkState, NodeState, StateError};
 use super::DataplaneError;
 use super::names::vxlan_of_bridge;
 
-/// Which part of the node a plan or apply looks at. The bridges, the overlay networks' VXLAN
-/// devices with their FDB and neighbour entries, and table `inet pier` are in every scope but
-/// [`Scope::Overlay`]; the scope says which endpoints and links besides.
+/// Which part of the node a plan or apply looks at. Table `inet pier` is in every scope; the
+/// bridges and the overlay networks' VXLAN devices with their FDB and neighbour entries in
+/// every scope but [`Scope::Overlay`], which has the overlay networks' only; the scope says which
+/// endpoints and links besides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Only these endpoints, by id: the attach path. Reads the bridges and these endpoints'
@@ -19,8 +20,9 @@ pub enum Scope {
     /// takes its network's VXLAN device with it.
     Removal(Vec<String>),
     /// Only the overlay networks: their bridges, VXLAN devices and the devices' FDB and
-    /// neighbour entries (for the remote endpoints of the state). No endpoint, no firewall, no
-    /// garbage: the path for changes of endpoints on other nodes.
+    /// neighbour entries (for the remote endpoints of the state), and table `inet pier` (which
+    /// nodes may send into which overlay). No endpoint, no garbage: the path for changes of
+    /// endpoints on other nodes.
     Overlay,
     /// Everything, removing what is Pier's and no longer wanted: start and resync.
     Full,
@@ -56,11 +58,6 @@ impl Scope {
             Scope::Overlay => network.driver == Driver::Overlay,
             _ => true,
         }
-    }
-
-    /// Whether the plan includes table `inet pier`.
-    pub fn has_firewall(&self) -> bool {
-        !matches!(self, Scope::Overlay)
     }
 
     /// Whether the link `name` may be collected as garbage (if it is Pier's and unwanted).

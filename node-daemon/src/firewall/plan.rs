@@ -390,7 +390,7 @@ mod tests {
         let text = plan.to_string();
         assert!(text.contains("+ ports_any ... and 80 more"), "{text}");
         // 100 ports, 1 bridge, 1 bridge pair, 1 subnet range (start and end).
-        assert!(text.contains("7 sets/maps with 104 elements"), "{text}");
+        assert!(text.contains("9 sets/maps with 104 elements"), "{text}");
     }
 
     #[test]

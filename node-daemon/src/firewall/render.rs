@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::state::{NetworkState, NodeState, Protocol};
+use pier_crds::network::VXLAN_PORT;
+
+use crate::state::{Driver, NetworkState, NodeState, Protocol};
 
 use super::expr::{
     CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1,
@@ -39,6 +41,10 @@ pub const SET_INTERNAL: &str = "internal_bridges";
 /// Pier's, and carrying no default route (a bridge that does is the node's uplink).
 pub const SET_HOST_BRIDGES: &str = "host_bridges";
 pub const SET_MASQ: &str = "masq_subnets";
+/// The VXLAN ids of this node's overlay networks, and which tunnel address may send to which:
+/// (VXLAN id . the tunnel address of a node with an endpoint of that network).
+pub const SET_OVERLAY_IDS: &str = "overlay_ids";
+pub const SET_OVERLAY_PEERS: &str = "overlay_peers";
 pub const MAP_PORTS_ADDR: &str = "ports_addr";
 pub const MAP_PORTS_ANY: &str = "ports_any";
 
@@ -49,6 +55,8 @@ const IFNAMSIZ: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     Ipv4,
+    /// A 24-bit VXLAN id, as it stands in the VXLAN header.
+    VxlanId,
     InetProto,
     InetService,
     IfName,
@@ -60,6 +68,8 @@ impl Field {
     fn nft_type(self) -> u32 {
         match self {
             Field::Ipv4 => 7,
+            // nft's `integer`: a raw payload (`@th,96,24`) has no datatype of its own.
+            Field::VxlanId => 4,
             Field::InetProto => 12,
             Field::InetService => 13,
             Field::IfName => 41,
@@ -70,6 +80,7 @@ impl Field {
     fn len(self) -> usize {
         match self {
             Field::Ipv4 => 4,
+            Field::VxlanId => 3,
             Field::InetProto => 1,
             Field::InetService => 2,
             Field::IfName => IFNAMSIZ,
@@ -84,6 +95,7 @@ impl Field {
     fn show(self, bytes: &[u8]) -> String {
         match (self, bytes) {
             (Field::Ipv4, [a, b, c, d]) => Ipv4Addr::new(*a, *b, *c, *d).to_string(),
+            (Field::VxlanId, [a, b, c]) => u32::from_be_bytes([0, *a, *b, *c]).to_string(),
             (Field::InetProto, [p]) => match *p {
                 6 => "tcp".into(),
                 17 => "udp".into(),
@@ -282,6 +294,7 @@ impl SetSpec {
                 .iter()
                 .map(|f| match f {
                     Field::Ipv4 => "ipv4_addr",
+                    Field::VxlanId => "integer",
                     Field::InetProto => "inet_proto",
                     Field::InetService => "inet_service",
                     Field::IfName => "ifname",
@@ -408,7 +421,10 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
             masquerade_set(&bridges),
             map_addr,
             map_any,
-        ],
+        ]
+        .into_iter()
+        .chain(overlay_sets(state))
+        .collect(),
         chains: chains(),
     }
 }
@@ -481,6 +497,40 @@ fn masquerade_set(bridges: &[&NetworkState]) -> SetSpec {
     }
 
     set_masq
+}
+
+/// The VXLAN ids of the state's overlay networks, and (id . tunnel address) of every node with
+/// an endpoint of one of them (see the rule `overlay-peers-only`).
+fn overlay_sets(state: &NodeState) -> [SetSpec; 2] {
+    let mut ids = SetSpec::new(SET_OVERLAY_IDS, &[Field::VxlanId], &[]);
+    let mut peers = SetSpec::new(SET_OVERLAY_PEERS, &[Field::VxlanId, Field::Ipv4], &[]);
+    let element = |key: Vec<u8>| Element {
+        key,
+        interval_end: false,
+        data: None,
+    };
+    let overlays: BTreeMap<&str, [u8; 3]> = state
+        .networks
+        .iter()
+        .filter(|n| n.driver == Driver::Overlay)
+        .filter_map(|n| Some((n.name.as_str(), vxlan_id_bytes(n.vxlan_id?))))
+        .collect();
+    for id in overlays.values() {
+        ids.elements.insert(element(id.to_vec()));
+    }
+    for remote in &state.remote_endpoints {
+        if let Some(id) = overlays.get(remote.network.as_str()) {
+            let key = concat(peers.key, &[id, &remote.tunnel.octets()]);
+            peers.elements.insert(element(key));
+        }
+    }
+    [ids, peers]
+}
+
+/// A VXLAN id as the header carries it: 24 bits, network byte order.
+fn vxlan_id_bytes(id: u32) -> [u8; 3] {
+    let [_, a, b, c] = id.to_be_bytes();
+    [a, b, c]
 }
 
 /// The published ports by host address and port, and by port alone (host address unspecified).
@@ -870,12 +920,76 @@ fn input_chain() -> ChainSpec {
         kind: ChainKind::Filter,
         hook: Hook::Input,
         priority: 0,
-        rules: vec![RuleSpec {
-            id: "no-loopback-from-bridges",
-            text: "iifname @bridges ip daddr 127.0.0.0/8 ct state ! established,related drop",
-            exprs: no_loopback,
-        }],
+        rules: vec![
+            RuleSpec {
+                id: "no-loopback-from-bridges",
+                text: "iifname @bridges ip daddr 127.0.0.0/8 ct state ! established,related drop",
+                exprs: no_loopback,
+            },
+            // A VXLAN packet is a frame put straight onto the overlay's bridge: from anyone but
+            // a node with an endpoint of that network (a LAN host, a stale node) it would
+            // reach containers past every rule here. Other VXLAN ids (another program's
+            // overlay on the same port) are not Pier's to judge.
+            RuleSpec {
+                id: "overlay-peers-only",
+                text: OVERLAY_PEERS_ONLY,
+                exprs: overlay_peers_only(),
+            },
+        ],
     }
+}
+
+/// What `nft list` prints for the rule `overlay-peers-only` (the port is [`VXLAN_PORT`]).
+pub const OVERLAY_PEERS_ONLY: &str =
+    "udp dport 4789 @th,96,24 @overlay_ids @th,96,24 . ip saddr != @overlay_peers drop";
+
+/// Where the VXLAN id starts, counted from the UDP header: 8 bytes of UDP, then the VXLAN
+/// header's flags (1) and reserved bytes (3).
+const VXLAN_ID_OFFSET: u32 = 12;
+
+/// `udp dport 4789 @th,96,24 @overlay_ids @th,96,24 . ip saddr != @overlay_peers drop`, as nft
+/// compiles it.
+fn overlay_peers_only() -> Vec<Expr> {
+    let vxlan_id = || Expr::Payload {
+        base: PayloadBase::Transport,
+        offset: VXLAN_ID_OFFSET,
+        len: 3,
+        dreg: REG_1,
+    };
+    let mut exprs = vec![
+        meta(MetaKey::L4Proto, REG_1),
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: vec![17],
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: VXLAN_PORT.to_be_bytes().to_vec(),
+        },
+        vxlan_id(),
+        lookup(SET_OVERLAY_IDS, REG_1),
+    ];
+    exprs.extend(Expr::is_ipv4());
+    exprs.extend([
+        vxlan_id(),
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: IP_SADDR_OFFSET,
+            len: 4,
+            dreg: REG32_01,
+        },
+        lookup_not(SET_OVERLAY_PEERS, REG_1),
+        Expr::Verdict(Verdict::Drop),
+    ]);
+    exprs
 }
 
 /// Masquerade: egress, hairpin through a published port, and the node's loopback connections.

@@ -30,15 +30,20 @@ impl Underlay {
     /// Host `n` on the underlay: `uplink0` at [`tunnel_of`]`(n)`/24, default route via .254.
     pub fn host(&self, tag: &str, n: u8) -> Lab {
         let lab = Lab::new(&format!("{tag}{n}"));
+        self.attach(&lab.host, n);
+        lab
+    }
+
+    /// Puts `ns` on the underlay as [`tunnel_of`]`(n)`: `uplink0`, default route via .254.
+    pub fn attach(&self, ns: &Ns, n: u8) {
         let port = format!("ul{n}");
-        veth(&lab.host, "uplink0", &self.ns, &port);
+        veth(ns, "uplink0", &self.ns, &port);
         self.ns.sh(&format!("ip link set {port} master ul0"));
-        lab.host.sh(&format!(
+        ns.sh(&format!(
             "ip link set uplink0 mtu {UNDERLAY_MTU} && ip addr add {}/24 dev uplink0 && \
              ip route add default via 10.99.0.254",
             tunnel_of(n)
         ));
-        lab
     }
 }
 

@@ -55,7 +55,9 @@ fn empty_state_renders_the_constant_structure_with_empty_sets() {
             SET_HOST_BRIDGES,
             SET_MASQ,
             MAP_PORTS_ADDR,
-            MAP_PORTS_ANY
+            MAP_PORTS_ANY,
+            SET_OVERLAY_IDS,
+            SET_OVERLAY_PEERS
         ]
     );
     assert!(ruleset.sets.iter().all(|s| s.elements.is_empty()));
@@ -243,7 +245,7 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
             comments.insert((chain.name, comment));
         }
     }
-    assert_eq!(comments.len(), 13);
+    assert_eq!(comments.len(), 14);
 
     // The DNAT rules read the map's value (address . port) from the registers the lookup wrote.
     let prerouting = ruleset
@@ -361,4 +363,47 @@ fn other_engines_bridges_are_set_elements_and_the_rules_stay_constant() {
     let set = ruleset.set(SET_HOST_BRIDGES).expect("set");
     let names: Vec<String> = set.elements.iter().map(|e| ifname_of(&e.key)).collect();
     assert_eq!(names, host_bridges);
+}
+
+/// Only the nodes with an endpoint of an overlay may send into it (by its VXLAN id); an overlay
+/// is masqueraded and isolated like a bridge network.
+#[test]
+fn overlay_peers_are_pairs_of_vxlan_id_and_tunnel_address() {
+    let overlay = |name: &str, subnet: &str, id: u32| NetworkState {
+        driver: Driver::Overlay,
+        vxlan_id: Some(id),
+        ..network(name, subnet, false)
+    };
+    let remote = |id: &str, network: &str, tunnel: &str| crate::state::RemoteEndpoint {
+        id: id.into(),
+        name: id.into(),
+        aliases: vec![],
+        network: network.into(),
+        address: "10.20.0.9".parse().expect("address"),
+        mac: "02:42:0a:14:00:09".into(),
+        node: format!("node-{tunnel}"),
+        tunnel: tunnel.parse().expect("tunnel"),
+    };
+    let state = NodeState {
+        networks: vec![
+            overlay("a", "10.20.0.0/24", 4096),
+            overlay("b", "10.21.0.0/24", 70000),
+        ],
+        remote_endpoints: vec![
+            remote("x", "a", "10.0.0.2"),
+            remote("y", "a", "10.0.0.2"),
+            remote("z", "b", "10.0.0.3"),
+            remote("stray", "unknown", "10.0.0.4"),
+        ],
+        ..NodeState::default()
+    };
+    let ruleset = render(&state);
+    assert_eq!(shown(&ruleset, SET_OVERLAY_IDS), ["4096", "70000"]);
+    assert_eq!(
+        shown(&ruleset, SET_OVERLAY_PEERS),
+        ["4096 . 10.0.0.2", "70000 . 10.0.0.3"]
+    );
+    assert_eq!(shown(&ruleset, SET_BRIDGES).len(), 2);
+    assert!(shown(&ruleset, SET_MASQ).contains(&"10.21.0.0 (range start)".to_owned()));
+    assert!(OVERLAY_PEERS_ONLY.contains(&format!("udp dport {VXLAN_PORT} ")));
 }

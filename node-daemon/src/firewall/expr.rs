@@ -124,4 +124,30 @@ impl Expr {
             },
         ]
     }
+
+    /// `meta l4proto PROTOCOL th dport PORT` (nft prints it as e.g. `udp dport 53`).
+    pub fn l4_dport(protocol: u8, port: u16) -> [Expr; 4] {
+        [
+            Expr::Meta {
+                key: MetaKey::L4Proto,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                sreg: REG_1,
+                data: vec![protocol],
+            },
+            Expr::Payload {
+                base: PayloadBase::Transport,
+                offset: 2,
+                len: 2,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                sreg: REG_1,
+                data: port.to_be_bytes().to_vec(),
+            },
+        ]
+    }
 }

@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::expr::{CmpOp, Expr, MetaKey, PayloadBase, REG_1, Verdict};
+use super::expr::{CmpOp, Expr, MetaKey, REG_1, Verdict};
 use super::plan::{KernelChain, KernelRule, KernelTableName};
 use super::render::{RuleSpec, TABLE};
 
@@ -180,29 +180,8 @@ fn iifname_pier() -> [Expr; 2] {
 
 fn dns_from_pier(protocol: u8) -> Vec<Expr> {
     let mut exprs = iifname_pier().to_vec();
-    exprs.extend([
-        Expr::Meta {
-            key: MetaKey::L4Proto,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: vec![protocol],
-        },
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: 53u16.to_be_bytes().to_vec(),
-        },
-        Expr::Verdict(Verdict::Accept),
-    ]);
+    exprs.extend(Expr::l4_dport(protocol, 53));
+    exprs.push(Expr::Verdict(Verdict::Accept));
     exprs
 }
 

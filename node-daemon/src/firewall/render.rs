@@ -956,27 +956,8 @@ fn overlay_peers_only() -> Vec<Expr> {
         len: 3,
         dreg: REG_1,
     };
-    let mut exprs = vec![
-        meta(MetaKey::L4Proto, REG_1),
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: vec![17],
-        },
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG_1,
-        },
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: VXLAN_PORT.to_be_bytes().to_vec(),
-        },
-        vxlan_id(),
-        lookup(SET_OVERLAY_IDS, REG_1),
-    ];
+    let mut exprs = Expr::l4_dport(l4proto(Protocol::Udp), VXLAN_PORT).to_vec();
+    exprs.extend([vxlan_id(), lookup(SET_OVERLAY_IDS, REG_1)]);
     exprs.extend(Expr::is_ipv4());
     exprs.extend([
         vxlan_id(),

@@ -74,14 +74,15 @@ ns="default"
 work="$(mktemp -d /tmp/pier-bench-overlay.XXXXXX)"
 data="$work/data"
 up_pid=""
-groups=() # process groups started here (socat bridges, pier node), killed on exit
+pgroups=() # process groups started here (socat bridges, pier node), killed on exit
 
 cleanup() {
   local rc=$?
   set +e
-  for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null; done
+  # The agents first (last started), then their API bridges.
+  for ((i = ${#pgroups[@]} - 1; i >= 0; i--)); do kill -TERM -- "-${pgroups[$i]}" 2>/dev/null; done
   sleep 0.5
-  for g in "${groups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
+  for g in "${pgroups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
   if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
     kill -INT "$up_pid"
     for _ in $(seq 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.2; done
@@ -204,16 +205,16 @@ node_ready() { ip netns exec "$1" curl -sf -o /dev/null --max-time 2 http://127.
 for k in 1 2; do
   n="${node_ns[$k]}"
   sock="$work/api-${letters[$k]}.sock"
-  setsid socat "UNIX-LISTEN:$sock,fork" "TCP:127.0.0.1:$api_port" </dev/null &
-  groups+=("$!")
+  setsid socat "UNIX-LISTEN:$sock,fork" "TCP:127.0.0.1:$api_port" </dev/null 2>>"$work/socat.log" &
+  pgroups+=("$!")
   wait_until "the API bridge's socket for ${node_name[$k]}" 10 test -S "$sock"
-  setsid ip netns exec "$n" socat "TCP-LISTEN:$api_port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" </dev/null &
-  groups+=("$!")
+  setsid ip netns exec "$n" socat "TCP-LISTEN:$api_port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" </dev/null 2>>"$work/socat.log" &
+  pgroups+=("$!")
   env -u KUBERNETES_SERVICE_HOST NODE_NAME="${node_name[$k]}" KUBECONFIG="$kubeconfig" \
     PIER_STATE_DIR="$work/state-${letters[$k]}" PIER_ADMIN_ADDR=127.0.0.1:9091 PIER_RESYNC_SECONDS=10 \
     PIER_NETNS_TARGETS=true PIER_REGISTER_NODE=true RUST_LOG=info,hickory_server=warn \
     setsid nsenter "--net=/var/run/netns/$n" -- "$pier" node </dev/null >"$work/node-${letters[$k]}.log" 2>&1 &
-  groups+=("$!")
+  pgroups+=("$!")
 done
 for k in 1 2; do wait_until "pier node on ${node_name[$k]} ready (/readyz)" 60 node_ready "${node_ns[$k]}"; done
 # Each agent registers its Node (pier up its own; pier node with PIER_REGISTER_NODE=true) and
@@ -247,11 +248,23 @@ for k in 0 1 2; do
     --data-binary "$(ep_json "${prober[$k]}" "$k" probe "${prober_ip[$k]}" | jq -c '.metadata.labels["pier-bench-keep"] = "yes"')" \
     "$(ep_url "${prober[$k]}")"
 done
-ready_ep() { [ "$(kc get pep "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
-for k in 0 1 2; do wait_until "prober ${prober[$k]} Ready" 60 ready_ep "${prober[$k]}"; done
+ready_ep() { # Ready (allocated) and Attached (its node's agent made it, its MAC is in status)
+  [ "$(kc get pep "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Attached")].status}')" = True/True ]
+}
+fixture_report() { # what the fixture's nodes hold, then stop (PIER_BENCH_FIXTURE_ONLY=1)
+  echo "== overlay: fixture up (PIER_BENCH_FIXTURE_ONLY=1)"
+  kc get nodes -o custom-columns='NODE:.metadata.name,TUNNEL:.metadata.annotations.pier\.dev/tunnel-address,MTU:.metadata.annotations.pier\.dev/underlay-mtu'
+  kc get pnet,pep -o wide
+  for k in 0 1 2; do echo "   ${node_name[$k]} links: $(ip -n "${node_ns[$k]}" -br link | awk '{print $1}' | tr '\n' ' ')"; done
+  exit 0
+}
+for k in 0 1 2; do
+  wait_until "prober ${prober[$k]} Ready and Attached" "$([ "$fixture_only" = 1 ] && echo 10 || echo 60)" ready_ep "${prober[$k]}" || [ "$fixture_only" = 1 ] || exit 1
+done
 netstatus="$(kc get pnet "$net" -o json | jq -c .status)"
 bridge="$(jq -r '.bridge // empty' <<<"$netstatus")"
-[ -n "$bridge" ] || { echo "Network $net has no bridge in its status: $netstatus" >&2; exit 1; }
+[ -n "$bridge" ] || [ "$fixture_only" = 1 ] || { echo "Network $net has no bridge in its status: $netstatus" >&2; exit 1; }
+[ -n "$bridge" ] && [ "$fixture_only" != 1 ] || fixture_report
 vxlan="pvx${bridge: -8}" # pier_crds::names::vxlan_name: "pvx" + the bridge's 8 hex digits
 iface="$(kc get pep "${prober[1]}" -o jsonpath='{.status.interface}')"; iface="${iface:-eth0}"
 overlay_mtu="$(ip -n "${prober[0]}" -j link show "$iface" | jq '.[0].mtu')"
@@ -259,13 +272,8 @@ echo "   status: $netstatus; VXLAN device $vxlan; endpoint MTU $overlay_mtu"
 for pair in "0 1" "1 2" "2 0"; do
   read -r from to <<<"$pair"
   wait_until "prober on ${node_name[$from]} reaches the one on ${node_name[$to]}" 30 \
-    ip netns exec "${prober[$from]}" ping -n -c1 -W0.5 "${prober_ip[$to]}" || [ "$fixture_only" = 1 ]
+    ip netns exec "${prober[$from]}" ping -n -c1 -W0.5 "${prober_ip[$to]}"
 done
-if [ "$fixture_only" = 1 ]; then
-  echo "== overlay: fixture up (PIER_BENCH_FIXTURE_ONLY=1); links of each node:"
-  for k in 0 1 2; do echo "   ${node_name[$k]}: $(ip -n "${node_ns[$k]}" -br link | awk '{print $1}' | tr '\n' ' ')"; done
-  exit 0
-fi
 
 # --- 1. Endpoint created on node A -> first ping answered from the prober on node B
 echo "== overlay: create on ${node_name[0]} -> ping from ${node_name[1]}, $runs runs"
@@ -309,15 +317,15 @@ curl_block() { # url method
 at_once_addr() { local j=$(($1 * per_node + $2)); echo "10.232.$((20 + j / 250)).$((j % 250 + 2))"; }
 : >"$work/curl.cfg"
 s=$((sample < per_node ? sample : per_node))
-for k in 0 1 2; do
-  : >"$work/remote-$k"; : >"$work/pending-$k"
-  for i in $(seq 0 $((per_node - 1))); do
+for i in $(seq 0 $((per_node - 1))); do # the nodes' Endpoints interleaved in the requests
+  for k in 0 1 2; do
     name="$tag-s${letters[$k]}$i"
     ep_json "$name" "$k" at-once "$(at_once_addr "$k" "$i")" >"$work/ep-$name.json"
     { echo next; curl_block "$(ep_url "$name")" PATCH; echo "data-binary = \"@$work/ep-$name.json\""; echo fail; } >>"$work/curl.cfg"
   done
 done
 for k in 0 1 2; do
+  : >"$work/remote-$k"; : >"$work/pending-$k"
   for o in 0 1 2; do
     [ "$o" = "$k" ] && continue
     # node k's table must hold every endpoint of the other nodes (the probers included) ...

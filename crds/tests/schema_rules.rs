@@ -128,11 +128,7 @@ fn networks_reject_malformed_addressing() {
         network(json!({"subnet": "172.18.0.0/16", "auxAddresses": {"router": "10.0.0.1"}})),
         "auxAddresses need a subnet",
     );
-    assert_rejected(
-        &schema,
-        network(json!({"driver": "vlan"})),
-        "is not one of",
-    );
+    assert_rejected(&schema, network(json!({"driver": "vlan"})), "is not one of");
     assert_rejected(
         &schema,
         network(json!({"driver": "host", "subnet": "172.18.0.0/16"})),

@@ -13,7 +13,8 @@ use crate::{Args, IMG, Report, fmt_opt, median_of, notes, read_json};
 /// The targets, as the summary lists them.
 const P50_TARGET: &str = "create on node A -> ping from node B: p50 < 100 ms";
 const P99_TARGET: &str = "create on node A -> ping from node B: p99 < 500 ms";
-const AT_ONCE_TARGET: &str = "3 nodes x 300 Endpoints at once: every pair of nodes reachable < 15 s";
+const AT_ONCE_TARGET: &str =
+    "3 nodes x 300 Endpoints at once: every pair of nodes reachable < 15 s";
 const IPERF_TARGET: &str =
     "iperf3 across nodes >= 90% of the two nodes directly on the underlay (same MTU)";
 const CHURN_TARGET: &str =
@@ -262,9 +263,7 @@ fn verdicts(
     nodes: &[Value],
 ) -> Result<()> {
     let ping = &o["create_to_ping"];
-    let measured = ping["samples_ms"]
-        .as_array()
-        .is_some_and(|a| !a.is_empty())
+    let measured = ping["samples_ms"].as_array().is_some_and(|a| !a.is_empty())
         || ping["failures"].as_u64().unwrap_or(0) > 0;
     r.verdict_header();
     r.target(
@@ -295,10 +294,7 @@ fn verdicts(
         "overlay",
         IPERF_TARGET,
         ratio.map_or("not measured".to_owned(), |(ov, d, q)| {
-            format!(
-                "{ov:.2} vs {d:.2} Gbit/s ({:.0}%, medians)",
-                q * 100.0
-            )
+            format!("{ov:.2} vs {d:.2} Gbit/s ({:.0}%, medians)", q * 100.0)
         }),
         ratio.map(|(_, _, q)| q >= 0.9),
         "VXLAN encapsulation per packet (and its segmentation offload) on the shared machine",
@@ -310,7 +306,11 @@ fn verdicts(
         CHURN_TARGET,
         format!(
             "{} after {cycles} cycles",
-            if exact { "exact on every node" } else { "not exact" }
+            if exact {
+                "exact on every node"
+            } else {
+                "not exact"
+            }
         ),
         (cycles >= 1000).then_some(exact),
         "see the per-node rows: missing or stale entries",

@@ -86,6 +86,7 @@ fn toggles() -> BTreeMap<&'static str, Value> {
             json!({"example.com/team": "net"}),
         ),
         ("node.adminPort", json!(9191)),
+        ("node.tunnelAddressFrom", json!("defaultRoute")),
         ("node.resources", json!({"requests": {"cpu": "200m"}})),
         ("node.nodeSelector", json!({"pier.dev/dataplane": "true"})),
         ("node.tolerations", json!([])),
@@ -677,6 +678,24 @@ fn netns_targets_are_off_unless_enabled_and_then_keep_their_markers_on_the_node(
     assert_eq!(volume.path, state_dir);
 }
 
+/// Each node's tunnel address (overlay networks) is the kubelet's `status.hostIP` by default;
+/// with `defaultRoute` the chart sets nothing and the daemon detects it from the default route.
+#[test]
+fn tunnel_address_is_the_host_ip_unless_the_default_route_is_asked_for() {
+    let (_, c) = container::<DaemonSet>(find(&rendered()[0], "DaemonSet")[0]);
+    let field = env(&c, "PIER_TUNNEL_ADDRESS")
+        .and_then(|e| e.value_from)
+        .and_then(|from| from.field_ref)
+        .map(|field| field.field_path);
+    assert_eq!(field.as_deref(), Some("status.hostIP"));
+    let r = rendered()
+        .iter()
+        .find(|r| r.name == "node.tunnelAddressFrom toggled")
+        .expect("case");
+    let (_, c) = container::<DaemonSet>(find(r, "DaemonSet")[0]);
+    assert!(env(&c, "PIER_TUNNEL_ADDRESS").is_none());
+}
+
 #[test]
 fn denied_host_ports_can_be_emptied() {
     let r = rendered()
@@ -844,9 +863,9 @@ fn check_role(component: &str, src: &str) -> rbac::Usage {
         "the RBAC scanner cannot account for these API uses in {src}:\n  {}",
         usage.problems.join("\n  ")
     );
+    let needed = usage.grants.clone();
     for r in rendered() {
         let granted = chart_grants(r, component);
-        let needed = usage.grants.clone();
         let gaps: BTreeSet<_> = needed.difference(&granted).cloned().collect();
         let excess: BTreeSet<_> = granted.difference(&needed).cloned().collect();
         assert!(
@@ -896,6 +915,18 @@ fn operator_rbac_matches_the_operator_code() {
 #[test]
 fn node_rbac_matches_the_node_daemon_code() {
     let usage = check_role("node", "node-daemon/src");
+    // Nodes are the kubelet's to register: the chart never asks the daemon to create its own
+    // (`--register-node` is for machines without a kubelet, beside `pier up`).
+    for r in rendered() {
+        for o in find(r, "DaemonSet") {
+            let (_, c): (DaemonSet, Container) = container(o);
+            assert!(
+                env(&c, "PIER_REGISTER_NODE").is_none(),
+                "{}: the DaemonSet sets PIER_REGISTER_NODE (in a cluster the kubelet registers Nodes)",
+                r.name
+            );
+        }
+    }
     assert!(usage.uses_api, "node-daemon/src makes no API call?");
     // The essentials, so a scanner that silently finds nothing cannot pass.
     for (g, r, v) in [

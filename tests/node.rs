@@ -4,29 +4,17 @@
 //!
 //! `pier up` is node `node-a` (its kernel work in the fixture's node namespace). Node B is a
 //! namespace of its own with the real `pier node` binary in it, configured by the environment
-//! the chart gives it; it reaches `pier up`'s API server (on the machine's 127.0.0.1) through a
-//! socat bridge: a UNIX socket on the machine, a TCP listener on B's 127.0.0.1 at the same port,
-//! so the kubeconfig (and its certificate for 127.0.0.1) work unchanged.
-//!
-//! `pier node` runs under `nsenter --net`, not `ip netns exec`: the latter also gives the process
-//! a mount namespace of its own whose mounts do not propagate back, so the namespaces `pier node`
-//! creates under /var/run/netns would not be visible outside it. The chart mounts /var/run/netns
-//! with `mountPropagation: Bidirectional`, which is what sharing the machine's mount namespace
-//! reproduces.
+//! the chart gives it (`system::nodes::PierNode`: how it reaches the API server and why it runs
+//! under `nsenter --net`).
 
 mod system;
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use system::{Pier, sh, sh_ok, wait_for};
+use system::nodes::PierNode;
+use system::{Pier, in_netns, ping, sh, wait_for};
 
-/// `pier node`'s admin port inside node B (B's loopback is its own, so a fixed port is safe).
-const ADMIN_PORT: u16 = 9091;
 /// Metrics every node agent's admin port lists (with DNS on).
 const NODE_METRICS: [&str; 5] = [
     "pier_node_attach_duration_seconds_bucket",
@@ -50,197 +38,6 @@ const NODE_B: &str = "node-b";
 /// The fixture's `pier up --node-name`.
 const NODE_A: &str = "node-a";
 
-/// A second node: a network namespace with `pier node` in it. Dropping it kills every process it
-/// started (by process group) and deletes its namespace and the named namespaces it lists, also
-/// when the test fails.
-struct SecondNode {
-    netns: String,
-    dir: tempfile::TempDir,
-    /// `pier node` (a process group of its own).
-    agent: Option<Child>,
-    /// The socat processes of the API bridge (each a process group of its own).
-    bridge: Vec<Child>,
-    /// Named namespaces the test targets on this node.
-    containers: Vec<String>,
-}
-
-impl SecondNode {
-    /// A fresh namespace `nd-TAG-b-PID` with `lo` up.
-    fn create(tag: &str, containers: &[&str]) -> SecondNode {
-        let netns = format!("nd-{tag}-b-{}", std::process::id());
-        let _ = sh(&format!("ip netns del {netns} 2>/dev/null"));
-        for name in containers {
-            let _ = sh(&format!(
-                "ip netns del {name} 2>/dev/null; rm -rf /etc/netns/{name}"
-            ));
-        }
-        sh_ok(&format!(
-            "ip netns add {netns} && ip netns exec {netns} ip link set lo up"
-        ));
-        SecondNode {
-            netns,
-            dir: tempfile::tempdir().expect("node B's directory"),
-            agent: None,
-            bridge: Vec::new(),
-            containers: containers.iter().map(|c| (*c).to_owned()).collect(),
-        }
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("pier-node.log")
-    }
-
-    /// `pier node`'s output so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Starts `pier node` in the namespace, configured as the chart's DaemonSet configures it
-    /// (`netns_targets`: the chart's `node.netnsTargets`).
-    fn start_agent(&mut self, kubeconfig: &Path, netns_targets: bool) {
-        let log = std::fs::File::create(self.log_path()).expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.netns))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_pier"))
-            .arg("node")
-            .env("NODE_NAME", NODE_B)
-            .env("KUBECONFIG", kubeconfig)
-            .env("PIER_STATE_DIR", self.state_dir())
-            .env("PIER_ADMIN_ADDR", format!("127.0.0.1:{ADMIN_PORT}"))
-            .env("PIER_DNS_PORT", "53")
-            .env("PIER_RESYNC_SECONDS", "2")
-            .env("PIER_NETNS_TARGETS", netns_targets.to_string())
-            .env("RUST_LOG", "info,hickory_server=warn")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("pier node starts");
-        self.agent = Some(child);
-    }
-
-    /// Bridges the machine's 127.0.0.1:`port` to B's 127.0.0.1:`port`.
-    fn bridge_api(&mut self, port: u16) {
-        let socket = self.dir.path().join("api.sock");
-        let outside = Command::new("socat")
-            .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
-            .arg(format!("TCP:127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("socat starts on the machine");
-        self.bridge.push(outside);
-        wait_for("the API bridge's socket", Duration::from_secs(10), || {
-            socket.exists().then_some(())
-        });
-        let inside = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "socat"])
-            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
-            .arg(format!("UNIX-CONNECT:{}", socket.display()))
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("socat starts in node B");
-        self.bridge.push(inside);
-    }
-
-    /// `sh -c script` in node B's namespace (not `on_node`'s quoting: the script is one argument).
-    fn on_node(&self, script: &str) -> Output {
-        in_netns(&self.netns, script)
-    }
-
-    /// The status line of `GET path` on the admin port, from inside B ("" when nothing answers).
-    fn probe(&self, path: &str) -> String {
-        self.admin_get(path)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-
-    /// The whole response to `GET path` on the admin port, from inside B. `-t5`: after sending
-    /// the request socat waits up to 5 s for the answer (its default, 0.5 s, can cut a reply off
-    /// on a loaded machine and read as an empty response).
-    fn admin_get(&self, path: &str) -> String {
-        let out = self.on_node(&format!(
-            "printf 'GET {path} HTTP/1.1\\r\\nHost: node\\r\\nConnection: close\\r\\n\\r\\n' | socat -T2 -t5 - TCP:127.0.0.1:{ADMIN_PORT},connect-timeout=2"
-        ));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The links of B (`ip -br link` lines).
-    fn links(&self) -> String {
-        String::from_utf8_lossy(&self.on_node("ip -br link").stdout).into_owned()
-    }
-
-    /// SIGTERM to `pier node`, as the kubelet stops a Pod; its exit status and how long it took.
-    fn terminate(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
-        let mut child = self.agent.take().expect("pier node is running");
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        let start = Instant::now();
-        kill(pid, Signal::SIGTERM).expect("SIGTERM to pier node");
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for pier node") {
-                break status;
-            }
-            if start.elapsed() > timeout {
-                let _ = kill(pid, Signal::SIGKILL);
-                let _ = child.wait();
-                panic!(
-                    "pier node did not exit within {timeout:?} of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status, start.elapsed())
-    }
-}
-
-impl Drop for SecondNode {
-    fn drop(&mut self) {
-        for mut child in self.agent.take().into_iter().chain(self.bridge.drain(..)) {
-            // Each was started as the leader of its own group: socat's forked children go too.
-            if let Ok(pgid) = i32::try_from(child.id()) {
-                let _ = kill(Pid::from_raw(-pgid), Signal::SIGKILL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = sh(&format!("ip netns del {}", self.netns));
-        for name in &self.containers {
-            let _ = sh(&format!(
-                "ip netns del {name} 2>/dev/null; rm -rf /etc/netns/{name}"
-            ));
-        }
-        if std::thread::panicking() {
-            eprintln!("--- pier node log ({}) ---\n{}", self.netns, self.log());
-        }
-    }
-}
-
-/// `ip netns exec NETNS sh -c script`.
-fn in_netns(netns: &str, script: &str) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", netns, "sh", "-c", script])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script:?} in {netns}: {e}"))
-}
-
-fn ping(netns: &str, to: &str) -> bool {
-    in_netns(netns, &format!("ping -c1 -W1 {to}"))
-        .status
-        .success()
-}
-
 /// The names of the links whose master is `bridge` in `netns` (empty when there is no bridge).
 fn bridge_ports(netns: &str, bridge: &str) -> Vec<String> {
     let out = in_netns(netns, &format!("ip -br link show master {bridge}"));
@@ -255,17 +52,6 @@ fn bridge_ports(netns: &str, bridge: &str) -> Vec<String> {
 fn is_netns(path: &str) -> bool {
     let out = sh(&format!("stat -f -c %T {path}"));
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "nsfs"
-}
-
-/// The port of `pier up`'s API server, from its kubeconfig.
-fn api_port(pier: &Pier) -> u16 {
-    let server = pier.kubectl_ok("config view -o 'jsonpath={.clusters[0].cluster.server}'");
-    server
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("a port in the kubeconfig's server {server:?}"))
 }
 
 /// Registers node B as its kubelet would (the operator relies on the Node object).
@@ -292,10 +78,10 @@ fn pier_node_refuses_netns_targets_unless_enabled() {
     );
     let z = format!("nd-z-{}", std::process::id());
     let pier = Pier::up("nd-off", &[]);
-    let mut node = SecondNode::create("off", &[&z]);
+    let mut node = PierNode::create(NODE_B, &format!("nd-off-b-{}", std::process::id()), &[&z]);
     register_node_b(&pier);
     node.start_agent(&pier.kubeconfig, false);
-    node.bridge_api(api_port(&pier));
+    node.bridge_api(pier.api_port());
     wait_for("pier node's /readyz", Duration::from_secs(60), || {
         (node.probe("/readyz") == "HTTP/1.1 200 OK").then_some(())
     });
@@ -353,7 +139,7 @@ fn second_node_runs_pier_node_beside_pier_up() {
     let x = format!("nd-x-{pid}");
     let y = format!("nd-y-{pid}");
     let pier = Pier::up("nd-two", &[&x]);
-    let mut node = SecondNode::create("two", &[&y]);
+    let mut node = PierNode::create(NODE_B, &format!("nd-two-b-{}", std::process::id()), &[&y]);
     // The kubelet of a real node registers its Node; the operator relies on it (an object whose
     // node is gone loses the node finalizer to the operator, as the agent will never remove it).
     register_node_b(&pier);
@@ -374,7 +160,7 @@ fn second_node_runs_pier_node_beside_pier_up() {
         "/readyz before any full reconcile (the API is unreachable)"
     );
 
-    node.bridge_api(api_port(&pier));
+    node.bridge_api(pier.api_port());
     wait_for("pier node's /readyz", Duration::from_secs(60), || {
         (node.probe("/readyz") == "HTTP/1.1 200 OK").then_some(())
     });

@@ -21,6 +21,8 @@ pub mod reason {
     pub const SUBNET_CONFLICT: &str = "SubnetConflict";
     /// No pool subnet is free.
     pub const POOLS_EXHAUSTED: &str = "PoolsExhausted";
+    /// Every VXLAN id is held by another overlay Network.
+    pub const VXLAN_IDS_EXHAUSTED: &str = "VxlanIdsExhausted";
     /// A Network's gateway, ipRange or aux addresses do not fit.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A Network is being deleted while endpoints use it.
@@ -74,6 +76,9 @@ pub mod reason {
     /// A process of the node already has one of the PortPublish's host ports (that port is
     /// left out; the others are published).
     pub const PORT_IN_USE_ON_NODE: &str = "PortInUseOnNode";
+    /// The Endpoint's overlay network needs this node's tunnel address, and it has none (no
+    /// default route to detect it from, and no `--tunnel-address`).
+    pub const NO_TUNNEL_ADDRESS: &str = "NoTunnelAddress";
     /// The endpoint's interface exists as desired.
     pub const ATTACHED: &str = "Attached";
     /// The kernel refused part of the endpoint's attachment.

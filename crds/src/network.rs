@@ -95,6 +95,12 @@ pub const DEFAULT_MTU: i32 = 1500;
 /// Ethernet header (14). An overlay's MTU is its underlay's minus this.
 pub const VXLAN_OVERHEAD: i32 = 50;
 
+/// The MTU of an overlay Network that sets none: the smallest of the nodes' underlay MTUs (or
+/// [`DEFAULT_MTU`] while no node has said) minus [`VXLAN_OVERHEAD`].
+pub fn overlay_mtu(underlay_mtus: impl IntoIterator<Item = i32>) -> i32 {
+    underlay_mtus.into_iter().min().unwrap_or(DEFAULT_MTU) - VXLAN_OVERHEAD
+}
+
 /// The first VXLAN id the operator hands out (Docker's overlay driver starts here too).
 pub const FIRST_VXLAN_ID: u32 = 4096;
 

@@ -262,8 +262,6 @@ pub enum StateError {
     DuplicateNetwork(String),
     #[error("bridge network {0:?} has no subnet or no gateway")]
     BridgeWithoutSubnet(String),
-    #[error("overlay network {0:?} has no VXLAN id")]
-    OverlayWithoutVxlanId(String),
     #[error("network {network:?}: gateway {gateway} is outside subnet {subnet}")]
     GatewayOutsideSubnet {
         network: String,
@@ -275,17 +273,15 @@ pub enum StateError {
 }
 
 impl NodeState {
-    /// Checks what must hold for the state as a whole. Problems of single endpoints or ports
-    /// (unknown network, address outside the subnet, ...) are not errors here: the dataplane reports
-    /// them per object and applies the rest.
+    /// Checks what must hold for the state as a whole. Problems of single endpoints, ports or
+    /// networks (unknown network, address outside the subnet, an overlay network without its
+    /// VXLAN id yet, ...) are not errors here: the dataplane reports them per object and applies
+    /// the rest.
     pub fn validate(&self) -> Result<(), StateError> {
         let mut networks = BTreeSet::new();
         for network in &self.networks {
             if !networks.insert(network.name.as_str()) {
                 return Err(StateError::DuplicateNetwork(network.name.clone()));
-            }
-            if network.driver == Driver::Overlay && network.vxlan_id.is_none() {
-                return Err(StateError::OverlayWithoutVxlanId(network.name.clone()));
             }
             if network.driver.has_bridge() {
                 let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) else {

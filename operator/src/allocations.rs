@@ -12,11 +12,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use kube::ResourceExt;
-use pier_crds::{Endpoint, Network, PortPublish};
+use pier_crds::{Driver, Endpoint, Network, PortPublish};
 
 use crate::ipam::{
     AddressError, AddressPool, AddressPoolConfig, Pool, PoolConfigError, SubnetAllocator,
-    SubnetError,
+    SubnetError, VxlanIdError, VxlanIds,
 };
 use crate::ports::{
     HostPort, KUBERNETES_HOST_PORTS, PortAllocator, PortError, PortRange, PortSet, PortSpec,
@@ -187,6 +187,8 @@ pub fn next_free_eth<'a>(used: impl IntoIterator<Item = &'a str>) -> String {
 pub struct Allocations {
     config: AllocConfig,
     subnets: SubnetAllocator,
+    /// Overlay Network name → its VXLAN id.
+    vxlan_ids: VxlanIds,
     /// Bridge Network name → its addresses.
     pools: HashMap<String, AddressPool>,
     ports: PortAllocator,
@@ -215,6 +217,7 @@ impl Allocations {
             subnets,
             ports: PortAllocator::denying(config.port_range, config.denied_ports.clone()),
             config,
+            vxlan_ids: VxlanIds::default(),
             pools: HashMap::new(),
             records: HashMap::new(),
             attachments: HashMap::new(),
@@ -280,10 +283,17 @@ impl Allocations {
         })
     }
 
-    /// Frees a Network's subnet and pool (its endpoints must be gone), returning the subnet.
+    /// Frees a Network's subnet, pool and VXLAN id (its endpoints must be gone), returning the
+    /// subnet.
     pub fn release_network(&mut self, name: &str) -> Option<Ipv4Net> {
         self.pools.remove(name);
+        self.vxlan_ids.release(name);
         self.subnets.release(name)
+    }
+
+    /// The VXLAN id of an overlay Network, given on first ask (the lowest free from 4096).
+    pub fn ensure_vxlan_id(&mut self, name: &str) -> Result<u32, VxlanIdError> {
+        self.vxlan_ids.ensure(name)
     }
 
     /// Number of Endpoints attached to `network`.
@@ -490,8 +500,14 @@ impl Allocations {
             bridge_networks.iter().map(|(n, s)| (n.name_any(), *s)),
         );
         rejected.extend(rebuilt.rejected.iter().map(ToString::to_string));
+        let vxlan_ids = VxlanIds::rebuild(networks.iter().filter_map(|n| {
+            let id = n.status.as_ref()?.vxlan_id?;
+            (n.spec.driver == Driver::Overlay).then(|| (n.name_any(), id))
+        }));
+        rejected.extend(vxlan_ids.rejected.iter().map(ToString::to_string));
         let mut this = Self::new(config);
         this.subnets = rebuilt.allocator;
+        this.vxlan_ids = vxlan_ids.allocator;
         this.subnets
             .set_excluded(this.config.excluded.iter().copied());
 
@@ -964,6 +980,35 @@ mod tests {
             .expect_err("kept");
         assert!(err.to_string().contains("default/web"), "{err}");
         assert_eq!(a.ports_of("default/web").len(), 1);
+    }
+
+    #[test]
+    fn rebuild_keeps_the_oldest_overlays_vxlan_id() {
+        let overlay = |name: &str, ts: &str, subnet: &str| -> Network {
+            object(
+                serde_json::json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+                "metadata": {"name": name, "creationTimestamp": ts},
+                "spec": {"driver": "overlay"},
+                "status": {"subnet": subnet, "gateway": subnet.replace(".0/24", ".1"), "vxlanId": 4097}}),
+            )
+        };
+        let networks = vec![
+            overlay("young", "2026-01-02T00:00:00Z", "10.1.2.0/24"),
+            overlay("old", "2026-01-01T00:00:00Z", "10.1.1.0/24"),
+        ];
+        let (mut a, rejected) =
+            Allocations::from_objects(AllocConfig::default(), &networks, &[], &[]);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].contains("\"young\""), "{rejected:?}");
+        assert_eq!(a.ensure_vxlan_id("old"), Ok(4097), "kept");
+        assert_eq!(a.ensure_vxlan_id("young"), Ok(4096), "a new one");
+        assert!(a.network("young").is_some(), "its subnet is kept");
+        a.release_network("old");
+        assert_eq!(
+            a.ensure_vxlan_id("third"),
+            Ok(4097),
+            "released with the network"
+        );
     }
 
     /// Docker's rule: the first network attached keeps the default route after a connect; when

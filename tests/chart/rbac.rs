@@ -4,7 +4,7 @@
 //! The scanner reads every `.rs` file under a crate's `src/`, with those of the crates whose
 //! helpers it calls (the shared runtime's), test modules removed, and finds:
 //!
-//! - **typed handles**: `name: Api<T>` (let bindings, function parameters, and struct fields,
+//! - **typed handles**: `name: Api<T>` or the metadata-only `Api<PartialObjectMeta<T>>` (let bindings, function parameters, and struct fields,
 //!   reached as `anything.name.`), `let name = Api::<T>::...`, and inline `Api::<T>::all(..).method(..)`;
 //! - **calls on them**, mapped to verbs ([`method_verbs`]): `get`/`get_opt`/`get_metadata*` → get,
 //!   `list`/`list_metadata` → list, `watch*` → watch, `create` → create, `replace` → update,
@@ -219,7 +219,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// The type argument of an `Api<..>` written in `ty` (`&Api<Network>`, `Api<K>`), if any.
 fn api_type_arg(ty: &str) -> Option<String> {
-    let re = Regex::new(r"\bApi\s*<\s*([A-Za-z_][A-Za-z0-9_]*)\s*>").expect("regex");
+    let re = Regex::new(r"\bApi\s*<\s*(?:PartialObjectMeta\s*<\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*>")
+        .expect("regex");
     re.captures(ty).map(|c| c[1].to_owned())
 }
 
@@ -353,7 +354,7 @@ pub fn scan_all(srcs: &[&Path]) -> Usage {
     // Struct fields `name: Api<T>`, reached as `self.name`, `ctx.name`, ...
     let mut fields: Vec<(String, String)> = Vec::new();
     let field_re = Regex::new(
-        r"(?m)^\s*(pub(\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:\s*Api\s*<\s*(\w+)\s*>\s*,",
+        r"(?m)^\s*(pub(\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:\s*Api\s*<\s*(?:PartialObjectMeta\s*<\s*)?(\w+)\s*>?\s*>\s*,",
     )
     .expect("regex");
     for (_, text) in &texts {
@@ -369,7 +370,7 @@ pub fn scan_all(srcs: &[&Path]) -> Usage {
     let mut passes: Vec<(String, usize, Option<Handle>, String, String, String)> = Vec::new();
     let func_names: BTreeSet<String> = funcs.iter().map(|f| f.name.clone()).collect();
     let binding_re = Regex::new(
-        r"\b(?:let\s+(?:mut\s+)?)?([a-z_][a-z0-9_]*)\s*:\s*&?\s*(?:mut\s+)?Api\s*<\s*(\w+)\s*>",
+        r"\b(?:let\s+(?:mut\s+)?)?([a-z_][a-z0-9_]*)\s*:\s*&?\s*(?:mut\s+)?Api\s*<\s*(?:PartialObjectMeta\s*<\s*)?(\w+)\s*>",
     )
     .expect("regex");
     let let_ctor_re =
@@ -608,12 +609,16 @@ pub fn scan_all(srcs: &[&Path]) -> Usage {
             let line_start = before.rfind('\n').map_or(0, |i| i + 1);
             let stmt_start = before.rfind([';', '{']).map_or(0, |i| i + 1);
             let stmt = &f.body[stmt_start.min(line_start)..m.start()];
-            let typed_let = Regex::new(r":\s*Api\s*<\s*\w+\s*>\s*=\s*$")
+            let typed_let = Regex::new(
+                r":\s*Api\s*<\s*(?:PartialObjectMeta\s*<\s*)?\w+\s*>?\s*>\s*=\s*$",
+            )
+            .expect("regex")
+            .is_match(stmt.trim_end())
+                || Regex::new(
+                    r":\s*Api\s*<\s*(?:PartialObjectMeta\s*<\s*)?\w+\s*>?\s*>\s*=\s*(?:kube::)?$",
+                )
                 .expect("regex")
-                .is_match(stmt.trim_end())
-                || Regex::new(r":\s*Api\s*<\s*\w+\s*>\s*=\s*(?:kube::)?$")
-                    .expect("regex")
-                    .is_match(stmt.trim_end());
+                .is_match(stmt.trim_end());
             let as_argument = passes.iter().any(|(_, _, _, arg, loc, _)| {
                 loc.starts_with(&f.file)
                     && arg.contains(m.as_str().trim_end_matches('('))
@@ -684,7 +689,8 @@ pub fn scan_all(srcs: &[&Path]) -> Usage {
     }
     // Safety net: every concrete type written as `Api<T>` or `Api::<T>` must have led to at
     // least one grant, or a use of it went unseen (e.g. an `Option<Api<T>>`, a tuple, a macro).
-    let mention_re = Regex::new(r"\bApi\s*(?:::)?<\s*(\w+)\s*>").expect("regex");
+    let mention_re =
+        Regex::new(r"\bApi\s*(?:::)?<\s*(?:PartialObjectMeta\s*<\s*)?(\w+)\s*>").expect("regex");
     for (name, text) in &texts {
         for c in mention_re.captures_iter(text) {
             let Some((g, r)) = resource_of(&c[1]) else {

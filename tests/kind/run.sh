@@ -5,7 +5,10 @@
 #   1. two Pods on one Network ping each other by name (Pier's DNS on the gateway);
 #   2. a PortPublish answers on the node's address, from the node and from another node;
 #   3. Networks are isolated: a Pod on another Network reaches neither the address nor the name;
-#   4. connecting that Pod to the first Network (a second Endpoint) makes both reachable.
+#   4. connecting that Pod to the first Network (a second Endpoint) makes both reachable;
+#   5. an overlay Network spans both workers: Pods on different workers ping each other by name
+#      and talk HTTP, a PortPublish answers on its worker's address, and deleting the Endpoints
+#      leaves no FDB or neighbour entry for them on either worker.
 #
 # Needs docker, kind, kubectl and helm on PATH; not part of .ci/run (CI has no Docker).
 # Usage: tests/kind/run.sh            (KEEP=1 keeps the cluster afterwards; CLUSTER=name)
@@ -115,6 +118,55 @@ echo ok
 step "disconnect: deleting the second Endpoint isolates con3 again"
 kubectl delete -f "$HERE/manifests/4-connect.yaml" --wait
 retry 20 sh -c "! kubectl exec con3 -- ping -c1 -W2 $CON1_IP" || fail "con3 still reaches con1 after the disconnect"
+echo ok
+
+step "5. overlay: one Network across both workers"
+sed -e "s/WORKER1/$NODE/" -e "s/WORKER2/$OTHER/" "$HERE/manifests/5-overlay.yaml" | kubectl apply -f -
+kubectl wait --for=condition=Ready pod/ov1 pod/ov2 --timeout=3m
+kubectl wait --for=condition=Ready endpoint.pier.dev/ov1 endpoint.pier.dev/ov2 --timeout=2m
+kubectl wait --for=condition=Ready portpublish.pier.dev/ov2-web --timeout=2m
+kubectl get network ov-tage
+[ "$(kubectl get network ov-tage -o jsonpath='{.status.scope}')" = cluster ] || fail "ov-tage's scope is not cluster"
+VXLAN_ID="$(kubectl get network ov-tage -o jsonpath='{.status.vxlanId}')"
+[ "${VXLAN_ID:-0}" -ge 4096 ] || fail "ov-tage has no VXLAN id from 4096 in status (got '$VXLAN_ID')"
+[ -n "$(kubectl get network ov-tage -o jsonpath='{.status.mtu}')" ] || fail "ov-tage's status says no MTU"
+for worker in "$NODE" "$OTHER"; do
+  [ -n "$(kubectl get node "$worker" -o jsonpath='{.metadata.annotations.pier\.dev/tunnel-address}')" ] \
+    || fail "$worker has no pier.dev/tunnel-address annotation"
+done
+[ "$(kubectl get endpoint.pier.dev ov1 -o jsonpath='{.status.node}')" = "$NODE" ] || fail "ov1 is not on $NODE"
+[ "$(kubectl get endpoint.pier.dev ov2 -o jsonpath='{.status.node}')" = "$OTHER" ] || fail "ov2 is not on $OTHER"
+retry 20 kubectl exec ov1 -- ping -c1 -W2 ov2 || fail "ov1 ($NODE) cannot ping ov2 ($OTHER) by name"
+retry 20 kubectl exec ov2 -- ping -c1 -W2 ov1 || fail "ov2 ($OTHER) cannot ping ov1 ($NODE) by name"
+kubectl exec ov1 -- wget -qO- http://ov2/ | grep -q hello-from-ov2 || fail "ov1 cannot fetch http://ov2/ across workers"
+OTHER_IP="$(kubectl get node "$OTHER" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
+retry 20 docker exec "$NODE" curl -sf "http://$OTHER_IP:8001/" || fail "$OTHER_IP:8001 unreachable from $NODE"
+docker exec "$NODE" curl -sf "http://$OTHER_IP:8001/" | grep -q hello-from-ov2 || fail "wrong answer on $OTHER_IP:8001"
+echo ok
+
+step "5. overlay: deleting the Endpoints leaves no entries on either worker"
+mac_of() { kubectl get endpoint.pier.dev "$1" -o jsonpath='{.status.macAddress}' | tr 'A-F' 'a-f'; }
+OV_MACS="$(mac_of ov1) $(mac_of ov2)"
+OV_IPS="$(ip_of ov1) $(ip_of ov2)"
+kubectl delete portpublish.pier.dev ov2-web --wait
+kubectl delete endpoint.pier.dev ov1 ov2 --wait
+# entries_left WORKER: prints the FDB and neighbour entries still naming ov1 or ov2 on WORKER.
+entries_left() {
+  local worker=$1 mac ip
+  for mac in $OV_MACS; do
+    docker exec "$worker" bridge fdb show | grep -i -- "$mac" || true
+  done
+  for ip in $OV_IPS; do
+    docker exec "$worker" ip -4 neigh show nud permanent | grep -w -F -- "$ip" || true
+  done
+}
+no_entries_left() { [ -z "$(entries_left "$NODE")$(entries_left "$OTHER")" ]; }
+if ! retry 20 no_entries_left; then
+  entries_left "$NODE"
+  entries_left "$OTHER"
+  fail "FDB or neighbour entries of deleted Endpoints are left"
+fi
+kubectl delete -f "$HERE/manifests/5-overlay.yaml" --ignore-not-found --wait >/dev/null
 echo ok
 
 printf '\nall kind checks passed\n'

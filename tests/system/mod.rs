@@ -7,6 +7,8 @@
 //! namespace, also when the test fails.
 #![allow(dead_code)] // each test uses a different part of the fixture
 
+pub mod nodes;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
@@ -49,6 +51,21 @@ pub fn sh_ok(script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip netns exec NETNS sh -c script` (the script is one argument: any quoting works).
+pub fn in_netns(netns: &str, script: &str) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns, "sh", "-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script:?} in {netns}: {e}"))
+}
+
+/// Whether one ping from the named namespace `netns` to `to` (an address or a name) is answered.
+pub fn ping(netns: &str, to: &str) -> bool {
+    in_netns(netns, &format!("ping -c1 -W1 {to}"))
+        .status
+        .success()
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
@@ -144,6 +161,17 @@ impl Pier {
     /// The pid of the running `pier up`.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The port of the API server, from the kubeconfig.
+    pub fn api_port(&self) -> u16 {
+        let server = self.kubectl_ok("config view -o 'jsonpath={.clusters[0].cluster.server}'");
+        server
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("a port in the kubeconfig's server {server:?}"))
     }
 
     /// The node namespace's file, as `--node-netns` takes it.

@@ -20,7 +20,7 @@ use crate::kernel::host_ports::{HostPort, Refused};
 use crate::kernel::hostnet::{HostSubnet, overlapping};
 use crate::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState,
-    PublishedPort,
+    PublishedPort, RemoteEndpoint,
 };
 
 /// What the node's objects are built from.
@@ -37,6 +37,12 @@ pub struct Inputs<'a> {
     pub pod_netns: &'a HashMap<String, PathBuf>,
     /// Whether Endpoints may target named namespaces on this node (see `AgentConfig`).
     pub netns_targets: bool,
+    /// The Endpoints of other nodes: an overlay's endpoints there become entries and names here.
+    pub remote_endpoints: &'a [Arc<Endpoint>],
+    /// The nodes' tunnel addresses by node name (their `pier.dev/tunnel-address` annotations).
+    pub tunnels: &'a HashMap<String, Ipv4Addr>,
+    /// This node's tunnel address (`None`: overlay networks cannot be set up here).
+    pub tunnel: Option<Ipv4Addr>,
 }
 
 /// Why one object was left out.
@@ -101,8 +107,59 @@ pub fn build(inputs: Inputs<'_>) -> Built {
         .filter_map(|name| network_state(networks.get(name)?))
         .collect();
     built.state.networks = network_states;
+    build_remote_endpoints(&inputs, &mut built.state);
     build_ports(&inputs, &mut built);
     built
+}
+
+/// The endpoints on other nodes of this node's overlay networks, and this node's tunnel address
+/// when it has one. Those not allocated yet, being deleted, or on a node without a recorded
+/// tunnel address (a Node deleted from the cluster) are left out: no entry points at them.
+fn build_remote_endpoints(inputs: &Inputs<'_>, state: &mut NodeState) {
+    let overlays: BTreeSet<&str> = state
+        .networks
+        .iter()
+        .filter(|n| n.driver == Driver::Overlay)
+        .map(|n| n.name.as_str())
+        .collect();
+    if overlays.is_empty() {
+        return;
+    }
+    state.tunnel = inputs.tunnel;
+    let mut remote: Vec<RemoteEndpoint> = inputs
+        .remote_endpoints
+        .iter()
+        .filter(|e| e.metadata.deletion_timestamp.is_none())
+        .filter_map(|e| remote_endpoint(inputs, &overlays, e))
+        .collect();
+    remote.sort_by(|a, b| a.id.cmp(&b.id));
+    state.remote_endpoints = remote;
+}
+
+/// One endpoint of another node, if it belongs in this node's entries.
+fn remote_endpoint(
+    inputs: &Inputs<'_>,
+    overlays: &BTreeSet<&str>,
+    endpoint: &Endpoint,
+) -> Option<RemoteEndpoint> {
+    let status = endpoint.status.as_ref()?;
+    let network = status.network.as_deref().filter(|n| overlays.contains(n))?;
+    let node = status.node.as_deref().filter(|n| *n != inputs.node)?;
+    if !conditions::is_true(&status.conditions, READY) {
+        return None;
+    }
+    let tunnel = *inputs.tunnels.get(node)?;
+    let mut names = status.dns_names.iter().cloned();
+    Some(RemoteEndpoint {
+        id: object_id(&endpoint.metadata),
+        name: names.next()?,
+        aliases: names.collect(),
+        network: network.to_owned(),
+        address: status.ipv4_address.as_deref()?.parse().ok()?,
+        mac: status.mac_address.clone()?,
+        node: node.to_owned(),
+        tunnel,
+    })
 }
 
 /// Whether an object is this node's and not being deleted.
@@ -284,6 +341,9 @@ fn bridge_attachment(
             format!("network {network_name} has no subnet and gateway yet"),
         ));
     };
+    if network.spec.driver == pier_crds::Driver::Overlay {
+        overlay_ready(inputs, network_name, network)?;
+    }
     if let Some(host) = overlapping(subnet, inputs.host_subnets) {
         return Err(refusal(
             reason::SUBNET_IN_USE_ON_NODE,
@@ -317,6 +377,31 @@ fn bridge_attachment(
         mac: mac.clone(),
         default_route,
     })
+}
+
+/// What an overlay network needs on this node besides a bridge network's: its VXLAN id and the
+/// node's tunnel address.
+fn overlay_ready(
+    inputs: &Inputs<'_>,
+    network_name: &str,
+    network: &Network,
+) -> Result<(), Refusal> {
+    if network.status.as_ref().and_then(|s| s.vxlan_id).is_none() {
+        return Err(refusal(
+            reason::NETWORK_NOT_READY,
+            format!("overlay network {network_name} has no VXLAN id yet"),
+        ));
+    }
+    if inputs.tunnel.is_none() {
+        return Err(refusal(
+            reason::NO_TUNNEL_ADDRESS,
+            format!(
+                "overlay network {network_name} needs node {}'s tunnel address: the node has no                  default route to find it from; pass --tunnel-address (chart: node.tunnelAddress)",
+                inputs.node
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Container mode: the namespace of the Endpoint shared, once that one is on the node.
@@ -732,7 +817,131 @@ mod tests {
             host_subnets,
             pod_netns: &HashMap::new(),
             netns_targets: true,
+            remote_endpoints: &[],
+            tunnels: &HashMap::new(),
+            tunnel: None,
         })
+    }
+
+    fn overlay(name: &str, subnet: &str, gateway: &str) -> Arc<Network> {
+        let mut network = (*bridge(name, subnet, gateway)).clone();
+        network.spec.driver = pier_crds::Driver::Overlay;
+        network.spec.mtu = None;
+        if let Some(status) = network.status.as_mut() {
+            status.vxlan_id = Some(4096);
+            status.mtu = Some(1450);
+        }
+        Arc::new(network)
+    }
+
+    /// An overlay on this node: its endpoints on other nodes with a recorded tunnel address are
+    /// in the state (sorted, with names), the rest (not allocated, being deleted, on a node
+    /// without a tunnel address, on a bridge network) are not; the MTU is the operator's.
+    #[test]
+    fn an_overlays_endpoints_elsewhere_become_remote_endpoints() {
+        let networks = [
+            overlay("ov", "10.20.0.0/24", "10.20.0.1"),
+            bridge("br", "172.18.0.0/16", "172.18.0.1"),
+        ];
+        let endpoints = [endpoint("local", "local", "ov", "10.20.0.2", "eth0", 1)];
+        fn on(node: &'static str) -> impl FnOnce(&mut EndpointStatus) {
+            move |s| s.node = Some(node.to_owned())
+        }
+        let far = with_status(
+            endpoint("far", "x", "ov", "10.20.0.3", "eth0", 2),
+            on("node-b"),
+        );
+        let mut aliased = (*endpoint("alias", "y", "ov", "10.20.0.4", "eth0", 3)).clone();
+        if let Some(s) = aliased.status.as_mut() {
+            s.node = Some("node-c".into());
+            s.dns_names = vec!["alias".into(), "www".into()];
+        }
+        let nowhere = with_status(
+            endpoint("gone", "z", "ov", "10.20.0.5", "eth0", 4),
+            on("node-x"),
+        );
+        let waiting = with_status(endpoint("wait", "w", "ov", "10.20.0.6", "eth0", 5), |s| {
+            s.node = Some("node-b".into());
+            s.conditions.clear();
+        });
+        let mut deleting = (*endpoint("del", "d", "ov", "10.20.0.7", "eth0", 6)).clone();
+        deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
+        let deleting = with_status(Arc::new(deleting), on("node-b"));
+        let bridged = with_status(
+            endpoint("br1", "b", "br", "172.18.0.2", "eth0", 7),
+            on("node-b"),
+        );
+        let remote = [far, Arc::new(aliased), nowhere, waiting, deleting, bridged];
+        let tunnels = HashMap::from([
+            ("node-b".to_owned(), Ipv4Addr::new(10, 0, 0, 2)),
+            ("node-c".to_owned(), Ipv4Addr::new(10, 0, 0, 3)),
+        ]);
+        let built = build(Inputs {
+            node: NODE,
+            networks: &networks,
+            endpoints: &endpoints,
+            ports: &[],
+            host_subnets: &[],
+            pod_netns: &HashMap::new(),
+            netns_targets: true,
+            remote_endpoints: &remote,
+            tunnels: &tunnels,
+            tunnel: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        });
+        assert!(built.refusals.is_empty(), "{:?}", built.refusals);
+        assert_eq!(built.state.tunnel, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(built.state.networks[0].vxlan_id, Some(4096));
+        assert_eq!(built.state.networks[0].mtu, 1450);
+        let remote: Vec<(&str, &str, Ipv4Addr, &[String])> = built
+            .state
+            .remote_endpoints
+            .iter()
+            .map(|r| {
+                (
+                    r.id.as_str(),
+                    r.node.as_str(),
+                    r.tunnel,
+                    r.aliases.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            remote,
+            vec![
+                (
+                    "default/alias",
+                    "node-c",
+                    Ipv4Addr::new(10, 0, 0, 3),
+                    &["www".to_owned()][..]
+                ),
+                ("default/far", "node-b", Ipv4Addr::new(10, 0, 0, 2), &[][..]),
+            ]
+        );
+    }
+
+    /// Without a tunnel address, an overlay endpoint is refused with a reason that says how to
+    /// give one; bridge endpoints and the state without overlays are as before.
+    #[test]
+    fn an_overlay_endpoint_needs_the_nodes_tunnel_address() {
+        let networks = [
+            overlay("ov", "10.20.0.0/24", "10.20.0.1"),
+            bridge("br", "172.18.0.0/16", "172.18.0.1"),
+        ];
+        let endpoints = [
+            endpoint("o", "o", "ov", "10.20.0.2", "eth0", 1),
+            endpoint("b", "b", "br", "172.18.0.2", "eth0", 2),
+        ];
+        let built = run(&networks, &endpoints, &[], &[]);
+        let refusal = &built.refusals[&endpoint_key("default/o")];
+        assert_eq!(refusal.reason, reason::NO_TUNNEL_ADDRESS);
+        assert!(
+            refusal.message.contains("--tunnel-address"),
+            "{}",
+            refusal.message
+        );
+        assert_eq!(built.state.endpoints.len(), 1);
+        assert_eq!(built.state.tunnel, None);
+        assert!(built.state.remote_endpoints.is_empty());
     }
 
     /// In a cluster (`pier node` without `--netns-targets`) a named netns is refused with a
@@ -749,6 +958,9 @@ mod tests {
             host_subnets: &[],
             pod_netns: &HashMap::new(),
             netns_targets: false,
+            remote_endpoints: &[],
+            tunnels: &HashMap::new(),
+            tunnel: None,
         });
         assert!(built.state.endpoints.is_empty(), "{:?}", built.state);
         assert!(

@@ -39,6 +39,16 @@ pub struct NodeArgs {
     /// reason NetnsTargetsDisabled).
     #[arg(long, env = "PIER_NETNS_TARGETS")]
     pub netns_targets: bool,
+    /// The underlay address other nodes send this node's overlay (VXLAN) traffic to. Default:
+    /// the address of the interface of the node's default route. The chart passes the Pod's
+    /// `status.hostIP`.
+    #[arg(long, env = "PIER_TUNNEL_ADDRESS")]
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
+    /// Create this node's Node object when it does not exist, as kubelet's --register-node does
+    /// (for nodes without a kubelet, e.g. beside `pier up`). Off: in a cluster kubelet registers
+    /// nodes, and a deleted Node must stay deleted.
+    #[arg(long, env = "PIER_REGISTER_NODE")]
+    pub register_node: bool,
 }
 
 /// Why `pier node` stopped.
@@ -74,6 +84,8 @@ impl NodeArgs {
         config.state_dir = self.state_dir.clone();
         config.proc_root = self.proc_root.clone();
         config.netns_targets = self.netns_targets;
+        config.tunnel_address = self.tunnel_address;
+        config.register_node = self.register_node;
         config
     }
 }

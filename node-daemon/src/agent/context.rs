@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Node;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource};
 use pier_crds::conditions::{self, Condition};
@@ -13,7 +15,7 @@ use pier_crds::{Endpoint, Network, PortPublish};
 use pier_runtime::{Backoff, Events};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::build::{self, Built, Inputs};
 use super::node_kernel::{HeldPort, NodeKernel};
@@ -22,6 +24,7 @@ use crate::dataplane::{Outcome, Report, Scope};
 use crate::dns::resolv_conf;
 use crate::kernel::host_ports::{HostPort, PortHolder};
 use crate::kernel::hostnet::HostSubnet;
+use crate::kernel::tunnel::Tunnel;
 use crate::state::{Netns, NodeState};
 
 /// Shared by the reconcilers and the resync loop.
@@ -33,6 +36,15 @@ pub struct Context {
     pub networks: Store<Network>,
     pub endpoints: Store<Endpoint>,
     pub ports: Store<PortPublish>,
+    /// The Endpoints of the other nodes (an overlay's endpoints there are entries here).
+    pub remote_endpoints: Store<Endpoint>,
+    /// The cluster's Nodes, for their tunnel addresses (`pier.dev/tunnel-address`).
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    /// This node's tunnel, once detected (see [`super::overlay`]).
+    pub tunnel: Mutex<Option<Tunnel>>,
+    /// Woken by every change of another node's Endpoint or of a Node: the overlay follower
+    /// re-applies the overlay networks' entries.
+    pub overlay_changed: Arc<Notify>,
     /// Refreshed by every resync (and at start).
     pub host_subnets: Mutex<Vec<HostSubnet>>,
     /// Target Pods' namespaces found on this node, by `NAMESPACE/POD`.
@@ -59,6 +71,18 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// The stores the agent's watches fill, and how the overlay follower hears of changes.
+#[derive(Debug)]
+pub struct Stores {
+    pub networks: Store<Network>,
+    /// This node's Endpoints (the Endpoint controller's store).
+    pub endpoints: Store<Endpoint>,
+    pub ports: Store<PortPublish>,
+    pub remote_endpoints: Store<Endpoint>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub overlay_changed: Arc<Notify>,
+}
+
 /// A lock that a panic elsewhere does not make unusable: every value behind these locks is
 /// replaced whole, never left half-written.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,10 +95,17 @@ impl Context {
         client: Client,
         config: AgentConfig,
         kernel: Arc<dyn NodeKernel>,
-        stores: (Store<Network>, Store<Endpoint>, Store<PortPublish>),
+        stores: Stores,
         dns_state: watch::Sender<NodeState>,
     ) -> Context {
-        let (networks, endpoints, ports) = stores;
+        let Stores {
+            networks,
+            endpoints,
+            ports,
+            remote_endpoints,
+            nodes,
+            overlay_changed,
+        } = stores;
         Context {
             events: Events::new(client.clone(), FIELD_MANAGER, config.node_name.clone()),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
@@ -84,6 +115,10 @@ impl Context {
             networks,
             endpoints,
             ports,
+            remote_endpoints,
+            nodes,
+            tunnel: Mutex::new(None),
+            overlay_changed,
             host_subnets: Mutex::new(Vec::new()),
             pod_netns: Mutex::new(HashMap::new()),
             dns_state,
@@ -106,6 +141,14 @@ impl Context {
         self.ports
             .wait_until_ready()
             .await
+            .map_err(Error::NotSynced)?;
+        self.remote_endpoints
+            .wait_until_ready()
+            .await
+            .map_err(Error::NotSynced)?;
+        self.nodes
+            .wait_until_ready()
+            .await
             .map_err(Error::NotSynced)
     }
 
@@ -118,6 +161,9 @@ impl Context {
         );
         let host_subnets = lock(&self.host_subnets).clone();
         let pod_netns = lock(&self.pod_netns).clone();
+        let remote_endpoints = self.remote_endpoints.state();
+        let tunnels = super::overlay::tunnels(&self.nodes.state());
+        let tunnel = lock(&self.tunnel).map(|t| t.address);
         build::build(Inputs {
             node: &self.config.node_name,
             networks: &networks,
@@ -126,6 +172,9 @@ impl Context {
             host_subnets: &host_subnets,
             pod_netns: &pod_netns,
             netns_targets: self.config.netns_targets,
+            remote_endpoints: &remote_endpoints,
+            tunnels: &tunnels,
+            tunnel,
         })
     }
 

@@ -21,7 +21,7 @@ use crate::kernel::hostnet::HostSubnet;
 use crate::kernel::named_netns::NamedNetnsError;
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::podns::PodNetnsError;
-use crate::state::{Attachment, Driver, EndpointState, NodeState, PublishedPort};
+use crate::state::{Attachment, EndpointState, NodeState, PublishedPort};
 
 /// One apply the agent made: the scope, the state it was given (ports it could not hold
 /// already left out) and what the fake reported.
@@ -175,7 +175,7 @@ fn wanted_links(state: &NodeState) -> BTreeSet<String> {
     let bridges = state
         .networks
         .iter()
-        .filter(|n| n.driver == Driver::Bridge)
+        .filter(|n| n.driver.has_bridge())
         .map(|n| n.bridge_name());
     let veths = state
         .endpoints
@@ -244,7 +244,7 @@ impl NodeKernel for FakeKernel {
         let mut node = lock(&self.node);
         let node = &mut *node;
         let mut report = Report::default();
-        for network in state.networks.iter().filter(|n| n.driver == Driver::Bridge) {
+        for network in state.networks.iter().filter(|n| n.driver.has_bridge()) {
             let created = node.links.insert(network.bridge_name());
             report.objects.insert(
                 ObjectKey::network(&network.name),
@@ -259,7 +259,7 @@ impl NodeKernel for FakeKernel {
         let candidates: Vec<String> = match scope {
             Scope::Full => node.links.iter().cloned().collect(),
             Scope::Removal(links) => links.clone(),
-            Scope::Endpoints(_) => Vec::new(),
+            Scope::Endpoints(_) | Scope::Overlay => Vec::new(),
         };
         for link in candidates {
             node.remove(&link, &wanted, &mut report);
@@ -326,7 +326,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::state::{BridgeAttachment, Netns, NetworkState, Protocol};
+    use crate::state::{BridgeAttachment, Driver, Netns, NetworkState, Protocol};
 
     fn state() -> NodeState {
         NodeState {

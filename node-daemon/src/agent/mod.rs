@@ -14,26 +14,30 @@ pub mod endpoint;
 pub mod fake;
 pub mod metrics;
 pub mod node_kernel;
+pub mod overlay;
 pub mod portpublish;
 pub mod resync;
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use pier_crds::{Endpoint, Network, PortPublish};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::dns::{DnsConfig, DnsServer};
 use crate::state::NodeState;
-use context::Context;
+use context::{Context, Stores};
 use metrics::NodeMetrics;
 use node_kernel::{NodeKernel, RealKernel};
 
@@ -70,6 +74,11 @@ pub struct AgentConfig {
     pub netns_targets: bool,
     /// Where the agent counts (the admin port serves these).
     pub metrics: Arc<NodeMetrics>,
+    /// This node's tunnel address for overlay networks (`None`: the address of the interface of
+    /// the default route).
+    pub tunnel_address: Option<Ipv4Addr>,
+    /// Create the Node object when it is missing (see `pier node --register-node`).
+    pub register_node: bool,
 }
 
 impl AgentConfig {
@@ -87,6 +96,8 @@ impl AgentConfig {
             max_backoff: pier_runtime::backoff::DEFAULT_MAX,
             netns_targets: false,
             metrics: Arc::new(NodeMetrics::default()),
+            tunnel_address: None,
+            register_node: false,
         }
     }
 }
@@ -145,6 +156,12 @@ pub enum Error {
     PodNetns(#[source] crate::kernel::podns::PodNetnsError),
     #[error("reading the node's own addresses and routes")]
     HostSubnets(#[source] crate::kernel::netlink::NetlinkError),
+    #[error("recording the tunnel address on node {node}")]
+    RecordTunnel {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing the status of {what}")]
     WriteStatus {
         what: String,
@@ -217,6 +234,20 @@ pub async fn run_with(
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let publish_store = publish_controller.store();
 
+    // The other nodes' Endpoints and the Nodes: an overlay's entries here follow them.
+    let overlay_changed = Arc::new(Notify::new());
+    let (remote_store, remote_writer) = reflector::store();
+    let remote_watch = watcher(endpoints.clone(), off_node(&config.node_name))
+        .default_backoff()
+        .reflect(remote_writer)
+        .for_each(notifier(&overlay_changed));
+    let (node_store, node_writer) = reflector::store();
+    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+    let node_watch = watcher(nodes, watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .for_each(notifier(&overlay_changed));
+
     let (dns_state, dns_watch) = watch::channel(NodeState::default());
     let dns = match config.dns.clone() {
         Some(dns_config) => Some(
@@ -236,7 +267,14 @@ pub async fn run_with(
         client.clone(),
         config,
         kernel,
-        (network_store, endpoint_store.clone(), publish_store.clone()),
+        Stores {
+            networks: network_store,
+            endpoints: endpoint_store.clone(),
+            ports: publish_store.clone(),
+            remote_endpoints: remote_store,
+            nodes: node_store,
+            overlay_changed,
+        },
         dns_state,
     ));
 
@@ -249,10 +287,14 @@ pub async fn run_with(
         stopped(&stop_rx),
     );
     let resync = resync::run(Arc::clone(&ctx), health);
+    let overlay = overlay::follow(Arc::clone(&ctx));
     let work = async {
         tokio::select! {
             _ = network_watch => {}
+            _ = remote_watch => {}
+            _ = node_watch => {}
             _ = resync => {}
+            _ = overlay => {}
             () = async { futures::join!(endpoint_controller, publish_controller); } => {}
         }
     };
@@ -275,6 +317,20 @@ pub async fn run_with(
 /// The watch of the objects whose `status.node` names `node`.
 fn on_node(node: &str) -> watcher::Config {
     watcher::Config::default().fields(&format!("status.node={node}"))
+}
+
+/// The watch of the objects whose `status.node` names another node (or none yet).
+fn off_node(node: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("status.node!={node}"))
+}
+
+/// A `for_each` callback that wakes `notify` on every watch event.
+fn notifier<T>(notify: &Arc<Notify>) -> impl FnMut(T) -> futures::future::Ready<()> + use<T> {
+    let notify = Arc::clone(notify);
+    move |_| {
+        notify.notify_one();
+        futures::future::ready(())
+    }
 }
 
 /// Resolves once `true` is sent on the channel `stop` belongs to.

@@ -47,6 +47,11 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
         .await?
         .map_err(Error::HostSubnets)?;
     *lock(&ctx.host_subnets) = subnets;
+    // Before the build: a first overlay endpoint needs the tunnel address. A Node that cannot
+    // be annotated now is tried again at the next resync; the rest of the node goes on.
+    if let Err(error) = super::overlay::announce(ctx).await {
+        tracing::warn!(error = %pier_runtime::error_chain(&error), "cannot record the tunnel address");
+    }
     lock(&ctx.pod_netns).retain(|_, path| ctx.kernel.netns_exists(path));
     let mut built = ctx.build();
     let report = metrics::apply(ctx, &mut built, Scope::Full, Timed::No).await?;

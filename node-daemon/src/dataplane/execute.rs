@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use super::alias::{AliasState, alias};
 use super::names::bridge_mac;
-use super::plan::{Attach, BridgeFix, Plan, Step};
+use super::plan::{Attach, BridgeFix, CreateVxlan, Plan, Step, VxlanFix};
 use pier_runtime::error_chain as chain;
 
 use super::report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report};
 use crate::firewall;
-use crate::kernel::netlink::{self, NetlinkError, Nl, VethSpec};
+use crate::kernel::netlink::{self, NetlinkError, Nl, VethSpec, VxlanSpec};
 use crate::kernel::netns::{self, NetnsError};
 use crate::kernel::sysctl::{self, SysctlError};
 
@@ -56,20 +56,15 @@ impl Executor<'_> {
     }
 
     fn links(&self, plan: &Plan, report: &mut Report) {
-        let mut bridge_indexes: HashMap<String, u32> = HashMap::new();
-        let mut failed_networks: HashMap<String, String> = HashMap::new();
+        let mut indexes: HashMap<String, u32> = HashMap::new();
+        let mut failed = Failed::default();
         for step in &plan.steps {
             let object = step.object();
-            if let Step::AttachEndpoint(attach) = step
-                && let Some(reason) = failed_networks.get(&attach.network)
-            {
-                report.failed(
-                    object,
-                    format!("network {} failed: {reason}", attach.network),
-                );
+            if let Some(reason) = failed.blocks(step) {
+                report.failed(object, reason);
                 continue;
             }
-            match self.step(step, &mut bridge_indexes) {
+            match self.step(step, &mut indexes) {
                 Ok(kept) => {
                     if kept == AliasState::OwnDefaultKept {
                         report.note(object.clone(), OWN_DEFAULT_ROUTE_KEPT.to_owned());
@@ -78,11 +73,7 @@ impl Executor<'_> {
                 }
                 Err(error) => {
                     let message = chain(&error);
-                    if let Step::CreateBridge { network, .. } | Step::FixBridge { network, .. } =
-                        step
-                    {
-                        failed_networks.insert(network.clone(), message.clone());
-                    }
+                    failed.record(step, &message);
                     tracing::warn!(%object, error = %message, "dataplane step failed");
                     report.failed(object, message);
                 }
@@ -131,10 +122,11 @@ impl Executor<'_> {
     }
 
     /// Runs one step; an attach says what it kept, every other step is [`AliasState::AsPlanned`].
+    /// `indexes` caches link indexes by name (bridges and VXLAN devices) within the run.
     fn step(
         &self,
         step: &Step,
-        bridge_indexes: &mut HashMap<String, u32>,
+        indexes: &mut HashMap<String, u32>,
     ) -> Result<AliasState, StepError> {
         let host = self.host;
         match step {
@@ -156,7 +148,7 @@ impl Executor<'_> {
             } => {
                 host.create_bridge(bridge, *mtu, bridge_mac(bridge))?;
                 let index = lookup(host, bridge)?;
-                bridge_indexes.insert(bridge.clone(), index);
+                indexes.insert(bridge.clone(), index);
                 host.add_address(index, bridge, *gateway)?;
                 self.enable_route_localnet(bridge)?;
             }
@@ -170,14 +162,94 @@ impl Executor<'_> {
                     self.fix_bridge(bridge, *index, fix)?;
                 }
             }
-            Step::AttachEndpoint(attach) => return self.attach(attach, bridge_indexes),
+            Step::AttachEndpoint(attach) => return self.attach(attach, indexes),
             Step::LoopbackUp { netns, .. } => {
                 let nl = Nl::open_in(Some(netns))?;
                 let lo = lookup(&nl, "lo")?;
                 nl.set_up(lo, "lo")?;
             }
+            _ => self.overlay_step(step, indexes)?,
         }
         Ok(AliasState::AsPlanned)
+    }
+
+    /// A step of an overlay network's VXLAN device or of its entries.
+    fn overlay_step(
+        &self,
+        step: &Step,
+        indexes: &mut HashMap<String, u32>,
+    ) -> Result<(), StepError> {
+        let host = self.host;
+        match step {
+            Step::CreateVxlan(create) => self.create_vxlan(create, indexes)?,
+            Step::FixVxlan {
+                vxlan,
+                index,
+                fixes,
+                ..
+            } => {
+                for fix in fixes {
+                    match fix {
+                        VxlanFix::Mtu(mtu) => host.set_mtu(*index, vxlan, *mtu)?,
+                        VxlanFix::Master(bridge) => {
+                            let master = cached(host, indexes, bridge)?;
+                            host.set_master(*index, vxlan, master)?;
+                        }
+                        VxlanFix::Up => host.set_up(*index, vxlan)?,
+                    }
+                }
+            }
+            Step::SetFdbEntry {
+                vxlan,
+                mac,
+                destination,
+                ..
+            } => {
+                let index = cached(host, indexes, vxlan)?;
+                host.replace_fdb_entry(index, vxlan, mac, *destination)?;
+            }
+            Step::DeleteFdbEntry { vxlan, mac, .. } => {
+                let index = cached(host, indexes, vxlan)?;
+                gone_is_fine(host.delete_fdb_entry(index, vxlan, mac))?;
+            }
+            Step::SetNeighbour {
+                vxlan,
+                address,
+                mac,
+                ..
+            } => {
+                let index = cached(host, indexes, vxlan)?;
+                host.replace_neighbour(index, vxlan, *address, mac)?;
+            }
+            Step::DeleteNeighbour { vxlan, address, .. } => {
+                let index = cached(host, indexes, vxlan)?;
+                gone_is_fine(host.delete_neighbour(index, vxlan, *address))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Creates the device down on its bridge, without an IPv6 link-local address (it carries
+    /// no traffic of its own), then sets it up.
+    fn create_vxlan(
+        &self,
+        create: &CreateVxlan,
+        indexes: &mut HashMap<String, u32>,
+    ) -> Result<(), StepError> {
+        let host = self.host;
+        let master = cached(host, indexes, &create.bridge)?;
+        host.create_vxlan(&VxlanSpec {
+            name: create.vxlan.clone(),
+            conf: create.conf,
+            mtu: create.mtu,
+            master,
+        })?;
+        let index = lookup(host, &create.vxlan)?;
+        indexes.insert(create.vxlan.clone(), index);
+        host.set_no_ipv6_link_local(index, &create.vxlan)?;
+        host.set_up(index, &create.vxlan)?;
+        Ok(())
     }
 
     fn fix_bridge(&self, bridge: &str, index: u32, fix: &BridgeFix) -> Result<(), StepError> {
@@ -204,7 +276,7 @@ impl Executor<'_> {
     fn attach(
         &self,
         attach: &Attach,
-        bridge_indexes: &mut HashMap<String, u32>,
+        indexes: &mut HashMap<String, u32>,
     ) -> Result<AliasState, StepError> {
         let host = self.host;
         if let Some(index) = attach.replaces {
@@ -213,14 +285,7 @@ impl Executor<'_> {
                 other => other?,
             }
         }
-        let master = match bridge_indexes.get(&attach.bridge) {
-            Some(index) => *index,
-            None => {
-                let index = lookup(host, &attach.bridge)?;
-                bridge_indexes.insert(attach.bridge.clone(), index);
-                index
-            }
-        };
+        let master = cached(host, indexes, &attach.bridge)?;
         self.create_veth(attach, master)?;
         // From here a failure leaves a veth without fingerprint: the next plan re-makes it.
         let kept = configure_peer(attach)?;
@@ -284,6 +349,66 @@ fn configure_peer(attach: &Attach) -> Result<AliasState, StepError> {
     }
     inside.replace_default_route(peer, &attach.interface, gateway)?;
     Ok(AliasState::AsPlanned)
+}
+
+/// The networks whose bridge or VXLAN device failed in this run, with why: the steps that need
+/// them are reported failed without being tried.
+#[derive(Default)]
+struct Failed {
+    bridges: HashMap<String, String>,
+    vxlans: HashMap<String, String>,
+}
+
+impl Failed {
+    fn record(&mut self, step: &Step, message: &str) {
+        match step {
+            Step::CreateBridge { network, .. } | Step::FixBridge { network, .. } => {
+                self.bridges.insert(network.clone(), message.to_owned());
+            }
+            Step::CreateVxlan(create) => {
+                self.vxlans
+                    .insert(create.network.clone(), message.to_owned());
+            }
+            Step::FixVxlan { network, .. } => {
+                self.vxlans.insert(network.clone(), message.to_owned());
+            }
+            _ => {}
+        }
+    }
+
+    /// Why `step` cannot run, if its network's bridge or VXLAN device failed.
+    fn blocks(&self, step: &Step) -> Option<String> {
+        let (network, vxlan_needed) = match step {
+            Step::AttachEndpoint(attach) => (attach.network.as_str(), false),
+            Step::CreateVxlan(create) => (create.network.as_str(), false),
+            _ => (step.vxlan_network()?, true),
+        };
+        if let Some(reason) = self.bridges.get(network) {
+            return Some(format!("network {network} failed: {reason}"));
+        }
+        let reason = self.vxlans.get(network).filter(|_| vxlan_needed)?;
+        Some(format!(
+            "the VXLAN device of network {network} failed: {reason}"
+        ))
+    }
+}
+
+/// A delete of an entry that is gone already (ENOENT) reached its goal.
+fn gone_is_fine(result: Result<(), NetlinkError>) -> Result<(), NetlinkError> {
+    match result {
+        Err(error) if error.errno() == Some(netlink::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// The index of the link `name`, looked up once per run.
+fn cached(nl: &Nl, indexes: &mut HashMap<String, u32>, name: &str) -> Result<u32, NetlinkError> {
+    if let Some(index) = indexes.get(name) {
+        return Ok(*index);
+    }
+    let index = lookup(nl, name)?;
+    indexes.insert(name.to_owned(), index);
+    Ok(index)
 }
 
 fn lookup(nl: &Nl, name: &str) -> Result<u32, NetlinkError> {

@@ -11,11 +11,12 @@
 //! [`Dataplane::reset`] removes everything Pier owns.
 //!
 //! A [`Scope`] says which part of the node a plan reads and changes: the attach path reads the
-//! bridges and the new endpoint's veth by name, the detach path the links to remove, a full plan
-//! everything.
+//! bridges and the new endpoint's veth by name, the detach path the links to remove, the overlay
+//! path (endpoints on other nodes changed) only the overlay networks' bridges and VXLAN devices
+//! with their FDB and neighbour entries, a full plan everything.
 //!
 //! Ownership ([`pier_crds::names`]): bridges `pier-` + 8 hex digits, host-side veths `pv` + 10 hex
-//! digits. Links matching neither pattern are never touched.
+//! digits, VXLAN devices `pvx` + 8 hex digits. Links matching no pattern are never touched.
 //!
 //! ## How a veth is known to be in sync without entering every namespace
 //! When an endpoint's veth is fully configured (peer named, addressed, routed, up), the last step
@@ -44,10 +45,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use diff::diff;
-pub use plan::{Attach, BridgeFix, Plan, Problem, Step};
+pub use plan::{Attach, BridgeFix, CreateVxlan, Plan, Problem, Step, VxlanFix};
 pub use report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey, Outcome, Report};
 pub use scope::Scope;
-pub use snapshot::{NamespaceIdentity, Peer, Snapshot};
+pub use snapshot::{NamespaceIdentity, OverlayEntries, Peer, Snapshot};
 
 use crate::kernel::netlink::{NetlinkError, Nl};
 use crate::state::{NodeState, StateError};
@@ -136,7 +137,8 @@ impl Dataplane {
         self.with_host(|host| Ok(self.executor(host).run(plan)))
     }
 
-    /// Removes everything Pier owns in the host namespace (veths first, then bridges).
+    /// Removes everything Pier owns in the host namespace (veths first, then VXLAN devices, then
+    /// bridges).
     pub fn reset(&self) -> Result<Report, DataplaneError> {
         self.with_host(|host| reset::reset(host, self.host_netns()))
     }
@@ -151,7 +153,9 @@ impl Dataplane {
         let snapshot =
             Snapshot::read(host, state, scope, self.deep).map_err(DataplaneError::ReadBack)?;
         let mut plan = diff(&snapshot, state, scope);
-        tables::plan(self.host_netns(), &snapshot, state, scope, &mut plan);
+        if scope.has_firewall() {
+            tables::plan(self.host_netns(), &snapshot, state, scope, &mut plan);
+        }
         Ok(plan)
     }
 

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 
 use super::report::ObjectKey;
 use crate::firewall::{FirewallPlan, IptablesChange, NativeChange};
+use crate::kernel::netlink::{VxlanConf, format_mac};
 use crate::kernel::sysctl;
 
 /// One change to a bridge that exists.
@@ -31,6 +32,36 @@ impl fmt::Display for BridgeFix {
             BridgeFix::RouteLocalnet => write!(f, "route_localnet=1"),
         }
     }
+}
+
+/// One change to a VXLAN device that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VxlanFix {
+    Mtu(u32),
+    /// Enslave it to its network's bridge (by name: the bridge may be made by the same plan).
+    Master(String),
+    Up,
+}
+
+impl fmt::Display for VxlanFix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VxlanFix::Mtu(mtu) => write!(f, "set mtu {mtu}"),
+            VxlanFix::Master(bridge) => write!(f, "set master {bridge}"),
+            VxlanFix::Up => write!(f, "set up"),
+        }
+    }
+}
+
+/// Everything needed to create an overlay network's VXLAN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateVxlan {
+    pub network: String,
+    pub vxlan: String,
+    /// The network's bridge, which the device is enslaved to.
+    pub bridge: String,
+    pub conf: VxlanConf,
+    pub mtu: u32,
 }
 
 /// Everything needed to (re)create one endpoint's veth.
@@ -82,6 +113,47 @@ pub enum Step {
         endpoint: String,
         netns: PathBuf,
     },
+    /// An overlay network's VXLAN device, created on its bridge and set up.
+    CreateVxlan(Box<CreateVxlan>),
+    FixVxlan {
+        network: String,
+        vxlan: String,
+        index: u32,
+        fixes: Vec<VxlanFix>,
+    },
+    /// The FDB entry of a remote endpoint's MAC on the VXLAN device: added, or its remote
+    /// replaced (`replace`: an entry for the MAC exists).
+    SetFdbEntry {
+        network: String,
+        vxlan: String,
+        mac: Vec<u8>,
+        destination: Ipv4Addr,
+        /// The remote endpoint it is for, by id.
+        endpoint: String,
+        replace: bool,
+    },
+    /// Delete the VXLAN device's FDB entry for `mac`, with every remote it has.
+    DeleteFdbEntry {
+        network: String,
+        vxlan: String,
+        mac: Vec<u8>,
+        reason: String,
+    },
+    /// The permanent neighbour entry of a remote endpoint's address on the VXLAN device.
+    SetNeighbour {
+        network: String,
+        vxlan: String,
+        address: Ipv4Addr,
+        mac: Vec<u8>,
+        endpoint: String,
+        replace: bool,
+    },
+    DeleteNeighbour {
+        network: String,
+        vxlan: String,
+        address: Ipv4Addr,
+        reason: String,
+    },
 }
 
 impl Step {
@@ -95,6 +167,25 @@ impl Step {
             }
             Step::AttachEndpoint(attach) => ObjectKey::endpoint(&attach.endpoint),
             Step::LoopbackUp { endpoint, .. } => ObjectKey::endpoint(endpoint),
+            Step::CreateVxlan(create) => ObjectKey::network(&create.network),
+            Step::FixVxlan { network, .. }
+            | Step::SetFdbEntry { network, .. }
+            | Step::DeleteFdbEntry { network, .. }
+            | Step::SetNeighbour { network, .. }
+            | Step::DeleteNeighbour { network, .. } => ObjectKey::network(network),
+        }
+    }
+
+    /// The overlay network whose VXLAN device this step needs (or makes).
+    pub fn vxlan_network(&self) -> Option<&str> {
+        match self {
+            Step::CreateVxlan(create) => Some(&create.network),
+            Step::FixVxlan { network, .. }
+            | Step::SetFdbEntry { network, .. }
+            | Step::DeleteFdbEntry { network, .. }
+            | Step::SetNeighbour { network, .. }
+            | Step::DeleteNeighbour { network, .. } => Some(network),
+            _ => None,
         }
     }
 }
@@ -130,8 +221,87 @@ impl fmt::Display for Step {
             Step::LoopbackUp { endpoint, netns } => {
                 write!(f, "~ endpoint {endpoint}: lo up in {}", netns.display())
             }
+            _ => fmt_overlay(f, self),
         }
     }
+}
+
+fn fmt_overlay(f: &mut fmt::Formatter<'_>, step: &Step) -> fmt::Result {
+    let sign = |replace: &bool| if *replace { "~" } else { "+" };
+    match step {
+        Step::CreateVxlan(create) => fmt_create_vxlan(f, create),
+        Step::FixVxlan {
+            network,
+            vxlan,
+            fixes,
+            ..
+        } => {
+            let fixes: Vec<String> = fixes.iter().map(ToString::to_string).collect();
+            write!(
+                f,
+                "~ vxlan {vxlan} for network {network}: {}",
+                fixes.join(", ")
+            )
+        }
+        Step::SetFdbEntry {
+            vxlan,
+            mac,
+            destination,
+            endpoint,
+            replace,
+            ..
+        } => write!(
+            f,
+            "{} fdb {} dst {destination} on {vxlan} (endpoint {endpoint})",
+            sign(replace),
+            format_mac(mac)
+        ),
+        Step::DeleteFdbEntry {
+            vxlan, mac, reason, ..
+        } => write!(f, "- fdb {} on {vxlan} ({reason})", format_mac(mac)),
+        Step::SetNeighbour {
+            vxlan,
+            address,
+            mac,
+            endpoint,
+            replace,
+            ..
+        } => write!(
+            f,
+            "{} neigh {address} lladdr {} on {vxlan} (endpoint {endpoint})",
+            sign(replace),
+            format_mac(mac)
+        ),
+        Step::DeleteNeighbour {
+            vxlan,
+            address,
+            reason,
+            ..
+        } => write!(f, "- neigh {address} on {vxlan} ({reason})"),
+        _ => Ok(()),
+    }
+}
+
+fn fmt_create_vxlan(f: &mut fmt::Formatter<'_>, create: &CreateVxlan) -> fmt::Result {
+    let conf = &create.conf;
+    write!(
+        f,
+        "+ vxlan {} for network {}: id {}, local {}, dstport {}, {}, {}, mtu {}, on {}, up",
+        create.vxlan,
+        create.network,
+        conf.id,
+        conf.local
+            .map_or_else(|| "any".to_owned(), |ip| ip.to_string()),
+        conf.port,
+        if conf.learning {
+            "learning"
+        } else {
+            "nolearning"
+        },
+        if conf.proxy { "proxy" } else { "noproxy" },
+        create.mtu,
+        create.bridge
+    )
 }
 
 fn fmt_attach(f: &mut fmt::Formatter<'_>, attach: &Attach) -> fmt::Result {

@@ -1,4 +1,5 @@
-//! Removing everything Pier owns in a host namespace: its links (veths first, then bridges),
+//! Removing everything Pier owns in a host namespace: its links (veths first, then VXLAN devices
+//! with their entries, then bridges),
 //! table `inet pier`, and its accepts in other firewalls.
 
 use std::path::Path;
@@ -15,7 +16,11 @@ pub(super) fn reset(host: &Nl, host_netns: Option<&Path>) -> Result<Report, Data
     let links = host.links().map_err(DataplaneError::ReadBack)?;
     let mut report = Report::default();
     let mut owned: Vec<&Link> = links.iter().filter(|l| is_owned(l)).collect();
-    owned.sort_by_key(|l| l.kind == LinkKind::Bridge);
+    owned.sort_by_key(|l| match l.kind {
+        LinkKind::Veth => 0,
+        LinkKind::Vxlan => 1,
+        _ => 2,
+    });
     for link in owned {
         let object = ObjectKey::Link(link.name.clone());
         match host.delete_link(link.index, &link.name) {

@@ -1,11 +1,13 @@
 //! Which part of the node a plan reads and changes.
 
-use crate::state::{NodeState, StateError};
+use crate::state::{Driver, NetworkState, NodeState, StateError};
 
 use super::DataplaneError;
+use super::names::vxlan_of_bridge;
 
-/// Which part of the node a plan or apply looks at. The bridges and table `inet pier` are in
-/// every scope; the scope says which endpoints and links besides.
+/// Which part of the node a plan or apply looks at. The bridges, the overlay networks' VXLAN
+/// devices with their FDB and neighbour entries, and table `inet pier` are in every scope but
+/// [`Scope::Overlay`]; the scope says which endpoints and links besides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Only these endpoints, by id: the attach path. Reads the bridges and these endpoints'
@@ -13,8 +15,13 @@ pub enum Scope {
     /// collects no garbage.
     Endpoints(Vec<String>),
     /// These links, by name, deleted if they are Pier's and the state no longer wants them: the
-    /// detach path (a departed endpoint's veth and its network's bridge).
+    /// detach path (a departed endpoint's veth and its network's bridge). A bridge named here
+    /// takes its network's VXLAN device with it.
     Removal(Vec<String>),
+    /// Only the overlay networks: their bridges, VXLAN devices and the devices' FDB and
+    /// neighbour entries (for the remote endpoints of the state). No endpoint, no firewall, no
+    /// garbage: the path for changes of endpoints on other nodes.
+    Overlay,
     /// Everything, removing what is Pier's and no longer wanted: start and resync.
     Full,
 }
@@ -39,25 +46,40 @@ impl Scope {
         match self {
             Scope::Full => true,
             Scope::Endpoints(ids) => ids.iter().any(|i| i == id),
-            Scope::Removal(_) => false,
+            Scope::Removal(_) | Scope::Overlay => false,
         }
+    }
+
+    /// Whether the network's bridge (and VXLAN device) is planned.
+    pub fn has_network(&self, network: &NetworkState) -> bool {
+        match self {
+            Scope::Overlay => network.driver == Driver::Overlay,
+            _ => true,
+        }
+    }
+
+    /// Whether the plan includes table `inet pier`.
+    pub fn has_firewall(&self) -> bool {
+        !matches!(self, Scope::Overlay)
     }
 
     /// Whether the link `name` may be collected as garbage (if it is Pier's and unwanted).
     pub fn may_remove(&self, name: &str) -> bool {
         match self {
             Scope::Full => true,
-            Scope::Endpoints(_) => false,
-            Scope::Removal(names) => names.iter().any(|n| n == name),
+            Scope::Endpoints(_) | Scope::Overlay => false,
+            Scope::Removal(_) => self.removals().iter().any(|n| n == name),
         }
     }
 
-    /// The links this scope removes by name (none for the other scopes).
-    pub fn removals(&self) -> &[String] {
-        match self {
-            Scope::Removal(names) => names,
-            _ => &[],
-        }
+    /// The links this scope removes by name (none for the other scopes): those named, and the
+    /// VXLAN device of each bridge named.
+    pub fn removals(&self) -> Vec<String> {
+        let Scope::Removal(names) = self else {
+            return Vec::new();
+        };
+        let twins = names.iter().filter_map(|name| vxlan_of_bridge(name));
+        names.iter().cloned().chain(twins).collect()
     }
 
     /// Checks `state` as far as this scope relies on it. A full plan validates everything; a

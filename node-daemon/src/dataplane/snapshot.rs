@@ -4,8 +4,11 @@
 //!
 //! What is read, by scope:
 //! - full: every link of the host namespace, its addresses and routes;
-//! - endpoints and removal: `lo`, the state's bridges, the scoped endpoints' host veths and the
-//!   links to remove, each by name, and the host's addresses;
+//! - endpoints and removal: `lo`, the state's bridges and VXLAN devices, the scoped endpoints'
+//!   host veths and the links to remove, each by name, and the host's addresses;
+//! - overlay: `lo`, the overlay networks' bridges and VXLAN devices, by name;
+//! - always, for the overlay networks in scope: the FDB and neighbour entries of each VXLAN
+//!   device that exists (one dump of each per device);
 //! - always, for the scoped endpoints: the identity (device and inode) of each bridge endpoint's
 //!   namespace file, and `lo`'s state inside each null endpoint's namespace;
 //! - deep only: inside the namespace of each scoped bridge endpoint whose host veth exists, its
@@ -20,8 +23,10 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use super::scope::Scope;
-use crate::kernel::netlink::{self, Link, LinkKind, NetlinkError, Nl, V4Address, V4Route};
-use crate::state::{Attachment, Driver, EndpointState, NetworkState, NodeState};
+use crate::kernel::netlink::{
+    self, FdbEntry, Link, LinkKind, NeighbourEntry, NetlinkError, Nl, V4Address, V4Route,
+};
+use crate::state::{Attachment, Driver, EndpointState, NodeState};
 use pier_runtime::error_chain as chain;
 
 /// Device and inode of a namespace file: a re-created namespace at the same path differs.
@@ -43,6 +48,16 @@ pub struct Snapshot {
     /// Deep only (`None` otherwise): the peers found inside the namespaces, by namespace file and
     /// interface name. A peer that could not be read is absent.
     pub peers: Option<HashMap<(PathBuf, String), Peer>>,
+    /// The entries of each existing VXLAN device of an overlay network in scope, by device name
+    /// (`Err`: why they could not be read).
+    pub overlay_entries: HashMap<String, Result<OverlayEntries, String>>,
+}
+
+/// The static entries of one VXLAN device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayEntries {
+    pub fdb: Vec<FdbEntry>,
+    pub neighbours: Vec<NeighbourEntry>,
 }
 
 /// An endpoint's interface inside its namespace (deep plans only).
@@ -80,6 +95,7 @@ impl Snapshot {
             peers: deep.then(HashMap::new),
             ..Snapshot::default()
         };
+        snapshot.read_overlay_entries(host, state, scope);
         let networks = state.networks_by_name();
         for endpoint in state.endpoints.iter().filter(|e| scope.has_endpoint(&e.id)) {
             let Some(path) = endpoint.netns.path() else {
@@ -133,6 +149,26 @@ impl Snapshot {
         }
     }
 
+    /// The FDB and neighbour entries of the VXLAN devices of the overlay networks in scope.
+    fn read_overlay_entries(&mut self, host: &Nl, state: &NodeState, scope: &Scope) {
+        let overlays = state
+            .networks
+            .iter()
+            .filter(|n| n.driver == Driver::Overlay && scope.has_network(n));
+        for network in overlays {
+            let name = network.vxlan_name();
+            let Some(link) = self
+                .links
+                .iter()
+                .find(|l| l.name == name && l.kind == LinkKind::Vxlan)
+            else {
+                continue;
+            };
+            let entries = read_entries(host, link.index, &name).map_err(|error| chain(&error));
+            self.overlay_entries.insert(name, entries);
+        }
+    }
+
     /// The host link named `name`.
     pub fn link(&self, name: &str) -> Option<&Link> {
         self.links.iter().find(|l| l.name == name)
@@ -146,13 +182,16 @@ fn read_links(host: &Nl, state: &NodeState, scope: &Scope) -> Result<Vec<Link>, 
         return host.links();
     }
     let mut names: BTreeSet<String> = BTreeSet::from(["lo".to_owned()]);
-    names.extend(
-        state
-            .networks
-            .iter()
-            .filter(|n| n.driver == Driver::Bridge)
-            .map(NetworkState::bridge_name),
-    );
+    let networks = state
+        .networks
+        .iter()
+        .filter(|n| n.driver.has_bridge() && scope.has_network(n));
+    for network in networks {
+        names.insert(network.bridge_name());
+        if network.driver == Driver::Overlay {
+            names.insert(network.vxlan_name());
+        }
+    }
     names.extend(
         state
             .endpoints
@@ -160,12 +199,20 @@ fn read_links(host: &Nl, state: &NodeState, scope: &Scope) -> Result<Vec<Link>, 
             .filter(|e| scope.has_endpoint(&e.id) && matches!(e.attachment, Attachment::Bridge(_)))
             .map(EndpointState::host_veth_name),
     );
-    names.extend(scope.removals().iter().cloned());
+    names.extend(scope.removals());
     let mut links = Vec::new();
     for name in &names {
         links.extend(host.link(name)?);
     }
     Ok(links)
+}
+
+/// The FDB and neighbour entries of the VXLAN device `index`.
+fn read_entries(host: &Nl, index: u32, name: &str) -> Result<OverlayEntries, NetlinkError> {
+    Ok(OverlayEntries {
+        fdb: host.fdb_entries(index, name)?,
+        neighbours: host.neighbours(index, name)?,
+    })
 }
 
 /// Device and inode of the namespace file at `path`.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hickory_server::proto::rr::rdata::{A, PTR};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::state::{Attachment, Driver, EndpointState, Netns, NodeState};
+use crate::state::{Attachment, EndpointState, Netns, NodeState, RemoteEndpoint};
 
 use super::wire::{self, WireAnswer, WireNames};
 
@@ -77,14 +77,14 @@ impl Views {
         let dns_network = |name: &str| {
             networks
                 .get(name)
-                .is_some_and(|n| n.driver == Driver::Bridge && n.dns && n.gateway.is_some())
+                .is_some_and(|n| n.driver.has_bridge() && n.dns && n.gateway.is_some())
         };
 
         // Per namespace: its addresses (the asker keys) and its DNS-enabled networks.
         let mut addresses: BTreeMap<Netns, Vec<Ipv4Addr>> = BTreeMap::new();
         let mut attached: BTreeMap<Netns, BTreeSet<&str>> = BTreeMap::new();
-        // Per DNS network: (name, address) pairs of its endpoints.
-        let mut members: BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>> = BTreeMap::new();
+        // Per DNS network: the names and addresses of its endpoints.
+        let mut members: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
         for endpoint in &state.endpoints {
             let Attachment::Bridge(bridge) = &endpoint.attachment else {
                 continue;
@@ -104,7 +104,16 @@ impl Views {
                 members
                     .entry(bridge.network.as_str())
                     .or_default()
-                    .push((endpoint, bridge.address));
+                    .push(Member::local(endpoint, bridge.address));
+            }
+        }
+        // An overlay's endpoints on other nodes are names here too (they ask their own node).
+        for remote in &state.remote_endpoints {
+            if dns_network(&remote.network) {
+                members
+                    .entry(remote.network.as_str())
+                    .or_default()
+                    .push(Member::remote(remote));
             }
         }
 
@@ -200,11 +209,37 @@ impl View {
     }
 }
 
+/// One name-holder of a network: an endpoint on this node or (overlay) on another.
+#[derive(Debug, Clone, Copy)]
+struct Member<'a> {
+    name: &'a str,
+    aliases: &'a [String],
+    address: Ipv4Addr,
+}
+
+impl<'a> Member<'a> {
+    fn local(endpoint: &'a EndpointState, address: Ipv4Addr) -> Member<'a> {
+        Member {
+            name: &endpoint.name,
+            aliases: &endpoint.aliases,
+            address,
+        }
+    }
+
+    fn remote(endpoint: &'a RemoteEndpoint) -> Member<'a> {
+        Member {
+            name: &endpoint.name,
+            aliases: &endpoint.aliases,
+            address: endpoint.address,
+        }
+    }
+}
+
 /// What a view depends on: its networks (names, whether they forward) and their members' names,
 /// aliases and addresses, in state order.
 fn fingerprint(
     set: &BTreeSet<&str>,
-    members: &BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>>,
+    members: &BTreeMap<&str, Vec<Member<'_>>>,
     forwards: impl Fn(&str) -> bool,
 ) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -213,10 +248,10 @@ fn fingerprint(
     for network in set {
         network.hash(&mut hasher);
         forwards(network).hash(&mut hasher);
-        for (endpoint, address) in members.get(network).into_iter().flatten() {
-            endpoint.name.hash(&mut hasher);
-            endpoint.aliases.hash(&mut hasher);
-            address.hash(&mut hasher);
+        for member in members.get(network).into_iter().flatten() {
+            member.name.hash(&mut hasher);
+            member.aliases.hash(&mut hasher);
+            member.address.hash(&mut hasher);
         }
     }
     hasher.finish()
@@ -224,7 +259,7 @@ fn fingerprint(
 
 fn build_view(
     set: &BTreeSet<&str>,
-    members: &BTreeMap<&str, Vec<(&EndpointState, Ipv4Addr)>>,
+    members: &BTreeMap<&str, Vec<Member<'_>>>,
     forwards: impl Fn(&str) -> bool,
     fingerprint: u64,
 ) -> View {
@@ -243,16 +278,17 @@ fn build_view(
         ..View::default()
     };
     for network in set {
-        for (endpoint, address) in members.get(network).into_iter().flatten() {
-            let short = std::iter::once(&endpoint.name).chain(&endpoint.aliases);
+        for member in members.get(network).into_iter().flatten() {
+            let short =
+                std::iter::once(member.name).chain(member.aliases.iter().map(String::as_str));
             for label in short {
                 for fqdn in [format!("{label}."), format!("{label}.{network}.")] {
-                    add_a(&mut view.names, &fqdn, *address);
+                    add_a(&mut view.names, &fqdn, member.address);
                 }
             }
             // PTR answers with `NAME.NETWORK.`, as Docker does.
-            if let Ok(target) = Name::from_ascii(format!("{}.{network}.", endpoint.name)) {
-                let reverse = Name::from(*address);
+            if let Ok(target) = Name::from_ascii(format!("{}.{network}.", member.name)) {
+                let reverse = Name::from(member.address);
                 let record =
                     Record::from_rdata(reverse.clone(), LOCAL_TTL, RData::PTR(PTR(target)));
                 push_unique(
@@ -312,7 +348,8 @@ pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
         let Some(network) = networks.get(bridge.network.as_str()) else {
             continue;
         };
-        let (true, Driver::Bridge, Some(gateway)) = (network.dns, network.driver, network.gateway)
+        let (true, true, Some(gateway)) =
+            (network.dns, network.driver.has_bridge(), network.gateway)
         else {
             continue;
         };
@@ -336,7 +373,7 @@ pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{BridgeAttachment, NetworkState};
+    use crate::state::{BridgeAttachment, Driver, NetworkState};
 
     fn network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
         NetworkState {
@@ -450,6 +487,47 @@ mod tests {
             views.resolve(from_con3, &name("con1.workshop-tage."), RecordType::A),
             Resolution::Forward
         );
+    }
+
+    /// An overlay's endpoints on other nodes resolve for its endpoints here, and only for them;
+    /// they never ask this node (no view is keyed by their address).
+    #[test]
+    fn remote_overlay_endpoints_resolve_within_their_network() {
+        let mut state = lesson();
+        state.networks[0].driver = Driver::Overlay;
+        state.networks[0].vxlan_id = Some(4096);
+        state.remote_endpoints = vec![RemoteEndpoint {
+            id: "default/far".into(),
+            name: "far".into(),
+            aliases: vec!["web".into()],
+            network: "workshop-tage".into(),
+            address: ip4("172.18.0.9"),
+            mac: "02:42:ac:12:00:09".into(),
+            node: "node-b".into(),
+            tunnel: ip4("10.0.0.2"),
+        }];
+        let views = Views::build(&state);
+        let from_con1 = ip("172.18.0.2");
+        for asked in ["far.", "web.", "far.workshop-tage."] {
+            let got = views.resolve(from_con1, &name(asked), RecordType::A);
+            assert_eq!(addresses(got), vec![ip4("172.18.0.9")], "{asked}");
+        }
+        let ptr = views.resolve(
+            from_con1,
+            &name("9.0.18.172.in-addr.arpa."),
+            RecordType::PTR,
+        );
+        assert!(matches!(ptr, Resolution::Local(records) if records.len() == 1));
+        let from_con3 = ip("172.19.0.2");
+        assert_eq!(
+            views.resolve(from_con3, &name("far."), RecordType::A),
+            Resolution::NxDomain
+        );
+        assert_eq!(
+            views.resolve(ip("172.18.0.9"), &name("con1."), RecordType::A),
+            Resolution::Refused
+        );
+        assert!(views.listen.contains(&ip4("172.18.0.1")));
     }
 
     #[test]
@@ -611,7 +689,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
-    use crate::state::{BridgeAttachment, NetworkState};
+    use crate::state::{BridgeAttachment, Driver, NetworkState};
 
     /// `cargo test --release -p pier-node --lib dns::views::timing -- --ignored --nocapture`:
     /// how long a rebuild of 200 endpoints' views takes (the update path's main cost).

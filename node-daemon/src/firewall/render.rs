@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::state::{Driver, NetworkState, NodeState, Protocol};
+use crate::state::{NetworkState, NodeState, Protocol};
 
 use super::expr::{
     CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1,
@@ -395,7 +395,7 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
     let bridges: Vec<&NetworkState> = state
         .networks
         .iter()
-        .filter(|n| n.driver == Driver::Bridge)
+        .filter(|n| n.driver.has_bridge())
         .collect();
     let [set_bridges, set_pairs, set_internal] = bridge_sets(&bridges);
     let (map_addr, map_any) = port_maps(state, &bridges);

@@ -178,6 +178,7 @@ mod tests {
             alias: None,
             mac: None,
             hairpin: false,
+            vxlan: None,
             inet: None,
         }
     }

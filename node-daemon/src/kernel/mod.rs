@@ -9,3 +9,4 @@ pub mod netns;
 pub mod node_lock;
 pub mod podns;
 pub mod sysctl;
+pub mod tunnel;

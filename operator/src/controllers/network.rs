@@ -1,13 +1,17 @@
-//! The Network controller: subnet and gateway into status, endpoint count, and a finalizer that
-//! holds a deletion while endpoints use the network (Docker's "network has active endpoints").
+//! The Network controller: subnet and gateway into status (and for an overlay its VXLAN id and
+//! MTU), endpoint count, and a finalizer that holds a deletion while endpoints use the network
+//! (Docker's "network has active endpoints").
 
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::differs as conditions_differ;
-use pier_crds::names::bridge_name;
+use pier_crds::names::{UNDERLAY_MTU_ANNOTATION, bridge_name};
+use pier_crds::network::{DEFAULT_MTU, overlay_mtu};
 use pier_crds::{Driver, Network, NetworkStatus};
 
 use super::refusal::{self, Outcome, Refusal};
@@ -51,12 +55,33 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
     };
     let outcome: Outcome = match net.spec.driver {
         Driver::Host | Driver::Null => Ok(format!("{} network", net.spec.driver.as_str())),
-        Driver::Bridge | Driver::Overlay => allocate(net, ctx).await.map(|(subnet, gateway)| {
+        Driver::Bridge => allocate(net, ctx).await.map(|(subnet, gateway)| {
             status.subnet = Some(subnet.to_string());
             status.gateway = Some(gateway.to_string());
             status.bridge = Some(bridge_name(&net.uid().unwrap_or_default()));
+            status.mtu = Some(net.spec.mtu.unwrap_or(DEFAULT_MTU));
             format!("subnet {subnet}, gateway {gateway}")
         }),
+        Driver::Overlay => match allocate_overlay(net, ctx).await {
+            Ok(overlay) => {
+                status.subnet = Some(overlay.subnet.to_string());
+                status.gateway = Some(overlay.gateway.to_string());
+                status.bridge = Some(bridge_name(&net.uid().unwrap_or_default()));
+                status.vxlan_id = Some(overlay.vxlan_id);
+                status.mtu = Some(overlay.mtu);
+                Ok(format!(
+                    "subnet {}, gateway {}, VXLAN id {}, MTU {}",
+                    overlay.subnet, overlay.gateway, overlay.vxlan_id, overlay.mtu
+                ))
+            }
+            Err(OverlayError::Refused(refusal)) => Err(refusal),
+            Err(OverlayError::Nodes(source)) => {
+                return Err(Error::List {
+                    what: "nodes",
+                    source,
+                });
+            }
+        },
     };
     let condition = refusal::condition(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
@@ -98,6 +123,60 @@ async fn allocate(net: &Network, ctx: &Context) -> Result<(Ipv4Net, std::net::Ip
         };
         Refusal::refuse(why, e.to_string())
     })
+}
+
+/// What an overlay Network holds besides a bridge network's subnet and gateway.
+struct OverlayAllocation {
+    subnet: Ipv4Net,
+    gateway: std::net::Ipv4Addr,
+    vxlan_id: u32,
+    mtu: i32,
+}
+
+/// Why an overlay Network has no allocation (yet).
+enum OverlayError {
+    Refused(Refusal),
+    Nodes(kube::Error),
+}
+
+/// Subnet, gateway, VXLAN id and MTU of an overlay Network, or why not.
+async fn allocate_overlay(net: &Network, ctx: &Context) -> Result<OverlayAllocation, OverlayError> {
+    let (subnet, gateway) = allocate(net, ctx).await.map_err(OverlayError::Refused)?;
+    let vxlan_id = ctx
+        .allocations()
+        .ensure_vxlan_id(&net.name_any())
+        .map_err(|e| {
+            OverlayError::Refused(Refusal::refuse(reason::VXLAN_IDS_EXHAUSTED, e.to_string()))
+        })?;
+    let mtu = match net.spec.mtu {
+        Some(mtu) => mtu,
+        None => overlay_mtu(underlay_mtus(ctx).await.map_err(OverlayError::Nodes)?),
+    };
+    Ok(OverlayAllocation {
+        subnet,
+        gateway,
+        vxlan_id,
+        mtu,
+    })
+}
+
+/// The underlay MTUs the node agents recorded on their Nodes (unreadable values are skipped: the
+/// annotation is written by Pier's agents only).
+async fn underlay_mtus(ctx: &Context) -> Result<Vec<i32>, kube::Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let list = nodes.list_metadata(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|node| {
+            node.metadata
+                .annotations
+                .as_ref()?
+                .get(UNDERLAY_MTU_ANNOTATION)?
+                .parse()
+                .ok()
+        })
+        .collect())
 }
 
 /// The explicit subnets of every other Network, from the store (best effort, as a list from the

@@ -11,6 +11,7 @@
 //! * [`bitmap`]: the O(1)-amortised free-slot finder shared with [`crate::ports`].
 //! * [`hash`]: a cheap hasher for the integer-keyed maps on the allocation path.
 //! * [`mac`]: Docker's `02:42:` + IPv4 MAC addresses.
+//! * [`vxlan`]: one VXLAN id per overlay Network, cluster-wide.
 
 pub mod addresses;
 pub mod bitmap;
@@ -18,12 +19,14 @@ pub mod hash;
 pub mod mac;
 pub mod pools;
 pub mod subnets;
+pub mod vxlan;
 
 pub use addresses::{AddressError, AddressPool, AddressPoolConfig, PoolConfigError, Reservation};
 pub use bitmap::Bitmap;
 pub use mac::{MacAddr, MacParseError};
 pub use pools::{DEFAULT_POOLS, Pool, PoolError, default_pools, first_free_subnet};
 pub use subnets::{SubnetAllocator, SubnetError};
+pub use vxlan::{VxlanIdError, VxlanIds};
 
 /// The result of rebuilding an allocator from recorded allocations: the allocator, holding every
 /// entry that could be kept (first come, first kept), and one error per entry that could not.

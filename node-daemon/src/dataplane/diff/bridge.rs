@@ -1,5 +1,6 @@
 //! The `bridge` driver: a Linux bridge per network (with the gateway's address, up,
 //! `route_localnet`), IP forwarding on the node, and a veth per endpoint into its namespace.
+//! An `overlay` network has the same bridge and endpoints (its VXLAN device is [`super::overlay`]'s).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,16 +15,11 @@ use crate::dataplane::plan::{Attach, BridgeFix, Step};
 use crate::dataplane::report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey};
 use crate::dataplane::snapshot::NamespaceIdentity;
 use crate::kernel::netlink::{self, Link, LinkKind};
-use crate::state::{BridgeAttachment, Driver, EndpointState, NetworkState, NodeState};
+use crate::state::{BridgeAttachment, EndpointState, NetworkState, NodeState};
 
-/// `net.ipv4.ip_forward`, needed as soon as the state has a bridge network.
+/// `net.ipv4.ip_forward`, needed as soon as the state has a network with a bridge.
 pub(super) fn forwarding(diff: &mut Diff<'_>) {
-    if !diff
-        .state
-        .networks
-        .iter()
-        .any(|n| n.driver == Driver::Bridge)
-    {
+    if !diff.state.networks.iter().any(|n| n.driver.has_bridge()) {
         return;
     }
     // Writing net.ipv4.ip_forward sets `forwarding` on every link, `lo` included, and `lo`
@@ -41,9 +37,11 @@ pub(super) fn forwarding(diff: &mut Diff<'_>) {
     }
 }
 
-/// A bridge network's bridge: created, re-made (its name held by another kind of link) or fixed.
+/// A bridge or overlay network's bridge: created, re-made (its name held by another kind of
+/// link) or fixed. Its MAC derives from its name, so an overlay's gateway has one MAC on every
+/// node.
 pub(super) fn network(diff: &mut Diff<'_>, network: &NetworkState) {
-    if network.driver != Driver::Bridge {
+    if !network.driver.has_bridge() {
         return;
     }
     let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) else {
@@ -258,8 +256,8 @@ fn check<'a>(
             "its network is unknown",
         ));
     };
-    let (Driver::Bridge, Some(subnet), Some(gateway)) =
-        (network.driver, network.subnet, network.gateway)
+    let (true, Some(subnet), Some(gateway)) =
+        (network.driver.has_bridge(), network.subnet, network.gateway)
     else {
         return Err((
             format!("network {:?} is not a bridge network", bridge.network),

@@ -2,7 +2,8 @@
 //! kernel and the desired [`NodeState`], within a [`Scope`]. No I/O: every kernel fact comes from
 //! the snapshot, so each case is unit-tested with a hand-built one.
 //!
-//! One module per driver ([`bridge`], [`null`], [`host`]: what an endpoint of that driver needs),
+//! One module per driver ([`bridge`], [`overlay`], [`null`], [`host`]: what a network or an
+//! endpoint of that driver needs),
 //! [`garbage`] for Pier's links the state no longer wants, and [`checks`] for the endpoint checks
 //! drivers share. Adding a driver means one module here and its steps in the executor.
 
@@ -11,6 +12,9 @@ mod checks;
 mod garbage;
 mod host;
 mod null;
+mod overlay;
+#[cfg(test)]
+mod overlay_tests;
 #[cfg(test)]
 mod tests;
 
@@ -31,8 +35,9 @@ use crate::state::{Attachment, Netns, NetworkState, NodeState};
 pub fn diff(snapshot: &Snapshot, state: &NodeState, scope: &Scope) -> Plan {
     let mut diff = Diff::new(snapshot, state, scope);
     bridge::forwarding(&mut diff);
-    for network in &state.networks {
+    for network in state.networks.iter().filter(|n| scope.has_network(n)) {
         bridge::network(&mut diff, network);
+        overlay::network(&mut diff, network);
     }
     for (position, endpoint) in state.endpoints.iter().enumerate() {
         // A scoped plan checks its few endpoints against the earlier ones by a scan instead of

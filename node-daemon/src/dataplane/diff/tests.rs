@@ -15,11 +15,11 @@ use crate::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState,
 };
 
-fn net(text: &str) -> Ipv4Net {
+pub(super) fn net(text: &str) -> Ipv4Net {
     text.parse().expect("test subnet")
 }
 
-fn bridge_network(name: &str, subnet: &str, gateway: Ipv4Addr) -> NetworkState {
+pub(super) fn bridge_network(name: &str, subnet: &str, gateway: Ipv4Addr) -> NetworkState {
     NetworkState {
         name: name.to_owned(),
         uid: format!("uid-{name}"),
@@ -33,7 +33,7 @@ fn bridge_network(name: &str, subnet: &str, gateway: Ipv4Addr) -> NetworkState {
     }
 }
 
-fn bridge_endpoint(id: &str, network: &str, address: Ipv4Addr) -> EndpointState {
+pub(super) fn bridge_endpoint(id: &str, network: &str, address: Ipv4Addr) -> EndpointState {
     EndpointState {
         id: id.to_owned(),
         uid: format!("uid-{id}"),
@@ -72,7 +72,7 @@ fn one_endpoint() -> NodeState {
     }
 }
 
-fn link(index: u32, name: &str, kind: LinkKind) -> Link {
+pub(super) fn link(index: u32, name: &str, kind: LinkKind) -> Link {
     Link {
         index,
         name: name.to_owned(),
@@ -83,6 +83,7 @@ fn link(index: u32, name: &str, kind: LinkKind) -> Link {
         alias: None,
         mac: None,
         hairpin: false,
+        vxlan: None,
         inet: Some(InetConf {
             forwarding: true,
             route_localnet: false,
@@ -91,7 +92,7 @@ fn link(index: u32, name: &str, kind: LinkKind) -> Link {
 }
 
 /// A node with `lo` only (forwarding off), and the namespace files of `state`'s endpoints.
-fn bare_node(state: &NodeState) -> Snapshot {
+pub(super) fn bare_node(state: &NodeState) -> Snapshot {
     let mut lo = link(1, "lo", LinkKind::None);
     lo.inet = Some(InetConf {
         forwarding: false,
@@ -110,7 +111,7 @@ fn bare_node(state: &NodeState) -> Snapshot {
 }
 
 /// What the kernel would report after `plan`'s steps ran on `snapshot`.
-fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
+pub(super) fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
     let mut next = snapshot.links.iter().map(|l| l.index).max().unwrap_or(0) + 1;
     for step in &plan.steps {
         match step {
@@ -121,7 +122,10 @@ fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
                     }
                 }
             }
-            Step::DeleteLink { index, .. } => snapshot.links.retain(|l| l.index != *index),
+            Step::DeleteLink { index, name, .. } => {
+                snapshot.links.retain(|l| l.index != *index);
+                snapshot.overlay_entries.remove(name);
+            }
             Step::CreateBridge {
                 bridge,
                 gateway,
@@ -168,12 +172,13 @@ fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
             Step::LoopbackUp { netns, .. } => {
                 snapshot.loopbacks.insert(netns.clone(), Ok(true));
             }
+            _ => super::overlay_tests::apply_overlay(&mut snapshot, step, &mut next),
         }
     }
     snapshot
 }
 
-fn deleted(plan: &Plan) -> Vec<&str> {
+pub(super) fn deleted(plan: &Plan) -> Vec<&str> {
     plan.steps
         .iter()
         .filter_map(|s| match s {

@@ -1,6 +1,7 @@
 //! Rule rendering is pure: these tests need no kernel.
 
 use super::*;
+use crate::state::Driver;
 use crate::state::{NetworkState, PublishedPort};
 
 fn network(name: &str, subnet: &str, internal: bool) -> NetworkState {

@@ -1,6 +1,7 @@
-//! Links: read-back, bridges, veth pairs, deletion and attribute changes.
+//! Links: read-back, bridges, veth pairs, VXLAN devices, deletion and attribute changes.
 
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -10,9 +11,10 @@ use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoPortData,
 };
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage,
 };
-use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
 use super::{ENODEV, NetlinkError, Nl, errno};
 
@@ -21,6 +23,7 @@ use super::{ENODEV, NetlinkError, Nl, errno};
 pub enum LinkKind {
     Bridge,
     Veth,
+    Vxlan,
     /// Any other kind (`dummy`, `vxlan`, ...), by its kernel name.
     Other(String),
     /// No kind reported: physical devices and `lo`.
@@ -45,6 +48,62 @@ pub struct Link {
     pub hairpin: bool,
     /// IPv4 settings of the link (`net.ipv4.conf.<link>.*`), when the kernel reported them.
     pub inet: Option<InetConf>,
+    /// VXLAN devices only: their settings.
+    pub vxlan: Option<VxlanConf>,
+}
+
+/// The settings of a VXLAN device that Pier sets at creation (the kernel cannot change most of
+/// them later, so a device that differs is re-made).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanConf {
+    /// The VXLAN network identifier.
+    pub id: u32,
+    /// The source address of the outer packets (this node's tunnel address).
+    pub local: Option<Ipv4Addr>,
+    /// The default destination (`remote`/`group`): Pier sets none, so nothing is flooded.
+    pub remote: Option<Ipv4Addr>,
+    /// The UDP destination port.
+    pub port: u16,
+    /// Whether the device learns remote MACs from received packets.
+    pub learning: bool,
+    /// Whether the device answers ARP requests from its neighbour table.
+    pub proxy: bool,
+}
+
+impl VxlanConf {
+    fn from_infos(infos: &[InfoVxlan]) -> VxlanConf {
+        // The kernel's defaults for attributes it leaves out.
+        let mut conf = VxlanConf {
+            id: 0,
+            local: None,
+            remote: None,
+            port: 0,
+            learning: true,
+            proxy: false,
+        };
+        for info in infos {
+            match info {
+                InfoVxlan::Id(id) => conf.id = *id,
+                InfoVxlan::Local(ip) => conf.local = Some(*ip),
+                InfoVxlan::Group(ip) => conf.remote = Some(*ip),
+                InfoVxlan::Port(port) => conf.port = *port,
+                InfoVxlan::Learning(on) => conf.learning = *on,
+                InfoVxlan::Proxy(on) => conf.proxy = *on,
+                _ => {}
+            }
+        }
+        conf
+    }
+}
+
+/// What a VXLAN device looks like when created (down; the caller sets it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub conf: VxlanConf,
+    pub mtu: u32,
+    /// The bridge it is enslaved to.
+    pub master: u32,
 }
 
 /// The IPv4 per-link settings Pier reads back, from the link's `IFLA_AF_SPEC` (so no thread has
@@ -70,6 +129,7 @@ impl Link {
             mac: None,
             hairpin: false,
             inet: None,
+            vxlan: None,
         };
         for attribute in message.attributes {
             match attribute {
@@ -92,29 +152,36 @@ impl Link {
                         }
                     }
                 }
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(kind) => {
-                                link.kind = match kind {
-                                    InfoKind::Bridge => LinkKind::Bridge,
-                                    InfoKind::Veth => LinkKind::Veth,
-                                    other => LinkKind::Other(other.to_string()),
-                                };
-                            }
-                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
-                                link.hairpin = port
-                                    .iter()
-                                    .any(|p| matches!(p, InfoBridgePort::HairpinMode(true)));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
+                LinkAttribute::LinkInfo(infos) => link.read_info(infos),
                 _ => {}
             }
         }
         link
+    }
+
+    /// The kind, the bridge port's hairpin flag and a VXLAN device's settings.
+    fn read_info(&mut self, infos: Vec<LinkInfo>) {
+        for info in infos {
+            match info {
+                LinkInfo::Kind(kind) => {
+                    self.kind = match kind {
+                        InfoKind::Bridge => LinkKind::Bridge,
+                        InfoKind::Veth => LinkKind::Veth,
+                        InfoKind::Vxlan => LinkKind::Vxlan,
+                        other => LinkKind::Other(other.to_string()),
+                    };
+                }
+                LinkInfo::Data(InfoData::Vxlan(infos)) => {
+                    self.vxlan = Some(VxlanConf::from_infos(&infos));
+                }
+                LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                    self.hairpin = port
+                        .iter()
+                        .any(|p| matches!(p, InfoBridgePort::HairpinMode(true)));
+                }
+                _ => {}
+            }
+        }
     }
 }
 
@@ -216,6 +283,35 @@ impl Nl {
             peer: spec.peer.clone(),
             source: Box::new(source),
         })
+    }
+
+    /// Creates a VXLAN device, down, enslaved to a bridge: no `remote` or `group`, so a frame
+    /// whose MAC has no FDB entry goes nowhere.
+    pub fn create_vxlan(&self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
+        let conf = &spec.conf;
+        let mut builder = LinkVxlan::new(&spec.name, conf.id)
+            .port(conf.port)
+            .learning(conf.learning)
+            .proxy(conf.proxy)
+            .mtu(spec.mtu)
+            .controller(spec.master);
+        if let Some(local) = conf.local {
+            builder = builder.local(local);
+        }
+        if let Some(remote) = conf.remote {
+            builder = builder.remote(remote);
+        }
+        self.block_on(self.handle().link().add(builder.build()).execute())
+            .map_err(|source| NetlinkError::CreateVxlan {
+                name: spec.name.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Enslaves a link to a bridge (`ip link set NAME master BRIDGE`).
+    pub fn set_master(&self, index: u32, name: &str, master: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).controller(master).build();
+        self.change(message, name, "set master")
     }
 
     /// Deletes a link (a veth takes its peer with it).

@@ -9,13 +9,15 @@
 
 mod addr;
 mod link;
+mod neigh;
 mod route;
 
 use std::future::Future;
 use std::path::Path;
 
 pub use addr::{V4Address, list_v4_addresses};
-pub use link::{InetConf, Link, LinkKind, VethSpec, parse_mac};
+pub use link::{InetConf, Link, LinkKind, VethSpec, VxlanConf, VxlanSpec, parse_mac};
+pub use neigh::{FdbEntry, NeighbourEntry, format_mac};
 pub use route::{MAIN_TABLE, PIER_ROUTE_PROTOCOL, RouteKind, V4Route, foreign_default_route};
 
 use crate::kernel::netns::{self, NetnsError};
@@ -46,6 +48,32 @@ pub enum NetlinkError {
     #[error("creating bridge {name}")]
     CreateBridge {
         name: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("creating VXLAN device {name}")]
+    CreateVxlan {
+        name: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("listing the neighbour entries of {link}")]
+    ListNeighbours {
+        link: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("setting {what} on {link}")]
+    SetNeighbour {
+        link: String,
+        what: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("deleting {what} from {link}")]
+    DeleteNeighbour {
+        link: String,
+        what: String,
         #[source]
         source: Box<rtnetlink::Error>,
     },
@@ -108,6 +136,10 @@ impl NetlinkError {
             | NetlinkError::GetLink { source, .. }
             | NetlinkError::CreateBridge { source, .. }
             | NetlinkError::CreateVeth { source, .. }
+            | NetlinkError::CreateVxlan { source, .. }
+            | NetlinkError::ListNeighbours { source, .. }
+            | NetlinkError::SetNeighbour { source, .. }
+            | NetlinkError::DeleteNeighbour { source, .. }
             | NetlinkError::DeleteLink { source, .. }
             | NetlinkError::SetLink { source, .. }
             | NetlinkError::AddAddress { source, .. }
@@ -123,6 +155,8 @@ impl NetlinkError {
 pub const EEXIST: i32 = 17;
 /// `ENODEV`: no such device.
 pub const ENODEV: i32 = 19;
+/// `ENOENT`: no such entry (a neighbour or FDB entry deleted meanwhile).
+pub const ENOENT: i32 = 2;
 
 /// The positive errno inside an rtnetlink error, if the kernel sent one.
 pub fn errno(error: &rtnetlink::Error) -> Option<i32> {

@@ -299,7 +299,7 @@ for i in $(seq "$runs"); do
 done
 latency_json="$(jq -sc . <"$work/latency.ms")"
 request_json="$(jq -sc . <"$work/request.ms")"
-echo "   median $(median <"$work/latency.ms") ms, failures $failures"
+echo "   median $(median <"$work/latency.ms" | xargs printf '%.1f') ms, failures $failures"
 delete_phase latency
 
 # --- 2. N Endpoints per node at once: sampled pings between every pair of nodes, full tables
@@ -457,9 +457,9 @@ curl -sS -Z --parallel-max 8 -K "$work/churn.cfg" \
 churn_requests_s="$(s_between "$c0" "$(now)")"
 # 404 on a DELETE is a create still in flight elsewhere: counted, not an error of Pier.
 http_failures="$(grep -cvE '^(200|201|202|404)$' "$work/churn.codes" || true)"
-survivors="$(seq 0 $((churn - 1)) | while read -r i; do survivor "$i" && echo "$i"; done | wc -l)"
-wait_until "churned Endpoints deleted in the API" 120 \
-  test "$(api "$eps_url?labelSelector=pier-bench%3D$tag,pier-bench-phase%3Dchurn,pier-bench-keep!%3Dyes" | jq '.items | length')" = 0
+survivors=$(((churn + 99) / 100)) # 0, 100, 200, ... below $churn
+# A DELETE that overtook its create (404) leaves that Endpoint: the collection delete takes it.
+delete_phase churn
 api_settled_s="$(s_between "$c0" "$(now)")"
 # What every node's tables must hold: the overlay's Ready Endpoints on the other nodes.
 expected_for() { # node index -> [{ip, mac, tunnel}]

@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod overlay;
+
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
 /// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--history FILE]`.
 #[derive(Debug)]
@@ -1243,6 +1245,7 @@ fn main() -> Result<()> {
     apiserver(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
+    overlay::overlay(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);
     let mut head = String::new();
@@ -1253,8 +1256,8 @@ fn main() -> Result<()> {
          a section run earlier says so), nothing is edited by hand (the notes come from `benches/notes/`, the text from `benches/driver/src/main.rs`). \
          Run it yourself, as root: `sudo benches/run.sh --quick` (under about 2 minutes once built: \
          smaller N, fewer repetitions, so the targets at 1000 / 500 are not judged) or \
-         `sudo benches/run.sh --full`; `PIER_BENCH_SUITES=\"ipam attach ports dns apiserver operator local\"` \
-         picks suites. Needs netavark, aardvark-dns, dnsperf, iperf3, fping and kubectl.\n",
+         `sudo benches/run.sh --full`; `PIER_BENCH_SUITES=\"ipam attach ports dns apiserver operator local overlay\"` \
+         picks suites. Needs netavark, aardvark-dns, dnsperf, iperf3, fping, socat, nsenter and kubectl.\n",
         args.command,
         args.mode,
         if args.run_id.is_empty() {

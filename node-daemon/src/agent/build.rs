@@ -107,15 +107,40 @@ pub fn build(inputs: Inputs<'_>) -> Built {
         .filter_map(|name| network_state(networks.get(name)?))
         .collect();
     built.state.networks = network_states;
-    build_remote_endpoints(&inputs, &mut built.state);
+    remote_endpoints(Elsewhere::of(&inputs), &mut built.state);
     build_ports(&inputs, &mut built);
     built
 }
 
-/// The endpoints on other nodes of this node's overlay networks, and this node's tunnel address
-/// when it has one. Those not allocated yet, being deleted, or on a node without a recorded
-/// tunnel address (a Node deleted from the cluster) are left out: no entry points at them.
-fn build_remote_endpoints(inputs: &Inputs<'_>, state: &mut NodeState) {
+/// What the other nodes' part of a state is built from (see [`remote_endpoints`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Elsewhere<'a> {
+    /// This node's name.
+    pub node: &'a str,
+    pub remote_endpoints: &'a [Arc<Endpoint>],
+    pub tunnels: &'a HashMap<String, Ipv4Addr>,
+    pub tunnel: Option<Ipv4Addr>,
+}
+
+impl<'a> Elsewhere<'a> {
+    fn of(inputs: &Inputs<'a>) -> Elsewhere<'a> {
+        Elsewhere {
+            node: inputs.node,
+            remote_endpoints: inputs.remote_endpoints,
+            tunnels: inputs.tunnels,
+            tunnel: inputs.tunnel,
+        }
+    }
+}
+
+/// Sets the endpoints on other nodes of the state's overlay networks, and this node's tunnel
+/// address when it has one (both empty without an overlay network). Those not allocated yet,
+/// being deleted, or on a node without a recorded tunnel address (a Node deleted from the
+/// cluster) are left out: no entry points at them. Called again just before an apply, so a
+/// state built earlier never takes back what a newer one put in.
+pub fn remote_endpoints(elsewhere: Elsewhere<'_>, state: &mut NodeState) {
+    state.tunnel = None;
+    state.remote_endpoints.clear();
     let overlays: BTreeSet<&str> = state
         .networks
         .iter()
@@ -125,30 +150,30 @@ fn build_remote_endpoints(inputs: &Inputs<'_>, state: &mut NodeState) {
     if overlays.is_empty() {
         return;
     }
-    state.tunnel = inputs.tunnel;
-    let mut remote: Vec<RemoteEndpoint> = inputs
+    let mut remote: Vec<RemoteEndpoint> = elsewhere
         .remote_endpoints
         .iter()
         .filter(|e| e.metadata.deletion_timestamp.is_none())
-        .filter_map(|e| remote_endpoint(inputs, &overlays, e))
+        .filter_map(|e| remote_endpoint(elsewhere, &overlays, e))
         .collect();
     remote.sort_by(|a, b| a.id.cmp(&b.id));
+    state.tunnel = elsewhere.tunnel;
     state.remote_endpoints = remote;
 }
 
 /// One endpoint of another node, if it belongs in this node's entries.
 fn remote_endpoint(
-    inputs: &Inputs<'_>,
+    elsewhere: Elsewhere<'_>,
     overlays: &BTreeSet<&str>,
     endpoint: &Endpoint,
 ) -> Option<RemoteEndpoint> {
     let status = endpoint.status.as_ref()?;
     let network = status.network.as_deref().filter(|n| overlays.contains(n))?;
-    let node = status.node.as_deref().filter(|n| *n != inputs.node)?;
+    let node = status.node.as_deref().filter(|n| *n != elsewhere.node)?;
     if !conditions::is_true(&status.conditions, READY) {
         return None;
     }
-    let tunnel = *inputs.tunnels.get(node)?;
+    let tunnel = *elsewhere.tunnels.get(node)?;
     let mut names = status.dns_names.iter().cloned();
     Some(RemoteEndpoint {
         id: object_id(&endpoint.metadata),

@@ -2,6 +2,7 @@
 //! node's kernel, the DNS state, and the writes of the node's conditions and Events.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -68,6 +69,29 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("node", &self.config.node_name)
             .finish_non_exhaustive()
+    }
+}
+
+/// The stores the other nodes' part of a state is built from, movable into kernel work.
+struct ElsewhereStores {
+    node: String,
+    remote_endpoints: Store<Endpoint>,
+    nodes: Store<PartialObjectMeta<Node>>,
+    tunnel: Option<Ipv4Addr>,
+}
+
+impl ElsewhereStores {
+    /// Rebuilds `state`'s remote endpoints and tunnel from what the stores hold now.
+    fn refresh(&self, state: &mut NodeState) {
+        let remote_endpoints = self.remote_endpoints.state();
+        let tunnels = super::overlay::tunnels(&self.nodes.state());
+        let elsewhere = build::Elsewhere {
+            node: &self.node,
+            remote_endpoints: &remote_endpoints,
+            tunnels: &tunnels,
+            tunnel: self.tunnel,
+        };
+        build::remote_endpoints(elsewhere, state);
     }
 }
 
@@ -163,7 +187,7 @@ impl Context {
         let pod_netns = lock(&self.pod_netns).clone();
         let remote_endpoints = self.remote_endpoints.state();
         let tunnels = super::overlay::tunnels(&self.nodes.state());
-        let tunnel = lock(&self.tunnel).map(|t| t.address);
+        let tunnel = self.tunnel_address();
         build::build(Inputs {
             node: &self.config.node_name,
             networks: &networks,
@@ -176,6 +200,21 @@ impl Context {
             tunnels: &tunnels,
             tunnel,
         })
+    }
+
+    /// This node's tunnel address, once detected.
+    fn tunnel_address(&self) -> Option<Ipv4Addr> {
+        lock(&self.tunnel).map(|t| t.address)
+    }
+
+    /// What refreshes the other nodes' part of a state inside an apply.
+    fn elsewhere(&self) -> ElsewhereStores {
+        ElsewhereStores {
+            node: self.config.node_name.clone(),
+            remote_endpoints: self.remote_endpoints.clone(),
+            nodes: self.nodes.clone(),
+            tunnel: self.tunnel_address(),
+        }
     }
 
     /// Applies `built` to the kernel (creating missing named namespaces of the endpoints in
@@ -200,7 +239,8 @@ impl Context {
         let resolv_conf_root = self.config.dns.as_ref().and_then(|d| d.etc_netns.clone());
         let resolv_conf_owner = resolv_conf::owner_of(self.config.host_netns.as_deref());
         let holder = Arc::clone(&self.host_ports);
-        let (report, created, uncreatable, refused) = self
+        let elsewhere = self.elsewhere();
+        let (report, created, uncreatable, refused, elsewhere_part) = self
             .blocking(move || {
                 let mut created = Vec::new();
                 let mut uncreatable = HashMap::new();
@@ -216,6 +256,10 @@ impl Context {
                     }
                 }
                 let mut holder = lock(&holder);
+                // Applies run one at a time from here: the other nodes' part as the stores have
+                // it now, so an apply built before a newer one ran cannot take its entries back.
+                elsewhere.refresh(&mut state);
+                let elsewhere_part = (state.tunnel, state.remote_endpoints.clone());
                 let wanted: BTreeSet<HostPort> =
                     state.ports.iter().map(HostPort::of).collect();
                 let refused =
@@ -230,9 +274,10 @@ impl Context {
                 if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
                     note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
                 }
-                (report, created, uncreatable, refused)
+                (report, created, uncreatable, refused, elsewhere_part)
             })
             .await?;
+        (built.state.tunnel, built.state.remote_endpoints) = elsewhere_part;
         build::refuse_ports(built, &refused, &self.config.node_name);
         if !created.is_empty() {
             tracing::info!(?created, "network namespaces created for endpoints");

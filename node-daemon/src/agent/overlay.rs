@@ -142,10 +142,9 @@ pub async fn follow(ctx: Arc<Context>) {
         if !has_overlay || applied.as_ref() == Some(&built.state) {
             continue;
         }
-        let state = built.state.clone();
         match metrics::apply(&ctx, &mut built, Scope::Overlay, Timed::No).await {
             Ok(report) => {
-                applied = Some(state);
+                applied = Some(built.state.clone());
                 for (object, message) in report.failures() {
                     tracing::warn!(%object, error = %message, "overlay entries not applied");
                 }

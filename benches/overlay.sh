@@ -67,6 +67,8 @@ node_ns=("$tag-na" "$tag-nb" "$tag-nc")
 node_name=(node-a node-b node-c)
 node_ip=(192.168.250.11 192.168.250.12 192.168.250.13)
 direct_ip=(192.168.251.11 192.168.251.12)
+handmade=("$tag-ka" "$tag-kb")       # containers on a hand-made kernel VXLAN (no Pier), for reference
+handmade_ip=(10.233.0.11 10.233.0.12)
 prober=("$tag-pa" "$tag-pb" "$tag-pc")
 prober_ip=(10.232.0.11 10.232.0.12 10.232.0.13)
 net="$tag-net"
@@ -411,6 +413,32 @@ for k in 0 1; do
 done
 wait_until "node A reaches node B on the MTU $overlay_mtu underlay link" 10 \
   ip netns exec "${node_ns[0]}" ping -n -c1 -W0.5 -M do -s $((overlay_mtu - 28)) "${direct_ip[1]}"
+# The kernel's VXLAN set up by hand the way Pier (and Docker's overlay driver) does it, beside
+# Pier's on the same nodes: bridge + VXLAN device (learning off, proxy ARP, static FDB and
+# neighbour entries) + a veth per container, same MTU; another VXLAN id and UDP port, so none of
+# Pier's objects or rules is involved. What this path loses against the direct one is the
+# kernel's VXLAN path; what Pier's loses against this one is Pier's.
+for k in 0 1; do
+  n="${node_ns[$k]}" c="${handmade[$k]}"
+  ip netns add "$c"
+  ip -n "$c" link set lo up
+  ip -n "$n" link add kbr0 mtu "$overlay_mtu" type bridge
+  ip -n "$n" link add kvx0 mtu "$overlay_mtu" type vxlan id 99 local "${node_ip[$k]}" dstport 4790 nolearning proxy
+  ip -n "$n" link add kv0 mtu "$overlay_mtu" type veth peer name eth0 netns "$c"
+  ip -n "$n" link set kvx0 master kbr0 up
+  ip -n "$n" link set kv0 master kbr0 up
+  ip -n "$n" link set kbr0 up
+  ip -n "$c" addr add "${handmade_ip[$k]}/24" dev eth0
+  ip -n "$c" link set eth0 mtu "$overlay_mtu" up
+done
+for k in 0 1; do
+  o=$((1 - k))
+  mac="$(ip -n "${handmade[$o]}" -j link show eth0 | jq -r '.[0].address')"
+  ip -n "${node_ns[$k]}" neigh add "${handmade_ip[$o]}" lladdr "$mac" dev kvx0 nud permanent
+  bridge -n "${node_ns[$k]}" fdb add "$mac" dev kvx0 dst "${node_ip[$o]}" self permanent
+done
+wait_until "the hand-made VXLAN pair reaches across" 10 \
+  ip netns exec "${handmade[0]}" ping -n -c1 -W0.5 -M do -s $((overlay_mtu - 28)) "${handmade_ip[1]}"
 iperf_gbps() { # server-namespace server-address client-namespace
   ip netns exec "$1" iperf3 -s -1 -B "$2" -p 5201 >/dev/null 2>&1 &
   local srv=$! out
@@ -419,17 +447,20 @@ iperf_gbps() { # server-namespace server-address client-namespace
   wait "$srv" 2>/dev/null || true
   jq -r '.end.sum_received.bits_per_second / 1e9 // empty' <<<"$out" 2>/dev/null
 }
-overlay_runs="[]"; direct_runs="[]"
+overlay_runs="[]"; direct_runs="[]"; handmade_runs="[]"
 for _ in $(seq "$iperf_rounds"); do
   o="$(iperf_gbps "${prober[1]}" "${prober_ip[1]}" "${prober[0]}")"
   d="$(iperf_gbps "${node_ns[1]}" "${direct_ip[1]}" "${node_ns[0]}")"
-  echo "   overlay ${o:-failed} Gbit/s, underlay direct ${d:-failed} Gbit/s"
+  h="$(iperf_gbps "${handmade[1]}" "${handmade_ip[1]}" "${handmade[0]}")"
+  echo "   overlay ${o:-failed} Gbit/s, underlay direct ${d:-failed} Gbit/s, hand-made VXLAN ${h:-failed} Gbit/s"
   [ -n "$o" ] && overlay_runs="$(jq -c ". + [$o]" <<<"$overlay_runs")"
   [ -n "$d" ] && direct_runs="$(jq -c ". + [$d]" <<<"$direct_runs")"
+  [ -n "$h" ] && handmade_runs="$(jq -c ". + [$h]" <<<"$handmade_runs")"
 done
-iperf_json="$(jq -nc --argjson o "$overlay_runs" --argjson d "$direct_runs" --argjson mtu "$overlay_mtu" \
-  --argjson secs "$iperf_seconds" --argjson rounds "$iperf_rounds" \
-  '{mtu: $mtu, seconds: $secs, rounds: $rounds, overlay_runs_gbps: $o, direct_runs_gbps: $d}')"
+iperf_json="$(jq -nc --argjson o "$overlay_runs" --argjson d "$direct_runs" --argjson h "$handmade_runs" \
+  --argjson mtu "$overlay_mtu" --argjson secs "$iperf_seconds" --argjson rounds "$iperf_rounds" \
+  '{mtu: $mtu, seconds: $secs, rounds: $rounds, overlay_runs_gbps: $o, direct_runs_gbps: $d,
+    handmade_vxlan_runs_gbps: $h}')"
 
 # --- 4. churn: create/delete across nodes, then every node's entries vs the live remote endpoints
 window=16

@@ -76,9 +76,10 @@ pub struct NetworkSpec {
 
     /// The MTU of the bridge and of every endpoint interface on it. When absent: 1500 for a
     /// bridge network; for an overlay network the smallest underlay MTU of the cluster's nodes
-    /// minus the 50 bytes of VXLAN headers. `status.mtu` says what is used.
+    /// when it is created, minus the 50 bytes of VXLAN headers (kept afterwards).
+    /// `status.mtu` says what is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 68, max = 65535))]
+    #[schemars(range(min = MIN_MTU, max = 65535))]
     pub mtu: Option<i32>,
 
     /// Serve the embedded DNS to this network's endpoints: they resolve each other by name, by
@@ -94,6 +95,12 @@ pub const DEFAULT_MTU: i32 = 1500;
 /// What VXLAN over IPv4 adds to every frame: outer IPv4 (20), UDP (8), VXLAN (8) and the inner
 /// Ethernet header (14). An overlay's MTU is its underlay's minus this.
 pub const VXLAN_OVERHEAD: i32 = 50;
+
+/// The smallest MTU the schema allows a Network (IPv4's minimum).
+pub const MIN_MTU: i32 = 68;
+
+/// The smallest underlay that carries an overlay of [`MIN_MTU`].
+pub const MIN_UNDERLAY_MTU: i32 = MIN_MTU + VXLAN_OVERHEAD;
 
 /// The MTU of an overlay Network that sets none: the smallest of the nodes' underlay MTUs (or
 /// [`DEFAULT_MTU`] while no node has said) minus [`VXLAN_OVERHEAD`].

@@ -8,16 +8,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use pier_apiserver::ApiServer;
 use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED, PUBLISHED};
 use pier_crds::finalizers;
+use pier_crds::names::TUNNEL_ADDRESS_ANNOTATION;
 use pier_crds::{Endpoint, Network, PortPublish};
-use pier_node::agent::fake::FakeKernel;
+use pier_node::agent::fake::{FAKE_TUNNEL, FakeKernel};
 use pier_node::agent::{AgentConfig, AgentHealth};
 use pier_node::dataplane::Scope;
 use pier_node::dataplane::{ObjectKey, Outcome};
@@ -559,5 +560,69 @@ async fn the_resync_reattaches_what_was_removed_behind_the_agents_back() {
     assert!(matches!(repair.scope, Scope::Full), "{:?}", repair.scope);
     let ep = eps.get("r").await.expect("endpoint");
     assert!(is_attached(&ep));
+    cluster.stop().await;
+}
+
+/// Another node's Endpoint of an overlay network this node has reaches this node's entries on its
+/// own event, not at the resync (an hour here): an apply of `Scope::Overlay` with it (at its node's
+/// tunnel address) within seconds, and one without it once its Node is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_overlay_endpoint_is_applied_on_its_event() {
+    let cluster = Cluster::start(FakeKernel::default(), Duration::from_secs(3600)).await;
+    let networks: Api<Network> = Api::all(cluster.client.clone());
+    create(
+        &networks,
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+            "metadata": {"name": "ov"}, "spec": {"driver": "overlay", "subnet": "10.40.0.0/24"}}),
+    )
+    .await;
+    // Node B, with the tunnel address its agent would record.
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let node_b = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b",
+        "annotations": {TUNNEL_ADDRESS_ANNOTATION: "198.51.100.2"}}});
+    nodes
+        .patch("node-b", &PatchParams::apply("test"), &Patch::Apply(&node_b))
+        .await
+        .expect("node B recorded");
+    endpoint(&cluster, "here", "ov", json!({"netns": {"name": "here", "node": NODE}})).await;
+    wait_for(&cluster.api(), "here", "attached", is_attached).await;
+    let tunnel = cluster
+        .kernel
+        .applied()
+        .last()
+        .and_then(|a| a.state.tunnel);
+    assert_eq!(tunnel, Some(FAKE_TUNNEL), "the node's own tunnel address");
+
+    let overlay_applies_with = |id: &str| {
+        cluster
+            .kernel
+            .applied()
+            .into_iter()
+            .filter(|a| a.scope == Scope::Overlay)
+            .map(|a| {
+                a.state
+                    .remote_endpoints
+                    .iter()
+                    .any(|r| r.id == id && r.tunnel == Ipv4Addr::new(198, 51, 100, 2))
+            })
+            .collect::<Vec<bool>>()
+    };
+    let far = json!({"netns": {"name": "far", "node": "node-b"}});
+    endpoint(&cluster, "far", "ov", far).await;
+    let soon = Instant::now() + Duration::from_secs(5);
+    while !overlay_applies_with("default/far").contains(&true) {
+        assert!(Instant::now() < soon, "no overlay apply with far within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    nodes
+        .delete("node-b", &DeleteParams::default())
+        .await
+        .expect("node B deleted");
+    let soon = Instant::now() + Duration::from_secs(5);
+    while overlay_applies_with("default/far").last() != Some(&false) {
+        assert!(Instant::now() < soon, "far's entries not gone with its Node within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.stop().await;
 }

@@ -427,3 +427,51 @@ fn only_the_overlays_nodes_may_send_into_it() {
         read()
     );
 }
+
+/// Another program's VXLAN device holding the overlay's id on the same port (Calico's and Docker
+/// Swarm's overlays use 4096 on UDP 4789 too): Pier's device cannot be made, which is a problem of
+/// the network, and table `inet pier` leaves that id alone, so the other program's packets still
+/// arrive.
+#[test]
+fn another_programs_vxlan_device_with_the_same_id_keeps_its_traffic() {
+    let world = World::new("ovf");
+    let host = world.host(1);
+    host.host.sh(&format!(
+        "ip link add calico0 type vxlan id 4096 local {} dstport 4789 nolearning && \
+         ip addr add 10.66.0.1/24 dev calico0 && ip link set calico0 up",
+        tunnel_of(1)
+    ));
+    let report = host
+        .dataplane
+        .apply(&world.state(1), &Scope::Full)
+        .expect("apply runs");
+    let network = pier_node::dataplane::ObjectKey::network("ov");
+    assert!(
+        matches!(
+            report.outcome(&network),
+            Some(pier_node::dataplane::Outcome::Failed(_))
+        ),
+        "{report}"
+    );
+    let ids = host.host.sh("nft list set inet pier overlay_ids");
+    assert!(!ids.contains("4096"), "{ids}");
+
+    let lan = Ns::new("ovf-lan");
+    world.underlay.attach(&lan, 50);
+    lan.sh(&format!(
+        "ip link add s0 type vxlan id 4096 local {} remote {} dstport 4789 && \
+         ip addr add 10.66.0.2/24 dev s0 && ip link set s0 up",
+        tunnel_of(50),
+        tunnel_of(1)
+    ));
+    let received = || {
+        host.host
+            .sh("cat /sys/class/net/calico0/statistics/rx_packets")
+            .trim()
+            .parse::<u64>()
+            .expect("a packet count")
+    };
+    let before = received();
+    lan.exec("ping -c3 -i0.2 -W1 10.66.0.1");
+    assert!(received() > before, "the other program's VXLAN packets arrive");
+}

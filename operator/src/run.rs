@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use pier_crds::{Driver, Endpoint, Network, PortPublish};
+use pier_crds::{Endpoint, Network, PortPublish};
 
 use crate::admin::Health;
 use crate::allocations::Allocations;
@@ -244,24 +244,13 @@ impl Controllers {
         let publishes: Api<PortPublish> = Api::all(client.clone());
         let pods: Api<Pod> = Api::all(client.clone());
 
-        // Network: its endpoint count follows its Endpoints; an overlay's default MTU follows the
-        // underlay MTUs the node agents record on their Nodes.
+        // Network: its endpoint count follows its Endpoints.
         let default = default_network.to_owned();
-        let network = Controller::new(networks.clone(), wc());
-        let overlays = network.store();
-        let network = network
-            .watches(endpoints.clone(), wc(), move |ep| {
+        let network =
+            Controller::new(networks.clone(), wc()).watches(endpoints.clone(), wc(), move |ep| {
                 Some(ObjectRef::<Network>::new(&endpoint::network_of(
                     &ep, &default,
                 )))
-            })
-            .watches(Api::<Node>::all(client.clone()), wc(), move |_| {
-                overlays
-                    .state()
-                    .into_iter()
-                    .filter(|n| n.spec.driver == Driver::Overlay && n.spec.mtu.is_none())
-                    .map(|n| ObjectRef::from_obj(&*n))
-                    .collect::<Vec<_>>()
             });
 
         // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares;

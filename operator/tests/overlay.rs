@@ -1,7 +1,7 @@
 //! Overlay Networks in the operator: a VXLAN id per network (from 4096, released with it), scope
-//! `cluster`, the MTU (the spec's, else the smallest underlay MTU the nodes record minus 50,
-//! following the Nodes), and everything a bridge network allocates (static address and MAC,
-//! ipRange, auxAddresses).
+//! `cluster`, the MTU (the spec's, else the smallest underlay MTU the nodes record minus 50 when
+//! the network is created, kept afterwards), and everything a bridge network allocates (static
+//! address and MAC, ipRange, auxAddresses).
 
 mod common;
 
@@ -46,20 +46,27 @@ async fn overlays_get_a_vxlan_id_and_an_mtu_from_the_nodes() {
         "{first:?}"
     );
 
-    // The smallest underlay decides, and a node's change is followed.
+    // Once the nodes record their underlays, a new overlay takes the smallest minus 50; one that
+    // has its MTU keeps it (a change would re-make every endpoint's interface).
     underlay_mtu(&client, NODE, 9000).await;
-    wait_for(&nets, "ov1", "mtu 8950", |n| status(n).mtu == Some(8950)).await;
     underlay_mtu(&client, "node-b", 1400).await;
-    wait_for(&nets, "ov1", "mtu 1350", |n| status(n).mtu == Some(1350)).await;
+    create(&nets, &network("late", json!({"driver": "overlay"}))).await;
+    let late = wait_for(&nets, "late", "allocated", |n| status(n).vxlan_id.is_some()).await;
+    assert_eq!(status(&late).mtu, Some(1350));
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    let on_node_a = json!({"target": {"netns": {"name": "on-ov1", "node": NODE}}});
+    create(&eps, &endpoint("on-ov1", "on-ov1", Some("ov1"), on_node_a)).await;
+    let ov1 = wait_for(&nets, "ov1", "1 endpoint", |n| status(n).endpoints == 1).await;
+    assert_eq!(status(&ov1).mtu, Some(1450), "kept");
 
-    // The spec's MTU wins; a second overlay gets the next id; bridges say `local` and 1500.
+    // The spec's MTU wins; another overlay gets the next id; bridges say `local` and 1500.
     create(
         &nets,
         &network("ov2", json!({"driver": "overlay", "mtu": 1300})),
     )
     .await;
     let ov2 = wait_for(&nets, "ov2", "allocated", |n| status(n).vxlan_id.is_some()).await;
-    assert_eq!(status(&ov2).vxlan_id, Some(4097));
+    assert_eq!(status(&ov2).vxlan_id, Some(4098));
     assert_eq!(status(&ov2).mtu, Some(1300));
     create(&nets, &network("br", json!({}))).await;
     let br = wait_for(&nets, "br", "allocated", |n| status(n).subnet.is_some()).await;
@@ -68,6 +75,9 @@ async fn overlays_get_a_vxlan_id_and_an_mtu_from_the_nodes() {
     assert_eq!(status(&br).vxlan_id, None);
 
     // Deleting an overlay releases its id for the next one.
+    eps.delete("on-ov1", &DeleteParams::default())
+        .await
+        .expect("delete");
     nets.delete("ov1", &DeleteParams::default())
         .await
         .expect("delete");

@@ -43,6 +43,8 @@ pub struct Inputs<'a> {
     pub tunnels: &'a HashMap<String, Ipv4Addr>,
     /// This node's tunnel address (`None`: overlay networks cannot be set up here).
     pub tunnel: Option<Ipv4Addr>,
+    /// Why there is no tunnel address, when the detection said why.
+    pub tunnel_problem: Option<&'a str>,
 }
 
 /// Why one object was left out.
@@ -418,10 +420,13 @@ fn overlay_ready(
         ));
     }
     if inputs.tunnel.is_none() {
+        let why = inputs.tunnel_problem.unwrap_or("not detected yet");
         return Err(refusal(
             reason::NO_TUNNEL_ADDRESS,
             format!(
-                "overlay network {network_name} needs node {}'s tunnel address: the node has no                  default route to find it from; pass --tunnel-address (chart: node.tunnelAddress)",
+                "overlay network {network_name} needs node {}'s tunnel address ({why}): pass \
+                 --tunnel-address (PIER_TUNNEL_ADDRESS; the chart sets it from the Pod's \
+                 status.hostIP)",
                 inputs.node
             ),
         ));
@@ -845,6 +850,7 @@ mod tests {
             remote_endpoints: &[],
             tunnels: &HashMap::new(),
             tunnel: None,
+            tunnel_problem: None,
         })
     }
 
@@ -912,6 +918,7 @@ mod tests {
             remote_endpoints: &remote,
             tunnels: &tunnels,
             tunnel: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            tunnel_problem: None,
         });
         assert!(built.refusals.is_empty(), "{:?}", built.refusals);
         assert_eq!(built.state.tunnel, Some(Ipv4Addr::new(10, 0, 0, 1)));
@@ -986,6 +993,7 @@ mod tests {
             remote_endpoints: &[],
             tunnels: &HashMap::new(),
             tunnel: None,
+            tunnel_problem: None,
         });
         assert!(built.state.endpoints.is_empty(), "{:?}", built.state);
         assert!(

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::NamespaceResourceScope;
@@ -26,7 +27,7 @@ use crate::dns::resolv_conf;
 use crate::kernel::host_ports::{HostPort, PortHolder};
 use crate::kernel::hostnet::HostSubnet;
 use crate::kernel::tunnel::Tunnel;
-use crate::state::{Netns, NodeState};
+use crate::state::{Netns, NodeState, RemoteEndpoint};
 
 /// Shared by the reconcilers and the resync loop.
 pub struct Context {
@@ -41,11 +42,17 @@ pub struct Context {
     pub remote_endpoints: Store<Endpoint>,
     /// The cluster's Nodes, for their tunnel addresses (`pier.dev/tunnel-address`).
     pub nodes: Store<PartialObjectMeta<Node>>,
-    /// This node's tunnel, once detected (see [`super::overlay`]).
-    pub tunnel: Mutex<Option<Tunnel>>,
+    /// This node's tunnel once detected, or why there is none (see [`super::overlay`]).
+    pub tunnel: Mutex<Option<Result<Tunnel, String>>>,
     /// Woken by every change of another node's Endpoint or of a Node: the overlay follower
     /// re-applies the overlay networks' entries.
     pub overlay_changed: Arc<Notify>,
+    /// The other nodes' part of the last apply that succeeded in full (`None` after one that
+    /// did not), written in the apply's turn.
+    programmed: Arc<Mutex<Option<RemotePart>>>,
+    /// Applies numbered in the order they ran, and the number of the one DNS serves.
+    turns: Arc<AtomicU64>,
+    dns_turn: Mutex<u64>,
     /// Refreshed by every resync (and at start).
     pub host_subnets: Mutex<Vec<HostSubnet>>,
     /// Target Pods' namespaces found on this node, by `NAMESPACE/POD`.
@@ -71,6 +78,9 @@ impl std::fmt::Debug for Context {
             .finish_non_exhaustive()
     }
 }
+
+/// The other nodes' part of a state: this node's tunnel address and the remote endpoints.
+pub type RemotePart = (Option<Ipv4Addr>, Vec<RemoteEndpoint>);
 
 /// The stores the other nodes' part of a state is built from, movable into kernel work.
 struct ElsewhereStores {
@@ -143,6 +153,9 @@ impl Context {
             nodes,
             tunnel: Mutex::new(None),
             overlay_changed,
+            programmed: Arc::new(Mutex::new(None)),
+            turns: Arc::new(AtomicU64::new(0)),
+            dns_turn: Mutex::new(0),
             host_subnets: Mutex::new(Vec::new()),
             pod_netns: Mutex::new(HashMap::new()),
             dns_state,
@@ -188,6 +201,7 @@ impl Context {
         let remote_endpoints = self.remote_endpoints.state();
         let tunnels = super::overlay::tunnels(&self.nodes.state());
         let tunnel = self.tunnel_address();
+        let tunnel_problem = self.tunnel_problem();
         build::build(Inputs {
             node: &self.config.node_name,
             networks: &networks,
@@ -199,12 +213,21 @@ impl Context {
             remote_endpoints: &remote_endpoints,
             tunnels: &tunnels,
             tunnel,
+            tunnel_problem: tunnel_problem.as_deref(),
         })
     }
 
     /// This node's tunnel address, once detected.
     fn tunnel_address(&self) -> Option<Ipv4Addr> {
-        lock(&self.tunnel).map(|t| t.address)
+        lock(&self.tunnel)
+            .as_ref()
+            .and_then(|t| t.as_ref().ok())
+            .map(|t| t.address)
+    }
+
+    /// Why this node has no tunnel address, when the detection said why.
+    fn tunnel_problem(&self) -> Option<String> {
+        lock(&self.tunnel).as_ref().and_then(|t| t.clone().err())
     }
 
     /// What refreshes the other nodes' part of a state inside an apply.
@@ -240,7 +263,8 @@ impl Context {
         let resolv_conf_owner = resolv_conf::owner_of(self.config.host_netns.as_deref());
         let holder = Arc::clone(&self.host_ports);
         let elsewhere = self.elsewhere();
-        let (report, created, uncreatable, refused, elsewhere_part) = self
+        let (turns, programmed) = (Arc::clone(&self.turns), Arc::clone(&self.programmed));
+        let (report, created, uncreatable, refused, (turn, elsewhere_part)) = self
             .blocking(move || {
                 let mut created = Vec::new();
                 let mut uncreatable = HashMap::new();
@@ -257,7 +281,9 @@ impl Context {
                 }
                 let mut holder = lock(&holder);
                 // Applies run one at a time from here: the other nodes' part as the stores have
-                // it now, so an apply built before a newer one ran cannot take its entries back.
+                // it now, so an apply built before a newer one ran cannot take its entries back;
+                // and a turn number, so its state does not reach DNS after a newer one's.
+                let turn = turns.fetch_add(1, AtomicOrdering::Relaxed) + 1;
                 elsewhere.refresh(&mut state);
                 let elsewhere_part = (state.tunnel, state.remote_endpoints.clone());
                 let wanted: BTreeSet<HostPort> =
@@ -270,11 +296,13 @@ impl Context {
                     .ports
                     .retain(|port| !refused.contains_key(&HostPort::of(port)));
                 let mut report = kernel.apply(&state, &scope);
+                let done = report.as_ref().is_ok_and(Report::is_success);
+                *lock(&programmed) = done.then(|| elsewhere_part.clone());
                 drop(holder);
                 if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
                     note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);
                 }
-                (report, created, uncreatable, refused, elsewhere_part)
+                (report, created, uncreatable, refused, (turn, elsewhere_part))
             })
             .await?;
         (built.state.tunnel, built.state.remote_endpoints) = elsewhere_part;
@@ -294,14 +322,30 @@ impl Context {
                 );
             }
         }
+        self.serve_dns(turn, &built.state);
+        Ok(report)
+    }
+
+    /// Hands the state of apply number `turn` to the DNS server, unless a later apply's is
+    /// there already.
+    fn serve_dns(&self, turn: u64, state: &NodeState) {
+        let mut served = lock(&self.dns_turn);
+        if turn < *served {
+            return;
+        }
+        *served = turn;
         self.dns_state.send_if_modified(|serving| {
-            let changed = *serving != built.state;
+            let changed = serving != state;
             if changed {
-                *serving = built.state.clone();
+                *serving = state.clone();
             }
             changed
         });
-        Ok(report)
+    }
+
+    /// Whether the other nodes' part `part` is what the kernel last had applied in full.
+    pub fn is_programmed(&self, part: &RemotePart) -> bool {
+        lock(&self.programmed).as_ref() == Some(part)
     }
 
     /// Runs kernel work off the async runtime (it blocks on netlink and mounts).

@@ -8,6 +8,7 @@
 //! dataplane's do: by name, a veth per bridge endpoint and a bridge per bridge network.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,7 +22,11 @@ use crate::kernel::hostnet::HostSubnet;
 use crate::kernel::named_netns::NamedNetnsError;
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::podns::PodNetnsError;
+use crate::kernel::tunnel::{Tunnel, TunnelError};
 use crate::state::{Attachment, EndpointState, NodeState, PublishedPort};
+
+/// The fake node's tunnel address when none is given (TEST-NET-1).
+pub const FAKE_TUNNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// One apply the agent made: the scope, the state it was given (ports it could not hold
 /// already left out) and what the fake reported.
@@ -310,6 +315,14 @@ impl NodeKernel for FakeKernel {
 
     fn host_subnets(&self) -> Result<Vec<HostSubnet>, NetlinkError> {
         Ok(lock(&self.node).host_subnets.clone())
+    }
+
+    /// The given address, else [`FAKE_TUNNEL`], on a 1500-byte underlay.
+    fn tunnel(&self, given: Option<Ipv4Addr>) -> Result<Tunnel, TunnelError> {
+        Ok(Tunnel {
+            address: given.unwrap_or(FAKE_TUNNEL),
+            underlay_mtu: 1500,
+        })
     }
 
     fn find_pod_netns(&self, pod_uid: &str) -> Result<Option<PathBuf>, PodNetnsError> {

@@ -5,6 +5,7 @@
 //! Every method blocks (netlink, mounts, procfs): the agent calls them on a blocking thread. What
 //! to do (which namespaces, which ports, which scope) stays in the agent; the kernel only does it.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::AgentConfig;
@@ -15,6 +16,7 @@ use crate::kernel::hostnet::HostSubnet;
 use crate::kernel::named_netns::{NamedNetns, NamedNetnsError};
 use crate::kernel::netlink::NetlinkError;
 use crate::kernel::podns::PodNetnsError;
+use crate::kernel::tunnel::{Tunnel, TunnelError};
 use crate::state::NodeState;
 
 /// A held host port: the socket, kept open until dropped (see [`crate::kernel::host_ports`]).
@@ -36,6 +38,10 @@ pub trait NodeKernel: Send + Sync {
 
     /// The subnets the node uses for things Pier does not own.
     fn host_subnets(&self) -> Result<Vec<HostSubnet>, NetlinkError>;
+
+    /// The node's tunnel for overlay networks: `given`, or the default route's interface's
+    /// address, with that interface's MTU.
+    fn tunnel(&self, given: Option<Ipv4Addr>) -> Result<Tunnel, TunnelError>;
 
     /// The network namespace of the Pod with uid `pod_uid`, if one of its processes runs here.
     fn find_pod_netns(&self, pod_uid: &str) -> Result<Option<PathBuf>, PodNetnsError>;
@@ -110,6 +116,10 @@ impl NodeKernel for RealKernel {
 
     fn host_subnets(&self) -> Result<Vec<HostSubnet>, NetlinkError> {
         crate::kernel::hostnet::subnets_in_use_in(self.host_netns.as_deref())
+    }
+
+    fn tunnel(&self, given: Option<Ipv4Addr>) -> Result<Tunnel, TunnelError> {
+        crate::kernel::tunnel::detect_in(self.host_netns.as_deref(), given)
     }
 
     fn find_pod_netns(&self, pod_uid: &str) -> Result<Option<PathBuf>, PodNetnsError> {

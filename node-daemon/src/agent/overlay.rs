@@ -29,8 +29,8 @@ use crate::dataplane::Scope;
 use crate::kernel::tunnel::{self, Tunnel};
 use crate::state::Driver;
 
-/// The nodes' tunnel addresses by node name, from their annotations (a Node without a readable
-/// one has no overlay entries pointing at it).
+/// The nodes' tunnel addresses by node name, from their annotations (a Node without a readable,
+/// usable one has no overlay entries pointing at it).
 pub fn tunnels(nodes: &[Arc<PartialObjectMeta<Node>>]) -> HashMap<String, Ipv4Addr> {
     nodes
         .iter()
@@ -42,7 +42,8 @@ pub fn tunnels(nodes: &[Arc<PartialObjectMeta<Node>>]) -> HashMap<String, Ipv4Ad
                 .as_ref()?
                 .get(TUNNEL_ADDRESS_ANNOTATION)?
                 .parse()
-                .ok()?;
+                .ok()
+                .filter(|address| tunnel::is_usable(*address))?;
             Some((node.metadata.name.clone()?, address))
         })
         .collect()
@@ -60,24 +61,24 @@ fn annotations(tunnel: Tunnel) -> [(&'static str, String); 2] {
 /// yet (creating the Node with `register_node`). A node without a tunnel address keeps working
 /// for everything but overlays; their Endpoints here are refused with `NoTunnelAddress`.
 pub async fn announce(ctx: &Context) -> Result<(), Error> {
-    let netns = ctx.config.host_netns.clone();
+    let kernel = Arc::clone(&ctx.kernel);
     let given = ctx.config.tunnel_address;
-    let detected = ctx
-        .blocking(move || tunnel::detect_in(netns.as_deref(), given))
-        .await?;
+    let detected = ctx.blocking(move || kernel.tunnel(given)).await?;
     let tunnel = match detected {
         Ok(tunnel) => tunnel,
         Err(error) => {
-            let changed = lock(&ctx.tunnel).take().is_some();
-            if changed {
+            let why = pier_runtime::error_chain(&error);
+            let before = lock(&ctx.tunnel).replace(Err(why.clone()));
+            if before.as_ref().is_none_or(|b| b.as_ref().err() != Some(&why)) {
+                tracing::warn!(error = %why, "no tunnel address: overlay networks cannot be set up on this node");
                 ctx.overlay_changed.notify_one();
             }
-            tracing::debug!(error = %pier_runtime::error_chain(&error), "no tunnel address for overlay networks");
             return Ok(());
         }
     };
-    if lock(&ctx.tunnel).replace(tunnel) != Some(tunnel) {
+    if lock(&ctx.tunnel).replace(Ok(tunnel)) != Some(Ok(tunnel)) {
         tracing::info!(address = %tunnel.address, underlay_mtu = tunnel.underlay_mtu, "tunnel address for overlay networks");
+        ctx.overlay_changed.notify_one();
     }
     let name = &ctx.config.node_name;
     let recorded = ctx.nodes.get(&ObjectRef::new(name));
@@ -122,14 +123,13 @@ async fn record(ctx: &Context, name: &str, tunnel: Tunnel) -> Result<(), Error> 
 }
 
 /// Re-applies the overlay networks' entries whenever another node's Endpoint or a Node changes,
-/// until the task is dropped.
+/// until the task is dropped. A failed apply is tried again after a backoff (doubling up to the
+/// resync interval), not only at the next change.
 pub async fn follow(ctx: Arc<Context>) {
     if ctx.wait_synced().await.is_err() {
         return;
     }
-    // The state last applied here: a Node's heartbeat or an Endpoint of a bridge network
-    // elsewhere changes nothing of it, and costs no apply.
-    let mut applied = None;
+    let mut retry = ctx.config.min_backoff;
     loop {
         ctx.overlay_changed.notified().await;
         let mut built = ctx.build();
@@ -138,19 +138,26 @@ pub async fn follow(ctx: Arc<Context>) {
             .networks
             .iter()
             .any(|n| n.driver == Driver::Overlay);
-        // Without an overlay network here, another node's Endpoints are nothing to this node.
-        if !has_overlay || applied.as_ref() == Some(&built.state) {
+        // Without an overlay network here, another node's Endpoints are nothing to this node; a
+        // Node's heartbeat or a bridge network's Endpoint elsewhere changes nothing applied.
+        let part = (built.state.tunnel, built.state.remote_endpoints.clone());
+        if !has_overlay || ctx.is_programmed(&part) {
             continue;
         }
-        match metrics::apply(&ctx, &mut built, Scope::Overlay, Timed::No).await {
-            Ok(report) => {
-                applied = Some(built.state.clone());
-                for (object, message) in report.failures() {
-                    tracing::warn!(%object, error = %message, "overlay entries not applied");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(error = %pier_runtime::error_chain(&error), "applying the overlay entries failed");
+        let failure = match metrics::apply(&ctx, &mut built, Scope::Overlay, Timed::No).await {
+            Ok(report) => report
+                .failures()
+                .map(|(object, message)| format!("{object}: {message}"))
+                .reduce(|a, b| format!("{a}; {b}")),
+            Err(error) => Some(pier_runtime::error_chain(&error)),
+        };
+        match failure {
+            None => retry = ctx.config.min_backoff,
+            Some(error) => {
+                tracing::warn!(%error, retry_in = ?retry, "overlay entries not applied");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(ctx.config.resync);
+                ctx.overlay_changed.notify_one();
             }
         }
     }
@@ -182,6 +189,7 @@ mod tests {
         let nodes = [
             node("a", &[(TUNNEL_ADDRESS_ANNOTATION, "10.0.0.1")]),
             node("b", &[(TUNNEL_ADDRESS_ANNOTATION, "not an address")]),
+            node("loop", &[(TUNNEL_ADDRESS_ANNOTATION, "127.0.0.1")]),
             node("c", &[]),
         ];
         let tunnels = tunnels(&nodes);

@@ -127,7 +127,23 @@ impl Dataplane {
         scope.validate(state)?;
         self.with_host(|host| {
             let plan = self.plan_with(host, state, scope)?;
-            Ok(self.executor(host).run(&plan))
+            let mut report = self.executor(host).run(&plan);
+            if plan.steps.iter().any(|s| matches!(s, Step::CreateVxlan(_))) {
+                // The table guards only the VXLAN ids whose device exists (tables.rs): the
+                // devices just made join it now, not at the next apply.
+                let snapshot = Snapshot::read(host, state, &Scope::Overlay, false)
+                    .map_err(DataplaneError::ReadBack)?;
+                let mut guard = Plan::default();
+                tables::plan(
+                    self.host_netns(),
+                    &snapshot,
+                    state,
+                    &Scope::Overlay,
+                    &mut guard,
+                );
+                report.absorb(self.executor(host).run(&guard));
+            }
+            Ok(report)
         })
     }
 

@@ -143,6 +143,32 @@ impl Report {
         self.objects.insert(object, Outcome::Failed(message));
     }
 
+    /// Adds what a later run of the same apply did (its changes after this run's, its failures
+    /// over this run's outcome).
+    pub(crate) fn absorb(&mut self, later: Report) {
+        for (object, outcome) in later.objects {
+            match outcome {
+                Outcome::InSync => {
+                    self.objects.entry(object).or_insert(Outcome::InSync);
+                }
+                Outcome::Changed(changes) => {
+                    for change in changes {
+                        self.changed(object.clone(), change);
+                    }
+                }
+                Outcome::Failed(message) => self.failed(object, message),
+            }
+        }
+        for (object, notes) in later.notes {
+            let mine = self.notes.entry(object).or_default();
+            for note in notes {
+                if !mine.contains(&note) {
+                    mine.push(note);
+                }
+            }
+        }
+    }
+
     /// Adds a note on `object`.
     pub fn note(&mut self, object: ObjectKey, note: String) {
         self.notes.entry(object).or_default().push(note);

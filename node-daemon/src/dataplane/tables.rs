@@ -1,6 +1,7 @@
 //! The firewall's part of a plan: table `inet pier` (rendered from the state and diffed against
 //! the kernel's by [`crate::firewall`]) and, in full plans, Pier's accepts in other firewalls.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::plan::Plan;
@@ -9,8 +10,25 @@ use super::scope::Scope;
 use super::snapshot::Snapshot;
 use crate::firewall;
 use crate::kernel::hostnet;
-use crate::state::NodeState;
+use crate::kernel::netlink::LinkKind;
+use crate::state::{Driver, NodeState};
 use pier_runtime::error_chain as chain;
+
+/// The VXLAN ids of the state's overlays whose Pier device exists now: the only ones the table
+/// guards (a missing device may be one another program's device keeps from being made).
+fn vxlan_devices(snapshot: &Snapshot, state: &NodeState) -> BTreeSet<u32> {
+    state
+        .networks
+        .iter()
+        .filter(|n| n.driver == Driver::Overlay)
+        .filter_map(|n| {
+            let id = n.vxlan_id?;
+            let link = snapshot.link(&n.vxlan_name())?;
+            let made = link.kind == LinkKind::Vxlan && link.vxlan.is_some_and(|c| c.id == id);
+            made.then_some(id)
+        })
+        .collect()
+}
 
 /// Adds what the firewalls need to `plan`; what cannot be read becomes a problem of its key.
 pub(super) fn plan(
@@ -30,7 +48,13 @@ pub(super) fn plan(
         }
         None => None,
     };
-    match firewall::plan_with(host_netns, state, host_bridges.as_deref()) {
+    let vxlan_devices = vxlan_devices(snapshot, state);
+    match firewall::plan_with(
+        host_netns,
+        state,
+        host_bridges.as_deref(),
+        Some(&vxlan_devices),
+    ) {
         Ok(table) => plan.firewall = Some(table),
         Err(error) => plan.problem(ObjectKey::Firewall, chain(&error)),
     }

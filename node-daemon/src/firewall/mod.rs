@@ -33,6 +33,7 @@ mod plan;
 mod render;
 mod sys;
 
+use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -99,14 +100,16 @@ pub enum FirewallError {
 /// and returns what must change for it to match `state`. The other engines' bridges stay as the
 /// last full plan found them (an attach does not read every link of the node).
 pub fn plan(host_netns: Option<&Path>, state: &NodeState) -> Result<FirewallPlan, FirewallError> {
-    plan_with(host_netns, state, None)
+    plan_with(host_netns, state, None, None)
 }
 
-/// [`plan`], with the other engines' bridges now on the node (`None`: as the kernel has them).
+/// [`plan`], with the other engines' bridges now on the node (`None`: as the kernel has them)
+/// and the VXLAN ids whose Pier device exists on the node (`None`: every overlay's).
 pub fn plan_with(
     host_netns: Option<&Path>,
     state: &NodeState,
     host_bridges: Option<&[String]>,
+    vxlan_devices: Option<&BTreeSet<u32>>,
 ) -> Result<FirewallPlan, FirewallError> {
     let current = netns::run_in(host_netns, || {
         let socket = kernel::open()?;
@@ -129,7 +132,7 @@ pub fn plan_with(
     };
     Ok(plan::diff(
         current.as_ref(),
-        render_with(state, host_bridges),
+        render_with(state, host_bridges, vxlan_devices),
     ))
 }
 

@@ -397,14 +397,20 @@ impl Ruleset {
     }
 }
 
-/// Computes the desired table from the node's state, with no bridges of other engines. Pure.
+/// Computes the desired table from the node's state, with no bridges of other engines and every
+/// overlay's VXLAN device in place. Pure.
 pub fn render(state: &NodeState) -> Ruleset {
-    render_with(state, &[])
+    render_with(state, &[], None)
 }
 
-/// Computes the desired table from the node's state and the names of the other engines'
-/// bridges on the node (see [`SET_HOST_BRIDGES`]). Pure: no kernel access.
-pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
+/// Computes the desired table from the node's state, the names of the other engines' bridges on
+/// the node (see [`SET_HOST_BRIDGES`]) and the VXLAN ids whose Pier device exists on the node
+/// (`None`: every overlay's; see [`SET_OVERLAY_IDS`]). Pure: no kernel access.
+pub fn render_with(
+    state: &NodeState,
+    host_bridges: &[String],
+    vxlan_devices: Option<&BTreeSet<u32>>,
+) -> Ruleset {
     let bridges: Vec<&NetworkState> = state
         .networks
         .iter()
@@ -423,7 +429,7 @@ pub fn render_with(state: &NodeState, host_bridges: &[String]) -> Ruleset {
             map_any,
         ]
         .into_iter()
-        .chain(overlay_sets(state))
+        .chain(overlay_sets(state, vxlan_devices))
         .collect(),
         chains: chains(),
     }
@@ -499,9 +505,12 @@ fn masquerade_set(bridges: &[&NetworkState]) -> SetSpec {
     set_masq
 }
 
-/// The VXLAN ids of the state's overlay networks, and (id . tunnel address) of every node with
-/// an endpoint of one of them (see the rule `overlay-peers-only`).
-fn overlay_sets(state: &NodeState) -> [SetSpec; 2] {
+/// The VXLAN ids of the state's overlay networks whose device exists here, and (id . tunnel
+/// address) of every node with an endpoint of one of them (see the rule `overlay-peers-only`).
+/// A VXLAN id without Pier's device may be another program's (Calico's and Docker Swarm's
+/// overlays use 4096 on the same port too, and then Pier's device cannot be made): its packets
+/// are not Pier's to judge.
+fn overlay_sets(state: &NodeState, vxlan_devices: Option<&BTreeSet<u32>>) -> [SetSpec; 2] {
     let mut ids = SetSpec::new(SET_OVERLAY_IDS, &[Field::VxlanId], &[]);
     let mut peers = SetSpec::new(SET_OVERLAY_PEERS, &[Field::VxlanId, Field::Ipv4], &[]);
     let element = |key: Vec<u8>| Element {
@@ -513,7 +522,9 @@ fn overlay_sets(state: &NodeState) -> [SetSpec; 2] {
         .networks
         .iter()
         .filter(|n| n.driver == Driver::Overlay)
-        .filter_map(|n| Some((n.name.as_str(), vxlan_id_bytes(n.vxlan_id?))))
+        .filter_map(|n| Some((n.name.as_str(), n.vxlan_id?)))
+        .filter(|(_, id)| vxlan_devices.is_none_or(|made| made.contains(id)))
+        .map(|(name, id)| (name, vxlan_id_bytes(id)))
         .collect();
     for id in overlays.values() {
         ids.elements.insert(element(id.to_vec()));
@@ -929,7 +940,8 @@ fn input_chain() -> ChainSpec {
             // A VXLAN packet is a frame put straight onto the overlay's bridge: from anyone but
             // a node with an endpoint of that network (a LAN host, a stale node) it would
             // reach containers past every rule here. Other VXLAN ids (another program's
-            // overlay on the same port) are not Pier's to judge.
+            // overlay on the same port) are not Pier's to judge. The outer source address is
+            // all there is to go by: a host that forges a peer's can still send (one way).
             RuleSpec {
                 id: "overlay-peers-only",
                 text: OVERLAY_PEERS_ONLY,

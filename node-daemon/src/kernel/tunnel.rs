@@ -31,6 +31,17 @@ pub enum TunnelError {
     NoAddress,
     #[error("no interface of the node has the tunnel address {0}")]
     AddressNotFound(Ipv4Addr),
+    #[error("{0} cannot be a tunnel address (unspecified, loopback, broadcast or multicast)")]
+    Unusable(Ipv4Addr),
+}
+
+/// Whether `address` can be a node's tunnel address: not unspecified, loopback, broadcast or
+/// multicast.
+pub fn is_usable(address: Ipv4Addr) -> bool {
+    !(address.is_unspecified()
+        || address.is_loopback()
+        || address.is_broadcast()
+        || address.is_multicast())
 }
 
 /// This node's tunnel in the namespace at `netns` (`None`: the process's own), the given
@@ -69,6 +80,9 @@ pub fn choose(
             (index, found.ok_or(TunnelError::NoAddress)?.address.addr())
         }
     };
+    if !is_usable(address) {
+        return Err(TunnelError::Unusable(address));
+    }
     let underlay_mtu = mtu_of(index).unwrap_or(pier_crds::network::DEFAULT_MTU.unsigned_abs());
     Ok(Tunnel {
         address,

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::conditions::differs as conditions_differ;
 use pier_crds::names::{UNDERLAY_MTU_ANNOTATION, bridge_name};
-use pier_crds::network::{DEFAULT_MTU, overlay_mtu};
+use pier_crds::network::{DEFAULT_MTU, MIN_UNDERLAY_MTU, overlay_mtu};
 use pier_crds::{Driver, Network, NetworkStatus};
 
 use super::refusal::{self, Outcome, Refusal};
@@ -148,7 +148,9 @@ async fn allocate_overlay(net: &Network, ctx: &Context) -> Result<OverlayAllocat
         .map_err(|e| {
             OverlayError::Refused(Refusal::refuse(reason::VXLAN_IDS_EXHAUSTED, e.to_string()))
         })?;
-    let mtu = match net.spec.mtu {
+    // Chosen once: a later change would re-make every endpoint's interface on every node.
+    let chosen = net.status.as_ref().and_then(|s| s.mtu);
+    let mtu = match net.spec.mtu.or(chosen) {
         Some(mtu) => mtu,
         None => overlay_mtu(underlay_mtus(ctx).await.map_err(OverlayError::Nodes)?),
     };
@@ -160,8 +162,8 @@ async fn allocate_overlay(net: &Network, ctx: &Context) -> Result<OverlayAllocat
     })
 }
 
-/// The underlay MTUs the node agents recorded on their Nodes (unreadable values are skipped: the
-/// annotation is written by Pier's agents only).
+/// The underlay MTUs the node agents recorded on their Nodes (values that are not a number, or
+/// too small to carry VXLAN and an IPv4 packet, are skipped).
 async fn underlay_mtus(ctx: &Context) -> Result<Vec<i32>, kube::Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let list = nodes.list_metadata(&ListParams::default()).await?;
@@ -175,6 +177,7 @@ async fn underlay_mtus(ctx: &Context) -> Result<Vec<i32>, kube::Error> {
                 .get(UNDERLAY_MTU_ANNOTATION)?
                 .parse()
                 .ok()
+                .filter(|mtu| *mtu >= MIN_UNDERLAY_MTU)
         })
         .collect())
 }

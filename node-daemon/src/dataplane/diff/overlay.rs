@@ -12,6 +12,7 @@ use super::checks::check_address;
 use crate::dataplane::plan::{CreateVxlan, Step, VxlanFix};
 use crate::dataplane::report::ObjectKey;
 use crate::kernel::netlink::{self, FdbEntry, Link, LinkKind, NeighbourEntry, VxlanConf};
+use crate::kernel::tunnel;
 use crate::state::{Attachment, Driver, NetworkState, RemoteEndpoint};
 use pier_crds::network::VXLAN_PORT;
 
@@ -219,11 +220,22 @@ fn check_remote(
 ) -> Result<Vec<u8>, String> {
     let mac = netlink::parse_mac(&remote.mac)
         .ok_or_else(|| format!("invalid MAC address {:?}", remote.mac))?;
+    // All zeros is the VXLAN device's default destination (where unknown frames would flood);
+    // a group address is no endpoint's.
+    if mac.iter().all(|b| *b == 0) || mac.first().is_some_and(|b| b & 1 == 1) {
+        return Err(format!("MAC {} is not a unicast address", remote.mac));
+    }
     if let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) {
         check_address(remote.address, subnet, gateway)?;
     }
     if remote.tunnel == local {
         return Err(format!("its node's tunnel address {local} is this node's"));
+    }
+    if !tunnel::is_usable(remote.tunnel) {
+        return Err(format!(
+            "its node's tunnel address {} is not a unicast address",
+            remote.tunnel
+        ));
     }
     if let Some(other) = macs.get(&mac) {
         return Err(format!("MAC {} is endpoint {other:?}'s", remote.mac));

@@ -453,6 +453,14 @@ fn remote_endpoints_that_cannot_have_entries_are_problems_of_the_network() {
         remote("default/local-address", ip(2), "02:00:00:00:00:06", NODE_B),
         remote("default/same-mac", ip(7), "02:00:00:00:00:03", NODE_C),
         remote("default/here", ip(8), "02:00:00:00:00:08", TUNNEL),
+        remote("default/zero-mac", ip(10), "00:00:00:00:00:00", NODE_B),
+        remote("default/group-mac", ip(11), "01:00:5e:00:00:01", NODE_B),
+        remote(
+            "default/loopback-node",
+            ip(12),
+            "02:00:00:00:00:0c",
+            Ipv4Addr::LOCALHOST,
+        ),
         remote(
             "default/outside",
             Ipv4Addr::new(10, 21, 0, 9),
@@ -462,7 +470,7 @@ fn remote_endpoints_that_cannot_have_entries_are_problems_of_the_network() {
     ]);
     let plan = diff(&bare_node(&state), &state, &Scope::Full);
     let problems: Vec<&str> = plan.problems.iter().map(|p| p.message.as_str()).collect();
-    assert_eq!(problems.len(), 5, "{plan}");
+    assert_eq!(problems.len(), 8, "{plan}");
     assert!(
         plan.problems
             .iter()
@@ -474,6 +482,9 @@ fn remote_endpoints_that_cannot_have_entries_are_problems_of_the_network() {
         "default/same-mac: MAC 02:00:00:00:00:03 is endpoint \"default/b\"'s",
         "default/here: its node's tunnel address 10.99.0.1 is this node's",
         "default/outside: address 10.21.0.9 is outside",
+        "default/zero-mac: MAC 00:00:00:00:00:00 is not a unicast address",
+        "default/group-mac: MAC 01:00:5e:00:00:01 is not a unicast address",
+        "default/loopback-node: its node's tunnel address 127.0.0.1 is not a unicast address",
     ] {
         assert!(
             problems.iter().any(|p| p.contains(expected)),

@@ -581,16 +581,22 @@ async fn another_nodes_overlay_endpoint_is_applied_on_its_event() {
     let node_b = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-b",
         "annotations": {TUNNEL_ADDRESS_ANNOTATION: "198.51.100.2"}}});
     nodes
-        .patch("node-b", &PatchParams::apply("test"), &Patch::Apply(&node_b))
+        .patch(
+            "node-b",
+            &PatchParams::apply("test"),
+            &Patch::Apply(&node_b),
+        )
         .await
         .expect("node B recorded");
-    endpoint(&cluster, "here", "ov", json!({"netns": {"name": "here", "node": NODE}})).await;
+    endpoint(
+        &cluster,
+        "here",
+        "ov",
+        json!({"netns": {"name": "here", "node": NODE}}),
+    )
+    .await;
     wait_for(&cluster.api(), "here", "attached", is_attached).await;
-    let tunnel = cluster
-        .kernel
-        .applied()
-        .last()
-        .and_then(|a| a.state.tunnel);
+    let tunnel = cluster.kernel.applied().last().and_then(|a| a.state.tunnel);
     assert_eq!(tunnel, Some(FAKE_TUNNEL), "the node's own tunnel address");
 
     let overlay_applies_with = |id: &str| {
@@ -611,7 +617,10 @@ async fn another_nodes_overlay_endpoint_is_applied_on_its_event() {
     endpoint(&cluster, "far", "ov", far).await;
     let soon = Instant::now() + Duration::from_secs(5);
     while !overlay_applies_with("default/far").contains(&true) {
-        assert!(Instant::now() < soon, "no overlay apply with far within 5 s");
+        assert!(
+            Instant::now() < soon,
+            "no overlay apply with far within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -621,7 +630,10 @@ async fn another_nodes_overlay_endpoint_is_applied_on_its_event() {
         .expect("node B deleted");
     let soon = Instant::now() + Duration::from_secs(5);
     while overlay_applies_with("default/far").last() != Some(&false) {
-        assert!(Instant::now() < soon, "far's entries not gone with its Node within 5 s");
+        assert!(
+            Instant::now() < soon,
+            "far's entries not gone with its Node within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.stop().await;

@@ -473,5 +473,8 @@ fn another_programs_vxlan_device_with_the_same_id_keeps_its_traffic() {
     };
     let before = received();
     lan.exec("ping -c3 -i0.2 -W1 10.66.0.1");
-    assert!(received() > before, "the other program's VXLAN packets arrive");
+    assert!(
+        received() > before,
+        "the other program's VXLAN packets arrive"
+    );
 }

@@ -47,8 +47,8 @@ pub struct Context {
     /// Woken by every change of another node's Endpoint or of a Node: the overlay follower
     /// re-applies the overlay networks' entries.
     pub overlay_changed: Arc<Notify>,
-    /// The other nodes' part of the last apply that succeeded in full (`None` after one that
-    /// did not), written in the apply's turn.
+    /// The other nodes' part of the last apply of entries (full or overlay scope) that
+    /// succeeded in full (`None` after one that did not), written in the apply's turn.
     programmed: Arc<Mutex<Option<RemotePart>>>,
     /// Applies numbered in the order they ran, and the number of the one DNS serves.
     turns: Arc<AtomicU64>,
@@ -296,8 +296,11 @@ impl Context {
                     .ports
                     .retain(|port| !refused.contains_key(&HostPort::of(port)));
                 let mut report = kernel.apply(&state, &scope);
-                let done = report.as_ref().is_ok_and(Report::is_success);
-                *lock(&programmed) = done.then(|| elsewhere_part.clone());
+                // Only the scopes that converge the entries say what the kernel has of them.
+                if scope.has_overlay_entries() {
+                    let done = report.as_ref().is_ok_and(Report::is_success);
+                    *lock(&programmed) = done.then(|| elsewhere_part.clone());
+                }
                 drop(holder);
                 if let (Ok(report), Some(root)) = (&mut report, &resolv_conf_root) {
                     note_foreign_resolv_confs(report, &state, &scope, root, &resolv_conf_owner);

@@ -69,7 +69,10 @@ pub async fn announce(ctx: &Context) -> Result<(), Error> {
         Err(error) => {
             let why = pier_runtime::error_chain(&error);
             let before = lock(&ctx.tunnel).replace(Err(why.clone()));
-            if before.as_ref().is_none_or(|b| b.as_ref().err() != Some(&why)) {
+            if before
+                .as_ref()
+                .is_none_or(|b| b.as_ref().err() != Some(&why))
+            {
                 tracing::warn!(error = %why, "no tunnel address: overlay networks cannot be set up on this node");
                 ctx.overlay_changed.notify_one();
             }

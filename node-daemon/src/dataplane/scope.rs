@@ -60,6 +60,14 @@ impl Scope {
         }
     }
 
+    /// Whether the plan reads and converges the overlay devices' FDB and neighbour entries on
+    /// the state's remote endpoints: the full and overlay scopes. The attach and detach paths
+    /// leave existing entries to them (the agent's overlay apply follows every remote change),
+    /// so an attach costs the same whatever the number of endpoints on other nodes.
+    pub fn has_overlay_entries(&self) -> bool {
+        matches!(self, Scope::Full | Scope::Overlay)
+    }
+
     /// Whether the link `name` may be collected as garbage (if it is Pier's and unwanted).
     pub fn may_remove(&self, name: &str) -> bool {
         match self {

@@ -7,7 +7,7 @@
 //! - endpoints and removal: `lo`, the state's bridges and VXLAN devices, the scoped endpoints'
 //!   host veths and the links to remove, each by name, and the host's addresses;
 //! - overlay: `lo`, the overlay networks' bridges and VXLAN devices, by name;
-//! - always, for the overlay networks in scope: the FDB and neighbour entries of each VXLAN
+//! - full and overlay only, for the overlay networks in scope: the FDB and neighbour entries of each VXLAN
 //!   device that exists (one dump of each per device);
 //! - always, for the scoped endpoints: the identity (device and inode) of each bridge endpoint's
 //!   namespace file, and `lo`'s state inside each null endpoint's namespace;
@@ -149,8 +149,12 @@ impl Snapshot {
         }
     }
 
-    /// The FDB and neighbour entries of the VXLAN devices of the overlay networks in scope.
+    /// The FDB and neighbour entries of the VXLAN devices of the overlay networks in scope (in
+    /// the scopes that keep them: see [`Scope::has_overlay_entries`]).
     fn read_overlay_entries(&mut self, host: &Nl, state: &NodeState, scope: &Scope) {
+        if !scope.has_overlay_entries() {
+            return;
+        }
         let overlays = state
             .networks
             .iter()

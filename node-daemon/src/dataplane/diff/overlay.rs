@@ -42,7 +42,11 @@ pub(super) fn network(diff: &mut Diff<'_>, network: &NetworkState) {
         proxy: true,
     };
     let created = device(diff, network, conf);
-    entries(diff, network, local, created);
+    // A device made now gets its entries at once; an existing one's are kept by the scopes
+    // that read them (an attach does not pay for every remote endpoint of the network).
+    if created || diff.scope.has_overlay_entries() {
+        entries(diff, network, local, created);
+    }
 }
 
 /// The VXLAN device: created, re-made (settings the kernel cannot change) or fixed. Says whether

@@ -354,7 +354,7 @@ fn userdata_tells_nft_the_key_byte_order() {
 #[test]
 fn other_engines_bridges_are_set_elements_and_the_rules_stay_constant() {
     let host_bridges = vec!["docker0".to_owned(), "virbr0".to_owned()];
-    let ruleset = render_with(&NodeState::default(), &host_bridges);
+    let ruleset = render_with(&NodeState::default(), &host_bridges, None);
     assert_eq!(
         shown(&ruleset, SET_HOST_BRIDGES),
         ["\"docker0\"", "\"virbr0\""]
@@ -406,4 +406,10 @@ fn overlay_peers_are_pairs_of_vxlan_id_and_tunnel_address() {
     assert_eq!(shown(&ruleset, SET_BRIDGES).len(), 2);
     assert!(shown(&ruleset, SET_MASQ).contains(&"10.21.0.0 (range start)".to_owned()));
     assert!(OVERLAY_PEERS_ONLY.contains(&format!("udp dport {VXLAN_PORT} ")));
+
+    // Only the ids whose device exists: 4096 may be another program's (Calico, Docker Swarm).
+    let made = BTreeSet::from([70000]);
+    let ruleset = render_with(&state, &[], Some(&made));
+    assert_eq!(shown(&ruleset, SET_OVERLAY_IDS), ["70000"]);
+    assert_eq!(shown(&ruleset, SET_OVERLAY_PEERS), ["70000 . 10.0.0.3"]);
 }

@@ -23,6 +23,8 @@
 #   one answered (so it over-counts by at most that round, whose length is recorded).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/pier-up.sh
+. benches/pier-up.sh
 
 runs="${PIER_BENCH_RUNS:-10}"
 scales="${PIER_BENCH_SCALE:-100}"
@@ -111,21 +113,8 @@ ip netns exec "$node" ip link set lo up
 up_cmd=("$pier" up --data-dir "$data" --listen 127.0.0.1:0 --node-netns "/run/netns/$node"
   --node-name node-a --resync-seconds 10)
 echo "== local: ${up_cmd[*]}"
-"${up_cmd[@]}" >"$work/up.out" 2>"$work/up.log" &
-up_pid=$!
-for _ in $(seq 600); do
-  grep -qx ready "$work/up.out" 2>/dev/null && break
-  kill -0 "$up_pid" 2>/dev/null || { echo "pier up exited" >&2; exit 1; }
-  sleep 0.1
-done
-grep -qx ready "$work/up.out" || { echo "pier up not ready after 60 s" >&2; exit 1; }
-kubeconfig="$data/kubeconfig"
-kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
-server="$(kc config view --raw -o jsonpath='{.clusters[0].cluster.server}')"
-token="$(kc config view --raw -o jsonpath='{.users[0].user.token}')"
-kc config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$work/ca.pem"
-printf 'header = "Authorization: Bearer %s"\n' "$token" >"$work/auth.curlrc"
-api() { curl -sS --fail-with-body --cacert "$work/ca.pem" -K "$work/auth.curlrc" "$@"; }
+pier_up_start "$work/up.out" "$work/up.log" "${up_cmd[@]}"
+pier_api_client "$data/kubeconfig" "$work"
 ep_url() { echo "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints/$1?fieldManager=pier-bench&force=true"; }
 ep_json() { # name address
   printf '{"apiVersion":"pier.dev/v1alpha1","kind":"Endpoint","metadata":{"name":"%s","namespace":"%s","labels":{"pier-bench":"%s"}},"spec":{"network":"%s","target":{"netns":{"name":"%s"}},"ipv4Address":"%s"}}' \

@@ -43,6 +43,8 @@
 #   the remote Endpoints the API server holds (Ready, address, MAC, their node's tunnel address).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/pier-up.sh
+. benches/pier-up.sh
 
 runs="${PIER_BENCH_RUNS:-10}"
 per_node="${PIER_BENCH_PER_NODE:-30}"
@@ -161,22 +163,9 @@ done
 up_cmd=("$pier" up --data-dir "$data" --listen 127.0.0.1:0 --node-netns "/run/netns/${node_ns[0]}"
   --node-name "${node_name[0]}" --resync-seconds 10)
 echo "== overlay: ${up_cmd[*]}"
-"${up_cmd[@]}" >"$work/up.out" 2>"$work/node-a.log" &
-up_pid=$!
-for _ in $(seq 600); do
-  grep -qx ready "$work/up.out" 2>/dev/null && break
-  kill -0 "$up_pid" 2>/dev/null || { echo "pier up exited" >&2; exit 1; }
-  sleep 0.1
-done
-grep -qx ready "$work/up.out" || { echo "pier up not ready after 60 s" >&2; exit 1; }
-kubeconfig="$data/kubeconfig"
-kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
-server="$(kc config view --raw -o jsonpath='{.clusters[0].cluster.server}')"
+pier_up_start "$work/up.out" "$work/node-a.log" "${up_cmd[@]}"
+pier_api_client "$data/kubeconfig" "$work"
 api_port="${server##*:}"
-token="$(kc config view --raw -o jsonpath='{.users[0].user.token}')"
-kc config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$work/ca.pem"
-printf 'header = "Authorization: Bearer %s"\n' "$token" >"$work/auth.curlrc"
-api() { curl -sS --fail-with-body --cacert "$work/ca.pem" -K "$work/auth.curlrc" "$@"; }
 eps_url="$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints"
 ep_url() { echo "$eps_url/$1?fieldManager=pier-bench&force=true"; }
 ep_json() { # name node-index phase [address]: an Endpoint in the overlay Network on that node
@@ -412,7 +401,7 @@ for k in 0 1; do
   ip -n "${node_ns[$k]}" link set direct0 up
 done
 wait_until "node A reaches node B on the MTU $overlay_mtu underlay link" 10 \
-  ip netns exec "${node_ns[0]}" ping -n -c1 -W0.5 -M do -s $((overlay_mtu - 28)) "${direct_ip[1]}"
+  ip netns exec "${node_ns[0]}" ping -n -c1 -W0.5 -M "do" -s $((overlay_mtu - 28)) "${direct_ip[1]}"
 # The kernel's VXLAN set up by hand the way Pier (and Docker's overlay driver) does it, beside
 # Pier's on the same nodes: bridge + VXLAN device (learning off, proxy ARP, static FDB and
 # neighbour entries) + a veth per container, same MTU; another VXLAN id and UDP port, so none of
@@ -438,7 +427,7 @@ for k in 0 1; do
   bridge -n "${node_ns[$k]}" fdb add "$mac" dev kvx0 dst "${node_ip[$o]}" self permanent
 done
 wait_until "the hand-made VXLAN pair reaches across" 10 \
-  ip netns exec "${handmade[0]}" ping -n -c1 -W0.5 -M do -s $((overlay_mtu - 28)) "${handmade_ip[1]}"
+  ip netns exec "${handmade[0]}" ping -n -c1 -W0.5 -M "do" -s $((overlay_mtu - 28)) "${handmade_ip[1]}"
 iperf_gbps() { # server-namespace server-address client-namespace
   ip netns exec "$1" iperf3 -s -1 -B "$2" -p 5201 >/dev/null 2>&1 &
   local srv=$! out

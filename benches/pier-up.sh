@@ -1,0 +1,31 @@
+# Sourced by the benches that drive `pier up` over its API (local.sh, overlay.sh).
+
+# pier_up_start OUT LOG COMMAND...: starts COMMAND (a `pier up` command line) in the background,
+# its stdout in OUT and its stderr in LOG, sets up_pid, and waits up to 60 s for its `ready` line.
+pier_up_start() {
+  local out="$1" log="$2"
+  shift 2
+  "$@" >"$out" 2>"$log" &
+  up_pid=$!
+  for _ in $(seq 600); do
+    grep -qx ready "$out" 2>/dev/null && return 0
+    kill -0 "$up_pid" 2>/dev/null || { echo "pier up exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "pier up not ready after 60 s" >&2
+  exit 1
+}
+
+# pier_api_client KUBECONFIG DIR: kc (kubectl on KUBECONFIG), server, token and api (curl with
+# the kubeconfig's CA and token, kept in DIR).
+pier_api_client() {
+  kubeconfig="$1"
+  api_dir="$2"
+  server="$(kc config view --raw -o jsonpath='{.clusters[0].cluster.server}')"
+  token="$(kc config view --raw -o jsonpath='{.users[0].user.token}')"
+  kc config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' \
+    | base64 -d >"$api_dir/ca.pem"
+  printf 'header = "Authorization: Bearer %s"\n' "$token" >"$api_dir/auth.curlrc"
+}
+kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
+api() { curl -sS --fail-with-body --cacert "$api_dir/ca.pem" -K "$api_dir/auth.curlrc" "$@"; }

@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # server and token are the sourcing script's to use
 # Sourced by the benches that drive `pier up` over its API (local.sh, overlay.sh).
 
 # pier_up_start OUT LOG COMMAND...: starts COMMAND (a `pier up` command line) in the background,

@@ -68,9 +68,19 @@ impl ResolvConf {
 /// What the `Attached` condition says of a namespace whose resolv.conf Pier left alone.
 pub const FOREIGN_NOTE: &str = "resolv.conf left as it was: not written by Pier";
 
-/// The owner name of the DNS server of node namespace `host_netns` (`None`: the process's own).
+/// The owner name of the DNS server of node namespace `host_netns` (`None`: the process's own,
+/// named by the kernel's identity of it, `net:[INODE]`). It must tell apart every agent sharing
+/// the machine's `/etc/netns` (several `pier node`s in their own namespaces beside `pier up`, as
+/// in the multi-node tests): a writer adopts and later removes the files of its owner, so two
+/// agents under one name would take each other's files away. It stays the same across restarts
+/// of the agent in the same namespace.
 pub fn owner_of(host_netns: Option<&Path>) -> String {
-    host_netns.map_or_else(|| "(own)".to_owned(), |p| p.display().to_string())
+    match host_netns {
+        Some(path) => path.display().to_string(),
+        None => std::fs::read_link("/proc/self/ns/net")
+            .map(|target| target.display().to_string())
+            .unwrap_or_else(|_| "(own)".to_owned()),
+    }
 }
 
 /// The named namespaces of `state` that get a resolv.conf (endpoints on DNS-enabled networks).
@@ -273,6 +283,16 @@ fn is_plain_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Agents in different namespaces never share an owner name (they would take each other's
+    /// files away); the process's own namespace is named by the kernel's identity of it.
+    #[test]
+    fn the_own_namespace_is_named_by_its_identity() {
+        let own = owner_of(None);
+        assert!(own.starts_with("net:["), "{own}");
+        assert_eq!(own, owner_of(None), "stable");
+        assert_eq!(owner_of(Some(Path::new("/run/netns/a"))), "/run/netns/a");
+    }
     use crate::state::{Attachment, BridgeAttachment, Driver, EndpointState, NetworkState};
 
     #[test]

@@ -169,6 +169,53 @@ impl Driver {
     }
 }
 
+/// What of a Network the Endpoints waiting for it depend on: its identity and what the operator
+/// allocated (not its endpoint count, which changes with every attach).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocated {
+    pub uid: Option<String>,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+    pub vxlan_id: Option<u32>,
+    pub mtu: Option<i32>,
+}
+
+impl Network {
+    /// What the Endpoints waiting for this Network depend on.
+    pub fn allocated(&self) -> Allocated {
+        let status = self.status.as_ref();
+        Allocated {
+            uid: self.metadata.uid.clone(),
+            subnet: status.and_then(|s| s.subnet.clone()),
+            gateway: status.and_then(|s| s.gateway.clone()),
+            vxlan_id: status.and_then(|s| s.vxlan_id),
+            mtu: status.and_then(|s| s.mtu),
+        }
+    }
+}
+
+/// Tells the watch events of Networks whose allocation changed from the rest (the endpoint
+/// count is rewritten on every attach: waking every Endpoint waiting on the network for each
+/// would make filling a network quadratic).
+#[derive(Debug, Default)]
+pub struct AllocationChanges {
+    seen: std::sync::Mutex<BTreeMap<String, Allocated>>,
+}
+
+impl AllocationChanges {
+    /// Whether `network`'s allocation differs from the last one seen under its name (the first
+    /// event of a name counts as a change).
+    pub fn changed(&self, network: &Network) -> bool {
+        let name = network.metadata.name.clone().unwrap_or_default();
+        let allocated = network.allocated();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.insert(name, allocated.clone()) != Some(allocated)
+    }
+}
+
 /// What the operator allocated for a Network, and how it is doing.
 #[derive(KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -203,4 +250,26 @@ pub struct NetworkStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allocation_changes_count() {
+        let changes = AllocationChanges::default();
+        let mut network = Network::new("ov", NetworkSpec::default());
+        network.metadata.uid = Some("u1".into());
+        assert!(changes.changed(&network), "the first event");
+        assert!(!changes.changed(&network));
+        let status = network.status.get_or_insert_with(NetworkStatus::default);
+        status.endpoints = 7;
+        assert!(!changes.changed(&network), "the endpoint count is no allocation");
+        let status = network.status.get_or_insert_with(NetworkStatus::default);
+        status.subnet = Some("10.0.0.0/24".into());
+        assert!(changes.changed(&network));
+        network.metadata.uid = Some("u2".into());
+        assert!(changes.changed(&network), "a re-created network");
+    }
 }

@@ -260,17 +260,21 @@ impl Controllers {
         let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store.clone());
         let sharers = store;
         let default = default_network.to_owned();
+        let allocation_changes = pier_crds::network::AllocationChanges::default();
         let endpoint = endpoint
             .watches(networks, wc(), move |net| {
+                if !allocation_changes.changed(&net) {
+                    return Vec::new();
+                }
                 let name = net.name_any();
                 by_network
                     .state()
                     .into_iter()
                     .filter(|e| endpoint::network_of(e, &default) == name)
-                    // Only those still waiting for it: an allocated Endpoint does not depend on
-                    // anything of its Network that can change (subnet and driver are immutable),
-                    // and requeueing all of them on every endpoint-count update would make
-                    // filling a network quadratic.
+                    // Only those still waiting for it, and only when its allocation changed: an
+                    // allocated Endpoint does not depend on anything of its Network that can
+                    // change (subnet and driver are immutable), and requeueing them on every
+                    // endpoint-count update would make filling a network quadratic.
                     .filter(|e| {
                         !e.status.as_ref().is_some_and(|s| {
                             pier_crds::conditions::is_true(

@@ -348,13 +348,17 @@ fn run_endpoints(
     ctx: &Arc<Context>,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
-    // A Network's status being filled concerns its endpoints here that wait for it. Only those:
-    // the operator rewrites a Network's status on every endpoint it gains, and waking all of
-    // its attached endpoints each time would make filling a network quadratic. What else can
-    // change (the MTU) the next resync applies.
+    // A Network's status being filled concerns its endpoints here that wait for it. Only those,
+    // and only when its allocation changed: the operator rewrites a Network's status on every
+    // endpoint it gains, and waking its waiting endpoints each time would make filling a network
+    // quadratic. What else can change the next resync applies.
     let by_network = controller.store();
+    let allocation_changes = pier_crds::network::AllocationChanges::default();
     controller
         .watches(network_api, watcher::Config::default(), move |net| {
+            if !allocation_changes.changed(&net) {
+                return Vec::new();
+            }
             let name = net.name_any();
             by_network
                 .state()

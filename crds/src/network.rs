@@ -265,7 +265,10 @@ mod tests {
         assert!(!changes.changed(&network));
         let status = network.status.get_or_insert_with(NetworkStatus::default);
         status.endpoints = 7;
-        assert!(!changes.changed(&network), "the endpoint count is no allocation");
+        assert!(
+            !changes.changed(&network),
+            "the endpoint count is no allocation"
+        );
         let status = network.status.get_or_insert_with(NetworkStatus::default);
         status.subnet = Some("10.0.0.0/24".into());
         assert!(changes.changed(&network));

@@ -46,12 +46,7 @@ subnet_prefix="10.231"
 cleanup() {
   local rc=$?
   set +e
-  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
-    kill -INT "$up_pid"
-    for _ in $(seq 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$up_pid" 2>/dev/null && kill -KILL "$up_pid"
-    wait "$up_pid" 2>/dev/null
-  fi
+  pier_up_stop
   if [ -d "$data" ]; then
     "$pier" down --data-dir "$data" --node-netns "/run/netns/$node" --purge >"$work/down.log" 2>&1 \
       || { echo "pier down:"; cat "$work/down.log"; } >&2

@@ -87,12 +87,7 @@ cleanup() {
   for ((i = ${#pgroups[@]} - 1; i >= 0; i--)); do kill -TERM -- "-${pgroups[$i]}" 2>/dev/null; done
   sleep 0.5
   for g in "${pgroups[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
-  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
-    kill -INT "$up_pid"
-    for _ in $(seq 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$up_pid" 2>/dev/null && kill -KILL "$up_pid"
-    wait "$up_pid" 2>/dev/null
-  fi
+  pier_up_stop
   if [ -d "$data" ]; then
     "$pier" down --data-dir "$data" --node-netns "/run/netns/${node_ns[0]}" --purge >"$work/down.log" 2>&1 \
       || { echo "pier down:"; cat "$work/down.log"; } >&2

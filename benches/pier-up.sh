@@ -18,6 +18,16 @@ pier_up_start() {
   exit 1
 }
 
+# pier_up_stop: stops the `pier up` of pier_up_start (SIGINT, then SIGKILL after 20 s), if any.
+pier_up_stop() {
+  if [ -n "${up_pid:-}" ] && kill -0 "$up_pid" 2>/dev/null; then
+    kill -INT "$up_pid"
+    for _ in $(seq 100); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$up_pid" 2>/dev/null && kill -KILL "$up_pid"
+    wait "$up_pid" 2>/dev/null
+  fi
+}
+
 # pier_api_client KUBECONFIG DIR: kc (kubectl on KUBECONFIG), server, token and api (curl with
 # the kubeconfig's CA and token, kept in DIR).
 pier_api_client() {

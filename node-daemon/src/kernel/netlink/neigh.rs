@@ -32,6 +32,19 @@ pub struct NeighbourEntry {
 }
 
 impl Nl {
+    /// Runs one neighbour dump request (FDB or IPv4) for the device `name`.
+    fn dump_neighbours(
+        &self,
+        request: rtnetlink::NeighbourGetRequest,
+        name: &str,
+    ) -> Result<Vec<NeighbourMessage>, NetlinkError> {
+        self.block_on(request.execute().try_collect::<Vec<_>>())
+            .map_err(|source| NetlinkError::ListNeighbours {
+                link: name.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
     /// The device's own FDB entries (one dump filtered by the kernel to the device).
     pub fn fdb_entries(&self, index: u32, name: &str) -> Result<Vec<FdbEntry>, NetlinkError> {
         let mut request = self.handle().neighbours().get();
@@ -45,12 +58,7 @@ impl Nl {
         message
             .attributes
             .push(NeighbourAttribute::Other(DefaultNla::new(0, Vec::new())));
-        let messages = self
-            .block_on(request.execute().try_collect::<Vec<_>>())
-            .map_err(|source| NetlinkError::ListNeighbours {
-                link: name.to_owned(),
-                source: Box::new(source),
-            })?;
+        let messages = self.dump_neighbours(request, name)?;
         Ok(messages
             .into_iter()
             .filter(|m| m.header.ifindex == index && m.header.flags.contains(NeighbourFlags::Own))
@@ -107,12 +115,7 @@ impl Nl {
         let message = request.message_mut();
         message.header.family = AddressFamily::Inet;
         message.attributes.push(NeighbourAttribute::IfIndex(index));
-        let messages = self
-            .block_on(request.execute().try_collect::<Vec<_>>())
-            .map_err(|source| NetlinkError::ListNeighbours {
-                link: name.to_owned(),
-                source: Box::new(source),
-            })?;
+        let messages = self.dump_neighbours(request, name)?;
         Ok(messages
             .into_iter()
             .filter(|m| m.header.ifindex == index)

@@ -337,10 +337,20 @@ impl Controllers {
             .default_backoff()
             .reflect(writer)
             .touched_objects();
-        let pod = Controller::new(pods, wc()).watches_stream(targeting, |ep: Endpoint| {
-            let pod = ep.spec.target.pod.as_ref()?;
-            Some(ObjectRef::<Pod>::new(&pod.name).within(&ep.namespace()?))
-        });
+        // Every Pod of the cluster, kept in the store with only what the controller reads.
+        let (pod_reader, pod_writer) = reflector::store();
+        let all_pods = watcher(pods, wc())
+            .default_backoff()
+            .modify(pod::keep_what_is_read)
+            .reflect(pod_writer)
+            .applied_objects();
+        let pod = Controller::for_stream(all_pods, pod_reader).watches_stream(
+            targeting,
+            |ep: Endpoint| {
+                let pod = ep.spec.target.pod.as_ref()?;
+                Some(ObjectRef::<Pod>::new(&pod.name).within(&ep.namespace()?))
+            },
+        );
         Controllers {
             network,
             endpoint,

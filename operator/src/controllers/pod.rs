@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodSpec, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -33,6 +33,24 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error
 /// The error policy: backoff.
 pub fn error_policy(pod: Arc<Pod>, error: &Error, ctx: Arc<Context>) -> Action {
     super::error_policy(pod, error, ctx, NAME)
+}
+
+/// Strips a watched Pod down to what this controller reads (metadata but managed fields, the
+/// readiness gates, hostNetwork, phase and conditions): the store holds every Pod of the
+/// cluster, and most of a Pod (containers, volumes, statuses) is of no use here.
+pub fn keep_what_is_read(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        readiness_gates: spec.readiness_gates,
+        host_network: spec.host_network,
+        node_name: spec.node_name,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        conditions: status.conditions,
+        ..PodStatus::default()
+    });
 }
 
 /// Whether the Pod lists the `pier.dev/attached` readiness gate.
@@ -75,6 +93,12 @@ fn wanted(pod: &Pod) -> Result<Vec<pier_crds::pod::PodNetwork>, String> {
 }
 
 async fn apply(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
+    // Most Pods of a cluster ask nothing of Pier: they cost no more than this. (An Endpoint made
+    // for an earlier Pod of the name goes through the Endpoint controller, see `orphaned`.)
+    let annotated = pod.annotations().contains_key(NETWORKS_ANNOTATION);
+    if !annotated && !has_gate(pod) {
+        return Ok(Action::await_change());
+    }
     let facts = facts(pod);
     let all = ctx
         .stores
@@ -86,10 +110,6 @@ async fn apply(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
         })?;
     let mine = pod_networks::endpoints_of(&facts, all.iter().map(|e| &**e));
     let wanted = wanted(pod);
-    let annotated = pod.annotations().contains_key(NETWORKS_ANNOTATION);
-    if !annotated && !has_gate(pod) && mine.is_empty() {
-        return Ok(Action::await_change());
-    }
     let plan = pod_networks::plan(&facts, wanted.as_ref().ok().map(Vec::as_slice), &mine);
     let api: Api<Endpoint> = Api::namespaced(ctx.client.clone(), facts.namespace);
     let mut problems: Vec<String> = wanted.err().into_iter().collect();

@@ -244,8 +244,12 @@ pub fn readiness(problems: &[String], wanted: &[String], mine: &[&Endpoint]) -> 
                 format!("endpoint {name} is not attached ({why})"),
             );
         }
+        let address = status
+            .ipv4_address
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default();
         attached.push(format!(
-            "{} on {}",
+            "{}{address} on {}",
             status.interface.unwrap_or_default(),
             status.network.unwrap_or_default()
         ));

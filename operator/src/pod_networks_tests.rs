@@ -223,10 +223,13 @@ fn the_pod_is_attached_only_when_every_endpoint_is() {
     let r = readiness(&[], &wanted, &[&a, &b]);
     assert!(r.message.contains("PodNetnsNotFound"), "{}", r.message);
 
-    let b = with_conditions(made(&web(), UID, "b", "net2"), Some(true));
+    let mut b = with_conditions(made(&web(), UID, "b", "net2"), Some(true));
+    if let Some(status) = b.status.as_mut() {
+        status.ipv4_address = Some("172.18.0.2".into());
+    }
     let r = readiness(&[], &wanted, &[&a, &b]);
     assert_eq!((r.attached, r.reason), (true, reason::ATTACHED));
-    assert_eq!(r.message, "attached: net1 on a, net2 on b");
+    assert_eq!(r.message, "attached: net1 on a, net2 172.18.0.2 on b");
 }
 
 #[test]

@@ -122,6 +122,7 @@ async fn an_annotated_pod_gets_endpoints_it_owns_and_is_ready_once_all_are_attac
         ["web-1", "web"],
         "the Pod's name, then the aliases"
     );
+    let open_address = address(&open);
     assert_eq!(
         open.status.and_then(|s| s.interface).as_deref(),
         Some("net2")
@@ -141,7 +142,15 @@ async fn an_annotated_pod_gets_endpoints_it_owns_and_is_ready_once_all_are_attac
     .await;
     node_attaches(&eps, "web-1-ch-open").await;
     let message = wait_attached(&pods, "web-1", "True", "Attached").await;
-    assert_eq!(message, "attached: net1 on workshop-tage, net2 on ch-open");
+    let (net1, net2) = (address(&tage), open_address);
+    assert_eq!(
+        message,
+        format!(
+            "attached: net1 {} on workshop-tage, net2 {} on ch-open",
+            net1.unwrap_or_default(),
+            net2.unwrap_or_default()
+        )
+    );
     let note = event_with(&client, "default", "web-1", "Connected").await;
     assert!(note.contains("to network"), "{note}");
 }
@@ -260,4 +269,66 @@ async fn a_bad_annotation_is_said_on_the_pod_and_breaks_nothing_else() {
     assert!(eps.get_opt("good-a").await.expect("get").is_some(), "kept");
     assert_eq!(endpoints_of(&eps, "typo").await, Vec::<String>::new());
     assert_eq!(endpoints_of(&eps, "host").await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_written_endpoints_count_for_the_gate_and_a_finished_pod_lets_go() {
+    let (_server, client) = cluster().await;
+    let _op = Operator::start(&client, config("op-1"));
+    networks(&client, &["a", "b"]).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+
+    // A gated Pod with no annotation waits for an Endpoint; a hand-written one counts.
+    create(&pods, &pod("gated", None, json!({}))).await;
+    wait_attached(&pods, "gated", "False", "NoEndpoints").await;
+    let by_hand: Endpoint = object(
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+        "metadata": {"name": "by-hand", "namespace": "default"},
+        "spec": {"network": "a", "target": {"pod": {"name": "gated"}}}}),
+    );
+    create(&eps, &by_hand).await;
+    let by_hand = allocated(&eps, "by-hand").await;
+    let status = by_hand.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.interface.as_deref(),
+        Some("net1"),
+        "a Pod's first is net1"
+    );
+    assert_eq!(
+        status.dns_names,
+        ["by-hand"],
+        "its own name: not made for the Pod"
+    );
+    node_attaches(&eps, "by-hand").await;
+    wait_attached(&pods, "gated", "True", "Attached").await;
+
+    // eth0 is the cluster network's: refused.
+    let eth0: Endpoint = object(
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+        "metadata": {"name": "eth0", "namespace": "default"},
+        "spec": {"network": "b", "interface": "eth0", "target": {"pod": {"name": "gated"}}}}),
+    );
+    create(&eps, &eth0).await;
+    let refused = wait_for(&eps, "eth0", "refused", |e| {
+        endpoint_reason(e) == "InterfaceInUse"
+    })
+    .await;
+    let message = endpoint_ready(&refused).map(|r| r.2).unwrap_or_default();
+    assert!(message.contains("cluster network"), "{message}");
+
+    // A Job's Pod that has finished: its namespace is gone, so are its Endpoints.
+    create(&pods, &pod("job", Some("a, b"), json!({}))).await;
+    allocated(&eps, "job-a").await;
+    allocated(&eps, "job-b").await;
+    let finished = json!({"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Succeeded"}});
+    pods.patch_status(
+        "job",
+        &PatchParams::apply("kubelet").force(),
+        &Patch::Apply(&finished),
+    )
+    .await
+    .expect("phase written");
+    wait_gone(&eps, "job-a").await;
+    wait_gone(&eps, "job-b").await;
 }

@@ -299,8 +299,11 @@ fn own_endpoint(
         pier_crds::Driver::Bridge | pier_crds::Driver::Overlay => {
             let bridge = bridge_attachment(inputs, network_name, network, status)?;
             // The operator names one Endpoint per namespace; a second claim is a status not
-            // updated yet, and a namespace has one default route.
-            let default_route = bridge.default_route && routed_namespaces.insert(netns.clone());
+            // updated yet, and a namespace has one default route. A Pod's is its cluster
+            // network's, whatever a status (of an older operator) says.
+            let default_route = bridge.default_route
+                && endpoint.spec.target.pod.is_none()
+                && routed_namespaces.insert(netns.clone());
             Attachment::Bridge(BridgeAttachment {
                 default_route,
                 ..bridge
@@ -1260,6 +1263,45 @@ mod tests {
                 ("default/con3-tage".to_owned(), false)
             ]
         );
+    }
+
+    /// A Pod's default route is its cluster network's: no status makes Pier take it.
+    #[test]
+    fn a_pod_never_gets_the_default_route() {
+        let networks = [bridge("tage", "172.18.0.0/16", "172.18.0.1")];
+        let mut on_pod = (*endpoint("web-tage", "unused", "tage", "172.18.0.4", "net1", 1)).clone();
+        on_pod.spec.target = EndpointTarget {
+            pod: Some(pier_crds::endpoint::LocalObjectReference { name: "web".into() }),
+            ..EndpointTarget::default()
+        };
+        if let Some(status) = on_pod.status.as_mut() {
+            status.default_route = None;
+        }
+        let pod_netns =
+            HashMap::from([("default/web".to_owned(), PathBuf::from("/proc/1/ns/net"))]);
+        let built = build(Inputs {
+            node: NODE,
+            networks: &networks,
+            endpoints: &[Arc::new(on_pod)],
+            ports: &[],
+            host_subnets: &[],
+            pod_netns: &pod_netns,
+            netns_targets: true,
+            remote_endpoints: &[],
+            tunnels: &HashMap::new(),
+            tunnel: None,
+            tunnel_problem: None,
+        });
+        let routes: Vec<bool> = built
+            .state
+            .endpoints
+            .iter()
+            .filter_map(|e| match &e.attachment {
+                Attachment::Bridge(b) => Some(b.default_route),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(routes, [false]);
     }
 
     /// DNS names are those of the status (the Endpoint's name first, then its aliases), not the

@@ -2,10 +2,15 @@
 //! document decodes into its typed kind without losing a field (a misspelt field would be dropped
 //! silently by `kubectl apply`), passes the CRD's schema and CEL rules, and the folders can be
 //! applied together (no object, namespace or fixed host port is used by two of them).
+//! The Kubernetes workloads of `examples/pods/` (Pods, Deployments) decode the same way into
+//! their k8s-openapi types.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResourceExt;
 use pier_crds::{Endpoint, Network, PortPublish};
 use serde::Deserialize;
@@ -54,6 +59,10 @@ impl Document {
 
     fn kind(&self) -> &str {
         self.value["kind"].as_str().unwrap_or_default()
+    }
+
+    fn api_version(&self) -> &str {
+        self.value["apiVersion"].as_str().unwrap_or_default()
     }
 
     fn name(&self) -> &str {
@@ -114,10 +123,10 @@ fn lost_fields(original: &Value, decoded: &Value, at: &str, lost: &mut Vec<Strin
     }
 }
 
-/// Decodes into `K`, requires every field to survive, and checks the CRD's schema and rules.
-fn check<K>(document: &Document) -> K
+/// Decodes into `K` and requires every field to survive the round trip.
+fn decode<K>(document: &Document) -> K
 where
-    K: DeserializeOwned + serde::Serialize + CustomResourceExt,
+    K: DeserializeOwned + serde::Serialize,
 {
     let at = document.at();
     let object: K = serde_json::from_value(document.value.clone())
@@ -126,6 +135,16 @@ where
     let mut lost = Vec::new();
     lost_fields(&document.value, &again, "", &mut lost);
     assert!(lost.is_empty(), "{at}: unknown or changed fields {lost:?}");
+    object
+}
+
+/// Decodes into `K`, requires every field to survive, and checks the CRD's schema and rules.
+fn check<K>(document: &Document) -> K
+where
+    K: DeserializeOwned + serde::Serialize + CustomResourceExt,
+{
+    let at = document.at();
+    let object: K = decode(document);
 
     let crd = K::crd();
     let schema = crd.spec.versions[0]
@@ -159,24 +178,51 @@ fn every_example_manifest_is_a_valid_pier_object() {
     );
     for document in &documents {
         let at = document.at();
-        assert_eq!(
-            document.value["apiVersion"], "pier.dev/v1alpha1",
-            "{at}: apiVersion"
-        );
         assert!(!document.name().is_empty(), "{at}: no metadata.name");
-        match document.kind() {
-            "Network" => {
+        match (document.api_version(), document.kind()) {
+            ("pier.dev/v1alpha1", "Network") => {
                 check::<Network>(document);
             }
-            "Endpoint" => {
+            ("pier.dev/v1alpha1", "Endpoint") => {
                 check::<Endpoint>(document);
             }
-            "PortPublish" => {
+            ("pier.dev/v1alpha1", "PortPublish") => {
                 check::<PortPublish>(document);
             }
-            other => panic!("{at}: kind {other:?} is not a Pier kind"),
+            // The workloads Pier attaches by annotation, decoded strictly.
+            ("v1", "Pod") | ("apps/v1", "Deployment") if document.folder() == PODS => {
+                workload(document);
+            }
+            (api_version, kind) => {
+                panic!("{at}: {api_version} {kind} is not a Pier kind (or a workload in {PODS}/)")
+            }
         }
     }
+}
+
+/// The folder whose manifests are Kubernetes workloads attached by annotation.
+const PODS: &str = "pods";
+
+/// A Pod or a Deployment decoded strictly: where it is (for messages), its Pod's metadata and spec.
+fn workload(document: &Document) -> (String, ObjectMeta, PodSpec) {
+    let at = document.at();
+    let (metadata, spec) = match document.kind() {
+        "Pod" => {
+            let pod: Pod = decode(document);
+            (pod.metadata, pod.spec)
+        }
+        "Deployment" => {
+            let deployment: Deployment = decode(document);
+            let template = deployment
+                .spec
+                .map(|spec| spec.template)
+                .unwrap_or_default();
+            (template.metadata.unwrap_or_default(), template.spec)
+        }
+        other => panic!("{at}: {other} is not a workload"),
+    };
+    let spec = spec.unwrap_or_else(|| panic!("{at}: no Pod spec"));
+    (at, metadata, spec)
 }
 
 #[test]

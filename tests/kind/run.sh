@@ -106,7 +106,7 @@ echo ok
 
 step "3. networks are isolated: con3 (ch-open) reaches neither con1's address nor its name"
 if kubectl exec con3 -- ping -c1 -W2 "$CON1_IP" >/dev/null 2>&1; then fail "con3 reached $CON1_IP across networks"; fi
-if kubectl exec con3 -- nslookup con1 172.19.0.1 >/dev/null 2>&1; then fail "con3 resolved con1 across networks"; fi
+if kubectl exec con3 -- nslookup con1 10.219.0.1 >/dev/null 2>&1; then fail "con3 resolved con1 across networks"; fi
 echo ok
 
 step "4. docker network connect workshop-tage con3"

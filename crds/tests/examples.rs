@@ -3,7 +3,7 @@
 //! silently by `kubectl apply`), passes the CRD's schema and CEL rules, and the folders can be
 //! applied together (no object, namespace or fixed host port is used by two of them).
 //! The Kubernetes workloads of `examples/pods/` (Pods, Deployments) decode the same way into
-//! their k8s-openapi types.
+//! their k8s-openapi types, and what they ask of Pier is checked against that folder's Network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResourceExt;
+use pier_crds::pod::{
+    ATTACHED_CONDITION, NETWORKS_ANNOTATION, PodNetwork, endpoint_name, parse_networks,
+};
 use pier_crds::{Endpoint, Network, PortPublish};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -189,7 +192,8 @@ fn every_example_manifest_is_a_valid_pier_object() {
             ("pier.dev/v1alpha1", "PortPublish") => {
                 check::<PortPublish>(document);
             }
-            // The workloads Pier attaches by annotation, decoded strictly.
+            // Workloads attached by annotation: decoded strictly here, their annotation, gate and
+            // DNS checked in `the_pods_example_attaches_by_annotation_and_resolves_through_pier`.
             ("v1", "Pod") | ("apps/v1", "Deployment") if document.folder() == PODS => {
                 workload(document);
             }
@@ -293,5 +297,107 @@ fn example_folders_can_be_applied_together() {
             }
             _ => {}
         }
+    }
+}
+
+/// `examples/pods/`: every workload joins the folder's Networks through a readable
+/// `pier.dev/networks` annotation whose entries make valid Endpoints, waits for them through the
+/// readiness gate, and asks Pier's DNS on the gateway of the first network it joins; a
+/// Deployment of two or more replicas shares an alias (`web`, like a Compose service).
+#[test]
+fn the_pods_example_attaches_by_annotation_and_resolves_through_pier() {
+    let documents: Vec<Document> = documents()
+        .into_iter()
+        .filter(|d| d.folder() == PODS)
+        .collect();
+    let networks: BTreeMap<String, Network> = documents
+        .iter()
+        .filter(|d| d.kind() == "Network")
+        .map(|d| (d.name().to_owned(), check::<Network>(d)))
+        .collect();
+    let kinds: Vec<&str> = documents.iter().map(Document::kind).collect();
+    assert!(
+        ["Network", "Deployment", "Pod"]
+            .iter()
+            .all(|kind| kinds.contains(kind)),
+        "{PODS}/ shows a Network, a Deployment and a client Pod; found {kinds:?}"
+    );
+    let mut shared_alias = false;
+    for document in documents.iter().filter(|d| d.kind() != "Network") {
+        let (at, metadata, spec) = workload(document);
+        let entries = annotated_networks(&at, &metadata, &networks);
+        for entry in &entries {
+            check::<Endpoint>(&endpoint_of(document, entry));
+        }
+        let gates = spec.readiness_gates.unwrap_or_default();
+        assert!(
+            gates.iter().any(|g| g.condition_type == ATTACHED_CONDITION),
+            "{at}: no readiness gate {ATTACHED_CONDITION}"
+        );
+        let first = &networks[&entries[0].network];
+        let gateway = first.spec.gateway.clone().expect("checked above");
+        let dns = spec.dns_config.unwrap_or_default();
+        assert_eq!(spec.dns_policy.as_deref(), Some("None"), "{at}: dnsPolicy");
+        assert_eq!(dns.nameservers, Some(vec![gateway]), "{at}: nameservers");
+        let searches = dns.searches.unwrap_or_default();
+        assert_eq!(
+            searches.first(),
+            Some(&entries[0].network),
+            "{at}: the network's name is the first search"
+        );
+        let replicas = document.value["spec"]["replicas"].as_i64().unwrap_or(1);
+        shared_alias |= replicas >= 2 && entries.iter().any(|e| e.aliases.is_some());
+    }
+    assert!(
+        shared_alias,
+        "{PODS}/ shows a Deployment of replicas sharing an alias"
+    );
+}
+
+/// The workload's annotation, read as the operator reads it; every network it names is a
+/// Network of the folder with a fixed subnet and gateway (the Pods name the gateway).
+fn annotated_networks(
+    at: &str,
+    metadata: &ObjectMeta,
+    networks: &BTreeMap<String, Network>,
+) -> Vec<PodNetwork> {
+    let annotation = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(NETWORKS_ANNOTATION))
+        .unwrap_or_else(|| panic!("{at}: no {NETWORKS_ANNOTATION} annotation"));
+    let entries = parse_networks(annotation).unwrap_or_else(|e| panic!("{at}: {e}"));
+    assert!(!entries.is_empty(), "{at}: the annotation names no network");
+    for entry in &entries {
+        let network = networks.get(&entry.network).unwrap_or_else(|| {
+            panic!(
+                "{at}: network {:?} is not defined in {PODS}/",
+                entry.network
+            )
+        });
+        assert!(
+            network.spec.subnet.is_some() && network.spec.gateway.is_some(),
+            "{at}: network {} needs a fixed subnet and gateway",
+            entry.network
+        );
+    }
+    entries
+}
+
+/// The Endpoint the operator makes for one entry of a workload's annotation (the contract's
+/// spec), as a document for [`check`].
+fn endpoint_of(workload: &Document, entry: &PodNetwork) -> Document {
+    let pod = workload.name();
+    let mut spec = serde_json::to_value(entry).expect("encodes");
+    spec["target"] = serde_json::json!({"pod": {"name": pod}});
+    Document {
+        file: workload.file.clone(),
+        index: workload.index,
+        value: serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1",
+            "kind": "Endpoint",
+            "metadata": {"name": endpoint_name(pod, &entry.network)},
+            "spec": spec,
+        }),
     }
 }

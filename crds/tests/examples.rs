@@ -2,11 +2,19 @@
 //! document decodes into its typed kind without losing a field (a misspelt field would be dropped
 //! silently by `kubectl apply`), passes the CRD's schema and CEL rules, and the folders can be
 //! applied together (no object, namespace or fixed host port is used by two of them).
+//! The Kubernetes workloads of `examples/pods/` (Pods, Deployments) decode the same way into
+//! their k8s-openapi types, and what they ask of Pier is checked against that folder's Network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResourceExt;
+use pier_crds::pod::{
+    ATTACHED_CONDITION, NETWORKS_ANNOTATION, PodNetwork, endpoint_name, parse_networks,
+};
 use pier_crds::{Endpoint, Network, PortPublish};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -54,6 +62,10 @@ impl Document {
 
     fn kind(&self) -> &str {
         self.value["kind"].as_str().unwrap_or_default()
+    }
+
+    fn api_version(&self) -> &str {
+        self.value["apiVersion"].as_str().unwrap_or_default()
     }
 
     fn name(&self) -> &str {
@@ -114,10 +126,10 @@ fn lost_fields(original: &Value, decoded: &Value, at: &str, lost: &mut Vec<Strin
     }
 }
 
-/// Decodes into `K`, requires every field to survive, and checks the CRD's schema and rules.
-fn check<K>(document: &Document) -> K
+/// Decodes into `K` and requires every field to survive the round trip.
+fn decode<K>(document: &Document) -> K
 where
-    K: DeserializeOwned + serde::Serialize + CustomResourceExt,
+    K: DeserializeOwned + serde::Serialize,
 {
     let at = document.at();
     let object: K = serde_json::from_value(document.value.clone())
@@ -126,6 +138,16 @@ where
     let mut lost = Vec::new();
     lost_fields(&document.value, &again, "", &mut lost);
     assert!(lost.is_empty(), "{at}: unknown or changed fields {lost:?}");
+    object
+}
+
+/// Decodes into `K`, requires every field to survive, and checks the CRD's schema and rules.
+fn check<K>(document: &Document) -> K
+where
+    K: DeserializeOwned + serde::Serialize + CustomResourceExt,
+{
+    let at = document.at();
+    let object: K = decode(document);
 
     let crd = K::crd();
     let schema = crd.spec.versions[0]
@@ -159,24 +181,52 @@ fn every_example_manifest_is_a_valid_pier_object() {
     );
     for document in &documents {
         let at = document.at();
-        assert_eq!(
-            document.value["apiVersion"], "pier.dev/v1alpha1",
-            "{at}: apiVersion"
-        );
         assert!(!document.name().is_empty(), "{at}: no metadata.name");
-        match document.kind() {
-            "Network" => {
+        match (document.api_version(), document.kind()) {
+            ("pier.dev/v1alpha1", "Network") => {
                 check::<Network>(document);
             }
-            "Endpoint" => {
+            ("pier.dev/v1alpha1", "Endpoint") => {
                 check::<Endpoint>(document);
             }
-            "PortPublish" => {
+            ("pier.dev/v1alpha1", "PortPublish") => {
                 check::<PortPublish>(document);
             }
-            other => panic!("{at}: kind {other:?} is not a Pier kind"),
+            // Workloads attached by annotation: decoded strictly here, their annotation, gate and
+            // DNS checked in `the_pods_example_attaches_by_annotation_and_resolves_through_pier`.
+            ("v1", "Pod") | ("apps/v1", "Deployment") if document.folder() == PODS => {
+                workload(document);
+            }
+            (api_version, kind) => {
+                panic!("{at}: {api_version} {kind} is not a Pier kind (or a workload in {PODS}/)")
+            }
         }
     }
+}
+
+/// The folder whose manifests are Kubernetes workloads attached by annotation.
+const PODS: &str = "pods";
+
+/// A Pod or a Deployment decoded strictly: where it is (for messages), its Pod's metadata and spec.
+fn workload(document: &Document) -> (String, ObjectMeta, PodSpec) {
+    let at = document.at();
+    let (metadata, spec) = match document.kind() {
+        "Pod" => {
+            let pod: Pod = decode(document);
+            (pod.metadata, pod.spec)
+        }
+        "Deployment" => {
+            let deployment: Deployment = decode(document);
+            let template = deployment
+                .spec
+                .map(|spec| spec.template)
+                .unwrap_or_default();
+            (template.metadata.unwrap_or_default(), template.spec)
+        }
+        other => panic!("{at}: {other} is not a workload"),
+    };
+    let spec = spec.unwrap_or_else(|| panic!("{at}: no Pod spec"));
+    (at, metadata, spec)
 }
 
 #[test]
@@ -247,5 +297,107 @@ fn example_folders_can_be_applied_together() {
             }
             _ => {}
         }
+    }
+}
+
+/// `examples/pods/`: every workload joins the folder's Networks through a readable
+/// `pier.dev/networks` annotation whose entries make valid Endpoints, waits for them through the
+/// readiness gate, and asks Pier's DNS on the gateway of the first network it joins; a
+/// Deployment of two or more replicas shares an alias (`web`, like a Compose service).
+#[test]
+fn the_pods_example_attaches_by_annotation_and_resolves_through_pier() {
+    let documents: Vec<Document> = documents()
+        .into_iter()
+        .filter(|d| d.folder() == PODS)
+        .collect();
+    let networks: BTreeMap<String, Network> = documents
+        .iter()
+        .filter(|d| d.kind() == "Network")
+        .map(|d| (d.name().to_owned(), check::<Network>(d)))
+        .collect();
+    let kinds: Vec<&str> = documents.iter().map(Document::kind).collect();
+    assert!(
+        ["Network", "Deployment", "Pod"]
+            .iter()
+            .all(|kind| kinds.contains(kind)),
+        "{PODS}/ shows a Network, a Deployment and a client Pod; found {kinds:?}"
+    );
+    let mut shared_alias = false;
+    for document in documents.iter().filter(|d| d.kind() != "Network") {
+        let (at, metadata, spec) = workload(document);
+        let entries = annotated_networks(&at, &metadata, &networks);
+        for entry in &entries {
+            check::<Endpoint>(&endpoint_of(document, entry));
+        }
+        let gates = spec.readiness_gates.unwrap_or_default();
+        assert!(
+            gates.iter().any(|g| g.condition_type == ATTACHED_CONDITION),
+            "{at}: no readiness gate {ATTACHED_CONDITION}"
+        );
+        let first = &networks[&entries[0].network];
+        let gateway = first.spec.gateway.clone().expect("checked above");
+        let dns = spec.dns_config.unwrap_or_default();
+        assert_eq!(spec.dns_policy.as_deref(), Some("None"), "{at}: dnsPolicy");
+        assert_eq!(dns.nameservers, Some(vec![gateway]), "{at}: nameservers");
+        let searches = dns.searches.unwrap_or_default();
+        assert_eq!(
+            searches.first(),
+            Some(&entries[0].network),
+            "{at}: the network's name is the first search"
+        );
+        let replicas = document.value["spec"]["replicas"].as_i64().unwrap_or(1);
+        shared_alias |= replicas >= 2 && entries.iter().any(|e| e.aliases.is_some());
+    }
+    assert!(
+        shared_alias,
+        "{PODS}/ shows a Deployment of replicas sharing an alias"
+    );
+}
+
+/// The workload's annotation, read as the operator reads it; every network it names is a
+/// Network of the folder with a fixed subnet and gateway (the Pods name the gateway).
+fn annotated_networks(
+    at: &str,
+    metadata: &ObjectMeta,
+    networks: &BTreeMap<String, Network>,
+) -> Vec<PodNetwork> {
+    let annotation = metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(NETWORKS_ANNOTATION))
+        .unwrap_or_else(|| panic!("{at}: no {NETWORKS_ANNOTATION} annotation"));
+    let entries = parse_networks(annotation).unwrap_or_else(|e| panic!("{at}: {e}"));
+    assert!(!entries.is_empty(), "{at}: the annotation names no network");
+    for entry in &entries {
+        let network = networks.get(&entry.network).unwrap_or_else(|| {
+            panic!(
+                "{at}: network {:?} is not defined in {PODS}/",
+                entry.network
+            )
+        });
+        assert!(
+            network.spec.subnet.is_some() && network.spec.gateway.is_some(),
+            "{at}: network {} needs a fixed subnet and gateway",
+            entry.network
+        );
+    }
+    entries
+}
+
+/// The Endpoint the operator makes for one entry of a workload's annotation (the contract's
+/// spec), as a document for [`check`].
+fn endpoint_of(workload: &Document, entry: &PodNetwork) -> Document {
+    let pod = workload.name();
+    let mut spec = serde_json::to_value(entry).expect("encodes");
+    spec["target"] = serde_json::json!({"pod": {"name": pod}});
+    Document {
+        file: workload.file.clone(),
+        index: workload.index,
+        value: serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1",
+            "kind": "Endpoint",
+            "metadata": {"name": endpoint_name(pod, &entry.network)},
+            "spec": spec,
+        }),
     }
 }

@@ -8,7 +8,12 @@
 #   4. connecting that Pod to the first Network (a second Endpoint) makes both reachable;
 #   5. an overlay Network spans both workers: Pods on different workers ping each other by name
 #      and talk HTTP, a PortPublish answers on its worker's address, and deleting the Endpoints
-#      leaves no FDB or neighbour entry for them on either worker.
+#      leaves no FDB or neighbour entry for them on either worker;
+#   6. Pods by annotation (examples/pods/): a Deployment of two replicas sharing the alias web is
+#      rolled out only once attached (readiness gate), a client Pod resolves web to both replicas'
+#      net1 addresses and reaches each by name while its eth0 keeps the default route, the
+#      annotation connects and disconnects, a bad one is reported, and deleting a Pod deletes its
+#      Endpoints.
 #
 # Needs docker, kind, kubectl and helm on PATH; not part of .ci/run (CI has no Docker).
 # Usage: tests/kind/run.sh            (KEEP=1 keeps the cluster afterwards; CLUSTER=name)
@@ -106,7 +111,7 @@ echo ok
 
 step "3. networks are isolated: con3 (ch-open) reaches neither con1's address nor its name"
 if kubectl exec con3 -- ping -c1 -W2 "$CON1_IP" >/dev/null 2>&1; then fail "con3 reached $CON1_IP across networks"; fi
-if kubectl exec con3 -- nslookup con1 172.19.0.1 >/dev/null 2>&1; then fail "con3 resolved con1 across networks"; fi
+if kubectl exec con3 -- nslookup con1 10.219.0.1 >/dev/null 2>&1; then fail "con3 resolved con1 across networks"; fi
 echo ok
 
 step "4. docker network connect workshop-tage con3"
@@ -167,6 +172,116 @@ if ! retry 20 no_entries_left; then
   fail "FDB or neighbour entries of deleted Endpoints are left"
 fi
 kubectl delete -f "$HERE/manifests/5-overlay.yaml" --ignore-not-found --wait >/dev/null
+echo ok
+
+step "6. Pods by annotation: examples/pods (a Deployment of two replicas as web, a client Pod)"
+PODS_EXAMPLE=examples/pods
+kubectl delete -f "$PODS_EXAMPLE/" --ignore-not-found --cascade=foreground --wait >/dev/null
+kubectl apply -f "$PODS_EXAMPLE/"
+# The readiness gate pier.dev/attached: the rollout completes only once Pier attached every replica.
+if ! kubectl rollout status deployment/web --timeout=3m; then
+  kubectl get pods -l app=web -o wide
+  kubectl get endpoint.pier.dev -l pier.dev/pod -o wide
+  fail "the Deployment web did not become available (its Pods' pier.dev/attached condition?)"
+fi
+kubectl wait --for=condition=Ready pod/client --timeout=3m
+kubectl get endpoint.pier.dev -l pier.dev/pod -o wide
+
+# attached POD: the status of POD's condition pier.dev/attached.
+attached() { kubectl get pod "$1" -o jsonpath='{.status.conditions[?(@.type=="pier.dev/attached")].status}'; }
+# pod_endpoint POD: checks the one Endpoint the operator made for POD (named POD-workshop-pods,
+# labelled and owned by POD, interface net1, its address on POD's net1, POD's condition True)
+# and prints its address.
+pod_endpoint() {
+  local pod=$1 ep="$1-workshop-pods" address
+  [ "$(kubectl get endpoint.pier.dev -l "pier.dev/pod=$pod" -o jsonpath='{.items[*].metadata.name}')" = "$ep" ] \
+    || fail "the Endpoints labelled pier.dev/pod=$pod are not exactly $ep"
+  [ "$(kubectl get endpoint.pier.dev "$ep" -o jsonpath='{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller}')" = "Pod/$pod/true" ] \
+    || fail "$ep is not owned by Pod $pod (controller: true)"
+  [ "$(kubectl get endpoint.pier.dev "$ep" -o jsonpath='{.status.interface}')" = net1 ] || fail "$ep's interface is not net1"
+  address="$(ip_of "$ep")"
+  [ -n "$address" ] || fail "$ep has no address in status"
+  grep -qF "inet $address/" <<<"$(kubectl exec "$pod" -- ip -4 addr show net1)" || fail "$pod's net1 does not carry $address"
+  [ "$(attached "$pod")" = True ] || fail "$pod's condition pier.dev/attached is not True"
+  echo "$address"
+}
+WEB_PODS=()
+WEB_IPS=()
+for pod in $(kubectl get pods -l app=web -o jsonpath='{.items[*].metadata.name}'); do
+  address="$(pod_endpoint "$pod")"
+  WEB_PODS+=("$pod")
+  WEB_IPS+=("$address")
+  echo "$pod: net1 $address on $(kubectl get pod "$pod" -o jsonpath='{.spec.nodeName}')"
+done
+[ "${#WEB_PODS[@]}" -eq 2 ] || fail "expected the 2 replicas of web, found ${#WEB_PODS[@]}"
+pod_endpoint client >/dev/null
+echo ok
+
+step "6. the client reaches web (every replica) by name; its eth0 keeps the default route"
+# resolves_to_all NAME ADDRESS...: the client's resolver answers every ADDRESS for NAME (busybox
+# nslookup asks a dotless NAME under each search domain, so the cluster's ones say NXDOMAIN).
+resolves_to_all() {
+  local name=$1 answer address
+  shift
+  answer="$(kubectl exec client -- nslookup "$name" 2>&1)" || true
+  for address in "$@"; do
+    grep -qwF -- "$address" <<<"$answer" || return 1
+  done
+}
+retry 20 resolves_to_all web "${WEB_IPS[@]}" || fail "web does not resolve to both replicas (${WEB_IPS[*]})"
+retry 20 kubectl exec client -- ping -c1 -W2 web || fail "client cannot ping web"
+ANSWER="$(kubectl exec client -- wget -qO- http://web/)" || fail "client cannot fetch http://web/"
+grep -qxF -- "$ANSWER" <<<"$(printf '%s\n' "${WEB_PODS[@]}")" || fail "http://web/ answered '$ANSWER', not a replica of web"
+for pod in "${WEB_PODS[@]}"; do
+  [ "$(kubectl exec client -- wget -qO- "http://$pod/")" = "$pod" ] || fail "client cannot fetch http://$pod/ (the replica's own name)"
+  kubectl exec client -- ping -c1 -W2 "$pod.workshop-pods" >/dev/null || fail "client cannot ping $pod.workshop-pods"
+done
+# Every other name is forwarded to the cluster's DNS.
+KUBERNETES_IP="$(kubectl get service kubernetes -n default -o jsonpath='{.spec.clusterIP}')"
+retry 10 resolves_to_all kubernetes.default.svc.cluster.local "$KUBERNETES_IP" \
+  || fail "Pier's DNS does not forward cluster names (kubernetes.default.svc.cluster.local)"
+ROUTES="$(kubectl exec client -- ip route)"
+echo "$ROUTES"
+grep -q '^default .*dev eth0' <<<"$ROUTES" || fail "client's default route is not the cluster's eth0"
+if grep -q '^default .*dev net' <<<"$ROUTES"; then fail "Pier took client's default route"; fi
+SUBNET="$(kubectl get network workshop-pods -o jsonpath='{.status.subnet}')"
+grep -q "^$SUBNET dev net1" <<<"$ROUTES" || fail "client has no route to $SUBNET on net1"
+echo ok
+
+step "6. connect and disconnect by editing the annotation"
+# net5 yes|no: whether the client has (yes) or lacks (no) the interface net5; false when it
+# cannot be asked.
+net5() {
+  local names
+  names="$(kubectl exec client -- ls /sys/class/net)" || return 1
+  if grep -qx net5 <<<"$names"; then [ "$1" = yes ]; else [ "$1" = no ]; fi
+}
+kubectl annotate --overwrite pod client 'pier.dev/networks=workshop-pods, bridge@net5'
+retry 60 kubectl get endpoint.pier.dev client-bridge || fail "editing the annotation created no Endpoint client-bridge"
+kubectl wait --for=condition=Attached endpoint.pier.dev/client-bridge --timeout=2m
+[ "$(kubectl get endpoint.pier.dev client-bridge -o jsonpath='{.status.interface}')" = net5 ] || fail "client-bridge's interface is not net5"
+retry 20 net5 yes || fail "client has no net5 after the connect"
+grep -q '^default .*dev eth0' <<<"$(kubectl exec client -- ip route)" || fail "the connect moved client's default route"
+kubectl annotate --overwrite pod client pier.dev/networks=workshop-pods
+kubectl wait --for=delete endpoint.pier.dev/client-bridge --timeout=2m
+retry 20 net5 no || fail "client still has net5 after the disconnect"
+echo ok
+
+step "6. a bad annotation is reported and changes nothing; deleting the Pod deletes its Endpoints"
+kubectl annotate --overwrite pod client 'pier.dev/networks=[{"network": "workshop-pods", "alias": ["x"]}]'
+invalid_annotation() {
+  [ "$(kubectl get pod client -o jsonpath='{.status.conditions[?(@.type=="pier.dev/attached")].reason}')" = InvalidAnnotation ] \
+    && [ -n "$(kubectl get events --field-selector involvedObject.name=client,reason=InvalidAnnotation -o name)" ]
+}
+retry 30 invalid_annotation || fail "a misspelt annotation gave no InvalidAnnotation condition and Event on client"
+kubectl get endpoint.pier.dev client-workshop-pods >/dev/null || fail "a bad annotation deleted client-workshop-pods"
+kubectl delete pod client --wait
+no_endpoints_of() { [ -z "$(kubectl get endpoint.pier.dev -l "pier.dev/pod=$1" -o name)" ]; }
+retry 60 no_endpoints_of client || fail "deleting the Pod client left its Endpoints"
+kubectl delete -f "$PODS_EXAMPLE/" --ignore-not-found --cascade=foreground --wait >/dev/null
+for pod in "${WEB_PODS[@]}"; do
+  retry 60 no_endpoints_of "$pod" || fail "deleting the Deployment left the Endpoints of $pod"
+done
 echo ok
 
 printf '\nall kind checks passed\n'

@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test uses a different part of the fixture
 
 pub mod nodes;
+pub mod pods;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};

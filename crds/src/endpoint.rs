@@ -80,7 +80,8 @@ pub struct EndpointSpec {
     pub target: EndpointTarget,
 
     /// The interface name inside the namespace. Defaults to the next free `ethN` among the
-    /// namespace's Endpoints (`eth0` for the first network, `eth1` after a connect, ...).
+    /// namespace's Endpoints (`eth0` for the first network, `eth1` after a connect, ...); in a
+    /// Pod, whose `eth0` is the cluster network's, to the next free `netN` (`net1`, `net2`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 15), pattern(crate::schema::INTERFACE))]
     pub interface: Option<String>,
@@ -116,7 +117,9 @@ pub struct EndpointTarget {
     /// Pier creates it when absent. For local mode, VMs and tests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<NetnsTarget>,
-    /// A Pod in the Endpoint's namespace; its node comes from the Pod's `spec.nodeName`.
+    /// A Pod in the Endpoint's namespace; its node comes from the Pod's `spec.nodeName`. The
+    /// Pod keeps its `eth0`, addresses and default route: Pier adds `net1`, `net2`, ... A Pod's
+    /// `pier.dev/networks` annotation makes such Endpoints by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<LocalObjectReference>,
     /// Another Endpoint in the same namespace whose network namespace this one shares
@@ -167,7 +170,8 @@ pub struct EndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     /// Whether the namespace's default route goes through this network's gateway. Set on every
-    /// Endpoint with an address (bridge networks): true on exactly one Endpoint of a namespace,
+    /// Endpoint with an address (bridge networks); always false in a Pod (its default route is
+    /// the cluster network's); else true on exactly one Endpoint of a namespace,
     /// the first one attached (the oldest by creation time, ties by namespace/name), as Docker
     /// keeps the network a container was started on as its gateway across `docker network
     /// connect`. When that Endpoint goes, the next oldest takes the default route over.
@@ -180,7 +184,8 @@ pub struct EndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
     /// The names other endpoints on the network resolve to this endpoint's address: the
-    /// Endpoint's name first (what a reverse lookup answers, `NAME.NETWORK`), then its aliases.
+    /// Endpoint's name first (what a reverse lookup answers, `NAME.NETWORK`) — the Pod's name
+    /// for an Endpoint made from a Pod's annotation — then its aliases.
     /// Empty in container mode: a sharer has no name of its own, as in Docker.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,

@@ -17,6 +17,7 @@ pub mod finalizers;
 pub mod manifests;
 pub mod names;
 pub mod network;
+pub mod pod;
 pub mod portpublish;
 mod schema;
 

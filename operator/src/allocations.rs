@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use kube::ResourceExt;
-use pier_crds::{Driver, Endpoint, Network, PortPublish};
+use pier_crds::{Driver, Endpoint, EndpointTarget, Network, PortPublish};
 
 use crate::ipam::{
     AddressError, AddressPool, AddressPoolConfig, Pool, PoolConfigError, SubnetAllocator,
@@ -92,8 +92,10 @@ pub struct AttachRequest {
     pub network: String,
     /// The namespace it attaches: see [`target_key`].
     pub target: String,
-    /// `spec.interface`; the next free `ethN` of the namespace when absent.
+    /// `spec.interface`; the next free name of the namespace when absent (see [`TargetKind`]).
     pub interface: Option<String>,
+    /// What kind of namespace `target` is.
+    pub kind: TargetKind,
     /// The address: `spec.ipv4Address`, or the one recorded in status.
     pub address: Option<Ipv4Addr>,
     /// False for `host` and `null` networks, which hand out no addresses.
@@ -151,6 +153,7 @@ struct Record {
     network: String,
     target: String,
     interface: String,
+    kind: TargetKind,
     has_address: bool,
     created: Option<i64>,
 }
@@ -173,13 +176,53 @@ pub fn owner_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
-/// The first `ethN` not in `used` (Docker numbers a container's interfaces in connect order).
-pub fn next_free_eth<'a>(used: impl IntoIterator<Item = &'a str>) -> String {
+/// What kind of namespace an Endpoint attaches: it decides the interface names and whether an
+/// Endpoint may carry the namespace's default route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A namespace Pier gives all its networking, as Docker a container's: `eth0`, `eth1`, ...
+    /// in connect order, and the default route through the first network.
+    Container,
+    /// A Pod: its `eth0`, addresses and default route are the cluster network's, so Pier's
+    /// interfaces are `net1`, `net2`, ... (Multus's names) and never carry the default route.
+    Pod,
+}
+
+impl TargetKind {
+    /// The kind of an Endpoint's target (container mode shares another's namespace: it attaches
+    /// nothing, and counts as a container).
+    pub fn of(target: &EndpointTarget) -> TargetKind {
+        if target.pod.is_some() {
+            TargetKind::Pod
+        } else {
+            TargetKind::Container
+        }
+    }
+
+    /// The prefix and first number of the interface names Pier gives in such a namespace.
+    fn interface_names(self) -> (&'static str, u32) {
+        match self {
+            TargetKind::Container => ("eth", 0),
+            TargetKind::Pod => ("net", 1),
+        }
+    }
+
+    /// The interface a Pod's cluster network gives it, which Pier never takes.
+    pub const POD_CLUSTER_INTERFACE: &'static str = "eth0";
+}
+
+/// The first interface name of `kind` not in `used`: `ethN` for a container (Docker numbers them
+/// in connect order), `netN` from 1 for a Pod.
+pub fn next_free_interface<'a>(
+    kind: TargetKind,
+    used: impl IntoIterator<Item = &'a str>,
+) -> String {
     let taken: std::collections::HashSet<&str> = used.into_iter().collect();
-    (0u32..)
-        .map(|n| format!("eth{n}"))
+    let (prefix, first) = kind.interface_names();
+    (first..)
+        .map(|n| format!("{prefix}{n}"))
         .find(|name| !taken.contains(name.as_str()))
-        .unwrap_or_else(|| "eth0".to_owned())
+        .unwrap_or_else(|| format!("{prefix}{first}"))
 }
 
 /// The allocations of the whole cluster.
@@ -360,7 +403,8 @@ impl Allocations {
                 wanted.clone()
             }
             (None, Some(r)) => r.interface.clone(),
-            (None, None) => next_free_eth(
+            (None, None) => next_free_interface(
+                request.kind,
                 self.interfaces
                     .get(&request.target)
                     .into_iter()
@@ -401,6 +445,7 @@ impl Allocations {
                 network: request.network.clone(),
                 target: request.target.clone(),
                 interface: interface.clone(),
+                kind: request.kind,
                 has_address: address.is_some(),
                 created: request.created,
             },
@@ -416,8 +461,12 @@ impl Allocations {
     /// address (nothing to route through), else whether it is the first of the namespace's
     /// Endpoints with an address: the oldest by creation time, ties by owner key. Docker's rule:
     /// the network a container was started on stays its gateway after `docker network connect`.
+    /// A Pod's Endpoints never do: its default route is the cluster network's.
     pub fn default_route(&self, owner: &str) -> Option<bool> {
         let record = self.records.get(owner).filter(|r| r.has_address)?;
+        if record.kind == TargetKind::Pod {
+            return Some(false);
+        }
         let first = self
             .interfaces
             .get(&record.target)?
@@ -560,6 +609,7 @@ impl Allocations {
                 network: network.to_owned(),
                 target,
                 interface: Some(interface.to_owned()),
+                kind: TargetKind::of(&endpoint.spec.target),
                 address,
                 needs_address: address.is_some(),
                 created: creation_millis(endpoint),
@@ -703,6 +753,7 @@ mod tests {
             network: network.into(),
             target: target.into(),
             interface: None,
+            kind: TargetKind::Container,
             address: None,
             needs_address: true,
             created: None,
@@ -710,10 +761,20 @@ mod tests {
     }
 
     #[test]
-    fn next_free_eth_fills_gaps() {
-        assert_eq!(next_free_eth([]), "eth0");
-        assert_eq!(next_free_eth(["eth0"]), "eth1");
-        assert_eq!(next_free_eth(["eth0", "eth2", "foo"]), "eth1");
+    fn next_free_interface_fills_gaps() {
+        let container = TargetKind::Container;
+        assert_eq!(next_free_interface(container, []), "eth0");
+        assert_eq!(next_free_interface(container, ["eth0"]), "eth1");
+        assert_eq!(
+            next_free_interface(container, ["eth0", "eth2", "foo"]),
+            "eth1"
+        );
+        // A Pod's eth0 is the cluster network's: Pier's are net1, net2, ...
+        assert_eq!(next_free_interface(TargetKind::Pod, []), "net1");
+        assert_eq!(
+            next_free_interface(TargetKind::Pod, ["net1", "net3"]),
+            "net2"
+        );
     }
 
     #[test]
@@ -1053,5 +1114,29 @@ mod tests {
         a.detach("default/con3");
         assert_eq!(a.default_route("default/con3-tage"), Some(true));
         assert_eq!(a.default_route("default/con3"), None);
+    }
+
+    /// A Pod keeps its cluster network's eth0 and default route: Pier's interfaces are net1,
+    /// net2, ... and none of them routes by default.
+    #[test]
+    fn pods_get_net_interfaces_and_no_default_route() {
+        let mut a = Allocations::default();
+        a.ensure_network("tage", &auto()).expect("tage");
+        a.ensure_network("ch-open", &auto()).expect("ch-open");
+        let pod = |network: &str, created: i64| AttachRequest {
+            kind: TargetKind::Pod,
+            created: Some(created),
+            ..attach(network, "pod default/web")
+        };
+        let first = a.attach("default/web-tage", &pod("tage", 1)).expect("tage");
+        let second = a
+            .attach("default/web-ch-open", &pod("ch-open", 2))
+            .expect("ch-open");
+        assert_eq!(
+            (first.interface.as_str(), second.interface.as_str()),
+            ("net1", "net2")
+        );
+        assert_eq!(a.default_route("default/web-tage"), Some(false));
+        assert_eq!(a.default_route("default/web-ch-open"), Some(false));
     }
 }

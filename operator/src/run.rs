@@ -1,5 +1,5 @@
-//! Running the operator: the leader-election loop, and, while leading, the three controllers
-//! started only after the allocations are rebuilt from every object's status.
+//! Running the operator: the leader-election loop, and, while leading, the controllers started
+//! only after the allocations are rebuilt from every object's status.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use pier_crds::{Endpoint, Network, PortPublish};
 
@@ -20,7 +20,7 @@ use crate::admin::Health;
 use crate::allocations::Allocations;
 use crate::config::{Config, ConfigError, OperatorArgs};
 use crate::context::Context;
-use crate::controllers::{self, endpoint, network, portpublish};
+use crate::controllers::{self, endpoint, network, pod, portpublish};
 use crate::metrics::Metrics;
 use crate::stores::Stores;
 use crate::{defaults, leader};
@@ -228,11 +228,14 @@ async fn start(client: &Client, config: &Config) -> Result<Allocations, controll
     rebuild(client, config).await
 }
 
-/// The three controllers, built before the context that holds their stores.
+/// The controllers, built before the context that holds their stores.
 struct Controllers {
     network: Controller<Network>,
     endpoint: Controller<Endpoint>,
     publish: Controller<PortPublish>,
+    pod: Controller<Pod>,
+    /// The Endpoints the Pod controller reads, filled by the watch that wakes it.
+    pod_endpoints: Store<Endpoint>,
 }
 
 impl Controllers {
@@ -243,6 +246,7 @@ impl Controllers {
         let endpoints: Api<Endpoint> = Api::all(client.clone());
         let publishes: Api<PortPublish> = Api::all(client.clone());
         let pods: Api<Pod> = Api::all(client.clone());
+        let endpoints_for_pods: Api<Endpoint> = Api::all(client.clone());
 
         // Network: its endpoint count follows its Endpoints.
         let default = default_network.to_owned();
@@ -286,7 +290,7 @@ impl Controllers {
                     .map(|e| ObjectRef::from_obj(&*e))
                     .collect::<Vec<_>>()
             })
-            .watches(pods, wc(), move |pod| {
+            .watches(pods.clone(), wc(), move |pod| {
                 let (name, ns) = (pod.name_any(), pod.namespace());
                 by_pod
                     .state()
@@ -324,19 +328,34 @@ impl Controllers {
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         });
+
+        // Pod: its annotation makes its Endpoints, whose attachment makes its condition. Woken by
+        // the Endpoints that target it, through the watch that fills the store it reads them
+        // from (deletions included: a predecessor's Endpoint gone frees the name).
+        let (pod_endpoints, writer) = reflector::store();
+        let targeting = watcher(endpoints_for_pods, wc())
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects();
+        let pod = Controller::new(pods, wc()).watches_stream(targeting, |ep: Endpoint| {
+            let pod = ep.spec.target.pod.as_ref()?;
+            Some(ObjectRef::<Pod>::new(&pod.name).within(&ep.namespace()?))
+        });
         Controllers {
             network,
             endpoint,
             publish,
+            pod,
+            pod_endpoints,
         }
     }
 
     /// The stores the reconcilers read.
     fn stores(&self) -> Stores {
-        Stores::new(self.network.store())
+        Stores::new(self.network.store(), self.pod_endpoints.clone())
     }
 
-    /// Runs the three controllers (until the task is aborted).
+    /// Runs the controllers (until the task is aborted).
     async fn run(self, ctx: Arc<Context>) {
         let network = self
             .network
@@ -352,8 +371,16 @@ impl Controllers {
             .for_each(|_| futures::future::ready(()));
         let publish = self
             .publish
-            .run(portpublish::reconcile, portpublish::error_policy, ctx)
+            .run(
+                portpublish::reconcile,
+                portpublish::error_policy,
+                Arc::clone(&ctx),
+            )
             .for_each(|_| futures::future::ready(()));
-        futures::join!(network, endpoint, publish);
+        let pod = self
+            .pod
+            .run(pod::reconcile, pod::error_policy, ctx)
+            .for_each(|_| futures::future::ready(()));
+        futures::join!(network, endpoint, publish, pod);
     }
 }

@@ -1,25 +1,31 @@
-//! The reflector store of the Network controller, read by the reconcilers instead of the API.
-//! Endpoints are read from the API where a reconcile depends on one (a shared or published
+//! The reflector stores read by the reconcilers instead of the API: the Network controller's, and
+//! the Endpoints the Pod controller follows (the same watch that wakes it fills that store, so a
+//! Pod reconciled because an Endpoint changed sees the change). The Endpoint and PortPublish
+//! controllers read Endpoints from the API where a reconcile depends on one (a shared or published
 //! Endpoint: its node and readiness decide, and the reconcile usually runs because they changed,
-//! seen by another watch than the one filling the store); the operator keeps no store of Pods or
-//! Nodes, and no reconcile reads another PortPublish.
+//! seen by another watch than the one filling a store); the operator keeps no store of Nodes, and
+//! no reconcile reads another PortPublish.
 
 use std::sync::Arc;
 
 use kube::runtime::reflector::store::WriterDropped;
 use kube::runtime::reflector::{ObjectRef, Store};
-use pier_crds::Network;
+use pier_crds::{Endpoint, Network};
 
 /// Every Network, as the Network controller's watch last saw them.
 #[derive(Debug, Clone)]
 pub struct Stores {
     networks: Store<Network>,
+    endpoints: Store<Endpoint>,
 }
 
 impl Stores {
-    /// The store of the Network controller.
-    pub fn new(networks: Store<Network>) -> Self {
-        Stores { networks }
+    /// The store of the Network controller and the Pod controller's store of Endpoints.
+    pub fn new(networks: Store<Network>, endpoints: Store<Endpoint>) -> Self {
+        Stores {
+            networks,
+            endpoints,
+        }
     }
 
     /// The Network `name`. Waits until the store holds the initial list: the controller that
@@ -33,5 +39,11 @@ impl Stores {
     pub async fn networks(&self) -> Result<Vec<Arc<Network>>, WriterDropped> {
         self.networks.wait_until_ready().await?;
         Ok(self.networks.state())
+    }
+
+    /// Every Endpoint (after the initial list).
+    pub async fn endpoints(&self) -> Result<Vec<Arc<Endpoint>>, WriterDropped> {
+        self.endpoints.wait_until_ready().await?;
+        Ok(self.endpoints.state())
     }
 }

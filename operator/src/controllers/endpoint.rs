@@ -6,18 +6,21 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::ListParams;
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use pier_crds::{Endpoint, EndpointStatus};
 
 use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
-use crate::allocations::{AttachError, AttachRequest, creation_millis, owner_key, target_key};
+use crate::allocations::{
+    AttachError, AttachRequest, TargetKind, creation_millis, owner_key, target_key,
+};
 use crate::context::Context;
 use crate::ipam::{AddressError, MacAddr};
 use pier_crds::conditions::differs as conditions_differ;
 use pier_crds::conditions::reason;
+use pier_crds::pod::made_for;
 
 /// The controller's name in metrics and logs.
 pub const NAME: &str = "endpoint";
@@ -77,6 +80,9 @@ fn owned(status: Option<&EndpointStatus>) -> Option<EndpointStatus> {
 }
 
 async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+    if let Some(why) = super::pod::orphaned(ep, ctx).await? {
+        return delete_orphan(api, ep, why, ctx).await;
+    }
     let current = ep.status.clone().unwrap_or_default();
     let generation = ep.metadata.generation;
     let mut status = EndpointStatus {
@@ -121,6 +127,27 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
         }
         Err(r) => Ok(r.requeue(changed, ctx, ep, NAME).await),
     }
+}
+
+/// Deletes an Endpoint made for a Pod that is gone, as the garbage collector does where one runs
+/// (its deletion then releases what it holds, through the finalizers).
+async fn delete_orphan(
+    api: &Api<Endpoint>,
+    ep: &Endpoint,
+    why: String,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = ep.name_any();
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Action::await_change()),
+        Err(source) => return Err(Error::DeleteEndpoint { what: name, source }),
+    }
+    tracing::info!(endpoint = %super::key(ep), %why, "deleted with its pod");
+    ctx.events
+        .publish(ep, false, "PodGone", "Delete", format!("deleted: {why}"))
+        .await;
+    Ok(Action::await_change())
 }
 
 /// Fills `status` for the Endpoint; `Ok(Err(..))` when refused or waiting.
@@ -223,10 +250,24 @@ async fn allocate(
             .filter(|s| s.network.as_deref() == Some(network_name.as_str()))
             .and_then(|s| s.ipv4_address.as_deref()?.parse().ok()),
     };
+    let kind = TargetKind::of(target);
+    if kind == TargetKind::Pod
+        && ep.spec.interface.as_deref() == Some(TargetKind::POD_CLUSTER_INTERFACE)
+    {
+        return Ok(Err(Refusal::refuse(
+            reason::INTERFACE_IN_USE,
+            format!(
+                "interface {} of a Pod is its cluster network's: leave spec.interface out \
+                 (net1, net2, ...) or name another",
+                TargetKind::POD_CLUSTER_INTERFACE
+            ),
+        )));
+    }
     let request = AttachRequest {
         network: network_name.clone(),
         target: target_key,
         interface: ep.spec.interface.clone(),
+        kind,
         address: if needs_address { requested } else { None },
         needs_address,
         created: creation_millis(ep),
@@ -251,7 +292,9 @@ async fn allocate(
         Err(e) => return Ok(Err(refusal(&e))),
     };
     status.interface = Some(attachment.interface.clone());
-    let mut dns_names = vec![ep.name_any()];
+    // Made from a Pod's annotation: the Pod's name, not the Endpoint's (`POD-NETWORK`).
+    let name = made_for(&ep.metadata).map_or_else(|| ep.name_any(), |pod| pod.name.clone());
+    let mut dns_names = vec![name];
     dns_names.extend(ep.spec.aliases.iter().flatten().cloned());
     status.dns_names = dns_names;
     let Some(address) = attachment.address else {

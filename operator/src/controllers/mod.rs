@@ -3,6 +3,7 @@
 
 pub mod endpoint;
 pub mod network;
+pub mod pod;
 pub mod portpublish;
 pub mod refusal;
 
@@ -61,6 +62,33 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// Creating an Endpoint a Pod's annotation asks for.
+    #[error("creating endpoint {what}")]
+    CreateEndpoint {
+        /// Which Endpoint.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Updating an Endpoint to what a Pod's annotation now says.
+    #[error("updating endpoint {what}")]
+    UpdateEndpoint {
+        /// Which Endpoint.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting an Endpoint its Pod no longer asks for, or whose Pod is gone.
+    #[error("deleting endpoint {what}")]
+    DeleteEndpoint {
+        /// Which Endpoint.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// A Network being deleted still has endpoints: its deletion is held (retried).
     #[error("network {network:?} still has {count} endpoint(s)")]
     InUse {
@@ -101,6 +129,9 @@ impl Error {
             Error::List { .. } => "ListFailed",
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::Encode { .. } => "EncodeFailed",
+            Error::CreateEndpoint { .. } => "CreateEndpointFailed",
+            Error::UpdateEndpoint { .. } => "UpdateEndpointFailed",
+            Error::DeleteEndpoint { .. } => "DeleteEndpointFailed",
             Error::InUse { .. } => pier_crds::conditions::reason::IN_USE,
             Error::RemoveNodeFinalizer { .. } => "RemoveNodeFinalizerFailed",
             Error::Store { .. } => "StoreClosed",

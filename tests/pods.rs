@@ -4,16 +4,18 @@
 //! (`system::pods::PodSandbox`: a namespace of its own with a cluster `eth0` and default route,
 //! a process in a real cgroup named for the Pod's UID). Pier finds each namespace through that
 //! cgroup, gives it `net1` and leaves `eth0` alone; the Pods reach each other by name and by a
-//! shared alias, become attached (the readiness gate's condition), follow annotation edits, and
-//! lose their Endpoints when deleted. Needs root, kubectl, iproute2, ping, busybox-static, socat
-//! and nft, and a writable cgroup hierarchy.
+//! shared alias, become attached (the readiness gate's condition, beside the kubelet's own
+//! conditions), follow annotation edits, and lose their Endpoints when deleted. Needs root,
+//! kubectl, iproute2, ping, busybox-static, socat and nft, and a writable cgroup hierarchy.
 
 mod system;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use pier_crds::conditions::ATTACHED;
+use pier_crds::pod::{ATTACHED_CONDITION, NETWORKS_ANNOTATION, POD_LABEL, endpoint_name, reason};
 use system::pods::{PodDns, PodSandbox};
 use system::{Pier, wait_for};
 
@@ -38,10 +40,10 @@ kind: Pod
 metadata:
   name: {name}
   annotations:
-    pier.dev/networks: '{annotation}'
+    {NETWORKS_ANNOTATION}: '{annotation}'
 spec:
   nodeName: node-a
-  readinessGates: [{{conditionType: pier.dev/attached}}]
+  readinessGates: [{{conditionType: {ATTACHED_CONDITION}}}]
   containers: [{{name: app, image: busybox}}]
 "#
     )
@@ -54,12 +56,12 @@ fn web_annotation() -> String {
 
 /// The Endpoint the operator makes for `pod` on `network`.
 fn endpoint(pod: &str, network: &str) -> String {
-    format!("pep {pod}-{network}")
+    format!("pep {}", endpoint_name(pod, network))
 }
 
 /// The Endpoints labelled as `pod`'s (`kubectl get -o name` lines).
 fn endpoints_of(pier: &Pier, pod: &str) -> Vec<String> {
-    pier.kubectl_ok(&format!("get pep -l pier.dev/pod={pod} -o name"))
+    pier.kubectl_ok(&format!("get pep -l {POD_LABEL}={pod} -o name"))
         .lines()
         .map(str::to_owned)
         .collect()
@@ -79,6 +81,41 @@ fn resolve(asker: &PodSandbox, name: &str) -> BTreeSet<Ipv4Addr> {
 #[test]
 fn pods_attach_by_annotation_through_their_cgroup() {
     let pier = Pier::up("pods", &[]);
+    create_networks_and_pods(&pier);
+    kubelet_reports(&pier, "web-1", "False");
+    let dns = PodDns {
+        nameserver: GATEWAY.to_owned(),
+        search: NETWORK.to_owned(),
+    };
+    let web_1 = PodSandbox::for_pod(&pier, "web-1", 1, &dns);
+    let web_2 = PodSandbox::for_pod(&pier, "web-2", 2, &dns);
+    let client = PodSandbox::for_pod(&pier, "client", 3, &dns);
+
+    let address = attached(&pier, &[&web_1, &web_2, &client]);
+    kubelet_and_pier_conditions_stay_apart(&pier, "web-1");
+    for name in ["web-1", "web-2", ALIAS] {
+        wait_for(&format!("client to ping {name} by name"), CONVERGE, || {
+            client
+                .exec(&format!("ping -c1 -W1 {name}"))
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+    let replicas = BTreeSet::from([address["web-1"], address["web-2"]]);
+    wait_for(
+        &format!("{ALIAS} to resolve to both replicas"),
+        CONVERGE,
+        || (resolve(&client, ALIAS) == replicas).then_some(()),
+    );
+
+    annotation_edits_connect_and_disconnect(&pier, &web_1);
+    deleting_a_pod_removes_its_endpoints(&pier, &web_2, &client, address["web-1"]);
+}
+
+/// The two Networks, the two `web` replicas (JSON annotation, shared alias) and the client
+/// (text annotation).
+fn create_networks_and_pods(pier: &Pier) {
     pier.apply(&format!(
         r#"
 apiVersion: pier.dev/v1alpha1
@@ -93,58 +130,64 @@ spec: {{subnet: 10.77.1.0/24, gateway: 10.77.1.1}}
 "#
     ));
     let web = web_annotation();
-    pier.apply(
-        &[
-            pod("web-1", &web),
-            pod("web-2", &web),
-            pod("client", NETWORK),
-        ]
-        .join("---"),
-    );
-    let dns = PodDns {
-        nameserver: GATEWAY.to_owned(),
-        search: NETWORK.to_owned(),
-    };
-    let web_1 = PodSandbox::for_pod(&pier, "web-1", 1, &dns);
-    let web_2 = PodSandbox::for_pod(&pier, "web-2", 2, &dns);
-    let client = PodSandbox::for_pod(&pier, "client", 3, &dns);
-    let sandboxes = [&web_1, &web_2, &client];
+    let pods = [
+        pod("web-1", &web),
+        pod("web-2", &web),
+        pod("client", NETWORK),
+    ];
+    pier.apply(&pods.join("---"));
+}
 
-    let mut address = std::collections::BTreeMap::new();
+/// Waits until every sandbox's Endpoint on [`NETWORK`] is attached and its Pod's condition
+/// says so, checking the Endpoint and the namespace; the Endpoints' addresses, by Pod.
+fn attached(pier: &Pier, sandboxes: &[&PodSandbox]) -> BTreeMap<String, Ipv4Addr> {
+    let mut address = BTreeMap::new();
     for sandbox in sandboxes {
         let pod = &sandbox.pod;
-        pier.wait_condition(&endpoint(pod, NETWORK), "Attached", "True");
-        owned_and_labelled(&pier, sandbox);
+        pier.wait_condition(&endpoint(pod, NETWORK), ATTACHED, "True");
+        owned_and_labelled(pier, sandbox);
         let ip = pier.jsonpath(&endpoint(pod, NETWORK), "{.status.ipv4Address}");
         net1_beside_the_cluster_network(sandbox, &ip);
-        address.insert(
-            pod.clone(),
-            ip.parse::<Ipv4Addr>().expect("an IPv4 address"),
-        );
+        let ip = ip
+            .parse()
+            .unwrap_or_else(|e| panic!("{pod}'s address {ip:?}: {e}"));
+        address.insert(pod.clone(), ip);
         assert_eq!(
-            pier.wait_condition(&format!("pod {pod}"), "pier.dev/attached", "True"),
-            "Attached"
+            pier.wait_condition(&format!("pod {pod}"), ATTACHED_CONDITION, "True"),
+            reason::ATTACHED
         );
     }
+    address
+}
 
-    for name in ["web-1", "web-2", ALIAS] {
-        wait_for(&format!("client to ping {name} by name"), CONVERGE, || {
-            client
-                .exec(&format!("ping -c1 -W1 {name}"))
-                .status
-                .success()
-                .then_some(())
-        });
-    }
-    let replicas: BTreeSet<Ipv4Addr> = [address["web-1"], address["web-2"]].into();
-    wait_for(
-        &format!("{ALIAS} to resolve to both replicas"),
-        CONVERGE,
-        || (resolve(&client, ALIAS) == replicas).then_some(()),
+/// The kubelet's part of Pod `pod`'s status, applied as the kubelet does (field manager
+/// `kubelet`, pods/status): its `Ready` condition with `ready` as the status.
+fn kubelet_reports(pier: &Pier, pod: &str, ready: &str) {
+    pier.apply_with(
+        &[
+            "--server-side",
+            "--subresource=status",
+            "--field-manager=kubelet",
+        ],
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\n\
+             status: {{conditions: [{{type: Ready, status: '{ready}'}}]}}\n"
+        ),
     );
+}
 
-    annotation_edits_connect_and_disconnect(&pier, &web_1);
-    deleting_a_pod_removes_its_endpoints(&pier, &web_2, &client, address["web-1"]);
+/// Pier's condition (field manager pier-operator) and the kubelet's are entries of their own:
+/// neither write removes or conflicts with the other.
+fn kubelet_and_pier_conditions_stay_apart(pier: &Pier, pod: &str) {
+    let object = format!("pod {pod}");
+    assert_eq!(pier.condition(&object, "Ready").0, "False", "the kubelet's");
+    kubelet_reports(pier, pod, "True");
+    assert_eq!(pier.condition(&object, "Ready").0, "True");
+    assert_eq!(
+        pier.condition(&object, ATTACHED_CONDITION).0,
+        "True",
+        "Pier's"
+    );
 }
 
 /// The Endpoint is the Pod's: labelled with its name, owned by it as its controller.
@@ -152,7 +195,7 @@ fn owned_and_labelled(pier: &Pier, sandbox: &PodSandbox) {
     let pod = &sandbox.pod;
     assert_eq!(
         endpoints_of(pier, pod),
-        vec![format!("endpoint.pier.dev/{pod}-{NETWORK}")]
+        vec![format!("endpoint.pier.dev/{}", endpoint_name(pod, NETWORK))]
     );
     let owner = pier.jsonpath(
         &endpoint(pod, NETWORK),
@@ -198,22 +241,22 @@ fn annotation_edits_connect_and_disconnect(pier: &Pier, sandbox: &PodSandbox) {
         r#"[{{"network": "{NETWORK}", "aliases": ["{ALIAS}"]}}, {{"network": "{SECOND}"}}]"#
     );
     pier.kubectl_ok(&format!(
-        "annotate pod {pod} --overwrite 'pier.dev/networks={both}'"
+        "annotate pod {pod} --overwrite '{NETWORKS_ANNOTATION}={both}'"
     ));
-    pier.wait_condition(&endpoint(pod, SECOND), "Attached", "True");
+    pier.wait_condition(&endpoint(pod, SECOND), ATTACHED, "True");
     let ip = pier.jsonpath(&endpoint(pod, SECOND), "{.status.ipv4Address}");
     assert_eq!(sandbox.addresses("net2"), vec![format!("{ip}/24")]);
     assert_eq!(endpoints_of(pier, pod).len(), 2);
 
     pier.kubectl_ok(&format!(
-        "annotate pod {pod} --overwrite 'pier.dev/networks={}'",
+        "annotate pod {pod} --overwrite '{NETWORKS_ANNOTATION}={}'",
         web_annotation()
     ));
     wait_for(&format!("{pod}'s net2 to go"), CONVERGE, || {
         (!sandbox.has_link("net2") && endpoints_of(pier, pod).len() == 1).then_some(())
     });
     assert!(sandbox.has_link("net1"), "{pod} keeps net1");
-    pier.wait_condition(&format!("pod {pod}"), "pier.dev/attached", "True");
+    pier.wait_condition(&format!("pod {pod}"), ATTACHED_CONDITION, "True");
 }
 
 /// Deleting a Pod deletes its Endpoints (the operator does it: no garbage collector runs in

@@ -312,7 +312,7 @@ impl Api {
             subresource: &ctx.subresource,
             now,
             scope,
-            schema: Schema(res.schema()),
+            schema: Schema(res.apply_schema()),
         }
     }
 

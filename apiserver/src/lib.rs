@@ -35,8 +35,10 @@
 //! - Strategic merge patch on built-in resources is applied as a JSON merge patch (lists are
 //!   replaced, not merged by key); on custom resources it is refused with 415 as in Kubernetes.
 //! - Field management: conflicts are detected on leaf fields; list-type `map`/`set` and
-//!   `x-kubernetes-map-type: atomic` are honoured from CRD schemas, built-ins have no schema
-//!   (their lists are atomic). Updates take ownership of the fields they change.
+//!   `x-kubernetes-map-type: atomic` are honoured from CRD schemas; built-ins have no schema
+//!   but the list types of [`structure`] (a Pod's `status.conditions`, a Node's
+//!   `status.conditions` and `status.addresses`, keyed by `type`), every other list of theirs
+//!   is atomic. Updates take ownership of the fields they change.
 //! - CEL (`x-kubernetes-validations`) through kube-cel: every rule in Pier's CRDs is enforced
 //!   (including `cidr()`, `containsIP`, `containsCIDR`, `masked()` and transition rules with
 //!   `oldSelf`); kube-cel refuses (fail-closed, reported as a validation error) `sortBy`,
@@ -65,6 +67,7 @@ pub mod resources;
 pub mod selectors;
 pub mod server;
 pub mod store;
+pub mod structure;
 pub mod table;
 pub mod tls;
 pub mod token;

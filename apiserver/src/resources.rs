@@ -34,6 +34,8 @@ pub struct Resource {
     /// A custom resource (from a CRD).
     pub custom: bool,
     pub checks: Option<Arc<Checks>>,
+    /// A built-in's list types for server-side apply ([`crate::structure`]); CRDs use `checks`.
+    pub builtin_structure: Option<&'static Value>,
     pub columns: Vec<Column>,
     /// Field selector fields beyond metadata.name/namespace (`spec.network`).
     pub selectable: Vec<String>,
@@ -55,6 +57,11 @@ impl Resource {
     /// The schema (custom resources only).
     pub fn schema(&self) -> Option<&Value> {
         self.checks.as_deref().map(Checks::schema)
+    }
+
+    /// The structure field management follows: the CRD schema, or a built-in's list types.
+    pub fn apply_schema(&self) -> Option<&Value> {
+        self.schema().or(self.builtin_structure)
     }
 
     /// Fields usable in field selectors.
@@ -119,6 +126,7 @@ fn builtin(
         status_subresource: status,
         custom: false,
         checks: None,
+        builtin_structure: crate::structure::builtin(group, kind),
         columns: Vec::new(),
         selectable: Vec::new(),
         storage_key: format!("{group}/{plural}"),
@@ -310,6 +318,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<Resource>, String> {
             status_subresource: v.pointer("/subresources/status").is_some(),
             custom: true,
             checks,
+            builtin_structure: None,
             columns,
             selectable,
             storage_key: format!("{group}/{plural}"),

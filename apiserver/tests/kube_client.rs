@@ -551,6 +551,158 @@ async fn server_side_apply_on_status_and_spec() {
     assert_eq!(code(e), 400);
 }
 
+/// Server-side apply of `conditions` by `manager` on pods/status of Pod `name`.
+async fn apply_pod_conditions(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    manager: &str,
+    conditions: Value,
+) -> k8s_openapi::api::core::v1::Pod {
+    pods.patch_status(
+        name,
+        &PatchParams::apply(manager),
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "status": {"conditions": conditions}}),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{manager} applies {conditions}: {e}"))
+}
+
+/// `(type, status)` of every condition of `pod`, in order.
+fn pod_conditions(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<(String, String)> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn pod_conditions_are_keyed_by_type_for_server_side_apply() {
+    use k8s_openapi::api::core::v1::Pod;
+    let (_s, client) = common::server_with_crds(Options::for_node("node-a")).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {
+        "nodeName": "node-a", "containers": [{"name": "c", "image": "busybox"}],
+        "readinessGates": [{"conditionType": "pier.dev/attached"}]}}))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod created");
+    let condition = |type_: &str, status: &str| json!({"type": type_, "status": status});
+    let pair = |type_: &str, status: &str| (type_.to_owned(), status.to_owned());
+    apply_pod_conditions(
+        &pods,
+        "web",
+        "kubelet",
+        json!([condition("Ready", "False")]),
+    )
+    .await;
+    let both = apply_pod_conditions(
+        &pods,
+        "web",
+        "pier-operator",
+        json!([condition("pier.dev/attached", "False")]),
+    )
+    .await;
+    assert_eq!(
+        pod_conditions(&both),
+        vec![pair("Ready", "False"), pair("pier.dev/attached", "False")],
+        "the operator's apply keeps the kubelet's condition"
+    );
+    let attached = apply_pod_conditions(
+        &pods,
+        "web",
+        "pier-operator",
+        json!([condition("pier.dev/attached", "True")]),
+    )
+    .await;
+    assert_eq!(
+        pod_conditions(&attached),
+        vec![pair("Ready", "False"), pair("pier.dev/attached", "True")],
+        "re-applying its condition updates only it"
+    );
+    let ready =
+        apply_pod_conditions(&pods, "web", "kubelet", json!([condition("Ready", "True")])).await;
+    assert_eq!(
+        pod_conditions(&ready),
+        vec![pair("Ready", "True"), pair("pier.dev/attached", "True")]
+    );
+    let gates = ready
+        .spec
+        .and_then(|s| s.readiness_gates)
+        .unwrap_or_default();
+    assert_eq!(gates.len(), 1, "status applies leave the spec alone");
+}
+
+#[tokio::test]
+async fn node_conditions_and_addresses_are_keyed_by_type() {
+    use k8s_openapi::api::core::v1::Node;
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let apply = |manager: &'static str, status: Value| {
+        let nodes = nodes.clone();
+        async move {
+            nodes
+                .patch_status(
+                    "node-b",
+                    &PatchParams::apply(manager),
+                    &Patch::Apply(json!({"apiVersion": "v1", "kind": "Node",
+                        "metadata": {"name": "node-b"}, "status": status})),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{manager} applies: {e}"))
+        }
+    };
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "node-b"}})).expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node created");
+    apply(
+        "kubelet",
+        json!({
+        "addresses": [{"type": "InternalIP", "address": "192.0.2.2"}],
+        "conditions": [{"type": "Ready", "status": "True"}]}),
+    )
+    .await;
+    let both = apply(
+        "pier-node",
+        json!({
+        "addresses": [{"type": "Hostname", "address": "node-b"}],
+        "conditions": [{"type": "NetworkUnavailable", "status": "False"}]}),
+    )
+    .await;
+    let status = both.status.expect("status");
+    let types = |list: Vec<String>| list.join(",");
+    assert_eq!(
+        types(
+            status
+                .addresses
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a.type_)
+                .collect()
+        ),
+        "InternalIP,Hostname"
+    );
+    assert_eq!(
+        types(
+            status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.type_)
+                .collect()
+        ),
+        "Ready,NetworkUnavailable"
+    );
+}
+
 #[tokio::test]
 async fn watch_resumes_and_expires() {
     let (_s, client) = common::server_with_crds(Options {

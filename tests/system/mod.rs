@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test uses a different part of the fixture
 
 pub mod nodes;
+pub mod pods;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -297,10 +298,17 @@ impl Pier {
 
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) {
+        self.apply_with(&[], yaml);
+    }
+
+    /// `kubectl apply FLAGS -f -` of `yaml` (e.g. `--server-side --subresource=status`).
+    pub fn apply_with(&self, flags: &[&str], yaml: &str) {
         let mut child = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["apply", "-f", "-"])
+            .arg("apply")
+            .args(flags)
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -480,6 +480,54 @@ mod tests {
     }
 
     #[test]
+    fn pod_conditions_of_two_managers_stay_apart() {
+        let pod = crate::structure::builtin("", "Pod").expect("Pods have a structure");
+        let status_writer = |manager| Writer {
+            api_version: "v1",
+            ..writer(manager, Scope::OnlyStatus, pod)
+        };
+        let (kubelet, operator) = (status_writer("kubelet"), status_writer("pier-operator"));
+        let condition = |type_: &str, status: &str| json!({"type": type_, "status": status});
+        let conditions = |obj: &Value| obj["status"]["conditions"].clone();
+        let live = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+            "spec": {"readinessGates": [{"conditionType": "pier.dev/attached"}]}});
+        let ready = json!({"status": {"conditions": [condition("Ready", "False")]}});
+        let o1 = apply(&live, &ready, &kubelet, false).expect("kubelet");
+        let attaching =
+            json!({"status": {"conditions": [condition("pier.dev/attached", "False")]}});
+        let o2 = apply(&o1, &attaching, &operator, false).expect("operator");
+        assert_eq!(
+            conditions(&o2),
+            json!([
+                condition("Ready", "False"),
+                condition("pier.dev/attached", "False")
+            ]),
+            "an apply of one condition keeps the other manager's"
+        );
+        let attached = json!({"status": {"conditions": [condition("pier.dev/attached", "True")]}});
+        let o3 = apply(&o2, &attached, &operator, false).expect("no conflict: its own entry");
+        assert_eq!(
+            conditions(&o3),
+            json!([
+                condition("Ready", "False"),
+                condition("pier.dev/attached", "True")
+            ]),
+            "re-applying one condition updates only it"
+        );
+        let now_ready = json!({"status": {"conditions": [condition("Ready", "True")]}});
+        let o4 = apply(&o3, &now_ready, &kubelet, false).expect("kubelet again");
+        assert_eq!(
+            conditions(&o4),
+            json!([
+                condition("Ready", "True"),
+                condition("pier.dev/attached", "True")
+            ])
+        );
+        let err = apply(&o4, &ready, &operator, false).expect_err("Ready is the kubelet's");
+        assert_eq!(err[0].field, ".status.conditions[type=\"Ready\"].status");
+    }
+
+    #[test]
     fn updates_take_ownership_of_changed_fields() {
         let s = schema();
         let a = writer("alice", Scope::ExceptStatus, &s);

@@ -86,6 +86,8 @@ fn network(j: usize) -> NetworkState {
         driver: Driver::Bridge,
         subnet: Some(format!("10.{}.0.0/16", 60 + j).parse().expect("subnet")),
         gateway: Some(Ipv4Addr::new(10, 60 + j as u8, 0, 1)),
+        subnet6: None,
+        gateway6: None,
         mtu: 1500,
         internal: false,
         dns: false,
@@ -108,7 +110,8 @@ fn endpoint(i: usize, ns: &str) -> EndpointState {
         attachment: Attachment::Bridge(BridgeAttachment {
             network: format!("bench{j}"),
             interface: "eth0".into(),
-            address,
+            address: Some(address),
+            address6: None,
             mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
             default_route: true,
         }),
@@ -449,16 +452,16 @@ fn bench_iperf(pid: u32) -> Option<Iperf> {
     let Attachment::Bridge(bridge) = &ep.attachment else {
         return None;
     };
-    let address = bridge.address;
+    let address = bridge.address?;
     let state = NodeState {
         networks: vec![network(0)],
         ports: vec![PublishedPort {
             id: "bench/iperf".into(),
             endpoint: ep.id.clone(),
-            host_ip: Ipv4Addr::UNSPECIFIED,
+            host_ip: Ipv4Addr::UNSPECIFIED.into(),
             host_port: 15201,
             protocol: Protocol::Tcp,
-            endpoint_address: address,
+            endpoint_address: address.into(),
             container_port: 5201,
         }],
         endpoints: vec![ep],

@@ -55,10 +55,10 @@ fn published(host_port: u16, last_octet: u8) -> PublishedPort {
     PublishedPort {
         id: format!("default/p{host_port}"),
         endpoint: "default/web".into(),
-        host_ip: Ipv4Addr::UNSPECIFIED,
+        host_ip: Ipv4Addr::UNSPECIFIED.into(),
         host_port,
         protocol: Protocol::Tcp,
-        endpoint_address: Ipv4Addr::new(172, 18, 0, last_octet),
+        endpoint_address: Ipv4Addr::new(172, 18, 0, last_octet).into(),
         container_port: 80,
     }
 }
@@ -71,6 +71,8 @@ fn state(ports: usize) -> NodeState {
             driver: Driver::Bridge,
             subnet: Some("172.18.0.0/16".parse().expect("subnet")),
             gateway: Some(Ipv4Addr::new(172, 18, 0, 1)),
+            subnet6: None,
+            gateway6: None,
             mtu: 1500,
             internal: false,
             dns: true,

@@ -5,10 +5,10 @@
 //! address and port in it was allocated by the operator: the node never invents one.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub use pier_crds::Protocol;
@@ -70,12 +70,18 @@ pub struct NetworkState {
     pub uid: String,
     #[serde(default)]
     pub driver: Driver,
-    /// The subnet (absent for `host` and `null`).
+    /// The IPv4 subnet (absent for `host` and `null`, and on an IPv6-only network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<Ipv4Net>,
-    /// The gateway address, set on the bridge (absent for `host` and `null`).
+    /// The IPv4 gateway address, set on the bridge (absent with `subnet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 subnet of a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// The IPv6 gateway address, set on the bridge (absent with `subnet6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// No egress, no masquerade, no published ports.
@@ -98,6 +104,37 @@ fn default_true() -> bool {
 }
 
 impl NetworkState {
+    /// A bridge network has a subnet and a gateway inside it for each family it has, and at
+    /// least one family.
+    fn check_addressing(&self) -> Result<(), StateError> {
+        let outside = |gateway: IpAddr, subnet: ipnet::IpNet| StateError::GatewayOutsideSubnet {
+            network: self.name.clone(),
+            gateway,
+            subnet,
+        };
+        let v4 = match (self.subnet, self.gateway) {
+            (Some(subnet), Some(gateway)) if !subnet.contains(&gateway) => {
+                return Err(outside(gateway.into(), subnet.into()));
+            }
+            (Some(_), Some(_)) => true,
+            (None, None) => false,
+            _ => return Err(StateError::BridgeWithoutSubnet(self.name.clone())),
+        };
+        let v6 = match (self.subnet6, self.gateway6) {
+            (Some(subnet), Some(gateway)) if !subnet.contains(&gateway) => {
+                return Err(outside(gateway.into(), subnet.into()));
+            }
+            (Some(_), Some(_)) => true,
+            (None, None) => false,
+            _ => return Err(StateError::BridgeWithoutSubnet(self.name.clone())),
+        };
+        if v4 || v6 {
+            Ok(())
+        } else {
+            Err(StateError::BridgeWithoutSubnet(self.name.clone()))
+        }
+    }
+
     /// The bridge Pier owns for this network: `pier-` + 8 hex digits of the uid's hash (the
     /// operator records the same name in the Network's status).
     pub fn bridge_name(&self) -> String {
@@ -185,12 +222,19 @@ pub struct BridgeAttachment {
     pub network: String,
     /// The interface name inside the namespace (`eth0`, `eth1`, ...).
     pub interface: String,
-    /// The endpoint's address; the prefix length comes from the network's subnet.
-    pub address: Ipv4Addr,
+    /// The endpoint's IPv4 address (absent on an IPv6-only network); the prefix length comes
+    /// from the network's subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// The endpoint's IPv6 address on a network with IPv6; the prefix length comes from the
+    /// network's `subnet6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
     /// The MAC address of the namespace-side interface, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
-    /// Whether the default route goes via this network's gateway: the operator's choice
-    /// (`status.defaultRoute`, the namespace's first network), one per namespace.
+    /// Whether the default routes go via this network's gateways (each family it has): the
+    /// operator's choice (`status.defaultRoute`, the namespace's first network), one per
+    /// namespace.
     #[serde(default)]
     pub default_route: bool,
 }
@@ -219,13 +263,14 @@ pub struct PublishedPort {
     pub id: String,
     /// The endpoint (`id`) the traffic goes to.
     pub endpoint: String,
-    /// The host address to bind; `0.0.0.0` means every address of the node.
+    /// The host address to bind; `0.0.0.0` means every IPv4 address of the node, `::` every
+    /// IPv6 one. One entry is one family: `endpoint_address` is of the same.
     #[serde(default = "unspecified")]
-    pub host_ip: Ipv4Addr,
+    pub host_ip: IpAddr,
     pub host_port: u16,
     pub protocol: Protocol,
-    /// Where the traffic goes: the endpoint's address on its network.
-    pub endpoint_address: Ipv4Addr,
+    /// Where the traffic goes: the endpoint's address on its network, of `host_ip`'s family.
+    pub endpoint_address: IpAddr,
     pub container_port: u16,
 }
 
@@ -242,7 +287,12 @@ pub struct RemoteEndpoint {
     pub aliases: Vec<String>,
     /// The overlay Network's name.
     pub network: String,
-    pub address: Ipv4Addr,
+    /// Its IPv4 address (absent on an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Its IPv6 address on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
     /// `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
     /// The node it lives on.
@@ -251,8 +301,8 @@ pub struct RemoteEndpoint {
     pub tunnel: Ipv4Addr,
 }
 
-fn unspecified() -> Ipv4Addr {
-    Ipv4Addr::UNSPECIFIED
+fn unspecified() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }
 
 /// A NodeState that cannot be applied as a whole.
@@ -260,13 +310,13 @@ fn unspecified() -> Ipv4Addr {
 pub enum StateError {
     #[error("network {0:?} appears more than once")]
     DuplicateNetwork(String),
-    #[error("bridge network {0:?} has no subnet or no gateway")]
+    #[error("bridge network {0:?} has no subnet and gateway of either family")]
     BridgeWithoutSubnet(String),
     #[error("network {network:?}: gateway {gateway} is outside subnet {subnet}")]
     GatewayOutsideSubnet {
         network: String,
-        gateway: Ipv4Addr,
-        subnet: Ipv4Net,
+        gateway: IpAddr,
+        subnet: ipnet::IpNet,
     },
     #[error("endpoint {0:?} appears more than once")]
     DuplicateEndpoint(String),
@@ -284,16 +334,7 @@ impl NodeState {
                 return Err(StateError::DuplicateNetwork(network.name.clone()));
             }
             if network.driver.has_bridge() {
-                let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) else {
-                    return Err(StateError::BridgeWithoutSubnet(network.name.clone()));
-                };
-                if !subnet.contains(&gateway) {
-                    return Err(StateError::GatewayOutsideSubnet {
-                        network: network.name.clone(),
-                        gateway,
-                        subnet,
-                    });
-                }
+                network.check_addressing()?;
             }
         }
         // A hash set: this runs on every attach, over every endpoint of the node.
@@ -327,6 +368,8 @@ mod tests {
             internal: false,
             dns: true,
             vxlan_id: None,
+            subnet6: None,
+            gateway6: None,
         }
     }
 
@@ -386,7 +429,7 @@ mod tests {
         let state: NodeState = serde_json::from_str(json).expect("state parses");
         assert_eq!(state.networks[0].mtu, 1500);
         assert!(state.networks[0].dns);
-        assert_eq!(state.ports[0].host_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(state.ports[0].host_ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(state.validate(), Ok(()));
         let again: NodeState =
             serde_json::from_str(&serde_json::to_string(&state).expect("serializes"))

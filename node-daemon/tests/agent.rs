@@ -229,7 +229,7 @@ async fn event_with(client: &Client, name: &str, reason: &str) -> (String, Strin
 
 fn tcp(port: u16) -> HostPort {
     HostPort {
-        ip: Ipv4Addr::UNSPECIFIED,
+        ip: Ipv4Addr::UNSPECIFIED.into(),
         protocol: Protocol::Tcp,
         port,
     }
@@ -283,7 +283,7 @@ async fn attach_then_detach_in_finalizer_order() {
         panic!("a bridge attachment: {on_node:?}");
     };
     assert_eq!(
-        Some(bridge.address.to_string()),
+        bridge.address.map(|a| a.to_string()),
         status.ipv4_address,
         "the address is the operator's"
     );

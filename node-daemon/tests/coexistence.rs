@@ -171,7 +171,7 @@ fn node(lab: &Lab) -> Node {
     let mut vault = bridge_network("vault", "10.77.0.0/24", "10.77.0.1");
     vault.internal = true;
     let mut loopback_only = published("default/web-lo", "default/con1", 8080, "172.18.0.2", 80);
-    loopback_only.host_ip = Ipv4Addr::LOCALHOST;
+    loopback_only.host_ip = Ipv4Addr::LOCALHOST.into();
     let state = NodeState {
         networks: vec![bridge_network("web", "172.18.0.0/16", "172.18.0.1"), vault],
         endpoints: vec![

@@ -16,7 +16,11 @@ use pier_node::state::Protocol;
 use socket2::{Domain, Socket, Type};
 
 fn port(ip: Ipv4Addr, protocol: Protocol, port: u16) -> HostPort {
-    HostPort { ip, protocol, port }
+    HostPort {
+        ip: ip.into(),
+        protocol,
+        port,
+    }
 }
 
 /// What holding `port` in `ns` gives.

@@ -112,7 +112,7 @@ impl World {
             .collect();
         let mut neighbours: Vec<String> = remotes
             .iter()
-            .map(|r| format!("{} {} PERMANENT", r.address, r.mac))
+            .filter_map(|r| Some(format!("{} {} PERMANENT", r.address?, r.mac)))
             .collect();
         fdb.sort();
         neighbours.sort();
@@ -409,7 +409,8 @@ fn only_the_overlays_nodes_may_send_into_it() {
             name: "lan".into(),
             aliases: vec![],
             network: "ov".into(),
-            address: ip("10.20.0.50"),
+            address: Some(ip("10.20.0.50")),
+            address6: None,
             mac: "02:42:0a:14:00:32".into(),
             node: "lan".into(),
             tunnel: tunnel_of(50),

@@ -182,7 +182,8 @@ fn remote_endpoint(
         name: names.next()?,
         aliases: names.collect(),
         network: network.to_owned(),
-        address: status.ipv4_address.as_deref()?.parse().ok()?,
+        address: Some(status.ipv4_address.as_deref()?.parse().ok()?),
+        address6: None,
         mac: status.mac_address.clone()?,
         node: node.to_owned(),
         tunnel,
@@ -403,7 +404,8 @@ fn bridge_attachment(
     Ok(BridgeAttachment {
         network: network_name.to_owned(),
         interface: interface.clone(),
-        address,
+        address: Some(address),
+        address6: None,
         mac: mac.clone(),
         default_route,
     })
@@ -485,7 +487,7 @@ fn port_destinations(state: &NodeState) -> HashMap<&str, (&str, Ipv4Addr)> {
         .endpoints
         .iter()
         .filter_map(|e| match &e.attachment {
-            Attachment::Bridge(bridge) => Some((e.id.as_str(), bridge.address)),
+            Attachment::Bridge(bridge) => Some((e.id.as_str(), bridge.address?)),
             _ => None,
         })
         .collect();
@@ -660,6 +662,8 @@ fn network_state(network: &Network) -> Option<NetworkState> {
         driver,
         subnet: addressing.map(|(subnet, _)| subnet),
         gateway: addressing.map(|(_, gateway)| gateway),
+        subnet6: None,
+        gateway6: None,
         mtu: network_mtu(network),
         internal: network.spec.internal,
         dns: network.spec.dns,
@@ -684,13 +688,13 @@ fn published_ports(
                 id: id.to_owned(),
                 endpoint: endpoint.to_owned(),
                 host_ip: if port.host_ip.is_empty() {
-                    Ipv4Addr::UNSPECIFIED
+                    Ipv4Addr::UNSPECIFIED.into()
                 } else {
                     port.host_ip.parse().ok()?
                 },
                 host_port: u16::try_from(port.host_port).ok().filter(|p| *p > 0)?,
                 protocol: port.protocol,
-                endpoint_address: address,
+                endpoint_address: address.into(),
                 container_port: u16::try_from(port.container_port).ok().filter(|p| *p > 0)?,
             })
         })
@@ -1118,7 +1122,7 @@ mod tests {
         let mut built = run(&networks, &endpoints, &ports, &[]);
         assert_eq!(built.state.ports.len(), 3);
         let held = |port| HostPort {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: Ipv4Addr::UNSPECIFIED.into(),
             protocol: pier_crds::Protocol::Tcp,
             port,
         };

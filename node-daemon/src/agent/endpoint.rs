@@ -66,9 +66,13 @@ pub fn attached_message(endpoint: &EndpointState, state: &NodeState) -> String {
                 .and_then(|n| n.subnet)
                 .map_or(32, |s| s.prefix_len());
             let bridge_name = network.map(|n| n.bridge_name()).unwrap_or_default();
+            let address = bridge
+                .address
+                .map(|a| format!(" {a}/{prefix}"))
+                .unwrap_or_default();
             format!(
-                "{} {}/{prefix} in {netns}, on bridge {bridge_name}",
-                bridge.interface, bridge.address
+                "{}{address} in {netns}, on bridge {bridge_name}",
+                bridge.interface
             )
         }
         Attachment::Null { network } => format!("{netns} has lo only (network {network})"),

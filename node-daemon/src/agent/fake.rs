@@ -353,6 +353,8 @@ mod tests {
                 internal: false,
                 dns: true,
                 vxlan_id: None,
+                subnet6: None,
+                gateway6: None,
             }],
             endpoints: vec![EndpointState {
                 id: "default/a".into(),
@@ -363,7 +365,8 @@ mod tests {
                 attachment: Attachment::Bridge(BridgeAttachment {
                     network: "web".into(),
                     interface: "eth0".into(),
-                    address: Ipv4Addr::new(10, 1, 0, 2),
+                    address: Some(Ipv4Addr::new(10, 1, 0, 2)),
+                    address6: None,
                     mac: "02:42:0a:01:00:02".into(),
                     default_route: true,
                 }),
@@ -375,7 +378,7 @@ mod tests {
 
     fn port(number: u16) -> HostPort {
         HostPort {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: Ipv4Addr::UNSPECIFIED.into(),
             protocol: Protocol::Tcp,
             port: number,
         }

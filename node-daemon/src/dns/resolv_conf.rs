@@ -337,6 +337,8 @@ mod tests {
                 internal: false,
                 dns: true,
                 vxlan_id: None,
+                subnet6: None,
+                gateway6: None,
             }],
             endpoints: endpoint_ns
                 .iter()
@@ -350,7 +352,8 @@ mod tests {
                     attachment: Attachment::Bridge(BridgeAttachment {
                         network: "n".into(),
                         interface: "eth0".into(),
-                        address: Ipv4Addr::new(172, 18, 0, 2 + i as u8),
+                        address: Some(Ipv4Addr::new(172, 18, 0, 2 + i as u8)),
+                        address6: None,
                         mac: "02:42:00:00:00:01".into(),
                         default_route: true,
                     }),

@@ -303,7 +303,8 @@ mod tests {
             attachment: Attachment::Bridge(BridgeAttachment {
                 network: "n".into(),
                 interface: "eth0".into(),
-                address: address.into(),
+                address: Some(address.into()),
+                address6: None,
                 mac: "02:42:00:00:00:01".into(),
                 default_route: true,
             }),
@@ -323,6 +324,8 @@ mod tests {
                 internal: false,
                 dns: true,
                 vxlan_id: None,
+                subnet6: None,
+                gateway6: None,
             }],
             endpoints: vec![
                 endpoint("con1", [172, 18, 0, 2], &["web"]),

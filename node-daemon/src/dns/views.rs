@@ -89,13 +89,11 @@ impl Views {
             let Attachment::Bridge(bridge) = &endpoint.attachment else {
                 continue;
             };
-            let Some(netns) = namespace_of(state, endpoint) else {
+            let (Some(netns), Some(address)) = (namespace_of(state, endpoint), bridge.address)
+            else {
                 continue;
             };
-            addresses
-                .entry(netns.clone())
-                .or_default()
-                .push(bridge.address);
+            addresses.entry(netns.clone()).or_default().push(address);
             if dns_network(&bridge.network) {
                 attached
                     .entry(netns)
@@ -104,16 +102,16 @@ impl Views {
                 members
                     .entry(bridge.network.as_str())
                     .or_default()
-                    .push(Member::local(endpoint, bridge.address));
+                    .push(Member::local(endpoint, address));
             }
         }
         // An overlay's endpoints on other nodes are names here too (they ask their own node).
         for remote in &state.remote_endpoints {
-            if dns_network(&remote.network) {
+            if let (true, Some(address)) = (dns_network(&remote.network), remote.address) {
                 members
                     .entry(remote.network.as_str())
                     .or_default()
-                    .push(Member::remote(remote));
+                    .push(Member::remote(remote, address));
             }
         }
 
@@ -226,11 +224,11 @@ impl<'a> Member<'a> {
         }
     }
 
-    fn remote(endpoint: &'a RemoteEndpoint) -> Member<'a> {
+    fn remote(endpoint: &'a RemoteEndpoint, address: Ipv4Addr) -> Member<'a> {
         Member {
             name: &endpoint.name,
             aliases: &endpoint.aliases,
-            address: endpoint.address,
+            address,
         }
     }
 }
@@ -386,6 +384,8 @@ mod tests {
             internal: false,
             dns: true,
             vxlan_id: None,
+            subnet6: None,
+            gateway6: None,
         }
     }
 
@@ -399,7 +399,8 @@ mod tests {
             attachment: Attachment::Bridge(BridgeAttachment {
                 network: network.into(),
                 interface: "eth0".into(),
-                address: address.parse().expect("address"),
+                address: address.parse().ok(),
+                address6: None,
                 mac: "02:42:00:00:00:01".into(),
                 default_route: true,
             }),
@@ -501,7 +502,8 @@ mod tests {
             name: "far".into(),
             aliases: vec!["web".into()],
             network: "workshop-tage".into(),
-            address: ip4("172.18.0.9"),
+            address: Some(ip4("172.18.0.9")),
+            address6: None,
             mac: "02:42:ac:12:00:09".into(),
             node: "node-b".into(),
             tunnel: ip4("10.0.0.2"),
@@ -707,6 +709,8 @@ mod timing {
                 internal: false,
                 dns: true,
                 vxlan_id: None,
+                subnet6: None,
+                gateway6: None,
             }],
             endpoints: (0..200u8)
                 .map(|i| EndpointState {
@@ -718,7 +722,8 @@ mod timing {
                     attachment: Attachment::Bridge(BridgeAttachment {
                         network: "bench".into(),
                         interface: "eth0".into(),
-                        address: Ipv4Addr::new(172, 30, 0, i.wrapping_add(2)),
+                        address: Some(Ipv4Addr::new(172, 30, 0, i.wrapping_add(2))),
+                        address6: None,
                         mac: "02:42:00:00:00:01".into(),
                         default_route: true,
                     }),

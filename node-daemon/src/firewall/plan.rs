@@ -305,13 +305,15 @@ mod tests {
                 internal: false,
                 dns: true,
                 vxlan_id: None,
+                subnet6: None,
+                gateway6: None,
             }],
             endpoints: vec![],
             ports: (0..ports)
                 .map(|i| PublishedPort {
                     id: format!("default/p{i}"),
                     endpoint: "default/web".into(),
-                    host_ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    host_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
                     host_port: 8000 + i,
                     protocol: Protocol::Tcp,
                     endpoint_address: "172.18.0.2".parse().expect("address"),

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use pier_crds::network::VXLAN_PORT;
 
@@ -565,9 +565,15 @@ fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> (SetSpec, SetSpec)
         &[Field::Ipv4, Field::InetService],
     );
     for port in &state.ports {
+        // IPv4 here; IPv6 ports have a map of their own.
+        let (IpAddr::V4(endpoint_address), IpAddr::V4(host_ip)) =
+            (port.endpoint_address, port.host_ip)
+        else {
+            continue;
+        };
         if internal_subnets
             .iter()
-            .any(|s| s.contains(&port.endpoint_address))
+            .any(|s| s.contains(&endpoint_address))
         {
             continue;
         }
@@ -576,15 +582,15 @@ fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> (SetSpec, SetSpec)
         let data = concat(
             map_addr.data,
             &[
-                &port.endpoint_address.octets(),
+                &endpoint_address.octets(),
                 &port.container_port.to_be_bytes(),
             ],
         );
-        let (key, target) = if port.host_ip.is_unspecified() {
+        let (key, target) = if host_ip.is_unspecified() {
             (concat(map_any.key, &[&proto, &host_port]), &mut by_any)
         } else {
             (
-                concat(map_addr.key, &[&port.host_ip.octets(), &proto, &host_port]),
+                concat(map_addr.key, &[&host_ip.octets(), &proto, &host_port]),
                 &mut by_addr,
             )
         };

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Socket, Type};
 
@@ -23,7 +23,7 @@ use crate::state::{Protocol, PublishedPort};
 /// One host socket address a published port needs: `hostIP:hostPort/protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostPort {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -175,15 +175,21 @@ const BACKLOG: i32 = 1;
 /// so docker-proxy and kube-proxy): it lets the bind pass over connections of an earlier
 /// listener still in TIME_WAIT, and never lets another socket bind the port while this one
 /// listens. UDP sets no reuse option: with it, another socket asking for reuse could share.
+/// An IPv6 port is held on IPv6 alone (IPV6_V6ONLY), as its IPv4 twin is its own entry.
 pub fn open(port: &HostPort) -> io::Result<Socket> {
-    let address: SocketAddr = SocketAddrV4::new(port.ip, port.port).into();
+    let address = SocketAddr::new(port.ip, port.port);
     let (kind, protocol) = match port.protocol {
         Protocol::Tcp => (Type::STREAM, socket2::Protocol::TCP),
         Protocol::Udp => (Type::DGRAM, socket2::Protocol::UDP),
         Protocol::Sctp => (Type::STREAM, socket2::Protocol::SCTP),
     };
-    let socket = Socket::new(Domain::IPV4, kind, Some(protocol))?;
-    socket.set_freebind_v4(true)?;
+    let socket = Socket::new(Domain::for_address(address), kind, Some(protocol))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
     if port.protocol == Protocol::Tcp {
         socket.set_reuse_address(true)?;
     }
@@ -200,7 +206,7 @@ mod tests {
 
     fn tcp(port: u16) -> HostPort {
         HostPort {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             protocol: Protocol::Tcp,
             port,
         }

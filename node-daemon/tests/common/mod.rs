@@ -349,6 +349,8 @@ pub fn bridge_network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
         internal: false,
         dns: true,
         vxlan_id: None,
+        subnet6: None,
+        gateway6: None,
     }
 }
 
@@ -363,6 +365,8 @@ pub fn other_network(name: &str, driver: Driver) -> NetworkState {
         internal: false,
         dns: false,
         vxlan_id: None,
+        subnet6: None,
+        gateway6: None,
     }
 }
 
@@ -386,7 +390,8 @@ pub fn bridge_endpoint(
         attachment: Attachment::Bridge(BridgeAttachment {
             network: network.into(),
             interface: interface.into(),
-            address: ip,
+            address: Some(ip),
+            address6: None,
             mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
             default_route,
         }),
@@ -403,7 +408,7 @@ pub fn published(
     PublishedPort {
         id: id.into(),
         endpoint: endpoint.into(),
-        host_ip: Ipv4Addr::UNSPECIFIED,
+        host_ip: Ipv4Addr::UNSPECIFIED.into(),
         host_port,
         protocol: Protocol::Tcp,
         endpoint_address: address.parse().expect("test address"),

@@ -109,6 +109,7 @@ pub fn remote(host: u8, endpoint: &EndpointState) -> Option<RemoteEndpoint> {
         aliases: endpoint.aliases.clone(),
         network: bridge.network.clone(),
         address: bridge.address,
+        address6: bridge.address6,
         mac: bridge.mac.clone(),
         node: format!("host{host}"),
         tunnel: tunnel_of(host),

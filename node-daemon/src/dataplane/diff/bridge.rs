@@ -264,7 +264,15 @@ fn check<'a>(
             "its network is not a bridge network",
         ));
     };
-    let address = bridge.address;
+    let Some(address) = bridge.address else {
+        return Err((
+            format!(
+                "endpoint has no IPv4 address on network {:?}",
+                bridge.network
+            ),
+            "its address is invalid",
+        ));
+    };
     check_address(address, subnet, gateway)
         .map_err(|message| (message, "its address is invalid"))?;
     if let Some(other) = address_taken(diff, position, bridge) {

@@ -73,7 +73,7 @@ struct Diff<'a> {
     /// Host veths of the state's bridge endpoints planned so far.
     wanted_veths: BTreeSet<String>,
     /// First endpoint per (network, address) and per (namespace, interface) (full plans).
-    used_addresses: HashMap<(&'a str, Ipv4Addr), &'a str>,
+    used_addresses: HashMap<(&'a str, Option<Ipv4Addr>), &'a str>,
     used_interfaces: HashMap<(&'a Netns, &'a str), &'a str>,
     /// Every endpoint id, when some endpoint shares another's namespace (few states do).
     endpoint_ids: HashSet<&'a str>,

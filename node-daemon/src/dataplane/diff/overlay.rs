@@ -185,7 +185,9 @@ fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> 
             if let Some(mac) = netlink::parse_mac(&bridge.mac) {
                 macs.entry(mac).or_insert(&endpoint.id);
             }
-            addresses.entry(bridge.address).or_insert(&endpoint.id);
+            if let Some(address) = bridge.address {
+                addresses.entry(address).or_insert(&endpoint.id);
+            }
         }
     }
     let mut remotes = Vec::new();
@@ -195,13 +197,13 @@ fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> 
         .filter(|r| r.network == network.name);
     for remote in ours {
         match check_remote(remote, network, local, &macs, &addresses) {
-            Ok(mac) => {
+            Ok((mac, address)) => {
                 macs.insert(mac.clone(), &remote.id);
-                addresses.insert(remote.address, &remote.id);
+                addresses.insert(address, &remote.id);
                 remotes.push(Remote {
                     endpoint: &remote.id,
                     mac,
-                    address: remote.address,
+                    address,
                     tunnel: remote.tunnel,
                 });
             }
@@ -214,14 +216,17 @@ fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> 
     remotes
 }
 
-/// A remote endpoint's MAC, if it can have entries.
+/// A remote endpoint's MAC and address, if it can have entries.
 fn check_remote(
     remote: &RemoteEndpoint,
     network: &NetworkState,
     local: Ipv4Addr,
     macs: &HashMap<Vec<u8>, &str>,
     addresses: &HashMap<Ipv4Addr, &str>,
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, Ipv4Addr), String> {
+    let address = remote
+        .address
+        .ok_or_else(|| "it has no IPv4 address".to_owned())?;
     let mac = netlink::parse_mac(&remote.mac)
         .ok_or_else(|| format!("invalid MAC address {:?}", remote.mac))?;
     // All zeros is the VXLAN device's default destination (where unknown frames would flood);
@@ -230,7 +235,7 @@ fn check_remote(
         return Err(format!("MAC {} is not a unicast address", remote.mac));
     }
     if let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) {
-        check_address(remote.address, subnet, gateway)?;
+        check_address(address, subnet, gateway)?;
     }
     if remote.tunnel == local {
         return Err(format!("its node's tunnel address {local} is this node's"));
@@ -244,13 +249,10 @@ fn check_remote(
     if let Some(other) = macs.get(&mac) {
         return Err(format!("MAC {} is endpoint {other:?}'s", remote.mac));
     }
-    if let Some(other) = addresses.get(&remote.address) {
-        return Err(format!(
-            "address {} is endpoint {other:?}'s",
-            remote.address
-        ));
+    if let Some(other) = addresses.get(&address) {
+        return Err(format!("address {address} is endpoint {other:?}'s"));
     }
-    Ok(mac)
+    Ok((mac, address))
 }
 
 /// FDB steps: a missing entry added, a wrong or temporary one replaced, a MAC with several

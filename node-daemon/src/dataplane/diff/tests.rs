@@ -30,6 +30,8 @@ pub(super) fn bridge_network(name: &str, subnet: &str, gateway: Ipv4Addr) -> Net
         internal: false,
         dns: true,
         vxlan_id: None,
+        subnet6: None,
+        gateway6: None,
     }
 }
 
@@ -43,7 +45,8 @@ pub(super) fn bridge_endpoint(id: &str, network: &str, address: Ipv4Addr) -> End
         attachment: Attachment::Bridge(BridgeAttachment {
             network: network.to_owned(),
             interface: "eth0".to_owned(),
-            address,
+            address: Some(address),
+            address6: None,
             mac: "02:42:ac:12:00:02".to_owned(),
             default_route: true,
         }),
@@ -267,7 +270,7 @@ fn a_drifted_endpoint_address_re_makes_its_veth() {
     let after = applied(before.clone(), &diff(&before, &state, &Scope::Full));
     let mut moved = state.clone();
     if let Attachment::Bridge(bridge) = &mut moved.endpoints[0].attachment {
-        bridge.address = Ipv4Addr::new(172, 18, 0, 9);
+        bridge.address = Some(Ipv4Addr::new(172, 18, 0, 9));
     }
     let plan = diff(&after, &moved, &Scope::Full);
     let veth = after

@@ -16,6 +16,8 @@ fn network(name: &str, subnet: &str, internal: bool) -> NetworkState {
         internal,
         dns: true,
         vxlan_id: None,
+        subnet6: None,
+        gateway6: None,
     }
 }
 
@@ -379,7 +381,8 @@ fn overlay_peers_are_pairs_of_vxlan_id_and_tunnel_address() {
         name: id.into(),
         aliases: vec![],
         network: network.into(),
-        address: "10.20.0.9".parse().expect("address"),
+        address: Some("10.20.0.9".parse().expect("address")),
+        address6: None,
         mac: "02:42:0a:14:00:09".into(),
         node: format!("node-{tunnel}"),
         tunnel: tunnel.parse().expect("tunnel"),

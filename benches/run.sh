@@ -45,7 +45,7 @@ if [ "$mode" = full ]; then
   overlay_env=(PIER_BENCH_RUNS=100 PIER_BENCH_PER_NODE=300 PIER_BENCH_CHURN=1000
     PIER_BENCH_IPERF_ROUNDS=3 PIER_BENCH_IPERF_SECONDS=5)
 else
-  criterion_args=(--warm-up-time 1 --measurement-time 2 ipam/fill_slash16)
+  criterion_args=(--warm-up-time 1 --measurement-time 2 'ipam/(fill_slash16|first_1000_of_slash64)')
   attach_env=(PIER_BENCH_SIZES=10,100 PIER_BENCH_REPS=5 PIER_BENCH_IPERF=0)
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=10)
   dns_env=(PIER_BENCH_ROUNDS=1)
@@ -84,8 +84,10 @@ pier_bin="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/pier"
 if run ipam; then
 echo "== IPAM (criterion)"
 cargo bench -p pier-operator --bench ipam -- "${criterion_args[@]}"
-jq '{bench: "ipam", fill_slash16_65533_median_ns: .median.point_estimate}' \
-  target/criterion/ipam/fill_slash16_65533/new/estimates.json >"$json/ipam.json"
+jq -s '{bench: "ipam", fill_slash16_65533_median_ns: .[0].median.point_estimate,
+  first_1000_of_slash64_median_ns: .[1].median.point_estimate}' \
+  target/criterion/ipam/fill_slash16_65533/new/estimates.json \
+  target/criterion/ipam/first_1000_of_slash64/new/estimates.json >"$json/ipam.json"
 ran ipam
 fi
 if run attach; then

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use ipnet::Ipv4Net;
+use pier_operator::ipam::ipv6::{AddressPool6, AddressPool6Config, Subnets6, ula_prefix};
 use pier_operator::ipam::{
     AddressPool, AddressPoolConfig, Bitmap, Pool, SubnetAllocator, default_pools,
 };
@@ -140,6 +141,44 @@ fn bench_fill_slash16(c: &mut Criterion) {
     g.finish();
 }
 
+/// The IPv6 figure: the first 1,000 allocations in an empty /64 (2^64 addresses, none
+/// of which may be listed), and a /64 for each of 1,000 Networks from a ULA /48.
+fn bench_ipv6(c: &mut Criterion) {
+    let names = owners("ep6", 1000);
+    let slash64 = AddressPool6Config {
+        subnet: "fd12:3456:789a:1::/64".parse().expect("a /64"),
+        gateway: None,
+        ip_range: None,
+    };
+    let mut g = c.benchmark_group("ipam");
+    g.bench_function("first_1000_of_slash64", |b| {
+        b.iter_batched(
+            || AddressPool6::new(&slash64).expect("valid /64"),
+            |mut pool| {
+                for name in &names {
+                    black_box(pool.allocate(name, None).expect("free address"));
+                }
+                pool
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let networks = owners("net", 1000);
+    g.bench_function("1000_slash64_from_ula_slash48", |b| {
+        b.iter_batched(
+            || Subnets6::new(ula_prefix("bench")),
+            |mut subnets| {
+                for name in &networks {
+                    black_box(subnets.allocate(name, None).expect("a free /64"));
+                }
+                subnets
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 fn bench_host_ports(c: &mut Criterion) {
     let names = owners("pub", 28_232);
     let mut g = c.benchmark_group("ports");
@@ -222,5 +261,11 @@ fn bench_subnets(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_fill_slash16, bench_host_ports, bench_subnets);
+criterion_group!(
+    benches,
+    bench_fill_slash16,
+    bench_ipv6,
+    bench_host_ports,
+    bench_subnets
+);
 criterion_main!(benches);

@@ -326,34 +326,49 @@ fn ipam(r: &mut Report, args: &Args) -> Result<()> {
     writeln!(r.md, "## IPAM\n")?;
     writeln!(
         r.md,
-        "Command: `cargo bench -p pier-operator --bench ipam` (criterion; quick mode: `-- --warm-up-time 1 --measurement-time 2 ipam/fill_slash16`).\n\
-         Allocate every dynamic address of an empty 172.18.0.0/16 (65,533), each with its owner."
+        "Command: `cargo bench -p pier-operator --bench ipam` (criterion; quick mode: `-- --warm-up-time 1 --measurement-time 2 'ipam/(fill_slash16|first_1000_of_slash64)'`).\n\
+         Allocate every dynamic address of an empty 172.18.0.0/16 (65,533), each with its owner; \
+         and the first 1,000 IPv6 addresses of an empty /64."
     )?;
-    // What run.sh kept of criterion's estimate, else criterion's own file.
-    let kept = read_json(&args.results.join("ipam.json"))
-        .and_then(|j| j["fill_slash16_65533_median_ns"].as_f64());
-    let ms = kept
-        .or_else(|| {
-            read_json(
-                &args
-                    .criterion
-                    .join("ipam/fill_slash16_65533/new/estimates.json"),
-            )
-            .and_then(|e| e["median"]["point_estimate"].as_f64())
-        })
-        .map(|ns| ns / 1e6);
+    // What run.sh kept of criterion's estimates, else criterion's own files.
+    let kept = read_json(&args.results.join("ipam.json"));
+    let median_ms = |field: &str, bench: &str| {
+        kept.as_ref()
+            .and_then(|j| j[field].as_f64())
+            .or_else(|| {
+                read_json(
+                    &args
+                        .criterion
+                        .join(format!("ipam/{bench}/new/estimates.json")),
+                )
+                .and_then(|e| e["median"]["point_estimate"].as_f64())
+            })
+            .map(|ns| ns / 1e6)
+    };
+    let ms = median_ms("fill_slash16_65533_median_ns", "fill_slash16_65533");
+    let ms6 = median_ms("first_1000_of_slash64_median_ns", "first_1000_of_slash64");
     if kept.is_some() {
         r.section_run(args, "ipam");
     }
     r.verdict_header();
+    let measured = |m: Option<f64>, digits: usize| {
+        m.map_or_else(
+            || "not measured".to_owned(),
+            |m| format!("{m:.digits$} ms (criterion median)"),
+        )
+    };
     r.target(
         "IPAM",
         "fill a /16 (65,533 addresses) < 50 ms",
-        ms.map_or_else(
-            || "not measured".to_owned(),
-            |m| format!("{m:.1} ms (criterion median)"),
-        ),
+        measured(ms, 1),
         ms.map(|m| m < 50.0),
+        "",
+    );
+    r.target(
+        "IPAM, IPv6",
+        "first 1,000 allocations in a /64 < 5 ms",
+        measured(ms6, 3),
+        ms6.map(|m| m < 5.0),
         "",
     );
     r.md.push_str(&notes(&args.notes, "ipam"));

@@ -219,6 +219,16 @@ fn the_node_reaches_ipv6_loopback_ports_with_and_without_br_netfilter() {
             "UDP on [::1]:5353, {mode}"
         );
     }
+    // Control: without table ip6 pier the answers die on the bridge (the kernel refuses `::1`
+    // from anywhere but `lo`); the next apply makes the table again.
+    lab.host.sh("nft delete table ip6 pier");
+    assert_eq!(
+        lab.host.peer_seen(LOOPBACK6, 8443),
+        None,
+        "without ip6 pier"
+    );
+    lab.apply();
+    assert_eq!(lab.host.peer_seen(LOOPBACK6, 8443), v6(GATEWAY_WEB6));
     // `::1` is the node's loopback only: not its other addresses, not the LAN.
     assert_eq!(
         lab.lan.peer_seen(UPLINK6, 8443),

@@ -1,26 +1,28 @@
-//! nftables for Pier: one table, `inet pier`, changed in one atomic netlink batch per apply.
+//! nftables for Pier: table `inet pier` for both families, and on a node with IPv6 networks table
+//! `ip6 pier` (`[::1]:hostPort`, see `render.rs`), changed in one atomic netlink batch per apply.
 //!
-//! - [`render`] computes the desired table from a `NodeState` (pure, unit-tested);
-//! - [`plan`] reads the table back from the kernel and diffs it against the rendering;
-//! - [`apply`] sends the plan as one batch; [`reset`] deletes the table.
+//! - [`render`] computes the desired tables from a `NodeState` (pure, unit-tested);
+//! - [`plan`] reads the tables back from the kernel and diffs them against the rendering;
+//! - [`apply`] sends the plan as one batch; [`reset`] deletes the tables.
 //!
-//! Pier changes no other nftables table. Where another firewall's iptables chains would drop
-//! Pier's traffic (Docker's `FORWARD` policy DROP, ufw), [`iptables`] adds the accepts Pier's
-//! bridges need there, through the iptables tools, since those tables are theirs to write.
+//! Pier's own tables aside, it only adds tagged accepts to other tables. Where another firewall's
+//! iptables or ip6tables chains would drop Pier's traffic (Docker's `FORWARD` policy DROP, ufw),
+//! [`iptables`] adds the accepts Pier's bridges need there, through the tools, since those tables
+//! are theirs to write; [`native`] does the same in firewalls written natively in nftables.
 //! Everything else goes through libnftnl over netlink; the `nft` binary is not needed at run
 //! time (tests use it to inspect).
 //!
-//! What the rules do (see `render.rs` for the exact rules and why):
+//! What the rules do (see `render.rs` for the exact rules and why), for IPv4 and IPv6:
 //! - masquerade traffic from a non-internal network's subnet leaving through a non-Pier interface;
 //! - drop traffic routed between two different Pier bridges (network isolation);
 //! - internal networks: drop forwarding between their bridge and non-Pier interfaces;
 //! - published ports: DNAT through maps in prerouting (other hosts, endpoints = hairpin) and
-//!   output (the node itself, including 127.0.0.1), with masquerade of hairpin and loopback
-//!   sources.
+//!   output (the node itself, including 127.0.0.1 and ::1), with masquerade of hairpin and
+//!   loopback sources.
 //!
 //! Kernel settings the rules rely on, set by the links side (`sysctl.rs`): `net.ipv4.ip_forward=1`
-//! in the host namespace and `net.ipv4.conf.<bridge>.route_localnet=1` on Pier bridges (for
-//! `127.0.0.1:hostPort`). Where br_netfilter is active (`bridge-nf-call-iptables=1`, the
+//! (and IPv6 forwarding on a node with IPv6 networks) in the host namespace and
+//! `net.ipv4.conf.<bridge>.route_localnet=1` on Pier bridges (for `127.0.0.1:hostPort`). Where br_netfilter is active (`bridge-nf-call-iptables=1`, the
 //! default once the module is loaded), an endpoint reaching its *own* published port also needs
 //! hairpin mode on its bridge port, as with Docker: its DNATed frame is bridged back out the port
 //! it came in on.

@@ -48,7 +48,8 @@ use super::expr::{
     REG32_00, REG32_01, REG32_02, REG32_04, REG32_05, RTN_LOCAL, Verdict,
 };
 
-/// The table Pier owns; nothing outside it is ever changed.
+/// The name of the tables Pier owns: `inet pier`, and `ip6 pier` on a node with IPv6 networks.
+/// Nothing outside them is changed but Pier's tagged accepts in other firewalls' chains.
 pub const TABLE: &str = "pier";
 
 /// Names of the sets and maps.
@@ -628,8 +629,8 @@ fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> [SetSpec; 4] {
     let internal = || bridges.iter().filter(|n| n.internal);
     let internal4: Vec<_> = internal().filter_map(|n| n.subnet).collect();
     let internal6: Vec<_> = internal().filter_map(|n| n.subnet6).collect();
-    let mut v4 = FamilyPorts::new(MAP_PORTS_ADDR, MAP_PORTS_ANY, Field::Ipv4);
-    let mut v6 = FamilyPorts::new(MAP_PORTS_ADDR6, MAP_PORTS_ANY6, Field::Ipv6);
+    let mut v4 = FamilyPorts::new(MAP_PORTS_ADDR, MAP_PORTS_ANY, Ip::V4);
+    let mut v6 = FamilyPorts::new(MAP_PORTS_ADDR6, MAP_PORTS_ANY6, Ip::V6);
     for port in &state.ports {
         match (port.host_ip, port.endpoint_address) {
             (IpAddr::V4(host), IpAddr::V4(to)) if !internal4.iter().any(|s| s.contains(&to)) => {
@@ -652,15 +653,16 @@ fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> [SetSpec; 4] {
 
 /// The key of a map of ports on one address, (address . l4proto . port), and the value of both
 /// maps of a family, (address . port).
-fn port_map_fields(address: Field) -> (&'static [Field], &'static [Field]) {
-    const V4_KEY: &[Field] = &[Field::Ipv4, Field::InetProto, Field::InetService];
-    const V4_VALUE: &[Field] = &[Field::Ipv4, Field::InetService];
-    const V6_KEY: &[Field] = &[Field::Ipv6, Field::InetProto, Field::InetService];
-    const V6_VALUE: &[Field] = &[Field::Ipv6, Field::InetService];
-    if address == Field::Ipv6 {
-        (V6_KEY, V6_VALUE)
-    } else {
-        (V4_KEY, V4_VALUE)
+fn port_map_fields(ip: Ip) -> (&'static [Field], &'static [Field]) {
+    match ip {
+        Ip::V4 => (
+            &[Field::Ipv4, Field::InetProto, Field::InetService],
+            &[Field::Ipv4, Field::InetService],
+        ),
+        Ip::V6 => (
+            &[Field::Ipv6, Field::InetProto, Field::InetService],
+            &[Field::Ipv6, Field::InetService],
+        ),
     }
 }
 
@@ -673,9 +675,8 @@ struct FamilyPorts {
 }
 
 impl FamilyPorts {
-    /// `address` is the family's address field.
-    fn new(by_addr: &'static str, by_any: &'static str, address: Field) -> FamilyPorts {
-        let (key, data) = port_map_fields(address);
+    fn new(by_addr: &'static str, by_any: &'static str, ip: Ip) -> FamilyPorts {
+        let (key, data) = port_map_fields(ip);
         FamilyPorts {
             by_addr: SetSpec::new(by_addr, key, data),
             by_any: SetSpec::new(by_any, &[Field::InetProto, Field::InetService], data),

@@ -57,32 +57,35 @@ pub(super) fn chain() -> ChainSpec {
 /// The bytecode of one rule of [`chain`], for `protocol` whose checksum is at
 /// `checksum_offset` of its header.
 fn reply(protocol: u8, checksum_offset: u32) -> Vec<Expr> {
-    let loopback = Ipv6Addr::LOCALHOST.octets().to_vec();
-    let mut exprs = vec![
+    let mut exprs = answer_to_loopback(protocol);
+    exprs.extend(restore_source(checksum_offset));
+    exprs.extend(copy_to_lo());
+    exprs
+}
+
+/// `iifname "pier-*" ip6 daddr ::1 ct direction reply ct status snat meta l4proto PROTOCOL`.
+fn answer_to_loopback(protocol: u8) -> Vec<Expr> {
+    let cmp = |op, data| Expr::Cmp {
+        op,
+        sreg: REG_1,
+        data,
+    };
+    vec![
         meta(MetaKey::IifName, REG_1),
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: pier_crds::names::BRIDGE_PREFIX.as_bytes().to_vec(),
-        },
+        cmp(
+            CmpOp::Eq,
+            pier_crds::names::BRIDGE_PREFIX.as_bytes().to_vec(),
+        ),
         Expr::Payload {
             base: PayloadBase::Network,
             offset: IP6_DADDR_OFFSET,
             len: 16,
             dreg: REG_1,
         },
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: loopback.clone(),
-        },
+        cmp(CmpOp::Eq, Ipv6Addr::LOCALHOST.octets().to_vec()),
         Expr::CtDirection { dreg: REG_1 },
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            // IP_CT_DIR_REPLY
-            data: vec![1],
-        },
+        // IP_CT_DIR_REPLY
+        cmp(CmpOp::Eq, vec![1]),
         Expr::CtStatus { dreg: REG_1 },
         Expr::Bitwise {
             sreg: REG_1,
@@ -90,20 +93,17 @@ fn reply(protocol: u8, checksum_offset: u32) -> Vec<Expr> {
             mask: IPS_SRC_NAT.to_ne_bytes().to_vec(),
             xor: vec![0; 4],
         },
-        Expr::Cmp {
-            op: CmpOp::Neq,
-            sreg: REG_1,
-            data: vec![0; 4],
-        },
+        cmp(CmpOp::Neq, vec![0; 4]),
         meta(MetaKey::L4Proto, REG_1),
-        Expr::Cmp {
-            op: CmpOp::Eq,
-            sreg: REG_1,
-            data: vec![protocol],
-        },
-    ];
-    // The source the client connected to: the published address and port.
-    exprs.extend([
+        cmp(CmpOp::Eq, vec![protocol]),
+    ]
+}
+
+/// `ip6 saddr set ct original ip6 daddr PROTOCOL sport set ct original proto-dst`: the source
+/// the client connected to, the published address and port (conntrack would write them only
+/// after the route lookup that drops the packet), checksums fixed.
+fn restore_source(checksum_offset: u32) -> [Expr; 4] {
+    [
         Expr::CtOriginal {
             key: CtOriginal::DaddrIp6,
             dreg: REG_1,
@@ -128,11 +128,16 @@ fn reply(protocol: u8, checksum_offset: u32) -> Vec<Expr> {
                 offset: checksum_offset,
             },
         },
-    ]);
-    exprs.extend([
+    ]
+}
+
+/// `dup to ::1 device "lo" drop`: a copy leaves by `lo` and arrives there, the packet itself
+/// goes no further.
+fn copy_to_lo() -> [Expr; 4] {
+    [
         Expr::Immediate {
             dreg: REG_1,
-            data: loopback,
+            data: Ipv6Addr::LOCALHOST.octets().to_vec(),
         },
         Expr::Immediate {
             dreg: REG_2,
@@ -143,6 +148,5 @@ fn reply(protocol: u8, checksum_offset: u32) -> Vec<Expr> {
             dev: REG_2,
         },
         Expr::Verdict(Verdict::Drop),
-    ]);
-    exprs
+    ]
 }

@@ -63,6 +63,7 @@ fn toggles() -> BTreeMap<&'static str, Value> {
             "operator.addressPools",
             json!(["base=10.10.0.0/16,size=24", "base=10.20.0.0/16,size=24"]),
         ),
+        ("operator.ipv6Pool", json!("fd12:3456:789a::/48")),
         ("operator.portRange", json!("40000-40100")),
         ("operator.deniedHostPorts", json!([])),
         (
@@ -819,9 +820,16 @@ fn chart_grants(r: &Rendered, component: &str) -> BTreeSet<rbac::Grant> {
         let rules: Vec<PolicyRule> =
             serde_json::from_value(o["rules"].clone()).expect("rules decode");
         for rule in rules {
+            // resourceNames narrows a `get` to named objects (the operator reads the default
+            // Namespace alone): the scanner sees the verb the code needs, not the names, so
+            // such a rule counts as its verb; on list and watch Kubernetes would not narrow it.
             assert!(
-                rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
-                "the scanner does not model resourceNames / nonResourceURLs"
+                rule.non_resource_urls.is_none(),
+                "the scanner does not model nonResourceURLs"
+            );
+            assert!(
+                rule.resource_names.is_none() || rule.verbs.iter().all(|v| v == "get"),
+                "{component}: resourceNames only narrow `get` here"
             );
             for g in rule.api_groups.clone().unwrap_or_default() {
                 for res in rule.resources.clone().unwrap_or_default() {

@@ -38,6 +38,12 @@ use crate::conditions::Condition;
         description = "The endpoint's IPv4 address"
     ),
     printcolumn(
+        name = "IPv6",
+        type_ = "string",
+        json_path = ".status.ipv6Address",
+        description = "The endpoint's IPv6 address (networks with IPv6)"
+    ),
+    printcolumn(
         name = "Interface",
         type_ = "string",
         json_path = ".status.interface",
@@ -65,7 +71,7 @@ use crate::conditions::Condition;
     selectable = ".status.node"
 )]
 #[x_kube(validation = Rule::new("has(self.network) == has(oldSelf.network)").message("network cannot be added or removed after creation; create another Endpoint to connect to another network"))]
-#[x_kube(validation = Rule::new("!has(self.target.endpoint) || (!has(self.network) && !has(self.interface) && !has(self.ipv4Address) && !has(self.macAddress) && !has(self.aliases))").message("an Endpoint sharing another Endpoint's namespace (container mode) takes no network, interface, addresses or aliases of its own"))]
+#[x_kube(validation = Rule::new("!has(self.target.endpoint) || (!has(self.network) && !has(self.interface) && !has(self.ipv4Address) && !has(self.ipv6Address) && !has(self.macAddress) && !has(self.aliases))").message("an Endpoint sharing another Endpoint's namespace (container mode) takes no network, interface, addresses or aliases of its own"))]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSpec {
     /// The Network to attach to (`docker run --net NAME`). Defaults to `bridge`. Immutable: to join
@@ -90,6 +96,13 @@ pub struct EndpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 15), pattern(crate::schema::IPV4))]
     pub ipv4_address: Option<String>,
+
+    /// A static IPv6 address in the network's `ipv6Subnet` (`docker run --ip6`), on a network
+    /// with IPv6. Allocated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 39), pattern(crate::schema::IPV6_CHARS))]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6").message("ipv6Address must be an IPv6 address"))]
+    pub ipv6_address: Option<String>,
 
     /// A static MAC address (`docker run --mac-address`). Derived from the IPv4 address when absent,
     /// as Docker does (`02:42:` followed by the address's four bytes).
@@ -166,6 +179,15 @@ pub struct EndpointStatus {
     /// The prefix length of the network's subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_length: Option<i32>,
+    /// The allocated IPv6 address (networks with IPv6; `GlobalIPv6Address` in `docker inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    /// The prefix length of the network's IPv6 subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix_length: Option<i32>,
+    /// The network's IPv6 gateway (the next hop of the IPv6 default route when `defaultRoute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_gateway: Option<String>,
     /// The network's gateway (the next hop of the default route when `defaultRoute` is true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,

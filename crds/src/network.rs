@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::conditions::Condition;
 
 /// The desired state of a Network: `docker network create [OPTIONS] NAME`.
-#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "pier.dev",
     version = "v1alpha1",
@@ -24,6 +24,7 @@ use crate::conditions::Condition;
     printcolumn(name = "Scope", type_ = "string", json_path = ".status.scope", description = "Where the network exists: local (per node, bridge) or cluster (across nodes, overlay)"),
     printcolumn(name = "Subnet", type_ = "string", json_path = ".status.subnet", description = "The allocated subnet"),
     printcolumn(name = "Gateway", type_ = "string", json_path = ".status.gateway", description = "The gateway address", priority = 1),
+    printcolumn(name = "IPv6-Subnet", type_ = "string", json_path = ".status.ipv6Subnet", description = "The allocated IPv6 subnet (networks with IPv6)"),
     printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints", description = "Endpoints attached to this network"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the network is ready"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
@@ -31,7 +32,13 @@ use crate::conditions::Condition;
     validation = Rule::new("self.metadata.name.size() <= 63").message("a Network name is at most 63 characters, so NAME.NETWORK stays a valid DNS name"),
 )]
 #[x_kube(validation = Rule::new("has(self.subnet) == has(oldSelf.subnet)").message("subnet cannot be added or removed after creation"))]
-#[x_kube(validation = Rule::new("self.driver == 'bridge' || self.driver == 'overlay' || (!has(self.subnet) && !has(self.gateway) && !has(self.ipRange) && !has(self.auxAddresses) && !self.internal && !has(self.mtu))").message("only bridge and overlay networks take subnet, gateway, ipRange, auxAddresses, internal and mtu"))]
+#[x_kube(validation = Rule::new("self.driver == 'bridge' || self.driver == 'overlay' || (!has(self.subnet) && !has(self.gateway) && !has(self.ipRange) && !has(self.auxAddresses) && !self.internal && !has(self.mtu) && !self.ipv6 && self.ipv4)").message("only bridge and overlay networks take subnet, gateway, ipRange, auxAddresses, internal, mtu, ipv4 and ipv6"))]
+#[x_kube(validation = Rule::new("self.ipv4 || self.ipv6").message("a network needs IPv4 or IPv6: ipv4: false needs ipv6: true"))]
+#[x_kube(validation = Rule::new("self.ipv4 || (!has(self.subnet) && !has(self.gateway) && !has(self.ipRange) && !has(self.auxAddresses))").message("an IPv6-only network (ipv4: false) takes no IPv4 subnet, gateway, ipRange or auxAddresses"))]
+#[x_kube(validation = Rule::new("self.ipv6 || (!has(self.ipv6Subnet) && !has(self.ipv6Gateway) && !has(self.ipv6IpRange))").message("ipv6Subnet, ipv6Gateway and ipv6IpRange need ipv6: true"))]
+#[x_kube(validation = Rule::new("has(self.ipv6Subnet) == has(oldSelf.ipv6Subnet)").message("ipv6Subnet cannot be added or removed after creation"))]
+#[x_kube(validation = Rule::new("!has(self.ipv6Gateway) || (has(self.ipv6Subnet) && cidr(self.ipv6Subnet).containsIP(self.ipv6Gateway))").message("ipv6Gateway needs an ipv6Subnet and must lie within it"))]
+#[x_kube(validation = Rule::new("!has(self.ipv6IpRange) || (has(self.ipv6Subnet) && cidr(self.ipv6Subnet).containsCIDR(self.ipv6IpRange))").message("ipv6IpRange needs an ipv6Subnet and must lie within it"))]
 #[x_kube(validation = Rule::new("!has(self.gateway) || (has(self.subnet) && cidr(self.subnet).containsIP(self.gateway))").message("gateway needs a subnet and must lie within it"))]
 #[x_kube(validation = Rule::new("!has(self.ipRange) || (has(self.subnet) && cidr(self.subnet).containsCIDR(self.ipRange))").message("ipRange needs a subnet and must lie within it"))]
 #[x_kube(validation = Rule::new("!has(self.auxAddresses) || (has(self.subnet) && self.auxAddresses.all(k, cidr(self.subnet).containsIP(self.auxAddresses[k])))").message("auxAddresses need a subnet and must lie within it"))]
@@ -86,6 +93,77 @@ pub struct NetworkSpec {
     /// alias and as `NAME.NETWORK`.
     #[serde(default = "default_true")]
     pub dns: bool,
+
+    /// IPv4 on the network (the default). `ipv4: false` with `ipv6: true` makes an IPv6-only
+    /// network (Docker's `--ipv4=false`). Immutable.
+    #[serde(default = "default_true")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ipv4 is immutable"))]
+    pub ipv4: bool,
+
+    /// IPv6 on the network (`docker network create --ipv6`): every endpoint gets an IPv6 address
+    /// too, names resolve to it (AAAA), traffic out is masqueraded and published ports answer on
+    /// the node's IPv6 addresses. Without `ipv6Subnet` the network gets a /64 of the cluster's
+    /// unique local (ULA) /48. Immutable.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ipv6 is immutable"))]
+    pub ipv6: bool,
+
+    /// The IPv6 subnet in CIDR form, e.g. `fd12:3456:789a:1::/64` (Docker's second `--subnet`),
+    /// with room for a gateway and endpoints (a prefix of at most 124 bits). Must be a network
+    /// address. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 43), pattern(crate::schema::IPV6_CIDR_CHARS))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ipv6Subnet is immutable"))]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 6").message("ipv6Subnet must be an IPv6 CIDR, e.g. fd12:3456:789a:1::/64"))]
+    #[x_kube(validation = Rule::new("!isCIDR(self) || (cidr(self) == cidr(self).masked() && cidr(self).prefixLength() <= 124)").message("ipv6Subnet must be a network address without host bits, with a prefix of at most 124 bits"))]
+    pub ipv6_subnet: Option<String>,
+
+    /// The IPv6 gateway address on the bridge. Defaults to the first address after the subnet's
+    /// own (`...::1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 39), pattern(crate::schema::IPV6_CHARS))]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6").message("ipv6Gateway must be an IPv6 address"))]
+    pub ipv6_gateway: Option<String>,
+
+    /// Hand out dynamic IPv6 addresses only from this range, a CIDR inside `ipv6Subnet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 43), pattern(crate::schema::IPV6_CIDR_CHARS))]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 6").message("ipv6IpRange must be an IPv6 CIDR"))]
+    pub ipv6_ip_range: Option<String>,
+}
+
+/// What an empty spec means (`spec: {}`): the serde defaults, so that a spec built in code and
+/// one read from the API agree (DNS and IPv4 on).
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            driver: Driver::default(),
+            subnet: None,
+            gateway: None,
+            ip_range: None,
+            aux_addresses: None,
+            internal: false,
+            mtu: None,
+            dns: true,
+            ipv4: true,
+            ipv6: false,
+            ipv6_subnet: None,
+            ipv6_gateway: None,
+            ipv6_ip_range: None,
+        }
+    }
+}
+
+impl NetworkSpec {
+    /// Whether the network has IPv4 (every bridge and overlay network but an IPv6-only one).
+    pub fn has_ipv4(&self) -> bool {
+        self.ipv4 || !self.ipv6
+    }
+
+    /// Whether the network has IPv6.
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6 && self.driver.has_subnet()
+    }
 }
 
 /// The MTU of a bridge Network that sets none (Docker's default for its bridges), and of the
@@ -176,6 +254,8 @@ pub struct Allocated {
     pub uid: Option<String>,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    pub ipv6_subnet: Option<String>,
+    pub ipv6_gateway: Option<String>,
     pub vxlan_id: Option<u32>,
     pub mtu: Option<i32>,
 }
@@ -188,6 +268,8 @@ impl Network {
             uid: self.metadata.uid.clone(),
             subnet: status.and_then(|s| s.subnet.clone()),
             gateway: status.and_then(|s| s.gateway.clone()),
+            ipv6_subnet: status.and_then(|s| s.ipv6_subnet.clone()),
+            ipv6_gateway: status.and_then(|s| s.ipv6_gateway.clone()),
             vxlan_id: status.and_then(|s| s.vxlan_id),
             mtu: status.and_then(|s| s.mtu),
         }
@@ -226,6 +308,13 @@ pub struct NetworkStatus {
     /// The gateway address in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The IPv6 subnet in use (networks with IPv6): the spec's, or a /64 of the cluster's ULA
+    /// prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<String>,
+    /// The IPv6 gateway address in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_gateway: Option<String>,
     /// The Linux bridge on each node where the network has endpoints (`pier-` + 8 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,

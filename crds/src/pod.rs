@@ -47,6 +47,9 @@ pub struct PodNetwork {
     /// A static IPv4 address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4_address: Option<String>,
+    /// A static IPv6 address (on a network with IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
     /// A static MAC address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
@@ -61,7 +64,7 @@ pub struct PodNetwork {
 pub enum AnnotationError {
     /// A `[`... value that is not a JSON list of entries.
     #[error(
-        "{NETWORKS_ANNOTATION} is not a JSON list of {{\"network\": ..., \"interface\", \"ipv4Address\", \"macAddress\", \"aliases\"}}: {0}"
+        "{NETWORKS_ANNOTATION} is not a JSON list of {{\"network\": ..., \"interface\", \"ipv4Address\", \"ipv6Address\", \"macAddress\", \"aliases\"}}: {0}"
     )]
     Json(String),
     /// An entry names no network.
@@ -207,6 +210,7 @@ mod tests {
                 network: "workshop-tage".into(),
                 interface: Some("net1".into()),
                 ipv4_address: Some("172.18.0.10".into()),
+                ipv6_address: None,
                 mac_address: Some("02:42:ac:12:00:0a".into()),
                 aliases: Some(vec!["web".into()]),
             }])

@@ -76,9 +76,12 @@ pub struct PortSpec {
     /// TCP (default), UDP or SCTP.
     #[serde(default)]
     pub protocol: Protocol,
-    /// The node address to bind (`-p 127.0.0.1:8000:80`). Absent or `0.0.0.0`: every address.
+    /// The node address to bind (`-p 127.0.0.1:8000:80`, `-p [::1]:8000:80`): `0.0.0.0` every
+    /// IPv4 address, `::` every IPv6 one. Absent: every address of both families the Endpoint
+    /// has (Docker's default), the same host port on each.
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 15), pattern(crate::schema::IPV4))]
+    #[schemars(length(max = 39), pattern(crate::schema::IP_CHARS))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("hostIP must be an IPv4 or IPv6 address"))]
     pub host_ip: Option<String>,
 }
 
@@ -142,14 +145,19 @@ impl std::str::FromStr for Protocol {
     }
 }
 
-/// A published port in `docker ps` form: `0.0.0.0:32772->80/tcp`.
+/// A published port in `docker ps` form: `0.0.0.0:32772->80/tcp`, `[::]:32772->80/tcp`.
 pub fn docker_form(
     host_ip: impl std::fmt::Display,
     host_port: impl std::fmt::Display,
     container_port: impl std::fmt::Display,
     protocol: Protocol,
 ) -> String {
-    format!("{host_ip}:{host_port}->{container_port}/{protocol}")
+    let host_ip = host_ip.to_string();
+    if host_ip.contains(':') {
+        format!("[{host_ip}]:{host_port}->{container_port}/{protocol}")
+    } else {
+        format!("{host_ip}:{host_port}->{container_port}/{protocol}")
+    }
 }
 
 /// What the operator allocated and what the node daemon made of it.

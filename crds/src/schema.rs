@@ -19,3 +19,13 @@ pub(crate) const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 /// A Kubernetes object name (RFC 1123 subdomain).
 pub(crate) const OBJECT_NAME: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// The characters of an IPv6 address (what CEL's `isIP(self) && ip(self).family() == 6` then
+/// checks in full): hex digits and colons, and dots for an embedded IPv4 address.
+pub(crate) const IPV6_CHARS: &str = r"^[0-9a-fA-F:.]+$";
+
+/// The characters of an IPv6 CIDR (checked in full by `isCIDR` and `family() == 6` in CEL).
+pub(crate) const IPV6_CIDR_CHARS: &str = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$";
+
+/// An IPv4 or IPv6 address, as a PortPublish's `hostIP` takes (`0.0.0.0`, `::`, `::1`, ...).
+pub(crate) const IP_CHARS: &str = r"^[0-9a-fA-F:.]+$";

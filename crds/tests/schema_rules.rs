@@ -321,3 +321,99 @@ fn portpublishes_reject_bad_ports_and_protocols() {
         "has less than 1 item",
     );
 }
+
+#[test]
+fn ipv6_fields_are_checked_like_the_ipv4_ones() {
+    let schema = schema_of(&Network::crd());
+    assert_accepted(&schema, network(json!({"ipv6": true})));
+    assert_accepted(
+        &schema,
+        network(json!({
+            "ipv6": true, "ipv6Subnet": "fd12:3456:789a:1::/64",
+            "ipv6Gateway": "fd12:3456:789a:1::fe", "ipv6IpRange": "fd12:3456:789a:1::/80"
+        })),
+    );
+    assert_accepted(
+        &schema,
+        network(json!({"ipv4": false, "ipv6": true, "driver": "overlay"})),
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv4": false})),
+        "a network needs IPv4 or IPv6",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv4": false, "ipv6": true, "subnet": "172.18.0.0/16"})),
+        "an IPv6-only network",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv6Subnet": "fd00::/64"})),
+        "need ipv6: true",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv6": true, "ipv6Subnet": "172.18.0.0/16"})),
+        "must be an IPv6 CIDR",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv6": true, "ipv6Subnet": "fd00::1/64"})),
+        "without host bits",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv6": true, "ipv6Subnet": "fd00::/126"})),
+        "at most 124 bits",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv6": true, "ipv6Subnet": "fd00::/64", "ipv6Gateway": "fd01::1"})),
+        "ipv6Gateway needs an ipv6Subnet and must lie within it",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"ipv6": true, "ipv6Subnet": "fd00::/64", "ipv6IpRange": "fd01::/80"})),
+        "ipv6IpRange needs an ipv6Subnet and must lie within it",
+    );
+    assert_rejected(
+        &schema,
+        network(json!({"driver": "host", "ipv6": true})),
+        "only bridge and overlay networks",
+    );
+    let old = network(json!({"ipv6": true}));
+    let found = errors(&schema, &network(json!({"ipv6": false})), Some(&old));
+    assert!(
+        found.iter().any(|e| e.contains("ipv6 is immutable")),
+        "{found:#?}"
+    );
+
+    let schema = schema_of(&Endpoint::crd());
+    let target = json!({"netns": {"name": "con1"}});
+    assert_accepted(
+        &schema,
+        endpoint(json!({"target": target, "ipv6Address": "fd00::5"})),
+    );
+    assert_rejected(
+        &schema,
+        endpoint(json!({"target": target, "ipv6Address": "172.18.0.5"})),
+        "ipv6Address must be an IPv6 address",
+    );
+    let schema = schema_of(&PortPublish::crd());
+    for host_ip in ["::", "::1", "2001:db8::7", "0.0.0.0"] {
+        assert_accepted(
+            &schema,
+            portpublish(
+                json!({"endpoint": "web", "ports": [{"containerPort": 80, "hostIP": host_ip}]}),
+            ),
+        );
+    }
+    assert_rejected(
+        &schema,
+        portpublish(
+            json!({"endpoint": "web", "ports": [{"containerPort": 80, "hostIP": "1:2:3"}]}),
+        ),
+        "hostIP must be an IPv4 or IPv6 address",
+    );
+}

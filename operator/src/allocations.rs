@@ -8,12 +8,15 @@
 //! reads back before it reconciles anything (allocation is recorded only in status).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use kube::ResourceExt;
 use pier_crds::{Driver, Endpoint, EndpointTarget, Network, PortPublish};
 
+use crate::ipam::ipv6::{
+    self, Address6Error, Ipv6Networks, Network6Allocation, Network6Error, Network6Request,
+};
 use crate::ipam::{
     AddressError, AddressPool, AddressPoolConfig, Pool, PoolConfigError, SubnetAllocator,
     SubnetError, VxlanIdError, VxlanIds,
@@ -37,6 +40,9 @@ pub struct AllocConfig {
     /// machine (e.g. Docker's 172.17.0.0/16 in local mode). An explicit `spec.subnet` is not
     /// refused because of them; each node daemon checks that against its own routes.
     pub excluded: Vec<Ipv4Net>,
+    /// Where automatic IPv6 subnets (a /64 each) come from: the cluster's unique local /48
+    /// (`pier operator` derives it from the cluster's identity, see [`ipv6::ula_prefix`]).
+    pub ipv6_pool: Ipv6Net,
 }
 
 impl Default for AllocConfig {
@@ -48,6 +54,7 @@ impl Default for AllocConfig {
             denied_ports: KUBERNETES_HOST_PORTS.parse().unwrap_or_default(),
             default_network: crate::defaults::BRIDGE.to_owned(),
             excluded: Vec::new(),
+            ipv6_pool: ipv6::ula_prefix(""),
         }
     }
 }
@@ -94,6 +101,10 @@ pub struct AttachRequest {
     pub target: String,
     /// `spec.interface`; the next free name of the namespace when absent (see [`TargetKind`]).
     pub interface: Option<String>,
+    /// The IPv6 address: `spec.ipv6Address`, or the one recorded in status.
+    pub address6: Option<Ipv6Addr>,
+    /// Whether the Network has IPv6, so the Endpoint gets an IPv6 address.
+    pub needs_address6: bool,
     /// What kind of namespace `target` is.
     pub kind: TargetKind,
     /// The address: `spec.ipv4Address`, or the one recorded in status.
@@ -108,8 +119,10 @@ pub struct AttachRequest {
 /// What an Endpoint holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
-    /// The address (bridge networks only).
+    /// The address (bridge networks with IPv4 only).
     pub address: Option<Ipv4Addr>,
+    /// The IPv6 address (networks with IPv6 only).
+    pub address6: Option<Ipv6Addr>,
     /// The interface name in the namespace.
     pub interface: String,
     /// Whether this call handed out something new (for Events and metrics).
@@ -145,6 +158,9 @@ pub enum AttachError {
     /// The address cannot be had.
     #[error(transparent)]
     Address(#[from] AddressError),
+    /// The IPv6 address cannot be had.
+    #[error(transparent)]
+    Address6(#[from] Address6Error),
 }
 
 /// One Endpoint's record.
@@ -234,6 +250,8 @@ pub struct Allocations {
     vxlan_ids: VxlanIds,
     /// Bridge Network name → its addresses.
     pools: HashMap<String, AddressPool>,
+    /// IPv6 subnets and addresses of the Networks with IPv6.
+    v6: Ipv6Networks,
     ports: PortAllocator,
     /// Endpoint owner → what it holds.
     records: HashMap<String, Record>,
@@ -254,6 +272,7 @@ impl Default for Allocations {
 impl Allocations {
     /// Nothing allocated.
     pub fn new(config: AllocConfig) -> Self {
+        let ipv6_pool = config.ipv6_pool;
         let mut subnets = SubnetAllocator::new(config.pools.clone());
         subnets.set_excluded(config.excluded.iter().copied());
         Self {
@@ -262,6 +281,7 @@ impl Allocations {
             config,
             vxlan_ids: VxlanIds::default(),
             pools: HashMap::new(),
+            v6: Ipv6Networks::new(ipv6_pool),
             records: HashMap::new(),
             attachments: HashMap::new(),
             interfaces: HashMap::new(),
@@ -330,8 +350,24 @@ impl Allocations {
     /// subnet.
     pub fn release_network(&mut self, name: &str) -> Option<Ipv4Net> {
         self.pools.remove(name);
+        self.v6.release_network(name);
         self.vxlan_ids.release(name);
         self.subnets.release(name)
+    }
+
+    /// Gives a Network with IPv6 its IPv6 subnet (the requested one, or the next /64 of the
+    /// cluster's ULA prefix) and pool. Idempotent.
+    pub fn ensure_network6(
+        &mut self,
+        name: &str,
+        request: &Network6Request,
+    ) -> Result<Network6Allocation, Network6Error> {
+        self.v6.ensure_network(name, request)
+    }
+
+    /// What a Network holds of IPv6.
+    pub fn network6(&self, name: &str) -> Option<Network6Allocation> {
+        self.v6.network(name)
     }
 
     /// The VXLAN id of an overlay Network, given on first ask (the lowest free from 4096).
@@ -424,7 +460,21 @@ impl Allocations {
         } else {
             None
         };
-        let new = existing.is_none() || had_address != address;
+        let had_address6 = self.v6.address_of(&request.network, owner);
+        let address6 = match self.allocate6(owner, request) {
+            Ok(a) => a,
+            Err(e) => {
+                // All or nothing: the IPv4 address this call took goes back.
+                if had_address.is_none()
+                    && address.is_some()
+                    && let Some(pool) = self.pools.get_mut(&request.network)
+                {
+                    pool.release(owner);
+                }
+                return Err(e);
+            }
+        };
+        let new = existing.is_none() || had_address != address || had_address6 != address6;
         if let Some(r) = &existing
             && r.interface != interface
             && let Some(m) = self.interfaces.get_mut(&r.target)
@@ -446,15 +496,32 @@ impl Allocations {
                 target: request.target.clone(),
                 interface: interface.clone(),
                 kind: request.kind,
-                has_address: address.is_some(),
+                has_address: address.is_some() || address6.is_some(),
                 created: request.created,
             },
         );
         Ok(Attachment {
             address,
+            address6,
             interface,
             new,
         })
+    }
+
+    /// The IPv6 address of an attach, when its Network has IPv6.
+    fn allocate6(
+        &mut self,
+        owner: &str,
+        request: &AttachRequest,
+    ) -> Result<Option<Ipv6Addr>, AttachError> {
+        if !request.needs_address6 {
+            return Ok(None);
+        }
+        let pool = self
+            .v6
+            .pool_mut(&request.network)
+            .ok_or_else(|| AttachError::NetworkNotReady(request.network.clone()))?;
+        Ok(Some(pool.allocate(owner, request.address6)?))
     }
 
     /// Whether Endpoint `owner` carries its namespace's default route: `None` when it holds no
@@ -478,8 +545,9 @@ impl Allocations {
         Some(first == Some(owner))
     }
 
-    /// Frees everything Endpoint `owner` holds, returning its address.
-    pub fn detach(&mut self, owner: &str) -> Option<Ipv4Addr> {
+    /// Frees everything Endpoint `owner` holds, returning its address (the IPv4 one when it has
+    /// both).
+    pub fn detach(&mut self, owner: &str) -> Option<IpAddr> {
         let record = self.records.remove(owner)?;
         let key = (record.target.clone(), record.network.clone());
         if self.attachments.get(&key).is_some_and(|h| h == owner) {
@@ -496,11 +564,13 @@ impl Allocations {
         if let Some(c) = self.counts.get_mut(&record.network) {
             *c = c.saturating_sub(1);
         }
-        if record.has_address {
-            self.pools.get_mut(&record.network)?.release(owner)
-        } else {
-            None
-        }
+        let address6 = self.v6.release(&record.network, owner).map(IpAddr::V6);
+        let address = self
+            .pools
+            .get_mut(&record.network)
+            .and_then(|pool| pool.release(owner))
+            .map(IpAddr::V4);
+        address.or(address6)
     }
 
     /// Makes PortPublish `owner` hold exactly `specs` on `node` (all or nothing).
@@ -554,9 +624,19 @@ impl Allocations {
             (n.spec.driver == Driver::Overlay).then(|| (n.name_any(), id))
         }));
         rejected.extend(vxlan_ids.rejected.iter().map(ToString::to_string));
+        let (v6, rejected6) = Ipv6Networks::rebuild(
+            config.ipv6_pool,
+            networks.iter().filter_map(|n| {
+                let subnet = n.status.as_ref()?.ipv6_subnet.as_deref()?.parse().ok()?;
+                let request = network6_request(n).ok()?;
+                n.spec.has_ipv6().then(|| (n.name_any(), request, subnet))
+            }),
+        );
+        rejected.extend(rejected6);
         let mut this = Self::new(config);
         this.subnets = rebuilt.allocator;
         this.vxlan_ids = vxlan_ids.allocator;
+        this.v6 = v6;
         this.subnets
             .set_excluded(this.config.excluded.iter().copied());
 
@@ -604,6 +684,10 @@ impl Allocations {
                 .ipv4_address
                 .as_deref()
                 .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            let address6 = status
+                .ipv6_address
+                .as_deref()
+                .and_then(|a| a.parse::<Ipv6Addr>().ok());
             let owner = owner_key(&namespace, &endpoint.name_any());
             let request = AttachRequest {
                 network: network.to_owned(),
@@ -612,6 +696,8 @@ impl Allocations {
                 kind: TargetKind::of(&endpoint.spec.target),
                 address,
                 needs_address: address.is_some(),
+                address6,
+                needs_address6: address6.is_some(),
                 created: creation_millis(endpoint),
             };
             if let Err(e) = this.attach(&owner, &request) {
@@ -641,6 +727,17 @@ impl Allocations {
                     rejected.push(format!("portpublish {owner}: unreadable port {port:?}"));
                     continue;
                 };
+                // The `::` twin of a port published on both families is held by its 0.0.0.0
+                // entry (see the PortPublish controller's `port_statuses`).
+                let twin_of_v4 = host_ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    && status.ports.iter().any(|other| {
+                        other.host_ip.parse() == Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                            && other.host_port == port.host_port
+                            && other.protocol == port.protocol
+                    });
+                if twin_of_v4 {
+                    continue;
+                }
                 held.push((
                     owner.clone(),
                     HostPort::new(node, port.protocol, host_ip, number),
@@ -697,19 +794,6 @@ pub struct SpecError {
 
 /// Parses a bridge Network's spec.
 pub fn network_request(network: &Network) -> Result<NetworkRequest, SpecError> {
-    fn parse<T: std::str::FromStr>(
-        field: &'static str,
-        value: Option<&String>,
-    ) -> Result<Option<T>, SpecError> {
-        value
-            .map(|v| {
-                v.parse().map_err(|_| SpecError {
-                    field,
-                    value: v.clone(),
-                })
-            })
-            .transpose()
-    }
     let spec = &network.spec;
     let mut aux_addresses = BTreeMap::new();
     for (name, address) in spec.aux_addresses.iter().flatten() {
@@ -723,6 +807,31 @@ pub fn network_request(network: &Network) -> Result<NetworkRequest, SpecError> {
         gateway: parse("gateway", spec.gateway.as_ref())?,
         ip_range: parse("ipRange", spec.ip_range.as_ref())?,
         aux_addresses,
+    })
+}
+
+/// A spec field parsed, or the field and value that do not parse.
+fn parse<T: std::str::FromStr>(
+    field: &'static str,
+    value: Option<&String>,
+) -> Result<Option<T>, SpecError> {
+    value
+        .map(|v| {
+            v.parse().map_err(|_| SpecError {
+                field,
+                value: v.clone(),
+            })
+        })
+        .transpose()
+}
+
+/// What a Network with IPv6 asks for, parsed from its spec.
+pub fn network6_request(network: &Network) -> Result<Network6Request, SpecError> {
+    let spec = &network.spec;
+    Ok(Network6Request {
+        subnet: parse("ipv6Subnet", spec.ipv6_subnet.as_ref())?,
+        gateway: parse("ipv6Gateway", spec.ipv6_gateway.as_ref())?,
+        ip_range: parse("ipv6IpRange", spec.ipv6_ip_range.as_ref())?,
     })
 }
 
@@ -756,6 +865,8 @@ mod tests {
             kind: TargetKind::Container,
             address: None,
             needs_address: true,
+            address6: None,
+            needs_address6: false,
             created: None,
         }
     }
@@ -926,7 +1037,7 @@ mod tests {
         let mut a = Allocations::default();
         a.ensure_network("bridge", &auto()).expect("bridge");
         let first = a.attach("ns/a", &attach("bridge", "netns n/a")).expect("a");
-        assert_eq!(a.detach("ns/a"), first.address);
+        assert_eq!(a.detach("ns/a"), first.address.map(IpAddr::V4));
         assert_eq!(a.endpoint_count("bridge"), 0);
         // The namespace may attach again, with eth0 again.
         let again = a.attach("ns/b", &attach("bridge", "netns n/a")).expect("b");
@@ -1138,5 +1249,121 @@ mod tests {
         );
         assert_eq!(a.default_route("default/web-tage"), Some(false));
         assert_eq!(a.default_route("default/web-ch-open"), Some(false));
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().expect("test address")
+    }
+
+    /// Dual-stack and IPv6-only: an address of each family the network has, both released
+    /// together, and an attach that cannot get its IPv6 address keeps no IPv4 one either.
+    #[test]
+    fn dual_stack_and_ipv6_only_attachments() {
+        let mut a = Allocations::default();
+        a.ensure_network("dual", &auto()).expect("IPv4 side");
+        let request6 = Network6Request {
+            subnet: Some("fd00:18::/64".parse().expect("subnet")),
+            ..Network6Request::default()
+        };
+        let dual6 = a.ensure_network6("dual", &request6).expect("IPv6 side");
+        assert_eq!(dual6.gateway, v6("fd00:18::1"));
+        let only6 = a
+            .ensure_network6("only6", &Network6Request::default())
+            .expect("a /64 of the pool");
+        assert_eq!(only6.subnet.prefix_len(), 64);
+        assert!(AllocConfig::default().ipv6_pool.contains(&only6.subnet));
+
+        let both = AttachRequest {
+            needs_address6: true,
+            ..attach("dual", "netns n/c1")
+        };
+        let got = a.attach("ns/c1", &both).expect("dual-stack");
+        assert_eq!(got.address6, Some(v6("fd00:18::2")));
+        assert!(got.address.is_some());
+        assert_eq!(a.default_route("ns/c1"), Some(true));
+
+        let only = AttachRequest {
+            needs_address: false,
+            needs_address6: true,
+            ..attach("only6", "netns n/c2")
+        };
+        let got = a.attach("ns/c2", &only).expect("IPv6-only");
+        assert_eq!((got.address, got.address6.is_some()), (None, true));
+        assert_eq!(
+            a.default_route("ns/c2"),
+            Some(true),
+            "an IPv6 address routes too"
+        );
+
+        // A static IPv6 address already held: refused, and the IPv4 address taken for it is
+        // given back.
+        let clash = AttachRequest {
+            needs_address6: true,
+            address6: Some(v6("fd00:18::2")),
+            ..attach("dual", "netns n/c3")
+        };
+        assert!(matches!(
+            a.attach("ns/c3", &clash),
+            Err(AttachError::Address6(Address6Error::Taken { .. }))
+        ));
+        let c3_address = AttachRequest {
+            address: Some(ip("172.17.0.3")),
+            ..both_at("netns n/c4")
+        };
+        let c4 = a
+            .attach("ns/c4", &c3_address)
+            .expect("c3's address was given back");
+        assert_eq!(c4.address6, Some(v6("fd00:18::3")));
+
+        assert_eq!(a.detach("ns/c1"), Some(IpAddr::V4(ip("172.17.0.2"))));
+        assert_eq!(a.detach("ns/c2").map(|a| a.is_ipv6()), Some(true));
+        let again = a.attach("ns/c5", &both_at("netns n/c5")).expect("c5");
+        assert_eq!(
+            again.address6,
+            Some(v6("fd00:18::4")),
+            "fresh addresses first"
+        );
+    }
+
+    fn both_at(target: &str) -> AttachRequest {
+        AttachRequest {
+            needs_address6: true,
+            ..attach("dual", target)
+        }
+    }
+
+    #[test]
+    fn ipv6_allocations_are_rebuilt_from_status() {
+        let network: Network = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1", "kind": "Network",
+            "metadata": {"name": "dual", "uid": "u1", "creationTimestamp": "2026-12-05T00:00:00Z"},
+            "spec": {"ipv6": true},
+            "status": {"subnet": "172.18.0.0/16", "gateway": "172.18.0.1",
+                       "ipv6Subnet": "fd00:5::/64", "ipv6Gateway": "fd00:5::1"}
+        }))
+        .expect("network");
+        let endpoint: Endpoint = serde_json::from_value(serde_json::json!({
+            "apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+            "metadata": {"name": "c1", "namespace": "ns", "creationTimestamp": "2026-12-05T00:00:01Z"},
+            "spec": {"network": "dual", "target": {"netns": {"name": "c1", "node": "n"}}},
+            "status": {"network": "dual", "node": "n", "interface": "eth0",
+                       "ipv4Address": "172.18.0.2", "ipv6Address": "fd00:5::9"}
+        }))
+        .expect("endpoint");
+        let (mut a, rejected) =
+            Allocations::from_objects(AllocConfig::default(), &[network], &[endpoint], &[]);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(
+            a.network6("dual").map(|n| n.subnet.to_string()),
+            Some("fd00:5::/64".to_owned())
+        );
+        let clash = AttachRequest {
+            address6: Some(v6("fd00:5::9")),
+            ..both_at("netns n/c2")
+        };
+        assert!(
+            matches!(a.attach("ns/c2", &clash), Err(AttachError::Address6(_))),
+            "c1 keeps its recorded address"
+        );
     }
 }

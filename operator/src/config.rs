@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::allocations::AllocConfig;
 use crate::ipam::Pool;
@@ -43,6 +43,11 @@ pub struct OperatorArgs {
         value_delimiter = ';'
     )]
     pub address_pools: Vec<Pool>,
+    /// Where Networks with IPv6 but no `ipv6Subnet` get their /64 from (a prefix of at most 64
+    /// bits). Default: the cluster's unique local /48, `fd` and 40 bits of a hash of the uid of
+    /// the `default` Namespace (stable for the cluster, different between clusters).
+    #[arg(long, env = "PIER_IPV6_POOL")]
+    pub ipv6_pool: Option<Ipv6Net>,
     /// Range of automatically allocated host ports.
     #[arg(long, env = "PIER_PORT_RANGE", default_value = "32768-60999")]
     pub port_range: PortRange,
@@ -80,6 +85,9 @@ pub struct Config {
     pub bridge_subnet: Ipv4Net,
     /// Pools, port range and the default network.
     pub alloc: AllocConfig,
+    /// Whether `alloc.ipv6_pool` is the cluster's own ULA /48, read from the cluster when the
+    /// operator starts leading (no `--ipv6-pool`).
+    pub derive_ipv6_pool: bool,
     /// How soon an object waiting on something no watch reports (e.g. a node to be named) is
     /// looked at again.
     pub wait_requeue: Duration,
@@ -104,6 +112,7 @@ impl Default for Config {
             default_networks: true,
             bridge_subnet: Ipv4Net::new_assert(std::net::Ipv4Addr::new(172, 17, 0, 0), 16),
             alloc: AllocConfig::default(),
+            derive_ipv6_pool: true,
             wait_requeue: Duration::from_secs(30),
             min_backoff: pier_runtime::backoff::DEFAULT_MIN,
             max_backoff: pier_runtime::backoff::DEFAULT_MAX,
@@ -114,6 +123,9 @@ impl Default for Config {
 /// Why the flags do not make a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--ipv6-pool` has host bits or is too small to hold a /64.
+    #[error("--ipv6-pool {0} must be a network address with a prefix of at most 64 bits")]
+    Ipv6Pool(Ipv6Net),
     /// `--admin-addr` is neither an address nor `off`.
     #[error("--admin-addr {0:?} is not an address like 0.0.0.0:9090 (or `off`)")]
     AdminAddr(String),
@@ -135,6 +147,12 @@ impl TryFrom<&OperatorArgs> for Config {
         };
         if args.lease_duration_seconds < 3 {
             return Err(ConfigError::LeaseDuration);
+        }
+        if let Some(pool) = args.ipv6_pool
+            && (pool.prefix_len() > crate::ipam::ipv6::DEFAULT_SUBNET_PREFIX_LEN
+                || pool.trunc() != pool)
+        {
+            return Err(ConfigError::Ipv6Pool(pool));
         }
         let duration = Duration::from_secs(u64::from(args.lease_duration_seconds));
         let defaults = Config::default();
@@ -160,7 +178,9 @@ impl TryFrom<&OperatorArgs> for Config {
                 denied_ports: args.denied_host_ports.clone(),
                 default_network: crate::defaults::BRIDGE.to_owned(),
                 excluded: Vec::new(),
+                ipv6_pool: args.ipv6_pool.unwrap_or(defaults.alloc.ipv6_pool),
             },
+            derive_ipv6_pool: args.ipv6_pool.is_none(),
             ..defaults
         })
     }

@@ -17,12 +17,7 @@ pub fn default_networks(bridge_subnet: Ipv4Net) -> Vec<Network> {
     let spec = |driver, subnet: Option<Ipv4Net>| NetworkSpec {
         driver,
         subnet: subnet.map(|s| s.to_string()),
-        gateway: None,
-        ip_range: None,
-        aux_addresses: None,
-        internal: false,
-        mtu: None,
-        dns: true,
+        ..NetworkSpec::default()
     };
     vec![
         Network::new(BRIDGE, spec(Driver::Bridge, Some(bridge_subnet))),

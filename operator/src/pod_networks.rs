@@ -168,6 +168,7 @@ fn endpoint(pod: &PodFacts<'_>, name: &str, entry: &PodNetwork, interface: Strin
             },
             interface: Some(interface),
             ipv4_address: entry.ipv4_address.clone(),
+            ipv6_address: entry.ipv6_address.clone(),
             mac_address: entry.mac_address.clone(),
             aliases: entry.aliases.clone(),
         },

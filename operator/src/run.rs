@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::ListParams;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -191,9 +191,13 @@ async fn run_controllers(
     health: Arc<Health>,
 ) {
     // Retry the start-up steps until they succeed: without them nothing may be reconciled.
-    let allocations = loop {
-        match start(&client, &config).await {
-            Ok(a) => break a,
+    let (allocations, config) = loop {
+        let started = match with_cluster_ipv6_pool(&client, &config).await {
+            Ok(config) => start(&client, &config).await.map(|a| (a, config)),
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(started) => break started,
             Err(e) => {
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "operator start-up failed; retrying");
                 tokio::time::sleep(config.min_backoff.max(std::time::Duration::from_secs(1))).await;
@@ -211,6 +215,35 @@ async fn run_controllers(
     ctx.observe();
     health.ready.store(true, Ordering::Relaxed);
     controllers.run(ctx).await;
+}
+
+/// The configuration with the cluster's own IPv6 pool, unless `--ipv6-pool` names one: the ULA
+/// /48 of the cluster's identity, the uid of its `default` Namespace (every cluster has it, it
+/// lives as long as the cluster, and reading it needs nothing but `get` on that Namespace).
+async fn with_cluster_ipv6_pool(
+    client: &Client,
+    config: &Config,
+) -> Result<Config, controllers::Error> {
+    let mut config = config.clone();
+    if !config.derive_ipv6_pool {
+        return Ok(config);
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let default = namespaces
+        .get_metadata_opt("default")
+        .await
+        .map_err(|source| controllers::Error::Get {
+            what: "namespace default".to_owned(),
+            source,
+        })?;
+    match default.and_then(|n| n.metadata.uid) {
+        Some(uid) => config.alloc.ipv6_pool = crate::ipam::ipv6::ula_prefix(&uid),
+        None => tracing::warn!(
+            pool = %config.alloc.ipv6_pool,
+            "the default Namespace has no uid: IPv6 subnets come from the fixed fallback pool"
+        ),
+    }
+    Ok(config)
 }
 
 async fn start(client: &Client, config: &Config) -> Result<Allocations, controllers::Error> {

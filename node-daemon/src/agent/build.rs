@@ -7,11 +7,11 @@
 //! rest of the node goes on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use pier_crds::conditions::{self, READY, reason};
 use pier_crds::{Endpoint, EndpointStatus, Network, PortPublish};
 
@@ -182,8 +182,8 @@ fn remote_endpoint(
         name: names.next()?,
         aliases: names.collect(),
         network: network.to_owned(),
-        address: Some(status.ipv4_address.as_deref()?.parse().ok()?),
-        address6: None,
+        address: status.ipv4_address.as_deref().and_then(|a| a.parse().ok()),
+        address6: status.ipv6_address.as_deref().and_then(|a| a.parse().ok()),
         mac: status.mac_address.clone()?,
         node: node.to_owned(),
         tunnel,
@@ -366,7 +366,7 @@ fn bridge_attachment(
     network: &Network,
     status: &EndpointStatus,
 ) -> Result<BridgeAttachment, Refusal> {
-    let Some((subnet, _)) = bridge_addressing(network) else {
+    let Some(addressing) = Addressing::of(network) else {
         return Err(refusal(
             reason::NETWORK_NOT_READY,
             format!("network {network_name} has no subnet and gateway yet"),
@@ -375,7 +375,10 @@ fn bridge_attachment(
     if network.spec.driver == pier_crds::Driver::Overlay {
         overlay_ready(inputs, network_name, network)?;
     }
-    if let Some(host) = overlapping(subnet, inputs.host_subnets) {
+    if let Some((subnet, host)) = addressing
+        .v4
+        .and_then(|(subnet, _)| Some((subnet, overlapping(subnet, inputs.host_subnets)?)))
+    {
         return Err(refusal(
             reason::SUBNET_IN_USE_ON_NODE,
             format!(
@@ -385,13 +388,17 @@ fn bridge_attachment(
             ),
         ));
     }
+    // An address of each family the network has.
+    let address = status.ipv4_address.as_deref().and_then(|a| a.parse().ok());
+    let address6 = status.ipv6_address.as_deref().and_then(|a| a.parse().ok());
     let allocated = (
-        status.ipv4_address.as_deref().and_then(|a| a.parse().ok()),
+        address.is_some() == addressing.v4.is_some()
+            && address6.is_some() == addressing.v6.is_some(),
         status.mac_address.as_ref(),
         status.interface.as_ref(),
         !status.dns_names.is_empty(),
     );
-    let (Some(address), Some(mac), Some(interface), true) = allocated else {
+    let (true, Some(mac), Some(interface), true) = allocated else {
         return Err(refusal(
             reason::NOT_ALLOCATED,
             "the status has no address, MAC, interface or DNS names yet".to_owned(),
@@ -404,8 +411,8 @@ fn bridge_attachment(
     Ok(BridgeAttachment {
         network: network_name.to_owned(),
         interface: interface.clone(),
-        address: Some(address),
-        address6: None,
+        address,
+        address6,
         mac: mac.clone(),
         default_route,
     })
@@ -482,12 +489,12 @@ fn build_shared_endpoints(shared: Vec<(&Endpoint, String)>, built: &mut Built) {
 /// PortPublish. A container-mode endpoint's ports lead to the endpoint whose namespace it shares,
 /// at that one's address (Docker publishes a shared namespace's ports on its owner); the
 /// operator resolves it the same way.
-fn port_destinations(state: &NodeState) -> HashMap<&str, (&str, Ipv4Addr)> {
-    let addresses: HashMap<&str, Ipv4Addr> = state
+fn port_destinations(state: &NodeState) -> HashMap<&str, (&str, Addresses)> {
+    let addresses: HashMap<&str, Addresses> = state
         .endpoints
         .iter()
         .filter_map(|e| match &e.attachment {
-            Attachment::Bridge(bridge) => Some((e.id.as_str(), bridge.address?)),
+            Attachment::Bridge(bridge) => Some((e.id.as_str(), (bridge.address, bridge.address6))),
             _ => None,
         })
         .collect();
@@ -538,7 +545,7 @@ fn build_ports(inputs: &Inputs<'_>, built: &mut Built) {
 fn publish_ports(
     id: &str,
     publish: &PortPublish,
-    destinations: &HashMap<&str, (&str, Ipv4Addr)>,
+    destinations: &HashMap<&str, (&str, Addresses)>,
 ) -> Result<Vec<PublishedPort>, Refusal> {
     let status = publish
         .status
@@ -631,11 +638,34 @@ pub fn refuse_ports(built: &mut Built, refused: &BTreeMap<HostPort, Refused>, no
     }
 }
 
-fn bridge_addressing(network: &Network) -> Option<(Ipv4Net, Ipv4Addr)> {
-    let status = network.status.as_ref()?;
-    let subnet: Ipv4Net = status.subnet.as_deref()?.parse().ok()?;
-    let gateway: Ipv4Addr = status.gateway.as_deref()?.parse().ok()?;
-    subnet.contains(&gateway).then_some((subnet, gateway))
+/// The subnets and gateways the operator recorded for a bridge or overlay Network: one of each
+/// family its spec asks for.
+#[derive(Debug, Clone, Copy)]
+struct Addressing {
+    v4: Option<(Ipv4Net, Ipv4Addr)>,
+    v6: Option<(Ipv6Net, Ipv6Addr)>,
+}
+
+impl Addressing {
+    /// `None` until the operator has recorded every family the spec asks for.
+    fn of(network: &Network) -> Option<Addressing> {
+        let status = network.status.as_ref()?;
+        let v4 = if network.spec.has_ipv4() {
+            let subnet: Ipv4Net = status.subnet.as_deref()?.parse().ok()?;
+            let gateway: Ipv4Addr = status.gateway.as_deref()?.parse().ok()?;
+            Some(subnet.contains(&gateway).then_some((subnet, gateway))?)
+        } else {
+            None
+        };
+        let v6 = if network.spec.has_ipv6() {
+            let subnet: Ipv6Net = status.ipv6_subnet.as_deref()?.parse().ok()?;
+            let gateway: Ipv6Addr = status.ipv6_gateway.as_deref()?.parse().ok()?;
+            Some(subnet.contains(&gateway).then_some((subnet, gateway))?)
+        } else {
+            None
+        };
+        Some(Addressing { v4, v6 })
+    }
 }
 
 /// The MTU the operator chose (`status.mtu`), else the spec's, else Docker's default.
@@ -651,19 +681,19 @@ fn network_mtu(network: &Network) -> u32 {
 
 fn network_state(network: &Network) -> Option<NetworkState> {
     let (driver, addressing) = match network.spec.driver {
-        pier_crds::Driver::Bridge => (Driver::Bridge, Some(bridge_addressing(network)?)),
-        pier_crds::Driver::Overlay => (Driver::Overlay, Some(bridge_addressing(network)?)),
-        pier_crds::Driver::Host => (Driver::Host, None),
-        pier_crds::Driver::Null => (Driver::Null, None),
+        pier_crds::Driver::Bridge => (Driver::Bridge, Addressing::of(network)?),
+        pier_crds::Driver::Overlay => (Driver::Overlay, Addressing::of(network)?),
+        pier_crds::Driver::Host => (Driver::Host, Addressing { v4: None, v6: None }),
+        pier_crds::Driver::Null => (Driver::Null, Addressing { v4: None, v6: None }),
     };
     Some(NetworkState {
         name: network.metadata.name.clone()?,
         uid: network.metadata.uid.clone()?,
         driver,
-        subnet: addressing.map(|(subnet, _)| subnet),
-        gateway: addressing.map(|(_, gateway)| gateway),
-        subnet6: None,
-        gateway6: None,
+        subnet: addressing.v4.map(|(subnet, _)| subnet),
+        gateway: addressing.v4.map(|(_, gateway)| gateway),
+        subnet6: addressing.v6.map(|(subnet, _)| subnet),
+        gateway6: addressing.v6.map(|(_, gateway)| gateway),
         mtu: network_mtu(network),
         internal: network.spec.internal,
         dns: network.spec.dns,
@@ -674,27 +704,37 @@ fn network_state(network: &Network) -> Option<NetworkState> {
     })
 }
 
+/// An endpoint's addresses: IPv4, IPv6 (each when its network has the family).
+type Addresses = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+/// The status's ports, each to the endpoint's address of its host address's family.
 fn published_ports(
     id: &str,
     endpoint: &str,
-    address: Ipv4Addr,
+    (address, address6): Addresses,
     status: &pier_crds::PortPublishStatus,
 ) -> Option<Vec<PublishedPort>> {
     status
         .ports
         .iter()
         .map(|port| {
+            let host_ip: IpAddr = if port.host_ip.is_empty() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                port.host_ip.parse().ok()?
+            };
+            let host_ip = host_ip.to_canonical();
+            let endpoint_address: IpAddr = match host_ip {
+                IpAddr::V4(_) => address?.into(),
+                IpAddr::V6(_) => address6?.into(),
+            };
             Some(PublishedPort {
                 id: id.to_owned(),
                 endpoint: endpoint.to_owned(),
-                host_ip: if port.host_ip.is_empty() {
-                    Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    port.host_ip.parse().ok()?
-                },
+                host_ip,
                 host_port: u16::try_from(port.host_port).ok().filter(|p| *p > 0)?,
                 protocol: port.protocol,
-                endpoint_address: address.into(),
+                endpoint_address,
                 container_port: u16::try_from(port.container_port).ok().filter(|p| *p > 0)?,
             })
         })
@@ -1267,6 +1307,85 @@ mod tests {
                 ("default/con3-tage".to_owned(), false)
             ]
         );
+    }
+
+    /// A dual-stack network and an IPv6-only one: the state has each family the operator
+    /// recorded, an endpoint an address of each, and a port published without hostIP leads each
+    /// family to the endpoint's address of that family.
+    #[test]
+    fn dual_stack_and_ipv6_only_networks_reach_the_state() {
+        let mut dual = (*bridge("dual", "172.18.0.0/16", "172.18.0.1")).clone();
+        dual.spec.ipv6 = true;
+        if let Some(status) = dual.status.as_mut() {
+            status.ipv6_subnet = Some("fd00:18::/64".into());
+            status.ipv6_gateway = Some("fd00:18::1".into());
+        }
+        let mut only6 = (*bridge("only6", "172.19.0.0/16", "172.19.0.1")).clone();
+        only6.spec.ipv6 = true;
+        only6.spec.ipv4 = false;
+        if let Some(status) = only6.status.as_mut() {
+            status.subnet = None;
+            status.gateway = None;
+            status.ipv6_subnet = Some("fd00:19::/64".into());
+            status.ipv6_gateway = Some("fd00:19::1".into());
+        }
+        let networks = [Arc::new(dual), Arc::new(only6)];
+        let on_dual = with_status(endpoint("c1", "c1", "dual", "172.18.0.2", "eth0", 1), |s| {
+            s.ipv6_address = Some("fd00:18::2".into());
+        });
+        let on_only6 = with_status(
+            endpoint("c2", "c2", "only6", "172.19.0.2", "eth0", 1),
+            |s| {
+                s.ipv4_address = None;
+                s.ipv6_address = Some("fd00:19::2".into());
+            },
+        );
+        let mut web = (*publish("web", "c1", 8000)).clone();
+        if let Some(status) = web.status.as_mut() {
+            let twin = PublishedPortStatus {
+                host_ip: "::".into(),
+                ..status.ports[0].clone()
+            };
+            status.ports.push(twin);
+        }
+        let built = run(&networks, &[on_dual, on_only6], &[Arc::new(web)], &[]);
+        assert!(built.refusals.is_empty(), "{:?}", built.refusals);
+        let by_name = built.state.networks_by_name();
+        assert_eq!(
+            by_name["dual"].subnet6,
+            Some("fd00:18::/64".parse().expect("net"))
+        );
+        assert_eq!(by_name["only6"].subnet, None);
+        assert_eq!(
+            by_name["only6"].gateway6,
+            Some("fd00:19::1".parse().expect("ip"))
+        );
+        let addresses: Vec<_> = built
+            .state
+            .endpoints
+            .iter()
+            .filter_map(|e| match &e.attachment {
+                Attachment::Bridge(b) => Some((b.address, b.address6)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            addresses,
+            [
+                (
+                    Some("172.18.0.2".parse().expect("ip")),
+                    Some("fd00:18::2".parse().expect("ip"))
+                ),
+                (None, Some("fd00:19::2".parse().expect("ip")))
+            ]
+        );
+        let ports: Vec<String> = built
+            .state
+            .ports
+            .iter()
+            .map(|p| format!("{} -> {}", p.host_ip, p.endpoint_address))
+            .collect();
+        assert_eq!(ports, ["0.0.0.0 -> 172.18.0.2", ":: -> fd00:18::2"]);
     }
 
     /// A Pod's default route is its cluster network's: no status makes Pier take it.

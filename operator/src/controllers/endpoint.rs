@@ -2,7 +2,7 @@
 //! interface into status, refuses a second endpoint of one namespace on one network, and releases
 //! everything on delete (finalizer).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -17,6 +17,7 @@ use crate::allocations::{
     AttachError, AttachRequest, TargetKind, creation_millis, owner_key, target_key,
 };
 use crate::context::Context;
+use crate::ipam::ipv6::Address6Error;
 use crate::ipam::{AddressError, MacAddr};
 use pier_crds::conditions::differs as conditions_differ;
 use pier_crds::conditions::reason;
@@ -224,7 +225,8 @@ async fn allocate(
             )));
         }
     };
-    let needs_address = network.spec.driver.has_subnet();
+    let needs_address = network.spec.driver.has_subnet() && network.spec.has_ipv4();
+    let needs_address6 = network.spec.has_ipv6();
     let Some(target_key) = target_key(&ns, ep, &node) else {
         return Ok(Err(Refusal::refuse(
             reason::INVALID_ADDRESS,
@@ -232,23 +234,9 @@ async fn allocate(
         )));
     };
 
-    let requested = match &ep.spec.ipv4_address {
-        Some(text) => match text.parse::<Ipv4Addr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                return Ok(Err(Refusal::refuse(
-                    reason::INVALID_ADDRESS,
-                    format!("spec.ipv4Address {text:?} is not an IPv4 address"),
-                )));
-            }
-        },
-        // What a previous reconcile recorded (the allocations may have been rebuilt without it
-        // if that write raced a restart): keep it rather than hand out another.
-        None => ep
-            .status
-            .as_ref()
-            .filter(|s| s.network.as_deref() == Some(network_name.as_str()))
-            .and_then(|s| s.ipv4_address.as_deref()?.parse().ok()),
+    let (requested, requested6) = match requested_addresses(ep, &network_name) {
+        Ok(r) => r,
+        Err(refused) => return Ok(Err(refused)),
     };
     let kind = TargetKind::of(target);
     if kind == TargetKind::Pod
@@ -270,6 +258,8 @@ async fn allocate(
         kind,
         address: if needs_address { requested } else { None },
         needs_address,
+        address6: if needs_address6 { requested6 } else { None },
+        needs_address6,
         created: creation_millis(ep),
     };
     let attached = {
@@ -284,10 +274,14 @@ async fn allocate(
         }
         result.map(|a| {
             let default_route = allocations.default_route(&owner);
-            (a, allocations.network(&network_name), default_route)
+            let networks = (
+                allocations.network(&network_name),
+                allocations.network6(&network_name),
+            );
+            (a, networks, default_route)
         })
     };
-    let (attachment, network_alloc, default_route) = match attached {
+    let (attachment, (network_alloc, network6_alloc), default_route) = match attached {
         Ok(a) => a,
         Err(e) => return Ok(Err(refusal(&e))),
     };
@@ -297,25 +291,72 @@ async fn allocate(
     let mut dns_names = vec![name];
     dns_names.extend(ep.spec.aliases.iter().flatten().cloned());
     status.dns_names = dns_names;
-    let Some(address) = attachment.address else {
-        return Ok(Ok(format!(
-            "on {} network {network_name}",
-            network.spec.driver.as_str()
-        )));
+    let derived_mac = match (attachment.address, attachment.address6) {
+        (Some(address), _) => MacAddr::from_ipv4(address),
+        (None, Some(address6)) => MacAddr::from_ipv6(address6),
+        (None, None) => {
+            return Ok(Ok(format!(
+                "on {} network {network_name}",
+                network.spec.driver.as_str()
+            )));
+        }
     };
-    status.ipv4_address = Some(address.to_string());
-    if let Some(n) = network_alloc {
+    let mut addresses = Vec::new();
+    if let (Some(address), Some(n)) = (attachment.address, network_alloc) {
+        status.ipv4_address = Some(address.to_string());
         status.prefix_length = Some(i32::from(n.subnet.prefix_len()));
         status.gateway = Some(n.gateway.to_string());
+        addresses.push(address.to_string());
+    }
+    if let (Some(address6), Some(n)) = (attachment.address6, network6_alloc) {
+        status.ipv6_address = Some(address6.to_string());
+        status.ipv6_prefix_length = Some(i32::from(n.subnet.prefix_len()));
+        status.ipv6_gateway = Some(n.gateway.to_string());
+        addresses.push(address6.to_string());
     }
     status.default_route = default_route;
     status.mac_address = Some(
         ep.spec
             .mac_address
             .clone()
-            .unwrap_or_else(|| MacAddr::from_ipv4(address).to_string()),
+            .unwrap_or_else(|| derived_mac.to_string()),
     );
-    Ok(Ok(format!("address {address} on network {network_name}")))
+    Ok(Ok(format!(
+        "address {} on network {network_name}",
+        addresses.join(" and ")
+    )))
+}
+
+/// The addresses the Endpoint asks for: its spec's static ones, else what a previous reconcile
+/// recorded on the same network (the allocations may have been rebuilt without them if that
+/// write raced a restart: keep them rather than hand out others).
+fn requested_addresses(
+    ep: &Endpoint,
+    network_name: &str,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), Refusal> {
+    let recorded = ep
+        .status
+        .as_ref()
+        .filter(|s| s.network.as_deref() == Some(network_name));
+    let v4 = match &ep.spec.ipv4_address {
+        Some(text) => Some(text.parse::<Ipv4Addr>().map_err(|_| {
+            Refusal::refuse(
+                reason::INVALID_ADDRESS,
+                format!("spec.ipv4Address {text:?} is not an IPv4 address"),
+            )
+        })?),
+        None => recorded.and_then(|s| s.ipv4_address.as_deref()?.parse().ok()),
+    };
+    let v6 = match &ep.spec.ipv6_address {
+        Some(text) => Some(text.parse::<Ipv6Addr>().map_err(|_| {
+            Refusal::refuse(
+                reason::INVALID_ADDRESS,
+                format!("spec.ipv6Address {text:?} is not an IPv6 address"),
+            )
+        })?),
+        None => recorded.and_then(|s| s.ipv6_address.as_deref()?.parse().ok()),
+    };
+    Ok((v4, v6))
 }
 
 /// The node the Endpoint's namespace is on, or why it is not known yet. Nodes and Pods are read
@@ -391,6 +432,13 @@ fn refusal(e: &AttachError) -> Refusal {
             | AddressError::Duplicate { .. },
         ) => Refusal::refuse(reason::ADDRESS_IN_USE, message),
         AttachError::Address(_) => Refusal::refuse(reason::INVALID_ADDRESS, message),
+        AttachError::Address6(Address6Error::Exhausted(_)) => {
+            Refusal::refuse(reason::ADDRESSES_EXHAUSTED, message)
+        }
+        AttachError::Address6(Address6Error::Taken { .. }) => {
+            Refusal::refuse(reason::ADDRESS_IN_USE, message)
+        }
+        AttachError::Address6(_) => Refusal::refuse(reason::INVALID_ADDRESS, message),
     }
 }
 

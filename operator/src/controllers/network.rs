@@ -16,9 +16,10 @@ use pier_crds::{Driver, Network, NetworkStatus};
 
 use super::refusal::{self, Outcome, Refusal};
 use super::{Error, apply_status};
-use crate::allocations::{NetworkAllocError, network_request};
+use crate::allocations::{NetworkAllocError, network_request, network6_request};
 use crate::context::Context;
 use crate::ipam::SubnetError;
+use crate::ipam::ipv6::{Network6Allocation, Network6Error, Subnet6Error};
 use pier_crds::conditions::reason;
 
 /// The controller's name in metrics and logs.
@@ -55,23 +56,21 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
     };
     let outcome: Outcome = match net.spec.driver {
         Driver::Host | Driver::Null => Ok(format!("{} network", net.spec.driver.as_str())),
-        Driver::Bridge => allocate(net, ctx).await.map(|(subnet, gateway)| {
-            status.subnet = Some(subnet.to_string());
-            status.gateway = Some(gateway.to_string());
+        Driver::Bridge => allocate(net, ctx).await.map(|addressing| {
+            addressing.record(&mut status);
             status.bridge = Some(bridge_name(&net.uid().unwrap_or_default()));
             status.mtu = Some(net.spec.mtu.unwrap_or(DEFAULT_MTU));
-            format!("subnet {subnet}, gateway {gateway}")
+            addressing.to_string()
         }),
         Driver::Overlay => match allocate_overlay(net, ctx).await {
             Ok(overlay) => {
-                status.subnet = Some(overlay.subnet.to_string());
-                status.gateway = Some(overlay.gateway.to_string());
+                overlay.addressing.record(&mut status);
                 status.bridge = Some(bridge_name(&net.uid().unwrap_or_default()));
                 status.vxlan_id = Some(overlay.vxlan_id);
                 status.mtu = Some(overlay.mtu);
                 Ok(format!(
-                    "subnet {}, gateway {}, VXLAN id {}, MTU {}",
-                    overlay.subnet, overlay.gateway, overlay.vxlan_id, overlay.mtu
+                    "{}, VXLAN id {}, MTU {}",
+                    overlay.addressing, overlay.vxlan_id, overlay.mtu
                 ))
             }
             Err(OverlayError::Refused(refusal)) => Err(refusal),
@@ -88,7 +87,10 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
     status.conditions = vec![condition];
     apply_status(api, net, owned(net.status.as_ref()).as_ref(), &status).await?;
     match outcome {
-        Ok(message) if current.subnet != status.subnet && status.subnet.is_some() => {
+        Ok(message)
+            if (current.subnet != status.subnet && status.subnet.is_some())
+                || (current.ipv6_subnet != status.ipv6_subnet && status.ipv6_subnet.is_some()) =>
+        {
             ctx.metrics.allocated("subnet", 1);
             tracing::info!(network = %name, %message, "subnet allocated");
             ctx.events
@@ -101,8 +103,74 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
     Ok(Action::await_change())
 }
 
-/// Subnet and gateway of a bridge Network, or why not.
-async fn allocate(net: &Network, ctx: &Context) -> Result<(Ipv4Net, std::net::Ipv4Addr), Refusal> {
+/// What a bridge or overlay Network holds of each family it has.
+struct Addressing {
+    v4: Option<(Ipv4Net, std::net::Ipv4Addr)>,
+    v6: Option<Network6Allocation>,
+}
+
+impl Addressing {
+    fn record(&self, status: &mut NetworkStatus) {
+        if let Some((subnet, gateway)) = self.v4 {
+            status.subnet = Some(subnet.to_string());
+            status.gateway = Some(gateway.to_string());
+        }
+        if let Some(v6) = self.v6 {
+            status.ipv6_subnet = Some(v6.subnet.to_string());
+            status.ipv6_gateway = Some(v6.gateway.to_string());
+        }
+    }
+}
+
+impl std::fmt::Display for Addressing {
+    /// `subnet 172.18.0.0/16, gateway 172.18.0.1, IPv6 subnet fd..::/64, gateway fd..::1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some((subnet, gateway)) = self.v4 {
+            parts.push(format!("subnet {subnet}, gateway {gateway}"));
+        }
+        if let Some(v6) = self.v6 {
+            parts.push(format!("IPv6 subnet {}, gateway {}", v6.subnet, v6.gateway));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// The subnets and gateways of a bridge or overlay Network, or why not.
+async fn allocate(net: &Network, ctx: &Context) -> Result<Addressing, Refusal> {
+    let v4 = if net.spec.has_ipv4() {
+        Some(allocate_ipv4(net, ctx).await?)
+    } else {
+        None
+    };
+    let v6 = if net.spec.has_ipv6() {
+        Some(allocate_ipv6(net, ctx)?)
+    } else {
+        None
+    };
+    Ok(Addressing { v4, v6 })
+}
+
+/// The IPv6 subnet (the spec's, or the next /64 of the cluster's ULA prefix) and gateway.
+fn allocate_ipv6(net: &Network, ctx: &Context) -> Result<Network6Allocation, Refusal> {
+    let request =
+        network6_request(net).map_err(|e| Refusal::refuse(reason::INVALID_SPEC, e.to_string()))?;
+    let result = ctx.allocations().ensure_network6(&net.name_any(), &request);
+    result.map_err(|e| {
+        let why = match &e {
+            Network6Error::Subnet(Subnet6Error::Overlap { .. }) => reason::SUBNET_CONFLICT,
+            Network6Error::Subnet(Subnet6Error::Exhausted(_)) => reason::POOLS_EXHAUSTED,
+            _ => reason::INVALID_SPEC,
+        };
+        Refusal::refuse(why, e.to_string())
+    })
+}
+
+/// The IPv4 subnet and gateway of a bridge or overlay Network, or why not.
+async fn allocate_ipv4(
+    net: &Network,
+    ctx: &Context,
+) -> Result<(Ipv4Net, std::net::Ipv4Addr), Refusal> {
     let name = net.name_any();
     let request =
         network_request(net).map_err(|e| Refusal::refuse(reason::INVALID_SPEC, e.to_string()))?;
@@ -127,8 +195,7 @@ async fn allocate(net: &Network, ctx: &Context) -> Result<(Ipv4Net, std::net::Ip
 
 /// What an overlay Network holds besides a bridge network's subnet and gateway.
 struct OverlayAllocation {
-    subnet: Ipv4Net,
-    gateway: std::net::Ipv4Addr,
+    addressing: Addressing,
     vxlan_id: u32,
     mtu: i32,
 }
@@ -141,7 +208,7 @@ enum OverlayError {
 
 /// Subnet, gateway, VXLAN id and MTU of an overlay Network, or why not.
 async fn allocate_overlay(net: &Network, ctx: &Context) -> Result<OverlayAllocation, OverlayError> {
-    let (subnet, gateway) = allocate(net, ctx).await.map_err(OverlayError::Refused)?;
+    let addressing = allocate(net, ctx).await.map_err(OverlayError::Refused)?;
     let vxlan_id = ctx
         .allocations()
         .ensure_vxlan_id(&net.name_any())
@@ -155,8 +222,7 @@ async fn allocate_overlay(net: &Network, ctx: &Context) -> Result<OverlayAllocat
         None => overlay_mtu(underlay_mtus(ctx).await.map_err(OverlayError::Nodes)?),
     };
     Ok(OverlayAllocation {
-        subnet,
-        gateway,
+        addressing,
         vxlan_id,
         mtu,
     })

@@ -187,6 +187,7 @@ async fn update(api: &Api<Endpoint>, endpoint: &Endpoint) -> Result<(), Error> {
     let patch = serde_json::json!({"spec": {
         "interface": spec.interface,
         "ipv4Address": spec.ipv4_address,
+        "ipv6Address": spec.ipv6_address,
         "macAddress": spec.mac_address,
         "aliases": spec.aliases,
     }});

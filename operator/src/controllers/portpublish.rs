@@ -2,7 +2,7 @@
 //! every PortPublish of that node, automatic ones from the range), recorded in status with the
 //! node's addresses and a `docker ps`-style summary.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
@@ -45,16 +45,30 @@ pub fn summary(ports: &[PublishedPortStatus]) -> String {
 }
 
 /// The status entries for allocated ports, one per spec port.
-pub fn port_statuses(spec: &[pier_crds::PortSpec], held: &[HostPort]) -> Vec<PublishedPortStatus> {
-    spec.iter()
-        .zip(held)
-        .map(|(s, h)| PublishedPortStatus {
+pub fn port_statuses(
+    spec: &[pier_crds::PortSpec],
+    held: &[HostPort],
+    dual_stack: bool,
+) -> Vec<PublishedPortStatus> {
+    let mut statuses = Vec::with_capacity(held.len());
+    for (s, h) in spec.iter().zip(held) {
+        let status = PublishedPortStatus {
             container_port: s.container_port,
             protocol: s.protocol,
             host_ip: h.host_ip.to_string(),
             host_port: i32::from(h.port),
-        })
-        .collect()
+        };
+        // No hostIP on a dual-stack endpoint: the same port on every address of both families,
+        // as Docker publishes `-p 8000:80` on 0.0.0.0 and `::` (the allocation on 0.0.0.0
+        // already conflicts with every address of either).
+        let twin = (dual_stack && s.host_ip.is_none()).then(|| PublishedPortStatus {
+            host_ip: Ipv6Addr::UNSPECIFIED.to_string(),
+            ..status.clone()
+        });
+        statuses.push(status);
+        statuses.extend(twin);
+    }
+    statuses
 }
 
 fn owned(status: Option<&PortPublishStatus>) -> Option<PortPublishStatus> {
@@ -187,11 +201,10 @@ async fn allocate(
     }
     // A host or none network gives the endpoint no address of its own: Docker discards `-p`
     // there, and no node could publish to it.
-    if receiver
-        .status
-        .as_ref()
-        .is_none_or(|s| s.ipv4_address.is_none())
-    {
+    let families = receiver.status.as_ref().map_or((false, false), |s| {
+        (s.ipv4_address.is_some(), s.ipv6_address.is_some())
+    });
+    if families == (false, false) {
         return Ok(Err(Refusal::refuse(
             reason::NO_ADDRESS,
             format!(
@@ -218,17 +231,9 @@ async fn allocate(
 
     let mut specs = Vec::with_capacity(pp.spec.ports.len());
     for p in &pp.spec.ports {
-        let host_ip = match p.host_ip.as_deref() {
-            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            Some(text) => match text.parse() {
-                Ok(ip) => ip,
-                Err(_) => {
-                    return Ok(Err(Refusal::refuse(
-                        reason::PORT_CONFLICT,
-                        format!("hostIP {text:?} is not an address"),
-                    )));
-                }
-            },
+        let host_ip = match host_ip_for(p.host_ip.as_deref(), families, &receiver.name_any()) {
+            Ok(ip) => ip,
+            Err(refused) => return Ok(Err(refused)),
         };
         let host_port = match p.host_port.map(u16::try_from) {
             None => None,
@@ -249,7 +254,7 @@ async fn allocate(
     let assigned = ctx.allocations().assign_ports(owner, &node, &specs);
     match assigned {
         Ok(held) => {
-            status.ports = port_statuses(&pp.spec.ports, &held);
+            status.ports = port_statuses(&pp.spec.ports, &held, families == (true, true));
             let text = summary(&status.ports);
             status.summary = Some(text.clone());
             Ok(Ok(format!("{text} on node {node}")))
@@ -263,6 +268,40 @@ async fn allocate(
         ))),
         Err(e) => Ok(Err(Refusal::refuse(reason::PORT_CONFLICT, e.to_string()))),
     }
+}
+
+/// The host address a port is allocated on: `hostIP`, which must be of a family the endpoint
+/// has (`families`: IPv4, IPv6), or, absent, every address (`0.0.0.0`, which conflicts with
+/// both families; `::` for an IPv6-only endpoint).
+fn host_ip_for(
+    host_ip: Option<&str>,
+    families: (bool, bool),
+    endpoint: &str,
+) -> Result<IpAddr, Refusal> {
+    let Some(text) = host_ip else {
+        return Ok(if families.0 {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        });
+    };
+    let ip: IpAddr = text.parse().map_err(|_| {
+        Refusal::refuse(
+            reason::PORT_CONFLICT,
+            format!("hostIP {text:?} is not an address"),
+        )
+    })?;
+    let (family, has) = match ip.to_canonical() {
+        IpAddr::V4(_) => ("IPv4", families.0),
+        IpAddr::V6(_) => ("IPv6", families.1),
+    };
+    if !has {
+        return Err(Refusal::refuse(
+            reason::NO_ADDRESS,
+            format!("endpoint {endpoint} has no {family} address for hostIP {text}"),
+        ));
+    }
+    Ok(ip)
 }
 
 async fn cleanup(

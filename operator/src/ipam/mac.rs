@@ -31,6 +31,13 @@ impl MacAddr {
         Self([0x02, 0x42, a, b, c, d])
     }
 
+    /// The MAC of an endpoint with only an IPv6 address: `02:42:` and the address's last four
+    /// bytes (unique on the network as long as its addresses differ there, as the pool's do).
+    pub fn from_ipv6(ip: std::net::Ipv6Addr) -> Self {
+        let o = ip.octets();
+        Self([0x02, 0x42, o[12], o[13], o[14], o[15]])
+    }
+
     /// The six bytes.
     pub fn octets(&self) -> [u8; 6] {
         self.0

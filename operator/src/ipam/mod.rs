@@ -10,12 +10,14 @@
 //! * [`addresses`]: one pool of addresses per Network (gateway, ipRange, aux addresses).
 //! * [`bitmap`]: the O(1)-amortised free-slot finder shared with [`crate::ports`].
 //! * [`hash`]: a cheap hasher for the integer-keyed maps on the allocation path.
+//! * [`ipv6`]: IPv6 subnets (a /64 of the cluster's ULA /48) and addresses, never listed.
 //! * [`mac`]: Docker's `02:42:` + IPv4 MAC addresses.
 //! * [`vxlan`]: one VXLAN id per overlay Network, cluster-wide.
 
 pub mod addresses;
 pub mod bitmap;
 pub mod hash;
+pub mod ipv6;
 pub mod mac;
 pub mod pools;
 pub mod subnets;

@@ -2,7 +2,8 @@
 //! policy DROP, br_netfilter), beside a strict iptables-legacy firewall (ufw's defaults: `INPUT`
 //! and `FORWARD` DROP), beside firewalls written natively in nftables (firewalld's nftables
 //! backend, a hand-written `inet filter`), probed from another host of the LAN, and attacked from a container
-//! through its gateway. Real packets throughout; every test has its own namespaces.
+//! through its gateway; and the same for IPv6 (Docker's ip6tables, ufw's, an `ip6` table). Real
+//! packets throughout; every test has its own namespaces.
 //!
 //! ```text
 //!  lan (192.0.2.2) ──uplink0── host (192.0.2.1) ── pier bridge "web" 172.18.0.0/16 ── con1 .2, con2 .3
@@ -12,13 +13,13 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network, published};
 use pier_node::dataplane::{ObjectKey, Outcome, Scope};
 use pier_node::firewall::native::{self, NativeHook};
 use pier_node::firewall::{self, iptables};
-use pier_node::state::NodeState;
+use pier_node::state::{Attachment, NetworkState, NodeState};
 
 const HOST_UPLINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const LAN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -654,4 +655,280 @@ fn a_table_only_its_owner_may_change_is_left_alone_and_named() {
     assert_eq!(lab.host.sh("nft list table inet owned"), before);
     let report = lab.dataplane.reset().expect("reset");
     assert!(report.is_success(), "{report}");
+}
+
+// IPv6 beside the same firewalls. The links code gives the bridge and the endpoints their IPv6
+// addresses; until it does in this tree, `give_ipv6` adds them by hand (idempotently) after each
+// apply, so these tests exercise the firewall's IPv6 side whoever made the addresses.
+
+const UPLINK6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x2, 0, 0, 0, 0, 1);
+const LAN6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x2, 0, 0, 0, 0, 2);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 1);
+const CON1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
+
+/// What Docker 27+ adds for IPv6 (`"ipv6": true, "ip6tables": true`): the same chains through
+/// ip6tables-nft, the FORWARD policy DROP, br_netfilter for IPv6 too.
+const DOCKER_HOST6: &str = "\
+sysctl -qw net.ipv6.conf.all.forwarding=1 net.bridge.bridge-nf-call-ip6tables=1
+ip6tables-nft -N DOCKER
+ip6tables-nft -N DOCKER-ISOLATION-STAGE-1
+ip6tables-nft -N DOCKER-USER
+ip6tables-nft -P FORWARD DROP
+ip6tables-nft -A FORWARD -j DOCKER-USER
+ip6tables-nft -A FORWARD -j DOCKER-ISOLATION-STAGE-1
+ip6tables-nft -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+ip6tables-nft -A FORWARD -o docker0 -j DOCKER
+ip6tables-nft -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+ip6tables-nft -A DOCKER-ISOLATION-STAGE-1 -j RETURN
+ip6tables-nft -A DOCKER-USER -j RETURN
+ip6tables-nft -t nat -N DOCKER
+ip6tables-nft -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+";
+
+/// ufw's IPv6 defaults (deny incoming, deny routed) through ip6tables-legacy, with the ICMPv6
+/// ufw's before6.rules accept (neighbour discovery: without it no IPv6 works at all).
+const STRICT_HOST6: &str = "\
+sysctl -qw net.ipv6.conf.all.forwarding=1 net.bridge.bridge-nf-call-ip6tables=1
+ip6tables-legacy -A INPUT -i lo -j ACCEPT
+ip6tables-legacy -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+ip6tables-legacy -A INPUT -p ipv6-icmp -j ACCEPT
+ip6tables-legacy -P INPUT DROP
+ip6tables-legacy -P FORWARD DROP
+";
+
+/// A hand-written IPv6 firewall: an `ip6` family table dropping what is forwarded and what
+/// comes in, neighbour discovery aside.
+const IP6_FILTER_HOST: &str = "\
+table ip6 guard6 {
+    chain forward_c {
+        type filter hook forward priority filter; policy drop;
+    }
+    chain in {
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iifname \"lo\" accept
+        icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+    }
+}
+";
+
+/// The LAN host of [`lan_host`] with IPv6 too, and a route to the container subnets via the node.
+fn lan_host6(lab: &Lab) -> Ns {
+    let lan = lan_host(lab);
+    lab.host
+        .sh(&format!("ip -6 addr add {UPLINK6}/64 dev uplink0 nodad"));
+    lan.sh(&format!(
+        "ip -6 addr add {LAN6}/64 dev eth0 nodad && ip -6 route add fd00::/16 via {UPLINK6}"
+    ));
+    lan
+}
+
+/// [`node`] with IPv6 on `web` (fd00:18::/64, con1 ::2, con2 ::3) and on the internal `vault`
+/// (fd00:77::/64, vault1 ::2); con1's port 80 also published on `[::]:8000`.
+fn node6(lab: &Lab) -> Node {
+    let mut node = node(lab);
+    let with6 = |network: &mut NetworkState, subnet6: &str| {
+        let subnet6: ipnet::Ipv6Net = subnet6.parse().expect("subnet6");
+        network.subnet6 = Some(subnet6);
+        network.gateway6 = Some(Ipv6Addr::from(u128::from(subnet6.network()) + 1));
+    };
+    with6(&mut node.state.networks[0], "fd00:18::/64");
+    with6(&mut node.state.networks[1], "fd00:77::/64");
+    for (endpoint, address6) in
+        node.state
+            .endpoints
+            .iter_mut()
+            .zip(["fd00:18::2", "fd00:18::3", "fd00:77::2"])
+    {
+        if let Attachment::Bridge(bridge) = &mut endpoint.attachment {
+            bridge.address6 = Some(address6.parse().expect("address6"));
+        }
+    }
+    let mut web6 = published("default/web6", "default/con1", 8000, "fd00:18::2", 80);
+    web6.host_ip = Ipv6Addr::UNSPECIFIED.into();
+    node.state.ports.push(web6);
+    node
+}
+
+/// The IPv6 addresses of `node`'s bridges and endpoints, and IPv6 forwarding (see above).
+fn give_ipv6(lab: &Lab, node: &Node) {
+    for network in &node.state.networks {
+        let (Some(subnet6), Some(gateway6)) = (network.subnet6, network.gateway6) else {
+            continue;
+        };
+        let bridge = network.bridge_name();
+        lab.host.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.forwarding=1 && \
+             ip -6 addr replace {gateway6}/{} dev {bridge} nodad",
+            subnet6.prefix_len()
+        ));
+        lab.host.wait_link_local(&bridge);
+    }
+    let containers = [&node.con1, &node.con2, &node.vault1];
+    for (ns, endpoint) in containers.into_iter().zip(&node.state.endpoints) {
+        let Attachment::Bridge(bridge) = &endpoint.attachment else {
+            continue;
+        };
+        let (Some(address6), Some(network)) = (
+            bridge.address6,
+            node.state
+                .networks
+                .iter()
+                .find(|n| n.name == bridge.network),
+        ) else {
+            continue;
+        };
+        ns.add_address6(network, &bridge.interface, &address6.to_string());
+    }
+}
+
+/// Applies `node`'s state, requires convergence, and gives it its IPv6 addresses.
+fn apply6(lab: &Lab, node: &Node) {
+    lab.apply_ok(&node.state);
+    lab.assert_converged(&node.state);
+    give_ipv6(lab, node);
+}
+
+#[test]
+fn beside_docker_with_ipv6_pier_ipv6_traffic_flows_and_reset_leaves_ip6tables_as_it_was() {
+    require_iptables();
+    common::require_root_with(&["ip6tables-nft", "ip6tables-legacy"]);
+    let lab = Lab::new("dock6");
+    let lan = lan_host6(&lab);
+    lab.host.sh(DOCKER_HOST);
+    lab.host.sh(DOCKER_HOST6);
+    let before = iptables_save(&lab.host, "ip6tables-nft");
+    let node = node6(&lab);
+    apply6(&lab, &node);
+    let _web = node.con1.serve_peer(80);
+    let _lan_web = lan.serve_peer(80);
+
+    let traffic_flows = || {
+        assert!(node.con2.ping6_eventually(CON1_6), "same network, bridged");
+        assert_eq!(
+            lan.peer_seen_eventually(UPLINK6, 8000),
+            Some(IpAddr::V6(LAN6)),
+            "published port from the LAN, the client's address kept"
+        );
+        assert_eq!(
+            node.con2.peer_seen_eventually(UPLINK6, 8000),
+            Some(IpAddr::V6(GATEWAY6)),
+            "published port from a container (hairpin)"
+        );
+        assert_eq!(
+            node.con1.peer_seen_eventually(LAN6, 80),
+            Some(IpAddr::V6(UPLINK6)),
+            "a container reaches the outside (masquerade)"
+        );
+    };
+    traffic_flows();
+    assert_eq!(lan.peer_seen(CON1_6, 80), None, "routed, unpublished");
+    assert_eq!(
+        node.vault1.peer_seen(LAN6, 80),
+        None,
+        "internal egress over IPv6"
+    );
+
+    // Without Pier's jump in ip6tables, Docker's IPv6 FORWARD DROP takes the traffic; the next
+    // full apply puts it back.
+    lab.host.sh(&format!(
+        "ip6tables-nft -D FORWARD -m comment --comment '{}' -j {}",
+        iptables::JUMP_COMMENT,
+        iptables::CHAIN_FORWARD
+    ));
+    assert!(!node.con2.ping6(CON1_6), "Docker's ip6tables FORWARD DROP");
+    assert_eq!(lan.peer_seen(UPLINK6, 8000), None);
+    let plan = lab.dataplane.plan(&node.state, &Scope::Full).expect("plan");
+    assert!(
+        plan.to_string()
+            .contains("~ ip6tables-nft filter: jump FORWARD -> PIER-FORWARD inserted first"),
+        "{plan}"
+    );
+    apply6(&lab, &node);
+    traffic_flows();
+
+    // `pier down`: Docker's IPv6 rules exactly as before.
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(iptables_save(&lab.host, "ip6tables-nft"), before);
+}
+
+#[test]
+fn beside_a_strict_ip6tables_legacy_firewall_pier_opens_only_its_bridges_and_dns() {
+    common::require_root_with(&["ip6tables-legacy"]);
+    let lab = Lab::new("strict6");
+    let lan = lan_host6(&lab);
+    lab.host.sh(STRICT_HOST6);
+    let before = iptables_save(&lab.host, "ip6tables-legacy");
+    let node = node6(&lab);
+    apply6(&lab, &node);
+    let _web = node.con1.serve_peer(80);
+    // A stand-in for the embedded DNS on the IPv6 gateway, and another service of the node's.
+    let _dns = lab.host.serve_udp_peer(53);
+    let _ssh = lab.host.serve_peer(22);
+
+    assert!(node.con2.ping6_eventually(CON1_6), "same network");
+    assert_eq!(
+        lan.peer_seen_eventually(UPLINK6, 8000),
+        Some(IpAddr::V6(LAN6)),
+        "published port from the LAN through FORWARD DROP"
+    );
+    assert_eq!(
+        node.con2.udp_peer_seen(GATEWAY6, 53),
+        Some(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3))),
+        "DNS on the IPv6 gateway through INPUT DROP"
+    );
+    assert_eq!(
+        node.con2.peer_seen(GATEWAY6, 22),
+        None,
+        "only DNS is opened on the node, not its other services"
+    );
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(iptables_save(&lab.host, "ip6tables-legacy"), before);
+}
+
+#[test]
+fn beside_a_hand_written_ip6_table_pier_adds_its_accepts_there() {
+    common::require_root_with(&["nft"]);
+    let lab = Lab::new("nfilt6");
+    let lan = lan_host6(&lab);
+    lab.host
+        .sh("sysctl -qw net.ipv6.conf.all.forwarding=1 net.bridge.bridge-nf-call-ip6tables=1");
+    nft_load(&lab.host, IP6_FILTER_HOST);
+    let before = nft_ruleset(&lab.host);
+    let node = node6(&lab);
+    apply6(&lab, &node);
+    assert_eq!(
+        chain_rules(&lab.host, "ip6 guard6 forward_c"),
+        pier_lines(NativeHook::Forward)
+    );
+    assert_eq!(
+        chain_rules(&lab.host, "ip6 guard6 in")[..2],
+        pier_lines(NativeHook::Input)
+    );
+    let _web = node.con1.serve_peer(80);
+    let _lan_web = lan.serve_peer(80);
+    let _dns = lab.host.serve_udp_peer(53);
+    let _ssh = lab.host.serve_peer(22);
+    assert_eq!(
+        lan.peer_seen_eventually(UPLINK6, 8000),
+        Some(IpAddr::V6(LAN6)),
+        "published port from the LAN through forward policy drop"
+    );
+    assert_eq!(
+        node.con1.peer_seen_eventually(LAN6, 80),
+        Some(IpAddr::V6(UPLINK6)),
+        "a container reaches the outside"
+    );
+    assert!(
+        node.con2.udp_peer_seen(GATEWAY6, 53).is_some(),
+        "DNS on the IPv6 gateway through the ip6 table's input policy drop"
+    );
+    assert_eq!(node.con2.peer_seen(GATEWAY6, 22), None, "the node's ssh");
+    assert_eq!(lan.peer_seen(CON1_6, 80), None, "routed, unpublished");
+
+    let report = lab.dataplane.reset().expect("reset");
+    assert!(report.is_success(), "{report}");
+    assert_eq!(nft_ruleset(&lab.host), before);
 }

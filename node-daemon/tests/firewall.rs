@@ -3,8 +3,10 @@
 mod common;
 
 use common::Ns;
-use common::firewall::{network, port, require_root, state};
-use pier_node::firewall::{self, MAP_PORTS_ADDR, MAP_PORTS_ANY, render};
+use common::firewall::{network, network6, port, require_root, state};
+use pier_node::firewall::{
+    self, LOOPBACK6_RULES, MAP_PORTS_ADDR, MAP_PORTS_ADDR6, MAP_PORTS_ANY, MAP_PORTS_ANY6, render,
+};
 use pier_node::state::{NodeState, Protocol};
 
 fn sample() -> NodeState {
@@ -287,4 +289,102 @@ fn thousands_of_ports_go_in_one_batch() {
     assert_eq!(plan.element_changes(), 6000);
     firewall::apply(Some(&host.path()), &plan).expect("apply");
     assert!(set_elements(&host.pier_json(), MAP_PORTS_ANY).is_empty());
+}
+
+/// `sample()` with IPv6 beside IPv4 on web, an IPv6-only network and IPv6 ports.
+fn sample6() -> NodeState {
+    let mut state = sample();
+    state.networks[0] = network6("web", Some("172.18.0.0/16"), "fd00:18::/64", false);
+    state.networks[2] = network6("secret", Some("10.77.0.0/24"), "fd00:77::/64", true);
+    state
+        .networks
+        .push(network6("v6only", None, "fd00:18:0:1::/64", false));
+    state.ports.extend([
+        port("::", 8000, Protocol::Tcp, "fd00:18::2", 80),
+        port("::1", 8443, Protocol::Tcp, "fd00:18::2", 443),
+        port("2001:db8::7", 5353, Protocol::Udp, "fd00:18:0:1::3", 53),
+        // internal: never published
+        port("::", 7000, Protocol::Tcp, "fd00:77::2", 70),
+    ]);
+    state
+}
+
+#[test]
+fn ipv6_maps_and_table_ip6_pier_apply_converge_and_go() {
+    require_root();
+    let host = Ns::new("apply6");
+    let state = sample6();
+    converge(&host, &state);
+
+    let json = host.pier_json();
+    assert_eq!(set_elements(&json, MAP_PORTS_ANY6).len(), 1, "{json}");
+    assert_eq!(set_elements(&json, MAP_PORTS_ADDR6).len(), 2, "{json}");
+    let listing = host.sh("nft list table inet pier");
+    for element in [
+        "tcp . 8000 : fd00:18::2 . 80",
+        "::1 . tcp . 8443 : fd00:18::2 . 443",
+        "2001:db8::7 . udp . 5353 : fd00:18:0:1::3 . 53",
+    ] {
+        assert!(listing.contains(element), "{element} not in\n{listing}");
+    }
+    assert!(!listing.contains("fd00:77::"), "internal IPv6:\n{listing}");
+    // Adjacent /64s are one range in the masquerade set; the internal one is left out.
+    let masq = host.sh("nft list set inet pier masq_subnets6");
+    assert!(masq.contains("fd00:18::/63"), "{masq}");
+
+    // nft reads table ip6 pier back as exactly the rules Pier meant.
+    let ip6 = host.sh("nft list table ip6 pier");
+    assert!(
+        ip6.contains("type filter hook prerouting priority dstnat + 10; policy accept;"),
+        "{ip6}"
+    );
+    for text in LOOPBACK6_RULES {
+        assert!(ip6.contains(text), "rule {text:?} not in\n{ip6}");
+    }
+    let again = firewall::plan(Some(&host.path()), &state).expect("second plan");
+    assert!(again.is_empty(), "second plan not empty:\n{again}");
+
+    // Damage to table ip6 pier is repaired, whole.
+    for damage in [
+        "nft flush chain ip6 pier loopback6",
+        "nft delete table ip6 pier",
+        "nft add chain ip6 pier extra",
+    ] {
+        host.sh(damage);
+        let plan = firewall::plan(Some(&host.path()), &state).expect("plan");
+        assert!(
+            plan.loopback6().is_some(),
+            "damage `{damage}` not noticed: {plan}"
+        );
+        assert!(plan.rebuild().is_none(), "{plan}");
+        firewall::apply(Some(&host.path()), &plan).expect("repair");
+        assert_eq!(host.sh("nft list table ip6 pier"), ip6, "after `{damage}`");
+    }
+
+    // No IPv6 network left: the table goes, in the same batch as the element changes.
+    let ipv4_only = sample();
+    let plan = firewall::plan(Some(&host.path()), &ipv4_only).expect("plan");
+    assert!(plan.rebuild().is_none(), "{plan}");
+    assert!(
+        plan.to_string().contains("table ip6 pier: delete"),
+        "{plan}"
+    );
+    firewall::apply(Some(&host.path()), &plan).expect("apply");
+    assert!(!host.exec("nft list table ip6 pier").status.success());
+    assert!(
+        set_elements(&host.pier_json(), MAP_PORTS_ANY6).is_empty(),
+        "IPv6 ports left"
+    );
+    assert!(
+        firewall::plan(Some(&host.path()), &ipv4_only)
+            .expect("plan")
+            .is_empty()
+    );
+
+    // Reset takes both tables.
+    converge(&host, &state);
+    firewall::reset(Some(&host.path())).expect("reset");
+    assert!(!host.has_pier_table());
+    assert!(!host.exec("nft list table ip6 pier").status.success());
+    firewall::reset(Some(&host.path())).expect("second reset");
 }

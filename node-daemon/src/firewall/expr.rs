@@ -18,8 +18,11 @@ pub const REG_1: Register = 1;
 pub const REG32_00: Register = 8;
 pub const REG32_01: Register = 9;
 pub const REG32_02: Register = 10;
-/// Where a second 16-byte field of a concatenation starts (after an interface name in 00..03).
+/// Where a field after a 16-byte one (an interface name, an IPv6 address in `00..03`) starts.
 pub const REG32_04: Register = 12;
+pub const REG32_05: Register = 13;
+/// The second 16-byte register (same storage as `REG32_04..REG32_07`).
+pub const REG_2: Register = 2;
 
 /// `enum nft_meta_keys`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +56,38 @@ pub enum Verdict {
 
 /// `NFPROTO_IPV4`: the value of `meta nfproto` for IPv4 and the family of an IPv4 NAT.
 pub const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_IPV6`: the same for IPv6.
+pub const NFPROTO_IPV6: u8 = 10;
 /// `RTN_LOCAL`: what `fib daddr type` yields for an address of this host.
 pub const RTN_LOCAL: u32 = 2;
 /// `IPS_DST_NAT`: the conntrack status bit of a connection whose destination was rewritten.
 pub const IPS_DST_NAT: u32 = 1 << 5;
+/// `IPS_SRC_NAT`: the same for a rewritten source (masquerade).
+pub const IPS_SRC_NAT: u32 = 1 << 4;
 /// `ct state` bits (`NF_CT_STATE_BIT`): a packet of a connection seen in both directions, and
 /// one related to a known connection (an ICMP error, an FTP data channel).
 pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
 pub const CT_STATE_RELATED: u32 = 1 << 2;
+
+/// What `ct original ...` loads: a field of the connection's original tuple (`enum nft_ct_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtOriginal {
+    /// `ct original ip6 daddr` (`NFT_CT_DST_IP6`).
+    DaddrIp6 = 22,
+    /// `ct original proto-dst` (`NFT_CT_PROTO_DST`).
+    ProtoDst = 12,
+}
+
+/// How a payload write keeps checksums right (`enum nft_payload_csum_types` and flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// An address of the IPv6 header: no header checksum, but the TCP/UDP checksum covers it
+    /// through the pseudo-header (`NFT_PAYLOAD_L4CSUM_PSEUDOHDR`).
+    PseudoHeader,
+    /// A field the internet checksum at this offset of the same header covers
+    /// (`NFT_PAYLOAD_CSUM_INET`): 16 for TCP, 6 for UDP.
+    Inet { offset: u32 },
+}
 
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +130,25 @@ pub enum Expr {
     CtState { dreg: Register },
     /// IPv4 DNAT to the address in `addr` and the port in `port`.
     Dnat { addr: Register, port: Register },
+    /// IPv6 DNAT to the address in `addr` (16 bytes) and the port in `port`.
+    Dnat6 { addr: Register, port: Register },
+    /// `ct direction` into `dreg` (0 original, 1 reply).
+    CtDirection { dreg: Register },
+    /// A field of the connection's original tuple into `dreg`.
+    CtOriginal { key: CtOriginal, dreg: Register },
+    /// Writes `len` bytes from `sreg` at `offset` of the header at `base`, fixing `checksum`.
+    PayloadWrite {
+        base: PayloadBase,
+        offset: u32,
+        len: u32,
+        sreg: Register,
+        checksum: Checksum,
+    },
+    /// Loads constant `data` into `dreg`.
+    Immediate { dreg: Register, data: Vec<u8> },
+    /// Sends a copy of the packet to the IPv6 address in `addr` through the interface whose
+    /// index is in `dev` (`dup`, ip6 tables only); the copy is not tracked by conntrack.
+    Dup6 { addr: Register, dev: Register },
     /// Source NAT to the address of the outgoing interface.
     Masquerade,
     /// Ends evaluation of this chain with a verdict.
@@ -121,6 +167,21 @@ impl Expr {
                 op: CmpOp::Eq,
                 sreg: REG_1,
                 data: vec![NFPROTO_IPV4],
+            },
+        ]
+    }
+
+    /// `meta nfproto ipv6`.
+    pub fn is_ipv6() -> [Expr; 2] {
+        [
+            Expr::Meta {
+                key: MetaKey::NfProto,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                sreg: REG_1,
+                data: vec![NFPROTO_IPV6],
             },
         ]
     }

@@ -14,12 +14,10 @@ use nftnl::{
 
 use super::FirewallError;
 use super::native::{self, Family, NativeChain, NativeChange};
-use super::plan::{FirewallPlan, KernelTable};
-use super::render::{ChainKind, Hook as PierHook, TABLE};
-use super::sys::{self, Dump, ELEMS_PER_MSG, ElemsMsg, ExprMsg, FAMILY_INET, SetMsg};
+use super::plan::{FirewallPlan, KernelChains, KernelTable, Loopback6Change};
+use super::render::{ChainKind, ChainSpec, Hook as PierHook, TABLE};
+use super::sys::{self, Dump, ELEMS_PER_MSG, ElemsMsg, ExprMsg, FAMILY_INET, FAMILY_IPV6, SetMsg};
 
-/// `NFPROTO_INET` as the kernel reports a table's family.
-const INET: u32 = FAMILY_INET as u32;
 const ENOENT: i32 = 2;
 
 /// Sequence numbers only have to differ between requests on one socket; a process-wide counter
@@ -78,12 +76,46 @@ fn read_error(what: &'static str) -> impl FnOnce(io::Error) -> FirewallError {
     move |source| FirewallError::Read { what, source }
 }
 
-/// What the kernel has in table `inet pier` now; `None` when there is no such table.
-pub fn read(socket: &Socket) -> Result<Option<KernelTable>, FirewallError> {
+/// What the kernel has in tables `inet pier` and `ip6 pier` now; `None` for a missing table.
+pub fn read(socket: &Socket) -> Result<(Option<KernelTable>, Option<KernelChains>), FirewallError> {
     let tables = dump(socket, Dump::Tables, sys::parse_table).map_err(read_error("tables"))?;
-    if !tables.iter().any(|t| t.name == TABLE && t.family == INET) {
-        return Ok(None);
-    }
+    let exists = |family: u16| {
+        tables
+            .iter()
+            .any(|t| t.name == TABLE && t.family == u32::from(family))
+    };
+    let inet = if exists(FAMILY_INET) {
+        Some(read_inet(socket)?)
+    } else {
+        None
+    };
+    let ip6 = if exists(FAMILY_IPV6) {
+        Some(read_ip6(socket)?)
+    } else {
+        None
+    };
+    Ok((inet, ip6))
+}
+
+/// The chains and rules of table `ip6 pier`, which exists.
+fn read_ip6(socket: &Socket) -> Result<KernelChains, FirewallError> {
+    let what = Dump::FamilyChains {
+        family: FAMILY_IPV6,
+        table: TABLE,
+    };
+    let mut chains = dump(socket, what, sys::parse_chain).map_err(read_error("ip6 chains"))?;
+    chains.retain(|c| c.table == TABLE && c.family == u32::from(FAMILY_IPV6));
+    let what = Dump::TableRules {
+        family: FAMILY_IPV6,
+        table: TABLE,
+    };
+    let mut rules = dump(socket, what, sys::parse_rule).map_err(read_error("ip6 rules"))?;
+    rules.retain(|r| r.table == TABLE && r.family == u32::from(FAMILY_IPV6));
+    Ok(KernelChains { chains, rules })
+}
+
+/// Everything in table `inet pier`, which exists.
+fn read_inet(socket: &Socket) -> Result<KernelTable, FirewallError> {
     let table = Dump::Chains { table: TABLE };
     let mut chains = dump(socket, table, sys::parse_chain).map_err(read_error("chains"))?;
     chains.retain(|c| c.table == TABLE);
@@ -102,22 +134,25 @@ pub fn read(socket: &Socket) -> Result<Option<KernelTable>, FirewallError> {
         let found = dump(socket, what, sys::parse_elements).map_err(read_error("set elements"))?;
         elements.insert(set.name.clone(), found.into_iter().collect());
     }
-    Ok(Some(KernelTable {
+    Ok(KernelTable {
         chains,
         rules,
         sets,
         elements,
-    }))
+    })
 }
 
-/// The base chains of iptables-nft's table `ip filter` (its built-in chains that exist), by
-/// name; empty when there is no such table.
-pub fn iptables_nft_builtins(socket: &Socket) -> Result<Vec<String>, FirewallError> {
-    let what = Dump::Ipv4Chains { table: "filter" };
-    let chains = dump(socket, what, sys::parse_chain).map_err(read_error("chains of ip filter"))?;
+/// The base chains of iptables-nft's table `ip filter` (`family` IPv4) or ip6tables-nft's `ip6
+/// filter` (IPv6): its built-in chains that exist, by name; empty when there is no such table.
+pub fn iptables_nft_builtins(socket: &Socket, family: u16) -> Result<Vec<String>, FirewallError> {
+    let what = Dump::FamilyChains {
+        family,
+        table: "filter",
+    };
+    let chains = dump(socket, what, sys::parse_chain).map_err(read_error("chains of filter"))?;
     Ok(chains
         .into_iter()
-        .filter(|c| c.table == "filter" && c.hook.is_some())
+        .filter(|c| c.table == "filter" && c.family == u32::from(family) && c.hook.is_some())
         .map(|c| c.name)
         .collect())
 }
@@ -169,6 +204,7 @@ pub fn native_read(socket: &Socket) -> Result<(Vec<NativeChain>, Vec<String>), F
 fn proto_family(family: Family) -> ProtoFamily {
     match family {
         Family::Ip => ProtoFamily::Ipv4,
+        Family::Ip6 => ProtoFamily::Ipv6,
         Family::Inet => ProtoFamily::Inet,
     }
 }
@@ -213,6 +249,10 @@ fn table() -> Table {
     Table::new(c"pier", ProtoFamily::Inet)
 }
 
+fn table6() -> Table {
+    Table::new(c"pier", ProtoFamily::Ipv6)
+}
+
 /// The one atomic batch that carries out `plan`.
 pub fn batch(plan: &FirewallPlan) -> Result<FinalizedBatch, FirewallError> {
     let mut batch = Batch::new();
@@ -232,39 +272,7 @@ pub fn batch(plan: &FirewallPlan) -> Result<FinalizedBatch, FirewallError> {
             }
         }
         for spec in &ruleset.chains {
-            let name = CString::new(spec.name).map_err(|_| FirewallError::Build {
-                what: format!("chain name {:?}", spec.name),
-            })?;
-            let mut chain = Chain::new(&name, &table);
-            let hook = match spec.hook {
-                PierHook::Prerouting => Hook::PreRouting,
-                PierHook::Input => Hook::In,
-                PierHook::Forward => Hook::Forward,
-                PierHook::Output => Hook::Out,
-                PierHook::Postrouting => Hook::PostRouting,
-            };
-            chain.set_hook(hook, spec.priority);
-            chain.set_type(match spec.kind {
-                ChainKind::Filter => ChainType::Filter,
-                ChainKind::Nat => ChainType::Nat,
-            });
-            chain.set_policy(Policy::Accept);
-            batch.add(&chain, MsgType::Add);
-            for rule_spec in &spec.rules {
-                let mut rule = Rule::new(&chain);
-                for expr in &rule_spec.exprs {
-                    rule.add_expr(&ExprMsg(expr));
-                }
-                let comment =
-                    CString::new(rule_spec.comment()).map_err(|_| FirewallError::Build {
-                        what: format!("comment of rule {}", rule_spec.id),
-                    })?;
-                rule.set_comment(&comment)
-                    .map_err(|reason| FirewallError::Build {
-                        what: format!("comment of rule {}: {reason}", rule_spec.id),
-                    })?;
-                batch.add(&rule, MsgType::Add);
-            }
+            add_chain(&mut batch, &table, spec)?;
         }
     } else {
         // Removals first, so a key whose value changed is deleted before it is re-added.
@@ -279,13 +287,77 @@ pub fn batch(plan: &FirewallPlan) -> Result<FinalizedBatch, FirewallError> {
             }
         }
     }
+    add_loopback6(&mut batch, plan)?;
     Ok(batch.finalize())
+}
+
+/// Table `ip6 pier`'s part of the batch: made whole, replaced whole or deleted.
+fn add_loopback6(batch: &mut Batch, plan: &FirewallPlan) -> Result<(), FirewallError> {
+    let table = table6();
+    let (delete, create) = match plan.loopback6() {
+        None => return Ok(()),
+        Some(Loopback6Change::Create) => (false, true),
+        Some(Loopback6Change::Replace(_)) => (true, true),
+        Some(Loopback6Change::Delete) => (true, false),
+    };
+    if delete {
+        batch.add(&table, MsgType::Del);
+    }
+    if let (true, Some(chain)) = (create, &plan.ruleset().loopback6) {
+        batch.add(&table, MsgType::Add);
+        add_chain(batch, &table, chain)?;
+    }
+    Ok(())
+}
+
+/// A base chain of `table` with its rules.
+fn add_chain(batch: &mut Batch, table: &Table, spec: &ChainSpec) -> Result<(), FirewallError> {
+    let name = CString::new(spec.name).map_err(|_| FirewallError::Build {
+        what: format!("chain name {:?}", spec.name),
+    })?;
+    let mut chain = Chain::new(&name, table);
+    let hook = match spec.hook {
+        PierHook::Prerouting => Hook::PreRouting,
+        PierHook::Input => Hook::In,
+        PierHook::Forward => Hook::Forward,
+        PierHook::Output => Hook::Out,
+        PierHook::Postrouting => Hook::PostRouting,
+    };
+    chain.set_hook(hook, spec.priority);
+    chain.set_type(match spec.kind {
+        ChainKind::Filter => ChainType::Filter,
+        ChainKind::Nat => ChainType::Nat,
+    });
+    chain.set_policy(Policy::Accept);
+    batch.add(&chain, MsgType::Add);
+    for rule_spec in &spec.rules {
+        let mut rule = Rule::new(&chain);
+        for expr in &rule_spec.exprs {
+            rule.add_expr(&ExprMsg(expr));
+        }
+        let comment = CString::new(rule_spec.comment()).map_err(|_| FirewallError::Build {
+            what: format!("comment of rule {}", rule_spec.id),
+        })?;
+        rule.set_comment(&comment)
+            .map_err(|reason| FirewallError::Build {
+                what: format!("comment of rule {}: {reason}", rule_spec.id),
+            })?;
+        batch.add(&rule, MsgType::Add);
+    }
+    Ok(())
 }
 
 /// A batch that deletes table `inet pier` (and so everything in it).
 pub fn delete_table_batch() -> FinalizedBatch {
     let mut batch = Batch::new();
     batch.add(&table(), MsgType::Del);
+    batch.finalize()
+}
+
+/// A batch that deletes table `ip6 pier`.
+pub fn delete_table6_batch() -> FinalizedBatch {
+    let mut batch = Batch::new();
+    batch.add(&table6(), MsgType::Del);
     batch.finalize()
 }
 

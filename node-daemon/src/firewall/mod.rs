@@ -1,26 +1,28 @@
-//! nftables for Pier: one table, `inet pier`, changed in one atomic netlink batch per apply.
+//! nftables for Pier: table `inet pier` for both families, and on a node with IPv6 networks table
+//! `ip6 pier` (`[::1]:hostPort`, see `render.rs`), changed in one atomic netlink batch per apply.
 //!
-//! - [`render`] computes the desired table from a `NodeState` (pure, unit-tested);
-//! - [`plan`] reads the table back from the kernel and diffs it against the rendering;
-//! - [`apply`] sends the plan as one batch; [`reset`] deletes the table.
+//! - [`render`] computes the desired tables from a `NodeState` (pure, unit-tested);
+//! - [`plan`] reads the tables back from the kernel and diffs them against the rendering;
+//! - [`apply`] sends the plan as one batch; [`reset`] deletes the tables.
 //!
-//! Pier changes no other nftables table. Where another firewall's iptables chains would drop
-//! Pier's traffic (Docker's `FORWARD` policy DROP, ufw), [`iptables`] adds the accepts Pier's
-//! bridges need there, through the iptables tools, since those tables are theirs to write.
+//! Pier's own tables aside, it only adds tagged accepts to other tables. Where another firewall's
+//! iptables or ip6tables chains would drop Pier's traffic (Docker's `FORWARD` policy DROP, ufw),
+//! [`iptables`] adds the accepts Pier's bridges need there, through the tools, since those tables
+//! are theirs to write; [`native`] does the same in firewalls written natively in nftables.
 //! Everything else goes through libnftnl over netlink; the `nft` binary is not needed at run
 //! time (tests use it to inspect).
 //!
-//! What the rules do (see `render.rs` for the exact rules and why):
+//! What the rules do (see `render.rs` for the exact rules and why), for IPv4 and IPv6:
 //! - masquerade traffic from a non-internal network's subnet leaving through a non-Pier interface;
 //! - drop traffic routed between two different Pier bridges (network isolation);
 //! - internal networks: drop forwarding between their bridge and non-Pier interfaces;
 //! - published ports: DNAT through maps in prerouting (other hosts, endpoints = hairpin) and
-//!   output (the node itself, including 127.0.0.1), with masquerade of hairpin and loopback
-//!   sources.
+//!   output (the node itself, including 127.0.0.1 and ::1), with masquerade of hairpin and
+//!   loopback sources.
 //!
 //! Kernel settings the rules rely on, set by the links side (`sysctl.rs`): `net.ipv4.ip_forward=1`
-//! in the host namespace and `net.ipv4.conf.<bridge>.route_localnet=1` on Pier bridges (for
-//! `127.0.0.1:hostPort`). Where br_netfilter is active (`bridge-nf-call-iptables=1`, the
+//! (and IPv6 forwarding on a node with IPv6 networks) in the host namespace and
+//! `net.ipv4.conf.<bridge>.route_localnet=1` on Pier bridges (for `127.0.0.1:hostPort`). Where br_netfilter is active (`bridge-nf-call-iptables=1`, the
 //! default once the module is loaded), an endpoint reaching its *own* published port also needs
 //! hairpin mode on its bridge port, as with Docker: its DNATed frame is bridged back out the port
 //! it came in on.
@@ -44,11 +46,13 @@ use crate::state::NodeState;
 pub use expr::{CmpOp, Expr, MetaKey, PayloadBase, Verdict};
 pub use iptables::{Backend, IptablesChange};
 pub use native::NativeChange;
+pub use plan::Loopback6Change;
 pub use plan::{FirewallPlan, Rebuild, SetChange};
 pub use render::{
-    ChainKind, ChainSpec, Element, Field, Hook, MAP_PORTS_ADDR, MAP_PORTS_ANY, RuleSpec, Ruleset,
-    SET_BRIDGE_PAIRS, SET_BRIDGES, SET_HOST_BRIDGES, SET_INTERNAL, SET_MASQ, SetSpec, TABLE,
-    render, render_with,
+    ChainKind, ChainSpec, Element, Field, Hook, LOOPBACK6_CHAIN, LOOPBACK6_PRIORITY,
+    LOOPBACK6_RULES, MAP_PORTS_ADDR, MAP_PORTS_ADDR6, MAP_PORTS_ANY, MAP_PORTS_ANY6, RuleSpec,
+    Ruleset, SET_BRIDGE_PAIRS, SET_BRIDGES, SET_HOST_BRIDGES, SET_INTERNAL, SET_MASQ, SET_MASQ6,
+    SetSpec, TABLE, render, render_with,
 };
 
 /// A firewall step that failed.
@@ -79,7 +83,7 @@ pub enum FirewallError {
     Build { what: String },
     #[error("the kernel rejected the nftables batch for table inet pier")]
     Apply(#[source] io::Error),
-    #[error("deleting table inet pier")]
+    #[error("deleting table inet pier or ip6 pier")]
     Reset(#[source] io::Error),
     #[error(
         "the node has an iptables {backend} filter table, but {tool} is not installed: Pier cannot \
@@ -111,7 +115,7 @@ pub fn plan_with(
     host_bridges: Option<&[String]>,
     vxlan_devices: Option<&BTreeSet<u32>>,
 ) -> Result<FirewallPlan, FirewallError> {
-    let current = netns::run_in(host_netns, || {
+    let (current, current6) = netns::run_in(host_netns, || {
         let socket = kernel::open()?;
         kernel::read(&socket)
     })
@@ -132,6 +136,7 @@ pub fn plan_with(
     };
     Ok(plan::diff(
         current.as_ref(),
+        current6.as_ref(),
         render_with(state, host_bridges, vxlan_devices),
     ))
 }
@@ -149,16 +154,19 @@ pub fn apply(host_netns: Option<&Path>, plan: &FirewallPlan) -> Result<(), Firew
     .map_err(FirewallError::Netns)?
 }
 
-/// Deletes table `inet pier` and everything in it; no other table is touched. Succeeds when
-/// there is no such table.
+/// Deletes tables `inet pier` and `ip6 pier` and everything in them; no other table is touched.
+/// Succeeds when there is no such table.
 pub fn reset(host_netns: Option<&Path>) -> Result<(), FirewallError> {
-    let batch = kernel::delete_table_batch();
     netns::run_in(host_netns, move || {
         let socket = kernel::open()?;
-        match kernel::send(&socket, &batch) {
-            Err(err) if !kernel::is_not_found(&err) => Err(FirewallError::Reset(err)),
-            _ => Ok(()),
+        // One batch each: a batch fails whole when one of its tables is missing.
+        for batch in [kernel::delete_table_batch(), kernel::delete_table6_batch()] {
+            match kernel::send(&socket, &batch) {
+                Err(err) if !kernel::is_not_found(&err) => return Err(FirewallError::Reset(err)),
+                _ => {}
+            }
         }
+        Ok(())
     })
     .map_err(FirewallError::Netns)?
 }
@@ -213,22 +221,26 @@ pub fn native_reset(host_netns: Option<&Path>) -> Result<Vec<NativeChange>, Fire
     .map_err(FirewallError::Netns)?
 }
 
-/// Where the legacy backend lists its tables (this thread's namespace: the work runs on a thread
-/// inside the host namespace).
+/// Where the legacy backends list their tables (this thread's namespace: the work runs on a
+/// thread inside the host namespace).
 const LEGACY_TABLES: &str = "/proc/thread-self/net/ip_tables_names";
+const LEGACY6_TABLES: &str = "/proc/thread-self/net/ip6_tables_names";
 
 /// The built-in chains of `backend`'s filter table that exist in the calling thread's namespace;
 /// empty when the backend has no filter table (nothing of Pier's belongs there then).
 fn iptables_builtins(backend: Backend) -> Result<Vec<String>, FirewallError> {
-    let existing = match backend {
-        Backend::Nft => kernel::iptables_nft_builtins(&kernel::open()?)?,
+    let legacy = |tables: &str| match std::fs::read_to_string(tables) {
         // x_tables creates every built-in chain with the table. Reading this file loads nothing.
-        Backend::Legacy => match std::fs::read_to_string(LEGACY_TABLES) {
-            Ok(names) if names.lines().any(|n| n.trim() == "filter") => {
-                iptables::builtins().map(str::to_owned).collect()
-            }
-            _ => Vec::new(),
-        },
+        Ok(names) if names.lines().any(|n| n.trim() == "filter") => {
+            iptables::builtins().map(str::to_owned).collect()
+        }
+        _ => Vec::new(),
+    };
+    let existing = match backend {
+        Backend::Nft => kernel::iptables_nft_builtins(&kernel::open()?, sys::FAMILY_IPV4)?,
+        Backend::Nft6 => kernel::iptables_nft_builtins(&kernel::open()?, sys::FAMILY_IPV6)?,
+        Backend::Legacy => legacy(LEGACY_TABLES),
+        Backend::Legacy6 => legacy(LEGACY6_TABLES),
     };
     Ok(existing
         .into_iter()

@@ -12,8 +12,9 @@
 //! - every base chain of type filter at hook input: DNS (udp and tcp 53) from Pier's bridges, for
 //!   the embedded DNS server on each gateway; no other service of the node is opened.
 //!
-//! Only tables of family `ip` and `inet` that are neither Pier's nor iptables-nft's (those are
-//! handled through the iptables tools, which cannot read native rules back). Each rule carries a
+//! Only tables of family `ip`, `ip6` and `inet` that are neither Pier's nor iptables-nft's or
+//! ip6tables-nft's (those are handled through the iptables tools, which cannot read native rules
+//! back). Each rule carries a
 //! comment `pier:coexist:<fingerprint>` (see `RuleSpec::comment`): it is how Pier finds its own
 //! rules again, and the only rules it ever deletes. A table with the `owner` flag (firewalld's
 //! `NftablesTableOwner`) can only be changed by its owner: it is left alone and named in a note.
@@ -40,7 +41,7 @@ pub fn comment_prefix() -> String {
 /// a comparison of the prefix bytes only).
 const BRIDGE_PREFIX: &[u8] = pier_crds::names::BRIDGE_PREFIX.as_bytes();
 
-/// iptables-nft's tables: written through the iptables tools only, never natively.
+/// iptables-nft's and ip6tables-nft's tables: written through the tools only, never natively.
 const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
 
 /// `NFT_TABLE_F_OWNER`.
@@ -50,10 +51,11 @@ const TABLE_F_OWNER: u32 = 0x2;
 const HOOK_INPUT: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
 
-/// The families Pier's accepts go in (Pier's networks are IPv4).
+/// The families Pier's accepts go in: Pier's networks carry IPv4 and IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Family {
     Ip,
+    Ip6,
     Inet,
 }
 
@@ -62,6 +64,7 @@ impl Family {
         match family {
             1 => Some(Family::Inet),
             2 => Some(Family::Ip),
+            10 => Some(Family::Ip6),
             _ => None,
         }
     }
@@ -71,12 +74,14 @@ impl Family {
         match self {
             Family::Inet => 1,
             Family::Ip => 2,
+            Family::Ip6 => 10,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Family::Ip => "ip",
+            Family::Ip6 => "ip6",
             Family::Inet => "inet",
         }
     }
@@ -109,11 +114,13 @@ pub struct Selection {
     pub owned: Vec<String>,
 }
 
-/// Whether a table is one Pier may add its accepts to.
+/// Whether a table is one Pier may add its accepts to: not Pier's own (`inet pier`, `ip6 pier`),
+/// not one of the iptables tools' (`ip`/`ip6` tables named like theirs).
 fn eligible(family: Family, table: &str) -> bool {
     match family {
         Family::Inet => table != TABLE,
         Family::Ip => !IPTABLES_TABLES.contains(&table),
+        Family::Ip6 => table != TABLE && !IPTABLES_TABLES.contains(&table),
     }
 }
 
@@ -395,6 +402,8 @@ mod tests {
             table(IP, "filter", 0),
             table(IP, "mine", 0),
             table(IP6, "mine6", 0),
+            table(IP6, "filter", 0),
+            table(IP6, "pier", 0),
         ];
         let chains = [
             chain(
@@ -418,6 +427,10 @@ mod tests {
             chain(IP, "filter", "FORWARD", Some(HOOK_FORWARD), "filter"),
             chain(IP, "mine", "fwd", Some(HOOK_FORWARD), "filter"),
             chain(IP6, "mine6", "fwd", Some(HOOK_FORWARD), "filter"),
+            // ip6tables-nft's (Docker's IPv6 FORWARD DROP goes through the tools).
+            chain(IP6, "filter", "FORWARD", Some(HOOK_FORWARD), "filter"),
+            // Pier's own IPv6 table, whatever hook a later Pier might give it.
+            chain(IP6, "pier", "loopback6", Some(HOOK_INPUT), "filter"),
         ];
         let selection = select(&tables, &chains);
         let picked: Vec<_> = selection
@@ -436,6 +449,7 @@ mod tests {
                 ),
                 (Family::Inet, "firewalld", "filter_INPUT", NativeHook::Input),
                 (Family::Ip, "mine", "fwd", NativeHook::Forward),
+                (Family::Ip6, "mine6", "fwd", NativeHook::Forward),
             ]
         );
         assert!(selection.owned.is_empty());

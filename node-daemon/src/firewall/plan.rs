@@ -9,11 +9,15 @@
 //!   older Pier's rules) rebuilds the whole table: delete it and add everything, in the same
 //!   atomic batch, so packets never see a half-built table;
 //! - set and map contents change element by element: one port is one element.
+//!
+//! Table `ip6 pier` (one constant chain, no sets; see `render.rs`) is created, replaced whole
+//! when it differs in any way, or deleted when the node has no IPv6 network left, in the same
+//! batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use super::render::{Element, Ruleset, SetSpec, TABLE};
+use super::render::{ChainSpec, Element, Ruleset, SetSpec, TABLE};
 
 /// A table name and family as dumped by the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +75,13 @@ pub struct KernelTable {
     pub elements: BTreeMap<String, BTreeSet<Element>>,
 }
 
+/// The chains and rules of table `ip6 pier`, as the kernel has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelChains {
+    pub chains: Vec<KernelChain>,
+    pub rules: Vec<KernelRule>,
+}
+
 /// Elements shown per set when the whole table is (re)built.
 const REBUILD_SHOWN: usize = 20;
 
@@ -93,18 +104,29 @@ pub struct SetChange {
     pub added: Vec<Element>,
 }
 
-/// What `apply` will do to table `inet pier`.
+/// What happens to table `ip6 pier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loopback6Change {
+    Create,
+    /// Deleted and made again in the same batch, for this reason.
+    Replace(String),
+    /// The node has no IPv6 network any more.
+    Delete,
+}
+
+/// What `apply` will do to table `inet pier` (and table `ip6 pier`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallPlan {
     pub(super) rebuild: Option<Rebuild>,
     pub(super) ruleset: Ruleset,
     pub(super) changes: Vec<SetChange>,
+    pub(super) loopback6: Option<Loopback6Change>,
 }
 
 impl FirewallPlan {
     /// Nothing to do: the kernel already has exactly the desired table.
     pub fn is_empty(&self) -> bool {
-        self.rebuild.is_none() && self.changes.is_empty()
+        self.rebuild.is_none() && self.changes.is_empty() && self.loopback6.is_none()
     }
 
     /// Why the table is rebuilt whole, if it is.
@@ -125,14 +147,24 @@ impl FirewallPlan {
             .sum()
     }
 
+    /// What happens to table `ip6 pier`, if anything.
+    pub fn loopback6(&self) -> Option<&Loopback6Change> {
+        self.loopback6.as_ref()
+    }
+
     /// The desired ruleset this plan leads to.
     pub fn ruleset(&self) -> &Ruleset {
         &self.ruleset
     }
 }
 
-/// Compares the kernel's table (`None`: absent) with the desired ruleset.
-pub fn diff(current: Option<&KernelTable>, desired: Ruleset) -> FirewallPlan {
+/// Compares the kernel's tables `inet pier` and `ip6 pier` (`None`: absent) with the desired
+/// ruleset.
+pub fn diff(
+    current: Option<&KernelTable>,
+    current6: Option<&KernelChains>,
+    desired: Ruleset,
+) -> FirewallPlan {
     let rebuild = match current {
         None => Some(Rebuild {
             reason: format!("table inet {TABLE} is missing"),
@@ -163,51 +195,31 @@ pub fn diff(current: Option<&KernelTable>, desired: Ruleset) -> FirewallPlan {
     };
     FirewallPlan {
         rebuild,
+        loopback6: loopback6_change(current6, desired.loopback6.as_ref()),
         ruleset: desired,
         changes,
     }
 }
 
-/// The first structural difference, described for `pier dataplane plan`.
-fn structure_mismatch(current: &KernelTable, desired: &Ruleset) -> Option<String> {
-    for chain in &desired.chains {
-        let Some(have) = current.chains.iter().find(|c| c.name == chain.name) else {
-            return Some(format!("chain {} is missing", chain.name));
-        };
-        let wanted = (
-            Some(chain.hook as u32),
-            Some(chain.priority),
-            Some(chain.kind.as_str()),
-            Some(POLICY_ACCEPT),
-        );
-        if (have.hook, have.priority, have.kind.as_deref(), have.policy) != wanted {
-            return Some(format!(
-                "chain {} has another hook, type or policy",
-                chain.name
-            ));
-        }
-        let have_rules: Vec<_> = current
-            .rules
-            .iter()
-            .filter(|r| r.chain == chain.name)
-            .map(|r| r.comment.clone().unwrap_or_default())
-            .collect();
-        let want_rules: Vec<_> = chain.rules.iter().map(|r| r.comment()).collect();
-        if have_rules != want_rules {
-            return Some(format!(
-                "chain {} has {} rule(s) that differ from Pier's {}",
-                chain.name,
-                have_rules.len(),
-                want_rules.len()
-            ));
+fn loopback6_change(
+    current: Option<&KernelChains>,
+    desired: Option<&ChainSpec>,
+) -> Option<Loopback6Change> {
+    match (current, desired) {
+        (None, None) => None,
+        (None, Some(_)) => Some(Loopback6Change::Create),
+        (Some(_), None) => Some(Loopback6Change::Delete),
+        (Some(have), Some(want)) => {
+            chains_mismatch(&have.chains, &have.rules, std::slice::from_ref(want))
+                .map(Loopback6Change::Replace)
         }
     }
-    if let Some(extra) = current
-        .chains
-        .iter()
-        .find(|c| !desired.chains.iter().any(|d| d.name == c.name))
-    {
-        return Some(format!("unexpected chain {}", extra.name));
+}
+
+/// The first structural difference, described for `pier dataplane plan`.
+fn structure_mismatch(current: &KernelTable, desired: &Ruleset) -> Option<String> {
+    if let Some(reason) = chains_mismatch(&current.chains, &current.rules, &desired.chains) {
+        return Some(reason);
     }
     for set in &desired.sets {
         let Some(have) = current.sets.iter().find(|s| s.name == set.name) else {
@@ -227,6 +239,49 @@ fn structure_mismatch(current: &KernelTable, desired: &Ruleset) -> Option<String
     None
 }
 
+/// The first difference between a table's chains and rules and the desired chains.
+fn chains_mismatch(
+    current: &[KernelChain],
+    rules: &[KernelRule],
+    desired: &[ChainSpec],
+) -> Option<String> {
+    for chain in desired {
+        let Some(have) = current.iter().find(|c| c.name == chain.name) else {
+            return Some(format!("chain {} is missing", chain.name));
+        };
+        let wanted = (
+            Some(chain.hook as u32),
+            Some(chain.priority),
+            Some(chain.kind.as_str()),
+            Some(POLICY_ACCEPT),
+        );
+        if (have.hook, have.priority, have.kind.as_deref(), have.policy) != wanted {
+            return Some(format!(
+                "chain {} has another hook, type or policy",
+                chain.name
+            ));
+        }
+        let have_rules: Vec<_> = rules
+            .iter()
+            .filter(|r| r.chain == chain.name)
+            .map(|r| r.comment.clone().unwrap_or_default())
+            .collect();
+        let want_rules: Vec<_> = chain.rules.iter().map(|r| r.comment()).collect();
+        if have_rules != want_rules {
+            return Some(format!(
+                "chain {} has {} rule(s) that differ from Pier's {}",
+                chain.name,
+                have_rules.len(),
+                want_rules.len()
+            ));
+        }
+    }
+    current
+        .iter()
+        .find(|c| !desired.iter().any(|d| d.name == c.name))
+        .map(|extra| format!("unexpected chain {}", extra.name))
+}
+
 fn same_definition(have: &KernelSet, want: &SetSpec) -> bool {
     have.flags == want.flags()
         && have.key_type == want.key_type()
@@ -237,6 +292,25 @@ fn same_definition(have: &KernelSet, want: &SetSpec) -> bool {
 impl fmt::Display for FirewallPlan {
     /// One line per change, for `pier dataplane plan`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_inet(f)?;
+        match &self.loopback6 {
+            None => Ok(()),
+            Some(Loopback6Change::Create) => writeln!(
+                f,
+                "table ip6 {TABLE}: create (the node has IPv6 networks: [::1]:hostPort)"
+            ),
+            Some(Loopback6Change::Replace(reason)) => {
+                writeln!(f, "table ip6 {TABLE}: replace ({reason})")
+            }
+            Some(Loopback6Change::Delete) => {
+                writeln!(f, "table ip6 {TABLE}: delete (no IPv6 network left)")
+            }
+        }
+    }
+}
+
+impl FirewallPlan {
+    fn fmt_inet(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(rebuild) = &self.rebuild {
             let verb = if rebuild.table_exists {
                 "replace"
@@ -375,7 +449,7 @@ mod tests {
 
     #[test]
     fn missing_table_is_created_whole() {
-        let plan = diff(None, render(&state(3)));
+        let plan = diff(None, None, render(&state(3)));
         assert!(!plan.is_empty());
         let rebuild = plan.rebuild().expect("rebuild");
         assert!(!rebuild.table_exists);
@@ -388,17 +462,17 @@ mod tests {
 
     #[test]
     fn a_rebuild_lists_a_screenful_per_set() {
-        let plan = diff(None, render(&state(100)));
+        let plan = diff(None, None, render(&state(100)));
         let text = plan.to_string();
         assert!(text.contains("+ ports_any ... and 80 more"), "{text}");
         // 100 ports, 1 bridge, 1 bridge pair, 1 subnet range (start and end).
-        assert!(text.contains("9 sets/maps with 104 elements"), "{text}");
+        assert!(text.contains("12 sets/maps with 104 elements"), "{text}");
     }
 
     #[test]
     fn matching_kernel_gives_an_empty_plan() {
         let desired = render(&state(3));
-        let plan = diff(Some(&as_kernel(&desired)), desired);
+        let plan = diff(Some(&as_kernel(&desired)), None, desired);
         assert!(plan.is_empty(), "{plan}");
         assert_eq!(plan.to_string(), "table inet pier: up to date\n");
     }
@@ -406,12 +480,12 @@ mod tests {
     #[test]
     fn one_more_port_is_one_element() {
         let kernel = as_kernel(&render(&state(1000)));
-        let plan = diff(Some(&kernel), render(&state(1001)));
+        let plan = diff(Some(&kernel), None, render(&state(1001)));
         assert!(plan.rebuild().is_none());
         assert_eq!(plan.element_changes(), 1);
         assert_eq!(plan.changes()[0].set, MAP_PORTS_ANY);
         assert_eq!(plan.changes()[0].added.len(), 1);
-        let plan = diff(Some(&kernel), render(&state(999)));
+        let plan = diff(Some(&kernel), None, render(&state(999)));
         assert_eq!(plan.element_changes(), 1);
         assert_eq!(plan.changes()[0].removed.len(), 1);
     }
@@ -421,7 +495,7 @@ mod tests {
         let kernel = as_kernel(&render(&state(1)));
         let mut moved = state(1);
         moved.ports[0].container_port = 8080;
-        let plan = diff(Some(&kernel), render(&moved));
+        let plan = diff(Some(&kernel), None, render(&moved));
         assert_eq!(plan.element_changes(), 2);
         assert!(
             plan.to_string()
@@ -438,16 +512,24 @@ mod tests {
         let desired = render(&state(1));
         let mut flushed = as_kernel(&desired);
         flushed.rules.clear();
-        let plan = diff(Some(&flushed), desired.clone());
+        let plan = diff(Some(&flushed), None, desired.clone());
         assert!(plan.rebuild().expect("rebuild").table_exists);
 
         let mut edited = as_kernel(&desired);
         edited.rules[0].comment = None;
-        assert!(diff(Some(&edited), desired.clone()).rebuild().is_some());
+        assert!(
+            diff(Some(&edited), None, desired.clone())
+                .rebuild()
+                .is_some()
+        );
 
         let mut no_set = as_kernel(&desired);
         no_set.sets.retain(|s| s.name != MAP_PORTS_ANY);
-        assert!(diff(Some(&no_set), desired.clone()).rebuild().is_some());
+        assert!(
+            diff(Some(&no_set), None, desired.clone())
+                .rebuild()
+                .is_some()
+        );
 
         let mut extra_chain = as_kernel(&desired);
         extra_chain.chains.push(KernelChain {
@@ -459,6 +541,113 @@ mod tests {
             kind: None,
             policy: None,
         });
-        assert!(diff(Some(&extra_chain), desired).rebuild().is_some());
+        assert!(diff(Some(&extra_chain), None, desired).rebuild().is_some());
+    }
+
+    /// `state(ports)` with IPv6 on its network and `ports` more ports published on `::`.
+    fn dual_stack(ports: u16) -> NodeState {
+        let mut state = state(0);
+        state.networks[0].subnet6 = Some("fd00:18::/64".parse().expect("subnet6"));
+        state.networks[0].gateway6 = Some("fd00:18::1".parse().expect("gateway6"));
+        state.ports = (0..ports)
+            .map(|i| PublishedPort {
+                id: format!("default/p{i}-v6"),
+                endpoint: "default/web".into(),
+                host_ip: std::net::Ipv6Addr::UNSPECIFIED.into(),
+                host_port: 8000 + i,
+                protocol: Protocol::Tcp,
+                endpoint_address: "fd00:18::2".parse().expect("address6"),
+                container_port: 80,
+            })
+            .collect();
+        state
+    }
+
+    /// What the kernel would report for table `ip6 pier` after applying `ruleset` faithfully.
+    fn as_kernel6(ruleset: &Ruleset) -> KernelChains {
+        let chain = ruleset.loopback6.as_ref().expect("an ip6 table");
+        KernelChains {
+            chains: vec![KernelChain {
+                family: 10,
+                table: TABLE.into(),
+                name: chain.name.into(),
+                hook: Some(chain.hook as u32),
+                priority: Some(chain.priority),
+                kind: Some(chain.kind.as_str().into()),
+                policy: Some(POLICY_ACCEPT),
+            }],
+            rules: chain
+                .rules
+                .iter()
+                .map(|r| KernelRule {
+                    family: 10,
+                    table: TABLE.into(),
+                    chain: chain.name.into(),
+                    handle: 0,
+                    comment: Some(r.comment()),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_ip6_table_follows_the_ipv6_networks() {
+        let desired = render(&dual_stack(1));
+        let inet = as_kernel(&desired);
+        let plan = diff(Some(&inet), None, desired.clone());
+        assert_eq!(plan.loopback6(), Some(&Loopback6Change::Create));
+        assert!(plan.rebuild().is_none() && plan.changes().is_empty());
+        assert!(
+            plan.to_string().contains("table ip6 pier: create"),
+            "{plan}"
+        );
+
+        let ip6 = as_kernel6(&desired);
+        assert!(diff(Some(&inet), Some(&ip6), desired.clone()).is_empty());
+
+        let mut edited = ip6.clone();
+        edited.rules.pop();
+        let plan = diff(Some(&inet), Some(&edited), desired.clone());
+        assert!(
+            matches!(plan.loopback6(), Some(Loopback6Change::Replace(r)) if r.contains("rule")),
+            "{plan}"
+        );
+
+        // The last IPv6 network went: the table goes too, the inet table is updated in place.
+        let ipv4_only = render(&state(0));
+        let plan = diff(Some(&inet), Some(&ip6), ipv4_only);
+        assert_eq!(plan.loopback6(), Some(&Loopback6Change::Delete));
+        assert!(plan.rebuild().is_none());
+        assert!(
+            plan.to_string().contains("table ip6 pier: delete"),
+            "{plan}"
+        );
+        assert!(
+            diff(
+                Some(&as_kernel(&render(&state(0)))),
+                None,
+                render(&state(0))
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn one_more_ipv6_port_is_one_element() {
+        let desired = render(&dual_stack(100));
+        let kernel = as_kernel(&desired);
+        let kernel6 = as_kernel6(&desired);
+        let plan = diff(Some(&kernel), Some(&kernel6), render(&dual_stack(101)));
+        assert!(plan.rebuild().is_none() && plan.loopback6().is_none());
+        assert_eq!(plan.element_changes(), 1);
+        assert_eq!(
+            plan.changes()[0].set,
+            crate::firewall::render::MAP_PORTS_ANY6
+        );
+        assert!(
+            plan.to_string()
+                .contains("+ ports_any6 tcp . 8100 : fd00:18::2 . 80"),
+            "{plan}"
+        );
     }
 }

@@ -16,21 +16,40 @@
 //!
 //! The specific map is consulted first, so `127.0.0.1:8000` and `0.0.0.0:8000` may coexist with
 //! the specific binding winning, as a socket bound to one address would over a wildcard one.
+//!
+//! IPv6 has the same pair, `ports_addr6` and `ports_any6` (`::`), and its own masquerade set; the
+//! forward rules match interface names and conntrack only, so isolation, internal networks and
+//! "only published ports from outside" hold for both families with the same rules.
+//!
+//! One thing IPv6 cannot do in this table: `[::1]:hostPort` from the node. IPv4 has
+//! `route_localnet`; IPv6 has no such switch, and the kernel refuses a packet to `::1` that
+//! arrives on any interface but `lo`. The node's connection is DNATed and its `::1` source
+//! masqueraded like `127.0.0.1`'s, but the endpoint's answer, once conntrack has turned its
+//! destination back into `::1` (in `prerouting`, or already on the bridge where br_netfilter is
+//! active), is dropped: by the route lookup (`::1` routes only from `lo`) or by the IPv6 input
+//! checks of the bridge. Table `ip6 pier` (see [`LOOPBACK6_RULES`]) takes those answers there,
+//! gives them back the source the client connected to (the published address and port: on the
+//! way in, conntrack would only do that after the route lookup that drops them), and hands a
+//! copy to `lo` with `dup`, which the kernel has for `ip6` tables but not for `inet` ones. The
+//! copy arrives on `lo` as any local packet to `::1` does. No userland proxy is involved.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pier_crds::network::VXLAN_PORT;
 
-use crate::state::{Driver, NetworkState, NodeState, Protocol};
+use crate::state::{Driver, NetworkState, NodeState, Protocol, PublishedPort};
+
+pub use loopback6::{LOOPBACK6_CHAIN, LOOPBACK6_PRIORITY, LOOPBACK6_RULES};
 
 use super::expr::{
     CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1,
-    REG32_00, REG32_01, REG32_02, REG32_04, RTN_LOCAL, Verdict,
+    REG32_00, REG32_01, REG32_02, REG32_04, REG32_05, RTN_LOCAL, Verdict,
 };
 
-/// The table Pier owns; nothing outside it is ever changed.
+/// The name of the tables Pier owns: `inet pier`, and `ip6 pier` on a node with IPv6 networks.
+/// Nothing outside them is changed but Pier's tagged accepts in other firewalls' chains.
 pub const TABLE: &str = "pier";
 
 /// Names of the sets and maps.
@@ -41,12 +60,15 @@ pub const SET_INTERNAL: &str = "internal_bridges";
 /// Pier's, and carrying no default route (a bridge that does is the node's uplink).
 pub const SET_HOST_BRIDGES: &str = "host_bridges";
 pub const SET_MASQ: &str = "masq_subnets";
+pub const SET_MASQ6: &str = "masq_subnets6";
 /// The VXLAN ids of this node's overlay networks, and which tunnel address may send to which:
 /// (VXLAN id . the tunnel address of a node with an endpoint of that network).
 pub const SET_OVERLAY_IDS: &str = "overlay_ids";
 pub const SET_OVERLAY_PEERS: &str = "overlay_peers";
 pub const MAP_PORTS_ADDR: &str = "ports_addr";
 pub const MAP_PORTS_ANY: &str = "ports_any";
+pub const MAP_PORTS_ADDR6: &str = "ports_addr6";
+pub const MAP_PORTS_ANY6: &str = "ports_any6";
 
 /// Linux's `IFNAMSIZ`: interface names in set keys are this long, NUL-padded.
 const IFNAMSIZ: usize = 16;
@@ -55,6 +77,7 @@ const IFNAMSIZ: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     Ipv4,
+    Ipv6,
     /// A 24-bit VXLAN id, as it stands in the VXLAN header.
     VxlanId,
     InetProto,
@@ -68,6 +91,7 @@ impl Field {
     fn nft_type(self) -> u32 {
         match self {
             Field::Ipv4 => 7,
+            Field::Ipv6 => 8,
             // nft's `integer`: a raw payload (`@th,96,24`) has no datatype of its own.
             Field::VxlanId => 4,
             Field::InetProto => 12,
@@ -80,6 +104,7 @@ impl Field {
     fn len(self) -> usize {
         match self {
             Field::Ipv4 => 4,
+            Field::Ipv6 => 16,
             Field::VxlanId => 3,
             Field::InetProto => 1,
             Field::InetService => 2,
@@ -95,6 +120,11 @@ impl Field {
     fn show(self, bytes: &[u8]) -> String {
         match (self, bytes) {
             (Field::Ipv4, [a, b, c, d]) => Ipv4Addr::new(*a, *b, *c, *d).to_string(),
+            (Field::Ipv6, bytes) if bytes.len() == 16 => {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(bytes);
+                Ipv6Addr::from(octets).to_string()
+            }
             (Field::VxlanId, [a, b, c]) => u32::from_be_bytes([0, *a, *b, *c]).to_string(),
             (Field::InetProto, [p]) => match *p {
                 6 => "tcp".into(),
@@ -294,6 +324,7 @@ impl SetSpec {
                 .iter()
                 .map(|f| match f {
                     Field::Ipv4 => "ipv4_addr",
+                    Field::Ipv6 => "ipv6_addr",
                     Field::VxlanId => "integer",
                     Field::InetProto => "inet_proto",
                     Field::InetService => "inet_service",
@@ -383,11 +414,14 @@ pub struct ChainSpec {
     pub rules: Vec<RuleSpec>,
 }
 
-/// The whole desired table `inet pier`.
+/// The whole desired table `inet pier`, and table `ip6 pier` when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub sets: Vec<SetSpec>,
     pub chains: Vec<ChainSpec>,
+    /// The one chain of table `ip6 pier` (`[::1]:hostPort`, see the module docs): only on a node
+    /// with an IPv6 network, so a node without IPv6 needs no `dup` support in its kernel.
+    pub loopback6: Option<ChainSpec>,
 }
 
 impl Ruleset {
@@ -417,21 +451,29 @@ pub fn render_with(
         .filter(|n| n.driver.has_bridge())
         .collect();
     let [set_bridges, set_pairs, set_internal] = bridge_sets(&bridges);
-    let (map_addr, map_any) = port_maps(state, &bridges);
+    let [set_masq, set_masq6] = masquerade_sets(&bridges);
+    let [map_addr, map_any, map_addr6, map_any6] = port_maps(state, &bridges);
     Ruleset {
         sets: vec![
             set_bridges,
             set_pairs,
             set_internal,
             host_bridges_set(host_bridges),
-            masquerade_set(&bridges),
+            set_masq,
+            set_masq6,
             map_addr,
             map_any,
+            map_addr6,
+            map_any6,
         ]
         .into_iter()
         .chain(overlay_sets(state, vxlan_devices))
         .collect(),
         chains: chains(),
+        loopback6: bridges
+            .iter()
+            .any(|n| n.subnet6.is_some())
+            .then(loopback6::chain),
     }
 }
 
@@ -471,38 +513,74 @@ fn host_bridges_set(host_bridges: &[String]) -> SetSpec {
     set_host_bridges
 }
 
-/// The subnets masqueraded on the way out: the non-internal bridge networks', merged.
-fn masquerade_set(bridges: &[&NetworkState]) -> SetSpec {
-    let mut set_masq = SetSpec::new(SET_MASQ, &[Field::Ipv4], &[]);
-    set_masq.interval = true;
-    let ranges = merge_ranges(
-        bridges
-            .iter()
-            .filter(|n| !n.internal)
-            .filter_map(|n| n.subnet)
-            .map(|s| {
-                let s = s.trunc();
-                (u32::from(s.network()), u32::from(s.broadcast()))
-            })
-            .collect(),
-    );
+/// The subnets masqueraded on the way out, IPv4 and IPv6: the non-internal bridge networks',
+/// merged.
+fn masquerade_sets(bridges: &[&NetworkState]) -> [SetSpec; 2] {
+    let masqueraded = || bridges.iter().filter(|n| !n.internal);
+    let v4 = masqueraded()
+        .filter_map(|n| n.subnet)
+        .map(|s| (u32::from(s.network()), u32::from(s.broadcast())))
+        .collect();
+    let v6 = masqueraded()
+        .filter_map(|n| n.subnet6)
+        .map(|s| (u128::from(s.network()), u128::from(s.broadcast())))
+        .collect();
+    [
+        interval_set(SET_MASQ, &[Field::Ipv4], merge_ranges(v4)),
+        interval_set(SET_MASQ6, &[Field::Ipv6], merge_ranges(v6)),
+    ]
+}
+
+/// An interval set of addresses holding `ranges` (inclusive, merged).
+fn interval_set<T: Address>(
+    name: &'static str,
+    key: &'static [Field],
+    ranges: Vec<(T, T)>,
+) -> SetSpec {
+    let mut set = SetSpec::new(name, key, &[]);
+    set.interval = true;
     for (start, end) in ranges {
-        set_masq.elements.insert(Element {
-            key: start.to_be_bytes().to_vec(),
+        set.elements.insert(Element {
+            key: start.be_bytes(),
             interval_end: false,
             data: None,
         });
-        // A range that reaches 255.255.255.255 has no "first address after it".
-        if let Some(after) = end.checked_add(1) {
-            set_masq.elements.insert(Element {
-                key: after.to_be_bytes().to_vec(),
+        // A range that reaches the last address has no "first address after it".
+        if let Some(after) = end.successor() {
+            set.elements.insert(Element {
+                key: after.be_bytes(),
                 interval_end: true,
                 data: None,
             });
         }
     }
+    set
+}
 
-    set_masq
+/// An address as a number, so ranges of either family merge the same way.
+trait Address: Copy + Ord {
+    fn successor(self) -> Option<Self>;
+    fn be_bytes(self) -> Vec<u8>;
+}
+
+impl Address for u32 {
+    fn successor(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+
+    fn be_bytes(self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+}
+
+impl Address for u128 {
+    fn successor(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+
+    fn be_bytes(self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
 }
 
 /// The VXLAN ids of the state's overlay networks whose device exists here, and (id . tunnel
@@ -544,55 +622,84 @@ fn vxlan_id_bytes(id: u32) -> [u8; 3] {
     [a, b, c]
 }
 
-/// The published ports by host address and port, and by port alone (host address unspecified).
-fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> (SetSpec, SetSpec) {
+/// The published ports by host address and port, and by port alone (host address unspecified):
+/// `ports_addr`, `ports_any`, `ports_addr6`, `ports_any6`.
+fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> [SetSpec; 4] {
     // Internal networks have no published ports (docker --internal): their ports are left out.
-    let internal_subnets: Vec<_> = bridges
-        .iter()
-        .filter(|n| n.internal)
-        .filter_map(|n| n.subnet)
-        .collect();
-    let mut by_addr: BTreeMap<Vec<u8>, Element> = BTreeMap::new();
-    let mut by_any: BTreeMap<Vec<u8>, Element> = BTreeMap::new();
-    let mut map_addr = SetSpec::new(
-        MAP_PORTS_ADDR,
-        &[Field::Ipv4, Field::InetProto, Field::InetService],
-        &[Field::Ipv4, Field::InetService],
-    );
-    let mut map_any = SetSpec::new(
-        MAP_PORTS_ANY,
-        &[Field::InetProto, Field::InetService],
-        &[Field::Ipv4, Field::InetService],
-    );
+    let internal = || bridges.iter().filter(|n| n.internal);
+    let internal4: Vec<_> = internal().filter_map(|n| n.subnet).collect();
+    let internal6: Vec<_> = internal().filter_map(|n| n.subnet6).collect();
+    let mut v4 = FamilyPorts::new(MAP_PORTS_ADDR, MAP_PORTS_ANY, Ip::V4);
+    let mut v6 = FamilyPorts::new(MAP_PORTS_ADDR6, MAP_PORTS_ANY6, Ip::V6);
     for port in &state.ports {
-        // IPv4 here; IPv6 ports have a map of their own.
-        let (IpAddr::V4(endpoint_address), IpAddr::V4(host_ip)) =
-            (port.endpoint_address, port.host_ip)
-        else {
-            continue;
-        };
-        if internal_subnets
-            .iter()
-            .any(|s| s.contains(&endpoint_address))
-        {
-            continue;
+        match (port.host_ip, port.endpoint_address) {
+            (IpAddr::V4(host), IpAddr::V4(to)) if !internal4.iter().any(|s| s.contains(&to)) => {
+                let host = (!host.is_unspecified()).then(|| host.octets());
+                v4.insert(host.as_ref().map(|h| &h[..]), &to.octets(), port);
+            }
+            (IpAddr::V6(host), IpAddr::V6(to)) if !internal6.iter().any(|s| s.contains(&to)) => {
+                let host = (!host.is_unspecified()).then(|| host.octets());
+                v6.insert(host.as_ref().map(|h| &h[..]), &to.octets(), port);
+            }
+            // An internal network's port, or an entry mixing families (one entry is one family:
+            // there is no DNAT from one family to the other).
+            _ => {}
         }
+    }
+    let [addr, any] = v4.finish();
+    let [addr6, any6] = v6.finish();
+    [addr, any, addr6, any6]
+}
+
+/// The key of a map of ports on one address, (address . l4proto . port), and the value of both
+/// maps of a family, (address . port).
+fn port_map_fields(ip: Ip) -> (&'static [Field], &'static [Field]) {
+    match ip {
+        Ip::V4 => (
+            &[Field::Ipv4, Field::InetProto, Field::InetService],
+            &[Field::Ipv4, Field::InetService],
+        ),
+        Ip::V6 => (
+            &[Field::Ipv6, Field::InetProto, Field::InetService],
+            &[Field::Ipv6, Field::InetService],
+        ),
+    }
+}
+
+/// The two port maps of one family being filled.
+struct FamilyPorts {
+    by_addr: SetSpec,
+    by_any: SetSpec,
+    addr: BTreeMap<Vec<u8>, Element>,
+    any: BTreeMap<Vec<u8>, Element>,
+}
+
+impl FamilyPorts {
+    fn new(by_addr: &'static str, by_any: &'static str, ip: Ip) -> FamilyPorts {
+        let (key, data) = port_map_fields(ip);
+        FamilyPorts {
+            by_addr: SetSpec::new(by_addr, key, data),
+            by_any: SetSpec::new(by_any, &[Field::InetProto, Field::InetService], data),
+            addr: BTreeMap::new(),
+            any: BTreeMap::new(),
+        }
+    }
+
+    /// One port: on `host` (an address of this family), or on every address (`None`), to
+    /// `to` (the endpoint's address).
+    fn insert(&mut self, host: Option<&[u8]>, to: &[u8], port: &PublishedPort) {
         let proto = [l4proto(port.protocol)];
         let host_port = port.host_port.to_be_bytes();
-        let data = concat(
-            map_addr.data,
-            &[
-                &endpoint_address.octets(),
-                &port.container_port.to_be_bytes(),
-            ],
-        );
-        let (key, target) = if host_ip.is_unspecified() {
-            (concat(map_any.key, &[&proto, &host_port]), &mut by_any)
-        } else {
-            (
-                concat(map_addr.key, &[&host_ip.octets(), &proto, &host_port]),
-                &mut by_addr,
-            )
+        let data = concat(self.by_addr.data, &[to, &port.container_port.to_be_bytes()]);
+        let (key, target) = match host {
+            None => (
+                concat(self.by_any.key, &[&proto, &host_port]),
+                &mut self.any,
+            ),
+            Some(host) => (
+                concat(self.by_addr.key, &[host, &proto, &host_port]),
+                &mut self.addr,
+            ),
         };
         // Two ports with the same key would be rejected by the kernel as a whole batch; the
         // operator never allocates such a pair, and if it did, the first one wins here.
@@ -602,21 +709,25 @@ fn port_maps(state: &NodeState, bridges: &[&NetworkState]) -> (SetSpec, SetSpec)
             data: Some(data),
         });
     }
-    map_addr.elements = by_addr.into_values().collect();
-    map_any.elements = by_any.into_values().collect();
 
-    (map_addr, map_any)
+    fn finish(mut self) -> [SetSpec; 2] {
+        self.by_addr.elements = self.addr.into_values().collect();
+        self.by_any.elements = self.any.into_values().collect();
+        [self.by_addr, self.by_any]
+    }
 }
 
 /// Merges overlapping and adjacent inclusive ranges. The kernel's interval sets reject
 /// overlapping ranges, and adjacent /16s are the normal case (172.17/16, 172.18/16, ...), so the
 /// set holds their union.
-fn merge_ranges(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+fn merge_ranges<T: Address>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
     ranges.sort_unstable();
-    let mut merged: Vec<(u32, u32)> = Vec::new();
+    let mut merged: Vec<(T, T)> = Vec::new();
     for (start, end) in ranges {
         match merged.last_mut() {
-            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            Some(last) if last.1.successor().is_none_or(|next| start <= next) => {
+                last.1 = last.1.max(end)
+            }
             _ => merged.push((start, end)),
         }
     }
@@ -645,12 +756,42 @@ fn lookup_not(set: &'static str, sreg: u32) -> Expr {
     }
 }
 
-fn ip_saddr() -> Expr {
-    Expr::Payload {
-        base: PayloadBase::Network,
-        offset: IP_SADDR_OFFSET,
-        len: 4,
-        dreg: REG_1,
+/// The IP family of a rule or a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    /// `meta nfproto ipv4|ipv6`: the dependency of every header match in an `inet` table.
+    fn nfproto(self) -> [Expr; 2] {
+        match self {
+            Ip::V4 => Expr::is_ipv4(),
+            Ip::V6 => Expr::is_ipv6(),
+        }
+    }
+
+    /// `ip saddr` / `ip6 saddr` into `REG_1`.
+    fn saddr(self) -> Expr {
+        let (offset, len) = match self {
+            Ip::V4 => (IP_SADDR_OFFSET, 4),
+            Ip::V6 => (IP6_SADDR_OFFSET, 16),
+        };
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset,
+            len,
+            dreg: REG_1,
+        }
+    }
+
+    /// The set of subnets masqueraded on the way out.
+    fn masquerade_set(self) -> &'static str {
+        match self {
+            Ip::V4 => SET_MASQ,
+            Ip::V6 => SET_MASQ6,
+        }
     }
 }
 
@@ -684,6 +825,9 @@ fn new_and_not_dnated() -> Vec<Expr> {
 /// Where an IPv4 header keeps its source and destination addresses.
 const IP_SADDR_OFFSET: u32 = 12;
 const IP_DADDR_OFFSET: u32 = 16;
+/// Where an IPv6 header keeps them.
+const IP6_SADDR_OFFSET: u32 = 8;
+const IP6_DADDR_OFFSET: u32 = 24;
 
 /// `ip saddr 127.0.0.0/8` (`offset` [`IP_SADDR_OFFSET`]) or `ip daddr 127.0.0.0/8`
 /// ([`IP_DADDR_OFFSET`]), with its `meta nfproto ipv4`.
@@ -790,6 +934,64 @@ fn dnat_any() -> Vec<Expr> {
     exprs
 }
 
+/// `dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_addr6`: the key in
+/// REG32_00..05 (address in 00..03); the value (address . port) comes back in REG32_00..04.
+fn dnat_specific6() -> Vec<Expr> {
+    let mut exprs = Expr::is_ipv6().to_vec();
+    exprs.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: IP6_DADDR_OFFSET,
+            len: 16,
+            dreg: REG32_00,
+        },
+        meta(MetaKey::L4Proto, REG32_04),
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG32_05,
+        },
+        Expr::Lookup {
+            set: MAP_PORTS_ADDR6,
+            sreg: REG32_00,
+            dreg: Some(REG32_00),
+            invert: false,
+        },
+        Expr::Dnat6 {
+            addr: REG32_00,
+            port: REG32_04,
+        },
+    ]);
+    exprs
+}
+
+/// `meta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_any6`.
+fn dnat_any6() -> Vec<Expr> {
+    let mut exprs = Expr::is_ipv6().to_vec();
+    exprs.extend(fib_daddr_local());
+    exprs.extend([
+        meta(MetaKey::L4Proto, REG32_00),
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: REG32_01,
+        },
+        Expr::Lookup {
+            set: MAP_PORTS_ANY6,
+            sreg: REG32_00,
+            dreg: Some(REG32_00),
+            invert: false,
+        },
+        Expr::Dnat6 {
+            addr: REG32_00,
+            port: REG32_04,
+        },
+    ]);
+    exprs
+}
+
 fn dnat_rules() -> Vec<RuleSpec> {
     vec![
         // The specific map needs no `fib` guard: its key already names the destination address.
@@ -802,6 +1004,17 @@ fn dnat_rules() -> Vec<RuleSpec> {
             id: "dnat-any",
             text: "meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @ports_any",
             exprs: dnat_any(),
+        },
+        RuleSpec {
+            id: "dnat-addr6",
+            text: "dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_addr6",
+            exprs: dnat_specific6(),
+        },
+        // `::` includes `::1` (a local address) from the node, as 0.0.0.0 includes 127.0.0.1.
+        RuleSpec {
+            id: "dnat-any6",
+            text: "meta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_any6",
+            exprs: dnat_any6(),
         },
     ]
 }
@@ -991,21 +1204,25 @@ fn overlay_peers_only() -> Vec<Expr> {
     exprs
 }
 
-/// Masquerade: egress, hairpin through a published port, and the node's loopback connections.
-fn postrouting_chain() -> ChainSpec {
-    let mut masq_out = Expr::is_ipv4().to_vec();
-    masq_out.extend([
-        ip_saddr(),
-        lookup(SET_MASQ, REG_1),
+/// `ip saddr @masq_subnets oifname != @bridges masquerade` (or `ip6` and `@masq_subnets6`).
+fn masquerade_egress(ip: Ip) -> Vec<Expr> {
+    let mut exprs = ip.nfproto().to_vec();
+    exprs.extend([
+        ip.saddr(),
+        lookup(ip.masquerade_set(), REG_1),
         meta(MetaKey::OifName, REG_1),
         lookup_not(SET_BRIDGES, REG_1),
         Expr::Masquerade,
     ]);
+    exprs
+}
 
-    let mut masq_hairpin = Expr::is_ipv4().to_vec();
-    masq_hairpin.extend([
-        ip_saddr(),
-        lookup(SET_MASQ, REG_1),
+/// `ip saddr @masq_subnets oifname @bridges ct status dnat masquerade` (or `ip6`).
+fn masquerade_hairpin(ip: Ip) -> Vec<Expr> {
+    let mut exprs = ip.nfproto().to_vec();
+    exprs.extend([
+        ip.saddr(),
+        lookup(ip.masquerade_set(), REG_1),
         meta(MetaKey::OifName, REG_1),
         lookup(SET_BRIDGES, REG_1),
         Expr::CtStatus { dreg: REG_1 },
@@ -1022,7 +1239,28 @@ fn postrouting_chain() -> ChainSpec {
         },
         Expr::Masquerade,
     ]);
+    exprs
+}
 
+/// `ip6 saddr ::1 oifname @bridges masquerade`.
+fn masquerade_loopback6() -> Vec<Expr> {
+    let mut exprs = Expr::is_ipv6().to_vec();
+    exprs.extend([
+        Ip::V6.saddr(),
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: Ipv6Addr::LOCALHOST.octets().to_vec(),
+        },
+    ]);
+    exprs.extend(in_set(MetaKey::OifName, SET_BRIDGES));
+    exprs.push(Expr::Masquerade);
+    exprs
+}
+
+/// Masquerade: egress, hairpin through a published port, and the node's loopback connections,
+/// for IPv4 then IPv6.
+fn postrouting_chain() -> ChainSpec {
     let mut masq_loopback = ip_addr_loopback(IP_SADDR_OFFSET);
     masq_loopback.extend(in_set(MetaKey::OifName, SET_BRIDGES));
     masq_loopback.push(Expr::Masquerade);
@@ -1037,7 +1275,7 @@ fn postrouting_chain() -> ChainSpec {
             RuleSpec {
                 id: "masquerade-egress",
                 text: "ip saddr @masq_subnets oifname != @bridges masquerade",
-                exprs: masq_out,
+                exprs: masquerade_egress(Ip::V4),
             },
             // Hairpin: an endpoint reached its own bridge through a published port. Without
             // SNAT the reply would go straight back endpoint-to-endpoint, bypassing the
@@ -1046,7 +1284,7 @@ fn postrouting_chain() -> ChainSpec {
             RuleSpec {
                 id: "masquerade-hairpin",
                 text: "ip saddr @masq_subnets oifname @bridges ct status dnat masquerade",
-                exprs: masq_hairpin,
+                exprs: masquerade_hairpin(Ip::V4),
             },
             // 127.0.0.1:hostPort from the node: the endpoint cannot answer a loopback source.
             RuleSpec {
@@ -1054,12 +1292,29 @@ fn postrouting_chain() -> ChainSpec {
                 text: "ip saddr 127.0.0.0/8 oifname @bridges masquerade",
                 exprs: masq_loopback,
             },
+            // IPv6 subnets are masqueraded too, as Docker does by default (its ip6tables NAT).
+            RuleSpec {
+                id: "masquerade-egress6",
+                text: "ip6 saddr @masq_subnets6 oifname != @bridges masquerade",
+                exprs: masquerade_egress(Ip::V6),
+            },
+            RuleSpec {
+                id: "masquerade-hairpin6",
+                text: "ip6 saddr @masq_subnets6 oifname @bridges ct status dnat masquerade",
+                exprs: masquerade_hairpin(Ip::V6),
+            },
+            // [::1]:hostPort from the node; the answers need table ip6 pier (module docs).
+            RuleSpec {
+                id: "masquerade-loopback6",
+                text: "ip6 saddr ::1 oifname @bridges masquerade",
+                exprs: masquerade_loopback6(),
+            },
         ],
     }
 }
 
 impl fmt::Display for Ruleset {
-    /// Roughly what `nft list table inet pier` prints.
+    /// Roughly what `nft list table inet pier` (and `nft list table ip6 pier`) prints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table inet {TABLE} {{")?;
         for set in &self.sets {
@@ -1075,22 +1330,35 @@ impl fmt::Display for Ruleset {
             writeln!(f, "\t}}")?;
         }
         for chain in &self.chains {
-            writeln!(f, "\tchain {} {{", chain.name)?;
-            writeln!(
-                f,
-                "\t\ttype {} hook {} priority {}; policy accept;",
-                chain.kind.as_str(),
-                chain.hook.as_str(),
-                chain.priority
-            )?;
-            for rule in &chain.rules {
-                writeln!(f, "\t\t{} comment \"{}\"", rule.text, rule.comment())?;
-            }
-            writeln!(f, "\t}}")?;
+            write!(f, "{chain}")?;
         }
-        writeln!(f, "}}")
+        writeln!(f, "}}")?;
+        if let Some(chain) = &self.loopback6 {
+            writeln!(f, "table ip6 {TABLE} {{")?;
+            write!(f, "{chain}")?;
+            writeln!(f, "}}")?;
+        }
+        Ok(())
     }
 }
 
+impl fmt::Display for ChainSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\tchain {} {{", self.name)?;
+        writeln!(
+            f,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            self.kind.as_str(),
+            self.hook.as_str(),
+            self.priority
+        )?;
+        for rule in &self.rules {
+            writeln!(f, "\t\t{} comment \"{}\"", rule.text, rule.comment())?;
+        }
+        writeln!(f, "\t}}")
+    }
+}
+
+mod loopback6;
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use mnl::mnl_sys::libc::{self, nlmsghdr};
 use nftnl::nftnl_sys as sys;
 use nftnl::{MsgType, NlMsg, Rule, expr::Expression};
 
-use super::expr::Expr;
+use super::expr::{Checksum, Expr, NFPROTO_IPV6};
 use super::plan::{KernelChain, KernelRule, KernelSet, KernelTableName};
 use super::render::{Element, SetSpec};
 
@@ -29,6 +29,8 @@ use super::render::{Element, SetSpec};
 pub const FAMILY_INET: u16 = 1;
 /// `NFPROTO_IPV4`: the family of iptables-nft's tables.
 pub const FAMILY_IPV4: u16 = 2;
+/// `NFPROTO_IPV6`: the family of ip6tables-nft's tables and of table `ip6 pier`.
+pub const FAMILY_IPV6: u16 = 10;
 /// `NFPROTO_UNSPEC`: a dump of every family.
 const FAMILY_ANY: u16 = 0;
 
@@ -118,6 +120,11 @@ impl RawExpr {
         };
     }
 
+    fn u8(&self, attr: u32, value: u8) {
+        // SAFETY: as above; libnftnl copies the value.
+        unsafe { sys::nftnl_expr_set_u8(self.0.as_ptr(), attr as u16, value) }
+    }
+
     fn str(&self, attr: u32, value: &CStr) {
         // SAFETY: as above; libnftnl duplicates the NUL-terminated string.
         unsafe { sys::nftnl_expr_set_str(self.0.as_ptr(), attr as u16, value.as_ptr()) };
@@ -128,13 +135,18 @@ impl Expression for ExprMsg<'_> {
     fn to_expr(&self, _rule: &Rule<'_>) -> NonNull<sys::nftnl_expr> {
         let name: &CStr = match self.0 {
             Expr::Meta { .. } => c"meta",
-            Expr::Payload { .. } => c"payload",
+            Expr::Payload { .. } | Expr::PayloadWrite { .. } => c"payload",
             Expr::Cmp { .. } => c"cmp",
             Expr::Bitwise { .. } => c"bitwise",
             Expr::Lookup { .. } => c"lookup",
             Expr::FibDaddrType { .. } => c"fib",
-            Expr::CtStatus { .. } | Expr::CtState { .. } => c"ct",
-            Expr::Dnat { .. } => c"nat",
+            Expr::CtStatus { .. }
+            | Expr::CtState { .. }
+            | Expr::CtDirection { .. }
+            | Expr::CtOriginal { .. } => c"ct",
+            Expr::Dnat { .. } | Expr::Dnat6 { .. } => c"nat",
+            Expr::Immediate { .. } => c"immediate",
+            Expr::Dup6 { .. } => c"dup",
             Expr::Masquerade => c"masq",
             Expr::Verdict(_) => c"immediate",
         };
@@ -212,6 +224,52 @@ impl Expression for ExprMsg<'_> {
                 raw.u32(sys::NFTNL_EXPR_NAT_FAMILY, 2);
                 raw.u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *addr);
                 raw.u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *port);
+            }
+            Expr::Dnat6 { addr, port } => {
+                // NFT_NAT_DNAT, NFPROTO_IPV6
+                raw.u32(sys::NFTNL_EXPR_NAT_TYPE, 1);
+                raw.u32(sys::NFTNL_EXPR_NAT_FAMILY, u32::from(NFPROTO_IPV6));
+                raw.u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *addr);
+                raw.u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *port);
+            }
+            Expr::CtDirection { dreg } => {
+                // NFT_CT_DIRECTION
+                raw.u32(sys::NFTNL_EXPR_CT_KEY, 1);
+                raw.u32(sys::NFTNL_EXPR_CT_DREG, *dreg);
+            }
+            Expr::CtOriginal { key, dreg } => {
+                raw.u32(sys::NFTNL_EXPR_CT_KEY, *key as u32);
+                raw.u32(sys::NFTNL_EXPR_CT_DREG, *dreg);
+                // IP_CT_DIR_ORIGINAL
+                raw.u8(sys::NFTNL_EXPR_CT_DIR, 0);
+            }
+            Expr::PayloadWrite {
+                base,
+                offset,
+                len,
+                sreg,
+                checksum,
+            } => {
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_SREG, *sreg);
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_BASE, *base as u32);
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
+                // NFT_PAYLOAD_CSUM_NONE / _INET, NFT_PAYLOAD_L4CSUM_PSEUDOHDR
+                let (kind, csum_offset, flags) = match checksum {
+                    Checksum::PseudoHeader => (0, 0, 1),
+                    Checksum::Inet { offset } => (1, *offset, 0),
+                };
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_CSUM_TYPE, kind);
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_CSUM_OFFSET, csum_offset);
+                raw.u32(sys::NFTNL_EXPR_PAYLOAD_FLAGS, flags);
+            }
+            Expr::Immediate { dreg, data } => {
+                raw.u32(sys::NFTNL_EXPR_IMM_DREG, *dreg);
+                raw.bytes(sys::NFTNL_EXPR_IMM_DATA, data);
+            }
+            Expr::Dup6 { addr, dev } => {
+                raw.u32(sys::NFTNL_EXPR_DUP_SREG_ADDR, *addr);
+                raw.u32(sys::NFTNL_EXPR_DUP_SREG_DEV, *dev);
             }
             Expr::Masquerade => {}
             Expr::Verdict(verdict) => {
@@ -327,7 +385,7 @@ impl ElemsMsg {
     }
 }
 
-// SAFETY: at most ELEMS_PER_MSG elements of at most 32 bytes of key and 8 of value, with their
+// SAFETY: at most ELEMS_PER_MSG elements of at most 32 bytes of key and 20 of value, with their
 // attribute headers, stay far below `nft_nlmsg_maxsize`.
 unsafe impl NlMsg for ElemsMsg {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, msg_type: MsgType) {
@@ -415,8 +473,9 @@ pub enum Dump<'a> {
         family: u16,
         table: &'a str,
     },
-    /// Chains of an `ip` (IPv4) family table: where iptables-nft keeps its tables.
-    Ipv4Chains {
+    /// Chains of a table of one family (`ip filter`, where iptables-nft keeps its chains).
+    FamilyChains {
+        family: u16,
         table: &'a str,
     },
     Rules {
@@ -436,7 +495,7 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
     let kind = match what {
         Dump::Tables => NFT_MSG_GETTABLE,
-        Dump::Chains { .. } | Dump::Ipv4Chains { .. } | Dump::AllChains => NFT_MSG_GETCHAIN,
+        Dump::Chains { .. } | Dump::FamilyChains { .. } | Dump::AllChains => NFT_MSG_GETCHAIN,
         Dump::Rules { .. } | Dump::TableRules { .. } => NFT_MSG_GETRULE,
         Dump::Sets { .. } => NFT_MSG_GETSET,
         Dump::Elements { .. } => NFT_MSG_GETSETELEM,
@@ -444,9 +503,8 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
     // SAFETY: `buf` holds `nft_nlmsg_maxsize` bytes, more than any request below needs; every
     // libnftnl object is freed right after serialising it.
     let family = match what {
-        Dump::Ipv4Chains { .. } => FAMILY_IPV4,
         Dump::Tables | Dump::AllChains => FAMILY_ANY,
-        Dump::TableRules { family, .. } => family,
+        Dump::FamilyChains { family, .. } | Dump::TableRules { family, .. } => family,
         _ => FAMILY_INET,
     };
     let len = unsafe {
@@ -454,7 +512,7 @@ pub fn dump_request(what: Dump<'_>, seq: u32) -> Vec<u8> {
             sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind, family, NLM_F_DUMP, seq);
         match what {
             Dump::Tables | Dump::AllChains => {}
-            Dump::Chains { table } | Dump::Ipv4Chains { table } => {
+            Dump::Chains { table } | Dump::FamilyChains { table, .. } => {
                 let chain = alloc(sys::nftnl_chain_alloc());
                 let table = cstring(table);
                 sys::nftnl_chain_set_str(

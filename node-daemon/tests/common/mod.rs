@@ -8,6 +8,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
 pub mod firewall;
+pub mod ipv6;
 pub mod overlay;
 
 use std::net::Ipv4Addr;

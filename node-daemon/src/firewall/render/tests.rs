@@ -3,6 +3,7 @@
 use super::*;
 use crate::state::Driver;
 use crate::state::{NetworkState, PublishedPort};
+use std::net::Ipv6Addr;
 
 fn network(name: &str, subnet: &str, internal: bool) -> NetworkState {
     let subnet: ipnet::Ipv4Net = subnet.parse().expect("test subnet");
@@ -18,6 +19,15 @@ fn network(name: &str, subnet: &str, internal: bool) -> NetworkState {
         vxlan_id: None,
         subnet6: None,
         gateway6: None,
+    }
+}
+
+fn dual_stack(name: &str, subnet: &str, subnet6: &str, internal: bool) -> NetworkState {
+    let subnet6: ipnet::Ipv6Net = subnet6.parse().expect("test subnet6");
+    NetworkState {
+        subnet6: Some(subnet6),
+        gateway6: subnet6.hosts().nth(1),
+        ..network(name, subnet, internal)
     }
 }
 
@@ -56,8 +66,11 @@ fn empty_state_renders_the_constant_structure_with_empty_sets() {
             SET_INTERNAL,
             SET_HOST_BRIDGES,
             SET_MASQ,
+            SET_MASQ6,
             MAP_PORTS_ADDR,
             MAP_PORTS_ANY,
+            MAP_PORTS_ADDR6,
+            MAP_PORTS_ANY6,
             SET_OVERLAY_IDS,
             SET_OVERLAY_PEERS
         ]
@@ -84,6 +97,19 @@ fn empty_state_renders_the_constant_structure_with_empty_sets() {
         ..NodeState::default()
     });
     assert_eq!(ruleset.chains, with_state.chains);
+    // Table ip6 pier only where a network has IPv6: a node without it needs no `dup`.
+    assert_eq!(ruleset.loopback6, None);
+    assert_eq!(with_state.loopback6, None);
+    let dual = render(&NodeState {
+        networks: vec![dual_stack("a", "172.18.0.0/16", "fd00:18::/64", false)],
+        ..NodeState::default()
+    });
+    assert_eq!(dual.chains, ruleset.chains);
+    let chain = dual.loopback6.expect("table ip6 pier");
+    assert_eq!(
+        (chain.name, chain.kind, chain.hook, chain.priority),
+        (LOOPBACK6_CHAIN, ChainKind::Filter, Hook::Prerouting, -90)
+    );
 }
 
 #[test]
@@ -151,7 +177,7 @@ fn masquerade_covers_non_internal_subnets_merged_into_ranges() {
 #[test]
 fn a_range_up_to_the_last_address_has_no_end_element() {
     assert_eq!(
-        merge_ranges(vec![(5, 9), (1, 2), (3, 4), (20, 30), (25, 26)]),
+        merge_ranges(vec![(5u32, 9), (1, 2), (3, 4), (20, 30), (25, 26)]),
         [(1, 9), (20, 30)]
     );
     let state = NodeState {
@@ -247,14 +273,17 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
             comments.insert((chain.name, comment));
         }
     }
-    assert_eq!(comments.len(), 14);
+    assert_eq!(comments.len(), 21);
 
-    // The DNAT rules read the map's value (address . port) from the registers the lookup wrote.
+    // The DNAT rules read the map's value (address . port) from the registers the lookup wrote:
+    // the port follows a 4-byte IPv4 address in the next register, a 16-byte IPv6 one 4 later.
     let prerouting = ruleset
         .chains
         .iter()
         .find(|c| c.name == "prerouting")
         .expect("a prerouting chain");
+    let ids: Vec<_> = prerouting.rules.iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["dnat-addr", "dnat-any", "dnat-addr6", "dnat-any6"]);
     for rule in &prerouting.rules {
         let lookup = rule
             .exprs
@@ -264,32 +293,32 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
                 _ => None,
             })
             .expect("a map lookup");
-        assert_eq!(
-            rule.exprs.last(),
-            Some(&Expr::Dnat {
+        let dnat = if rule.id.ends_with('6') {
+            Expr::Dnat6 {
                 addr: lookup,
-                port: lookup + 1
-            })
-        );
+                port: lookup + 4,
+            }
+        } else {
+            Expr::Dnat {
+                addr: lookup,
+                port: lookup + 1,
+            }
+        };
+        assert_eq!(rule.exprs.last(), Some(&dnat), "{}", rule.id);
+        // Only the wildcard maps need `fib daddr type local`.
+        let fib = rule
+            .exprs
+            .iter()
+            .any(|e| matches!(e, Expr::FibDaddrType { .. }));
+        assert_eq!(fib, rule.id.starts_with("dnat-any"), "{}", rule.id);
     }
-    // Only the wildcard map needs `fib daddr type local`.
-    assert!(
-        !prerouting.rules[0]
-            .exprs
-            .iter()
-            .any(|e| matches!(e, Expr::FibDaddrType { .. }))
-    );
-    assert!(
-        prerouting.rules[1]
-            .exprs
-            .iter()
-            .any(|e| matches!(e, Expr::FibDaddrType { .. }))
-    );
-    // Every IPv4 header match is guarded by `meta nfproto ipv4` (the table is inet), and so is
-    // every IPv4 NAT.
+    let output = ruleset.chains.iter().find(|c| c.name == "output");
+    assert_eq!(output.map(|c| &c.rules), Some(&prerouting.rules));
+    // Every IPv4 or IPv6 header match is guarded by `meta nfproto` (the table is inet), and so
+    // is every NAT.
     for chain in &ruleset.chains {
         for rule in &chain.rules {
-            let first_ipv4 = rule.exprs.iter().position(|e| {
+            let first_ip_match = rule.exprs.iter().position(|e| {
                 matches!(
                     e,
                     Expr::Payload {
@@ -299,10 +328,10 @@ fn rules_carry_their_fingerprint_and_the_nat_registers_line_up() {
                         | Expr::Masquerade
                 )
             });
-            if let Some(at) = first_ipv4 {
+            if let Some(at) = first_ip_match {
                 let guarded = rule.exprs[..at]
                     .windows(2)
-                    .any(|pair| pair == Expr::is_ipv4());
+                    .any(|pair| pair == Expr::is_ipv4() || pair == Expr::is_ipv6());
                 assert!(guarded, "{}", rule.id);
             }
         }
@@ -415,4 +444,165 @@ fn overlay_peers_are_pairs_of_vxlan_id_and_tunnel_address() {
     let ruleset = render_with(&state, &[], Some(&made));
     assert_eq!(shown(&ruleset, SET_OVERLAY_IDS), ["70000"]);
     assert_eq!(shown(&ruleset, SET_OVERLAY_PEERS), ["70000 . 10.0.0.3"]);
+}
+
+#[test]
+fn ipv6_subnets_are_masqueraded_merged_and_internal_ones_are_not() {
+    let state = NodeState {
+        networks: vec![
+            dual_stack("a", "172.18.0.0/16", "fd00:18::/64", false),
+            dual_stack("b", "172.19.0.0/16", "fd00:18:0:1::/64", false),
+            dual_stack("vault", "10.0.1.0/24", "fd00:77::/64", true),
+            // IPv6-only.
+            NetworkState {
+                subnet: None,
+                gateway: None,
+                ..dual_stack("v6only", "10.9.0.0/24", "2001:db8:1::/48", false)
+            },
+        ],
+        ..NodeState::default()
+    };
+    let ruleset = render(&state);
+    let set = ruleset.set(SET_MASQ6).expect("masq6 set");
+    assert!(set.interval);
+    assert_eq!(set.key_type(), 8);
+    assert_eq!(set.key_len(), 16);
+    assert_eq!(set.userdata()[2..], 2u32.to_ne_bytes());
+    assert_eq!(
+        shown(&ruleset, SET_MASQ6),
+        [
+            "2001:db8:1:: (range start)",
+            "2001:db8:2:: (range end)",
+            "fd00:18:: (range start)",
+            "fd00:18:0:2:: (range end)",
+        ]
+    );
+    // The IPv4 set is as before: the IPv6-only network adds nothing there.
+    assert_eq!(
+        shown(&ruleset, SET_MASQ),
+        ["172.18.0.0 (range start)", "172.20.0.0 (range end)"]
+    );
+    // Every Pier bridge, whatever its families, is in the interface sets the forward rules use.
+    assert_eq!(shown(&ruleset, SET_BRIDGES).len(), 4);
+    assert_eq!(shown(&ruleset, SET_INTERNAL).len(), 1);
+    // The last IPv6 address has no address after it.
+    assert_eq!(
+        merge_ranges(vec![(u128::MAX - 1, u128::MAX), (0, 0)]).len(),
+        2
+    );
+    let top = NodeState {
+        networks: vec![dual_stack("top", "10.0.0.0/24", "ffff::/16", false)],
+        ..NodeState::default()
+    };
+    assert_eq!(shown(&render(&top), SET_MASQ6), ["ffff:: (range start)"]);
+}
+
+#[test]
+fn ipv6_ports_go_to_their_own_maps() {
+    let state = NodeState {
+        networks: vec![
+            dual_stack("web", "172.18.0.0/16", "fd00:18::/64", false),
+            dual_stack("vault", "10.77.0.0/24", "fd00:77::/64", true),
+        ],
+        ports: vec![
+            port("0.0.0.0", 8000, Protocol::Tcp, "172.18.0.2", 80),
+            port("::", 8000, Protocol::Tcp, "fd00:18::2", 80),
+            port("::1", 8443, Protocol::Tcp, "fd00:18::2", 443),
+            port("2001:db8::7", 5353, Protocol::Udp, "fd00:18::3", 53),
+            // Internal: never published.
+            port("::", 7000, Protocol::Tcp, "fd00:77::2", 70),
+            // Mixed families cannot be DNATed: left out.
+            port("::", 7001, Protocol::Tcp, "172.18.0.2", 71),
+            port("0.0.0.0", 7002, Protocol::Tcp, "fd00:18::2", 72),
+        ],
+        ..NodeState::default()
+    };
+    let ruleset = render(&state);
+    assert_eq!(
+        shown(&ruleset, MAP_PORTS_ANY),
+        ["tcp . 8000 : 172.18.0.2 . 80"]
+    );
+    assert!(shown(&ruleset, MAP_PORTS_ADDR).is_empty());
+    assert_eq!(
+        shown(&ruleset, MAP_PORTS_ANY6),
+        ["tcp . 8000 : fd00:18::2 . 80"]
+    );
+    assert_eq!(
+        shown(&ruleset, MAP_PORTS_ADDR6),
+        [
+            "::1 . tcp . 8443 : fd00:18::2 . 443",
+            "2001:db8::7 . udp . 5353 : fd00:18::3 . 53",
+        ]
+    );
+    // (ipv6_addr . inet_proto . inet_service) : (ipv6_addr . inet_service), as nft numbers
+    // them; each field on its 4-byte registers.
+    let addr = ruleset.set(MAP_PORTS_ADDR6).expect("map");
+    assert_eq!(addr.key_type(), (((8 << 6) | 12) << 6) | 13);
+    assert_eq!(addr.key_len(), 24);
+    assert_eq!(addr.data_type_len(), Some(((8 << 6) | 13, 20)));
+    let any = ruleset.set(MAP_PORTS_ANY6).expect("map");
+    assert_eq!(any.key_len(), 8);
+    let element = any.elements.iter().next().expect("an element");
+    assert_eq!(element.key, [6, 0, 0, 0, 0x1f, 0x40, 0, 0]);
+    let mut value = "fd00:18::2"
+        .parse::<Ipv6Addr>()
+        .expect("address")
+        .octets()
+        .to_vec();
+    value.extend([0, 80, 0, 0]);
+    assert_eq!(element.data.as_deref(), Some(&value[..]));
+}
+
+#[test]
+fn the_ip6_table_hands_loopback_answers_to_lo() {
+    let ruleset = render(&NodeState {
+        networks: vec![dual_stack("web", "172.18.0.0/16", "fd00:18::/64", false)],
+        ..NodeState::default()
+    });
+    let chain = ruleset.loopback6.expect("table ip6 pier");
+    let texts: Vec<_> = chain.rules.iter().map(|r| r.text).collect();
+    assert_eq!(texts, LOOPBACK6_RULES);
+    for rule in &chain.rules {
+        // Only replies to `::1` on a Pier bridge whose source was masqueraded...
+        assert!(rule.exprs.contains(&Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: pier_crds::names::BRIDGE_PREFIX.as_bytes().to_vec(),
+        }));
+        assert!(rule.exprs.contains(&Expr::CtDirection { dreg: REG_1 }));
+        // ...get the source back and go to `lo` (index 1), and nowhere else.
+        assert!(rule.exprs.contains(&Expr::CtOriginal {
+            key: crate::firewall::expr::CtOriginal::DaddrIp6,
+            dreg: REG_1
+        }));
+        assert_eq!(
+            rule.exprs[rule.exprs.len() - 2..],
+            [
+                Expr::Dup6 {
+                    addr: REG_1,
+                    dev: crate::firewall::expr::REG_2
+                },
+                Expr::Verdict(Verdict::Drop)
+            ]
+        );
+        assert!(rule.exprs.contains(&Expr::Immediate {
+            dreg: crate::firewall::expr::REG_2,
+            data: 1u32.to_ne_bytes().to_vec()
+        }));
+    }
+    let text = NodeState {
+        networks: vec![dual_stack("web", "172.18.0.0/16", "fd00:18::/64", false)],
+        ..NodeState::default()
+    };
+    let text = render(&text).to_string();
+    assert!(text.contains("table ip6 pier {"), "{text}");
+    assert!(
+        text.contains("type filter hook prerouting priority -90; policy accept;"),
+        "{text}"
+    );
+    assert!(text.contains("map ports_any6 {"), "{text}");
+    assert!(
+        text.contains("type inet_proto . inet_service : ipv6_addr . inet_service"),
+        "{text}"
+    );
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -15,14 +15,17 @@ use std::time::{Duration, Instant};
 
 use common::{Lab, Ns, bridge_endpoint, bridge_network};
 use hickory_server::proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::A;
+use hickory_server::proto::rr::rdata::{A, AAAA};
 use hickory_server::proto::rr::{RData, Record, RecordType};
 use pier_node::dns::{DnsConfig, DnsHandle, DnsServer, UpstreamConfig};
-use pier_node::state::NodeState;
+use pier_node::state::{Attachment, NetworkState, NodeState};
 use tokio::sync::watch;
 
 const UPSTREAM_HOST: &str = "198.51.100.1";
 const UPSTREAM: &str = "198.51.100.53";
+/// The IPv6 upstream resolver and the host namespace's address on its link.
+const UPSTREAM6_HOST: &str = "2001:db8:53::1";
+const UPSTREAM6: &str = "2001:db8:53::53";
 
 fn require_dig() {
     let found = Command::new("sh")
@@ -485,6 +488,317 @@ fn strangers_are_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// IPv6 and dual-stack.
+
+/// Pings `address` (either family) until it answers, for up to 5 s.
+fn ping_eventually(ns: &Ns, address: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if ns.exec(&format!("ping -c1 -W1 {address}")).status.success() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Gives the bridges and endpoints of `state` their IPv6 addresses by hand, without DAD (as the
+/// dataplane adds Pier's). `replace`: a no-op where the dataplane already did it.
+fn add_ipv6_by_hand(lab: &Lab, state: &NodeState, containers: &[&Ns]) {
+    let prefix = |network: &NetworkState| network.subnet6.map(|s| s.prefix_len());
+    for network in &state.networks {
+        if let (Some(gateway6), Some(len)) = (network.gateway6, prefix(network)) {
+            lab.host.sh(&format!(
+                "ip -6 addr replace {gateway6}/{len} dev {} nodad",
+                network.bridge_name()
+            ));
+        }
+    }
+    for endpoint in &state.endpoints {
+        let Attachment::Bridge(bridge) = &endpoint.attachment else {
+            continue;
+        };
+        let network = state.networks.iter().find(|n| n.name == bridge.network);
+        let (Some(address6), Some(len)) = (bridge.address6, network.and_then(prefix)) else {
+            continue;
+        };
+        let ns = containers
+            .iter()
+            .find(|ns| ns.netns() == endpoint.netns)
+            .expect("the endpoint's container");
+        ns.sh(&format!(
+            "ip -6 addr replace {address6}/{len} dev {} nodad",
+            bridge.interface
+        ));
+    }
+}
+
+fn with_ipv6(mut state: NodeState, network: usize, subnet6: &str, gateway6: &str) -> NodeState {
+    state.networks[network].subnet6 = Some(subnet6.parse().expect("subnet6"));
+    state.networks[network].gateway6 = Some(gateway6.parse().expect("gateway6"));
+    state
+}
+
+fn set_address6(state: &mut NodeState, endpoint: usize, address6: &str) {
+    if let Attachment::Bridge(bridge) = &mut state.endpoints[endpoint].attachment {
+        bridge.address6 = Some(address6.parse().expect("address6"));
+    }
+}
+
+/// The lesson on dual-stack networks: workshop-tage fd00:18::/64 (con1 ::2, con2 ::3), ch-open
+/// fd00:19::/64 (con3 ::2).
+fn dual_stack_lesson(lab: &Lab) -> Lesson {
+    let mut l = lesson(lab);
+    l.state = with_ipv6(l.state, 0, "fd00:18::/64", "fd00:18::1");
+    l.state = with_ipv6(l.state, 1, "fd00:19::/64", "fd00:19::1");
+    set_address6(&mut l.state, 0, "fd00:18::2");
+    set_address6(&mut l.state, 1, "fd00:18::3");
+    set_address6(&mut l.state, 2, "fd00:19::2");
+    lab.apply_ok(&l.state);
+    add_ipv6_by_hand(lab, &l.state, &[&l.con1, &l.con2, &l.con3]);
+    l
+}
+
+#[test]
+fn dual_stack_names_answer_aaaa_and_ptr_over_the_ipv6_gateway() {
+    let lab = Lab::new("dns6");
+    let l = dual_stack_lesson(&lab);
+    let dns = Dns::start(&lab, &l.state, &[]);
+    let listening = dns.handle().listening();
+    for address in ["172.18.0.1:53", "[fd00:18::1]:53", "[fd00:19::1]:53"] {
+        let address: SocketAddr = address.parse().expect("addr");
+        assert!(listening.contains(&address), "{address}: {listening:?}");
+    }
+    assert!(
+        ping_eventually(&l.con2, "fd00:18::1"),
+        "con2 reaches gateway6"
+    );
+
+    // Over IPv6, from con2's IPv6 address: AAAA, A, the network-qualified name, TCP.
+    let got = dig(&l.con2, "@fd00:18::1 AAAA con1");
+    assert_eq!(
+        (got.status.as_str(), got.answers.clone()),
+        ("NOERROR", vec!["fd00:18::2".to_owned()]),
+        "{got:?}"
+    );
+    assert!(got.flags.contains("aa"), "local answers are authoritative");
+    assert_eq!(
+        dig(&l.con2, "@fd00:18::1 A con1").answers,
+        vec!["172.18.0.2"]
+    );
+    let got = dig(&l.con2, "@fd00:18::1 +tcp AAAA CON1.workshop-tage");
+    assert_eq!(got.answers, vec!["fd00:18::2"], "{got:?}");
+    // PTR in ip6.arpa, over either family.
+    let got = dig(&l.con2, "@fd00:18::1 -x fd00:18::2");
+    assert_eq!(got.answers, vec!["con1.workshop-tage."], "{got:?}");
+    let got = dig(&l.con2, "-x fd00:18::2");
+    assert_eq!(got.answers, vec!["con1.workshop-tage."], "{got:?}");
+    // The namespace's resolv.conf keeps the IPv4 gateway (one nameserver per network); AAAA
+    // through it, and `ping -6` by name.
+    let conf = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", l.con2.name))
+        .expect("con2's resolv.conf is written");
+    assert!(
+        conf.contains(
+            "nameserver 172.18.0.1
+"
+        ),
+        "{conf}"
+    );
+    assert!(!conf.contains("fd00:18::1"), "{conf}");
+    assert_eq!(dig(&l.con2, "AAAA con1").answers, vec!["fd00:18::2"]);
+    assert!(
+        ping_eventually(&l.con2, "fd00:18::2"),
+        "con2 reaches con1 over IPv6"
+    );
+    let ping = l.con2.exec("ping -6 -c1 -W2 con1");
+    assert!(
+        ping.status.success(),
+        "ping -6 con1 from con2: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+
+    // con3 asks from its IPv6 address on ch-open: workshop-tage's names are unknown.
+    let got = dig(&l.con3, "@fd00:19::1 AAAA con1");
+    assert_eq!(got.status, "NXDOMAIN", "{got:?}");
+    assert_eq!(
+        dig(&l.con3, "@fd00:19::1 AAAA con3").answers,
+        vec!["fd00:19::2"]
+    );
+    // The host is no endpoint, over IPv6 either.
+    let got = dig(&lab.host, "@fd00:18::1 AAAA con1");
+    assert_eq!(got.status, "REFUSED", "{got:?}");
+}
+
+/// A name with only IPv4 (con2 after it loses its IPv6 address) answers AAAA with NODATA.
+#[test]
+fn a_name_without_ipv6_answers_aaaa_with_nodata_and_listeners_follow_gateway6() {
+    let lab = Lab::new("dns6n");
+    let mut l = dual_stack_lesson(&lab);
+    let dns = Dns::start(&lab, &l.state, &[]);
+    if let Attachment::Bridge(bridge) = &mut l.state.endpoints[1].attachment {
+        bridge.address6 = None;
+    }
+    // ch-open drops IPv6: its IPv6 listener goes, the IPv4 one stays.
+    l.state.networks[1].subnet6 = None;
+    l.state.networks[1].gateway6 = None;
+    if let Attachment::Bridge(bridge) = &mut l.state.endpoints[2].attachment {
+        bridge.address6 = None;
+    }
+    dns.set(&l.state);
+    let got = dig(&l.con1, "@fd00:18::1 AAAA con2");
+    assert_eq!(
+        (got.status.as_str(), got.answers.len()),
+        ("NOERROR", 0),
+        "{got:?}"
+    );
+    assert_eq!(
+        dig(&l.con1, "@fd00:18::1 A con2").answers,
+        vec!["172.18.0.3"]
+    );
+    let listening = dns.handle().listening();
+    assert!(
+        !listening.contains(&"[fd00:19::1]:53".parse().expect("addr")),
+        "{listening:?}"
+    );
+    assert!(
+        listening.contains(&"172.19.0.1:53".parse().expect("addr")),
+        "{listening:?}"
+    );
+    assert_eq!(dig(&l.con3, "con3").answers, vec!["172.19.0.2"]);
+}
+
+/// An IPv6-only network (no IPv4 at all): its endpoints' resolv.conf names gateway6, they ask
+/// over IPv6 and get AAAA, NODATA for A, PTR, and forwarded names. The listener is bound before
+/// the bridge has gateway6, which then comes with DAD (tentative for a while): it serves once the
+/// address is usable. The links are made by hand (a plain bridge, not Pier's): only the DNS
+/// server is under test here.
+#[test]
+fn an_ipv6_only_networks_endpoints_ask_over_ipv6() {
+    let lab = Lab::new("dns6o");
+    let (con4, con5) = (lab.container("con4"), lab.container("con5"));
+    lab.host
+        .sh("ip link add v6br0 type bridge && ip link set v6br0 up");
+    for (ns, address, host_side) in [(&con4, "fd00:20::4", "h4"), (&con5, "fd00:20::5", "h5")] {
+        lab.host.sh(&format!(
+            "ip link add {host_side} type veth peer name eth0 netns {} && \
+             ip link set {host_side} master v6br0 up",
+            ns.name
+        ));
+        ns.sh(&format!(
+            "ip -6 addr add {address}/64 dev eth0 nodad && ip link set eth0 up"
+        ));
+    }
+    let mut network = bridge_network("v6net", "10.0.0.0/8", "10.0.0.1");
+    network.subnet = None;
+    network.gateway = None;
+    let mut state = with_ipv6(
+        NodeState {
+            networks: vec![network],
+            ..NodeState::default()
+        },
+        0,
+        "fd00:20::/64",
+        "fd00:20::1",
+    );
+    for (ns, id, address6) in [
+        (&con4, "default/con4", "fd00:20::4"),
+        (&con5, "default/con5", "fd00:20::5"),
+    ] {
+        let mut endpoint = bridge_endpoint(id, ns, "v6net", "eth0", "10.0.0.99", true);
+        if let Attachment::Bridge(bridge) = &mut endpoint.attachment {
+            bridge.address = None;
+            bridge.address6 = Some(address6.parse().expect("address6"));
+        }
+        state.endpoints.push(endpoint);
+    }
+    let upstream = Upstream::start_at(&lab, UPSTREAM6_HOST, UPSTREAM6);
+    let dns = Dns::start(&lab, &state, &[UPSTREAM6]);
+    assert_eq!(
+        dns.handle().listening(),
+        vec!["[fd00:20::1]:53".parse::<SocketAddr>().expect("addr")]
+    );
+    lab.host.sh("ip -6 addr add fd00:20::1/64 dev v6br0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab
+        .host
+        .sh("ip -6 addr show dev v6br0 tentative")
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "DAD of fd00:20::1 never ends");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let conf = std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", con5.name))
+        .expect("con5's resolv.conf is written");
+    let nameservers: Vec<&str> = conf
+        .lines()
+        .filter(|l| l.starts_with("nameserver"))
+        .collect();
+    assert_eq!(nameservers, vec!["nameserver fd00:20::1"], "{conf}");
+    assert!(
+        ping_eventually(&con5, "fd00:20::1"),
+        "con5 reaches gateway6"
+    );
+
+    // Through the resolv.conf, that is over IPv6.
+    let got = dig(&con5, "AAAA con4");
+    assert_eq!(
+        (got.status.as_str(), got.answers.clone()),
+        ("NOERROR", vec!["fd00:20::4".to_owned()]),
+        "{got:?}"
+    );
+    let got = dig(&con5, "A con4");
+    assert_eq!(
+        (got.status.as_str(), got.answers.len()),
+        ("NOERROR", 0),
+        "NODATA: {got:?}"
+    );
+    assert_eq!(
+        dig(&con5, "+tcp AAAA con4.v6net").answers,
+        vec!["fd00:20::4"]
+    );
+    assert_eq!(dig(&con4, "-x fd00:20::5").answers, vec!["con5.v6net."]);
+    let ping = con5.exec("ping -c1 -W2 con4");
+    assert!(
+        ping.status.success(),
+        "ping con4 from con5: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    // Forwarded to the IPv6 upstream, over UDP and (truncated) TCP.
+    assert_eq!(
+        dig(&con5, "AAAA example.test").answers,
+        vec!["2001:db8::53"]
+    );
+    assert_eq!(dig(&con5, "example.test").answers, vec!["192.0.2.53"]);
+    assert_eq!(dig(&con5, "big.test").answers.len(), 100);
+    assert!(
+        upstream.tcp_queries() >= 1,
+        "the forwarder used TCP over IPv6"
+    );
+    assert_eq!(dig(&con5, "nosuch.test").status, "NXDOMAIN");
+}
+
+/// IPv4 endpoints forward through an IPv6 upstream of the node (a dead IPv4 one first).
+#[test]
+fn forwarding_reaches_an_ipv6_upstream() {
+    let lab = Lab::new("dnsf6");
+    let l = lesson(&lab);
+    let _upstream = Upstream::start_at(&lab, UPSTREAM6_HOST, UPSTREAM6);
+    let dns = Dns::start(&lab, &l.state, &["198.51.100.99", UPSTREAM6]);
+    let got = dig(&l.con1, "example.test");
+    assert_eq!(
+        (got.status.as_str(), got.answers.clone()),
+        ("NOERROR", vec!["192.0.2.53".to_owned()]),
+        "{got:?}"
+    );
+    assert_eq!(
+        dig(&l.con1, "AAAA example.test").answers,
+        vec!["2001:db8::53"]
+    );
+    assert!(dns.handle().stats().forwarded >= 2);
+}
+
+// ---------------------------------------------------------------------------------------------
 // A tiny upstream resolver in its own namespace: example.test → 192.0.2.53, big.test → 100
 // addresses (truncated over UDP), NXDOMAIN for the rest.
 
@@ -497,22 +811,33 @@ struct Upstream {
 
 impl Upstream {
     fn start(lab: &Lab) -> Upstream {
+        Upstream::start_at(lab, UPSTREAM_HOST, UPSTREAM)
+    }
+
+    /// The upstream at `address` (IPv4 or IPv6), the host namespace at `host` on their link.
+    fn start_at(lab: &Lab, host: &str, address: &str) -> Upstream {
         let ns = lab.container("upstream");
+        let ip: IpAddr = address.parse().expect("upstream address");
+        // IPv6 addresses without DAD, as the dataplane adds Pier's: usable at once.
+        let (prefix, nodad) = if ip.is_ipv6() {
+            (64, "nodad")
+        } else {
+            (24, "")
+        };
         lab.host.sh(&format!(
             "ip link add up0 type veth peer name eth0 netns {} && \
-             ip addr add {UPSTREAM_HOST}/24 dev up0 && ip link set up0 up",
+             ip addr add {host}/{prefix} dev up0 {nodad} && ip link set up0 up",
             ns.name
         ));
         ns.sh(&format!(
-            "ip addr add {UPSTREAM}/24 dev eth0 && ip link set eth0 up && \
-             ip route add default via {UPSTREAM_HOST}"
+            "ip addr add {address}/{prefix} dev eth0 {nodad} && ip link set eth0 up && \
+             ip route add default via {host}"
         ));
         assert!(
-            lab.host
-                .ping_eventually(UPSTREAM.parse().expect("upstream address")),
+            ping_eventually(&lab.host, address),
             "the upstream namespace is reachable from the host namespace"
         );
-        let bind: SocketAddr = format!("{UPSTREAM}:53").parse().expect("addr");
+        let bind = SocketAddr::new(ip, 53);
         let (udp, tcp) = pier_node::kernel::netns::run_in(Some(&ns.path()), move || {
             (
                 UdpSocket::bind(bind).expect("upstream udp"),
@@ -602,6 +927,13 @@ fn upstream_answer(query: &[u8], udp: bool) -> Option<Vec<u8>> {
     };
     match (name.as_str(), question.query_type()) {
         ("example.test.", RecordType::A) => add(&mut answer, Ipv4Addr::new(192, 0, 2, 53)),
+        ("example.test.", RecordType::AAAA) => {
+            answer.add_answer(Record::from_rdata(
+                question.name().clone(),
+                60,
+                RData::AAAA(AAAA(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x53))),
+            ));
+        }
         ("big.test.", RecordType::A) if udp => answer.metadata.truncation = true,
         ("big.test.", RecordType::A) => {
             for i in 0..100 {

@@ -1,4 +1,5 @@
-//! Listeners that follow the bridges: UDP and TCP on port 53 of each gateway address.
+//! Listeners that follow the bridges: UDP and TCP on port 53 of each gateway address, IPv4 and
+//! IPv6 (a dual-stack network has two, each its own listener).
 //!
 //! Each gateway has its own UDP receive loops (`udp.rs`) and its own hickory `Server` for TCP (a
 //! `Server` cannot drop one socket of several); all share one handler, and so the same views. A
@@ -6,7 +7,7 @@
 //! touched: nothing is ever restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_server::Server;
@@ -28,19 +29,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 pub enum ListenError {
     #[error("making sockets for {address}")]
     Thread {
-        address: SocketAddrV4,
+        address: SocketAddr,
         #[source]
         source: SocketThreadGone,
     },
     #[error("binding UDP {address}")]
     Udp {
-        address: SocketAddrV4,
+        address: SocketAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("binding TCP {address}")]
     Tcp {
-        address: SocketAddrV4,
+        address: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -57,7 +58,7 @@ pub struct Listeners {
     port: u16,
     sockets: NetnsSockets,
     handler: PierHandler,
-    servers: BTreeMap<Ipv4Addr, Gateway>,
+    servers: BTreeMap<IpAddr, Gateway>,
 }
 
 impl std::fmt::Debug for Listeners {
@@ -80,16 +81,16 @@ impl Listeners {
     }
 
     /// Where it listens now.
-    pub fn listening(&self) -> Vec<SocketAddrV4> {
+    pub fn listening(&self) -> Vec<SocketAddr> {
         self.servers
             .keys()
-            .map(|ip| SocketAddrV4::new(*ip, self.port))
+            .map(|ip| SocketAddr::new(*ip, self.port))
             .collect()
     }
 
     /// Listens on exactly `gateways`: new ones are bound, gone ones shut down.
-    pub async fn sync(&mut self, gateways: &BTreeSet<Ipv4Addr>) -> Vec<ListenError> {
-        let gone: Vec<Ipv4Addr> = self
+    pub async fn sync(&mut self, gateways: &BTreeSet<IpAddr>) -> Vec<ListenError> {
+        let gone: Vec<IpAddr> = self
             .servers
             .keys()
             .filter(|ip| !gateways.contains(ip))
@@ -124,8 +125,8 @@ impl Listeners {
         }
     }
 
-    async fn bind(&self, ip: Ipv4Addr) -> Result<Gateway, ListenError> {
-        let address = SocketAddrV4::new(ip, self.port);
+    async fn bind(&self, ip: IpAddr) -> Result<Gateway, ListenError> {
+        let address = SocketAddr::new(ip, self.port);
         // One UDP socket and receive loop per runtime worker: every core can answer.
         let loops = tokio::runtime::Handle::current()
             .metrics()

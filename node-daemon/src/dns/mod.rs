@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! watch<NodeState> ──► views (pure: asker address → visible records) ──► handler (hickory-server)
-//!                  ├─► listeners: UDP+TCP :53 on each DNS-enabled gateway, following the bridges
+//!                  ├─► listeners: UDP+TCP :53 on each DNS-enabled gateway (IPv4 and IPv6),
+//!                  │   following the bridges
 //!                  └─► /etc/netns/NAME/resolv.conf for named-namespace endpoints
 //! node resolv.conf ──► forwarder (UDP, TCP fallback, timeout, failover, bounded) for the rest
 //! ```
@@ -21,7 +22,7 @@ pub mod udp;
 pub mod views;
 pub mod wire;
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -146,7 +147,7 @@ pub struct DnsHandle {
     task: Option<JoinHandle<()>>,
     state: watch::Receiver<NodeState>,
     applied: watch::Receiver<Option<NodeState>>,
-    listening: watch::Receiver<Vec<SocketAddrV4>>,
+    listening: watch::Receiver<Vec<SocketAddr>>,
 }
 
 impl DnsHandle {
@@ -156,7 +157,7 @@ impl DnsHandle {
     }
 
     /// The addresses listened on now.
-    pub fn listening(&self) -> Vec<SocketAddrV4> {
+    pub fn listening(&self) -> Vec<SocketAddr> {
         self.listening.borrow().clone()
     }
 
@@ -196,7 +197,7 @@ struct Sync {
     writer: Option<ResolvConfWriter>,
     config: DnsConfig,
     applied: watch::Sender<Option<NodeState>>,
-    listening: watch::Sender<Vec<SocketAddrV4>>,
+    listening: watch::Sender<Vec<SocketAddr>>,
 }
 
 impl Sync {

@@ -3,13 +3,14 @@
 //!
 //! `ip netns exec NAME` bind-mounts `/etc/netns/NAME/resolv.conf` over `/etc/resolv.conf`, so
 //! that file is how a netns "container" finds Pier's DNS. Like Docker's embedded DNS the file has
-//! the gateway as nameserver, the node's search domains, and `options ndots:0` so a name with no
-//! dot is tried as is first. A file Pier did not write (a namespace someone else set up, with a
+//! one nameserver per network, the gateway (IPv4; IPv6 on an IPv6-only network: Docker writes its
+//! one resolver address, 127.0.0.11, whatever the families), the node's search domains, and
+//! `options ndots:0` so a name with no dot is tried as is first. A file Pier did not write (a namespace someone else set up, with a
 //! resolver of its own) is never overwritten or removed. Pods do not use these files: the node daemon sets their `dnsConfig`
 //! (nameservers = the gateway, searches and `ndots:0` the same) with `dnsPolicy: None`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::state::{Netns, NodeState};
@@ -109,7 +110,7 @@ fn header(owner: &str) -> String {
 }
 
 /// The file for a namespace whose resolver asks `gateways`, written by `owner`'s DNS server.
-pub fn render(owner: &str, namespace: &str, gateways: &[Ipv4Addr], search: &[String]) -> String {
+pub fn render(owner: &str, namespace: &str, gateways: &[IpAddr], search: &[String]) -> String {
     let mut text = format!(
         "{} for namespace {namespace}; removed when it has no endpoint\n",
         header(owner)
@@ -293,6 +294,8 @@ mod tests {
         assert_eq!(own, owner_of(None), "stable");
         assert_eq!(owner_of(Some(Path::new("/run/netns/a"))), "/run/netns/a");
     }
+    use std::net::Ipv4Addr;
+
     use crate::state::{Attachment, BridgeAttachment, Driver, EndpointState, NetworkState};
 
     #[test]
@@ -323,6 +326,37 @@ mod tests {
         assert!(text.contains("nameserver 172.18.0.1\n"));
         assert!(text.contains("search corp.example\n"));
         assert!(text.ends_with("options ndots:0\n"));
+    }
+
+    /// One nameserver per network, of the family it has: IPv4 on a dual-stack network (what
+    /// Docker's one resolver address stands for), the IPv6 gateway on an IPv6-only one.
+    #[test]
+    fn ipv6_only_networks_get_their_ipv6_gateway_dual_stack_the_ipv4_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dual = state(&["d"]);
+        dual.networks[0].subnet6 = Some("fd00:18::/64".parse().expect("subnet6"));
+        dual.networks[0].gateway6 = Some("fd00:18::1".parse().expect("gateway6"));
+        let mut writer = ResolvConfWriter::new(dir.path().to_path_buf(), "node-a".into());
+        assert!(writer.sync(&dual, &[]).is_empty());
+        let read = || std::fs::read_to_string(dir.path().join("d/resolv.conf")).expect("d");
+        let nameservers = |text: String| {
+            text.lines()
+                .filter(|l| l.starts_with("nameserver "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(nameservers(read()), vec!["nameserver 172.18.0.1"]);
+
+        let mut only6 = dual.clone();
+        only6.networks[0].subnet = None;
+        only6.networks[0].gateway = None;
+        if let Attachment::Bridge(bridge) = &mut only6.endpoints[0].attachment {
+            bridge.address = None;
+            bridge.address6 = Some("fd00:18::2".parse().expect("address6"));
+        }
+        assert!(writer.sync(&only6, &[]).is_empty());
+        assert_eq!(nameservers(read()), vec!["nameserver fd00:18::1"]);
+        assert!(writer.remove_all().is_empty());
     }
 
     fn state(endpoint_ns: &[&str]) -> NodeState {

@@ -293,7 +293,12 @@ mod tests {
         }
     }
 
-    fn endpoint(name: &str, address: [u8; 4], aliases: &[&str]) -> EndpointState {
+    fn endpoint(
+        name: &str,
+        address: [u8; 4],
+        address6: Option<&str>,
+        aliases: &[&str],
+    ) -> EndpointState {
         EndpointState {
             id: format!("default/{name}"),
             uid: format!("uid-{name}"),
@@ -304,7 +309,7 @@ mod tests {
                 network: "n".into(),
                 interface: "eth0".into(),
                 address: Some(address.into()),
-                address6: None,
+                address6: address6.map(|a| a.parse().expect("address6")),
                 mac: "02:42:00:00:00:01".into(),
                 default_route: true,
             }),
@@ -324,12 +329,13 @@ mod tests {
                 internal: false,
                 dns: true,
                 vxlan_id: None,
-                subnet6: None,
-                gateway6: None,
+                subnet6: Some("fd00:18::/64".parse().expect("subnet6")),
+                gateway6: Some("fd00:18::1".parse().expect("gateway6")),
             }],
             endpoints: vec![
-                endpoint("con1", [172, 18, 0, 2], &["web"]),
-                endpoint("con2", [172, 18, 0, 3], &["web"]),
+                endpoint("con1", [172, 18, 0, 2], Some("fd00:18::2"), &["web"]),
+                endpoint("con2", [172, 18, 0, 3], Some("fd00:18::3"), &["web"]),
+                endpoint("con3", [172, 18, 0, 4], None, &[]),
             ],
             ports: vec![],
             ..NodeState::default()
@@ -345,14 +351,20 @@ mod tests {
             DnsMetrics::default(),
         ));
         let handler = PierHandler::new(shared.clone());
-        let source: SocketAddr = "172.18.0.2:5353".parse().expect("source");
-        for (name, edns) in [("web.", false), ("CON2.n.", true), ("con1.", true)] {
+        let cases = [
+            ("172.18.0.2:5353", "web.", RecordType::A, false),
+            ("172.18.0.2:5353", "CON2.n.", RecordType::A, true),
+            ("172.18.0.2:5353", "con1.", RecordType::A, true),
+            ("[fd00:18::2]:5353", "web.", RecordType::AAAA, false),
+            ("[fd00:18::2]:5353", "con2.N.", RecordType::AAAA, true),
+            // NODATA: con3 has no IPv6 address.
+            ("172.18.0.2:5353", "con3.", RecordType::AAAA, true),
+        ];
+        for (source, name, kind, edns) in cases {
+            let source: SocketAddr = source.parse().expect("source");
             let mut query = Message::new(77, MessageType::Query, OpCode::Query);
             query.metadata.recursion_desired = true;
-            query.add_query(Query::query(
-                Name::from_ascii(name).expect("name"),
-                RecordType::A,
-            ));
+            query.add_query(Query::query(Name::from_ascii(name).expect("name"), kind));
             if edns {
                 let mut opt = Edns::new();
                 opt.set_max_payload(1232);
@@ -382,6 +394,12 @@ mod tests {
             assert_eq!(by_wire.queries, by_handler.queries, "{name}");
             assert_eq!(by_wire.answers, by_handler.answers, "{name}");
             assert_eq!(
+                by_wire.answers.is_empty(),
+                name == "con3.",
+                "{name} {kind}: {:?}",
+                by_wire.answers
+            );
+            assert_eq!(
                 by_wire.edns.as_ref().map(Edns::max_payload),
                 by_handler.edns.as_ref().map(Edns::max_payload),
                 "{name}"
@@ -389,7 +407,7 @@ mod tests {
         }
         assert_eq!(
             shared.rcodes.count(ResponseCode::NoError),
-            3,
+            cases.len() as u64,
             "each handler answer is counted once by its code"
         );
     }

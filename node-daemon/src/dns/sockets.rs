@@ -8,7 +8,7 @@
 //! anywhere.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
@@ -76,29 +76,40 @@ impl NetnsSockets {
     }
 }
 
-/// A UDP socket bound to `address`, with IP_FREEBIND so it can be bound before the bridge has
-/// its gateway address (the dataplane may come later) and keeps working when it comes and goes.
-/// SO_REUSEPORT lets one socket per worker share the address: the kernel spreads askers over them
-/// (only sockets of the same user can join the group).
-pub fn bind_udp(address: SocketAddrV4) -> io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_freebind_v4(true)?;
+/// A socket for a gateway address of either family, with IP_FREEBIND (IPV6_FREEBIND) so it can be
+/// bound before the bridge has the address (the dataplane may come later; an IPv6 address may
+/// still be tentative while DAD runs) and keeps working when it comes and goes. An IPv6 socket
+/// is IPv6 only: the IPv4 gateway has its own.
+fn gateway_socket(address: SocketAddr, kind: Type, protocol: Protocol) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), kind, Some(protocol))?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+/// A UDP socket bound to `address` (IPv4 or IPv6, see `gateway_socket`). SO_REUSEPORT lets one
+/// socket per worker share the address: the kernel spreads askers over them (only sockets of
+/// the same user can join the group).
+pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = gateway_socket(address, Type::DGRAM, Protocol::UDP)?;
     socket.set_reuse_port(true)?;
     // Bursts of queries must queue in the kernel, not be dropped while a worker is busy.
     let _ = socket.set_recv_buffer_size(4 << 20);
     socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::V4(address).into())?;
+    socket.bind(&address.into())?;
     Ok(socket.into())
 }
 
-/// A TCP listener bound to `address` (IP_FREEBIND as for UDP).
-pub fn listen_tcp(address: SocketAddrV4) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_freebind_v4(true)?;
-    socket.set_reuse_address(true)?;
+/// A TCP listener bound to `address` (free-bound as for UDP).
+pub fn listen_tcp(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = gateway_socket(address, Type::STREAM, Protocol::TCP)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::V4(address).into())?;
+    socket.bind(&address.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
 }

@@ -1,19 +1,21 @@
 //! DNS views: pure logic from a `NodeState` to "this asking address sees these records".
 //!
 //! Docker semantics: a name resolves for an asker iff they share a network. The
-//! asker is identified by its source address → its endpoint → the namespace that endpoint lives
-//! in → every DNS-enabled network attached to that namespace (after `network connect` it sees
-//! both). Everything is precomputed here when the state changes, so a query is one or two hash
-//! probes and never walks the state.
+//! asker is identified by its source address (IPv4 or IPv6) → its endpoint → the namespace that
+//! endpoint lives in → every DNS-enabled network attached to that namespace (after `network
+//! connect` it sees both). A name answers A with its members' IPv4 addresses and AAAA with their
+//! IPv6 ones; a name with one family answers the other type with no records (NODATA), so a
+//! resolver asking both keeps the name. Everything is precomputed here when the state changes, so
+//! a query is one or two hash probes and never walks the state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use hickory_server::proto::rr::rdata::{A, PTR};
+use hickory_server::proto::rr::rdata::{A, AAAA, PTR};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::state::{Attachment, EndpointState, Netns, NodeState, RemoteEndpoint};
+use crate::state::{Attachment, EndpointState, Netns, NetworkState, NodeState, RemoteEndpoint};
 
 use super::wire::{self, WireAnswer, WireNames};
 
@@ -28,16 +30,50 @@ const MAX_SHARE_DEPTH: usize = 8;
 pub struct View {
     /// The networks this view is made of, sorted (for tests and logs).
     pub networks: Vec<String>,
-    /// A records by lower-cased FQDN (`con1.`, `web.`, `con1.workshop-tage.`).
-    names: HashMap<LowerName, Vec<Record>>,
-    /// PTR records by reverse name (`2.0.18.172.in-addr.arpa.`).
+    /// Address records by lower-cased FQDN (`con1.`, `web.`, `con1.workshop-tage.`).
+    names: HashMap<LowerName, NameRecords>,
+    /// PTR records by reverse name (`2.0.18.172.in-addr.arpa.`, `…ip6.arpa.`).
     pointers: HashMap<LowerName, Vec<Record>>,
     /// Whether unknown names are forwarded upstream: false when every network is `internal`.
     pub forward: bool,
     /// A hash of everything the view was built from: equal inputs, reuse the view.
     fingerprint: u64,
-    /// The A records of `names`, pre-encoded for the wire fast path.
+    /// The address records of `names`, pre-encoded for the wire fast path.
     wire: WireNames,
+}
+
+/// The address records of one name: its A records, then its AAAA records, in one list so that
+/// each type (and ANY) is one slice of it.
+#[derive(Debug, Default)]
+struct NameRecords {
+    records: Vec<Record>,
+    /// How many of `records` (the first ones) are A records.
+    a: usize,
+}
+
+impl NameRecords {
+    /// Adds a record once (a name may come from several networks with the same address).
+    fn add(&mut self, record: Record) {
+        if self.records.contains(&record) {
+            return;
+        }
+        if matches!(record.data, RData::A(_)) {
+            self.records.insert(self.a, record);
+            self.a += 1;
+        } else {
+            self.records.push(record);
+        }
+    }
+
+    /// The records of `kind`: A, AAAA or both (ANY); none for any other type.
+    fn of(&self, kind: RecordType) -> &[Record] {
+        match kind {
+            RecordType::A => &self.records[..self.a],
+            RecordType::AAAA => &self.records[self.a..],
+            RecordType::ANY => &self.records,
+            _ => &[],
+        }
+    }
 }
 
 /// The outcome of looking a question up in an asker's view.
@@ -56,11 +92,27 @@ pub enum Resolution<'a> {
 /// All views of one `NodeState`, keyed by asking address.
 #[derive(Debug, Default)]
 pub struct Views {
-    askers: HashMap<Ipv4Addr, Arc<View>>,
+    /// Every address of every asking endpoint, IPv4 and IPv6.
+    askers: HashMap<IpAddr, Arc<View>>,
     /// The views by network set, for reuse by the next rebuild.
     by_set: HashMap<Vec<String>, Arc<View>>,
-    /// Gateways of DNS-enabled bridge networks: where the server listens.
-    pub listen: BTreeSet<Ipv4Addr>,
+    /// Gateways (IPv4 and IPv6) of DNS-enabled bridge networks: where the server listens.
+    pub listen: BTreeSet<IpAddr>,
+}
+
+/// Whether the embedded DNS serves `network`: a bridge or overlay with DNS on and a gateway.
+fn serves(network: &NetworkState) -> bool {
+    network.driver.has_bridge()
+        && network.dns
+        && (network.gateway.is_some() || network.gateway6.is_some())
+}
+
+/// An endpoint's addresses, IPv4 and IPv6.
+fn both(address: Option<Ipv4Addr>, address6: Option<Ipv6Addr>) -> impl Iterator<Item = IpAddr> {
+    address
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(address6.map(IpAddr::V6))
 }
 
 impl Views {
@@ -74,14 +126,10 @@ impl Views {
     /// members) did not change, so an update costs what changed, not the size of the node.
     pub fn rebuild(state: &NodeState, previous: Option<&Views>) -> Views {
         let networks = state.networks_by_name();
-        let dns_network = |name: &str| {
-            networks
-                .get(name)
-                .is_some_and(|n| n.driver.has_bridge() && n.dns && n.gateway.is_some())
-        };
+        let dns_network = |name: &str| networks.get(name).is_some_and(|n| serves(n));
 
         // Per namespace: its addresses (the asker keys) and its DNS-enabled networks.
-        let mut addresses: BTreeMap<Netns, Vec<Ipv4Addr>> = BTreeMap::new();
+        let mut addresses: BTreeMap<Netns, Vec<IpAddr>> = BTreeMap::new();
         let mut attached: BTreeMap<Netns, BTreeSet<&str>> = BTreeMap::new();
         // Per DNS network: the names and addresses of its endpoints.
         let mut members: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
@@ -89,11 +137,16 @@ impl Views {
             let Attachment::Bridge(bridge) = &endpoint.attachment else {
                 continue;
             };
-            let (Some(netns), Some(address)) = (namespace_of(state, endpoint), bridge.address)
-            else {
+            let Some(member) = Member::local(endpoint, bridge.address, bridge.address6) else {
                 continue;
             };
-            addresses.entry(netns.clone()).or_default().push(address);
+            let Some(netns) = namespace_of(state, endpoint) else {
+                continue;
+            };
+            addresses
+                .entry(netns.clone())
+                .or_default()
+                .extend(both(bridge.address, bridge.address6));
             if dns_network(&bridge.network) {
                 attached
                     .entry(netns)
@@ -102,16 +155,16 @@ impl Views {
                 members
                     .entry(bridge.network.as_str())
                     .or_default()
-                    .push(Member::local(endpoint, address));
+                    .push(member);
             }
         }
         // An overlay's endpoints on other nodes are names here too (they ask their own node).
         for remote in &state.remote_endpoints {
-            if let (true, Some(address)) = (dns_network(&remote.network), remote.address) {
+            if let (true, Some(member)) = (dns_network(&remote.network), Member::remote(remote)) {
                 members
                     .entry(remote.network.as_str())
                     .or_default()
-                    .push(Member::remote(remote, address));
+                    .push(member);
             }
         }
 
@@ -142,8 +195,8 @@ impl Views {
         let listen = state
             .networks
             .iter()
-            .filter(|n| dns_network(&n.name))
-            .filter_map(|n| n.gateway)
+            .filter(|n| serves(n))
+            .flat_map(|n| both(n.gateway, n.gateway6))
             .collect();
         let by_set = by_set
             .into_iter()
@@ -157,14 +210,9 @@ impl Views {
     }
 
     /// The view of the asker at `source`, if it is an endpoint on a DNS-enabled network here.
+    /// An IPv4-mapped IPv6 source (`::ffff:172.18.0.2`) is the IPv4 asker.
     pub fn view_of(&self, source: IpAddr) -> Option<&View> {
-        match source {
-            IpAddr::V4(v4) => self.askers.get(&v4).map(Arc::as_ref),
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .and_then(|v4| self.askers.get(&v4))
-                .map(Arc::as_ref),
-        }
+        self.askers.get(&source.to_canonical()).map(Arc::as_ref)
     }
 
     /// Looks `name`/`kind` up as the asker at `source` sees it.
@@ -183,10 +231,12 @@ impl View {
         let names = self.names.get(name);
         let pointers = self.pointers.get(name);
         match (kind, names, pointers) {
-            (RecordType::A | RecordType::ANY, Some(records), _) => Resolution::Local(records),
+            (RecordType::A | RecordType::AAAA | RecordType::ANY, Some(found), _) => {
+                Resolution::Local(found.of(kind))
+            }
             (RecordType::PTR | RecordType::ANY, _, Some(records)) => Resolution::Local(records),
-            // The name is ours but has no data of this type (AAAA before IPv6, MX, ...): NODATA,
-            // never forwarded (the upstream would answer for a different name space).
+            // The name is ours but has no data of this type (MX, ...): NODATA, never forwarded
+            // (the upstream would answer for a different name space).
             (_, Some(_), _) | (_, _, Some(_)) => Resolution::Local(&[]),
             // Single-label names are container names or typos: sending them upstream leaks them
             // and only ever gets NXDOMAIN back.
@@ -196,7 +246,7 @@ impl View {
         }
     }
 
-    /// The pre-encoded A records of a lower-cased wire-format name.
+    /// The pre-encoded A and AAAA records of a lower-cased wire-format name.
     pub fn wire(&self, name: &[u8]) -> Option<&WireAnswer> {
         self.wire.get(name)
     }
@@ -207,29 +257,48 @@ impl View {
     }
 }
 
-/// One name-holder of a network: an endpoint on this node or (overlay) on another.
+/// One name-holder of a network: an endpoint on this node or (overlay) on another, with at
+/// least one address.
 #[derive(Debug, Clone, Copy)]
 struct Member<'a> {
     name: &'a str,
     aliases: &'a [String],
-    address: Ipv4Addr,
+    address: Option<Ipv4Addr>,
+    address6: Option<Ipv6Addr>,
 }
 
 impl<'a> Member<'a> {
-    fn local(endpoint: &'a EndpointState, address: Ipv4Addr) -> Member<'a> {
-        Member {
+    /// An endpoint here; `None` when it has no address at all (nothing to answer).
+    fn local(
+        endpoint: &'a EndpointState,
+        address: Option<Ipv4Addr>,
+        address6: Option<Ipv6Addr>,
+    ) -> Option<Member<'a>> {
+        (address.is_some() || address6.is_some()).then_some(Member {
             name: &endpoint.name,
             aliases: &endpoint.aliases,
             address,
-        }
+            address6,
+        })
     }
 
-    fn remote(endpoint: &'a RemoteEndpoint, address: Ipv4Addr) -> Member<'a> {
-        Member {
+    fn remote(endpoint: &'a RemoteEndpoint) -> Option<Member<'a>> {
+        let (address, address6) = (endpoint.address, endpoint.address6);
+        (address.is_some() || address6.is_some()).then_some(Member {
             name: &endpoint.name,
             aliases: &endpoint.aliases,
             address,
-        }
+            address6,
+        })
+    }
+
+    /// The address records of this member under `name`: A first, then AAAA.
+    fn records(&self, name: &Name) -> impl Iterator<Item = Record> {
+        let a = self.address.map(|a| RData::A(A(a)));
+        let aaaa = self.address6.map(|a| RData::AAAA(AAAA(a)));
+        a.into_iter()
+            .chain(aaaa)
+            .map(move |data| Record::from_rdata(name.clone(), LOCAL_TTL, data))
     }
 }
 
@@ -250,6 +319,7 @@ fn fingerprint(
             member.name.hash(&mut hasher);
             member.aliases.hash(&mut hasher);
             member.address.hash(&mut hasher);
+            member.address6.hash(&mut hasher);
         }
     }
     hasher.finish()
@@ -277,45 +347,44 @@ fn build_view(
     };
     for network in set {
         for member in members.get(network).into_iter().flatten() {
-            let short =
-                std::iter::once(member.name).chain(member.aliases.iter().map(String::as_str));
-            for label in short {
-                for fqdn in [format!("{label}."), format!("{label}.{network}.")] {
-                    add_a(&mut view.names, &fqdn, member.address);
-                }
-            }
-            // PTR answers with `NAME.NETWORK.`, as Docker does.
-            if let Ok(target) = Name::from_ascii(format!("{}.{network}.", member.name)) {
-                let reverse = Name::from(member.address);
-                let record =
-                    Record::from_rdata(reverse.clone(), LOCAL_TTL, RData::PTR(PTR(target)));
-                push_unique(
-                    view.pointers.entry(LowerName::new(&reverse)).or_default(),
-                    record,
-                );
-            }
+            add_member(&mut view, network, member);
         }
     }
     view.wire = view
         .names
         .iter()
-        .filter_map(|(name, records)| Some((wire::wire_name(name), wire::encode(records)?)))
+        .filter_map(|(name, found)| Some((wire::wire_name(name), wire::encode(&found.records)?)))
         .collect();
     view
 }
 
-fn add_a(names: &mut HashMap<LowerName, Vec<Record>>, fqdn: &str, address: Ipv4Addr) {
-    let Ok(name) = Name::from_ascii(fqdn.to_ascii_lowercase()) else {
-        tracing::warn!(name = fqdn, "skipping a name that is not a valid DNS name");
+/// Adds a member's names (NAME, aliases, each also as NAME.NETWORK) and its reverse names.
+fn add_member(view: &mut View, network: &str, member: &Member<'_>) {
+    let short = std::iter::once(member.name).chain(member.aliases.iter().map(String::as_str));
+    for label in short {
+        for fqdn in [format!("{label}."), format!("{label}.{network}.")] {
+            let Ok(name) = Name::from_ascii(fqdn.to_ascii_lowercase()) else {
+                tracing::warn!(name = fqdn, "skipping a name that is not a valid DNS name");
+                continue;
+            };
+            let found = view.names.entry(LowerName::new(&name)).or_default();
+            for record in member.records(&name) {
+                found.add(record);
+            }
+        }
+    }
+    // PTR answers with `NAME.NETWORK.`, as Docker does, for each family's address.
+    let Ok(target) = Name::from_ascii(format!("{}.{network}.", member.name)) else {
         return;
     };
-    let record = Record::from_rdata(name.clone(), LOCAL_TTL, RData::A(A(address)));
-    push_unique(names.entry(LowerName::new(&name)).or_default(), record);
-}
-
-fn push_unique(records: &mut Vec<Record>, record: Record) {
-    if !records.contains(&record) {
-        records.push(record);
+    for address in both(member.address, member.address6) {
+        let reverse = Name::from(address);
+        let record =
+            Record::from_rdata(reverse.clone(), LOCAL_TTL, RData::PTR(PTR(target.clone())));
+        let records = view.pointers.entry(LowerName::new(&reverse)).or_default();
+        if !records.contains(&record) {
+            records.push(record);
+        }
     }
 }
 
@@ -334,11 +403,14 @@ pub fn namespace_of(state: &NodeState, endpoint: &EndpointState) -> Option<Netns
     None
 }
 
-/// Per namespace, the gateways its resolver should ask: the gateway of each DNS-enabled network
-/// it is attached to, the default-route network first, then in state order.
-pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
+/// Per namespace, the nameservers its resolver should ask: one per DNS-enabled network it is
+/// attached to, the default-route network first, then in state order. Like Docker, which writes
+/// its one internal resolver address whatever the families, a network gives one address: its
+/// IPv4 gateway, or on an IPv6-only network its IPv6 gateway (glibc reads three nameservers at
+/// most, and both gateways of a network are the same server).
+pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<IpAddr>> {
     let networks = state.networks_by_name();
-    let mut out: BTreeMap<Netns, Vec<(bool, Ipv4Addr)>> = BTreeMap::new();
+    let mut out: BTreeMap<Netns, Vec<(bool, IpAddr)>> = BTreeMap::new();
     for endpoint in &state.endpoints {
         let Attachment::Bridge(bridge) = &endpoint.attachment else {
             continue;
@@ -346,11 +418,12 @@ pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<Ipv4Addr>> {
         let Some(network) = networks.get(bridge.network.as_str()) else {
             continue;
         };
-        let (true, true, Some(gateway)) =
-            (network.dns, network.driver.has_bridge(), network.gateway)
-        else {
+        let Some(gateway) = both(network.gateway, network.gateway6).next() else {
             continue;
         };
+        if !serves(network) {
+            continue;
+        }
         let Some(netns) = namespace_of(state, endpoint) else {
             continue;
         };
@@ -529,7 +602,7 @@ mod tests {
             views.resolve(ip("172.18.0.9"), &name("con1."), RecordType::A),
             Resolution::Refused
         );
-        assert!(views.listen.contains(&ip4("172.18.0.1")));
+        assert!(views.listen.contains(&ip("172.18.0.1")));
     }
 
     #[test]
@@ -555,7 +628,7 @@ mod tests {
         assert_eq!(addresses(got), vec![ip4("172.18.0.4")]);
         assert_eq!(
             namespace_gateways(&state)[&Netns::Named("con3".into())],
-            vec![ip4("172.19.0.1"), ip4("172.18.0.1")]
+            vec![ip("172.19.0.1"), ip("172.18.0.1")]
         );
     }
 
@@ -624,7 +697,7 @@ mod tests {
         let mut state = lesson();
         state.networks[1].dns = false;
         let views = Views::build(&state);
-        assert_eq!(views.listen, BTreeSet::from([ip4("172.18.0.1")]));
+        assert_eq!(views.listen, BTreeSet::from([ip("172.18.0.1")]));
         assert_eq!(
             views.resolve(ip("172.19.0.2"), &name("con3."), RecordType::A),
             Resolution::Refused
@@ -640,7 +713,7 @@ mod tests {
             .push(endpoint("default/con4", "con4", "ch-open", "172.19.0.3"));
         let second = Views::rebuild(&next, Some(&first));
         let view =
-            |views: &Views, source: &str| views.askers.get(&ip4(source)).cloned().expect("asker");
+            |views: &Views, source: &str| views.askers.get(&ip(source)).cloned().expect("asker");
         // workshop-tage did not change: the very same view; ch-open did: a new one.
         assert!(Arc::ptr_eq(
             &view(&first, "172.18.0.2"),
@@ -685,6 +758,287 @@ mod tests {
             views.resolve(ip("172.18.0.3"), &name("side."), RecordType::A),
             Resolution::NxDomain
         );
+    }
+
+    // IPv6 and dual-stack ---------------------------------------------------------------------
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().expect("ipv6")
+    }
+
+    fn with_ipv6(mut network: NetworkState, subnet6: &str, gateway6: &str) -> NetworkState {
+        network.subnet6 = Some(subnet6.parse().expect("subnet6"));
+        network.gateway6 = Some(ip6(gateway6));
+        network
+    }
+
+    /// An endpoint with an IPv6 address (`address` empty: IPv6 only).
+    fn endpoint6(
+        id: &str,
+        ns: &str,
+        network: &str,
+        address: &str,
+        address6: &str,
+    ) -> EndpointState {
+        let mut endpoint = endpoint(id, ns, network, address);
+        if let Attachment::Bridge(bridge) = &mut endpoint.attachment {
+            bridge.address6 = Some(ip6(address6));
+        }
+        endpoint
+    }
+
+    /// workshop-tage dual-stack (con1, con2 with both families, con6 IPv4 only); ch-open IPv4
+    /// only (con3); v6net IPv6 only (con4, con5).
+    fn dual_stack() -> NodeState {
+        let mut v6net = network("v6net", "10.99.0.0/16", "10.99.0.1");
+        v6net.subnet = None;
+        v6net.gateway = None;
+        NodeState {
+            networks: vec![
+                with_ipv6(
+                    network("workshop-tage", "172.18.0.0/16", "172.18.0.1"),
+                    "fd00:18::/64",
+                    "fd00:18::1",
+                ),
+                network("ch-open", "172.19.0.0/16", "172.19.0.1"),
+                with_ipv6(v6net, "fd00:20::/64", "fd00:20::1"),
+            ],
+            endpoints: vec![
+                endpoint6(
+                    "default/con1",
+                    "con1",
+                    "workshop-tage",
+                    "172.18.0.2",
+                    "fd00:18::2",
+                ),
+                endpoint6(
+                    "default/con2",
+                    "con2",
+                    "workshop-tage",
+                    "172.18.0.3",
+                    "fd00:18::3",
+                ),
+                endpoint("default/con3", "con3", "ch-open", "172.19.0.2"),
+                endpoint6("default/con4", "con4", "v6net", "", "fd00:20::4"),
+                endpoint6("default/con5", "con5", "v6net", "", "fd00:20::5"),
+                endpoint("default/con6", "con6", "workshop-tage", "172.18.0.6"),
+            ],
+            ..NodeState::default()
+        }
+    }
+
+    fn addresses6(resolution: Resolution<'_>) -> Vec<Ipv6Addr> {
+        match resolution {
+            Resolution::Local(records) => records
+                .iter()
+                .filter_map(|r| match r.data {
+                    RData::AAAA(AAAA(a)) => Some(a),
+                    _ => None,
+                })
+                .collect(),
+            other => panic!("expected local records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn aaaa_answers_ipv6_addresses_for_names_aliases_and_network_names() {
+        let mut state = dual_stack();
+        state.endpoints[0].aliases = vec!["web".into()];
+        state.endpoints[1].aliases = vec!["web".into()];
+        let views = Views::build(&state);
+        // The same answers whichever of con2's addresses asks.
+        for source in ["172.18.0.3", "fd00:18::3"] {
+            let got = views.resolve(ip(source), &name("con1."), RecordType::AAAA);
+            assert_eq!(addresses6(got), vec![ip6("fd00:18::2")], "from {source}");
+            let got = views.resolve(ip(source), &name("con1."), RecordType::A);
+            assert_eq!(addresses(got), vec![ip4("172.18.0.2")], "from {source}");
+            let got = views.resolve(ip(source), &name("CON1.workshop-tage."), RecordType::AAAA);
+            assert_eq!(addresses6(got), vec![ip6("fd00:18::2")], "from {source}");
+            let mut got = addresses6(views.resolve(ip(source), &name("web."), RecordType::AAAA));
+            got.sort();
+            assert_eq!(
+                got,
+                vec![ip6("fd00:18::2"), ip6("fd00:18::3")],
+                "from {source}"
+            );
+        }
+        // ANY: both families, A first.
+        let Resolution::Local(any) =
+            views.resolve(ip("fd00:18::3"), &name("con1."), RecordType::ANY)
+        else {
+            panic!("expected local records");
+        };
+        assert_eq!(
+            any.iter().map(|r| r.record_type()).collect::<Vec<_>>(),
+            vec![RecordType::A, RecordType::AAAA]
+        );
+    }
+
+    /// A name with one family exists for the other type too: NODATA, never NXDOMAIN (a resolver
+    /// asking A and AAAA would otherwise give the name up) and never forwarded.
+    #[test]
+    fn a_name_with_one_family_answers_nodata_for_the_other() {
+        let views = Views::build(&dual_stack());
+        let from_con5 = ip("fd00:20::5");
+        assert_eq!(
+            addresses6(views.resolve(from_con5, &name("con4."), RecordType::AAAA)),
+            vec![ip6("fd00:20::4")]
+        );
+        for asked in ["con4.", "con4.v6net."] {
+            assert_eq!(
+                views.resolve(from_con5, &name(asked), RecordType::A),
+                Resolution::Local(&[]),
+                "{asked}"
+            );
+        }
+        let from_con1 = ip("fd00:18::2");
+        assert_eq!(
+            views.resolve(from_con1, &name("con6."), RecordType::AAAA),
+            Resolution::Local(&[])
+        );
+        assert_eq!(
+            addresses(views.resolve(from_con1, &name("con6."), RecordType::A)),
+            vec![ip4("172.18.0.6")]
+        );
+    }
+
+    /// IPv6 askers see exactly what their namespace sees; unknown IPv6 sources are refused; an
+    /// IPv4-mapped source is its IPv4 asker.
+    #[test]
+    fn ipv6_askers_see_their_namespaces_networks_only() {
+        let views = Views::build(&dual_stack());
+        let from_con1 = ip("fd00:18::2");
+        let from_con4 = ip("fd00:20::4");
+        assert_eq!(
+            views.resolve(from_con1, &name("con4."), RecordType::AAAA),
+            views.resolve(from_con1, &name("nosuch."), RecordType::AAAA),
+        );
+        assert_eq!(
+            views.resolve(from_con4, &name("con1."), RecordType::AAAA),
+            Resolution::NxDomain
+        );
+        assert_eq!(
+            views.resolve(from_con4, &name("con1.workshop-tage."), RecordType::AAAA),
+            Resolution::Forward
+        );
+        assert_eq!(
+            views.resolve(ip("fd00:18::99"), &name("con1."), RecordType::AAAA),
+            Resolution::Refused
+        );
+        assert_eq!(
+            addresses6(views.resolve(ip("::ffff:172.18.0.3"), &name("con1."), RecordType::AAAA)),
+            vec![ip6("fd00:18::2")]
+        );
+    }
+
+    #[test]
+    fn ptr_in_ip6_arpa_answers_name_dot_network() {
+        let views = Views::build(&dual_stack());
+        let reverse = |address: &str| LowerName::new(&Name::from(ip(address)));
+        for (source, address, target) in [
+            ("fd00:18::3", "fd00:18::2", "con1.workshop-tage."),
+            ("172.18.0.3", "fd00:18::2", "con1.workshop-tage."),
+            ("172.18.0.3", "172.18.0.2", "con1.workshop-tage."),
+            ("fd00:20::5", "fd00:20::4", "con4.v6net."),
+        ] {
+            let Resolution::Local(records) =
+                views.resolve(ip(source), &reverse(address), RecordType::PTR)
+            else {
+                panic!("expected a PTR record for {address} from {source}");
+            };
+            assert_eq!(records.len(), 1);
+            assert_eq!(records[0].ttl, LOCAL_TTL);
+            assert_eq!(
+                records[0].data,
+                RData::PTR(PTR(Name::from_ascii(target).expect("name")))
+            );
+        }
+        assert!(
+            reverse("fd00:18::2").to_string().ends_with(".ip6.arpa."),
+            "{}",
+            reverse("fd00:18::2")
+        );
+        // From another network: exactly like an address that is nobody's.
+        let from_con3 = ip("172.19.0.2");
+        assert_eq!(
+            views.resolve(from_con3, &reverse("fd00:18::2"), RecordType::PTR),
+            views.resolve(from_con3, &reverse("fd00:18::99"), RecordType::PTR),
+        );
+    }
+
+    #[test]
+    fn both_gateways_are_listened_on_and_ipv6_only_resolv_conf_gets_gateway6() {
+        let state = dual_stack();
+        let views = Views::build(&state);
+        assert_eq!(
+            views.listen,
+            BTreeSet::from([
+                ip("172.18.0.1"),
+                ip("172.19.0.1"),
+                ip("fd00:18::1"),
+                ip("fd00:20::1"),
+            ])
+        );
+        let gateways = namespace_gateways(&state);
+        assert_eq!(
+            gateways[&Netns::Named("con1".into())],
+            vec![ip("172.18.0.1")]
+        );
+        assert_eq!(
+            gateways[&Netns::Named("con4".into())],
+            vec![ip("fd00:20::1")]
+        );
+    }
+
+    /// An overlay's IPv6-only endpoint on another node is a name here too.
+    #[test]
+    fn remote_ipv6_only_endpoints_resolve_and_have_ptr() {
+        let mut state = dual_stack();
+        state.networks[2].driver = Driver::Overlay;
+        state.networks[2].vxlan_id = Some(4097);
+        state.remote_endpoints = vec![RemoteEndpoint {
+            id: "default/far".into(),
+            name: "far".into(),
+            aliases: vec![],
+            network: "v6net".into(),
+            address: None,
+            address6: Some(ip6("fd00:20::9")),
+            mac: "02:42:ac:14:00:09".into(),
+            node: "node-b".into(),
+            tunnel: ip4("10.0.0.2"),
+        }];
+        let views = Views::build(&state);
+        let from_con4 = ip("fd00:20::4");
+        assert_eq!(
+            addresses6(views.resolve(from_con4, &name("far.v6net."), RecordType::AAAA)),
+            vec![ip6("fd00:20::9")]
+        );
+        assert_eq!(
+            views.resolve(from_con4, &name("far."), RecordType::A),
+            Resolution::Local(&[])
+        );
+        let ptr = views.resolve(
+            from_con4,
+            &LowerName::new(&Name::from(ip("fd00:20::9"))),
+            RecordType::PTR,
+        );
+        assert!(matches!(ptr, Resolution::Local(records) if records.len() == 1));
+    }
+
+    #[test]
+    fn an_ipv6_address_change_makes_a_new_view() {
+        let state = dual_stack();
+        let first = Views::build(&state);
+        let mut next = state.clone();
+        if let Attachment::Bridge(bridge) = &mut next.endpoints[0].attachment {
+            bridge.address6 = Some(ip6("fd00:18::22"));
+        }
+        let second = Views::rebuild(&next, Some(&first));
+        let got = second.resolve(ip("fd00:18::3"), &name("con1."), RecordType::AAAA);
+        assert_eq!(addresses6(got), vec![ip6("fd00:18::22")]);
+        // The old address asks no more; the new one does.
+        assert!(second.view_of(ip("fd00:18::2")).is_none());
+        assert!(second.view_of(ip("fd00:18::22")).is_some());
     }
 }
 

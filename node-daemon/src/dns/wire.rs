@@ -1,15 +1,17 @@
-//! The hot path in wire format: `NAME A?` for a local name, answered from pre-encoded records.
+//! The hot path in wire format: `NAME A?` and `NAME AAAA?` for a local name, answered from
+//! pre-encoded records.
 //!
-//! Almost every query a container sends is an A question for a name on its own networks. For those,
-//! decoding into hickory's types and encoding the answer again costs more than the rest of the
-//! query's trip (BENCHMARKS.md, DNS), so the views keep each name's A records already encoded and
-//! this module answers by copying bytes. It only takes queries it fully understands: one question,
-//! class IN, type A, no compression, at most an EDNS(0) OPT record, an answer that fits. Anything
-//! else (and every name that is not local) goes the ordinary way through the hickory handler, which
-//! stays the reference: the unit tests check both give the same answer.
+//! Almost every query a container sends is an A question (and, from glibc's `getaddrinfo`, its
+//! AAAA twin) for a name on its own networks. For those, decoding into hickory's types and encoding
+//! the answer again costs more than the rest of the query's trip (BENCHMARKS.md, DNS), so the views
+//! keep each name's A and AAAA records already encoded and this module answers by copying bytes
+//! (no records of the asked type: NODATA, as the handler answers). It only takes queries it fully
+//! understands: one question, class IN, type A or AAAA, no compression, at most an EDNS(0) OPT
+//! record, an answer that fits. Anything else (and every name that is not local) goes the ordinary
+//! way through the hickory handler, which stays the reference: the unit tests check both give the
+//! same answer.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 
 use hickory_server::proto::rr::{LowerName, RData, Record};
 
@@ -17,18 +19,47 @@ use super::views::LOCAL_TTL;
 
 const HEADER: usize = 12;
 const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 const TYPE_OPT: u16 = 41;
 /// A UDP answer without EDNS may be 512 bytes at most (RFC 1035 §4.2.1).
 const CLASSIC_UDP: usize = 512;
-/// One A record pointing back at the question's name: pointer, type, class, TTL, length, address.
-const A_RECORD: usize = 16;
+/// One answer record before its address: pointer to the question's name, type, class, TTL, length.
+const RECORD_HEAD: usize = 12;
 
-/// A name's A records, encoded as answer records whose owner is the question name (offset 12).
+/// A name's A and AAAA records, each encoded as answer records whose owner is the question name
+/// (offset 12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireAnswer {
+    a: WireRecords,
+    aaaa: WireRecords,
+}
+
+/// Answer records of one type, encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WireRecords {
     count: u16,
     records: Box<[u8]>,
+}
+
+impl WireRecords {
+    /// Encodes `addresses` (the octets of each) as records of type `kind`.
+    fn encode<'a>(kind: u16, addresses: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<Self> {
+        let count = u16::try_from(addresses.len()).ok()?;
+        let mut out = Vec::with_capacity(addresses.len() * (RECORD_HEAD + 16));
+        for address in addresses {
+            out.extend_from_slice(&[0xc0, 0x0c]);
+            out.extend_from_slice(&kind.to_be_bytes());
+            out.extend_from_slice(&CLASS_IN.to_be_bytes());
+            out.extend_from_slice(&LOCAL_TTL.to_be_bytes());
+            out.extend_from_slice(&u16::try_from(address.len()).ok()?.to_be_bytes());
+            out.extend_from_slice(address);
+        }
+        Some(WireRecords {
+            count,
+            records: out.into_boxed_slice(),
+        })
+    }
 }
 
 /// The lower-case wire form of a name (length-prefixed labels, ending with the root's 0).
@@ -43,36 +74,35 @@ pub fn wire_name(name: &LowerName) -> Box<[u8]> {
     out.into_boxed_slice()
 }
 
-/// Encodes the A records of one name.
+/// Encodes the A and AAAA records of one name (other records are not answered here).
 pub fn encode(records: &[Record]) -> Option<WireAnswer> {
-    let addresses: Vec<Ipv4Addr> = records
+    let v4: Vec<[u8; 4]> = records
         .iter()
         .filter_map(|r| match r.data {
-            RData::A(a) => Some(a.0),
+            RData::A(a) => Some(a.0.octets()),
             _ => None,
         })
         .collect();
-    let count = u16::try_from(addresses.len()).ok()?;
-    let mut out = Vec::with_capacity(addresses.len() * A_RECORD);
-    for address in addresses {
-        out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
-        out.extend_from_slice(&CLASS_IN.to_be_bytes());
-        out.extend_from_slice(&LOCAL_TTL.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&address.octets());
-    }
+    let v6: Vec<[u8; 16]> = records
+        .iter()
+        .filter_map(|r| match r.data {
+            RData::AAAA(a) => Some(a.0.octets()),
+            _ => None,
+        })
+        .collect();
     Some(WireAnswer {
-        count,
-        records: out.into_boxed_slice(),
+        a: WireRecords::encode(TYPE_A, v4.iter().map(|a| a.as_slice()))?,
+        aaaa: WireRecords::encode(TYPE_AAAA, v6.iter().map(|a| a.as_slice()))?,
     })
 }
 
-/// A query this module can answer: where its question ends, its lower-cased name, its EDNS size.
+/// A query this module can answer: where its question ends, its lower-cased name, its type (A or
+/// AAAA), its EDNS size.
 #[derive(Debug)]
 struct Simple {
     question_end: usize,
     name_len: usize,
+    kind: u16,
     /// The client's EDNS payload size, if it sent an OPT record.
     edns: Option<u16>,
 }
@@ -120,7 +150,8 @@ fn parse(packet: &[u8], name: &mut [u8; 256]) -> Option<Simple> {
             break;
         }
     }
-    if u16_at(packet, at)? != TYPE_A || u16_at(packet, at + 2)? != CLASS_IN {
+    let kind = u16_at(packet, at)?;
+    if (kind != TYPE_A && kind != TYPE_AAAA) || u16_at(packet, at + 2)? != CLASS_IN {
         return None;
     }
     let question_end = at + 4;
@@ -142,12 +173,14 @@ fn parse(packet: &[u8], name: &mut [u8; 256]) -> Option<Simple> {
     Some(Simple {
         question_end,
         name_len,
+        kind,
         edns,
     })
 }
 
-/// Answers `packet` into `out` if it is a simple A query for a name `lookup` knows. Returns false
-/// (and leaves the query to the full handler) otherwise.
+/// Answers `packet` into `out` if it is a simple A or AAAA query for a name `lookup` knows (with
+/// no records of that type: NODATA). Returns false (and leaves the query to the full handler)
+/// otherwise.
 pub fn answer<'a>(
     packet: &[u8],
     lookup: impl FnOnce(&[u8]) -> Option<&'a WireAnswer>,
@@ -157,8 +190,13 @@ pub fn answer<'a>(
     let Some(query) = parse(packet, &mut name) else {
         return false;
     };
-    let Some(found) = lookup(&name[..query.name_len]) else {
+    let Some(answer) = lookup(&name[..query.name_len]) else {
         return false;
+    };
+    let found = if query.kind == TYPE_AAAA {
+        &answer.aaaa
+    } else {
+        &answer.a
     };
     let opt_len = if query.edns.is_some() { 11 } else { 0 };
     let size = query.question_end + found.records.len() + opt_len;
@@ -199,7 +237,7 @@ pub type WireNames = HashMap<Box<[u8]>, WireAnswer>;
 mod tests {
     use super::*;
     use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-    use hickory_server::proto::rr::rdata::A;
+    use hickory_server::proto::rr::rdata::{A, AAAA};
     use hickory_server::proto::rr::{Name, RecordType};
 
     fn table() -> WireNames {
@@ -262,13 +300,55 @@ mod tests {
         }
     }
 
+    /// AAAA answers the IPv6 records; a name without records of the asked type gets NODATA.
+    #[test]
+    fn answers_aaaa_and_nodata() {
+        let mut table = table();
+        let name = Name::from_ascii("v6.").expect("name");
+        let address: std::net::Ipv6Addr = "fd00:18::2".parse().expect("ipv6");
+        let records = [
+            Record::from_rdata(name.clone(), 0, RData::AAAA(AAAA(address))),
+            Record::from_rdata(name.clone(), 0, RData::A(A::new(172, 18, 0, 9))),
+        ];
+        table.insert(
+            wire_name(&LowerName::new(&name)),
+            encode(&records).expect("encodes"),
+        );
+        let ask = |asked: &str, kind: RecordType| {
+            let mut out = Vec::new();
+            assert!(answer(
+                &query(asked, kind, true),
+                |n| table.get(n),
+                &mut out
+            ));
+            let response = Message::from_vec(&out).expect("answer parses");
+            assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+            assert!(response.metadata.authoritative);
+            assert_eq!(response.queries[0].query_type(), kind);
+            response
+                .answers
+                .iter()
+                .map(|r| r.data.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ask("V6.", RecordType::AAAA),
+            vec![RData::AAAA(AAAA(address))]
+        );
+        assert_eq!(
+            ask("v6.", RecordType::A),
+            vec![RData::A(A::new(172, 18, 0, 9))]
+        );
+        assert_eq!(ask("web.", RecordType::AAAA), vec![]);
+    }
+
     #[test]
     fn leaves_everything_else_to_the_handler() {
         let table = table();
         let mut out = Vec::new();
         for packet in [
             query("nosuch.", RecordType::A, false),
-            query("web.", RecordType::AAAA, false),
+            query("web.", RecordType::MX, false),
             query("web.", RecordType::PTR, true),
             vec![0u8; 5],
             b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01".to_vec(),

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use hickory_server::proto::rr::rdata::{A, AAAA, PTR};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::state::{Attachment, EndpointState, Netns, NetworkState, NodeState, RemoteEndpoint};
+use crate::state::{
+    Attachment, BridgeAttachment, EndpointState, Netns, NetworkState, NodeState, RemoteEndpoint,
+};
 
 use super::wire::{self, WireAnswer, WireNames};
 
@@ -137,7 +139,7 @@ impl Views {
             let Attachment::Bridge(bridge) = &endpoint.attachment else {
                 continue;
             };
-            let Some(member) = Member::local(endpoint, bridge.address, bridge.address6) else {
+            let Some(member) = Member::local(endpoint, bridge) else {
                 continue;
             };
             let Some(netns) = namespace_of(state, endpoint) else {
@@ -269,11 +271,8 @@ struct Member<'a> {
 
 impl<'a> Member<'a> {
     /// An endpoint here; `None` when it has no address at all (nothing to answer).
-    fn local(
-        endpoint: &'a EndpointState,
-        address: Option<Ipv4Addr>,
-        address6: Option<Ipv6Addr>,
-    ) -> Option<Member<'a>> {
+    fn local(endpoint: &'a EndpointState, bridge: &BridgeAttachment) -> Option<Member<'a>> {
+        let (address, address6) = (bridge.address, bridge.address6);
         (address.is_some() || address6.is_some()).then_some(Member {
             name: &endpoint.name,
             aliases: &endpoint.aliases,

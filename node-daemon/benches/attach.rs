@@ -7,17 +7,26 @@
 //! so their ratio is computed pair by pair (the machine's load drifts between repetitions).
 //! Optionally iperf3 throughput host -> endpoint through a published port vs. the direct path.
 //!
+//! `PIER_BENCH_FAMILIES` says which address families the networks and endpoints have: `ipv4`
+//! (the default), `dual` (dual-stack) or `ipv6` (IPv6-only), or several, comma-separated
+//! (`ipv4,dual`): then each size has one node per family, the repetitions take the families in
+//! turn, and the attach time of each family is also given relative to the first family's, pair
+//! by pair. netavark runs beside the first family, with the same families.
+//!
 //! Not a test: run as root with
 //! `cargo bench -p pier-node --bench attach` (env `PIER_BENCH_SIZES=10,100,1000`,
-//! `PIER_BENCH_REPS=15`, `PIER_BENCH_NETAVARK=/usr/lib/podman/netavark`, `PIER_BENCH_IPERF=1`).
+//! `PIER_BENCH_REPS=15`, `PIER_BENCH_NETAVARK=/usr/lib/podman/netavark`, `PIER_BENCH_IPERF=1`,
+//! `PIER_BENCH_FAMILIES=ipv4`).
 //! Everything happens in namespaces made here (`pb<pid>-...`), removed at the end.
 
 mod shared;
 
 use shared::{env_or, write_json};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+
+use ipnet::Ipv6Net;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,15 +88,58 @@ impl Drop for Namespaces {
     }
 }
 
-fn network(j: usize) -> NetworkState {
+/// The address families of a run's networks and endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Ipv4,
+    Dual,
+    Ipv6,
+}
+
+impl Family {
+    fn parse(text: &str) -> Option<Family> {
+        match text.trim() {
+            "ipv4" => Some(Family::Ipv4),
+            "dual" => Some(Family::Dual),
+            "ipv6" => Some(Family::Ipv6),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Dual => "dual",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    fn v4(self) -> bool {
+        self != Family::Ipv6
+    }
+
+    fn v6(self) -> bool {
+        self != Family::Ipv4
+    }
+}
+
+fn network(j: usize, family: Family) -> NetworkState {
+    let octet = 60 + j as u8;
     NetworkState {
         name: format!("bench{j}"),
         uid: format!("uid-bench-{j}"),
         driver: Driver::Bridge,
-        subnet: Some(format!("10.{}.0.0/16", 60 + j).parse().expect("subnet")),
-        gateway: Some(Ipv4Addr::new(10, 60 + j as u8, 0, 1)),
-        subnet6: None,
-        gateway6: None,
+        subnet: family
+            .v4()
+            .then(|| format!("10.{octet}.0.0/16").parse().expect("subnet")),
+        gateway: family.v4().then_some(Ipv4Addr::new(10, octet, 0, 1)),
+        subnet6: family.v6().then(|| {
+            let prefix = Ipv6Addr::new(0xfd00, 0, u16::from(octet), 0, 0, 0, 0, 0);
+            Ipv6Net::new(prefix, 64).expect("a /64")
+        }),
+        gateway6: family
+            .v6()
+            .then_some(Ipv6Addr::new(0xfd00, 0, u16::from(octet), 0, 0, 0, 0, 1)),
         mtu: 1500,
         internal: false,
         dns: false,
@@ -95,11 +147,13 @@ fn network(j: usize) -> NetworkState {
     }
 }
 
-/// Endpoint `i` of the run, in namespace `ns`: network `i % 4`, a unique address there.
-fn endpoint(i: usize, ns: &str) -> EndpointState {
+/// Endpoint `i` of the run, in namespace `ns`: network `i % 4`, a unique address of each family
+/// there.
+fn endpoint(i: usize, ns: &str, family: Family) -> EndpointState {
     let j = i % NETWORKS;
     let k = i / NETWORKS;
     let address = Ipv4Addr::new(10, 60 + j as u8, (k / 200) as u8, (k % 200 + 2) as u8);
+    let address6 = Ipv6Addr::new(0xfd00, 0, 60 + j as u16, 0, 0, 0, 0, k as u16 + 2);
     let o = address.octets();
     EndpointState {
         id: format!("bench/e{i}"),
@@ -110,8 +164,8 @@ fn endpoint(i: usize, ns: &str) -> EndpointState {
         attachment: Attachment::Bridge(BridgeAttachment {
             network: format!("bench{j}"),
             interface: "eth0".into(),
-            address: Some(address),
-            address6: None,
+            address: family.v4().then_some(address),
+            address6: family.v6().then_some(address6),
             mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
             default_route: true,
         }),
@@ -147,6 +201,7 @@ fn ms(duration: Duration) -> f64 {
 /// One node of a given size for the Pier measurements: its own host namespace and containers.
 struct PierWorld {
     size: usize,
+    family: Family,
     _host: Namespaces,
     _containers: Namespaces,
     dataplane: Dataplane,
@@ -167,9 +222,12 @@ struct NetavarkWorld {
     teardown: Vec<f64>,
 }
 
-/// What one size measured, for the table and the JSON.
+/// What one size of one family measured, for the table and the JSON.
 struct SizeResult {
     size: usize,
+    family: Family,
+    /// Per repetition: this family's attach / the first family's at the same size.
+    attach_vs_first: Stats,
     attach: Stats,
     detach: Stats,
     full: Stats,
@@ -178,40 +236,47 @@ struct SizeResult {
     ratios: Option<(Stats, Stats)>,
 }
 
-/// Builds one Pier node per size, all grown first.
-fn pier_worlds(pid: u32, sizes: &[usize]) -> Vec<PierWorld> {
-    sizes
-        .iter()
-        .map(|&size| {
-            let host = Namespaces::new(&format!("pb{pid}-h{size}"), 1);
-            let containers = Namespaces::new(&format!("pb{pid}-c{size}"), size + 1);
-            let dataplane = Dataplane::new(Some(host.path(0)));
-            let state = NodeState {
-                networks: (0..NETWORKS).map(network).collect(),
-                endpoints: (0..size)
-                    .map(|i| endpoint(i, &containers.names[i]))
-                    .collect(),
-                ..NodeState::default()
-            };
-            let report = dataplane.apply(&state, &Scope::Full).expect("grow apply");
-            assert!(report.is_success(), "growing to {size}: {report}");
-            let extra = endpoint(size, &containers.names[size]);
-            let mut bigger = state.clone();
-            bigger.endpoints.push(extra.clone());
-            PierWorld {
-                size,
-                _host: host,
-                _containers: containers,
-                dataplane,
-                state,
-                bigger,
-                extra: extra.id,
-                attach: Vec::new(),
-                detach: Vec::new(),
-                full: Vec::new(),
-            }
-        })
-        .collect()
+/// Builds one Pier node per family and size, all grown first.
+fn pier_worlds(pid: u32, families: &[Family], sizes: &[usize]) -> Vec<PierWorld> {
+    let mut worlds = Vec::new();
+    for &family in families {
+        for &size in sizes {
+            worlds.push(pier_world(pid, family, size));
+        }
+    }
+    worlds
+}
+
+fn pier_world(pid: u32, family: Family, size: usize) -> PierWorld {
+    let tag = family.name();
+    let host = Namespaces::new(&format!("pb{pid}-h{tag}{size}"), 1);
+    let containers = Namespaces::new(&format!("pb{pid}-c{tag}{size}"), size + 1);
+    let dataplane = Dataplane::new(Some(host.path(0)));
+    let state = NodeState {
+        networks: (0..NETWORKS).map(|j| network(j, family)).collect(),
+        endpoints: (0..size)
+            .map(|i| endpoint(i, &containers.names[i], family))
+            .collect(),
+        ..NodeState::default()
+    };
+    let report = dataplane.apply(&state, &Scope::Full).expect("grow apply");
+    assert!(report.is_success(), "growing to {size} ({tag}): {report}");
+    let extra = endpoint(size, &containers.names[size], family);
+    let mut bigger = state.clone();
+    bigger.endpoints.push(extra.clone());
+    PierWorld {
+        size,
+        family,
+        _host: host,
+        _containers: containers,
+        dataplane,
+        state,
+        bigger,
+        extra: extra.id,
+        attach: Vec::new(),
+        detach: Vec::new(),
+        full: Vec::new(),
+    }
 }
 
 /// One Pier repetition at one size: an apply in the endpoints scope of one more endpoint (the
@@ -267,73 +332,116 @@ fn pier_repetition(world: &mut PierWorld) {
     assert!(report.is_success(), "{report}");
 }
 
-/// Pier and (when installed) netavark: one node per size each, all grown first; then the
-/// repetitions go round the sizes, Pier then netavark back to back at each, so whatever load the
-/// machine has hits every size and both alike, and the ratio is taken per pair.
-fn bench(pid: u32, netavark_binary: Option<&str>, sizes: &[usize], reps: usize) -> Vec<SizeResult> {
-    let mut worlds = pier_worlds(pid, sizes);
+/// Pier (one node per family and size) and, when installed, netavark (one node per size, with
+/// the first family): all grown first; then the repetitions go round the sizes and families,
+/// netavark right after the first family's Pier at each size, so whatever load the machine has
+/// hits every size and family alike, and ratios are taken per pair.
+fn bench(
+    pid: u32,
+    netavark_binary: Option<&str>,
+    families: &[Family],
+    sizes: &[usize],
+    reps: usize,
+) -> Vec<SizeResult> {
+    let mut worlds = pier_worlds(pid, families, sizes);
+    let first = families[0];
     let mut peers: Option<Vec<NetavarkWorld>> =
-        netavark_binary.map(|binary| netavark_worlds(pid, binary, sizes));
+        netavark_binary.map(|binary| netavark_worlds(pid, binary, first, sizes));
     for _ in 0..reps {
         for (i, world) in worlds.iter_mut().enumerate() {
             pier_repetition(world);
-            if let (Some(binary), Some(peers)) = (netavark_binary, peers.as_mut()) {
-                netavark_repetition(binary, world.size, &mut peers[i]);
+            if let (Some(binary), Some(peers)) = (netavark_binary, peers.as_mut())
+                && world.family == first
+            {
+                netavark_repetition(binary, first, world.size, &mut peers[i]);
             }
         }
     }
-    worlds
-        .into_iter()
-        .enumerate()
-        .map(|(i, world)| {
-            let _ = world.dataplane.reset();
-            let peer = peers.as_ref().map(|p| &p[i]);
-            let ratios = peer.map(|p| {
-                let per_pair = |theirs: &[f64], ours: &[f64]| {
-                    stats(theirs.iter().zip(ours).map(|(t, o)| t / o).collect())
-                };
-                (
-                    per_pair(&p.setup, &world.attach),
-                    per_pair(&p.teardown, &world.detach),
-                )
-            });
-            let result = SizeResult {
-                size: world.size,
-                attach: stats(world.attach),
-                detach: stats(world.detach),
-                full: stats(world.full),
-                netavark: peer.map(|p| (stats(p.setup.clone()), stats(p.teardown.clone()))),
-                ratios,
-            };
-            let (a, d, f) = (result.attach, result.detach, result.full);
-            eprintln!(
-                "pier     N={:5}: attach median {:.2} ms (min {:.2}, max {:.2}); detach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
-                result.size, a.median, a.min, a.max, d.median, d.min, d.max, f.median, f.min, f.max
-            );
-            if let Some((s, t)) = result.netavark {
-                eprintln!(
-                    "netavark N={:5}: setup median {:.2} ms (min {:.2}, max {:.2}); teardown median {:.2} ms (min {:.2}, max {:.2})",
-                    result.size, s.median, s.min, s.max, t.median, t.min, t.max
-                );
-            }
-            result
-        })
-        .collect()
+    let per_pair =
+        |theirs: &[f64], ours: &[f64]| stats(theirs.iter().zip(ours).map(|(t, o)| t / o).collect());
+    let mut results = Vec::new();
+    for (i, world) in worlds.iter().enumerate() {
+        let _ = world.dataplane.reset();
+        let peer = peers
+            .as_ref()
+            .and_then(|p| p.get(i))
+            .filter(|_| world.family == first);
+        let ratios = peer.map(|p| {
+            (
+                per_pair(&p.setup, &world.attach),
+                per_pair(&p.teardown, &world.detach),
+            )
+        });
+        let first_world = &worlds[i % sizes.len()];
+        let result = SizeResult {
+            size: world.size,
+            family: world.family,
+            attach_vs_first: per_pair(&world.attach, &first_world.attach),
+            attach: stats(world.attach.clone()),
+            detach: stats(world.detach.clone()),
+            full: stats(world.full.clone()),
+            netavark: peer.map(|p| (stats(p.setup.clone()), stats(p.teardown.clone()))),
+            ratios,
+        };
+        log_result(&result);
+        results.push(result);
+    }
+    results
 }
 
-fn netavark_options(i: usize, ns: &str) -> String {
+fn log_result(result: &SizeResult) {
+    let (a, d, f) = (result.attach, result.detach, result.full);
+    eprintln!(
+        "pier     N={:5} {}: attach median {:.2} ms (min {:.2}, max {:.2}); detach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
+        result.size,
+        result.family.name(),
+        a.median,
+        a.min,
+        a.max,
+        d.median,
+        d.min,
+        d.max,
+        f.median,
+        f.min,
+        f.max
+    );
+    if let Some((s, t)) = result.netavark {
+        eprintln!(
+            "netavark N={:5}: setup median {:.2} ms (min {:.2}, max {:.2}); teardown median {:.2} ms (min {:.2}, max {:.2})",
+            result.size, s.median, s.min, s.max, t.median, t.min, t.max
+        );
+    }
+}
+
+/// netavark's options for container `i` in namespace `ns`, with the families of `family`.
+fn netavark_options(i: usize, ns: &str, family: Family) -> String {
     let j = i % NETWORKS;
     let k = i / NETWORKS;
-    let address = Ipv4Addr::new(10, 80 + j as u8, (k / 200) as u8, (k % 200 + 2) as u8);
+    let octet = 80 + j;
+    let mut static_ips = Vec::new();
+    let mut subnets = Vec::new();
+    if family.v4() {
+        let address = Ipv4Addr::new(10, octet as u8, (k / 200) as u8, (k % 200 + 2) as u8);
+        static_ips.push(address.to_string());
+        subnets.push(serde_json::json!({
+            "gateway": format!("10.{octet}.0.1"), "subnet": format!("10.{octet}.0.0/16")
+        }));
+    }
+    if family.v6() {
+        static_ips.push(format!("fd00:0:{octet}::{:x}", k + 2));
+        subnets.push(serde_json::json!({
+            "gateway": format!("fd00:0:{octet}::1"), "subnet": format!("fd00:0:{octet}::/64")
+        }));
+    }
     serde_json::json!({
         "container_id": format!("{:064x}", i + 1),
         "container_name": ns,
-        "networks": {format!("nv{j}"): {"interface_name": "eth0", "static_ips": [address.to_string()]}},
+        "networks": {format!("nv{j}"): {"interface_name": "eth0", "static_ips": static_ips}},
         "network_info": {format!("nv{j}"): {
             "dns_enabled": false, "driver": "bridge", "id": format!("{:064x}", 0xbe00 + j),
-            "internal": false, "ipv6_enabled": false, "name": format!("nv{j}"),
+            "internal": false, "ipv6_enabled": family.v6(), "name": format!("nv{j}"),
             "network_interface": format!("nvbr{j}"),
-            "subnets": [{"gateway": format!("10.{}.0.1", 80 + j), "subnet": format!("10.{}.0.0/16", 80 + j)}]
+            "subnets": subnets
         }},
         "port_mappings": []
     })
@@ -382,8 +490,8 @@ fn netavark(binary: &str, host: &Path, verb: &str, ns: &Path, options: String) -
     .expect("namespace thread")
 }
 
-/// netavark: one node per size as for Pier, grown first.
-fn netavark_worlds(pid: u32, binary: &str, sizes: &[usize]) -> Vec<NetavarkWorld> {
+/// netavark: one node per size as for Pier (with `family`), grown first.
+fn netavark_worlds(pid: u32, binary: &str, family: Family, sizes: &[usize]) -> Vec<NetavarkWorld> {
     sizes
         .iter()
         .map(|&size| {
@@ -395,7 +503,7 @@ fn netavark_worlds(pid: u32, binary: &str, sizes: &[usize]) -> Vec<NetavarkWorld
                     &host.path(0),
                     "setup",
                     &containers.path(i),
-                    netavark_options(i, &containers.names[i]),
+                    netavark_options(i, &containers.names[i], family),
                 );
             }
             NetavarkWorld {
@@ -409,8 +517,8 @@ fn netavark_worlds(pid: u32, binary: &str, sizes: &[usize]) -> Vec<NetavarkWorld
 }
 
 /// One netavark repetition at one size: `setup` of one more container, then its `teardown`.
-fn netavark_repetition(binary: &str, size: usize, world: &mut NetavarkWorld) {
-    let options = netavark_options(size, &world.containers.names[size]);
+fn netavark_repetition(binary: &str, family: Family, size: usize, world: &mut NetavarkWorld) {
+    let options = netavark_options(size, &world.containers.names[size], family);
     let host = world.host.path(0);
     let container = world.containers.path(size);
     world.setup.push(ms(netavark(
@@ -448,13 +556,13 @@ fn bench_iperf(pid: u32) -> Option<Iperf> {
     let host = Namespaces::new(&format!("pb{pid}-iphost"), 1);
     let containers = Namespaces::new(&format!("pb{pid}-ip"), 1);
     let dataplane = Dataplane::new(Some(host.path(0)));
-    let ep = endpoint(0, &containers.names[0]);
+    let ep = endpoint(0, &containers.names[0], Family::Ipv4);
     let Attachment::Bridge(bridge) = &ep.attachment else {
         return None;
     };
     let address = bridge.address?;
     let state = NodeState {
-        networks: vec![network(0)],
+        networks: vec![network(0, Family::Ipv4)],
         ports: vec![PublishedPort {
             id: "bench/iperf".into(),
             endpoint: ep.id.clone(),
@@ -514,6 +622,100 @@ fn bench_iperf(pid: u32) -> Option<Iperf> {
     Some(iperf)
 }
 
+/// The results as a Markdown table (a family column when there are several families).
+fn print_table(results: &[SizeResult], reps: usize, several: bool) {
+    let fmt = |s: &Stats| format!("{:.2} / {:.2} / {:.2}", s.median, s.min, s.max);
+    println!(
+        "| endpoints on the node | Pier attach (`apply`, endpoints scope) | Pier detach (`apply`, removal scope) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let (setup, teardown) = r.netavark.as_ref().map_or_else(
+            || ("not installed".to_owned(), "not installed".to_owned()),
+            |(s, t)| (fmt(s), fmt(t)),
+        );
+        let (rs, rt) = r.ratios.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |(s, t)| (format!("{:.1}x", s.median), format!("{:.1}x", t.median)),
+        );
+        let size = if several {
+            format!("{} ({})", r.size, r.family.name())
+        } else {
+            r.size.to_string()
+        };
+        println!(
+            "| {size} | {} | {} | {} | {setup} | {teardown} | {rs} | {rt} |",
+            fmt(&r.attach),
+            fmt(&r.detach),
+            fmt(&r.full)
+        );
+    }
+    println!(
+        "\n(median / min / max in ms over {reps} repetitions; ratios: median of netavark / Pier per repetition)"
+    );
+}
+
+/// Each later family's attach time against the first family's, per size (several families).
+fn print_family_ratios(results: &[SizeResult], first: Family) {
+    for r in results.iter().filter(|r| r.family != first) {
+        let ratio = r.attach_vs_first;
+        println!(
+            "Pier attach, {} / {} at N={}: median {:.2}x per pair (min {:.2}x, max {:.2}x); medians {:.2} ms / {:.2} ms",
+            r.family.name(),
+            first.name(),
+            r.size,
+            ratio.median,
+            ratio.min,
+            ratio.max,
+            r.attach.median,
+            results
+                .iter()
+                .find(|f| f.family == first && f.size == r.size)
+                .map_or(f64::NAN, |f| f.attach.median)
+        );
+    }
+}
+
+/// iperf3 through a published port, printed; its figures for the JSON.
+fn run_iperf(pid: u32) -> serde_json::Value {
+    match bench_iperf(pid) {
+        Some(runs) => {
+            let (direct, published) = (median_of(&runs.direct), median_of(&runs.published));
+            println!(
+                "\niperf3 host -> endpoint, 5 s TCP, median of {IPERF_ROUNDS} alternating runs: direct {direct:.2} Gbit/s {:?}, through published port {published:.2} Gbit/s {:?} ({:.0}%)",
+                runs.direct,
+                runs.published,
+                published / direct * 100.0
+            );
+            serde_json::json!({
+                "direct_gbps": direct,
+                "published_gbps": published,
+                "direct_runs_gbps": runs.direct,
+                "published_runs_gbps": runs.published,
+            })
+        }
+        None => {
+            println!("\niperf3: not run (iperf3 missing or failed)");
+            serde_json::Value::Null
+        }
+    }
+}
+
+fn json_row(r: &SizeResult) -> serde_json::Value {
+    serde_json::json!({
+        "endpoints": r.size,
+        "family": r.family.name(),
+        "pier_attach_ms": r.attach,
+        "pier_detach_ms": r.detach,
+        "pier_full_apply_ms": r.full,
+        "attach_ratio_to_first_family_per_pair": r.attach_vs_first,
+        "netavark_setup_ms": r.netavark.map(|(s, _)| s),
+        "netavark_teardown_ms": r.netavark.map(|(_, t)| t),
+        "setup_ratio_per_pair": r.ratios.map(|(s, _)| s),
+        "teardown_ratio_per_pair": r.ratios.map(|(_, t)| t),
+    })
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported here.
     assert!(
@@ -525,86 +727,43 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let reps: usize = env_or("PIER_BENCH_REPS", "15").parse().unwrap_or(15);
+    let families: Vec<Family> = env_or("PIER_BENCH_FAMILIES", "ipv4")
+        .split(',')
+        .map(|text| {
+            Family::parse(text).unwrap_or_else(|| {
+                panic!("PIER_BENCH_FAMILIES: {text:?} is not ipv4, dual or ipv6")
+            })
+        })
+        .collect();
     let netavark_binary = env_or("PIER_BENCH_NETAVARK", "/usr/lib/podman/netavark");
     let pid = std::process::id();
 
     let netavark = Path::new(&netavark_binary)
         .exists()
         .then_some(netavark_binary.as_str());
-    let results = bench(pid, netavark, &sizes, reps);
-
-    let fmt = |s: &Stats| format!("{:.2} / {:.2} / {:.2}", s.median, s.min, s.max);
-    println!(
-        "| endpoints on the node | Pier attach (`apply`, endpoints scope) | Pier detach (`apply`, removal scope) | Pier full `apply` incl. the new endpoint | netavark setup | netavark teardown | setup ratio per pair | teardown ratio per pair |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &results {
-        let (setup, teardown) = r.netavark.as_ref().map_or_else(
-            || ("not installed".to_owned(), "not installed".to_owned()),
-            |(s, t)| (fmt(s), fmt(t)),
-        );
-        let (rs, rt) = r.ratios.as_ref().map_or_else(
-            || ("-".to_owned(), "-".to_owned()),
-            |(s, t)| (format!("{:.1}x", s.median), format!("{:.1}x", t.median)),
-        );
-        println!(
-            "| {} | {} | {} | {} | {setup} | {teardown} | {rs} | {rt} |",
-            r.size,
-            fmt(&r.attach),
-            fmt(&r.detach),
-            fmt(&r.full)
-        );
-    }
-    println!(
-        "\n(median / min / max in ms over {reps} repetitions; ratios: median of netavark / Pier per repetition)"
-    );
-    if let (Some(first), Some(last)) = (results.first(), results.last()) {
+    let results = bench(pid, netavark, &families, &sizes, reps);
+    print_table(&results, reps, families.len() > 1);
+    let first: Vec<&SizeResult> = results.iter().filter(|r| r.family == families[0]).collect();
+    if let (Some(smallest), Some(largest)) = (first.first(), first.last()) {
         println!(
             "Pier attach median, largest/smallest size: {:.2}x",
-            last.attach.median / first.attach.median
+            largest.attach.median / smallest.attach.median
         );
     }
-    let mut iperf = serde_json::Value::Null;
-    if env_or("PIER_BENCH_IPERF", "1") == "1" {
-        match bench_iperf(pid) {
-            Some(runs) => {
-                let (direct, published) = (median_of(&runs.direct), median_of(&runs.published));
-                println!(
-                    "\niperf3 host -> endpoint, 5 s TCP, median of {IPERF_ROUNDS} alternating runs: direct {direct:.2} Gbit/s {:?}, through published port {published:.2} Gbit/s {:?} ({:.0}%)",
-                    runs.direct,
-                    runs.published,
-                    published / direct * 100.0
-                );
-                iperf = serde_json::json!({
-                    "direct_gbps": direct,
-                    "published_gbps": published,
-                    "direct_runs_gbps": runs.direct,
-                    "published_runs_gbps": runs.published,
-                });
-            }
-            None => println!("\niperf3: not run (iperf3 missing or failed)"),
-        }
+    if families.len() > 1 {
+        print_family_ratios(&results, families[0]);
     }
-    let rows: Vec<serde_json::Value> = results
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "endpoints": r.size,
-                "pier_attach_ms": r.attach,
-                "pier_detach_ms": r.detach,
-                "pier_full_apply_ms": r.full,
-                "netavark_setup_ms": r.netavark.map(|(s, _)| s),
-                "netavark_teardown_ms": r.netavark.map(|(_, t)| t),
-                "setup_ratio_per_pair": r.ratios.map(|(s, _)| s),
-                "teardown_ratio_per_pair": r.ratios.map(|(_, t)| t),
-            })
-        })
-        .collect();
+    let iperf = if env_or("PIER_BENCH_IPERF", "1") == "1" {
+        run_iperf(pid)
+    } else {
+        serde_json::Value::Null
+    };
     write_json(&serde_json::json!({
         "bench": "attach",
         "repetitions": reps,
         "interleaved": true,
-        "sizes": rows,
+        "families": families.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "sizes": results.iter().map(json_row).collect::<Vec<_>>(),
         "iperf3": iperf,
     }));
 }

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::dual_stack::{dual_network, ip6, v6_only_endpoint, v6_only_network, with_address6};
 use common::{Lab, Ns, bridge_endpoint, bridge_network, other_network};
 use pier_node::dataplane::{ObjectKey, Outcome, Scope, Step};
 use pier_node::state::{Attachment, Driver, EndpointState, NodeState};
@@ -849,5 +850,264 @@ fn a_namespace_keeps_its_own_default_route_when_an_endpoint_joins_and_leaves() {
     assert!(
         shown.contains("via 172.19.0.1 dev eth1") && !shown.contains("eth0"),
         "Pier's own default route is replaced: {shown}"
+    );
+}
+
+/// `workshop-tage` dual-stack (172.18.0.0/16 and fd00:18::/64): con1 .2 / ::2 and con2 .3 / ::3,
+/// both with the default route.
+fn dual_stack(c1: &Ns, c2: &Ns) -> NodeState {
+    let mut state = one_network(c1, c2);
+    state.networks[0] = dual_network(
+        "workshop-tage",
+        "172.18.0.0/16",
+        "172.18.0.1",
+        "fd00:18::/64",
+        "fd00:18::1",
+    );
+    state.endpoints = state
+        .endpoints
+        .into_iter()
+        .zip(["fd00:18::2", "fd00:18::3"])
+        .map(|(endpoint, address6)| with_address6(endpoint, address6))
+        .collect();
+    state
+}
+
+#[test]
+fn dual_stack_endpoints_reach_each_other_and_the_gateway_over_both_families() {
+    let lab = Lab::new("dual");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = dual_stack(&c1, &c2);
+    let bridge = state.networks[0].bridge_name();
+    lab.apply_ok(&state);
+
+    // The bridge: both gateways, usable at once (no duplicate address detection), and deaf to
+    // router advertisements; the node forwards IPv6.
+    let shown = lab.host.global_addresses6(&bridge);
+    assert!(
+        shown.len() == 1 && shown[0].contains("fd00:18::1/64"),
+        "{shown:?}"
+    );
+    assert!(!shown[0].contains("tentative"), "{shown:?}");
+    assert!(
+        lab.host
+            .sh(&format!("ip -o -4 addr show dev {bridge}"))
+            .contains("172.18.0.1/16")
+    );
+    let sysctl = |key: &str| {
+        lab.host
+            .sh(&format!("cat /proc/sys/net/{key}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(sysctl("ipv6/conf/all/forwarding"), "1");
+    assert_eq!(sysctl(&format!("ipv6/conf/{bridge}/accept_ra")), "0");
+
+    // The endpoint: its address (not tentative), the IPv6 default route beside IPv4's.
+    let shown = c1.global_addresses6("eth0");
+    assert!(
+        shown.len() == 1 && shown[0].contains("fd00:18::2/64") && !shown[0].contains("tentative"),
+        "{shown:?}"
+    );
+    let shown = c1.sh("ip -6 route show default");
+    assert!(shown.contains("via fd00:18::1 dev eth0"), "{shown}");
+    assert!(
+        c1.sh("ip -4 route show default")
+            .contains("via 172.18.0.1 dev eth0")
+    );
+
+    assert!(
+        c1.ping6_eventually(ip6("fd00:18::3")),
+        "con1 -> con2 over IPv6"
+    );
+    assert!(
+        c2.ping6_eventually(ip6("fd00:18::2")),
+        "con2 -> con1 over IPv6"
+    );
+    assert!(c1.ping6_eventually(ip6("fd00:18::1")), "con1 -> gateway6");
+    assert!(
+        c1.ping_eventually(ip("172.18.0.3")),
+        "con1 -> con2 over IPv4"
+    );
+    lab.assert_converged(&state);
+}
+
+#[test]
+fn an_ipv6_only_network_works_without_any_ipv4() {
+    let lab = Lab::new("six");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = NodeState {
+        networks: vec![v6_only_network("six", "fd00:19::/64", "fd00:19::1")],
+        endpoints: vec![
+            v6_only_endpoint("default/s1", &c1, "six", "eth0", "fd00:19::2", true),
+            v6_only_endpoint("default/s2", &c2, "six", "eth0", "fd00:19::3", true),
+        ],
+        ..NodeState::default()
+    };
+    let bridge = state.networks[0].bridge_name();
+    lab.apply_ok(&state);
+    for (ns, device) in [(&lab.host, bridge.as_str()), (&c1, "eth0"), (&c2, "eth0")] {
+        let v4 = ns.sh(&format!("ip -o -4 addr show dev {device}"));
+        assert!(v4.trim().is_empty(), "no IPv4 on {device}: {v4}");
+    }
+    assert!(c1.sh("ip -4 route show").trim().is_empty());
+    assert!(
+        c1.sh("ip -6 route show default")
+            .contains("via fd00:19::1 dev eth0")
+    );
+    assert!(c1.ping6_eventually(ip6("fd00:19::3")), "s1 -> s2");
+    assert!(c2.ping6_eventually(ip6("fd00:19::1")), "s2 -> gateway6");
+    lab.assert_converged(&state);
+}
+
+/// Removing an endpoint takes its addresses of both families with its interface; disconnecting
+/// a second network leaves the first's addresses and default routes alone.
+#[test]
+fn removing_an_ipv6_endpoint_removes_its_addresses() {
+    let lab = Lab::new("rm6");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let mut state = dual_stack(&c1, &c2);
+    state
+        .networks
+        .push(v6_only_network("six", "fd00:19::/64", "fd00:19::1"));
+    state.endpoints.push(v6_only_endpoint(
+        "default/con1-six",
+        &c1,
+        "six",
+        "eth1",
+        "fd00:19::2",
+        false,
+    ));
+    lab.apply_ok(&state);
+    assert_eq!(c1.global_addresses6("eth1").len(), 1);
+    assert!(c1.ping6_eventually(ip6("fd00:19::1")));
+
+    // docker network disconnect six con1
+    state.endpoints.pop();
+    lab.apply_ok(&state);
+    assert!(!c1.links().contains(&"eth1".to_owned()));
+    let everywhere = c1.sh("ip -6 -o addr show scope global");
+    assert!(
+        everywhere.contains("fd00:18::2/64") && !everywhere.contains("fd00:19::"),
+        "{everywhere}"
+    );
+    assert!(
+        c1.sh("ip -6 route show default")
+            .contains("via fd00:18::1 dev eth0")
+    );
+
+    // con2 leaves.
+    state.endpoints.remove(1);
+    lab.apply_ok(&state);
+    assert_eq!(c2.links(), vec!["lo".to_owned()]);
+    assert!(c2.sh("ip -6 -o addr show scope global").trim().is_empty());
+    assert!(c2.sh("ip -6 route show default").trim().is_empty());
+    assert!(c1.ping6_eventually(ip6("fd00:18::1")));
+    lab.assert_converged(&state);
+}
+
+/// A namespace made while the node's `default.disable_ipv6` was 1 has IPv6 off: an endpoint
+/// with IPv6 turns it on there.
+#[test]
+fn ipv6_turned_off_in_a_namespace_is_turned_on_for_an_ipv6_endpoint() {
+    let lab = Lab::new("off6");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    c1.sh("echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && \
+         echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6");
+    let state = dual_stack(&c1, &c2);
+    lab.apply_ok(&state);
+    let read = |key: &str| c1.sh(&format!("cat /proc/sys/net/ipv6/conf/{key}/disable_ipv6"));
+    for key in ["all", "default", "eth0"] {
+        assert_eq!(read(key).trim(), "0", "{key}");
+    }
+    assert!(c1.ping6_eventually(ip6("fd00:18::3")));
+    lab.assert_converged(&state);
+}
+
+#[test]
+fn ipv6_drift_on_the_node_and_inside_an_endpoint_is_repaired() {
+    let lab = Lab::new("drift6");
+    let (c1, c2) = (lab.container("c1"), lab.container("c2"));
+    let state = dual_stack(&c1, &c2);
+    let bridge = state.networks[0].bridge_name();
+    lab.apply_ok(&state);
+    lab.host.sh(&format!(
+        "echo 0 > /proc/sys/net/ipv6/conf/all/forwarding && \
+         echo 1 > /proc/sys/net/ipv6/conf/{bridge}/accept_ra && \
+         ip -6 addr flush dev {bridge} scope global && \
+         ip -6 addr add 2001:db8::5/64 dev {bridge} nodad"
+    ));
+    let text = lab
+        .dataplane
+        .plan(&state, &Scope::Full)
+        .expect("plan")
+        .to_string();
+    for expected in [
+        "net.ipv6.conf.all.forwarding=1",
+        "add address fd00:18::1/64",
+        "remove address 2001:db8::5/64",
+        "accept_ra=0",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    lab.apply_ok(&state);
+    lab.assert_converged(&state);
+    assert!(c1.ping6_eventually(ip6("fd00:18::1")));
+
+    // Inside con1: its IPv6 address and default route gone by hand; the deep plan sees it.
+    c1.sh("ip -6 addr flush dev eth0 scope global");
+    let deep = lab.dataplane.clone().deep(true);
+    let plan = deep.plan(&state, &Scope::Full).expect("deep plan");
+    assert_eq!(plan.steps.len(), 1, "{plan}");
+    let report = deep.apply(&state, &Scope::Full).expect("deep apply");
+    assert!(report.is_success(), "{report}");
+    assert!(c1.sh("ip -6 route show default").contains("via fd00:18::1"));
+    assert!(c1.ping6_eventually(ip6("fd00:18::3")));
+    assert!(
+        deep.plan(&state, &Scope::Full)
+            .expect("deep plan")
+            .is_empty()
+    );
+}
+
+/// A namespace routing IPv6 by a gateway of its own keeps that default route when a dual-stack
+/// endpoint joins; its IPv4 default route (which it lacks) is Pier's.
+#[test]
+fn a_namespace_keeps_its_own_ipv6_default_route() {
+    let lab = Lab::new("own6");
+    let (own, uplink, c2) = (
+        lab.container("own"),
+        lab.container("up"),
+        lab.container("c2"),
+    );
+    common::veth(&own, "ext0", &uplink, "up0");
+    own.sh("ip -6 addr add fd99::2/64 dev ext0 nodad && ip -6 route add default via fd99::1");
+    let state = dual_stack(&own, &c2);
+    let report = lab.apply_ok(&state);
+    let object = &ObjectKey::endpoint("default/con1");
+    assert_eq!(
+        report.notes_of(object),
+        [pier_node::dataplane::OWN_DEFAULT_ROUTE_KEPT.to_owned()],
+        "{report}"
+    );
+    let shown = own.sh("ip -6 route show default");
+    assert!(
+        shown.contains("via fd99::1 dev ext0") && !shown.contains("eth0"),
+        "{shown}"
+    );
+    assert!(
+        own.sh("ip -4 route show default")
+            .contains("via 172.18.0.1 dev eth0")
+    );
+    assert!(
+        own.ping6_eventually(ip6("fd00:18::3")),
+        "its subnet still works"
+    );
+    lab.assert_converged(&state);
+    let deep = lab.dataplane.clone().deep(true);
+    assert!(
+        deep.plan(&state, &Scope::Full)
+            .expect("deep plan")
+            .is_empty()
     );
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
+use common::dual_stack::{ip6, v6_only_endpoint, with_address6};
 use common::overlay::{Placement, Underlay, host_state, overlay_network, remote, tunnel_of};
 use common::{Lab, Ns, bridge_endpoint};
 use pier_node::dataplane::Scope;
@@ -478,4 +479,140 @@ fn another_programs_vxlan_device_with_the_same_id_keeps_its_traffic() {
         received() > before,
         "the other program's VXLAN packets arrive"
     );
+}
+
+/// Two hosts with one container each on an overlay network with IPv6.
+struct World6 {
+    _underlay: Underlay,
+    hosts: [Lab; 2],
+    containers: [Ns; 2],
+    networks: Vec<NetworkState>,
+    placement: Placement,
+}
+
+impl World6 {
+    /// Overlay `ov` (VNI 4096) with fd00:20::/64 (gateway ::1), and 10.20.0.0/24 when `dual`:
+    /// con1 at ::2 (.2) on host 1, con2 at ::3 (.3) on host 2.
+    fn new(tag: &str, dual: bool) -> World6 {
+        let underlay = Underlay::new(tag);
+        let hosts = [underlay.host(tag, 1), underlay.host(tag, 2)];
+        let containers = [hosts[0].container("con1"), hosts[1].container("con2")];
+        let mut network = overlay_network("ov", "10.20.0.0/24", "10.20.0.1", 4096);
+        network.subnet6 = Some("fd00:20::/64".parse().expect("subnet6"));
+        network.gateway6 = Some(ip6("fd00:20::1"));
+        if !dual {
+            network.subnet = None;
+            network.gateway = None;
+        }
+        let placement = (1..=2u8)
+            .zip(&containers)
+            .map(|(n, container)| {
+                let id = format!("default/con{n}");
+                let address6 = format!("fd00:20::{}", n + 1);
+                let endpoint = if dual {
+                    let address = format!("10.20.0.{}", n + 1);
+                    let endpoint = bridge_endpoint(&id, container, "ov", "eth0", &address, true);
+                    with_address6(endpoint, &address6)
+                } else {
+                    v6_only_endpoint(&id, container, "ov", "eth0", &address6, true)
+                };
+                (n, endpoint)
+            })
+            .collect();
+        World6 {
+            _underlay: underlay,
+            hosts,
+            containers,
+            networks: vec![network],
+            placement,
+        }
+    }
+
+    fn state(&self, n: u8) -> NodeState {
+        host_state(n, &self.networks, &self.placement)
+    }
+
+    fn host(&self, n: u8) -> &Lab {
+        &self.hosts[usize::from(n - 1)]
+    }
+
+    fn apply(&self, n: u8, scope: &Scope) {
+        let report = self
+            .host(n)
+            .dataplane
+            .apply(&self.state(n), scope)
+            .expect("apply runs");
+        assert!(report.is_success(), "host {n}, {scope:?}:\n{report}");
+        self.host(n).assert_converged(&self.state(n));
+    }
+
+    /// Host `n`'s entries on the VXLAN device: FDB, IPv4 and IPv6 neighbours.
+    fn entries(&self, n: u8) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let host = &self.host(n).host;
+        let vxlan = self.networks[0].vxlan_name();
+        (
+            host.fdb(&vxlan),
+            host.neighbours(&vxlan),
+            host.neighbours6(&vxlan),
+        )
+    }
+}
+
+#[test]
+fn a_dual_stack_overlay_carries_ipv6_across_hosts() {
+    let mut world = World6::new("ov6", true);
+    world.apply(1, &Scope::Full);
+    world.apply(2, &Scope::Full);
+    let [con1, con2] = &world.containers;
+    assert!(
+        con1.ping6_eventually(ip6("fd00:20::3")),
+        "con1 -> con2 over IPv6"
+    );
+    assert!(
+        con2.ping6_eventually(ip6("fd00:20::2")),
+        "con2 -> con1 over IPv6"
+    );
+    assert!(
+        con1.ping_eventually(ip("10.20.0.3")),
+        "con1 -> con2 over IPv4"
+    );
+    assert!(
+        con2.ping6_eventually(ip6("fd00:20::1")),
+        "con2 -> its gateway6"
+    );
+    let con2_mac = mac_of_endpoint("10.20.0.3");
+    assert_eq!(
+        world.entries(1),
+        (
+            vec![format!("{con2_mac} dst {} permanent", tunnel_of(2))],
+            vec![format!("10.20.0.3 {con2_mac} PERMANENT")],
+            vec![format!("fd00:20::3 {con2_mac} PERMANENT")],
+        )
+    );
+
+    // con2 goes: host 2 detaches it (its veth and its network's bridge, the VXLAN device with
+    // it), host 1 follows in the overlay scope and drops every entry of it.
+    let (_, gone) = world.placement.pop().expect("con2");
+    let bridge = world.networks[0].bridge_name();
+    world.apply(2, &Scope::removal([gone.host_veth_name(), bridge]));
+    world.apply(1, &Scope::Overlay);
+    assert_eq!(world.entries(1), (vec![], vec![], vec![]));
+    assert!(!con1.ping6(ip6("fd00:20::3")), "con2 is gone");
+    assert!(con1.ping6_eventually(ip6("fd00:20::1")));
+}
+
+#[test]
+fn an_ipv6_only_overlay_carries_ipv6_across_hosts() {
+    let world = World6::new("ov6o", false);
+    world.apply(1, &Scope::Full);
+    world.apply(2, &Scope::Full);
+    let [con1, con2] = &world.containers;
+    assert!(con1.sh("ip -4 addr show dev eth0").trim().is_empty());
+    assert!(con1.ping6_eventually(ip6("fd00:20::3")), "con1 -> con2");
+    assert!(con2.ping6_eventually(ip6("fd00:20::2")), "con2 -> con1");
+    let (fdb, neighbours, neighbours6) = world.entries(2);
+    let con1_mac = "02:42:00:00:00:02";
+    assert_eq!(fdb, [format!("{con1_mac} dst {} permanent", tunnel_of(1))]);
+    assert!(neighbours.is_empty(), "{neighbours:?}");
+    assert_eq!(neighbours6, [format!("fd00:20::2 {con1_mac} PERMANENT")]);
 }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use super::alias::{AliasState, alias};
 use super::names::bridge_mac;
 use super::plan::{Attach, BridgeFix, CreateVxlan, Plan, Step, VxlanFix};
@@ -131,9 +133,10 @@ impl Executor<'_> {
         let host = self.host;
         match step {
             Step::EnableForwarding => {
-                netns::run_in(self.host_netns, || sysctl::set(sysctl::IP_FORWARD, "1"))
-                    .map_err(StepError::Netns)?
-                    .map_err(StepError::Sysctl)?;
+                self.host_sysctls(vec![(sysctl::IP_FORWARD.to_owned(), "1")])?
+            }
+            Step::EnableIpv6Forwarding => {
+                self.host_sysctls(vec![(sysctl::IPV6_FORWARD.to_owned(), "1")])?;
             }
             Step::DeleteLink { name, index, .. } => match host.delete_link(*index, name) {
                 // Gone already (e.g. the peer's namespace was deleted meanwhile): that is the goal.
@@ -143,14 +146,18 @@ impl Executor<'_> {
             Step::CreateBridge {
                 bridge,
                 gateway,
+                gateway6,
                 mtu,
                 ..
             } => {
                 host.create_bridge(bridge, *mtu, bridge_mac(bridge))?;
                 let index = lookup(host, bridge)?;
                 indexes.insert(bridge.clone(), index);
-                host.add_address(index, bridge, *gateway)?;
-                self.enable_route_localnet(bridge)?;
+                let gateways = [gateway.map(IpNet::V4), gateway6.map(IpNet::V6)];
+                for gateway in gateways.into_iter().flatten() {
+                    host.add_address(index, bridge, gateway)?;
+                }
+                self.new_bridge_sysctls(bridge)?;
             }
             Step::FixBridge {
                 bridge,
@@ -259,16 +266,41 @@ impl Executor<'_> {
             BridgeFix::Up => host.set_up(index, bridge)?,
             BridgeFix::AddAddress(address) => host.add_address(index, bridge, *address)?,
             BridgeFix::RemoveAddress(address) => host.delete_address(index, bridge, *address)?,
-            BridgeFix::RouteLocalnet => self.enable_route_localnet(bridge)?,
+            BridgeFix::RouteLocalnet => {
+                self.host_sysctls(vec![(sysctl::route_localnet(bridge), "1")])?;
+            }
+            BridgeFix::IgnoreRouterAdvertisements => {
+                self.host_sysctls(vec![(sysctl::accept_ra(bridge), "0")])?;
+            }
         }
         Ok(())
     }
 
-    fn enable_route_localnet(&self, bridge: &str) -> Result<(), StepError> {
-        let key = sysctl::route_localnet(bridge);
-        netns::run_in(self.host_netns, move || sysctl::set(&key, "1"))
-            .map_err(StepError::Netns)?
-            .map_err(StepError::Sysctl)
+    /// A new bridge's settings, written by one thread in the host namespace: `route_localnet`,
+    /// and `accept_ra = 0` unless the kernel has IPv6 off (then nothing could accept one).
+    fn new_bridge_sysctls(&self, bridge: &str) -> Result<(), StepError> {
+        let route_localnet = sysctl::route_localnet(bridge);
+        let accept_ra = sysctl::accept_ra(bridge);
+        netns::run_in(self.host_netns, move || {
+            sysctl::set(&route_localnet, "1")?;
+            if sysctl::exists(&accept_ra) {
+                sysctl::set(&accept_ra, "0")?;
+            }
+            Ok(())
+        })
+        .map_err(StepError::Netns)?
+        .map_err(StepError::Sysctl)
+    }
+
+    /// Writes sysctls of the host namespace, in order, on one thread there.
+    fn host_sysctls(&self, values: Vec<(String, &'static str)>) -> Result<(), StepError> {
+        netns::run_in(self.host_netns, move || {
+            values
+                .iter()
+                .try_for_each(|(key, value)| sysctl::set(key, value))
+        })
+        .map_err(StepError::Netns)?
+        .map_err(StepError::Sysctl)
     }
 
     /// Makes one endpoint's veth: the pair, the peer's address, state and default route in the
@@ -330,25 +362,58 @@ impl Executor<'_> {
     }
 }
 
-/// Inside the endpoint's namespace: the peer's address, up, `lo` up, and the default route.
+/// Inside the endpoint's namespace: IPv6 on where the endpoint has it, the peer's addresses, up,
+/// `lo` up, and the default route of each family.
 fn configure_peer(attach: &Attach) -> Result<AliasState, StepError> {
     let inside = Nl::open_in(Some(&attach.netns))?;
-    let peer = lookup(&inside, &attach.interface)?;
-    inside.add_address(peer, &attach.interface, attach.address)?;
+    let peer_link = inside
+        .link(&attach.interface)?
+        .ok_or_else(|| NetlinkError::NoSuchLink(attach.interface.clone()))?;
+    let peer = peer_link.index;
+    if attach.address6.is_some() && peer_link.inet6.is_none_or(|conf| conf.disabled) {
+        enable_ipv6(&attach.netns, &attach.interface)?;
+    }
+    let addresses = [
+        attach.address.map(IpNet::V4),
+        attach.address6.map(IpNet::V6),
+    ];
+    for address in addresses.into_iter().flatten() {
+        inside.add_address(peer, &attach.interface, address)?;
+    }
     inside.set_up(peer, &attach.interface)?;
     let lo = lookup(&inside, "lo")?;
     inside.set_up(lo, "lo")?;
-    let Some(gateway) = attach.default_gateway else {
-        return Ok(AliasState::AsPlanned);
-    };
     // A namespace Pier did not set up may route by a gateway of its own (a container's, a
     // Pod's): the endpoint then adds only its subnet (the address's route), as Docker's `network
-    // connect` does. A default route Pier set for another endpoint is replaced.
-    if netlink::foreign_default_route(&inside.v4_routes()?).is_some() {
-        return Ok(AliasState::OwnDefaultKept);
+    // connect` does, family by family. A default route Pier set for another endpoint is replaced.
+    let mut kept = AliasState::AsPlanned;
+    if let Some(gateway) = attach.default_gateway {
+        if netlink::foreign_default_route(&inside.v4_routes()?).is_some() {
+            kept = AliasState::OwnDefaultKept;
+        } else {
+            inside.replace_default_route(peer, &attach.interface, gateway.into())?;
+        }
     }
-    inside.replace_default_route(peer, &attach.interface, gateway)?;
-    Ok(AliasState::AsPlanned)
+    if let Some(gateway) = attach.default_gateway6 {
+        if netlink::foreign_v6_default_route(&inside.v6_routes()?).is_some() {
+            kept = AliasState::OwnDefaultKept;
+        } else {
+            inside.replace_default_route(peer, &attach.interface, gateway.into())?;
+        }
+    }
+    Ok(kept)
+}
+
+/// Turns IPv6 on in the namespace at `netns` (`all`, `default` and the interface), which a
+/// namespace made while the node's `default.disable_ipv6` was 1 has off. Only then: it takes a
+/// thread entering the namespace.
+fn enable_ipv6(netns: &Path, interface: &str) -> Result<(), StepError> {
+    let keys = ["all", "default", interface].map(sysctl::disable_ipv6);
+    netns::run_in(Some(netns), move || {
+        keys.iter().try_for_each(|key| sysctl::set(key, "0"))
+    })
+    .map_err(StepError::Netns)?
+    .map_err(StepError::Sysctl)
 }
 
 /// The networks whose bridge or VXLAN device failed in this run, with why: the steps that need

@@ -15,6 +15,13 @@
 //! path (endpoints on other nodes changed) only the overlay networks' bridges and VXLAN devices
 //! with their FDB and neighbour entries, a full plan everything.
 //!
+//! Both families: a network has IPv4, IPv6 or both. Its bridge gets the gateway address of
+//! each, an endpoint's interface its address of each and, when it carries the default route, a
+//! default route via each gateway; IPv6 addresses skip duplicate address detection (usable at
+//! once), IPv6 is turned on in a namespace that has it off, and the node forwards IPv6 once a
+//! network has it (see [`crate::kernel::sysctl`] for the sysctls and router advertisements).
+//! Overlay devices get a permanent neighbour entry per remote address of either family.
+//!
 //! Ownership ([`pier_crds::names`]): bridges `pier-` + 8 hex digits, host-side veths `pv` + 10 hex
 //! digits, VXLAN devices `pvx` + 8 hex digits. Links matching no pattern are never touched.
 //!

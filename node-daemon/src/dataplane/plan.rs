@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::report::ObjectKey;
 use crate::firewall::{FirewallPlan, IptablesChange, NativeChange};
@@ -17,9 +17,11 @@ use crate::kernel::sysctl;
 pub enum BridgeFix {
     Mtu(u32),
     Up,
-    AddAddress(Ipv4Net),
-    RemoveAddress(Ipv4Net),
+    AddAddress(IpNet),
+    RemoveAddress(IpNet),
     RouteLocalnet,
+    /// `accept_ra = 0`: no router advertisement from a container configures the node.
+    IgnoreRouterAdvertisements,
 }
 
 impl fmt::Display for BridgeFix {
@@ -30,6 +32,7 @@ impl fmt::Display for BridgeFix {
             BridgeFix::AddAddress(address) => write!(f, "add address {address}"),
             BridgeFix::RemoveAddress(address) => write!(f, "remove address {address}"),
             BridgeFix::RouteLocalnet => write!(f, "route_localnet=1"),
+            BridgeFix::IgnoreRouterAdvertisements => write!(f, "accept_ra=0"),
         }
     }
 }
@@ -73,10 +76,15 @@ pub struct Attach {
     pub netns: PathBuf,
     pub host_veth: String,
     pub interface: String,
-    pub address: Ipv4Net,
+    /// The IPv4 address, on a network with IPv4.
+    pub address: Option<Ipv4Net>,
+    /// The IPv6 address, on a network with IPv6.
+    pub address6: Option<Ipv6Net>,
     pub mac: Vec<u8>,
-    /// The gateway for the default route, when this is the endpoint's primary network.
+    /// The gateway for the IPv4 default route, when this is the endpoint's primary network.
     pub default_gateway: Option<Ipv4Addr>,
+    /// The gateway for the IPv6 default route, likewise.
+    pub default_gateway6: Option<Ipv6Addr>,
     pub mtu: u32,
     /// Written to the host veth's alias as the last step (see the module docs).
     pub fingerprint: String,
@@ -89,16 +97,20 @@ pub struct Attach {
 pub enum Step {
     /// `net.ipv4.ip_forward = 1` in the host namespace.
     EnableForwarding,
+    /// `net.ipv6.conf.all.forwarding = 1` in the host namespace (a network has IPv6).
+    EnableIpv6Forwarding,
     /// Delete a Pier-owned link that the state does not contain (or that must be re-made).
     DeleteLink {
         name: String,
         index: u32,
         reason: String,
     },
+    /// A bridge with the gateway address of each family its network has.
     CreateBridge {
         network: String,
         bridge: String,
-        gateway: Ipv4Net,
+        gateway: Option<Ipv4Net>,
+        gateway6: Option<Ipv6Net>,
         mtu: u32,
     },
     FixBridge {
@@ -143,7 +155,7 @@ pub enum Step {
     SetNeighbour {
         network: String,
         vxlan: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         mac: Vec<u8>,
         endpoint: String,
         replace: bool,
@@ -151,7 +163,7 @@ pub enum Step {
     DeleteNeighbour {
         network: String,
         vxlan: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         reason: String,
     },
 }
@@ -160,7 +172,7 @@ impl Step {
     /// The object this step is reported under.
     pub fn object(&self) -> ObjectKey {
         match self {
-            Step::EnableForwarding => ObjectKey::Forwarding,
+            Step::EnableForwarding | Step::EnableIpv6Forwarding => ObjectKey::Forwarding,
             Step::DeleteLink { name, .. } => ObjectKey::Link(name.clone()),
             Step::CreateBridge { network, .. } | Step::FixBridge { network, .. } => {
                 ObjectKey::network(network)
@@ -194,16 +206,26 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::EnableForwarding => write!(f, "~ sysctl {}=1", sysctl::IP_FORWARD),
+            Step::EnableIpv6Forwarding => write!(f, "~ sysctl {}=1", sysctl::IPV6_FORWARD),
             Step::DeleteLink { name, reason, .. } => write!(f, "- link {name} ({reason})"),
             Step::CreateBridge {
                 network,
                 bridge,
                 gateway,
+                gateway6,
                 mtu,
-            } => write!(
-                f,
-                "+ bridge {bridge} for network {network}: {gateway}, mtu {mtu}, up, route_localnet=1"
-            ),
+            } => {
+                let gateways: Vec<String> = [gateway.map(IpNet::from), gateway6.map(IpNet::from)]
+                    .into_iter()
+                    .flatten()
+                    .map(|g| g.to_string())
+                    .collect();
+                write!(
+                    f,
+                    "+ bridge {bridge} for network {network}: {}, mtu {mtu}, up, route_localnet=1, accept_ra=0",
+                    gateways.join(", ")
+                )
+            }
             Step::FixBridge {
                 network,
                 bridge,
@@ -305,6 +327,14 @@ fn fmt_create_vxlan(f: &mut fmt::Formatter<'_>, create: &CreateVxlan) -> fmt::Re
 }
 
 fn fmt_attach(f: &mut fmt::Formatter<'_>, attach: &Attach) -> fmt::Result {
+    let addresses: Vec<String> = [
+        attach.address.map(IpNet::from),
+        attach.address6.map(IpNet::from),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|a| a.to_string())
+    .collect();
     write!(
         f,
         "{} endpoint {}: {} in {} <-> {} on {} ({}), {}, mtu {}",
@@ -315,10 +345,13 @@ fn fmt_attach(f: &mut fmt::Formatter<'_>, attach: &Attach) -> fmt::Result {
         attach.host_veth,
         attach.bridge,
         attach.network,
-        attach.address,
+        addresses.join(", "),
         attach.mtu
     )?;
     if let Some(gateway) = attach.default_gateway {
+        write!(f, ", default via {gateway}")?;
+    }
+    if let Some(gateway) = attach.default_gateway6 {
         write!(f, ", default via {gateway}")?;
     }
     Ok(())

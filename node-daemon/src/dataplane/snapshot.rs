@@ -3,30 +3,31 @@
 //! kernel.
 //!
 //! What is read, by scope:
-//! - full: every link of the host namespace, its addresses and routes;
+//! - full: every link of the host namespace, its addresses (both families) and IPv4 routes;
 //! - endpoints and removal: `lo`, the state's bridges and VXLAN devices, the scoped endpoints'
-//!   host veths and the links to remove, each by name, and the host's addresses;
+//!   host veths and the links to remove, each by name, and the host's IPv4 addresses (and its
+//!   IPv6 ones when a network of the state has IPv6: an IPv4-only attach pays for no IPv6 dump);
 //! - overlay: `lo`, the overlay networks' bridges and VXLAN devices, by name;
 //! - full and overlay only, for the overlay networks in scope: the FDB and neighbour entries of each VXLAN
 //!   device that exists (one dump of each per device);
 //! - always, for the scoped endpoints: the identity (device and inode) of each bridge endpoint's
 //!   namespace file, and `lo`'s state inside each null endpoint's namespace;
 //! - deep only: inside the namespace of each scoped bridge endpoint whose host veth exists, its
-//!   interface, addresses and default routes. Without `deep` no bridge endpoint's namespace is
-//!   entered: the host veth's alias stands for it.
+//!   interface, addresses and default routes of the families it has. Without `deep` no bridge
+//!   endpoint's namespace is entered: the host veth's alias stands for it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::scope::Scope;
 use crate::kernel::netlink::{
-    self, FdbEntry, Link, LinkKind, NeighbourEntry, NetlinkError, Nl, V4Address, V4Route,
+    self, FdbEntry, Link, LinkKind, NeighbourEntry, NetlinkError, Nl, V4Address, V4Route, V6Address,
 };
-use crate::state::{Attachment, Driver, EndpointState, NodeState};
+use crate::state::{Attachment, BridgeAttachment, Driver, EndpointState, NodeState};
 use pier_runtime::error_chain as chain;
 
 /// Device and inode of a namespace file: a re-created namespace at the same path differs.
@@ -39,6 +40,9 @@ pub struct Snapshot {
     pub links: Vec<Link>,
     /// IPv4 addresses of the host namespace.
     pub addresses: Vec<V4Address>,
+    /// IPv6 addresses of the host namespace, link-local ones left out (`None`: not read, in a
+    /// scoped plan of a state without IPv6).
+    pub addresses6: Option<Vec<V6Address>>,
     /// Routes of the host namespace (full scope only; `Err` is why they could not be read).
     pub host_routes: Option<Result<Vec<V4Route>, String>>,
     /// Identity of each scoped bridge endpoint's namespace file; `None` when it does not exist.
@@ -66,12 +70,19 @@ pub struct Peer {
     pub index: u32,
     pub up: bool,
     pub mac: Option<Vec<u8>>,
-    /// The addresses on this interface.
+    /// The IPv4 addresses on this interface.
     pub addresses: Vec<Ipv4Net>,
+    /// The IPv6 addresses on this interface, link-local ones left out (read when the endpoint
+    /// has IPv6).
+    pub addresses6: Vec<Ipv6Net>,
     /// The namespace's default routes, as (gateway, link index) (read when the endpoint wants one).
     pub default_routes: Vec<(Ipv4Addr, u32)>,
     /// Whether the namespace has a default route Pier did not set.
     pub foreign_default: bool,
+    /// The namespace's IPv6 default routes (read when the endpoint wants one and has IPv6).
+    pub default_routes6: Vec<(Ipv6Addr, u32)>,
+    /// Whether the namespace has an IPv6 default route Pier did not set.
+    pub foreign_default6: bool,
 }
 
 impl Snapshot {
@@ -85,12 +96,20 @@ impl Snapshot {
     ) -> Result<Snapshot, NetlinkError> {
         let links = read_links(host, state, scope)?;
         let addresses = host.v4_addresses()?;
+        // A full plan reads them always, to remove an IPv6 address Pier no longer wants.
+        let has_ipv6 = state.networks.iter().any(|n| n.subnet6.is_some());
+        let addresses6 = if scope.is_full() || has_ipv6 {
+            Some(host.v6_addresses()?)
+        } else {
+            None
+        };
         let host_routes = scope
             .is_full()
             .then(|| host.v4_routes().map_err(|error| chain(&error)));
         let mut snapshot = Snapshot {
             links,
             addresses,
+            addresses6,
             host_routes,
             peers: deep.then(HashMap::new),
             ..Snapshot::default()
@@ -111,12 +130,7 @@ impl Snapshot {
                     snapshot.loopbacks.insert(path, up);
                 }
                 Attachment::Bridge(bridge) => {
-                    snapshot.read_bridge_endpoint(
-                        endpoint,
-                        &bridge.interface,
-                        bridge.default_route,
-                        path,
-                    );
+                    snapshot.read_bridge_endpoint(endpoint, bridge, path);
                 }
                 _ => {}
             }
@@ -127,8 +141,7 @@ impl Snapshot {
     fn read_bridge_endpoint(
         &mut self,
         endpoint: &EndpointState,
-        interface: &str,
-        default_route: bool,
+        bridge: &BridgeAttachment,
         path: PathBuf,
     ) {
         if !self.namespaces.contains_key(&path) {
@@ -144,8 +157,8 @@ impl Snapshot {
             .links
             .iter()
             .any(|l| l.name == host_veth && l.kind == LinkKind::Veth);
-        if veth_exists && let Some(peer) = read_peer(&path, interface, default_route) {
-            peers.insert((path, interface.to_owned()), peer);
+        if veth_exists && let Some(peer) = read_peer(&path, bridge) {
+            peers.insert((path, bridge.interface.clone()), peer);
         }
     }
 
@@ -230,10 +243,11 @@ fn loopback_up(path: &Path) -> Result<bool, NetlinkError> {
     Ok(nl.link("lo")?.is_some_and(|l| l.up))
 }
 
-/// The interface `interface` inside the namespace at `path`; `None` when any read fails.
-fn read_peer(path: &Path, interface: &str, default_route: bool) -> Option<Peer> {
+/// The endpoint's interface inside the namespace at `path`; `None` when any read fails.
+fn read_peer(path: &Path, bridge: &BridgeAttachment) -> Option<Peer> {
     let nl = Nl::open_in(Some(path)).ok()?;
-    let link = nl.link(interface).ok()??;
+    let link = nl.link(&bridge.interface).ok()??;
+    let has_ipv6 = bridge.address6.is_some();
     let addresses = nl
         .v4_addresses()
         .ok()?
@@ -241,18 +255,34 @@ fn read_peer(path: &Path, interface: &str, default_route: bool) -> Option<Peer> 
         .filter(|a| a.index == link.index)
         .map(|a| a.address)
         .collect();
+    let addresses6 = if has_ipv6 {
+        let all = nl.v6_addresses().ok()?;
+        all.into_iter()
+            .filter(|a| a.index == link.index)
+            .map(|a| a.address)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut peer = Peer {
         index: link.index,
         up: link.up,
         mac: link.mac,
         addresses,
+        addresses6,
         ..Peer::default()
     };
-    if default_route {
+    if bridge.default_route {
         peer.foreign_default = nl
             .v4_routes()
             .is_ok_and(|routes| netlink::foreign_default_route(&routes).is_some());
         peer.default_routes = nl.default_routes().unwrap_or_default();
+    }
+    if bridge.default_route && has_ipv6 {
+        peer.foreign_default6 = nl
+            .v6_routes()
+            .is_ok_and(|routes| netlink::foreign_v6_default_route(&routes).is_some());
+        peer.default_routes6 = nl.v6_default_routes().unwrap_or_default();
     }
     Some(peer)
 }

@@ -180,6 +180,7 @@ mod tests {
             hairpin: false,
             vxlan: None,
             inet: None,
+            inet6: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! the firewall tests also nftables (see [`firewall`]).
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
+pub mod dual_stack;
 pub mod firewall;
 pub mod ipv6;
 pub mod overlay;

@@ -1,40 +1,68 @@
-//! The `bridge` driver: a Linux bridge per network (with the gateway's address, up,
-//! `route_localnet`), IP forwarding on the node, and a veth per endpoint into its namespace.
-//! An `overlay` network has the same bridge and endpoints (its VXLAN device is [`super::overlay`]'s).
+//! The `bridge` driver: a Linux bridge per network (with the gateway address of each family the
+//! network has, up, `route_localnet`, no router advertisements accepted), IP forwarding on the
+//! node, and a veth per endpoint into its namespace. An `overlay` network has the same bridge and
+//! endpoints (its VXLAN device is [`super::overlay`]'s).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::Diff;
-use super::checks::{check_address, earlier, valid_interface_name};
+use super::checks::{check_address, check_address6, earlier, valid_interface_name};
 use crate::dataplane::alias::{AliasState, read_alias};
 use crate::dataplane::names::fingerprint;
 use crate::dataplane::plan::{Attach, BridgeFix, Step};
 use crate::dataplane::report::{OWN_DEFAULT_ROUTE_KEPT, ObjectKey};
-use crate::dataplane::snapshot::NamespaceIdentity;
+use crate::dataplane::snapshot::{NamespaceIdentity, Peer};
 use crate::kernel::netlink::{self, Link, LinkKind};
 use crate::state::{BridgeAttachment, EndpointState, NetworkState, NodeState};
 
-/// `net.ipv4.ip_forward`, needed as soon as the state has a network with a bridge.
+/// `net.ipv4.ip_forward`, needed as soon as the state has a network with a bridge, and
+/// `net.ipv6.conf.all.forwarding` as soon as one has IPv6.
 pub(super) fn forwarding(diff: &mut Diff<'_>) {
-    if !diff.state.networks.iter().any(|n| n.driver.has_bridge()) {
+    let bridges = || diff.state.networks.iter().filter(|n| n.driver.has_bridge());
+    let wants_v4 = bridges().next().is_some();
+    let wants_v6 = bridges().any(|n| n.subnet6.is_some());
+    if !wants_v4 {
         return;
     }
-    // Writing net.ipv4.ip_forward sets `forwarding` on every link, `lo` included, and `lo`
-    // always exists: its setting, read with the links, stands for the node's.
-    let forwarding = diff
-        .links
-        .get("lo")
+    // Writing net.ipv4.ip_forward (net.ipv6.conf.all.forwarding) sets `forwarding` on every
+    // link, `lo` included, and `lo` always exists: its settings, read with the links, stand for
+    // the node's.
+    let lo = diff.links.get("lo");
+    let v4 = lo
         .and_then(|lo| lo.inet)
         .is_some_and(|conf| conf.forwarding);
-    if forwarding {
-        diff.in_sync(ObjectKey::Forwarding);
-    } else {
-        // Before everything else, as the first step.
+    let v6 = !wants_v6
+        || lo
+            .and_then(|lo| lo.inet6)
+            .is_some_and(|conf| conf.forwarding);
+    // Before everything else, as the first steps.
+    if !v4 {
         diff.plan.steps.push(Step::EnableForwarding);
     }
+    if !v6 {
+        diff.plan.steps.push(Step::EnableIpv6Forwarding);
+    }
+    if v4 && v6 {
+        diff.in_sync(ObjectKey::Forwarding);
+    }
+}
+
+/// The gateway addresses a network's bridge has, with the subnet's prefix: IPv4 and IPv6.
+type Gateways = (Option<Ipv4Net>, Option<Ipv6Net>);
+
+fn gateways(network: &NetworkState) -> Gateways {
+    let v4 = network
+        .subnet
+        .zip(network.gateway)
+        .and_then(|(subnet, gateway)| Ipv4Net::new(gateway, subnet.prefix_len()).ok());
+    let v6 = network
+        .subnet6
+        .zip(network.gateway6)
+        .and_then(|(subnet, gateway)| Ipv6Net::new(gateway, subnet.prefix_len()).ok());
+    (v4, v6)
 }
 
 /// A bridge or overlay network's bridge: created, re-made (its name held by another kind of
@@ -44,17 +72,16 @@ pub(super) fn network(diff: &mut Diff<'_>, network: &NetworkState) {
     if !network.driver.has_bridge() {
         return;
     }
-    let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) else {
+    let (gateway, gateway6) = gateways(network);
+    if gateway.is_none() && gateway6.is_none() {
         return; // validate() rejected this already
-    };
-    let Ok(gateway_net) = Ipv4Net::new(gateway, subnet.prefix_len()) else {
-        return; // same prefix as a valid subnet: cannot happen
-    };
+    }
     let name = network.bridge_name();
     let create = Step::CreateBridge {
         network: network.name.clone(),
         bridge: name.clone(),
-        gateway: gateway_net,
+        gateway,
+        gateway6,
         mtu: network.mtu,
     };
     match diff.links.get(name.as_str()).copied() {
@@ -69,7 +96,7 @@ pub(super) fn network(diff: &mut Diff<'_>, network: &NetworkState) {
             diff.bridges.push(create);
         }
         Some(link) => {
-            let fixes = bridge_fixes(diff, link, network.mtu, gateway_net);
+            let fixes = bridge_fixes(diff, link, network.mtu, (gateway, gateway6));
             if fixes.is_empty() {
                 diff.in_sync(ObjectKey::network(&network.name));
             } else {
@@ -85,7 +112,7 @@ pub(super) fn network(diff: &mut Diff<'_>, network: &NetworkState) {
 }
 
 /// What an existing bridge lacks.
-fn bridge_fixes(diff: &Diff<'_>, link: &Link, mtu: u32, gateway: Ipv4Net) -> Vec<BridgeFix> {
+fn bridge_fixes(diff: &Diff<'_>, link: &Link, mtu: u32, gateways: Gateways) -> Vec<BridgeFix> {
     let mut fixes = Vec::new();
     if link.mtu != Some(mtu) {
         fixes.push(BridgeFix::Mtu(mtu));
@@ -93,36 +120,91 @@ fn bridge_fixes(diff: &Diff<'_>, link: &Link, mtu: u32, gateway: Ipv4Net) -> Vec
     if !link.up {
         fixes.push(BridgeFix::Up);
     }
-    let present: Vec<Ipv4Net> = diff
-        .snapshot
-        .addresses
-        .iter()
-        .filter(|a| a.index == link.index)
-        .map(|a| a.address)
-        .collect();
-    if !present.contains(&gateway) {
+    let snapshot = diff.snapshot;
+    let present = snapshot.addresses.iter().filter(|a| a.index == link.index);
+    address_fixes(
+        &mut fixes,
+        present.map(|a| IpNet::V4(a.address)),
+        gateways.0.map(IpNet::V4),
+    );
+    // Not read (a scoped plan of a state without IPv6): left to the next full plan.
+    if let Some(addresses6) = &snapshot.addresses6 {
+        let present = addresses6.iter().filter(|a| a.index == link.index);
+        address_fixes(
+            &mut fixes,
+            present.map(|a| IpNet::V6(a.address)),
+            gateways.1.map(IpNet::V6),
+        );
+    }
+    if !link.inet.is_some_and(|conf| conf.route_localnet) {
+        fixes.push(BridgeFix::RouteLocalnet);
+    }
+    // No IPv6 settings reported: IPv6 is off in the kernel, nothing can accept an advertisement.
+    if link.inet6.is_some_and(|conf| conf.accept_ra != 0) {
+        fixes.push(BridgeFix::IgnoreRouterAdvertisements);
+    }
+    fixes
+}
+
+/// The gateway of one family added when missing; every other address of that family on the
+/// bridge removed.
+fn address_fixes(
+    fixes: &mut Vec<BridgeFix>,
+    present: impl Iterator<Item = IpNet>,
+    gateway: Option<IpNet>,
+) {
+    let present: Vec<IpNet> = present.collect();
+    if let Some(gateway) = gateway
+        && !present.contains(&gateway)
+    {
         fixes.push(BridgeFix::AddAddress(gateway));
     }
     fixes.extend(
         present
-            .iter()
-            .filter(|a| **a != gateway)
-            .map(|a| BridgeFix::RemoveAddress(*a)),
+            .into_iter()
+            .filter(|a| Some(*a) != gateway)
+            .map(BridgeFix::RemoveAddress),
     );
-    if !link.inet.is_some_and(|conf| conf.route_localnet) {
-        fixes.push(BridgeFix::RouteLocalnet);
-    }
-    fixes
 }
 
 /// A bridge endpoint that passed its checks: what its veth must be.
 struct Checked<'a> {
     network: &'a NetworkState,
-    address: Ipv4Net,
-    gateway: Ipv4Addr,
+    address: Option<Ipv4Net>,
+    address6: Option<Ipv6Net>,
     mac: Vec<u8>,
     netns: PathBuf,
     identity: NamespaceIdentity,
+}
+
+impl Checked<'_> {
+    /// The default gateway of each family the endpoint has, when it carries the default route.
+    fn default_gateways(&self, bridge: &BridgeAttachment) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        if !bridge.default_route {
+            return (None, None);
+        }
+        let v4 = self.address.and(self.network.gateway);
+        let v6 = self.address6.and(self.network.gateway6);
+        (v4, v6)
+    }
+
+    /// The fingerprint of the veth's configuration. An IPv4-only endpoint's is what it was
+    /// before IPv6 existed, so an upgrade re-makes no veth.
+    fn fingerprint(&self, bridge_name: &str, bridge: &BridgeAttachment) -> String {
+        let (gateway, gateway6) = self.default_gateways(bridge);
+        let (device, inode) = self.identity;
+        let address = self
+            .address
+            .map_or_else(|| "none".to_owned(), |a| a.to_string());
+        let mut description = format!(
+            "{bridge_name}|{}|{address}|{}|{gateway:?}|{}|{device}:{inode}",
+            bridge.interface, bridge.mac, self.network.mtu
+        );
+        if let Some(address6) = self.address6 {
+            description.push_str(&format!("|{address6}|{gateway6:?}"));
+        }
+        fingerprint(&description)
+    }
 }
 
 /// A bridge endpoint's veth: in sync (by its fingerprint alias), (re)made, or a problem, in which
@@ -153,12 +235,7 @@ pub(super) fn endpoint<'a>(
     };
     diff.wanted_veths.insert(host_veth.clone());
     let bridge_name = checked.network.bridge_name();
-    let default_gateway = bridge.default_route.then_some(checked.gateway);
-    let (device, inode) = checked.identity;
-    let fingerprint = fingerprint(&format!(
-        "{bridge_name}|{}|{}|{}|{default_gateway:?}|{}|{device}:{inode}",
-        bridge.interface, checked.address, bridge.mac, checked.network.mtu
-    ));
+    let fingerprint = checked.fingerprint(&bridge_name, bridge);
     let mut replaces = None;
     if let Some(link) = existing {
         if let Some(alias) = fresh(diff, link, &bridge_name, &fingerprint, &checked, bridge) {
@@ -181,6 +258,7 @@ pub(super) fn endpoint<'a>(
         }
         replaces = Some(link.index);
     }
+    let (default_gateway, default_gateway6) = checked.default_gateways(bridge);
     diff.attaches.push(Step::AttachEndpoint(Box::new(Attach {
         endpoint: endpoint.id.clone(),
         network: bridge.network.clone(),
@@ -189,8 +267,10 @@ pub(super) fn endpoint<'a>(
         host_veth,
         interface: bridge.interface.clone(),
         address: checked.address,
+        address6: checked.address6,
         mac: checked.mac,
         default_gateway,
+        default_gateway6,
         mtu: checked.network.mtu,
         fingerprint,
         replaces,
@@ -225,22 +305,42 @@ fn fresh(
         None => true,
         Some(peers) => peers
             .get(&(checked.netns.clone(), bridge.interface.clone()))
-            .is_some_and(|peer| {
-                let route_ok = match (bridge.default_route, alias) {
-                    (false, _) => true,
-                    (true, AliasState::OwnDefaultKept) => peer.foreign_default,
-                    (true, AliasState::AsPlanned) => {
-                        peer.default_routes.contains(&(checked.gateway, peer.index))
-                    }
-                };
-                route_ok
-                    && peer.up
-                    && peer.mac.as_deref() == Some(checked.mac.as_slice())
-                    && peer.addresses.contains(&checked.address)
-            }),
+            .is_some_and(|peer| peer_as_made(peer, checked, bridge, alias)),
     };
     (on_host && inside).then_some(alias)
 }
+
+/// Whether the endpoint's interface, read inside its namespace (deep plans), is as its attach
+/// made it: up, its MAC and addresses, and the default route of each family it routes by (or
+/// the namespace's own, where the attach kept that).
+fn peer_as_made(
+    peer: &Peer,
+    checked: &Checked<'_>,
+    bridge: &BridgeAttachment,
+    alias: AliasState,
+) -> bool {
+    let kept = alias == AliasState::OwnDefaultKept;
+    let (gateway, gateway6) = checked.default_gateways(bridge);
+    let v4_route = gateway.is_none_or(|gateway| {
+        peer.default_routes.contains(&(gateway, peer.index)) || (kept && peer.foreign_default)
+    });
+    let v6_route = gateway6.is_none_or(|gateway| {
+        peer.default_routes6.contains(&(gateway, peer.index)) || (kept && peer.foreign_default6)
+    });
+    let v4_address = checked.address.is_none_or(|a| peer.addresses.contains(&a));
+    let v6_address = checked
+        .address6
+        .is_none_or(|a| peer.addresses6.contains(&a));
+    v4_route
+        && v6_route
+        && peer.up
+        && peer.mac.as_deref() == Some(checked.mac.as_slice())
+        && v4_address
+        && v6_address
+}
+
+/// A failed check: the problem's message and the reason to delete the endpoint's stale veth.
+type CheckError = (String, &'static str);
 
 /// The checks of a bridge endpoint, in order; the first failing one gives the problem's message
 /// and the reason to delete its stale veth.
@@ -249,41 +349,27 @@ fn check<'a>(
     position: usize,
     endpoint: &'a EndpointState,
     bridge: &'a BridgeAttachment,
-) -> Result<Checked<'a>, (String, &'static str)> {
-    let Some(network) = diff.networks.get(bridge.network.as_str()).copied() else {
-        return Err((
-            format!("unknown network {:?}", bridge.network),
-            "its network is unknown",
-        ));
+) -> Result<Checked<'a>, CheckError> {
+    let network = diff
+        .networks
+        .get(bridge.network.as_str())
+        .copied()
+        .filter(|n| n.driver.has_bridge() && (n.subnet.is_some() || n.subnet6.is_some()));
+    let Some(network) = network else {
+        let known = diff.networks.contains_key(bridge.network.as_str());
+        return Err(if known {
+            (
+                format!("network {:?} is not a bridge network", bridge.network),
+                "its network is not a bridge network",
+            )
+        } else {
+            (
+                format!("unknown network {:?}", bridge.network),
+                "its network is unknown",
+            )
+        });
     };
-    let (true, Some(subnet), Some(gateway)) =
-        (network.driver.has_bridge(), network.subnet, network.gateway)
-    else {
-        return Err((
-            format!("network {:?} is not a bridge network", bridge.network),
-            "its network is not a bridge network",
-        ));
-    };
-    let Some(address) = bridge.address else {
-        return Err((
-            format!(
-                "endpoint has no IPv4 address on network {:?}",
-                bridge.network
-            ),
-            "its address is invalid",
-        ));
-    };
-    check_address(address, subnet, gateway)
-        .map_err(|message| (message, "its address is invalid"))?;
-    if let Some(other) = address_taken(diff, position, bridge) {
-        return Err((
-            format!(
-                "address {address} is in use by endpoint {other:?} on network {:?}",
-                bridge.network
-            ),
-            "its address is in use",
-        ));
-    }
+    let (address, address6) = check_addresses(diff, position, network, bridge)?;
     let Some(mac) = netlink::parse_mac(&bridge.mac) else {
         return Err((
             format!("invalid MAC address {:?}", bridge.mac),
@@ -319,33 +405,84 @@ fn check<'a>(
             "its namespace is gone",
         ));
     };
-    let Ok(address) = Ipv4Net::new(address, subnet.prefix_len()) else {
-        return Err((
-            format!("address {address} does not fit subnet {subnet}"),
-            "its address is invalid",
-        ));
-    };
     Ok(Checked {
         network,
         address,
-        gateway,
+        address6,
         mac,
         netns,
         identity,
     })
 }
 
-/// The endpoint that has this endpoint's address on its network first, if another does. First
-/// wins: the same address twice on one network is a problem for the later endpoint in the
-/// state's order, in full and in scoped plans alike.
+/// The endpoint's address of each family its network has (an address of a family the network
+/// lacks, or none for one it has, is a problem), each in its subnet and nobody else's.
+fn check_addresses<'a>(
+    diff: &mut Diff<'a>,
+    position: usize,
+    network: &NetworkState,
+    bridge: &'a BridgeAttachment,
+) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), CheckError> {
+    let invalid = |message: String| (message, "its address is invalid");
+    let name = &bridge.network;
+    let address = match (network.subnet.zip(network.gateway), bridge.address) {
+        (Some((subnet, gateway)), Some(address)) => {
+            check_address(address, subnet, gateway).map_err(invalid)?;
+            Ipv4Net::new(address, subnet.prefix_len()).ok()
+        }
+        (Some(_), None) => {
+            return Err(invalid(format!(
+                "endpoint has no IPv4 address on network {name:?}"
+            )));
+        }
+        (None, Some(address)) => {
+            let message = format!("network {name:?} has no IPv4 subnet for address {address}");
+            return Err(invalid(message));
+        }
+        (None, None) => None,
+    };
+    let address6 = match (network.subnet6.zip(network.gateway6), bridge.address6) {
+        (Some((subnet, gateway)), Some(address)) => {
+            check_address6(address, subnet, gateway).map_err(invalid)?;
+            Ipv6Net::new(address, subnet.prefix_len()).ok()
+        }
+        (Some(_), None) => {
+            let message = format!("endpoint has no IPv6 address on network {name:?}");
+            return Err(invalid(message));
+        }
+        (None, Some(address)) => {
+            let message = format!("network {name:?} has no IPv6 subnet for address {address}");
+            return Err(invalid(message));
+        }
+        (None, None) => None,
+    };
+    let ips = [
+        address.map(|a| IpAddr::V4(a.addr())),
+        address6.map(|a| IpAddr::V6(a.addr())),
+    ];
+    for ip in ips.into_iter().flatten() {
+        if let Some(other) = address_taken(diff, position, bridge, ip) {
+            return Err((
+                format!("address {ip} is in use by endpoint {other:?} on network {name:?}"),
+                "its address is in use",
+            ));
+        }
+    }
+    Ok((address, address6))
+}
+
+/// The endpoint that has the address `ip` of this endpoint on its network first, if another
+/// does. First wins: the same address twice on one network is a problem for the later endpoint
+/// in the state's order, in full and in scoped plans alike.
 fn address_taken<'a>(
     diff: &mut Diff<'a>,
     position: usize,
     bridge: &'a BridgeAttachment,
+    ip: IpAddr,
 ) -> Option<&'a str> {
     let state = diff.state;
     if diff.scope.is_full() {
-        let key = (bridge.network.as_str(), bridge.address);
+        let key = (bridge.network.as_str(), ip);
         let first = *diff
             .used_addresses
             .entry(key)
@@ -353,7 +490,8 @@ fn address_taken<'a>(
         (first != endpoint_id(state, position)).then_some(first)
     } else {
         earlier(&state.endpoints[..position], |b, _| {
-            b.network == bridge.network && b.address == bridge.address
+            b.network == bridge.network
+                && (b.address.map(IpAddr::V4) == Some(ip) || b.address6.map(IpAddr::V6) == Some(ip))
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Checks of an endpoint's configuration that do not depend on its driver.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::state::{Attachment, BridgeAttachment, EndpointState, Netns};
 
@@ -17,6 +17,24 @@ pub fn check_address(address: Ipv4Addr, subnet: Ipv4Net, gateway: Ipv4Addr) -> R
     if subnet.prefix_len() < 31 && (address == subnet.network() || address == subnet.broadcast()) {
         return Err(format!(
             "address {address} is the network or broadcast address of {subnet}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `address` may be an endpoint's on the IPv6 `subnet` with gateway `gateway`.
+pub fn check_address6(address: Ipv6Addr, subnet: Ipv6Net, gateway: Ipv6Addr) -> Result<(), String> {
+    if !subnet.contains(&address) {
+        return Err(format!("address {address} is outside subnet {subnet}"));
+    }
+    if address == gateway {
+        return Err(format!("address {address} is the network's gateway"));
+    }
+    // IPv6 has no broadcast address; the all-zeros host is the subnet-router anycast address
+    // (RFC 4291), which routers answer, except on /127 and /128 links (RFC 6164).
+    if subnet.prefix_len() < 127 && address == subnet.network() {
+        return Err(format!(
+            "address {address} is the subnet-router anycast address of {subnet}"
         ));
     }
     Ok(())
@@ -58,6 +76,20 @@ mod tests {
         assert!(check_address(gateway, subnet, gateway).is_err());
         assert!(check_address(Ipv4Addr::new(172, 19, 0, 2), subnet, gateway).is_err());
         assert!(check_address(Ipv4Addr::new(172, 18, 255, 255), subnet, gateway).is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_are_checked_against_the_subnet() {
+        let subnet: Ipv6Net = "fd12:3456:789a:1::/64".parse().expect("subnet");
+        let gateway: Ipv6Addr = "fd12:3456:789a:1::1".parse().expect("gateway");
+        let ok: Ipv6Addr = "fd12:3456:789a:1::2".parse().expect("address");
+        assert!(check_address6(ok, subnet, gateway).is_ok());
+        assert!(check_address6(gateway, subnet, gateway).is_err());
+        let outside: Ipv6Addr = "fd12:3456:789a:2::2".parse().expect("address");
+        assert!(check_address6(outside, subnet, gateway).is_err());
+        let anycast = subnet.network();
+        let message = check_address6(anycast, subnet, gateway).expect_err("anycast");
+        assert!(message.contains("anycast"), "{message}");
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod bridge;
 mod checks;
 mod garbage;
 mod host;
+#[cfg(test)]
+mod ipv6_tests;
 mod null;
 mod overlay;
 #[cfg(test)]
@@ -21,7 +23,7 @@ mod tests;
 pub use garbage::is_owned;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::plan::{Plan, Step};
 use super::report::ObjectKey;
@@ -73,7 +75,7 @@ struct Diff<'a> {
     /// Host veths of the state's bridge endpoints planned so far.
     wanted_veths: BTreeSet<String>,
     /// First endpoint per (network, address) and per (namespace, interface) (full plans).
-    used_addresses: HashMap<(&'a str, Option<Ipv4Addr>), &'a str>,
+    used_addresses: HashMap<(&'a str, IpAddr), &'a str>,
     used_interfaces: HashMap<(&'a Netns, &'a str), &'a str>,
     /// Every endpoint id, when some endpoint shares another's namespace (few states do).
     endpoint_ids: HashSet<&'a str>,

@@ -1,14 +1,15 @@
 //! The `overlay` driver: on each node the network's bridge (as for `bridge`, made by
 //! [`super::bridge`]) with a VXLAN device on it — learning off, ARP proxy on, no default remote —
-//! whose FDB (MAC → tunnel address of the endpoint's node) and neighbour table (address → MAC)
-//! hold exactly the network's endpoints on other nodes. Nothing is learned or flooded: a MAC
-//! without an entry goes nowhere, and the device answers ARP for remote endpoints itself.
+//! whose FDB (MAC → tunnel address of the endpoint's node) and neighbour table (IPv4 and IPv6
+//! address → MAC) hold exactly the network's endpoints on other nodes. Nothing is learned or
+//! flooded: a MAC without an entry goes nowhere, and the device answers ARP and IPv6 neighbour
+//! solicitations for remote endpoints itself.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Diff;
-use super::checks::check_address;
+use super::checks::{check_address, check_address6};
 use crate::dataplane::plan::{CreateVxlan, Step, VxlanFix};
 use crate::dataplane::report::ObjectKey;
 use crate::kernel::netlink::{self, FdbEntry, Link, LinkKind, NeighbourEntry, VxlanConf};
@@ -141,8 +142,18 @@ fn vxlan_fixes(diff: &Diff<'_>, link: &Link, bridge: &str, mtu: u32) -> Vec<Vxla
 struct Remote<'a> {
     endpoint: &'a str,
     mac: Vec<u8>,
-    address: Ipv4Addr,
+    address: Option<Ipv4Addr>,
+    address6: Option<Ipv6Addr>,
     tunnel: Ipv4Addr,
+}
+
+impl Remote<'_> {
+    /// Its addresses: one neighbour entry each.
+    fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        let v4 = self.address.map(IpAddr::V4);
+        let v6 = self.address6.map(IpAddr::V6);
+        v4.into_iter().chain(v6)
+    }
 }
 
 /// The device's FDB and neighbour entries: exactly one of each per remote endpoint.
@@ -177,7 +188,7 @@ fn entries(diff: &mut Diff<'_>, network: &NetworkState, local: Ipv4Addr, created
 fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> Vec<Remote<'a>> {
     let state = diff.state;
     let mut macs: HashMap<Vec<u8>, &str> = HashMap::new();
-    let mut addresses: HashMap<Ipv4Addr, &str> = HashMap::new();
+    let mut addresses: HashMap<IpAddr, &str> = HashMap::new();
     for endpoint in &state.endpoints {
         if let Attachment::Bridge(bridge) = &endpoint.attachment
             && bridge.network == network.name
@@ -185,7 +196,8 @@ fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> 
             if let Some(mac) = netlink::parse_mac(&bridge.mac) {
                 macs.entry(mac).or_insert(&endpoint.id);
             }
-            if let Some(address) = bridge.address {
+            let v4 = bridge.address.map(IpAddr::V4);
+            for address in v4.into_iter().chain(bridge.address6.map(IpAddr::V6)) {
                 addresses.entry(address).or_insert(&endpoint.id);
             }
         }
@@ -197,15 +209,19 @@ fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> 
         .filter(|r| r.network == network.name);
     for remote in ours {
         match check_remote(remote, network, local, &macs, &addresses) {
-            Ok((mac, address)) => {
+            Ok(mac) => {
                 macs.insert(mac.clone(), &remote.id);
-                addresses.insert(address, &remote.id);
-                remotes.push(Remote {
+                let checked = Remote {
                     endpoint: &remote.id,
                     mac,
-                    address,
+                    address: remote.address,
+                    address6: remote.address6,
                     tunnel: remote.tunnel,
-                });
+                };
+                for address in checked.addresses() {
+                    addresses.insert(address, &remote.id);
+                }
+                remotes.push(checked);
             }
             Err(message) => {
                 let message = format!("remote endpoint {}: {message}", remote.id);
@@ -216,17 +232,18 @@ fn remotes<'a>(diff: &mut Diff<'a>, network: &NetworkState, local: Ipv4Addr) -> 
     remotes
 }
 
-/// A remote endpoint's MAC and address, if it can have entries.
+/// A remote endpoint's MAC, if it can have entries (an IPv4 or an IPv6 address or both, each
+/// in the network's subnet of its family when the network has one).
 fn check_remote(
     remote: &RemoteEndpoint,
     network: &NetworkState,
     local: Ipv4Addr,
     macs: &HashMap<Vec<u8>, &str>,
-    addresses: &HashMap<Ipv4Addr, &str>,
-) -> Result<(Vec<u8>, Ipv4Addr), String> {
-    let address = remote
-        .address
-        .ok_or_else(|| "it has no IPv4 address".to_owned())?;
+    addresses: &HashMap<IpAddr, &str>,
+) -> Result<Vec<u8>, String> {
+    if remote.address.is_none() && remote.address6.is_none() {
+        return Err("it has no address".to_owned());
+    }
     let mac = netlink::parse_mac(&remote.mac)
         .ok_or_else(|| format!("invalid MAC address {:?}", remote.mac))?;
     // All zeros is the VXLAN device's default destination (where unknown frames would flood);
@@ -234,8 +251,15 @@ fn check_remote(
     if mac.iter().all(|b| *b == 0) || mac.first().is_some_and(|b| b & 1 == 1) {
         return Err(format!("MAC {} is not a unicast address", remote.mac));
     }
-    if let (Some(subnet), Some(gateway)) = (network.subnet, network.gateway) {
+    if let (Some(subnet), Some(gateway), Some(address)) =
+        (network.subnet, network.gateway, remote.address)
+    {
         check_address(address, subnet, gateway)?;
+    }
+    if let (Some(subnet), Some(gateway), Some(address)) =
+        (network.subnet6, network.gateway6, remote.address6)
+    {
+        check_address6(address, subnet, gateway)?;
     }
     if remote.tunnel == local {
         return Err(format!("its node's tunnel address {local} is this node's"));
@@ -249,10 +273,13 @@ fn check_remote(
     if let Some(other) = macs.get(&mac) {
         return Err(format!("MAC {} is endpoint {other:?}'s", remote.mac));
     }
-    if let Some(other) = addresses.get(&address) {
-        return Err(format!("address {address} is endpoint {other:?}'s"));
+    let v4 = remote.address.map(IpAddr::V4);
+    for address in v4.into_iter().chain(remote.address6.map(IpAddr::V6)) {
+        if let Some(other) = addresses.get(&address) {
+            return Err(format!("address {address} is endpoint {other:?}'s"));
+        }
     }
-    Ok((mac, address))
+    Ok(mac)
 }
 
 /// FDB steps: a missing entry added, a wrong or temporary one replaced, a MAC with several
@@ -303,8 +330,10 @@ fn fdb_steps(
     }
 }
 
-/// Neighbour steps: a missing entry added, a wrong or temporary one replaced, an entry of no
-/// remote endpoint deleted.
+/// Neighbour steps, for both families: a missing entry added, a wrong or temporary one
+/// replaced, an entry of no remote endpoint deleted. An entry of a multicast address is no
+/// endpoint's but the kernel's own (a `NOARP` one it may make for a group the device sends to,
+/// e.g. MLD's `ff02::16`), and is left alone.
 fn neighbour_steps(
     diff: &mut Diff<'_>,
     network: &str,
@@ -312,21 +341,27 @@ fn neighbour_steps(
     remotes: &[Remote<'_>],
     present: &[NeighbourEntry],
 ) {
-    let mut by_address: BTreeMap<Ipv4Addr, &NeighbourEntry> =
-        present.iter().map(|e| (e.address, e)).collect();
+    let mut by_address: BTreeMap<IpAddr, &NeighbourEntry> = present
+        .iter()
+        .filter(|e| !e.address.is_multicast())
+        .map(|e| (e.address, e))
+        .collect();
     for remote in remotes {
-        let have = by_address.remove(&remote.address);
-        if have.is_some_and(|e| e.permanent && e.mac.as_deref() == Some(remote.mac.as_slice())) {
-            continue;
+        for address in remote.addresses() {
+            let have = by_address.remove(&address);
+            let mac = Some(remote.mac.as_slice());
+            if have.is_some_and(|e| e.permanent && e.mac.as_deref() == mac) {
+                continue;
+            }
+            diff.others.push(Step::SetNeighbour {
+                network: network.to_owned(),
+                vxlan: vxlan.to_owned(),
+                address,
+                mac: remote.mac.clone(),
+                endpoint: remote.endpoint.to_owned(),
+                replace: have.is_some(),
+            });
         }
-        diff.others.push(Step::SetNeighbour {
-            network: network.to_owned(),
-            vxlan: vxlan.to_owned(),
-            address: remote.address,
-            mac: remote.mac.clone(),
-            endpoint: remote.endpoint.to_owned(),
-            replace: have.is_some(),
-        });
     }
     for address in by_address.into_keys() {
         diff.deletes.push(Step::DeleteNeighbour {

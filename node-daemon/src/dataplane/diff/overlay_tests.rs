@@ -1,9 +1,11 @@
 //! The overlay driver's diff against hand-built snapshots: no kernel, no root.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::diff;
-use super::tests::{applied, bare_node, bridge_endpoint, bridge_network, deleted, link};
+use super::tests::{
+    applied, bare_node, bare_node6, bridge_endpoint, bridge_network, deleted, link,
+};
 use crate::dataplane::plan::{Plan, Step, VxlanFix};
 use crate::dataplane::report::ObjectKey;
 use crate::dataplane::scope::Scope;
@@ -93,9 +95,9 @@ fn fdb(mac: &[u8], destination: Ipv4Addr) -> FdbEntry {
     }
 }
 
-fn neighbour(address: Ipv4Addr, mac: &[u8]) -> NeighbourEntry {
+fn neighbour(address: impl Into<IpAddr>, mac: &[u8]) -> NeighbourEntry {
     NeighbourEntry {
-        address,
+        address: address.into(),
         mac: Some(mac.to_vec()),
         permanent: true,
     }
@@ -529,4 +531,155 @@ fn stale_vxlan_devices_go_in_full_and_with_their_bridge_foreign_ones_never() {
     // The network's own device is wanted even when a removal names its bridge.
     let own = Scope::removal([state.networks[0].bridge_name()]);
     assert!(deleted(&diff(&node, &state, &own)).is_empty());
+}
+
+fn ip6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, last)
+}
+
+/// [`overlay_node`] dual-stack (fd00:20::/64 beside 10.20.0.0/24): `default/a` at ::2, `default/b`
+/// at .3 and ::3, `default/c` IPv6-only at ::4.
+fn dual_overlay_node() -> NodeState {
+    let mut state = overlay_node();
+    state.networks[0].subnet6 = Some("fd00:20::/64".parse().expect("subnet6"));
+    state.networks[0].gateway6 = Some(ip6(1));
+    if let crate::state::Attachment::Bridge(bridge) = &mut state.endpoints[0].attachment {
+        bridge.address6 = Some(ip6(2));
+    }
+    state.remote_endpoints[0].address6 = Some(ip6(3));
+    state.remote_endpoints[1].address = None;
+    state.remote_endpoints[1].address6 = Some(ip6(4));
+    state
+}
+
+fn neighbour_addresses(plan: &Plan) -> Vec<(char, IpAddr)> {
+    plan.steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::SetNeighbour { address, .. } => Some(('+', *address)),
+            Step::DeleteNeighbour { address, .. } => Some(('-', *address)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_remotes_get_a_neighbour_entry_per_address() {
+    let state = dual_overlay_node();
+    let plan = diff(&bare_node6(&state), &state, &Scope::Full);
+    assert!(plan.problems.is_empty(), "{plan}");
+    assert_eq!(
+        neighbour_addresses(&plan),
+        [
+            ('+', ip(3).into()),
+            ('+', ip6(3).into()),
+            ('+', ip6(4).into())
+        ],
+        "{plan}"
+    );
+    let fdb_entries = entry_steps(&plan)
+        .iter()
+        .filter(|s| matches!(s, Step::SetFdbEntry { .. }))
+        .count();
+    assert_eq!(fdb_entries, 2, "one FDB entry per MAC: {plan}");
+    assert!(
+        plan.to_string()
+            .contains("+ neigh fd00:20::4 lladdr 02:00:00:00:00:04 on pvx"),
+        "{plan}"
+    );
+    let after = applied(bare_node6(&state), &plan);
+    assert_eq!(
+        vxlan_entries(&after, &state).neighbours,
+        [
+            neighbour(ip(3), &mac("02:00:00:00:00:03")),
+            neighbour(ip6(3), &mac("02:00:00:00:00:03")),
+            neighbour(ip6(4), &mac("02:00:00:00:00:04")),
+        ]
+    );
+    for scope in [Scope::Full, Scope::Overlay] {
+        assert!(diff(&after, &state, &scope).steps.is_empty(), "{scope:?}");
+    }
+}
+
+#[test]
+fn ipv6_neighbours_are_replaced_and_removed_like_ipv4_ones() {
+    let mut state = dual_overlay_node();
+    let before = bare_node6(&state);
+    let mut after = applied(before.clone(), &diff(&before, &state, &Scope::Full));
+    let name = state.networks[0].vxlan_name();
+    let Some(Ok(entries)) = after.overlay_entries.get_mut(&name) else {
+        panic!("entries expected");
+    };
+    // b's IPv6 entry made temporary with a wrong MAC, a stray one, and the kernel's own
+    // multicast entry (MLD's report group), which stays.
+    for entry in &mut entries.neighbours {
+        if entry.address == IpAddr::from(ip6(3)) {
+            entry.mac = Some(mac("02:00:00:00:00:99"));
+            entry.permanent = false;
+        }
+    }
+    entries
+        .neighbours
+        .push(neighbour(ip6(9), &mac("02:00:00:00:00:09")));
+    let mld: Ipv6Addr = "ff02::16".parse().expect("group");
+    entries.neighbours.push(NeighbourEntry {
+        address: mld.into(),
+        mac: Some(mac("33:33:00:00:00:16")),
+        permanent: false,
+    });
+    let plan = diff(&after, &state, &Scope::Overlay);
+    assert_eq!(
+        neighbour_addresses(&plan),
+        [('-', ip6(9).into()), ('+', ip6(3).into())],
+        "{plan}"
+    );
+    assert!(
+        plan.to_string()
+            .contains("~ neigh fd00:20::3 lladdr 02:00:00:00:00:03"),
+        "{plan}"
+    );
+    let repaired = applied(after, &plan);
+    assert!(diff(&repaired, &state, &Scope::Overlay).steps.is_empty());
+
+    // c goes: its FDB entry and its only (IPv6) neighbour entry with it.
+    state.remote_endpoints.remove(1);
+    let plan = diff(&repaired, &state, &Scope::Overlay);
+    assert_eq!(neighbour_addresses(&plan), [('-', ip6(4).into())], "{plan}");
+    assert!(
+        plan.to_string().contains("- fdb 02:00:00:00:00:04 on"),
+        "{plan}"
+    );
+}
+
+#[test]
+fn remote_ipv6_addresses_are_checked() {
+    let mut state = dual_overlay_node();
+    let base = remote("default/x", ip(20), "02:00:00:00:00:20", NODE_B);
+    let mut no_address = base.clone();
+    no_address.id = "default/none".to_owned();
+    no_address.address = None;
+    let mut outside = base.clone();
+    outside.id = "default/outside6".to_owned();
+    outside.address = None;
+    outside.address6 = Some("fd00:21::5".parse().expect("address"));
+    outside.mac = "02:00:00:00:00:21".to_owned();
+    let mut taken = base;
+    taken.id = "default/taken6".to_owned();
+    taken.address = None;
+    taken.address6 = Some(ip6(2));
+    taken.mac = "02:00:00:00:00:22".to_owned();
+    state.remote_endpoints.extend([no_address, outside, taken]);
+    let plan = diff(&bare_node6(&state), &state, &Scope::Full);
+    let problems: Vec<&str> = plan.problems.iter().map(|p| p.message.as_str()).collect();
+    for expected in [
+        "default/none: it has no address",
+        "default/outside6: address fd00:21::5 is outside subnet fd00:20::/64",
+        "default/taken6: address fd00:20::2 is endpoint \"default/a\"'s",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{expected:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 3, "{plan}");
 }

@@ -3,14 +3,14 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::diff;
 use crate::dataplane::plan::{BridgeFix, Plan, Step};
 use crate::dataplane::report::ObjectKey;
 use crate::dataplane::scope::Scope;
 use crate::dataplane::snapshot::{Peer, Snapshot};
-use crate::kernel::netlink::{InetConf, Link, LinkKind, V4Address};
+use crate::kernel::netlink::{Inet6Conf, InetConf, Link, LinkKind, V4Address, V6Address};
 use crate::state::{
     Attachment, BridgeAttachment, Driver, EndpointState, Netns, NetworkState, NodeState,
 };
@@ -53,7 +53,7 @@ pub(super) fn bridge_endpoint(id: &str, network: &str, address: Ipv4Addr) -> End
     }
 }
 
-fn namespace_of(id: &str) -> PathBuf {
+pub(super) fn namespace_of(id: &str) -> PathBuf {
     PathBuf::from("/proc/test/ns").join(id.replace('/', "-"))
 }
 
@@ -91,6 +91,7 @@ pub(super) fn link(index: u32, name: &str, kind: LinkKind) -> Link {
             forwarding: true,
             route_localnet: false,
         }),
+        inet6: None,
     }
 }
 
@@ -113,6 +114,19 @@ pub(super) fn bare_node(state: &NodeState) -> Snapshot {
     snapshot
 }
 
+/// [`bare_node`] with IPv6 in the kernel (forwarding off, router advertisements accepted), read
+/// in full (so its IPv6 addresses were read too).
+pub(super) fn bare_node6(state: &NodeState) -> Snapshot {
+    let mut snapshot = bare_node(state);
+    snapshot.links[0].inet6 = Some(Inet6Conf {
+        forwarding: false,
+        accept_ra: 1,
+        disabled: false,
+    });
+    snapshot.addresses6 = Some(Vec::new());
+    snapshot
+}
+
 /// What the kernel would report after `plan`'s steps ran on `snapshot`.
 pub(super) fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
     let mut next = snapshot.links.iter().map(|l| l.index).max().unwrap_or(0) + 1;
@@ -125,6 +139,13 @@ pub(super) fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
                     }
                 }
             }
+            Step::EnableIpv6Forwarding => {
+                for l in &mut snapshot.links {
+                    if let Some(inet6) = &mut l.inet6 {
+                        inet6.forwarding = true;
+                    }
+                }
+            }
             Step::DeleteLink { index, name, .. } => {
                 snapshot.links.retain(|l| l.index != *index);
                 snapshot.overlay_entries.remove(name);
@@ -132,6 +153,7 @@ pub(super) fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
             Step::CreateBridge {
                 bridge,
                 gateway,
+                gateway6,
                 mtu,
                 ..
             } => {
@@ -141,25 +163,19 @@ pub(super) fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
                     route_localnet: true,
                     ..c
                 });
+                made.inet6 = snapshot.links[0]
+                    .inet6
+                    .map(|c| Inet6Conf { accept_ra: 0, ..c });
                 snapshot.links.push(made);
-                snapshot.addresses.push(V4Address {
-                    index: next,
-                    address: *gateway,
-                });
+                let gateways = [gateway.map(IpNet::V4), gateway6.map(IpNet::V6)];
+                for gateway in gateways.into_iter().flatten() {
+                    add_address(&mut snapshot, next, gateway);
+                }
                 next += 1;
             }
             Step::FixBridge { index, fixes, .. } => {
                 for fix in fixes {
-                    match fix {
-                        BridgeFix::AddAddress(address) => snapshot.addresses.push(V4Address {
-                            index: *index,
-                            address: *address,
-                        }),
-                        BridgeFix::RemoveAddress(address) => snapshot
-                            .addresses
-                            .retain(|a| !(a.index == *index && a.address == *address)),
-                        BridgeFix::Mtu(_) | BridgeFix::Up | BridgeFix::RouteLocalnet => {}
-                    }
+                    fix_bridge(&mut snapshot, *index, fix);
                 }
             }
             Step::AttachEndpoint(attach) => {
@@ -179,6 +195,37 @@ pub(super) fn applied(mut snapshot: Snapshot, plan: &Plan) -> Snapshot {
         }
     }
     snapshot
+}
+
+fn add_address(snapshot: &mut Snapshot, index: u32, address: IpNet) {
+    match address {
+        IpNet::V4(address) => snapshot.addresses.push(V4Address { index, address }),
+        IpNet::V6(address) => snapshot
+            .addresses6
+            .get_or_insert_default()
+            .push(V6Address { index, address }),
+    }
+}
+
+fn fix_bridge(snapshot: &mut Snapshot, index: u32, fix: &BridgeFix) {
+    match fix {
+        BridgeFix::AddAddress(address) => add_address(snapshot, index, *address),
+        BridgeFix::RemoveAddress(IpNet::V4(address)) => snapshot
+            .addresses
+            .retain(|a| !(a.index == index && a.address == *address)),
+        BridgeFix::RemoveAddress(IpNet::V6(address)) => {
+            if let Some(addresses6) = &mut snapshot.addresses6 {
+                addresses6.retain(|a| !(a.index == index && a.address == *address));
+            }
+        }
+        BridgeFix::IgnoreRouterAdvertisements => {
+            let bridge = snapshot.links.iter_mut().find(|l| l.index == index);
+            if let Some(inet6) = bridge.and_then(|l| l.inet6.as_mut()) {
+                inet6.accept_ra = 0;
+            }
+        }
+        BridgeFix::Mtu(_) | BridgeFix::Up | BridgeFix::RouteLocalnet => {}
+    }
 }
 
 pub(super) fn deleted(plan: &Plan) -> Vec<&str> {
@@ -202,14 +249,15 @@ fn an_empty_node_gets_forwarding_a_bridge_and_a_veth_for_one_endpoint() {
     assert_eq!(*forwarding, Step::EnableForwarding);
     assert!(
         matches!(bridge, Step::CreateBridge { bridge, gateway, mtu: 1500, .. }
-            if *bridge == state.networks[0].bridge_name() && *gateway == net("172.18.0.1/16")),
+            if *bridge == state.networks[0].bridge_name() && *gateway == Some(net("172.18.0.1/16"))),
         "{plan}"
     );
     let Step::AttachEndpoint(attach) = attach else {
         panic!("an attach expected:\n{plan}");
     };
     assert_eq!(attach.endpoint, "default/a");
-    assert_eq!(attach.address, net("172.18.0.2/16"));
+    assert_eq!(attach.address, Some(net("172.18.0.2/16")));
+    assert_eq!(attach.address6, None);
     assert_eq!(attach.host_veth, state.endpoints[0].host_veth_name());
     assert_eq!(attach.default_gateway, Some(Ipv4Addr::new(172, 18, 0, 1)));
     assert_eq!(attach.replaces, None);
@@ -254,8 +302,8 @@ fn a_drifted_bridge_address_is_fixed() {
             bridge: state.networks[0].bridge_name(),
             index: bridge,
             fixes: vec![
-                BridgeFix::AddAddress(net("172.18.0.1/16")),
-                BridgeFix::RemoveAddress(net("10.1.0.1/24")),
+                BridgeFix::AddAddress(net("172.18.0.1/16").into()),
+                BridgeFix::RemoveAddress(net("10.1.0.1/24").into()),
             ],
         }],
         "{plan}"
@@ -279,7 +327,7 @@ fn a_drifted_endpoint_address_re_makes_its_veth() {
     let [Step::AttachEndpoint(attach)] = plan.steps.as_slice() else {
         panic!("one attach expected:\n{plan}");
     };
-    assert_eq!(attach.address, net("172.18.0.9/16"));
+    assert_eq!(attach.address, Some(net("172.18.0.9/16")));
     assert_eq!(attach.replaces, Some(veth.index));
 }
 
@@ -418,6 +466,7 @@ fn a_deep_plan_trusts_the_peer_not_the_alias() {
         addresses: vec![net("172.18.0.2/16")],
         default_routes: vec![(Ipv4Addr::new(172, 18, 0, 1), 2)],
         foreign_default: false,
+        ..Peer::default()
     };
     let key = (namespace_of("default/a"), "eth0".to_owned());
     node.peers = Some([(key.clone(), peer.clone())].into());

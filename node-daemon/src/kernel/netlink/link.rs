@@ -8,7 +8,8 @@ use std::path::Path;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoPortData,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, Inet6DevConf, InfoBridgePort,
+    InfoPortData,
 };
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
@@ -48,6 +49,9 @@ pub struct Link {
     pub hairpin: bool,
     /// IPv4 settings of the link (`net.ipv4.conf.<link>.*`), when the kernel reported them.
     pub inet: Option<InetConf>,
+    /// IPv6 settings of the link (`net.ipv6.conf.<link>.*`), when the kernel reported them (it
+    /// does not when IPv6 is off in the kernel).
+    pub inet6: Option<Inet6Conf>,
     /// VXLAN devices only: their settings.
     pub vxlan: Option<VxlanConf>,
 }
@@ -116,6 +120,30 @@ pub struct InetConf {
     pub route_localnet: bool,
 }
 
+/// The IPv6 per-link settings Pier reads back, from the link's `IFLA_AF_SPEC` (IPv6 settings
+/// cannot be written by netlink: writes go through `/proc/sys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inet6Conf {
+    /// `net.ipv6.conf.<link>.forwarding`; writing `net.ipv6.conf.all.forwarding` sets it on
+    /// every link.
+    pub forwarding: bool,
+    /// `net.ipv6.conf.<link>.accept_ra` (0 ignores router advertisements, 1 accepts them unless
+    /// forwarding, 2 accepts them even when forwarding).
+    pub accept_ra: i32,
+    /// `net.ipv6.conf.<link>.disable_ipv6`.
+    pub disabled: bool,
+}
+
+impl Inet6Conf {
+    fn from_devconf(conf: &Inet6DevConf) -> Inet6Conf {
+        Inet6Conf {
+            forwarding: conf.forwarding != 0,
+            accept_ra: conf.accept_ra,
+            disabled: conf.disable_ipv6 != 0,
+        }
+    }
+}
+
 impl Link {
     fn from_message(message: LinkMessage) -> Link {
         let mut link = Link {
@@ -129,6 +157,7 @@ impl Link {
             mac: None,
             hairpin: false,
             inet: None,
+            inet6: None,
             vxlan: None,
         };
         for attribute in message.attributes {
@@ -138,25 +167,38 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
                 LinkAttribute::Address(mac) => link.mac = Some(mac),
-                LinkAttribute::AfSpecUnspec(specs) => {
-                    for spec in specs {
-                        if let AfSpecUnspec::Inet(inet) = spec {
-                            for conf in inet {
-                                if let AfSpecInet::DevConf(conf) = conf {
-                                    link.inet = Some(InetConf {
-                                        forwarding: conf.forwarding != 0,
-                                        route_localnet: conf.route_localnet != 0,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
+                LinkAttribute::AfSpecUnspec(specs) => link.read_af_spec(specs),
                 LinkAttribute::LinkInfo(infos) => link.read_info(infos),
                 _ => {}
             }
         }
         link
+    }
+
+    /// The IPv4 and IPv6 settings.
+    fn read_af_spec(&mut self, specs: Vec<AfSpecUnspec>) {
+        for spec in specs {
+            match spec {
+                AfSpecUnspec::Inet(inet) => {
+                    for conf in inet {
+                        if let AfSpecInet::DevConf(conf) = conf {
+                            self.inet = Some(InetConf {
+                                forwarding: conf.forwarding != 0,
+                                route_localnet: conf.route_localnet != 0,
+                            });
+                        }
+                    }
+                }
+                AfSpecUnspec::Inet6(inet6) => {
+                    for conf in inet6 {
+                        if let AfSpecInet6::DevConf(conf) = conf {
+                            self.inet6 = Some(Inet6Conf::from_devconf(&conf));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// The kind, the bridge port's hairpin flag and a VXLAN device's settings.

@@ -1,4 +1,4 @@
-//! Links, addresses and routes through rtnetlink, one namespace at a time.
+//! Links, addresses (both families) and routes through rtnetlink, one namespace at a time.
 //!
 //! A [`Nl`] is one rtnetlink socket bound to one network namespace plus the small current-thread
 //! tokio runtime that drives it. The socket is created on a `netns::run_in` thread, so it is bound
@@ -15,10 +15,13 @@ mod route;
 use std::future::Future;
 use std::path::Path;
 
-pub use addr::{V4Address, list_v4_addresses};
-pub use link::{InetConf, Link, LinkKind, VethSpec, VxlanConf, VxlanSpec, parse_mac};
+pub use addr::{V4Address, V6Address, list_v4_addresses};
+pub use link::{Inet6Conf, InetConf, Link, LinkKind, VethSpec, VxlanConf, VxlanSpec, parse_mac};
 pub use neigh::{FdbEntry, NeighbourEntry, format_mac};
-pub use route::{MAIN_TABLE, PIER_ROUTE_PROTOCOL, RouteKind, V4Route, foreign_default_route};
+pub use route::{
+    MAIN_TABLE, PIER_ROUTE_PROTOCOL, RouteKind, V4Route, V6Route, foreign_default_route,
+    foreign_v6_default_route,
+};
 
 use crate::kernel::netns::{self, NetnsError};
 
@@ -120,7 +123,7 @@ pub enum NetlinkError {
     #[error("setting the default route via {gateway} on {link}")]
     DefaultRoute {
         link: String,
-        gateway: std::net::Ipv4Addr,
+        gateway: std::net::IpAddr,
         #[source]
         source: Box<rtnetlink::Error>,
     },

@@ -1,6 +1,7 @@
 //! The static entries of a VXLAN device: its forwarding database (MAC → remote tunnel address,
-//! `bridge fdb ... self permanent`) and its IPv4 neighbours (address → MAC, `ip neigh ... nud
-//! permanent`), which the device answers ARP requests from when `proxy` is on.
+//! `bridge fdb ... self permanent`) and its IPv4 and IPv6 neighbours (address → MAC, `ip neigh
+//! ... nud permanent`), which the device answers ARP requests and IPv6 neighbour solicitations
+//! from when `proxy` is on.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -23,16 +24,16 @@ pub struct FdbEntry {
     pub permanent: bool,
 }
 
-/// One IPv4 neighbour entry of a device.
+/// One IPv4 or IPv6 neighbour entry of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeighbourEntry {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub mac: Option<Vec<u8>>,
     pub permanent: bool,
 }
 
 impl Nl {
-    /// Runs one neighbour dump request (FDB or IPv4) for the device `name`.
+    /// Runs one neighbour dump request (FDB or IP) for the device `name`.
     fn dump_neighbours(
         &self,
         request: rtnetlink::NeighbourGetRequest,
@@ -109,11 +110,12 @@ impl Nl {
             })
     }
 
-    /// The device's IPv4 neighbour entries (one dump filtered by the kernel to the device).
+    /// The device's IPv4 and IPv6 neighbour entries (one dump of both families, filtered by
+    /// the kernel to the device; FDB entries are another family's dump).
     pub fn neighbours(&self, index: u32, name: &str) -> Result<Vec<NeighbourEntry>, NetlinkError> {
         let mut request = self.handle().neighbours().get();
         let message = request.message_mut();
-        message.header.family = AddressFamily::Inet;
+        message.header.family = AddressFamily::Unspec;
         message.attributes.push(NeighbourAttribute::IfIndex(index));
         let messages = self.dump_neighbours(request, name)?;
         Ok(messages
@@ -128,13 +130,13 @@ impl Nl {
         &self,
         index: u32,
         name: &str,
-        address: Ipv4Addr,
+        address: IpAddr,
         mac: &[u8],
     ) -> Result<(), NetlinkError> {
         let request = self
             .handle()
             .neighbours()
-            .add(index, IpAddr::V4(address))
+            .add(index, address)
             .state(NeighbourState::Permanent)
             .link_layer_address(mac)
             .replace();
@@ -151,16 +153,18 @@ impl Nl {
         &self,
         index: u32,
         name: &str,
-        address: Ipv4Addr,
+        address: IpAddr,
     ) -> Result<(), NetlinkError> {
         let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Inet;
+        let (family, destination) = match address {
+            IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+            IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+        };
+        message.header.family = family;
         message.header.ifindex = index;
         message
             .attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                address,
-            )));
+            .push(NeighbourAttribute::Destination(destination));
         self.block_on(self.handle().neighbours().del(message).execute())
             .map_err(|source| NetlinkError::DeleteNeighbour {
                 link: name.to_owned(),
@@ -192,7 +196,7 @@ fn neighbour_entry(message: NeighbourMessage) -> Option<NeighbourEntry> {
     let mut mac = None;
     for attribute in message.attributes {
         match attribute {
-            NeighbourAttribute::Destination(destination) => address = ipv4(&destination),
+            NeighbourAttribute::Destination(destination) => address = ip(&destination),
             NeighbourAttribute::LinkLayerAddress(bytes) => mac = Some(bytes),
             _ => {}
         }
@@ -202,6 +206,15 @@ fn neighbour_entry(message: NeighbourMessage) -> Option<NeighbourEntry> {
         mac,
         permanent: message.header.state == NeighbourState::Permanent,
     })
+}
+
+/// The IP address of a neighbour entry.
+fn ip(address: &NeighbourAddress) -> Option<IpAddr> {
+    match address {
+        NeighbourAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        NeighbourAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
 }
 
 /// An IPv4 address in a neighbour message (an FDB message, of family `AF_BRIDGE`, carries it as

@@ -1,9 +1,8 @@
-//! Reading the IPv4 routing tables back.
+//! Reading the routing tables of both families back.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
@@ -49,10 +48,32 @@ pub struct V4Route {
 impl V4Route {
     /// A default route of the main table that Pier did not set.
     pub fn is_foreign_default(&self) -> bool {
-        self.destination.prefix_len() == 0
-            && self.table == MAIN_TABLE
-            && self.protocol != PIER_ROUTE_PROTOCOL
+        is_foreign_default(self.destination.prefix_len(), self.table, self.protocol)
     }
+}
+
+/// One IPv6 route as the kernel reports it (the same facts as [`V4Route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V6Route {
+    /// `::/0` for a default route.
+    pub destination: Ipv6Net,
+    pub gateway: Option<Ipv6Addr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub kind: RouteKind,
+    pub protocol: u8,
+}
+
+impl V6Route {
+    /// A default route of the main table that Pier did not set (one a router advertisement
+    /// made, `proto ra`, is one too).
+    pub fn is_foreign_default(&self) -> bool {
+        is_foreign_default(self.destination.prefix_len(), self.table, self.protocol)
+    }
+}
+
+fn is_foreign_default(prefix: u8, table: u32, protocol: u8) -> bool {
+    prefix == 0 && table == MAIN_TABLE && protocol != PIER_ROUTE_PROTOCOL
 }
 
 /// The first default route of the main table among `routes` that Pier did not set.
@@ -60,36 +81,96 @@ pub fn foreign_default_route(routes: &[V4Route]) -> Option<&V4Route> {
     routes.iter().find(|r| r.is_foreign_default())
 }
 
-fn from_message(message: RouteMessage) -> Option<V4Route> {
-    let prefix = message.header.destination_prefix_length;
+/// The first IPv6 default route of the main table among `routes` that Pier did not set.
+pub fn foreign_v6_default_route(routes: &[V6Route]) -> Option<&V6Route> {
+    routes.iter().find(|r| r.is_foreign_default())
+}
+
+/// What Pier reads of one route message, for either family.
+struct Parts {
+    prefix: u8,
+    destination: Option<IpAddr>,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+    table: u32,
+    kind: RouteKind,
+    protocol: u8,
+}
+
+fn parts(message: RouteMessage) -> Parts {
     // Tables above 255 only fit the attribute; the header then says RT_TABLE_COMPAT.
-    let mut table = u32::from(message.header.table);
-    let mut destination = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = None;
-    let mut oif = None;
+    let mut parts = Parts {
+        prefix: message.header.destination_prefix_length,
+        destination: None,
+        gateway: None,
+        oif: None,
+        table: u32::from(message.header.table),
+        kind: match message.header.kind {
+            RouteType::Unicast => RouteKind::Unicast,
+            RouteType::BlackHole => RouteKind::Blackhole,
+            RouteType::Unreachable => RouteKind::Unreachable,
+            RouteType::Prohibit => RouteKind::Prohibit,
+            other => RouteKind::Other(u8::from(other)),
+        },
+        protocol: u8::from(message.header.protocol),
+    };
     for attribute in message.attributes {
         match attribute {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = ip,
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(ip),
-            RouteAttribute::Oif(index) => oif = Some(index),
-            RouteAttribute::Table(id) => table = id,
+            RouteAttribute::Destination(address) => parts.destination = ip(address),
+            RouteAttribute::Gateway(address) => parts.gateway = ip(address),
+            RouteAttribute::Oif(index) => parts.oif = Some(index),
+            RouteAttribute::Table(id) => parts.table = id,
             _ => {}
         }
     }
-    let kind = match message.header.kind {
-        RouteType::Unicast => RouteKind::Unicast,
-        RouteType::BlackHole => RouteKind::Blackhole,
-        RouteType::Unreachable => RouteKind::Unreachable,
-        RouteType::Prohibit => RouteKind::Prohibit,
-        other => RouteKind::Other(u8::from(other)),
+    parts
+}
+
+fn ip(address: RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(ip.into()),
+        RouteAddress::Inet6(ip) => Some(ip.into()),
+        _ => None,
+    }
+}
+
+fn from_message(message: RouteMessage) -> Option<V4Route> {
+    let parts = parts(message);
+    let destination = match parts.destination {
+        None => Ipv4Addr::UNSPECIFIED,
+        Some(IpAddr::V4(ip)) => ip,
+        Some(IpAddr::V6(_)) => return None,
     };
     Some(V4Route {
-        destination: Ipv4Net::new(destination, prefix).ok()?,
-        gateway,
-        oif,
-        table,
-        kind,
-        protocol: u8::from(message.header.protocol),
+        destination: Ipv4Net::new(destination, parts.prefix).ok()?,
+        gateway: match parts.gateway {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        },
+        oif: parts.oif,
+        table: parts.table,
+        kind: parts.kind,
+        protocol: parts.protocol,
+    })
+}
+
+fn v6_from_message(message: RouteMessage) -> Option<V6Route> {
+    let parts = parts(message);
+    let destination = match parts.destination {
+        None => Ipv6Addr::UNSPECIFIED,
+        Some(IpAddr::V6(ip)) => ip,
+        Some(IpAddr::V4(_)) => return None,
+    };
+    Some(V6Route {
+        destination: Ipv6Net::new(destination, parts.prefix).ok()?,
+        gateway: match parts.gateway {
+            Some(IpAddr::V6(ip)) => Some(ip),
+            _ => None,
+        },
+        oif: parts.oif,
+        table: parts.table,
+        kind: parts.kind,
+        protocol: parts.protocol,
     })
 }
 
@@ -97,18 +178,14 @@ impl Nl {
     /// Every IPv4 route of every table in this namespace (one dump; callers filter by `table`,
     /// since the kernel ignores the table in a dump request unless strict checking is on).
     pub fn v4_routes(&self) -> Result<Vec<V4Route>, NetlinkError> {
-        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let messages = self
-            .block_on(async {
-                self.handle()
-                    .route()
-                    .get(request)
-                    .execute()
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .map_err(|e| NetlinkError::ListRoutes(Box::new(e)))?;
+        let messages = self.dump_routes(RouteMessageBuilder::<Ipv4Addr>::new().build())?;
         Ok(messages.into_iter().filter_map(from_message).collect())
+    }
+
+    /// Every IPv6 route of every table in this namespace (one dump, as [`Nl::v4_routes`]).
+    pub fn v6_routes(&self) -> Result<Vec<V6Route>, NetlinkError> {
+        let messages = self.dump_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())?;
+        Ok(messages.into_iter().filter_map(v6_from_message).collect())
     }
 }
 
@@ -144,6 +221,28 @@ mod tests {
             foreign_default_route(&[pier, own.clone()]),
             Some(&own),
             "the namespace's own beside Pier's"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_default_route_pier_did_not_set_is_foreign() {
+        const RA: u8 = 9; // learnt from a router advertisement
+        let route = |destination: &str, protocol: u8| V6Route {
+            destination: destination.parse().expect("net"),
+            gateway: Some("fe80::1".parse().expect("gateway")),
+            oif: Some(2),
+            table: MAIN_TABLE,
+            kind: RouteKind::Unicast,
+            protocol,
+        };
+        let pier = route("::/0", PIER_ROUTE_PROTOCOL);
+        let learnt = route("::/0", RA);
+        assert!(learnt.is_foreign_default());
+        assert!(!pier.is_foreign_default());
+        assert!(!route("fd00::/64", RA).is_foreign_default());
+        assert_eq!(
+            foreign_v6_default_route(&[pier, learnt.clone()]),
+            Some(&learnt)
         );
     }
 }

@@ -1,0 +1,128 @@
+//! The IPv6 part of the fixture: dual-stack and IPv6-only networks and endpoints, and IPv6
+//! traffic (`ping -6`) and addresses read inside namespaces.
+
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use pier_node::state::{Attachment, BridgeAttachment, EndpointState, NetworkState};
+
+use super::{Ns, bridge_network};
+
+pub fn ip6(text: &str) -> Ipv6Addr {
+    text.parse().expect("test IPv6 address")
+}
+
+/// A bridge network with both families.
+pub fn dual_network(
+    name: &str,
+    subnet: &str,
+    gateway: &str,
+    subnet6: &str,
+    gateway6: &str,
+) -> NetworkState {
+    NetworkState {
+        subnet6: Some(subnet6.parse().expect("test IPv6 subnet")),
+        gateway6: Some(ip6(gateway6)),
+        ..bridge_network(name, subnet, gateway)
+    }
+}
+
+/// An IPv6-only bridge network (`ipv4: false`).
+pub fn v6_only_network(name: &str, subnet6: &str, gateway6: &str) -> NetworkState {
+    NetworkState {
+        subnet: None,
+        gateway: None,
+        ..dual_network(name, "10.0.0.0/8", "10.0.0.1", subnet6, gateway6)
+    }
+}
+
+/// `endpoint` with the IPv6 address `address6` too.
+pub fn with_address6(mut endpoint: EndpointState, address6: &str) -> EndpointState {
+    if let Attachment::Bridge(bridge) = &mut endpoint.attachment {
+        bridge.address6 = Some(ip6(address6));
+    }
+    endpoint
+}
+
+/// An endpoint `id` in namespace `ns` on the IPv6-only network `network`; its MAC derives from
+/// the address's last 32 bits.
+pub fn v6_only_endpoint(
+    id: &str,
+    ns: &Ns,
+    network: &str,
+    interface: &str,
+    address6: &str,
+    default_route: bool,
+) -> EndpointState {
+    let address = ip6(address6);
+    let o = address.octets();
+    EndpointState {
+        id: id.into(),
+        uid: format!("uid-ep-{id}-{network}"),
+        name: id.rsplit('/').next().unwrap_or(id).into(),
+        aliases: vec![],
+        netns: ns.netns(),
+        attachment: Attachment::Bridge(BridgeAttachment {
+            network: network.into(),
+            interface: interface.into(),
+            address: None,
+            address6: Some(address),
+            mac: format!(
+                "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+                o[12], o[13], o[14], o[15]
+            ),
+            default_route,
+        }),
+    }
+}
+
+impl Ns {
+    /// Whether one `ping -6` gets an answer within a second.
+    pub fn ping6(&self, address: Ipv6Addr) -> bool {
+        self.exec(&format!("ping -6 -c1 -W1 {address}"))
+            .status
+            .success()
+    }
+
+    /// Pings over IPv6 until it answers (neighbour discovery can take a moment on fresh links).
+    pub fn ping6_eventually(&self, address: Ipv6Addr) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.ping6(address) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The global (not link-local) IPv6 addresses of `device`, one `ip -6 -o addr` line each.
+    pub fn global_addresses6(&self, device: &str) -> Vec<String> {
+        self.sh(&format!("ip -6 -o addr show dev {device} scope global"))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `ip -6 neigh show dev DEVICE`: the device's IPv6 neighbours as `ADDRESS MAC STATE`,
+    /// multicast ones (the kernel's own) left out, sorted.
+    pub fn neighbours6(&self, device: &str) -> Vec<String> {
+        let shown = self.sh(&format!("ip -6 neigh show dev {device}"));
+        let mut entries: Vec<String> = shown
+            .lines()
+            .filter(|line| !line.starts_with("ff"))
+            .map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let mac = words
+                    .iter()
+                    .position(|w| *w == "lladdr")
+                    .and_then(|i| words.get(i + 1))
+                    .unwrap_or(&"-");
+                let state = words.last().unwrap_or(&"");
+                format!("{} {mac} {state}", words.first().unwrap_or(&""))
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+}

@@ -2,7 +2,6 @@
 //! traffic (`ping -6`) and addresses read inside namespaces.
 
 use std::net::Ipv6Addr;
-use std::time::{Duration, Instant};
 
 use pier_node::state::{Attachment, BridgeAttachment, EndpointState, NetworkState};
 
@@ -77,25 +76,6 @@ pub fn v6_only_endpoint(
 }
 
 impl Ns {
-    /// Whether one `ping -6` gets an answer within a second.
-    pub fn ping6(&self, address: Ipv6Addr) -> bool {
-        self.exec(&format!("ping -6 -c1 -W1 {address}"))
-            .status
-            .success()
-    }
-
-    /// Pings over IPv6 until it answers (neighbour discovery can take a moment on fresh links).
-    pub fn ping6_eventually(&self, address: Ipv6Addr) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.ping6(address) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
     /// The global (not link-local) IPv6 addresses of `device`, one `ip -6 -o addr` line each.
     pub fn global_addresses6(&self, device: &str) -> Vec<String> {
         self.sh(&format!("ip -6 -o addr show dev {device} scope global"))

@@ -118,12 +118,12 @@ fn the_lesson_on_a_dual_stack_network_and_an_ipv6_only_one() {
     });
 
     // Another IPv6 network is isolated from this one.
-    pier.apply(&format!(
-        "apiVersion: pier.dev/v1alpha1\nkind: Network\nmetadata: {{name: iso-net}}\n\
-         spec: {{ipv6: true, ipv6Subnet: 'fd00:32::/64'}}\n---\n\
-         apiVersion: pier.dev/v1alpha1\nkind: Endpoint\nmetadata: {{name: iso6}}\n\
-         spec: {{network: iso-net, target: {{netns: {{name: iso6}}}}}}\n"
-    ));
+    pier.apply(
+        "apiVersion: pier.dev/v1alpha1\nkind: Network\nmetadata: {name: iso-net}\n\
+         spec: {ipv6: true, ipv6Subnet: 'fd00:32::/64'}\n---\n\
+         apiVersion: pier.dev/v1alpha1\nkind: Endpoint\nmetadata: {name: iso6}\n\
+         spec: {network: iso-net, target: {netns: {name: iso6}}}\n",
+    );
     pier.wait_condition("endpoint/iso6", "Attached", "True");
     assert!(
         !in_netns("iso6", &format!("ping -6 -c1 -W1 {web6}"))

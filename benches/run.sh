@@ -37,7 +37,8 @@ load_start="$(loadavg)"
 
 if [ "$mode" = full ]; then
   criterion_args=()
-  attach_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=15 PIER_BENCH_IPERF=1)
+  attach_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=15 PIER_BENCH_IPERF=1
+    PIER_BENCH_FAMILIES=ipv4,dual)
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=50)
   dns_env=(PIER_BENCH_ROUNDS=3)
   api_objects=10000
@@ -46,7 +47,8 @@ if [ "$mode" = full ]; then
     PIER_BENCH_IPERF_ROUNDS=3 PIER_BENCH_IPERF_SECONDS=5)
 else
   criterion_args=(--warm-up-time 1 --measurement-time 2 'ipam/(fill_slash16|first_1000_of_slash64)')
-  attach_env=(PIER_BENCH_SIZES=10,100 PIER_BENCH_REPS=5 PIER_BENCH_IPERF=0)
+  attach_env=(PIER_BENCH_SIZES=10,100 PIER_BENCH_REPS=5 PIER_BENCH_IPERF=0
+    PIER_BENCH_FAMILIES=ipv4,dual)
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=10)
   dns_env=(PIER_BENCH_ROUNDS=1)
   api_objects=2000
@@ -61,10 +63,21 @@ run() { [[ "$suites" == *" $1 "* ]]; }
 # A suite's JSON is replaced only when it runs (the report says which figures are from an earlier
 # run, from SUITE.meta.json); a suite that fails leaves no JSON behind.
 for suite in $suites; do rm -f "$json/$suite.json" "$json/$suite.meta.json"; done
-ran() { # suite: records which run wrote its JSON
+# The code measured: its revision for people, its fingerprint (benches/fingerprint.sh) for the
+# report, which judges only suites measured on the code it is about.
+revision="$(git describe --always --dirty)"
+fingerprint="$(benches/fingerprint.sh)"
+runs_kept=10
+ran() { # suite: records which run wrote its JSON, and keeps a copy of it under runs/SUITE/
   jq -n --arg run "$run_id" --arg command "benches/run.sh --$mode" --arg mode "$mode" --arg load "$load" \
-    --arg avg "$(loadavg)" '{run: $run, command: $command, mode: $mode,
+    --arg avg "$(loadavg)" --arg revision "$revision" --arg fingerprint "$fingerprint" \
+    '{run: $run, command: $command, mode: $mode, revision: $revision, fingerprint: $fingerprint,
       load: "\($load); load average when it ended: \($avg)"}' >"$json/$1.meta.json"
+  mkdir -p "$json/runs/$1"
+  jq -n --slurpfile meta "$json/$1.meta.json" --slurpfile results "$json/$1.json" \
+    '{meta: $meta[0], results: $results[0]}' >"$json/runs/$1/$(date -u -d "$run_id" +%Y%m%dT%H%MZ).json"
+  # The newest runs only: the report judges borderline figures over the last few runs of a code.
+  find "$json/runs/$1" -name '*.json' | sort | head -n "-$runs_kept" | xargs -r rm -f
 }
 
 echo "== building what the suites need (release)"
@@ -130,12 +143,12 @@ fi
 
 echo "== report"
 if [ "$(realpath -m "$out")" = "$(realpath -m benches/report)" ]; then
-  report=(--benchmarks BENCHMARKS.md --image-prefix benches/report/)
+  report=(--benchmarks BENCHMARKS.md --image-prefix benches/report/ --readme README.md)
 else
   report=(--benchmarks "$out/BENCHMARKS.md")
 fi
 cargo run -q -p pier-bench -- --results "$json" --criterion target/criterion --out "$out" \
-  --notes benches/notes --history benches/notes/history.md "${report[@]}" \
+  --notes benches/notes --fingerprint "$(benches/fingerprint.sh)" "${report[@]}" \
   --mode "$mode" --command "benches/run.sh --$mode" --run-id "$run_id" \
   --load "$load; load average (1/5/15 min) at the start $load_start, at the end $(loadavg)" \
   --suites "$suites"

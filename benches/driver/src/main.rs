@@ -14,9 +14,12 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 mod overlay;
+mod runs;
+
+use runs::{SuiteRun, Threshold};
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
-/// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--history FILE]`.
+/// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--run-id TEXT] [--suites TEXT] [--fingerprint HASH] [--readme FILE]`.
 #[derive(Debug)]
 struct Args {
     results: PathBuf,
@@ -31,13 +34,16 @@ struct Args {
     benchmarks: Option<PathBuf>,
     /// How the report links the plots (default: relative to OUT, i.e. nothing).
     image_prefix: String,
-    /// Hand-run figures of earlier sessions, appended as they are.
-    history: Option<PathBuf>,
     /// This run's identity (its start time); a suite whose `SUITE.meta.json` names another run
     /// is marked as from an earlier run.
     run_id: String,
     /// The suites this run ran (space-separated).
     suites: String,
+    /// A Markdown file (README.md) whose summary block gets the headline targets.
+    readme: Option<PathBuf>,
+    /// The code this report is about (`benches/fingerprint.sh`): suites measured on other code
+    /// are stale.
+    fingerprint: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -51,9 +57,10 @@ fn parse_args() -> Result<Args> {
         load: "not stated".to_owned(),
         benchmarks: None,
         image_prefix: String::new(),
-        history: None,
         run_id: String::new(),
         suites: String::new(),
+        fingerprint: String::new(),
+        readme: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,9 +75,10 @@ fn parse_args() -> Result<Args> {
             "--load" => args.load = value,
             "--benchmarks" => args.benchmarks = Some(value.into()),
             "--image-prefix" => args.image_prefix = value,
-            "--history" => args.history = Some(value.into()),
             "--run-id" => args.run_id = value,
             "--suites" => args.suites = value,
+            "--fingerprint" => args.fingerprint = value,
+            "--readme" => args.readme = Some(value.into()),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -168,6 +176,8 @@ struct Target {
     target: String,
     measured: String,
     met: Option<bool>,
+    /// `met` in words, or why there is no verdict (stale, borderline).
+    verdict: String,
     /// What limits it, shown when not met.
     limit: String,
 }
@@ -176,11 +186,23 @@ struct Target {
 struct Report {
     md: String,
     targets: Vec<Target>,
-    /// When the current section's figures are from an earlier run: which one.
-    earlier: Option<String>,
+    /// The current section's suite and where its figures come from.
+    section: Option<(String, SuiteRun)>,
+    /// Where the suites' JSON (and `runs/`) are, the report's code fingerprint and mode.
+    results: PathBuf,
+    fingerprint: String,
+    mode: String,
 }
 
 impl Report {
+    /// Whether the current section measured other code than the report's.
+    fn stale(&self) -> Option<&SuiteRun> {
+        self.section
+            .as_ref()
+            .map(|(_, run)| run)
+            .filter(|run| !run.is_current(&self.fingerprint))
+    }
+
     /// Records a target and writes its row in the current section's verdict table.
     fn target(
         &mut self,
@@ -190,42 +212,97 @@ impl Report {
         met: Option<bool>,
         limit: &str,
     ) {
-        let _ = writeln!(self.md, "| {target} | {measured} | {} |", verdict(met));
-        let measured = match &self.earlier {
-            Some(run) => format!("{measured} (earlier run: {run})"),
-            None => measured,
-        };
+        self.record(area, target, measured, met, verdict(met).to_owned(), limit);
+    }
+
+    fn record(
+        &mut self,
+        area: &'static str,
+        target: &str,
+        mut measured: String,
+        mut met: Option<bool>,
+        mut verdict: String,
+        limit: &str,
+    ) {
+        if let Some(run) = self.stale() {
+            let _ = write!(measured, " (stale: revision {})", run.revision);
+            met = None;
+            verdict = "stale: measured on other code".to_owned();
+        }
+        let _ = writeln!(self.md, "| {target} | {measured} | {verdict} |");
         self.targets.push(Target {
             area,
             target: target.to_owned(),
             measured,
             met,
+            verdict,
             limit: limit.to_owned(),
         });
     }
 
-    /// Starts a section's figures: says so when they are from an earlier run.
-    fn section_run(&mut self, args: &Args, suite: &str) {
-        let meta = read_json(&args.results.join(format!("{suite}.meta.json")));
-        self.earlier = match meta {
-            Some(m) if m["run"].as_str() == Some(args.run_id.as_str()) => None,
-            Some(m) => {
-                let run = m["run"].as_str().unwrap_or("?").to_owned();
-                let _ = write!(
-                    self.md,
-                    "_Figures from an earlier run: `{}` ({} mode) at {run}; load: {}._\n\n",
-                    m["command"].as_str().unwrap_or("?"),
-                    m["mode"].as_str().unwrap_or("?"),
-                    m["load"].as_str().unwrap_or("not stated")
-                );
-                Some(run)
-            }
-            None => {
-                self.md
-                    .push_str("_Figures from an earlier run (which one was not recorded)._\n\n");
-                Some("not recorded".to_owned())
-            }
+    /// A target whose figure is `value` (from this run's JSON) against `threshold`; when it is
+    /// borderline, judged over the kept runs of this suite on the same code, each giving its
+    /// figure through `figure`.
+    fn judged(
+        &mut self,
+        area: &'static str,
+        target: &str,
+        measured: String,
+        (value, threshold): (Option<f64>, Threshold),
+        figure: impl Fn(&Value) -> Option<f64>,
+        limit: &str,
+    ) {
+        let Some(value) = value.filter(|_| self.stale().is_none()) else {
+            self.target(
+                area,
+                target,
+                measured,
+                value.map(|v| threshold.met(v)),
+                limit,
+            );
+            return;
         };
+        let suite = self
+            .section
+            .as_ref()
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        let history: Vec<f64> = runs::runs_of(&self.results, &suite, &self.fingerprint, &self.mode)
+            .iter()
+            .filter_map(&figure)
+            .collect();
+        let (met, why) = runs::judge(value, threshold, &history);
+        let measured = if why.is_empty() {
+            measured
+        } else {
+            format!("{measured}; {why}")
+        };
+        let verdict = match met {
+            None if !why.is_empty() => "not judged yet (borderline)".to_owned(),
+            other => verdict(other).to_owned(),
+        };
+        self.record(area, target, measured, met, verdict, limit);
+    }
+
+    /// Starts a section's figures: where they come from, and whether they are stale.
+    fn section_run(&mut self, args: &Args, suite: &str) {
+        let meta = read_json(&args.results.join(format!("{suite}.meta.json"))).unwrap_or_default();
+        let run = SuiteRun::from_meta(&meta);
+        let _ = write!(self.md, "{}\n\n", run.describe());
+        if !run.is_current(&args.fingerprint) {
+            let _ = write!(
+                self.md,
+                "**Stale:** these figures measured other code (fingerprint `{}`) than this report's (`{}`); \
+                 they are shown, not judged. Run the suite again for verdicts.\n\n",
+                if run.fingerprint.is_empty() {
+                    "not recorded"
+                } else {
+                    &run.fingerprint
+                },
+                args.fingerprint
+            );
+        }
+        self.section = Some((suite.to_owned(), run));
     }
 
     fn verdict_header(&mut self) {
@@ -241,6 +318,7 @@ impl Report {
                 target: (*t).to_owned(),
                 measured: why.to_owned(),
                 met: None,
+                verdict: verdict(None).to_owned(),
                 limit: String::new(),
             });
         }
@@ -322,7 +400,7 @@ fn notes(dir: &Path, section: &str) -> String {
 const IMG: &str = "@IMG@/";
 
 fn ipam(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "## IPAM\n")?;
     writeln!(
         r.md,
@@ -391,7 +469,7 @@ fn gbps_list(runs: &serde_json::Value) -> String {
 }
 
 fn attach(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Dataplane attach and detach\n")?;
     let Some(attach) = read_json(&args.results.join("attach.json")) else {
         writeln!(r.md, "Attach: not measured in this run.")?;
@@ -400,6 +478,7 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
             &[
                 "attach < 10 ms median at every size",
                 "attach: largest / smallest size <= 1.5x",
+                "dual-stack attach within 1.5x of IPv4-only, at every size",
                 "iperf3 through a published port within 10% of direct",
             ],
             "suite `attach` not run",
@@ -407,11 +486,12 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
         return Ok(());
     };
     r.section_run(args, "attach");
-    let rows = attach["sizes"].as_array().cloned().unwrap_or_default();
+    let families = attach_families(&attach);
+    let (baseline, rows, other_family_rows) = attach_rows(&attach);
     let interleaved = attach["interleaved"].as_bool().unwrap_or(false);
     writeln!(
         r.md,
-        "Command: `PIER_BENCH_SIZES={} PIER_BENCH_REPS={} PIER_BENCH_IPERF={} cargo bench -p pier-node --bench attach` \
+        "Command: `PIER_BENCH_SIZES={} PIER_BENCH_REPS={} PIER_BENCH_IPERF={} PIER_BENCH_FAMILIES={} cargo bench -p pier-node --bench attach` \
          (`node-daemon/benches/attach.rs`). One more endpoint attached to a node (its own network namespace) that \
          already has N endpoints over 4 bridges, then removed again; netavark `setup`/`teardown` (Debian package, \
          run as a process, as a container runtime does) on its own node of the same size{}.\n",
@@ -422,6 +502,11 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
             .join(","),
         attach["repetitions"],
         if attach["iperf3"].is_null() { 0 } else { 1 },
+        if families.is_empty() {
+            "ipv4".to_owned()
+        } else {
+            families.join(",")
+        },
         if interleaved {
             ", back to back with Pier in every repetition; the ratios are medians of netavark / Pier per repetition (pair by pair)"
         } else {
@@ -480,25 +565,16 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
             mmm(&row["pier_full_apply_ms"], 2),
         )?;
     }
-    let medians: Vec<f64> = rows
+    let worst = rows
         .iter()
         .filter_map(|r| r["pier_attach_ms"]["median"].as_f64())
-        .collect();
-    let minima: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r["pier_attach_ms"]["min"].as_f64())
-        .collect();
-    let worst = medians.iter().copied().reduce(f64::max);
-    let growth = |v: &[f64]| match (v.first(), v.last()) {
-        (Some(f), Some(l)) if v.len() > 1 && *f > 0.0 => Some(l / f),
-        _ => None,
-    };
+        .reduce(f64::max);
     let sizes: Vec<u64> = rows
         .iter()
         .filter_map(|r| r["endpoints"].as_u64())
         .collect();
+    let flat = attach_growth(&rows, "median");
     let spans_1000 = sizes.first() == Some(&10) && sizes.last() == Some(&1000);
-    let flat = growth(&medians);
     r.verdict_header();
     r.target(
         "attach",
@@ -507,29 +583,31 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
         worst.map(|w| w < 10.0),
         "",
     );
-    r.target(
+    r.judged(
         "attach",
         "attach: largest / smallest size <= 1.5x (10 -> 1000 endpoints)",
         match flat {
             Some(f) => format!(
                 "{f:.2}x of medians, {} of minima ({} -> {})",
-                fmt_opt(growth(&minima), 2, "x"),
+                fmt_opt(attach_growth(&rows, "min"), 2, "x"),
                 sizes.first().unwrap_or(&0),
                 sizes.last().unwrap_or(&0)
             ),
             None => "-".to_owned(),
         },
-        flat.filter(|_| spans_1000).map(|f| f <= 1.5),
+        (flat.filter(|_| spans_1000), Threshold::AtMost(1.5)),
+        |run| attach_growth(&attach_rows(run).1, "median"),
         "what still grows with N is kernel work, found by timing each step at 10 and 1000 endpoints: \
          the kernel's IPv4 address dump walks every device, and creating a veth on a bridge with \
          hundreds of ports takes longer; medians also carry time spent waiting for one of the 2 \
          shared CPUs (compare the minima)",
     );
+    family_ratios(r, &baseline, &other_family_rows)?;
     if let (Some(d), Some(p)) = (
         attach["iperf3"]["direct_gbps"].as_f64(),
         attach["iperf3"]["published_gbps"].as_f64(),
     ) {
-        r.target(
+        r.judged(
             "attach",
             "iperf3 through a published port within 10% of direct",
             format!(
@@ -538,7 +616,13 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
                 gbps_list(&attach["iperf3"]["published_runs_gbps"]),
                 gbps_list(&attach["iperf3"]["direct_runs_gbps"]),
             ),
-            Some(p >= 0.9 * d),
+            (Some(p / d), Threshold::AtLeast(0.9)),
+            |run| {
+                Some(
+                    run["iperf3"]["published_gbps"].as_f64()?
+                        / run["iperf3"]["direct_gbps"].as_f64()?,
+                )
+            },
             "5 s iperf3 runs on the shared machine vary by +-30% from run to run (see the runs); \
              the published path adds one DNAT lookup per connection, not per packet",
         );
@@ -588,8 +672,106 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The address families of an attach run (`PIER_BENCH_FAMILIES`), in order.
+fn attach_families(attach: &Value) -> Vec<String> {
+    attach["families"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An attach run's rows: with several families, the first one is the baseline the main table,
+/// netavark and the flatness verdict are about; the others are judged relative to it.
+fn attach_rows(attach: &Value) -> (String, Vec<Value>, Vec<Value>) {
+    let baseline = attach_families(attach)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "ipv4".to_owned());
+    let (rows, others) = attach["sizes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|row| row["family"].as_str().is_none_or(|f| f == baseline));
+    (baseline, rows, others)
+}
+
+/// Attach time at the largest size / at the smallest, of the rows' `statistic` (median, min).
+fn attach_growth(rows: &[Value], statistic: &str) -> Option<f64> {
+    let values: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r["pier_attach_ms"][statistic].as_f64())
+        .collect();
+    match (values.first(), values.last()) {
+        (Some(first), Some(last)) if values.len() > 1 && *first > 0.0 => Some(last / first),
+        _ => None,
+    }
+}
+
+/// The largest median ratio of dual-stack attach to IPv4-only attach, and at which size.
+fn worst_dual_ratio(rows: &[Value]) -> Option<(f64, u64)> {
+    rows.iter()
+        .filter(|row| row["family"] == "dual")
+        .filter_map(|row| {
+            Some((
+                row["attach_ratio_to_first_family_per_pair"]["median"].as_f64()?,
+                row["endpoints"].as_u64()?,
+            ))
+        })
+        .reduce(|a, b| if b.0 > a.0 { b } else { a })
+}
+
+/// The dual-stack target: attach of a dual-stack endpoint / of an IPv4-only one, per pair of
+/// back-to-back repetitions at the same size, judged at every size by the median of those ratios.
+fn family_ratios(r: &mut Report, baseline: &str, rows: &[Value]) -> Result<()> {
+    const TARGET: &str = "dual-stack attach within 1.5x of IPv4-only, at every size";
+    let dual: Vec<&Value> = rows.iter().filter(|row| row["family"] == "dual").collect();
+    if dual.is_empty() || baseline != "ipv4" {
+        r.not_run(
+            "attach",
+            &[TARGET],
+            "not run in this mode (needs PIER_BENCH_FAMILIES=ipv4,dual)",
+        );
+        return Ok(());
+    }
+    writeln!(
+        r.md,
+        "\nOther address families on nodes of the same sizes, in the same repetitions (each one right after the \
+         IPv4-only node of its size): attach in ms, median (min-max), and its ratio to IPv4-only attach, pair by pair.\n\n\
+         | family | endpoints | Pier attach | Pier detach | attach / IPv4-only attach |\n|---|---:|---:|---:|---:|"
+    )?;
+    for row in rows {
+        writeln!(
+            r.md,
+            "| {} | {} | {} | {} | {} |",
+            row["family"].as_str().unwrap_or("-"),
+            row["endpoints"],
+            mmm(&row["pier_attach_ms"], 2),
+            mmm(&row["pier_detach_ms"], 2),
+            mmm(&row["attach_ratio_to_first_family_per_pair"], 2),
+        )?;
+    }
+    let worst = worst_dual_ratio(rows);
+    r.judged(
+        "attach",
+        TARGET,
+        worst.map_or("-".to_owned(), |(ratio, size)| {
+            format!("worst median ratio {ratio:.2}x (at {size} endpoints)")
+        }),
+        (worst.map(|(ratio, _)| ratio), Threshold::AtMost(1.5)),
+        |run| worst_dual_ratio(&attach_rows(run).2).map(|(ratio, _)| ratio),
+        "a dual-stack endpoint has twice the addresses and routes, and IPv6 addresses are added \
+         without DAD (nodad), so the extra time is the second family's netlink requests",
+    );
+    Ok(())
+}
+
 fn ports(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Published ports\n")?;
     let Some(ports) = read_json(&args.results.join("ports.json")) else {
         writeln!(r.md, "Ports: not measured in this run.")?;
@@ -675,14 +857,15 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn dns(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## DNS\n")?;
     let Some(dns) = read_json(&args.results.join("dns.json")) else {
         writeln!(r.md, "DNS: not measured in this run.")?;
         r.not_run(
             "DNS",
             &[
-                "QPS >= 2x aardvark-dns",
+                "QPS >= 2x aardvark-dns (per-round pairs)",
+                "server CPU per answer: aardvark-dns needs >= 2x Pier's",
                 "p99 < 1 ms at 10,000 QPS",
                 "record update < 5 ms",
             ],
@@ -695,13 +878,8 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
-    let median_ratio = median_of(ratios.clone());
-    let rounds = |who: &str, key: &str| -> Vec<f64> {
-        dns["max_qps_rounds"][who]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r[key].as_f64()).collect())
-            .unwrap_or_default()
-    };
+    let median_ratio = dns_qps_ratio(&dns);
+    let rounds = |who: &str, key: &str| dns_rounds(&dns, who, key);
     let joined = |v: &[f64], digits: usize| {
         v.iter()
             .map(|q| format!("{q:.digits$}"))
@@ -733,17 +911,11 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
             f["max_us"].as_f64().unwrap_or(f64::NAN)
         )?;
     }
-    let cpu_ratio = match (
-        median_of(rounds("aardvark-dns", "cpu_us")),
-        median_of(rounds("pier", "cpu_us")),
-    ) {
-        (Some(t), Some(o)) if o > 0.0 => Some(t / o),
-        _ => None,
-    };
+    let cpu_ratio = dns_cpu_ratio(&dns);
     let p99 = dns["at_10k_qps"]["pier"]["p99_us"].as_f64();
     let update = dns["update_us"]["p50"].as_f64();
     r.verdict_header();
-    r.target(
+    r.judged(
         "DNS",
         "QPS >= 2x aardvark-dns (per-round pairs)",
         format!(
@@ -755,13 +927,27 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        median_ratio.map(|r| r >= 2.0),
+        (median_ratio, Threshold::AtLeast(2.0)),
+        dns_qps_ratio,
         &format!(
             "dnsperf, not Pier, saturates (dnsperf needs about one of the 2 CPUs, so the two servers \
              share what is left with it and with other load); the load-independent figure is server \
              CPU per answer, where aardvark-dns needs {} Pier's",
             fmt_opt(cpu_ratio, 1, "x")
         ),
+    );
+    r.judged(
+        "DNS",
+        "server CPU per answer: aardvark-dns needs >= 2x Pier's",
+        format!(
+            "{} (median µs per answer over the max-QPS rounds: aardvark-dns {}, Pier {})",
+            fmt_opt(cpu_ratio, 2, "x"),
+            fmt_opt(median_of(rounds("aardvark-dns", "cpu_us")), 1, ""),
+            fmt_opt(median_of(rounds("pier", "cpu_us")), 1, "")
+        ),
+        (cpu_ratio, Threshold::AtLeast(2.0)),
+        dns_cpu_ratio,
+        "",
     );
     r.target(
         "DNS",
@@ -785,14 +971,40 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// One figure (`key`: qps, cpu_us) of `who`'s max-QPS rounds.
+fn dns_rounds(dns: &Value, who: &str, key: &str) -> Vec<f64> {
+    dns["max_qps_rounds"][who]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r[key].as_f64()).collect())
+        .unwrap_or_default()
+}
+
+/// Pier's QPS / aardvark-dns's, median of the rounds (each round runs both back to back).
+fn dns_qps_ratio(dns: &Value) -> Option<f64> {
+    median_of(
+        dns["qps_ratio_per_round"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// aardvark-dns's server CPU per answer / Pier's (medians over the rounds).
+fn dns_cpu_ratio(dns: &Value) -> Option<f64> {
+    match (
+        median_of(dns_rounds(dns, "aardvark-dns", "cpu_us")),
+        median_of(dns_rounds(dns, "pier", "cpu_us")),
+    ) {
+        (Some(theirs), Some(ours)) if ours > 0.0 => Some(theirs / ours),
+        _ => None,
+    }
+}
+
 fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## API server\n")?;
     let Some(api) = read_json(&args.results.join("apiserver.json")) else {
-        writeln!(
-            r.md,
-            "Not measured in this run (suite `apiserver`); see the hand-run figures at the end."
-        )?;
+        writeln!(r.md, "Not measured in this run (suite `apiserver`).")?;
         r.not_run(
             "API server",
             &[
@@ -908,13 +1120,10 @@ fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
 }
 
 fn operator(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Operator\n")?;
     let Some(op) = read_json(&args.results.join("operator.json")) else {
-        writeln!(
-            r.md,
-            "Not measured in this run (suite `operator`); see the hand-run figures at the end."
-        )?;
+        writeln!(r.md, "Not measured in this run (suite `operator`).")?;
         r.not_run(
             "operator",
             &[
@@ -973,7 +1182,7 @@ fn operator(r: &mut Report, args: &Args) -> Result<()> {
 }
 
 fn local(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Local mode, `pier up`\n")?;
     let Some(local) = read_json(&args.results.join("local.json")) else {
         writeln!(r.md, "Not measured in this run (suite `local`).")?;
@@ -1145,7 +1354,7 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
     r.verdict_header();
     r.target(
         "local mode",
-        "apply -> ping < 100 ms median (Docker 20.10 `network connect`: about 157 ms)",
+        "apply -> ping < 100 ms median",
         format!(
             "{} (kubectl apply: {})",
             fmt_opt(median, 1, " ms"),
@@ -1224,7 +1433,7 @@ fn limit_500(row: &Value) -> String {
 
 fn summary(targets: &[Target]) -> String {
     let mut md = String::from(
-        "## Targets\n\nEvery target, as measured by this run (details in the sections below).\n\n\
+        "## Targets\n\nEvery target, as its section measured it (details and provenance in the sections below).\n\n\
          | area | target | measured | verdict | what limits it (when not met) |\n|---|---|---|---|---|\n",
     );
     for t in targets {
@@ -1236,13 +1445,44 @@ fn summary(targets: &[Target]) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {limit} |",
-            t.area,
-            t.target,
-            t.measured,
-            verdict(t.met)
+            t.area, t.target, t.measured, t.verdict
         );
     }
     md
+}
+
+/// The areas whose first target is a headline in the README, in this order.
+const HEADLINE_AREAS: [&str; 5] = ["attach", "DNS", "local mode", "overlay", "API server"];
+const SUMMARY_BEGIN: &str = "<!-- benchmarks-summary:begin -->";
+const SUMMARY_END: &str = "<!-- benchmarks-summary:end -->";
+
+/// Replaces the summary block of `readme` with the headline targets.
+fn write_readme_summary(readme: &Path, targets: &[Target], run: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let (Some(begin), Some(end)) = (text.find(SUMMARY_BEGIN), text.find(SUMMARY_END)) else {
+        bail!(
+            "{} has no {SUMMARY_BEGIN} ... {SUMMARY_END} block",
+            readme.display()
+        );
+    };
+    let mut table =
+        format!("{SUMMARY_BEGIN}\n| area | target | measured | verdict |\n|---|---|---|---|\n");
+    for area in HEADLINE_AREAS {
+        if let Some(t) = targets.iter().find(|t| t.area == area) {
+            writeln!(
+                table,
+                "| {} | {} | {} | {} |",
+                t.area, t.target, t.measured, t.verdict
+            )?;
+        }
+    }
+    writeln!(
+        table,
+        "\n_From `BENCHMARKS.md` ({run}); every other target and how each was measured are there._"
+    )?;
+    let updated = format!("{}{table}{}", &text[..begin], &text[end..]);
+    std::fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))
 }
 
 fn main() -> Result<()> {
@@ -1251,7 +1491,10 @@ fn main() -> Result<()> {
     let mut r = Report {
         md: String::new(),
         targets: Vec::new(),
-        earlier: None,
+        section: None,
+        results: args.results.clone(),
+        fingerprint: args.fingerprint.clone(),
+        mode: args.mode.clone(),
     };
     ipam(&mut r, &args)?;
     attach(&mut r, &args)?;
@@ -1267,8 +1510,13 @@ fn main() -> Result<()> {
     writeln!(head, "# Benchmarks\n")?;
     writeln!(
         head,
-        "Generated by `{}` ({} mode) at {}; every figure and verdict below comes from that run (suites run: {}; \
-         a section run earlier says so), nothing is edited by hand (the notes come from `benches/notes/`, the text from `benches/driver/src/main.rs`). \
+        "Generated by `{}` ({} mode) at {} (suites run this time: {}); nothing is edited by hand (the notes come \
+         from `benches/notes/`, the text from `benches/driver/`). Each section starts with the run that measured it \
+         (date, command, mode, load, git revision and code fingerprint, from `benches/fingerprint.sh`); its raw \
+         samples are in `benches/report/json/` (the latest run of each suite) and `benches/report/json/runs/` \
+         (every kept run). Verdicts are given only for sections measured on the code this report is about \
+         (fingerprint `{}`); the others say they are stale. A figure within {:.0}% of its target is borderline: it \
+         is judged by the median of that figure over {} runs of the same code and mode, never by the best run. \
          Run it yourself, as root: `sudo benches/run.sh --quick` (under about 2 minutes once built: \
          smaller N, fewer repetitions, so the targets at 1000 / 500 are not judged) or \
          `sudo benches/run.sh --full`; `PIER_BENCH_SUITES=\"ipam attach ports dns apiserver operator local overlay\"` \
@@ -1283,13 +1531,17 @@ fn main() -> Result<()> {
         args.suites
             .split_whitespace()
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        args.fingerprint,
+        runs::BORDERLINE * 100.0,
+        runs::RUNS_TO_JUDGE,
     )?;
     writeln!(head, "- Machine: {}", machine())?;
     writeln!(head, "- Load during the run: {}", args.load)?;
     writeln!(
         head,
-        "- pier git rev: {rev}; {}",
+        "- pier git rev: {rev} (code fingerprint {}); {}",
+        args.fingerprint,
         version_of("rustc", &["--version"])
     )?;
     writeln!(
@@ -1302,13 +1554,7 @@ fn main() -> Result<()> {
         deb_version("fping"),
         version_of("kubectl", &["version", "--client"])
     )?;
-    let history = args
-        .history
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .map(|t| format!("\n{}\n", t.trim_end()))
-        .unwrap_or_default();
-    let body = format!("{head}{}\n{}{history}", summary(&r.targets), r.md);
+    let body = format!("{head}{}\n{}", summary(&r.targets), r.md);
 
     let benchmarks = args
         .benchmarks
@@ -1316,6 +1562,9 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| args.out.join("BENCHMARKS.md"));
     std::fs::write(&benchmarks, body.replace(IMG, &args.image_prefix))
         .with_context(|| format!("writing {}", benchmarks.display()))?;
+    if let Some(readme) = &args.readme {
+        write_readme_summary(readme, &r.targets, &args.run_id)?;
+    }
     let index = args.out.join("README.md");
     std::fs::write(
         &index,

@@ -7,10 +7,12 @@
 # --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
 # Endpoints at once through `pier up`; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
 # create/delete cycles).
-# PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local overlay" picks suites (default all).
+# PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local docker overlay" picks suites
+# (default all; `docker` measures Debian's docker.io as a peer when it is installed).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
 # Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3, fping,
-# kubectl, socat, nsenter (Debian: apt-get install netavark aardvark-dns dnsperf iperf3 fping socat).
+# kubectl, socat, nsenter (Debian: apt-get install netavark aardvark-dns dnsperf iperf3 fping socat);
+# the docker suite also docker.io and busybox-static (without them it is reported as not measured).
 # The report is written by the driver crate in benches/driver (package pier-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ if [ "$mode" = full ]; then
   dns_env=(PIER_BENCH_ROUNDS=3)
   api_objects=10000
   local_env=(PIER_BENCH_RUNS=30 PIER_BENCH_SCALE=100,500)
+  docker_env=(PIER_BENCH_RUNS=30 PIER_BENCH_DOWN=500)
   overlay_env=(PIER_BENCH_RUNS=100 PIER_BENCH_PER_NODE=300 PIER_BENCH_CHURN=1000
     PIER_BENCH_IPERF_ROUNDS=3 PIER_BENCH_IPERF_SECONDS=5)
 else
@@ -53,12 +56,13 @@ else
   dns_env=(PIER_BENCH_ROUNDS=1)
   api_objects=2000
   local_env=(PIER_BENCH_RUNS=10 PIER_BENCH_SCALE=100)
+  docker_env=(PIER_BENCH_RUNS=5 PIER_BENCH_DOWN=50)
   overlay_env=(PIER_BENCH_RUNS=10 PIER_BENCH_PER_NODE=30 PIER_BENCH_CHURN=100
     PIER_BENCH_IPERF_ROUNDS=1 PIER_BENCH_IPERF_SECONDS=2)
 fi
 
 # PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.
-suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns apiserver operator local overlay} "
+suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns apiserver operator local docker overlay} "
 run() { [[ "$suites" == *" $1 "* ]]; }
 # A suite's JSON is replaced only when it runs (the report says which figures are from an earlier
 # run, from SUITE.meta.json); a suite that fails leaves no JSON behind.
@@ -97,10 +101,16 @@ pier_bin="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/pier"
 if run ipam; then
 echo "== IPAM (criterion)"
 cargo bench -p pier-operator --bench ipam -- "${criterion_args[@]}"
-jq -s '{bench: "ipam", fill_slash16_65533_median_ns: .[0].median.point_estimate,
-  first_1000_of_slash64_median_ns: .[1].median.point_estimate}' \
+# criterion's medians, and its raw samples as time per iteration (sample.json: iters, times in ns).
+per_iteration='[.times, .iters] | transpose | map(.[0] / .[1] / 1e6)'
+jq -s "{bench: \"ipam\", fill_slash16_65533_median_ns: .[0].median.point_estimate,
+  first_1000_of_slash64_median_ns: .[1].median.point_estimate,
+  fill_slash16_65533_samples_ms: (.[2] | $per_iteration),
+  first_1000_of_slash64_samples_ms: (.[3] | $per_iteration)}" \
   target/criterion/ipam/fill_slash16_65533/new/estimates.json \
-  target/criterion/ipam/first_1000_of_slash64/new/estimates.json >"$json/ipam.json"
+  target/criterion/ipam/first_1000_of_slash64/new/estimates.json \
+  target/criterion/ipam/fill_slash16_65533/new/sample.json \
+  target/criterion/ipam/first_1000_of_slash64/new/sample.json >"$json/ipam.json"
 ran ipam
 fi
 if run attach; then
@@ -134,6 +144,12 @@ if run local; then
 echo "== local mode (pier up)"
 env "${local_env[@]}" PIER_BIN="$pier_bin" PIER_BENCH_JSON="$json/local.json" benches/local.sh
 ran local
+fi
+if run docker; then
+echo "== Docker (peer): network connect, compose down"
+env "${docker_env[@]}" PIER_BENCH_JSON="$json/docker.json" benches/docker.sh
+# Without Docker the script writes nothing: the report says "not measured".
+if [ -f "$json/docker.json" ]; then ran docker; fi
 fi
 if run overlay; then
 echo "== overlay networks across three nodes (pier up + pier node)"

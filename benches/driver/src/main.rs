@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod docker;
 mod overlay;
 mod runs;
 
@@ -376,6 +377,88 @@ fn plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()
     Ok(())
 }
 
+/// The raw samples of one figure in the order they were taken (x: sample number), one line
+/// per series: how a suite's repetitions spread and drift.
+fn plot_samples(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[(String, Vec<f64>)],
+) -> Result<()> {
+    let longest = series.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    if longest == 0 {
+        return Ok(());
+    }
+    let y_max = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..(longest as f64 + 1.0), 0.0..y_max.max(1e-3))?;
+    chart
+        .configure_mesh()
+        .x_desc("sample, in the order taken")
+        .y_desc(y_desc)
+        .draw()?;
+    for (i, (name, samples)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(
+                samples
+                    .iter()
+                    .enumerate()
+                    .map(|(n, v)| Circle::new((n as f64 + 1.0, *v), 2, color.filled())),
+            )?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The `samples` array of a figure (`{median, min, max, samples}`), empty when not kept.
+fn samples_of(figure: &Value) -> Vec<f64> {
+    figure["samples"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// Plots the named figures' samples into OUT/NAME.svg and links it from the report.
+fn samples_plot(
+    r: &mut Report,
+    args: &Args,
+    name: &str,
+    title: &str,
+    y_desc: &str,
+    series: Vec<(String, Vec<f64>)>,
+) -> Result<()> {
+    if series.iter().all(|(_, s)| s.is_empty()) {
+        return Ok(());
+    }
+    plot_samples(
+        &args.out.join(format!("{name}.svg")),
+        title,
+        y_desc,
+        &series,
+    )?;
+    writeln!(r.md, "\n![{title}]({IMG}{name}.svg)")?;
+    Ok(())
+}
+
 fn series_of(rows: &[Value], x_key: &str, y_key: &str) -> Vec<(f64, f64, f64, f64)> {
     rows.iter()
         .filter_map(|r| {
@@ -449,6 +532,31 @@ fn ipam(r: &mut Report, args: &Args) -> Result<()> {
         ms6.map(|m| m < 5.0),
         "",
     );
+    if let Some(kept) = &kept {
+        let samples = |key: &str| {
+            kept[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        samples_plot(
+            r,
+            args,
+            "ipam",
+            "IPAM: criterion's samples (time per iteration)",
+            "ms",
+            vec![
+                (
+                    "fill a /16".to_owned(),
+                    samples("fill_slash16_65533_samples_ms"),
+                ),
+                (
+                    "first 1,000 of a /64".to_owned(),
+                    samples("first_1000_of_slash64_samples_ms"),
+                ),
+            ],
+        )?;
+    }
     r.md.push_str(&notes(&args.notes, "ipam"));
     Ok(())
 }
@@ -967,6 +1075,14 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
         update.map(|u| u < 5000.0),
         "the tail is time spent waiting for a CPU",
     );
+    samples_plot(
+        r,
+        args,
+        "dns",
+        "DNS record update: endpoint added -> answerable",
+        "µs (sorted samples)",
+        vec![("Pier".to_owned(), samples_of(&dns["update_us"]["all"]))],
+    )?;
     r.md.push_str(&notes(&args.notes, "dns"));
     Ok(())
 }
@@ -1177,6 +1293,17 @@ fn operator(r: &mut Report, args: &Args) -> Result<()> {
         bulk.map(|b| b < 5.0),
         "the creates themselves and every status write are fsynced on the shared disk",
     );
+    samples_plot(
+        r,
+        args,
+        "operator",
+        "Endpoint created -> address in status",
+        "ms (sorted samples)",
+        vec![(
+            "Pier operator".to_owned(),
+            samples_of(&op["created_to_address_ms"]),
+        )],
+    )?;
     r.md.push_str(&notes(&args.notes, "operator"));
     Ok(())
 }
@@ -1395,6 +1522,23 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
             );
         }
     }
+    samples_plot(
+        r,
+        args,
+        "local",
+        "pier up: apply -> ping, every run",
+        "ms",
+        vec![
+            (
+                "apply request -> ping".to_owned(),
+                samples_of(&local["apply_to_ping_ms"]),
+            ),
+            (
+                "kubectl apply -> ping".to_owned(),
+                samples_of(&local["kubectl_apply_to_ping_ms"]),
+            ),
+        ],
+    )?;
     r.md.push_str(&notes(&args.notes, "local"));
     Ok(())
 }
@@ -1503,6 +1647,7 @@ fn main() -> Result<()> {
     apiserver(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
+    docker::docker(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod fanout;
 mod overlay;
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
@@ -1258,6 +1259,7 @@ fn main() -> Result<()> {
     ports(&mut r, &args)?;
     dns(&mut r, &args)?;
     apiserver(&mut r, &args)?;
+    fanout::fanout(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;

@@ -143,8 +143,37 @@ struct Endpoint {
     token: String,
 }
 
-/// One watcher: a TLS connection, a watch from `from`; says `ready` once the response started,
-/// records every event until one at the version `done` announces (or the drain time is up).
+type Conn = hyper::client::conn::http1::Connection<
+    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    http_body_util::Empty<Bytes>,
+>;
+
+/// A TLS connection speaking HTTP/1.1, and the watch started on it (the connection must be
+/// polled for the response to progress).
+async fn open_watch(to: Endpoint, from: u64) -> anyhow::Result<(hyper::body::Incoming, Conn)> {
+    let tcp = tokio::net::TcpStream::connect(to.addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let tls = tokio_rustls::TlsConnector::from(to.tls)
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, mut conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    let req = http::Request::get(format!("{PATH}?watch=true&resourceVersion={from}"))
+        .header(http::header::HOST, "127.0.0.1")
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", to.token))
+        .body(http_body_util::Empty::<Bytes>::new())?;
+    let resp = tokio::select! {
+        resp = sender.send_request(req) => resp?,
+        ended = &mut conn => anyhow::bail!("the connection ended: {ended:?}"),
+    };
+    ensure!(resp.status() == 200, "watch answered {}", resp.status());
+    Ok((resp.into_body(), conn))
+}
+
+/// One watcher: says `ready` once its watch's response started, records every event until one
+/// at the version `done` announces (or the drain time is up). The connection is polled in the
+/// same task as the body: one task per watcher, as light a client as can be.
 async fn watcher(
     to: Endpoint,
     from: u64,
@@ -152,23 +181,8 @@ async fn watcher(
     ready: mpsc::Sender<()>,
     mut done: watch::Receiver<Option<u64>>,
 ) -> anyhow::Result<Arrivals> {
-    let tcp = tokio::net::TcpStream::connect(to.addr).await?;
-    tcp.set_nodelay(true)?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-    let tls = tokio_rustls::TlsConnector::from(to.tls)
-        .connect(name, tcp)
-        .await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("{PATH}?watch=true&resourceVersion={from}"))
-        .header(http::header::HOST, "127.0.0.1")
-        .header(http::header::AUTHORIZATION, format!("Bearer {}", to.token))
-        .body(http_body_util::Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    ensure!(resp.status() == 200, "watch answered {}", resp.status());
+    let (mut body, mut conn) = open_watch(to, from).await?;
     let _ = ready.send(()).await;
-    let mut body = resp.into_body();
     let mut seen = Vec::with_capacity(capacity);
     let mut carry = Vec::new();
     let finder = memchr::memmem::Finder::new(RV_KEY);
@@ -177,12 +191,15 @@ async fn watcher(
     tokio::pin!(deadline);
     while seen.last().is_none_or(|(rv, _)| *rv < target) {
         tokio::select! {
+            // What the connection already read comes first.
+            biased;
             frame = body.frame() => match frame {
                 Some(Ok(frame)) => if let Some(data) = frame.data_ref() {
                     take_lines(&mut carry, data, Instant::now(), &mut seen, &finder);
                 },
                 _ => break,
             },
+            _ = &mut conn => break,
             changed = done.changed(), if target == u64::MAX => {
                 if changed.is_err() {
                     break;

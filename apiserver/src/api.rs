@@ -30,6 +30,8 @@ pub struct Api {
     pub watch_slots: Arc<tokio::sync::Semaphore>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: std::time::Duration,
+    /// A watch whose client takes none of its events for this long is closed.
+    pub watch_stall_timeout: std::time::Duration,
     /// Watches answered with 410 Gone (for tests and metrics).
     gone: std::sync::atomic::AtomicU64,
     /// Bumped to end every open watch.
@@ -150,6 +152,7 @@ impl Api {
             registry: RwLock::new((NEVER_BUILT, Arc::new(Registry::default()))),
             watch_slots: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             bookmark_interval: std::time::Duration::from_secs(10),
+            watch_stall_timeout: std::time::Duration::from_secs(10),
             gone: std::sync::atomic::AtomicU64::new(0),
             closer: tokio::sync::watch::Sender::new(0),
         };

@@ -29,6 +29,9 @@ pub struct Options {
     pub max_watches: usize,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// A watch whose client takes none of its events for this long is closed (the client
+    /// resumes from its last version), rather than buffering for it.
+    pub watch_stall_timeout: Duration,
     /// The local node's name (default: the host name).
     pub node_name: Option<String>,
     /// Compact the durable log into a snapshot after this many writes.
@@ -61,6 +64,7 @@ impl Default for Options {
             history_max_age: Duration::from_secs(300),
             max_watches: 1024,
             bookmark_interval: Duration::from_secs(10),
+            watch_stall_timeout: Duration::from_secs(10),
             node_name: None,
             compact_every: 50_000,
             event_ttl: Duration::from_secs(3600),
@@ -214,6 +218,7 @@ impl ApiServer {
     ) -> Result<ApiServer, Error> {
         let mut api = Api::new(store, opts.max_watches);
         api.bookmark_interval = opts.bookmark_interval;
+        api.watch_stall_timeout = opts.watch_stall_timeout;
         let api = Arc::new(api);
         let node = opts.node_name.unwrap_or_else(host_name);
         api.bootstrap(Some(local_node(&node)))

@@ -2,6 +2,10 @@
 //! counter, a history of change events for watches (bounded by count and by age, like etcd's
 //! compaction), and durability through [`wal`].
 //!
+//! Watches are fed per storage key: each publication (a group of writes made durable together)
+//! goes to the key's feed as one [`Batch`], sent after the store's lock is released, so a
+//! watcher wakes once per group and writers never wait on the fan-out.
+//!
 //! A write is visible (to get, list and watch) only once it is on disk. Until then it is
 //! pending: later writes see it (their preconditions check against it, [`Store::latest`]), readers
 //! do not. The log writer publishes pending writes in resourceVersion order once their group is
@@ -39,6 +43,14 @@ impl EventType {
         }
     }
 }
+
+/// Changes published together (one durable group of writes) to one storage key's watches.
+pub type Batch = Arc<[Arc<Event>]>;
+
+/// Batches a key's feed holds for watches that have not taken them yet; a watch further behind
+/// is told it lagged (and is closed, to resume from its last version). Values leave the feed
+/// once every watch took them, so this bounds what a stuck watch can hold, not what is kept.
+const FEED_CAPACITY: usize = 2048;
 
 /// One committed change.
 #[derive(Debug)]
@@ -132,6 +144,8 @@ struct Inner {
     oldest_resumable: u64,
     /// Log records written since the last snapshot.
     since_snapshot: usize,
+    /// Each watched storage key's feed of published changes.
+    feeds: HashMap<String, broadcast::Sender<Batch>>,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -147,7 +161,6 @@ pub struct Store {
 #[derive(Debug)]
 struct Shared {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<Arc<Event>>,
     history_cap: usize,
     /// Every write up to this version is published or dropped.
     settled: tokio::sync::watch::Sender<u64>,
@@ -167,7 +180,9 @@ pub struct Page {
 #[derive(Debug)]
 pub struct Subscription {
     pub backlog: Vec<Arc<Event>>,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    /// The key's changes from now on (some may also be in `backlog` or `initial`: skip what
+    /// is not newer than what was already sent).
+    pub live: broadcast::Receiver<Batch>,
     /// Current objects (for watches that start with synthetic ADDED events).
     pub initial: Vec<Arc<Value>>,
     pub rv: u64,
@@ -218,7 +233,6 @@ impl Store {
                 (k, objs)
             })
             .collect();
-        let (events, _) = broadcast::channel(16384);
         Store {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner {
@@ -232,8 +246,8 @@ impl Store {
                     history: VecDeque::new(),
                     oldest_resumable: recovered.rv,
                     since_snapshot: 0,
+                    feeds: HashMap::new(),
                 }),
-                events,
                 history_cap: history_cap.max(1),
                 settled: tokio::sync::watch::Sender::new(recovered.rv),
             }),
@@ -400,7 +414,11 @@ impl Store {
         });
         let Some(wal) = &self.wal else {
             inner.next_rv = rv;
-            self.shared.publish_locked(&mut inner, name, event);
+            // In memory, commits publish themselves: under the lock, which keeps their order.
+            let feed = self.shared.apply_locked(&mut inner, name, event.clone());
+            if let Some(feed) = feed {
+                let _ = feed.send(Arc::from([event]));
+            }
             self.shared.settled.send_replace(rv);
             return Ok((object, Durable(None)));
         };
@@ -454,6 +472,17 @@ impl Store {
         self.lock().history.len()
     }
 
+    /// When the change at `rv` became visible (its commit: durable and published to watches),
+    /// while the history still holds it: how benchmarks time watch delivery from the commit.
+    pub fn committed_at(&self, rv: u64) -> Option<Instant> {
+        let inner = self.lock();
+        let i = inner
+            .history
+            .binary_search_by_key(&rv, |(_, e)| e.rv)
+            .ok()?;
+        inner.history.get(i).map(|(at, _)| *at)
+    }
+
     /// Forget the change history (like an etcd compaction): watches can no longer resume from
     /// any earlier version and get 410 Gone.
     pub fn compact_history(&self) {
@@ -465,8 +494,14 @@ impl Store {
     /// Start a watch on `key` after resourceVersion `from` (None: from now, with the current
     /// objects as `initial`). Fails with 410 Gone when `from` is older than the history kept.
     pub fn subscribe(&self, key: &str, from: Option<u64>) -> Result<Subscription, ApiError> {
-        let inner = self.lock();
-        let live = self.shared.events.subscribe();
+        let mut inner = self.lock();
+        // Under the lock: a change is recorded (history, objects) under it before it is sent,
+        // so every change is in what this returns, or in `live`, or both.
+        let live = inner
+            .feeds
+            .entry(key.to_string())
+            .or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
+            .subscribe();
         match from {
             None => {
                 let initial = inner
@@ -565,8 +600,14 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes a change visible: applies it, records it in the history and sends it to watches.
-    fn publish_locked(&self, inner: &mut Inner, name: &str, event: Arc<Event>) {
+    /// Makes a change visible: applies it and records it in the history. Returns its key's
+    /// feed while a watch of that key is open, for the caller to send the change to.
+    fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        event: Arc<Event>,
+    ) -> Option<broadcast::Sender<Batch>> {
         let id = (event.namespace.clone(), name.to_string());
         let objs = inner.objects.entry(event.key.clone()).or_default();
         if event.kind == EventType::Deleted {
@@ -583,14 +624,30 @@ impl Shared {
         }
         let now = Instant::now();
         prune_locked(inner, now);
-        inner.history.push_back((now, event.clone()));
+        let feed = inner
+            .feeds
+            .get(&event.key)
+            .filter(|feed| feed.receiver_count() > 0)
+            .cloned();
+        inner.history.push_back((now, event));
         while inner.history.len() > self.history_cap {
             if let Some((_, dropped)) = inner.history.pop_front() {
                 inner.oldest_resumable = dropped.rv;
             }
         }
-        // No receivers is fine.
-        let _ = self.events.send(event);
+        feed
+    }
+}
+
+/// Adds `event` to the batch of its feed (a group of writes usually touches one or two keys).
+fn add_to_batch(
+    batches: &mut Vec<(broadcast::Sender<Batch>, Vec<Arc<Event>>)>,
+    feed: broadcast::Sender<Batch>,
+    event: Arc<Event>,
+) {
+    match batches.iter_mut().find(|(f, _)| f.same_channel(&feed)) {
+        Some((_, events)) => events.push(event),
+        None => batches.push((feed, vec![event])),
     }
 }
 
@@ -601,6 +658,9 @@ struct Publish(Arc<Shared>);
 impl wal::Publisher for Publish {
     fn durable(&mut self, rv: u64) {
         let shared = &self.0;
+        // Only this (the log writer's) thread publishes durable writes, so sending the batches
+        // after the lock is released keeps them in order.
+        let mut batches: Vec<(broadcast::Sender<Batch>, Vec<Arc<Event>>)> = Vec::new();
         let mut inner = shared.lock();
         while inner.queue.front().is_some_and(|(_, e)| e.rv <= rv) {
             let Some((name, event)) = inner.queue.pop_front() else {
@@ -614,7 +674,14 @@ impl wal::Publisher for Publish {
             {
                 inner.pending.remove(&id);
             }
-            shared.publish_locked(&mut inner, &name, event);
+            if let Some(feed) = shared.apply_locked(&mut inner, &name, event.clone()) {
+                add_to_batch(&mut batches, feed, event);
+            }
+        }
+        drop(inner);
+        for (feed, events) in batches {
+            // No watch left is fine.
+            let _ = feed.send(Arc::from(events));
         }
         shared.settled.send_replace(rv);
     }
@@ -760,6 +827,64 @@ mod tests {
         assert!(matches!(s.subscribe("k", Some(3)), Err(ApiError::Gone(_))));
         let sub = s.subscribe("k", Some(4)).expect("up to date");
         assert!(sub.backlog.is_empty());
+    }
+
+    /// Holds each fsync until the test lets it through, saying when one waits.
+    #[derive(Debug)]
+    struct Gate {
+        waiting: Mutex<std::sync::mpsc::Sender<()>>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl wal::LogIo for Gate {
+        fn sync(&self, file: &mut std::fs::File) -> std::io::Result<()> {
+            let _ = self.waiting.lock().map(|w| w.send(()));
+            let _ = self.go.lock().map(|g| g.recv());
+            file.sync_data()
+        }
+    }
+
+    fn rvs_of(batch: &Batch) -> Vec<u64> {
+        batch.iter().map(|e| e.rv).collect()
+    }
+
+    #[test]
+    fn a_durable_group_reaches_each_keys_watches_as_one_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (waiting_tx, waiting) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gate = Gate {
+            waiting: Mutex::new(waiting_tx),
+            go: Mutex::new(go_rx),
+        };
+        let s = Store::open(dir.path(), 100, usize::MAX, Arc::new(gate)).expect("open");
+        let mut a = s.subscribe("a", None).expect("watch a").live;
+        let mut b = s.subscribe("b", None).expect("watch b").live;
+        let (_, first) = s
+            .commit("a", "", "a0", Expect::Absent, Some(obj("a0")))
+            .expect("commit");
+        waiting.recv().expect("the first write's fsync waits");
+        // Queued meanwhile: the next group.
+        let mut durable = vec![first];
+        for (key, name) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+            let (_, d) = s
+                .commit(key, "", name, Expect::Absent, Some(obj(name)))
+                .expect("commit");
+            durable.push(d);
+        }
+        for _ in 0..2 {
+            go.send(()).expect("release an fsync");
+        }
+        for d in durable {
+            futures::executor::block_on(d.wait()).expect("durable");
+        }
+        assert_eq!(rvs_of(&a.try_recv().expect("a: first group")), vec![1]);
+        assert_eq!(rvs_of(&a.try_recv().expect("a: second group")), vec![2, 4]);
+        assert_eq!(rvs_of(&b.try_recv().expect("b: its part")), vec![3]);
+        assert!(
+            a.try_recv().is_err() && b.try_recv().is_err(),
+            "nothing else"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 mod docker;
+mod fanout;
 mod overlay;
 mod runs;
 
@@ -1645,6 +1646,7 @@ fn main() -> Result<()> {
     ports(&mut r, &args)?;
     dns(&mut r, &args)?;
     apiserver(&mut r, &args)?;
+    fanout::fanout(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
     docker::docker(&mut r, &args)?;

@@ -383,3 +383,42 @@ async fn a_stuck_watcher_is_closed_and_the_others_get_every_event_meanwhile() {
         "the stuck watch buffered {buffered} bytes"
     );
 }
+
+#[tokio::test]
+async fn a_watcher_further_behind_than_the_feed_holds_is_closed_with_a_gapless_prefix() {
+    let server = ApiServer::in_memory().await.expect("server");
+    common::install_crds(&kube::Client::new(server.service(), "default")).await;
+    let from = server.api().store.current_rv();
+    let body = open_watch(&server, &format!("resourceVersion={from}")).await;
+    // On this single-threaded runtime the watch's task runs only when the test awaits: these
+    // writes all pile up in the feed, more than it holds.
+    let writes = 5000;
+    for i in 0..writes {
+        let name = format!("ep-{i:04}");
+        server
+            .api()
+            .store
+            .commit(
+                ENDPOINTS_KEY,
+                "default",
+                &name,
+                Expect::Absent,
+                Some(endpoint(&name, "a")),
+            )
+            .expect("commit");
+    }
+    let seen = collect(body, usize::MAX, Duration::from_secs(20)).await;
+    assert!(
+        seen.len() < writes,
+        "the watch ended instead of buffering every write: {} events",
+        seen.len()
+    );
+    let rvs: Vec<u64> = seen.iter().map(|(s, _)| s.rv).collect();
+    let prefix: Vec<u64> = (from + 1..).take(rvs.len()).collect();
+    assert_eq!(rvs, prefix, "what it sent has no gap");
+    // The client resumes from there and gets the rest.
+    let last = rvs.last().copied().unwrap_or(from);
+    let resumed = open_watch(&server, &format!("resourceVersion={last}")).await;
+    let rest = collect(resumed, writes - rvs.len(), Duration::from_secs(20)).await;
+    assert_eq!(rest.len(), writes - rvs.len(), "the rest after resuming");
+}

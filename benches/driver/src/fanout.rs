@@ -113,7 +113,7 @@ fn figures_table(r: &mut Report, f: &Value) -> Result<()> {
          | events delivered | {} of {} ({} of {} watchers got every write; in resourceVersion order: {}) |\n\
          | commit -> receipt | p50 {}, p90 {}, p99 {}, p99.9 {}, max {} |\n\
          | create call (queueing, validation, fsync), for comparison | p50 {}, p99 {} |\n\
-         | CPU used by the process (server, writers, watchers' TLS) | {} cores |\n\
+         | CPU used by the process (server, writers, watchers' TLS) | {} cores; {} µs per delivery; {} commit groups/s |\n\
          | load average at the start / end of the phase | {} / {} |",
         f["writes"],
         f["target_writes_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -132,6 +132,8 @@ fn figures_table(r: &mut Report, f: &Value) -> Result<()> {
         ms(&f["create_call_p50_ms"]),
         ms(&f["create_call_p99_ms"]),
         fmt_opt(f["cpu_cores_used"].as_f64(), 2, ""),
+        fmt_opt(f["cpu_us_per_delivery"].as_f64(), 2, ""),
+        fmt_opt(f["commit_groups_per_s"].as_f64(), 0, ""),
         f["loadavg_start"].as_str().unwrap_or("?"),
         f["loadavg_end"].as_str().unwrap_or("?"),
     )?;

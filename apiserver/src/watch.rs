@@ -147,7 +147,8 @@ pub fn start(
         };
         let mut emit = |kind: &str, e: &Event| -> Bytes {
             if as_table || res.events_form {
-                render(kind, &served(&e.object))
+                // The whole object (the event's own is without managed fields).
+                render(kind, &served(&crate::store::decode(e.json())))
             } else {
                 line_encoded(kind, e.json())
             }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod memory;
 mod overlay;
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
@@ -1261,6 +1262,7 @@ fn main() -> Result<()> {
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
+    memory::memory(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);
     let mut head = String::new();

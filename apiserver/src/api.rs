@@ -186,6 +186,11 @@ impl Api {
         self.store.history_len()
     }
 
+    /// What the store holds: objects, changes and their bytes.
+    pub fn store_usage(&self) -> crate::store::Usage {
+        self.store.usage()
+    }
+
     pub(crate) fn count_gone(&self) {
         self.gone.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -482,7 +487,7 @@ impl Api {
     }
 
     fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        if self.store.get(NAMESPACES, "", ns).is_none() {
+        if !self.store.contains(NAMESPACES, "", ns) {
             return Err(ApiError::not_found("", "namespaces", ns));
         }
         Ok(())
@@ -576,7 +581,8 @@ impl Api {
             metadata["continue"] = json!(encode_continue(next));
             metadata["remainingItemCount"] = json!(page.remaining);
         }
-        let items: Vec<Value> = page.items.iter().map(|o| (**o).clone()).collect();
+        // Each item was decoded for this list alone: moved, not copied.
+        let items: Vec<Value> = page.items.into_iter().map(Arc::unwrap_or_clone).collect();
         Ok(json!({
             "kind": res.list_kind,
             "apiVersion": res.api_version(),
@@ -1061,7 +1067,7 @@ impl Api {
         };
         if let Some(ns_res) = reg.find("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                if self.store.get(NAMESPACES, "", ns).is_none() {
+                if !self.store.contains(NAMESPACES, "", ns) {
                     let body =
                         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
                     self.create(&ns_res, None, body, &ctx).await?;
@@ -1070,7 +1076,7 @@ impl Api {
         }
         if let (Some(node), Some(node_res)) = (node, reg.find("", "v1", "nodes")) {
             let name = meta_str(&node, "name").unwrap_or("localhost").to_string();
-            if self.store.get("/nodes", "", &name).is_none() {
+            if !self.store.contains("/nodes", "", &name) {
                 let status = node.get("status").cloned();
                 let created = self.create(&node_res, None, node, &ctx).await?;
                 if let Some(status) = status {

@@ -25,6 +25,9 @@ pub struct Options {
     /// compaction kube-apiserver runs, `--etcd-compaction-interval`, 5 min): each keeps a whole
     /// object version alive, and a watch that far behind re-lists after its 410 anyway.
     pub history_max_age: Duration,
+    /// The history also keeps no more bytes of JSON than the live objects take, or this many
+    /// when they take less: its memory follows the objects, not the writes that made them.
+    pub history_min_bytes: usize,
     /// Concurrent watches allowed (more get 429).
     pub max_watches: usize,
     /// How often watches that asked for bookmarks get one.
@@ -62,6 +65,7 @@ impl Default for Options {
         Options {
             history: 10_000,
             history_max_age: Duration::from_secs(300),
+            history_min_bytes: crate::store::HISTORY_MIN_BYTES,
             max_watches: 1024,
             bookmark_interval: Duration::from_secs(10),
             watch_stall_timeout: Duration::from_secs(10),
@@ -194,7 +198,8 @@ impl ApiServer {
             opts.compact_every,
             opts.log_io.clone(),
         )?
-        .with_history_max_age(opts.history_max_age);
+        .with_history_max_age(opts.history_max_age)
+        .with_history_min_bytes(opts.history_min_bytes);
         let tls = Material::load_or_create(&dir)?;
         ApiServer::start(store, Some(dir), tls, opts).await
     }
@@ -206,7 +211,9 @@ impl ApiServer {
 
     /// [`ApiServer::in_memory`] with options.
     pub async fn in_memory_with(opts: Options) -> Result<ApiServer, Error> {
-        let store = Store::in_memory(opts.history).with_history_max_age(opts.history_max_age);
+        let store = Store::in_memory(opts.history)
+            .with_history_max_age(opts.history_max_age)
+            .with_history_min_bytes(opts.history_min_bytes);
         ApiServer::start(store, None, Material::generate()?, opts).await
     }
 

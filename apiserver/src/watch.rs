@@ -133,7 +133,8 @@ impl Lines {
             return;
         };
         if self.table.is_some() || self.res.events_form {
-            let o = Api::from_storage(&self.res, e.object.clone());
+            // The whole object (the event's own is without managed fields).
+            let o = Api::from_storage(&self.res, crate::store::decode(e.json()));
             self.push_object(kind, &o);
         } else {
             push_encoded(&mut self.out, kind, e.json());

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 mod docker;
 mod fanout;
+mod memory;
 mod overlay;
 mod runs;
 
@@ -1651,6 +1652,7 @@ fn main() -> Result<()> {
     local(&mut r, &args)?;
     docker::docker(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
+    memory::memory(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);
     let mut head = String::new();

@@ -33,6 +33,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use pier_crds::{Endpoint, Network, PortPublish};
+use pier_runtime::lean;
 use tokio::sync::{Notify, watch};
 
 use crate::dns::{DnsConfig, DnsServer};
@@ -218,35 +219,28 @@ pub async fn run_with(
     let networks: Api<Network> = Api::all(client.clone());
 
     // Networks: a store of its own (the controllers' stores hold this node's objects only).
-    let (network_store, network_writer) = reflector::store();
-    let network_watch = watcher(networks.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(network_writer)
+    // No store keeps managed fields (pier_runtime::lean): nothing here reads them.
+    let (network_store, network_watch) = lean::store(networks.clone(), watcher::Config::default());
+    let network_watch = network_watch
         .applied_objects()
         .for_each(|_| futures::future::ready(()));
 
     let endpoints: Api<Endpoint> = Api::all(client.clone());
     let publishes: Api<PortPublish> = Api::all(client.clone());
-    let endpoint_controller = Controller::new(endpoints.clone(), on_node.clone())
+    let endpoint_controller = lean::controller(endpoints.clone(), on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let endpoint_store = endpoint_controller.store();
-    let publish_controller = Controller::new(publishes, on_node.clone())
+    let publish_controller = lean::controller(publishes, on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let publish_store = publish_controller.store();
 
     // The other nodes' Endpoints and the Nodes: an overlay's entries here follow them.
     let overlay_changed = Arc::new(Notify::new());
-    let (remote_store, remote_writer) = reflector::store();
-    let remote_watch = watcher(endpoints.clone(), off_node(&config.node_name))
-        .default_backoff()
-        .reflect(remote_writer)
-        .for_each(notifier(&overlay_changed));
-    let (node_store, node_writer) = reflector::store();
+    let (remote_store, remote_watch) = lean::store(endpoints.clone(), off_node(&config.node_name));
+    let remote_watch = remote_watch.for_each(notifier(&overlay_changed));
     let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
-    let node_watch = watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .for_each(notifier(&overlay_changed));
+    let (node_store, node_watch) = lean::store(nodes, watcher::Config::default());
+    let node_watch = node_watch.for_each(notifier(&overlay_changed));
 
     let (dns_state, dns_watch) = watch::channel(NodeState::default());
     let dns = match config.dns.clone() {

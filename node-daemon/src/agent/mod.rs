@@ -12,6 +12,7 @@ pub mod cli;
 pub mod context;
 pub mod endpoint;
 pub mod fake;
+pub mod index;
 pub mod metrics;
 pub mod node_kernel;
 pub mod overlay;

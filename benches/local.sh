@@ -5,8 +5,9 @@
 # Env: PIER_BENCH_RUNS (apply->ping repetitions, default 10), PIER_BENCH_SCALE (comma list of
 # "applied at once" sizes, default 100; up to 2000), PIER_BENCH_AT_ONCE_RUNS (repetitions of each
 # size, default 1: every one is a sample in the JSON, the row's figures are their median),
-# PIER_BENCH_KUBECTL (1: also time `kubectl apply`, default 1), PIER_BIN (default
-# target/release/pier), PIER_BENCH_JSON (where the figures go).
+# PIER_BENCH_PER_NETWORK (endpoints per Network in the N-at-once phases, default 1000: a Linux
+# bridge has at most 1024 ports), PIER_BENCH_KUBECTL (1: also time `kubectl apply`, default 1),
+# PIER_BIN (default target/release/pier), PIER_BENCH_JSON (where the figures go).
 #
 # Everything runs in namespaces made here: the node is `pbl<pid>-node` (passed to `pier up
 # --node-netns`), Endpoints target named namespaces `pbl<pid>-<n>` that Pier creates on first use.
@@ -18,8 +19,8 @@
 #   Pier's. The bench's bridge gets retrans_time_ms=1 (ARP probe every ms while unresolved) and a
 #   high mcast_solicit for the apply->ping runs; the queued echo is sent the moment the endpoint
 #   answers ARP, so the reply time is when the endpoint became reachable (to within ~1 ms).
-# - one anchor Endpoint stays attached, so the bridge has carrier throughout (a bridge without
-#   ports has none, and its first port coming up would flush the neighbour table).
+# - one anchor Endpoint per network stays attached, so its bridge has carrier throughout (a bridge
+#   without ports has none, and its first port coming up would flush the neighbour table).
 # - the kernel's neighbour (ARP) table is one for all namespaces, at most gc_thresh3 entries (1024
 #   by default); N endpoints answering the node need about 2N (one on the node's side, one for the
 #   gateway in each endpoint's namespace). When the largest N needs more than the machine allows,
@@ -136,9 +137,9 @@ echo "== local: ${up_cmd[*]}"
 pier_up_start "$work/up.out" "$work/up.log" "${up_cmd[@]}"
 pier_api_client "$data/kubeconfig" "$work"
 ep_url() { echo "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints/$1?fieldManager=pier-bench&force=true"; }
-ep_json() { # name address
+ep_json() { # name address [network]
   printf '{"apiVersion":"pier.dev/v1alpha1","kind":"Endpoint","metadata":{"name":"%s","namespace":"%s","labels":{"pier-bench":"%s"}},"spec":{"network":"%s","target":{"netns":{"name":"%s"}},"ipv4Address":"%s"}}' \
-    "$1" "$ns" "$tag" "$net" "$1" "$2"
+    "$1" "$ns" "$tag" "${3:-$net}" "$1" "$2"
 }
 apply_ep() { # name address: server-side apply, one request; prints curl's "pretransfer total" (s)
   api -X PATCH -H 'Content-Type: application/apply-patch+yaml' --data-binary "$(ep_json "$1" "$2")" \
@@ -147,33 +148,50 @@ apply_ep() { # name address: server-side apply, one request; prints curl's "pret
 count_eps() {
   api "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?labelSelector=pier-bench%3D$tag" | jq '.items | length'
 }
-delete_eps() { # N: all of this run's Endpoints but the anchor; waits until they are gone
+delete_eps() { # N: all of this run's Endpoints but the anchors; waits until they are gone
   local wait_s=$(( ${1:-0} / 10 > 120 ? ${1:-0} / 10 : 120 ))
   api -X DELETE -o /dev/null \
     "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?labelSelector=pier-bench%3D$tag,pier-bench-anchor!%3Dyes"
-  for _ in $(seq $((wait_s * 10))); do [ "$(count_eps)" -le 1 ] && return 0; sleep 0.1; done
+  for _ in $(seq $((wait_s * 10))); do [ "$(count_eps)" -le "$networks" ] && return 0; sleep 0.1; done
   echo "Endpoints not gone after $wait_s s" >&2; return 1
 }
 sleep 2
 rss0="$(rss_json 0)"
 echo "   RSS at 0 endpoints: $rss0"
 
-# --- the Network and the anchor Endpoint
-api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
-  --data-binary "{\"apiVersion\":\"pier.dev/v1alpha1\",\"kind\":\"Network\",\"metadata\":{\"name\":\"$net\"},\"spec\":{\"subnet\":\"$subnet_prefix.0.0/16\",\"gateway\":\"$subnet_prefix.0.1\"}}" \
-  "$server/apis/pier.dev/v1alpha1/networks/$net?fieldManager=pier-bench&force=true"
-api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
-  --data-binary "$(ep_json "$tag-anchor" "$subnet_prefix.0.2" | jq -c '.metadata.labels["pier-bench-anchor"] = "yes"')" \
-  "$(ep_url "$tag-anchor")"
-for _ in $(seq 60); do
-  ip netns exec "$node" ping -n -q -c1 -W 0.5 "$subnet_prefix.0.2" >/dev/null 2>&1 && break
-  sleep 0.5
+# --- the Networks, each with its anchor Endpoint
+# A Linux bridge has at most 1024 ports (BR_MAX_PORTS), so one network holds at most about a
+# thousand endpoints, with Docker as with Pier: N at once above that is spread over networks of
+# per_network endpoints each, 10.231.0.0/16, 10.232.0.0/16, ... ($net, $net-1, ...).
+per_network="${PIER_BENCH_PER_NETWORK:-1000}"
+networks=$(( (largest + per_network - 1) / per_network )); [ "$networks" -ge 1 ] || networks=1
+network_name() { if [ "$1" = 0 ]; then echo "$net"; else echo "$net-$1"; fi; }
+network_prefix() { echo "10.$((231 + $1))"; }
+bridges=()
+for k in $(seq 0 $((networks - 1))); do
+  name="$(network_name "$k")"; prefix="$(network_prefix "$k")"; anchor="$tag-anchor$([ "$k" = 0 ] || echo "-$k")"
+  api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
+    --data-binary "{\"apiVersion\":\"pier.dev/v1alpha1\",\"kind\":\"Network\",\"metadata\":{\"name\":\"$name\"},\"spec\":{\"subnet\":\"$prefix.0.0/16\",\"gateway\":\"$prefix.0.1\"}}" \
+    "$server/apis/pier.dev/v1alpha1/networks/$name?fieldManager=pier-bench&force=true"
+  api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
+    --data-binary "$(ep_json "$anchor" "$prefix.0.2" "$name" | jq -c '.metadata.labels["pier-bench-anchor"] = "yes"')" \
+    "$(ep_url "$anchor")"
+  for _ in $(seq 60); do
+    ip netns exec "$node" ping -n -q -c1 -W 0.5 "$prefix.0.2" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  ip netns exec "$node" ping -n -q -c1 -W 1 "$prefix.0.2" >/dev/null \
+    || { echo "anchor endpoint $prefix.0.2 never answered" >&2; exit 1; }
+  bridge="$(ip -n "$node" -o -4 addr show | awk -v a="$prefix.0.1/16" '$4 == a {print $2}')"
+  [ -n "$bridge" ] || { echo "no bridge with $prefix.0.1/16 in $node" >&2; exit 1; }
+  bridges+=("$bridge")
 done
-ip netns exec "$node" ping -n -q -c1 -W 1 "$subnet_prefix.0.2" >/dev/null \
-  || { echo "anchor endpoint $subnet_prefix.0.2 never answered" >&2; exit 1; }
-bridge="$(ip -n "$node" -o -4 addr show | awk -v a="$subnet_prefix.0.1/16" '$4 == a {print $2}')"
-[ -n "$bridge" ] || { echo "no bridge with $subnet_prefix.0.1/16 in $node" >&2; exit 1; }
-neigh() { ip netns exec "$node" sysctl -q "net.ipv4.neigh.$bridge.retrans_time_ms=$1" "net.ipv4.neigh.$bridge.mcast_solicit=$2"; }
+neigh() { # retrans_time_ms mcast_solicit, on every bridge of the run
+  local b
+  for b in "${bridges[@]}"; do
+    ip netns exec "$node" sysctl -q "net.ipv4.neigh.$b.retrans_time_ms=$1" "net.ipv4.neigh.$b.mcast_solicit=$2"
+  done
+}
 
 # --- apply -> ping, one Endpoint at a time (a static address: the clock covers allocation too)
 neigh 1 30000
@@ -256,13 +274,15 @@ at_once() {
   local n="$1" rep="$2" i addr name
   echo "== local: $n Endpoints at once (repetition $rep of $at_once_runs)"
   : >"$work/curl.cfg"; : >"$work/pending"
-  # Rows of the /16 for this phase's addresses (the previous phase's were released when its
+  # Rows of each /16 for this phase's addresses (the previous phase's were released when its
   # Endpoints were deleted, so wrapping around reuses free ones).
-  [ $((base + (n + 249) / 250)) -le 250 ] || base=10
+  local rows=$(( ((n < per_network ? n : per_network) + 249) / 250 )) k j
+  [ $((base + rows)) -le 250 ] || base=10
   for i in $(seq 0 $((n - 1))); do
-    addr="$subnet_prefix.$((base + i / 250)).$((i % 250 + 2))"
+    k=$((i / per_network)); j=$((i % per_network))
+    addr="$(network_prefix "$k").$((base + j / 250)).$((j % 250 + 2))"
     name="$tag-s$n-r$rep-$i"
-    ep_json "$name" "$addr" >"$work/ep-$i.json"
+    ep_json "$name" "$addr" "$(network_name "$k")" >"$work/ep-$i.json"
     {
       [ "$i" = 0 ] || echo 'next'
       echo "url = \"$(ep_url "$name")\""
@@ -276,7 +296,7 @@ at_once() {
     } >>"$work/curl.cfg"
     echo "$addr" >>"$work/pending"
   done
-  base=$((base + (n + 249) / 250))
+  base=$((base + rows))
   # Each phase starts with the node's neighbour entries of earlier phases gone (as on a node
   # whose deleted containers' entries have been collected), so phases do not add up in the
   # kernel's shared ARP table.
@@ -365,7 +385,9 @@ if [ -n "$json_out" ]; then
     --arg pinger "$pinger" --arg pier_version "$("$pier" --version 2>/dev/null || echo unknown)" \
     --argjson at_once_runs "$at_once_runs" --argjson thresh2 "$arp_thresh2_machine" \
     --argjson thresh3 "$arp_thresh3_machine" --argjson raised "$([ -n "$arp_thresh_saved" ] && echo true || echo false)" \
+    --argjson per_network "$per_network" --argjson networks "$networks" \
     '{bench: "local", runs: $runs, failures: $failures, at_once_runs: $at_once_runs,
+      at_once_networks: {count: $networks, endpoints_per_network: $per_network},
       arp_gc_thresh_machine: {gc_thresh2: $thresh2, gc_thresh3: $thresh3, raised_for_the_run: $raised},
       apply_to_ping_ms: $api, curl_start_to_ping_ms: $start, apply_request_ms: $request,
       kubectl_apply_to_ping_ms: $kubectl, kubectl_process_ms: $kubectl_process,

@@ -5,7 +5,7 @@
 #   benches/run.sh [--quick|--full] [--load "what else ran on the machine"] [--help]
 # --quick (default): fewer repetitions and smaller N, under ~2 minutes once built.
 # --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
-# Endpoints at once through `pier up`; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
+# and 2,000 Endpoints at once through `pier up`, 3 times each; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
 # create/delete cycles).
 # PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local overlay" picks suites (default all).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
@@ -41,7 +41,7 @@ if [ "$mode" = full ]; then
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=50)
   dns_env=(PIER_BENCH_ROUNDS=3)
   api_objects=10000
-  local_env=(PIER_BENCH_RUNS=30 PIER_BENCH_SCALE=100,500)
+  local_env=(PIER_BENCH_RUNS=30 PIER_BENCH_SCALE=100,500,2000 PIER_BENCH_AT_ONCE_RUNS=3)
   overlay_env=(PIER_BENCH_RUNS=100 PIER_BENCH_PER_NODE=300 PIER_BENCH_CHURN=1000
     PIER_BENCH_IPERF_ROUNDS=3 PIER_BENCH_IPERF_SECONDS=5)
 else

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod incremental;
 mod overlay;
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
@@ -1260,6 +1261,7 @@ fn main() -> Result<()> {
     apiserver(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
+    incremental::incremental(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);

@@ -470,18 +470,23 @@ impl Context {
     }
 }
 
-/// How often at most the DNS server gets a new state while endpoints keep coming: each hand-over
-/// copies the node's state and the server rebuilds its views from it, so during a burst of
-/// thousands of Endpoints this bounds that work; the first change after a quiet moment goes at
-/// once.
-const DNS_PACE: Duration = Duration::from_millis(50);
+/// How long the DNS server keeps a state at least while endpoints keep coming: each hand-over
+/// copies the node's state and the server rebuilds its views and files from all of it, so
+/// during a burst of thousands of Endpoints this bounds that work to a share of the CPUs; the
+/// first change after a quiet moment goes at once.
+fn dns_pace(endpoints: usize) -> Duration {
+    const BASE: Duration = Duration::from_millis(50);
+    const PER_ENDPOINT: Duration = Duration::from_micros(50);
+    BASE + PER_ENDPOINT * u32::try_from(endpoints).unwrap_or(u32::MAX)
+}
 
-/// Hands the node's state to the DNS server after applies, at most once per [`DNS_PACE`],
-/// until the task is dropped.
+/// Hands the node's state to the DNS server after applies, paced by [`dns_pace`], until the
+/// task is dropped.
 pub async fn feed_dns(ctx: Arc<Context>) {
     loop {
         ctx.dns_changed.notified().await;
         let state = ctx.dns_view();
+        let pace = dns_pace(state.endpoints.len());
         ctx.dns_state.send_if_modified(|serving| {
             let changed = *serving != state;
             if changed {
@@ -489,7 +494,7 @@ pub async fn feed_dns(ctx: Arc<Context>) {
             }
             changed
         });
-        tokio::time::sleep(DNS_PACE).await;
+        tokio::time::sleep(pace).await;
     }
 }
 

@@ -7,7 +7,7 @@
 # --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
 # and 2,000 Endpoints at once through `pier up`, 3 times each; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
 # create/delete cycles).
-# PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local overlay" picks suites (default all).
+# PIER_BENCH_SUITES="ipam attach ports dns state apiserver operator local overlay" picks suites (default all).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
 # Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3, fping,
 # kubectl, socat, nsenter (Debian: apt-get install netavark aardvark-dns dnsperf iperf3 fping socat).
@@ -56,7 +56,7 @@ else
 fi
 
 # PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.
-suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns apiserver operator local overlay} "
+suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns state apiserver operator local overlay} "
 run() { [[ "$suites" == *" $1 "* ]]; }
 # A suite's JSON is replaced only when it runs (the report says which figures are from an earlier
 # run, from SUITE.meta.json); a suite that fails leaves no JSON behind.
@@ -73,8 +73,8 @@ cargo build -q -p pier-bench
 if run ipam || run operator; then
   cargo bench -p pier-operator --bench ipam --bench controllers --no-run
 fi
-if run attach || run ports || run dns; then
-  cargo bench -p pier-node --bench attach --bench ports --bench dns --no-run
+if run attach || run ports || run dns || run state; then
+  cargo bench -p pier-node --bench attach --bench ports --bench dns --bench state --no-run
 fi
 if run apiserver; then cargo build --release -p pier-apiserver --example bench; fi
 if run local || run overlay; then cargo build --release -p pier; fi
@@ -106,6 +106,12 @@ env "${dns_env[@]}" PIER_BENCH_JSON="$json/dns.json" cargo bench -p pier-node --
 ran dns
 fi
 
+if run state; then
+echo "== node state: N Endpoints at once, whole build per event vs incremental"
+PIER_BENCH_REPS="$([ "$mode" = full ] && echo 5 || echo 1)" PIER_BENCH_JSON="$json/state.json" \
+  cargo bench -p pier-node --bench state
+ran state
+fi
 if run apiserver; then
 echo "== API server"
 WATCHERS=10 PIER_BENCH_JSON="$json/apiserver.json" \

@@ -1,7 +1,9 @@
 //! The `incremental` section: many Endpoints applied at once through `pier up`, from the `local`
 //! suite's N-at-once phases (benches/local.sh), every repetition's sample, the target of issue
 //! 19 (2,000 reachable < 10 s) judged on the median of the repetitions, and a plot of how many
-//! answered over time.
+//! answered over time; before them, the node agent's state work alone (suite `state`,
+//! node-daemon/benches/state.rs): a whole build per event, as before, against the incremental
+//! state.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -118,6 +120,7 @@ pub fn incremental(r: &mut Report, args: &Args) -> Result<()> {
         r.md,
         "\n## Many Endpoints at once (incremental node state)\n"
     )?;
+    state_work(r, args)?;
     let local = read_json(&args.results.join("local.json"));
     let rows = local
         .as_ref()
@@ -210,6 +213,105 @@ pub fn incremental(r: &mut Report, args: &Args) -> Result<()> {
         }
     }
     r.md.push_str(&notes(&args.notes, "incremental"));
+    Ok(())
+}
+
+/// The `state` suite's table and plot.
+fn state_work(r: &mut Report, args: &Args) -> Result<()> {
+    let Some(state) = read_json(&args.results.join("state.json")) else {
+        writeln!(
+            r.md,
+            "The node agent's state work: not measured in this run (suite `state`).\n"
+        )?;
+        return Ok(());
+    };
+    r.section_run(args, "state");
+    writeln!(
+        r.md,
+        "The node agent's state work alone, no kernel and no API server: `{}` ({} repetitions; {} \
+         events per Endpoint, as the agent sees them in `pier up`). Before: every event built the \
+         whole node and copied it for the apply; now the event updates the state for that \
+         Endpoint and the apply gets its scope's projection.\n",
+        state["command"].as_str().unwrap_or("?"),
+        state["repetitions"],
+        state["events_per_endpoint"]
+    )?;
+    writeln!(
+        r.md,
+        "| Endpoints at once | whole build per event (before): samples | median | incremental (now): samples | median |\n|---:|---|---:|---|---:|"
+    )?;
+    let mut points: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for row in state["sizes"].as_array().into_iter().flatten() {
+        let n = row["endpoints"].as_f64().unwrap_or(0.0);
+        let (full, now) = (&row["full_build_s"], &row["incremental_s"]);
+        writeln!(
+            r.md,
+            "| {n} | {} | {} | {} | {} |",
+            seconds_list(full),
+            fmt_opt(full["median"].as_f64(), 3, " s"),
+            seconds_list(now),
+            fmt_opt(now["median"].as_f64(), 4, " s")
+        )?;
+        for (line, v) in points.iter_mut().zip([full, now]) {
+            if let Some(s) = v["median"].as_f64() {
+                line.push((n, s));
+            }
+        }
+    }
+    plot_state(&args.out.join("state.svg"), &points)?;
+    writeln!(r.md, "\n![state work per N]({IMG}state.svg)\n")?;
+    Ok(())
+}
+
+/// A bench's `samples` (seconds), as a list.
+fn seconds_list(v: &Value) -> String {
+    v["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .map(|s| format!("{s:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn plot_state(path: &Path, lines: &[Vec<(f64, f64)>; 2]) -> Result<()> {
+    let all = lines.iter().flatten();
+    let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = all.map(|p| p.1).fold(0.001, f64::max);
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Node agent: state work for N Endpoints at once",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max * 1.05)?;
+    chart
+        .configure_mesh()
+        .x_desc("Endpoints applied at once")
+        .y_desc("CPU seconds (one thread)")
+        .draw()?;
+    let labels = ["whole build per event (before)", "incremental (now)"];
+    for (i, (line, label)) in lines.iter().zip(labels).enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 

@@ -96,7 +96,7 @@ type Networks<'a> = HashMap<&'a str, &'a Network>;
 pub enum Evaluated {
     /// `state` has `default_route` false; `claims_route` says whether it asks for it.
     Own {
-        state: EndpointState,
+        state: Box<EndpointState>,
         claims_route: bool,
     },
     /// The `id` of the Endpoint whose namespace it shares.
@@ -256,7 +256,7 @@ pub fn evaluate_endpoint<'n>(
     }
     let (state, claims_route) = own_endpoint(inputs, network_of, endpoint, status)?;
     Ok(Evaluated::Own {
-        state,
+        state: Box::new(state),
         claims_route,
     })
 }
@@ -295,7 +295,7 @@ fn build_endpoints<'e>(
                 // The first claim of a namespace keeps its default route.
                 let routed = claims_route && routed_namespaces.insert(state.netns.clone());
                 set_default_route(&mut state, routed);
-                built.state.endpoints.push(state);
+                built.state.endpoints.push(*state);
             }
             Ok(Evaluated::Shares(other)) => shared.push((endpoint, other)),
             Err(why) => {

@@ -563,7 +563,7 @@ impl NodeIndex {
             Ok(Evaluated::Own {
                 state,
                 claims_route,
-            }) => Ok(((false, age), state.clone(), *claims_route)),
+            }) => Ok(((false, age), (**state).clone(), *claims_route)),
             Ok(Evaluated::Shares(owner)) => {
                 let (object, owner) = (Arc::clone(&entry.object), owner.clone());
                 self.evaluations += 1;

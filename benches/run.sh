@@ -5,10 +5,10 @@
 #   benches/run.sh [--quick|--full] [--load "what else ran on the machine"] [--help]
 # --quick (default): fewer repetitions and smaller N, under ~2 minutes once built.
 # --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
-# Endpoints at once through `pier up`; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
+# and 2,000 Endpoints at once through `pier up`, 3 times each; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
 # create/delete cycles).
-# PIER_BENCH_SUITES="ipam attach ports dns apiserver operator local docker overlay memory" picks
-# suites (default all; `docker` measures Debian's docker.io as a peer when it is installed).
+# PIER_BENCH_SUITES="ipam attach ports dns state apiserver operator local docker overlay memory"
+# picks suites (default all; `docker` measures Debian's docker.io as a peer when it is installed).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
 # Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3, fping,
 # kubectl, socat, nsenter (Debian: apt-get install netavark aardvark-dns dnsperf iperf3 fping socat);
@@ -44,7 +44,7 @@ if [ "$mode" = full ]; then
   ports_env=(PIER_BENCH_SIZES=10,100,1000 PIER_BENCH_REPS=50)
   dns_env=(PIER_BENCH_ROUNDS=3)
   api_objects=10000
-  local_env=(PIER_BENCH_RUNS=30 PIER_BENCH_SCALE=100,500)
+  local_env=(PIER_BENCH_RUNS=30 PIER_BENCH_SCALE=100,500,2000 PIER_BENCH_AT_ONCE_RUNS=3)
   docker_env=(PIER_BENCH_RUNS=30 PIER_BENCH_DOWN=500)
   overlay_env=(PIER_BENCH_RUNS=100 PIER_BENCH_PER_NODE=300 PIER_BENCH_CHURN=1000
     PIER_BENCH_IPERF_ROUNDS=3 PIER_BENCH_IPERF_SECONDS=5)
@@ -65,7 +65,7 @@ else
 fi
 
 # PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.
-suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns apiserver operator local docker overlay memory} "
+suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns state apiserver operator local docker overlay memory} "
 run() { [[ "$suites" == *" $1 "* ]]; }
 # A suite's JSON is replaced only when it runs (the report says which figures are from an earlier
 # run, from SUITE.meta.json); a suite that fails leaves no JSON behind.
@@ -93,8 +93,8 @@ cargo build -q -p pier-bench
 if run ipam || run operator; then
   cargo bench -p pier-operator --bench ipam --bench controllers --no-run
 fi
-if run attach || run ports || run dns; then
-  cargo bench -p pier-node --bench attach --bench ports --bench dns --no-run
+if run attach || run ports || run dns || run state; then
+  cargo bench -p pier-node --bench attach --bench ports --bench dns --bench state --no-run
 fi
 if run apiserver; then cargo build --release -p pier-apiserver --example bench; fi
 if run local || run overlay || run memory; then cargo build --release -p pier; fi
@@ -132,6 +132,12 @@ env "${dns_env[@]}" PIER_BENCH_JSON="$json/dns.json" cargo bench -p pier-node --
 ran dns
 fi
 
+if run state; then
+echo "== node state: N Endpoints at once, whole build per event vs incremental"
+PIER_BENCH_REPS="$([ "$mode" = full ] && echo 5 || echo 1)" PIER_BENCH_JSON="$json/state.json" \
+  cargo bench -p pier-node --bench state
+ran state
+fi
 if run apiserver; then
 echo "== API server"
 WATCHERS=10 PIER_BENCH_JSON="$json/apiserver.json" \

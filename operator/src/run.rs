@@ -349,17 +349,25 @@ impl Controllers {
         let publish = lean::controller(publishes, wc());
         let store = publish.store();
         let publish = publish.watches(endpoints, wc(), move |ep| {
-            let (name, ns) = (ep.name_any(), ep.namespace());
+            let ns = ep.metadata.namespace.as_deref();
+            let ports: Vec<_> = store
+                .state()
+                .into_iter()
+                .filter(|p| p.metadata.namespace.as_deref() == ns)
+                .collect();
+            // Most Endpoint events concern no port: no walk over every Endpoint for them.
+            if ports.is_empty() {
+                return Vec::new();
+            }
             let sharing = sharers.state();
             let leading_to_it = pier_crds::endpoint::publishing_through(
                 sharing.iter().map(|e| &**e),
-                ns.as_deref(),
-                &name,
+                ns,
+                &ep.name_any(),
             );
-            store
-                .state()
+            ports
                 .into_iter()
-                .filter(|p| p.namespace() == ns && leading_to_it.contains(&p.spec.endpoint))
+                .filter(|p| leading_to_it.contains(&p.spec.endpoint))
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         });

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 mod docker;
 mod fanout;
+mod incremental;
 mod memory;
 mod overlay;
 mod runs;
@@ -1650,6 +1651,7 @@ fn main() -> Result<()> {
     fanout::fanout(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
+    incremental::incremental(&mut r, &args)?;
     docker::docker(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
     memory::memory(&mut r, &args)?;

@@ -114,8 +114,10 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     if let Some(pod) = &ep.spec.target.pod {
         find_pod_netns(ep, &pod.name, ctx).await?;
     }
-    let mut built = ctx.build();
     let id = object_id(&ep.metadata);
+    // This endpoint and the few the dataplane compares it with, not the whole node.
+    let scope = Scope::Endpoints(vec![id.clone()]);
+    let mut built = ctx.projection(&scope);
     let object = endpoint_key(&id);
     let existing = ep.conditions().to_vec();
     let generation = ep.metadata.generation;
@@ -136,7 +138,6 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         // Not (or no longer) this node's.
         return Ok(Action::await_change());
     }
-    let scope = Scope::Endpoints(vec![id.clone()]);
     let report = metrics::apply(ctx, &mut built, scope, Timed::Attach).await?;
     let Some(condition) = attached_condition(&built, Some(&report), &id, &existing, generation)
     else {
@@ -167,7 +168,6 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
 async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     lock(&ctx.attached).remove(ep.metadata.uid.as_deref().unwrap_or_default());
-    let mut built = ctx.build();
     let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());
     let mut links = vec![veth.clone()];
     let network = ep.status.as_ref().and_then(|s| s.network.as_deref());
@@ -176,7 +176,9 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
             network.metadata.uid.as_deref().unwrap_or_default(),
         ));
     }
-    let report = metrics::apply(ctx, &mut built, Scope::Removal(links), Timed::Detach).await?;
+    let scope = Scope::Removal(links);
+    let mut built = ctx.projection(&scope);
+    let report = metrics::apply(ctx, &mut built, scope, Timed::Detach).await?;
     if let Some(Outcome::Failed(message)) = report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(Error::Detach {
             endpoint: key(ep),
@@ -209,10 +211,8 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
 async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), Error> {
     let namespace = ep.namespace().unwrap_or_default();
     let pod_id = format!("{namespace}/{pod}");
-    let known = super::context::lock(&ctx.pod_netns)
-        .get(&pod_id)
-        .is_some_and(|path| ctx.kernel.netns_exists(path));
-    if known {
+    let known = super::context::lock(&ctx.pod_netns).get(&pod_id).cloned();
+    if known.is_some_and(|path| ctx.kernel.netns_exists(&path)) {
         return Ok(());
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -221,7 +221,7 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
         source,
     })?;
     let Some(uid) = found.and_then(|p| p.metadata.uid) else {
-        super::context::lock(&ctx.pod_netns).remove(&pod_id);
+        ctx.set_pod_netns(&pod_id, None);
         return Ok(());
     };
     let kernel = Arc::clone(&ctx.kernel);
@@ -229,14 +229,6 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
         .blocking(move || kernel.find_pod_netns(&uid))
         .await?
         .map_err(Error::PodNetns)?;
-    let mut known = super::context::lock(&ctx.pod_netns);
-    match path {
-        Some(path) => {
-            known.insert(pod_id, path);
-        }
-        None => {
-            known.remove(&pod_id);
-        }
-    }
+    ctx.set_pod_netns(&pod_id, path);
     Ok(())
 }

@@ -56,6 +56,9 @@ pub struct NodeMetrics {
     pub detach: Histogram,
     /// Kernel objects that failed to apply, by kind.
     pub kernel_errors: Family<KindLabels, Counter>,
+    /// Endpoints evaluated to keep the node's state up to date (see `agent::index`): an Endpoint
+    /// event evaluates that Endpoint (and any sharing its namespace), a resync all of them.
+    pub state_evaluations: Counter,
     /// Objects the agent watches by condition (every Network of the cluster; this node's
     /// Endpoints and PortPublishes), as of the last full reconcile.
     pub objects: Family<ConditionLabels, Gauge>,
@@ -80,6 +83,7 @@ impl Default for NodeMetrics {
             attach: latency(),
             detach: latency(),
             kernel_errors,
+            state_evaluations: Counter::default(),
             objects: Family::default(),
             dns: DnsMetrics::default(),
         }
@@ -104,6 +108,11 @@ impl NodeMetrics {
             "kernel_errors",
             "Kernel objects that failed to apply, by kind",
             self.kernel_errors.clone(),
+        );
+        registry.register(
+            "state_evaluations",
+            "Endpoints evaluated to keep the node's state up to date (one per Endpoint event; all at each resync)",
+            self.state_evaluations.clone(),
         );
         registry.register(
             "objects",
@@ -301,6 +310,7 @@ mod tests {
             "pier_node_attach_duration_seconds_count 1",
             "pier_node_detach_duration_seconds_count 0",
             "pier_node_kernel_errors_total{kind=\"dataplane\"} 0",
+            "pier_node_state_evaluations_total 0",
             "pier_node_dns_queries_total{rcode=\"NOERROR\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");

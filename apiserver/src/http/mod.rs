@@ -348,15 +348,7 @@ impl ApiService {
             .and_then(|v| v.to_str().ok());
         let m = &parts.method;
         if res.review {
-            return match tail {
-                [] if *m == Method::POST => {
-                    let answered = reviews::answer(&res.kind, parse_json(&body)?)?;
-                    Ok(json_response(201, &answered))
-                }
-                _ => Err(ApiError::MethodNotAllowed(format!(
-                    "the server does not allow this method on the requested resource: {m}"
-                ))),
-            };
+            return review(&res, tail, m, &body);
         }
         match tail {
             [] if *m == Method::GET => {
@@ -457,6 +449,24 @@ impl ApiService {
         Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource: {m}"
         )))
+    }
+}
+
+/// A review: create-only, answered and never stored.
+fn review(
+    res: &Resource,
+    tail: &[&str],
+    m: &Method,
+    body: &[u8],
+) -> Result<Response<ResponseBody>, ApiError> {
+    match tail {
+        [] if *m == Method::POST => {
+            let answered = reviews::answer(&res.kind, parse_json(body)?)?;
+            Ok(json_response(201, &answered))
+        }
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource: {m}"
+        ))),
     }
 }
 

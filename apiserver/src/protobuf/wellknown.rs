@@ -71,75 +71,73 @@ pub(super) fn from_json(
     desc: &MessageDescriptor,
     v: &Value,
 ) -> Result<Option<DynamicMessage>, ProtobufError> {
-    let mut msg = DynamicMessage::new(desc.clone());
     let bad = |reason: &str| ProtobufError::Field {
         message: desc.full_name().into(),
         field: String::new(),
         reason: format!("{reason}, got {v}"),
     };
-    let mut set = |name: &str, value: PValue| msg.set_field_by_name(name, value);
-    match desc.full_name() {
-        QUANTITY => {
-            let q = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return Err(bad("a quantity is a string or a number")),
-            };
-            set("string", PValue::String(q));
-        }
-        TIME | MICRO_TIME => {
+    let fields: Vec<(&str, PValue)> = match desc.full_name() {
+        QUANTITY => match v {
+            Value::String(s) => vec![("string", PValue::String(s.clone()))],
+            Value::Number(n) => vec![("string", PValue::String(n.to_string()))],
+            _ => return Err(bad("a quantity is a string or a number")),
+        },
+        name @ (TIME | MICRO_TIME) => {
             let ts: jiff::Timestamp = v
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| bad("a time is an RFC 3339 string"))?;
-            set("seconds", PValue::I64(ts.as_second()));
-            if desc.full_name() == MICRO_TIME {
-                set("nanos", PValue::I32(ts.subsec_nanosecond()));
+            let mut fields = vec![("seconds", PValue::I64(ts.as_second()))];
+            if name == MICRO_TIME {
+                fields.push(("nanos", PValue::I32(ts.subsec_nanosecond())));
             }
+            fields
         }
         DURATION => {
             let d = v
                 .as_str()
                 .and_then(parse_duration)
                 .ok_or_else(|| bad("a duration is a string like 1h2m3.5s"))?;
-            set("duration", PValue::I64(d));
+            vec![("duration", PValue::I64(d))]
         }
-        INT_OR_STRING => match v {
-            Value::String(s) => {
-                set("type", PValue::I64(INT_OR_STRING_STRING));
-                set("strVal", PValue::String(s.clone()));
-            }
-            _ => {
-                let i = v
-                    .as_i64()
-                    .and_then(|i| i32::try_from(i).ok())
-                    .ok_or_else(|| bad("an int-or-string is a string or a 32-bit integer"))?;
-                set("type", PValue::I64(0));
-                set("intVal", PValue::I32(i));
-            }
-        },
-        RAW_EXTENSION | FIELDS_V1 => {
+        INT_OR_STRING => int_or_string(v)
+            .ok_or_else(|| bad("an int-or-string is a string or a 32-bit integer"))?,
+        name @ (RAW_EXTENSION | FIELDS_V1) => {
             let raw = serde_json::to_vec(v).map_err(ProtobufError::EmbeddedJson)?;
-            let field = if desc.full_name() == FIELDS_V1 {
-                "Raw"
-            } else {
-                "raw"
-            };
-            set(field, PValue::Bytes(raw.into()));
+            let field = if name == FIELDS_V1 { "Raw" } else { "raw" };
+            vec![(field, PValue::Bytes(raw.into()))]
         }
         _ if string_list(desc) => {
             let items = v
                 .as_array()
-                .ok_or_else(|| bad("a list of strings"))?
-                .iter()
-                .map(|s| s.as_str().map(|s| PValue::String(s.into())))
-                .collect::<Option<Vec<_>>>()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|s| Some(PValue::String(s.as_str()?.into())))
+                        .collect()
+                })
                 .ok_or_else(|| bad("a list of strings"))?;
-            set("items", PValue::List(items));
+            vec![("items", PValue::List(items))]
         }
         _ => return Ok(None),
+    };
+    let mut msg = DynamicMessage::new(desc.clone());
+    for (name, value) in fields {
+        msg.set_field_by_name(name, value);
     }
     Ok(Some(msg))
+}
+
+fn int_or_string(v: &Value) -> Option<Vec<(&'static str, PValue)>> {
+    Some(match v {
+        Value::String(s) => vec![
+            ("type", PValue::I64(INT_OR_STRING_STRING)),
+            ("strVal", PValue::String(s.clone())),
+        ],
+        _ => {
+            let i = i32::try_from(v.as_i64()?).ok()?;
+            vec![("type", PValue::I64(0)), ("intVal", PValue::I32(i))]
+        }
+    })
 }
 
 /// Go string-slice types (`Verbs`, `ExtraValue`) are messages of one `repeated string items`.

@@ -40,6 +40,7 @@ pub struct Api {
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
 const NAMESPACES: &str = "/namespaces";
+const SECRETS: &str = "/secrets";
 const RETRIES: usize = 16;
 /// The registry's version before its first build.
 const NEVER_BUILT: u64 = u64::MAX;
@@ -448,6 +449,10 @@ impl Api {
             }
             if res.storage_key == NAMESPACES {
                 obj["status"] = json!({"phase": "Active"});
+            }
+            // kube-apiserver's defaulting: `kubectl create secret generic` sends no type.
+            if res.storage_key == SECRETS && obj.get("type").is_none_or(|t| t == "") {
+                obj["type"] = json!("Opaque");
             }
             self.check(res, &mut obj, None, ctx.strict)?;
             let api_version = res.api_version();

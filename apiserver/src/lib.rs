@@ -18,7 +18,7 @@
 //! optimistic concurrency, managed fields, validation), [`http`] (routing as a `tower::Service`),
 //! [`watch`], [`patch`] (merge, JSON, server-side apply), [`validation`] (pruning, defaulting,
 //! OpenAPI and CEL), [`selectors`], [`discovery`], [`openapi`], [`table`], [`tls`],
-//! [`kubeconfig`], [`names`] (object names as kube-apiserver checks them), [`private`] (the data
+//! [`kubeconfig`], [`protobuf`] (Kubernetes' protobuf encoding), [`reviews`], [`names`] (object names as kube-apiserver checks them), [`private`] (the data
 //! directory 0700, its files 0600), [`token`] (at least 32 bytes), [`server`] (the public entry
 //! point; at most [`Options::max_connections`] connections at once, more wait to be accepted). Events expire an hour after they were last
 //! written or seen ([`Options::event_ttl`], kube-apiserver's `--event-ttl`). The watch history
@@ -29,10 +29,14 @@
 //! resuming from a version before them gets 410 Gone and re-lists.
 //!
 //! Known differences from the real server:
-//! - JSON (and YAML for apply) only: protobuf and CBOR request bodies get 415, so kubectl's typed
-//!   generators (`kubectl create namespace X`, `create secret`, ...) fail; `kubectl apply -f`
-//!   works for everything. Aggregated discovery is answered with the legacy documents (kubectl
-//!   falls back to them).
+//! - JSON, YAML (apply) and, for the built-in kinds of k8s.io/api's core, apps, batch, policy,
+//!   rbac, authorization, coordination, events and networking groups, protobuf ([`protobuf`]:
+//!   kubectl's typed `create namespace`, `create secret`, `auth can-i`, ...). Answers are JSON
+//!   unless the client accepts only protobuf (kubectl accepts both); watch streams and custom
+//!   resources are never protobuf (406 when nothing else is accepted). CBOR bodies get 415.
+//!   `authorization.k8s.io/v1` SelfSubjectAccessReview and SelfSubjectRulesReview are answered
+//!   ([`reviews`]): everything is allowed. Aggregated discovery is answered with the legacy
+//!   documents (kubectl falls back to them).
 //! - Strategic merge patch on built-in resources is applied as a JSON merge patch (lists are
 //!   replaced, not merged by key); on custom resources it is refused with 415 as in Kubernetes.
 //! - Field management: conflicts are detected on leaf fields; list-type `map`/`set` and
@@ -64,7 +68,9 @@ pub mod names;
 pub mod openapi;
 pub mod patch;
 pub mod private;
+pub mod protobuf;
 pub mod resources;
+pub mod reviews;
 pub mod selectors;
 pub mod server;
 pub mod store;

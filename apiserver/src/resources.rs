@@ -43,6 +43,8 @@ pub struct Resource {
     pub storage_key: String,
     /// Stored in another form (events.k8s.io/v1 Events are stored as core v1 Events).
     pub events_form: bool,
+    /// A review ([`crate::reviews`]): create-only, answered and never stored.
+    pub review: bool,
 }
 
 impl Resource {
@@ -81,7 +83,11 @@ impl Resource {
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "verbs": if self.review {
+                json!(["create"])
+            } else {
+                json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+            },
         });
         if !self.short_names.is_empty() {
             main["shortNames"] = json!(self.short_names);
@@ -131,6 +137,7 @@ fn builtin(
         selectable: Vec::new(),
         storage_key: format!("{group}/{plural}"),
         events_form: false,
+        review: false,
     }
 }
 
@@ -233,7 +240,24 @@ pub fn builtins() -> Vec<Resource> {
         false,
     );
     leases.columns = vec![column("Holder", "string", ".spec.holderIdentity", 0), age()];
-    vec![namespaces, nodes, pods, events_v1, events, leases, crds]
+    let config_maps = builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false);
+    let secrets = builtin("", "v1", "secrets", "Secret", true, &[], false);
+    let mut all = vec![
+        namespaces,
+        nodes,
+        pods,
+        events_v1,
+        events,
+        leases,
+        crds,
+        config_maps,
+        secrets,
+    ];
+    all.extend(crate::reviews::KINDS.iter().map(|(plural, kind)| Resource {
+        review: true,
+        ..builtin(crate::reviews::GROUP, "v1", plural, kind, false, &[], false)
+    }));
+    all
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -323,6 +347,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<Resource>, String> {
             selectable,
             storage_key: format!("{group}/{plural}"),
             events_form: false,
+            review: false,
         });
     }
     Ok(out)

@@ -461,3 +461,96 @@ async fn kubectl_bad_names_are_refused_as_kube_apiserver_refuses_them() {
         "{err}"
     );
 }
+
+/// kubectl's typed commands send protobuf bodies (`application/vnd.kubernetes.protobuf`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_namespace_configmap_and_secret() {
+    let k = Kubectl::start().await;
+    let out = k.ok(&["create", "namespace", "demo"]).await;
+    assert!(out.contains("namespace/demo created"), "{out}");
+    let ns: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "namespace", "demo", "-o", "json"]).await)
+            .expect("JSON");
+    assert_eq!(ns["status"]["phase"], "Active");
+    assert!(ns["metadata"].get("generateName").is_none(), "{ns}");
+
+    let out = k
+        .ok(&[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "demo",
+            "--from-literal=mode=fast",
+        ])
+        .await;
+    assert!(out.contains("configmap/settings created"), "{out}");
+    let blob = k.kubeconfig.with_file_name("blob");
+    std::fs::write(&blob, [0u8, 1, 2, 255]).expect("blob written");
+    let from_file = format!("--from-file=blob={}", blob.display());
+    k.ok(&["create", "configmap", "binary", "-n", "demo", &from_file])
+        .await;
+    let data = k
+        .ok(&[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.mode}",
+        ])
+        .await;
+    assert_eq!(data, "fast");
+    let binary = k
+        .ok(&[
+            "get",
+            "cm",
+            "binary",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.binaryData.blob}",
+        ])
+        .await;
+    assert_eq!(binary, "AAEC/w==");
+
+    let out = k
+        .ok(&[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "-n",
+            "demo",
+            "--from-literal=password=hunter2",
+        ])
+        .await;
+    assert!(out.contains("secret/creds created"), "{out}");
+    let secret = k
+        .ok(&[
+            "get",
+            "secret",
+            "creds",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.type} {.data.password}",
+        ])
+        .await;
+    assert_eq!(secret, "Opaque aHVudGVyMg==");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_says_yes() {
+    let k = Kubectl::start().await;
+    k.apply_crds().await;
+    let out = k
+        .ok(&["auth", "can-i", "create", "endpoints.pier.dev"])
+        .await;
+    assert_eq!(out.trim(), "yes");
+    let out = k.ok(&["auth", "can-i", "delete", "namespaces"]).await;
+    assert_eq!(out.trim(), "yes");
+    let out = k.ok(&["auth", "can-i", "--list"]).await;
+    assert!(out.contains("*.*"), "{out}");
+}

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::patch::PatchKind;
 use crate::resources::Resource;
 use crate::token::Token;
-use crate::{discovery, openapi, table, watch};
+use crate::{discovery, openapi, protobuf, reviews, table, watch};
 pub use body::ResponseBody;
 
 /// Largest request body accepted (the real server's limit is 3 MiB).
@@ -65,25 +65,35 @@ where
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if svc.authorize(&parts.headers).is_ok()
-                && (ct.starts_with("application/vnd.kubernetes.protobuf")
-                    || ct.starts_with("application/cbor"))
-            {
-                // Only JSON (and YAML for apply) is spoken: protobuf bodies (kubectl's typed
-                // `create namespace`, ...) are refused as unsupported.
+            if svc.authorize(&parts.headers).is_ok() && ct.starts_with("application/cbor") {
+                // JSON, YAML (apply) and protobuf (kubectl's typed commands) are spoken.
                 return Ok(error_response(&ApiError::UnsupportedMediaType(format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml; got {ct}"
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, {}; got {ct}",
+                    protobuf::MEDIA_TYPE
                 ))));
             }
+            let protobuf_body = protobuf::is_protobuf(ct)
+                && (parts.method == Method::POST || parts.method == Method::PUT);
             let resp = match svc.authorize(&parts.headers) {
                 Err(e) => error_response(&e),
-                Ok(()) => match read_body(body).await {
+                Ok(()) => match read_body(body).await.and_then(|bytes| {
+                    if protobuf_body {
+                        protobuf_to_json(&bytes)
+                    } else {
+                        Ok(bytes)
+                    }
+                }) {
                     Ok(bytes) => svc
                         .route(&parts, bytes)
                         .await
                         .unwrap_or_else(|e| error_response(&e)),
                     Err(e) => error_response(&e),
                 },
+            };
+            let resp = if wants_protobuf_only(header_str(&parts, header::ACCEPT)) {
+                in_protobuf(resp)
+            } else {
+                resp
             };
             Ok(resp)
         })
@@ -120,6 +130,72 @@ pub fn json_response(code: u16, v: &Value) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A protobuf request body as the JSON the routes take.
+fn protobuf_to_json(body: &[u8]) -> Result<Bytes, ApiError> {
+    let obj = protobuf::decode(body).map_err(|e| match e {
+        protobuf::ProtobufError::UnknownKind { .. } => {
+            ApiError::UnsupportedMediaType(format!("the body of the request cannot be read: {e}"))
+        }
+        e => ApiError::BadRequest(format!("the protobuf body is invalid: {}", error_chain(&e))),
+    })?;
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::BadRequest(format!("the protobuf body has no JSON form: {e}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Whether the client accepts protobuf and nothing JSON serves (kubectl lists both, and gets
+/// JSON; client-go decodes either).
+fn wants_protobuf_only(accept: &str) -> bool {
+    let types: Vec<&str> = accept
+        .split(',')
+        .filter_map(|t| t.split(';').next())
+        .map(str::trim)
+        .collect();
+    types.iter().any(|t| protobuf::is_protobuf(t))
+        && !types.iter().any(|t| {
+            t.eq_ignore_ascii_case("application/json")
+                || t.eq_ignore_ascii_case("application/*")
+                || *t == "*/*"
+        })
+}
+
+/// A JSON response re-encoded in protobuf; 406 for what has no protobuf form (custom
+/// resources, watch streams), as kube-apiserver answers.
+fn in_protobuf(resp: Response<ResponseBody>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    let not_acceptable = |what: &str| {
+        error_response(&ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json, application/yaml ({what} has no protobuf form)"
+        )))
+    };
+    let ResponseBody::Full(Some(bytes)) = body else {
+        return not_acceptable("a watch stream");
+    };
+    let Ok(obj) = serde_json::from_slice::<Value>(&bytes) else {
+        return not_acceptable("a plain-text answer");
+    };
+    match protobuf::encode(&obj) {
+        Ok(wire) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(protobuf::MEDIA_TYPE),
+            );
+            Response::from_parts(parts, ResponseBody::full(Bytes::from(wire)))
+        }
+        Err(e) => not_acceptable(&error_chain(&e)),
+    }
 }
 
 fn error_response(e: &ApiError) -> Response<ResponseBody> {
@@ -271,6 +347,9 @@ impl ApiService {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok());
         let m = &parts.method;
+        if res.review {
+            return review(&res, tail, m, &body);
+        }
         match tail {
             [] if *m == Method::GET => {
                 if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -370,6 +449,24 @@ impl ApiService {
         Err(ApiError::MethodNotAllowed(format!(
             "the server does not allow this method on the requested resource: {m}"
         )))
+    }
+}
+
+/// A review: create-only, answered and never stored.
+fn review(
+    res: &Resource,
+    tail: &[&str],
+    m: &Method,
+    body: &[u8],
+) -> Result<Response<ResponseBody>, ApiError> {
+    match tail {
+        [] if *m == Method::POST => {
+            let answered = reviews::answer(&res.kind, parse_json(body)?)?;
+            Ok(json_response(201, &answered))
+        }
+        _ => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource: {m}"
+        ))),
     }
 }
 

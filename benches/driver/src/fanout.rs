@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use plotters::prelude::*;
 use serde_json::Value;
 
+use crate::chart::{self, Frame};
 use crate::{Args, IMG, Report, fmt_opt, notes, read_json};
 
 const TARGET: &str = "watch fan-out under load: p99 < 50 ms at 2,000 writes/s, 100 watchers";
@@ -58,47 +58,19 @@ fn plot_over_time(path: &Path, rows: &[Second]) -> Result<()> {
         return Ok(());
     };
     let x_max = rows.iter().map(|r| r.0).fold(1.0, f64::max) + 1.0;
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Watch fan-out under load: commit -> watcher receipt",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..(y_max.max(P99_LIMIT_MS) * 1.1))?;
-    chart
-        .configure_mesh()
-        .x_desc("second of the run (by commit time)")
-        .y_desc("ms")
-        .draw()?;
-    for (i, name) in ["p50", "p99", "max"].into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let y = |r: &Second| [r.1, r.2, r.3][i];
-        chart
-            .draw_series(LineSeries::new(
-                rows.iter().map(|r| (r.0, y(r))),
-                color.stroke_width(2),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, P99_LIMIT_MS), (x_max, P99_LIMIT_MS)],
-            BLACK.mix(0.4),
-        ))?
-        .label("p99 target")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let frame = Frame::new(
+        "Watch fan-out under load: commit -> watcher receipt",
+        "second of the run (by commit time)",
+        "ms",
+    );
+    let y = 0.0..(y_max.max(P99_LIMIT_MS) * 1.1);
+    chart::draw(path, frame, 0.0..x_max, y, |c| {
+        for (i, name) in ["p50", "p99", "max"].into_iter().enumerate() {
+            let y = |r: &Second| [r.1, r.2, r.3][i];
+            chart::line(c, rows.iter().map(|r| (r.0, y(r))), chart::color(i), name)?;
+        }
+        chart::target_line(c, (0.0, P99_LIMIT_MS), (x_max, P99_LIMIT_MS), "p99 target")
+    })
 }
 
 fn ms(v: &Value) -> String {

@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use plotters::prelude::*;
+use plotters::prelude::SeriesLabelPosition;
 use serde_json::Value;
 
+use crate::chart::{self, Frame};
 use crate::{Args, IMG, Report, fmt_opt, median_of, notes, read_json};
 
 /// The target, as the summary lists it.
@@ -63,44 +64,19 @@ fn plot(path: &Path, curves: &Curves) -> Result<()> {
     let points = curves.iter().flat_map(|(_, c)| c.iter());
     let x_max = points.clone().map(|p| p.0).fold(TARGET_S, f64::max);
     let y_max = points.map(|p| p.1).fold(1.0, f64::max);
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "pier up: N Endpoints applied at once -> answering ping",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max * 1.05)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the applies started")
-        .y_desc("endpoints answering ping")
-        .draw()?;
-    for (i, (n, curve)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(curve.clone(), color.stroke_width(2)))?
-            .label(format!("{n} at once (median repetition)"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .draw_series(LineSeries::new(
-            [(TARGET_S, 0.0), (TARGET_S, y_max)],
-            BLACK.mix(0.4),
-        ))?
-        .label("10 s target")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let frame = Frame::new(
+        "pier up: N Endpoints applied at once -> answering ping",
+        "seconds since the applies started",
+        "endpoints answering ping",
+    )
+    .legend(SeriesLabelPosition::LowerRight);
+    chart::draw(path, frame, 0.0..x_max * 1.05, 0.0..y_max * 1.05, |c| {
+        for (i, (n, curve)) in curves.iter().enumerate() {
+            let label = format!("{n} at once (median repetition)");
+            chart::line(c, curve.iter().copied(), chart::color(i), label)?;
+        }
+        chart::target_line(c, (TARGET_S, 0.0), (TARGET_S, y_max), "10 s target")
+    })
 }
 
 /// The progress of a row's (median) repetition: `[seconds, answering]` pairs.
@@ -281,38 +257,19 @@ fn plot_state(path: &Path, lines: &[Vec<(f64, f64)>; 2]) -> Result<()> {
     let all = lines.iter().flatten();
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
     let y_max = all.map(|p| p.1).fold(0.001, f64::max);
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Node agent: state work for N Endpoints at once",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_max * 1.05)?;
-    chart
-        .configure_mesh()
-        .x_desc("Endpoints applied at once")
-        .y_desc("CPU seconds (one thread)")
-        .draw()?;
+    let frame = Frame::new(
+        "Node agent: state work for N Endpoints at once",
+        "Endpoints applied at once",
+        "CPU seconds (one thread)",
+    )
+    .legend(SeriesLabelPosition::UpperLeft);
     let labels = ["whole build per event (before)", "incremental (now)"];
-    for (i, (line, label)) in lines.iter().zip(labels).enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    chart::draw(path, frame, 0.0..x_max * 1.05, 0.0..y_max * 1.05, |c| {
+        for (i, (line, label)) in lines.iter().zip(labels).enumerate() {
+            chart::line(c, line.iter().copied(), chart::color(i), label)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod chart;
 mod docker;
 mod fanout;
 mod incremental;
@@ -340,44 +341,23 @@ fn plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()
     let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.5;
     let x_min = points.iter().map(|p| p.0).fold(f64::MAX, f64::min) / 1.5;
     let y_max = points.iter().map(|p| p.3).fold(0.0, f64::max) * 1.1;
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..y_max.max(1e-3))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
-        .y_desc("ms (median; bars: min-max)")
-        .draw()?;
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.0, p.1)),
-                color.stroke_width(2),
-            ))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart.draw_series(
-            pts.iter()
-                .map(|p| Circle::new((p.0, p.1), 3, color.filled())),
-        )?;
-        chart.draw_series(
-            pts.iter()
-                .map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], color)),
-        )?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    let frame = chart::Frame::new(title, x_label, "ms (median; bars: min-max)");
+    let x = (x_min..x_max).log_scale();
+    chart::draw(path, frame, x, 0.0..y_max.max(1e-3), |c| {
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = chart::color(i);
+            chart::line(c, pts.iter().map(|p| (p.0, p.1)), color, name.clone())?;
+            c.draw_series(
+                pts.iter()
+                    .map(|p| Circle::new((p.0, p.1), 3, color.filled())),
+            )?;
+            c.draw_series(
+                pts.iter()
+                    .map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], color)),
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// The raw samples of one figure in the order they were taken (x: sample number), one line
@@ -398,23 +378,12 @@ fn plot_samples(
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max)
         * 1.1;
-    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..(longest as f64 + 1.0), 0.0..y_max.max(1e-3))?;
-    chart
-        .configure_mesh()
-        .x_desc("sample, in the order taken")
-        .y_desc(y_desc)
-        .draw()?;
-    for (i, (name, samples)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(
+    let frame = chart::Frame::new(title, "sample, in the order taken", y_desc);
+    let x = 0.0..(longest as f64 + 1.0);
+    chart::draw(path, frame, x, 0.0..y_max.max(1e-3), |c| {
+        for (i, (name, samples)) in series.iter().enumerate() {
+            let color = chart::color(i);
+            c.draw_series(
                 samples
                     .iter()
                     .enumerate()
@@ -422,14 +391,9 @@ fn plot_samples(
             )?
             .label(name.clone())
             .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        }
+        Ok(())
+    })
 }
 
 /// The `samples` array of a figure (`{median, min, max, samples}`), empty when not kept.

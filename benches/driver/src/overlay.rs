@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use plotters::prelude::*;
+use plotters::prelude::SeriesLabelPosition;
 use serde_json::Value;
 
+use crate::chart::{self, Frame};
 use crate::{Args, IMG, Report, fmt_opt, gbps_list, median_of, notes, read_json};
 
 /// The targets, as the summary lists them.
@@ -74,49 +75,28 @@ fn plot_cdf(path: &Path, points: &[(f64, f64)]) -> Result<()> {
     let Some(x_max) = points.iter().map(|p| p.0).reduce(f64::max) else {
         return Ok(());
     };
-    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Overlay: Endpoint created on node A -> first ping from node B",
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..(x_max * 1.1).max(1.0), 0.0..1.0)?;
-    chart
-        .configure_mesh()
-        .x_desc("ms from the request sent")
-        .y_desc("share of runs answered")
-        .draw()?;
-    let color = Palette99::pick(0).to_rgba();
+    let frame = Frame::new(
+        "Overlay: Endpoint created on node A -> first ping from node B",
+        "ms from the request sent",
+        "share of runs answered",
+    )
+    .legend(SeriesLabelPosition::LowerRight);
     // A step function: each run's answer raises the share at its latency.
     let mut steps = vec![(0.0, 0.0)];
     for &(x, y) in points {
         steps.push((x, steps.last().map_or(0.0, |p| p.1)));
         steps.push((x, y));
     }
-    chart
-        .draw_series(LineSeries::new(steps, color.stroke_width(2)))?
-        .label("Pier overlay")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    for (ms, label) in [(100.0, "p50 target"), (500.0, "p99 target")] {
-        if ms <= x_max * 1.1 {
-            chart
-                .draw_series(LineSeries::new([(ms, 0.0), (ms, 1.0)], BLACK.mix(0.4)))?
-                .label(label)
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    let x = 0.0..(x_max * 1.1).max(1.0);
+    chart::draw(path, frame, x, 0.0..1.0, |c| {
+        chart::line(c, steps, chart::color(0), "Pier overlay")?;
+        for (ms, label) in [(100.0, "p50 target"), (500.0, "p99 target")] {
+            if ms <= x_max * 1.1 {
+                chart::target_line(c, (ms, 0.0), (ms, 1.0), label)?;
+            }
         }
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+        Ok(())
+    })
 }
 
 pub fn overlay(r: &mut Report, args: &Args) -> Result<()> {

@@ -43,6 +43,11 @@ pub struct Resource {
     pub storage_key: String,
     /// Stored in another form (events.k8s.io/v1 Events are stored as core v1 Events).
     pub events_form: bool,
+    /// A built-in kind decoded into its k8s-openapi type on every write.
+    pub typed: Option<crate::builtin_kinds::Kind>,
+    /// `metadata.generation` counts spec changes, and a create's `status` is dropped when the
+    /// kind has a status subresource (custom resources, Deployments, ...).
+    pub generation: bool,
 }
 
 impl Resource {
@@ -131,6 +136,8 @@ fn builtin(
         selectable: Vec::new(),
         storage_key: format!("{group}/{plural}"),
         events_form: false,
+        typed: None,
+        generation: false,
     }
 }
 
@@ -233,7 +240,67 @@ pub fn builtins() -> Vec<Resource> {
         false,
     );
     leases.columns = vec![column("Holder", "string", ".spec.holderIdentity", 0), age()];
-    vec![namespaces, nodes, pods, events_v1, events, leases, crds]
+    let mut all = vec![namespaces, nodes, pods, events_v1, events, leases, crds];
+    all.extend(crate::builtin_kinds::kinds().into_iter().map(stored_kind));
+    all
+}
+
+/// A built-in kind that is only stored ([`crate::builtin_kinds`]), with kubectl's columns.
+fn stored_kind(kind: crate::builtin_kinds::Kind) -> Resource {
+    let mut r = builtin(
+        kind.group,
+        "v1",
+        kind.plural,
+        kind.kind,
+        kind.namespaced,
+        kind.short_names,
+        kind.status,
+    );
+    // Services have no generation in Kubernetes; the workload kinds and policies do.
+    r.generation = kind.status && kind.kind != "Service";
+    r.columns = stored_kind_columns(kind.kind);
+    r.typed = Some(kind);
+    r
+}
+
+/// kube-apiserver's columns for `kubectl get` of the stored kinds. The workloads' status
+/// columns stay empty: no controller here counts replicas.
+fn stored_kind_columns(kind: &str) -> Vec<Column> {
+    let age = || column("Age", "date", ".metadata.creationTimestamp", 0);
+    match kind {
+        "Secret" => vec![column("Type", "string", ".type", 0), age()],
+        "Service" => vec![
+            column("Type", "string", ".spec.type", 0),
+            column("Cluster-IP", "string", ".spec.clusterIP", 0),
+            column("Port(s)", "string", ".spec.ports[*].port", 0),
+            age(),
+            column("Selector", "string", ".spec.selector", 1),
+        ],
+        "Deployment" => vec![
+            column("Replicas", "integer", ".spec.replicas", 0),
+            column("Ready", "integer", ".status.readyReplicas", 0),
+            column("Up-to-date", "integer", ".status.updatedReplicas", 0),
+            column("Available", "integer", ".status.availableReplicas", 0),
+            age(),
+        ],
+        "DaemonSet" => vec![
+            column("Desired", "integer", ".status.desiredNumberScheduled", 0),
+            column("Ready", "integer", ".status.numberReady", 0),
+            column("Node Selector", "string", ".spec.template.spec.nodeSelector", 0),
+            age(),
+        ],
+        "PodDisruptionBudget" => vec![
+            column("Min Available", "string", ".spec.minAvailable", 0),
+            column("Max Unavailable", "string", ".spec.maxUnavailable", 0),
+            column("Allowed Disruptions", "integer", ".status.disruptionsAllowed", 0),
+            age(),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            column("Role", "string", ".roleRef.name", 0),
+            age(),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -323,6 +390,8 @@ pub fn from_crd(crd: &Value) -> Result<Vec<Resource>, String> {
             selectable,
             storage_key: format!("{group}/{plural}"),
             events_form: false,
+            typed: None,
+            generation: true,
         });
     }
     Ok(out)

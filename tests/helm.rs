@@ -1,0 +1,389 @@
+//! `helm install` for real against `pier up`'s API server: Helm's own library (PyPI
+//! `helm-sdkpy`, Helm 4's Go code; `tests/helm/helm.py`) installs charts/pier, upgrades it,
+//! lists, shows the history, rolls back and uninstalls, and kubectl reads what it made.
+//!
+//! Nothing runs the Deployment and DaemonSet here (the embedded API server has no kubelet and
+//! no controllers, like a kube-apiserver alone), so Helm does not wait for readiness: what
+//! this proves is that every object the chart renders is accepted, stored, updated and deleted
+//! with Kubernetes' semantics (client-side apply: creates, then three-way strategic merge
+//! patches for built-ins and JSON merge patches for custom resources), that Helm's release
+//! records (Secrets, found by label) work, and that the CRDs behave as the README says.
+//! Pods running the image need a real cluster (`tests/kind/run.sh`).
+//!
+//! Needs root (as every `pier up` test), kubectl and `pip install --ignore-requires-python
+//! helm-sdkpy` (and PyYAML), as `.ci/run` does.
+
+mod system;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use system::Pier;
+
+const NAMESPACE: &str = "pier-system";
+const PIER_CRDS: [&str; 3] = [
+    "networks.pier.dev",
+    "endpoints.pier.dev",
+    "portpublishes.pier.dev",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `tests/helm/helm.py`, one request per line.
+struct Helm {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    kubeconfig: String,
+}
+
+impl Helm {
+    fn start(pier: &Pier) -> Helm {
+        let mut child = Command::new("python3")
+            .arg(root().join("tests/helm/helm.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (tests/helm/helm.py needs it)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Helm {
+            child,
+            stdin,
+            stdout,
+            kubeconfig: pier.kubeconfig.display().to_string(),
+        }
+    }
+
+    /// One action: its result, or Helm's error.
+    fn call(&mut self, mut request: Value) -> Result<Value, String> {
+        request["kubeconfig"] = json!(self.kubeconfig);
+        request["namespace"] = json!(NAMESPACE);
+        writeln!(self.stdin, "{request}").expect("helm.py takes the request");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("helm.py answers");
+        let answer: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "helm.py answered {line:?} ({e}); pip install --ignore-requires-python helm-sdkpy?"
+            )
+        });
+        match answer.get("error") {
+            Some(error) => Err(error.as_str().unwrap_or_default().to_owned()),
+            None => Ok(answer["ok"].clone()),
+        }
+    }
+
+    fn ok(&mut self, request: Value) -> Value {
+        let what = request["action"].clone();
+        self.call(request)
+            .unwrap_or_else(|e| panic!("helm {what} failed: {e}"))
+    }
+}
+
+impl Drop for Helm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The objects of a release's manifest.
+fn objects(release: &Value) -> Vec<Value> {
+    let manifest = release["manifest"].as_str().expect("a manifest");
+    serde_yaml::Deserializer::from_str(manifest)
+        .map(|doc| Value::deserialize(doc).expect("the manifest parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// `kind.group NAME [-n NAMESPACE]` for kubectl.
+fn kubectl_ref(object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or_default().to_lowercase();
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let resource = match api_version.rsplit_once('/') {
+        Some((group, version)) => format!("{kind}.{version}.{group}"),
+        None => kind,
+    };
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    match object["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{resource} {name} -n {ns}"),
+        None => format!("{resource} {name}"),
+    }
+}
+
+/// Where `live` differs from `rendered` in a field `rendered` sets (None: it has them all).
+fn missing_from(live: &Value, rendered: &Value, path: &str) -> Option<String> {
+    match (live, rendered) {
+        (Value::Object(l), Value::Object(r)) => r.iter().find_map(|(k, v)| match l.get(k) {
+            Some(lv) => missing_from(lv, v, &format!("{path}.{k}")),
+            None if v.is_null() => None,
+            None => Some(format!("{path}.{k} is missing (rendered {v})")),
+        }),
+        (Value::Array(l), Value::Array(r)) if l.len() == r.len() => l
+            .iter()
+            .zip(r)
+            .enumerate()
+            .find_map(|(i, (lv, rv))| missing_from(lv, rv, &format!("{path}[{i}]"))),
+        _ if live == rendered => None,
+        _ => Some(format!("{path} is {live}, rendered {rendered}")),
+    }
+}
+
+/// Every object of `release` is stored as Helm rendered it, readable with kubectl.
+fn assert_stored(pier: &Pier, release: &Value) -> Vec<Value> {
+    let objects = objects(release);
+    assert!(!objects.is_empty(), "the release has objects");
+    for object in &objects {
+        let what = kubectl_ref(object);
+        let live: Value = serde_json::from_str(&pier.kubectl_ok(&format!("get {what} -o json")))
+            .expect("kubectl prints JSON");
+        if let Some(difference) = missing_from(&live, object, "") {
+            panic!("{what} is not stored as rendered: {difference}\nlive: {live}");
+        }
+        assert_eq!(
+            live["metadata"]["annotations"]["meta.helm.sh/release-name"],
+            release["name"],
+            "{what} names its release"
+        );
+    }
+    objects
+}
+
+/// Whether `kubectl get` of `object` says NotFound.
+fn gone(pier: &Pier, object: &Value) -> bool {
+    let out = pier.kubectl(&format!("get {}", kubectl_ref(object)));
+    !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound")
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| {
+            o["kind"] == kind
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(name_suffix))
+        })
+        .unwrap_or_else(|| panic!("a {kind} *{name_suffix} in the release"))
+}
+
+/// The log level the operator's container gets (the `RUST_LOG` variable).
+fn operator_log_level(pier: &Pier) -> String {
+    pier.kubectl_ok(&format!(
+        "get deployment.apps pier-operator -n {NAMESPACE} -o jsonpath='{{.spec.template.spec.containers[0].env[?(@.name==\"RUST_LOG\")].value}}'"
+    ))
+}
+
+/// A copy of charts/pier whose Network CRD has a changed column description: a new chart
+/// version changing a CRD.
+fn chart_with_changed_crd(dir: &Path) -> PathBuf {
+    let chart = dir.join("pier");
+    system::sh_ok(&format!(
+        "cp -r {} {}",
+        root().join("charts/pier").display(),
+        chart.display()
+    ));
+    let crd = chart.join("crds/networks.yaml");
+    let text = std::fs::read_to_string(&crd).expect("networks.yaml");
+    let old = "description: The allocated subnet\n";
+    assert!(text.contains(old), "the Network CRD has a Subnet column");
+    std::fs::write(&crd, text.replace(old, "description: The allocated subnet (v2)\n"))
+        .expect("writes the CRD");
+    chart
+}
+
+/// The Prometheus Operator's ServiceMonitor CRD, reduced to what a cluster with it serves.
+const SERVICE_MONITOR_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor, shortNames: [smon]}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+#[test]
+fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
+    let pier = Pier::up("helm", &[]);
+    let mut helm = Helm::start(&pier);
+    let chart = root().join("charts/pier").display().to_string();
+
+    // Install with the defaults: crds/ first, then every template.
+    let installed = helm.ok(json!({"action": "install", "release": "pier", "chart": chart,
+        "create_namespace": true}));
+    assert_eq!(installed["status"], "deployed", "{installed}");
+    assert_eq!(installed["version"], 1);
+    assert!(
+        installed["notes"]
+            .as_str()
+            .is_some_and(|n| n.contains("is installed in namespace pier-system")),
+        "NOTES rendered: {installed}"
+    );
+    let first = assert_stored(&pier, &installed);
+    for kind in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "DaemonSet",
+        "PodDisruptionBudget",
+    ] {
+        assert!(kinds(&first).contains(&kind.to_owned()), "a {kind} by default");
+    }
+    for crd in PIER_CRDS {
+        pier.kubectl_ok(&format!("get crd {crd}"));
+    }
+    let table = pier.kubectl_ok(&format!("get deploy,ds,pdb,sa -n {NAMESPACE}"));
+    assert!(table.contains("pier-operator") && table.contains("pier-node"), "{table}");
+    let records = pier.kubectl_ok(&format!(
+        "get secrets -n {NAMESPACE} -l owner=helm,name=pier -o name"
+    ));
+    assert_eq!(records.trim(), "secret/sh.helm.release.v1.pier.v1", "Helm's record");
+    let listed = helm.ok(json!({"action": "list"}));
+    assert_eq!(listed[0]["name"], "pier", "{listed}");
+    assert_eq!(listed[0]["status"], "deployed", "{listed}");
+    assert_eq!(operator_log_level(&pier), "info");
+
+    // Upgrade: other values, and the CRDs managed by the release from now on (the CRDs exist
+    // without Helm's annotations, installed from crds/: taking them over needs
+    // --take-ownership once), from a chart version whose Network CRD changed.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chart_v2 = chart_with_changed_crd(dir.path()).display().to_string();
+    let upgraded = helm.ok(json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
+        "take_ownership": true,
+        "values": {"operator": {"replicas": 1}, "logLevel": "debug", "crds": {"manage": true}}}));
+    assert_eq!(upgraded["version"], 2, "{upgraded}");
+    let second = assert_stored(&pier, &upgraded);
+    assert_eq!(
+        pier.jsonpath(
+            &format!("deployment.apps/pier-operator -n {NAMESPACE}"),
+            "{.spec.replicas} {.metadata.generation}"
+        ),
+        "1 2",
+        "the Deployment was patched (its generation counts the change)"
+    );
+    assert_eq!(operator_log_level(&pier), "debug");
+    let operator = find(&second, "Deployment", "operator");
+    let live_image = pier.jsonpath(
+        &format!("deployment.apps/pier-operator -n {NAMESPACE}"),
+        "{.spec.template.spec.containers[0].image}",
+    );
+    assert_eq!(
+        json!(live_image),
+        operator["spec"]["template"]["spec"]["containers"][0]["image"],
+        "the strategic merge patch kept the container whole"
+    );
+    assert_eq!(
+        pier.jsonpath(
+            "crd networks.pier.dev",
+            "{.spec.versions[0].additionalPrinterColumns[?(@.name==\"Subnet\")].description}"
+        ),
+        "The allocated subnet (v2)",
+        "with crds.manage=true helm upgrade upgrades the CRDs"
+    );
+    let history = helm.ok(json!({"action": "history", "release": "pier"}));
+    let statuses: Vec<(Value, Value)> = history
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|r| (r["version"].clone(), r["status"].clone()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![(json!(1), json!("superseded")), (json!(2), json!("deployed"))]
+    );
+
+    // Rollback to the defaults: the CRD templates leave the release, but are kept.
+    let rolled_back = helm.ok(json!({"action": "rollback", "release": "pier", "revision": 1}));
+    assert_eq!(rolled_back["version"], 3, "{rolled_back}");
+    assert_eq!(rolled_back["status"], "deployed");
+    assert_eq!(
+        pier.jsonpath(
+            &format!("deployment.apps/pier-operator -n {NAMESPACE}"),
+            "{.spec.replicas}"
+        ),
+        "2"
+    );
+    assert_eq!(operator_log_level(&pier), "info");
+    for crd in PIER_CRDS {
+        pier.kubectl_ok(&format!("get crd {crd}"));
+    }
+
+    // Uninstall: everything but the CRDs goes, Helm's records too.
+    helm.ok(json!({"action": "uninstall", "release": "pier"}));
+    for object in first.iter().chain(&second) {
+        if object["kind"] == "CustomResourceDefinition" {
+            continue;
+        }
+        assert!(gone(&pier, object), "{} is left", kubectl_ref(object));
+    }
+    for crd in PIER_CRDS {
+        pier.kubectl_ok(&format!("get crd {crd}"));
+    }
+    let records = pier.kubectl_ok(&format!("get secrets -n {NAMESPACE} -l owner=helm -o name"));
+    assert_eq!(records.trim(), "", "Helm's records are gone");
+    assert_eq!(helm.ok(json!({"action": "list"})), json!([]));
+
+    // A second install with every value toggled that changes which objects exist: metrics
+    // Services and a ServiceMonitor (its CRD installed first, as the Prometheus Operator
+    // would), no PodDisruptionBudget, the unprivileged node daemon, the CRDs as templates
+    // (kept by the first release: taken over again).
+    pier.apply(SERVICE_MONITOR_CRD);
+    let toggled = helm.ok(json!({"action": "install", "release": "pier2", "chart": chart,
+        "take_ownership": true,
+        "values": {
+            "crds": {"manage": true},
+            "metrics": {"service": true, "serviceMonitor": {"enabled": true}},
+            "operator": {"podDisruptionBudget": false, "defaultNetworks": false},
+            "node": {"privileged": false, "netRaw": true, "hostPID": false, "netnsTargets": true},
+        }}));
+    assert_eq!(toggled["status"], "deployed", "{toggled}");
+    let all = assert_stored(&pier, &toggled);
+    let toggled_kinds = kinds(&all);
+    for kind in ["Service", "ServiceMonitor", "CustomResourceDefinition"] {
+        assert!(toggled_kinds.contains(&kind.to_owned()), "a {kind}: {toggled_kinds:?}");
+    }
+    assert!(!toggled_kinds.contains(&"PodDisruptionBudget".to_owned()));
+    let node = find(&all, "DaemonSet", "node");
+    let security = &node["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert!(
+        security.get("privileged").is_none() && security["capabilities"]["drop"] == json!(["ALL"]),
+        "the unprivileged mode: {security}"
+    );
+    helm.ok(json!({"action": "uninstall", "release": "pier2"}));
+    for object in &all {
+        if object["kind"] != "CustomResourceDefinition" {
+            assert!(gone(&pier, object), "{} is left", kubectl_ref(object));
+        }
+    }
+}

@@ -60,6 +60,9 @@ pub fn kinds() -> Vec<Kind> {
         kind("", "services", "Service", true, &["svc"], true, round_trip::<core::Service>),
         kind("apps", "deployments", "Deployment", true, &["deploy"], true, round_trip::<apps::Deployment>),
         kind("apps", "daemonsets", "DaemonSet", true, &["ds"], true, round_trip::<apps::DaemonSet>),
+        // Helm's readiness check (kstatus) reads a Deployment's ReplicaSets, a StatefulSet's Pods.
+        kind("apps", "replicasets", "ReplicaSet", true, &["rs"], true, round_trip::<apps::ReplicaSet>),
+        kind("apps", "statefulsets", "StatefulSet", true, &["sts"], true, round_trip::<apps::StatefulSet>),
         kind("policy", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, round_trip::<policy::PodDisruptionBudget>),
         kind("rbac.authorization.k8s.io", "roles", "Role", true, &[], false, round_trip::<rbac::Role>),
         kind("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", true, &[], false, round_trip::<rbac::RoleBinding>),

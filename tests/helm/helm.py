@@ -7,7 +7,7 @@ once for the whole session.
 
 Requests ({"action": ..., ...}; every one has "kubeconfig" and "namespace"):
   install   release, chart, values, create_namespace, take_ownership
-  upgrade   release, chart, values, take_ownership
+  upgrade   release, chart, values, take_ownership, rollback_on_failure, skip_schema_validation
   list | history release | rollback release, revision | uninstall release | status release
 Nothing waits for readiness (wait=False): no controller runs the Deployments and DaemonSets.
 """
@@ -51,12 +51,14 @@ async def run(request):
     if action == "upgrade":
         result = await helm_sdkpy.Upgrade(config).run(
             release, request["chart"], values=request.get("values") or None, wait=False,
-            timeout=60, take_ownership=request.get("take_ownership", False))
+            timeout=60, take_ownership=request.get("take_ownership", False),
+            rollback_on_failure=request.get("rollback_on_failure", False),
+            skip_schema_validation=request.get("skip_schema_validation", False))
         return release_summary(result)
     if action == "list":
-        return [release_summary(r) for r in await helm_sdkpy.List(config).run(all=True)]
+        return [release_summary(r) for r in (await helm_sdkpy.List(config).run(all=True)) or []]
     if action == "history":
-        return [release_summary(r) for r in await helm_sdkpy.History(config).run(release)]
+        return [release_summary(r) for r in (await helm_sdkpy.History(config).run(release)) or []]
     if action == "rollback":
         await helm_sdkpy.Rollback(config).run(release, revision=request["revision"])
         return release_summary(await helm_sdkpy.Status(config).run(release))

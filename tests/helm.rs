@@ -292,6 +292,31 @@ fn chart_with_changed_crd(dir: &Path) -> PathBuf {
     chart
 }
 
+/// `stringData` merged into `data`, and `data` that is not base64 refused, by kubectl apply.
+fn secrets_as_kube_apiserver_takes_them(pier: &Pier) {
+    let secret = |data: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: {NAMESPACE}}}\n{data}\n"
+        )
+    };
+    pier.apply(&secret("data: {a: eA==}\nstringData: {b: yes}"));
+    assert_eq!(
+        pier.jsonpath(&format!("secret s -n {NAMESPACE}"), "{.data.a} {.data.b}"),
+        "eA== eWVz"
+    );
+    let refused = system::sh(&format!(
+        "printf '%s' '{}' | kubectl --kubeconfig {} apply -f -",
+        secret("data: {a: not-base64!}"),
+        pier.kubeconfig.display()
+    ));
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && error.contains("cannot be handled as a Secret"),
+        "{error}"
+    );
+    pier.kubectl_ok(&format!("delete secret s -n {NAMESPACE}"));
+}
+
 /// The Prometheus Operator's ServiceMonitor CRD, reduced to what a cluster with it serves.
 const SERVICE_MONITOR_CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1
@@ -351,6 +376,7 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         "get secrets -n {NAMESPACE} -l owner=helm,name=pier -o name"
     ));
     assert_eq!(records.trim(), "secret/sh.helm.release.v1.pier.v1", "Helm's record");
+    secrets_as_kube_apiserver_takes_them(&pier);
     let listed = helm.ok(json!({"action": "list"}));
     assert_eq!(listed[0]["name"], "pier", "{listed}");
     assert_eq!(listed[0]["status"], "deployed", "{listed}");

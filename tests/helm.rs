@@ -69,9 +69,7 @@ impl Helm {
         request["namespace"] = json!(NAMESPACE);
         writeln!(self.stdin, "{request}").expect("helm.py takes the request");
         let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("helm.py answers");
+        self.stdout.read_line(&mut line).expect("helm.py answers");
         let answer: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
             panic!(
                 "helm.py answered {line:?} ({e}); pip install --ignore-requires-python helm-sdkpy?"
@@ -226,8 +224,7 @@ fn assert_stored(pier: &Pier, release: &Value) -> Vec<Value> {
             panic!("{what} is not stored as rendered: {difference}");
         }
         assert_eq!(
-            live["metadata"]["annotations"]["meta.helm.sh/release-name"],
-            release["name"],
+            live["metadata"]["annotations"]["meta.helm.sh/release-name"], release["name"],
             "{what} names its release"
         );
     }
@@ -287,8 +284,11 @@ fn chart_with_changed_crd(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(&crd).expect("networks.yaml");
     let old = "description: The allocated subnet\n";
     assert!(text.contains(old), "the Network CRD has a Subnet column");
-    std::fs::write(&crd, text.replace(old, "description: The allocated subnet (v2)\n"))
-        .expect("writes the CRD");
+    std::fs::write(
+        &crd,
+        text.replace(old, "description: The allocated subnet (v2)\n"),
+    )
+    .expect("writes the CRD");
     chart
 }
 
@@ -344,8 +344,10 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     let chart = root().join("charts/pier").display().to_string();
 
     // Install with the defaults: crds/ first, then every template.
-    let installed = helm.ok(json!({"action": "install", "release": "pier", "chart": chart,
-        "create_namespace": true}));
+    let installed = helm.ok(
+        json!({"action": "install", "release": "pier", "chart": chart,
+        "create_namespace": true}),
+    );
     assert_eq!(installed["status"], "deployed", "{installed}");
     assert_eq!(installed["version"], 1);
     assert!(
@@ -365,17 +367,27 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         "DaemonSet",
         "PodDisruptionBudget",
     ] {
-        assert!(kinds(&first).contains(&kind.to_owned()), "a {kind} by default");
+        assert!(
+            kinds(&first).contains(&kind.to_owned()),
+            "a {kind} by default"
+        );
     }
     for crd in PIER_CRDS {
         pier.kubectl_ok(&format!("get crd {crd}"));
     }
     let table = pier.kubectl_ok(&format!("get deploy,ds,pdb,sa -n {NAMESPACE}"));
-    assert!(table.contains("pier-operator") && table.contains("pier-node"), "{table}");
+    assert!(
+        table.contains("pier-operator") && table.contains("pier-node"),
+        "{table}"
+    );
     let records = pier.kubectl_ok(&format!(
         "get secrets -n {NAMESPACE} -l owner=helm,name=pier -o name"
     ));
-    assert_eq!(records.trim(), "secret/sh.helm.release.v1.pier.v1", "Helm's record");
+    assert_eq!(
+        records.trim(),
+        "secret/sh.helm.release.v1.pier.v1",
+        "Helm's record"
+    );
     secrets_as_kube_apiserver_takes_them(&pier);
     let listed = helm.ok(json!({"action": "list"}));
     assert_eq!(listed[0]["name"], "pier", "{listed}");
@@ -387,9 +399,11 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     // --take-ownership once), from a chart version whose Network CRD changed.
     let dir = tempfile::tempdir().expect("temp dir");
     let chart_v2 = chart_with_changed_crd(dir.path()).display().to_string();
-    let upgraded = helm.ok(json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
+    let upgraded = helm.ok(
+        json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
         "take_ownership": true,
-        "values": {"operator": {"replicas": 1}, "logLevel": "debug", "crds": {"manage": true}}}));
+        "values": {"operator": {"replicas": 1}, "logLevel": "debug", "crds": {"manage": true}}}),
+    );
     assert_eq!(upgraded["version"], 2, "{upgraded}");
     let second = assert_stored(&pier, &upgraded);
     assert_eq!(
@@ -428,7 +442,10 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         .collect();
     assert_eq!(
         statuses,
-        vec![(json!(1), json!("superseded")), (json!(2), json!("deployed"))]
+        vec![
+            (json!(1), json!("superseded")),
+            (json!(2), json!("deployed"))
+        ]
     );
 
     // Rollback. helm-sdkpy 0.1.32's `Rollback` fails before it reaches any API server (its Go
@@ -438,16 +455,22 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     // took its new log level, rolled back to revision 2 by Helm, which then waits for the
     // workloads to be ready (reported by the stand-in for their controllers).
     let rollouts = RolloutStandIn::start(&pier);
-    let failed = helm.call(json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
+    let failed = helm.call(
+        json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
         "rollback_on_failure": true, "skip_schema_validation": true,
         "values": {"operator": {"replicas": 1, "podAnnotations": {"example.com/count": 5}},
-            "logLevel": "trace", "crds": {"manage": true}}}));
+            "logLevel": "trace", "crds": {"manage": true}}}),
+    );
     let error = failed.expect_err("the API server refuses an annotation that is not a string");
     assert!(
         error.contains("cannot be handled as a Deployment") && error.contains("rollback"),
         "{error}"
     );
-    assert_eq!(log_level(&pier, "daemonset.apps/pier-node"), "debug", "rolled back");
+    assert_eq!(
+        log_level(&pier, "daemonset.apps/pier-node"),
+        "debug",
+        "rolled back"
+    );
     assert_eq!(operator_log_level(&pier), "debug");
     let history = helm.ok(json!({"action": "history", "release": "pier"}));
     let statuses: Vec<(Value, Value)> = history
@@ -471,7 +494,10 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     drop(rollouts);
     let table = pier.kubectl_ok(&format!("get deployment.apps pier-operator -n {NAMESPACE}"));
     assert!(
-        table.lines().nth(1).is_some_and(|row| row.split_whitespace().nth(2) == Some("1")),
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|row| row.split_whitespace().nth(2) == Some("1")),
         "the status subresource's readyReplicas in kubectl's table: {table}"
     );
 
@@ -495,19 +521,24 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     // would), no PodDisruptionBudget, the unprivileged node daemon, the CRDs as templates
     // (kept by the first release: taken over again).
     pier.apply(SERVICE_MONITOR_CRD);
-    let toggled = helm.ok(json!({"action": "install", "release": "pier2", "chart": chart,
+    let toggled = helm.ok(
+        json!({"action": "install", "release": "pier2", "chart": chart,
         "take_ownership": true,
         "values": {
             "crds": {"manage": true},
             "metrics": {"service": true, "serviceMonitor": {"enabled": true}},
             "operator": {"podDisruptionBudget": false, "defaultNetworks": false},
             "node": {"privileged": false, "netRaw": true, "hostPID": false, "netnsTargets": true},
-        }}));
+        }}),
+    );
     assert_eq!(toggled["status"], "deployed", "{toggled}");
     let all = assert_stored(&pier, &toggled);
     let toggled_kinds = kinds(&all);
     for kind in ["Service", "ServiceMonitor", "CustomResourceDefinition"] {
-        assert!(toggled_kinds.contains(&kind.to_owned()), "a {kind}: {toggled_kinds:?}");
+        assert!(
+            toggled_kinds.contains(&kind.to_owned()),
+            "a {kind}: {toggled_kinds:?}"
+        );
     }
     assert!(!toggled_kinds.contains(&"PodDisruptionBudget".to_owned()));
     let node = find(&all, "DaemonSet", "node");

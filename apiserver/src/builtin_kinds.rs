@@ -54,22 +54,142 @@ pub fn kinds() -> Vec<Kind> {
         round_trip,
     };
     vec![
-        kind("", "serviceaccounts", "ServiceAccount", true, &["sa"], false, round_trip::<core::ServiceAccount>),
-        kind("", "secrets", "Secret", true, &[], false, round_trip::<core::Secret>),
-        kind("", "configmaps", "ConfigMap", true, &["cm"], false, round_trip::<core::ConfigMap>),
-        kind("", "services", "Service", true, &["svc"], true, round_trip::<core::Service>),
-        kind("apps", "deployments", "Deployment", true, &["deploy"], true, round_trip::<apps::Deployment>),
-        kind("apps", "daemonsets", "DaemonSet", true, &["ds"], true, round_trip::<apps::DaemonSet>),
+        kind(
+            "",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            false,
+            round_trip::<core::ServiceAccount>,
+        ),
+        kind(
+            "",
+            "secrets",
+            "Secret",
+            true,
+            &[],
+            false,
+            round_trip::<core::Secret>,
+        ),
+        kind(
+            "",
+            "configmaps",
+            "ConfigMap",
+            true,
+            &["cm"],
+            false,
+            round_trip::<core::ConfigMap>,
+        ),
+        kind(
+            "",
+            "services",
+            "Service",
+            true,
+            &["svc"],
+            true,
+            round_trip::<core::Service>,
+        ),
+        kind(
+            "apps",
+            "deployments",
+            "Deployment",
+            true,
+            &["deploy"],
+            true,
+            round_trip::<apps::Deployment>,
+        ),
+        kind(
+            "apps",
+            "daemonsets",
+            "DaemonSet",
+            true,
+            &["ds"],
+            true,
+            round_trip::<apps::DaemonSet>,
+        ),
         // Helm's readiness check (kstatus) reads a Deployment's ReplicaSets, a StatefulSet's Pods.
-        kind("apps", "replicasets", "ReplicaSet", true, &["rs"], true, round_trip::<apps::ReplicaSet>),
-        kind("apps", "statefulsets", "StatefulSet", true, &["sts"], true, round_trip::<apps::StatefulSet>),
-        kind("policy", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"], true, round_trip::<policy::PodDisruptionBudget>),
-        kind("rbac.authorization.k8s.io", "roles", "Role", true, &[], false, round_trip::<rbac::Role>),
-        kind("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", true, &[], false, round_trip::<rbac::RoleBinding>),
-        kind("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", false, &[], false, round_trip::<rbac::ClusterRole>),
-        kind("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", false, &[], false, round_trip::<rbac::ClusterRoleBinding>),
-        kind("admissionregistration.k8s.io", "validatingadmissionpolicies", "ValidatingAdmissionPolicy", false, &[], true, round_trip::<admission::ValidatingAdmissionPolicy>),
-        kind("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", false, &[], false, round_trip::<admission::ValidatingAdmissionPolicyBinding>),
+        kind(
+            "apps",
+            "replicasets",
+            "ReplicaSet",
+            true,
+            &["rs"],
+            true,
+            round_trip::<apps::ReplicaSet>,
+        ),
+        kind(
+            "apps",
+            "statefulsets",
+            "StatefulSet",
+            true,
+            &["sts"],
+            true,
+            round_trip::<apps::StatefulSet>,
+        ),
+        kind(
+            "policy",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+            true,
+            round_trip::<policy::PodDisruptionBudget>,
+        ),
+        kind(
+            "rbac.authorization.k8s.io",
+            "roles",
+            "Role",
+            true,
+            &[],
+            false,
+            round_trip::<rbac::Role>,
+        ),
+        kind(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+            false,
+            round_trip::<rbac::RoleBinding>,
+        ),
+        kind(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+            false,
+            round_trip::<rbac::ClusterRole>,
+        ),
+        kind(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+            false,
+            round_trip::<rbac::ClusterRoleBinding>,
+        ),
+        kind(
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicy",
+            false,
+            &[],
+            true,
+            round_trip::<admission::ValidatingAdmissionPolicy>,
+        ),
+        kind(
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicybindings",
+            "ValidatingAdmissionPolicyBinding",
+            false,
+            &[],
+            false,
+            round_trip::<admission::ValidatingAdmissionPolicyBinding>,
+        ),
     ]
 }
 
@@ -99,11 +219,7 @@ fn unknown_fields(fields: &[String]) -> String {
 /// Decodes `object` as `kind` (after the writes kube-apiserver makes before decoding: a
 /// Secret's `stringData` merged into `data`), dropping the fields its type does not know.
 /// Returns the dropped fields' paths; with `strict`, dropped fields are an error.
-pub fn decode(
-    kind: &Kind,
-    object: &mut Value,
-    strict: bool,
-) -> Result<Vec<String>, DecodeError> {
+pub fn decode(kind: &Kind, object: &mut Value, strict: bool) -> Result<Vec<String>, DecodeError> {
     let wrong_type = |source| DecodeError::WrongType {
         kind: kind.kind.to_owned(),
         source,
@@ -138,9 +254,7 @@ fn merge_string_data(secret: &mut Value) -> Result<(), serde_json::Error> {
     if string_data.is_empty() {
         return Ok(());
     }
-    let data = m
-        .entry("data")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let data = m.entry("data").or_insert_with(|| Value::Object(Map::new()));
     if data.is_null() {
         *data = Value::Object(Map::new());
     }
@@ -254,8 +368,7 @@ mod tests {
 
     #[test]
     fn wrong_types_are_refused_as_kube_apiserver_does() {
-        let mut secret =
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "not base64!"}});
+        let mut secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "not base64!"}});
         let error = decode(&kind("Secret"), &mut secret, false).expect_err("not base64");
         assert!(
             error
@@ -275,7 +388,10 @@ mod tests {
             "data": {"k": "v"}, "extra": {"x": 1}, "empty": null});
         let mut lax = object.clone();
         let dropped = decode(&kind("ConfigMap"), &mut lax, false).expect("decodes");
-        assert_eq!(dropped, vec!["extra".to_owned(), "metadata.bogus".to_owned()]);
+        assert_eq!(
+            dropped,
+            vec!["extra".to_owned(), "metadata.bogus".to_owned()]
+        );
         assert_eq!(
             lax,
             json!({"apiVersion": "v1", "kind": "ConfigMap",

@@ -259,6 +259,13 @@ fn stored_kind(kind: crate::builtin_kinds::Kind) -> Resource {
     // Services have no generation in Kubernetes; the workload kinds and policies do.
     r.generation = kind.status && kind.kind != "Service";
     r.columns = stored_kind_columns(kind.kind);
+    if matches!(
+        kind.kind,
+        "Service" | "Deployment" | "DaemonSet" | "ReplicaSet" | "StatefulSet"
+    ) {
+        // `kubectl get all`, as in Kubernetes.
+        r.categories = vec!["all".into()];
+    }
     r.typed = Some(kind);
     r
 }
@@ -286,19 +293,28 @@ fn stored_kind_columns(kind: &str) -> Vec<Column> {
         "DaemonSet" => vec![
             column("Desired", "integer", ".status.desiredNumberScheduled", 0),
             column("Ready", "integer", ".status.numberReady", 0),
-            column("Node Selector", "string", ".spec.template.spec.nodeSelector", 0),
+            column(
+                "Node Selector",
+                "string",
+                ".spec.template.spec.nodeSelector",
+                0,
+            ),
             age(),
         ],
         "PodDisruptionBudget" => vec![
             column("Min Available", "string", ".spec.minAvailable", 0),
             column("Max Unavailable", "string", ".spec.maxUnavailable", 0),
-            column("Allowed Disruptions", "integer", ".status.disruptionsAllowed", 0),
+            column(
+                "Allowed Disruptions",
+                "integer",
+                ".status.disruptionsAllowed",
+                0,
+            ),
             age(),
         ],
-        "RoleBinding" | "ClusterRoleBinding" => vec![
-            column("Role", "string", ".roleRef.name", 0),
-            age(),
-        ],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            vec![column("Role", "string", ".roleRef.name", 0), age()]
+        }
         _ => Vec::new(),
     }
 }
@@ -475,5 +491,48 @@ mod tests {
         assert_eq!(net.selectable, vec!["spec.driver"]);
         assert!(reg.find("", "v1", "namespaces").is_some());
         assert_eq!(reg.preferred("pier.dev").as_deref(), Some("v1alpha1"));
+    }
+
+    #[test]
+    fn the_kinds_helm_and_the_chart_use_are_served() {
+        let reg = Registry::build(&[]);
+        for (group, plural, namespaced, status) in [
+            ("", "secrets", true, false),
+            ("", "serviceaccounts", true, false),
+            ("", "configmaps", true, false),
+            ("", "services", true, true),
+            ("apps", "deployments", true, true),
+            ("apps", "daemonsets", true, true),
+            ("policy", "poddisruptionbudgets", true, true),
+            ("rbac.authorization.k8s.io", "clusterroles", false, false),
+            ("rbac.authorization.k8s.io", "rolebindings", true, false),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicies",
+                false,
+                true,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicybindings",
+                false,
+                false,
+            ),
+        ] {
+            let r = reg.find(group, "v1", plural).expect(plural);
+            assert_eq!(r.namespaced, namespaced, "{plural}");
+            assert_eq!(r.status_subresource, status, "{plural}");
+            assert!(r.typed.is_some(), "{plural} decoded into its type");
+            let names: Vec<Value> = r.discovery().iter().map(|d| d["name"].clone()).collect();
+            assert_eq!(
+                names.len(),
+                if status { 2 } else { 1 },
+                "{plural}: {names:?}"
+            );
+        }
+        let deployments = reg.find("apps", "v1", "deployments").expect("served");
+        assert!(deployments.generation && deployments.categories == vec!["all"]);
+        assert!(!reg.find("", "v1", "services").expect("served").generation);
+        assert_eq!(reg.preferred("apps").as_deref(), Some("v1"));
     }
 }

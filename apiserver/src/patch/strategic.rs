@@ -27,10 +27,14 @@ fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
     let parent = path.len().checked_sub(2).map(|i| path[i].as_str());
     let exactly = |p: &[&str]| path.iter().map(String::as_str).eq(p.iter().copied());
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => {
-            ListStrategy::MergeByKey("name")
-        }
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => ListStrategy::MergeByKey("name"),
         "volumeMounts" => ListStrategy::MergeByKey("mountPath"),
         "volumeDevices" => ListStrategy::MergeByKey("devicePath"),
         "hostAliases" => ListStrategy::MergeByKey("ip"),
@@ -324,7 +328,10 @@ mod tests {
         let out = patched("Service", target, patch);
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b"]));
         assert_eq!(out["metadata"]["labels"], json!({"x": "1"}));
-        assert_eq!(out["spec"]["ports"], json!([{"port": 9090, "name": "admin"}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 9090, "name": "admin"}])
+        );
         assert_eq!(out["spec"]["selector"], json!({"app": "c"}));
         assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
     }

@@ -299,10 +299,10 @@ fn secrets_as_kube_apiserver_takes_them(pier: &Pier) {
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: {NAMESPACE}}}\n{data}\n"
         )
     };
-    pier.apply(&secret("data: {a: eA==}\nstringData: {b: yes}"));
+    pier.apply(&secret("data: {a: eA==}\nstringData: {b: hi}"));
     assert_eq!(
         pier.jsonpath(&format!("secret s -n {NAMESPACE}"), "{.data.a} {.data.b}"),
-        "eA== eWVz"
+        "eA== aGk="
     );
     let refused = system::sh(&format!(
         "printf '%s' '{}' | kubectl --kubeconfig {} apply -f -",
@@ -519,17 +519,18 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     // A second install with every value toggled that changes which objects exist: metrics
     // Services and a ServiceMonitor (its CRD installed first, as the Prometheus Operator
     // would), no PodDisruptionBudget, the unprivileged node daemon, the CRDs as templates
-    // (kept by the first release: taken over again).
+    // (kept by the first release: taken over again). With server-side apply, the helm CLI's
+    // default for new installs; this release's upgrade then applies too.
     pier.apply(SERVICE_MONITOR_CRD);
+    let toggled_values = json!({
+        "crds": {"manage": true},
+        "metrics": {"service": true, "serviceMonitor": {"enabled": true}},
+        "operator": {"podDisruptionBudget": false, "defaultNetworks": false},
+        "node": {"privileged": false, "netRaw": true, "hostPID": false, "netnsTargets": true},
+    });
     let toggled = helm.ok(
         json!({"action": "install", "release": "pier2", "chart": chart,
-        "take_ownership": true,
-        "values": {
-            "crds": {"manage": true},
-            "metrics": {"service": true, "serviceMonitor": {"enabled": true}},
-            "operator": {"podDisruptionBudget": false, "defaultNetworks": false},
-            "node": {"privileged": false, "netRaw": true, "hostPID": false, "netnsTargets": true},
-        }}),
+        "take_ownership": true, "server_side_apply": true, "values": toggled_values}),
     );
     assert_eq!(toggled["status"], "deployed", "{toggled}");
     let all = assert_stored(&pier, &toggled);
@@ -547,6 +548,30 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         security.get("privileged").is_none() && security["capabilities"]["drop"] == json!(["ALL"]),
         "the unprivileged mode: {security}"
     );
+    let operator = format!(
+        "deployment.apps/{}",
+        find(&all, "Deployment", "operator")["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+    );
+    // The field manager is Helm's program name: `helm` from the CLI, `python3` here.
+    let managed = pier.jsonpath(
+        &format!("{operator} -n {NAMESPACE} --show-managed-fields"),
+        "{.metadata.managedFields[*].operation}",
+    );
+    assert_eq!(
+        managed, "Apply",
+        "server-side apply: one applier owns it all"
+    );
+    let mut warn = toggled_values.clone();
+    warn["logLevel"] = json!("warn");
+    let upgraded = helm.ok(
+        json!({"action": "upgrade", "release": "pier2", "chart": chart,
+        "values": warn}),
+    );
+    assert_eq!(upgraded["version"], 2, "{upgraded}");
+    assert_stored(&pier, &upgraded);
+    assert_eq!(log_level(&pier, &operator), "warn");
     helm.ok(json!({"action": "uninstall", "release": "pier2"}));
     for object in &all {
         if object["kind"] != "CustomResourceDefinition" {

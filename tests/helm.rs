@@ -13,6 +13,9 @@
 //! Needs root (as every `pier up` test), kubectl and `pip install --ignore-requires-python
 //! helm-sdkpy` (and PyYAML), as `.ci/run` does.
 
+#[path = "chart/rbac.rs"]
+#[allow(dead_code)] // tests/chart.rs uses the rest
+mod rbac;
 mod system;
 
 use std::io::{BufRead, BufReader, Write};
@@ -231,6 +234,45 @@ fn assert_stored(pier: &Pier, release: &Value) -> Vec<Value> {
     objects
 }
 
+/// The stored ClusterRoles and Roles of each role grant exactly what its code calls, as
+/// `tests/chart.rs` derives it from the source (`tests/chart/rbac.rs`).
+fn assert_rbac_matches_the_code(pier: &Pier) {
+    for (component, src) in [("operator", "operator/src"), ("node", "node-daemon/src")] {
+        let usage = rbac::scan_all(&[&root().join(src), &root().join("runtime/src")]);
+        let roles: Value = serde_json::from_str(&pier.kubectl_ok(&format!(
+            "get clusterroles,roles -A -l app.kubernetes.io/component={component} -o json"
+        )))
+        .expect("kubectl prints JSON");
+        let mut stored = std::collections::BTreeSet::new();
+        for rule in roles["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+        {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            };
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        stored.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            stored, usage.grants,
+            "{component}: the stored RBAC is what its code calls"
+        );
+    }
+}
+
 /// Whether `kubectl get` of `object` says NotFound.
 fn gone(pier: &Pier, object: &Value) -> bool {
     let out = pier.kubectl(&format!("get {}", kubectl_ref(object)));
@@ -388,6 +430,7 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         "secret/sh.helm.release.v1.pier.v1",
         "Helm's record"
     );
+    assert_rbac_matches_the_code(&pier);
     secrets_as_kube_apiserver_takes_them(&pier);
     let listed = helm.ok(json!({"action": "list"}));
     assert_eq!(listed[0]["name"], "pier", "{listed}");

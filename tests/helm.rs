@@ -385,10 +385,11 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     let mut helm = Helm::start(&pier);
     let chart = root().join("charts/pier").display().to_string();
 
-    // Install with the defaults: crds/ first, then every template.
+    // Install with the defaults: crds/ first, then every template, validated against the
+    // server as the helm CLI does by default.
     let installed = helm.ok(
         json!({"action": "install", "release": "pier", "chart": chart,
-        "create_namespace": true}),
+        "create_namespace": true, "validate": true}),
     );
     assert_eq!(installed["status"], "deployed", "{installed}");
     assert_eq!(installed["version"], 1);

@@ -6,7 +6,8 @@ one JSON line on stdout: {"ok": RESULT} or {"error": "TYPE: MESSAGE"}. The Helm 
 once for the whole session.
 
 Requests ({"action": ..., ...}; every one has "kubeconfig" and "namespace"):
-  install   release, chart, values, create_namespace, take_ownership, server_side_apply
+  install   release, chart, values, create_namespace, take_ownership, server_side_apply,
+            validate (the helm CLI's default: manifests validated against the server)
   upgrade   release, chart, values, take_ownership, rollback_on_failure, skip_schema_validation
   list | history release | rollback release, revision | uninstall release | status release
 Nothing waits for readiness (wait=False): no controller runs the Deployments and DaemonSets.
@@ -47,7 +48,8 @@ async def run(request):
             release, request["chart"], values=request.get("values") or None,
             create_namespace=request.get("create_namespace", False), wait=False, timeout=60,
             take_ownership=request.get("take_ownership", False),
-            server_side_apply=request.get("server_side_apply", False))
+            server_side_apply=request.get("server_side_apply", False),
+            disable_openapi_validation=not request.get("validate", False))
         return release_summary(result)
     if action == "upgrade":
         result = await helm_sdkpy.Upgrade(config).run(

@@ -1,6 +1,7 @@
 //! The built-in kinds stored as plain objects (pure): ServiceAccounts, Secrets, ConfigMaps,
 //! Services, Deployments, DaemonSets, PodDisruptionBudgets, the RBAC kinds and
-//! ValidatingAdmissionPolicies, what Helm and Pier's chart create. Nothing runs them (no
+//! ValidatingAdmissionPolicies, what Helm and Pier's chart create (and ReplicaSets and
+//! StatefulSets, which Helm's readiness check reads). Nothing runs them (no
 //! kubelet, no controllers, no admission): they are stored, listed, watched and patched, as by
 //! a kube-apiserver without its controller manager.
 //!

@@ -36,8 +36,8 @@
 //!   ([`patch::strategic`]: containers, env, ports, volumes, conditions, ...); on custom
 //!   resources it is refused with 415 as in Kubernetes.
 //! - The built-in kinds Helm and charts use ([`builtin_kinds`]: ServiceAccounts, Secrets,
-//!   ConfigMaps, Services, Deployments, DaemonSets, PodDisruptionBudgets, RBAC,
-//!   ValidatingAdmissionPolicies) are decoded into their k8s-openapi types (wrong types 400,
+//!   ConfigMaps, Services, Deployments, DaemonSets, ReplicaSets, StatefulSets,
+//!   PodDisruptionBudgets, RBAC, ValidatingAdmissionPolicies) are decoded into their k8s-openapi types (wrong types 400,
 //!   unknown fields dropped or refused when strict) and stored; no controller, kubelet,
 //!   admission or RBAC acts on them, and no defaults are filled in (a Service gets no cluster
 //!   IP).

@@ -379,16 +379,29 @@ spec:
           spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
-#[test]
-fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
-    let pier = Pier::up("helm", &[]);
-    let mut helm = Helm::start(&pier);
-    let chart = root().join("charts/pier").display().to_string();
+/// The test's `pier up`, Helm session and chart.
+struct Session {
+    pier: Pier,
+    helm: Helm,
+    chart: String,
+}
 
+/// A release's history as (revision, status) pairs.
+fn revisions(history: &Value) -> Vec<(Value, Value)> {
+    history
+        .as_array()
+        .expect("a history")
+        .iter()
+        .map(|r| (r["version"].clone(), r["status"].clone()))
+        .collect()
+}
+
+/// `helm install --create-namespace` with the default values: its objects.
+fn install_with_the_defaults(s: &mut Session) -> Vec<Value> {
     // Install with the defaults: crds/ first, then every template, validated against the
     // server as the helm CLI does by default.
-    let installed = helm.ok(
-        json!({"action": "install", "release": "pier", "chart": chart,
+    let installed = s.helm.ok(
+        json!({"action": "install", "release": "pier", "chart": s.chart,
         "create_namespace": true, "validate": true}),
     );
     assert_eq!(installed["status"], "deployed", "{installed}");
@@ -399,7 +412,7 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
             .is_some_and(|n| n.contains("is installed in namespace pier-system")),
         "NOTES rendered: {installed}"
     );
-    let first = assert_stored(&pier, &installed);
+    let first = assert_stored(&s.pier, &installed);
     for kind in [
         "ServiceAccount",
         "ClusterRole",
@@ -416,14 +429,16 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         );
     }
     for crd in PIER_CRDS {
-        pier.kubectl_ok(&format!("get crd {crd}"));
+        s.pier.kubectl_ok(&format!("get crd {crd}"));
     }
-    let table = pier.kubectl_ok(&format!("get deploy,ds,pdb,sa -n {NAMESPACE}"));
+    let table = s
+        .pier
+        .kubectl_ok(&format!("get deploy,ds,pdb,sa -n {NAMESPACE}"));
     assert!(
         table.contains("pier-operator") && table.contains("pier-node"),
         "{table}"
     );
-    let records = pier.kubectl_ok(&format!(
+    let records = s.pier.kubectl_ok(&format!(
         "get secrets -n {NAMESPACE} -l owner=helm,name=pier -o name"
     ));
     assert_eq!(
@@ -431,36 +446,38 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         "secret/sh.helm.release.v1.pier.v1",
         "Helm's record"
     );
-    assert_rbac_matches_the_code(&pier);
-    secrets_as_kube_apiserver_takes_them(&pier);
-    let listed = helm.ok(json!({"action": "list"}));
+    assert_rbac_matches_the_code(&s.pier);
+    secrets_as_kube_apiserver_takes_them(&s.pier);
+    let listed = s.helm.ok(json!({"action": "list"}));
     assert_eq!(listed[0]["name"], "pier", "{listed}");
     assert_eq!(listed[0]["status"], "deployed", "{listed}");
-    assert_eq!(operator_log_level(&pier), "info");
+    assert_eq!(operator_log_level(&s.pier), "info");
+    first
+}
 
+/// `helm upgrade` with other values from chart version `chart_v2`: its objects.
+fn upgrade_with_other_values(s: &mut Session, chart_v2: &str) -> Vec<Value> {
     // Upgrade: other values, and the CRDs managed by the release from now on (the CRDs exist
     // without Helm's annotations, installed from crds/: taking them over needs
     // --take-ownership once), from a chart version whose Network CRD changed.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let chart_v2 = chart_with_changed_crd(dir.path()).display().to_string();
-    let upgraded = helm.ok(
+    let upgraded = s.helm.ok(
         json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
         "take_ownership": true,
         "values": {"operator": {"replicas": 1}, "logLevel": "debug", "crds": {"manage": true}}}),
     );
     assert_eq!(upgraded["version"], 2, "{upgraded}");
-    let second = assert_stored(&pier, &upgraded);
+    let second = assert_stored(&s.pier, &upgraded);
     assert_eq!(
-        pier.jsonpath(
+        s.pier.jsonpath(
             &format!("deployment.apps/pier-operator -n {NAMESPACE}"),
             "{.spec.replicas} {.metadata.generation}"
         ),
         "1 2",
         "the Deployment was patched (its generation counts the change)"
     );
-    assert_eq!(operator_log_level(&pier), "debug");
+    assert_eq!(operator_log_level(&s.pier), "debug");
     let operator = find(&second, "Deployment", "operator");
-    let live_image = pier.jsonpath(
+    let live_image = s.pier.jsonpath(
         &format!("deployment.apps/pier-operator -n {NAMESPACE}"),
         "{.spec.template.spec.containers[0].image}",
     );
@@ -470,36 +487,34 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         "the strategic merge patch kept the container whole"
     );
     assert_eq!(
-        pier.jsonpath(
+        s.pier.jsonpath(
             "crd networks.pier.dev",
             "{.spec.versions[0].additionalPrinterColumns[?(@.name==\"Subnet\")].description}"
         ),
         "The allocated subnet (v2)",
         "with crds.manage=true helm upgrade upgrades the CRDs"
     );
-    let history = helm.ok(json!({"action": "history", "release": "pier"}));
-    let statuses: Vec<(Value, Value)> = history
-        .as_array()
-        .expect("a history")
-        .iter()
-        .map(|r| (r["version"].clone(), r["status"].clone()))
-        .collect();
+    let history = s.helm.ok(json!({"action": "history", "release": "pier"}));
     assert_eq!(
-        statuses,
+        revisions(&history),
         vec![
             (json!(1), json!("superseded")),
             (json!(2), json!("deployed"))
         ]
     );
+    second
+}
 
+/// Helm's rollback of an upgrade the API server refuses.
+fn roll_back_a_refused_upgrade(s: &mut Session, chart_v2: &str) {
     // Rollback. helm-sdkpy 0.1.32's `Rollback` fails before it reaches any API server (its Go
     // shim never sets Helm 4's wait strategy: "wait strategy not set"), so Helm's rollback runs
     // here as `helm upgrade --rollback-on-failure` runs it: an upgrade the API server refuses
     // (an annotation that is not a string: 400, as from kube-apiserver) after the DaemonSet
     // took its new log level, rolled back to revision 2 by Helm, which then waits for the
     // workloads to be ready (reported by the stand-in for their controllers).
-    let rollouts = RolloutStandIn::start(&pier);
-    let failed = helm.call(
+    let rollouts = RolloutStandIn::start(&s.pier);
+    let failed = s.helm.call(
         json!({"action": "upgrade", "release": "pier", "chart": chart_v2,
         "rollback_on_failure": true, "skip_schema_validation": true,
         "values": {"operator": {"replicas": 1, "podAnnotations": {"example.com/count": 5}},
@@ -511,20 +526,14 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
         "{error}"
     );
     assert_eq!(
-        log_level(&pier, "daemonset.apps/pier-node"),
+        log_level(&s.pier, "daemonset.apps/pier-node"),
         "debug",
         "rolled back"
     );
-    assert_eq!(operator_log_level(&pier), "debug");
-    let history = helm.ok(json!({"action": "history", "release": "pier"}));
-    let statuses: Vec<(Value, Value)> = history
-        .as_array()
-        .expect("a history")
-        .iter()
-        .map(|r| (r["version"].clone(), r["status"].clone()))
-        .collect();
+    assert_eq!(operator_log_level(&s.pier), "debug");
+    let history = s.helm.ok(json!({"action": "history", "release": "pier"}));
     assert_eq!(
-        statuses,
+        revisions(&history),
         vec![
             (json!(1), json!("superseded")),
             (json!(2), json!("superseded")),
@@ -532,11 +541,13 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
             (json!(4), json!("deployed")),
         ]
     );
-    let status = helm.ok(json!({"action": "status", "release": "pier"}));
+    let status = s.helm.ok(json!({"action": "status", "release": "pier"}));
     assert_eq!(status["version"], 4, "{status}");
-    assert_stored(&pier, &status);
+    assert_stored(&s.pier, &status);
     drop(rollouts);
-    let table = pier.kubectl_ok(&format!("get deployment.apps pier-operator -n {NAMESPACE}"));
+    let table = s
+        .pier
+        .kubectl_ok(&format!("get deployment.apps pier-operator -n {NAMESPACE}"));
     assert!(
         table
             .lines()
@@ -544,40 +555,48 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
             .is_some_and(|row| row.split_whitespace().nth(2) == Some("1")),
         "the status subresource's readyReplicas in kubectl's table: {table}"
     );
+}
 
+/// `helm uninstall` of release `pier` (whose revisions had `objects`).
+fn uninstall_keeps_the_crds(s: &mut Session, objects: &[Value]) {
     // Uninstall: everything but the CRDs goes, Helm's records too.
-    helm.ok(json!({"action": "uninstall", "release": "pier"}));
-    for object in first.iter().chain(&second) {
+    s.helm.ok(json!({"action": "uninstall", "release": "pier"}));
+    for object in objects {
         if object["kind"] == "CustomResourceDefinition" {
             continue;
         }
-        assert!(gone(&pier, object), "{} is left", kubectl_ref(object));
+        assert!(gone(&s.pier, object), "{} is left", kubectl_ref(object));
     }
     for crd in PIER_CRDS {
-        pier.kubectl_ok(&format!("get crd {crd}"));
+        s.pier.kubectl_ok(&format!("get crd {crd}"));
     }
-    let records = pier.kubectl_ok(&format!("get secrets -n {NAMESPACE} -l owner=helm -o name"));
+    let records = s
+        .pier
+        .kubectl_ok(&format!("get secrets -n {NAMESPACE} -l owner=helm -o name"));
     assert_eq!(records.trim(), "", "Helm's records are gone");
-    assert_eq!(helm.ok(json!({"action": "list"})), json!([]));
+    assert_eq!(s.helm.ok(json!({"action": "list"})), json!([]));
+}
 
+/// A second release with every object-changing value toggled, with server-side apply.
+fn install_with_every_object_toggled(s: &mut Session) {
     // A second install with every value toggled that changes which objects exist: metrics
     // Services and a ServiceMonitor (its CRD installed first, as the Prometheus Operator
     // would), no PodDisruptionBudget, the unprivileged node daemon, the CRDs as templates
     // (kept by the first release: taken over again). With server-side apply, the helm CLI's
     // default for new installs; this release's upgrade then applies too.
-    pier.apply(SERVICE_MONITOR_CRD);
+    s.pier.apply(SERVICE_MONITOR_CRD);
     let toggled_values = json!({
         "crds": {"manage": true},
         "metrics": {"service": true, "serviceMonitor": {"enabled": true}},
         "operator": {"podDisruptionBudget": false, "defaultNetworks": false},
         "node": {"privileged": false, "netRaw": true, "hostPID": false, "netnsTargets": true},
     });
-    let toggled = helm.ok(
-        json!({"action": "install", "release": "pier2", "chart": chart,
+    let toggled = s.helm.ok(
+        json!({"action": "install", "release": "pier2", "chart": s.chart,
         "take_ownership": true, "server_side_apply": true, "values": toggled_values}),
     );
     assert_eq!(toggled["status"], "deployed", "{toggled}");
-    let all = assert_stored(&pier, &toggled);
+    let all = assert_stored(&s.pier, &toggled);
     let toggled_kinds = kinds(&all);
     for kind in ["Service", "ServiceMonitor", "CustomResourceDefinition"] {
         assert!(
@@ -599,7 +618,7 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
             .unwrap_or_default()
     );
     // The field manager is Helm's program name: `helm` from the CLI, `python3` here.
-    let managed = pier.jsonpath(
+    let managed = s.pier.jsonpath(
         &format!("{operator} -n {NAMESPACE} --show-managed-fields"),
         "{.metadata.managedFields[*].operation}",
     );
@@ -609,17 +628,34 @@ fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
     );
     let mut warn = toggled_values.clone();
     warn["logLevel"] = json!("warn");
-    let upgraded = helm.ok(
-        json!({"action": "upgrade", "release": "pier2", "chart": chart,
+    let upgraded = s.helm.ok(
+        json!({"action": "upgrade", "release": "pier2", "chart": s.chart,
         "values": warn}),
     );
     assert_eq!(upgraded["version"], 2, "{upgraded}");
-    assert_stored(&pier, &upgraded);
-    assert_eq!(log_level(&pier, &operator), "warn");
-    helm.ok(json!({"action": "uninstall", "release": "pier2"}));
+    assert_stored(&s.pier, &upgraded);
+    assert_eq!(log_level(&s.pier, &operator), "warn");
+    s.helm
+        .ok(json!({"action": "uninstall", "release": "pier2"}));
     for object in &all {
         if object["kind"] != "CustomResourceDefinition" {
-            assert!(gone(&pier, object), "{} is left", kubectl_ref(object));
+            assert!(gone(&s.pier, object), "{} is left", kubectl_ref(object));
         }
     }
+}
+
+#[test]
+fn helm_installs_upgrades_rolls_back_and_uninstalls_the_chart() {
+    let pier = Pier::up("helm", &[]);
+    let helm = Helm::start(&pier);
+    let chart = root().join("charts/pier").display().to_string();
+    let mut s = Session { pier, helm, chart };
+    let first = install_with_the_defaults(&mut s);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chart_v2 = chart_with_changed_crd(dir.path()).display().to_string();
+    let second = upgrade_with_other_values(&mut s, &chart_v2);
+    roll_back_a_refused_upgrade(&mut s, &chart_v2);
+    let objects: Vec<Value> = first.into_iter().chain(second).collect();
+    uninstall_keeps_the_crds(&mut s, &objects);
+    install_with_every_object_toggled(&mut s);
 }

@@ -40,7 +40,6 @@ pub struct Api {
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
 const NAMESPACES: &str = "/namespaces";
-const SECRETS: &str = "/secrets";
 const RETRIES: usize = 16;
 /// The registry's version before its first build.
 const NEVER_BUILT: u64 = u64::MAX;
@@ -285,6 +284,14 @@ impl Api {
                 return Err(Self::invalid(res, &name, causes));
             }
         }
+        if let Some(kind) = &res.typed {
+            crate::builtin_kinds::decode(kind, obj, strict)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let causes = crate::builtin_kinds::data_key_causes(kind, obj);
+            if !causes.is_empty() {
+                return Err(Self::invalid(res, &name, causes));
+            }
+        }
         if res.storage_key == CRDS {
             crate::resources::from_crd(obj).map_err(|e| {
                 Self::invalid(
@@ -435,24 +442,20 @@ impl Api {
                 ] {
                     m.remove(k);
                 }
-                if res.custom {
+                if res.generation {
                     m.insert("generation".into(), json!(1));
                 } else {
                     m.remove("generation");
                 }
             }
             if res.status_subresource
-                && res.custom
+                && res.generation
                 && let Some(m) = obj.as_object_mut()
             {
                 m.remove("status");
             }
             if res.storage_key == NAMESPACES {
                 obj["status"] = json!({"phase": "Active"});
-            }
-            // kube-apiserver's defaulting: `kubectl create secret generic` sends no type.
-            if res.storage_key == SECRETS && obj.get("type").is_none_or(|t| t == "") {
-                obj["type"] = json!("Opaque");
             }
             self.check(res, &mut obj, None, ctx.strict)?;
             let api_version = res.api_version();
@@ -636,7 +639,7 @@ impl Api {
                 None => m.remove(k),
             };
         }
-        if res.custom && spec_part(old) != spec_part(&new) {
+        if res.generation && spec_part(old) != spec_part(&new) {
             let g = old_meta
                 .get("generation")
                 .and_then(Value::as_i64)
@@ -788,7 +791,7 @@ impl Api {
             .await
     }
 
-    /// PATCH (merge, JSON, apply; strategic merge only for built-ins, approximated as merge).
+    /// PATCH (merge, JSON, apply; strategic merge only for built-ins).
     #[allow(clippy::too_many_arguments)]
     pub async fn patch(
         &self,
@@ -804,7 +807,20 @@ impl Api {
             PatchKind::Strategic if res.custom => Err(ApiError::UnsupportedMediaType(
                 "strategic merge patch is not supported for custom resources; use application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml".into(),
             )),
-            PatchKind::Merge | PatchKind::Strategic => {
+            PatchKind::Strategic => {
+                let patch: Value = serde_json::from_slice(body).map_err(|e| {
+                    ApiError::BadRequest(format!("invalid strategic merge patch: {e}"))
+                })?;
+                let pinned = patch.pointer("/metadata/resourceVersion").is_some();
+                self.update_with(res, ns, name, ctx, |old| {
+                    let mut new = old.clone();
+                    patches::strategic::strategic_merge_patch(&mut new, &patch, &res.kind)
+                        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                    Ok((new, pinned))
+                })
+                .await
+            }
+            PatchKind::Merge => {
                 let patch: Value = serde_json::from_slice(body)
                     .map_err(|e| ApiError::BadRequest(format!("invalid merge patch: {e}")))?;
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some();
@@ -862,7 +878,7 @@ impl Api {
             let mut obj = apply::apply(&skeleton, &applied, &w, true)
                 .map_err(|c| ApiError::Conflict(apply::conflict_message(&c)))?;
             if res.status_subresource
-                && res.custom
+                && res.generation
                 && let Some(m) = obj.as_object_mut()
             {
                 m.remove("status");

@@ -37,8 +37,15 @@
 //!   `authorization.k8s.io/v1` SelfSubjectAccessReview and SelfSubjectRulesReview are answered
 //!   ([`reviews`]): everything is allowed. Aggregated discovery is answered with the legacy
 //!   documents (kubectl falls back to them).
-//! - Strategic merge patch on built-in resources is applied as a JSON merge patch (lists are
-//!   replaced, not merged by key); on custom resources it is refused with 415 as in Kubernetes.
+//! - Strategic merge patch on built-in resources merges the keyed lists of the kinds served
+//!   ([`patch::strategic`]: containers, env, ports, volumes, conditions, ...); on custom
+//!   resources it is refused with 415 as in Kubernetes.
+//! - The built-in kinds Helm and charts use ([`builtin_kinds`]: ServiceAccounts, Secrets,
+//!   ConfigMaps, Services, Deployments, DaemonSets, ReplicaSets, StatefulSets,
+//!   PodDisruptionBudgets, RBAC, ValidatingAdmissionPolicies) are decoded into their
+//!   k8s-openapi types (wrong types 400, unknown fields dropped or refused when strict) and
+//!   stored; no controller, kubelet, admission or RBAC acts on them, and no defaults are filled
+//!   in (a Service gets no cluster IP).
 //! - Field management: conflicts are detected on leaf fields; list-type `map`/`set` and
 //!   `x-kubernetes-map-type: atomic` are honoured from CRD schemas; built-ins have no schema
 //!   but the list types of [`structure`] (a Pod's `status.conditions`, a Node's
@@ -59,6 +66,7 @@
 //!   the token is admin.
 
 pub mod api;
+pub mod builtin_kinds;
 pub mod convert;
 pub mod discovery;
 pub mod error;

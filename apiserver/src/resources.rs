@@ -45,6 +45,11 @@ pub struct Resource {
     pub events_form: bool,
     /// A review ([`crate::reviews`]): create-only, answered and never stored.
     pub review: bool,
+    /// A built-in kind decoded into its k8s-openapi type on every write.
+    pub typed: Option<crate::builtin_kinds::Kind>,
+    /// `metadata.generation` counts spec changes, and a create's `status` is dropped when the
+    /// kind has a status subresource (custom resources, Deployments, ...).
+    pub generation: bool,
 }
 
 impl Resource {
@@ -138,6 +143,8 @@ fn builtin(
         storage_key: format!("{group}/{plural}"),
         events_form: false,
         review: false,
+        typed: None,
+        generation: false,
     }
 }
 
@@ -240,24 +247,87 @@ pub fn builtins() -> Vec<Resource> {
         false,
     );
     leases.columns = vec![column("Holder", "string", ".spec.holderIdentity", 0), age()];
-    let config_maps = builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], false);
-    let secrets = builtin("", "v1", "secrets", "Secret", true, &[], false);
-    let mut all = vec![
-        namespaces,
-        nodes,
-        pods,
-        events_v1,
-        events,
-        leases,
-        crds,
-        config_maps,
-        secrets,
-    ];
+    let mut all = vec![namespaces, nodes, pods, events_v1, events, leases, crds];
+    all.extend(crate::builtin_kinds::kinds().into_iter().map(stored_kind));
     all.extend(crate::reviews::KINDS.iter().map(|(plural, kind)| Resource {
         review: true,
         ..builtin(crate::reviews::GROUP, "v1", plural, kind, false, &[], false)
     }));
     all
+}
+
+/// A built-in kind that is only stored ([`crate::builtin_kinds`]), with kubectl's columns.
+fn stored_kind(kind: crate::builtin_kinds::Kind) -> Resource {
+    let mut r = builtin(
+        kind.group,
+        "v1",
+        kind.plural,
+        kind.kind,
+        kind.namespaced,
+        kind.short_names,
+        kind.status,
+    );
+    // Services have no generation in Kubernetes; the workload kinds and policies do.
+    r.generation = kind.status && kind.kind != "Service";
+    r.columns = stored_kind_columns(kind.kind);
+    if matches!(
+        kind.kind,
+        "Service" | "Deployment" | "DaemonSet" | "ReplicaSet" | "StatefulSet"
+    ) {
+        // `kubectl get all`, as in Kubernetes.
+        r.categories = vec!["all".into()];
+    }
+    r.typed = Some(kind);
+    r
+}
+
+/// kube-apiserver's columns for `kubectl get` of the stored kinds. The workloads' status
+/// columns stay empty: no controller here counts replicas.
+fn stored_kind_columns(kind: &str) -> Vec<Column> {
+    let age = || column("Age", "date", ".metadata.creationTimestamp", 0);
+    match kind {
+        "Secret" => vec![column("Type", "string", ".type", 0), age()],
+        "Service" => vec![
+            column("Type", "string", ".spec.type", 0),
+            column("Cluster-IP", "string", ".spec.clusterIP", 0),
+            column("Port(s)", "string", ".spec.ports[*].port", 0),
+            age(),
+            column("Selector", "string", ".spec.selector", 1),
+        ],
+        "Deployment" => vec![
+            column("Replicas", "integer", ".spec.replicas", 0),
+            column("Ready", "integer", ".status.readyReplicas", 0),
+            column("Up-to-date", "integer", ".status.updatedReplicas", 0),
+            column("Available", "integer", ".status.availableReplicas", 0),
+            age(),
+        ],
+        "DaemonSet" => vec![
+            column("Desired", "integer", ".status.desiredNumberScheduled", 0),
+            column("Ready", "integer", ".status.numberReady", 0),
+            column(
+                "Node Selector",
+                "string",
+                ".spec.template.spec.nodeSelector",
+                0,
+            ),
+            age(),
+        ],
+        "PodDisruptionBudget" => vec![
+            column("Min Available", "string", ".spec.minAvailable", 0),
+            column("Max Unavailable", "string", ".spec.maxUnavailable", 0),
+            column(
+                "Allowed Disruptions",
+                "integer",
+                ".status.disruptionsAllowed",
+                0,
+            ),
+            age(),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            vec![column("Role", "string", ".roleRef.name", 0), age()]
+        }
+        _ => Vec::new(),
+    }
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -348,6 +418,8 @@ pub fn from_crd(crd: &Value) -> Result<Vec<Resource>, String> {
             storage_key: format!("{group}/{plural}"),
             events_form: false,
             review: false,
+            typed: None,
+            generation: true,
         });
     }
     Ok(out)
@@ -431,5 +503,48 @@ mod tests {
         assert_eq!(net.selectable, vec!["spec.driver"]);
         assert!(reg.find("", "v1", "namespaces").is_some());
         assert_eq!(reg.preferred("pier.dev").as_deref(), Some("v1alpha1"));
+    }
+
+    #[test]
+    fn the_kinds_helm_and_the_chart_use_are_served() {
+        let reg = Registry::build(&[]);
+        for (group, plural, namespaced, status) in [
+            ("", "secrets", true, false),
+            ("", "serviceaccounts", true, false),
+            ("", "configmaps", true, false),
+            ("", "services", true, true),
+            ("apps", "deployments", true, true),
+            ("apps", "daemonsets", true, true),
+            ("policy", "poddisruptionbudgets", true, true),
+            ("rbac.authorization.k8s.io", "clusterroles", false, false),
+            ("rbac.authorization.k8s.io", "rolebindings", true, false),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicies",
+                false,
+                true,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicybindings",
+                false,
+                false,
+            ),
+        ] {
+            let r = reg.find(group, "v1", plural).expect(plural);
+            assert_eq!(r.namespaced, namespaced, "{plural}");
+            assert_eq!(r.status_subresource, status, "{plural}");
+            assert!(r.typed.is_some(), "{plural} decoded into its type");
+            let names: Vec<Value> = r.discovery().iter().map(|d| d["name"].clone()).collect();
+            assert_eq!(
+                names.len(),
+                if status { 2 } else { 1 },
+                "{plural}: {names:?}"
+            );
+        }
+        let deployments = reg.find("apps", "v1", "deployments").expect("served");
+        assert!(deployments.generation && deployments.categories == vec!["all"]);
+        assert!(!reg.find("", "v1", "services").expect("served").generation);
+        assert_eq!(reg.preferred("apps").as_deref(), Some("v1"));
     }
 }

@@ -59,6 +59,23 @@ pub struct Conflict {
 }
 
 /// The conflicts of an apply, worded as the real server does.
+/// Equal values, numbers compared by value as Kubernetes' structured merge diff does (an
+/// applier's `65535.0`, from YAML parsed into floats, is the stored `65535`).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 pub fn conflict_message(conflicts: &[Conflict]) -> String {
     let n = conflicts.len();
     if n == 1 {
@@ -255,7 +272,7 @@ pub fn apply(
             let (Some(lv), Some(av)) = (fields::get(live, p), fields::get(&applied, p)) else {
                 continue;
             };
-            if lv != av {
+            if !same_value(lv, av) {
                 conflicts.push(Conflict {
                     manager: e.manager.clone(),
                     api_version: e.api_version.clone(),
@@ -379,6 +396,13 @@ mod tests {
 
     fn base() -> Value {
         json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"}})
+    }
+
+    #[test]
+    fn numbers_are_the_same_value_however_written() {
+        assert!(same_value(&json!({"m": [65535]}), &json!({"m": [65535.0]})));
+        assert!(!same_value(&json!({"m": 1}), &json!({"m": 1.5})));
+        assert!(!same_value(&json!({"m": 1}), &json!({"m": "1"})));
     }
 
     #[test]

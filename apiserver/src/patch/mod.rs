@@ -1,7 +1,9 @@
-//! Patches: JSON merge patch, JSON patch and server-side apply (see [`apply`]).
+//! Patches: JSON merge patch, JSON patch, strategic merge patch for built-ins ([`strategic`])
+//! and server-side apply (see [`apply`]).
 
 pub mod apply;
 pub mod fields;
+pub mod strategic;
 
 use serde_json::Value;
 

@@ -113,7 +113,9 @@ pub fn merge(existing: Option<&str>, ours: &str, path: &Path) -> Result<String, 
     config
         .entry("apiVersion".into())
         .or_insert_with(|| "v1".into());
-    config.entry("kind".into()).or_insert_with(|| "Config".into());
+    config
+        .entry("kind".into())
+        .or_insert_with(|| "Config".into());
     config.insert("current-context".into(), CONTEXT.into());
     to_text(&config)
 }
@@ -319,8 +321,13 @@ mod tests {
         assert_eq!(names(&removed, "clusters"), ["kind-a"]);
         assert_eq!(names(&removed, "contexts"), ["kind-a"]);
         assert!(removed.contains("current-context: ''"));
-        let kept = remove(THEIRS.replace("- name: pier\n  cluster: {server: 'https://old:1'}\n", "").as_str(), Path::new("x"))
-            .expect("removes");
+        let kept = remove(
+            THEIRS
+                .replace("- name: pier\n  cluster: {server: 'https://old:1'}\n", "")
+                .as_str(),
+            Path::new("x"),
+        )
+        .expect("removes");
         assert!(kept.contains("current-context: kind-a"));
     }
 
@@ -345,7 +352,10 @@ mod tests {
         let t = choose_target(None, Some(&user), home).expect("target");
         assert_eq!(t.path, Path::new("/home/ann/.kube/config"));
         let t = choose_target(Some(""), None, home).expect("target");
-        assert_eq!((t.path.as_path(), t.owner), (Path::new("/root/.kube/config"), None));
+        assert_eq!(
+            (t.path.as_path(), t.owner),
+            (Path::new("/root/.kube/config"), None)
+        );
         assert_eq!(choose_target(None, None, None), None);
     }
 

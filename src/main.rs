@@ -118,7 +118,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             up::down(&args).context("pier down")?;
         }
         Command::Status(args) => {
-            runtime()?.block_on(status::run(&args))?;
+            status::run(&args)?;
         }
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "pier", &mut std::io::stdout());

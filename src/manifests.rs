@@ -89,7 +89,9 @@ pub async fn apply_path(client: &Client, path: &Path, manager: &str) -> Outcome 
         Ok(discovery) => discovery,
         Err(error) => {
             let error = anyhow::Error::new(error).context("discovering the API's resources");
-            outcome.failed.push(format!("{}: {error:#}", path.display()));
+            outcome
+                .failed
+                .push(format!("{}: {error:#}", path.display()));
             return outcome;
         }
     };
@@ -194,8 +196,10 @@ mod tests {
         let text = "{kind: Network, metadata: {name: a}}\n---\n- just\n- a list\n---\n\
                     {kind: Network, metadata: {name: c}}\n---\nkey: [unclosed\n";
         let documents = documents(text);
-        let indexes: Vec<(usize, bool)> =
-            documents.iter().map(|d| (d.index, d.objects.is_ok())).collect();
+        let indexes: Vec<(usize, bool)> = documents
+            .iter()
+            .map(|d| (d.index, d.objects.is_ok()))
+            .collect();
         assert_eq!(indexes, [(1, true), (2, false), (3, true), (4, false)]);
         let reason = format!("{:#}", documents[1].objects.as_ref().expect_err("a list"));
         assert!(reason.contains("must be an object"), "{reason}");

@@ -32,7 +32,7 @@ pub struct StatusArgs {
 }
 
 /// Everything `pier status` shows; each part says why it is missing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Status {
     /// `pier up` holding the node, e.g. "`pier up` (pid 12, data directory /var/lib/pier)".
     pub running: Option<String>,
@@ -79,7 +79,10 @@ pub fn render(status: &Status) -> String {
     let context = pier_apiserver::kubeconfig::CONTEXT;
     let _ = match &status.merged_into {
         Some(path) => writeln!(out, "Context:         {context} (in {})", path.display()),
-        None => writeln!(out, "Context:         {context} (only in the kubeconfig above)"),
+        None => writeln!(
+            out,
+            "Context:         {context} (only in the kubeconfig above)"
+        ),
     };
     match &status.api {
         Ok(objects) => render_objects(&mut out, objects),
@@ -112,11 +115,7 @@ fn render_kernel(out: &mut String, kernel: &Kernel) {
     };
     let _ = writeln!(out, "  nftables:      {tables}");
     let _ = writeln!(out, "  links:         {}", list_or_none(&kernel.links));
-    let _ = writeln!(
-        out,
-        "  namespaces:    {}",
-        list_or_none(&kernel.namespaces)
-    );
+    let _ = writeln!(out, "  namespaces:    {}", list_or_none(&kernel.namespaces));
 }
 
 fn section(out: &mut String, title: &str, rows: &[String]) {
@@ -134,41 +133,50 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
-/// Gathers and prints the status.
-pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
-    let status = gather(args).await;
-    print!("{}", render(&status));
-    Ok(())
-}
-
-async fn gather(args: &StatusArgs) -> Status {
-    let holder =
-        node_lock::current_holder(Path::new(node_lock::LOCK_DIR), args.node_netns.as_deref());
-    let running = holder.map(|h| {
-        format!(
-            "running: `{}` (pid {}, data directory {})",
-            h.command,
-            h.pid,
-            h.data_dir.display()
-        )
-    });
-    let kubeconfig_path = args.data_dir.join("kubeconfig");
-    let kubeconfig = read_kubeconfig(&kubeconfig_path);
+/// Gathers and prints the status. The kernel is read before the runtime starts: the netlink
+/// code runs a runtime of its own, which cannot start inside another.
+pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
+    let kernel = read_kernel(args);
+    let kubeconfig = read_kubeconfig(&args.data_dir.join("kubeconfig"));
     let api = match &kubeconfig {
-        Ok(config) => list_objects(config.clone()).await,
-        Err(why) => Err(why.clone()),
+        Ok(config) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(list_objects(config.clone())),
+        Err(_) => Err("no kubeconfig to reach the API server with".to_owned()),
     };
-    Status {
-        running,
+    let status = Status {
+        running: running(args),
         data_dir: args.data_dir.clone(),
         kubeconfig: kubeconfig.map(|(_, server)| server),
         merged_into: crate::kubeconfig::recorded(&args.data_dir).map(|t| t.path),
         api,
-        kernel: read_kernel(args),
-    }
+        kernel,
+    };
+    print!("{}", render(&status));
+    Ok(())
+}
+
+/// The `pier up` (or `pier node`) holding the node namespace, if one runs.
+fn running(args: &StatusArgs) -> Option<String> {
+    let holder =
+        node_lock::current_holder(Path::new(node_lock::LOCK_DIR), args.node_netns.as_deref())?;
+    Some(format!(
+        "running: `{}` (pid {}, data directory {})",
+        holder.command,
+        holder.pid,
+        holder.data_dir.display()
+    ))
 }
 
 fn read_kubeconfig(path: &Path) -> Result<(Kubeconfig, String), String> {
+    if !path.exists() {
+        return Err(format!(
+            "no {}: `pier up` has not run with this data directory",
+            path.display()
+        ));
+    }
     let config = Kubeconfig::read_from(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let server = config
         .clusters
@@ -233,7 +241,10 @@ fn endpoint_row(endpoint: &Endpoint) -> String {
     let address = status
         .and_then(|s| s.ipv4_address.as_deref())
         .unwrap_or("-");
-    let network = endpoint.spec.network.as_deref().unwrap_or("bridge");
+    let network = status
+        .and_then(|s| s.network.as_deref())
+        .or(endpoint.spec.network.as_deref())
+        .unwrap_or(pier_operator::defaults::BRIDGE);
     let attached = condition(status.map(|s| s.conditions.as_slice()), ATTACHED);
     format!(
         "{}/{} ({network}, {address}, {attached})",
@@ -333,11 +344,12 @@ mod tests {
     #[test]
     fn a_stopped_pier_says_why_each_part_is_missing() {
         let status = Status {
+            running: None,
             data_dir: "/d".into(),
             kubeconfig: Err("/d/kubeconfig: not found".into()),
+            merged_into: None,
             api: Err("/d/kubeconfig: not found".into()),
             kernel: Ok(Kernel::default()),
-            ..Status::default()
         };
         let text = render(&status);
         assert!(text.starts_with("Pier:            not running\n"), "{text}");
@@ -348,15 +360,8 @@ mod tests {
 
     #[test]
     fn a_condition_names_its_reason_when_false() {
-        let condition_of = |status: &str, reason: &str| Condition {
-            type_: ATTACHED.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: String::new(),
-            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Default::default(),
-            ),
-            observed_generation: None,
+        let condition_of = |status: &str, reason: &str| {
+            pier_crds::conditions::observe(&[], ATTACHED, status == "True", reason, "", None)
         };
         let t = [condition_of("True", "Attached")];
         assert_eq!(condition(Some(&t), ATTACHED), "Attached");

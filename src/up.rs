@@ -238,22 +238,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// Merges the context `pier` into the invoking user's kubeconfig, as kind does. A failure (a
 /// broken kubeconfig, no home) is a warning: DATA_DIR/kubeconfig works regardless.
 fn merge_kubeconfig(data_dir: &Path, ours: &Path) {
-    let merged = (|| -> anyhow::Result<Option<PathBuf>> {
-        let sudo_user = crate::kubeconfig::sudo_user_from_env()?;
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let kubeconfig_env = std::env::var("KUBECONFIG").ok();
-        let Some(target) =
-            crate::kubeconfig::choose_target(kubeconfig_env.as_deref(), sudo_user.as_ref(), home.as_deref())
-        else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(ours)
-            .with_context(|| format!("reading {}", ours.display()))?;
-        crate::kubeconfig::merge_into(&target, &text)?;
-        crate::kubeconfig::record(data_dir, &target)?;
-        Ok(Some(target.path))
-    })();
-    match merged {
+    match merge_into_users_kubeconfig(data_dir, ours) {
         Ok(Some(path)) => eprintln!(
             "kubeconfig: context `{}` merged into {} (kubectl --context {0})",
             pier_apiserver::kubeconfig::CONTEXT,
@@ -265,6 +250,25 @@ fn merge_kubeconfig(data_dir: &Path, ours: &Path) {
             "not merging the context `pier` into the user's kubeconfig"
         ),
     }
+}
+
+/// The merge itself; the file merged into, if there is a user's kubeconfig to merge into.
+fn merge_into_users_kubeconfig(data_dir: &Path, ours: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let sudo_user = crate::kubeconfig::sudo_user_from_env()?;
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let kubeconfig_env = std::env::var("KUBECONFIG").ok();
+    let Some(target) = crate::kubeconfig::choose_target(
+        kubeconfig_env.as_deref(),
+        sudo_user.as_ref(),
+        home.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(ours).with_context(|| format!("reading {}", ours.display()))?;
+    crate::kubeconfig::merge_into(&target, &text)?;
+    crate::kubeconfig::record(data_dir, &target)?;
+    Ok(Some(target.path))
 }
 
 /// The operator for one machine: pools skip what the machine already routes, and the default

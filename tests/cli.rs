@@ -41,7 +41,10 @@ fn completions_for_bash_zsh_and_fish() {
     let zsh = text(&pier(&["completion", "zsh"]).stdout);
     assert!(zsh.starts_with("#compdef pier"), "{zsh}");
     let fish = text(&pier(&["completion", "fish"]).stdout);
-    assert!(fish.contains("complete -c pier") && fish.contains("status"), "{fish}");
+    assert!(
+        fish.contains("complete -c pier") && fish.contains("status"),
+        "{fish}"
+    );
 }
 
 #[test]
@@ -68,7 +71,9 @@ fn an_error_names_its_cause_on_the_first_line() {
 /// Writes the manifests of the bad-manifest test into `dir`; the names it must find applied.
 fn write_manifests(dir: &Path, tag: &str) -> Vec<String> {
     let network = |name: &str| {
-        format!("apiVersion: pier.dev/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec: {{}}\n")
+        format!(
+            "apiVersion: pier.dev/v1alpha1\nkind: Network\nmetadata: {{name: {name}}}\nspec: {{}}\n"
+        )
     };
     let good: Vec<String> = ["a1", "a3", "d1"]
         .iter()
@@ -80,9 +85,16 @@ fn write_manifests(dir: &Path, tag: &str) -> Vec<String> {
     let files = [
         (
             "a.yaml",
-            format!("{}---\n{bad_driver}---\n{}", network(&good[0]), network(&good[1])),
+            format!(
+                "{}---\n{bad_driver}---\n{}",
+                network(&good[0]),
+                network(&good[1])
+            ),
         ),
-        ("b.yaml", "kind: Network\nmetadata: {name: [unclosed\n".to_owned()),
+        (
+            "b.yaml",
+            "kind: Network\nmetadata: {name: [unclosed\n".to_owned(),
+        ),
         (
             "c.yaml",
             "apiVersion: pier.dev/v1alpha1\nkind: Gadget\nmetadata: {name: g}\n".to_owned(),
@@ -115,13 +127,19 @@ fn a_bad_manifest_is_reported_and_the_rest_is_applied() {
             .lines()
             .find(|l| l.starts_with(&prefix))
             .unwrap_or_else(|| panic!("{prefix:?} reported; log:\n{log}"));
-        assert!(line.contains(reason), "{line:?} gives the reason {reason:?}");
+        assert!(
+            line.contains(reason),
+            "{line:?} gives the reason {reason:?}"
+        );
     }
     // The rest was applied and the system runs on.
     let names = pier.kubectl_ok(&format!("get pnet {} -o name", good.join(" ")));
     assert_eq!(names.lines().count(), 3, "{names}");
     assert!(pier.kubectl(&format!("get pnet {tag}-a2")).status.code() == Some(1));
-    assert!(pier.pid().is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()));
+    assert!(
+        pier.pid()
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    );
     pier.kubectl_ok("get pnet bridge");
 }
 
@@ -280,14 +298,23 @@ fn the_context_is_merged_for_the_sudo_user_and_purged_again() {
     pier.start(&[]);
 
     let meta = std::fs::metadata(user.kubeconfig()).expect("merged kubeconfig");
-    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "owned by the user");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (user.uid, user.gid),
+        "owned by the user"
+    );
     assert_eq!(meta.mode() & 0o777, 0o600);
     assert_eq!(context_names(&user.kubeconfig()), ["kind-a", "pier"]);
     let private = std::fs::metadata(&pier.kubeconfig).expect("DATA_DIR/kubeconfig");
     assert_eq!((private.uid(), private.mode() & 0o777), (0, 0o600));
     // The user's own kubectl, not root, reaches Pier through the current context.
     let current = user.kubectl("config current-context");
-    assert_eq!(text(&current.stdout).trim(), "pier", "{}", text(&current.stderr));
+    assert_eq!(
+        text(&current.stdout).trim(),
+        "pier",
+        "{}",
+        text(&current.stderr)
+    );
     let networks = user.kubectl("get pnet bridge -o name");
     assert_eq!(
         text(&networks.stdout).trim(),

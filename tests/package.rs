@@ -41,7 +41,9 @@ fn built_binary() -> (PathBuf, &'static str) {
 
 /// `cargo deb --no-build`: packages the binary cargo test built, into `out`.
 fn build_package(out: &Path) -> PathBuf {
-    let version = Command::new(env!("CARGO")).args(["deb", "--version"]).output();
+    let version = Command::new(env!("CARGO"))
+        .args(["deb", "--version"])
+        .output();
     assert!(
         version.as_ref().is_ok_and(|o| o.status.success()),
         "cargo-deb is missing: `cargo install cargo-deb --locked` (.ci/run installs it)"
@@ -51,11 +53,22 @@ fn build_package(out: &Path) -> PathBuf {
     let built = Command::new(env!("CARGO"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target_dir)
-        .args(["deb", "--no-build", "--fast", "--profile", profile, "--output"])
+        .args([
+            "deb",
+            "--no-build",
+            "--fast",
+            "--profile",
+            profile,
+            "--output",
+        ])
         .arg(out)
         .output()
         .expect("cargo deb runs");
-    assert!(built.status.success(), "cargo deb failed:\n{}", text(&built));
+    assert!(
+        built.status.success(),
+        "cargo deb failed:\n{}",
+        text(&built)
+    );
     std::fs::read_dir(out)
         .expect("output folder")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -82,7 +95,11 @@ fn the_debian_package_installs_and_its_pier_works() {
         "cd {} && DEBIAN_FRONTEND=noninteractive apt install -y ./{name}",
         out.path().display()
     ));
-    assert!(install.status.success(), "apt install failed:\n{}", text(&install));
+    assert!(
+        install.status.success(),
+        "apt install failed:\n{}",
+        text(&install)
+    );
 
     let version = sh_ok("/usr/bin/pier --version");
     assert_eq!(version.trim(), "pier 0.1.0");
@@ -109,6 +126,9 @@ fn the_debian_package_installs_and_its_pier_works() {
         pier.data_dir.display(),
         pier.node_netns_path()
     ));
-    assert!(status.contains("Pier:            running: `pier up`"), "{status}");
+    assert!(
+        status.contains("Pier:            running: `pier up`"),
+        "{status}"
+    );
     assert!(status.contains("Nodes:           1\n  node-a"), "{status}");
 }

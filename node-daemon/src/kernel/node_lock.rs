@@ -97,8 +97,8 @@ pub enum LockError {
 /// holder reads as nobody.
 pub fn current_holder(dir: &Path, netns: Option<&Path>) -> Option<Holder> {
     let identity = std::fs::metadata(netns.unwrap_or(Path::new(OWN_NETNS))).ok()?;
-    let text = std::fs::read_to_string(dir.join(lock_file_name(identity.dev(), identity.ino())))
-        .ok()?;
+    let text =
+        std::fs::read_to_string(dir.join(lock_file_name(identity.dev(), identity.ino()))).ok()?;
     let holder = parse_holder(&text)?;
     Path::new("/proc")
         .join(holder.pid.to_string())

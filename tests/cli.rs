@@ -31,13 +31,19 @@ fn completions_for_bash_zsh_and_fish() {
     assert!(bash.status.success(), "{}", text(&bash.stderr));
     let script = std::env::temp_dir().join(format!("pier-completion-{}.bash", std::process::id()));
     std::fs::write(&script, &bash.stdout).expect("script written");
-    // bash loads it and registers a completion for `pier` that knows the subcommands.
-    let loaded = sh_ok(&format!(
-        "bash -c 'source {0} && complete -p pier' && grep -c status {0}",
+    // bash loads it, registers it for `pier`, and completes `pier sta` to `pier status`.
+    let completed = sh_ok(&format!(
+        "bash -c 'source {} && complete -p pier && COMP_WORDS=(pier sta) COMP_CWORD=1 \
+         COMP_LINE=\"pier sta\" COMP_POINT=8 && _pier pier sta pier && echo \"${{COMPREPLY[@]}}\"'",
         script.display()
     ));
     let _ = std::fs::remove_file(&script);
-    assert!(loaded.contains("complete -F _pier"), "{loaded}");
+    let mut lines = completed.lines();
+    assert!(
+        lines.next().is_some_and(|l| l.ends_with("-F _pier pier")),
+        "{completed}"
+    );
+    assert_eq!(lines.next(), Some("status"), "{completed}");
     let zsh = text(&pier(&["completion", "zsh"]).stdout);
     assert!(zsh.starts_with("#compdef pier"), "{zsh}");
     let fish = text(&pier(&["completion", "fish"]).stdout);

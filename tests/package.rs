@@ -23,7 +23,7 @@ struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let _ = sh("apt-get remove -y -qq pier >/dev/null 2>&1 || dpkg --remove pier");
+        let _ = sh("apt-get purge -y -qq pier >/dev/null 2>&1 || dpkg --purge pier");
     }
 }
 
@@ -106,7 +106,7 @@ fn the_debian_package_installs_and_its_pier_works() {
     let files = sh_ok("dpkg -L pier");
     for expected in [
         "/usr/bin/pier",
-        "/lib/systemd/system/pier.service",
+        "/usr/lib/systemd/system/pier.service",
         "/usr/share/doc/pier/examples/01-published-webserver/nginx.yaml",
         "/usr/share/doc/pier/examples/dataplane/lesson.json",
         "/usr/share/doc/pier/copyright",
@@ -116,7 +116,7 @@ fn the_debian_package_installs_and_its_pier_works() {
             "{expected} in the package:\n{files}"
         );
     }
-    let unit = std::fs::read_to_string("/lib/systemd/system/pier.service").expect("the unit");
+    let unit = std::fs::read_to_string("/usr/lib/systemd/system/pier.service").expect("the unit");
     assert!(unit.contains("ExecStart=/usr/bin/pier up"), "{unit}");
 
     // The installed binary reports on a running Pier.

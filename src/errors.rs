@@ -12,8 +12,11 @@ pub fn render(chain: &[String]) -> String {
         [only] => out.push_str(only),
         [outer @ .., subject, cause] => {
             out.push_str(subject);
-            out.push_str(": ");
-            out.push_str(cause);
+            // Some messages already end with their source's (`...: {source}`).
+            if !subject.ends_with(cause.as_str()) {
+                out.push_str(": ");
+                out.push_str(cause);
+            }
             out.push('\n');
             for context in outer.iter().rev() {
                 out.push_str("  while: ");
@@ -49,6 +52,12 @@ mod tests {
         );
         assert_eq!(lines.next(), Some("  while: pier up"));
         assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn a_cause_already_in_its_subject_is_not_repeated() {
+        let text = render(&chain(&["opening x: gone", "gone"]));
+        assert_eq!(text, "error: opening x: gone\n");
     }
 
     #[test]

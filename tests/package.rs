@@ -27,19 +27,9 @@ impl Drop for Installed {
     }
 }
 
-/// `target/<profile>` holding the binary the tests run, and the profile's name for cargo-deb.
-fn built_binary() -> (PathBuf, &'static str) {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_pier"));
-    let profile_dir = binary.parent().expect("a folder").to_path_buf();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some("release") => "release",
-        other => panic!("the test binary is in an unexpected profile folder {other:?}"),
-    };
-    (profile_dir, profile)
-}
-
-/// `cargo deb --no-build`: packages the binary cargo test built, into `out`.
+/// `cargo deb --no-build`: packages the binary cargo test built, into `out`. cargo-deb takes
+/// release builds only, so the tested binary is linked into a release folder of a target
+/// directory of the test's own (beside the real one, so a hard link works).
 fn build_package(out: &Path) -> PathBuf {
     let version = Command::new(env!("CARGO"))
         .args(["deb", "--version"])
@@ -48,19 +38,21 @@ fn build_package(out: &Path) -> PathBuf {
         version.as_ref().is_ok_and(|o| o.status.success()),
         "cargo-deb is missing: `cargo install cargo-deb --locked` (.ci/run installs it)"
     );
-    let (target_dir, profile) = built_binary();
-    let target_dir = target_dir.parent().expect("the target folder");
+    let binary = Path::new(env!("CARGO_BIN_EXE_pier"));
+    let real_target = binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("the target folder");
+    let target = tempfile::tempdir_in(real_target).expect("a target folder for cargo deb");
+    let release = target.path().join("release");
+    std::fs::create_dir(&release).expect("release folder");
+    if std::fs::hard_link(binary, release.join("pier")).is_err() {
+        std::fs::copy(binary, release.join("pier")).expect("the binary copied");
+    }
     let built = Command::new(env!("CARGO"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CARGO_TARGET_DIR", target_dir)
-        .args([
-            "deb",
-            "--no-build",
-            "--fast",
-            "--profile",
-            profile,
-            "--output",
-        ])
+        .env("CARGO_TARGET_DIR", target.path())
+        .args(["deb", "--no-build", "--fast", "--output"])
         .arg(out)
         .output()
         .expect("cargo deb runs");

@@ -131,7 +131,7 @@ fi
 # --- pier up in its own node namespace
 ip netns add "$node"
 ip netns exec "$node" ip link set lo up
-up_cmd=("$pier" up --data-dir "$data" --listen 127.0.0.1:0 --node-netns "/run/netns/$node"
+up_cmd=("$pier" up --no-merge-kubeconfig --data-dir "$data" --listen 127.0.0.1:0 --node-netns "/run/netns/$node"
   --node-name node-a --resync-seconds 10)
 echo "== local: ${up_cmd[*]}"
 pier_up_start "$work/up.out" "$work/up.log" "${up_cmd[@]}"

@@ -1,12 +1,16 @@
 //! `pier`: one binary, one subcommand per role (operator, node, up, dataplane, ...).
 
+mod errors;
+mod kubeconfig;
 mod manifests;
+mod status;
 mod up;
 
 use std::io::Write;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// jemalloc, whose background thread gives freed memory back to the system within seconds: with
 /// glibc's malloc, `pier up` kept the high-water mark of every burst of objects (see
@@ -66,6 +70,14 @@ enum Command {
     Up(up::UpArgs),
     /// Remove Pier's kernel objects from this machine (after `pier up` stopped).
     Down(up::DownArgs),
+    /// Show what `pier up` runs here: API address, kubeconfig, nodes, networks, endpoints and
+    /// Pier's kernel objects (like `docker info`).
+    Status(status::StatusArgs),
+    /// Print a shell completion script: `source <(pier completion bash)`.
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -75,10 +87,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            eprint!("{}", errors::render(&chain));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Dataplane(args) => {
             pier_node::cli::run(&args).context("pier dataplane")?;
         }
@@ -100,6 +123,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Down(args) => {
             up::down(&args).context("pier down")?;
+        }
+        Command::Status(args) => {
+            status::run(&args)?;
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pier", &mut std::io::stdout());
         }
         Command::Crds => {
             let yaml = pier_crds::manifests::all_crds_yaml().context("rendering the CRDs")?;

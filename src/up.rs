@@ -56,6 +56,10 @@ pub struct UpArgs {
     /// metrics), e.g. 127.0.0.1:9091; off by default.
     #[arg(long, default_value = "off")]
     pub admin_addr: String,
+    /// Do not merge the context `pier` into the invoking user's kubeconfig (`$KUBECONFIG`, or
+    /// `~/.kube/config` of `SUDO_USER` under sudo); DATA_DIR/kubeconfig is written anyway.
+    #[arg(long)]
+    pub no_merge_kubeconfig: bool,
 }
 
 /// `pier up` is ready when both halves are: the operator leads with its allocations rebuilt, and
@@ -112,6 +116,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     server
         .write_kubeconfig(&kubeconfig, &format!("https://{bound}"))
         .context("writing the kubeconfig")?;
+    if !args.no_merge_kubeconfig {
+        merge_kubeconfig(&args.data_dir, &kubeconfig);
+    }
     // In-process components talk to the server without TLS or sockets.
     let client = Client::new(server.service(), "default");
     pier_crds::manifests::install(&client, FIELD_MANAGER)
@@ -180,11 +187,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     ));
 
     for path in &args.files {
-        let applied = manifests::apply_path(&client, path, FIELD_MANAGER)
-            .await
-            .with_context(|| format!("applying {}", path.display()))?;
-        for line in applied {
+        let outcome = manifests::apply_path(&client, path, FIELD_MANAGER).await;
+        for line in outcome.applied {
             eprintln!("{line}");
+        }
+        // A bad manifest is the user's to fix; the system it would have run on keeps running.
+        for line in outcome.failed {
+            eprintln!("error: {line}");
         }
     }
 
@@ -224,6 +233,42 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await;
     serving.abort();
     Ok(())
+}
+
+/// Merges the context `pier` into the invoking user's kubeconfig, as kind does. A failure (a
+/// broken kubeconfig, no home) is a warning: DATA_DIR/kubeconfig works regardless.
+fn merge_kubeconfig(data_dir: &Path, ours: &Path) {
+    match merge_into_users_kubeconfig(data_dir, ours) {
+        Ok(Some(path)) => eprintln!(
+            "kubeconfig: context `{}` merged into {} (kubectl --context {0})",
+            pier_apiserver::kubeconfig::CONTEXT,
+            path.display()
+        ),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(
+            error = format!("{error:#}"),
+            "not merging the context `pier` into the user's kubeconfig"
+        ),
+    }
+}
+
+/// The merge itself; the file merged into, if there is a user's kubeconfig to merge into.
+fn merge_into_users_kubeconfig(data_dir: &Path, ours: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let sudo_user = crate::kubeconfig::sudo_user_from_env()?;
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let kubeconfig_env = std::env::var("KUBECONFIG").ok();
+    let Some(target) = crate::kubeconfig::choose_target(
+        kubeconfig_env.as_deref(),
+        sudo_user.as_ref(),
+        home.as_deref(),
+    ) else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(ours).with_context(|| format!("reading {}", ours.display()))?;
+    crate::kubeconfig::merge_into(&target, &text)?;
+    crate::kubeconfig::record(data_dir, &target)?;
+    Ok(Some(target.path))
 }
 
 /// The operator for one machine: pools skip what the machine already routes, and the default
@@ -330,6 +375,7 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
         println!("netns/{name}: deleted");
     }
     if args.purge {
+        unmerge_kubeconfig(&args.data_dir)?;
         match std::fs::remove_dir_all(&args.data_dir) {
             Ok(()) => println!("{}: deleted", args.data_dir.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -340,6 +386,21 @@ pub fn down(args: &DownArgs) -> anyhow::Result<()> {
     }
     if !report.is_success() {
         bail!("some kernel objects could not be removed (see above)");
+    }
+    Ok(())
+}
+
+/// Takes the context `pier` out of the kubeconfig `pier up` merged it into (`--purge`).
+fn unmerge_kubeconfig(data_dir: &Path) -> anyhow::Result<()> {
+    let Some(target) = crate::kubeconfig::recorded(data_dir) else {
+        return Ok(());
+    };
+    if crate::kubeconfig::remove_from(&target)? {
+        println!(
+            "{}: context `{}` removed",
+            target.path.display(),
+            pier_apiserver::kubeconfig::CONTEXT
+        );
     }
     Ok(())
 }

@@ -190,6 +190,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The address to serve on could not be bound (in use, not local).
+    #[error("listening on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt state in {path}: {message}")]
     Corrupt { path: String, message: String },
     #[error("weak token: {0}")]

@@ -2,6 +2,10 @@
 
 use serde_json::json;
 
+/// The name of the kubeconfig's cluster, user and context (`kubectl --context pier`), also when
+/// `pier up` merges them into a user's kubeconfig.
+pub const CONTEXT: &str = "pier";
+
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding.
@@ -30,13 +34,13 @@ pub fn render(server_url: &str, ca_pem: &str, token: &str) -> String {
     let cfg = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "pier", "cluster": {
+        "clusters": [{"name": CONTEXT, "cluster": {
             "server": server_url,
             "certificate-authority-data": base64(ca_pem.as_bytes()),
         }}],
-        "users": [{"name": "pier", "user": {"token": token}}],
-        "contexts": [{"name": "pier", "context": {"cluster": "pier", "user": "pier", "namespace": "default"}}],
-        "current-context": "pier",
+        "users": [{"name": CONTEXT, "user": {"token": token}}],
+        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": "default"}}],
+        "current-context": CONTEXT,
         "preferences": {},
     });
     serde_yaml::to_string(&cfg).unwrap_or_default()

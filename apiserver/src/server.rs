@@ -279,12 +279,9 @@ impl ApiServer {
         &self,
         addr: SocketAddr,
     ) -> Result<(SocketAddr, JoinHandle<()>), Error> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::io(addr.to_string(), e))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::io(addr.to_string(), e))?;
+        let listen = |source| Error::Listen { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(listen)?;
+        let bound = listener.local_addr().map_err(listen)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server_config()?);
         let svc = self.authenticated_service();
         let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));

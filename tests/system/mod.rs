@@ -94,6 +94,8 @@ pub struct Pier {
     pub containers: Vec<String>,
     /// A command `pier up` runs under (e.g. `unshare --mount`), if any.
     wrapper: Vec<String>,
+    /// Environment of `pier up` beyond the default: (name, value), `None` removes it.
+    pub env: Vec<(String, Option<String>)>,
     child: Option<Child>,
     _data: tempfile::TempDir,
 }
@@ -117,6 +119,14 @@ impl Pier {
     }
 
     fn up_with(tag: &str, containers: &[&str], script: &str, wrapper: &[&str]) -> Pier {
+        let mut pier = Pier::prepare(tag, containers, script, wrapper);
+        pier.start(&[]);
+        pier
+    }
+
+    /// A `pier up` made ready to start (namespaces made) but not started: set `env`, then
+    /// [`Pier::start`] with the flags the test needs.
+    pub fn prepare(tag: &str, containers: &[&str], script: &str, wrapper: &[&str]) -> Pier {
         require_root_and_tools();
         let data = tempfile::tempdir().expect("data dir");
         let node_netns = format!("pn-{tag}-{}", std::process::id());
@@ -129,18 +139,17 @@ impl Pier {
             // Left over from an earlier failed run: Pier must create them itself here.
             let _ = sh(&format!("ip netns del {name} 2>/dev/null"));
         }
-        let mut pier = Pier {
+        Pier {
             tag: tag.into(),
             node_netns,
             data_dir: data.path().to_path_buf(),
             kubeconfig: data.path().join("kubeconfig"),
             containers: containers.iter().map(|c| (*c).to_owned()).collect(),
             wrapper: wrapper.iter().map(|w| (*w).to_owned()).collect(),
+            env: Vec::new(),
             child: None,
             _data: data,
-        };
-        pier.start(&[]);
-        pier
+        }
     }
 
     /// Another `pier up` (not started) with a data directory of its own in this one's node
@@ -154,6 +163,7 @@ impl Pier {
             kubeconfig: data.path().join("kubeconfig"),
             containers: Vec::new(),
             wrapper: Vec::new(),
+            env: Vec::new(),
             child: None,
             _data: data,
         }
@@ -196,6 +206,14 @@ impl Pier {
             }
             None => Command::new(pier),
         };
+        // `pier up` merges its context into $KUBECONFIG: the test's own file, never root's.
+        command.env("KUBECONFIG", self.data_dir.join("user-kubeconfig"));
+        for (name, value) in &self.env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
         let mut child = command
             .args(["up", "--listen", "127.0.0.1:0", "--node-name", "node-a"])
             .args(["--admin-addr", "127.0.0.1:0"])

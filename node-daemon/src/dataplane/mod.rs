@@ -166,6 +166,15 @@ impl Dataplane {
         self.with_host(|host| reset::reset(host, self.host_netns()))
     }
 
+    /// The links Pier owns in the host namespace now (what `reset` would delete), for
+    /// `pier status`.
+    pub fn owned_links(&self) -> Result<Vec<crate::kernel::netlink::Link>, DataplaneError> {
+        self.with_host(|host| {
+            let links = host.links().map_err(DataplaneError::ReadBack)?;
+            Ok(links.into_iter().filter(diff::is_owned).collect())
+        })
+    }
+
     /// Read, diff, and the firewall's part.
     fn plan_with(
         &self,

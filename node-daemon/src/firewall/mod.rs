@@ -154,6 +154,16 @@ pub fn apply(host_netns: Option<&Path>, plan: &FirewallPlan) -> Result<(), Firew
     .map_err(FirewallError::Netns)?
 }
 
+/// Which of Pier's tables exist now: (`inet pier`, `ip6 pier`), for `pier status`.
+pub fn tables_present(host_netns: Option<&Path>) -> Result<(bool, bool), FirewallError> {
+    let (inet, ip6) = netns::run_in(host_netns, || {
+        let socket = kernel::open()?;
+        kernel::read(&socket)
+    })
+    .map_err(FirewallError::Netns)??;
+    Ok((inet.is_some(), ip6.is_some()))
+}
+
 /// Deletes tables `inet pier` and `ip6 pier` and everything in them; no other table is touched.
 /// Succeeds when there is no such table.
 pub fn reset(host_netns: Option<&Path>) -> Result<(), FirewallError> {

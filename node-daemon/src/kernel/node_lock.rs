@@ -92,6 +92,20 @@ pub enum LockError {
     },
 }
 
+/// Who holds the lock of `netns` (`None`: the process's own) in `dir`, without taking it: the
+/// recorded holder, if that process still lives. For `pier status`; a record left by a dead
+/// holder reads as nobody.
+pub fn current_holder(dir: &Path, netns: Option<&Path>) -> Option<Holder> {
+    let identity = std::fs::metadata(netns.unwrap_or(Path::new(OWN_NETNS))).ok()?;
+    let text =
+        std::fs::read_to_string(dir.join(lock_file_name(identity.dev(), identity.ino()))).ok()?;
+    let holder = parse_holder(&text)?;
+    Path::new("/proc")
+        .join(holder.pid.to_string())
+        .exists()
+        .then_some(holder)
+}
+
 /// The held lock; released when dropped (or when the process dies, by the kernel).
 #[derive(Debug)]
 pub struct NodeLock {

@@ -76,6 +76,13 @@ async fn every_refusal_is_a_condition_and_an_event() {
             .contains("default/early")
     );
     assert_eq!(address(&again), None);
+    // `kubectl get pep` shows it: Ready False, with the operator's reason.
+    let conditions = &again.status.as_ref().expect("status").conditions;
+    let ready = pier_crds::conditions::find(conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AlreadyAttached")
+    );
     event_with(&client, "default", "again", "AlreadyAttached").await;
 
     // AddressInUse: a static address someone holds.

@@ -1,0 +1,369 @@
+//! The image, tested here without a registry: the root filesystem of the Dockerfile's runtime
+//! stage, assembled from the same list (image/rootfs.list, by image/rootfs.sh) out of this
+//! machine's files (Debian 12, as the build stage), imported into Debian's docker.io and run as
+//! `pier up` with host networking and the chart's default privileges (`node.privileged`); the
+//! lesson's first step (`docker run -P nginx`) then answers on its published port.
+//!
+//! Nothing touches the machine's own Docker or network namespace: a dockerd of its own runs in a
+//! network namespace made here (entered with nsenter: `ip netns exec` would remount /sys and
+//! hide the cgroup mounts dockerd needs), with its data, socket and containerd namespace in a
+//! temporary directory, as benches/docker.sh does. Needs root, docker.io (dockerd and
+//! /usr/bin/docker), kubectl and busybox.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const LIST: &str = "image/rootfs.list";
+const ASSEMBLE: &str = "image/rootfs.sh";
+/// Debian's client, matching its daemon (another docker may come first in PATH).
+const DOCKER: &str = "/usr/bin/docker";
+/// Where the binary lives in the image (the list's first entry, the Dockerfile's ENTRYPOINT).
+const IMAGE_BINARY: &str = "/usr/local/bin/pier";
+
+/// The paths of image/rootfs.list.
+fn listed() -> Vec<String> {
+    std::fs::read_to_string(root().join(LIST))
+        .expect("image/rootfs.list")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"))
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The shared libraries `ldd` says `file` loads (resolved paths, and the dynamic loader).
+fn loads(file: &Path) -> BTreeSet<String> {
+    let out = run("ldd", &[&file.to_string_lossy()]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            match l.split_once("=>") {
+                Some((_, to)) => to.split_whitespace().next().map(str::to_owned),
+                None => l
+                    .split_whitespace()
+                    .next()
+                    .filter(|p| p.starts_with('/'))
+                    .map(str::to_owned),
+            }
+        })
+        .filter(|p| p.starts_with('/'))
+        .collect()
+}
+
+/// The executables and modules of the list in `rootfs` (files that are not libraries).
+fn loaders(rootfs: &Path, paths: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for path in paths.iter().filter(|p| !p.contains(".so.")) {
+        let at = rootfs.join(path.trim_start_matches('/'));
+        if at.is_dir() {
+            for entry in std::fs::read_dir(&at).expect("dir").flatten() {
+                out.push(entry.path());
+            }
+        } else {
+            out.push(at);
+        }
+    }
+    out
+}
+
+/// The list names exactly the libraries its executables and modules load: none missing (the
+/// image would not start) and none extra (nothing else in the image).
+#[test]
+fn the_image_list_holds_the_binary_and_exactly_the_libraries_it_loads() {
+    let paths = listed();
+    assert_eq!(paths.first().map(String::as_str), Some(IMAGE_BINARY));
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("{ASSEMBLE} {LIST} /rootfs"))
+            && dockerfile.contains("FROM scratch\nCOPY --from=build /rootfs/ /")
+            && dockerfile.contains(&format!("ENTRYPOINT [\"{IMAGE_BINARY}\"]")),
+        "the Dockerfile's runtime stage is the root filesystem of {LIST}"
+    );
+    let work = tempfile::tempdir().expect("tempdir");
+    let rootfs = assemble(work.path());
+    let mut needed = BTreeSet::new();
+    for file in loaders(&rootfs, &paths) {
+        for library in loads(&file) {
+            needed.insert(library);
+        }
+    }
+    let libraries: BTreeSet<String> = paths.iter().filter(|p| p.contains(".so.")).cloned().collect();
+    // ldd resolves through this machine's links (/lib64/ld-linux... -> /lib/...); the list names
+    // the paths the executables ask for, so compare by file name.
+    let name = |p: &String| p.rsplit('/').next().unwrap_or_default().to_owned();
+    let needed_names: BTreeSet<String> = needed.iter().map(name).collect();
+    let listed_names: BTreeSet<String> = libraries.iter().map(name).collect();
+    assert_eq!(
+        listed_names, needed_names,
+        "{LIST}: the libraries listed differ from those loaded ({needed:?})"
+    );
+}
+
+/// The list's files from this machine, the binary being the one under test (built where the
+/// build stage installs it): WORK/rootfs.
+fn assemble(work: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(root().join(LIST)).expect("list");
+    let without_binary: Vec<&str> = text.lines().filter(|l| l.trim() != IMAGE_BINARY).collect();
+    let list = work.join("rootfs.list");
+    std::fs::write(&list, without_binary.join("\n")).expect("list written");
+    let rootfs = work.join("rootfs");
+    run_ok(
+        "sh",
+        &[
+            &root().join(ASSEMBLE).to_string_lossy(),
+            &list.to_string_lossy(),
+            &rootfs.to_string_lossy(),
+        ],
+    );
+    let binary = rootfs.join(IMAGE_BINARY.trim_start_matches('/'));
+    std::fs::create_dir_all(binary.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(env!("CARGO_BIN_EXE_pier"), &binary).expect("binary copied");
+    rootfs
+}
+
+/// A dockerd of its own in a network namespace of its own, and what it ran: all gone on drop.
+struct Docker {
+    netns: String,
+    work: PathBuf,
+    dockerd: Child,
+    mounted: Vec<PathBuf>,
+}
+
+impl Docker {
+    fn start(work: &Path) -> Docker {
+        let netns = format!("pim{}", std::process::id());
+        run_ok("ip", &["netns", "add", &netns]);
+        let mut docker = Docker {
+            netns,
+            work: work.to_owned(),
+            dockerd: Command::new("true").spawn().expect("placeholder"),
+            mounted: Vec::new(),
+        };
+        docker.in_netns_ok(&["ip", "link", "set", "lo", "up"]);
+        let log = std::fs::File::create(work.join("dockerd.log")).expect("log");
+        let w = |p: &str| work.join(p).to_string_lossy().into_owned();
+        docker.dockerd = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", docker.netns))
+            .args(["dockerd", "--data-root", &w("data"), "--exec-root", &w("exec")])
+            .args(["--pidfile", &w("dockerd.pid"), "-H", &docker.host()])
+            .args(["--storage-driver", "vfs", "--bridge", "none"])
+            .args(["--containerd-namespace", &docker.netns])
+            .args(["--containerd-plugins-namespace", &format!("{}-plugins", docker.netns)])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !docker.docker(&["info"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not start:\n{}",
+                std::fs::read_to_string(work.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        docker
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.work.join("docker.sock").display())
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER)
+            .env("DOCKER_HOST", self.host())
+            .args(args)
+            .output()
+            .expect("docker runs")
+    }
+
+    fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn in_netns(&self, args: &[&str]) -> Output {
+        let net = format!("--net=/run/netns/{}", self.netns);
+        let mut all = vec![net.as_str()];
+        all.extend_from_slice(args);
+        run("nsenter", &all)
+    }
+
+    fn in_netns_ok(&self, args: &[&str]) -> String {
+        let out = self.in_netns(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in the namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Docker {
+    fn drop(&mut self) {
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = self.dockerd.kill();
+        let _ = self.dockerd.wait();
+        for dir in self.mounted.iter().rev() {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let _ = run("umount", &["-l", &entry.path().to_string_lossy()]);
+                }
+            }
+            let _ = run("umount", &["-l", &dir.to_string_lossy()]);
+        }
+        let _ = run("ip", &["netns", "del", &self.netns]);
+    }
+}
+
+fn require_tools() {
+    let uid = run("id", &["-u"]);
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "tests/image.rs needs root (a dockerd of its own, network namespaces): run as root"
+    );
+    for tool in [DOCKER, "/usr/sbin/dockerd"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: apt-get install docker.io (as .ci/run does)"
+        );
+    }
+    for tool in ["kubectl", "busybox", "nsenter", "ldd"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            "{tool} is missing (.ci/run installs it)"
+        );
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `docker import` of the assembled root filesystem, `pier up` from it with host networking
+/// (the dockerd's namespace), privileged as the chart's node daemon is by default, and
+/// `docker run -P nginx` from the lesson: its web server answers on the published port.
+#[test]
+fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
+    require_tools();
+    let work = tempfile::tempdir().expect("tempdir");
+    let work = work.path();
+    let rootfs = assemble(work);
+    let mut docker = Docker::start(work);
+    let tar = Command::new("tar")
+        .args(["-C", &rootfs.to_string_lossy(), "-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tar");
+    let imported = Command::new(DOCKER)
+        .env("DOCKER_HOST", docker.host())
+        .args(["import", "-c", &format!("ENTRYPOINT [\"{IMAGE_BINARY}\"]"), "-", "pier:test"])
+        .stdin(tar.stdout.expect("tar output"))
+        .output()
+        .expect("docker import");
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+
+    // Named namespaces Pier creates in the container show up here (shared propagation), so the
+    // test can serve from "the container" as the lesson does.
+    let netns_dir = work.join("netns");
+    let data_dir = work.join("pier");
+    std::fs::create_dir_all(&netns_dir).expect("mkdir");
+    std::fs::create_dir_all(&data_dir).expect("mkdir");
+    let netns = netns_dir.to_string_lossy().into_owned();
+    run_ok("mount", &["--bind", &netns, &netns]);
+    docker.mounted.push(netns_dir.clone());
+    run_ok("mount", &["--make-shared", &netns]);
+    let examples = root().join("examples/01-published-webserver");
+    docker.docker_ok(&[
+        "run", "-d", "--name", "pier", "--network", "host", "--privileged", "--user", "0",
+        "-v", &format!("{netns}:/var/run/netns:rshared"),
+        "-v", &format!("{}:/var/lib/pier", data_dir.display()),
+        "-v", &format!("{}:/lesson:ro", examples.display()),
+        "pier:test", "up", "-f", "/lesson",
+    ]);
+
+    let kubeconfig = data_dir.join("kubeconfig").to_string_lossy().into_owned();
+    let kubectl = |args: &[&str]| {
+        let mut all = vec!["kubectl", "--kubeconfig", &kubeconfig];
+        all.extend_from_slice(args);
+        docker.in_netns(&all)
+    };
+    let logs = || String::from_utf8_lossy(&docker.docker(&["logs", "pier"]).stderr).into_owned();
+    let port: u16 = wait_for("the published port", Duration::from_secs(90), || {
+        let out = kubectl(&["get", "ppub", "nginx", "-o", "jsonpath={.status.conditions[?(@.type==\"Published\")].status} {.status.ports[0].hostPort}"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (published, port) = text.split_once(' ')?;
+        (published == "True").then(|| port.parse().ok()).flatten()
+    });
+    assert!(
+        netns_dir.join("nginx").exists(),
+        "the nginx namespace Pier created is not visible here; pier's log:\n{}",
+        logs()
+    );
+
+    let site = work.join("site");
+    std::fs::create_dir_all(&site).expect("mkdir");
+    std::fs::write(site.join("index.html"), "hello from the image\n").expect("page");
+    let mut httpd = Command::new("nsenter")
+        .arg(format!("--net={}/nginx", netns))
+        .args(["busybox", "httpd", "-f", "-p", "80", "-h", &site.to_string_lossy()])
+        .spawn()
+        .expect("httpd in the nginx namespace");
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = wait_for(&url, Duration::from_secs(20), || {
+        let out = docker.in_netns(&["busybox", "wget", "-q", "-T", "2", "-O", "-", &url]);
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        page.contains("hello from the image").then_some(page)
+    });
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    assert_eq!(page, "hello from the image\n");
+    let rows = String::from_utf8_lossy(&kubectl(&["get", "pep", "nginx"]).stdout).into_owned();
+    assert!(rows.contains("True"), "kubectl get pep nginx:\n{rows}\n{}", logs());
+}

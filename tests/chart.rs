@@ -97,12 +97,24 @@ fn toggles() -> BTreeMap<&'static str, Value> {
         ("node.priorityClassName", json!("")),
         ("node.podAnnotations", json!({"example.com/team": "net"})),
         ("node.podLabels", json!({"example.com/team": "net"})),
-        ("node.affinity", json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "pier.dev/dataplane", "operator": "In", "values": ["true"]}]}]}}})),
-        ("node.extraEnv", json!([{"name": "PIER_RESYNC_SECONDS", "value": "30"}])),
+        (
+            "node.affinity",
+            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "pier.dev/dataplane", "operator": "In", "values": ["true"]}]}]}}}),
+        ),
+        (
+            "node.extraEnv",
+            json!([{"name": "PIER_RESYNC_SECONDS", "value": "30"}]),
+        ),
         ("node.extraArgs", json!(["--resync-seconds=30"])),
         ("operator.podLabels", json!({"example.com/team": "net"})),
-        ("operator.priorityClassName", json!("system-cluster-critical")),
-        ("operator.extraEnv", json!([{"name": "RUST_BACKTRACE", "value": "1"}])),
+        (
+            "operator.priorityClassName",
+            json!("system-cluster-critical"),
+        ),
+        (
+            "operator.extraEnv",
+            json!([{"name": "RUST_BACKTRACE", "value": "1"}]),
+        ),
         ("operator.extraArgs", json!(["--port-range=40000-40100"])),
         ("serviceAccount.name", json!("pier-sa")),
         (
@@ -230,7 +242,10 @@ fn rendered() -> &'static Vec<Rendered> {
         let answer = render(&cases);
         assert_lint_clean("the chart", &answer["lint"]);
         let mut out = Vec::new();
-        for ((name, values), case) in cases.into_iter().zip(answer["cases"].as_array().expect("cases")) {
+        for ((name, values), case) in cases
+            .into_iter()
+            .zip(answer["cases"].as_array().expect("cases"))
+        {
             assert_eq!(case["name"], json!(name));
             if let Some(error) = case.get("error") {
                 panic!("helm could not render the chart with {name} ({values}): {error}");
@@ -860,7 +875,8 @@ fn values_table() -> String {
     let mut out = Vec::new();
     leaves(&default_values(), "", &mut out);
     out.sort_by_key(|(path, _)| key_line(&lines, path));
-    let mut table = String::from("| Key | Type | Default | Description |\n| --- | --- | --- | --- |\n");
+    let mut table =
+        String::from("| Key | Type | Default | Description |\n| --- | --- | --- | --- |\n");
     for (path, default) in out {
         let kind = match &default {
             Value::Null => "null",
@@ -891,7 +907,11 @@ fn chart_readme_is_generated_from_the_values_comments() {
     let current = &readme[begin + VALUES_BEGIN.len()..end];
     let wanted = format!("\n{}", values_table());
     if std::env::var_os("PIER_UPDATE_CHART_README").is_some() {
-        let updated = format!("{}{wanted}{}", &readme[..begin + VALUES_BEGIN.len()], &readme[end..]);
+        let updated = format!(
+            "{}{wanted}{}",
+            &readme[..begin + VALUES_BEGIN.len()],
+            &readme[end..]
+        );
         std::fs::write(&path, updated).expect("README written");
         return;
     }
@@ -914,7 +934,10 @@ fn values_schema_describes_every_value() {
         for key in path.split('.') {
             at = &at["properties"][key];
         }
-        assert!(at["type"].is_string() || at["type"].is_array(), "values.schema.json: no type for {path}");
+        assert!(
+            at["type"].is_string() || at["type"].is_array(),
+            "values.schema.json: no type for {path}"
+        );
     }
 }
 
@@ -923,11 +946,27 @@ fn values_schema_describes_every_value() {
 #[test]
 fn values_schema_rejects_wrong_types_and_unknown_values() {
     let wrong = [
-        ("replicas as text", json!({"operator": {"replicas": "two"}}), "replicas"),
-        ("privileged as text", json!({"node": {"privileged": "yes"}}), "privileged"),
+        (
+            "replicas as text",
+            json!({"operator": {"replicas": "two"}}),
+            "replicas",
+        ),
+        (
+            "privileged as text",
+            json!({"node": {"privileged": "yes"}}),
+            "privileged",
+        ),
         ("log format", json!({"logFormat": "xml"}), "logFormat"),
-        ("pull policy", json!({"image": {"pullPolicy": "Sometimes"}}), "pullPolicy"),
-        ("misspelt value", json!({"operater": {"replicas": 1}}), "operater"),
+        (
+            "pull policy",
+            json!({"image": {"pullPolicy": "Sometimes"}}),
+            "pullPolicy",
+        ),
+        (
+            "misspelt value",
+            json!({"operater": {"replicas": 1}}),
+            "operater",
+        ),
     ];
     let cases: Vec<(String, Value)> = wrong
         .iter()
@@ -959,7 +998,10 @@ fn aggregated_roles_give_view_edit_and_admin_the_pier_kinds() {
             }
             let rules: Vec<PolicyRule> = serde_json::from_value(o["rules"].clone()).expect("rules");
             for rule in rules {
-                assert_eq!(rule.api_groups.as_deref(), Some(&["pier.dev".to_owned()][..]));
+                assert_eq!(
+                    rule.api_groups.as_deref(),
+                    Some(&["pier.dev".to_owned()][..])
+                );
                 for res in rule.resources.unwrap_or_default() {
                     for v in &rule.verbs {
                         out.insert((res.clone(), v.clone()));
@@ -975,20 +1017,34 @@ fn aggregated_roles_give_view_edit_and_admin_the_pier_kinds() {
     let view = grants_of(r, "view");
     for res in ["networks", "endpoints", "portpublishes"] {
         for v in read {
-            assert!(view.contains(&(res.into(), v.into())), "view lacks {v} {res}");
+            assert!(
+                view.contains(&(res.into(), v.into())),
+                "view lacks {v} {res}"
+            );
         }
     }
-    assert!(view.iter().all(|(_, v)| read.contains(&v.as_str())), "view writes: {view:?}");
+    assert!(
+        view.iter().all(|(_, v)| read.contains(&v.as_str())),
+        "view writes: {view:?}"
+    );
     for role in ["edit", "admin"] {
         let granted = grants_of(r, role);
-        assert!(granted.is_superset(&view), "{role} cannot read what view reads");
+        assert!(
+            granted.is_superset(&view),
+            "{role} cannot read what view reads"
+        );
         for res in ["endpoints", "portpublishes"] {
             for v in write {
-                assert!(granted.contains(&(res.into(), v.into())), "{role} lacks {v} {res}");
+                assert!(
+                    granted.contains(&(res.into(), v.into())),
+                    "{role} lacks {v} {res}"
+                );
             }
         }
         assert!(
-            !granted.iter().any(|(res, v)| res == "networks" && write.contains(&v.as_str())),
+            !granted
+                .iter()
+                .any(|(res, v)| res == "networks" && write.contains(&v.as_str())),
             "{role} may change Networks: {granted:?}"
         );
         assert!(
@@ -1018,9 +1074,18 @@ fn predefined_networks_are_protected_by_an_admission_policy() {
         .and_then(|m| m.resource_rules)
         .expect("resource rules");
     assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].operations.as_deref(), Some(&["DELETE".to_owned()][..]));
-    assert_eq!(rules[0].resources.as_deref(), Some(&["networks".to_owned()][..]));
-    assert_eq!(rules[0].api_groups.as_deref(), Some(&[pier_crds::GROUP.to_owned()][..]));
+    assert_eq!(
+        rules[0].operations.as_deref(),
+        Some(&["DELETE".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["networks".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&[pier_crds::GROUP.to_owned()][..])
+    );
     let expression = &spec.validations.expect("validations")[0].expression;
     let names = [
         pier_operator::defaults::BRIDGE,
@@ -1029,7 +1094,13 @@ fn predefined_networks_are_protected_by_an_admission_policy() {
     ];
     assert_eq!(
         expression,
-        &format!("!(oldObject.metadata.name in {})", serde_json::to_string(&names).expect("json").replace('"', "'").replace(',', ", ")),
+        &format!(
+            "!(oldObject.metadata.name in {})",
+            serde_json::to_string(&names)
+                .expect("json")
+                .replace('"', "'")
+                .replace(',', ", ")
+        ),
     );
     let bindings = find(r, "ValidatingAdmissionPolicyBinding");
     let binding: ValidatingAdmissionPolicyBinding =
@@ -1037,7 +1108,10 @@ fn predefined_networks_are_protected_by_an_admission_policy() {
     let binding = binding.spec.expect("spec");
     assert_eq!(binding.policy_name, policy.metadata.name);
     assert_eq!(binding.validation_actions, Some(vec!["Deny".to_owned()]));
-    for off in ["operator.defaultNetworks toggled", "operator.protectDefaultNetworks toggled"] {
+    for off in [
+        "operator.defaultNetworks toggled",
+        "operator.protectDefaultNetworks toggled",
+    ] {
         let r = rendered().iter().find(|r| r.name == off).expect("case");
         assert!(find(r, "ValidatingAdmissionPolicy").is_empty(), "{off}");
     }

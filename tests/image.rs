@@ -1,7 +1,7 @@
 //! The image, tested here without a registry: the root filesystem of the Dockerfile's runtime
 //! stage, assembled from the same list (image/rootfs.list, by image/rootfs.sh) out of this
 //! machine's files (Debian 12, as the build stage), imported into Debian's docker.io and run as
-//! `pier up` with host networking and the chart's default privileges (`node.privileged`); the
+//! `pier up` with host networking and the capabilities the chart grants the node daemon; the
 //! lesson's first step (`docker run -P nginx`) then answers on its published port.
 //!
 //! Nothing touches the machine's own Docker or network namespace: a dockerd of its own runs in a
@@ -112,7 +112,11 @@ fn the_image_list_holds_the_binary_and_exactly_the_libraries_it_loads() {
             needed.insert(library);
         }
     }
-    let libraries: BTreeSet<String> = paths.iter().filter(|p| p.contains(".so.")).cloned().collect();
+    let libraries: BTreeSet<String> = paths
+        .iter()
+        .filter(|p| p.contains(".so."))
+        .cloned()
+        .collect();
     // ldd resolves through this machine's links (/lib64/ld-linux... -> /lib/...); the list names
     // the paths the executables ask for, so compare by file name.
     let name = |p: &String| p.rsplit('/').next().unwrap_or_default().to_owned();
@@ -143,6 +147,11 @@ fn assemble(work: &Path) -> PathBuf {
     let binary = rootfs.join(IMAGE_BINARY.trim_start_matches('/'));
     std::fs::create_dir_all(binary.parent().expect("parent")).expect("mkdir");
     std::fs::copy(env!("CARGO_BIN_EXE_pier"), &binary).expect("binary copied");
+    // The test build's debug info is most of its size (the image's release build keeps line
+    // tables only): without it the import copies a tenth of the bytes. Same code either way.
+    let _ = Command::new("strip")
+        .args(["--strip-debug", &binary.to_string_lossy()])
+        .status();
     rootfs
 }
 
@@ -169,11 +178,20 @@ impl Docker {
         let w = |p: &str| work.join(p).to_string_lossy().into_owned();
         docker.dockerd = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", docker.netns))
-            .args(["dockerd", "--data-root", &w("data"), "--exec-root", &w("exec")])
+            .args([
+                "dockerd",
+                "--data-root",
+                &w("data"),
+                "--exec-root",
+                &w("exec"),
+            ])
             .args(["--pidfile", &w("dockerd.pid"), "-H", &docker.host()])
             .args(["--storage-driver", "vfs", "--bridge", "none"])
             .args(["--containerd-namespace", &docker.netns])
-            .args(["--containerd-plugins-namespace", &format!("{}-plugins", docker.netns)])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("{}-plugins", docker.netns),
+            ])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -287,8 +305,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 /// `docker import` of the assembled root filesystem, `pier up` from it with host networking
-/// (the dockerd's namespace), privileged as the chart's node daemon is by default, and
-/// `docker run -P nginx` from the lesson: its web server answers on the published port.
+/// (the dockerd's namespace) and the capabilities the chart grants its node daemon when not
+/// privileged (`node.privileged: false`; this machine's bounding set lacks CAP_SYS_RESOURCE, so
+/// `--privileged`, which asks for every capability, cannot start here), and `docker run -P
+/// nginx` from the lesson: its web server answers on the published port.
 #[test]
 fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     require_tools();
@@ -303,11 +323,21 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
         .expect("tar");
     let imported = Command::new(DOCKER)
         .env("DOCKER_HOST", docker.host())
-        .args(["import", "-c", &format!("ENTRYPOINT [\"{IMAGE_BINARY}\"]"), "-", "pier:test"])
+        .args([
+            "import",
+            "-c",
+            &format!("ENTRYPOINT [\"{IMAGE_BINARY}\"]"),
+            "-",
+            "pier:test",
+        ])
         .stdin(tar.stdout.expect("tar output"))
         .output()
         .expect("docker import");
-    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
 
     // Named namespaces Pier creates in the container show up here (shared propagation), so the
     // test can serve from "the container" as the lesson does.
@@ -319,13 +349,45 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     run_ok("mount", &["--bind", &netns, &netns]);
     docker.mounted.push(netns_dir.clone());
     run_ok("mount", &["--make-shared", &netns]);
+    // /proc/sys is read-only in the container, as with the chart's `node.privileged: false`:
+    // the settings Pier needs are made on the node beforehand (new bridges inherit `default`).
+    for setting in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.default.route_localnet=1",
+        "net.ipv6.conf.default.accept_ra=0",
+    ] {
+        docker.in_netns_ok(&["sysctl", "-q", "-w", setting]);
+    }
     let examples = root().join("examples/01-published-webserver");
     docker.docker_ok(&[
-        "run", "-d", "--name", "pier", "--network", "host", "--privileged", "--user", "0",
-        "-v", &format!("{netns}:/var/run/netns:rshared"),
-        "-v", &format!("{}:/var/lib/pier", data_dir.display()),
-        "-v", &format!("{}:/lesson:ro", examples.display()),
-        "pier:test", "up", "-f", "/lesson",
+        "run",
+        "-d",
+        "--name",
+        "pier",
+        "--network",
+        "host",
+        "--user",
+        "0",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--cap-add",
+        "SYS_PTRACE",
+        "-v",
+        &format!("{netns}:/var/run/netns:rshared"),
+        "-v",
+        &format!("{}:/var/lib/pier", data_dir.display()),
+        "-v",
+        &format!("{}:/lesson:ro", examples.display()),
+        "pier:test",
+        "up",
+        "-f",
+        "/lesson",
     ]);
 
     let kubeconfig = data_dir.join("kubeconfig").to_string_lossy().into_owned();
@@ -336,7 +398,13 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     };
     let logs = || String::from_utf8_lossy(&docker.docker(&["logs", "pier"]).stderr).into_owned();
     let port: u16 = wait_for("the published port", Duration::from_secs(90), || {
-        let out = kubectl(&["get", "ppub", "nginx", "-o", "jsonpath={.status.conditions[?(@.type==\"Published\")].status} {.status.ports[0].hostPort}"]);
+        let out = kubectl(&[
+            "get",
+            "ppub",
+            "nginx",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Published\")].status} {.status.ports[0].hostPort}",
+        ]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (published, port) = text.split_once(' ')?;
         (published == "True").then(|| port.parse().ok()).flatten()
@@ -352,7 +420,15 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     std::fs::write(site.join("index.html"), "hello from the image\n").expect("page");
     let mut httpd = Command::new("nsenter")
         .arg(format!("--net={}/nginx", netns))
-        .args(["busybox", "httpd", "-f", "-p", "80", "-h", &site.to_string_lossy()])
+        .args([
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            &site.to_string_lossy(),
+        ])
         .spawn()
         .expect("httpd in the nginx namespace");
     let url = format!("http://127.0.0.1:{port}/");
@@ -365,5 +441,9 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     let _ = httpd.wait();
     assert_eq!(page, "hello from the image\n");
     let rows = String::from_utf8_lossy(&kubectl(&["get", "pep", "nginx"]).stdout).into_owned();
-    assert!(rows.contains("True"), "kubectl get pep nginx:\n{rows}\n{}", logs());
+    assert!(
+        rows.contains("True"),
+        "kubectl get pep nginx:\n{rows}\n{}",
+        logs()
+    );
 }

@@ -171,7 +171,11 @@ pub fn summary(
         _ if allocated.status != "True" => {
             (false, allocated.reason.as_str(), allocated.message.clone())
         }
-        Some(node) => (node.status == "True", node.reason.as_str(), node.message.clone()),
+        Some(node) => (
+            node.status == "True",
+            node.reason.as_str(),
+            node.message.clone(),
+        ),
         None => (
             false,
             reason::WAITING_FOR_NODE,
@@ -203,16 +207,28 @@ mod tests {
 
     #[test]
     fn ready_says_why_whoever_failed_first() {
-        let refused = condition(ALLOCATED, false, reason::ADDRESS_IN_USE, "172.17.0.5 is taken");
+        let refused = condition(
+            ALLOCATED,
+            false,
+            reason::ADDRESS_IN_USE,
+            "172.17.0.5 is taken",
+        );
         let node_waits = condition(ATTACHED, false, reason::NOT_ALLOCATED, "not allocated");
         let ready = summary(&[node_waits.clone()], &refused, ATTACHED, Some(1));
-        assert_eq!(shown(&ready), ("False", "AddressInUse", "172.17.0.5 is taken"));
+        assert_eq!(
+            shown(&ready),
+            ("False", "AddressInUse", "172.17.0.5 is taken")
+        );
 
         let allocated = condition(ALLOCATED, true, reason::ALLOCATED, "172.17.0.5 on bridge");
         let ready = summary(&[], &allocated, ATTACHED, Some(1));
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "WaitingForNode");
-        assert!(ready.message.contains("172.17.0.5 on bridge"), "{}", ready.message);
+        assert!(
+            ready.message.contains("172.17.0.5 on bridge"),
+            "{}",
+            ready.message
+        );
         // The node has not seen the allocation yet: still waiting, not the node's NotAllocated.
         let ready = summary(&[node_waits], &allocated, ATTACHED, Some(1));
         assert_eq!(ready.reason, "WaitingForNode");

@@ -169,7 +169,8 @@ async fn node_conditions_survive_operator_status_writes() {
         "{:?}",
         status.conditions
     );
-    let allocated = pier_crds::conditions::find(&status.conditions, "Allocated").expect("Allocated");
+    let allocated =
+        pier_crds::conditions::find(&status.conditions, "Allocated").expect("Allocated");
     assert_eq!(allocated.status, "True");
     assert_eq!(
         allocated.last_transition_time, allocated_at,
@@ -179,7 +180,11 @@ async fn node_conditions_survive_operator_status_writes() {
     // Allocated and attached: Ready, with the node's word.
     let ready = pier_crds::conditions::find(&status.conditions, "Ready").expect("Ready");
     assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()),
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
         ("True", "Attached", "eth0 up")
     );
     assert_eq!(address(&first), status.ipv4_address);
@@ -307,9 +312,9 @@ async fn a_deleted_predefined_network_is_recreated_with_a_warning() {
         );
         let events = events_about(&client, "default", name).await;
         assert!(
-            events
-                .iter()
-                .any(|(kind, reason, _)| kind == "Warning" && reason == "PredefinedNetworkRecreated"),
+            events.iter().any(
+                |(kind, reason, _)| kind == "Warning" && reason == "PredefinedNetworkRecreated"
+            ),
             "{events:?}"
         );
     }

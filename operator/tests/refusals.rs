@@ -371,10 +371,11 @@ async fn printed_row(
     plural: &str,
     name: &str,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let mut request =
-        kube::core::Request::new(format!("/apis/pier.dev/v1alpha1/namespaces/default/{plural}"))
-            .get(name, &Default::default())
-            .expect("request");
+    let mut request = kube::core::Request::new(format!(
+        "/apis/pier.dev/v1alpha1/namespaces/default/{plural}"
+    ))
+    .get(name, &Default::default())
+    .expect("request");
     request.headers_mut().insert(
         "accept",
         "application/json;as=Table;v=v1;g=meta.k8s.io"

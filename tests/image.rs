@@ -159,7 +159,7 @@ fn assemble(work: &Path) -> PathBuf {
 struct Docker {
     netns: String,
     work: PathBuf,
-    dockerd: Child,
+    dockerd: Option<Killed>,
     mounted: Vec<PathBuf>,
 }
 
@@ -170,13 +170,13 @@ impl Docker {
         let mut docker = Docker {
             netns,
             work: work.to_owned(),
-            dockerd: Command::new("true").spawn().expect("placeholder"),
+            dockerd: None,
             mounted: Vec::new(),
         };
         docker.in_netns_ok(&["ip", "link", "set", "lo", "up"]);
         let log = std::fs::File::create(work.join("dockerd.log")).expect("log");
         let w = |p: &str| work.join(p).to_string_lossy().into_owned();
-        docker.dockerd = Command::new("nsenter")
+        let dockerd = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", docker.netns))
             .args([
                 "dockerd",
@@ -196,6 +196,7 @@ impl Docker {
             .stderr(log)
             .spawn()
             .expect("dockerd starts");
+        docker.dockerd = Some(Killed(dockerd));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !docker.docker(&["info"]).status.success() {
             assert!(
@@ -254,8 +255,8 @@ impl Drop for Docker {
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = self.docker(&["rm", "-f", id]);
         }
-        let _ = self.dockerd.kill();
-        let _ = self.dockerd.wait();
+        // Stops dockerd (SIGKILL; its containers are gone already) and reaps it.
+        self.dockerd.take();
         for dir in self.mounted.iter().rev() {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for entry in entries.flatten() {
@@ -263,6 +264,18 @@ impl Drop for Docker {
                 }
             }
             let _ = run("umount", &["-l", &dir.to_string_lossy()]);
+        }
+        // What dockerd mounted under its directories (exec-root/netns/default) and did not
+        // unmount, being killed: deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.work))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in under {
+            let _ = run("umount", &["-l", mount]);
         }
         let _ = run("ip", &["netns", "del", &self.netns]);
     }
@@ -281,7 +294,7 @@ fn require_tools() {
             "{tool} is missing: apt-get install docker.io (as .ci/run does)"
         );
     }
-    for tool in ["kubectl", "busybox", "nsenter", "ldd"] {
+    for tool in ["kubectl", "busybox", "nsenter", "ldd", "socat"] {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -290,6 +303,29 @@ fn require_tools() {
                 .is_ok_and(|s| s.success()),
             "{tool} is missing (.ci/run installs it)"
         );
+    }
+}
+
+/// Kills and reaps a process started here when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -418,28 +454,58 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     let site = work.join("site");
     std::fs::create_dir_all(&site).expect("mkdir");
     std::fs::write(site.join("index.html"), "hello from the image\n").expect("page");
-    let mut httpd = Command::new("nsenter")
-        .arg(format!("--net={}/nginx", netns))
-        .args([
-            "busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "80",
-            "-h",
-            &site.to_string_lossy(),
-        ])
-        .spawn()
-        .expect("httpd in the nginx namespace");
+    let _httpd = Killed(
+        Command::new("nsenter")
+            .arg(format!("--net={netns}/nginx"))
+            .args([
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                &site.to_string_lossy(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("httpd in the nginx namespace"),
+    );
     let url = format!("http://127.0.0.1:{port}/");
-    let page = wait_for(&url, Duration::from_secs(20), || {
-        let out = docker.in_netns(&["busybox", "wget", "-q", "-T", "2", "-O", "-", &url]);
+    // As the lesson's tests ask (tests/system: http_from_node).
+    let get = format!(
+        "printf 'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | socat -T2 -t5 - TCP:127.0.0.1:{port},connect-timeout=2"
+    );
+    let page = wait_until(Duration::from_secs(20), || {
+        let out = docker.in_netns(&["sh", "-c", &get]);
         let page = String::from_utf8_lossy(&out.stdout).into_owned();
         page.contains("hello from the image").then_some(page)
     });
-    let _ = httpd.kill();
-    let _ = httpd.wait();
-    assert_eq!(page, "hello from the image\n");
+    let diagnose = || {
+        let show = |out: Output| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        let nginx = format!("--net={netns}/nginx");
+        format!(
+            "node:\n{}{}{}\nnginx:\n{}{}\npier's log:\n{}",
+            show(docker.in_netns(&["ip", "addr"])),
+            show(docker.in_netns(&[
+                "sh",
+                "-c",
+                "grep . /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/*/route_localnet"
+            ])),
+            show(docker.in_netns(&["sh", "-c", &get])),
+            show(run("nsenter", &[&nginx, "ip", "addr"])),
+            show(run("nsenter", &[&nginx, "busybox", "netstat", "-ltn"])),
+            logs()
+        )
+    };
+    let page = page.unwrap_or_else(|| panic!("no answer on {url}\n{}", diagnose()));
+    assert!(page.starts_with("HTTP/1."), "{page}");
     let rows = String::from_utf8_lossy(&kubectl(&["get", "pep", "nginx"]).stdout).into_owned();
     assert!(
         rows.contains("True"),

@@ -352,11 +352,12 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
     let work = work.path();
     let rootfs = assemble(work);
     let mut docker = Docker::start(work);
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .args(["-C", &rootfs.to_string_lossy(), "-c", "."])
         .stdout(Stdio::piped())
         .spawn()
         .expect("tar");
+    let archive = tar.stdout.take().expect("tar output");
     let imported = Command::new(DOCKER)
         .env("DOCKER_HOST", docker.host())
         .args([
@@ -366,9 +367,13 @@ fn the_image_runs_pier_up_and_the_first_lesson_step_answers() {
             "-",
             "pier:test",
         ])
-        .stdin(tar.stdout.expect("tar output"))
+        .stdin(archive)
         .output()
         .expect("docker import");
+    assert!(
+        tar.wait().is_ok_and(|s| s.success()),
+        "tar of the root filesystem"
+    );
     assert!(
         imported.status.success(),
         "{}",

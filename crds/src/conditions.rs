@@ -214,7 +214,12 @@ mod tests {
             "172.17.0.5 is taken",
         );
         let node_waits = condition(ATTACHED, false, reason::NOT_ALLOCATED, "not allocated");
-        let ready = summary(&[node_waits.clone()], &refused, ATTACHED, Some(1));
+        let ready = summary(
+            std::slice::from_ref(&node_waits),
+            &refused,
+            ATTACHED,
+            Some(1),
+        );
         assert_eq!(
             shown(&ready),
             ("False", "AddressInUse", "172.17.0.5 is taken")

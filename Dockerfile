@@ -7,8 +7,11 @@
 #   kind load docker-image pier:dev --name pier     # then: helm install ... --set image.repository=pier,image.tag=dev
 #
 # Build stage: Debian 12 with Rust and the C libraries the nftables bindings link against
-# (libnftnl 1.2.x and libmnl 1.0.4 from libnftnl-dev / libmnl-dev; pkg-config finds them).
-# Runtime stage: Debian 12 slim with those two libraries and the iptables package, nothing else.
+# (libnftnl 1.2.x and libmnl 1.0.4 from libnftnl-dev / libmnl-dev; pkg-config finds them), and the
+# iptables tools. It assembles the runtime root filesystem from image/rootfs.list with
+# image/rootfs.sh: the binary, the iptables tools and the shared libraries they load, nothing
+# else. Runtime stage: that root filesystem, FROM scratch. tests/image.rs assembles the same
+# list from this machine (Debian 12), imports it into Docker and runs `pier up` from it.
 # Pier speaks netlink and nftables directly; it runs the iptables tools only where the node has
 # another firewall's iptables filter table (Docker, ufw, firewalld's iptables backend), to add
 # the accepts its bridges need there: those tables are written by their own tools, as
@@ -20,25 +23,27 @@
 # The binary it carries is stripped of debug info by Cargo.toml's [profile.release] (about 46 MB
 # instead of 220 MB); `cargo build --profile release-debug` builds one with line tables.
 #
-# Not built in this repository's CI (no Docker there); tests/kind/run.sh builds it.
+# Build it and push it where your nodes pull from (no public registry carries it):
+#
+#   docker build -t registry.example.com/pier:0.1.0 . && docker push registry.example.com/pier:0.1.0
+#   helm install pier charts/pier ... --set image.repository=registry.example.com/pier
 
 ARG RUST_VERSION=1.95
 
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libnftnl-dev libmnl-dev pkg-config \
+ && apt-get install -y --no-install-recommends libnftnl-dev libmnl-dev pkg-config iptables \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin pier \
- && install -D -m 0755 target/release/pier /out/pier
+ && install -D -m 0755 target/release/pier /usr/local/bin/pier \
+ && image/rootfs.sh image/rootfs.list /rootfs
 
-FROM docker.io/library/debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends libnftnl11 libmnl0 iptables \
- && rm -rf /var/lib/apt/lists/*
+FROM scratch
+COPY --from=build /rootfs/ /
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="pier" \
@@ -47,7 +52,6 @@ LABEL org.opencontainers.image.title="pier" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://example.invalid/pier"
-COPY --from=build /out/pier /usr/local/bin/pier
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/pier"]
 CMD ["--help"]

@@ -199,7 +199,7 @@ timed_up "$work/stored"
 pier_api_client "$data/kubeconfig" "$work"
 apply_network
 create_eps "$stored" node-b
-wait_eps Ready "$stored"
+wait_eps Allocated "$stored"
 pier_up_stop
 store_bytes="$(du -sb "$data/api" | cut -f1)"
 : >"$work/stored.s"

@@ -476,11 +476,11 @@ survivors=$(((churn + 99) / 100)) # 0, 100, 200, ... below $churn
 # A DELETE that overtook its create (404) leaves that Endpoint: the collection delete takes it.
 delete_phase churn
 api_settled_s="$(s_between "$c0" "$(now)")"
-# What every node's tables must hold: the overlay's Ready Endpoints on the other nodes.
+# What every node's tables must hold: the overlay's allocated Endpoints on the other nodes.
 expected_for() { # node index -> [{ip, mac, tunnel}]
   jq -c --arg node "${node_name[$1]}" --argjson tunnels "$tunnels_json" --arg net "$net" \
     '[.items[] | .status // {} | select(.network == $net and .node != $node and .ipv4Address and .macAddress
-       and any(.conditions[]?; .type == "Ready" and .status == "True"))
+       and any(.conditions[]?; .type == "Allocated" and .status == "True"))
      | {ip: .ipv4Address, mac: (.macAddress | ascii_downcase), tunnel: ($tunnels[.node] // "")}]' "$work/eps.json"
 }
 compare_node() { # node index -> {node, fdb, neigh, expected, missing/stale of each, exact}

@@ -4,8 +4,13 @@ pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-/// The object is valid and its allocations are recorded (set by the operator).
+/// Whether the object works. A Network's: the operator allocated it. An Endpoint's or
+/// PortPublish's: the operator allocated it *and* its node attached or published it; when not,
+/// the reason of whichever failed first (the operator's, then the node's), as [`summary`] computes
+/// it. The `Ready` column of `kubectl get pep` and `kubectl get ppub` shows it.
 pub const READY: &str = "Ready";
+/// The Endpoint's or PortPublish's allocations are recorded (set by the operator).
+pub const ALLOCATED: &str = "Allocated";
 /// The Endpoint's interface exists on its node (set by the node daemon).
 pub const ATTACHED: &str = "Attached";
 /// The PortPublish's ports are live on its node (set by the node daemon).
@@ -61,6 +66,9 @@ pub mod reason {
     pub const INTERNAL_NETWORK: &str = "InternalNetwork";
     /// Ports cannot be published to an endpoint without an address (host and none networks).
     pub const NO_ADDRESS: &str = "NoAddress";
+
+    /// `Ready` of an allocated Endpoint or PortPublish whose node has not reported yet.
+    pub const WAITING_FOR_NODE: &str = "WaitingForNode";
 
     // The node daemon's `Attached` and `Published`.
     /// The operator has not (or not yet) allocated the object: its `Ready` is not `True`.
@@ -148,10 +156,94 @@ pub fn observe(
     }
 }
 
+/// The `Ready` condition of an Endpoint or PortPublish: the operator's `allocated` when that is
+/// not `True` (the operator fails first: the node waits for it), else the node's condition of
+/// `node_type` (`Attached`, `Published`) as it stands in `existing`; `WaitingForNode` while the
+/// node has not spoken, or still speaks of an allocation it has not seen.
+pub fn summary(
+    existing: &[Condition],
+    allocated: &Condition,
+    node_type: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let node = find(existing, node_type).filter(|c| c.reason != reason::NOT_ALLOCATED);
+    let (ok, why, message) = match node {
+        _ if allocated.status != "True" => {
+            (false, allocated.reason.as_str(), allocated.message.clone())
+        }
+        Some(node) => (
+            node.status == "True",
+            node.reason.as_str(),
+            node.message.clone(),
+        ),
+        None => (
+            false,
+            reason::WAITING_FOR_NODE,
+            format!("{}; waiting for the node's {node_type}", allocated.message),
+        ),
+    };
+    observe(existing, READY, ok, why, message, generation)
+}
+
 /// Whether `new` says something other than what `existing` holds for its type (status, reason or
 /// message): the change worth an Event.
 pub fn differs(existing: &[Condition], new: &Condition) -> bool {
     find(existing, &new.type_).is_none_or(|c| {
         c.status != new.status || c.reason != new.reason || c.message != new.message
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(type_: &str, ok: bool, why: &str, message: &str) -> Condition {
+        observe(&[], type_, ok, why, message, Some(1))
+    }
+
+    fn shown(c: &Condition) -> (&str, &str, &str) {
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+    }
+
+    #[test]
+    fn ready_says_why_whoever_failed_first() {
+        let refused = condition(
+            ALLOCATED,
+            false,
+            reason::ADDRESS_IN_USE,
+            "172.17.0.5 is taken",
+        );
+        let node_waits = condition(ATTACHED, false, reason::NOT_ALLOCATED, "not allocated");
+        let ready = summary(
+            std::slice::from_ref(&node_waits),
+            &refused,
+            ATTACHED,
+            Some(1),
+        );
+        assert_eq!(
+            shown(&ready),
+            ("False", "AddressInUse", "172.17.0.5 is taken")
+        );
+
+        let allocated = condition(ALLOCATED, true, reason::ALLOCATED, "172.17.0.5 on bridge");
+        let ready = summary(&[], &allocated, ATTACHED, Some(1));
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason, "WaitingForNode");
+        assert!(
+            ready.message.contains("172.17.0.5 on bridge"),
+            "{}",
+            ready.message
+        );
+        // The node has not seen the allocation yet: still waiting, not the node's NotAllocated.
+        let ready = summary(&[node_waits], &allocated, ATTACHED, Some(1));
+        assert_eq!(ready.reason, "WaitingForNode");
+
+        let node_failed = condition(ATTACHED, false, reason::POD_NETNS_NOT_FOUND, "no netns");
+        let ready = summary(&[node_failed], &allocated, ATTACHED, Some(1));
+        assert_eq!(shown(&ready), ("False", "PodNetnsNotFound", "no netns"));
+
+        let live = condition(PUBLISHED, true, reason::PUBLISHED, "0.0.0.0:8080->80/tcp");
+        let ready = summary(&[live], &allocated, PUBLISHED, Some(1));
+        assert_eq!(shown(&ready), ("True", "Published", "0.0.0.0:8080->80/tcp"));
+    }
 }

@@ -18,7 +18,7 @@ use crate::conditions::Condition;
     shortname = "pep",
     category = "pier",
     status = "EndpointStatus",
-    doc = "An Endpoint attaches one workload (a named network namespace, a Pod, or another Endpoint's namespace) to one Network, like `docker run --net` or `docker network connect`.",
+    doc = "An Endpoint attaches one workload (a named network namespace, a Pod, or another Endpoint's namespace) to one Network, like `docker run --net` or `docker network connect`. Type `kubectl get pep` or `endpoint.pier.dev` (`kubectl explain endpoint.pier.dev`): plain `endpoints` names Kubernetes' core v1 Endpoints.",
     printcolumn(
         name = "Network",
         type_ = "string",
@@ -57,10 +57,16 @@ use crate::conditions::Condition;
         priority = 1
     ),
     printcolumn(
-        name = "Attached",
+        name = "Ready",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Attached\")].status",
-        description = "Whether the interface exists on the node"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the endpoint is allocated and attached on its node"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why not ready: the operator's reason (such as AddressInUse) or the node's (such as PodNetnsNotFound), whichever failed first"
     ),
     printcolumn(
         name = "Age",
@@ -214,8 +220,9 @@ pub struct EndpointStatus {
     /// The `.metadata.generation` the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The latest observations: `Ready` (operator: allocated; reasons such as `NetworkNotFound`,
-    /// `NodeRequired`, `AddressInUse`) and `Attached` (node daemon: the interface exists).
+    /// The latest observations: `Allocated` (operator; reasons such as `NetworkNotFound`,
+    /// `NodeRequired`, `AddressInUse`), `Attached` (node daemon: the interface exists; reasons
+    /// such as `PodNetnsNotFound`) and `Ready`: both, or the reason of whichever failed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -18,7 +18,7 @@ use crate::conditions::Condition;
     shortname = "ppub",
     category = "pier",
     status = "PortPublishStatus",
-    doc = "A PortPublish forwards ports of the Endpoint's node to the Endpoint, like `docker run -p 8000:80` (fixed host port) or `-P` (allocated host port).",
+    doc = "A PortPublish forwards ports of the Endpoint's node to the Endpoint, like `docker run -p 8000:80` (fixed host port) or `-P` (allocated host port). Type `kubectl get ppub` or `portpublish.pier.dev`.",
     printcolumn(
         name = "Endpoint",
         type_ = "string",
@@ -38,10 +38,16 @@ use crate::conditions::Condition;
         description = "The node whose ports are published"
     ),
     printcolumn(
-        name = "Published",
+        name = "Ready",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Published\")].status",
-        description = "Whether the ports are live on the node"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the ports are allocated and live on their node"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why not ready: the operator's reason (such as PortConflict) or the node's (such as PortInUseOnNode), whichever failed first"
     ),
     printcolumn(
         name = "Age",
@@ -179,8 +185,10 @@ pub struct PortPublishStatus {
     /// The `.metadata.generation` the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The latest observations: `Ready` (operator: allocated; reasons such as `PortConflict`,
-    /// `EndpointNotFound`, `InternalNetwork`) and `Published` (node daemon: live on the node).
+    /// The latest observations: `Allocated` (operator; reasons such as `PortConflict`,
+    /// `EndpointNotFound`, `InternalNetwork`), `Published` (node daemon: live on the node;
+    /// reasons such as `PortInUseOnNode`) and `Ready`: both, or the reason of whichever failed
+    /// first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

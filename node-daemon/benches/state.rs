@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use pier_crds::conditions::{self, READY};
+use pier_crds::conditions::{self, ALLOCATED};
 use pier_crds::endpoint::NetnsTarget;
 use pier_crds::{Endpoint, EndpointSpec, EndpointStatus, EndpointTarget, Network};
 use pier_crds::{NetworkSpec, NetworkStatus};
@@ -85,7 +85,14 @@ fn endpoint(n: usize, finalized: bool) -> Arc<Endpoint> {
             interface: Some("eth0".into()),
             default_route: Some(true),
             dns_names: vec![name],
-            conditions: vec![conditions::observe(&[], READY, true, "Allocated", "", None)],
+            conditions: vec![conditions::observe(
+                &[],
+                ALLOCATED,
+                true,
+                "Allocated",
+                "",
+                None,
+            )],
             ..EndpointStatus::default()
         }),
     })

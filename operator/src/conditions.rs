@@ -1,19 +1,20 @@
-//! The `Ready` condition the operator owns, Kubernetes-style: `lastTransitionTime` moves only when
-//! the status flips, so a reconcile that changes nothing writes nothing new.
+//! The conditions the operator owns (`Ready`; an Endpoint's and PortPublish's `Allocated`),
+//! Kubernetes-style: `lastTransitionTime` moves only when the status flips, so a reconcile that
+//! changes nothing writes nothing new.
 
-/// The conditions of a status the operator owns (`Ready`): what it compares with what it would
-/// write, leaving the node's conditions out.
+/// The conditions of a status the operator owns (`Ready`, `Allocated`): what it compares with
+/// what it would write, leaving the node's conditions out.
 pub fn operator_owned(conditions: &[Condition]) -> Vec<Condition> {
     conditions
         .iter()
-        .filter(|c| c.type_ == READY)
+        .filter(|c| c.type_ == READY || c.type_ == ALLOCATED)
         .cloned()
         .collect()
 }
 
 #[cfg(test)]
 use pier_crds::conditions::reason;
-use pier_crds::conditions::{self, Condition, READY};
+use pier_crds::conditions::{self, ALLOCATED, Condition, READY};
 
 /// The `Ready` condition to write: `lastTransitionTime` kept from `existing` when the status does
 /// not change.
@@ -25,6 +26,19 @@ pub fn ready(
     generation: Option<i64>,
 ) -> Condition {
     conditions::observe(existing, READY, ok, reason, message, generation)
+}
+
+/// An Endpoint's or PortPublish's conditions from the operator: its `allocated` one, and its
+/// `Ready` from that and the node's `node_type` condition in `existing` (the node writes its own;
+/// a change of it brings the object back here, so `Ready` follows).
+pub fn allocated_and_ready(
+    existing: &[Condition],
+    allocated: Condition,
+    node_type: &str,
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let ready = conditions::summary(existing, &allocated, node_type, generation);
+    vec![allocated, ready]
 }
 
 #[cfg(test)]

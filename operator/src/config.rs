@@ -29,7 +29,7 @@ pub struct OperatorArgs {
     #[arg(long, env = "PIER_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: String,
     /// Create the default Networks `bridge`, `host` and `none` when absent (never changing
-    /// existing ones).
+    /// existing ones), and re-create each one deleted at once, with a Warning Event.
     #[arg(long, env = "PIER_DEFAULT_NETWORKS", default_value_t = true, action = clap::ArgAction::Set)]
     pub default_networks: bool,
     /// Subnet of the default `bridge` Network (Docker's `--bip`).

@@ -237,7 +237,7 @@ pub fn readiness(problems: &[String], wanted: &[String], mine: &[&Endpoint]) -> 
         if !conditions::is_true(&status.conditions, conditions::ATTACHED) {
             // The node's word if it has spoken, else the operator's (waiting for a network...).
             let why = conditions::find(&status.conditions, conditions::ATTACHED)
-                .or_else(|| conditions::find(&status.conditions, conditions::READY))
+                .or_else(|| conditions::find(&status.conditions, conditions::ALLOCATED))
                 .map(|c| format!("{}: {}", c.reason, c.message))
                 .unwrap_or_else(|| "not allocated yet".to_owned());
             return Readiness::waiting(

@@ -176,7 +176,7 @@ fn with_conditions(mut endpoint: Endpoint, attached: Option<bool>) -> Endpoint {
     };
     status.conditions.push(conditions::observe(
         &[],
-        conditions::READY,
+        conditions::ALLOCATED,
         true,
         "Allocated",
         "ok",

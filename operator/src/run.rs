@@ -318,7 +318,7 @@ impl Controllers {
                         !e.status.as_ref().is_some_and(|s| {
                             pier_crds::conditions::is_true(
                                 &s.conditions,
-                                pier_crds::conditions::READY,
+                                pier_crds::conditions::ALLOCATED,
                             )
                         })
                     })
@@ -427,10 +427,16 @@ impl Controllers {
                 Arc::clone(&ctx),
             )
             .for_each(|_| futures::future::ready(()));
+        let keep_ctx = Arc::clone(&ctx);
+        let predefined = async move {
+            if keep_ctx.config.default_networks {
+                defaults::keep(&keep_ctx).await;
+            }
+        };
         let pod = self
             .pod
             .run(pod::reconcile, pod::error_policy, ctx)
             .for_each(|_| futures::future::ready(()));
-        futures::join!(network, endpoint, publish, pod);
+        futures::join!(network, endpoint, publish, pod, predefined);
     }
 }

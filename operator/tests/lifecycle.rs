@@ -124,11 +124,17 @@ async fn node_conditions_survive_operator_status_writes() {
     let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
     create(&eps, &endpoint("web", "web", None, json!({}))).await;
     let first = allocated(&eps, "web").await;
-    let ready_at =
-        pier_crds::conditions::find(&first.status.clone().expect("status").conditions, "Ready")
-            .expect("Ready")
-            .last_transition_time
-            .clone();
+    let first_conditions = first.status.clone().expect("status").conditions;
+    let allocated_at = pier_crds::conditions::find(&first_conditions, "Allocated")
+        .expect("Allocated")
+        .last_transition_time
+        .clone();
+    // Allocated, but no node has attached it yet: not Ready, and the column says why.
+    let waiting = pier_crds::conditions::find(&first_conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (waiting.status.as_str(), waiting.reason.as_str()),
+        ("False", "WaitingForNode")
+    );
 
     // The node daemon reports Attached with its own field manager.
     eps.patch_status(
@@ -163,13 +169,24 @@ async fn node_conditions_survive_operator_status_writes() {
         "{:?}",
         status.conditions
     );
-    let ready = pier_crds::conditions::find(&status.conditions, "Ready").expect("Ready");
-    assert_eq!(ready.status, "True");
+    let allocated =
+        pier_crds::conditions::find(&status.conditions, "Allocated").expect("Allocated");
+    assert_eq!(allocated.status, "True");
     assert_eq!(
-        ready.last_transition_time, ready_at,
+        allocated.last_transition_time, allocated_at,
         "unchanged status keeps its transition time"
     );
-    assert_eq!(ready.observed_generation, after.metadata.generation);
+    assert_eq!(allocated.observed_generation, after.metadata.generation);
+    // Allocated and attached: Ready, with the node's word.
+    let ready = pier_crds::conditions::find(&status.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        ("True", "Attached", "eth0 up")
+    );
     assert_eq!(address(&first), status.ipv4_address);
     op.stop().await;
 }
@@ -265,5 +282,44 @@ async fn a_node_that_is_gone_does_not_hold_a_deletion() {
     wait_gone(&eps, "orphan").await;
     let note = event_with(&client, "default", "orphan", "NodeGone").await;
     assert!(note.contains(pier_crds::finalizers::NODE), "{note}");
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_predefined_network_is_recreated_with_a_warning() {
+    let (_server, client) = cluster().await;
+    let op = Operator::start(&client, config("op-1"));
+    let nets: Api<Network> = Api::all(client.clone());
+    let first = wait_for(&nets, "bridge", "bridge allocated", |n| {
+        network_ready(n).0 == "True"
+    })
+    .await;
+    for name in ["bridge", "host", "none"] {
+        let before = wait_for(&nets, name, "exists", |_| true).await;
+        nets.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        // Back at once, as a new object (a new uid), and allocated again.
+        let again = wait_for(&nets, name, "re-created", |n| {
+            n.metadata.uid != before.metadata.uid && network_ready(n).0 == "True"
+        })
+        .await;
+        assert!(again.metadata.deletion_timestamp.is_none());
+        let note = event_with(&client, "default", name, "PredefinedNetworkRecreated").await;
+        assert!(
+            note.starts_with(&format!("{name} is a pre-defined network")),
+            "{note}"
+        );
+        let events = events_about(&client, "default", name).await;
+        assert!(
+            events.iter().any(
+                |(kind, reason, _)| kind == "Warning" && reason == "PredefinedNetworkRecreated"
+            ),
+            "{events:?}"
+        );
+    }
+    let bridge = nets.get("bridge").await.expect("bridge");
+    let subnet = |n: &Network| n.status.as_ref().and_then(|s| s.subnet.clone());
+    assert_eq!(subnet(&bridge), subnet(&first), "the same subnet as before");
     op.stop().await;
 }

@@ -76,6 +76,19 @@ async fn every_refusal_is_a_condition_and_an_event() {
             .contains("default/early")
     );
     assert_eq!(address(&again), None);
+    // `kubectl get pep` shows it: Ready False, with the operator's reason.
+    let conditions = &again.status.as_ref().expect("status").conditions;
+    let ready = pier_crds::conditions::find(conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "AlreadyAttached")
+    );
+    let row = printed_row(&client, "endpoints", "again").await;
+    assert_eq!(
+        (row["Ready"].as_str(), row["Reason"].as_str()),
+        (Some("False"), Some("AlreadyAttached")),
+        "kubectl get pep again: {row:?}"
+    );
     event_with(&client, "default", "again", "AlreadyAttached").await;
 
     // AddressInUse: a static address someone holds.
@@ -150,6 +163,12 @@ async fn every_refusal_is_a_condition_and_an_event() {
     assert_eq!(status, "False");
     assert!(message.contains("default/holder"), "{message}");
     assert!(clash.status.expect("status").ports.is_empty());
+    let row = printed_row(&client, "portpublishes", "clash").await;
+    assert_eq!(
+        (row["Ready"].as_str(), row["Reason"].as_str()),
+        (Some("False"), Some("PortConflict")),
+        "kubectl get ppub clash: {row:?}"
+    );
     event_with(&client, "default", "clash", "PortConflict").await;
 
     // InternalNetwork: no ports from an internal network.
@@ -343,4 +362,32 @@ async fn kubernetes_own_ports_are_not_allowed_and_never_picked() {
     })
     .await;
     op.stop().await;
+}
+
+/// The row `kubectl get` prints for `plural/name` in `default` (the API server's Table, as
+/// kubectl asks for it), by column name.
+async fn printed_row(
+    client: &kube::Client,
+    plural: &str,
+    name: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut request = kube::core::Request::new(format!(
+        "/apis/pier.dev/v1alpha1/namespaces/default/{plural}"
+    ))
+    .get(name, &Default::default())
+    .expect("request");
+    request.headers_mut().insert(
+        "accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io"
+            .parse()
+            .expect("header"),
+    );
+    let table: serde_json::Value = client.request(request).await.expect("the Table");
+    let columns = table["columnDefinitions"].as_array().expect("columns");
+    let cells = table["rows"][0]["cells"].as_array().expect("one row");
+    columns
+        .iter()
+        .zip(cells)
+        .map(|(c, v)| (c["name"].as_str().unwrap_or_default().to_owned(), v.clone()))
+        .collect()
 }

@@ -49,6 +49,10 @@ RESOURCES = {
         ("rolebindings", "RoleBinding", True),
     ],
     ("policy", "v1"): [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    ("admissionregistration.k8s.io", "v1"): [
+        ("validatingadmissionpolicies", "ValidatingAdmissionPolicy", False),
+        ("validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", False),
+    ],
     ("apiextensions.k8s.io", "v1"): [
         ("customresourcedefinitions", "CustomResourceDefinition", False)
     ],

@@ -35,6 +35,12 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
+{{/* The ServiceAccount of one role: call with (list . "operator"). */}}
+{{- define "pier.serviceAccountName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (default (include "pier.fullname" $root) $root.Values.serviceAccount.name) (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* The image reference. */}}
 {{- define "pier.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}

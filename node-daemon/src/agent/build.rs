@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use pier_crds::conditions::{self, READY, reason};
+use pier_crds::conditions::{self, ALLOCATED, reason};
 use pier_crds::{Endpoint, EndpointStatus, Network, PortPublish};
 
 use crate::dataplane::ObjectKey;
@@ -187,7 +187,7 @@ fn remote_endpoint(
     let status = endpoint.status.as_ref()?;
     let network = status.network.as_deref().filter(|n| overlays.contains(n))?;
     let node = status.node.as_deref().filter(|n| *n != elsewhere.node)?;
-    if !conditions::is_true(&status.conditions, READY) {
+    if !conditions::is_true(&status.conditions, ALLOCATED) {
         return None;
     }
     let tunnel = *elsewhere.tunnels.get(node)?;
@@ -307,14 +307,14 @@ fn build_endpoints<'e>(
     shared
 }
 
-/// The Endpoint's status once the operator has allocated it (`Ready` is `True`).
+/// The Endpoint's status once the operator has allocated it (`Allocated` is `True`).
 fn allocated_status(endpoint: &Endpoint) -> Result<&EndpointStatus, Refusal> {
     let status = endpoint.status.as_ref();
     let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     match status {
-        Some(status) if conditions::is_true(conditions, READY) => Ok(status),
+        Some(status) if conditions::is_true(conditions, ALLOCATED) => Ok(status),
         _ => {
-            let why = conditions::find(conditions, READY)
+            let why = conditions::find(conditions, ALLOCATED)
                 .map(|c| format!("{}: {}", c.reason, c.message))
                 .unwrap_or_else(|| "not looked at yet".to_owned());
             Err(refusal(
@@ -624,7 +624,7 @@ pub fn publish_ports(
     let status = publish
         .status
         .as_ref()
-        .filter(|s| conditions::is_true(&s.conditions, READY))
+        .filter(|s| conditions::is_true(&s.conditions, ALLOCATED))
         .ok_or_else(|| {
             refusal(
                 reason::NOT_ALLOCATED,
@@ -853,7 +853,7 @@ mod tests {
     fn ready() -> Vec<pier_crds::Condition> {
         vec![conditions::observe(
             &[],
-            READY,
+            ALLOCATED,
             true,
             "Allocated",
             "",
@@ -1304,7 +1304,7 @@ mod tests {
         if let Some(status) = waiting.status.as_mut() {
             status.conditions = vec![conditions::observe(
                 &[],
-                READY,
+                ALLOCATED,
                 false,
                 "AddressInUse",
                 "172.17.0.4 is taken",

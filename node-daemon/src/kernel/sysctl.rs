@@ -96,8 +96,12 @@ pub fn get(key: &str) -> Result<String, SysctlError> {
         })
 }
 
-/// Writes `value`.
+/// Writes `value`, unless `key` already has it: where /proc/sys is read-only (an unprivileged
+/// container, the chart's `node.privileged: false`) settings made on the node beforehand pass.
 pub fn set(key: &str, value: &str) -> Result<(), SysctlError> {
+    if get(key).is_ok_and(|current| current == value) {
+        return Ok(());
+    }
     std::fs::write(path(key), value).map_err(|source| SysctlError::Write {
         key: key.to_owned(),
         value: value.to_owned(),

@@ -93,9 +93,14 @@ async fn apply(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Acti
         ..EndpointStatus::default()
     };
     let outcome = allocate(ep, ctx, &mut status).await?;
-    let condition = refusal::condition(&current.conditions, &outcome, generation);
+    let condition = refusal::allocated(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
-    status.conditions = vec![condition];
+    status.conditions = crate::conditions::allocated_and_ready(
+        &current.conditions,
+        condition,
+        pier_crds::conditions::ATTACHED,
+        generation,
+    );
     apply_status(api, ep, owned(ep.status.as_ref()).as_ref(), &status).await?;
     let name = super::key(ep);
     match outcome {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use pier_crds::conditions::{self, READY};
+use pier_crds::conditions::{self, ALLOCATED};
 use pier_crds::portpublish::PublishedPortStatus;
 use pier_crds::{Endpoint, PortPublish, PortPublishStatus};
 
@@ -93,9 +93,14 @@ async fn apply(api: &Api<PortPublish>, pp: &PortPublish, ctx: &Context) -> Resul
         let freed = ctx.allocations().release_ports(&owner);
         ctx.metrics.released("port", freed.len() as u64);
     }
-    let condition = refusal::condition(&current.conditions, &outcome, generation);
+    let condition = refusal::allocated(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
-    status.conditions = vec![condition];
+    status.conditions = crate::conditions::allocated_and_ready(
+        &current.conditions,
+        condition,
+        pier_crds::conditions::PUBLISHED,
+        generation,
+    );
     apply_status(api, pp, owned(pp.status.as_ref()).as_ref(), &status).await?;
     ctx.observe();
     match outcome {
@@ -144,7 +149,7 @@ async fn allocate(
     let ep_status = ep.status.clone().unwrap_or_default();
     let (Some(node), true) = (
         ep_status.node.clone(),
-        conditions::is_true(&ep_status.conditions, READY),
+        conditions::is_true(&ep_status.conditions, ALLOCATED),
     ) else {
         return Ok(Err(Refusal::wait(
             reason::ENDPOINT_NOT_READY,
@@ -166,7 +171,7 @@ async fn allocate(
                 Some(owner)
                     if owner.status.as_ref().is_some_and(|s| {
                         s.node.as_deref() == Some(node.as_str())
-                            && conditions::is_true(&s.conditions, READY)
+                            && conditions::is_true(&s.conditions, ALLOCATED)
                     }) =>
                 {
                     owner

@@ -2,7 +2,7 @@
 //! condition it writes, and (when that condition changes) a metric, a log line and an Event.
 
 use kube::Resource;
-use pier_crds::conditions::Condition;
+use pier_crds::conditions::{ALLOCATED, Condition};
 
 use crate::conditions::ready;
 use crate::context::Context;
@@ -114,6 +114,15 @@ pub fn condition(existing: &[Condition], outcome: &Outcome, generation: Option<i
         ),
         Err(r) => r.condition(existing, generation),
     }
+}
+
+/// The `Allocated` condition of an Endpoint or PortPublish for an outcome (as [`condition`]).
+pub fn allocated(existing: &[Condition], outcome: &Outcome, generation: Option<i64>) -> Condition {
+    let (ok, why, message) = match outcome {
+        Ok(message) => (true, reason::ALLOCATED, message.clone()),
+        Err(r) => (false, r.reason, r.message.clone()),
+    };
+    pier_crds::conditions::observe(existing, ALLOCATED, ok, why, message, generation)
 }
 
 #[cfg(test)]

@@ -184,9 +184,11 @@ where
     }
 }
 
-/// The Ready condition's (status, reason, message).
+/// The operator's condition's (status, reason, message): an Endpoint's or PortPublish's
+/// `Allocated`, a Network's `Ready`.
 pub fn ready_of(conditions: &[pier_crds::Condition]) -> Option<(String, String, String)> {
-    pier_crds::conditions::find(conditions, "Ready")
+    pier_crds::conditions::find(conditions, "Allocated")
+        .or_else(|| pier_crds::conditions::find(conditions, "Ready"))
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
@@ -202,9 +204,9 @@ pub fn address(ep: &pier_crds::Endpoint) -> Option<String> {
     ep.status.as_ref().and_then(|s| s.ipv4_address.clone())
 }
 
-/// Waits for an Endpoint to be Ready=True and returns it.
+/// Waits for an Endpoint to be Allocated=True and returns it.
 pub async fn allocated(api: &Api<pier_crds::Endpoint>, name: &str) -> pier_crds::Endpoint {
-    wait_for(api, name, "Ready=True", |e| {
+    wait_for(api, name, "Allocated=True", |e| {
         endpoint_ready(e).is_some_and(|r| r.0 == "True")
     })
     .await

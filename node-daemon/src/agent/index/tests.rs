@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use pier_crds::conditions::{self, READY};
+use pier_crds::conditions::{self, ALLOCATED, READY};
 use pier_crds::endpoint::{LocalObjectReference, NetnsTarget};
 use pier_crds::portpublish::PublishedPortStatus;
 use pier_crds::{
@@ -34,15 +34,14 @@ fn meta(namespace: Option<&str>, name: &str, age: i64) -> ObjectMeta {
     }
 }
 
+/// The operator's conditions: `Allocated` (what the node reads of Endpoints and PortPublishes)
+/// and `Ready` (what Networks carry).
 fn ready(yes: bool) -> Vec<pier_crds::Condition> {
-    vec![conditions::observe(
-        &[],
-        READY,
-        yes,
-        if yes { "Allocated" } else { "AddressInUse" },
-        "",
-        Some(1),
-    )]
+    let reason = if yes { "Allocated" } else { "AddressInUse" };
+    [ALLOCATED, READY]
+        .into_iter()
+        .map(|kind| conditions::observe(&[], kind, yes, reason, "", Some(1)))
+        .collect()
 }
 
 /// A Network, as the generator describes it.

@@ -252,6 +252,35 @@ pub fn publishing_through<'a>(
     names
 }
 
+/// Of `publishes`, those that lead to Endpoint `name` of `namespace` (see [`publishing_through`]).
+/// `endpoints` gives the Endpoints to look for sharers among, and is called only when a
+/// PortPublish of that namespace exists: most Endpoint events concern no port, and neither
+/// controller should walk every Endpoint for them.
+pub fn publishes_following<P, E>(
+    publishes: Vec<P>,
+    namespace: Option<&str>,
+    name: &str,
+    endpoints: impl FnOnce() -> Vec<E>,
+) -> Vec<P>
+where
+    P: std::ops::Deref<Target = crate::PortPublish>,
+    E: std::ops::Deref<Target = Endpoint>,
+{
+    let in_namespace: Vec<P> = publishes
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == namespace)
+        .collect();
+    if in_namespace.is_empty() {
+        return in_namespace;
+    }
+    let endpoints = endpoints();
+    let leading_to_it = publishing_through(endpoints.iter().map(|e| &**e), namespace, name);
+    in_namespace
+        .into_iter()
+        .filter(|p| leading_to_it.contains(&p.spec.endpoint))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use pier_crds::endpoint::publishes_following;
 use pier_crds::{Endpoint, Network, PortPublish};
 use pier_runtime::lean;
 
@@ -349,26 +350,11 @@ impl Controllers {
         let publish = lean::controller(publishes, wc());
         let store = publish.store();
         let publish = publish.watches(endpoints, wc(), move |ep| {
+            let ports = store.state();
             let ns = ep.metadata.namespace.as_deref();
-            let ports: Vec<_> = store
-                .state()
-                .into_iter()
-                .filter(|p| p.metadata.namespace.as_deref() == ns)
-                .collect();
-            // Most Endpoint events concern no port: no walk over every Endpoint for them.
-            if ports.is_empty() {
-                return Vec::new();
-            }
-            let sharing = sharers.state();
-            let leading_to_it = pier_crds::endpoint::publishing_through(
-                sharing.iter().map(|e| &**e),
-                ns,
-                &ep.name_any(),
-            );
-            ports
-                .into_iter()
-                .filter(|p| leading_to_it.contains(&p.spec.endpoint))
-                .map(|p| ObjectRef::from_obj(&*p))
+            publishes_following(ports, ns, &ep.name_any(), || sharers.state())
+                .iter()
+                .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         });
 

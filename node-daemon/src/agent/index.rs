@@ -402,14 +402,8 @@ impl NodeIndex {
     /// This node's Endpoints are now `endpoints` (a watch listed them again).
     pub fn replace_endpoints(&mut self, endpoints: impl IntoIterator<Item = Arc<Endpoint>>) {
         let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().collect();
-        let ids: BTreeSet<String> = endpoints.iter().map(|e| object_id(&e.metadata)).collect();
-        let gone: Vec<String> = self
-            .endpoints
-            .keys()
-            .filter(|id| !ids.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
+        let listed = endpoints.iter().map(|e| object_id(&e.metadata));
+        for id in not_listed(self.endpoints.keys(), listed) {
             self.remove_endpoint(&id);
         }
         for endpoint in endpoints {
@@ -723,14 +717,8 @@ impl NodeIndex {
     /// This node's PortPublishes are now `publishes` (a watch listed them again).
     pub fn replace_ports(&mut self, publishes: impl IntoIterator<Item = Arc<PortPublish>>) {
         let publishes: Vec<Arc<PortPublish>> = publishes.into_iter().collect();
-        let ids: BTreeSet<String> = publishes.iter().map(|p| object_id(&p.metadata)).collect();
-        let gone: Vec<String> = self
-            .publishes
-            .keys()
-            .filter(|id| !ids.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
+        let listed = publishes.iter().map(|p| object_id(&p.metadata));
+        for id in not_listed(self.publishes.keys(), listed) {
             self.remove_ports(&id);
         }
         for publish in publishes {
@@ -836,4 +824,13 @@ where
             index.remove(key);
         }
     }
+}
+
+/// The ids `kept` holds that are not `listed` (gone while a watch was not looking).
+fn not_listed<'k>(
+    kept: impl Iterator<Item = &'k String>,
+    listed: impl Iterator<Item = String>,
+) -> Vec<String> {
+    let listed: BTreeSet<String> = listed.collect();
+    kept.filter(|id| !listed.contains(*id)).cloned().collect()
 }

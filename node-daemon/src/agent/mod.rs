@@ -35,6 +35,7 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
+use pier_crds::endpoint::publishes_following;
 use pier_crds::{Endpoint, Network, PortPublish};
 use pier_runtime::lean;
 use tokio::sync::{Notify, watch};
@@ -484,26 +485,11 @@ fn run_publishes(
     let (endpoints, on_node) = endpoints;
     controller
         .watches(endpoints, on_node, move |ep| {
+            let ports = by_endpoint.state();
             let ns = ep.metadata.namespace.as_deref();
-            let ports: Vec<_> = by_endpoint
-                .state()
-                .into_iter()
-                .filter(|p| p.metadata.namespace.as_deref() == ns)
-                .collect();
-            // Most Endpoint events concern no port: no walk over every Endpoint for them.
-            if ports.is_empty() {
-                return Vec::new();
-            }
-            let sharing = sharers.state();
-            let leading_to_it = pier_crds::endpoint::publishing_through(
-                sharing.iter().map(|e| &**e),
-                ns,
-                &ep.name_any(),
-            );
-            ports
-                .into_iter()
-                .filter(|p| leading_to_it.contains(&p.spec.endpoint))
-                .map(|p| ObjectRef::from_obj(&*p))
+            publishes_following(ports, ns, &ep.name_any(), || sharers.state())
+                .iter()
+                .map(|p| ObjectRef::from_obj(&**p))
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(stopped)

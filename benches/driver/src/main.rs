@@ -14,6 +14,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 mod overlay;
+mod teardown;
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
 /// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--history FILE]`.
@@ -1261,6 +1262,7 @@ fn main() -> Result<()> {
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
+    teardown::teardown(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);
     let mut head = String::new();

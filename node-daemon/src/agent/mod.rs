@@ -7,6 +7,7 @@
 //! reconcile at start and every `resync` (drift repair, garbage collection, host subnets). Both
 //! build the node's state from the same stores with one pure function ([`build::build`]).
 
+pub mod batch;
 pub mod build;
 pub mod cli;
 pub mod context;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod node_kernel;
 pub mod overlay;
 pub mod portpublish;
+pub mod removal;
 pub mod resync;
 
 use std::future::Future;
@@ -139,13 +141,17 @@ pub enum Error {
     Attach { endpoint: String, message: String },
     #[error("detaching endpoint {endpoint}: {message}")]
     Detach { endpoint: String, message: String },
+    #[error("removing the links of the endpoints detached together")]
+    Removal(#[source] Arc<Error>),
+    #[error("removing the endpoint's links")]
+    RemovalStopped(#[source] batch::BatchStopped),
     #[error("publishing the ports of {portpublish}: {message}")]
     Publish {
         portpublish: String,
         message: String,
     },
     #[error("removing a network namespace")]
-    Netns(#[source] crate::kernel::named_netns::NamedNetnsError),
+    Netns(#[source] Arc<crate::kernel::named_netns::NamedNetnsError>),
     #[error("reading pod {pod}")]
     Pod {
         pod: String,
@@ -189,9 +195,19 @@ impl Error {
     }
 }
 
-/// How many objects are reconciled at once (kernel work is serialized in the dataplane anyway;
-/// this bounds the blocking threads waiting for it).
+/// How many PortPublishes are reconciled at once (kernel work is serialized in the dataplane
+/// anyway; this bounds the blocking threads waiting for it).
 const CONCURRENCY: u16 = 8;
+
+/// How many Endpoints are reconciled at once. A detach waits for a removal shared with the
+/// detaches in flight without holding a thread, and one removal takes the links of all of them
+/// (see [`removal`]): the more in flight when many are deleted, the fewer removals. Attaches are
+/// bounded on their own ([`ATTACHES_AT_ONCE`]).
+const ENDPOINT_CONCURRENCY: u16 = 64;
+
+/// How many Endpoint attaches run at once: their kernel work is serialized anyway; this bounds
+/// the states built and the blocking threads waiting for it.
+pub const ATTACHES_AT_ONCE: usize = 8;
 
 /// Runs the agent on this node's kernel until `shutdown` resolves. Kernel objects stay in place
 /// on shutdown (a restart resumes with them); `pier down` / `Dataplane::reset` removes them.
@@ -228,7 +244,7 @@ pub async fn run_with(
     let endpoints: Api<Endpoint> = Api::all(client.clone());
     let publishes: Api<PortPublish> = Api::all(client.clone());
     let endpoint_controller = Controller::new(endpoints.clone(), on_node.clone())
-        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+        .with_config(controller::Config::default().concurrency(ENDPOINT_CONCURRENCY));
     let endpoint_store = endpoint_controller.store();
     let publish_controller = Controller::new(publishes, on_node.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
@@ -263,6 +279,7 @@ pub async fn run_with(
         ),
         None => None,
     };
+    let (removals, removal_queue) = removal::removals();
     let ctx = Arc::new(Context::new(
         client.clone(),
         config,
@@ -276,6 +293,7 @@ pub async fn run_with(
             overlay_changed,
         },
         dns_state,
+        removals,
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -288,9 +306,11 @@ pub async fn run_with(
     );
     let resync = resync::run(Arc::clone(&ctx), health);
     let overlay = overlay::follow(Arc::clone(&ctx));
+    let removal = removal::run(Arc::clone(&ctx), removal_queue);
     let work = async {
         tokio::select! {
             _ = network_watch => {}
+            _ = removal => {}
             _ = remote_watch => {}
             _ = node_watch => {}
             _ = resync => {}

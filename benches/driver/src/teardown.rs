@@ -1,0 +1,217 @@
+//! The `teardown` section: N Endpoints attached through `pier up`, then deleted at once
+//! (benches/teardown.sh), timed until no veth of theirs is left on the node; every round's
+//! figures, the target of issue 19 and a plot of the veths left over time.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use plotters::prelude::*;
+use serde_json::Value;
+
+use crate::{Args, IMG, Report, fmt_opt, median_of, notes, read_json};
+
+/// The target, as the summary lists it.
+const TARGET: &str = "500 Endpoints deleted at once: no veth left on the node < 3 s";
+/// The Endpoints a round must have for the target to be judged.
+const JUDGED_AT: u64 = 500;
+/// The target's limit in seconds.
+const LIMIT_S: f64 = 3.0;
+
+/// The verdict over `rounds` of `endpoints` each: judged at 500 only, and met when every round
+/// (each way of deleting) had no veth left within the limit: the slowest round decides.
+pub fn verdict(endpoints: u64, rounds: &[f64]) -> Option<bool> {
+    if endpoints != JUDGED_AT || rounds.is_empty() {
+        return None;
+    }
+    Some(rounds.iter().all(|s| *s < LIMIT_S))
+}
+
+fn seconds(rounds: &[Value], how: Option<&str>, key: &str) -> Vec<f64> {
+    rounds
+        .iter()
+        .filter(|r| how.is_none_or(|h| r["how"].as_str() == Some(h)))
+        .filter_map(|r| r[key].as_f64())
+        .collect()
+}
+
+/// The veths left after each poll of a round, as (seconds, veths).
+fn progress(round: &Value) -> Vec<(f64, f64)> {
+    round["veths_left"]
+        .as_array()
+        .map(|points| {
+            points
+                .iter()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
+    let lines: Vec<(String, Vec<(f64, f64)>)> = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let label = format!("round {} ({})", i + 1, r["how"].as_str().unwrap_or("?"));
+            (label, progress(r))
+        })
+        .filter(|(_, points)| !points.is_empty())
+        .collect();
+    let points = lines.iter().flat_map(|(_, p)| p.iter());
+    let (x_max, y_max) = points.fold((0.0_f64, 0.0_f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Endpoints deleted at once: the node's veths left",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..(x_max * 1.05).max(LIMIT_S * 1.1), 0.0..(y_max * 1.05).max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the delete started")
+        .y_desc("veths left on the node")
+        .draw()?;
+    for (i, (label, points)) in lines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(LIMIT_S, 0.0), (LIMIT_S, y_max.max(1.0))],
+            BLACK.mix(0.4),
+        ))?
+        .label("target: 3 s")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The section: how it was measured, every round, the verdict and the plot.
+pub fn teardown(r: &mut Report, args: &Args) -> Result<()> {
+    r.earlier = None;
+    writeln!(r.md, "\n## Bulk teardown: Endpoints deleted at once\n")?;
+    let Some(t) = read_json(&args.results.join("teardown.json")) else {
+        writeln!(r.md, "Not measured in this run (suite `teardown`).")?;
+        r.not_run("teardown", &[TARGET], "suite `teardown` not run");
+        r.md.push_str(&notes(&args.notes, "teardown"));
+        return Ok(());
+    };
+    r.section_run(args, "teardown");
+    let c = &t["commands"];
+    let s = |v: &Value| v.as_str().unwrap_or("?").replace('`', "");
+    let endpoints = t["endpoints"].as_u64().unwrap_or(0);
+    writeln!(
+        r.md,
+        "Command: `PIER_BENCH_TEARDOWN_SIZE={endpoints} PIER_BENCH_TEARDOWN_RUNS={} benches/teardown.sh` \
+         (run by `benches/run.sh`). It starts `{}` in a node namespace of its own (no full reconcile, \
+         which would also collect the veths of deleted Endpoints, falls into a round: the figures are \
+         the detach path's), creates one Network, \
+         then in each round {endpoints} Endpoints ({}), waits until all are `Attached`, and deletes them \
+         at once, alternating two ways: `{}` (one request) and `{}` (what a user types: kubectl sends \
+         one DELETE per Endpoint). The clock starts with the request (or kubectl) and stops when \
+         `{}` shows none (polled every {} s, so each figure over-counts by at most one poll), when \
+         their named namespaces are gone, and when the API has none of them left (every finalizer \
+         done: the node's after the veth, then the operator's release of the address). Last, \
+         {endpoints} Endpoints attached once more, `pier up` stopped and `{}` timed.\n",
+        t["runs_per_way"],
+        s(&c["pier_up"]),
+        s(&c["create"]),
+        s(&c["collection"]),
+        s(&c["kubectl"]),
+        s(&c["veths"]),
+        t["poll_s"],
+        s(&c["pier_down"]),
+    )?;
+    let rounds = t["rounds"].as_array().cloned().unwrap_or_default();
+    writeln!(
+        r.md,
+        "| round | deleted by | Endpoints | no veth left | no namespace left | API empty | delete command done | pier up CPU | machine CPUs busy (load average at the end) |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---|"
+    )?;
+    for (i, round) in rounds.iter().enumerate() {
+        writeln!(
+            r.md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
+            i + 1,
+            round["how"].as_str().unwrap_or("?"),
+            round["endpoints"],
+            fmt_opt(round["no_veth_left_s"].as_f64(), 2, " s"),
+            fmt_opt(round["no_netns_left_s"].as_f64(), 2, " s"),
+            fmt_opt(round["api_empty_s"].as_f64(), 2, " s"),
+            fmt_opt(round["delete_command_s"].as_f64(), 2, " s"),
+            fmt_opt(round["pier_up_cpu_s"].as_f64(), 2, " CPU-s"),
+            fmt_opt(round["machine_busy"].as_f64().map(|b| b * 100.0), 0, "%"),
+            round["loadavg_at_end"].as_str().unwrap_or("-"),
+        )?;
+    }
+    writeln!(
+        r.md,
+        "\n`pier down` with {endpoints} Endpoints attached: {} (links and table, then the namespaces Pier created).",
+        fmt_opt(t["pier_down_s"].as_f64(), 2, " s")
+    )?;
+    let all = seconds(&rounds, None, "no_veth_left_s");
+    let median = |how: &str| median_of(seconds(&rounds, Some(how), "no_veth_left_s"));
+    let measured = format!(
+        "slowest round {}; medians: one request {}, kubectl {}",
+        fmt_opt(all.iter().copied().reduce(f64::max), 2, " s"),
+        fmt_opt(median("collection"), 2, " s"),
+        fmt_opt(median("kubectl"), 2, " s"),
+    );
+    let measured = if endpoints == JUDGED_AT {
+        measured
+    } else {
+        format!("{measured} at {endpoints} Endpoints (judged at {JUDGED_AT} only)")
+    };
+    r.verdict_header();
+    r.target(
+        "teardown",
+        TARGET,
+        measured,
+        verdict(endpoints, &all),
+        "see the rounds above: the slowest round decides",
+    );
+    let plot = args.out.join("teardown.svg");
+    plot_progress(&plot, &rounds)?;
+    if plot.exists() {
+        writeln!(r.md, "\n![veths left after the delete]({IMG}teardown.svg)")?;
+    }
+    r.md.push_str(&notes(&args.notes, "teardown"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judged_at_500_only_and_the_slowest_round_decides() {
+        assert_eq!(verdict(500, &[0.8, 1.2]), Some(true));
+        assert_eq!(verdict(500, &[0.8, 3.1]), Some(false));
+        assert_eq!(verdict(500, &[3.0]), Some(false));
+        assert_eq!(verdict(100, &[0.3]), None);
+        assert_eq!(verdict(500, &[]), None);
+    }
+
+    #[test]
+    fn progress_reads_the_polls() {
+        let round = serde_json::json!({"veths_left": [[0.02, 500], [0.5, 12], [0.6, 0]]});
+        assert_eq!(progress(&round), vec![(0.02, 500.0), (0.5, 12.0), (0.6, 0.0)]);
+        assert!(progress(&serde_json::json!({})).is_empty());
+    }
+}

@@ -3,8 +3,11 @@
 # node's network namespace with ping. Called by benches/run.sh (suite `local`); runs alone too:
 #   sudo PIER_BENCH_RUNS=10 PIER_BENCH_SCALE=100 PIER_BENCH_JSON=/tmp/local.json benches/local.sh
 # Env: PIER_BENCH_RUNS (apply->ping repetitions, default 10), PIER_BENCH_SCALE (comma list of
-# "applied at once" sizes, default 100), PIER_BENCH_KUBECTL (1: also time `kubectl apply`, default
-# 1), PIER_BIN (default target/release/pier), PIER_BENCH_JSON (where the figures go).
+# "applied at once" sizes, default 100; up to 2000), PIER_BENCH_AT_ONCE_RUNS (repetitions of each
+# size, default 1: every one is a sample in the JSON, the row's figures are their median),
+# PIER_BENCH_PER_NETWORK (endpoints per Network in the N-at-once phases, default 1000: a Linux
+# bridge has at most 1024 ports), PIER_BENCH_KUBECTL (1: also time `kubectl apply`, default 1),
+# PIER_BIN (default target/release/pier), PIER_BENCH_JSON (where the figures go).
 #
 # Everything runs in namespaces made here: the node is `pbl<pid>-node` (passed to `pier up
 # --node-netns`), Endpoints target named namespaces `pbl<pid>-<n>` that Pier creates on first use.
@@ -16,8 +19,14 @@
 #   Pier's. The bench's bridge gets retrans_time_ms=1 (ARP probe every ms while unresolved) and a
 #   high mcast_solicit for the apply->ping runs; the queued echo is sent the moment the endpoint
 #   answers ARP, so the reply time is when the endpoint became reachable (to within ~1 ms).
-# - one anchor Endpoint stays attached, so the bridge has carrier throughout (a bridge without
-#   ports has none, and its first port coming up would flush the neighbour table).
+# - one anchor Endpoint per network stays attached, so its bridge has carrier throughout (a bridge
+#   without ports has none, and its first port coming up would flush the neighbour table).
+# - the kernel's neighbour (ARP) table is one for all namespaces, at most gc_thresh3 entries (1024
+#   by default); N endpoints answering the node need about 2N (one on the node's side, one for the
+#   gateway in each endpoint's namespace). When the largest N needs more than the machine allows,
+#   the bench raises net.ipv4.neigh.default.gc_thresh2/3 (to 2N+512 / 4N, what a node meant for
+#   that many containers needs whatever the runtime) for the run and puts the old values back at
+#   the end; the JSON records both.
 # - for the N-at-once runs, fping rounds over the addresses not answering yet (1 ARP probe each,
 #   20 ms), repeated until all answer; the clock stops at the end of the round in which the last
 #   one answered (so it over-counts by at most that round, whose length is recorded).
@@ -28,6 +37,7 @@ cd "$(dirname "$0")/.."
 
 runs="${PIER_BENCH_RUNS:-10}"
 scales="${PIER_BENCH_SCALE:-100}"
+at_once_runs="${PIER_BENCH_AT_ONCE_RUNS:-1}"
 with_kubectl="${PIER_BENCH_KUBECTL:-1}"
 pier="$(realpath "${PIER_BIN:-target/release/pier}")"
 json_out="${PIER_BENCH_JSON:-}"
@@ -43,10 +53,14 @@ ns="default"
 net="$tag-net"
 subnet_prefix="10.231"
 
+arp_thresh_saved=""
 cleanup() {
   local rc=$?
   set +e
   pier_up_stop
+  # shellcheck disable=SC2086 # two words: thresh2 thresh3
+  [ -n "$arp_thresh_saved" ] && set -- $arp_thresh_saved \
+    && sysctl -q -w "net.ipv4.neigh.default.gc_thresh2=$1" "net.ipv4.neigh.default.gc_thresh3=$2"
   if [ -d "$data" ]; then
     "$pier" down --data-dir "$data" --node-netns "/run/netns/$node" --purge >"$work/down.log" 2>&1 \
       || { echo "pier down:"; cat "$work/down.log"; } >&2
@@ -102,6 +116,18 @@ rss_json() {
     "/proc/$up_pid/status"
 }
 
+# --- the neighbour table's limit for the largest N (see the top of this file)
+largest=0
+for n in ${scales//,/ }; do [ "$n" -gt "$largest" ] && largest="$n"; done
+arp_thresh2_machine="$(sysctl -n net.ipv4.neigh.default.gc_thresh2)"
+arp_thresh3_machine="$(sysctl -n net.ipv4.neigh.default.gc_thresh3)"
+if [ $((2 * largest + 512)) -gt "$arp_thresh3_machine" ]; then
+  arp_thresh_saved="$arp_thresh2_machine $arp_thresh3_machine"
+  sysctl -q -w "net.ipv4.neigh.default.gc_thresh2=$((2 * largest + 512))" \
+    "net.ipv4.neigh.default.gc_thresh3=$((4 * largest))"
+  echo "== local: neighbour table limit raised for $largest endpoints: gc_thresh2/3 $arp_thresh2_machine/$arp_thresh3_machine -> $((2 * largest + 512))/$((4 * largest)) (restored at the end)"
+fi
+
 # --- pier up in its own node namespace
 ip netns add "$node"
 ip netns exec "$node" ip link set lo up
@@ -111,9 +137,9 @@ echo "== local: ${up_cmd[*]}"
 pier_up_start "$work/up.out" "$work/up.log" "${up_cmd[@]}"
 pier_api_client "$data/kubeconfig" "$work"
 ep_url() { echo "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints/$1?fieldManager=pier-bench&force=true"; }
-ep_json() { # name address
+ep_json() { # name address [network]
   printf '{"apiVersion":"pier.dev/v1alpha1","kind":"Endpoint","metadata":{"name":"%s","namespace":"%s","labels":{"pier-bench":"%s"}},"spec":{"network":"%s","target":{"netns":{"name":"%s"}},"ipv4Address":"%s"}}' \
-    "$1" "$ns" "$tag" "$net" "$1" "$2"
+    "$1" "$ns" "$tag" "${3:-$net}" "$1" "$2"
 }
 apply_ep() { # name address: server-side apply, one request; prints curl's "pretransfer total" (s)
   api -X PATCH -H 'Content-Type: application/apply-patch+yaml' --data-binary "$(ep_json "$1" "$2")" \
@@ -122,32 +148,50 @@ apply_ep() { # name address: server-side apply, one request; prints curl's "pret
 count_eps() {
   api "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?labelSelector=pier-bench%3D$tag" | jq '.items | length'
 }
-delete_eps() { # all of this run's Endpoints but the anchor; waits until they are gone
+delete_eps() { # N: all of this run's Endpoints but the anchors; waits until they are gone
+  local wait_s=$(( ${1:-0} / 10 > 120 ? ${1:-0} / 10 : 120 ))
   api -X DELETE -o /dev/null \
     "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?labelSelector=pier-bench%3D$tag,pier-bench-anchor!%3Dyes"
-  for _ in $(seq 1200); do [ "$(count_eps)" -le 1 ] && return 0; sleep 0.1; done
-  echo "Endpoints not gone after 120 s" >&2; return 1
+  for _ in $(seq $((wait_s * 10))); do [ "$(count_eps)" -le "$networks" ] && return 0; sleep 0.1; done
+  echo "Endpoints not gone after $wait_s s" >&2; return 1
 }
 sleep 2
 rss0="$(rss_json 0)"
 echo "   RSS at 0 endpoints: $rss0"
 
-# --- the Network and the anchor Endpoint
-api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
-  --data-binary "{\"apiVersion\":\"pier.dev/v1alpha1\",\"kind\":\"Network\",\"metadata\":{\"name\":\"$net\"},\"spec\":{\"subnet\":\"$subnet_prefix.0.0/16\",\"gateway\":\"$subnet_prefix.0.1\"}}" \
-  "$server/apis/pier.dev/v1alpha1/networks/$net?fieldManager=pier-bench&force=true"
-api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
-  --data-binary "$(ep_json "$tag-anchor" "$subnet_prefix.0.2" | jq -c '.metadata.labels["pier-bench-anchor"] = "yes"')" \
-  "$(ep_url "$tag-anchor")"
-for _ in $(seq 60); do
-  ip netns exec "$node" ping -n -q -c1 -W 0.5 "$subnet_prefix.0.2" >/dev/null 2>&1 && break
-  sleep 0.5
+# --- the Networks, each with its anchor Endpoint
+# A Linux bridge has at most 1024 ports (BR_MAX_PORTS), so one network holds at most about a
+# thousand endpoints, with Docker as with Pier: N at once above that is spread over networks of
+# per_network endpoints each, 10.231.0.0/16, 10.232.0.0/16, ... ($net, $net-1, ...).
+per_network="${PIER_BENCH_PER_NETWORK:-1000}"
+networks=$(( (largest + per_network - 1) / per_network )); [ "$networks" -ge 1 ] || networks=1
+network_name() { if [ "$1" = 0 ]; then echo "$net"; else echo "$net-$1"; fi; }
+network_prefix() { echo "10.$((231 + $1))"; }
+bridges=()
+for k in $(seq 0 $((networks - 1))); do
+  name="$(network_name "$k")"; prefix="$(network_prefix "$k")"; anchor="$tag-anchor$([ "$k" = 0 ] || echo "-$k")"
+  api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
+    --data-binary "{\"apiVersion\":\"pier.dev/v1alpha1\",\"kind\":\"Network\",\"metadata\":{\"name\":\"$name\"},\"spec\":{\"subnet\":\"$prefix.0.0/16\",\"gateway\":\"$prefix.0.1\"}}" \
+    "$server/apis/pier.dev/v1alpha1/networks/$name?fieldManager=pier-bench&force=true"
+  api -X PATCH -H 'Content-Type: application/apply-patch+yaml' -o /dev/null \
+    --data-binary "$(ep_json "$anchor" "$prefix.0.2" "$name" | jq -c '.metadata.labels["pier-bench-anchor"] = "yes"')" \
+    "$(ep_url "$anchor")"
+  for _ in $(seq 60); do
+    ip netns exec "$node" ping -n -q -c1 -W 0.5 "$prefix.0.2" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  ip netns exec "$node" ping -n -q -c1 -W 1 "$prefix.0.2" >/dev/null \
+    || { echo "anchor endpoint $prefix.0.2 never answered" >&2; exit 1; }
+  bridge="$(ip -n "$node" -o -4 addr show | awk -v a="$prefix.0.1/16" '$4 == a {print $2}')"
+  [ -n "$bridge" ] || { echo "no bridge with $prefix.0.1/16 in $node" >&2; exit 1; }
+  bridges+=("$bridge")
 done
-ip netns exec "$node" ping -n -q -c1 -W 1 "$subnet_prefix.0.2" >/dev/null \
-  || { echo "anchor endpoint $subnet_prefix.0.2 never answered" >&2; exit 1; }
-bridge="$(ip -n "$node" -o -4 addr show | awk -v a="$subnet_prefix.0.1/16" '$4 == a {print $2}')"
-[ -n "$bridge" ] || { echo "no bridge with $subnet_prefix.0.1/16 in $node" >&2; exit 1; }
-neigh() { ip netns exec "$node" sysctl -q "net.ipv4.neigh.$bridge.retrans_time_ms=$1" "net.ipv4.neigh.$bridge.mcast_solicit=$2"; }
+neigh() { # retrans_time_ms mcast_solicit, on every bridge of the run
+  local b
+  for b in "${bridges[@]}"; do
+    ip netns exec "$node" sysctl -q "net.ipv4.neigh.$b.retrans_time_ms=$1" "net.ipv4.neigh.$b.mcast_solicit=$2"
+  done
+}
 
 # --- apply -> ping, one Endpoint at a time (a static address: the clock covers allocation too)
 neigh 1 30000
@@ -223,13 +267,22 @@ probe() { # addresses file -> prints those answering
 scale_json="[]"
 rss_list="[$rss0]"
 base=10
-for n in ${scales//,/ }; do
-  echo "== local: $n Endpoints at once"
+give_up_s="${PIER_BENCH_AT_ONCE_TIMEOUT:-120}"
+# at_once N REP: one phase of N Endpoints applied at once (repetition REP), its sample appended
+# to $work/samples as one JSON line.
+at_once() {
+  local n="$1" rep="$2" i addr name
+  echo "== local: $n Endpoints at once (repetition $rep of $at_once_runs)"
   : >"$work/curl.cfg"; : >"$work/pending"
+  # Rows of each /16 for this phase's addresses (the previous phase's were released when its
+  # Endpoints were deleted, so wrapping around reuses free ones).
+  local rows=$(( ((n < per_network ? n : per_network) + 249) / 250 )) k j
+  [ $((base + rows)) -le 250 ] || base=10
   for i in $(seq 0 $((n - 1))); do
-    addr="$subnet_prefix.$((base + i / 250)).$((i % 250 + 2))"
-    name="$tag-s$n-$i"
-    ep_json "$name" "$addr" >"$work/ep-$i.json"
+    k=$((i / per_network)); j=$((i % per_network))
+    addr="$(network_prefix "$k").$((base + j / 250)).$((j % 250 + 2))"
+    name="$tag-s$n-r$rep-$i"
+    ep_json "$name" "$addr" "$(network_name "$k")" >"$work/ep-$i.json"
     {
       [ "$i" = 0 ] || echo 'next'
       echo "url = \"$(ep_url "$name")\""
@@ -243,7 +296,7 @@ for n in ${scales//,/ }; do
     } >>"$work/curl.cfg"
     echo "$addr" >>"$work/pending"
   done
-  base=$((base + (n + 249) / 250))
+  base=$((base + rows))
   # Each phase starts with the node's neighbour entries of earlier phases gone (as on a node
   # whose deleted containers' entries have been collected), so phases do not add up in the
   # kernel's shared ARP table.
@@ -268,7 +321,7 @@ for n in ${scales//,/ }; do
       t_requests="$r1"
     fi
     if [ ! -s "$work/pending" ]; then t_done="$r1"; break; fi
-    if awk -v a="$t0" -v b="$r1" 'BEGIN { exit !((b - a) > 120) }'; then break; fi
+    if awk -v a="$t0" -v b="$r1" -v g="$give_up_s" 'BEGIN { exit !((b - a) > g) }'; then break; fi
   done
   t_end="$(now)"; cpu1="$(up_cpu)"; read -r busy1 total1 <<<"$(machine_cpu)"; threads1="$(threads_cpu)"
   arp_fulls=$(($(arp_table_fulls) - fulls0))
@@ -284,23 +337,40 @@ for n in ${scales//,/ }; do
   req_s="$(awk -v a="$t0" -v b="$t_requests" 'BEGIN { printf "%.3f", b - a }')"
   echo "   CPU over the phase: $cpu_json; ARP table full $arp_fulls times"
   echo "   all $n reachable after ${all_s} s (requests done by ${req_s} s, $rounds ping rounds, last ${last_round_ms} ms, $left not answering)"
-  # Settle (status writes, DNS), then memory with these endpoints attached.
+  # Settle (status writes, DNS), then memory with these endpoints attached (first repetition).
   sleep 3
-  rss_n="$(rss_json "$n")"
-  echo "   RSS at $n endpoints: $rss_n"
-  rss_list="$(jq -c --argjson r "$rss_n" '. + [$r]' <<<"$rss_list")"
+  if [ "$rep" = 1 ]; then
+    rss_n="$(rss_json "$n")"
+    echo "   RSS at $n endpoints: $rss_n"
+    rss_list="$(jq -c --argjson r "$rss_n" '. + [$r]' <<<"$rss_list")"
+  fi
   d0="$(now)"
-  delete_eps
+  delete_eps "$n"
   del_s="$(awk -v a="$d0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')"
   echo "   deleted (Endpoints gone, finalizers done) in $del_s s"
-  scale_json="$(jq -c --argjson n "$n" --argjson all "$all_s" --argjson req "$req_s" --argjson rounds "$rounds" \
+  jq -nc --argjson n "$n" --argjson all "$all_s" --argjson req "$req_s" --argjson rounds "$rounds" \
     --argjson last "$last_round_ms" --argjson left "$left" --argjson del "$del_s" \
     --argjson progress "[${progress%,}]" --argjson cpu "$cpu_json" --argjson fulls "$arp_fulls" \
     --argjson thresh3 "$(sysctl -n net.ipv4.neigh.default.gc_thresh3)" \
-    '. + [{endpoints: $n, all_reachable_s: $all, requests_done_s: $req, ping_rounds: $rounds,
-           last_round_ms: $last, not_reachable: $left, delete_all_s: $del,
-           answering_after_s: $progress, cpu: $cpu,
-           arp_table_full_events: $fulls, arp_gc_thresh3: $thresh3}]' <<<"$scale_json")"
+    '{endpoints: $n, all_reachable_s: $all, requests_done_s: $req, ping_rounds: $rounds,
+      last_round_ms: $last, not_reachable: $left, delete_all_s: $del,
+      answering_after_s: $progress, cpu: $cpu,
+      arp_table_full_events: $fulls, arp_gc_thresh3: $thresh3}' >>"$work/samples"
+}
+for n in ${scales//,/ }; do
+  : >"$work/samples"
+  for rep in $(seq "$at_once_runs"); do at_once "$n" "$rep"; done
+  # The row: the median repetition's figures (by all_reachable_s, a run that never got there
+  # counting as the slowest; of an even count the slower middle one), with every repetition's
+  # sample beside them.
+  scale_json="$(jq -sc --argjson rows "$scale_json" '
+    (sort_by(.all_reachable_s == null, .all_reachable_s)) as $sorted
+    | $rows + [$sorted[length / 2 | floor] + {
+        repetitions: length,
+        all_reachable_samples_s: map(.all_reachable_s),
+        requests_done_samples_s: map(.requests_done_s),
+        delete_all_samples_s: map(.delete_all_s),
+        samples: .}]' "$work/samples")"
 done
 rss_final="$(rss_json 0)"
 
@@ -313,7 +383,12 @@ if [ -n "$json_out" ]; then
     --arg ping "${ping_cmd//$node/NODE}" --arg curl "${curl_cmd//$server/https://127.0.0.1:PORT}" \
     --arg kubectl_cmd "${kubectl_cmd//$kubeconfig/DIR\/kubeconfig}" --arg probe "${probe_cmd//$node/NODE}" \
     --arg pinger "$pinger" --arg pier_version "$("$pier" --version 2>/dev/null || echo unknown)" \
-    '{bench: "local", runs: $runs, failures: $failures,
+    --argjson at_once_runs "$at_once_runs" --argjson thresh2 "$arp_thresh2_machine" \
+    --argjson thresh3 "$arp_thresh3_machine" --argjson raised "$([ -n "$arp_thresh_saved" ] && echo true || echo false)" \
+    --argjson per_network "$per_network" --argjson networks "$networks" \
+    '{bench: "local", runs: $runs, failures: $failures, at_once_runs: $at_once_runs,
+      at_once_networks: {count: $networks, endpoints_per_network: $per_network},
+      arp_gc_thresh_machine: {gc_thresh2: $thresh2, gc_thresh3: $thresh3, raised_for_the_run: $raised},
       apply_to_ping_ms: $api, curl_start_to_ping_ms: $start, apply_request_ms: $request,
       kubectl_apply_to_ping_ms: $kubectl, kubectl_process_ms: $kubectl_process,
       at_once: $scale, rss: $rss, rss_after_delete: ($rss_end | .endpoints = 0),

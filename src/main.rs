@@ -8,6 +8,13 @@ use std::io::Write;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// jemalloc, whose background thread gives freed memory back to the system within seconds: with
+/// glibc's malloc, `pier up` kept the high-water mark of every burst of objects (see
+/// benches/memory.sh). Without the `jemalloc` feature, glibc's malloc (for heap profilers).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pier",

@@ -4,6 +4,12 @@
 //! `cargo run --release -p pier-apiserver --example bench -- [N] [DATA_DIR]`
 //! (DATA_DIR: a persistent, fsynced store; default: a temporary directory). With
 //! `PIER_BENCH_JSON=FILE` the figures are also written there as JSON (read by `benches/run.sh`).
+//! Last, watch fan-out under a sustained write load on a server of its own over HTTPS
+//! (`bench_parts/fanout_load.rs`; `PIER_BENCH_FANOUT_*` size it, `PIER_BENCH_FANOUT_SECONDS=0`
+//! skips it).
+
+#[path = "bench_parts/fanout_load.rs"]
+mod fanout_load;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +71,8 @@ fn spawn_raw_watcher(
             };
             let at = Instant::now();
             let text = String::from_utf8_lossy(data);
-            if let Some(pos) = text.find("\"name\":\"ep-") {
+            // A frame may hold several events (those waiting for the watcher when it ran).
+            for (pos, _) in text.match_indices("\"name\":\"ep-") {
                 let digits: String = text[pos + 11..]
                     .chars()
                     .take_while(char::is_ascii_digit)
@@ -319,15 +326,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "memory".into(),
         json!({"rss_mib": rss_mib(), "objects": n + 200, "rss_start_mib": rss0}),
     );
-    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
-        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
-    }
-
     println!(
         "memory: RSS {:.1} MiB with {} objects ({:.1} MiB at start)",
         rss_mib(),
         n + 200,
         rss0
     );
+    let load = fanout_load::Load::from_env();
+    if load.seconds > 0.0 {
+        figures.insert("watch_fanout_load".into(), fanout_load::run(&load).await?);
+    }
+    if let Ok(path) = std::env::var("PIER_BENCH_JSON") {
+        std::fs::write(&path, serde_json::to_string_pretty(&figures)?)?;
+    }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct Api {
     pub watch_slots: Arc<tokio::sync::Semaphore>,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: std::time::Duration,
+    /// A watch whose client takes none of its events for this long is closed.
+    pub watch_stall_timeout: std::time::Duration,
     /// Watches answered with 410 Gone (for tests and metrics).
     gone: std::sync::atomic::AtomicU64,
     /// Bumped to end every open watch.
@@ -156,6 +158,7 @@ impl Api {
             registry: RwLock::new((NEVER_BUILT, Arc::new(Registry::default()))),
             watch_slots: Arc::new(tokio::sync::Semaphore::new(max_watches)),
             bookmark_interval: std::time::Duration::from_secs(10),
+            watch_stall_timeout: std::time::Duration::from_secs(10),
             gone: std::sync::atomic::AtomicU64::new(0),
             closer: tokio::sync::watch::Sender::new(0),
         };
@@ -187,6 +190,11 @@ impl Api {
     /// How many changes the watch history holds.
     pub fn history_len(&self) -> usize {
         self.store.history_len()
+    }
+
+    /// What the store holds: objects, changes and their bytes.
+    pub fn store_usage(&self) -> crate::store::Usage {
+        self.store.usage()
     }
 
     pub(crate) fn count_gone(&self) {
@@ -485,7 +493,7 @@ impl Api {
     }
 
     fn require_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        if self.store.get(NAMESPACES, "", ns).is_none() {
+        if !self.store.contains(NAMESPACES, "", ns) {
             return Err(ApiError::not_found("", "namespaces", ns));
         }
         Ok(())
@@ -579,7 +587,8 @@ impl Api {
             metadata["continue"] = json!(encode_continue(next));
             metadata["remainingItemCount"] = json!(page.remaining);
         }
-        let items: Vec<Value> = page.items.iter().map(|o| (**o).clone()).collect();
+        // Each item was decoded for this list alone: moved, not copied.
+        let items: Vec<Value> = page.items.into_iter().map(Arc::unwrap_or_clone).collect();
         Ok(json!({
             "kind": res.list_kind,
             "apiVersion": res.api_version(),
@@ -1072,7 +1081,7 @@ impl Api {
         };
         if let Some(ns_res) = reg.find("", "v1", "namespaces") {
             for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-                if self.store.get(NAMESPACES, "", ns).is_none() {
+                if !self.store.contains(NAMESPACES, "", ns) {
                     let body =
                         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
                     self.create(&ns_res, None, body, &ctx).await?;
@@ -1081,7 +1090,7 @@ impl Api {
         }
         if let (Some(node), Some(node_res)) = (node, reg.find("", "v1", "nodes")) {
             let name = meta_str(&node, "name").unwrap_or("localhost").to_string();
-            if self.store.get("/nodes", "", &name).is_none() {
+            if !self.store.contains("/nodes", "", &name) {
                 let status = node.get("status").cloned();
                 let created = self.create(&node_res, None, node, &ctx).await?;
                 if let Some(status) = status {

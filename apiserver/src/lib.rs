@@ -23,7 +23,8 @@
 //! point; at most [`Options::max_connections`] connections at once, more wait to be accepted). Events expire an hour after they were last
 //! written or seen ([`Options::event_ttl`], kube-apiserver's `--event-ttl`). The watch history
 //! keeps the last 10,000 changes ([`Options::history`]) but none older than 5 minutes
-//! ([`Options::history_max_age`]), dropped on writes and by a periodic task, like the etcd
+//! ([`Options::history_max_age`]) and no more bytes than the live objects take (at least 1 MiB,
+//! [`Options::history_min_bytes`]), dropped on writes and by a periodic task, like the etcd
 //! compaction kube-apiserver runs every 5 minutes (`--etcd-compaction-interval`): a watch
 //! resuming from a version before them gets 410 Gone and re-lists.
 //!

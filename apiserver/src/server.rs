@@ -25,10 +25,16 @@ pub struct Options {
     /// compaction kube-apiserver runs, `--etcd-compaction-interval`, 5 min): each keeps a whole
     /// object version alive, and a watch that far behind re-lists after its 410 anyway.
     pub history_max_age: Duration,
+    /// The history also keeps no more bytes of JSON than the live objects take, or this many
+    /// when they take less: its memory follows the objects, not the writes that made them.
+    pub history_min_bytes: usize,
     /// Concurrent watches allowed (more get 429).
     pub max_watches: usize,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// A watch whose client takes none of its events for this long is closed (the client
+    /// resumes from its last version), rather than buffering for it.
+    pub watch_stall_timeout: Duration,
     /// The local node's name (default: the host name).
     pub node_name: Option<String>,
     /// Compact the durable log into a snapshot after this many writes.
@@ -59,8 +65,10 @@ impl Default for Options {
         Options {
             history: 10_000,
             history_max_age: Duration::from_secs(300),
+            history_min_bytes: crate::store::HISTORY_MIN_BYTES,
             max_watches: 1024,
             bookmark_interval: Duration::from_secs(10),
+            watch_stall_timeout: Duration::from_secs(10),
             node_name: None,
             compact_every: 50_000,
             event_ttl: Duration::from_secs(3600),
@@ -190,7 +198,8 @@ impl ApiServer {
             opts.compact_every,
             opts.log_io.clone(),
         )?
-        .with_history_max_age(opts.history_max_age);
+        .with_history_max_age(opts.history_max_age)
+        .with_history_min_bytes(opts.history_min_bytes);
         let tls = Material::load_or_create(&dir)?;
         ApiServer::start(store, Some(dir), tls, opts).await
     }
@@ -202,7 +211,9 @@ impl ApiServer {
 
     /// [`ApiServer::in_memory`] with options.
     pub async fn in_memory_with(opts: Options) -> Result<ApiServer, Error> {
-        let store = Store::in_memory(opts.history).with_history_max_age(opts.history_max_age);
+        let store = Store::in_memory(opts.history)
+            .with_history_max_age(opts.history_max_age)
+            .with_history_min_bytes(opts.history_min_bytes);
         ApiServer::start(store, None, Material::generate()?, opts).await
     }
 
@@ -214,6 +225,7 @@ impl ApiServer {
     ) -> Result<ApiServer, Error> {
         let mut api = Api::new(store, opts.max_watches);
         api.bookmark_interval = opts.bookmark_interval;
+        api.watch_stall_timeout = opts.watch_stall_timeout;
         let api = Arc::new(api);
         let node = opts.node_name.unwrap_or_else(host_name);
         api.bootstrap(Some(local_node(&node)))

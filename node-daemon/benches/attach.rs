@@ -21,7 +21,7 @@
 
 mod shared;
 
-use shared::{env_or, write_json};
+use shared::{Stats, env_or, stats, write_json};
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -169,28 +169,6 @@ fn endpoint(i: usize, ns: &str, family: Family) -> EndpointState {
             mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
             default_route: true,
         }),
-    }
-}
-
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stats(mut samples: Vec<f64>) -> Stats {
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len();
-    let median = if n % 2 == 1 {
-        samples[n / 2]
-    } else {
-        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
-    };
-    Stats {
-        median,
-        min: samples[0],
-        max: samples[n - 1],
     }
 }
 
@@ -390,7 +368,7 @@ fn bench(
 }
 
 fn log_result(result: &SizeResult) {
-    let (a, d, f) = (result.attach, result.detach, result.full);
+    let (a, d, f) = (&result.attach, &result.detach, &result.full);
     eprintln!(
         "pier     N={:5} {}: attach median {:.2} ms (min {:.2}, max {:.2}); detach median {:.2} ms (min {:.2}, max {:.2}); full apply median {:.2} ms (min {:.2}, max {:.2})",
         result.size,
@@ -405,7 +383,7 @@ fn log_result(result: &SizeResult) {
         f.min,
         f.max
     );
-    if let Some((s, t)) = result.netavark {
+    if let Some((s, t)) = &result.netavark {
         eprintln!(
             "netavark N={:5}: setup median {:.2} ms (min {:.2}, max {:.2}); teardown median {:.2} ms (min {:.2}, max {:.2})",
             result.size, s.median, s.min, s.max, t.median, t.min, t.max
@@ -658,7 +636,7 @@ fn print_table(results: &[SizeResult], reps: usize, several: bool) {
 /// Each later family's attach time against the first family's, per size (several families).
 fn print_family_ratios(results: &[SizeResult], first: Family) {
     for r in results.iter().filter(|r| r.family != first) {
-        let ratio = r.attach_vs_first;
+        let ratio = &r.attach_vs_first;
         println!(
             "Pier attach, {} / {} at N={}: median {:.2}x per pair (min {:.2}x, max {:.2}x); medians {:.2} ms / {:.2} ms",
             r.family.name(),
@@ -709,10 +687,10 @@ fn json_row(r: &SizeResult) -> serde_json::Value {
         "pier_detach_ms": r.detach,
         "pier_full_apply_ms": r.full,
         "attach_ratio_to_first_family_per_pair": r.attach_vs_first,
-        "netavark_setup_ms": r.netavark.map(|(s, _)| s),
-        "netavark_teardown_ms": r.netavark.map(|(_, t)| t),
-        "setup_ratio_per_pair": r.ratios.map(|(s, _)| s),
-        "teardown_ratio_per_pair": r.ratios.map(|(_, t)| t),
+        "netavark_setup_ms": r.netavark.as_ref().map(|(s, _)| s),
+        "netavark_teardown_ms": r.netavark.as_ref().map(|(_, t)| t),
+        "setup_ratio_per_pair": r.ratios.as_ref().map(|(s, _)| s),
+        "teardown_ratio_per_pair": r.ratios.as_ref().map(|(_, t)| t),
     })
 }
 

@@ -12,7 +12,7 @@
 
 mod shared;
 
-use shared::{env_or, write_json};
+use shared::{env_or, stats, write_json};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -88,22 +88,6 @@ fn state(ports: usize) -> NodeState {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-#[derive(serde::Serialize)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    Stats {
-        median: ms(samples[samples.len() / 2]),
-        min: ms(samples[0]),
-        max: ms(samples[samples.len() - 1]),
-    }
 }
 
 fn main() {
@@ -191,8 +175,9 @@ fn main() {
             }
             std::thread::sleep(Duration::from_millis(pause_ms));
         }
-        let (t, p, a) = (stats(total), stats(plans), stats(applies));
-        let (r, rp) = (stats(removes), stats(remove_plans));
+        let in_ms = |samples: Vec<Duration>| stats(samples.into_iter().map(ms).collect());
+        let (t, p, a) = (in_ms(total), in_ms(plans), in_ms(applies));
+        let (r, rp) = (in_ms(removes), in_ms(remove_plans));
         println!(
             "| {size} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             t.median, t.min, t.max, p.median, a.median, r.median

@@ -19,6 +19,7 @@ use pier_crds::finalizers;
 use pier_crds::names::TUNNEL_ADDRESS_ANNOTATION;
 use pier_crds::{Endpoint, Network, PortPublish};
 use pier_node::agent::fake::{FAKE_TUNNEL, FakeKernel};
+use pier_node::agent::metrics::NodeMetrics;
 use pier_node::agent::{AgentConfig, AgentHealth};
 use pier_node::dataplane::Scope;
 use pier_node::dataplane::{ObjectKey, Outcome};
@@ -44,6 +45,8 @@ struct Cluster {
     _server: ApiServer,
     client: Client,
     kernel: Arc<FakeKernel>,
+    /// What the agent counts.
+    metrics: Arc<NodeMetrics>,
     operator: Operator,
     stop: watch::Sender<bool>,
     agent: JoinHandle<()>,
@@ -69,6 +72,7 @@ impl Cluster {
         agent.netns_targets = true;
         agent.min_backoff = Duration::from_millis(20);
         agent.max_backoff = Duration::from_millis(500);
+        let metrics = Arc::clone(&agent.metrics);
         let kernel = Arc::new(kernel);
         let health = Arc::new(AgentHealth::default());
         let agent = tokio::spawn({
@@ -91,6 +95,7 @@ impl Cluster {
             _server: server,
             client,
             kernel,
+            metrics,
             operator,
             stop,
             agent,
@@ -646,7 +651,13 @@ async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_
     let eps: Api<Endpoint> = cluster.api();
     let names: Vec<String> = (0..24).map(|i| format!("d{i}")).collect();
     for name in &names {
-        endpoint(&cluster, name, "many", json!({"netns": {"name": format!("ns-{name}")}})).await;
+        endpoint(
+            &cluster,
+            name,
+            "many",
+            json!({"netns": {"name": format!("ns-{name}")}}),
+        )
+        .await;
     }
     for name in &names {
         wait_for(&eps, name, "Attached=True", is_attached).await;
@@ -686,7 +697,10 @@ async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_
         })
         .collect();
     let widest = removals.iter().map(Vec::len).max().unwrap_or(0);
-    assert!(widest > 2, "no removal served more than one detach: {removals:?}");
+    assert!(
+        widest > 2,
+        "no removal served more than one detach: {removals:?}"
+    );
     for name in names.iter().filter(|n| *n != "d3") {
         wait_for_gone(&eps, name).await;
     }
@@ -709,4 +723,75 @@ async fn wait_for_gone(api: &Api<Endpoint>, name: &str) {
         assert!(Instant::now() < deadline, "{name} was never deleted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+/// Waits until the agent's count of endpoint evaluations stays the same for a moment (the
+/// events of objects already attached have all reached it), and returns it.
+async fn settled_evaluations(cluster: &Cluster) -> u64 {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last = cluster.metrics.state_evaluations.get();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = cluster.metrics.state_evaluations.get();
+        if now == last {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the agent never went quiet");
+        last = now;
+    }
+}
+
+/// An Endpoint's events touch that endpoint only: the agent evaluates it (not the other
+/// endpoints of its network: the node's state is kept up to date one object at a time, and the
+/// operator's rewrites of the Network's endpoint count change nothing it is built from), and the
+/// kernel's scoped apply gets it without the node's other endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_event_touches_that_endpoint_only() {
+    // No resync during the test: it evaluates every endpoint, as the full check it is.
+    let cluster = Cluster::start(FakeKernel::new(), Duration::from_secs(3600)).await;
+    network(&cluster, "many", "10.31.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    const EARLIER: usize = 20;
+    for n in 0..EARLIER {
+        let netns = json!({"netns": {"name": format!("ns-m{n}")}});
+        endpoint(&cluster, &format!("m{n}"), "many", netns).await;
+    }
+    for n in 0..EARLIER {
+        wait_for(&eps, &format!("m{n}"), "Attached=True", is_attached).await;
+    }
+    let before = settled_evaluations(&cluster).await;
+    let applies_before = cluster.kernel.applied().len();
+
+    endpoint(
+        &cluster,
+        "last",
+        "many",
+        json!({"netns": {"name": "ns-last"}}),
+    )
+    .await;
+    wait_for(&eps, "last", "Attached=True", is_attached).await;
+    let evaluated = settled_evaluations(&cluster).await - before;
+    // One per event of the new Endpoint (allocated, finalizer added, attached, ...); a build of
+    // the whole node per event would be 21 each.
+    assert!(
+        (1..=8).contains(&evaluated),
+        "{evaluated} evaluations for one new endpoint beside {EARLIER}"
+    );
+    let applied = cluster.kernel.applied();
+    let attach = applied[applies_before..]
+        .iter()
+        .find(|a| matches!(&a.scope, Scope::Endpoints(ids) if ids == &["default/last".to_owned()]))
+        .expect("the new endpoint's scoped apply");
+    let ids: Vec<&str> = attach
+        .state
+        .endpoints
+        .iter()
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["default/last"],
+        "the kernel got the new endpoint alone"
+    );
+    assert_eq!(attach.state.networks.len(), 1, "with its network");
+    cluster.stop().await;
 }

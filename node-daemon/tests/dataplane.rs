@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::dual_stack::{dual_network, ip6, v6_only_endpoint, v6_only_network, with_address6};
+use common::dual_stack::{dual_network, ip6, v6_only_network, with_address6};
 use common::{Lab, Ns, bridge_endpoint, bridge_network, other_network};
 use pier_node::dataplane::{ObjectKey, Outcome, Scope, Step};
 use pier_node::state::{Attachment, Driver, EndpointState, NodeState};
@@ -939,8 +939,8 @@ fn an_ipv6_only_network_works_without_any_ipv4() {
     let state = NodeState {
         networks: vec![v6_only_network("six", "fd00:19::/64", "fd00:19::1")],
         endpoints: vec![
-            v6_only_endpoint("default/s1", &c1, "six", "eth0", "fd00:19::2", true),
-            v6_only_endpoint("default/s2", &c2, "six", "eth0", "fd00:19::3", true),
+            bridge_endpoint("default/s1", &c1, "six", "eth0", "fd00:19::2", true),
+            bridge_endpoint("default/s2", &c2, "six", "eth0", "fd00:19::3", true),
         ],
         ..NodeState::default()
     };
@@ -970,7 +970,7 @@ fn removing_an_ipv6_endpoint_removes_its_addresses() {
     state
         .networks
         .push(v6_only_network("six", "fd00:19::/64", "fd00:19::1"));
-    state.endpoints.push(v6_only_endpoint(
+    state.endpoints.push(bridge_endpoint(
         "default/con1-six",
         &c1,
         "six",

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use common::dual_stack::{ip6, v6_only_endpoint, with_address6};
+use common::dual_stack::{ip6, with_address6};
 use common::overlay::{Placement, Underlay, host_state, overlay_network, remote, tunnel_of};
 use common::{Lab, Ns, bridge_endpoint};
 use pier_node::dataplane::Scope;
@@ -514,7 +514,7 @@ impl World6 {
                     let endpoint = bridge_endpoint(&id, container, "ov", "eth0", &address, true);
                     with_address6(endpoint, &address6)
                 } else {
-                    v6_only_endpoint(&id, container, "ov", "eth0", &address6, true)
+                    bridge_endpoint(&id, container, "ov", "eth0", &address6, true)
                 };
                 (n, endpoint)
             })

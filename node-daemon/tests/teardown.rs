@@ -267,8 +267,15 @@ async fn detach(
     id: String,
     veth: String,
 ) -> Result<bool, String> {
-    state.lock().expect("state").endpoints.retain(|e| e.id != id);
-    let report = batcher.submit(vec![veth.clone()]).await.expect("answered")?;
+    state
+        .lock()
+        .expect("state")
+        .endpoints
+        .retain(|e| e.id != id);
+    let report = batcher
+        .submit(vec![veth.clone()])
+        .await
+        .expect("answered")?;
     if let Some(Outcome::Failed(message)) = report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(message.clone());
     }
@@ -299,7 +306,10 @@ async fn concurrent_detaches_share_removals_and_each_ends_after_its_veth_is_gone
     });
     for detached in futures::future::join_all(detaches).await {
         let still_there = detached.expect("joined").expect("detached");
-        assert!(!still_there, "a detach ended while its veth was still there");
+        assert!(
+            !still_there,
+            "a detach ended while its veth was still there"
+        );
     }
     let applies = applies.load(Ordering::SeqCst);
     eprintln!("100 concurrent detaches: {applies} removals");
@@ -427,19 +437,26 @@ fn watch_releases(
                 _ => continue,
             };
             let released = ep.metadata.deletion_timestamp.is_some()
-                && !ep.finalizers().iter().any(|f| f == pier_crds::finalizers::NODE);
+                && !ep
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == pier_crds::finalizers::NODE);
             if !(released || deleted) {
                 continue;
             }
             let veth = pier_crds::names::host_veth_name(ep.metadata.uid.as_deref().unwrap_or(""));
             if link_exists(&host, &veth).await {
-                seen.lock().expect("lock").push(format!("{}: veth {veth}", ep.name_any()));
+                seen.lock()
+                    .expect("lock")
+                    .push(format!("{}: veth {veth}", ep.name_any()));
             }
             let netns = ep.spec.target.netns.as_ref().map(|n| n.name.clone());
             if let Some(netns) = netns
                 && Path::new(pier_crds::names::NETNS_DIR).join(&netns).exists()
             {
-                seen.lock().expect("lock").push(format!("{}: netns {netns}", ep.name_any()));
+                seen.lock()
+                    .expect("lock")
+                    .push(format!("{}: netns {netns}", ep.name_any()));
             }
         }
     });
@@ -532,11 +549,13 @@ async fn endpoints_deleted_at_once_leave_together_after_their_veths_and_free_the
     let label = format!("bulk={}", std::process::id());
     let address = |i: usize| format!("10.78.{}.{}", i / 250 + 1, i % 250 + 2);
     let endpoint = |name: &str, i: usize| -> pier_crds::Endpoint {
-        object(json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
+        object(
+            json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Endpoint",
             "metadata": {"name": name, "namespace": "default",
                 "labels": {"bulk": std::process::id().to_string()}},
             "spec": {"network": "bulk", "target": {"netns": {"name": format!("{prefix}{i}")}},
-                "ipv4Address": address(i)}}))
+                "ipv4Address": address(i)}}),
+        )
     };
     for i in 0..N {
         eps.create(&PostParams::default(), &endpoint(&format!("e{i}"), i))
@@ -544,7 +563,10 @@ async fn endpoints_deleted_at_once_leave_together_after_their_veths_and_free_the
             .expect("endpoint");
     }
     let attached = async || {
-        let list = eps.list(&ListParams::default().labels(&label)).await.expect("list");
+        let list = eps
+            .list(&ListParams::default().labels(&label))
+            .await
+            .expect("list");
         list.items
             .iter()
             .filter(|ep| {
@@ -560,10 +582,16 @@ async fn endpoints_deleted_at_once_leave_together_after_their_veths_and_free_the
     // All deleted at once.
     let (violations, watching) = watch_releases(eps.clone(), host.path());
     let started = Instant::now();
-    eps.delete_collection(&DeleteParams::default(), &ListParams::default().labels(&label))
-        .await
-        .expect("deleted");
-    until("no veth of theirs is left", async || pier_veths(&host).is_empty()).await;
+    eps.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels(&label),
+    )
+    .await
+    .expect("deleted");
+    until("no veth of theirs is left", async || {
+        pier_veths(&host).is_empty()
+    })
+    .await;
     let veths_gone = started.elapsed();
     until("the API has none of them", async || {
         eps.list(&ListParams::default().labels(&label))
@@ -602,8 +630,13 @@ async fn endpoints_deleted_at_once_leave_together_after_their_veths_and_free_the
     eps.create(&PostParams::default(), &endpoint("again", 0))
         .await
         .expect("endpoint");
-    until("the address is allocated and attached again", async || attached().await == 1).await;
-    eps.delete("again", &DeleteParams::default()).await.expect("deleted");
+    until("the address is allocated and attached again", async || {
+        attached().await == 1
+    })
+    .await;
+    eps.delete("again", &DeleteParams::default())
+        .await
+        .expect("deleted");
     until("it is gone", async || {
         eps.get_opt("again").await.expect("get").is_none()
     })

@@ -181,6 +181,7 @@ async fn main() {
                 "p90": f(percentile(&latencies, 0.9)),
                 "p99": f(percentile(&latencies, 0.99)),
                 "max": f(percentile(&latencies, 1.0)),
+                "samples": latencies.iter().map(|d| f(*d)).collect::<Vec<f64>>(),
             },
             "bulk": BULK,
             "bulk_created_s": created.as_secs_f64(),

@@ -15,6 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use pier_crds::{Endpoint, Network, PortPublish};
+use pier_runtime::lean;
 
 use crate::admin::Health;
 use crate::allocations::Allocations;
@@ -281,10 +282,11 @@ impl Controllers {
         let pods: Api<Pod> = Api::all(client.clone());
         let endpoints_for_pods: Api<Endpoint> = Api::all(client.clone());
 
+        // Stores keep no managed fields (pier_runtime::lean): no reconciler reads them.
         // Network: its endpoint count follows its Endpoints.
         let default = default_network.to_owned();
         let network =
-            Controller::new(networks.clone(), wc()).watches(endpoints.clone(), wc(), move |ep| {
+            lean::controller(networks.clone(), wc()).watches(endpoints.clone(), wc(), move |ep| {
                 Some(ObjectRef::<Network>::new(&endpoint::network_of(
                     &ep, &default,
                 )))
@@ -292,7 +294,7 @@ impl Controllers {
 
         // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares;
         // follows the other Endpoints of its namespace (the oldest carries the default route).
-        let endpoint = Controller::new(endpoints.clone(), wc());
+        let endpoint = lean::controller(endpoints.clone(), wc());
         let store = endpoint.store();
         let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store.clone());
         let sharers = store;
@@ -344,20 +346,28 @@ impl Controllers {
 
         // PortPublish: follows its Endpoint (node, address, readiness), and for a container-mode
         // Endpoint the one whose namespace it shares (the ports lead to that one's address).
-        let publish = Controller::new(publishes, wc());
+        let publish = lean::controller(publishes, wc());
         let store = publish.store();
         let publish = publish.watches(endpoints, wc(), move |ep| {
-            let (name, ns) = (ep.name_any(), ep.namespace());
+            let ns = ep.metadata.namespace.as_deref();
+            let ports: Vec<_> = store
+                .state()
+                .into_iter()
+                .filter(|p| p.metadata.namespace.as_deref() == ns)
+                .collect();
+            // Most Endpoint events concern no port: no walk over every Endpoint for them.
+            if ports.is_empty() {
+                return Vec::new();
+            }
             let sharing = sharers.state();
             let leading_to_it = pier_crds::endpoint::publishing_through(
                 sharing.iter().map(|e| &**e),
-                ns.as_deref(),
-                &name,
+                ns,
+                &ep.name_any(),
             );
-            store
-                .state()
+            ports
                 .into_iter()
-                .filter(|p| p.namespace() == ns && leading_to_it.contains(&p.spec.endpoint))
+                .filter(|p| leading_to_it.contains(&p.spec.endpoint))
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         });
@@ -365,11 +375,8 @@ impl Controllers {
         // Pod: its annotation makes its Endpoints, whose attachment makes its condition. Woken by
         // the Endpoints that target it, through the watch that fills the store it reads them
         // from (deletions included: a predecessor's Endpoint gone frees the name).
-        let (pod_endpoints, writer) = reflector::store();
-        let targeting = watcher(endpoints_for_pods, wc())
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects();
+        let (pod_endpoints, targeting) = lean::store(endpoints_for_pods, wc());
+        let targeting = targeting.touched_objects();
         // Every Pod of the cluster, kept in the store with only what the controller reads.
         let (pod_reader, pod_writer) = reflector::store();
         let all_pods = watcher(pods, wc())

@@ -7,7 +7,12 @@ use kube::{Client, Resource, ResourceExt};
 /// Publishes Events as one controller instance.
 #[derive(Clone)]
 pub struct Events {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
+    /// For warnings: a reconcile that keeps failing repeats its warning, which the recorder
+    /// turns into one Event with a growing series count. It remembers each Event it published
+    /// for 6 minutes to do that.
+    warnings: Recorder,
 }
 
 impl std::fmt::Debug for Events {
@@ -26,7 +31,9 @@ impl Events {
             instance: Some(instance),
         };
         Events {
-            recorder: Recorder::new(client, reporter),
+            warnings: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
         }
     }
 
@@ -47,7 +54,17 @@ impl Events {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        // Normal Events say what was done once (an address allocated, an endpoint attached):
+        // published without the series memory, which would otherwise keep one entry per object
+        // for 6 minutes, long after a burst of objects came and went.
+        let once;
+        let recorder = if warning {
+            &self.warnings
+        } else {
+            once = Recorder::new(self.client.clone(), self.reporter.clone());
+            &once
+        };
+        if let Err(error) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(%error, object = %obj.name_any(), reason, "cannot publish event");
         }
     }

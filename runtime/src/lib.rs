@@ -1,11 +1,13 @@
 //! What the operator's and the node agent's controllers share: Events, object keys, per-object
 //! backoff with jitter, error chains, the finalizer wrapper, status writes by server-side apply,
-//! and the admin port (`/livez`, `/readyz`, `/metrics`).
+//! the admin port (`/livez`, `/readyz`, `/metrics`), and reflector stores that keep no managed
+//! fields ([`lean`]).
 
 pub mod admin;
 pub mod backoff;
 pub mod events;
 pub mod finalizer;
+pub mod lean;
 pub mod status;
 
 use kube::Resource;

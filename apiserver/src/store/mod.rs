@@ -1,6 +1,14 @@
 //! The object store: JSON objects by (storage key, namespace, name), one global resourceVersion
-//! counter, a history of change events for watches (bounded by count and by age, like etcd's
-//! compaction), and durability through [`wal`].
+//! counter, a history of change events for watches ([`history`]: bounded by count, by age and by
+//! bytes, like etcd's compaction), and durability through [`wal`].
+//!
+//! Objects are kept as their encoded JSON, one copy each: a decoded `serde_json::Value` takes
+//! 6-9 times the bytes of its JSON (a map node per object in `managedFields`), and the encoded
+//! form is what watches send and the log writes anyway. Readers get a freshly decoded object.
+//!
+//! Watches are fed per storage key: each publication (a group of writes made durable together)
+//! goes to the key's feed as one [`Batch`], sent after the store's lock is released, so a
+//! watcher wakes once per group and writers never wait on the fan-out.
 //!
 //! A write is visible (to get, list and watch) only once it is on disk. Until then it is
 //! pending: later writes see it (their preconditions check against it, [`Store::latest`]), readers
@@ -8,19 +16,25 @@
 //! fsynced, before acknowledging them; when a group fails, every pending write is dropped
 //! unseen (later ones may build on the failed ones) and their requests fail.
 
+pub mod history;
 pub mod wal;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{ApiError, Error};
+use history::History;
 use wal::{LogIo, Wal};
+
+/// The watch history's byte budget when the live objects take less (see [`history`]).
+pub const HISTORY_MIN_BYTES: usize = 1 << 20;
 
 /// What kind of change an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +54,14 @@ impl EventType {
     }
 }
 
+/// Changes published together (one durable group of writes) to one storage key's watches.
+pub type Batch = Arc<[Arc<Event>]>;
+
+/// Batches a key's feed holds for watches that have not taken them yet; a watch further behind
+/// is told it lagged (and is closed, to resume from its last version). Values leave the feed
+/// once every watch took them, so this bounds what a stuck watch can hold, not what is kept.
+const FEED_CAPACITY: usize = 2048;
+
 /// One committed change.
 #[derive(Debug)]
 pub struct Event {
@@ -47,21 +69,71 @@ pub struct Event {
     pub key: String,
     pub namespace: String,
     pub kind: EventType,
-    /// The new object (for deletions: the last state, with the deletion's resourceVersion).
+    /// The new object (for deletions: the last state, with the deletion's resourceVersion), for
+    /// selectors: without its managed fields (see [`for_selectors`]); [`Event::json`] is the
+    /// whole object.
     pub object: Arc<Value>,
-    /// The object before the change, if any.
+    /// The object before the change, if any, for selectors: without its managed fields (see
+    /// [`for_selectors`]).
     pub old: Option<Arc<Value>>,
-    /// The object's JSON, encoded once for all watchers.
-    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+    /// The whole object's JSON, encoded once for all watchers (by the store: what it keeps).
+    pub encoded: OnceLock<Bytes>,
 }
 
 impl Event {
-    /// The object as JSON (encoded on first use, then shared).
-    pub fn json(&self) -> &bytes::Bytes {
-        self.encoded.get_or_init(|| {
-            bytes::Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default())
-        })
+    /// The whole object as JSON (set by the store; else encoded from `object` on first use).
+    pub fn json(&self) -> &Bytes {
+        self.encoded.get_or_init(|| encode(&self.object))
     }
+}
+
+/// An object's JSON as the store keeps it.
+pub fn encode(object: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(object).unwrap_or_default())
+}
+
+/// What a change keeps decoded of its objects, which watches' selectors read (and, for the one
+/// it replaced, only they: to tell ADDED and DELETED from MODIFIED): not their managed fields,
+/// most of a decoded object's size, held by every change in flight to watches (the whole object
+/// is in [`Event::json`]). A shared object is kept as it is (no copy).
+pub(crate) fn for_selectors(mut object: Arc<Value>) -> Arc<Value> {
+    if let Some(meta) = Arc::get_mut(&mut object)
+        .and_then(|o| o.get_mut("metadata"))
+        .and_then(Value::as_object_mut)
+    {
+        meta.remove("managedFields");
+    }
+    object
+}
+
+/// A copy of `object` without its managed fields (see [`for_selectors`]), made without copying
+/// them first.
+fn without_managed_fields(object: &Value) -> Value {
+    let Value::Object(fields) = object else {
+        return object.clone();
+    };
+    let copy = |(key, value): (&String, &Value)| match (key.as_str(), value) {
+        ("metadata", Value::Object(meta)) => {
+            let meta = meta
+                .iter()
+                .filter(|(k, _)| k.as_str() != "managedFields")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (key.clone(), Value::Object(meta))
+        }
+        _ => (key.clone(), value.clone()),
+    };
+    Value::Object(fields.iter().map(copy).collect())
+}
+
+/// An object the store encoded, decoded for a reader.
+pub(crate) fn decode(json: &Bytes) -> Arc<Value> {
+    let object = serde_json::from_slice(json).unwrap_or_else(|e| {
+        // Only JSON the store encoded itself is decoded: this is a bug, not bad input.
+        tracing::error!(error = %e, "a stored object does not decode");
+        Value::Null
+    });
+    Arc::new(object)
 }
 
 /// The precondition of a commit.
@@ -104,7 +176,16 @@ impl Durable {
     }
 }
 
-type Objects = BTreeMap<(String, String), Arc<Value>>;
+/// One storage key's objects by (namespace, name), as JSON.
+type Objects = BTreeMap<(String, String), Bytes>;
+
+/// A version of an object written but not durable yet: decoded (for the writes that follow it)
+/// and encoded (for the log and, once durable, the store).
+#[derive(Debug, Clone)]
+struct Version {
+    object: Arc<Value>,
+    json: Bytes,
+}
 
 /// (storage key, namespace, name)
 type ObjectId = (String, String, String);
@@ -117,21 +198,21 @@ struct Inner {
     next_rv: u64,
     /// The visible objects.
     objects: HashMap<String, Objects>,
+    /// The bytes of the visible objects' JSON.
+    live_bytes: usize,
     /// The newest pending state of each object with pending writes (None: deleted), and the
     /// version that wrote it.
-    pending: HashMap<ObjectId, (u64, Option<Arc<Value>>)>,
+    pending: HashMap<ObjectId, (u64, Option<Version>)>,
     /// Pending writes in version order, with the object's name.
     queue: VecDeque<(String, Arc<Event>)>,
     /// The version of the last visible write of each storage key.
     key_rv: HashMap<String, u64>,
-    /// Changes recorded longer ago are dropped from the history.
-    history_max_age: Duration,
-    /// Recent changes, oldest first, each with when it was recorded.
-    history: VecDeque<(Instant, Arc<Event>)>,
-    /// The resourceVersion of the oldest change a watch can still resume after.
-    oldest_resumable: u64,
+    /// Recent changes, for watches that resume.
+    history: History,
     /// Log records written since the last snapshot.
     since_snapshot: usize,
+    /// Each watched storage key's feed of published changes.
+    feeds: HashMap<String, broadcast::Sender<Batch>>,
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -147,8 +228,6 @@ pub struct Store {
 #[derive(Debug)]
 struct Shared {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<Arc<Event>>,
-    history_cap: usize,
     /// Every write up to this version is published or dropped.
     settled: tokio::sync::watch::Sender<u64>,
 }
@@ -163,11 +242,24 @@ pub struct Page {
     pub remaining: usize,
 }
 
+/// What the store holds, in objects and bytes of JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub objects: usize,
+    pub object_bytes: usize,
+    /// Changes in the watch history.
+    pub history: usize,
+    /// The history's bytes (an upper bound: see [`history`]).
+    pub history_bytes: usize,
+}
+
 /// A started watch: the events after the requested version, then the live feed.
 #[derive(Debug)]
 pub struct Subscription {
     pub backlog: Vec<Arc<Event>>,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    /// The key's changes from now on (some may also be in `backlog` or `initial`: skip what
+    /// is not newer than what was already sent).
+    pub live: broadcast::Receiver<Batch>,
     /// Current objects (for watches that start with synthetic ADDED events).
     pub initial: Vec<Arc<Value>>,
     pub rv: u64,
@@ -207,34 +299,35 @@ impl Store {
     }
 
     fn build(recovered: wal::Recovered, history_cap: usize, compact_every: usize) -> Store {
-        let objects = recovered
+        let live_bytes = recovered
             .objects
-            .into_iter()
-            .map(|(k, objs)| {
-                let objs = objs
-                    .into_iter()
-                    .map(|(key, o)| (key, Arc::new(o)))
-                    .collect();
-                (k, objs)
-            })
-            .collect();
-        let (events, _) = broadcast::channel(16384);
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(Bytes::len)
+            .sum();
+        let objects = recovered.objects.into_iter().collect();
+        let history = History::new(
+            recovered.rv,
+            history::Bounds {
+                count: history_cap,
+                max_age: Duration::MAX,
+                min_bytes: HISTORY_MIN_BYTES,
+            },
+        );
         Store {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner {
                     rv: recovered.rv,
                     next_rv: recovered.rv,
                     objects,
+                    live_bytes,
                     pending: HashMap::new(),
                     queue: VecDeque::new(),
                     key_rv: HashMap::new(),
-                    history_max_age: Duration::MAX,
-                    history: VecDeque::new(),
-                    oldest_resumable: recovered.rv,
+                    history,
                     since_snapshot: 0,
+                    feeds: HashMap::new(),
                 }),
-                events,
-                history_cap: history_cap.max(1),
                 settled: tokio::sync::watch::Sender::new(recovered.rv),
             }),
             wal: None,
@@ -245,7 +338,14 @@ impl Store {
     /// Also drop changes from the history once they are older than `max_age` (by default
     /// only the count bounds it): see [`Store::prune_history`].
     pub fn with_history_max_age(self, max_age: Duration) -> Store {
-        self.lock().history_max_age = max_age;
+        self.lock().history.set_max_age(max_age);
+        self
+    }
+
+    /// The history's byte budget when the live objects take less (default
+    /// [`HISTORY_MIN_BYTES`]): see [`history`].
+    pub fn with_history_min_bytes(self, min_bytes: usize) -> Store {
+        self.lock().history.set_min_bytes(min_bytes);
         self
     }
 
@@ -260,12 +360,14 @@ impl Store {
 
     /// One object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
-        let inner = self.lock();
-        inner
-            .objects
-            .get(key)
-            .and_then(|o| o.get(&(ns.to_string(), name.to_string())))
-            .cloned()
+        let json = stored(&self.lock(), key, ns, name)?;
+        // Decoded outside the lock.
+        Some(decode(&json))
+    }
+
+    /// Whether an object exists (visible), without decoding it.
+    pub fn contains(&self, key: &str, ns: &str, name: &str) -> bool {
+        stored(&self.lock(), key, ns, name).is_some()
     }
 
     /// One object as the next write sees it: with pending writes, which readers do not see yet.
@@ -311,7 +413,7 @@ impl Store {
             (None, None) => Bound::Unbounded,
         };
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        for ((ons, oname), obj) in objs.range((start, Bound::Unbounded)) {
+        for ((ons, oname), json) in objs.range((start, Bound::Unbounded)) {
             if let Some(ns) = ns
                 && ons.as_str() != ns
             {
@@ -320,14 +422,15 @@ impl Store {
                 }
                 continue;
             }
-            if !filter(obj) {
+            let obj = decode(json);
+            if !filter(&obj) {
                 continue;
             }
             if page.items.len() >= limit {
                 page.remaining += 1;
                 continue;
             }
-            page.items.push(obj.clone());
+            page.items.push(obj);
             if page.items.len() == limit {
                 page.next = Some((ons.clone(), oname.clone()));
             }
@@ -336,6 +439,17 @@ impl Store {
             page.next = None;
         }
         page
+    }
+
+    /// What the store holds now.
+    pub fn usage(&self) -> Usage {
+        let inner = self.lock();
+        Usage {
+            objects: inner.objects.values().map(BTreeMap::len).sum(),
+            object_bytes: inner.live_bytes,
+            history: inner.history.len(),
+            history_bytes: inner.history.bytes(),
+        }
     }
 
     /// Every storage key with at least one object, and how many.
@@ -388,19 +502,28 @@ impl Store {
                 (EventType::Deleted, Arc::new(last))
             }
         };
-        let stored = (kind != EventType::Deleted).then(|| object.clone());
+        // Encoded once: what the store keeps, the log writes and watches send.
+        let json = encode(&object);
+        let stored = (kind != EventType::Deleted).then(|| Version {
+            object: object.clone(),
+            json: json.clone(),
+        });
         let event = Arc::new(Event {
             rv,
             key: key.to_string(),
             namespace: ns.to_string(),
             kind,
-            object: object.clone(),
-            old,
-            encoded: std::sync::OnceLock::new(),
+            object: Arc::new(without_managed_fields(&object)),
+            old: old.map(for_selectors),
+            encoded: OnceLock::from(json),
         });
         let Some(wal) = &self.wal else {
             inner.next_rv = rv;
-            self.shared.publish_locked(&mut inner, name, event);
+            // In memory, commits publish themselves: under the lock, which keeps their order.
+            let feed = self.shared.apply_locked(&mut inner, name, event.clone());
+            if let Some(feed) = feed {
+                let _ = feed.send(Arc::from([event]));
+            }
             self.shared.settled.send_replace(rv);
             return Ok((object, Durable(None)));
         };
@@ -409,7 +532,7 @@ impl Store {
             k: key.to_string(),
             ns: ns.to_string(),
             n: name.to_string(),
-            o: stored.clone(),
+            o: stored.as_ref().map(|v| v.json.clone()),
         }) else {
             return Err(CommitError::NotDurable("the log writer stopped".into()));
         };
@@ -431,22 +554,14 @@ impl Store {
     }
 
     /// Drops the changes recorded more than the history's max age ago (like etcd's periodic
-    /// compaction): each keeps a whole object version (and the one it replaced) alive, and a
-    /// watch that fell that far behind re-lists anyway. Watches resuming from before them get
-    /// 410 Gone. Every write does this; call it periodically so an idle store frees them too.
-    /// Returns how many were dropped.
+    /// compaction), and any beyond its other bounds: each keeps a whole object version (and the
+    /// one it replaced) alive, and a watch that fell that far behind re-lists anyway. Watches
+    /// resuming from before them get 410 Gone. Every write does this; call it periodically so an
+    /// idle store frees them too. Returns how many were dropped.
     pub fn prune_history(&self) -> usize {
         let mut inner = self.lock();
-        let dropped = prune_locked(&mut inner, Instant::now());
-        // The deque keeps its buffer; give it back once mostly empty (a burst of writes
-        // grows it up to the count cap).
-        if dropped > 0
-            && inner.history.capacity() > 64
-            && inner.history.len() * 4 < inner.history.capacity()
-        {
-            inner.history.shrink_to_fit();
-        }
-        dropped
+        let live_bytes = inner.live_bytes;
+        inner.history.prune(Instant::now(), live_bytes)
     }
 
     /// How many changes the history holds.
@@ -454,55 +569,68 @@ impl Store {
         self.lock().history.len()
     }
 
+    /// When the change at `rv` became visible (its commit: durable and published to watches),
+    /// while the history still holds it: how benchmarks time watch delivery from the commit.
+    pub fn committed_at(&self, rv: u64) -> Option<Instant> {
+        self.lock().history.recorded_at(rv)
+    }
+
     /// Forget the change history (like an etcd compaction): watches can no longer resume from
     /// any earlier version and get 410 Gone.
     pub fn compact_history(&self) {
         let mut inner = self.lock();
-        inner.history.clear();
-        inner.oldest_resumable = inner.rv;
+        let rv = inner.rv;
+        inner.history.clear(rv);
     }
 
     /// Start a watch on `key` after resourceVersion `from` (None: from now, with the current
     /// objects as `initial`). Fails with 410 Gone when `from` is older than the history kept.
     pub fn subscribe(&self, key: &str, from: Option<u64>) -> Result<Subscription, ApiError> {
-        let inner = self.lock();
-        let live = self.shared.events.subscribe();
-        match from {
+        // Under the lock: the live feed from exactly this version, and the JSON before it
+        // (shared, not copied); decoded once the lock is released.
+        let mut inner = self.lock();
+        let live = inner
+            .feeds
+            .entry(key.to_string())
+            .or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
+            .subscribe();
+        let rv = inner.rv;
+        let (initial, backlog) = match from {
             None => {
-                let initial = inner
+                let initial: Vec<Bytes> = inner
                     .objects
                     .get(key)
                     .map(|o| o.values().cloned().collect())
                     .unwrap_or_default();
-                Ok(Subscription {
-                    backlog: Vec::new(),
-                    live,
-                    initial,
-                    rv: inner.rv,
-                })
+                (initial, history::Changes::default())
             }
-            Some(from) => {
-                if from < inner.oldest_resumable {
+            Some(from) => match inner.history.since(key, from) {
+                Ok(changes) => (Vec::new(), changes),
+                Err(too_old) => {
                     return Err(ApiError::Gone(format!(
                         "too old resource version: {from} ({})",
-                        inner.oldest_resumable + 1
+                        too_old.oldest_resumable + 1
                     )));
                 }
-                let backlog = inner
-                    .history
-                    .iter()
-                    .filter(|(_, e)| e.rv > from && e.key == key)
-                    .map(|(_, e)| e.clone())
-                    .collect();
-                Ok(Subscription {
-                    backlog,
-                    live,
-                    initial: Vec::new(),
-                    rv: inner.rv,
-                })
-            }
-        }
+            },
+        };
+        drop(inner);
+        Ok(Subscription {
+            backlog: backlog.events(),
+            live,
+            initial: initial.iter().map(decode).collect(),
+            rv,
+        })
     }
+}
+
+/// The visible object's JSON.
+fn stored(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Bytes> {
+    inner
+        .objects
+        .get(key)
+        .and_then(|o| o.get(&(ns.to_string(), name.to_string())))
+        .cloned()
 }
 
 fn latest_locked(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
@@ -512,18 +640,14 @@ fn latest_locked(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Arc<V
                 .pending
                 .get(&(key.to_string(), ns.to_string(), name.to_string()))
     {
-        return state.clone();
+        return state.as_ref().map(|v| v.object.clone());
     }
-    inner
-        .objects
-        .get(key)
-        .and_then(|o| o.get(&(ns.to_string(), name.to_string())))
-        .cloned()
+    stored(inner, key, ns, name).map(|json| decode(&json))
 }
 
 /// Every object as of the last write, pending ones included (what a snapshot queued behind
 /// them holds).
-fn latest_objects(inner: &Inner) -> Vec<(String, String, String, Arc<Value>)> {
+fn latest_objects(inner: &Inner) -> Vec<(String, String, String, Bytes)> {
     let mut out: Vec<_> = inner
         .objects
         .iter()
@@ -540,23 +664,9 @@ fn latest_objects(inner: &Inner) -> Vec<(String, String, String, Arc<Value>)> {
         .collect();
     out.extend(inner.pending.iter().filter_map(|((k, ns, n), (_, o))| {
         o.as_ref()
-            .map(|o| (k.clone(), ns.clone(), n.clone(), o.clone()))
+            .map(|o| (k.clone(), ns.clone(), n.clone(), o.json.clone()))
     }));
     out
-}
-
-fn prune_locked(inner: &mut Inner, now: Instant) -> usize {
-    let Some(cutoff) = now.checked_sub(inner.history_max_age) else {
-        return 0; // nothing can be that old
-    };
-    let mut dropped = 0;
-    while inner.history.front().is_some_and(|(at, _)| *at < cutoff) {
-        if let Some((_, event)) = inner.history.pop_front() {
-            inner.oldest_resumable = event.rv;
-            dropped += 1;
-        }
-    }
-    dropped
 }
 
 impl Shared {
@@ -565,15 +675,26 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes a change visible: applies it, records it in the history and sends it to watches.
-    fn publish_locked(&self, inner: &mut Inner, name: &str, event: Arc<Event>) {
+    /// Makes a change visible: applies it and records it in the history. Returns its key's
+    /// feed while a watch of that key is open, for the caller to send the change to.
+    fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        event: Arc<Event>,
+    ) -> Option<broadcast::Sender<Batch>> {
         let id = (event.namespace.clone(), name.to_string());
         let objs = inner.objects.entry(event.key.clone()).or_default();
-        if event.kind == EventType::Deleted {
-            objs.remove(&id);
+        let previous = if event.kind == EventType::Deleted {
+            objs.remove(&id)
         } else {
-            objs.insert(id, event.object.clone());
+            inner.live_bytes += event.json().len();
+            objs.insert(id, event.json().clone())
+        };
+        if objs.is_empty() {
+            inner.objects.remove(&event.key);
         }
+        inner.live_bytes -= previous.as_ref().map_or(0, Bytes::len);
         inner.rv = event.rv;
         match inner.key_rv.get_mut(&event.key) {
             Some(v) => *v = event.rv,
@@ -581,16 +702,27 @@ impl Shared {
                 inner.key_rv.insert(event.key.clone(), event.rv);
             }
         }
-        let now = Instant::now();
-        prune_locked(inner, now);
-        inner.history.push_back((now, event.clone()));
-        while inner.history.len() > self.history_cap {
-            if let Some((_, dropped)) = inner.history.pop_front() {
-                inner.oldest_resumable = dropped.rv;
-            }
-        }
-        // No receivers is fine.
-        let _ = self.events.send(event);
+        let live_bytes = inner.live_bytes;
+        inner
+            .history
+            .record(&event, previous, Instant::now(), live_bytes);
+        inner
+            .feeds
+            .get(&event.key)
+            .filter(|feed| feed.receiver_count() > 0)
+            .cloned()
+    }
+}
+
+/// Adds `event` to the batch of its feed (a group of writes usually touches one or two keys).
+fn add_to_batch(
+    batches: &mut Vec<(broadcast::Sender<Batch>, Vec<Arc<Event>>)>,
+    feed: broadcast::Sender<Batch>,
+    event: Arc<Event>,
+) {
+    match batches.iter_mut().find(|(f, _)| f.same_channel(&feed)) {
+        Some((_, events)) => events.push(event),
+        None => batches.push((feed, vec![event])),
     }
 }
 
@@ -601,6 +733,9 @@ struct Publish(Arc<Shared>);
 impl wal::Publisher for Publish {
     fn durable(&mut self, rv: u64) {
         let shared = &self.0;
+        // Only this (the log writer's) thread publishes durable writes, so sending the batches
+        // after the lock is released keeps them in order.
+        let mut batches: Vec<(broadcast::Sender<Batch>, Vec<Arc<Event>>)> = Vec::new();
         let mut inner = shared.lock();
         while inner.queue.front().is_some_and(|(_, e)| e.rv <= rv) {
             let Some((name, event)) = inner.queue.pop_front() else {
@@ -614,7 +749,14 @@ impl wal::Publisher for Publish {
             {
                 inner.pending.remove(&id);
             }
-            shared.publish_locked(&mut inner, &name, event);
+            if let Some(feed) = shared.apply_locked(&mut inner, &name, event.clone()) {
+                add_to_batch(&mut batches, feed, event);
+            }
+        }
+        drop(inner);
+        for (feed, events) in batches {
+            // No watch left is fine.
+            let _ = feed.send(Arc::from(events));
         }
         shared.settled.send_replace(rv);
     }
@@ -710,6 +852,11 @@ mod tests {
         assert_eq!(s.current_rv(), 26);
         let all = s.list("k", None, None, None, &|_| true);
         assert_eq!(all.items.len(), 24);
+        let o7 = s.get("k", "", "o7").expect("recovered");
+        assert_eq!(
+            *o7,
+            json!({"metadata": {"name": "x", "resourceVersion": "8"}})
+        );
     }
 
     #[test]
@@ -760,6 +907,193 @@ mod tests {
         assert!(matches!(s.subscribe("k", Some(3)), Err(ApiError::Gone(_))));
         let sub = s.subscribe("k", Some(4)).expect("up to date");
         assert!(sub.backlog.is_empty());
+    }
+
+    /// An object of about `size` bytes of JSON, with managed fields like a real one's.
+    fn sized(name: &str, size: usize, label: &str) -> Value {
+        json!({"metadata": {"name": name, "labels": {"app": label},
+            "managedFields": [{"manager": "m", "fieldsV1": {"f:spec": {"f:pad": {}}}}]},
+            "spec": {"pad": "x".repeat(size)}})
+    }
+
+    #[test]
+    fn history_memory_follows_the_live_objects() {
+        let floor = 16 << 10;
+        let s = Store::in_memory(10_000).with_history_min_bytes(floor);
+        // 50 objects of ~500 bytes, each rewritten 20 times: 1,000 changes, ~25 KiB live.
+        for round in 0..20u64 {
+            for i in 0..50 {
+                let name = format!("o{i}");
+                let expect = if round == 0 {
+                    Expect::Absent
+                } else {
+                    Expect::Rv(rv_of(&s.get("k", "", &name).expect("exists")))
+                };
+                s.commit("k", "", &name, expect, Some(sized(&name, 500, "a")))
+                    .expect("write");
+            }
+        }
+        let u = s.usage();
+        assert_eq!(u.objects, 50);
+        assert!(u.object_bytes > floor, "{u:?}");
+        assert!(
+            u.history_bytes <= u.object_bytes * history::BYTES_PER_LIVE_BYTE,
+            "{u:?}"
+        );
+        assert!(s.history_len() < 200, "{} changes kept", s.history_len());
+        // The newest changes are still there to resume from; older ones are gone.
+        let now = s.current_rv();
+        assert_eq!(
+            rvs(&s.subscribe("k", Some(now - 10)).expect("recent")).len(),
+            10
+        );
+        assert!(matches!(s.subscribe("k", Some(1)), Err(ApiError::Gone(_))));
+
+        // Everything deleted: the history shrinks to the floor, the store to nothing.
+        for i in 0..50 {
+            let name = format!("o{i}");
+            let rv = rv_of(&s.get("k", "", &name).expect("exists"));
+            s.commit("k", "", &name, Expect::Rv(rv), None)
+                .expect("delete");
+        }
+        let u = s.usage();
+        assert_eq!((u.objects, u.object_bytes), (0, 0), "{u:?}");
+        assert!(u.history_bytes <= floor, "{u:?}");
+        assert!(
+            !s.subscribe("k", Some(s.current_rv() - 1))
+                .expect("last")
+                .backlog
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn usage_counts_the_json_of_the_live_objects() {
+        let s = Store::in_memory(100);
+        let json_of = |name: &str| encode(&s.get("k", "ns", name).expect("exists")).len();
+        s.commit("k", "ns", "a", Expect::Absent, Some(sized("a", 100, "x")))
+            .expect("create");
+        s.commit("k", "ns", "b", Expect::Absent, Some(sized("b", 300, "x")))
+            .expect("create");
+        assert_eq!(s.usage().object_bytes, json_of("a") + json_of("b"));
+        assert_eq!(s.usage().objects, 2);
+        s.commit("k", "ns", "a", Expect::Rv(1), Some(sized("a", 2000, "x")))
+            .expect("update");
+        assert_eq!(s.usage().object_bytes, json_of("a") + json_of("b"));
+        let before = s.usage().object_bytes;
+        let b = json_of("b");
+        s.commit("k", "ns", "b", Expect::Rv(2), None)
+            .expect("delete");
+        assert_eq!(s.usage().object_bytes, before - b);
+        assert_eq!(s.usage().objects, 1);
+        assert_eq!(s.counts(), vec![("k".to_string(), 1)]);
+    }
+
+    #[test]
+    fn resumed_watches_get_the_replaced_object_for_their_selectors() {
+        let s = Store::in_memory(100);
+        s.commit("k", "", "a", Expect::Absent, Some(sized("a", 10, "before")))
+            .expect("create");
+        s.commit("k", "", "a", Expect::Rv(1), Some(sized("a", 10, "after")))
+            .expect("update");
+        s.commit("k", "", "a", Expect::Rv(2), None).expect("delete");
+        let sub = s.subscribe("k", Some(0)).expect("resumable");
+        let [created, updated, deleted] = &sub.backlog[..] else {
+            panic!("three changes: {:?}", rvs(&sub));
+        };
+        assert!(created.old.is_none());
+        let old = updated.old.as_deref().expect("the version replaced");
+        assert_eq!(old["metadata"]["labels"]["app"], "before");
+        assert!(old["metadata"].get("managedFields").is_none(), "{old}");
+        assert_eq!(updated.object["metadata"]["labels"]["app"], "after");
+        assert!(updated.object["metadata"].get("managedFields").is_none());
+        assert_eq!(deleted.kind, EventType::Deleted);
+        assert_eq!(deleted.object["metadata"]["resourceVersion"], "3");
+        assert_eq!(deleted.old.as_deref(), Some(&*deleted.object));
+        // What watches send is the whole object, as stored.
+        let whole = decode(updated.json());
+        assert_eq!(whole["metadata"]["managedFields"][0]["manager"], "m");
+        assert_eq!(
+            without_managed_fields(&whole),
+            *updated.object,
+            "the same object"
+        );
+    }
+
+    #[test]
+    fn live_changes_hold_their_objects_without_managed_fields() {
+        let s = Store::in_memory(100);
+        let sub = s.subscribe("k", None).expect("watch");
+        let mut live = sub.live;
+        let (written, _) = s
+            .commit("k", "", "a", Expect::Absent, Some(sized("a", 10, "x")))
+            .expect("create");
+        // The writer gets the whole object back; watches get it as JSON.
+        assert!(written["metadata"].get("managedFields").is_some());
+        let batch = live.try_recv().expect("published");
+        let [event] = &batch[..] else {
+            panic!("one change in the batch: {batch:?}");
+        };
+        assert!(event.object["metadata"].get("managedFields").is_none());
+        assert_eq!(*decode(event.json()), *written);
+    }
+
+    /// Holds each fsync until the test lets it through, saying when one waits.
+    #[derive(Debug)]
+    struct Gate {
+        waiting: Mutex<std::sync::mpsc::Sender<()>>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl wal::LogIo for Gate {
+        fn sync(&self, file: &mut std::fs::File) -> std::io::Result<()> {
+            let _ = self.waiting.lock().map(|w| w.send(()));
+            let _ = self.go.lock().map(|g| g.recv());
+            file.sync_data()
+        }
+    }
+
+    fn rvs_of(batch: &Batch) -> Vec<u64> {
+        batch.iter().map(|e| e.rv).collect()
+    }
+
+    #[test]
+    fn a_durable_group_reaches_each_keys_watches_as_one_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (waiting_tx, waiting) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gate = Gate {
+            waiting: Mutex::new(waiting_tx),
+            go: Mutex::new(go_rx),
+        };
+        let s = Store::open(dir.path(), 100, usize::MAX, Arc::new(gate)).expect("open");
+        let mut a = s.subscribe("a", None).expect("watch a").live;
+        let mut b = s.subscribe("b", None).expect("watch b").live;
+        let (_, first) = s
+            .commit("a", "", "a0", Expect::Absent, Some(obj("a0")))
+            .expect("commit");
+        waiting.recv().expect("the first write's fsync waits");
+        // Queued meanwhile: the next group.
+        let mut durable = vec![first];
+        for (key, name) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+            let (_, d) = s
+                .commit(key, "", name, Expect::Absent, Some(obj(name)))
+                .expect("commit");
+            durable.push(d);
+        }
+        for _ in 0..2 {
+            go.send(()).expect("release an fsync");
+        }
+        for d in durable {
+            futures::executor::block_on(d.wait()).expect("durable");
+        }
+        assert_eq!(rvs_of(&a.try_recv().expect("a: first group")), vec![1]);
+        assert_eq!(rvs_of(&a.try_recv().expect("a: second group")), vec![2, 4]);
+        assert_eq!(rvs_of(&b.try_recv().expect("b: its part")), vec![3]);
+        assert!(
+            a.try_recv().is_err() && b.try_recv().is_err(),
+            "nothing else"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -48,35 +49,50 @@ pub struct Recovered {
     pub rv: u64,
     /// The version the snapshot was taken at.
     pub snapshot_rv: u64,
-    /// storage key -> (namespace, name) -> object
-    pub objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
+    /// storage key -> (namespace, name) -> object, as JSON (see [`super::encode`])
+    pub objects: BTreeMap<String, BTreeMap<(String, String), Bytes>>,
 }
 
-/// A write to log: serialized by the writer thread, off the request path.
+/// A write to log, the object already encoded (the store's JSON, written as it is).
 #[derive(Debug)]
 pub struct Pending {
     pub rv: u64,
     pub k: String,
     pub ns: String,
     pub n: String,
-    pub o: Option<std::sync::Arc<Value>>,
+    pub o: Option<Bytes>,
 }
 
+/// A [`Record`] without its object, which follows as JSON already encoded.
 #[derive(Serialize)]
-struct RecordRef<'a> {
+struct RecordHead<'a> {
     rv: u64,
     k: &'a str,
     ns: &'a str,
     n: &'a str,
-    o: Option<&'a Value>,
 }
 
-/// The whole store at one version, sharing the objects with it.
+/// Appends one record line: `{"rv":..,"k":..,"ns":..,"n":..,"o":OBJECT}` (`"o":null` for a
+/// deletion), the form [`Record`] reads.
+fn record_line(head: &RecordHead<'_>, object: Option<&[u8]>, out: &mut Vec<u8>) {
+    let start = out.len();
+    // A struct always encodes to an object: its closing brace is replaced by the object's field.
+    if serde_json::to_writer(&mut *out, head).is_err() || out.last() != Some(&b'}') {
+        out.truncate(start);
+        return;
+    }
+    out.pop();
+    out.extend_from_slice(b",\"o\":");
+    out.extend_from_slice(object.unwrap_or(b"null"));
+    out.extend_from_slice(b"}\n");
+}
+
+/// The whole store at one version, sharing the objects' JSON with it.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub rv: u64,
     /// (storage key, namespace, name, object)
-    pub objects: Vec<(String, String, String, std::sync::Arc<Value>)>,
+    pub objects: Vec<(String, String, String, Bytes)>,
 }
 
 /// The log file's operations, the seam where tests make a write or an fsync fail.
@@ -142,7 +158,7 @@ fn apply(rec: Record, state: &mut Recovered) {
     let objs = state.objects.entry(rec.k).or_default();
     match rec.o {
         Some(o) => {
-            objs.insert((rec.ns, rec.n), o);
+            objs.insert((rec.ns, rec.n), super::encode(&o));
         }
         None => {
             objs.remove(&(rec.ns, rec.n));
@@ -202,7 +218,7 @@ pub fn recover(dir: &Path, io: Arc<dyn LogIo>) -> Result<(Recovered, Recovery), 
         state.rv,
         state.objects.iter().flat_map(|(k, objs)| {
             objs.iter()
-                .map(move |((ns, n), o)| (k.as_str(), ns.as_str(), n.as_str(), o))
+                .map(move |((ns, n), o)| (k.as_str(), ns.as_str(), n.as_str(), &o[..]))
         }),
     )?;
     let log_path = dir.join(LOG);
@@ -253,41 +269,41 @@ impl Wal {
 }
 
 fn encode(p: &Pending, buf: &mut Vec<u8>) -> Result<(), String> {
-    let r = RecordRef {
+    let head = RecordHead {
         rv: p.rv,
         k: &p.k,
         ns: &p.ns,
         n: &p.n,
-        o: p.o.as_deref(),
     };
-    serde_json::to_writer(&mut *buf, &r).map_err(|e| e.to_string())?;
-    buf.push(b'\n');
+    let start = buf.len();
+    record_line(&head, p.o.as_deref(), buf);
+    if buf.len() == start {
+        return Err(format!("cannot encode the log record of {}/{}", p.k, p.n));
+    }
     Ok(())
 }
 
 fn write_snapshot<'a>(
     dir: &Path,
     rv: u64,
-    items: impl Iterator<Item = (&'a str, &'a str, &'a str, &'a Value)>,
+    items: impl Iterator<Item = (&'a str, &'a str, &'a str, &'a [u8])>,
 ) -> Result<(), Error> {
     let tmp: PathBuf = dir.join(format!("{SNAPSHOT}.tmp"));
     let io = |e| Error::io(&tmp, e);
     let mut out = std::io::BufWriter::new(private::create_file(&tmp)?);
     let header = serde_json::to_string(&Header { rv }).unwrap_or_default();
     writeln!(out, "{header}").map_err(io)?;
+    let mut line = Vec::new();
     for (k, ns, n, o) in items {
-        let rec = RecordRef {
-            rv: 0,
-            k,
-            ns,
-            n,
-            o: Some(o),
-        };
-        serde_json::to_writer(&mut out, &rec).map_err(|e| Error::Corrupt {
-            path: tmp.display().to_string(),
-            message: e.to_string(),
-        })?;
-        out.write_all(b"\n").map_err(io)?;
+        line.clear();
+        record_line(&RecordHead { rv: 0, k, ns, n }, Some(o), &mut line);
+        if line.is_empty() {
+            return Err(Error::Corrupt {
+                path: tmp.display().to_string(),
+                message: format!("cannot encode the snapshot record of {k}/{n}"),
+            });
+        }
+        out.write_all(&line).map_err(io)?;
     }
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
@@ -378,7 +394,7 @@ fn writer(log: Recovery, mut publisher: impl Publisher, rx: mpsc::Receiver<Job>)
             let items = state
                 .objects
                 .iter()
-                .map(|(k, ns, n, o)| (k.as_str(), ns.as_str(), n.as_str(), &**o));
+                .map(|(k, ns, n, o)| (k.as_str(), ns.as_str(), n.as_str(), &o[..]));
             let done = write_snapshot(&dir, state.rv, items)
                 .and_then(|()| io.truncate(&mut file, 0).map_err(|e| Error::io(&path, e)));
             match done {
@@ -449,7 +465,7 @@ mod tests {
                 k: "g/r".into(),
                 ns: "".into(),
                 n: name.into(),
-                o: Some(Arc::new(json!({"rv": rv}))),
+                o: Some(crate::store::encode(&json!({"rv": rv}))),
             })
             .expect("queued");
         rx.blocking_recv().expect("acked")

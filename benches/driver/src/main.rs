@@ -13,11 +13,18 @@ use anyhow::{Context, Result, bail};
 use plotters::prelude::*;
 use serde_json::Value;
 
+mod docker;
+mod fanout;
+mod incremental;
+mod memory;
 mod overlay;
+mod runs;
+
+use runs::{SuiteRun, Threshold};
 mod teardown;
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
-/// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--history FILE]`.
+/// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--run-id TEXT] [--suites TEXT] [--fingerprint HASH] [--readme FILE]`.
 #[derive(Debug)]
 struct Args {
     results: PathBuf,
@@ -32,13 +39,16 @@ struct Args {
     benchmarks: Option<PathBuf>,
     /// How the report links the plots (default: relative to OUT, i.e. nothing).
     image_prefix: String,
-    /// Hand-run figures of earlier sessions, appended as they are.
-    history: Option<PathBuf>,
     /// This run's identity (its start time); a suite whose `SUITE.meta.json` names another run
     /// is marked as from an earlier run.
     run_id: String,
     /// The suites this run ran (space-separated).
     suites: String,
+    /// A Markdown file (README.md) whose summary block gets the headline targets.
+    readme: Option<PathBuf>,
+    /// The code this report is about (`benches/fingerprint.sh`): suites measured on other code
+    /// are stale.
+    fingerprint: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -52,9 +62,10 @@ fn parse_args() -> Result<Args> {
         load: "not stated".to_owned(),
         benchmarks: None,
         image_prefix: String::new(),
-        history: None,
         run_id: String::new(),
         suites: String::new(),
+        fingerprint: String::new(),
+        readme: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,9 +80,10 @@ fn parse_args() -> Result<Args> {
             "--load" => args.load = value,
             "--benchmarks" => args.benchmarks = Some(value.into()),
             "--image-prefix" => args.image_prefix = value,
-            "--history" => args.history = Some(value.into()),
             "--run-id" => args.run_id = value,
             "--suites" => args.suites = value,
+            "--fingerprint" => args.fingerprint = value,
+            "--readme" => args.readme = Some(value.into()),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -169,6 +181,8 @@ struct Target {
     target: String,
     measured: String,
     met: Option<bool>,
+    /// `met` in words, or why there is no verdict (stale, borderline).
+    verdict: String,
     /// What limits it, shown when not met.
     limit: String,
 }
@@ -177,11 +191,23 @@ struct Target {
 struct Report {
     md: String,
     targets: Vec<Target>,
-    /// When the current section's figures are from an earlier run: which one.
-    earlier: Option<String>,
+    /// The current section's suite and where its figures come from.
+    section: Option<(String, SuiteRun)>,
+    /// Where the suites' JSON (and `runs/`) are, the report's code fingerprint and mode.
+    results: PathBuf,
+    fingerprint: String,
+    mode: String,
 }
 
 impl Report {
+    /// Whether the current section measured other code than the report's.
+    fn stale(&self) -> Option<&SuiteRun> {
+        self.section
+            .as_ref()
+            .map(|(_, run)| run)
+            .filter(|run| !run.is_current(&self.fingerprint))
+    }
+
     /// Records a target and writes its row in the current section's verdict table.
     fn target(
         &mut self,
@@ -191,42 +217,97 @@ impl Report {
         met: Option<bool>,
         limit: &str,
     ) {
-        let _ = writeln!(self.md, "| {target} | {measured} | {} |", verdict(met));
-        let measured = match &self.earlier {
-            Some(run) => format!("{measured} (earlier run: {run})"),
-            None => measured,
-        };
+        self.record(area, target, measured, met, verdict(met).to_owned(), limit);
+    }
+
+    fn record(
+        &mut self,
+        area: &'static str,
+        target: &str,
+        mut measured: String,
+        mut met: Option<bool>,
+        mut verdict: String,
+        limit: &str,
+    ) {
+        if let Some(run) = self.stale() {
+            let _ = write!(measured, " (stale: revision {})", run.revision);
+            met = None;
+            verdict = "stale: measured on other code".to_owned();
+        }
+        let _ = writeln!(self.md, "| {target} | {measured} | {verdict} |");
         self.targets.push(Target {
             area,
             target: target.to_owned(),
             measured,
             met,
+            verdict,
             limit: limit.to_owned(),
         });
     }
 
-    /// Starts a section's figures: says so when they are from an earlier run.
-    fn section_run(&mut self, args: &Args, suite: &str) {
-        let meta = read_json(&args.results.join(format!("{suite}.meta.json")));
-        self.earlier = match meta {
-            Some(m) if m["run"].as_str() == Some(args.run_id.as_str()) => None,
-            Some(m) => {
-                let run = m["run"].as_str().unwrap_or("?").to_owned();
-                let _ = write!(
-                    self.md,
-                    "_Figures from an earlier run: `{}` ({} mode) at {run}; load: {}._\n\n",
-                    m["command"].as_str().unwrap_or("?"),
-                    m["mode"].as_str().unwrap_or("?"),
-                    m["load"].as_str().unwrap_or("not stated")
-                );
-                Some(run)
-            }
-            None => {
-                self.md
-                    .push_str("_Figures from an earlier run (which one was not recorded)._\n\n");
-                Some("not recorded".to_owned())
-            }
+    /// A target whose figure is `value` (from this run's JSON) against `threshold`; when it is
+    /// borderline, judged over the kept runs of this suite on the same code, each giving its
+    /// figure through `figure`.
+    fn judged(
+        &mut self,
+        area: &'static str,
+        target: &str,
+        measured: String,
+        (value, threshold): (Option<f64>, Threshold),
+        figure: impl Fn(&Value) -> Option<f64>,
+        limit: &str,
+    ) {
+        let Some(value) = value.filter(|_| self.stale().is_none()) else {
+            self.target(
+                area,
+                target,
+                measured,
+                value.map(|v| threshold.met(v)),
+                limit,
+            );
+            return;
         };
+        let suite = self
+            .section
+            .as_ref()
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        let history: Vec<f64> = runs::runs_of(&self.results, &suite, &self.fingerprint, &self.mode)
+            .iter()
+            .filter_map(&figure)
+            .collect();
+        let (met, why) = runs::judge(value, threshold, &history);
+        let measured = if why.is_empty() {
+            measured
+        } else {
+            format!("{measured}; {why}")
+        };
+        let verdict = match met {
+            None if !why.is_empty() => "not judged yet (borderline)".to_owned(),
+            other => verdict(other).to_owned(),
+        };
+        self.record(area, target, measured, met, verdict, limit);
+    }
+
+    /// Starts a section's figures: where they come from, and whether they are stale.
+    fn section_run(&mut self, args: &Args, suite: &str) {
+        let meta = read_json(&args.results.join(format!("{suite}.meta.json"))).unwrap_or_default();
+        let run = SuiteRun::from_meta(&meta);
+        let _ = write!(self.md, "{}\n\n", run.describe());
+        if !run.is_current(&args.fingerprint) {
+            let _ = write!(
+                self.md,
+                "**Stale:** these figures measured other code (fingerprint `{}`) than this report's (`{}`); \
+                 they are shown, not judged. Run the suite again for verdicts.\n\n",
+                if run.fingerprint.is_empty() {
+                    "not recorded"
+                } else {
+                    &run.fingerprint
+                },
+                args.fingerprint
+            );
+        }
+        self.section = Some((suite.to_owned(), run));
     }
 
     fn verdict_header(&mut self) {
@@ -242,6 +323,7 @@ impl Report {
                 target: (*t).to_owned(),
                 measured: why.to_owned(),
                 met: None,
+                verdict: verdict(None).to_owned(),
                 limit: String::new(),
             });
         }
@@ -299,6 +381,88 @@ fn plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()
     Ok(())
 }
 
+/// The raw samples of one figure in the order they were taken (x: sample number), one line
+/// per series: how a suite's repetitions spread and drift.
+fn plot_samples(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[(String, Vec<f64>)],
+) -> Result<()> {
+    let longest = series.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    if longest == 0 {
+        return Ok(());
+    }
+    let y_max = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        * 1.1;
+    let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..(longest as f64 + 1.0), 0.0..y_max.max(1e-3))?;
+    chart
+        .configure_mesh()
+        .x_desc("sample, in the order taken")
+        .y_desc(y_desc)
+        .draw()?;
+    for (i, (name, samples)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(
+                samples
+                    .iter()
+                    .enumerate()
+                    .map(|(n, v)| Circle::new((n as f64 + 1.0, *v), 2, color.filled())),
+            )?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 3, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The `samples` array of a figure (`{median, min, max, samples}`), empty when not kept.
+fn samples_of(figure: &Value) -> Vec<f64> {
+    figure["samples"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// Plots the named figures' samples into OUT/NAME.svg and links it from the report.
+fn samples_plot(
+    r: &mut Report,
+    args: &Args,
+    name: &str,
+    title: &str,
+    y_desc: &str,
+    series: Vec<(String, Vec<f64>)>,
+) -> Result<()> {
+    if series.iter().all(|(_, s)| s.is_empty()) {
+        return Ok(());
+    }
+    plot_samples(
+        &args.out.join(format!("{name}.svg")),
+        title,
+        y_desc,
+        &series,
+    )?;
+    writeln!(r.md, "\n![{title}]({IMG}{name}.svg)")?;
+    Ok(())
+}
+
 fn series_of(rows: &[Value], x_key: &str, y_key: &str) -> Vec<(f64, f64, f64, f64)> {
     rows.iter()
         .filter_map(|r| {
@@ -323,7 +487,7 @@ fn notes(dir: &Path, section: &str) -> String {
 const IMG: &str = "@IMG@/";
 
 fn ipam(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "## IPAM\n")?;
     writeln!(
         r.md,
@@ -372,6 +536,31 @@ fn ipam(r: &mut Report, args: &Args) -> Result<()> {
         ms6.map(|m| m < 5.0),
         "",
     );
+    if let Some(kept) = &kept {
+        let samples = |key: &str| {
+            kept[key]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
+        };
+        samples_plot(
+            r,
+            args,
+            "ipam",
+            "IPAM: criterion's samples (time per iteration)",
+            "ms",
+            vec![
+                (
+                    "fill a /16".to_owned(),
+                    samples("fill_slash16_65533_samples_ms"),
+                ),
+                (
+                    "first 1,000 of a /64".to_owned(),
+                    samples("first_1000_of_slash64_samples_ms"),
+                ),
+            ],
+        )?;
+    }
     r.md.push_str(&notes(&args.notes, "ipam"));
     Ok(())
 }
@@ -392,7 +581,7 @@ fn gbps_list(runs: &serde_json::Value) -> String {
 }
 
 fn attach(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Dataplane attach and detach\n")?;
     let Some(attach) = read_json(&args.results.join("attach.json")) else {
         writeln!(r.md, "Attach: not measured in this run.")?;
@@ -401,6 +590,7 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
             &[
                 "attach < 10 ms median at every size",
                 "attach: largest / smallest size <= 1.5x",
+                "dual-stack attach within 1.5x of IPv4-only, at every size",
                 "iperf3 through a published port within 10% of direct",
             ],
             "suite `attach` not run",
@@ -408,11 +598,12 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
         return Ok(());
     };
     r.section_run(args, "attach");
-    let rows = attach["sizes"].as_array().cloned().unwrap_or_default();
+    let families = attach_families(&attach);
+    let (baseline, rows, other_family_rows) = attach_rows(&attach);
     let interleaved = attach["interleaved"].as_bool().unwrap_or(false);
     writeln!(
         r.md,
-        "Command: `PIER_BENCH_SIZES={} PIER_BENCH_REPS={} PIER_BENCH_IPERF={} cargo bench -p pier-node --bench attach` \
+        "Command: `PIER_BENCH_SIZES={} PIER_BENCH_REPS={} PIER_BENCH_IPERF={} PIER_BENCH_FAMILIES={} cargo bench -p pier-node --bench attach` \
          (`node-daemon/benches/attach.rs`). One more endpoint attached to a node (its own network namespace) that \
          already has N endpoints over 4 bridges, then removed again; netavark `setup`/`teardown` (Debian package, \
          run as a process, as a container runtime does) on its own node of the same size{}.\n",
@@ -423,6 +614,11 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
             .join(","),
         attach["repetitions"],
         if attach["iperf3"].is_null() { 0 } else { 1 },
+        if families.is_empty() {
+            "ipv4".to_owned()
+        } else {
+            families.join(",")
+        },
         if interleaved {
             ", back to back with Pier in every repetition; the ratios are medians of netavark / Pier per repetition (pair by pair)"
         } else {
@@ -481,25 +677,16 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
             mmm(&row["pier_full_apply_ms"], 2),
         )?;
     }
-    let medians: Vec<f64> = rows
+    let worst = rows
         .iter()
         .filter_map(|r| r["pier_attach_ms"]["median"].as_f64())
-        .collect();
-    let minima: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r["pier_attach_ms"]["min"].as_f64())
-        .collect();
-    let worst = medians.iter().copied().reduce(f64::max);
-    let growth = |v: &[f64]| match (v.first(), v.last()) {
-        (Some(f), Some(l)) if v.len() > 1 && *f > 0.0 => Some(l / f),
-        _ => None,
-    };
+        .reduce(f64::max);
     let sizes: Vec<u64> = rows
         .iter()
         .filter_map(|r| r["endpoints"].as_u64())
         .collect();
+    let flat = attach_growth(&rows, "median");
     let spans_1000 = sizes.first() == Some(&10) && sizes.last() == Some(&1000);
-    let flat = growth(&medians);
     r.verdict_header();
     r.target(
         "attach",
@@ -508,29 +695,31 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
         worst.map(|w| w < 10.0),
         "",
     );
-    r.target(
+    r.judged(
         "attach",
         "attach: largest / smallest size <= 1.5x (10 -> 1000 endpoints)",
         match flat {
             Some(f) => format!(
                 "{f:.2}x of medians, {} of minima ({} -> {})",
-                fmt_opt(growth(&minima), 2, "x"),
+                fmt_opt(attach_growth(&rows, "min"), 2, "x"),
                 sizes.first().unwrap_or(&0),
                 sizes.last().unwrap_or(&0)
             ),
             None => "-".to_owned(),
         },
-        flat.filter(|_| spans_1000).map(|f| f <= 1.5),
+        (flat.filter(|_| spans_1000), Threshold::AtMost(1.5)),
+        |run| attach_growth(&attach_rows(run).1, "median"),
         "what still grows with N is kernel work, found by timing each step at 10 and 1000 endpoints: \
          the kernel's IPv4 address dump walks every device, and creating a veth on a bridge with \
          hundreds of ports takes longer; medians also carry time spent waiting for one of the 2 \
          shared CPUs (compare the minima)",
     );
+    family_ratios(r, &baseline, &other_family_rows)?;
     if let (Some(d), Some(p)) = (
         attach["iperf3"]["direct_gbps"].as_f64(),
         attach["iperf3"]["published_gbps"].as_f64(),
     ) {
-        r.target(
+        r.judged(
             "attach",
             "iperf3 through a published port within 10% of direct",
             format!(
@@ -539,7 +728,13 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
                 gbps_list(&attach["iperf3"]["published_runs_gbps"]),
                 gbps_list(&attach["iperf3"]["direct_runs_gbps"]),
             ),
-            Some(p >= 0.9 * d),
+            (Some(p / d), Threshold::AtLeast(0.9)),
+            |run| {
+                Some(
+                    run["iperf3"]["published_gbps"].as_f64()?
+                        / run["iperf3"]["direct_gbps"].as_f64()?,
+                )
+            },
             "5 s iperf3 runs on the shared machine vary by +-30% from run to run (see the runs); \
              the published path adds one DNAT lookup per connection, not per packet",
         );
@@ -589,8 +784,106 @@ fn attach(r: &mut Report, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The address families of an attach run (`PIER_BENCH_FAMILIES`), in order.
+fn attach_families(attach: &Value) -> Vec<String> {
+    attach["families"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An attach run's rows: with several families, the first one is the baseline the main table,
+/// netavark and the flatness verdict are about; the others are judged relative to it.
+fn attach_rows(attach: &Value) -> (String, Vec<Value>, Vec<Value>) {
+    let baseline = attach_families(attach)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "ipv4".to_owned());
+    let (rows, others) = attach["sizes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|row| row["family"].as_str().is_none_or(|f| f == baseline));
+    (baseline, rows, others)
+}
+
+/// Attach time at the largest size / at the smallest, of the rows' `statistic` (median, min).
+fn attach_growth(rows: &[Value], statistic: &str) -> Option<f64> {
+    let values: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r["pier_attach_ms"][statistic].as_f64())
+        .collect();
+    match (values.first(), values.last()) {
+        (Some(first), Some(last)) if values.len() > 1 && *first > 0.0 => Some(last / first),
+        _ => None,
+    }
+}
+
+/// The largest median ratio of dual-stack attach to IPv4-only attach, and at which size.
+fn worst_dual_ratio(rows: &[Value]) -> Option<(f64, u64)> {
+    rows.iter()
+        .filter(|row| row["family"] == "dual")
+        .filter_map(|row| {
+            Some((
+                row["attach_ratio_to_first_family_per_pair"]["median"].as_f64()?,
+                row["endpoints"].as_u64()?,
+            ))
+        })
+        .reduce(|a, b| if b.0 > a.0 { b } else { a })
+}
+
+/// The dual-stack target: attach of a dual-stack endpoint / of an IPv4-only one, per pair of
+/// back-to-back repetitions at the same size, judged at every size by the median of those ratios.
+fn family_ratios(r: &mut Report, baseline: &str, rows: &[Value]) -> Result<()> {
+    const TARGET: &str = "dual-stack attach within 1.5x of IPv4-only, at every size";
+    let dual: Vec<&Value> = rows.iter().filter(|row| row["family"] == "dual").collect();
+    if dual.is_empty() || baseline != "ipv4" {
+        r.not_run(
+            "attach",
+            &[TARGET],
+            "not run in this mode (needs PIER_BENCH_FAMILIES=ipv4,dual)",
+        );
+        return Ok(());
+    }
+    writeln!(
+        r.md,
+        "\nOther address families on nodes of the same sizes, in the same repetitions (each one right after the \
+         IPv4-only node of its size): attach in ms, median (min-max), and its ratio to IPv4-only attach, pair by pair.\n\n\
+         | family | endpoints | Pier attach | Pier detach | attach / IPv4-only attach |\n|---|---:|---:|---:|---:|"
+    )?;
+    for row in rows {
+        writeln!(
+            r.md,
+            "| {} | {} | {} | {} | {} |",
+            row["family"].as_str().unwrap_or("-"),
+            row["endpoints"],
+            mmm(&row["pier_attach_ms"], 2),
+            mmm(&row["pier_detach_ms"], 2),
+            mmm(&row["attach_ratio_to_first_family_per_pair"], 2),
+        )?;
+    }
+    let worst = worst_dual_ratio(rows);
+    r.judged(
+        "attach",
+        TARGET,
+        worst.map_or("-".to_owned(), |(ratio, size)| {
+            format!("worst median ratio {ratio:.2}x (at {size} endpoints)")
+        }),
+        (worst.map(|(ratio, _)| ratio), Threshold::AtMost(1.5)),
+        |run| worst_dual_ratio(&attach_rows(run).2).map(|(ratio, _)| ratio),
+        "a dual-stack endpoint has twice the addresses and routes, and IPv6 addresses are added \
+         without DAD (nodad), so the extra time is the second family's netlink requests",
+    );
+    Ok(())
+}
+
 fn ports(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Published ports\n")?;
     let Some(ports) = read_json(&args.results.join("ports.json")) else {
         writeln!(r.md, "Ports: not measured in this run.")?;
@@ -676,14 +969,15 @@ fn median_of(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn dns(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## DNS\n")?;
     let Some(dns) = read_json(&args.results.join("dns.json")) else {
         writeln!(r.md, "DNS: not measured in this run.")?;
         r.not_run(
             "DNS",
             &[
-                "QPS >= 2x aardvark-dns",
+                "QPS >= 2x aardvark-dns (per-round pairs)",
+                "server CPU per answer: aardvark-dns needs >= 2x Pier's",
                 "p99 < 1 ms at 10,000 QPS",
                 "record update < 5 ms",
             ],
@@ -696,13 +990,8 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
         .unwrap_or_default();
-    let median_ratio = median_of(ratios.clone());
-    let rounds = |who: &str, key: &str| -> Vec<f64> {
-        dns["max_qps_rounds"][who]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r[key].as_f64()).collect())
-            .unwrap_or_default()
-    };
+    let median_ratio = dns_qps_ratio(&dns);
+    let rounds = |who: &str, key: &str| dns_rounds(&dns, who, key);
     let joined = |v: &[f64], digits: usize| {
         v.iter()
             .map(|q| format!("{q:.digits$}"))
@@ -734,17 +1023,11 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
             f["max_us"].as_f64().unwrap_or(f64::NAN)
         )?;
     }
-    let cpu_ratio = match (
-        median_of(rounds("aardvark-dns", "cpu_us")),
-        median_of(rounds("pier", "cpu_us")),
-    ) {
-        (Some(t), Some(o)) if o > 0.0 => Some(t / o),
-        _ => None,
-    };
+    let cpu_ratio = dns_cpu_ratio(&dns);
     let p99 = dns["at_10k_qps"]["pier"]["p99_us"].as_f64();
     let update = dns["update_us"]["p50"].as_f64();
     r.verdict_header();
-    r.target(
+    r.judged(
         "DNS",
         "QPS >= 2x aardvark-dns (per-round pairs)",
         format!(
@@ -756,13 +1039,27 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        median_ratio.map(|r| r >= 2.0),
+        (median_ratio, Threshold::AtLeast(2.0)),
+        dns_qps_ratio,
         &format!(
             "dnsperf, not Pier, saturates (dnsperf needs about one of the 2 CPUs, so the two servers \
              share what is left with it and with other load); the load-independent figure is server \
              CPU per answer, where aardvark-dns needs {} Pier's",
             fmt_opt(cpu_ratio, 1, "x")
         ),
+    );
+    r.judged(
+        "DNS",
+        "server CPU per answer: aardvark-dns needs >= 2x Pier's",
+        format!(
+            "{} (median µs per answer over the max-QPS rounds: aardvark-dns {}, Pier {})",
+            fmt_opt(cpu_ratio, 2, "x"),
+            fmt_opt(median_of(rounds("aardvark-dns", "cpu_us")), 1, ""),
+            fmt_opt(median_of(rounds("pier", "cpu_us")), 1, "")
+        ),
+        (cpu_ratio, Threshold::AtLeast(2.0)),
+        dns_cpu_ratio,
+        "",
     );
     r.target(
         "DNS",
@@ -782,18 +1079,52 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
         update.map(|u| u < 5000.0),
         "the tail is time spent waiting for a CPU",
     );
+    samples_plot(
+        r,
+        args,
+        "dns",
+        "DNS record update: endpoint added -> answerable",
+        "µs (sorted samples)",
+        vec![("Pier".to_owned(), samples_of(&dns["update_us"]["all"]))],
+    )?;
     r.md.push_str(&notes(&args.notes, "dns"));
     Ok(())
 }
 
+/// One figure (`key`: qps, cpu_us) of `who`'s max-QPS rounds.
+fn dns_rounds(dns: &Value, who: &str, key: &str) -> Vec<f64> {
+    dns["max_qps_rounds"][who]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r[key].as_f64()).collect())
+        .unwrap_or_default()
+}
+
+/// Pier's QPS / aardvark-dns's, median of the rounds (each round runs both back to back).
+fn dns_qps_ratio(dns: &Value) -> Option<f64> {
+    median_of(
+        dns["qps_ratio_per_round"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default(),
+    )
+}
+
+/// aardvark-dns's server CPU per answer / Pier's (medians over the rounds).
+fn dns_cpu_ratio(dns: &Value) -> Option<f64> {
+    match (
+        median_of(dns_rounds(dns, "aardvark-dns", "cpu_us")),
+        median_of(dns_rounds(dns, "pier", "cpu_us")),
+    ) {
+        (Some(theirs), Some(ours)) if ours > 0.0 => Some(theirs / ours),
+        _ => None,
+    }
+}
+
 fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## API server\n")?;
     let Some(api) = read_json(&args.results.join("apiserver.json")) else {
-        writeln!(
-            r.md,
-            "Not measured in this run (suite `apiserver`); see the hand-run figures at the end."
-        )?;
+        writeln!(r.md, "Not measured in this run (suite `apiserver`).")?;
         r.not_run(
             "API server",
             &[
@@ -909,13 +1240,10 @@ fn apiserver(r: &mut Report, args: &Args) -> Result<()> {
 }
 
 fn operator(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Operator\n")?;
     let Some(op) = read_json(&args.results.join("operator.json")) else {
-        writeln!(
-            r.md,
-            "Not measured in this run (suite `operator`); see the hand-run figures at the end."
-        )?;
+        writeln!(r.md, "Not measured in this run (suite `operator`).")?;
         r.not_run(
             "operator",
             &[
@@ -969,12 +1297,23 @@ fn operator(r: &mut Report, args: &Args) -> Result<()> {
         bulk.map(|b| b < 5.0),
         "the creates themselves and every status write are fsynced on the shared disk",
     );
+    samples_plot(
+        r,
+        args,
+        "operator",
+        "Endpoint created -> address in status",
+        "ms (sorted samples)",
+        vec![(
+            "Pier operator".to_owned(),
+            samples_of(&op["created_to_address_ms"]),
+        )],
+    )?;
     r.md.push_str(&notes(&args.notes, "operator"));
     Ok(())
 }
 
 fn local(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Local mode, `pier up`\n")?;
     let Some(local) = read_json(&args.results.join("local.json")) else {
         writeln!(r.md, "Not measured in this run (suite `local`).")?;
@@ -1146,7 +1485,7 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
     r.verdict_header();
     r.target(
         "local mode",
-        "apply -> ping < 100 ms median (Docker 20.10 `network connect`: about 157 ms)",
+        "apply -> ping < 100 ms median",
         format!(
             "{} (kubectl apply: {})",
             fmt_opt(median, 1, " ms"),
@@ -1187,6 +1526,23 @@ fn local(r: &mut Report, args: &Args) -> Result<()> {
             );
         }
     }
+    samples_plot(
+        r,
+        args,
+        "local",
+        "pier up: apply -> ping, every run",
+        "ms",
+        vec![
+            (
+                "apply request -> ping".to_owned(),
+                samples_of(&local["apply_to_ping_ms"]),
+            ),
+            (
+                "kubectl apply -> ping".to_owned(),
+                samples_of(&local["kubectl_apply_to_ping_ms"]),
+            ),
+        ],
+    )?;
     r.md.push_str(&notes(&args.notes, "local"));
     Ok(())
 }
@@ -1225,7 +1581,7 @@ fn limit_500(row: &Value) -> String {
 
 fn summary(targets: &[Target]) -> String {
     let mut md = String::from(
-        "## Targets\n\nEvery target, as measured by this run (details in the sections below).\n\n\
+        "## Targets\n\nEvery target, as its section measured it (details and provenance in the sections below).\n\n\
          | area | target | measured | verdict | what limits it (when not met) |\n|---|---|---|---|---|\n",
     );
     for t in targets {
@@ -1237,13 +1593,44 @@ fn summary(targets: &[Target]) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {limit} |",
-            t.area,
-            t.target,
-            t.measured,
-            verdict(t.met)
+            t.area, t.target, t.measured, t.verdict
         );
     }
     md
+}
+
+/// The areas whose first target is a headline in the README, in this order.
+const HEADLINE_AREAS: [&str; 5] = ["attach", "DNS", "local mode", "overlay", "API server"];
+const SUMMARY_BEGIN: &str = "<!-- benchmarks-summary:begin -->";
+const SUMMARY_END: &str = "<!-- benchmarks-summary:end -->";
+
+/// Replaces the summary block of `readme` with the headline targets.
+fn write_readme_summary(readme: &Path, targets: &[Target], run: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let (Some(begin), Some(end)) = (text.find(SUMMARY_BEGIN), text.find(SUMMARY_END)) else {
+        bail!(
+            "{} has no {SUMMARY_BEGIN} ... {SUMMARY_END} block",
+            readme.display()
+        );
+    };
+    let mut table =
+        format!("{SUMMARY_BEGIN}\n| area | target | measured | verdict |\n|---|---|---|---|\n");
+    for area in HEADLINE_AREAS {
+        if let Some(t) = targets.iter().find(|t| t.area == area) {
+            writeln!(
+                table,
+                "| {} | {} | {} | {} |",
+                t.area, t.target, t.measured, t.verdict
+            )?;
+        }
+    }
+    writeln!(
+        table,
+        "\n_From `BENCHMARKS.md` ({run}); every other target and how each was measured are there._"
+    )?;
+    let updated = format!("{}{table}{}", &text[..begin], &text[end..]);
+    std::fs::write(readme, updated).with_context(|| format!("writing {}", readme.display()))
 }
 
 fn main() -> Result<()> {
@@ -1252,16 +1639,23 @@ fn main() -> Result<()> {
     let mut r = Report {
         md: String::new(),
         targets: Vec::new(),
-        earlier: None,
+        section: None,
+        results: args.results.clone(),
+        fingerprint: args.fingerprint.clone(),
+        mode: args.mode.clone(),
     };
     ipam(&mut r, &args)?;
     attach(&mut r, &args)?;
     ports(&mut r, &args)?;
     dns(&mut r, &args)?;
     apiserver(&mut r, &args)?;
+    fanout::fanout(&mut r, &args)?;
     operator(&mut r, &args)?;
     local(&mut r, &args)?;
+    incremental::incremental(&mut r, &args)?;
+    docker::docker(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
+    memory::memory(&mut r, &args)?;
     teardown::teardown(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);
@@ -1269,8 +1663,13 @@ fn main() -> Result<()> {
     writeln!(head, "# Benchmarks\n")?;
     writeln!(
         head,
-        "Generated by `{}` ({} mode) at {}; every figure and verdict below comes from that run (suites run: {}; \
-         a section run earlier says so), nothing is edited by hand (the notes come from `benches/notes/`, the text from `benches/driver/src/main.rs`). \
+        "Generated by `{}` ({} mode) at {} (suites run this time: {}); nothing is edited by hand (the notes come \
+         from `benches/notes/`, the text from `benches/driver/`). Each section starts with the run that measured it \
+         (date, command, mode, load, git revision and code fingerprint, from `benches/fingerprint.sh`); its raw \
+         samples are in `benches/report/json/` (the latest run of each suite) and `benches/report/json/runs/` \
+         (every kept run). Verdicts are given only for sections measured on the code this report is about \
+         (fingerprint `{}`); the others say they are stale. A figure within {:.0}% of its target is borderline: it \
+         is judged by the median of that figure over {} runs of the same code and mode, never by the best run. \
          Run it yourself, as root: `sudo benches/run.sh --quick` (under about 2 minutes once built: \
          smaller N, fewer repetitions, so the targets at 1000 / 500 are not judged) or \
          `sudo benches/run.sh --full`; `PIER_BENCH_SUITES=\"ipam attach ports dns apiserver operator local overlay\"` \
@@ -1285,13 +1684,17 @@ fn main() -> Result<()> {
         args.suites
             .split_whitespace()
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        args.fingerprint,
+        runs::BORDERLINE * 100.0,
+        runs::RUNS_TO_JUDGE,
     )?;
     writeln!(head, "- Machine: {}", machine())?;
     writeln!(head, "- Load during the run: {}", args.load)?;
     writeln!(
         head,
-        "- pier git rev: {rev}; {}",
+        "- pier git rev: {rev} (code fingerprint {}); {}",
+        args.fingerprint,
         version_of("rustc", &["--version"])
     )?;
     writeln!(
@@ -1304,13 +1707,7 @@ fn main() -> Result<()> {
         deb_version("fping"),
         version_of("kubectl", &["version", "--client"])
     )?;
-    let history = args
-        .history
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .map(|t| format!("\n{}\n", t.trim_end()))
-        .unwrap_or_default();
-    let body = format!("{head}{}\n{}{history}", summary(&r.targets), r.md);
+    let body = format!("{head}{}\n{}", summary(&r.targets), r.md);
 
     let benchmarks = args
         .benchmarks
@@ -1318,6 +1715,9 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| args.out.join("BENCHMARKS.md"));
     std::fs::write(&benchmarks, body.replace(IMG, &args.image_prefix))
         .with_context(|| format!("writing {}", benchmarks.display()))?;
+    if let Some(readme) = &args.readme {
+        write_readme_summary(readme, &r.targets, &args.run_id)?;
+    }
     let index = args.out.join("README.md");
     std::fs::write(
         &index,

@@ -120,7 +120,7 @@ fn plot_cdf(path: &Path, points: &[(f64, f64)]) -> Result<()> {
 }
 
 pub fn overlay(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Overlay networks across nodes\n")?;
     let Some(o) = read_json(&args.results.join("overlay.json")) else {
         writeln!(r.md, "Not measured in this run (suite `overlay`).")?;

@@ -9,6 +9,7 @@ use anyhow::Result;
 use plotters::prelude::*;
 use serde_json::Value;
 
+use crate::runs::Threshold;
 use crate::{Args, IMG, Report, fmt_opt, median_of, notes, read_json};
 
 /// The target, as the summary lists it.
@@ -18,13 +19,16 @@ const JUDGED_AT: u64 = 500;
 /// The target's limit in seconds.
 const LIMIT_S: f64 = 3.0;
 
-/// The verdict over `rounds` of `endpoints` each: judged at 500 only, and met when every round
-/// (each way of deleting) had no veth left within the limit: the slowest round decides.
-pub fn verdict(endpoints: u64, rounds: &[f64]) -> Option<bool> {
-    if endpoints != JUDGED_AT || rounds.is_empty() {
+/// The figure judged: the slowest round's seconds to no veth left (each way of deleting must
+/// meet the target), at 500 Endpoints only.
+pub fn slowest(results: &Value) -> Option<f64> {
+    if results["endpoints"].as_u64() != Some(JUDGED_AT) {
         return None;
     }
-    Some(rounds.iter().all(|s| *s < LIMIT_S))
+    let rounds = results["rounds"].as_array()?;
+    seconds(rounds, None, "no_veth_left_s")
+        .into_iter()
+        .reduce(f64::max)
 }
 
 fn seconds(rounds: &[Value], how: Option<&str>, key: &str) -> Vec<f64> {
@@ -73,7 +77,10 @@ fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..(x_max * 1.05).max(LIMIT_S * 1.1), 0.0..(y_max * 1.05).max(1.0))?;
+        .build_cartesian_2d(
+            0.0..(x_max * 1.05).max(LIMIT_S * 1.1),
+            0.0..(y_max * 1.05).max(1.0),
+        )?;
     chart
         .configure_mesh()
         .x_desc("seconds since the delete started")
@@ -82,7 +89,10 @@ fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
     for (i, (label, points)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
@@ -104,7 +114,7 @@ fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
 
 /// The section: how it was measured, every round, the verdict and the plot.
 pub fn teardown(r: &mut Report, args: &Args) -> Result<()> {
-    r.earlier = None;
+    r.section = None;
     writeln!(r.md, "\n## Bulk teardown: Endpoints deleted at once\n")?;
     let Some(t) = read_json(&args.results.join("teardown.json")) else {
         writeln!(r.md, "Not measured in this run (suite `teardown`).")?;
@@ -179,11 +189,12 @@ pub fn teardown(r: &mut Report, args: &Args) -> Result<()> {
         format!("{measured} at {endpoints} Endpoints (judged at {JUDGED_AT} only)")
     };
     r.verdict_header();
-    r.target(
+    r.judged(
         "teardown",
         TARGET,
         measured,
-        verdict(endpoints, &all),
+        (slowest(&t), Threshold::AtMost(LIMIT_S)),
+        slowest,
         "see the rounds above: the slowest round decides",
     );
     let plot = args.out.join("teardown.svg");
@@ -200,18 +211,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn judged_at_500_only_and_the_slowest_round_decides() {
-        assert_eq!(verdict(500, &[0.8, 1.2]), Some(true));
-        assert_eq!(verdict(500, &[0.8, 3.1]), Some(false));
-        assert_eq!(verdict(500, &[3.0]), Some(false));
-        assert_eq!(verdict(100, &[0.3]), None);
-        assert_eq!(verdict(500, &[]), None);
+    fn judged_at_500_only_on_the_slowest_round() {
+        let results = |n: u64, rounds: &[f64]| {
+            let rounds: Vec<Value> = rounds
+                .iter()
+                .map(|s| serde_json::json!({"how": "kubectl", "no_veth_left_s": s}))
+                .collect();
+            serde_json::json!({"endpoints": n, "rounds": rounds})
+        };
+        assert_eq!(slowest(&results(500, &[0.8, 1.2])), Some(1.2));
+        assert_eq!(slowest(&results(500, &[3.1, 0.8])), Some(3.1));
+        assert_eq!(slowest(&results(100, &[0.3])), None);
+        assert_eq!(slowest(&results(500, &[])), None);
+        assert_eq!(slowest(&serde_json::json!({})), None);
     }
 
     #[test]
     fn progress_reads_the_polls() {
         let round = serde_json::json!({"veths_left": [[0.02, 500], [0.5, 12], [0.6, 0]]});
-        assert_eq!(progress(&round), vec![(0.02, 500.0), (0.5, 12.0), (0.6, 0.0)]);
+        assert_eq!(
+            progress(&round),
+            vec![(0.02, 500.0), (0.5, 12.0), (0.6, 0.0)]
+        );
         assert!(progress(&serde_json::json!({})).is_empty());
     }
 }

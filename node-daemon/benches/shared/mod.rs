@@ -14,3 +14,31 @@ pub fn write_json(document: &serde_json::Value) {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("PIER_BENCH_JSON={path}: {e}"));
     }
 }
+
+/// A figure's samples in the order they were taken (committed with the report, so anyone can
+/// recompute a verdict) and their median, minimum and maximum.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: Vec<f64>,
+}
+
+/// [`Stats`] of `samples` (at least one).
+pub fn stats(samples: Vec<f64>) -> Stats {
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    Stats {
+        median,
+        min: sorted[0],
+        max: sorted[n - 1],
+        samples,
+    }
+}

@@ -227,7 +227,10 @@ mod tests {
         // Never 200 ms quiet: one batch.
         let (batcher, _task, seen) = summing(gap(200, 5000), Duration::ZERO);
         burst(&batcher, 10).await;
-        assert_eq!(*seen.lock().expect("lock"), vec![(1..=10).collect::<Vec<_>>()]);
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            vec![(1..=10).collect::<Vec<_>>()]
+        );
         // The same spread over 180 ms with a longest wait of 35 ms: cut into several.
         let (batcher, _task, seen) = summing(gap(200, 35), Duration::ZERO);
         burst(&batcher, 20).await;
@@ -238,8 +241,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_answers_every_request_in_it_and_the_next_batch_still_runs() {
         let (batcher, _task, _seen) = summing(gap(20, 1000), Duration::ZERO);
-        let answers =
-            futures::future::join_all([0, 1, 2].map(|n| batcher.submit(n))).await;
+        let answers = futures::future::join_all([0, 1, 2].map(|n| batcher.submit(n))).await;
         for answer in answers {
             assert_eq!(
                 answer.expect("answered"),

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::{Ipv4Net, Ipv6Net};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use pier_crds::conditions::{self, READY, reason};
 use pier_crds::{Endpoint, EndpointStatus, Network, PortPublish};
 
@@ -87,6 +88,20 @@ fn refusal(reason: &'static str, message: String) -> Refusal {
 
 /// Networks by name.
 type Networks<'a> = HashMap<&'a str, &'a Network>;
+
+/// What one Endpoint of this node is before the others are looked at: an endpoint with a
+/// namespace of its own (which may claim that namespace's default route; the oldest claim wins),
+/// or a container-mode one naming the Endpoint whose namespace it shares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evaluated {
+    /// `state` has `default_route` false; `claims_route` says whether it asks for it.
+    Own {
+        state: Box<EndpointState>,
+        claims_route: bool,
+    },
+    /// The `id` of the Endpoint whose namespace it shares.
+    Shares(String),
+}
 
 /// Builds the node's state. Objects being deleted are left out (their kernel objects go).
 pub fn build(inputs: Inputs<'_>) -> Built {
@@ -195,6 +210,64 @@ fn mine(inputs: &Inputs<'_>, deleting: bool, node: Option<&str>) -> bool {
     !deleting && node == Some(inputs.node)
 }
 
+/// Whether the Endpoint is built on this node at all (this node's, not being deleted, with a
+/// uid): the others are neither in the state nor refused.
+pub fn endpoint_is_mine(inputs: &Inputs<'_>, endpoint: &Endpoint) -> bool {
+    mine(
+        inputs,
+        endpoint.metadata.deletion_timestamp.is_some(),
+        endpoint.status.as_ref().and_then(|s| s.node.as_deref()),
+    ) && endpoint.metadata.uid.is_some()
+}
+
+/// Whether the PortPublish is built on this node at all.
+pub fn ports_are_mine(inputs: &Inputs<'_>, publish: &PortPublish) -> bool {
+    mine(
+        inputs,
+        publish.metadata.deletion_timestamp.is_some(),
+        publish.status.as_ref().and_then(|s| s.node.as_deref()),
+    )
+}
+
+/// Where an Endpoint goes in the state: older first, as the operator orders a namespace's
+/// attachments (should two statuses claim one namespace's default route, one written before
+/// the other was updated, the older keeps it), then by id.
+pub type Age = (Option<Time>, String);
+
+/// The [`Age`] of an Endpoint.
+pub fn age(endpoint: &Endpoint) -> Age {
+    (
+        endpoint.metadata.creation_timestamp.clone(),
+        object_id(&endpoint.metadata),
+    )
+}
+
+/// One Endpoint of this node on its own (see [`Evaluated`]), or why it is left out;
+/// `network_of` finds a Network by name.
+pub fn evaluate_endpoint<'n>(
+    inputs: &Inputs<'_>,
+    network_of: impl Fn(&str) -> Option<&'n Network>,
+    endpoint: &Endpoint,
+) -> Result<Evaluated, Refusal> {
+    let status = allocated_status(endpoint)?;
+    if let Some(other) = &endpoint.spec.target.endpoint {
+        let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
+        return Ok(Evaluated::Shares(format!("{namespace}/{}", other.name)));
+    }
+    let (state, claims_route) = own_endpoint(inputs, network_of, endpoint, status)?;
+    Ok(Evaluated::Own {
+        state: Box::new(state),
+        claims_route,
+    })
+}
+
+/// Sets whether the endpoint carries its namespace's default route (bridge attachments only).
+pub fn set_default_route(state: &mut EndpointState, default_route: bool) {
+    if let Attachment::Bridge(bridge) = &mut state.attachment {
+        bridge.default_route = default_route;
+    }
+}
+
 /// The Endpoints with a namespace of their own go into `built`; the container-mode ones are
 /// returned with the `id` of the Endpoint whose namespace they share, for
 /// [`build_shared_endpoints`] once every namespace is known.
@@ -207,41 +280,26 @@ fn build_endpoints<'e>(
         .endpoints
         .iter()
         .map(|e| &**e)
-        .filter(|e| {
-            mine(
-                inputs,
-                e.metadata.deletion_timestamp.is_some(),
-                e.status.as_ref().and_then(|s| s.node.as_deref()),
-            ) && e.metadata.uid.is_some()
-        })
+        .filter(|e| endpoint_is_mine(inputs, e))
         .collect();
-    // Older first, as the operator orders a namespace's attachments: should two statuses claim
-    // one namespace's default route (one written before the other was updated), the older keeps it.
-    endpoints.sort_by_cached_key(|e| {
-        (
-            e.metadata.creation_timestamp.clone(),
-            object_id(&e.metadata),
-        )
-    });
+    endpoints.sort_by_cached_key(|e| age(e));
     let mut shared = Vec::new();
     let mut routed_namespaces: BTreeSet<Netns> = BTreeSet::new();
+    let network_of = |name: &str| networks.get(name).copied();
     for endpoint in endpoints {
-        let key = endpoint_key(&object_id(&endpoint.metadata));
-        let status = match allocated_status(endpoint) {
-            Ok(status) => status,
-            Err(why) => {
-                built.refusals.insert(key, why);
-                continue;
+        match evaluate_endpoint(inputs, network_of, endpoint) {
+            Ok(Evaluated::Own {
+                mut state,
+                claims_route,
+            }) => {
+                // The first claim of a namespace keeps its default route.
+                let routed = claims_route && routed_namespaces.insert(state.netns.clone());
+                set_default_route(&mut state, routed);
+                built.state.endpoints.push(*state);
             }
-        };
-        if let Some(other) = &endpoint.spec.target.endpoint {
-            let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
-            shared.push((endpoint, format!("{namespace}/{}", other.name)));
-            continue;
-        }
-        match own_endpoint(inputs, networks, endpoint, status, &mut routed_namespaces) {
-            Ok(state) => built.state.endpoints.push(state),
+            Ok(Evaluated::Shares(other)) => shared.push((endpoint, other)),
             Err(why) => {
+                let key = endpoint_key(&object_id(&endpoint.metadata));
                 built.refusals.insert(key, why);
             }
         }
@@ -268,19 +326,19 @@ fn allocated_status(endpoint: &Endpoint) -> Result<&EndpointStatus, Refusal> {
 }
 
 /// An Endpoint with a namespace of its own, from its status: the network, the interface, the
-/// address, the MAC, whether it carries the default route and its DNS names.
-fn own_endpoint(
+/// address, the MAC and its DNS names (`default_route` false), and whether it claims its
+/// namespace's default route.
+fn own_endpoint<'n>(
     inputs: &Inputs<'_>,
-    networks: &Networks<'_>,
+    network_of: impl Fn(&str) -> Option<&'n Network>,
     endpoint: &Endpoint,
     status: &EndpointStatus,
-    routed_namespaces: &mut BTreeSet<Netns>,
-) -> Result<EndpointState, Refusal> {
+) -> Result<(EndpointState, bool), Refusal> {
     let netns = endpoint_netns(inputs, endpoint)?;
     let Some((network_name, network)) = status
         .network
         .as_deref()
-        .and_then(|name| Some((name, *networks.get(name)?)))
+        .and_then(|name| Some((name, network_of(name)?)))
     else {
         return Err(refusal(
             reason::NETWORK_NOT_READY,
@@ -290,6 +348,7 @@ fn own_endpoint(
             ),
         ));
     };
+    let mut claims_route = false;
     let attachment = match network.spec.driver {
         pier_crds::Driver::Null => Attachment::Null {
             network: network_name.to_owned(),
@@ -302,24 +361,23 @@ fn own_endpoint(
             // The operator names one Endpoint per namespace; a second claim is a status not
             // updated yet, and a namespace has one default route. A Pod's is its cluster
             // network's, whatever a status (of an older operator) says.
-            let default_route = bridge.default_route
-                && endpoint.spec.target.pod.is_none()
-                && routed_namespaces.insert(netns.clone());
+            claims_route = bridge.default_route && endpoint.spec.target.pod.is_none();
             Attachment::Bridge(BridgeAttachment {
-                default_route,
+                default_route: false,
                 ..bridge
             })
         }
     };
     let mut dns_names = status.dns_names.iter().cloned();
-    Ok(EndpointState {
+    let state = EndpointState {
         id: object_id(&endpoint.metadata),
         uid: endpoint.metadata.uid.clone().unwrap_or_default(),
         name: dns_names.next().unwrap_or_default(),
         aliases: dns_names.collect(),
         netns,
         attachment,
-    })
+    };
+    Ok((state, claims_route))
 }
 
 /// Where the Endpoint's namespace is on this node.
@@ -455,41 +513,52 @@ fn build_shared_endpoints(shared: Vec<(&Endpoint, String)>, built: &mut Built) {
         .map(|e| (e.id.clone(), e.netns.clone()))
         .collect();
     for (endpoint, other) in shared {
-        let id = object_id(&endpoint.metadata);
-        let Some(netns) = own_namespaces.get(&other) else {
-            built.refusals.insert(
-                endpoint_key(&id),
-                refusal(
-                    reason::ENDPOINT_NOT_FOUND,
-                    format!(
-                        "endpoint {other} (whose namespace this one shares) is not attached on \
-                         this node"
-                    ),
-                ),
-            );
-            continue;
-        };
-        // A sharer has no DNS name of its own (its status lists none), as in Docker.
-        let mut dns_names = endpoint
-            .status
-            .iter()
-            .flat_map(|s| s.dns_names.iter().cloned());
-        built.state.endpoints.push(EndpointState {
-            uid: endpoint.metadata.uid.clone().unwrap_or_default(),
-            name: dns_names.next().unwrap_or_default(),
-            aliases: dns_names.collect(),
-            netns: netns.clone(),
-            attachment: Attachment::Shared { endpoint: other },
-            id,
-        });
+        let netns = own_namespaces.get(&other);
+        match shared_endpoint(endpoint, other, netns) {
+            Ok(state) => built.state.endpoints.push(state),
+            Err(why) => {
+                let key = endpoint_key(&object_id(&endpoint.metadata));
+                built.refusals.insert(key, why);
+            }
+        }
     }
+}
+
+/// A container-mode endpoint sharing the namespace of Endpoint `other`, once that one is on the
+/// node with a namespace of its own (`netns`).
+pub fn shared_endpoint(
+    endpoint: &Endpoint,
+    other: String,
+    netns: Option<&Netns>,
+) -> Result<EndpointState, Refusal> {
+    let Some(netns) = netns else {
+        return Err(refusal(
+            reason::ENDPOINT_NOT_FOUND,
+            format!(
+                "endpoint {other} (whose namespace this one shares) is not attached on this node"
+            ),
+        ));
+    };
+    // A sharer has no DNS name of its own (its status lists none), as in Docker.
+    let mut dns_names = endpoint
+        .status
+        .iter()
+        .flat_map(|s| s.dns_names.iter().cloned());
+    Ok(EndpointState {
+        id: object_id(&endpoint.metadata),
+        uid: endpoint.metadata.uid.clone().unwrap_or_default(),
+        name: dns_names.next().unwrap_or_default(),
+        aliases: dns_names.collect(),
+        netns: netns.clone(),
+        attachment: Attachment::Shared { endpoint: other },
+    })
 }
 
 /// Where each endpoint's published ports lead: `(endpoint id, address)` by the `id` named in a
 /// PortPublish. A container-mode endpoint's ports lead to the endpoint whose namespace it shares,
 /// at that one's address (Docker publishes a shared namespace's ports on its owner); the
 /// operator resolves it the same way.
-fn port_destinations(state: &NodeState) -> HashMap<&str, (&str, Addresses)> {
+fn port_destinations(state: &NodeState) -> HashMap<&str, Destination<'_>> {
     let addresses: HashMap<&str, Addresses> = state
         .endpoints
         .iter()
@@ -518,20 +587,15 @@ fn build_ports(inputs: &Inputs<'_>, built: &mut Built) {
         .ports
         .iter()
         .map(|p| &**p)
-        .filter(|p| {
-            mine(
-                inputs,
-                p.metadata.deletion_timestamp.is_some(),
-                p.status.as_ref().and_then(|s| s.node.as_deref()),
-            )
-        })
+        .filter(|p| ports_are_mine(inputs, p))
         .collect();
     ports.sort_by_key(|p| object_id(&p.metadata));
     let destinations = port_destinations(&built.state);
     let mut published = Vec::new();
     for publish in ports {
         let id = object_id(&publish.metadata);
-        match publish_ports(&id, publish, &destinations) {
+        let destination = destinations.get(ports_endpoint(publish).as_str()).copied();
+        match publish_ports(&id, publish, destination) {
             Ok(mut these) => published.append(&mut these),
             Err(why) => {
                 built.refusals.insert(ports_key(&id), why);
@@ -541,11 +605,21 @@ fn build_ports(inputs: &Inputs<'_>, built: &mut Built) {
     built.state.ports = published;
 }
 
-/// One PortPublish's ports, or why it is not published here.
-fn publish_ports(
+/// Where a PortPublish's ports lead: the receiving endpoint's id and its addresses.
+pub type Destination<'a> = (&'a str, Addresses);
+
+/// The id of the Endpoint a PortPublish names.
+pub fn ports_endpoint(publish: &PortPublish) -> String {
+    let namespace = publish.metadata.namespace.as_deref().unwrap_or_default();
+    format!("{namespace}/{}", publish.spec.endpoint)
+}
+
+/// One PortPublish's ports to `destination` (found from [`ports_endpoint`]), or why it is not
+/// published here.
+pub fn publish_ports(
     id: &str,
     publish: &PortPublish,
-    destinations: &HashMap<&str, (&str, Addresses)>,
+    destination: Option<Destination<'_>>,
 ) -> Result<Vec<PublishedPort>, Refusal> {
     let status = publish
         .status
@@ -557,9 +631,7 @@ fn publish_ports(
                 "waiting for the operator to allocate the host ports".to_owned(),
             )
         })?;
-    let namespace = publish.metadata.namespace.as_deref().unwrap_or_default();
-    let endpoint = format!("{namespace}/{}", publish.spec.endpoint);
-    let Some((receiver, address)) = destinations.get(endpoint.as_str()) else {
+    let Some((receiver, address)) = destination else {
         return Err(refusal(
             reason::ENDPOINT_NOT_ATTACHED,
             format!(
@@ -569,7 +641,7 @@ fn publish_ports(
             ),
         ));
     };
-    published_ports(id, receiver, *address, status).ok_or_else(|| {
+    published_ports(id, receiver, address, status).ok_or_else(|| {
         refusal(
             reason::NOT_ALLOCATED,
             "the status's ports are not valid host ports".to_owned(),
@@ -640,7 +712,7 @@ pub fn refuse_ports(built: &mut Built, refused: &BTreeMap<HostPort, Refused>, no
 
 /// The subnets and gateways the operator recorded for a bridge or overlay Network: one of each
 /// family its spec asks for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Addressing {
     v4: Option<(Ipv4Net, Ipv4Addr)>,
     v6: Option<(Ipv6Net, Ipv6Addr)>,
@@ -679,6 +751,29 @@ fn network_mtu(network: &Network) -> u32 {
         .unwrap_or(pier_crds::network::DEFAULT_MTU.unsigned_abs())
 }
 
+/// Everything of a Network that its endpoints' evaluation and its [`NetworkState`] read: a
+/// change of anything else (the operator rewrites the status's endpoint count for every
+/// endpoint it allocates) changes nothing built from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkFacts {
+    driver: pier_crds::Driver,
+    addressing: Option<Addressing>,
+    has_vxlan_id: bool,
+    /// The network as the state has it (`None`: not ready to be one).
+    pub state: Option<NetworkState>,
+}
+
+impl NetworkFacts {
+    pub fn of(network: &Network) -> NetworkFacts {
+        NetworkFacts {
+            driver: network.spec.driver,
+            addressing: Addressing::of(network),
+            has_vxlan_id: network.status.as_ref().and_then(|s| s.vxlan_id).is_some(),
+            state: network_state(network),
+        }
+    }
+}
+
 fn network_state(network: &Network) -> Option<NetworkState> {
     let (driver, addressing) = match network.spec.driver {
         pier_crds::Driver::Bridge => (Driver::Bridge, Addressing::of(network)?),
@@ -705,7 +800,7 @@ fn network_state(network: &Network) -> Option<NetworkState> {
 }
 
 /// An endpoint's addresses: IPv4, IPv6 (each when its network has the family).
-type Addresses = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+pub type Addresses = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 
 /// The status's ports, each to the endpoint's address of its host address's family.
 fn published_ports(

@@ -4,8 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Node;
@@ -20,6 +21,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use super::build::{self, Built, Inputs};
+use super::index::{Environment, NodeIndex};
+use super::metrics::NodeMetrics;
 use super::node_kernel::{HeldPort, NodeKernel};
 use super::removal::Removals;
 use super::{AgentConfig, Error, FIELD_MANAGER};
@@ -58,8 +61,16 @@ pub struct Context {
     pub host_subnets: Mutex<Vec<HostSubnet>>,
     /// Target Pods' namespaces found on this node, by `NAMESPACE/POD`.
     pub pod_netns: Mutex<HashMap<String, PathBuf>>,
-    /// What the DNS server serves: the node's state after every apply.
+    /// What the DNS server serves: the node's state, handed over by [`feed_dns`] after applies.
     pub dns_state: watch::Sender<NodeState>,
+    /// Woken after every apply: the DNS server gets the node's state.
+    dns_changed: Notify,
+    /// The other nodes' part of the latest apply (by turn), for DNS.
+    dns_remote: Mutex<RemotePart>,
+    /// The node's state kept up to date from the watches' events.
+    pub index: SharedIndex,
+    /// Whether `index` was filled from the stores once they listed (see [`Context::wait_synced`]).
+    index_seeded: AtomicBool,
     /// What each Endpoint (by uid) was last attached as, to skip the reconcile that only our own
     /// status write caused: the resync still checks the kernel for all of them.
     pub attached: Mutex<HashMap<String, String>>,
@@ -110,6 +121,48 @@ impl ElsewhereStores {
     }
 }
 
+/// The node's [`NodeIndex`], shared by the watches that feed it and the reconcilers that read
+/// it; every change counts its evaluations into the node's metrics. Locked briefly, never
+/// across kernel work or an await.
+#[derive(Debug, Clone)]
+pub struct SharedIndex {
+    index: Arc<Mutex<NodeIndex>>,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl SharedIndex {
+    /// An empty index for the node `config` describes.
+    pub fn new(config: &AgentConfig) -> SharedIndex {
+        let env = Environment {
+            node: config.node_name.clone(),
+            netns_targets: config.netns_targets,
+            ..Environment::default()
+        };
+        SharedIndex {
+            index: Arc::new(Mutex::new(NodeIndex::new(env))),
+            metrics: Arc::clone(&config.metrics),
+        }
+    }
+
+    /// Changes the index with `change`.
+    pub fn update<T>(&self, change: impl FnOnce(&mut NodeIndex) -> T) -> T {
+        let mut index = lock(&self.index);
+        let before = index.evaluations();
+        let result = change(&mut index);
+        let evaluated = index.evaluations() - before;
+        drop(index);
+        if evaluated > 0 {
+            self.metrics.state_evaluations.inc_by(evaluated);
+        }
+        result
+    }
+
+    /// Reads the index.
+    pub fn read<T>(&self, look: impl FnOnce(&NodeIndex) -> T) -> T {
+        look(&lock(&self.index))
+    }
+}
+
 /// The stores the agent's watches fill, and how the overlay follower hears of changes.
 #[derive(Debug)]
 pub struct Stores {
@@ -120,6 +173,8 @@ pub struct Stores {
     pub remote_endpoints: Store<Endpoint>,
     pub nodes: Store<PartialObjectMeta<Node>>,
     pub overlay_changed: Arc<Notify>,
+    /// Fed by the Network, Endpoint and PortPublish watches.
+    pub index: SharedIndex,
 }
 
 /// A lock that a panic elsewhere does not make unusable: every value behind these locks is
@@ -146,6 +201,7 @@ impl Context {
             remote_endpoints,
             nodes,
             overlay_changed,
+            index,
         } = stores;
         Context {
             events: Events::new(client.clone(), FIELD_MANAGER, config.node_name.clone()),
@@ -166,6 +222,10 @@ impl Context {
             host_subnets: Mutex::new(Vec::new()),
             pod_netns: Mutex::new(HashMap::new()),
             dns_state,
+            dns_changed: Notify::new(),
+            dns_remote: Mutex::new((None, Vec::new())),
+            index,
+            index_seeded: AtomicBool::new(false),
             attached: Mutex::new(HashMap::new()),
             host_ports: Arc::new(Mutex::new(PortHolder::default())),
             removals,
@@ -195,10 +255,49 @@ impl Context {
         self.nodes
             .wait_until_ready()
             .await
-            .map_err(Error::NotSynced)
+            .map_err(Error::NotSynced)?;
+        if !self.index_seeded.swap(true, AtomicOrdering::AcqRel) {
+            // The watches fill the index right after their stores; this closes the moment
+            // between a store being listed and its watch's next step.
+            self.reseed_index();
+        }
+        Ok(())
     }
 
-    /// The node's state from what the stores hold now.
+    /// Fills the index from the stores as they are now and the node's environment (the
+    /// resync's safety net: the index follows every event, this follows the stores).
+    pub fn reseed_index(&self) {
+        let env = Environment {
+            node: self.config.node_name.clone(),
+            netns_targets: self.config.netns_targets,
+            host_subnets: lock(&self.host_subnets).clone(),
+            pod_netns: lock(&self.pod_netns).clone(),
+            tunnel: self.tunnel_address(),
+            tunnel_problem: self.tunnel_problem(),
+        };
+        self.index.update(|index| {
+            index.set_environment(env);
+            index.replace_networks(self.networks.state());
+            index.replace_endpoints(self.endpoints.state());
+            index.replace_ports(self.ports.state());
+        });
+    }
+
+    /// What an apply within `scope` needs of the node's state (see [`NodeIndex::projection`]).
+    pub fn projection(&self, scope: &Scope) -> Built {
+        self.index.read(|index| index.projection(scope))
+    }
+
+    /// The namespace of Pod `pod` (`NAMESPACE/POD`) is now `path` (`None`: not found here).
+    pub fn set_pod_netns(&self, pod: &str, path: Option<PathBuf>) {
+        match &path {
+            Some(path) => lock(&self.pod_netns).insert(pod.to_owned(), path.clone()),
+            None => lock(&self.pod_netns).remove(pod),
+        };
+        self.index.update(|index| index.set_pod_netns(pod, path));
+    }
+
+    /// The node's state from what the stores hold now, built from scratch (the resync's).
     pub fn build(&self) -> Built {
         let (networks, endpoints, ports) = (
             self.networks.state(),
@@ -237,6 +336,11 @@ impl Context {
     /// Why this node has no tunnel address, when the detection said why.
     fn tunnel_problem(&self) -> Option<String> {
         lock(&self.tunnel).as_ref().and_then(|t| t.clone().err())
+    }
+
+    /// Sets the other nodes' part of `state` from what the stores hold now.
+    pub fn refresh_elsewhere(&self, state: &mut NodeState) {
+        self.elsewhere().refresh(state);
     }
 
     /// What refreshes the other nodes' part of a state inside an apply.
@@ -338,21 +442,25 @@ impl Context {
         Ok(report)
     }
 
-    /// Hands the state of apply number `turn` to the DNS server, unless a later apply's is
-    /// there already.
+    /// Has [`feed_dns`] hand the node's state to the DNS server, with the other nodes' part of
+    /// apply number `turn` unless a later apply's is there already.
     fn serve_dns(&self, turn: u64, state: &NodeState) {
         let mut served = lock(&self.dns_turn);
         if turn < *served {
             return;
         }
         *served = turn;
-        self.dns_state.send_if_modified(|serving| {
-            let changed = serving != state;
-            if changed {
-                *serving = state.clone();
-            }
-            changed
-        });
+        *lock(&self.dns_remote) = (state.tunnel, state.remote_endpoints.clone());
+        drop(served);
+        self.dns_changed.notify_one();
+    }
+
+    /// The state the DNS server serves: the node's, with the other nodes' part of the latest
+    /// apply.
+    fn dns_view(&self) -> NodeState {
+        let mut state = self.index.read(|index| index.state().clone());
+        (state.tunnel, state.remote_endpoints) = lock(&self.dns_remote).clone();
+        state
     }
 
     /// Whether the other nodes' part `part` is what the kernel last had applied in full.
@@ -368,6 +476,34 @@ impl Context {
         tokio::task::spawn_blocking(work)
             .await
             .map_err(Error::Blocking)
+    }
+}
+
+/// How long the DNS server keeps a state at least while endpoints keep coming: each hand-over
+/// copies the node's state and the server rebuilds its views and files from all of it, so
+/// during a burst of thousands of Endpoints this bounds that work to a share of the CPUs; the
+/// first change after a quiet moment goes at once.
+fn dns_pace(endpoints: usize) -> Duration {
+    const BASE: Duration = Duration::from_millis(50);
+    const PER_ENDPOINT: Duration = Duration::from_micros(50);
+    BASE + PER_ENDPOINT * u32::try_from(endpoints).unwrap_or(u32::MAX)
+}
+
+/// Hands the node's state to the DNS server after applies, paced by [`dns_pace`], until the
+/// task is dropped.
+pub async fn feed_dns(ctx: Arc<Context>) {
+    loop {
+        ctx.dns_changed.notified().await;
+        let state = ctx.dns_view();
+        let pace = dns_pace(state.endpoints.len());
+        ctx.dns_state.send_if_modified(|serving| {
+            let changed = *serving != state;
+            if changed {
+                *serving = state;
+            }
+            changed
+        });
+        tokio::time::sleep(pace).await;
     }
 }
 

@@ -118,8 +118,10 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     if let Some(pod) = &ep.spec.target.pod {
         find_pod_netns(ep, &pod.name, ctx).await?;
     }
-    let mut built = ctx.build();
     let id = object_id(&ep.metadata);
+    // This endpoint and the few the dataplane compares it with, not the whole node.
+    let scope = Scope::Endpoints(vec![id.clone()]);
+    let mut built = ctx.projection(&scope);
     let object = endpoint_key(&id);
     let existing = ep.conditions().to_vec();
     let generation = ep.metadata.generation;
@@ -140,7 +142,6 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         // Not (or no longer) this node's.
         return Ok(Action::await_change());
     }
-    let scope = Scope::Endpoints(vec![id.clone()]);
     let report = metrics::apply(ctx, &mut built, scope, Timed::Attach).await?;
     let Some(condition) = attached_condition(&built, Some(&report), &id, &existing, generation)
     else {
@@ -196,8 +197,7 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
         .metrics
         .detach
         .observe(started.elapsed().as_secs_f64());
-    if let Some(Outcome::Failed(message)) = removal.report.outcome(&ObjectKey::Link(veth.clone()))
-    {
+    if let Some(Outcome::Failed(message)) = removal.report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(Error::Detach {
             endpoint: key(ep),
             message: message.clone(),
@@ -220,10 +220,8 @@ async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
 async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), Error> {
     let namespace = ep.namespace().unwrap_or_default();
     let pod_id = format!("{namespace}/{pod}");
-    let known = super::context::lock(&ctx.pod_netns)
-        .get(&pod_id)
-        .is_some_and(|path| ctx.kernel.netns_exists(path));
-    if known {
+    let known = super::context::lock(&ctx.pod_netns).get(&pod_id).cloned();
+    if known.is_some_and(|path| ctx.kernel.netns_exists(&path)) {
         return Ok(());
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -232,7 +230,7 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
         source,
     })?;
     let Some(uid) = found.and_then(|p| p.metadata.uid) else {
-        super::context::lock(&ctx.pod_netns).remove(&pod_id);
+        ctx.set_pod_netns(&pod_id, None);
         return Ok(());
     };
     let kernel = Arc::clone(&ctx.kernel);
@@ -240,15 +238,6 @@ async fn find_pod_netns(ep: &Endpoint, pod: &str, ctx: &Context) -> Result<(), E
         .blocking(move || kernel.find_pod_netns(&uid))
         .await?
         .map_err(Error::PodNetns)?;
-    let mut known = super::context::lock(&ctx.pod_netns);
-    match path {
-        Some(path) => {
-            known.insert(pod_id, path);
-        }
-        None => {
-            known.remove(&pod_id);
-        }
-    }
+    ctx.set_pod_netns(&pod_id, path);
     Ok(())
 }
-

@@ -59,6 +59,9 @@ pub struct NodeMetrics {
     pub detach_batch: Histogram,
     /// Kernel objects that failed to apply, by kind.
     pub kernel_errors: Family<KindLabels, Counter>,
+    /// Endpoints evaluated to keep the node's state up to date (see `agent::index`): an Endpoint
+    /// event evaluates that Endpoint (and any sharing its namespace), a resync all of them.
+    pub state_evaluations: Counter,
     /// Objects the agent watches by condition (every Network of the cluster; this node's
     /// Endpoints and PortPublishes), as of the last full reconcile.
     pub objects: Family<ConditionLabels, Gauge>,
@@ -84,6 +87,7 @@ impl Default for NodeMetrics {
             detach: latency(),
             detach_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             kernel_errors,
+            state_evaluations: Counter::default(),
             objects: Family::default(),
             dns: DnsMetrics::default(),
         }
@@ -113,6 +117,11 @@ impl NodeMetrics {
             "kernel_errors",
             "Kernel objects that failed to apply, by kind",
             self.kernel_errors.clone(),
+        );
+        registry.register(
+            "state_evaluations",
+            "Endpoints evaluated to keep the node's state up to date (one per Endpoint event; all at each resync)",
+            self.state_evaluations.clone(),
         );
         registry.register(
             "objects",
@@ -308,6 +317,7 @@ mod tests {
             "pier_node_attach_duration_seconds_count 1",
             "pier_node_detach_duration_seconds_count 0",
             "pier_node_kernel_errors_total{kind=\"dataplane\"} 0",
+            "pier_node_state_evaluations_total 0",
             "pier_node_dns_queries_total{rcode=\"NOERROR\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing:\n{text}");

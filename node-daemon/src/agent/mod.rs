@@ -4,8 +4,10 @@
 //!
 //! Two controllers (Endpoints and PortPublishes whose `status.node` names this node, by field
 //! selector) attach and publish one object at a time on the fast path; a resync loop runs a full
-//! reconcile at start and every `resync` (drift repair, garbage collection, host subnets). Both
-//! build the node's state from the same stores with one pure function ([`build::build`]).
+//! reconcile at start and every `resync` (drift repair, garbage collection, host subnets). The
+//! resync builds the node's state from scratch with one pure function ([`build::build`]); the
+//! controllers read it from [`index::NodeIndex`], which the watches keep up to date one object
+//! at a time with the same evaluation, so N Endpoints arriving at once do not cost N full builds.
 
 pub mod batch;
 pub mod build;
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod context;
 pub mod endpoint;
 pub mod fake;
+pub mod index;
 pub mod metrics;
 pub mod node_kernel;
 pub mod overlay;
@@ -27,19 +30,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use pier_crds::{Endpoint, Network, PortPublish};
+use pier_runtime::lean;
 use tokio::sync::{Notify, watch};
 
 use crate::dns::{DnsConfig, DnsServer};
 use crate::state::NodeState;
-use context::{Context, Stores};
+use context::{Context, SharedIndex, Stores};
 use metrics::NodeMetrics;
 use node_kernel::{NodeKernel, RealKernel};
 
@@ -232,37 +236,45 @@ pub async fn run_with(
 ) -> Result<(), AgentError> {
     let on_node = on_node(&config.node_name);
     let networks: Api<Network> = Api::all(client.clone());
+    let index = SharedIndex::new(&config);
 
     // Networks: a store of its own (the controllers' stores hold this node's objects only).
-    let (network_store, network_writer) = reflector::store();
-    let network_watch = watcher(networks.clone(), watcher::Config::default())
-        .default_backoff()
-        .reflect(network_writer)
-        .applied_objects()
-        .for_each(|_| futures::future::ready(()));
+    // No store keeps managed fields (pier_runtime::lean): nothing here reads them.
+    let (network_store, network_events) = lean::store(networks.clone(), watcher::Config::default());
+    let network_watch = network_events.for_each({
+        let feed = feeder(&index, &network_store);
+        move |event| {
+            if let Ok(event) = event {
+                feed(&event);
+            }
+            futures::future::ready(())
+        }
+    });
 
+    // This node's Endpoints and PortPublishes: each event reaches the index right after the
+    // controller's store.
     let endpoints: Api<Endpoint> = Api::all(client.clone());
     let publishes: Api<PortPublish> = Api::all(client.clone());
-    let endpoint_controller = Controller::new(endpoints.clone(), on_node.clone())
+    let (endpoint_store, endpoint_events) = lean::store(endpoints.clone(), on_node.clone());
+    let endpoint_events = endpoint_events
+        .inspect_ok(feeder(&index, &endpoint_store))
+        .applied_objects();
+    let endpoint_controller = Controller::for_stream(endpoint_events, endpoint_store.clone())
         .with_config(controller::Config::default().concurrency(ENDPOINT_CONCURRENCY));
-    let endpoint_store = endpoint_controller.store();
-    let publish_controller = Controller::new(publishes, on_node.clone())
+    let (publish_store, publish_events) = lean::store(publishes, on_node.clone());
+    let publish_events = publish_events
+        .inspect_ok(feeder(&index, &publish_store))
+        .applied_objects();
+    let publish_controller = Controller::for_stream(publish_events, publish_store.clone())
         .with_config(controller::Config::default().concurrency(CONCURRENCY));
-    let publish_store = publish_controller.store();
 
     // The other nodes' Endpoints and the Nodes: an overlay's entries here follow them.
     let overlay_changed = Arc::new(Notify::new());
-    let (remote_store, remote_writer) = reflector::store();
-    let remote_watch = watcher(endpoints.clone(), off_node(&config.node_name))
-        .default_backoff()
-        .reflect(remote_writer)
-        .for_each(notifier(&overlay_changed));
-    let (node_store, node_writer) = reflector::store();
+    let (remote_store, remote_watch) = lean::store(endpoints.clone(), off_node(&config.node_name));
+    let remote_watch = remote_watch.for_each(notifier(&overlay_changed));
     let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
-    let node_watch = watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .for_each(notifier(&overlay_changed));
+    let (node_store, node_watch) = lean::store(nodes, watcher::Config::default());
+    let node_watch = node_watch.for_each(notifier(&overlay_changed));
 
     let (dns_state, dns_watch) = watch::channel(NodeState::default());
     let dns = match config.dns.clone() {
@@ -291,10 +303,12 @@ pub async fn run_with(
             remote_endpoints: remote_store,
             nodes: node_store,
             overlay_changed,
+            index,
         },
         dns_state,
         removals,
     ));
+    let has_dns = dns.is_some();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let endpoint_controller = run_endpoints(endpoint_controller, networks, &ctx, stopped(&stop_rx));
@@ -307,6 +321,13 @@ pub async fn run_with(
     let resync = resync::run(Arc::clone(&ctx), health);
     let overlay = overlay::follow(Arc::clone(&ctx));
     let removal = removal::run(Arc::clone(&ctx), removal_queue);
+    let feed_dns = async {
+        if has_dns {
+            context::feed_dns(Arc::clone(&ctx)).await;
+        } else {
+            futures::future::pending::<()>().await;
+        }
+    };
     let work = async {
         tokio::select! {
             _ = network_watch => {}
@@ -315,6 +336,7 @@ pub async fn run_with(
             _ = node_watch => {}
             _ = resync => {}
             _ = overlay => {}
+            _ = feed_dns => {}
             () = async { futures::join!(endpoint_controller, publish_controller); } => {}
         }
     };
@@ -332,6 +354,74 @@ pub async fn run_with(
         dns.stop().await;
     }
     Ok(())
+}
+
+/// What the index does with a watch event of its kind of object; on a relist, whose objects its
+/// `store` holds by then (the reflector applies each event before passing it on), the index
+/// takes the store's objects, which also forgets those deleted while the watch was down.
+fn feeder<K>(index: &SharedIndex, store: &Store<K>) -> impl Fn(&watcher::Event<K>) + use<K>
+where
+    K: Indexed + kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let (index, store) = (index.clone(), store.clone());
+    move |event| match event {
+        // The store's copy: the index shares it instead of keeping one of its own.
+        watcher::Event::Apply(object) => {
+            let object = store
+                .get(&ObjectRef::from_obj(object))
+                .unwrap_or_else(|| Arc::new(object.clone()));
+            index.update(|index| K::upsert(index, object));
+        }
+        watcher::Event::Delete(object) => index.update(|index| K::remove(index, object)),
+        watcher::Event::InitDone => {
+            let objects = store.state();
+            index.update(|index| K::replace(index, objects));
+        }
+        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+    }
+}
+
+/// A kind of object the node's index is fed.
+trait Indexed: Sized {
+    fn upsert(index: &mut index::NodeIndex, object: Arc<Self>);
+    fn remove(index: &mut index::NodeIndex, object: &Self);
+    fn replace(index: &mut index::NodeIndex, objects: Vec<Arc<Self>>);
+}
+
+impl Indexed for Network {
+    fn upsert(index: &mut index::NodeIndex, object: Arc<Network>) {
+        index.upsert_network(object);
+    }
+    fn remove(index: &mut index::NodeIndex, object: &Network) {
+        index.remove_network(&object.name_any());
+    }
+    fn replace(index: &mut index::NodeIndex, objects: Vec<Arc<Network>>) {
+        index.replace_networks(objects);
+    }
+}
+
+impl Indexed for Endpoint {
+    fn upsert(index: &mut index::NodeIndex, object: Arc<Endpoint>) {
+        index.upsert_endpoint(object);
+    }
+    fn remove(index: &mut index::NodeIndex, object: &Endpoint) {
+        index.remove_endpoint(&build::object_id(&object.metadata));
+    }
+    fn replace(index: &mut index::NodeIndex, objects: Vec<Arc<Endpoint>>) {
+        index.replace_endpoints(objects);
+    }
+}
+
+impl Indexed for PortPublish {
+    fn upsert(index: &mut index::NodeIndex, object: Arc<PortPublish>) {
+        index.upsert_ports(object);
+    }
+    fn remove(index: &mut index::NodeIndex, object: &PortPublish) {
+        index.remove_ports(&build::object_id(&object.metadata));
+    }
+    fn replace(index: &mut index::NodeIndex, objects: Vec<Arc<PortPublish>>) {
+        index.replace_ports(objects);
+    }
 }
 
 /// The watch of the objects whose `status.node` names `node`.
@@ -414,17 +504,25 @@ fn run_publishes(
     let (endpoints, on_node) = endpoints;
     controller
         .watches(endpoints, on_node, move |ep| {
-            let (name, ns) = (ep.name_any(), ep.namespace());
+            let ns = ep.metadata.namespace.as_deref();
+            let ports: Vec<_> = by_endpoint
+                .state()
+                .into_iter()
+                .filter(|p| p.metadata.namespace.as_deref() == ns)
+                .collect();
+            // Most Endpoint events concern no port: no walk over every Endpoint for them.
+            if ports.is_empty() {
+                return Vec::new();
+            }
             let sharing = sharers.state();
             let leading_to_it = pier_crds::endpoint::publishing_through(
                 sharing.iter().map(|e| &**e),
-                ns.as_deref(),
-                &name,
+                ns,
+                &ep.name_any(),
             );
-            by_endpoint
-                .state()
+            ports
                 .into_iter()
-                .filter(|p| p.namespace() == ns && leading_to_it.contains(&p.spec.endpoint))
+                .filter(|p| leading_to_it.contains(&p.spec.endpoint))
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })

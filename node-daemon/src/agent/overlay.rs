@@ -135,16 +135,19 @@ pub async fn follow(ctx: Arc<Context>) {
     let mut retry = ctx.config.min_backoff;
     loop {
         ctx.overlay_changed.notified().await;
-        let mut built = ctx.build();
-        let has_overlay = built
-            .state
-            .networks
-            .iter()
-            .any(|n| n.driver == Driver::Overlay);
         // Without an overlay network here, another node's Endpoints are nothing to this node; a
         // Node's heartbeat or a bridge network's Endpoint elsewhere changes nothing applied.
+        let has_overlay = ctx.index.read(|index| {
+            let networks = &index.state().networks;
+            networks.iter().any(|n| n.driver == Driver::Overlay)
+        });
+        if !has_overlay {
+            continue;
+        }
+        let mut built = ctx.projection(&Scope::Overlay);
+        ctx.refresh_elsewhere(&mut built.state);
         let part = (built.state.tunnel, built.state.remote_endpoints.clone());
-        if !has_overlay || ctx.is_programmed(&part) {
+        if ctx.is_programmed(&part) {
             continue;
         }
         let failure = match metrics::apply(&ctx, &mut built, Scope::Overlay, Timed::No).await {

@@ -79,7 +79,9 @@ async fn publish_ports(
     ctx: &Context,
 ) -> Result<Action, Error> {
     ctx.wait_synced().await?;
-    let mut built = ctx.build();
+    // No endpoint in scope: bridges and the table only.
+    let scope = Scope::Endpoints(Vec::new());
+    let mut built = ctx.projection(&scope);
     let id = object_id(&publish.metadata);
     let existing = publish.conditions().to_vec();
     let generation = publish.metadata.generation;
@@ -94,8 +96,6 @@ async fn publish_ports(
     if !built.state.ports.iter().any(|p| p.id == id) {
         return Ok(Action::await_change());
     }
-    // No endpoint in scope: bridges and the table only.
-    let scope = Scope::Endpoints(Vec::new());
     let report = metrics::apply(ctx, &mut built, scope, Timed::No).await?;
     let firewall = firewall_outcome(&report);
     let Some(condition) =
@@ -114,8 +114,8 @@ async fn publish_ports(
 /// Withdraws the ports: the table rendered from the node without this PortPublish.
 async fn withdraw(publish: &PortPublish, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
-    let mut built = ctx.build();
     let scope = Scope::Endpoints(Vec::new());
+    let mut built = ctx.projection(&scope);
     let report = metrics::apply(ctx, &mut built, scope, Timed::No).await?;
     firewall_outcome(&report).map_err(|message| Error::Publish {
         portpublish: key(publish),

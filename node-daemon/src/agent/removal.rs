@@ -4,8 +4,9 @@
 //! lock, so 500 Endpoints deleted one after another took 10 s of kernel time alone. Each detach
 //! instead submits its [`Departure`] (its veth, its network's bridge should nothing else use it,
 //! its named namespace) to one loop, which removes what every detach waiting asked for with one
-//! apply: one plan from the stores as they are then (the Endpoints being deleted are no longer
-//! in the state), one table update, all the links in one kernel request (see `dataplane::bulk`),
+//! apply: one plan from the node's incremental state as it is then (projected for the links
+//! removed, as every scoped apply is; the Endpoints being deleted are no longer in it), one
+//! table update, all the links in one kernel request (see `dataplane::bulk`),
 //! then the namespaces Pier made that nothing stays in. Every detach of the batch waits for that
 //! and gets the shared answer, so a finalizer is still removed only once its own veth and
 //! namespace are gone, and a failed apply is an error of every detach in it (each retries with
@@ -79,8 +80,8 @@ async fn remove(ctx: Arc<Context>, departures: Vec<Departure>) -> Removed {
         .flat_map(|d| std::iter::once(&d.veth).chain(&d.links))
         .cloned()
         .collect();
-    let mut built = ctx.build();
     let scope = Scope::Removal(links.into_iter().collect());
+    let mut built = ctx.projection(&scope);
     let applied = metrics::apply(&ctx, &mut built, scope, Timed::No).await;
     ctx.config
         .metrics

@@ -53,6 +53,9 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
         tracing::warn!(error = %pier_runtime::error_chain(&error), "cannot record the tunnel address");
     }
     lock(&ctx.pod_netns).retain(|_, path| ctx.kernel.netns_exists(path));
+    // The full check: the state built from scratch, and the incremental one caught up with the
+    // stores and the node's subnets, Pods and tunnel as read now.
+    ctx.reseed_index();
     let mut built = ctx.build();
     let report = metrics::apply(ctx, &mut built, Scope::Full, Timed::No).await?;
     let repaired: Vec<String> = report

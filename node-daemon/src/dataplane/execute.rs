@@ -113,7 +113,10 @@ impl Executor<'_> {
         if doomed.is_empty() {
             return;
         }
-        for (step, result) in steps.into_iter().zip(bulk::delete_links(self.host, &doomed)) {
+        for (step, result) in steps
+            .into_iter()
+            .zip(bulk::delete_links(self.host, &doomed))
+        {
             let object = step.object();
             match result {
                 Ok(Deleted::InGroup(links)) => {

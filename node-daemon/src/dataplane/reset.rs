@@ -8,9 +8,9 @@ use super::DataplaneError;
 use super::diff::is_owned;
 use pier_runtime::error_chain as chain;
 
+use super::bulk::{self, Deleted, Doomed};
 use super::report::{ObjectKey, Report};
 use crate::firewall;
-use super::bulk::{self, Deleted, Doomed};
 use crate::kernel::netlink::Nl;
 
 pub(super) fn reset(host: &Nl, host_netns: Option<&Path>) -> Result<Report, DataplaneError> {

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::state::{Netns, NodeState};
 
@@ -157,7 +158,16 @@ pub struct ResolvConfWriter {
     owner: String,
     /// Namespaces whose file Pier wrote, with the content (rewritten only when it changes).
     written: BTreeMap<String, String>,
+    /// How often the files written are looked for (one removed behind Pier's back is written
+    /// again): not at every change of the state, which during a burst of Endpoints would stat
+    /// every namespace's file for each of them.
+    recheck: Duration,
+    /// When they were last looked for.
+    checked: Option<Instant>,
 }
+
+/// The default of [`ResolvConfWriter::recheck`].
+pub const RECHECK: Duration = Duration::from_secs(10);
 
 impl ResolvConfWriter {
     /// A writer for `root`; files a previous run for the same `owner` left are adopted, so a
@@ -179,7 +189,15 @@ impl ResolvConfWriter {
             root,
             owner,
             written,
+            recheck: RECHECK,
+            checked: None,
         }
+    }
+
+    /// Looks for the files written every `recheck` (see the field).
+    pub fn with_recheck(mut self, recheck: Duration) -> ResolvConfWriter {
+        self.recheck = recheck;
+        self
     }
 
     /// The file of namespace `name`.
@@ -201,8 +219,13 @@ impl ResolvConfWriter {
             })
             .collect();
         let mut errors = Vec::new();
+        let recheck = self.checked.is_none_or(|at| at.elapsed() >= self.recheck);
+        if recheck {
+            self.checked = Some(Instant::now());
+        }
         for (name, text) in &desired {
-            if self.written.get(name) == Some(text) && self.path_of(name).exists() {
+            let unchanged = self.written.get(name) == Some(text);
+            if unchanged && (!recheck || self.path_of(name).exists()) {
                 continue;
             }
             if is_foreign(&self.root, name, &self.owner) {
@@ -468,6 +491,24 @@ mod tests {
         assert!(other.remove_all().is_empty());
         assert!(!root.join("c").exists());
         assert!(root.join("foreign/resolv.conf").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_file_removed_behind_the_writers_back_is_written_again_at_the_next_recheck() {
+        let root = std::env::temp_dir().join(format!("pier-recheck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let file = root.join("a/resolv.conf");
+        let hour = Duration::from_secs(3600);
+        let mut writer = ResolvConfWriter::new(root.clone(), "node-a".into()).with_recheck(hour);
+        assert!(writer.sync(&state(&["a"]), &[]).is_empty());
+        std::fs::remove_file(&file).expect("removed by hand");
+        assert!(writer.sync(&state(&["a"]), &[]).is_empty());
+        assert!(!file.exists(), "not looked for at every change");
+        let mut writer = writer.with_recheck(Duration::ZERO);
+        assert!(writer.sync(&state(&["a"]), &[]).is_empty());
+        assert!(file.exists(), "written again when looked for");
+        assert!(writer.remove_all().is_empty());
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -17,10 +17,8 @@ pub const REG_1: Register = 1;
 /// 4-byte registers, `NFT_REG32_00 + n`.
 pub const REG32_00: Register = 8;
 pub const REG32_01: Register = 9;
-pub const REG32_02: Register = 10;
 /// Where a field after a 16-byte one (an interface name, an IPv6 address in `00..03`) starts.
 pub const REG32_04: Register = 12;
-pub const REG32_05: Register = 13;
 /// The second 16-byte register (same storage as `REG32_04..REG32_07`).
 pub const REG_2: Register = 2;
 

@@ -45,7 +45,7 @@ pub use loopback6::{LOOPBACK6_CHAIN, LOOPBACK6_PRIORITY, LOOPBACK6_RULES};
 
 use super::expr::{
     CT_STATE_ESTABLISHED, CT_STATE_RELATED, CmpOp, Expr, IPS_DST_NAT, MetaKey, PayloadBase, REG_1,
-    REG32_00, REG32_01, REG32_02, REG32_04, REG32_05, RTN_LOCAL, Verdict,
+    REG32_00, REG32_01, REG32_04, RTN_LOCAL, Register, Verdict,
 };
 
 /// The name of the tables Pier owns: `inet pier`, and `ip6 pier` on a node with IPv6 networks.
@@ -774,14 +774,14 @@ impl Ip {
 
     /// `ip saddr` / `ip6 saddr` into `REG_1`.
     fn saddr(self) -> Expr {
-        let (offset, len) = match self {
-            Ip::V4 => (IP_SADDR_OFFSET, 4),
-            Ip::V6 => (IP6_SADDR_OFFSET, 16),
+        let offset = match self {
+            Ip::V4 => IP_SADDR_OFFSET,
+            Ip::V6 => IP6_SADDR_OFFSET,
         };
         Expr::Payload {
             base: PayloadBase::Network,
             offset,
-            len,
+            len: self.address_len(),
             dreg: REG_1,
         }
     }
@@ -791,6 +791,50 @@ impl Ip {
         match self {
             Ip::V4 => SET_MASQ,
             Ip::V6 => SET_MASQ6,
+        }
+    }
+
+    /// The ports published on one address of this family, and on all of them.
+    fn ports_by_address_map(self) -> &'static str {
+        match self {
+            Ip::V4 => MAP_PORTS_ADDR,
+            Ip::V6 => MAP_PORTS_ADDR6,
+        }
+    }
+
+    fn ports_any_address_map(self) -> &'static str {
+        match self {
+            Ip::V4 => MAP_PORTS_ANY,
+            Ip::V6 => MAP_PORTS_ANY6,
+        }
+    }
+
+    /// Bytes of an address.
+    fn address_len(self) -> u32 {
+        match self {
+            Ip::V4 => 4,
+            Ip::V6 => 16,
+        }
+    }
+
+    /// 4-byte registers an address fills.
+    fn address_registers(self) -> Register {
+        self.address_len() / 4
+    }
+
+    /// Where the header keeps the destination address.
+    fn daddr_offset(self) -> u32 {
+        match self {
+            Ip::V4 => IP_DADDR_OFFSET,
+            Ip::V6 => IP6_DADDR_OFFSET,
+        }
+    }
+
+    /// DNAT of this family to the address in `addr` and the port in `port`.
+    fn dnat(self, addr: Register, port: Register) -> Expr {
+        match self {
+            Ip::V4 => Expr::Dnat { addr, port },
+            Ip::V6 => Expr::Dnat6 { addr, port },
         }
     }
 }
@@ -876,41 +920,41 @@ fn fib_daddr_local() -> [Expr; 2] {
     ]
 }
 
-/// `dnat ip to <key> map @ports_addr`: (daddr . l4proto . dport) in REG32_00..02; the value
-/// (address . port) comes back in REG32_00..01.
-fn dnat_specific() -> Vec<Expr> {
-    let mut exprs = Expr::is_ipv4().to_vec();
+/// `dnat ip to ip daddr . meta l4proto . th dport map @ports_addr` (or its `ip6` twin): the key
+/// (address . l4proto . dport) in REG32_00 on; the value (address . port) comes back in REG32_00
+/// on, the port right after the address.
+fn dnat_by_address(ip: Ip) -> Vec<Expr> {
+    let address = ip.address_registers();
+    let mut exprs = ip.nfproto().to_vec();
     exprs.extend([
         Expr::Payload {
             base: PayloadBase::Network,
-            offset: IP_DADDR_OFFSET,
-            len: 4,
+            offset: ip.daddr_offset(),
+            len: ip.address_len(),
             dreg: REG32_00,
         },
-        meta(MetaKey::L4Proto, REG32_01),
+        meta(MetaKey::L4Proto, REG32_00 + address),
         Expr::Payload {
             base: PayloadBase::Transport,
             offset: 2,
             len: 2,
-            dreg: REG32_02,
+            dreg: REG32_00 + address + 1,
         },
         Expr::Lookup {
-            set: MAP_PORTS_ADDR,
+            set: ip.ports_by_address_map(),
             sreg: REG32_00,
             dreg: Some(REG32_00),
             invert: false,
         },
-        Expr::Dnat {
-            addr: REG32_00,
-            port: REG32_01,
-        },
+        ip.dnat(REG32_00, REG32_00 + address),
     ]);
     exprs
 }
 
-/// `fib daddr type local dnat ip to meta l4proto . th dport map @ports_any`.
-fn dnat_any() -> Vec<Expr> {
-    let mut exprs = Expr::is_ipv4().to_vec();
+/// `meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @ports_any`
+/// (or its `ipv6` twin): the key (l4proto . dport) in REG32_00..01, the value as above.
+fn dnat_any_address(ip: Ip) -> Vec<Expr> {
+    let mut exprs = ip.nfproto().to_vec();
     exprs.extend(fib_daddr_local());
     exprs.extend([
         meta(MetaKey::L4Proto, REG32_00),
@@ -921,73 +965,12 @@ fn dnat_any() -> Vec<Expr> {
             dreg: REG32_01,
         },
         Expr::Lookup {
-            set: MAP_PORTS_ANY,
+            set: ip.ports_any_address_map(),
             sreg: REG32_00,
             dreg: Some(REG32_00),
             invert: false,
         },
-        Expr::Dnat {
-            addr: REG32_00,
-            port: REG32_01,
-        },
-    ]);
-    exprs
-}
-
-/// `dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_addr6`: the key in
-/// REG32_00..05 (address in 00..03); the value (address . port) comes back in REG32_00..04.
-fn dnat_specific6() -> Vec<Expr> {
-    let mut exprs = Expr::is_ipv6().to_vec();
-    exprs.extend([
-        Expr::Payload {
-            base: PayloadBase::Network,
-            offset: IP6_DADDR_OFFSET,
-            len: 16,
-            dreg: REG32_00,
-        },
-        meta(MetaKey::L4Proto, REG32_04),
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG32_05,
-        },
-        Expr::Lookup {
-            set: MAP_PORTS_ADDR6,
-            sreg: REG32_00,
-            dreg: Some(REG32_00),
-            invert: false,
-        },
-        Expr::Dnat6 {
-            addr: REG32_00,
-            port: REG32_04,
-        },
-    ]);
-    exprs
-}
-
-/// `meta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_any6`.
-fn dnat_any6() -> Vec<Expr> {
-    let mut exprs = Expr::is_ipv6().to_vec();
-    exprs.extend(fib_daddr_local());
-    exprs.extend([
-        meta(MetaKey::L4Proto, REG32_00),
-        Expr::Payload {
-            base: PayloadBase::Transport,
-            offset: 2,
-            len: 2,
-            dreg: REG32_01,
-        },
-        Expr::Lookup {
-            set: MAP_PORTS_ANY6,
-            sreg: REG32_00,
-            dreg: Some(REG32_00),
-            invert: false,
-        },
-        Expr::Dnat6 {
-            addr: REG32_00,
-            port: REG32_04,
-        },
+        ip.dnat(REG32_00, REG32_00 + ip.address_registers()),
     ]);
     exprs
 }
@@ -998,23 +981,23 @@ fn dnat_rules() -> Vec<RuleSpec> {
         RuleSpec {
             id: "dnat-addr",
             text: "dnat ip to ip daddr . meta l4proto . th dport map @ports_addr",
-            exprs: dnat_specific(),
+            exprs: dnat_by_address(Ip::V4),
         },
         RuleSpec {
             id: "dnat-any",
             text: "meta nfproto ipv4 fib daddr type local dnat ip to meta l4proto . th dport map @ports_any",
-            exprs: dnat_any(),
+            exprs: dnat_any_address(Ip::V4),
         },
         RuleSpec {
             id: "dnat-addr6",
             text: "dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_addr6",
-            exprs: dnat_specific6(),
+            exprs: dnat_by_address(Ip::V6),
         },
         // `::` includes `::1` (a local address) from the node, as 0.0.0.0 includes 127.0.0.1.
         RuleSpec {
             id: "dnat-any6",
             text: "meta nfproto ipv6 fib daddr type local dnat ip6 to meta l4proto . th dport map @ports_any6",
-            exprs: dnat_any6(),
+            exprs: dnat_any_address(Ip::V6),
         },
     ]
 }

@@ -10,6 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -61,6 +62,10 @@ pub struct NamedNetns {
     marker_dir: PathBuf,
     /// Serializes create and remove, so two reconciles never race on one name.
     lock: Mutex<()>,
+    /// Whether the run directory was found to propagate and made a shared mount point: done
+    /// once, not for every namespace (the mount table has a line per namespace, so reading it
+    /// for each made creating N namespaces O(N²)); a failed creation checks again.
+    prepared: AtomicBool,
 }
 
 impl NamedNetns {
@@ -70,6 +75,7 @@ impl NamedNetns {
             run_dir: run_dir.into(),
             marker_dir: state_dir.join("netns"),
             lock: Mutex::new(()),
+            prepared: AtomicBool::new(false),
         }
     }
 
@@ -97,10 +103,13 @@ impl NamedNetns {
         if is_namespace(&path) {
             return Ok(false);
         }
-        if let Some(mount_point) = self.slave_mount() {
-            return Err(NamedNetnsError::NotPropagated { path, mount_point });
+        if !self.prepared.load(Ordering::Acquire) {
+            if let Some(mount_point) = self.slave_mount() {
+                return Err(NamedNetnsError::NotPropagated { path, mount_point });
+            }
+            self.prepare_run_dir()?;
+            self.prepared.store(true, Ordering::Release);
         }
-        self.prepare_run_dir()?;
         // The marker first: a crash between the two leaves a marker for a namespace that a later
         // `ensure` creates (and Pier then owns), never a Pier namespace without a marker.
         let marker = self.marker(name);
@@ -112,6 +121,7 @@ impl NamedNetns {
             })?;
         if let Err(error) = create_namespace(&path) {
             let _ = fs::remove_file(&marker);
+            self.prepared.store(false, Ordering::Release);
             return Err(error);
         }
         tracing::info!(namespace = %path.display(), "created network namespace");

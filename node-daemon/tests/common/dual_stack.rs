@@ -3,7 +3,7 @@
 
 use std::net::Ipv6Addr;
 
-use pier_node::state::{Attachment, BridgeAttachment, EndpointState, NetworkState};
+use pier_node::state::{Attachment, EndpointState, NetworkState};
 
 use super::{Ns, bridge_network};
 
@@ -41,38 +41,6 @@ pub fn with_address6(mut endpoint: EndpointState, address6: &str) -> EndpointSta
         bridge.address6 = Some(ip6(address6));
     }
     endpoint
-}
-
-/// An endpoint `id` in namespace `ns` on the IPv6-only network `network`; its MAC derives from
-/// the address's last 32 bits.
-pub fn v6_only_endpoint(
-    id: &str,
-    ns: &Ns,
-    network: &str,
-    interface: &str,
-    address6: &str,
-    default_route: bool,
-) -> EndpointState {
-    let address = ip6(address6);
-    let o = address.octets();
-    EndpointState {
-        id: id.into(),
-        uid: format!("uid-ep-{id}-{network}"),
-        name: id.rsplit('/').next().unwrap_or(id).into(),
-        aliases: vec![],
-        netns: ns.netns(),
-        attachment: Attachment::Bridge(BridgeAttachment {
-            network: network.into(),
-            interface: interface.into(),
-            address: None,
-            address6: Some(address),
-            mac: format!(
-                "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
-                o[12], o[13], o[14], o[15]
-            ),
-            default_route,
-        }),
-    }
 }
 
 impl Ns {

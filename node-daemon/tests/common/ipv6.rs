@@ -88,7 +88,8 @@ impl Ns {
     #[must_use = "the server is killed when the guard is dropped"]
     pub fn serve_udp_peer(&self, port: u16) -> Bg {
         let server = self.spawn(&format!(
-            "socat UDP6-RECVFROM:{port},fork SYSTEM:'echo udp-peer $SOCAT_PEERADDR'"
+            // Reads the request first (see `Ns::serve_udp`).
+            "socat UDP6-RECVFROM:{port},fork SYSTEM:'read -r _; echo udp-peer $SOCAT_PEERADDR'"
         ));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self
@@ -139,17 +140,7 @@ impl Ns {
     /// One UDP request to `addr:port` (asked up to three times, as any UDP client does): the
     /// address a [`Ns::serve_udp_peer`] server saw.
     pub fn udp_peer_seen(&self, addr: impl Into<IpAddr>, port: u16) -> Option<IpAddr> {
-        let target = match addr.into() {
-            IpAddr::V4(a) => format!("UDP4:{a}:{port}"),
-            IpAddr::V6(a) => format!("UDP6:[{a}]:{port}"),
-        };
-        (0..3).find_map(|_| {
-            let output = self.exec(&format!(
-                "echo hi | busybox timeout 3 socat -T 1 - {target}"
-            ));
-            let reply = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-            parse_peer(reply.strip_prefix("udp-peer ")?)
-        })
+        parse_peer(self.udp_request(addr, port)?.strip_prefix("udp-peer ")?)
     }
 
     fn tcp_read(&self, addr: IpAddr, port: u16) -> Option<String> {

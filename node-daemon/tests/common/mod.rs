@@ -12,7 +12,7 @@ pub mod firewall;
 pub mod ipv6;
 pub mod overlay;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,7 +192,9 @@ impl Ns {
     #[must_use = "the server is killed when the guard is dropped"]
     pub fn serve_udp(&self, port: u16, reply: &str) -> Bg {
         let server = self.spawn(&format!(
-            "socat UDP4-RECVFROM:{port},fork SYSTEM:'echo {reply}'"
+            // The reply script reads the request first: a script that exits before socat has
+            // handed it the datagram makes socat fail on the broken pipe and send no reply.
+            "socat UDP4-RECVFROM:{port},fork SYSTEM:'read -r _; echo {reply}'"
         ));
         self.wait_bound("/proc/net/udp", port, "");
         server
@@ -201,10 +203,16 @@ impl Ns {
     /// A UDP request from inside the namespace; the reply, if any.
     /// UDP promises no delivery, so like any UDP client this asks up to three times (a loaded
     /// machine loses a first datagram now and then, and the tests would flake on it).
-    pub fn udp_request(&self, addr: Ipv4Addr, port: u16) -> Option<String> {
+    pub fn udp_request(&self, addr: impl Into<IpAddr>, port: u16) -> Option<String> {
+        let target = match addr.into() {
+            IpAddr::V4(a) => format!("UDP4:{a}:{port}"),
+            IpAddr::V6(a) => format!("UDP6:[{a}]:{port}"),
+        };
         (0..3).find_map(|_| {
+            // `-t 2`: after stdin's EOF socat waits that long for the reply (the default,
+            // 0.5 s, is shorter than a forked server's answer on a loaded machine).
             let output = self.exec(&format!(
-                "echo hi | busybox timeout 3 socat -T 1 - UDP4:{addr}:{port}"
+                "echo hi | busybox timeout 3 socat -t 2 -T 2 - {target}"
             ));
             let reply = String::from_utf8_lossy(&output.stdout).trim().to_owned();
             (!reply.is_empty()).then_some(reply)
@@ -342,17 +350,10 @@ impl Lab {
 
 pub fn bridge_network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
     NetworkState {
-        name: name.into(),
-        uid: format!("uid-net-{name}"),
-        driver: Driver::Bridge,
         subnet: Some(subnet.parse().expect("test subnet")),
         gateway: Some(gateway.parse().expect("test gateway")),
-        mtu: 1500,
-        internal: false,
         dns: true,
-        vxlan_id: None,
-        subnet6: None,
-        gateway6: None,
+        ..other_network(name, Driver::Bridge)
     }
 }
 
@@ -372,7 +373,8 @@ pub fn other_network(name: &str, driver: Driver) -> NetworkState {
     }
 }
 
-/// An endpoint `id` in namespace `ns` on bridge network `network`.
+/// An endpoint `id` in namespace `ns` on bridge network `network`, with `address` (IPv4, or IPv6
+/// on an IPv6-only network); its MAC derives from the address's last 32 bits.
 pub fn bridge_endpoint(
     id: &str,
     ns: &Ns,
@@ -381,8 +383,14 @@ pub fn bridge_endpoint(
     address: &str,
     default_route: bool,
 ) -> EndpointState {
-    let ip: Ipv4Addr = address.parse().expect("test address");
-    let o = ip.octets();
+    let ip: IpAddr = address.parse().expect("test address");
+    let mac = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
     EndpointState {
         id: id.into(),
         uid: format!("uid-ep-{id}-{network}"),
@@ -392,9 +400,18 @@ pub fn bridge_endpoint(
         attachment: Attachment::Bridge(BridgeAttachment {
             network: network.into(),
             interface: interface.into(),
-            address: Some(ip),
-            address6: None,
-            mac: format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
+            address: match ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            },
+            address6: match ip {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            },
+            mac: format!(
+                "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+                mac[0], mac[1], mac[2], mac[3]
+            ),
             default_route,
         }),
     }

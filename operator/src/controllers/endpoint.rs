@@ -49,14 +49,16 @@ pub fn network_of(ep: &Endpoint, default: &str) -> String {
 /// Whether a change of Endpoint `changed` may change what `ep` gets: `ep` shares `changed`'s
 /// namespace (container mode: it waits for its node), or both attach the same namespace (the
 /// oldest of those carries the default route, so one coming or going moves it).
+///
+/// Called for every Endpoint of the cluster on every Endpoint event, so it allocates nothing.
 pub fn depends_on(ep: &Endpoint, changed: &Endpoint) -> bool {
-    let same_namespace = ep.namespace() == changed.namespace();
+    let same_namespace = ep.metadata.namespace == changed.metadata.namespace;
     let (mine, theirs) = (&ep.spec.target, &changed.spec.target);
     let shares = same_namespace
         && mine
             .endpoint
             .as_ref()
-            .is_some_and(|t| t.name == changed.name_any());
+            .is_some_and(|t| changed.metadata.name.as_deref() == Some(t.name.as_str()));
     let same_pod = same_namespace
         && mine
             .pod

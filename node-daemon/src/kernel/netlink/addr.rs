@@ -193,10 +193,14 @@ impl Nl {
                 .output_interface(index)
                 .protocol(protocol)
                 .build(),
+            // `onlink`: the gateway is on the endpoint's subnet by construction, but the kernel
+            // adds the subnet's route of an address given before the link was up from a work
+            // queue, later; without it, a loaded node refuses the route (EHOSTUNREACH).
             IpAddr::V6(v6) => RouteMessageBuilder::<Ipv6Addr>::new()
                 .gateway(v6)
                 .output_interface(index)
                 .protocol(protocol)
+                .onlink()
                 .build(),
         };
         self.block_on(self.handle().route().add(message).replace().execute())

@@ -1,0 +1,227 @@
+//! The `memory` section: what `pier up` holds (RSS idle, with Endpoints attached, after deleting
+//! them, after rounds of churn), the release binary's size, and how long `pier up` takes to be
+//! ready (benches/memory.sh); the targets of issue 19.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::{Args, Report, fmt_opt, notes, read_json};
+
+const ATTACHED_TARGET: &str = "pier up with 500 Endpoints attached: RSS < 80 MiB";
+const RETURN_TARGET: &str = "pier up after deleting them: RSS within 25% of its idle RSS";
+const EMPTY_TARGET: &str = "pier up -> ready on an empty data directory: < 0.5 s (median)";
+const STORED_TARGET: &str = "pier up -> ready with 2,000 objects stored: < 2 s (median)";
+const BINARY_TARGET: &str = "release binary without debug info";
+
+/// Binary sizes are reported in MB (10^6 bytes), as `ls -h --si` and registries show them.
+const MB: f64 = 1e6;
+
+/// The RSS row whose `what` starts with `prefix`.
+fn rss<'a>(m: &'a Value, prefix: &str) -> Option<&'a Value> {
+    m["rss"]
+        .as_array()?
+        .iter()
+        .find(|r| r["what"].as_str().is_some_and(|w| w.starts_with(prefix)))
+}
+
+/// Whether `after` is within 25% of `idle` (both MiB).
+pub fn within_quarter(idle: f64, after: f64) -> bool {
+    after <= idle * 1.25
+}
+
+pub fn memory(r: &mut Report, args: &Args) -> Result<()> {
+    r.section = None;
+    writeln!(r.md, "\n## Memory, binary size and startup\n")?;
+    let targets = [
+        ATTACHED_TARGET,
+        RETURN_TARGET,
+        EMPTY_TARGET,
+        STORED_TARGET,
+        BINARY_TARGET,
+    ];
+    let Some(m) = read_json(&args.results.join("memory.json")) else {
+        writeln!(r.md, "Not measured in this run (suite `memory`).")?;
+        r.not_run("memory", &targets, "suite `memory` not run");
+        r.md.push_str(&notes(&args.notes, "memory"));
+        return Ok(());
+    };
+    r.section_run(args, "memory");
+    let c = &m["commands"];
+    writeln!(
+        r.md,
+        "Command: `PIER_BENCH_STARTS=N benches/memory.sh` (run by `benches/run.sh`): `{}`; RSS read with `{}` \
+         after {} s without requests; Endpoints created with `{}`; ready timed as {}. \
+         Peers: kind {}; k3s {}.\n",
+        c["pier_up"].as_str().unwrap_or("?"),
+        c["rss"].as_str().unwrap_or("?"),
+        m["settle_s"],
+        c["apply"].as_str().unwrap_or("?"),
+        c["ready"].as_str().unwrap_or("?").replace('`', ""),
+        m["peers"]["kind"].as_str().unwrap_or("not measured"),
+        m["peers"]["k3s"].as_str().unwrap_or("not measured"),
+    )?;
+    writeln!(r.md, "| when | RSS | high-water (VmHWM) |\n|---|---:|---:|")?;
+    for row in m["rss"].as_array().into_iter().flatten() {
+        writeln!(
+            r.md,
+            "| {} | {} | {} |",
+            row["what"].as_str().unwrap_or("?"),
+            fmt_opt(row["vmrss_mib"].as_f64(), 1, " MiB"),
+            fmt_opt(row["vmhwm_mib"].as_f64(), 1, " MiB")
+        )?;
+    }
+    let startup = &m["startup_s"];
+    let samples = |v: &Value| {
+        v["samples"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|s| format!("{s:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    writeln!(
+        r.md,
+        "\n| startup | median | samples (s) |\n|---|---:|---|\n\
+         | empty data directory | {} | {} |\n\
+         | {} Endpoints stored ({} bytes on disk) | {} | {} |",
+        fmt_opt(startup["empty"]["median"].as_f64(), 3, " s"),
+        samples(&startup["empty"]),
+        startup["stored"]["objects"],
+        startup["stored"]["store_bytes"],
+        fmt_opt(startup["stored"]["median"].as_f64(), 3, " s"),
+        samples(&startup["stored"]),
+    )?;
+    let bin = &m["binary"];
+    let bytes = bin["bytes"].as_f64();
+    let debug: Vec<&str> = bin["debug_sections"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    writeln!(
+        r.md,
+        "\nRelease binary: {} ({}); image: {}.",
+        fmt_opt(bytes.map(|b| b / MB), 1, " MB"),
+        if debug.is_empty() {
+            "no debug sections".to_owned()
+        } else {
+            format!("debug sections {}", debug.join(", "))
+        },
+        image(&m["image"])
+    )?;
+    verdicts(r, &m, bytes, &debug);
+    r.md.push_str(&notes(&args.notes, "memory"));
+    Ok(())
+}
+
+/// The image's size, or why it was not measured.
+fn image(image: &Value) -> String {
+    match image["bytes"].as_f64() {
+        Some(b) if image["measured"].as_bool() == Some(true) => format!("{:.1} MB", b / MB),
+        _ => format!(
+            "not measured ({})",
+            image["why"].as_str().unwrap_or("no reason recorded")
+        ),
+    }
+}
+
+fn verdicts(r: &mut Report, m: &Value, bytes: Option<f64>, debug: &[&str]) {
+    let mib = |row: Option<&Value>| row.and_then(|r| r["vmrss_mib"].as_f64());
+    let endpoints = m["endpoints"].as_u64().unwrap_or(0);
+    let idle = mib(rss(m, "idle"));
+    let attached = mib(rss(m, &format!("{endpoints} attached")));
+    let deleted = mib(rss(m, &format!("{endpoints} deleted")));
+    let churned = mib(rss(m, "after "));
+    let judged = endpoints >= 500;
+    r.verdict_header();
+    r.target(
+        "memory",
+        ATTACHED_TARGET,
+        format!("{} at {endpoints}", fmt_opt(attached, 1, " MiB")),
+        attached.filter(|_| judged).map(|a| a < 80.0),
+        "see the memory notes: what the process holds per Endpoint",
+    );
+    let ratio = |after: Option<f64>| match (idle, after) {
+        (Some(i), Some(a)) if i > 0.0 => format!("{:+.0}%", (a / i - 1.0) * 100.0),
+        _ => "-".to_owned(),
+    };
+    r.target(
+        "memory",
+        RETURN_TARGET,
+        format!(
+            "idle {}, after deleting {endpoints} {} ({}); after the churn rounds {} ({})",
+            fmt_opt(idle, 1, " MiB"),
+            fmt_opt(deleted, 1, " MiB"),
+            ratio(deleted),
+            fmt_opt(churned, 1, " MiB"),
+            ratio(churned)
+        ),
+        match (idle, deleted) {
+            (Some(i), Some(d)) if judged => Some(within_quarter(i, d)),
+            _ => None,
+        },
+        "see the memory notes: what stays after the Endpoints are gone",
+    );
+    let startup = &m["startup_s"];
+    let empty = startup["empty"]["median"].as_f64();
+    r.target(
+        "memory",
+        EMPTY_TARGET,
+        fmt_opt(empty, 3, " s"),
+        empty.map(|s| s < 0.5),
+        "see the samples above",
+    );
+    let stored = startup["stored"]["median"].as_f64();
+    let objects = startup["stored"]["objects"].as_u64().unwrap_or(0);
+    r.target(
+        "memory",
+        STORED_TARGET,
+        format!("{} with {objects}", fmt_opt(stored, 3, " s")),
+        stored.filter(|_| objects >= 2000).map(|s| s < 2.0),
+        "see the samples above",
+    );
+    r.target(
+        "memory",
+        BINARY_TARGET,
+        format!(
+            "{}, {} debug sections",
+            fmt_opt(bytes.map(|b| b / MB), 1, " MB"),
+            debug.len()
+        ),
+        bytes.map(|_| debug.is_empty()),
+        "the release profile keeps debug info",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_within_a_quarter_of_idle() {
+        assert!(within_quarter(40.0, 50.0));
+        assert!(!within_quarter(40.0, 50.1));
+    }
+
+    #[test]
+    fn rss_rows_are_found_by_their_start() {
+        let m = serde_json::json!({"rss": [
+            {"what": "idle", "vmrss_mib": 30.0},
+            {"what": "500 attached", "vmrss_mib": 70.0},
+            {"what": "after 4 rounds of 300", "vmrss_mib": 35.0}]});
+        assert_eq!(
+            rss(&m, "500 attached").map(|r| &r["vmrss_mib"]),
+            Some(&serde_json::json!(70.0))
+        );
+        assert_eq!(
+            rss(&m, "after ").map(|r| &r["vmrss_mib"]),
+            Some(&serde_json::json!(35.0))
+        );
+        assert!(rss(&m, "500 deleted").is_none());
+    }
+}

@@ -418,8 +418,9 @@ fn one_by_one_per_veth(host: &Ns) -> Duration {
 
 /// Checks, for every change the watch shows of an Endpoint let go by the node (its finalizer
 /// gone) or deleted, that its veth and namespace are gone from the kernel already; returns the
-/// violations seen.
-fn watch_releases(
+/// violations seen, once the watch has listed what is there (a change made after that reaches
+/// it as an event, not in the initial list, which is not checked).
+async fn watch_releases(
     api: kube::Api<pier_crds::Endpoint>,
     host: PathBuf,
 ) -> (Arc<Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
@@ -428,12 +429,20 @@ fn watch_releases(
     use kube::runtime::watcher;
     let violations = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&violations);
+    let (listed, on_listed) = tokio::sync::oneshot::channel();
+    let mut listed = Some(listed);
     let watching = tokio::spawn(async move {
         let mut events = watcher(api, watcher::Config::default()).boxed();
         while let Some(event) = events.next().await {
             let (ep, deleted) = match event {
                 Ok(watcher::Event::Apply(ep)) => (ep, false),
                 Ok(watcher::Event::Delete(ep)) => (ep, true),
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(listed) = listed.take() {
+                        let _ = listed.send(());
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             let released = ep.metadata.deletion_timestamp.is_some()
@@ -460,6 +469,10 @@ fn watch_releases(
             }
         }
     });
+    tokio::time::timeout(Duration::from_secs(30), on_listed)
+        .await
+        .expect("the watch listed the endpoints in time")
+        .expect("the watch ran");
     (violations, watching)
 }
 
@@ -580,7 +593,7 @@ async fn endpoints_deleted_at_once_leave_together_after_their_veths_and_free_the
     assert_eq!(pier_veths(&host).len(), N);
 
     // All deleted at once.
-    let (violations, watching) = watch_releases(eps.clone(), host.path());
+    let (violations, watching) = watch_releases(eps.clone(), host.path()).await;
     let started = Instant::now();
     eps.delete_collection(
         &DeleteParams::default(),

@@ -145,16 +145,16 @@ mod tests {
         }
     }
 
-    /// A loop whose work records each batch's requests and answers with their sum, or fails
-    /// when the batch holds 0.
-    fn summing(
-        linger: Linger,
-        work_time: Duration,
-    ) -> (
+    /// A batcher, its loop's task, and the batches it served.
+    type Summing = (
         Batcher<u32, Result<u32, String>>,
         tokio::task::JoinHandle<()>,
         Arc<Mutex<Vec<Vec<u32>>>>,
-    ) {
+    );
+
+    /// A loop whose work records each batch's requests and answers with their sum, or fails
+    /// when the batch holds 0.
+    fn summing(linger: Linger, work_time: Duration) -> Summing {
         let (batcher, batches) = Batcher::new(linger);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&seen);

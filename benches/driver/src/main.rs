@@ -19,9 +19,9 @@ mod incremental;
 mod memory;
 mod overlay;
 mod runs;
+mod teardown;
 
 use runs::{SuiteRun, Threshold};
-mod teardown;
 
 /// Command-line arguments: `--results DIR --criterion DIR --out DIR --mode M --command TEXT
 /// [--notes DIR] [--load TEXT] [--benchmarks FILE] [--image-prefix TEXT] [--run-id TEXT] [--suites TEXT] [--fingerprint HASH] [--readme FILE]`.

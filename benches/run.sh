@@ -6,7 +6,7 @@
 # --quick (default): fewer repetitions and smaller N, under ~2 minutes once built.
 # --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
 # and 2,000 Endpoints at once through `pier up`, 3 times each; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
-# create/delete cycles; teardown: 500 Endpoints deleted at once, 3 rounds).
+# create/delete cycles; teardown: 500 Endpoints deleted at once, 3 rounds each way, 1 in --quick).
 # PIER_BENCH_SUITES="ipam attach ports dns state apiserver operator local docker overlay memory teardown"
 # picks suites (default all; `docker` measures Debian's docker.io as a peer when it is installed).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
@@ -63,7 +63,7 @@ else
     PIER_BENCH_IPERF_ROUNDS=1 PIER_BENCH_IPERF_SECONDS=2)
   memory_env=(PIER_BENCH_STARTS=3 PIER_BENCH_ENDPOINTS=100 PIER_BENCH_CHURN=100
     PIER_BENCH_CHURN_ROUNDS=2 PIER_BENCH_STORED=500)
-  teardown_env=(PIER_BENCH_TEARDOWN_SIZE=100 PIER_BENCH_TEARDOWN_RUNS=1)
+  teardown_env=(PIER_BENCH_TEARDOWN_SIZE=500 PIER_BENCH_TEARDOWN_RUNS=1)
 fi
 
 # PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.

@@ -6,8 +6,8 @@
 # --quick (default): fewer repetitions and smaller N, under ~2 minutes once built.
 # --full: the sizes and repetitions the targets are judged at (10/100/1000 endpoints and ports, 500
 # and 2,000 Endpoints at once through `pier up`, 3 times each; overlay: 3 nodes x 300 Endpoints, 100 create->ping runs, 1,000
-# create/delete cycles).
-# PIER_BENCH_SUITES="ipam attach ports dns state apiserver operator local docker overlay memory"
+# create/delete cycles; teardown: 500 Endpoints deleted at once, 3 rounds each way, 1 in --quick).
+# PIER_BENCH_SUITES="ipam attach ports dns state apiserver operator local docker overlay memory teardown"
 # picks suites (default all; `docker` measures Debian's docker.io as a peer when it is installed).
 # PIER_BENCH_OUT=DIR writes the report to DIR/BENCHMARKS.md instead, leaving the committed one.
 # Needs root (network namespaces, nftables) and netavark, aardvark-dns, dnsperf, iperf3, fping,
@@ -49,6 +49,7 @@ if [ "$mode" = full ]; then
   overlay_env=(PIER_BENCH_RUNS=100 PIER_BENCH_PER_NODE=300 PIER_BENCH_CHURN=1000
     PIER_BENCH_IPERF_ROUNDS=3 PIER_BENCH_IPERF_SECONDS=5)
   memory_env=(PIER_BENCH_STARTS=10)
+  teardown_env=(PIER_BENCH_TEARDOWN_SIZE=500 PIER_BENCH_TEARDOWN_RUNS=3)
 else
   criterion_args=(--warm-up-time 1 --measurement-time 2 'ipam/(fill_slash16|first_1000_of_slash64)')
   attach_env=(PIER_BENCH_SIZES=10,100 PIER_BENCH_REPS=5 PIER_BENCH_IPERF=0
@@ -62,10 +63,11 @@ else
     PIER_BENCH_IPERF_ROUNDS=1 PIER_BENCH_IPERF_SECONDS=2)
   memory_env=(PIER_BENCH_STARTS=3 PIER_BENCH_ENDPOINTS=100 PIER_BENCH_CHURN=100
     PIER_BENCH_CHURN_ROUNDS=2 PIER_BENCH_STORED=500)
+  teardown_env=(PIER_BENCH_TEARDOWN_SIZE=500 PIER_BENCH_TEARDOWN_RUNS=1)
 fi
 
 # PIER_BENCH_SUITES picks suites (default all); the report reads IPAM from target/criterion.
-suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns state apiserver operator local docker overlay memory} "
+suites=" ${PIER_BENCH_SUITES:-ipam attach ports dns state apiserver operator local docker overlay memory teardown} "
 run() { [[ "$suites" == *" $1 "* ]]; }
 # A suite's JSON is replaced only when it runs (the report says which figures are from an earlier
 # run, from SUITE.meta.json); a suite that fails leaves no JSON behind.
@@ -97,7 +99,7 @@ if run attach || run ports || run dns || run state; then
   cargo bench -p pier-node --bench attach --bench ports --bench dns --bench state --no-run
 fi
 if run apiserver; then cargo build --release -p pier-apiserver --example bench; fi
-if run local || run overlay || run memory; then cargo build --release -p pier; fi
+if run local || run overlay || run memory || run teardown; then cargo build --release -p pier; fi
 # The suites' scripts run the pier binary from where cargo put it.
 pier_bin="$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/pier"
 
@@ -164,6 +166,11 @@ if run overlay; then
 echo "== overlay networks across three nodes (pier up + pier node)"
 env "${overlay_env[@]}" PIER_BIN="$pier_bin" PIER_BENCH_JSON="$json/overlay.json" benches/overlay.sh
 ran overlay
+fi
+if run teardown; then
+echo "== bulk teardown (pier up): Endpoints deleted at once"
+env "${teardown_env[@]}" PIER_BIN="$pier_bin" PIER_BENCH_JSON="$json/teardown.json" benches/teardown.sh
+ran teardown
 fi
 
 if run memory; then

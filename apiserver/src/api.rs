@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Cause};
@@ -16,6 +17,11 @@ use crate::resources::{Registry, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{CommitError, Expect, Store};
 use crate::validation::invalid_message;
+
+/// How many deletes of one collection (or of one deleted namespace's objects) are in flight at
+/// once. Each waits for its write to be durable, and the writes in flight share one fsync (the
+/// log's group commit): deleted one after another, 500 Endpoints waited for 500 fsyncs in a row.
+const DELETES_IN_FLIGHT: usize = 64;
 
 /// Query parameters, decoded.
 pub type Params = HashMap<String, String>;
@@ -986,11 +992,16 @@ impl Api {
                 let page = self
                     .store
                     .list(&r.storage_key, Some(name), None, None, &|_| true);
-                for o in page.items {
-                    if let Some(n) = meta_str(&o, "name") {
-                        let _ = Box::pin(self.delete(&r, Some(name), n, false)).await;
-                    }
-                }
+                let deletes: Vec<_> = page
+                    .items
+                    .iter()
+                    .filter_map(|o| meta_str(o, "name"))
+                    .map(|n| Box::pin(self.delete(&r, Some(name), n, false)))
+                    .collect();
+                futures::stream::iter(deletes)
+                    .buffer_unordered(DELETES_IN_FLIGHT)
+                    .for_each(|_| async {})
+                    .await;
             }
         } else if res.storage_key == CRDS {
             let group = deleted.pointer("/spec/group").and_then(Value::as_str);
@@ -1032,12 +1043,15 @@ impl Api {
                 )
             })
             .collect();
-        let mut items = Vec::new();
-        for (ons, name) in names {
-            if let Ok(o) = self.delete(res, ons.as_deref(), &name, false).await {
-                items.push(o);
-            }
-        }
+        let deletes: Vec<_> = names
+            .iter()
+            .map(|(ons, name)| self.delete(res, ons.as_deref(), name, false))
+            .collect();
+        let deleted: Vec<Result<Value, ApiError>> = futures::stream::iter(deletes)
+            .buffered(DELETES_IN_FLIGHT)
+            .collect()
+            .await;
+        let items: Vec<Value> = deleted.into_iter().filter_map(Result::ok).collect();
         Ok(
             json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": {}, "items": items}),
         )

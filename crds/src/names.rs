@@ -15,6 +15,14 @@ pub const HOST_VETH_PREFIX: &str = "pv";
 /// Prefix of the VXLAN devices Pier owns: `pvx` + the 8 hex digits of the network's bridge.
 pub const VXLAN_PREFIX: &str = "pvx";
 
+/// The link group (`IFLA_GROUP`, `ip link set NAME group N`) Pier moves its own links into just
+/// before deleting them all with one request (`ip link delete group N`): the kernel then removes
+/// them in one batch, paying its grace periods once instead of once per link. Pier never leaves
+/// a link there and never deletes the group while a link it does not own is in it. The number
+/// spells `pier` in ASCII, far from the small numbers administrators give groups in
+/// `/etc/iproute2/group`.
+pub const REMOVAL_LINK_GROUP: u32 = 0x7069_6572;
+
 /// The Node annotation where a node agent records its tunnel address (the underlay address
 /// other nodes send an overlay's VXLAN packets to). On the Node because the Node's lifetime is
 /// the node's: a Node deleted from the cluster takes its address, and so every entry pointing
@@ -106,6 +114,7 @@ mod tests {
         assert_eq!(fnv1a32(b""), 0x811c_9dc5);
         assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(REMOVAL_LINK_GROUP.to_be_bytes(), *b"pier");
     }
 
     #[test]

@@ -644,6 +644,86 @@ async fn another_nodes_overlay_endpoint_is_applied_on_its_event() {
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_itself() {
+    let cluster = Cluster::start(FakeKernel::new(), Duration::from_secs(3600)).await;
+    network(&cluster, "many", "10.36.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    let names: Vec<String> = (0..24).map(|i| format!("d{i}")).collect();
+    for name in &names {
+        endpoint(
+            &cluster,
+            name,
+            "many",
+            json!({"netns": {"name": format!("ns-{name}")}}),
+        )
+        .await;
+    }
+    for name in &names {
+        wait_for(&eps, name, "Attached=True", is_attached).await;
+    }
+    let veth_of = |name: &str| {
+        cluster
+            .kernel
+            .attached(&format!("default/{name}"))
+            .expect("attached")
+            .host_veth_name()
+    };
+    let stuck = veth_of("d3");
+    cluster
+        .kernel
+        .fail_detach("default/d3", Some("device or resource busy"));
+
+    eps.delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .expect("deleted");
+    eventually("all but the failing one are gone", || {
+        let links = cluster.kernel.links();
+        names
+            .iter()
+            .filter(|n| *n != "d3")
+            .all(|n| cluster.kernel.attached(&format!("default/{n}")).is_none())
+            && links.contains(&stuck)
+    })
+    .await;
+    // Removals served several detaches each; the failure was the failing link's only.
+    let removals: Vec<Vec<String>> = cluster
+        .kernel
+        .applied()
+        .into_iter()
+        .filter_map(|a| match a.scope {
+            Scope::Removal(links) => Some(links),
+            _ => None,
+        })
+        .collect();
+    let widest = removals.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        widest > 2,
+        "no removal served more than one detach: {removals:?}"
+    );
+    for name in names.iter().filter(|n| *n != "d3") {
+        wait_for_gone(&eps, name).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = eps.get("d3").await.expect("still there");
+    assert!(has_finalizer(&held, finalizers::NODE));
+    assert!(cluster.kernel.links().contains(&stuck));
+
+    // The kernel lets go: its retry takes it.
+    cluster.kernel.fail_detach("default/d3", None);
+    wait_for_gone(&eps, "d3").await;
+    assert!(!cluster.kernel.links().contains(&stuck));
+    cluster.stop().await;
+}
+
+/// Waits until `name` is gone from the API.
+async fn wait_for_gone(api: &Api<Endpoint>, name: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while api.get_opt(name).await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "{name} was never deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 /// Waits until the agent's count of endpoint evaluations stays the same for a moment (the
 /// events of objects already attached have all reached it), and returns it.
 async fn settled_evaluations(cluster: &Cluster) -> u64 {

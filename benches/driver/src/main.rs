@@ -20,6 +20,7 @@ mod incremental;
 mod memory;
 mod overlay;
 mod runs;
+mod teardown;
 
 use runs::{SuiteRun, Threshold};
 
@@ -1619,6 +1620,7 @@ fn main() -> Result<()> {
     docker::docker(&mut r, &args)?;
     overlay::overlay(&mut r, &args)?;
     memory::memory(&mut r, &args)?;
+    teardown::teardown(&mut r, &args)?;
 
     let rev = version_of("git", &["describe", "--always", "--dirty"]);
     let mut head = String::new();

@@ -18,12 +18,13 @@ use pier_crds::{Endpoint, Network, PortPublish};
 use pier_runtime::{Backoff, Events};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use super::build::{self, Built, Inputs};
 use super::index::{Environment, NodeIndex};
 use super::metrics::NodeMetrics;
 use super::node_kernel::{HeldPort, NodeKernel};
+use super::removal::Removals;
 use super::{AgentConfig, Error, FIELD_MANAGER};
 use crate::dataplane::{Outcome, Report, Scope};
 use crate::dns::resolv_conf;
@@ -80,6 +81,10 @@ pub struct Context {
     pub events: Events,
     /// Retry delays of the objects that are failing.
     pub backoff: Backoff,
+    /// Where detaches hand their links over to be removed together (see [`super::removal`]).
+    pub removals: Removals,
+    /// One permit per attach running (see [`super::ATTACHES_AT_ONCE`]).
+    pub attach_slots: Semaphore,
 }
 
 impl std::fmt::Debug for Context {
@@ -179,13 +184,15 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Context {
-    /// A context over the watches' stores, doing its kernel work with `kernel`.
+    /// A context over the watches' stores, doing its kernel work with `kernel`; its detaches'
+    /// links go to `removals` (served by [`super::removal::run`]).
     pub fn new(
         client: Client,
         config: AgentConfig,
         kernel: Arc<dyn NodeKernel>,
         stores: Stores,
         dns_state: watch::Sender<NodeState>,
+        removals: Removals,
     ) -> Context {
         let Stores {
             networks,
@@ -221,6 +228,8 @@ impl Context {
             index_seeded: AtomicBool::new(false),
             attached: Mutex::new(HashMap::new()),
             host_ports: Arc::new(Mutex::new(PortHolder::default())),
+            removals,
+            attach_slots: Semaphore::new(super::ATTACHES_AT_ONCE),
         }
     }
 

@@ -2,6 +2,7 @@
 //! is gone before the Endpoint is (finalizer `pier.dev/node`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
@@ -18,6 +19,7 @@ use pier_runtime::finalizer::finalizer;
 use super::build::{endpoint_key, object_id};
 use super::context::{Context, key, lock, write_condition};
 use super::metrics::{self, Timed};
+use super::removal::Departure;
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
 use crate::dataplane::{ObjectKey, Outcome, Scope};
@@ -111,6 +113,8 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         // Only our own `Attached` write changed since this endpoint was attached.
         return Ok(Action::await_change());
     }
+    // Never closed: `None` cannot happen, and would only mean no bound.
+    let _slot = ctx.attach_slots.acquire().await.ok();
     if let Some(pod) = &ep.spec.target.pod {
         find_pod_netns(ep, &pod.name, ctx).await?;
     }
@@ -162,46 +166,51 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
 }
 
 /// Removes the endpoint's kernel objects: its veth, and its network's bridge when no other
-/// endpoint on the node uses it, with the firewall table of the node without it (a scoped apply:
-/// the resync's full apply collects anything else left over); then its named namespace if Pier
-/// made it and nothing else uses it.
+/// endpoint on the node uses it, with the firewall table of the node without it; then its named
+/// namespace if Pier made it and no Endpoint staying on the node targets it. The removal is
+/// shared with the other detaches in flight (see [`super::removal`]; the resync's full apply
+/// collects anything else left over) and returns once they are gone, so the finalizer goes after
+/// them.
 async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
     lock(&ctx.attached).remove(ep.metadata.uid.as_deref().unwrap_or_default());
     let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());
-    let mut links = vec![veth.clone()];
     let network = ep.status.as_ref().and_then(|s| s.network.as_deref());
-    if let Some(network) = network.and_then(|name| ctx.networks.get(&ObjectRef::new(name))) {
-        links.push(bridge_name(
-            network.metadata.uid.as_deref().unwrap_or_default(),
-        ));
-    }
-    let scope = Scope::Removal(links);
-    let mut built = ctx.projection(&scope);
-    let report = metrics::apply(ctx, &mut built, scope, Timed::Detach).await?;
-    if let Some(Outcome::Failed(message)) = report.outcome(&ObjectKey::Link(veth.clone())) {
+    let links = network
+        .and_then(|name| ctx.networks.get(&ObjectRef::new(name)))
+        .map(|network| bridge_name(network.metadata.uid.as_deref().unwrap_or_default()))
+        .into_iter()
+        .collect();
+    let departure = Departure {
+        veth: veth.clone(),
+        links,
+        netns: ep.spec.target.netns.as_ref().map(|n| n.name.clone()),
+    };
+    let started = Instant::now();
+    let removal = ctx
+        .removals
+        .submit(departure)
+        .await
+        .map_err(Error::RemovalStopped)?
+        .map_err(Error::Removal)?;
+    ctx.config
+        .metrics
+        .detach
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(Outcome::Failed(message)) = removal.report.outcome(&ObjectKey::Link(veth.clone())) {
         return Err(Error::Detach {
             endpoint: key(ep),
             message: message.clone(),
         });
     }
-    if let Some(named) = &ep.spec.target.netns {
-        let name = named.name.clone();
-        let still_used = ctx.endpoints.state().iter().any(|other| {
-            other.metadata.uid != ep.metadata.uid
-                && other
-                    .spec
-                    .target
-                    .netns
-                    .as_ref()
-                    .is_some_and(|n| n.name == name)
-        });
-        if !still_used {
-            let kernel = Arc::clone(&ctx.kernel);
-            ctx.blocking(move || kernel.remove_named_netns(&name))
-                .await?
-                .map_err(Error::Netns)?;
-        }
+    let netns_failure = ep
+        .spec
+        .target
+        .netns
+        .as_ref()
+        .and_then(|n| removal.netns_failures.get(&n.name));
+    if let Some(error) = netns_failure {
+        return Err(Error::Netns(Arc::clone(error)));
     }
     tracing::info!(endpoint = %key(ep), %veth, "endpoint detached");
     Ok(Action::await_change())

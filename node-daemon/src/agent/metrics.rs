@@ -52,8 +52,11 @@ pub struct ConditionLabels {
 pub struct NodeMetrics {
     /// Seconds the kernel apply of an attach took.
     pub attach: Histogram,
-    /// Seconds the kernel apply of a detach took.
+    /// Seconds a detach waited for its links to be removed (with the detaches removed together).
     pub detach: Histogram,
+    /// How many detaches each removal served (see [`super::removal`]): the count is the number
+    /// of removals, the sum the number of detaches.
+    pub detach_batch: Histogram,
     /// Kernel objects that failed to apply, by kind.
     pub kernel_errors: Family<KindLabels, Counter>,
     /// Endpoints evaluated to keep the node's state up to date (see `agent::index`): an Endpoint
@@ -82,6 +85,7 @@ impl Default for NodeMetrics {
         NodeMetrics {
             attach: latency(),
             detach: latency(),
+            detach_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             kernel_errors,
             state_evaluations: Counter::default(),
             objects: Family::default(),
@@ -101,8 +105,13 @@ impl NodeMetrics {
         );
         registry.register(
             "detach_duration_seconds",
-            "Time the kernel apply of an endpoint detach took",
+            "Time an endpoint detach waited for its links to be removed",
             self.detach.clone(),
+        );
+        registry.register(
+            "detach_batch_size",
+            "Endpoint detaches whose links one removal (one apply) took",
+            self.detach_batch.clone(),
         );
         registry.register(
             "kernel_errors",
@@ -187,9 +196,8 @@ pub fn count_by_condition<'a>(
 pub enum Timed {
     /// An endpoint's attach.
     Attach,
-    /// An endpoint's detach.
-    Detach,
-    /// Not timed (ports, the full reconcile).
+    /// Not timed (ports, the full reconcile, the detaches' removals: each detach times its own
+    /// wait).
     No,
 }
 
@@ -206,7 +214,6 @@ pub async fn apply(
     let seconds = started.elapsed().as_secs_f64();
     match timed {
         Timed::Attach => metrics.attach.observe(seconds),
-        Timed::Detach => metrics.detach.observe(seconds),
         Timed::No => {}
     }
     metrics.count_failures(&result);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::alias::{AliasState, alias};
+use super::bulk::{self, Deleted, Doomed};
 use super::names::bridge_mac;
 use super::plan::{Attach, BridgeFix, CreateVxlan, Plan, Step, VxlanFix};
 use pier_runtime::error_chain as chain;
@@ -37,7 +38,8 @@ pub(super) struct Executor<'a> {
     pub host: &'a Nl,
     /// The host namespace's file (`None`: the process's own).
     pub host_netns: Option<&'a Path>,
-    /// Sleeps after every link step: only for tests that kill an apply half-way.
+    /// Sleeps after every link step (once after the deletions, which go together): only for
+    /// tests that kill an apply half-way.
     pub step_delay: Option<Duration>,
 }
 
@@ -58,9 +60,14 @@ impl Executor<'_> {
     }
 
     fn links(&self, plan: &Plan, report: &mut Report) {
+        self.deletions(plan, report);
         let mut indexes: HashMap<String, u32> = HashMap::new();
         let mut failed = Failed::default();
-        for step in &plan.steps {
+        let others = plan
+            .steps
+            .iter()
+            .filter(|s| !matches!(s, Step::DeleteLink { .. }));
+        for step in others {
             let object = step.object();
             if let Some(reason) = failed.blocks(step) {
                 report.failed(object, reason);
@@ -83,6 +90,48 @@ impl Executor<'_> {
             if let Some(delay) = self.step_delay {
                 std::thread::sleep(delay);
             }
+        }
+    }
+
+    /// The plan's link deletions, together (see [`super::bulk`]): they come first in a plan
+    /// anyway, and nothing else waits on one of them but the steps after them all.
+    fn deletions(&self, plan: &Plan, report: &mut Report) {
+        let (steps, doomed): (Vec<&Step>, Vec<Doomed>) = plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::DeleteLink { name, index, .. } => Some((
+                    step,
+                    Doomed {
+                        index: *index,
+                        name: name.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .unzip();
+        if doomed.is_empty() {
+            return;
+        }
+        for (step, result) in steps
+            .into_iter()
+            .zip(bulk::delete_links(self.host, &doomed))
+        {
+            let object = step.object();
+            match result {
+                Ok(Deleted::InGroup(links)) => {
+                    report.changed(object, format!("{step}, one request for {links} links"));
+                }
+                Ok(Deleted::Alone) => report.changed(object, step.to_string()),
+                Err(error) => {
+                    let message = chain(&error);
+                    tracing::warn!(%object, error = %message, "dataplane step failed");
+                    report.failed(object, message);
+                }
+            }
+        }
+        if let Some(delay) = self.step_delay {
+            std::thread::sleep(delay);
         }
     }
 
@@ -138,11 +187,8 @@ impl Executor<'_> {
             Step::EnableIpv6Forwarding => {
                 self.host_sysctls(vec![(sysctl::IPV6_FORWARD.to_owned(), "1")])?;
             }
-            Step::DeleteLink { name, index, .. } => match host.delete_link(*index, name) {
-                // Gone already (e.g. the peer's namespace was deleted meanwhile): that is the goal.
-                Err(error) if error.errno() == Some(netlink::ENODEV) => {}
-                other => other?,
-            },
+            // Done together before the other steps (`deletions`).
+            Step::DeleteLink { .. } => {}
             Step::CreateBridge {
                 bridge,
                 gateway,

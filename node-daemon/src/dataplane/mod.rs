@@ -25,6 +25,9 @@
 //! Ownership ([`pier_crds::names`]): bridges `pier-` + 8 hex digits, host-side veths `pv` + 10 hex
 //! digits, VXLAN devices `pvx` + 8 hex digits. Links matching no pattern are never touched.
 //!
+//! The links a plan deletes go together, in one kernel request (`bulk`): deleting them one by
+//! one costs the kernel's grace periods once per link.
+//!
 //! ## How a veth is known to be in sync without entering every namespace
 //! When an endpoint's veth is fully configured (peer named, addressed, routed, up), the last step
 //! writes a fingerprint of its desired configuration — including the identity (device and inode)
@@ -37,6 +40,7 @@
 //! [`Dataplane::deep`] turns on that check (it enters every namespace).
 
 mod alias;
+mod bulk;
 mod diff;
 mod execute;
 mod names;
@@ -160,8 +164,8 @@ impl Dataplane {
         self.with_host(|host| Ok(self.executor(host).run(plan)))
     }
 
-    /// Removes everything Pier owns in the host namespace (veths first, then VXLAN devices, then
-    /// bridges).
+    /// Removes everything Pier owns in the host namespace (its links in one request: see
+    /// `bulk`).
     pub fn reset(&self) -> Result<Report, DataplaneError> {
         self.with_host(|host| reset::reset(host, self.host_netns()))
     }

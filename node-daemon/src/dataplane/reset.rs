@@ -1,5 +1,5 @@
-//! Removing everything Pier owns in a host namespace: its links (veths first, then VXLAN devices
-//! with their entries, then bridges),
+//! Removing everything Pier owns in a host namespace: its links (veths, VXLAN devices with their
+//! entries, bridges: in one request),
 //! table `inet pier`, and its accepts in other firewalls.
 
 use std::path::Path;
@@ -8,26 +8,31 @@ use super::DataplaneError;
 use super::diff::is_owned;
 use pier_runtime::error_chain as chain;
 
+use super::bulk::{self, Deleted, Doomed};
 use super::report::{ObjectKey, Report};
 use crate::firewall;
-use crate::kernel::netlink::{self, Link, LinkKind, Nl};
+use crate::kernel::netlink::Nl;
 
 pub(super) fn reset(host: &Nl, host_netns: Option<&Path>) -> Result<Report, DataplaneError> {
     let links = host.links().map_err(DataplaneError::ReadBack)?;
     let mut report = Report::default();
-    let mut owned: Vec<&Link> = links.iter().filter(|l| is_owned(l)).collect();
-    owned.sort_by_key(|l| match l.kind {
-        LinkKind::Veth => 0,
-        LinkKind::Vxlan => 1,
-        _ => 2,
-    });
-    for link in owned {
+    let doomed: Vec<Doomed> = links
+        .iter()
+        .filter(|l| is_owned(l))
+        .map(|l| Doomed {
+            index: l.index,
+            name: l.name.clone(),
+        })
+        .collect();
+    // Together (see `bulk`): the kernel takes a bridge's ports and VXLAN device with it in
+    // whatever order they come.
+    for (link, result) in doomed.iter().zip(bulk::delete_links(host, &doomed)) {
         let object = ObjectKey::Link(link.name.clone());
-        match host.delete_link(link.index, &link.name) {
-            Ok(()) => report.changed(object, "deleted".to_owned()),
-            Err(error) if error.errno() == Some(netlink::ENODEV) => {
-                report.changed(object, "deleted".to_owned())
+        match result {
+            Ok(Deleted::InGroup(links)) => {
+                report.changed(object, format!("deleted, one request for {links} links"));
             }
+            Ok(Deleted::Alone) => report.changed(object, "deleted".to_owned()),
             Err(error) => report.failed(object, chain(&error)),
         }
     }

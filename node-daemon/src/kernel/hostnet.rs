@@ -179,6 +179,7 @@ mod tests {
             mac: None,
             hairpin: false,
             vxlan: None,
+            group: 0,
             inet: None,
             inet6: None,
         }

@@ -561,6 +561,7 @@ fn snapshot_of(state: &NodeState, with_veth: &[u8]) -> Snapshot {
         alias: None,
         mac: None,
         hairpin: false,
+        group: 0,
         inet: Some(InetConf {
             forwarding: true,
             route_localnet: true,

@@ -87,6 +87,7 @@ pub(super) fn link(index: u32, name: &str, kind: LinkKind) -> Link {
         mac: None,
         hairpin: false,
         vxlan: None,
+        group: 0,
         inet: Some(InetConf {
             forwarding: true,
             route_localnet: false,

@@ -54,6 +54,8 @@ pub struct Link {
     pub inet6: Option<Inet6Conf>,
     /// VXLAN devices only: their settings.
     pub vxlan: Option<VxlanConf>,
+    /// The link's group (`ip link set NAME group N`; 0, the default, for almost every link).
+    pub group: u32,
 }
 
 /// The settings of a VXLAN device that Pier sets at creation (the kernel cannot change most of
@@ -159,6 +161,7 @@ impl Link {
             inet: None,
             inet6: None,
             vxlan: None,
+            group: 0,
         };
         for attribute in message.attributes {
             match attribute {
@@ -167,6 +170,7 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
                 LinkAttribute::Address(mac) => link.mac = Some(mac),
+                LinkAttribute::Group(group) => link.group = group,
                 LinkAttribute::AfSpecUnspec(specs) => link.read_af_spec(specs),
                 LinkAttribute::LinkInfo(infos) => link.read_info(infos),
                 _ => {}
@@ -361,6 +365,29 @@ impl Nl {
         self.block_on(self.handle().link().del(index).execute())
             .map_err(|source| NetlinkError::DeleteLink {
                 name: name.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Moves a link into a group (`ip link set NAME group GROUP`).
+    pub fn set_group(&self, index: u32, name: &str, group: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::Group(group))
+            .build();
+        self.change(message, name, "set group")
+    }
+
+    /// Deletes every link of a group in one request (`ip link delete group GROUP`: `RTM_DELLINK`
+    /// with no index and no name, only `IFLA_GROUP`). The kernel takes them all down together
+    /// (one `unregister_netdevice_many`), so its grace periods are paid once, not per link; and
+    /// it deletes either all of them or, when one cannot be deleted this way, none.
+    pub fn delete_group(&self, group: u32) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = 0;
+        message.attributes.push(LinkAttribute::Group(group));
+        self.block_on(self.handle().link().del_with_message(message).execute())
+            .map_err(|source| NetlinkError::DeleteGroup {
+                group,
                 source: Box::new(source),
             })
     }

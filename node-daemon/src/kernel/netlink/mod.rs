@@ -99,6 +99,12 @@ pub enum NetlinkError {
         #[source]
         source: Box<rtnetlink::Error>,
     },
+    #[error("deleting the links of group {group}")]
+    DeleteGroup {
+        group: u32,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
     #[error("changing link {name}: {what}")]
     SetLink {
         name: String,
@@ -144,6 +150,7 @@ impl NetlinkError {
             | NetlinkError::SetNeighbour { source, .. }
             | NetlinkError::DeleteNeighbour { source, .. }
             | NetlinkError::DeleteLink { source, .. }
+            | NetlinkError::DeleteGroup { source, .. }
             | NetlinkError::SetLink { source, .. }
             | NetlinkError::AddAddress { source, .. }
             | NetlinkError::DeleteAddress { source, .. }

@@ -10,6 +10,8 @@
 //! `replicas`) is a 400 "cannot be handled as", and fields the type does not know are dropped
 //! (or refused with `fieldValidation=Strict`).
 
+use schemars::JsonSchema;
+use schemars::generate::SchemaSettings;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -30,6 +32,32 @@ fn round_trip<T: DeserializeOwned + Serialize>(object: Value) -> Result<Value, s
     serde_json::to_value(serde_json::from_value::<T>(object)?)
 }
 
+/// The OpenAPI (v3) schema of `T`, every type inlined: what `kubectl explain` walks.
+fn schema_of<T: JsonSchema>() -> Value {
+    let generator = SchemaSettings::openapi3()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let mut schema = Value::from(generator.into_root_schema_for::<T>());
+    if let Some(m) = schema.as_object_mut() {
+        m.remove("$schema");
+    }
+    schema
+}
+
+/// What a kind's k8s-openapi type gives: its decoding and its schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    pub round_trip: RoundTrip,
+    pub schema: fn() -> Value,
+}
+
+fn codec<T: DeserializeOwned + Serialize + JsonSchema>() -> Codec {
+    Codec {
+        round_trip: round_trip::<T>,
+        schema: schema_of::<T>,
+    }
+}
+
 /// One stored built-in kind: where it is served and how.
 #[derive(Debug, Clone, Copy)]
 pub struct Kind {
@@ -40,19 +68,19 @@ pub struct Kind {
     pub short_names: &'static [&'static str],
     /// Has a status subresource (and so a spec whose changes bump `metadata.generation`).
     pub status: bool,
-    pub round_trip: RoundTrip,
+    pub codec: Codec,
 }
 
 /// Every stored built-in kind (all in version v1).
 pub fn kinds() -> Vec<Kind> {
-    let kind = |group, plural, kind, namespaced, short_names, status, round_trip| Kind {
+    let kind = |group, plural, kind, namespaced, short_names, status, codec| Kind {
         group,
         plural,
         kind,
         namespaced,
         short_names,
         status,
-        round_trip,
+        codec,
     };
     vec![
         kind(
@@ -62,7 +90,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["sa"],
             false,
-            round_trip::<core::ServiceAccount>,
+            codec::<core::ServiceAccount>(),
         ),
         kind(
             "",
@@ -71,7 +99,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &[],
             false,
-            round_trip::<core::Secret>,
+            codec::<core::Secret>(),
         ),
         kind(
             "",
@@ -80,7 +108,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["cm"],
             false,
-            round_trip::<core::ConfigMap>,
+            codec::<core::ConfigMap>(),
         ),
         kind(
             "",
@@ -89,7 +117,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["svc"],
             true,
-            round_trip::<core::Service>,
+            codec::<core::Service>(),
         ),
         kind(
             "apps",
@@ -98,7 +126,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["deploy"],
             true,
-            round_trip::<apps::Deployment>,
+            codec::<apps::Deployment>(),
         ),
         kind(
             "apps",
@@ -107,7 +135,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["ds"],
             true,
-            round_trip::<apps::DaemonSet>,
+            codec::<apps::DaemonSet>(),
         ),
         // Helm's readiness check (kstatus) reads a Deployment's ReplicaSets, a StatefulSet's Pods.
         kind(
@@ -117,7 +145,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["rs"],
             true,
-            round_trip::<apps::ReplicaSet>,
+            codec::<apps::ReplicaSet>(),
         ),
         kind(
             "apps",
@@ -126,7 +154,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["sts"],
             true,
-            round_trip::<apps::StatefulSet>,
+            codec::<apps::StatefulSet>(),
         ),
         kind(
             "policy",
@@ -135,7 +163,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &["pdb"],
             true,
-            round_trip::<policy::PodDisruptionBudget>,
+            codec::<policy::PodDisruptionBudget>(),
         ),
         kind(
             "rbac.authorization.k8s.io",
@@ -144,7 +172,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &[],
             false,
-            round_trip::<rbac::Role>,
+            codec::<rbac::Role>(),
         ),
         kind(
             "rbac.authorization.k8s.io",
@@ -153,7 +181,7 @@ pub fn kinds() -> Vec<Kind> {
             true,
             &[],
             false,
-            round_trip::<rbac::RoleBinding>,
+            codec::<rbac::RoleBinding>(),
         ),
         kind(
             "rbac.authorization.k8s.io",
@@ -162,7 +190,7 @@ pub fn kinds() -> Vec<Kind> {
             false,
             &[],
             false,
-            round_trip::<rbac::ClusterRole>,
+            codec::<rbac::ClusterRole>(),
         ),
         kind(
             "rbac.authorization.k8s.io",
@@ -171,7 +199,7 @@ pub fn kinds() -> Vec<Kind> {
             false,
             &[],
             false,
-            round_trip::<rbac::ClusterRoleBinding>,
+            codec::<rbac::ClusterRoleBinding>(),
         ),
         kind(
             "admissionregistration.k8s.io",
@@ -180,7 +208,7 @@ pub fn kinds() -> Vec<Kind> {
             false,
             &[],
             true,
-            round_trip::<admission::ValidatingAdmissionPolicy>,
+            codec::<admission::ValidatingAdmissionPolicy>(),
         ),
         kind(
             "admissionregistration.k8s.io",
@@ -189,7 +217,7 @@ pub fn kinds() -> Vec<Kind> {
             false,
             &[],
             false,
-            round_trip::<admission::ValidatingAdmissionPolicyBinding>,
+            codec::<admission::ValidatingAdmissionPolicyBinding>(),
         ),
     ]
 }
@@ -232,7 +260,7 @@ pub fn decode(kind: &Kind, object: &mut Value, strict: bool) -> Result<Vec<Strin
             object["type"] = Value::from("Opaque");
         }
     }
-    let typed = (kind.round_trip)(object.clone()).map_err(wrong_type)?;
+    let typed = (kind.codec.round_trip)(object.clone()).map_err(wrong_type)?;
     let mut dropped = Vec::new();
     dropped_fields(object, &typed, "", &mut dropped);
     if strict && !dropped.is_empty() {

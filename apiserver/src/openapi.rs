@@ -1,6 +1,7 @@
-//! OpenAPI documents (v2 and v3) built from the served resources: the CRD schemas, plus
-//! minimal schemas for the built-ins, enough for `kubectl explain`, client-side apply and
-//! kubectl's check that the server does field validation.
+//! OpenAPI documents (v2 and v3) built from the served resources: the CRD schemas, the stored
+//! built-in kinds' schemas from their k8s-openapi types, plus minimal schemas for the other
+//! built-ins, enough for `kubectl explain`, client-side apply and kubectl's check that the
+//! server does field validation.
 
 use serde_json::{Map, Value, json};
 
@@ -50,6 +51,7 @@ fn kind_schema(r: &Resource, meta_ref: &str) -> Value {
     let mut schema = r
         .schema()
         .cloned()
+        .or_else(|| r.typed.map(|kind| (kind.codec.schema)()))
         .unwrap_or_else(|| json!({"type": "object", "description": format!("{} (served by Pier's embedded API server).", r.kind), "properties": {
             "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},

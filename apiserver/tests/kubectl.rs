@@ -113,6 +113,21 @@ spec:
   gateway: 172.18.0.1
 ";
 
+/// The stored built-in kinds are described by their types' schemas (k8s-openapi's), down to the
+/// fields of a Deployment's containers, as kube-apiserver's OpenAPI describes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_walks_the_built_in_kinds_schemas() {
+    let k = Kubectl::start().await;
+    let out = k
+        .ok(&["explain", "deployment.spec.template.spec.containers.image"])
+        .await;
+    assert!(out.contains("FIELD: image <string>"), "{out}");
+    let out = k.ok(&["explain", "secret.data"]).await;
+    assert!(out.contains("FIELD: data <map[string]string>"), "{out}");
+    let out = k.ok(&["explain", "clusterrole.rules.verbs"]).await;
+    assert!(out.contains("FIELD: verbs <[]string>"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_get_describe_explain_patch_wait_delete() {
     let k = Kubectl::start().await;

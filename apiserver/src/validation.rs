@@ -12,6 +12,135 @@ pub struct Checks {
     schema: Value,
     validator: jsonschema::Validator,
     cel: Arc<kube_cel::CompiledSchema>,
+    /// Where in `cel` the rules are, so a write evaluates only the subtrees that have rules.
+    rules: RuleTree,
+}
+
+/// Which subtrees of a compiled schema hold CEL rules: a node is kept only when rules are at or
+/// below it. kube-cel converts the value at every node of a tree it walks into CEL values
+/// (the whole object at the root, with its managed fields and status, then each child again),
+/// which made rule checking the largest cost of a status write; walking this tree first, the
+/// conversion happens only where rules are.
+#[derive(Debug, Default)]
+struct RuleTree {
+    /// Rules (or rules that failed to compile, reported by evaluating them) on this node, or
+    /// `allOf`/`oneOf`/`anyOf` branches with rules: the node's subtree is evaluated whole.
+    here: bool,
+    /// A transition rule (one reading `oldSelf`) at or below: such a subtree is evaluated even
+    /// when unchanged, as Kubernetes does not ratchet transition rules.
+    transition: bool,
+    properties: Vec<(String, RuleTree)>,
+    items: Option<Box<RuleTree>>,
+    additional_properties: Option<Box<RuleTree>>,
+}
+
+impl RuleTree {
+    /// The rules of `node`'s subtree; `None` when it has none.
+    fn of(node: &kube_cel::CompiledSchema) -> Option<RuleTree> {
+        let branches = node.all_of.iter().chain(&node.one_of).chain(&node.any_of);
+        let branch_trees: Vec<RuleTree> = branches.filter_map(RuleTree::of).collect();
+        let own_transition = node.validations.iter().any(|rule| {
+            rule.as_ref()
+                .map_or(true, |compiled| compiled.is_transition_rule)
+        });
+        let mut tree = RuleTree {
+            here: !node.validations.is_empty() || !branch_trees.is_empty(),
+            transition: own_transition || branch_trees.iter().any(|t| t.transition),
+            ..RuleTree::default()
+        };
+        tree.properties = node
+            .properties
+            .iter()
+            .filter_map(|(name, child)| Some((name.clone(), RuleTree::of(child)?)))
+            .collect();
+        tree.items = node.items.as_deref().and_then(RuleTree::of).map(Box::new);
+        tree.additional_properties = node
+            .additional_properties
+            .as_deref()
+            .filter(|_| !node.preserve_unknown_fields)
+            .and_then(RuleTree::of)
+            .map(Box::new);
+        let children = tree.properties.iter().map(|(_, t)| t);
+        let children = children
+            .chain(tree.items.as_deref())
+            .chain(tree.additional_properties.as_deref());
+        let mut any_child = false;
+        for child in children {
+            any_child = true;
+            tree.transition |= child.transition;
+        }
+        (tree.here || any_child).then_some(tree)
+    }
+
+    /// Evaluates the rules under `node` (this tree's schema node) for `value` at `path`,
+    /// pushing their violations. A subtree equal to its old value is not evaluated unless it
+    /// has transition rules: Kubernetes' validation ratcheting (GA in 1.33) accepts unchanged
+    /// values whatever their rules say, so their errors would be dropped anyway.
+    fn check(
+        &self,
+        node: &kube_cel::CompiledSchema,
+        value: &Value,
+        old: Option<&Value>,
+        path: &str,
+        errors: &mut Vec<kube_cel::ValidationError>,
+    ) {
+        if !self.transition && old == Some(value) {
+            return;
+        }
+        if self.here {
+            if let Err(found) = kube_cel::validate_compiled(node, value, old) {
+                errors.extend(found.into_vec().into_iter().map(|mut error| {
+                    error.field_path = under(path, &error.field_path);
+                    error
+                }));
+            }
+            return;
+        }
+        if let Value::Object(fields) = value {
+            for (name, tree) in &self.properties {
+                if let (Some(child), Some(child_value)) =
+                    (node.properties.get(name), fields.get(name))
+                {
+                    let child_old = old.and_then(|o| o.get(name));
+                    tree.check(child, child_value, child_old, &join(path, name), errors);
+                }
+            }
+            if let (Some(tree), Some(child)) = (
+                self.additional_properties.as_deref(),
+                node.additional_properties.as_deref(),
+            ) {
+                for (key, child_value) in fields {
+                    if node.properties.contains_key(key) {
+                        continue;
+                    }
+                    let child_old = old.and_then(|o| o.get(key));
+                    tree.check(child, child_value, child_old, &join(path, key), errors);
+                }
+            }
+        }
+        if let (Some(tree), Some(child), Value::Array(items)) =
+            (self.items.as_deref(), node.items.as_deref(), value)
+        {
+            for (index, item) in items.iter().enumerate() {
+                let item_old = old.and_then(Value::as_array).and_then(|a| a.get(index));
+                tree.check(child, item, item_old, &format!("{path}[{index}]"), errors);
+            }
+        }
+    }
+}
+
+/// `inner`, a field path relative to the node at `path`, as a path from the object's root.
+fn under(path: &str, inner: &str) -> String {
+    if path.is_empty() {
+        inner.to_owned()
+    } else if inner.is_empty() {
+        path.to_owned()
+    } else if inner.starts_with(['[', '.']) {
+        // An index, or a rule's `fieldPath` (`.mtu`) on the node itself.
+        format!("{path}{inner}")
+    } else {
+        format!("{path}.{inner}")
+    }
 }
 
 impl std::fmt::Debug for Checks {
@@ -82,10 +211,12 @@ impl Checks {
         let validator = jsonschema::validator_for(&to_json_schema(schema))
             .map_err(|e| format!("invalid openAPIV3Schema: {e}"))?;
         let cel = kube_cel::compile_schema(schema);
+        let rules = RuleTree::of(&cel).unwrap_or_default();
         Ok(Checks {
             schema: schema.clone(),
             validator,
             cel: Arc::new(cel),
+            rules,
         })
     }
 
@@ -119,19 +250,13 @@ impl Checks {
                 }
             })
             .collect();
-        if let Err(errs) = kube_cel::validate_compiled(&self.cel, obj, old) {
-            for e in errs.into_vec() {
-                let field = e.field_path.clone();
-                causes.push(Cause {
-                    reason: e
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "FieldValueInvalid".into()),
-                    field,
-                    message: format!("Invalid value: \"object\": {}", e.message),
-                });
-            }
-        }
+        let mut errors = Vec::new();
+        self.rules.check(&self.cel, obj, old, "", &mut errors);
+        causes.extend(errors.into_iter().map(|e| Cause {
+            reason: e.reason.unwrap_or_else(|| "FieldValueInvalid".into()),
+            field: e.field_path,
+            message: format!("Invalid value: \"object\": {}", e.message),
+        }));
         causes
     }
 }
@@ -261,5 +386,68 @@ mod tests {
             msg.starts_with("Network.pier.dev \"x\" is invalid: spec.mtu: Invalid value: 9001"),
             "{msg}"
         );
+    }
+
+    fn ratchet_schema() -> Value {
+        json!({"type": "object", "properties": {
+            "metadata": {"type": "object"},
+            "spec": {"type": "object", "properties": {
+                "driver": {"type": "string"},
+                "mtu": {"type": "integer"},
+                "ports": {"type": "array", "items": {"type": "object", "properties": {
+                    "port": {"type": "integer"}},
+                    "x-kubernetes-validations": [{"rule": "self.port > 0", "message": "port must be positive"}]}},
+                "labels": {"type": "object", "additionalProperties": {"type": "string",
+                    "x-kubernetes-validations": [{"rule": "self != 'bad'", "message": "no bad labels"}]}}
+            }, "x-kubernetes-validations": [
+                {"rule": "self.driver == 'bridge' || !has(self.mtu)", "message": "mtu needs bridge", "fieldPath": ".mtu"}]},
+            "lock": {"type": "object", "properties": {"locked": {"type": "boolean"}},
+                "x-kubernetes-validations": [{"rule": "!has(oldSelf.locked) || !oldSelf.locked", "message": "locked"}]},
+            "status": {"type": "object", "properties": {"n": {"type": "integer"}}}
+        }})
+    }
+
+    fn messages(causes: &[Cause]) -> Vec<String> {
+        causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn rules_report_paths_from_the_root_as_before() {
+        let c = Checks::new(&ratchet_schema()).expect("compiles");
+        let obj = json!({"metadata": {"name": "a"}, "spec": {"driver": "host", "mtu": 1500,
+            "ports": [{"port": 1}, {"port": 0}], "labels": {"a": "ok", "b": "bad"}}});
+        let mut found = messages(&c.validate(&obj, None));
+        found.sort();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("spec.labels.b: ") && found[0].contains("no bad labels"));
+        assert!(found[1].starts_with("spec.mtu: ") && found[1].contains("mtu needs bridge"));
+        assert!(found[2].starts_with("spec.ports[1]: ") && found[2].contains("port must be positive"));
+    }
+
+    #[test]
+    fn unchanged_subtrees_are_ratcheted_but_transition_rules_still_run() {
+        let c = Checks::new(&ratchet_schema()).expect("compiles");
+        // Stored before its rule existed: an invalid spec, left as it is by a status write.
+        let old = json!({"metadata": {"name": "a"}, "spec": {"driver": "host", "mtu": 1500,
+            "ports": [{"port": 0}]}, "status": {"n": 1}});
+        let mut status_write = old.clone();
+        status_write["status"]["n"] = json!(2);
+        assert!(c.validate(&status_write, Some(&old)).is_empty());
+        // Changing one field of the subtree evaluates its rules again, unchanged parts too.
+        let mut spec_write = old.clone();
+        spec_write["spec"]["driver"] = json!("macvlan");
+        let found = messages(&c.validate(&spec_write, Some(&old)));
+        assert!(found.iter().any(|m| m.contains("mtu needs bridge")), "{found:?}");
+        // On create nothing is ratcheted.
+        assert_eq!(c.validate(&old, None).len(), 2);
+        // A transition rule runs on an unchanged value: locked stays locked.
+        let locked = json!({"spec": {"driver": "bridge"}, "lock": {"locked": true}, "status": {"n": 1}});
+        let mut touched = locked.clone();
+        touched["status"]["n"] = json!(2);
+        let found = messages(&c.validate(&touched, Some(&locked)));
+        assert!(found.iter().any(|m| m.starts_with("lock: ") && m.contains("locked")), "{found:?}");
     }
 }

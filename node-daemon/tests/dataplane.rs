@@ -81,6 +81,9 @@ fn bridge_veth_address_default_route_and_lo_come_up() {
 
     let shown = c1.sh("ip -o -4 addr show dev eth0");
     assert!(shown.contains("172.18.0.2/16"), "{shown}");
+    // An IPv4-only endpoint has no IPv6 link-local address (nothing multicast into the bridge).
+    let v6 = c1.sh("ip -6 addr show dev eth0");
+    assert!(v6.trim().is_empty(), "{v6}");
     let shown = c1.sh("ip -o link show dev eth0");
     assert!(shown.contains("02:42:ac:12:00:02"), "{shown}");
     let shown = c1.sh("ip -4 route show default");
@@ -909,6 +912,9 @@ fn dual_stack_endpoints_reach_each_other_and_the_gateway_over_both_families() {
         shown.len() == 1 && shown[0].contains("fd00:18::2/64") && !shown[0].contains("tentative"),
         "{shown:?}"
     );
+    // An endpoint with IPv6 keeps its link-local address, as any IPv6 interface has one.
+    let shown = c1.sh("ip -6 -o addr show dev eth0 scope link");
+    assert!(shown.contains("fe80::"), "{shown}");
     let shown = c1.sh("ip -6 route show default");
     assert!(shown.contains("via fd00:18::1 dev eth0"), "{shown}");
     assert!(

@@ -424,7 +424,9 @@ mod tests {
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(found[0].starts_with("spec.labels.b: ") && found[0].contains("no bad labels"));
         assert!(found[1].starts_with("spec.mtu: ") && found[1].contains("mtu needs bridge"));
-        assert!(found[2].starts_with("spec.ports[1]: ") && found[2].contains("port must be positive"));
+        assert!(
+            found[2].starts_with("spec.ports[1]: ") && found[2].contains("port must be positive")
+        );
     }
 
     #[test]
@@ -440,14 +442,23 @@ mod tests {
         let mut spec_write = old.clone();
         spec_write["spec"]["driver"] = json!("macvlan");
         let found = messages(&c.validate(&spec_write, Some(&old)));
-        assert!(found.iter().any(|m| m.contains("mtu needs bridge")), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.contains("mtu needs bridge")),
+            "{found:?}"
+        );
         // On create nothing is ratcheted.
         assert_eq!(c.validate(&old, None).len(), 2);
         // A transition rule runs on an unchanged value: locked stays locked.
-        let locked = json!({"spec": {"driver": "bridge"}, "lock": {"locked": true}, "status": {"n": 1}});
+        let locked =
+            json!({"spec": {"driver": "bridge"}, "lock": {"locked": true}, "status": {"n": 1}});
         let mut touched = locked.clone();
         touched["status"]["n"] = json!(2);
         let found = messages(&c.validate(&touched, Some(&locked)));
-        assert!(found.iter().any(|m| m.starts_with("lock: ") && m.contains("locked")), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|m| m.starts_with("lock: ") && m.contains("locked")),
+            "{found:?}"
+        );
     }
 }

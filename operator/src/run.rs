@@ -16,12 +16,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use pier_crds::endpoint::publishes_following;
 use pier_crds::{Endpoint, Network, PortPublish};
-use pier_runtime::lean;
+use pier_runtime::lean::{self, SharedWatch};
 
 use crate::admin::Health;
 use crate::allocations::Allocations;
 use crate::config::{Config, ConfigError, OperatorArgs};
 use crate::context::Context;
+use crate::controllers::dependents::SharedDependents;
 use crate::controllers::{self, endpoint, network, pod, portpublish};
 use crate::metrics::Metrics;
 use crate::stores::Stores;
@@ -269,25 +270,27 @@ struct Controllers {
     endpoint: Controller<Endpoint>,
     publish: Controller<PortPublish>,
     pod: Controller<Pod>,
-    /// The Endpoints the Pod controller reads, filled by the watch that wakes it.
+    /// The Endpoints the Pod controller reads (the shared watch's store).
     pod_endpoints: Store<Endpoint>,
+    /// The shared watches, run beside the controllers.
+    watches: Vec<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl Controllers {
     /// The controllers and the watches that bring objects back to them.
     fn new(client: &Client, default_network: &str) -> Self {
         let wc = watcher::Config::default;
-        let networks: Api<Network> = Api::all(client.clone());
-        let endpoints: Api<Endpoint> = Api::all(client.clone());
-        let publishes: Api<PortPublish> = Api::all(client.clone());
         let pods: Api<Pod> = Api::all(client.clone());
-        let endpoints_for_pods: Api<Endpoint> = Api::all(client.clone());
+        // One watch per kind for every controller here (pier_runtime::lean::SharedWatch): each
+        // event is decoded once. Stores keep no managed fields: no reconciler reads them.
+        let mut networks = SharedWatch::new(Api::<Network>::all(client.clone()), wc());
+        let mut endpoints = SharedWatch::new(Api::<Endpoint>::all(client.clone()), wc());
+        let publishes: Api<PortPublish> = Api::all(client.clone());
 
-        // Stores keep no managed fields (pier_runtime::lean): no reconciler reads them.
         // Network: its endpoint count follows its Endpoints.
         let default = default_network.to_owned();
-        let network =
-            lean::controller(networks.clone(), wc()).watches(endpoints.clone(), wc(), move |ep| {
+        let network = Controller::for_shared_stream(networks.applied(), networks.store())
+            .watches_shared_stream(endpoints.touched(), move |ep| {
                 Some(ObjectRef::<Network>::new(&endpoint::network_of(
                     &ep, &default,
                 )))
@@ -295,14 +298,15 @@ impl Controllers {
 
         // Endpoint: waits on its Network, its Pod, or the Endpoint whose namespace it shares;
         // follows the other Endpoints of its namespace (the oldest carries the default route).
-        let endpoint = lean::controller(endpoints.clone(), wc());
-        let store = endpoint.store();
-        let (by_network, by_pod, by_shared) = (store.clone(), store.clone(), store.clone());
+        let store = endpoints.store();
+        let (by_network, by_pod) = (store.clone(), store.clone());
+        let dependents = SharedDependents::default();
+        endpoints.inspect(dependents.follow(store.clone()));
         let sharers = store;
         let default = default_network.to_owned();
         let allocation_changes = pier_crds::network::AllocationChanges::default();
-        let endpoint = endpoint
-            .watches(networks, wc(), move |net| {
+        let endpoint = Controller::for_shared_stream(endpoints.applied(), endpoints.store())
+            .watches_shared_stream(networks.touched(), move |net| {
                 if !allocation_changes.changed(&net) {
                     return Vec::new();
                 }
@@ -336,20 +340,13 @@ impl Controllers {
                     .map(|e| ObjectRef::from_obj(&*e))
                     .collect::<Vec<_>>()
             })
-            .watches(endpoints.clone(), wc(), move |changed| {
-                by_shared
-                    .state()
-                    .into_iter()
-                    .filter(|e| endpoint::depends_on(e, &changed))
-                    .map(|e| ObjectRef::from_obj(&*e))
-                    .collect::<Vec<_>>()
-            });
+            .watches_shared_stream(endpoints.touched(), move |changed| dependents.of(&changed));
 
         // PortPublish: follows its Endpoint (node, address, readiness), and for a container-mode
         // Endpoint the one whose namespace it shares (the ports lead to that one's address).
         let publish = lean::controller(publishes, wc());
         let store = publish.store();
-        let publish = publish.watches(endpoints, wc(), move |ep| {
+        let publish = publish.watches_shared_stream(endpoints.touched(), move |ep| {
             let ports = store.state();
             let ns = ep.metadata.namespace.as_deref();
             publishes_following(ports, ns, &ep.name_any(), || sharers.state())
@@ -359,10 +356,10 @@ impl Controllers {
         });
 
         // Pod: its annotation makes its Endpoints, whose attachment makes its condition. Woken by
-        // the Endpoints that target it, through the watch that fills the store it reads them
-        // from (deletions included: a predecessor's Endpoint gone frees the name).
-        let (pod_endpoints, targeting) = lean::store(endpoints_for_pods, wc());
-        let targeting = targeting.touched_objects();
+        // the Endpoints that target it (deletions included: a predecessor's Endpoint gone frees
+        // the name); it reads them from the shared store.
+        let pod_endpoints = endpoints.store();
+        let targeting = endpoints.touched();
         // Every Pod of the cluster, kept in the store with only what the controller reads.
         let (pod_reader, pod_writer) = reflector::store();
         let all_pods = watcher(pods, wc())
@@ -370,9 +367,9 @@ impl Controllers {
             .modify(pod::keep_what_is_read)
             .reflect(pod_writer)
             .applied_objects();
-        let pod = Controller::for_stream(all_pods, pod_reader).watches_stream(
+        let pod = Controller::for_stream(all_pods, pod_reader).watches_shared_stream(
             targeting,
-            |ep: Endpoint| {
+            |ep: Arc<Endpoint>| {
                 let pod = ep.spec.target.pod.as_ref()?;
                 Some(ObjectRef::<Pod>::new(&pod.name).within(&ep.namespace()?))
             },
@@ -383,6 +380,7 @@ impl Controllers {
             publish,
             pod,
             pod_endpoints,
+            watches: vec![Box::pin(networks.run()), Box::pin(endpoints.run())],
         }
     }
 
@@ -423,6 +421,7 @@ impl Controllers {
             .pod
             .run(pod::reconcile, pod::error_policy, ctx)
             .for_each(|_| futures::future::ready(()));
-        futures::join!(network, endpoint, publish, pod, predefined);
+        let watches = futures::future::join_all(self.watches);
+        futures::join!(network, endpoint, publish, pod, predefined, watches);
     }
 }

@@ -242,27 +242,24 @@ pub async fn run_with(
 
     // Networks: a store of its own (the controllers' stores hold this node's objects only).
     // No store keeps managed fields (pier_runtime::lean): nothing here reads them.
-    let (network_store, network_events) = lean::store(networks.clone(), watcher::Config::default());
-    let network_watch = network_events.for_each({
-        let feed = feeder(&index, &network_store);
-        move |event| {
-            if let Ok(event) = event {
-                feed(&event);
-            }
-            futures::future::ready(())
-        }
-    });
+    // The same watch wakes the Endpoint controller.
+    let mut network_watch = lean::SharedWatch::new(networks, watcher::Config::default());
+    let network_store = network_watch.store();
+    network_watch.inspect(feeder(&index, &network_store));
+    let networks_touched = network_watch.touched();
 
     // This node's Endpoints and PortPublishes: each event reaches the index right after the
-    // controller's store.
+    // controller's store. One watch of the Endpoints feeds the index, the Endpoint controller
+    // and the PortPublish controller (each event decoded once).
     let endpoints: Api<Endpoint> = Api::all(client.clone());
     let publishes: Api<PortPublish> = Api::all(client.clone());
-    let (endpoint_store, endpoint_events) = lean::store(endpoints.clone(), on_node.clone());
-    let endpoint_events = endpoint_events
-        .inspect_ok(feeder(&index, &endpoint_store))
-        .applied_objects();
-    let endpoint_controller = Controller::for_stream(endpoint_events, endpoint_store.clone())
-        .with_config(controller::Config::default().concurrency(ENDPOINT_CONCURRENCY));
+    let mut endpoint_watch = lean::SharedWatch::new(endpoints.clone(), on_node.clone());
+    let endpoint_store = endpoint_watch.store();
+    endpoint_watch.inspect(feeder(&index, &endpoint_store));
+    let endpoint_controller =
+        Controller::for_shared_stream(endpoint_watch.applied(), endpoint_store.clone())
+            .with_config(controller::Config::default().concurrency(ENDPOINT_CONCURRENCY));
+    let endpoints_touched = endpoint_watch.touched();
     let (publish_store, publish_events) = lean::store(publishes, on_node.clone());
     let publish_events = publish_events
         .inspect_ok(feeder(&index, &publish_store))
@@ -313,10 +310,15 @@ pub async fn run_with(
     let has_dns = dns.is_some();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let endpoint_controller = run_endpoints(endpoint_controller, networks, &ctx, stopped(&stop_rx));
+    let endpoint_controller = run_endpoints(
+        endpoint_controller,
+        networks_touched,
+        &ctx,
+        stopped(&stop_rx),
+    );
     let publish_controller = run_publishes(
         publish_controller,
-        (endpoints, on_node),
+        endpoints_touched,
         &ctx,
         stopped(&stop_rx),
     );
@@ -332,7 +334,8 @@ pub async fn run_with(
     };
     let work = async {
         tokio::select! {
-            _ = network_watch => {}
+            () = network_watch.run() => {}
+            () = endpoint_watch.run() => {}
             _ = removal => {}
             _ = remote_watch => {}
             _ = node_watch => {}
@@ -456,7 +459,7 @@ fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + use<> {
 /// Runs the Endpoint controller until `stopped` resolves.
 fn run_endpoints(
     controller: Controller<Endpoint>,
-    network_api: Api<Network>,
+    networks: impl futures::Stream<Item = Arc<Network>> + Send + 'static,
     ctx: &Arc<Context>,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
@@ -467,7 +470,7 @@ fn run_endpoints(
     let by_network = controller.store();
     let allocation_changes = pier_crds::network::AllocationChanges::default();
     controller
-        .watches(network_api, watcher::Config::default(), move |net| {
+        .watches_shared_stream(networks, move |net| {
             if !allocation_changes.changed(&net) {
                 return Vec::new();
             }
@@ -494,18 +497,17 @@ fn run_endpoints(
 
 /// Runs the PortPublish controller until `stopped` resolves. A PortPublish follows its Endpoint
 /// (attached, re-addressed, gone), and in container mode the Endpoint whose namespace that one
-/// shares: `endpoints` is the watch of this node's.
+/// shares: `endpoints` are this node's, as they change.
 fn run_publishes(
     controller: Controller<PortPublish>,
-    endpoints: (Api<Endpoint>, watcher::Config),
+    endpoints: impl futures::Stream<Item = Arc<Endpoint>> + Send + 'static,
     ctx: &Arc<Context>,
     stopped: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
     let by_endpoint = controller.store();
     let sharers = ctx.endpoints.clone();
-    let (endpoints, on_node) = endpoints;
     controller
-        .watches(endpoints, on_node, move |ep| {
+        .watches_shared_stream(endpoints, move |ep| {
             let ports = by_endpoint.state();
             let ns = ep.metadata.namespace.as_deref();
             publishes_following(ports, ns, &ep.name_any(), || sharers.state())

@@ -46,35 +46,6 @@ pub fn network_of(ep: &Endpoint, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-/// Whether a change of Endpoint `changed` may change what `ep` gets: `ep` shares `changed`'s
-/// namespace (container mode: it waits for its node), or both attach the same namespace (the
-/// oldest of those carries the default route, so one coming or going moves it).
-///
-/// Called for every Endpoint of the cluster on every Endpoint event, so it allocates nothing.
-pub fn depends_on(ep: &Endpoint, changed: &Endpoint) -> bool {
-    let same_namespace = ep.metadata.namespace == changed.metadata.namespace;
-    let (mine, theirs) = (&ep.spec.target, &changed.spec.target);
-    let shares = same_namespace
-        && mine
-            .endpoint
-            .as_ref()
-            .is_some_and(|t| changed.metadata.name.as_deref() == Some(t.name.as_str()));
-    let same_pod = same_namespace
-        && mine
-            .pod
-            .as_ref()
-            .zip(theirs.pod.as_ref())
-            .is_some_and(|(a, b)| a.name == b.name);
-    // Named namespaces are the node's, not a Kubernetes namespace's; the node may be left to
-    // the single node of the cluster, so the name alone is compared (a spare reconcile at most).
-    let same_netns = mine
-        .netns
-        .as_ref()
-        .zip(theirs.netns.as_ref())
-        .is_some_and(|(a, b)| a.name == b.name);
-    shares || same_pod || same_netns
-}
-
 fn owned(status: Option<&EndpointStatus>) -> Option<EndpointStatus> {
     status.map(|s| EndpointStatus {
         conditions: crate::conditions::operator_owned(&s.conditions),

@@ -1,6 +1,7 @@
 //! The three controllers and what they share: the error type, the error policy (per-object
 //! exponential backoff), and status writes by server-side apply.
 
+pub mod dependents;
 pub mod endpoint;
 pub mod network;
 pub mod pod;

@@ -29,7 +29,11 @@
 #   the end; the JSON records both.
 # - for the N-at-once runs, fping rounds over the addresses not answering yet (1 ARP probe each,
 #   20 ms), repeated until all answer; the clock stops at the end of the round in which the last
-#   one answered (so it over-counts by at most that round, whose length is recorded).
+#   one answered (so it over-counts by at most that round, whose length is recorded). A round
+#   probes only the addresses whose apply request has returned (curl writes each finished
+#   request's URL): an Endpoint not created yet cannot answer, and an ARP request for it costs
+#   a broadcast to every port of its bridge, which with 2,000 pending took a fifth of the
+#   machine's CPU away from what is measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/pier-up.sh
@@ -57,22 +61,10 @@ arp_thresh_saved=""
 cleanup() {
   local rc=$?
   set +e
-  pier_up_stop
+  pier_up_cleanup "$rc" local "$node" "${PIER_BENCH_LOCAL_LOG:-}"
   # shellcheck disable=SC2086 # two words: thresh2 thresh3
   [ -n "$arp_thresh_saved" ] && set -- $arp_thresh_saved \
     && sysctl -q -w "net.ipv4.neigh.default.gc_thresh2=$1" "net.ipv4.neigh.default.gc_thresh3=$2"
-  if [ -d "$data" ]; then
-    "$pier" down --data-dir "$data" --node-netns "/run/netns/$node" --purge >"$work/down.log" 2>&1 \
-      || { echo "pier down:"; cat "$work/down.log"; } >&2
-  fi
-  # Whatever is left of this run's namespaces (only ours: the prefix has this shell's pid).
-  ip netns list | awk '{print $1}' | grep -E "^$tag-" | while read -r n; do ip netns del "$n"; done
-  if [ "$rc" != 0 ] && [ -f "$work/up.log" ]; then
-    cp "$work/up.log" /tmp/pier-bench-local-up.log
-    echo "--- pier up's warnings and errors (whole log: /tmp/pier-bench-local-up.log)" >&2
-    grep -E "WARN|ERROR|panicked" "$work/up.log" | tail -20 >&2
-  fi
-  [ -n "${PIER_BENCH_LOCAL_LOG:-}" ] && [ -f "$work/up.log" ] && cp "$work/up.log" "$PIER_BENCH_LOCAL_LOG"
   rm -rf "$work"
   exit "$rc"
 }
@@ -252,10 +244,10 @@ delete_eps
 neigh 20 1
 if command -v fping >/dev/null; then
   pinger="fping"
-  probe_cmd="ip netns exec $node fping -a -r0 -t50 -i0 ADDRESSES_NOT_ANSWERING_YET"
+  probe_cmd="ip netns exec $node fping -a -r0 -t50 -i0 ADDRESSES_CREATED_AND_NOT_ANSWERING_YET"
 else
   pinger="ping"
-  probe_cmd="ip netns exec $node ping -n -q -c1 -W0.05 ADDRESS (32 in parallel, per address not answering yet)"
+  probe_cmd="ip netns exec $node ping -n -q -c1 -W0.05 ADDRESS (32 in parallel, per address created and not answering yet)"
 fi
 probe() { # addresses file -> prints those answering
   if [ "$pinger" = fping ]; then
@@ -273,7 +265,7 @@ give_up_s="${PIER_BENCH_AT_ONCE_TIMEOUT:-120}"
 at_once() {
   local n="$1" rep="$2" i addr name
   echo "== local: $n Endpoints at once (repetition $rep of $at_once_runs)"
-  : >"$work/curl.cfg"; : >"$work/pending"
+  : >"$work/curl.cfg"; : >"$work/pending"; : >"$work/addresses"
   # Rows of each /16 for this phase's addresses (the previous phase's were released when its
   # Endpoints were deleted, so wrapping around reuses free ones).
   local rows=$(( ((n < per_network ? n : per_network) + 249) / 250 )) k j
@@ -292,9 +284,11 @@ at_once() {
       echo "cacert = \"$work/ca.pem\""
       echo "data-binary = \"@$work/ep-$i.json\""
       echo 'output = "/dev/null"'
+      echo 'write-out = "%{url_effective}\n"'
       echo 'fail'
     } >>"$work/curl.cfg"
     echo "$addr" >>"$work/pending"
+    echo "$name $addr" >>"$work/addresses"
   done
   base=$((base + rows))
   # Each phase starts with the node's neighbour entries of earlier phases gone (as on a node
@@ -304,12 +298,17 @@ at_once() {
   fulls0="$(arp_table_fulls)"
   cpu0="$(up_cpu)"; read -r busy0 total0 <<<"$(machine_cpu)"; threads0="$(threads_cpu)"
   t0="$(now)"
-  curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" >"$work/curl.log" 2>&1 &
+  curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" >"$work/created" 2>"$work/curl.log" &
   curl_pid=$!
   rounds=0; last_round_ms=0; t_done=""; t_requests=""; progress=""
   while :; do
     r0="$(now)"
-    probe "$work/pending" | sort >"$work/alive"
+    # The pending addresses of the Endpoints created so far (a finished request's URL names it).
+    awk 'FILENAME ~ /created$/ { split($0, p, "/endpoints/"); split(p[2], n, "?"); created[n[1]] = 1; next }
+      FILENAME ~ /addresses$/ { if ($1 in created) addr[$2] = 1; next }
+      ($1 in addr)' "$work/created" "$work/addresses" "$work/pending" >"$work/probed"
+    [ -s "$work/probed" ] || sleep 0.02
+    probe "$work/probed" | sort >"$work/alive"
     r1="$(now)"
     rounds=$((rounds + 1)); last_round_ms="$(ms_between "$r0" "$r1")"
     sort "$work/pending" | comm -23 - "$work/alive" >"$work/pending.next"

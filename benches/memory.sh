@@ -51,22 +51,11 @@ ns="default"
 net="$tag-net"
 subnet_prefix="10.233"
 
-down() { # removes what the last `pier up` made (kernel objects, namespaces, data)
-  [ -n "$data" ] && [ -d "$data" ] || return 0
-  "$pier" down --data-dir "$data" --node-netns "/run/netns/$node" --purge >"$work/down.log" 2>&1 \
-    || { echo "pier down:"; cat "$work/down.log"; } >&2
-}
+down() { pier_down "$node"; } # removes what the last `pier up` made (kernel objects, namespaces, data)
 cleanup() {
   local rc=$?
   set +e
-  pier_up_stop
-  down
-  ip netns list | awk '{print $1}' | grep -E "^$tag-" | while read -r n; do ip netns del "$n"; done
-  if [ "$rc" != 0 ] && [ -f "$work/up.log" ]; then
-    cp "$work/up.log" /tmp/pier-bench-memory-up.log
-    echo "--- pier up's warnings and errors (whole log: /tmp/pier-bench-memory-up.log)" >&2
-    grep -E "WARN|ERROR|panicked" "$work/up.log" | tail -20 >&2
-  fi
+  pier_up_cleanup "$rc" memory "$node"
   rm -rf "$work"
   exit "$rc"
 }
@@ -83,10 +72,13 @@ mib() { awk -v k="$1" '$1 == k":" { printf "%.1f", $2 / 1024 }' "/proc/$up_pid/s
 # RSS is anonymous memory (the heap, stacks) plus the pages of the binary that were read in
 # (code run so far: the first Endpoints page in the attach and firewall code, and the kernel
 # keeps those pages mapped): both are recorded, so the figure says which of the two grew.
-rss_json() { # what: {what, vmrss_mib, vmhwm_mib, rss_anon_mib, rss_file_mib}
+# Threads too: each has a stack and the allocator's per-thread cache, and the runtime's blocking
+# threads (kernel work) outlive a burst by their keep-alive.
+rss_json() { # what: {what, vmrss_mib, vmhwm_mib, rss_anon_mib, rss_file_mib, threads}
   jq -nc --arg what "$1" --argjson rss "$(mib VmRSS)" --argjson hwm "$(mib VmHWM)" \
     --argjson anon "$(mib RssAnon)" --argjson file "$(mib RssFile)" \
-    '{what: $what, vmrss_mib: $rss, vmhwm_mib: $hwm, rss_anon_mib: $anon, rss_file_mib: $file}'
+    --argjson threads "$(awk '$1 == "Threads:" { print $2 }' "/proc/$up_pid/status")" \
+    '{what: $what, vmrss_mib: $rss, vmhwm_mib: $hwm, rss_anon_mib: $anon, rss_file_mib: $file, threads: $threads}'
 }
 
 # timed_up DATA: starts `pier up` on DATA in the background (up_pid) and sets up_s to the seconds
@@ -194,7 +186,7 @@ for r in $(seq "$churn_rounds"); do
   rss="$(jq -c --argjson r "$(rss_json "churn round $r: $churn created and deleted")" '. + [$r]' <<<"$rss")"
 done
 rss="$(jq -c --argjson r "$(settled_rss "after $churn_rounds rounds of $churn")" '. + [$r]' <<<"$rss")"
-jq -r '.[] | "   \(.what): RSS \(.vmrss_mib) MiB (anonymous \(.rss_anon_mib), binary \(.rss_file_mib)), high-water \(.vmhwm_mib) MiB"' <<<"$rss"
+jq -r '.[] | "   \(.what): RSS \(.vmrss_mib) MiB (anonymous \(.rss_anon_mib), binary \(.rss_file_mib); \(.threads) threads), high-water \(.vmhwm_mib) MiB"' <<<"$rss"
 pier_up_stop; down
 
 # --- startup with objects stored

@@ -46,18 +46,7 @@ poll_s=0.02
 cleanup() {
   local rc=$?
   set +e
-  pier_up_stop
-  if [ -d "$data" ]; then
-    "$pier" down --data-dir "$data" --node-netns "/run/netns/$node" --purge >"$work/down.log" 2>&1 \
-      || { echo "pier down:"; cat "$work/down.log"; } >&2
-  fi
-  ip netns list | awk '{print $1}' | grep -E "^$tag-" | while read -r n; do ip netns del "$n"; done
-  if [ "$rc" != 0 ] && [ -f "$work/up.log" ]; then
-    cp "$work/up.log" /tmp/pier-bench-teardown-up.log
-    echo "--- pier up's warnings and errors (whole log: /tmp/pier-bench-teardown-up.log)" >&2
-    grep -E "WARN|ERROR|panicked" "$work/up.log" | tail -20 >&2
-  fi
-  [ -n "${PIER_BENCH_TEARDOWN_LOG:-}" ] && [ -f "$work/up.log" ] && cp "$work/up.log" "$PIER_BENCH_TEARDOWN_LOG"
+  pier_up_cleanup "$rc" teardown "$node" "${PIER_BENCH_TEARDOWN_LOG:-}"
   rm -rf "$work"
   exit "$rc"
 }

@@ -162,19 +162,9 @@ mod tests {
 
     fn link(index: u32, name: &str, kind: LinkKind, group: u32) -> Link {
         Link {
-            index,
-            name: name.to_owned(),
-            kind,
-            master: None,
-            mtu: None,
             up: true,
-            alias: None,
-            mac: None,
-            hairpin: false,
-            inet: None,
-            inet6: None,
-            vxlan: None,
             group,
+            ..Link::new(index, name, kind)
         }
     }
 

@@ -169,19 +169,8 @@ mod tests {
 
     fn link(index: u32, name: &str, kind: LinkKind) -> Link {
         Link {
-            index,
-            name: name.into(),
-            kind,
-            master: None,
-            mtu: None,
             up: true,
-            alias: None,
-            mac: None,
-            hairpin: false,
-            vxlan: None,
-            group: 0,
-            inet: None,
-            inet6: None,
+            ..Link::new(index, name, kind)
         }
     }
 

@@ -552,22 +552,13 @@ proptest! {
 /// and the host veths of endpoints `with_veth` exist (so removals and re-creations are planned).
 fn snapshot_of(state: &NodeState, with_veth: &[u8]) -> Snapshot {
     let link = |index: u32, name: String, kind: LinkKind| Link {
-        index,
-        name,
-        kind,
-        master: None,
         mtu: Some(1500),
         up: true,
-        alias: None,
-        mac: None,
-        hairpin: false,
-        group: 0,
         inet: Some(InetConf {
             forwarding: true,
             route_localnet: true,
         }),
-        inet6: None,
-        vxlan: None,
+        ..Link::new(index, name, kind)
     };
     let mut links = vec![link(1, "lo".to_owned(), LinkKind::None)];
     for (n, name) in with_veth.iter().enumerate() {

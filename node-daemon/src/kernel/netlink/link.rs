@@ -147,14 +147,16 @@ impl Inet6Conf {
 }
 
 impl Link {
-    fn from_message(message: LinkMessage) -> Link {
-        let mut link = Link {
-            index: message.header.index,
-            name: String::new(),
-            kind: LinkKind::None,
+    /// A link with nothing known of it but its index, name and kind: down, no master, no
+    /// settings reported, group 0 (what a dump fills in, and where tests start from).
+    pub fn new(index: u32, name: impl Into<String>, kind: LinkKind) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind,
             master: None,
             mtu: None,
-            up: message.header.flags.contains(LinkFlags::Up),
+            up: false,
             alias: None,
             mac: None,
             hairpin: false,
@@ -162,6 +164,13 @@ impl Link {
             inet6: None,
             vxlan: None,
             group: 0,
+        }
+    }
+
+    fn from_message(message: LinkMessage) -> Link {
+        let mut link = Link {
+            up: message.header.flags.contains(LinkFlags::Up),
+            ..Link::new(message.header.index, String::new(), LinkKind::None)
         };
         for attribute in message.attributes {
             match attribute {

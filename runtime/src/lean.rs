@@ -58,8 +58,9 @@ where
 
 /// One watch of `api`'s objects for several controllers and mappers of a process. Each
 /// controller (or `watches` mapper) opening its own watch had every event sent, decoded and
-/// slimmed once per watch: with the operator's five watches of Endpoints, decoding them was a
-/// quarter of `pier up`'s CPU when 2,000 arrived at once. Here an event is decoded once, stored
+/// slimmed once per watch: with the operator's five watches of Endpoints and the node agent's
+/// two, the watch side was about a quarter of `pier up`'s CPU when 2,000 arrived at once (see
+/// benches/notes/local.md). Here an event is decoded once, stored
 /// (without managed fields) in one store, and handed to every subscriber as the same `Arc`.
 ///
 /// Subscribe first ([`SharedWatch::applied`], [`SharedWatch::touched`]), then drive the watch

@@ -426,8 +426,9 @@ fn configure_peer(attach: &Attach) -> Result<AliasState, StepError> {
     // An endpoint without IPv6 gets no link-local address either (Docker turns IPv6 off on such
     // an interface): on coming up it would send duplicate address detection, MLD reports and
     // router solicitations, multicasts the bridge floods to every other port, so N endpoints
-    // attached at once would cost the node's kernel O(N²) frames (40% of the machine's CPU with
-    // 2,000 on two bridges). Set before the link is up, which is when the address is made.
+    // attached at once would cost the node's kernel O(N²) frames (the largest part of its work
+    // with 2,000 on two bridges: benches/notes/local.md). Set before the link is up, which is
+    // when the address is made.
     if attach.address6.is_none() && peer_link.inet6.is_some_and(|conf| !conf.disabled) {
         inside.set_no_ipv6_link_local(peer, &attach.interface)?;
     }

@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use pier_crds::endpoint::publishes_following;
 use pier_crds::{Endpoint, Network, PortPublish};
-use pier_runtime::lean::{self, SharedWatch};
+use pier_runtime::lean;
 
 use crate::admin::Health;
 use crate::allocations::Allocations;
@@ -283,8 +283,8 @@ impl Controllers {
         let pods: Api<Pod> = Api::all(client.clone());
         // One watch per kind for every controller here (pier_runtime::lean::SharedWatch): each
         // event is decoded once. Stores keep no managed fields: no reconciler reads them.
-        let mut networks = SharedWatch::new(Api::<Network>::all(client.clone()), wc());
-        let mut endpoints = SharedWatch::new(Api::<Endpoint>::all(client.clone()), wc());
+        let mut networks = lean::shared(Api::<Network>::all(client.clone()), wc());
+        let mut endpoints = lean::shared(Api::<Endpoint>::all(client.clone()), wc());
         let publishes: Api<PortPublish> = Api::all(client.clone());
 
         // Network: its endpoint count follows its Endpoints.

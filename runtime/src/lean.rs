@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::channel::mpsc;
+use futures::stream::BoxStream;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -63,20 +64,41 @@ where
 /// benches/notes/local.md). Here an event is decoded once, stored
 /// (without managed fields) in one store, and handed to every subscriber as the same `Arc`.
 ///
-/// Subscribe first ([`SharedWatch::applied`], [`SharedWatch::touched`]), then drive the watch
-/// with [`SharedWatch::run`], polled beside the controllers.
+/// Made by [`shared`]; subscribe first ([`SharedWatch::applied`], [`SharedWatch::touched`]),
+/// then drive the watch with [`SharedWatch::run`], polled beside the controllers.
 pub struct SharedWatch<K>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
-    api: Api<K>,
-    config: watcher::Config,
+    /// The watch, through the store (not polled before `run`).
+    events: BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
     reader: Store<K>,
-    writer: reflector::store::Writer<K>,
     applied: Vec<mpsc::UnboundedSender<Arc<K>>>,
     touched: Vec<mpsc::UnboundedSender<Arc<K>>>,
     inspectors: Vec<Inspector<K>>,
+}
+
+/// One watch of `api` with `config` (retried with the default backoff) for several subscribers;
+/// nothing is requested before [`SharedWatch::run`].
+pub fn shared<K>(api: Api<K>, config: watcher::Config) -> SharedWatch<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Unpin,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(drop_managed_fields)
+        .reflect(writer)
+        .boxed();
+    SharedWatch {
+        events,
+        reader,
+        applied: Vec::new(),
+        touched: Vec::new(),
+        inspectors: Vec::new(),
+    }
 }
 
 impl<K> Debug for SharedWatch<K>
@@ -100,20 +122,6 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Unpin,
 {
-    /// A watch of `api` with `config`, not started.
-    pub fn new(api: Api<K>, config: watcher::Config) -> Self {
-        let (reader, writer) = reflector::store();
-        SharedWatch {
-            api,
-            config,
-            reader,
-            writer,
-            applied: Vec::new(),
-            touched: Vec::new(),
-            inspectors: Vec::new(),
-        }
-    }
-
     /// The store the watch fills (no managed fields).
     pub fn store(&self) -> Store<K> {
         self.reader.clone()
@@ -143,18 +151,12 @@ where
     /// Runs the watch (with the default backoff on errors) and hands its events out.
     pub async fn run(self) {
         let SharedWatch {
-            api,
-            config,
-            writer,
+            events,
             applied,
             touched,
             inspectors,
             ..
         } = self;
-        let events = watcher(api, config)
-            .default_backoff()
-            .modify(drop_managed_fields)
-            .reflect(writer);
         events
             .for_each(|event| {
                 match event {

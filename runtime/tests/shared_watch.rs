@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use pier_runtime::lean::SharedWatch;
+use pier_runtime::lean;
 use tower::ServiceExt as _;
 
 /// The next object a subscriber gets (within 10 s), as `name=value` of its `data.v`.
@@ -53,7 +53,7 @@ async fn one_watch_feeds_every_subscriber() {
     let client = kube::Client::new(service, "default");
     let api: Api<ConfigMap> = Api::namespaced(client, "default");
 
-    let mut shared = SharedWatch::new(api.clone(), watcher::Config::default());
+    let mut shared = lean::shared(api.clone(), watcher::Config::default());
     let store = shared.store();
     let (mut first, mut second) = (shared.applied().boxed(), shared.applied().boxed());
     let mut touched = shared.touched().boxed();

@@ -243,7 +243,7 @@ pub async fn run_with(
     // Networks: a store of its own (the controllers' stores hold this node's objects only).
     // No store keeps managed fields (pier_runtime::lean): nothing here reads them.
     // The same watch wakes the Endpoint controller.
-    let mut network_watch = lean::SharedWatch::new(networks, watcher::Config::default());
+    let mut network_watch = lean::shared(networks, watcher::Config::default());
     let network_store = network_watch.store();
     network_watch.inspect(feeder(&index, &network_store));
     let networks_touched = network_watch.touched();
@@ -253,7 +253,7 @@ pub async fn run_with(
     // and the PortPublish controller (each event decoded once).
     let endpoints: Api<Endpoint> = Api::all(client.clone());
     let publishes: Api<PortPublish> = Api::all(client.clone());
-    let mut endpoint_watch = lean::SharedWatch::new(endpoints.clone(), on_node.clone());
+    let mut endpoint_watch = lean::shared(endpoints.clone(), on_node.clone());
     let endpoint_store = endpoint_watch.store();
     endpoint_watch.inspect(feeder(&index, &endpoint_store));
     let endpoint_controller =

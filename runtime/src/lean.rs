@@ -86,14 +86,9 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Unpin,
 {
-    let (reader, writer) = reflector::store();
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(drop_managed_fields)
-        .reflect(writer)
-        .boxed();
+    let (reader, events) = store(api, config);
     SharedWatch {
-        events,
+        events: events.boxed(),
         reader,
         applied: Vec::new(),
         touched: Vec::new(),

@@ -1,5 +1,6 @@
 //! `pier`: one binary, one subcommand per role (operator, node, up, dataplane, ...).
 
+mod allocator;
 mod errors;
 mod kubeconfig;
 mod manifests;
@@ -11,13 +12,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-
-/// jemalloc, whose background thread gives freed memory back to the system within seconds: with
-/// glibc's malloc, `pier up` kept the high-water mark of every burst of objects (see
-/// benches/memory.sh). Without the `jemalloc` feature, glibc's malloc (for heap profilers).
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,8 +74,16 @@ enum Command {
     },
 }
 
+/// How long a blocking thread (kernel work: netlink, mounts) waits for more work before it
+/// exits. A burst of Endpoints starts about ten; tokio's default of 10 s kept them, each with its
+/// stack and its allocator cache (about 1 MiB a thread after a burst), well after the burst was
+/// over (benches/memory.sh). Starting a thread again costs tens of microseconds.
+const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .on_thread_park(allocator::on_worker_park)
         .enable_all()
         .build()
         .context("starting the tokio runtime")

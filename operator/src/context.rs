@@ -9,6 +9,7 @@ use pier_runtime::{Backoff, Events};
 use crate::allocations::Allocations;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pace::{ENDPOINT_COUNT_PACE, Pacer};
 use crate::stores::Stores;
 
 /// The field manager of every write: the allocations in status stay apart from the node's
@@ -32,6 +33,8 @@ pub struct Context {
     pub stores: Stores,
     /// Retry delays of the objects that are failing.
     pub backoff: Backoff,
+    /// When each Network's endpoint count was last written (see [`crate::pace`]).
+    pub endpoint_counts: Pacer,
 }
 
 impl std::fmt::Debug for Context {
@@ -56,6 +59,7 @@ impl Context {
         Context {
             events: Events::new(client.clone(), FIELD_MANAGER, config.lease.identity.clone()),
             backoff: Backoff::new(config.min_backoff, config.max_backoff),
+            endpoint_counts: Pacer::new(ENDPOINT_COUNT_PACE),
             client,
             config,
             allocations: Mutex::new(allocations),

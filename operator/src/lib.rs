@@ -15,6 +15,7 @@ pub mod defaults;
 pub mod ipam;
 pub mod leader;
 pub mod metrics;
+pub mod pace;
 pub mod pod_networks;
 pub mod ports;
 pub mod run;

@@ -87,9 +87,12 @@ impl Event {
     }
 }
 
-/// An object's JSON as the store keeps it.
+/// An object's JSON as the store keeps it, in an allocation of its length: the encoder's buffer
+/// grows by doubling, so it would keep up to twice the bytes for as long as the object (or its
+/// change in the watch history) lives; an Event stays an hour.
 pub fn encode(object: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(object).unwrap_or_default())
+    let json = serde_json::to_vec(object).unwrap_or_default();
+    Bytes::from(json.into_boxed_slice())
 }
 
 /// What a change keeps decoded of its objects, which watches' selectors read (and, for the one

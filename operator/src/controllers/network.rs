@@ -3,6 +3,7 @@
 //! (Docker's "network has active endpoints").
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
@@ -85,7 +86,15 @@ async fn apply(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Actio
     let condition = refusal::condition(&current.conditions, &outcome, generation);
     let changed = conditions_differ(&current.conditions, &condition);
     status.conditions = vec![condition];
-    apply_status(api, net, owned(net.status.as_ref()).as_ref(), &status).await?;
+    let written = owned(net.status.as_ref());
+    if only_the_count_differs(written.as_ref(), &status)
+        && let Err(wait) = ctx.endpoint_counts.admit(&name, Instant::now())
+    {
+        // Endpoints keep coming or going: the count goes with the next write, at most
+        // `ENDPOINT_COUNT_PACE` from the last (or with any other change before that).
+        return Ok(Action::requeue(wait));
+    }
+    apply_status(api, net, written.as_ref(), &status).await?;
     match outcome {
         Ok(message)
             if (current.subnet != status.subnet && status.subnet.is_some())
@@ -264,6 +273,18 @@ async fn explicit_subnets(ctx: &Context, except: &str) -> Vec<Ipv4Net> {
     }
 }
 
+/// Whether `status` differs from what was written only in the endpoint count (the field paced
+/// by [`Context::endpoint_counts`]).
+fn only_the_count_differs(written: Option<&NetworkStatus>, status: &NetworkStatus) -> bool {
+    written.is_some_and(|written| {
+        written.endpoints != status.endpoints
+            && NetworkStatus {
+                endpoints: status.endpoints,
+                ..written.clone()
+            } == *status
+    })
+}
+
 async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Action, Error> {
     let name = net.name_any();
     let count = ctx.allocations().endpoint_count(&name);
@@ -290,6 +311,7 @@ async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Act
         });
     }
     let released = ctx.allocations().release_network(&name);
+    ctx.endpoint_counts.forget(&name);
     if let Some(subnet) = released {
         ctx.metrics.released("subnet", 1);
         tracing::info!(network = %name, %subnet, "subnet released");
@@ -304,4 +326,38 @@ async fn cleanup(api: &Api<Network>, net: &Network, ctx: &Context) -> Result<Act
             .await;
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written() -> NetworkStatus {
+        NetworkStatus {
+            subnet: Some("10.1.0.0/24".into()),
+            gateway: Some("10.1.0.1".into()),
+            endpoints: 3,
+            ..NetworkStatus::default()
+        }
+    }
+
+    #[test]
+    fn only_a_new_count_is_paced() {
+        let count = NetworkStatus {
+            endpoints: 4,
+            ..written()
+        };
+        assert!(only_the_count_differs(Some(&written()), &count));
+        // Nothing changed: no write anyway, nothing to pace.
+        assert!(!only_the_count_differs(Some(&written()), &written()));
+        // The count and something else: the write goes now.
+        let both = NetworkStatus {
+            endpoints: 4,
+            mtu: Some(1400),
+            ..written()
+        };
+        assert!(!only_the_count_differs(Some(&written()), &both));
+        // The first status goes now.
+        assert!(!only_the_count_differs(None, &count));
+    }
 }

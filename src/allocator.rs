@@ -23,15 +23,17 @@ const RETURN_CACHE_AFTER_FREEING: u64 = 256 * 1024;
 #[cfg(feature = "jemalloc")]
 pub fn on_worker_park() {
     use std::cell::Cell;
-    use tikv_jemalloc_ctl::thread::deallocatedp;
+    use tikv_jemalloc_ctl::thread::{ThreadLocal, deallocatedp};
 
     thread_local! {
-        /// This thread's freed-bytes counter when it last returned its cache.
+        /// This thread's count of bytes freed, kept by jemalloc (looked up once per thread;
+        /// none only if jemalloc was built without statistics, which it is built with: then the
+        /// cache is left as jemalloc manages it).
+        static FREED: Option<ThreadLocal<u64>> = deallocatedp::read().ok();
+        /// That count when this thread last returned its cache.
         static FREED_AT_LAST_RETURN: Cell<u64> = const { Cell::new(0) };
     }
-    // Both fail only when jemalloc was built without statistics (it is built with them): then
-    // the cache is left as jemalloc manages it.
-    let Ok(freed) = deallocatedp::read().map(|counter| counter.get()) else {
+    let Some(freed) = FREED.with(|counter| counter.map(|counter| counter.get())) else {
         return;
     };
     FREED_AT_LAST_RETURN.with(|last| {

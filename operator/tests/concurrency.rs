@@ -1,5 +1,6 @@
 //! 200 Endpoints created concurrently get 200 distinct addresses; an operator killed mid-way and
 //! replaced allocates nothing twice and keeps every existing allocation.
+//! Endpoints that keep coming get their Network's count written a few times, paced, ending right.
 
 mod common;
 
@@ -95,4 +96,76 @@ async fn concurrent_endpoints_get_distinct_addresses_across_a_restart() {
         "the restart came mid-way"
     );
     second.stop().await;
+}
+
+/// Endpoints that keep coming to one Network (one every 25 ms for a second): the operator writes
+/// the Network's endpoint count a few times while they come (paced), not once per Endpoint, and
+/// the last value is the full count. (Unpaced, every one of them was a count write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_that_keep_coming_write_the_network_count_a_few_times_and_end_right() {
+    const TRICKLE: usize = 40;
+    use kube::runtime::watcher;
+
+    let (_server, client) = cluster().await;
+    let nets: Api<Network> = Api::all(client.clone());
+    let eps: Api<Endpoint> = Api::namespaced(client.clone(), "default");
+    let operator = Operator::start(&client, config("op-1"));
+    wait_for(&nets, "bridge", "subnet", |n| {
+        n.status.as_ref().is_some_and(|s| s.subnet.is_some())
+    })
+    .await;
+
+    // Every count the API server hands out for the bridge, in order.
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+    let seen = counts.clone();
+    let watch = tokio::spawn(
+        watcher(
+            nets.clone(),
+            watcher::Config::default().fields("metadata.name=bridge"),
+        )
+        .for_each(move |event| {
+            if let Ok(watcher::Event::Apply(net)) = event {
+                let count = net.status.map_or(0, |s| s.endpoints);
+                let mut seen = seen.lock().expect("counts");
+                if seen.last() != Some(&count) {
+                    seen.push(count);
+                }
+            }
+            futures::future::ready(())
+        }),
+    );
+    let started = std::time::Instant::now();
+    for i in 0..TRICKLE {
+        let name = format!("trickle-{i:02}");
+        create(&eps, &endpoint(&name, &name, None, json!({}))).await;
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    wait_for(&nets, "bridge", "all endpoints counted", |n| {
+        n.status
+            .as_ref()
+            .is_some_and(|s| s.endpoints == TRICKLE as i32)
+    })
+    .await;
+    // At most one write per pace while they came, the first one at once (a slower machine makes
+    // the trickle longer, and allows more).
+    let pace = pier_operator::pace::ENDPOINT_COUNT_PACE;
+    let allowed =
+        usize::try_from(started.elapsed().as_millis() / pace.as_millis()).unwrap_or(usize::MAX) + 2;
+    // Longer than the pace: a write still due would have gone by now.
+    tokio::time::sleep(pace * 2).await;
+    watch.abort();
+    let counts = counts.lock().expect("counts").clone();
+    eprintln!("counts written: {counts:?}");
+    assert_eq!(
+        counts.last(),
+        Some(&(TRICKLE as i32)),
+        "the last count is all of them"
+    );
+    assert!(
+        counts.len() <= allowed && counts.len() < TRICKLE / 2,
+        "{} count changes for {TRICKLE} Endpoints in {:?}: not paced ({counts:?})",
+        counts.len(),
+        started.elapsed()
+    );
+    operator.stop().await;
 }

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use kube::ResourceExt;
 use pier_crds::{Driver, Endpoint, EndpointTarget, Network, PortPublish};
+use pier_memory::ShrinkIfSparse as _;
 
 use crate::ipam::ipv6::{
     self, Address6Error, Ipv6Networks, Network6Allocation, Network6Error, Network6Request,
@@ -564,6 +565,9 @@ impl Allocations {
         if let Some(c) = self.counts.get_mut(&record.network) {
             *c = c.saturating_sub(1);
         }
+        self.records.shrink_if_sparse();
+        self.attachments.shrink_if_sparse();
+        self.interfaces.shrink_if_sparse();
         let address6 = self.v6.release(&record.network, owner).map(IpAddr::V6);
         let address = self
             .pools
@@ -1043,6 +1047,36 @@ mod tests {
         let again = a.attach("ns/b", &attach("bridge", "netns n/a")).expect("b");
         assert_eq!(again.interface, "eth0");
         assert_eq!(a.detach("ns/missing"), None);
+    }
+
+    #[test]
+    fn detaching_most_of_a_burst_gives_the_tables_back() {
+        let mut a = Allocations::default();
+        a.ensure_network("bridge", &auto()).expect("bridge");
+        let capacity = |a: &Allocations| {
+            a.records.capacity()
+                + a.attachments.capacity()
+                + a.interfaces.capacity()
+                + a.pools.get("bridge").map_or(0, AddressPool::capacity)
+        };
+        for i in 0..1_000 {
+            a.attach(
+                &format!("ns/e{i}"),
+                &attach("bridge", &format!("netns n/{i}")),
+            )
+            .expect("attached");
+        }
+        let grown = capacity(&a);
+        for i in 10..1_000 {
+            a.detach(&format!("ns/e{i}")).expect("detached");
+        }
+        assert_eq!(a.endpoint_count("bridge"), 10);
+        let left = capacity(&a);
+        assert!(left * 20 < grown, "{left} of {grown} kept for 10 endpoints");
+        // What is left still works.
+        assert!(a.detach("ns/e0").is_some());
+        a.attach("ns/again", &attach("bridge", "netns n/0"))
+            .expect("attached again");
     }
 
     #[test]

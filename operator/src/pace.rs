@@ -5,6 +5,8 @@
 //! itself for when the write may go. Pure logic: no kube.
 
 use std::collections::HashMap;
+
+use pier_memory::ShrinkIfSparse as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,9 @@ impl Pacer {
 
     /// Forgets `key` (its object is gone).
     pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
+        let mut written = self.lock();
+        written.remove(key);
+        written.shrink_if_sparse();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {

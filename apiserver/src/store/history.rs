@@ -5,22 +5,27 @@
 //! like etcd's compaction: by count, by age, and by bytes, at most [`BYTES_PER_LIVE_BYTE`] times
 //! what the live objects take (or a floor, for a store with few objects). So its memory follows the live objects: a
 //! burst of writes, or of objects created and deleted, leaves no more than that behind. A watch
-//! resuming from before the oldest change kept gets 410 Gone and re-lists.
+//! resuming from before a dropped change of its own kind gets 410 Gone and re-lists; changes of
+//! other kinds do not matter to it (like kube-apiserver's watch cache, one window per resource):
+//! a watch of a kind that has not changed resumes however long ago it last saw an event.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pier_memory::ShrinkIfSparse as _;
 
 use super::{Event, EventType, decode, for_selectors};
 
-/// The history's byte budget per byte of live objects: a burst that creates every object at
-/// once (a whole namespace applied) stays resumable, and the bound still follows the objects.
-pub const BYTES_PER_LIVE_BYTE: usize = 2;
-
-/// What a kept change costs besides its JSON (its key, namespace and bookkeeping), for the bound.
-const ENTRY_OVERHEAD: usize = 128;
+/// The history's byte budget per byte of live objects, both counted in JSON. One: a burst that
+/// creates every object at once (a whole namespace applied) stays resumable, as its changes'
+/// JSON is the objects'; a watch further behind than that re-lists, which costs about what
+/// replaying would; and after a burst of deletions (a namespace, `pier down`) what the history
+/// keeps of the deleted objects is at most what is live (issue 19: with twice the live bytes
+/// and a per-change overhead counted, 3 MB of deleted Endpoints' JSON stayed after 500 were
+/// deleted, beside 1.5 MB of live objects). The count bound caps the bookkeeping per change.
+pub const BYTES_PER_LIVE_BYTE: usize = 1;
 
 /// One change as kept: the new object's JSON and the one it replaced.
 #[derive(Debug, Clone)]
@@ -36,14 +41,10 @@ struct Recorded {
 }
 
 impl Recorded {
-    /// The bytes this change holds: an upper bound, as `old` is usually shared with the change
+    /// The JSON this change holds: an upper bound, as `old` is usually shared with the change
     /// before it or with the store.
     fn cost(&self) -> usize {
-        ENTRY_OVERHEAD
-            + self.key.len()
-            + self.namespace.len()
-            + self.object.len()
-            + self.old.as_ref().map_or(0, Bytes::len)
+        self.object.len() + self.old.as_ref().map_or(0, Bytes::len)
     }
 
     /// The change as watches take it (decoded: only for watches that resume, which are rare).
@@ -90,8 +91,11 @@ pub struct History {
     /// What `entries` hold, by [`Recorded::cost`].
     bytes: usize,
     bounds: Bounds,
-    /// The resourceVersion of the oldest change a watch can still resume after.
-    oldest_resumable: u64,
+    /// No watch resumes from before this version (the store's start, or a compaction).
+    floor: u64,
+    /// Per storage key, the version of its newest dropped change: a watch of that key resumes
+    /// only from there on.
+    dropped_through: HashMap<String, u64>,
 }
 
 impl History {
@@ -104,7 +108,8 @@ impl History {
                 count: bounds.count.max(1),
                 ..bounds
             },
-            oldest_resumable: rv,
+            floor: rv,
+            dropped_through: HashMap::new(),
         }
     }
 
@@ -156,16 +161,14 @@ impl History {
             }
             if let Some(entry) = self.entries.pop_front() {
                 self.bytes -= entry.cost();
-                self.oldest_resumable = entry.rv;
+                self.dropped_through.insert(entry.key, entry.rv);
                 dropped += 1;
             }
         }
         // A burst grows the deque's buffer; give it back once mostly empty.
-        if dropped > 0
-            && self.entries.capacity() > 64
-            && self.entries.len() * 4 < self.entries.capacity()
-        {
-            self.entries.shrink_to_fit();
+        if dropped > 0 {
+            self.entries.shrink_if_sparse();
+            self.dropped_through.shrink_if_sparse();
         }
         dropped
     }
@@ -173,10 +176,12 @@ impl History {
     /// The changes of storage key `key` after version `from`, or why a watch cannot resume.
     /// Cheap (the JSON is shared): decode them with [`Changes::events`] outside the store's lock.
     pub fn since(&self, key: &str, from: u64) -> Result<Changes, TooOld> {
-        if from < self.oldest_resumable {
-            return Err(TooOld {
-                oldest_resumable: self.oldest_resumable,
-            });
+        let oldest_resumable = self
+            .dropped_through
+            .get(key)
+            .map_or(self.floor, |&dropped| dropped.max(self.floor));
+        if from < oldest_resumable {
+            return Err(TooOld { oldest_resumable });
         }
         let start = self.entries.partition_point(|e| e.rv <= from);
         Ok(Changes(
@@ -199,7 +204,8 @@ impl History {
         self.entries.clear();
         self.entries.shrink_to_fit();
         self.bytes = 0;
-        self.oldest_resumable = rv;
+        self.floor = rv;
+        self.dropped_through.clear();
     }
 
     pub fn len(&self) -> usize {

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pier_memory::ShrinkIfSparse as _;
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 
@@ -756,6 +757,9 @@ impl wal::Publisher for Publish {
                 add_to_batch(&mut batches, feed, event);
             }
         }
+        // A burst of writes grew them; they are empty between bursts.
+        inner.pending.shrink_if_sparse();
+        inner.queue.shrink_if_sparse();
         drop(inner);
         for (feed, events) in batches {
             // No watch left is fine.
@@ -875,6 +879,47 @@ mod tests {
             vec![2, 3]
         );
         assert!(matches!(s.subscribe("k", Some(0)), Err(ApiError::Gone(_))));
+    }
+
+    #[test]
+    fn a_watch_of_a_kind_that_did_not_change_resumes_after_other_kinds_changes_are_dropped() {
+        // An idle kind's watchers hold an old version (no event of theirs came since); the
+        // history dropping other kinds' changes must not send them back to a full list.
+        let s = Store::in_memory(2);
+        s.commit("idle", "", "a", Expect::Absent, Some(obj("a")))
+            .expect("create");
+        for n in ["b", "c", "d", "e"] {
+            s.commit("busy", "", n, Expect::Absent, Some(obj(n)))
+                .expect("create");
+        }
+        // Kept: rv 4 and 5 (busy); dropped: 1 (idle), 2 and 3 (busy).
+        let sub = s
+            .subscribe("idle", Some(1))
+            .expect("nothing of it dropped since");
+        assert!(sub.backlog.is_empty());
+        assert!(matches!(
+            s.subscribe("idle", Some(0)),
+            Err(ApiError::Gone(_))
+        ));
+        assert!(matches!(
+            s.subscribe("busy", Some(2)),
+            Err(ApiError::Gone(_))
+        ));
+        assert_eq!(
+            rvs(&s.subscribe("busy", Some(3)).expect("kept")),
+            vec![4, 5]
+        );
+        // A new change of the idle kind is seen by the resumed watch.
+        s.commit("idle", "", "f", Expect::Absent, Some(obj("f")))
+            .expect("create");
+        assert_eq!(rvs(&s.subscribe("idle", Some(1)).expect("kept")), vec![6]);
+        // A compaction is for every kind.
+        s.compact_history();
+        assert!(matches!(
+            s.subscribe("idle", Some(5)),
+            Err(ApiError::Gone(_))
+        ));
+        assert!(s.subscribe("idle", Some(6)).is_ok());
     }
 
     fn rvs(sub: &Subscription) -> Vec<u64> {

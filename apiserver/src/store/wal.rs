@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use bytes::Bytes;
+use pier_memory::ShrinkIfSparse as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -384,10 +385,13 @@ fn writer(log: Recovery, mut publisher: impl Publisher, rx: mpsc::Receiver<Job>)
                     void_through = publisher.failed();
                 }
             }
+            // A burst's group grew them; the next, smaller groups give that back.
+            acks.shrink_if_sparse();
             for ack in acks.drain(..) {
                 let _ = ack.send(result.clone());
             }
         }
+        buf.shrink_if_sparse();
         buf.clear();
         // A snapshot that includes failed writes is not written.
         if let Some(state) = snapshot.filter(|s| s.rv > void_through && broken.is_none()) {

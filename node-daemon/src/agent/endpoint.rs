@@ -14,6 +14,7 @@ use pier_crds::conditions::WithConditions;
 use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED};
 use pier_crds::names::bridge_name;
+use pier_memory::ShrinkIfSparse as _;
 use pier_runtime::finalizer::finalizer;
 
 use super::build::{endpoint_key, object_id};
@@ -173,7 +174,11 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
 /// them.
 async fn detach(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     ctx.wait_synced().await?;
-    lock(&ctx.attached).remove(ep.metadata.uid.as_deref().unwrap_or_default());
+    {
+        let mut attached = lock(&ctx.attached);
+        attached.remove(ep.metadata.uid.as_deref().unwrap_or_default());
+        attached.shrink_if_sparse();
+    }
     let veth = host_veth_name(ep.metadata.uid.as_deref().unwrap_or_default());
     let network = ep.status.as_ref().and_then(|s| s.network.as_deref());
     let links = network

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pier_crds::{Endpoint, Network, PortPublish};
+use pier_memory::ShrinkIfSparse as _;
 
 use super::build::{
     self, Age, Built, Evaluated, Inputs, NetworkFacts, Refusal, endpoint_key, object_id, ports_key,
@@ -397,6 +398,22 @@ impl NodeIndex {
         self.take_endpoint(id);
         self.dependents_changed(id);
         self.flush_ports();
+        self.shrink_endpoint_indexes();
+    }
+
+    /// Gives back what a burst of Endpoints made the indexes grow, once most are gone.
+    fn shrink_endpoint_indexes(&mut self) {
+        self.endpoints.shrink_if_sparse();
+        self.by_network.shrink_if_sparse();
+        self.by_pod.shrink_if_sparse();
+        self.sharers.shrink_if_sparse();
+        self.positions.shrink_if_sparse();
+        self.state.endpoints.shrink_if_sparse();
+        self.claims.shrink_if_sparse();
+        self.in_namespace.shrink_if_sparse();
+        self.on_address.shrink_if_sparse();
+        self.on_network.shrink_if_sparse();
+        self.veths.shrink_if_sparse();
     }
 
     /// This node's Endpoints are now `endpoints` (a watch listed them again).

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use pier_crds::Endpoint;
+use pier_memory::ShrinkIfSparse as _;
 
 /// What an Endpoint attaches, as a key both sides of the relation meet on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -105,9 +106,13 @@ impl Dependents {
                 set.remove(&reference);
                 if set.is_empty() {
                     self.by_key.remove(&key);
+                } else {
+                    set.shrink_if_sparse();
                 }
             }
         }
+        self.keys.shrink_if_sparse();
+        self.by_key.shrink_if_sparse();
     }
 
     /// Holds exactly `endpoints` (after a relist).

@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+use pier_memory::ShrinkIfSparse as _;
 
 use super::Rebuilt;
 use super::bitmap::Bitmap;
@@ -436,11 +437,19 @@ impl AddressPool {
         Ok(offset)
     }
 
+    /// The entries its owner tables have room for (tests of what a burst leaves behind).
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.by_owner.capacity() + self.by_offset.capacity()
+    }
+
     /// Frees `owner`'s address, returning it.
     pub fn release(&mut self, owner: &str) -> Option<Ipv4Addr> {
         let offset = self.by_owner.remove(owner)?;
         self.by_offset.remove(&offset);
         self.bits.clear(offset);
+        self.by_owner.shrink_if_sparse();
+        self.by_offset.shrink_if_sparse();
         Some(self.addr(offset))
     }
 

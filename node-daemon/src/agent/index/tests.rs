@@ -645,6 +645,59 @@ fn one_endpoint_event_evaluates_one_endpoint() {
     assert_eq!(world.incremental(), world.full_build());
 }
 
+/// A burst of Endpoints that come and go leaves no tables sized for the burst: the node agent
+/// lives as long as the node (issue 19's memory after deleting 500).
+#[test]
+fn the_indexes_give_back_what_a_burst_of_endpoints_grew() {
+    let mut world = World::new();
+    world.apply(&Event::Network(NetworkSpecOf {
+        name: 0,
+        driver: 0,
+        allocated: true,
+        subnet: 0,
+        ipv6: false,
+        count: 0,
+        uid: 0,
+    }));
+    let on = |name: u8| EndpointOf {
+        name,
+        age: name,
+        target: name % 3,
+        network: 0,
+        address: name,
+        interface: name / 3,
+        default_route: Some(false),
+        allocated: true,
+        elsewhere: false,
+        deleting: false,
+        aliases: 0,
+        v6: false,
+    };
+    let capacity = |index: &NodeIndex| {
+        index.endpoints.capacity()
+            + index.by_network.capacity()
+            + index.positions.capacity()
+            + index.state.endpoints.capacity()
+            + index.on_address.capacity()
+            + index.veths.capacity()
+    };
+    for n in 0..=250 {
+        world.apply(&Event::Endpoint(on(n)));
+    }
+    let grown = capacity(&world.index);
+    assert!(grown >= 6 * 250, "{grown}");
+    for n in 5..=250 {
+        world.apply(&Event::EndpointGone(n));
+    }
+    assert_eq!(world.index.state().endpoints.len(), 5);
+    let left = capacity(&world.index);
+    assert!(
+        left <= 6 * pier_memory::MIN_CAPACITY * 2,
+        "{left} of {grown} kept for 5 endpoints"
+    );
+    assert_eq!(world.incremental(), world.full_build());
+}
+
 /// Two endpoints of one network on one address in different namespaces: the later one's plan
 /// reports the clash from the projection as from the whole state.
 #[test]

@@ -920,6 +920,24 @@ impl Api {
         name: &str,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        Ok(match self.delete_object(res, ns, name, dry_run).await? {
+            Deleted::Marked(o) => o,
+            Deleted::Removed(o) => json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "group": res.group, "kind": res.plural,
+                    "uid": meta_str(&o, "uid").unwrap_or_default()},
+            }),
+        })
+    }
+
+    /// Deletes one object: marks it when finalizers hold it, else removes it.
+    async fn delete_object(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Deleted, ApiError> {
         let nsk = Self::ns_key(res, ns);
         if res.storage_key == NAMESPACES
             && matches!(name, "default" | "kube-system" | "kube-public")
@@ -936,7 +954,7 @@ impl Api {
                     if self.still_pending(&old).await {
                         continue;
                     }
-                    return Ok((*old).clone());
+                    return Ok(Deleted::Marked((*old).clone()));
                 }
                 let mut new = (*old).clone();
                 let m = meta_mut(&mut new);
@@ -949,7 +967,7 @@ impl Api {
                     .commit(res, &nsk, name, expect, Some(new), dry_run)
                     .await
                 {
-                    Ok(o) => return Ok((*o).clone()),
+                    Ok(o) => return Ok(Deleted::Marked((*o).clone())),
                     Err(CommitError::NotDurable(e)) => return Err(ApiError::Internal(e)),
                     Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
                     Err(_) => continue,
@@ -960,11 +978,7 @@ impl Api {
                     if !dry_run {
                         self.cascade(res, name, &o).await;
                     }
-                    return Ok(json!({
-                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                        "details": {"name": name, "group": res.group, "kind": res.plural,
-                            "uid": meta_str(&o, "uid").unwrap_or_default()},
-                    }));
+                    return Ok(Deleted::Removed(o));
                 }
                 Err(CommitError::NotDurable(e)) => return Err(ApiError::Internal(e)),
                 Err(CommitError::Missing) => return Err(Self::not_found(res, name)),
@@ -1024,37 +1038,47 @@ impl Api {
         }
     }
 
-    /// DELETE a collection (with selectors).
+    /// DELETE a collection (with selectors): the deleted objects, as the JSON of a list. Only
+    /// names are kept of the listed objects, and each deleted object is encoded as its delete
+    /// returns: 500 Endpoints decoded take about 10 MB, twice over (listed, then deleted), and
+    /// that peak stayed as fragmentation after the burst (issue 19).
     pub async fn delete_collection(
         &self,
         res: &Resource,
         ns: Option<&str>,
         params: &Params,
-    ) -> Result<Value, ApiError> {
-        let list = self.list(res, ns, params)?;
-        let names: Vec<(Option<String>, String)> = list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|o| {
-                (
-                    meta_str(o, "namespace").map(String::from),
-                    meta_str(o, "name").unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
+    ) -> Result<Vec<u8>, ApiError> {
+        let names: Vec<(Option<String>, String)> = {
+            let list = self.list(res, ns, params)?;
+            list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    (
+                        meta_str(o, "namespace").map(String::from),
+                        meta_str(o, "name").unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
         let deletes: Vec<_> = names
             .iter()
-            .map(|(ons, name)| self.delete(res, ons.as_deref(), name, false))
+            .map(|(ons, name)| self.delete_object(res, ons.as_deref(), name, false))
             .collect();
-        let deleted: Vec<Result<Value, ApiError>> = futures::stream::iter(deletes)
+        // Each as kube-apiserver lists it: the object (marked, or its last state when removed).
+        let items: Vec<Vec<u8>> = futures::stream::iter(deletes)
             .buffered(DELETES_IN_FLIGHT)
+            .filter_map(|deleted| async move {
+                match deleted {
+                    Ok(Deleted::Marked(o)) => serde_json::to_vec(&o).ok(),
+                    Ok(Deleted::Removed(o)) => serde_json::to_vec(&*o).ok(),
+                    Err(_) => None,
+                }
+            })
             .collect()
             .await;
-        let items: Vec<Value> = deleted.into_iter().filter_map(Result::ok).collect();
-        Ok(
-            json!({"kind": res.list_kind, "apiVersion": res.api_version(), "metadata": {}, "items": items}),
-        )
+        Ok(list_json(&res.list_kind, &res.api_version(), &items))
     }
 
     /// Deletes the Events last seen more than `ttl` ago (kube-apiserver's `--event-ttl`): every
@@ -1199,6 +1223,31 @@ pub fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     let s = String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())?;
     let (ns, name) = s.split_once('\u{0}').ok_or_else(bad)?;
     Ok((ns.to_string(), name.to_string()))
+}
+
+/// What a delete did.
+enum Deleted {
+    /// Finalizers hold the object: marked for deletion (as it is now).
+    Marked(Value),
+    /// Removed: its last state.
+    Removed(Arc<Value>),
+}
+
+/// The JSON of a list of `items`, each already encoded.
+fn list_json(kind: &str, api_version: &str, items: &[Vec<u8>]) -> Vec<u8> {
+    let head = json!({"kind": kind, "apiVersion": api_version, "metadata": {}});
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    // `{...}` -> `{...,"items":[a,b]}`
+    out.pop();
+    out.extend_from_slice(br#","items":["#);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 #[cfg(test)]

@@ -260,6 +260,62 @@ async fn finalizers_hold_deletion() {
 }
 
 #[tokio::test]
+async fn delete_collection_returns_the_deleted_objects_as_a_list() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    for (name, app) in [("a", "web"), ("b", "web"), ("c", "db")] {
+        let mut n = network(name, json!({}));
+        n.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+        if name == "b" {
+            n.metadata.finalizers = Some(vec!["pier.dev/operator".into()]);
+        }
+        api.create(&PostParams::default(), &n)
+            .await
+            .expect("created");
+    }
+    let deleted = api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app=web"),
+        )
+        .await
+        .expect("deleted");
+    let list = deleted.left().expect("the deleted objects, as a list");
+    let mut names: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|o| o.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    // As stored when deleted: the one held by its finalizer carries its deletion timestamp.
+    let held = list
+        .items
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some("b"))
+        .expect("b");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(held.metadata.managed_fields.is_some());
+    assert_eq!(code(api.get("a").await.expect_err("gone")), 404);
+    assert!(
+        api.get("b")
+            .await
+            .expect("held")
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    assert!(
+        api.get("c")
+            .await
+            .expect("not selected")
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn selectors_and_pagination() {
     let (_s, client) = common::server_with_crds(Options::default()).await;
     let api = networks(&client);

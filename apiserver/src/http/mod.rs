@@ -122,8 +122,12 @@ where
 
 /// A JSON response.
 pub fn json_response(code: u16, v: &Value) -> Response<ResponseBody> {
-    let bytes = serde_json::to_vec(v).unwrap_or_default();
-    let mut resp = Response::new(ResponseBody::full(Bytes::from(bytes)));
+    json_bytes_response(code, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A response of JSON already encoded.
+pub fn json_bytes_response(code: u16, json: Vec<u8>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(json)));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -380,7 +384,7 @@ impl ApiService {
             }
             [] if *m == Method::DELETE => {
                 let out = self.api.delete_collection(&res, ns, params).await?;
-                Ok(json_response(200, &out))
+                Ok(json_bytes_response(200, out))
             }
             [name] | [name, "status"] => {
                 let sub = if tail.len() == 2 { "status" } else { "" };

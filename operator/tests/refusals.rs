@@ -279,6 +279,22 @@ async fn every_refusal_is_a_condition_and_an_event() {
     })
     .await;
     assert!(endpoint_ready(&wh).expect("Ready").2.contains("2 nodes"));
+    // Counted past the two names the operator reads.
+    create(
+        &nodes,
+        &object(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-c"}})),
+    )
+    .await;
+    create(
+        &eps,
+        &endpoint("where-3", "where-3", Some("later"), json!({})),
+    )
+    .await;
+    let wh = wait_for(&eps, "where-3", "NodeRequired", |e| {
+        endpoint_reason(e) == "NodeRequired"
+    })
+    .await;
+    assert!(endpoint_ready(&wh).expect("Ready").2.contains("3 nodes"));
 
     let metrics = op.metrics.encode();
     assert!(metrics.contains("reason=\"PortConflict\""), "{metrics}");

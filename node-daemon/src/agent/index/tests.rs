@@ -581,10 +581,9 @@ fn snapshot_of(state: &NodeState, with_veth: &[u8]) -> Snapshot {
 
 /// The index counts its evaluations: an Endpoint event evaluates that Endpoint, not the others
 /// of its network, and a Network status rewrite that changes nothing built evaluates none.
-#[test]
-fn one_endpoint_event_evaluates_one_endpoint() {
-    let mut world = World::new();
-    let bridge = NetworkSpecOf {
+/// Network `n0`, an allocated IPv4 bridge.
+fn bridge_n0() -> NetworkSpecOf {
+    NetworkSpecOf {
         name: 0,
         driver: 0,
         allocated: true,
@@ -592,9 +591,12 @@ fn one_endpoint_event_evaluates_one_endpoint() {
         ipv6: false,
         count: 0,
         uid: 0,
-    };
-    world.apply(&Event::Network(bridge.clone()));
-    let on = |name: u8, address: u8| EndpointOf {
+    }
+}
+
+/// Endpoint `e{name}`, allocated on `n0` at `address`, in named namespace `ns0`.
+fn on_n0(name: u8, address: u8) -> EndpointOf {
+    EndpointOf {
         name,
         age: name,
         target: 0,
@@ -607,7 +609,15 @@ fn one_endpoint_event_evaluates_one_endpoint() {
         deleting: false,
         aliases: 0,
         v6: false,
-    };
+    }
+}
+
+#[test]
+fn one_endpoint_event_evaluates_one_endpoint() {
+    let mut world = World::new();
+    let bridge = bridge_n0();
+    world.apply(&Event::Network(bridge.clone()));
+    let on = on_n0;
     for n in 0..6 {
         world.apply(&Event::Endpoint(EndpointOf {
             target: n % 3,
@@ -650,28 +660,11 @@ fn one_endpoint_event_evaluates_one_endpoint() {
 #[test]
 fn the_indexes_give_back_what_a_burst_of_endpoints_grew() {
     let mut world = World::new();
-    world.apply(&Event::Network(NetworkSpecOf {
-        name: 0,
-        driver: 0,
-        allocated: true,
-        subnet: 0,
-        ipv6: false,
-        count: 0,
-        uid: 0,
-    }));
+    world.apply(&Event::Network(bridge_n0()));
     let on = |name: u8| EndpointOf {
-        name,
-        age: name,
         target: name % 3,
-        network: 0,
-        address: name,
         interface: name / 3,
-        default_route: Some(false),
-        allocated: true,
-        elsewhere: false,
-        deleting: false,
-        aliases: 0,
-        v6: false,
+        ..on_n0(name, name)
     };
     let capacity = |index: &NodeIndex| {
         index.endpoints.capacity()

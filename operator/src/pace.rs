@@ -5,10 +5,10 @@
 //! itself for when the write may go. Pure logic: no kube.
 
 use std::collections::HashMap;
-
-use pier_memory::ShrinkIfSparse as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use pier_memory::ShrinkIfSparse as _;
 
 /// How often a Network's endpoint count is written at most while it keeps changing: `kubectl
 /// get networks` lags a burst by at most this.

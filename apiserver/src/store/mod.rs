@@ -1145,6 +1145,49 @@ mod tests {
     }
 
     #[test]
+    fn the_writes_queue_gives_back_what_a_burst_grew_once_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (waiting_tx, waiting) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gate = Gate {
+            waiting: Mutex::new(waiting_tx),
+            go: Mutex::new(go_rx),
+        };
+        let s = Store::open(dir.path(), 100, usize::MAX, Arc::new(gate)).expect("open");
+        let (_, first) = s
+            .commit("k", "", "o0", Expect::Absent, Some(obj("o0")))
+            .expect("commit");
+        waiting.recv().expect("the first write's fsync waits");
+        // A burst queues behind it, pending.
+        let mut durable = vec![first];
+        for i in 1..2_000 {
+            let name = format!("o{i}");
+            let (_, d) = s
+                .commit("k", "", &name, Expect::Absent, Some(obj(&name)))
+                .expect("commit");
+            durable.push(d);
+        }
+        let grown = {
+            let inner = s.lock();
+            inner.pending.capacity() + inner.queue.capacity()
+        };
+        assert!(grown >= 2 * 1_999, "{grown}");
+        for _ in 0..durable.len() {
+            go.send(()).expect("release an fsync");
+        }
+        for d in durable {
+            futures::executor::block_on(d.wait()).expect("durable");
+        }
+        let inner = s.lock();
+        assert!(inner.pending.is_empty() && inner.queue.is_empty());
+        let left = inner.pending.capacity() + inner.queue.capacity();
+        assert!(
+            left <= 2 * pier_memory::MIN_CAPACITY,
+            "{left} of {grown} kept with nothing pending"
+        );
+    }
+
+    #[test]
     fn without_a_max_age_only_the_count_bounds_history() {
         let s = Store::in_memory(100);
         s.commit("k", "", "a", Expect::Absent, Some(obj("a")))

@@ -12,6 +12,7 @@
 //! `NodeState`. Records change live as the watch changes; nothing is ever restarted.
 
 pub mod cli;
+pub mod datagrams;
 pub mod forward;
 pub mod listeners;
 pub mod metrics;

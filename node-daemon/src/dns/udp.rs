@@ -2,12 +2,15 @@
 //!
 //! hickory-server's own UDP path funnels every query of a socket through one task and a channel
 //! and spawns a task per query; for names answered from memory that plumbing costs more than the
-//! answer (measured: BENCHMARKS.md, DNS). Here one loop per runtime worker receives on the shared
-//! socket, decodes with hickory (`Request::from_bytes`), and runs the same `PierHandler` with a
-//! responder that encodes and `send_to`s directly. Only queries that go upstream get a task of
-//! their own, so a slow upstream never stalls local answers. TCP stays on hickory's `Server`.
+//! answer (measured: BENCHMARKS.md, DNS). Here one loop per runtime worker takes the queries
+//! queued on its socket in batches (`recvmmsg`), answers local names from the views straight into
+//! reply buffers and sends them in one call (`sendmmsg`); other queries are decoded with hickory
+//! (`Request::from_bytes`) and run through the same `PierHandler` with a responder that encodes
+//! and `send_to`s directly. Only queries that go upstream get a task of their own, so a slow
+//! upstream never stalls local answers. TCP stays on hickory's `Server`.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use hickory_server::net::NetError;
@@ -17,14 +20,14 @@ use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
+use super::datagrams::{Received, Replies};
 use super::server::PierHandler;
 use super::wire;
 
-/// Largest query accepted over UDP; anything longer is not a query a stub resolver sends.
-const MAX_QUERY: usize = 4096;
 /// Without EDNS, a UDP answer may be at most 512 bytes (RFC 1035 §4.2.1).
 const CLASSIC_UDP: u16 = 512;
 
@@ -39,53 +42,82 @@ pub fn serve(sockets: Vec<UdpSocket>, handler: PierHandler) -> JoinSet<()> {
 }
 
 async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
-    let mut buffer = vec![0u8; MAX_QUERY];
-    let mut answer = Vec::with_capacity(512);
+    let mut received = Received::default();
+    let mut replies = Replies::default();
     // This loop's own reference to the views, refreshed when the generation moves: no lock and
     // no shared reference count touched per query.
     let mut generation = handler.shared().generation();
     let mut views = handler.shared().views();
     loop {
-        let (length, source) = match socket.recv_from(&mut buffer).await {
-            Ok(received) => received,
+        let count = socket
+            .async_io(Interest::READABLE, || received.receive(socket.as_raw_fd()))
+            .await;
+        match count {
+            Ok(_) => {}
             // ICMP errors from earlier answers and the like: the socket itself is fine.
             Err(error) => {
                 tracing::debug!(%error, "UDP receive error");
                 continue;
             }
-        };
+        }
         if handler.shared().generation() != generation {
             generation = handler.shared().generation();
             views = handler.shared().views();
         }
-        let packet = &buffer[..length];
-        if let Some(view) = views.view_of(source.ip())
-            && wire::answer(packet, |name| view.wire(name), &mut answer)
-        {
-            handler.count_local_answer();
-            if let Err(error) = socket.send_to(&answer, source).await {
-                tracing::debug!(%error, "UDP send error");
-            }
-            continue;
-        }
-        // Malformed input, and responses (a reflection loop in the making), are dropped.
-        let request = match Request::from_bytes(buffer[..length].to_vec(), source, Protocol::Udp) {
-            Ok(request) if request.metadata.message_type == MessageType::Query => request,
-            _ => {
+        for (packet, source) in received.datagrams() {
+            let Some(source) = source else {
                 handler.count_dropped();
                 continue;
+            };
+            if let Some(view) = views.view_of(source.ip()) {
+                if wire::answer(packet, |name| view.wire(name), replies.next_buffer(source)) {
+                    handler.count_local_answer();
+                    continue;
+                }
+                replies.discard_last();
             }
-        };
-        let responder = UdpResponder {
-            socket: socket.clone(),
-            destination: source,
-        };
-        handler.count_query();
-        if let Err(responder) = handler.answer(&request, responder, true).await {
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let _ = handler.answer(&request, responder, false).await;
-            });
+            // Malformed input, and responses (a reflection loop in the making), are dropped.
+            let request = match Request::from_bytes(packet.to_vec(), source, Protocol::Udp) {
+                Ok(request) if request.metadata.message_type == MessageType::Query => request,
+                _ => {
+                    handler.count_dropped();
+                    continue;
+                }
+            };
+            let responder = UdpResponder {
+                socket: socket.clone(),
+                destination: source,
+            };
+            handler.count_query();
+            if let Err(responder) = handler.answer(&request, responder, true).await {
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let _ = handler.answer(&request, responder, false).await;
+                });
+            }
+        }
+        send_replies(&socket, &replies).await;
+        replies.clear();
+    }
+}
+
+/// Sends every answer of the batch, waiting for room in the socket's send buffer when it is full.
+async fn send_replies(socket: &UdpSocket, replies: &Replies) {
+    let mut sent = 0;
+    while sent < replies.len() {
+        let result = socket
+            .async_io(Interest::WRITABLE, || {
+                replies.send(socket.as_raw_fd(), sent)
+            })
+            .await;
+        match result {
+            Ok(count) => sent += count.max(1),
+            // The first of the rest could not go (its destination unreachable, say): the asker
+            // retries; the others still go.
+            Err(error) => {
+                tracing::debug!(%error, "UDP send error");
+                sent += 1;
+            }
         }
     }
 }

@@ -30,10 +30,13 @@
 # - for the N-at-once runs, fping rounds over the addresses not answering yet (1 ARP probe each,
 #   20 ms), repeated until all answer; the clock stops at the end of the round in which the last
 #   one answered (so it over-counts by at most that round, whose length is recorded). A round
-#   probes only the addresses whose apply request has returned (curl writes each finished
-#   request's URL): an Endpoint not created yet cannot answer, and an ARP request for it costs
-#   a broadcast to every port of its bridge, which with 2,000 pending took a fifth of the
-#   machine's CPU away from what is measured.
+#   probes only the addresses whose Endpoint the node agent reports `Attached` (a watch of the
+#   Endpoints, started before the applies), as a user waits for a container before using it:
+#   an ARP request for an address nobody holds yet is flooded to every port of its bridge and
+#   handled in every endpoint's namespace, repeated each round until it is attached. With 2,000
+#   pending that probing (N^2 frames) took about a third of the machine's CPU away from what is
+#   measured (benches/notes/local.md). The ping still decides: an Endpoint reported attached
+#   before it answers keeps being probed, and one reported late only makes the figure larger.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/pier-up.sh
@@ -244,10 +247,10 @@ delete_eps
 neigh 20 1
 if command -v fping >/dev/null; then
   pinger="fping"
-  probe_cmd="ip netns exec $node fping -a -r0 -t50 -i0 ADDRESSES_CREATED_AND_NOT_ANSWERING_YET"
+  probe_cmd="ip netns exec $node fping -a -r0 -t50 -i0 ADDRESSES_ATTACHED_AND_NOT_ANSWERING_YET"
 else
   pinger="ping"
-  probe_cmd="ip netns exec $node ping -n -q -c1 -W0.05 ADDRESS (32 in parallel, per address created and not answering yet)"
+  probe_cmd="ip netns exec $node ping -n -q -c1 -W0.05 ADDRESS (32 in parallel, per address attached and not answering yet)"
 fi
 probe() { # addresses file -> prints those answering
   if [ "$pinger" = fping ]; then
@@ -284,7 +287,6 @@ at_once() {
       echo "cacert = \"$work/ca.pem\""
       echo "data-binary = \"@$work/ep-$i.json\""
       echo 'output = "/dev/null"'
-      echo 'write-out = "%{url_effective}\n"'
       echo 'fail'
     } >>"$work/curl.cfg"
     echo "$addr" >>"$work/pending"
@@ -297,16 +299,24 @@ at_once() {
   ip -n "$node" neigh flush all >/dev/null 2>&1 || true
   fulls0="$(arp_table_fulls)"
   cpu0="$(up_cpu)"; read -r busy0 total0 <<<"$(machine_cpu)"; threads0="$(threads_cpu)"
+  # The names of the Endpoints the node agent reports attached, as they come (one watch from
+  # before the applies; its initial ADDED events are the anchors and whatever is left).
+  : >"$work/attached"
+  { api -N "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?watch=true" 2>/dev/null &
+    echo $! >"$work/watch.pid"; wait; } |
+    jq --unbuffered -r 'select(.type == "ADDED" or .type == "MODIFIED") | .object
+      | select(any(.status.conditions[]?; .type == "Attached" and .status == "True"))
+      | .metadata.name' >"$work/attached" &
   t0="$(now)"
-  curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" >"$work/created" 2>"$work/curl.log" &
+  curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" 2>"$work/curl.log" &
   curl_pid=$!
   rounds=0; last_round_ms=0; t_done=""; t_requests=""; progress=""
   while :; do
     r0="$(now)"
-    # The pending addresses of the Endpoints created so far (a finished request's URL names it).
-    awk 'FILENAME ~ /created$/ { split($0, p, "/endpoints/"); split(p[2], n, "?"); created[n[1]] = 1; next }
-      FILENAME ~ /addresses$/ { if ($1 in created) addr[$2] = 1; next }
-      ($1 in addr)' "$work/created" "$work/addresses" "$work/pending" >"$work/probed"
+    # The pending addresses of the Endpoints attached so far.
+    awk 'FILENAME ~ /attached$/ { attached[$1] = 1; next }
+      FILENAME ~ /addresses$/ { if ($1 in attached) addr[$2] = 1; next }
+      ($1 in addr)' "$work/attached" "$work/addresses" "$work/pending" >"$work/probed"
     [ -s "$work/probed" ] || sleep 0.02
     probe "$work/probed" | sort >"$work/alive"
     r1="$(now)"
@@ -323,6 +333,7 @@ at_once() {
     if awk -v a="$t0" -v b="$r1" -v g="$give_up_s" 'BEGIN { exit !((b - a) > g) }'; then break; fi
   done
   t_end="$(now)"; cpu1="$(up_cpu)"; read -r busy1 total1 <<<"$(machine_cpu)"; threads1="$(threads_cpu)"
+  kill "$(cat "$work/watch.pid")" 2>/dev/null || true
   arp_fulls=$(($(arp_table_fulls) - fulls0))
   [ -n "$t_requests" ] || { wait "$curl_pid" || true; t_requests="$(now)"; }
   # Over the phase: CPUs pier up kept busy, and the share of the machine's CPUs that were busy.

@@ -15,7 +15,7 @@ use crate::patch::fields::Schema;
 use crate::patch::{self as patches, PatchKind};
 use crate::resources::{Registry, Resource};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{CommitError, Expect, Store};
+use crate::store::{CommitError, Expect, Page, Store};
 use crate::validation::invalid_message;
 
 /// How many deletes of one collection (or of one deleted namespace's objects) are in flight at
@@ -590,11 +590,7 @@ impl Api {
         } else {
             self.store.list(&res.storage_key, ns, after, limit, &filter)
         };
-        let mut metadata = json!({"resourceVersion": page.rv.to_string()});
-        if let Some(next) = &page.next {
-            metadata["continue"] = json!(encode_continue(next));
-            metadata["remainingItemCount"] = json!(page.remaining);
-        }
+        let metadata = list_metadata(&page);
         // Each item was decoded for this list alone: moved, not copied.
         let items: Vec<Value> = page.items.into_iter().map(Arc::unwrap_or_clone).collect();
         Ok(json!({
@@ -603,6 +599,43 @@ impl Api {
             "metadata": metadata,
             "items": items,
         }))
+    }
+
+    /// GET a collection, as JSON: what [`Api::list`] returns, encoded, made from the items'
+    /// stored JSON without decoding them (but to test selectors, one at a time; see
+    /// [`Store::list_json`]). Kinds served in another form than stored go through `list`.
+    pub fn list_encoded(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        params: &Params,
+    ) -> Result<Vec<u8>, ApiError> {
+        if res.events_form {
+            return Ok(serde_json::to_vec(&self.list(res, ns, params)?).unwrap_or_default());
+        }
+        let filter = Self::filter(res, params)?;
+        let selects = ["labelSelector", "fieldSelector"]
+            .iter()
+            .any(|selector| params.get(*selector).is_some_and(|s| !s.is_empty()));
+        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
+        let after = match params.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(decode_continue(token)?),
+            None => None,
+        };
+        let ns = if res.namespaced { ns } else { None };
+        let page = self.store.list_json(
+            &res.storage_key,
+            ns,
+            after,
+            limit,
+            selects.then_some(&filter as &dyn Fn(&Value) -> bool),
+        );
+        Ok(list_json(
+            &res.list_kind,
+            &res.api_version(),
+            &list_metadata(&page),
+            &page.items,
+        ))
     }
 
     /// Carry the server-owned parts of `old` into an update and apply status semantics.
@@ -1078,7 +1111,12 @@ impl Api {
             })
             .collect()
             .await;
-        Ok(list_json(&res.list_kind, &res.api_version(), &items))
+        Ok(list_json(
+            &res.list_kind,
+            &res.api_version(),
+            &json!({}),
+            &items,
+        ))
     }
 
     /// Deletes the Events last seen more than `ttl` ago (kube-apiserver's `--event-ttl`): every
@@ -1233,18 +1271,35 @@ enum Deleted {
     Removed(Arc<Value>),
 }
 
-/// The JSON of a list of `items`, each already encoded.
-fn list_json(kind: &str, api_version: &str, items: &[Vec<u8>]) -> Vec<u8> {
-    let head = json!({"kind": kind, "apiVersion": api_version, "metadata": {}});
-    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+/// A list's metadata: its version and, when there is more, where to continue.
+fn list_metadata<T>(page: &Page<T>) -> Value {
+    let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+    if let Some(next) = &page.next {
+        metadata["continue"] = json!(encode_continue(next));
+        metadata["remainingItemCount"] = json!(page.remaining);
+    }
+    metadata
+}
+
+/// The JSON of a list of `items`, each already encoded, in one allocation of its size.
+fn list_json<T: AsRef<[u8]>>(
+    kind: &str,
+    api_version: &str,
+    metadata: &Value,
+    items: &[T],
+) -> Vec<u8> {
+    let head = json!({"kind": kind, "apiVersion": api_version, "metadata": metadata});
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    let items_len: usize = items.iter().map(|item| item.as_ref().len() + 1).sum();
+    let mut out = Vec::with_capacity(head.len() + items_len + 16);
     // `{...}` -> `{...,"items":[a,b]}`
-    out.pop();
+    out.extend_from_slice(&head[..head.len().saturating_sub(1)]);
     out.extend_from_slice(br#","items":["#);
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(item);
+        out.extend_from_slice(item.as_ref());
     }
     out.extend_from_slice(b"]}");
     out

@@ -371,11 +371,14 @@ impl ApiService {
                     );
                     return Ok(resp);
                 }
-                let list = self.api.list(&res, ns, params)?;
                 if table::wants_table(accept) {
+                    let list = self.api.list(&res, ns, params)?;
                     return Ok(json_response(200, &list_table(&res, &list, params)));
                 }
-                Ok(json_response(200, &list))
+                Ok(json_bytes_response(
+                    200,
+                    self.api.list_encoded(&res, ns, params)?,
+                ))
             }
             [] if *m == Method::POST => {
                 let ctx = WriteCtx::from_params(params, ua, "");

@@ -572,11 +572,7 @@ impl Api {
         params: &Params,
     ) -> Result<Value, ApiError> {
         let filter = Self::filter(res, params)?;
-        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
-        let after = match params.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => Some(decode_continue(token)?),
-            None => None,
-        };
+        let ListWindow { limit, after } = ListWindow::of(params)?;
         let ns = if res.namespaced { ns } else { None };
         let page = if res.events_form {
             let served = |o: &Value| filter(&Self::from_storage(res, Arc::new(o.clone())));
@@ -617,11 +613,7 @@ impl Api {
         let selects = ["labelSelector", "fieldSelector"]
             .iter()
             .any(|selector| params.get(*selector).is_some_and(|s| !s.is_empty()));
-        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
-        let after = match params.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => Some(decode_continue(token)?),
-            None => None,
-        };
+        let ListWindow { limit, after } = ListWindow::of(params)?;
         let ns = if res.namespaced { ns } else { None };
         let page = self.store.list_json(
             &res.storage_key,
@@ -1269,6 +1261,24 @@ enum Deleted {
     Marked(Value),
     /// Removed: its last state.
     Removed(Arc<Value>),
+}
+
+/// The part of a collection a list asks for: at most `limit` objects, after the (namespace,
+/// name) its `continue` token names.
+struct ListWindow {
+    limit: Option<usize>,
+    after: Option<(String, String)>,
+}
+
+impl ListWindow {
+    fn of(params: &Params) -> Result<ListWindow, ApiError> {
+        let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
+        let after = match params.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => Some(decode_continue(token)?),
+            None => None,
+        };
+        Ok(ListWindow { limit, after })
+    }
 }
 
 /// A list's metadata: its version and, when there is more, where to continue.

@@ -49,16 +49,13 @@ async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
     let mut generation = handler.shared().generation();
     let mut views = handler.shared().views();
     loop {
-        let count = socket
+        let taken = socket
             .async_io(Interest::READABLE, || received.receive(socket.as_raw_fd()))
             .await;
-        match count {
-            Ok(_) => {}
-            // ICMP errors from earlier answers and the like: the socket itself is fine.
-            Err(error) => {
-                tracing::debug!(%error, "UDP receive error");
-                continue;
-            }
+        // ICMP errors from earlier answers and the like: the socket itself is fine.
+        if let Err(error) = taken {
+            tracing::debug!(%error, "UDP receive error");
+            continue;
         }
         if handler.shared().generation() != generation {
             generation = handler.shared().generation();

@@ -2,12 +2,11 @@
 //! [`BATCH`]) and `sendmmsg` sends the answers to them in one call.
 //!
 //! Under load a DNS socket has many queries queued, and answering one from memory costs less than
-//! the system calls around it (each with its entry, exit and whatever the machine traces on
-//! them): one `recvfrom` and one `sendto` per query was most of the DNS threads' CPU
-//! (benches/notes/dns.md). The kernel's per-datagram work stays; the per-call work is shared by
-//! the batch.
+//! the system calls around it. A batch shares each call's fixed cost (entry, exit, whatever the
+//! machine traces on them); the kernel's work per datagram, most of the DNS threads' CPU, stays
+//! (benches/notes/dns.md).
 //!
-//! Both calls are non-blocking; the caller runs them under tokio's readiness (`try_io`).
+//! Both calls are non-blocking; the caller runs them under tokio's readiness (`async_io`).
 //! `sendmmsg` goes through libc directly: nix's wrapper reports how many were sent only by
 //! reading addresses it never initialised for sends.
 

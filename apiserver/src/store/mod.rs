@@ -180,8 +180,11 @@ impl Durable {
     }
 }
 
+/// An object's (namespace, name) within its storage key.
+pub type NamespacedName = (String, String);
+
 /// One storage key's objects by (namespace, name), as JSON.
-type Objects = BTreeMap<(String, String), Bytes>;
+type Objects = BTreeMap<NamespacedName, Bytes>;
 
 /// A version of an object written but not durable yet: decoded (for the writes that follow it)
 /// and encoded (for the log and, once durable, the store).
@@ -401,7 +404,7 @@ impl Store {
         limit: Option<usize>,
         filter: &dyn Fn(&Value) -> bool,
     ) -> Page {
-        self.scan(key, ns, after, limit, &|json| {
+        self.list_with(key, ns, after, limit, &|_, json| {
             let object = decode(json);
             filter(&object).then_some(object)
         })
@@ -419,21 +422,22 @@ impl Store {
         limit: Option<usize>,
         filter: Option<&dyn Fn(&Value) -> bool>,
     ) -> Page<Bytes> {
-        self.scan(key, ns, after, limit, &|json| match filter {
+        self.list_with(key, ns, after, limit, &|_, json| match filter {
             None => Some(json.clone()),
             Some(filter) => filter(&decode(json)).then(|| json.clone()),
         })
     }
 
     /// The objects of `key` (in namespace `ns`, if any) after `after` in (namespace, name)
-    /// order, at most `limit`, as `select` makes them (skipping those it returns none for).
-    fn scan<T>(
+    /// order, at most `limit`, as `select` makes them from their (namespace, name) and JSON
+    /// (skipping those it returns none for).
+    pub fn list_with<T>(
         &self,
         key: &str,
         ns: Option<&str>,
         after: Option<(String, String)>,
         limit: Option<usize>,
-        select: &dyn Fn(&Bytes) -> Option<T>,
+        select: &dyn Fn(&NamespacedName, &Bytes) -> Option<T>,
     ) -> Page<T> {
         let inner = self.lock();
         let mut page = Page {
@@ -451,7 +455,7 @@ impl Store {
             (None, None) => Bound::Unbounded,
         };
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
-        for ((ons, oname), json) in objs.range((start, Bound::Unbounded)) {
+        for (id @ (ons, oname), json) in objs.range((start, Bound::Unbounded)) {
             if let Some(ns) = ns
                 && ons.as_str() != ns
             {
@@ -460,7 +464,7 @@ impl Store {
                 }
                 continue;
             }
-            let Some(item) = select(json) else {
+            let Some(item) = select(id, json) else {
                 continue;
             };
             if page.items.len() >= limit {
@@ -1212,6 +1216,24 @@ mod tests {
         }
     }
 
+    /// A store in `dir` whose every fsync says it is waiting, then waits for a go.
+    fn gated_store(
+        dir: &Path,
+    ) -> (
+        Store,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (waiting_tx, waiting) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gate = Gate {
+            waiting: Mutex::new(waiting_tx),
+            go: Mutex::new(go_rx),
+        };
+        let s = Store::open(dir, 100, usize::MAX, Arc::new(gate)).expect("open");
+        (s, waiting, go)
+    }
+
     fn rvs_of(batch: &Batch) -> Vec<u64> {
         batch.iter().map(|e| e.rv).collect()
     }
@@ -1219,13 +1241,7 @@ mod tests {
     #[test]
     fn a_durable_group_reaches_each_keys_watches_as_one_batch() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (waiting_tx, waiting) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel();
-        let gate = Gate {
-            waiting: Mutex::new(waiting_tx),
-            go: Mutex::new(go_rx),
-        };
-        let s = Store::open(dir.path(), 100, usize::MAX, Arc::new(gate)).expect("open");
+        let (s, waiting, go) = gated_store(dir.path());
         let mut a = s.subscribe("a", None).expect("watch a").live;
         let mut b = s.subscribe("b", None).expect("watch b").live;
         let (_, first) = s
@@ -1258,13 +1274,7 @@ mod tests {
     #[test]
     fn the_writes_queue_gives_back_what_a_burst_grew_once_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (waiting_tx, waiting) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel();
-        let gate = Gate {
-            waiting: Mutex::new(waiting_tx),
-            go: Mutex::new(go_rx),
-        };
-        let s = Store::open(dir.path(), 100, usize::MAX, Arc::new(gate)).expect("open");
+        let (s, waiting, go) = gated_store(dir.path());
         let (_, first) = s
             .commit("k", "", "o0", Expect::Absent, Some(obj("o0")))
             .expect("commit");

@@ -716,6 +716,68 @@ async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_
     cluster.stop().await;
 }
 
+/// Endpoints created together go to the kernel together: the attaches that arrive while an
+/// apply runs share the next one (each apply has a cost of its own), and one endpoint's failure
+/// in a shared apply is that endpoint's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_created_together_share_applies_and_a_failing_one_fails_only_itself() {
+    let kernel = FakeKernel::new();
+    kernel.take_for_each_apply(Duration::from_millis(50));
+    let message = "moving eth0 into ns-a3: file exists";
+    kernel.fail_attach("default/a3", Some(message));
+    let cluster = Cluster::start(kernel, Duration::from_secs(3600)).await;
+    network(&cluster, "many", "10.37.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    let names: Vec<String> = (0..24).map(|i| format!("a{i}")).collect();
+    for name in &names {
+        endpoint(
+            &cluster,
+            name,
+            "many",
+            json!({"netns": {"name": format!("ns-{name}")}}),
+        )
+        .await;
+    }
+    for name in names.iter().filter(|n| *n != "a3") {
+        wait_for(&eps, name, "Attached=True", is_attached).await;
+    }
+    let failed = wait_for(&eps, "a3", "Attached=False", |e| {
+        refused_for(e, reason::ATTACH_FAILED)
+    })
+    .await;
+    let (_, _, said) = attached(&failed).expect("Attached");
+    assert_eq!(said, message);
+    assert!(cluster.kernel.attached("default/a3").is_none());
+
+    let attaches: Vec<Vec<String>> = cluster
+        .kernel
+        .applied()
+        .into_iter()
+        .filter_map(|a| match a.scope {
+            Scope::Endpoints(ids) => Some(ids),
+            _ => None,
+        })
+        .collect();
+    let widest = attaches.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(
+        widest > 2,
+        "no apply attached more than two endpoints: {attaches:?}"
+    );
+    // The failing one shared an apply with others that attached.
+    let with_failing = attaches
+        .iter()
+        .find(|ids| ids.len() > 1 && ids.contains(&"default/a3".to_owned()));
+    assert!(
+        with_failing.is_some(),
+        "a3 was never attached together with others: {attaches:?}"
+    );
+
+    // The kernel recovers: its retry attaches it.
+    cluster.kernel.fail_attach("default/a3", None);
+    wait_for(&eps, "a3", "Attached=True", is_attached).await;
+    cluster.stop().await;
+}
+
 /// Waits until `name` is gone from the API.
 async fn wait_for_gone(api: &Api<Endpoint>, name: &str) {
     let deadline = Instant::now() + PATIENCE;

@@ -1,5 +1,6 @@
 //! Requests made at about the same time, served by one piece of work: how the detaches of many
-//! Endpoints deleted at once become one removal (see [`super::removal`]).
+//! Endpoints deleted at once become one removal (see [`super::removal`]), and the attaches of
+//! Endpoints created at once share applies (see [`super::arrival`]).
 //!
 //! Callers [`Batcher::submit`] a request and wait for its answer; one loop ([`Batches::run`])
 //! takes the first request waiting and then every request that follows within a short quiet gap

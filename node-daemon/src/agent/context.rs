@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, Semaphore, watch};
 
+use super::arrival::Arrivals;
 use super::build::{self, Built, Inputs};
 use super::index::{Environment, NodeIndex};
 use super::metrics::NodeMetrics;
@@ -83,6 +84,9 @@ pub struct Context {
     pub backoff: Backoff,
     /// Where detaches hand their links over to be removed together (see [`super::removal`]).
     pub removals: Removals,
+    /// Where attaches hand their endpoints over to be attached together (see
+    /// [`super::arrival`]).
+    pub arrivals: Arrivals,
     /// One permit per attach running (see [`super::ATTACHES_AT_ONCE`]).
     pub attach_slots: Semaphore,
 }
@@ -185,7 +189,8 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Context {
     /// A context over the watches' stores, doing its kernel work with `kernel`; its detaches'
-    /// links go to `removals` (served by [`super::removal::run`]).
+    /// links go to `removals` (served by [`super::removal::run`]), its attaches' endpoints to
+    /// `arrivals` (served by [`super::arrival::run`]).
     pub fn new(
         client: Client,
         config: AgentConfig,
@@ -193,6 +198,7 @@ impl Context {
         stores: Stores,
         dns_state: watch::Sender<NodeState>,
         removals: Removals,
+        arrivals: Arrivals,
     ) -> Context {
         let Stores {
             networks,
@@ -229,6 +235,7 @@ impl Context {
             attached: Mutex::new(HashMap::new()),
             host_ports: Arc::new(Mutex::new(PortHolder::default())),
             removals,
+            arrivals,
             attach_slots: Semaphore::new(super::ATTACHES_AT_ONCE),
         }
     }

@@ -19,7 +19,6 @@ use pier_runtime::finalizer::finalizer;
 
 use super::build::{endpoint_key, object_id};
 use super::context::{Context, key, lock, write_condition};
-use super::metrics::{self, Timed};
 use super::removal::Departure;
 use super::resync::attached_condition;
 use super::{Error, FINALIZER};
@@ -122,7 +121,7 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     let id = object_id(&ep.metadata);
     // This endpoint and the few the dataplane compares it with, not the whole node.
     let scope = Scope::Endpoints(vec![id.clone()]);
-    let mut built = ctx.projection(&scope);
+    let built = ctx.projection(&scope);
     let object = endpoint_key(&id);
     let existing = ep.conditions().to_vec();
     let generation = ep.metadata.generation;
@@ -143,9 +142,25 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
         // Not (or no longer) this node's.
         return Ok(Action::await_change());
     }
-    let report = metrics::apply(ctx, &mut built, scope, Timed::Attach).await?;
-    let Some(condition) = attached_condition(&built, Some(&report), &id, &existing, generation)
-    else {
+    drop(built);
+    let started = Instant::now();
+    let arrived = ctx
+        .arrivals
+        .submit(id.clone())
+        .await
+        .map_err(Error::ArrivalStopped)?
+        .map_err(Error::Arrival)?;
+    ctx.config
+        .metrics
+        .attach
+        .observe(started.elapsed().as_secs_f64());
+    let Some(condition) = attached_condition(
+        &arrived.built,
+        Some(&arrived.report),
+        &id,
+        &existing,
+        generation,
+    ) else {
         return Ok(Action::await_change());
     };
     write_condition(ctx, api, ep, &existing, condition.clone()).await?;

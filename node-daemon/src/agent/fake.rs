@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::build::endpoint_key;
 use super::context::lock;
@@ -65,6 +65,8 @@ struct Node {
     detach_failures: HashMap<String, String>,
     /// Host ports a process of the node listens on.
     ports_in_use: BTreeSet<HostPort>,
+    /// How long each apply takes, as a real kernel's does (none by default).
+    apply_time: Duration,
 }
 
 /// An in-memory node kernel (see the module's documentation).
@@ -126,6 +128,11 @@ impl FakeKernel {
     /// The named namespaces that exist.
     pub fn named_netns(&self) -> BTreeSet<String> {
         lock(&self.node).named_netns.clone()
+    }
+
+    /// Makes every apply take `time`, as work in a real kernel does.
+    pub fn take_for_each_apply(&self, time: Duration) {
+        lock(&self.node).apply_time = time;
     }
 
     /// Makes the attach of endpoint `id` fail with `message` (`None`: succeed again).
@@ -246,6 +253,8 @@ impl Node {
 
 impl NodeKernel for FakeKernel {
     fn apply(&self, state: &NodeState, scope: &Scope) -> Result<Report, DataplaneError> {
+        let apply_time = lock(&self.node).apply_time;
+        std::thread::sleep(apply_time);
         let mut node = lock(&self.node);
         let node = &mut *node;
         let mut report = Report::default();

@@ -4,7 +4,6 @@
 //! PortPublishes).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use pier_crds::Condition;
 use pier_crds::conditions::WithConditions;
@@ -50,8 +49,12 @@ pub struct ConditionLabels {
 /// Every metric the node agent exports. Clones of the handles count into the same metrics.
 #[derive(Debug)]
 pub struct NodeMetrics {
-    /// Seconds the kernel apply of an attach took.
+    /// Seconds an attach waited for its endpoint's kernel apply (shared with the attaches
+    /// applied together).
     pub attach: Histogram,
+    /// How many attaches each apply served (see [`super::arrival`]): the count is the number of
+    /// applies, the sum the number of attaches.
+    pub attach_batch: Histogram,
     /// Seconds a detach waited for its links to be removed (with the detaches removed together).
     pub detach: Histogram,
     /// How many detaches each removal served (see [`super::removal`]): the count is the number
@@ -84,6 +87,7 @@ impl Default for NodeMetrics {
         }
         NodeMetrics {
             attach: latency(),
+            attach_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             detach: latency(),
             detach_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             kernel_errors,
@@ -100,8 +104,13 @@ impl NodeMetrics {
         let registry = registry.sub_registry_with_prefix(PREFIX);
         registry.register(
             "attach_duration_seconds",
-            "Time the kernel apply of an endpoint attach took",
+            "Time an endpoint attach waited for its kernel apply",
             self.attach.clone(),
+        );
+        registry.register(
+            "attach_batch_size",
+            "Endpoint attaches one apply served",
+            self.attach_batch.clone(),
         );
         registry.register(
             "detach_duration_seconds",
@@ -191,32 +200,10 @@ pub fn count_by_condition<'a>(
     counts
 }
 
-/// Which latency an apply is timed into.
-#[derive(Debug, Clone, Copy)]
-pub enum Timed {
-    /// An endpoint's attach.
-    Attach,
-    /// Not timed (ports, the full reconcile, the detaches' removals: each detach times its own
-    /// wait).
-    No,
-}
-
-/// `ctx.apply`, observed: its kernel failures counted by kind, and its duration when `timed`.
-pub async fn apply(
-    ctx: &Context,
-    built: &mut Built,
-    scope: Scope,
-    timed: Timed,
-) -> Result<Report, Error> {
-    let metrics = &ctx.config.metrics;
-    let started = Instant::now();
+/// `ctx.apply`, observed: its kernel failures counted by kind.
+pub async fn apply(ctx: &Context, built: &mut Built, scope: Scope) -> Result<Report, Error> {
     let result = ctx.apply(built, scope).await;
-    let seconds = started.elapsed().as_secs_f64();
-    match timed {
-        Timed::Attach => metrics.attach.observe(seconds),
-        Timed::No => {}
-    }
-    metrics.count_failures(&result);
+    ctx.config.metrics.count_failures(&result);
     result
 }
 

@@ -3,12 +3,14 @@
 //! decides (addresses, ports, names, the default route); the agent applies what status says.
 //!
 //! Two controllers (Endpoints and PortPublishes whose `status.node` names this node, by field
-//! selector) attach and publish one object at a time on the fast path; a resync loop runs a full
+//! selector) attach and publish one object at a time on the fast path (the attaches in flight
+//! share their kernel applies: [`arrival`]); a resync loop runs a full
 //! reconcile at start and every `resync` (drift repair, garbage collection, host subnets). The
 //! resync builds the node's state from scratch with one pure function ([`build::build`]); the
 //! controllers read it from [`index::NodeIndex`], which the watches keep up to date one object
 //! at a time with the same evaluation, so N Endpoints arriving at once do not cost N full builds.
 
+pub mod arrival;
 pub mod batch;
 pub mod build;
 pub mod cli;
@@ -146,6 +148,10 @@ pub enum Error {
     Attach { endpoint: String, message: String },
     #[error("detaching endpoint {endpoint}: {message}")]
     Detach { endpoint: String, message: String },
+    #[error("attaching the endpoints attached together")]
+    Arrival(#[source] Arc<Error>),
+    #[error("attaching the endpoint")]
+    ArrivalStopped(#[source] batch::BatchStopped),
     #[error("removing the links of the endpoints detached together")]
     Removal(#[source] Arc<Error>),
     #[error("removing the endpoint's links")]
@@ -211,9 +217,11 @@ const CONCURRENCY: u16 = 8;
 /// removals of at most 64 each and 3.1 s until no veth was left (benches/teardown.sh).
 const ENDPOINT_CONCURRENCY: u16 = 256;
 
-/// How many Endpoint attaches run at once: their kernel work is serialized anyway; this bounds
-/// the states built and the blocking threads waiting for it.
-pub const ATTACHES_AT_ONCE: usize = 8;
+/// How many Endpoint attaches run at once. Those waiting for an apply hold no thread, and the
+/// next apply takes all of them (see [`arrival`]), so this bounds an apply's batch: with up to 64
+/// endpoints, what an apply costs whatever its size (reading the bridges and the firewall table,
+/// handing the state to DNS) is a small part of it.
+pub const ATTACHES_AT_ONCE: usize = 64;
 
 /// Runs the agent on this node's kernel until `shutdown` resolves. Kernel objects stay in place
 /// on shutdown (a restart resumes with them); `pier down` / `Dataplane::reset` removes them.
@@ -291,6 +299,7 @@ pub async fn run_with(
         None => None,
     };
     let (removals, removal_queue) = removal::removals();
+    let (arrivals, arrival_queue) = arrival::arrivals();
     let ctx = Arc::new(Context::new(
         client.clone(),
         config,
@@ -306,6 +315,7 @@ pub async fn run_with(
         },
         dns_state,
         removals,
+        arrivals,
     ));
     let has_dns = dns.is_some();
 
@@ -325,6 +335,7 @@ pub async fn run_with(
     let resync = resync::run(Arc::clone(&ctx), health);
     let overlay = overlay::follow(Arc::clone(&ctx));
     let removal = removal::run(Arc::clone(&ctx), removal_queue);
+    let arrival = arrival::run(Arc::clone(&ctx), arrival_queue);
     let feed_dns = async {
         if has_dns {
             context::feed_dns(Arc::clone(&ctx)).await;
@@ -337,6 +348,7 @@ pub async fn run_with(
             () = network_watch.run() => {}
             () = endpoint_watch.run() => {}
             _ = removal => {}
+            _ = arrival => {}
             _ = remote_watch => {}
             _ = node_watch => {}
             _ = resync => {}

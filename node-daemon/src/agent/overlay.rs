@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use pier_crds::names::{TUNNEL_ADDRESS_ANNOTATION, UNDERLAY_MTU_ANNOTATION};
 
 use super::context::{Context, lock};
-use super::metrics::{self, Timed};
+use super::metrics;
 use super::{Error, FIELD_MANAGER};
 use crate::dataplane::Scope;
 use crate::kernel::tunnel::{self, Tunnel};
@@ -150,7 +150,7 @@ pub async fn follow(ctx: Arc<Context>) {
         if ctx.is_programmed(&part) {
             continue;
         }
-        let failure = match metrics::apply(&ctx, &mut built, Scope::Overlay, Timed::No).await {
+        let failure = match metrics::apply(&ctx, &mut built, Scope::Overlay).await {
             Ok(report) => report
                 .failures()
                 .map(|(object, message)| format!("{object}: {message}"))

@@ -13,7 +13,7 @@ use pier_runtime::finalizer::finalizer;
 
 use super::build::{object_id, ports_key};
 use super::context::{Context, key, write_condition};
-use super::metrics::{self, Timed};
+use super::metrics;
 use super::{Error, FINALIZER};
 use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
 use crate::state::NodeState;
@@ -96,7 +96,7 @@ async fn publish_ports(
     if !built.state.ports.iter().any(|p| p.id == id) {
         return Ok(Action::await_change());
     }
-    let report = metrics::apply(ctx, &mut built, scope, Timed::No).await?;
+    let report = metrics::apply(ctx, &mut built, scope).await?;
     let firewall = firewall_outcome(&report);
     let Some(condition) =
         published_condition(&built, Some(&firewall), &id, node, &existing, generation)
@@ -116,7 +116,7 @@ async fn withdraw(publish: &PortPublish, ctx: &Context) -> Result<Action, Error>
     ctx.wait_synced().await?;
     let scope = Scope::Endpoints(Vec::new());
     let mut built = ctx.projection(&scope);
-    let report = metrics::apply(ctx, &mut built, scope, Timed::No).await?;
+    let report = metrics::apply(ctx, &mut built, scope).await?;
     firewall_outcome(&report).map_err(|message| Error::Publish {
         portpublish: key(publish),
         message,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::Error;
 use super::batch::{Batcher, Batches, Linger};
 use super::context::Context;
-use super::metrics::{self, Timed};
+use super::metrics;
 use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
 use crate::kernel::named_netns::NamedNetnsError;
 
@@ -82,7 +82,7 @@ async fn remove(ctx: Arc<Context>, departures: Vec<Departure>) -> Removed {
         .collect();
     let scope = Scope::Removal(links.into_iter().collect());
     let mut built = ctx.projection(&scope);
-    let applied = metrics::apply(&ctx, &mut built, scope, Timed::No).await;
+    let applied = metrics::apply(&ctx, &mut built, scope).await;
     ctx.config
         .metrics
         .detach_batch

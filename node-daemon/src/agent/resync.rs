@@ -16,7 +16,7 @@ use pier_crds::{Endpoint, PortPublish};
 use super::build::{Built, endpoint_key, object_id, ports_key};
 use super::context::{Context, lock, write_condition};
 use super::endpoint::attached_message;
-use super::metrics::{self, Timed};
+use super::metrics;
 use super::portpublish::{firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
 use crate::dataplane::{ObjectKey, Outcome, Report, Scope};
@@ -57,7 +57,7 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
     // stores and the node's subnets, Pods and tunnel as read now.
     ctx.reseed_index();
     let mut built = ctx.build();
-    let report = metrics::apply(ctx, &mut built, Scope::Full, Timed::No).await?;
+    let report = metrics::apply(ctx, &mut built, Scope::Full).await?;
     let repaired: Vec<String> = report
         .objects
         .iter()

@@ -57,6 +57,34 @@ pub fn now() -> String {
         .to_string()
 }
 
+/// Whether `a` and `b` are the same object but for their resourceVersion and managedFields: a
+/// write that changes nothing else is no change. Compared in place, without copies.
+fn same_but_version_and_managers(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let empty = Map::new();
+    let meta_a = a
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let meta_b = b
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    same_entries_but(a, b, &["metadata"])
+        && same_entries_but(meta_a, meta_b, &["resourceVersion", "managedFields"])
+}
+
+/// Whether two maps have the same entries, those named in `ignored` aside (in any order).
+fn same_entries_but(a: &Map<String, Value>, b: &Map<String, Value>, ignored: &[&str]) -> bool {
+    let kept = |(key, _): &(&String, &Value)| !ignored.contains(&key.as_str());
+    a.iter().filter(kept).count() == b.iter().filter(kept).count()
+        && a.iter()
+            .filter(kept)
+            .all(|(key, value)| b.get(key) == Some(value))
+}
+
 fn meta(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata").and_then(Value::as_object)
 }
@@ -520,6 +548,12 @@ impl Api {
             .ok_or_else(|| Self::not_found(res, name))
     }
 
+    /// Whether one object exists (visible to readers), without decoding it.
+    pub fn exists(&self, res: &Resource, ns: Option<&str>, name: &str) -> bool {
+        self.store
+            .contains(&res.storage_key, &Self::ns_key(res, ns), name)
+    }
+
     /// One object as the next write sees it (pending writes included): the base of updates,
     /// patches and deletions, so they queue behind a write not yet durable instead of
     /// conflicting with it. Never served to readers.
@@ -742,15 +776,7 @@ impl Api {
                             message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
                         }]));
             }
-            let unchanged = {
-                let mut a = (*old).clone();
-                let mut b = new.clone();
-                for o in [&mut a, &mut b] {
-                    meta_mut(o).remove("resourceVersion");
-                    meta_mut(o).remove("managedFields");
-                }
-                a == b
-            };
+            let unchanged = same_but_version_and_managers(&old, &new);
             if unchanged {
                 if self.still_pending(&old).await {
                     continue;
@@ -895,7 +921,10 @@ impl Api {
             ));
         }
         let api_version = res.api_version();
-        if self.latest(res, ns, name).is_err() {
+        let exists = self
+            .store
+            .latest_contains(&res.storage_key, &Self::ns_key(res, ns), name);
+        if !exists {
             if ctx.subresource == "status" {
                 return Err(Self::not_found(res, name));
             }
@@ -1324,6 +1353,43 @@ fn list_json<T: AsRef<[u8]>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_that_changes_only_the_version_and_managers_is_no_change() {
+        let old = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "7", "labels": {"x": "1"},
+                "managedFields": [{"manager": "m"}]},
+            "data": {"k": "v"}});
+        let mut new = old.clone();
+        new["metadata"]["resourceVersion"] = json!("8");
+        new["metadata"]["managedFields"] = json!([{"manager": "m"}, {"manager": "n"}]);
+        assert!(same_but_version_and_managers(&old, &new));
+        new["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("managedFields");
+        assert!(same_but_version_and_managers(&old, &new));
+        for changed in [
+            json!({"data": {"k": "w"}}),
+            json!({"data": null}),
+            json!({"metadata": {"labels": {"x": "2"}}}),
+            json!({"metadata": {"finalizers": ["f"]}}),
+            json!({"status": {}}),
+        ] {
+            let mut other = old.clone();
+            json_patch::merge(&mut other, &changed);
+            assert!(
+                !same_but_version_and_managers(&old, &other),
+                "{changed} is a change"
+            );
+        }
+        let without_metadata = json!({"data": {"k": "v"}});
+        let empty_metadata = json!({"data": {"k": "v"}, "metadata": {"resourceVersion": "1"}});
+        assert!(same_but_version_and_managers(
+            &without_metadata,
+            &empty_metadata
+        ));
+    }
 
     #[test]
     fn continue_tokens_round_trip() {

@@ -252,3 +252,36 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
             .any(|n| n.metadata.name.as_deref() == Some("default"))
     );
 }
+
+/// Server-side apply answers 201 when it created the object and 200 when it changed one, as
+/// Kubernetes does (kubectl prints "created" or "configured" from it).
+#[tokio::test]
+async fn apply_answers_created_then_ok() {
+    let server = ApiServer::in_memory().await.expect("server");
+    let apply = |data: &'static str| {
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c"}},"data":{{"k":"{data}"}}}}"#
+        );
+        Request::builder()
+            .method(Method::PATCH)
+            .uri("/api/v1/namespaces/default/configmaps/c?fieldManager=test")
+            .header("content-type", "application/apply-patch+yaml")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request")
+    };
+    let first = server
+        .service()
+        .oneshot(apply("1"))
+        .await
+        .expect("infallible");
+    assert_eq!(first.status().as_u16(), 201);
+    let second = server
+        .service()
+        .oneshot(apply("2"))
+        .await
+        .expect("infallible");
+    assert_eq!(second.status().as_u16(), 200);
+    let bytes = second.into_body().collect().await.expect("body").to_bytes();
+    let object: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(object["data"]["k"], "2");
+}

@@ -442,7 +442,7 @@ impl ApiService {
         if *m == Method::PATCH {
             let kind = PatchKind::from_content_type(header_str(parts, header::CONTENT_TYPE))?;
             let force = params.get("force").is_some_and(|f| f == "true");
-            let existed = self.api.get(res, ns, name).is_ok();
+            let existed = self.api.exists(res, ns, name);
             let obj = self
                 .api
                 .patch(res, ns, name, kind, &body, ctx, force)

@@ -383,6 +383,21 @@ impl Store {
         latest_locked(&self.lock(), key, ns, name)
     }
 
+    /// Whether an object exists as the next write sees it (pending writes included), without
+    /// decoding it.
+    pub fn latest_contains(&self, key: &str, ns: &str, name: &str) -> bool {
+        let inner = self.lock();
+        if !inner.pending.is_empty()
+            && let Some((_, state)) =
+                inner
+                    .pending
+                    .get(&(key.to_string(), ns.to_string(), name.to_string()))
+        {
+            return state.is_some();
+        }
+        stored(&inner, key, ns, name).is_some()
+    }
+
     /// The version of the last visible write to storage key `key` (0: none since the start).
     pub fn key_version(&self, key: &str) -> u64 {
         self.lock().key_rv.get(key).copied().unwrap_or(0)
@@ -1236,6 +1251,30 @@ mod tests {
 
     fn rvs_of(batch: &Batch) -> Vec<u64> {
         batch.iter().map(|e| e.rv).collect()
+    }
+
+    #[test]
+    fn the_next_write_sees_pending_creates_and_deletes_that_readers_do_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, waiting, go) = gated_store(dir.path());
+        let (_, created) = s
+            .commit("k", "", "a", Expect::Absent, Some(obj("a")))
+            .expect("commit");
+        waiting.recv().expect("the create's fsync waits");
+        assert!(s.latest_contains("k", "", "a"), "a pending create");
+        assert!(!s.contains("k", "", "a"), "not visible yet");
+        assert!(!s.latest_contains("k", "", "b"));
+        go.send(()).expect("release the fsync");
+        futures::executor::block_on(created.wait()).expect("durable");
+        assert!(s.contains("k", "", "a"));
+
+        let (_, deleted) = s.commit("k", "", "a", Expect::Rv(1), None).expect("delete");
+        waiting.recv().expect("the delete's fsync waits");
+        assert!(!s.latest_contains("k", "", "a"), "a pending delete");
+        assert!(s.contains("k", "", "a"), "still visible");
+        go.send(()).expect("release the fsync");
+        futures::executor::block_on(deleted.wait()).expect("durable");
+        assert!(!s.contains("k", "", "a") && !s.latest_contains("k", "", "a"));
     }
 
     #[test]

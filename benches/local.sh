@@ -247,14 +247,16 @@ delete_eps
 neigh 20 1
 if command -v fping >/dev/null; then
   pinger="fping"
-  probe_cmd="ip netns exec $node fping -a -r0 -t50 -i0 ADDRESSES_ATTACHED_AND_NOT_ANSWERING_YET"
+  probe_cmd="nsenter --net=/run/netns/$node fping -a -r0 -t50 -i0 ADDRESSES_ATTACHED_AND_NOT_ANSWERING_YET"
 else
   pinger="ping"
   probe_cmd="ip netns exec $node ping -n -q -c1 -W0.05 ADDRESS (32 in parallel, per address attached and not answering yet)"
 fi
 probe() { # addresses file -> prints those answering
   if [ "$pinger" = fping ]; then
-    ip netns exec "$node" fping -a -r0 -t50 -i0 -f "$1" 2>/dev/null || true
+    # nsenter enters the node's network namespace only: `ip netns exec` also makes a mount
+    # namespace and remounts /sys for every round, work of the measurement, not of Pier.
+    nsenter --net="/run/netns/$node" fping -a -r0 -t50 -i0 -f "$1" 2>/dev/null || true
   else
     xargs -P 32 -I{} sh -c "ip netns exec '$node' ping -n -q -c1 -W0.05 {} >/dev/null 2>&1 && echo {}" <"$1" || true
   fi

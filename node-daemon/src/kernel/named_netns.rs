@@ -319,8 +319,9 @@ fn is_namespace(path: &Path) -> bool {
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
-/// Creates the file and bind-mounts a fresh namespace onto it, from a thread made for it: the
-/// `unshare` moves only that thread, which ends right after.
+/// Creates the file and bind-mounts a fresh namespace onto it, from a thread of
+/// [`crate::kernel::netns`]: the `unshare` moves only that thread, which goes back to the
+/// process's namespace after the job.
 fn create_namespace(path: &Path) -> Result<(), NamedNetnsError> {
     let fail = |source| NamedNetnsError::Create {
         path: path.to_path_buf(),
@@ -338,21 +339,17 @@ fn create_namespace(path: &Path) -> Result<(), NamedNetnsError> {
         Err(error) => return Err(fail(error)),
     }
     let target = path.to_path_buf();
-    let made = std::thread::Builder::new()
-        .name("pier-netns-add".into())
-        .spawn(move || -> Result<(), nix::Error> {
-            unshare(CloneFlags::CLONE_NEWNET)?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                Some("none"),
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-        })
-        .map_err(fail)?
-        .join()
-        .map_err(|_| fail(std::io::Error::other("the namespace thread panicked")))?;
+    let made = crate::kernel::netns::run_in(None, move || -> Result<(), nix::Error> {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    })
+    .map_err(|error| fail(std::io::Error::other(pier_runtime::error_chain(&error))))?;
     if let Err(errno) = made {
         let _ = fs::remove_file(path);
         return Err(fail(errno.into()));

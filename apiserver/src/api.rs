@@ -57,6 +57,12 @@ pub fn now() -> String {
         .to_string()
 }
 
+/// A body that is JSON or YAML. Clients send JSON (kubectl, kube-rs), which is YAML too, and
+/// people with curl sometimes YAML: the JSON parser goes first, it is several times faster.
+pub(crate) fn json_or_yaml(body: &[u8]) -> Result<Value, serde_yaml::Error> {
+    serde_json::from_slice(body).or_else(|_| serde_yaml::from_slice(body))
+}
+
 /// Whether `a` and `b` are the same object but for their resourceVersion and managedFields: a
 /// write that changes nothing else is no change. Compared in place, without copies.
 fn same_but_version_and_managers(a: &Value, b: &Value) -> bool {
@@ -908,7 +914,7 @@ impl Api {
         ctx: &WriteCtx,
         force: bool,
     ) -> Result<Arc<Value>, ApiError> {
-        let applied: Value = serde_yaml::from_slice(body)
+        let applied: Value = json_or_yaml(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid apply configuration: {e}")))?;
         if !applied.is_object() {
             return Err(ApiError::BadRequest(

@@ -254,7 +254,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 }
 
 /// Server-side apply answers 201 when it created the object and 200 when it changed one, as
-/// Kubernetes does (kubectl prints "created" or "configured" from it).
+/// Kubernetes does (kubectl prints "created" or "configured" from it); its body is JSON or YAML.
 #[tokio::test]
 async fn apply_answers_created_then_ok() {
     let server = ApiServer::in_memory().await.expect("server");
@@ -284,4 +284,17 @@ async fn apply_answers_created_then_ok() {
     let bytes = second.into_body().collect().await.expect("body").to_bytes();
     let object: Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(object["data"]["k"], "2");
+    // YAML as well as JSON.
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: \"3\"\n";
+    let request = Request::builder()
+        .method(Method::PATCH)
+        .uri("/api/v1/namespaces/default/configmaps/c?fieldManager=test")
+        .header("content-type", "application/apply-patch+yaml")
+        .body(Full::new(Bytes::from(yaml)))
+        .expect("request");
+    let third = server.service().oneshot(request).await.expect("infallible");
+    assert_eq!(third.status().as_u16(), 200);
+    let bytes = third.into_body().collect().await.expect("body").to_bytes();
+    let object: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(object["data"]["k"], "3");
 }

@@ -495,9 +495,7 @@ fn list_table(res: &Resource, list: &Value, params: &Params) -> Value {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    // YAML is a superset of JSON; kubectl sends JSON, people with curl sometimes YAML.
-    serde_json::from_slice(body)
-        .or_else(|_| serde_yaml::from_slice(body))
+    crate::api::json_or_yaml(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not a valid object: {e}")))
 }
 

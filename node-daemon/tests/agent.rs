@@ -2,6 +2,7 @@
 //! in-memory kernel ([`FakeKernel`]): attach, detach and the finalizers' order, refusal reasons,
 //! and the resync's repairs. No root, no kernel object: every test has its own API server.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -775,6 +776,55 @@ async fn endpoints_created_together_share_applies_and_a_failing_one_fails_only_i
     // The kernel recovers: its retry attaches it.
     cluster.kernel.fail_attach("default/a3", None);
     wait_for(&eps, "a3", "Attached=True", is_attached).await;
+    cluster.stop().await;
+}
+
+/// A full reconcile that runs while endpoints are being attached never takes their veths for
+/// garbage: its state is built after the applies before it are done, and no apply runs between
+/// its build and its own apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_reconcile_during_a_burst_of_attaches_removes_none_of_them() {
+    let kernel = FakeKernel::new();
+    // Applies slow enough for attaches to queue while one runs, and a full apply's check of
+    // every endpoint's namespace slow enough for other applies to run meanwhile (as on a node
+    // making namespaces for them); resyncs often enough to meet them, endpoints arriving all
+    // along.
+    kernel.take_for_each_apply(Duration::from_millis(50));
+    kernel.take_for_each_namespace(Duration::from_millis(3));
+    let cluster = Cluster::start(kernel, Duration::from_millis(100)).await;
+    network(&cluster, "many", "10.38.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    let names: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
+    for name in &names {
+        endpoint(
+            &cluster,
+            name,
+            "many",
+            json!({"netns": {"name": format!("ns-{name}")}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for name in &names {
+        wait_for(&eps, name, "Attached=True", is_attached).await;
+    }
+    let veths: BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| cluster.kernel.attached(&format!("default/{n}")))
+        .map(|e| e.host_veth_name())
+        .collect();
+    assert_eq!(veths.len(), names.len(), "every endpoint attached");
+    let taken: Vec<String> = cluster
+        .kernel
+        .removed()
+        .into_iter()
+        .map(|r| r.link)
+        .filter(|link| veths.contains(link))
+        .collect();
+    assert!(
+        taken.is_empty(),
+        "full reconciles removed veths of endpoints attached meanwhile: {taken:?}"
+    );
     cluster.stop().await;
 }
 

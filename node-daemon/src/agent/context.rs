@@ -89,6 +89,10 @@ pub struct Context {
     pub arrivals: Arrivals,
     /// One permit per attach running (see [`super::ATTACHES_AT_ONCE`]).
     pub attach_slots: Semaphore,
+    /// Held by each apply, and by a full reconcile from before it builds its state until its
+    /// apply is done: a full apply removes what its state lacks, so a state built while another
+    /// apply waited to run would remove what that apply made (see [`super::metrics::apply`]).
+    pub apply_turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Context {
@@ -237,6 +241,7 @@ impl Context {
             removals,
             arrivals,
             attach_slots: Semaphore::new(super::ATTACHES_AT_ONCE),
+            apply_turn: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -67,6 +67,8 @@ struct Node {
     ports_in_use: BTreeSet<HostPort>,
     /// How long each apply takes, as a real kernel's does (none by default).
     apply_time: Duration,
+    /// How long making sure a named namespace exists takes (none by default).
+    netns_time: Duration,
 }
 
 /// An in-memory node kernel (see the module's documentation).
@@ -133,6 +135,11 @@ impl FakeKernel {
     /// Makes every apply take `time`, as work in a real kernel does.
     pub fn take_for_each_apply(&self, time: Duration) {
         lock(&self.node).apply_time = time;
+    }
+
+    /// Makes every check or creation of a named namespace take `time`, as the kernel's does.
+    pub fn take_for_each_namespace(&self, time: Duration) {
+        lock(&self.node).netns_time = time;
     }
 
     /// Makes the attach of endpoint `id` fail with `message` (`None`: succeed again).
@@ -315,6 +322,8 @@ impl NodeKernel for FakeKernel {
     }
 
     fn ensure_named_netns(&self, name: &str) -> Result<bool, NamedNetnsError> {
+        let netns_time = lock(&self.node).netns_time;
+        std::thread::sleep(netns_time);
         Ok(lock(&self.node).named_netns.insert(name.to_owned()))
     }
 

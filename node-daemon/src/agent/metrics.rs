@@ -200,8 +200,20 @@ pub fn count_by_condition<'a>(
     counts
 }
 
-/// `ctx.apply`, observed: its kernel failures counted by kind.
+/// `ctx.apply` in its turn (see [`Context::apply_turn`]), observed: its kernel failures counted
+/// by kind.
 pub async fn apply(ctx: &Context, built: &mut Built, scope: Scope) -> Result<Report, Error> {
+    let _turn = ctx.apply_turn.lock().await;
+    apply_in_turn(ctx, built, scope).await
+}
+
+/// [`apply`] for a caller that holds the apply turn already (a full reconcile, which builds its
+/// state in the turn).
+pub async fn apply_in_turn(
+    ctx: &Context,
+    built: &mut Built,
+    scope: Scope,
+) -> Result<Report, Error> {
     let result = ctx.apply(built, scope).await;
     ctx.config.metrics.count_failures(&result);
     result

@@ -54,10 +54,14 @@ pub async fn once(ctx: &Context) -> Result<(), Error> {
     }
     lock(&ctx.pod_netns).retain(|_, path| ctx.kernel.netns_exists(path));
     // The full check: the state built from scratch, and the incremental one caught up with the
-    // stores and the node's subnets, Pods and tunnel as read now.
+    // stores and the node's subnets, Pods and tunnel as read now. Built in the apply turn: an
+    // attach applied between the build and this apply would be garbage to it.
+    let turn = ctx.apply_turn.lock().await;
     ctx.reseed_index();
     let mut built = ctx.build();
-    let report = metrics::apply(ctx, &mut built, Scope::Full).await?;
+    let report = metrics::apply_in_turn(ctx, &mut built, Scope::Full).await;
+    drop(turn);
+    let report = report?;
     let repaired: Vec<String> = report
         .objects
         .iter()

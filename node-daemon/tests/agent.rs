@@ -650,16 +650,7 @@ async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_
     let cluster = Cluster::start(FakeKernel::new(), Duration::from_secs(3600)).await;
     network(&cluster, "many", "10.36.0.0/24").await;
     let eps: Api<Endpoint> = cluster.api();
-    let names: Vec<String> = (0..24).map(|i| format!("d{i}")).collect();
-    for name in &names {
-        endpoint(
-            &cluster,
-            name,
-            "many",
-            json!({"netns": {"name": format!("ns-{name}")}}),
-        )
-        .await;
-    }
+    let names = endpoints_with_namespaces(&cluster, "many", "d", 24, Duration::ZERO).await;
     for name in &names {
         wait_for(&eps, name, "Attached=True", is_attached).await;
     }
@@ -688,15 +679,10 @@ async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_
     })
     .await;
     // Removals served several detaches each; the failure was the failing link's only.
-    let removals: Vec<Vec<String>> = cluster
-        .kernel
-        .applied()
-        .into_iter()
-        .filter_map(|a| match a.scope {
-            Scope::Removal(links) => Some(links),
-            _ => None,
-        })
-        .collect();
+    let removals = applied_scopes(&cluster, |scope| match scope {
+        Scope::Removal(links) => Some(links),
+        _ => None,
+    });
     let widest = removals.iter().map(Vec::len).max().unwrap_or(0);
     assert!(
         widest > 2,
@@ -729,16 +715,7 @@ async fn endpoints_created_together_share_applies_and_a_failing_one_fails_only_i
     let cluster = Cluster::start(kernel, Duration::from_secs(3600)).await;
     network(&cluster, "many", "10.37.0.0/24").await;
     let eps: Api<Endpoint> = cluster.api();
-    let names: Vec<String> = (0..24).map(|i| format!("a{i}")).collect();
-    for name in &names {
-        endpoint(
-            &cluster,
-            name,
-            "many",
-            json!({"netns": {"name": format!("ns-{name}")}}),
-        )
-        .await;
-    }
+    let names = endpoints_with_namespaces(&cluster, "many", "a", 24, Duration::ZERO).await;
     for name in names.iter().filter(|n| *n != "a3") {
         wait_for(&eps, name, "Attached=True", is_attached).await;
     }
@@ -750,15 +727,10 @@ async fn endpoints_created_together_share_applies_and_a_failing_one_fails_only_i
     assert_eq!(said, message);
     assert!(cluster.kernel.attached("default/a3").is_none());
 
-    let attaches: Vec<Vec<String>> = cluster
-        .kernel
-        .applied()
-        .into_iter()
-        .filter_map(|a| match a.scope {
-            Scope::Endpoints(ids) => Some(ids),
-            _ => None,
-        })
-        .collect();
+    let attaches = applied_scopes(&cluster, |scope| match scope {
+        Scope::Endpoints(ids) => Some(ids),
+        _ => None,
+    });
     let widest = attaches.iter().map(Vec::len).max().unwrap_or(0);
     assert!(
         widest > 2,
@@ -794,17 +766,8 @@ async fn a_full_reconcile_during_a_burst_of_attaches_removes_none_of_them() {
     let cluster = Cluster::start(kernel, Duration::from_millis(100)).await;
     network(&cluster, "many", "10.38.0.0/24").await;
     let eps: Api<Endpoint> = cluster.api();
-    let names: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
-    for name in &names {
-        endpoint(
-            &cluster,
-            name,
-            "many",
-            json!({"netns": {"name": format!("ns-{name}")}}),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(15)).await;
-    }
+    let names =
+        endpoints_with_namespaces(&cluster, "many", "b", 60, Duration::from_millis(15)).await;
     for name in &names {
         wait_for(&eps, name, "Attached=True", is_attached).await;
     }
@@ -826,6 +789,35 @@ async fn a_full_reconcile_during_a_burst_of_attaches_removes_none_of_them() {
         "full reconciles removed veths of endpoints attached meanwhile: {taken:?}"
     );
     cluster.stop().await;
+}
+
+/// Creates Endpoints `PREFIX0`, `PREFIX1`, ... on `network`, each targeting a named namespace
+/// of its own (`ns-NAME`), `pause` apart; returns their names.
+async fn endpoints_with_namespaces(
+    cluster: &Cluster,
+    network: &str,
+    prefix: &str,
+    count: usize,
+    pause: Duration,
+) -> Vec<String> {
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    for name in &names {
+        let target = json!({"netns": {"name": format!("ns-{name}")}});
+        endpoint(cluster, name, network, target).await;
+        tokio::time::sleep(pause).await;
+    }
+    names
+}
+
+/// What each apply of the kind `pick` takes named (the endpoints or links of its scope), in
+/// the order they ran.
+fn applied_scopes(cluster: &Cluster, pick: fn(Scope) -> Option<Vec<String>>) -> Vec<Vec<String>> {
+    cluster
+        .kernel
+        .applied()
+        .into_iter()
+        .filter_map(|a| pick(a.scope))
+        .collect()
 }
 
 /// Waits until `name` is gone from the API.

@@ -79,6 +79,15 @@ fn bridge_veth_address_default_route_and_lo_come_up() {
         "1"
     );
 
+    // One transmit and one receive queue on each side, allocated so (not cut down to one after
+    // the veth was registered, which waits for an RCU grace period per side).
+    for shown in [
+        lab.host.sh(&format!("ip -d -o link show dev {veth}")),
+        c1.sh("ip -d -o link show dev eth0"),
+    ] {
+        assert!(shown.contains("numtxqueues 1 numrxqueues 1"), "{shown}");
+    }
+
     let shown = c1.sh("ip -o -4 addr show dev eth0");
     assert!(shown.contains("172.18.0.2/16"), "{shown}");
     // An IPv4-only endpoint has no IPv6 link-local address (nothing multicast into the bridge).

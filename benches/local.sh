@@ -304,7 +304,9 @@ at_once() {
   # The names of the Endpoints the node agent reports attached, as they come (one watch from
   # before the applies; its initial ADDED events are the anchors and whatever is left).
   : >"$work/attached"
-  { api -N "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?watch=true" 2>/dev/null &
+  # curl itself in the background, not `api`: a function run with `&` is a subshell around
+  # curl, and killing that left curl streaming (and jq decoding) through every later phase.
+  { "${api_curl[@]}" -N "$server/apis/pier.dev/v1alpha1/namespaces/$ns/endpoints?watch=true" 2>/dev/null &
     echo $! >"$work/watch.pid"; wait; } |
     jq --unbuffered -r 'select(.type == "ADDED" or .type == "MODIFIED") | .object
       | select(any(.status.conditions[]?; .type == "Attached" and .status == "True"))

@@ -30,7 +30,7 @@ pier_up_stop() {
 }
 
 # pier_api_client KUBECONFIG DIR: kc (kubectl on KUBECONFIG), server, token and api (curl with
-# the kubeconfig's CA and token, kept in DIR).
+# the kubeconfig's CA and token, kept in DIR; the command itself in the array api_curl).
 pier_api_client() {
   kubeconfig="$1"
   api_dir="$2"
@@ -39,9 +39,10 @@ pier_api_client() {
   kc config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' \
     | base64 -d >"$api_dir/ca.pem"
   printf 'header = "Authorization: Bearer %s"\n' "$token" >"$api_dir/auth.curlrc"
+  api_curl=(curl -sS --fail-with-body --cacert "$api_dir/ca.pem" -K "$api_dir/auth.curlrc")
 }
 kc() { kubectl --kubeconfig "$kubeconfig" "$@"; }
-api() { curl -sS --fail-with-body --cacert "$api_dir/ca.pem" -K "$api_dir/auth.curlrc" "$@"; }
+api() { "${api_curl[@]}" "$@"; }
 
 # pier_down NODE: `pier down --purge` on the data directory $data (if any) of a `pier up` that ran
 # with --node-netns /run/netns/NODE: its kernel objects, namespaces and data go.

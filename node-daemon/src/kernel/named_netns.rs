@@ -68,7 +68,7 @@ pub struct NamedNetns {
     marker_template: PathBuf,
     /// Serializes create and remove, so two reconciles never race on one name; holds the
     /// unnamed file the mount points are links to (see [`NamedNetns::make_mount_point`]).
-    lock: Mutex<Option<OwnedFd>>,
+    lock: Mutex<MountPointSource>,
     /// Whether the run directory was found to propagate and made a shared mount point: done
     /// once, not for every namespace (the mount table has a line per namespace, so reading it
     /// for each made creating N namespaces O(N²)); a failed creation checks again.
@@ -82,7 +82,7 @@ impl NamedNetns {
             run_dir: run_dir.into(),
             marker_dir: state_dir.join("netns"),
             marker_template: state_dir.join("netns.marker"),
-            lock: Mutex::new(None),
+            lock: Mutex::new(MountPointSource::None),
             prepared: AtomicBool::new(false),
         }
     }
@@ -182,24 +182,35 @@ impl NamedNetns {
     /// namespace allocates and frees no inode. Where the run directory is on a disk filesystem
     /// (ext4 without a journal, where `/run` is not a tmpfs) each new inode scans past the
     /// inodes freed in the last minutes: creating 2,000 namespaces after 2,000 were removed
-    /// spent most of its time there. Where no link can be made (no `O_TMPFILE`, no
-    /// `CAP_DAC_READ_SEARCH` for `linkat` of a descriptor) the file is a new one, as `ip netns
-    /// add` makes it. A file already there (left by an interrupted create) is used as it is.
-    fn make_mount_point(&self, source: &mut Option<OwnedFd>, path: &Path) -> std::io::Result<()> {
-        for _ in 0..2 {
-            let file = match source {
-                Some(file) => file,
-                None => match unnamed_file(&self.run_dir) {
-                    Ok(file) => source.insert(file),
-                    Err(_) => break,
-                },
+    /// spent most of its time there. Where no link can be made (no `O_TMPFILE`; a kernel before
+    /// 6.10 without `CAP_DAC_READ_SEARCH`, which `linkat` of a descriptor needed) the file is a
+    /// new one, as `ip netns add` makes it, and no link is tried again. A file already there
+    /// (left by an interrupted create) is used as it is.
+    fn make_mount_point(&self, source: &mut MountPointSource, path: &Path) -> std::io::Result<()> {
+        let mut fresh_files = 0;
+        loop {
+            if matches!(source, MountPointSource::None) {
+                if fresh_files == 2 {
+                    break;
+                }
+                fresh_files += 1;
+                *source = unnamed_file(&self.run_dir)
+                    .map_or(MountPointSource::Unusable, MountPointSource::File);
+            }
+            let MountPointSource::File(file) = source else {
+                break;
             };
-            match linkat(file, "", AT_FDCWD, path, AtFlags::AT_EMPTY_PATH) {
+            match linkat(&*file, "", AT_FDCWD, path, AtFlags::AT_EMPTY_PATH) {
                 Ok(()) | Err(Errno::EEXIST) => return Ok(()),
-                // Every link to it was removed (an unnamed file cannot get a name back then), or
-                // the run directory was mounted over since it was made: a new one, once.
-                Err(Errno::ENOENT | Errno::EXDEV) => *source = None,
-                Err(_) => break,
+                // A new file: every link to this one was removed (an unnamed file cannot get a
+                // name back then), it has as many links as the filesystem allows, or the run
+                // directory was mounted over since it was made.
+                Err(Errno::ENOENT) if links(file) == Some(0) => *source = MountPointSource::None,
+                Err(Errno::EMLINK | Errno::EXDEV) => *source = MountPointSource::None,
+                Err(_) => {
+                    *source = MountPointSource::Unusable;
+                    break;
+                }
             }
         }
         match OpenOptions::new()
@@ -370,6 +381,22 @@ fn is_namespace(path: &Path) -> bool {
 /// The mode of a mount point file (read-only, as the namespace file mounted on it reads).
 const MOUNT_POINT_MODE: u32 = 0o444;
 
+/// What the mount points of new namespaces are made from (see [`NamedNetns::make_mount_point`]).
+#[derive(Debug)]
+enum MountPointSource {
+    /// None open yet (or the last one can no longer be linked).
+    None,
+    /// The unnamed file the mount points are links to.
+    File(OwnedFd),
+    /// Links cannot be made here: each mount point is a new file.
+    Unusable,
+}
+
+/// How many names `file` has (`None`: unknown).
+fn links(file: &OwnedFd) -> Option<u64> {
+    nix::sys::stat::fstat(file).ok().map(|stat| stat.st_nlink)
+}
+
 /// An unnamed file in `dir`, to be linked under names.
 fn unnamed_file(dir: &Path) -> std::io::Result<OwnedFd> {
     OpenOptions::new()
@@ -465,9 +492,10 @@ mod tests {
     /// The number of names of the unnamed file the mount points are links to (`None`: none
     /// open).
     fn mount_point_links(named: &NamedNetns) -> Option<u64> {
-        let source = named.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let file = source.as_ref()?;
-        Some(nix::sys::stat::fstat(file).expect("fstat").st_nlink)
+        match &*named.lock.lock().unwrap_or_else(PoisonError::into_inner) {
+            MountPointSource::File(file) => links(file),
+            _ => None,
+        }
     }
 
     #[test]
@@ -505,6 +533,40 @@ mod tests {
         assert_eq!(mount_point_links(&named), Some(1));
         assert!(named.remove_if_created(&names[2]).expect("removed"));
         assert!(!named.path(&names[2]).exists());
+    }
+
+    #[test]
+    fn mount_points_are_links_until_links_cannot_be_made() {
+        use std::os::unix::fs::MetadataExt;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let named = NamedNetns::new(dir.path(), dir.path());
+        let mut source = MountPointSource::None;
+        let inode = |name: &str| fs::metadata(named.path(name)).expect("mount point").ino();
+        for name in ["a", "b"] {
+            named
+                .make_mount_point(&mut source, &named.path(name))
+                .expect("made");
+        }
+        assert_eq!(inode("a"), inode("b"), "links to one file");
+        // A leftover is used as it is.
+        named
+            .make_mount_point(&mut source, &named.path("a"))
+            .expect("again");
+        // Every name gone: the next is a link to a new file.
+        fs::remove_file(named.path("a")).expect("rm a");
+        fs::remove_file(named.path("b")).expect("rm b");
+        named
+            .make_mount_point(&mut source, &named.path("c"))
+            .expect("made after all links went");
+        assert!(matches!(&source, MountPointSource::File(file) if links(file) == Some(1)));
+        // Where links cannot be made, a file of its own.
+        let mut unusable = MountPointSource::Unusable;
+        named
+            .make_mount_point(&mut unusable, &named.path("d"))
+            .expect("a plain file");
+        assert_ne!(inode("c"), inode("d"));
+        assert_eq!(fs::metadata(named.path("d")).expect("d").nlink(), 1);
     }
 
     #[test]

@@ -258,43 +258,32 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
 #[tokio::test]
 async fn apply_answers_created_then_ok() {
     let server = ApiServer::in_memory().await.expect("server");
-    let apply = |data: &'static str| {
-        let body = format!(
-            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c"}},"data":{{"k":"{data}"}}}}"#
-        );
-        Request::builder()
+    let apply = |body: String| async {
+        let request = Request::builder()
             .method(Method::PATCH)
             .uri("/api/v1/namespaces/default/configmaps/c?fieldManager=test")
             .header("content-type", "application/apply-patch+yaml")
             .body(Full::new(Bytes::from(body)))
-            .expect("request")
+            .expect("request");
+        let response = server.service().oneshot(request).await.expect("infallible");
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let object: Value = serde_json::from_slice(&bytes).expect("json");
+        (status, object["data"]["k"].clone())
     };
-    let first = server
-        .service()
-        .oneshot(apply("1"))
-        .await
-        .expect("infallible");
-    assert_eq!(first.status().as_u16(), 201);
-    let second = server
-        .service()
-        .oneshot(apply("2"))
-        .await
-        .expect("infallible");
-    assert_eq!(second.status().as_u16(), 200);
-    let bytes = second.into_body().collect().await.expect("body").to_bytes();
-    let object: Value = serde_json::from_slice(&bytes).expect("json");
-    assert_eq!(object["data"]["k"], "2");
+    let json = |data: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c"}},"data":{{"k":"{data}"}}}}"#
+        )
+    };
+    assert_eq!(apply(json("1")).await, (201, Value::from("1")));
+    assert_eq!(apply(json("2")).await, (200, Value::from("2")));
     // YAML as well as JSON.
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: \"3\"\n";
-    let request = Request::builder()
-        .method(Method::PATCH)
-        .uri("/api/v1/namespaces/default/configmaps/c?fieldManager=test")
-        .header("content-type", "application/apply-patch+yaml")
-        .body(Full::new(Bytes::from(yaml)))
-        .expect("request");
-    let third = server.service().oneshot(request).await.expect("infallible");
-    assert_eq!(third.status().as_u16(), 200);
-    let bytes = third.into_body().collect().await.expect("body").to_bytes();
-    let object: Value = serde_json::from_slice(&bytes).expect("json");
-    assert_eq!(object["data"]["k"], "3");
+    assert_eq!(apply(yaml.to_owned()).await, (200, Value::from("3")));
 }

@@ -686,7 +686,7 @@ async fn endpoints_deleted_together_share_removals_and_a_failing_one_holds_only_
     let widest = removals.iter().map(Vec::len).max().unwrap_or(0);
     assert!(
         widest > 2,
-        "no removal served more than one detach: {removals:?}"
+        "no removal served more than two detaches: {removals:?}"
     );
     for name in names.iter().filter(|n| *n != "d3") {
         wait_for_gone(&eps, name).await;

@@ -387,15 +387,10 @@ impl Store {
     /// decoding it.
     pub fn latest_contains(&self, key: &str, ns: &str, name: &str) -> bool {
         let inner = self.lock();
-        if !inner.pending.is_empty()
-            && let Some((_, state)) =
-                inner
-                    .pending
-                    .get(&(key.to_string(), ns.to_string(), name.to_string()))
-        {
-            return state.is_some();
+        match pending_state(&inner, key, ns, name) {
+            Some(state) => state.is_some(),
+            None => stored(&inner, key, ns, name).is_some(),
         }
-        stored(&inner, key, ns, name).is_some()
     }
 
     /// The version of the last visible write to storage key `key` (0: none since the start).
@@ -689,16 +684,28 @@ fn stored(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Bytes> {
         .cloned()
 }
 
-fn latest_locked(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
-    if !inner.pending.is_empty()
-        && let Some((_, state)) =
-            inner
-                .pending
-                .get(&(key.to_string(), ns.to_string(), name.to_string()))
-    {
-        return state.as_ref().map(|v| v.object.clone());
+/// The state a write not yet durable leaves the object in (`Some(None)`: deleted), which the
+/// next write sees instead of what is stored; `None` when no write of it is pending.
+fn pending_state<'a>(
+    inner: &'a Inner,
+    key: &str,
+    ns: &str,
+    name: &str,
+) -> Option<&'a Option<Version>> {
+    if inner.pending.is_empty() {
+        return None;
     }
-    stored(inner, key, ns, name).map(|json| decode(&json))
+    inner
+        .pending
+        .get(&(key.to_string(), ns.to_string(), name.to_string()))
+        .map(|(_, state)| state)
+}
+
+fn latest_locked(inner: &Inner, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
+    match pending_state(inner, key, ns, name) {
+        Some(state) => state.as_ref().map(|v| v.object.clone()),
+        None => stored(inner, key, ns, name).map(|json| decode(&json)),
+    }
 }
 
 /// Every object as of the last write, pending ones included (what a snapshot queued behind

@@ -720,13 +720,15 @@ impl Api {
     }
 
     /// Commit an update computed from the current object, retrying when the object changed
-    /// meanwhile (unless the caller pinned a resourceVersion).
+    /// meanwhile (unless the caller pinned a resourceVersion). `write` says who keeps the managed
+    /// fields: an apply computed them; any other write is tracked here.
     async fn update_with(
         &self,
         res: &Resource,
         ns: Option<&str>,
         name: &str,
         ctx: &WriteCtx,
+        write: Write,
         mut compute: impl FnMut(&Value) -> Result<(Value, bool), ApiError>,
     ) -> Result<Arc<Value>, ApiError> {
         let nsk = Self::ns_key(res, ns);
@@ -759,8 +761,11 @@ impl Api {
             let w = Self::writer(res, ctx, &now, &api_version);
             let mut new = Self::prepare_update(res, &old, body, ctx);
             self.check(res, &mut new, Some(&old), ctx.strict)?;
-            if meta(&new).and_then(|m| m.get("managedFields"))
-                == meta(&old).and_then(|m| m.get("managedFields"))
+            // A client that sends the managed fields it read (or none) leaves them to the
+            // server, which records its changes as an Update; one that changed them sets them.
+            if write == Write::Update
+                && meta(&new).and_then(|m| m.get("managedFields"))
+                    == meta(&old).and_then(|m| m.get("managedFields"))
             {
                 apply::track_update(Some(&old), &mut new, &w);
             }
@@ -848,8 +853,10 @@ impl Api {
                 }],
             ));
         }
-        self.update_with(res, ns, name, ctx, |_| Ok((body.clone(), pinned)))
-            .await
+        self.update_with(res, ns, name, ctx, Write::Update, |_| {
+            Ok((body.clone(), pinned))
+        })
+        .await
     }
 
     /// PATCH (merge, JSON, apply; strategic merge only for built-ins).
@@ -873,7 +880,7 @@ impl Api {
                     ApiError::BadRequest(format!("invalid strategic merge patch: {e}"))
                 })?;
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some();
-                self.update_with(res, ns, name, ctx, |old| {
+                self.update_with(res, ns, name, ctx, Write::Update, |old| {
                     let mut new = old.clone();
                     patches::strategic::strategic_merge_patch(&mut new, &patch, &res.kind)
                         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -885,7 +892,7 @@ impl Api {
                 let patch: Value = serde_json::from_slice(body)
                     .map_err(|e| ApiError::BadRequest(format!("invalid merge patch: {e}")))?;
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some();
-                self.update_with(res, ns, name, ctx, |old| {
+                self.update_with(res, ns, name, ctx, Write::Update, |old| {
                     let mut new = old.clone();
                     patches::merge_patch(&mut new, &patch);
                     Ok((new, pinned))
@@ -893,7 +900,7 @@ impl Api {
                 .await
             }
             PatchKind::Json => {
-                self.update_with(res, ns, name, ctx, |old| {
+                self.update_with(res, ns, name, ctx, Write::Update, |old| {
                     let mut new = old.clone();
                     patches::json_patch(&mut new, body)?;
                     let pinned = new.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion");
@@ -955,7 +962,7 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        self.update_with(res, ns, name, ctx, |old| {
+        self.update_with(res, ns, name, ctx, Write::Apply, |old| {
             let now = now();
             let w = Self::writer(res, ctx, &now, &api_version);
             let new = apply::apply(old, &applied, &w, force)
@@ -1290,6 +1297,18 @@ pub fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
 }
 
 /// What a delete did.
+/// How an update's managed fields come about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Server-side apply: the applied result carries the manager's `Apply` entry, even when it
+    /// is the same as before (an apply that changed values but not the fields it owns, within
+    /// the second of its last one).
+    Apply,
+    /// Any other write (PUT, merge, JSON and strategic merge patches): the fields it changed
+    /// become its manager's `Update` entry.
+    Update,
+}
+
 enum Deleted {
     /// Finalizers hold the object: marked for deletion (as it is now).
     Marked(Value),

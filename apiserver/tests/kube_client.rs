@@ -607,6 +607,68 @@ async fn server_side_apply_on_status_and_spec() {
     assert_eq!(code(e), 400);
 }
 
+/// An apply that changes values but not the set of fields its manager owns (a condition turning
+/// True) is still that manager's `Apply`, however soon after its last one: it used to be
+/// recorded as an `Update` too when the entry's time (to the second) did not move, giving every
+/// Endpoint an extra `pier-operator` entry.
+#[tokio::test]
+async fn reapplying_changed_values_stays_one_apply_entry() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    api.patch(
+        "n",
+        &PatchParams::apply("alice"),
+        &Patch::Apply(json!({
+        "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+        "spec": {"mtu": 1500}})),
+    )
+    .await
+    .expect("apply creates");
+    let ready = |status: &str| {
+        json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+        "status": {"conditions": [{"type": "Ready", "status": status, "reason": "R",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    let mut rvs = Vec::new();
+    let mut last = None;
+    // Four applies in a row: at least two fall within one second.
+    for status in ["False", "True", "False", "True"] {
+        let applied = api
+            .patch_status(
+                "n",
+                &PatchParams::apply("pier-operator"),
+                &Patch::Apply(ready(status)),
+            )
+            .await
+            .expect("status apply");
+        assert_eq!(applied.data["status"]["conditions"][0]["status"], status);
+        rvs.push(applied.metadata.resource_version.clone());
+        last = Some(applied);
+    }
+    rvs.dedup();
+    assert_eq!(rvs.len(), 4, "each apply changed the object: {rvs:?}");
+    let entries: Vec<(String, String, String)> = last
+        .and_then(|n| n.metadata.managed_fields)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            (
+                e.manager.unwrap_or_default(),
+                e.operation.unwrap_or_default(),
+                e.subresource.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let owned = |m: &str, op: &str, sub: &str| (m.to_owned(), op.to_owned(), sub.to_owned());
+    assert_eq!(
+        entries,
+        vec![
+            owned("alice", "Apply", ""),
+            owned("pier-operator", "Apply", "status")
+        ]
+    );
+}
+
 /// Server-side apply of `conditions` by `manager` on pods/status of Pod `name`.
 async fn apply_pod_conditions(
     pods: &Api<k8s_openapi::api::core::v1::Pod>,

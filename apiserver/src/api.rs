@@ -9,6 +9,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Cause};
+use crate::event_budget::EventBudget;
 use crate::names::{self, NameRule};
 use crate::patch::apply::{self, Scope, Writer};
 use crate::patch::fields::Schema;
@@ -1156,7 +1157,7 @@ impl Api {
     /// change of a busy cluster writes some, and nothing else ever removes them. Returns how many
     /// went.
     pub async fn expire_events(&self, ttl: std::time::Duration) -> usize {
-        let Some(res) = self.registry().find("", "v1", "events") else {
+        let Some(res) = self.events_resource() else {
             return 0;
         };
         let Ok(ttl) = jiff::SignedDuration::try_from(ttl) else {
@@ -1169,16 +1170,49 @@ impl Api {
         let page = self
             .store
             .list(&res.storage_key, None, None, None, &expired);
+        self.delete_events(&res, &page.items, "expire").await
+    }
+
+    /// Deletes the oldest Events (by when they were last seen) while more are stored than
+    /// `budget` allows for the other objects stored ([`EventBudget`]); returns how many went.
+    pub async fn trim_events(&self, budget: &EventBudget) -> usize {
+        let Some(res) = self.events_resource() else {
+            return 0;
+        };
+        let events = self.store.count(&res.storage_key);
+        let others = self.store.usage().objects.saturating_sub(events);
+        let excess = budget.excess(events, others);
+        if excess == 0 {
+            return 0;
+        }
+        let mut all = self
+            .store
+            .list(&res.storage_key, None, None, None, &|_| true)
+            .items;
+        // Undated ones first: nothing says they are recent.
+        all.sort_by_cached_key(|event| last_seen(event));
+        all.truncate(excess);
+        self.delete_events(&res, &all, "trim").await
+    }
+
+    /// The Events resource (always served).
+    fn events_resource(&self) -> Option<Arc<Resource>> {
+        self.registry().find("", "v1", "events")
+    }
+
+    /// Deletes `events`, logging the ones that fail (to be retried by the next run); returns
+    /// how many went.
+    async fn delete_events(&self, res: &Resource, events: &[Arc<Value>], why: &str) -> usize {
         let mut deleted = 0;
-        for event in page.items {
-            let (Some(ns), Some(name)) = (meta_str(&event, "namespace"), meta_str(&event, "name"))
+        for event in events {
+            let (Some(ns), Some(name)) = (meta_str(event, "namespace"), meta_str(event, "name"))
             else {
                 continue;
             };
-            match self.delete(&res, Some(ns), name, false).await {
+            match self.delete(res, Some(ns), name, false).await {
                 Ok(_) => deleted += 1,
                 Err(ApiError::NotFound { .. }) => {}
-                Err(e) => tracing::warn!(event = %name, error = %e, "cannot expire event"),
+                Err(e) => tracing::warn!(event = %name, error = %e, why, "cannot delete event"),
             }
         }
         deleted

@@ -29,6 +29,10 @@
 //! resuming from a version before them gets 410 Gone and re-lists.
 //!
 //! Known differences from the real server:
+//! - Events are also bounded by what else is stored ([`event_budget`]: 4 per other object, at
+//!   least 256, the oldest deleted first), as this server keeps them in memory where
+//!   kube-apiserver keeps them in etcd: `kubectl get events` after a mass deletion shows the
+//!   latest, not the whole hour.
 //! - JSON, YAML (apply) and, for the built-in kinds of k8s.io/api's core, apps, batch, policy,
 //!   rbac, authorization, coordination, events and networking groups, protobuf ([`protobuf`]:
 //!   kubectl's typed `create namespace`, `create secret`, `auth can-i`, ...). Answers are JSON
@@ -70,6 +74,7 @@ pub mod builtin_kinds;
 pub mod convert;
 pub mod discovery;
 pub mod error;
+pub mod event_budget;
 pub mod http;
 pub mod kubeconfig;
 pub mod names;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::Api;
 use crate::error::Error;
+use crate::event_budget::EventBudget;
 use crate::http::ApiService;
 use crate::store::Store;
 use crate::store::wal::{FileIo, LogIo};
@@ -41,6 +42,8 @@ pub struct Options {
     pub compact_every: usize,
     /// Events last seen longer ago are deleted (kube-apiserver's `--event-ttl`, 1 h).
     pub event_ttl: Duration,
+    /// How many Events are kept at most, for the other objects stored (the oldest go first).
+    pub event_budget: EventBudget,
     /// Connections served at once over HTTPS. Further ones wait, unaccepted, in the listen
     /// backlog until one closes: a client sees latency rather than a reset it would report as
     /// an error, and the server's file descriptors stay bounded. (HTTP/2 clients such as kube-rs
@@ -72,6 +75,7 @@ impl Default for Options {
             node_name: None,
             compact_every: 50_000,
             event_ttl: Duration::from_secs(3600),
+            event_budget: EventBudget::default(),
             max_connections: 1024,
             log_io: Arc::new(FileIo),
         }
@@ -146,6 +150,26 @@ async fn expire_events(api: &Api, ttl: Duration) {
     let deleted = api.expire_events(ttl).await;
     if deleted > 0 {
         tracing::debug!(deleted, ?ttl, "expired events deleted");
+    }
+}
+
+/// How often the number of Events is checked against their budget: soon after a burst of
+/// deletions took the objects that allowed them (a check is a count; only a trim lists them).
+const EVENT_BUDGET_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keeps the stored Events within `budget` until the server is gone.
+async fn keep_events_within(api: std::sync::Weak<Api>, budget: EventBudget) {
+    let mut ticks = tokio::time::interval(EVENT_BUDGET_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(api) = api.upgrade() else {
+            return;
+        };
+        let deleted = api.trim_events(&budget).await;
+        if deleted > 0 {
+            tracing::debug!(deleted, ?budget, "oldest events deleted, over their budget");
+        }
     }
 }
 
@@ -236,6 +260,7 @@ impl ApiServer {
             history_max_age: opts.history_max_age,
         };
         tokio::spawn(maintain(Arc::downgrade(&api), maintenance));
+        tokio::spawn(keep_events_within(Arc::downgrade(&api), opts.event_budget));
         Ok(ApiServer {
             api,
             dir,

@@ -9,6 +9,7 @@ use kube::api::{
 };
 use kube::core::{ApiResource, GroupVersionKind};
 use pier_apiserver::Options;
+use pier_apiserver::event_budget::EventBudget;
 use serde_json::{Value, json};
 
 fn networks(client: &kube::Client) -> Api<DynamicObject> {
@@ -1179,6 +1180,76 @@ async fn watcher_with_streaming_lists_and_plain_lists() {
         }
         assert_eq!(names.len(), 3);
     }
+}
+
+/// Past their budget for the other objects stored, the oldest Events go (down to nine tenths
+/// of it) and the newest stay; within it, none goes.
+#[tokio::test]
+async fn the_oldest_events_go_past_their_budget() {
+    let budget = EventBudget {
+        at_least: 10,
+        per_object: 0,
+    };
+    let (_s, client) = common::server_with_crds(Options {
+        event_budget: budget,
+        ..Options::default()
+    })
+    .await;
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
+    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let names = |list: &[DynamicObject]| -> std::collections::BTreeSet<String> {
+        list.iter()
+            .filter_map(|e| e.metadata.name.clone())
+            .collect()
+    };
+    // Seen a minute apart, created newest first: the order that counts is when they were seen.
+    let start = jiff::Timestamp::now();
+    let create = |i: i64| {
+        let events = events.clone();
+        async move {
+            let seen = start
+                .checked_sub(jiff::SignedDuration::from_mins(30 - i))
+                .expect("a time")
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let event = obj(json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("e{i:02}"), "namespace": "default"},
+                "involvedObject": {"kind": "Network", "name": "n"},
+                "reason": "Test", "message": "seen", "type": "Normal",
+                "firstTimestamp": seen, "lastTimestamp": seen}));
+            events
+                .create(&PostParams::default(), &event)
+                .await
+                .expect("created");
+        }
+    };
+    for i in (0..10).rev() {
+        create(i).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let kept = events
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(kept.len(), 10, "within the budget: {:?}", names(&kept));
+    for i in (10..25).rev() {
+        create(i).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let kept = loop {
+        let kept = events
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items;
+        if kept.len() <= 10 || std::time::Instant::now() > deadline {
+            break kept;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let newest: std::collections::BTreeSet<String> = (16..25).map(|i| format!("e{i:02}")).collect();
+    assert_eq!(names(&kept), newest, "the nine last seen stay");
 }
 
 #[tokio::test]

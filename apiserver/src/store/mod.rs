@@ -503,6 +503,11 @@ impl Store {
         }
     }
 
+    /// How many objects storage key `key` holds.
+    pub fn count(&self, key: &str) -> usize {
+        self.lock().objects.get(key).map_or(0, BTreeMap::len)
+    }
+
     /// Every storage key with at least one object, and how many.
     pub fn counts(&self) -> Vec<(String, usize)> {
         let inner = self.lock();

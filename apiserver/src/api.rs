@@ -1339,7 +1339,6 @@ pub fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     Ok((ns.to_string(), name.to_string()))
 }
 
-/// What a delete did.
 /// How an update's managed fields come about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Write {
@@ -1352,6 +1351,7 @@ enum Write {
     Update,
 }
 
+/// What a delete did.
 enum Deleted {
     /// Finalizers hold the object: marked for deletion (as it is now).
     Marked(Value),

@@ -22,8 +22,8 @@ pub struct EventBudget {
 /// dockerd's bound on the events it keeps for `docker events --since`.
 pub const EVENTS_KEPT_AT_LEAST: usize = 256;
 
-/// Events kept per other object: an Endpoint's life makes three (allocated, attached, released),
-/// a Network's two.
+/// Events kept per other object: an Endpoint's life makes three (address allocated, attached,
+/// released).
 pub const EVENTS_KEPT_PER_OBJECT: usize = 4;
 
 impl Default for EventBudget {

@@ -500,18 +500,19 @@ async fn names_are_validated_like_kube_apiserver() {
     assert!(e.message.contains("metadata.generateName"), "{}", e.message);
 }
 
+/// An apply configuration of Network `n` with `mtu`.
+fn network_mtu(mtu: u32) -> Patch<Value> {
+    Patch::Apply(json!({
+        "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
+        "spec": {"mtu": mtu}}))
+}
+
 #[tokio::test]
 async fn server_side_apply_on_status_and_spec() {
     let (_s, client) = common::server_with_crds(Options::default()).await;
     let api = networks(&client);
     let applied = api
-        .patch(
-            "n",
-            &PatchParams::apply("alice"),
-            &Patch::Apply(json!({
-            "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
-            "spec": {"mtu": 1500}})),
-        )
+        .patch("n", &PatchParams::apply("alice"), &network_mtu(1500))
         .await
         .expect("apply creates");
     assert_eq!(applied.data["spec"]["mtu"], 1500);
@@ -523,13 +524,7 @@ async fn server_side_apply_on_status_and_spec() {
     assert_eq!(mf[0].manager.as_deref(), Some("alice"));
     assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
     let e = api
-        .patch(
-            "n",
-            &PatchParams::apply("bob"),
-            &Patch::Apply(json!({
-            "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
-            "spec": {"mtu": 9000}})),
-        )
+        .patch("n", &PatchParams::apply("bob"), &network_mtu(9000))
         .await
         .expect_err("conflict");
     let kube::Error::Api(status) = e else {
@@ -543,13 +538,7 @@ async fn server_side_apply_on_status_and_spec() {
     );
     assert!(status.message.contains(".spec.mtu"), "{}", status.message);
     let forced = api
-        .patch(
-            "n",
-            &PatchParams::apply("bob").force(),
-            &Patch::Apply(json!({
-            "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
-            "spec": {"mtu": 9000}})),
-        )
+        .patch("n", &PatchParams::apply("bob").force(), &network_mtu(9000))
         .await
         .expect("forced");
     assert_eq!(forced.data["spec"]["mtu"], 9000);
@@ -616,15 +605,9 @@ async fn server_side_apply_on_status_and_spec() {
 async fn reapplying_changed_values_stays_one_apply_entry() {
     let (_s, client) = common::server_with_crds(Options::default()).await;
     let api = networks(&client);
-    api.patch(
-        "n",
-        &PatchParams::apply("alice"),
-        &Patch::Apply(json!({
-        "apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
-        "spec": {"mtu": 1500}})),
-    )
-    .await
-    .expect("apply creates");
+    api.patch("n", &PatchParams::apply("alice"), &network_mtu(1500))
+        .await
+        .expect("apply creates");
     let ready = |status: &str| {
         json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
         "status": {"conditions": [{"type": "Ready", "status": status, "reason": "R",

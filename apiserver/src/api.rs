@@ -721,15 +721,15 @@ impl Api {
     }
 
     /// Commit an update computed from the current object, retrying when the object changed
-    /// meanwhile (unless the caller pinned a resourceVersion). `write` says who keeps the managed
-    /// fields: an apply computed them; any other write is tracked here.
+    /// meanwhile (unless the caller pinned a resourceVersion). An apply computed its managed
+    /// fields; any other `operation` is recorded here.
     async fn update_with(
         &self,
         res: &Resource,
         ns: Option<&str>,
         name: &str,
         ctx: &WriteCtx,
-        write: Write,
+        operation: Operation,
         mut compute: impl FnMut(&Value) -> Result<(Value, bool), ApiError>,
     ) -> Result<Arc<Value>, ApiError> {
         let nsk = Self::ns_key(res, ns);
@@ -762,12 +762,7 @@ impl Api {
             let w = Self::writer(res, ctx, &now, &api_version);
             let mut new = Self::prepare_update(res, &old, body, ctx);
             self.check(res, &mut new, Some(&old), ctx.strict)?;
-            // A client that sends the managed fields it read (or none) leaves them to the
-            // server, which records its changes as an Update; one that changed them sets them.
-            if write == Write::Update
-                && meta(&new).and_then(|m| m.get("managedFields"))
-                    == meta(&old).and_then(|m| m.get("managedFields"))
-            {
+            if operation == Operation::Update {
                 apply::track_update(Some(&old), &mut new, &w);
             }
             let deleting = meta(&new).is_some_and(|m| m.contains_key("deletionTimestamp"));
@@ -854,7 +849,7 @@ impl Api {
                 }],
             ));
         }
-        self.update_with(res, ns, name, ctx, Write::Update, |_| {
+        self.update_with(res, ns, name, ctx, Operation::Update, |_| {
             Ok((body.clone(), pinned))
         })
         .await
@@ -881,7 +876,7 @@ impl Api {
                     ApiError::BadRequest(format!("invalid strategic merge patch: {e}"))
                 })?;
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some();
-                self.update_with(res, ns, name, ctx, Write::Update, |old| {
+                self.update_with(res, ns, name, ctx, Operation::Update, |old| {
                     let mut new = old.clone();
                     patches::strategic::strategic_merge_patch(&mut new, &patch, &res.kind)
                         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -893,7 +888,7 @@ impl Api {
                 let patch: Value = serde_json::from_slice(body)
                     .map_err(|e| ApiError::BadRequest(format!("invalid merge patch: {e}")))?;
                 let pinned = patch.pointer("/metadata/resourceVersion").is_some();
-                self.update_with(res, ns, name, ctx, Write::Update, |old| {
+                self.update_with(res, ns, name, ctx, Operation::Update, |old| {
                     let mut new = old.clone();
                     patches::merge_patch(&mut new, &patch);
                     Ok((new, pinned))
@@ -901,7 +896,7 @@ impl Api {
                 .await
             }
             PatchKind::Json => {
-                self.update_with(res, ns, name, ctx, Write::Update, |old| {
+                self.update_with(res, ns, name, ctx, Operation::Update, |old| {
                     let mut new = old.clone();
                     patches::json_patch(&mut new, body)?;
                     let pinned = new.pointer("/metadata/resourceVersion") != old.pointer("/metadata/resourceVersion");
@@ -963,7 +958,7 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        self.update_with(res, ns, name, ctx, Write::Apply, |old| {
+        self.update_with(res, ns, name, ctx, Operation::Apply, |old| {
             let now = now();
             let w = Self::writer(res, ctx, &now, &api_version);
             let new = apply::apply(old, &applied, &w, force)
@@ -1179,20 +1174,26 @@ impl Api {
         let Some(res) = self.events_resource() else {
             return 0;
         };
+        // A count first (cheap, every second); the list only when over.
         let events = self.store.count(&res.storage_key);
         let others = self.store.usage().objects.saturating_sub(events);
-        let excess = budget.excess(events, others);
-        if excess == 0 {
+        if budget.to_delete(events, others) == 0 {
             return 0;
         }
-        let mut all = self
+        // Ones already being deleted (held by a finalizer) are going anyway.
+        let going =
+            |event: &Value| meta(event).is_some_and(|m| m.contains_key("deletionTimestamp"));
+        let mut staying = self
             .store
-            .list(&res.storage_key, None, None, None, &|_| true)
+            .list(&res.storage_key, None, None, None, &|event| !going(event))
             .items;
-        // Undated ones first: nothing says they are recent.
-        all.sort_by_cached_key(|event| last_seen(event));
-        all.truncate(excess);
-        self.delete_events(&res, &all, "trim").await
+        // What to delete, from what is there now (expiry may have taken some since the count).
+        let to_delete = budget.to_delete(staying.len(), others);
+        staying.sort_by_cached_key(|event| last_seen(event));
+        staying.truncate(to_delete);
+        // An Event recorded again between this list and its delete (a series' count bumped)
+        // goes too; its recorder creates it anew.
+        self.delete_events(&res, &staying, "trim").await
     }
 
     /// The Events resource (always served).
@@ -1339,15 +1340,15 @@ pub fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     Ok((ns.to_string(), name.to_string()))
 }
 
-/// How an update's managed fields come about.
+/// The operation a write records in the managed fields (their `operation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Write {
+enum Operation {
     /// Server-side apply: the applied result carries the manager's `Apply` entry, even when it
     /// is the same as before (an apply that changed values but not the fields it owns, within
     /// the second of its last one).
     Apply,
     /// Any other write (PUT, merge, JSON and strategic merge patches): the fields it changed
-    /// become its manager's `Update` entry.
+    /// become its manager's `Update` entry ([`apply::track_update`]).
     Update,
 }
 

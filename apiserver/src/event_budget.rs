@@ -23,7 +23,7 @@ pub struct EventBudget {
 pub const EVENTS_KEPT_AT_LEAST: usize = 256;
 
 /// Events kept per other object: an Endpoint's life makes three (address allocated, attached,
-/// released).
+/// released), and one more leaves room for a warning.
 pub const EVENTS_KEPT_PER_OBJECT: usize = 4;
 
 impl Default for EventBudget {
@@ -44,7 +44,7 @@ impl EventBudget {
 
     /// How many of `events` to delete, oldest first, while `other_objects` other objects are
     /// stored: none within the bound; past it, down to nine tenths of it.
-    pub fn excess(&self, events: usize, other_objects: usize) -> usize {
+    pub fn to_delete(&self, events: usize, other_objects: usize) -> usize {
         let allowed = self.allowed(other_objects);
         if events <= allowed {
             return 0;
@@ -60,9 +60,9 @@ mod tests {
     #[test]
     fn within_the_bound_nothing_goes() {
         let budget = EventBudget::default();
-        assert_eq!(budget.excess(0, 0), 0);
-        assert_eq!(budget.excess(256, 0), 0);
-        assert_eq!(budget.excess(2_000, 500), 0, "4 per object: 2,000");
+        assert_eq!(budget.to_delete(0, 0), 0);
+        assert_eq!(budget.to_delete(256, 0), 0);
+        assert_eq!(budget.to_delete(2_000, 500), 0, "4 per object: 2,000");
     }
 
     #[test]
@@ -70,9 +70,9 @@ mod tests {
         let budget = EventBudget::default();
         // 500 Endpoints deleted: their 1,500 Events over a handful of other objects.
         assert_eq!(budget.allowed(20), 256);
-        assert_eq!(budget.excess(1_500, 20), 1_500 - 231);
+        assert_eq!(budget.to_delete(1_500, 20), 1_500 - 231);
         // One more than 4 per object.
-        assert_eq!(budget.excess(4_001, 1_000), 4_001 - 3_600);
+        assert_eq!(budget.to_delete(4_001, 1_000), 4_001 - 3_600);
     }
 
     #[test]
@@ -83,6 +83,6 @@ mod tests {
         };
         assert_eq!(budget.allowed(0), 10);
         assert_eq!(budget.allowed(3), 12);
-        assert_eq!(budget.excess(11, 0), 11 - 9);
+        assert_eq!(budget.to_delete(11, 0), 11 - 9);
     }
 }

@@ -29,8 +29,8 @@
 //! resuming from a version before them gets 410 Gone and re-lists.
 //!
 //! Known differences from the real server:
-//! - Events are also bounded by what else is stored ([`event_budget`]: 4 per other object, at
-//!   least 256, the oldest deleted first), as this server keeps them in memory where
+//! - Events are also bounded by what else is stored ([`event_budget`]: a number per other
+//!   object and a floor, the oldest deleted first), as this server keeps them in memory where
 //!   kube-apiserver keeps them in etcd: `kubectl get events` after a mass deletion shows the
 //!   latest, not the whole hour.
 //! - JSON, YAML (apply) and, for the built-in kinds of k8s.io/api's core, apps, batch, policy,

@@ -119,9 +119,9 @@ fn maintenance_period(event_ttl: Duration, history_max_age: Duration) -> Duratio
     events.min(history).max(Duration::from_millis(100))
 }
 
-/// The server's periodic upkeep, one interval for every step, until the server is gone: expired
-/// Events deleted, old watch history dropped (so an idle server frees it too; writes prune it as
-/// well).
+/// The server's periodic upkeep on one interval, until the server is gone: expired Events
+/// deleted, old watch history dropped (so an idle server frees it too; writes prune it as
+/// well). The Events' budget has a shorter period of its own ([`keep_events_within`]).
 async fn maintain(api: std::sync::Weak<Api>, opts: MaintenanceOptions) {
     let period = maintenance_period(opts.event_ttl, opts.history_max_age);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -144,8 +144,8 @@ struct MaintenanceOptions {
     history_max_age: Duration,
 }
 
-/// Deletes the Events last seen more than `ttl` ago (each failed deletion is logged by
-/// [`Api::expire_events`] and retried on the next run).
+/// Deletes the Events last seen more than `ttl` ago (each failed deletion is logged and
+/// retried on the next run).
 async fn expire_events(api: &Api, ttl: Duration) {
     let deleted = api.expire_events(ttl).await;
     if deleted > 0 {

@@ -653,6 +653,62 @@ async fn reapplying_changed_values_stays_one_apply_entry() {
     );
 }
 
+/// A PUT of a body built afresh (no managed fields, as `kubectl replace -f` sends) keeps the
+/// object's owners and adds the writer's `Update` entry for what it changed, as kube-apiserver
+/// does; the managed fields used to be dropped altogether.
+#[tokio::test]
+async fn replacing_without_managed_fields_keeps_the_owners() {
+    let (_s, client) = common::server_with_crds(Options::default()).await;
+    let api = networks(&client);
+    let applied = api
+        .patch("n", &PatchParams::apply("alice"), &network_mtu(1500))
+        .await
+        .expect("apply creates");
+    let mut fresh = network("n", json!({"mtu": 1500}));
+    fresh.metadata.resource_version = applied.metadata.resource_version.clone();
+    fresh.metadata.labels = Some([("tier".to_owned(), "web".to_owned())].into());
+    let replaced = api
+        .replace(
+            "n",
+            &PostParams {
+                field_manager: Some("bob".into()),
+                ..PostParams::default()
+            },
+            &fresh,
+        )
+        .await
+        .expect("replaced");
+    let entries: Vec<(String, String, String)> = replaced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let fields = e.fields_v1.map(|f| f.0.to_string()).unwrap_or_default();
+            (
+                e.manager.unwrap_or_default(),
+                e.operation.unwrap_or_default(),
+                fields,
+            )
+        })
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(
+        (entries[0].0.as_str(), entries[0].1.as_str()),
+        ("alice", "Apply")
+    );
+    assert!(entries[0].2.contains("f:mtu"), "{entries:?}");
+    assert_eq!(
+        (entries[1].0.as_str(), entries[1].1.as_str()),
+        ("bob", "Update")
+    );
+    assert!(entries[1].2.contains("f:tier"), "{entries:?}");
+    assert!(
+        !entries[1].2.contains("f:mtu"),
+        "bob did not change the MTU: {entries:?}"
+    );
+}
+
 /// Server-side apply of `conditions` by `manager` on pods/status of Pod `name`.
 async fn apply_pod_conditions(
     pods: &Api<k8s_openapi::api::core::v1::Pod>,
@@ -1185,13 +1241,14 @@ async fn the_oldest_events_go_past_their_budget() {
             .filter_map(|e| e.metadata.name.clone())
             .collect()
     };
-    // Seen a minute apart, created newest first: the order that counts is when they were seen.
+    // Last seen a minute apart and after their creation (a time the server sets, so the order
+    // that counts is theirs), created newest first.
     let start = jiff::Timestamp::now();
     let create = |i: i64| {
         let events = events.clone();
         async move {
             let seen = start
-                .checked_sub(jiff::SignedDuration::from_mins(30 - i))
+                .checked_add(jiff::SignedDuration::from_mins(5 + i))
                 .expect("a time")
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string();
@@ -1233,6 +1290,40 @@ async fn the_oldest_events_go_past_their_budget() {
     };
     let newest: std::collections::BTreeSet<String> = (16..25).map(|i| format!("e{i:02}")).collect();
     assert_eq!(names(&kept), newest, "the nine last seen stay");
+}
+
+/// The other objects stored raise the budget above its floor: with no floor at all, Events stay
+/// as long as there are objects to allow them.
+#[tokio::test]
+async fn other_objects_allow_more_events() {
+    let (_s, client) = common::server_with_crds(Options {
+        event_budget: EventBudget {
+            at_least: 0,
+            per_object: 10,
+        },
+        ..Options::default()
+    })
+    .await;
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
+    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    // The server's own objects (namespaces, the node, the CRDs) allow 10 each.
+    for i in 0..25 {
+        let event = obj(json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("e{i:02}"), "namespace": "default"},
+            "involvedObject": {"kind": "Network", "name": "n"},
+            "reason": "Test", "message": "seen", "type": "Normal"}));
+        events
+            .create(&PostParams::default(), &event)
+            .await
+            .expect("created");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let kept = events
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(kept.len(), 25);
 }
 
 #[tokio::test]

@@ -328,9 +328,16 @@ pub fn apply(
 }
 
 /// Record a non-apply write (create, update, merge or JSON patch) by `w`: the fields it changed
-/// become its own (operation `Update`) and leave every other manager.
+/// become its own (operation `Update`) and leave every other manager. The entries it starts
+/// from are the ones the client sent, as kube-apiserver does (so they can be edited), or the
+/// object's when it sent none (a body built afresh, as `kubectl replace -f` sends, keeps them).
 pub fn track_update(old: Option<&Value>, new: &mut Value, w: &Writer<'_>) {
-    let mut entries = old.map(read_managed).unwrap_or_default();
+    let sent = read_managed(new);
+    let mut entries = if sent.is_empty() {
+        old.map(read_managed).unwrap_or_default()
+    } else {
+        sent
+    };
     let changed: FieldSet = fields::fields_of(new, w.schema)
         .into_iter()
         .filter(|p| w.scope.allows(p))

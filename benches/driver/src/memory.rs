@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde_json::Value;
 
+use crate::runs::Threshold;
 use crate::{Args, Report, fmt_opt, notes, read_json};
 
 const ATTACHED_TARGET: &str = "pier up with 500 Endpoints attached: RSS < 80 MiB";
@@ -26,9 +27,16 @@ fn rss<'a>(m: &'a Value, prefix: &str) -> Option<&'a Value> {
         .find(|r| r["what"].as_str().is_some_and(|w| w.starts_with(prefix)))
 }
 
-/// Whether `after` is within 25% of `idle` (both MiB).
-pub fn within_quarter(idle: f64, after: f64) -> bool {
-    after <= idle * 1.25
+/// RSS after the deletion over idle RSS: at most this (within 25%).
+const RETURN_LIMIT: f64 = 1.25;
+
+/// RSS after deleting the Endpoints over idle RSS, in a run of the suite (`memory.json`) that
+/// attached enough of them to be judged (500).
+pub fn return_ratio(m: &Value) -> Option<f64> {
+    let mib = |prefix: &str| rss(m, prefix).and_then(|r| r["vmrss_mib"].as_f64());
+    let endpoints = m["endpoints"].as_u64().filter(|n| *n >= 500)?;
+    let idle = mib("idle").filter(|i| *i > 0.0)?;
+    Some(mib(&format!("{endpoints} deleted"))? / idle)
 }
 
 pub fn memory(r: &mut Report, args: &Args) -> Result<()> {
@@ -150,7 +158,7 @@ fn verdicts(r: &mut Report, m: &Value, bytes: Option<f64>, debug: &[&str]) {
         (Some(i), Some(a)) if i > 0.0 => format!("{:+.0}%", (a / i - 1.0) * 100.0),
         _ => "-".to_owned(),
     };
-    r.target(
+    r.judged(
         "memory",
         RETURN_TARGET,
         format!(
@@ -161,10 +169,8 @@ fn verdicts(r: &mut Report, m: &Value, bytes: Option<f64>, debug: &[&str]) {
             fmt_opt(churned, 1, " MiB"),
             ratio(churned)
         ),
-        match (idle, deleted) {
-            (Some(i), Some(d)) if judged => Some(within_quarter(i, d)),
-            _ => None,
-        },
+        (return_ratio(m), Threshold::AtMost(RETURN_LIMIT)),
+        return_ratio,
         "see the memory notes: what stays after the Endpoints are gone",
     );
     let startup = &m["startup_s"];
@@ -204,8 +210,18 @@ mod tests {
 
     #[test]
     fn back_within_a_quarter_of_idle() {
-        assert!(within_quarter(40.0, 50.0));
-        assert!(!within_quarter(40.0, 50.1));
+        let run = |after: f64| {
+            serde_json::json!({"endpoints": 500, "rss": [
+                {"what": "idle", "vmrss_mib": 40.0},
+                {"what": "500 deleted", "vmrss_mib": after}]})
+        };
+        let within = |after| {
+            return_ratio(&run(after)).is_some_and(|r| Threshold::AtMost(RETURN_LIMIT).met(r))
+        };
+        assert!(within(50.0));
+        assert!(!within(50.1));
+        let few = serde_json::json!({"endpoints": 100, "rss": run(45.0)["rss"]});
+        assert_eq!(return_ratio(&few), None, "too few Endpoints to judge");
     }
 
     #[test]

@@ -33,7 +33,11 @@ done
 out="${PIER_BENCH_OUT:-benches/report}"  # another directory keeps a committed report intact
 json="$(realpath -m "$out")/json"
 mkdir -p "$json"
-run_id="$(date -u '+%Y-%m-%d %H:%M UTC')"
+started="$(date -u '+%s')"
+run_id="$(date -u -d "@$started" '+%Y-%m-%d %H:%M UTC')"
+# Each run's copy under runs/ is named to the second: two runs started within one minute (two
+# runs of one suite, to judge a borderline figure) must not overwrite each other.
+run_file="$(date -u -d "@$started" '+%Y%m%dT%H%M%SZ').json"
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 load_start="$(loadavg)"
 
@@ -84,7 +88,7 @@ ran() { # suite: records which run wrote its JSON, and keeps a copy of it under 
       load: "\($load); load average when it ended: \($avg)"}' >"$json/$1.meta.json"
   mkdir -p "$json/runs/$1"
   jq -n --slurpfile meta "$json/$1.meta.json" --slurpfile results "$json/$1.json" \
-    '{meta: $meta[0], results: $results[0]}' >"$json/runs/$1/$(date -u -d "$run_id" +%Y%m%dT%H%MZ).json"
+    '{meta: $meta[0], results: $results[0]}' >"$json/runs/$1/$run_file"
   # The newest runs only: the report judges borderline figures over the last few runs of a code.
   find "$json/runs/$1" -name '*.json' | sort | head -n "-$runs_kept" | xargs -r rm -f
 }

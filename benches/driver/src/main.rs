@@ -194,10 +194,9 @@ struct Report {
     targets: Vec<Target>,
     /// The current section's suite and where its figures come from.
     section: Option<(String, SuiteRun)>,
-    /// Where the suites' JSON (and `runs/`) are, the report's code fingerprint and mode.
+    /// Where the suites' JSON (and `runs/`) are, and the report's code fingerprint.
     results: PathBuf,
     fingerprint: String,
-    mode: String,
 }
 
 impl Report {
@@ -268,12 +267,14 @@ impl Report {
             );
             return;
         };
-        let suite = self
+        // The runs of this suite in the mode it was measured in (the report's mode is the last
+        // run's, which may have run other suites in another).
+        let (suite, mode) = self
             .section
             .as_ref()
-            .map(|(s, _)| s.clone())
+            .map(|(suite, run)| (suite.clone(), run.mode.clone()))
             .unwrap_or_default();
-        let history: Vec<f64> = runs::runs_of(&self.results, &suite, &self.fingerprint, &self.mode)
+        let history: Vec<f64> = runs::runs_of(&self.results, &suite, &self.fingerprint, &mode)
             .iter()
             .filter_map(&figure)
             .collect();
@@ -1606,7 +1607,6 @@ fn main() -> Result<()> {
         section: None,
         results: args.results.clone(),
         fingerprint: args.fingerprint.clone(),
-        mode: args.mode.clone(),
     };
     ipam(&mut r, &args)?;
     attach(&mut r, &args)?;

@@ -2,7 +2,7 @@
 //! in-memory kernel ([`FakeKernel`]): attach, detach and the finalizers' order, refusal reasons,
 //! and the resync's repairs. No root, no kernel object: every test has its own API server.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -818,6 +818,49 @@ fn applied_scopes(cluster: &Cluster, pick: fn(Scope) -> Option<Vec<String>>) -> 
         .into_iter()
         .filter_map(|a| pick(a.scope))
         .collect()
+}
+
+/// An endpoint's attach is reported once, when a full reconcile attaches it while its own
+/// attach is on the way (a resync falling into a burst): the attach in flight reports it, the
+/// resync leaves it out. Both used to write `Attached` and publish its Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_reconcile_during_a_burst_of_attaches_reports_each_attach_once() {
+    let kernel = FakeKernel::new();
+    // Applies slow enough for attaches to queue behind a resync's, resyncs often enough to
+    // fall into the burst.
+    kernel.take_for_each_apply(Duration::from_millis(40));
+    let cluster = Cluster::start(kernel, Duration::from_millis(60)).await;
+    network(&cluster, "once", "10.39.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    let names = endpoints_with_namespaces(&cluster, "once", "r", 40, Duration::ZERO).await;
+    for name in &names {
+        wait_for(&eps, name, "Attached=True", is_attached).await;
+    }
+    // Long enough for a late second report of any of them to land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = cluster.api();
+    let mut reports: BTreeMap<String, usize> = BTreeMap::new();
+    for event in events
+        .list(&Default::default())
+        .await
+        .expect("events listed")
+    {
+        let about = event.regarding.and_then(|r| r.name).unwrap_or_default();
+        if event.action.as_deref() == Some(ATTACHED) && names.contains(&about) {
+            *reports.entry(about).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = reports.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "attaches reported more than once: {twice:?}"
+    );
+    assert_eq!(
+        reports.len(),
+        names.len(),
+        "every attach reported: {reports:?}"
+    );
+    cluster.stop().await;
 }
 
 /// Waits until `name` is gone from the API.

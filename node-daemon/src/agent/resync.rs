@@ -15,7 +15,7 @@ use pier_crds::{Endpoint, PortPublish};
 
 use super::build::{Built, endpoint_key, object_id, ports_key};
 use super::context::{Context, lock, write_condition};
-use super::endpoint::attached_message;
+use super::endpoint::{attached_message, report_attached};
 use super::metrics;
 use super::portpublish::{firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
@@ -99,6 +99,13 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         if ep.metadata.deletion_timestamp.is_some() || !has_finalizer(&ep.metadata.finalizers) {
             continue;
         }
+        // An endpoint's first report is its attach's: one that has none yet is on its way
+        // (queued, in flight or retrying). A resync that attached it meanwhile (one falling into
+        // a burst of new Endpoints) reported it as well, and both wrote `Attached` and published
+        // its Event.
+        if conditions::find(ep.conditions(), ATTACHED).is_none() {
+            continue;
+        }
         let api: Api<Endpoint> =
             Api::namespaced(ctx.client.clone(), &ep.namespace().unwrap_or_default());
         let id = object_id(&ep.metadata);
@@ -108,7 +115,7 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         else {
             continue;
         };
-        if let Err(error) = write_condition(ctx, &api, &*ep, &existing, condition).await {
+        if let Err(error) = report_attached(ctx, &api, &ep, &existing, condition).await {
             first_error.get_or_insert(error);
         }
     }

@@ -3,13 +3,14 @@
 mod common;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
     WatchParams,
 };
 use kube::core::{ApiResource, GroupVersionKind};
-use pier_apiserver::Options;
 use pier_apiserver::event_budget::EventBudget;
+use pier_apiserver::{ApiServer, Options};
 use serde_json::{Value, json};
 
 fn networks(client: &kube::Client) -> Api<DynamicObject> {
@@ -507,14 +508,41 @@ fn network_mtu(mtu: u32) -> Patch<Value> {
         "spec": {"mtu": mtu}}))
 }
 
-#[tokio::test]
-async fn server_side_apply_on_status_and_spec() {
-    let (_s, client) = common::server_with_crds(Options::default()).await;
+/// A server with Pier's CRDs where alice has applied Network `n` (MTU 1500): the server (kept
+/// for the test's length), the Networks' API, and the object the apply returned.
+async fn network_n_applied_by_alice() -> (ApiServer, Api<DynamicObject>, DynamicObject) {
+    let (server, client) = common::server_with_crds(Options::default()).await;
     let api = networks(&client);
     let applied = api
         .patch("n", &PatchParams::apply("alice"), &network_mtu(1500))
         .await
         .expect("apply creates");
+    (server, api, applied)
+}
+
+/// Each managed-fields entry of `obj` as (manager, operation, `detail` of the entry).
+fn managed_entries(
+    obj: DynamicObject,
+    detail: fn(&ManagedFieldsEntry) -> String,
+) -> Vec<(String, String, String)> {
+    obj.metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let detail = detail(&e);
+            (
+                e.manager.unwrap_or_default(),
+                e.operation.unwrap_or_default(),
+                detail,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn server_side_apply_on_status_and_spec() {
+    let (_s, api, applied) = network_n_applied_by_alice().await;
     assert_eq!(applied.data["spec"]["mtu"], 1500);
     let mf = applied
         .metadata
@@ -603,11 +631,7 @@ async fn server_side_apply_on_status_and_spec() {
 /// Endpoint an extra `pier-operator` entry.
 #[tokio::test]
 async fn reapplying_changed_values_stays_one_apply_entry() {
-    let (_s, client) = common::server_with_crds(Options::default()).await;
-    let api = networks(&client);
-    api.patch("n", &PatchParams::apply("alice"), &network_mtu(1500))
-        .await
-        .expect("apply creates");
+    let (_s, api, _) = network_n_applied_by_alice().await;
     let ready = |status: &str| {
         json!({"apiVersion": "pier.dev/v1alpha1", "kind": "Network", "metadata": {"name": "n"},
         "status": {"conditions": [{"type": "Ready", "status": status, "reason": "R",
@@ -631,18 +655,8 @@ async fn reapplying_changed_values_stays_one_apply_entry() {
     }
     rvs.dedup();
     assert_eq!(rvs.len(), 4, "each apply changed the object: {rvs:?}");
-    let entries: Vec<(String, String, String)> = last
-        .and_then(|n| n.metadata.managed_fields)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            (
-                e.manager.unwrap_or_default(),
-                e.operation.unwrap_or_default(),
-                e.subresource.unwrap_or_default(),
-            )
-        })
-        .collect();
+    let last = last.expect("four applies");
+    let entries = managed_entries(last, |e| e.subresource.clone().unwrap_or_default());
     let owned = |m: &str, op: &str, sub: &str| (m.to_owned(), op.to_owned(), sub.to_owned());
     assert_eq!(
         entries,
@@ -658,12 +672,7 @@ async fn reapplying_changed_values_stays_one_apply_entry() {
 /// does; the managed fields used to be dropped altogether.
 #[tokio::test]
 async fn replacing_without_managed_fields_keeps_the_owners() {
-    let (_s, client) = common::server_with_crds(Options::default()).await;
-    let api = networks(&client);
-    let applied = api
-        .patch("n", &PatchParams::apply("alice"), &network_mtu(1500))
-        .await
-        .expect("apply creates");
+    let (_s, api, applied) = network_n_applied_by_alice().await;
     let mut fresh = network("n", json!({"mtu": 1500}));
     fresh.metadata.resource_version = applied.metadata.resource_version.clone();
     fresh.metadata.labels = Some([("tier".to_owned(), "web".to_owned())].into());
@@ -678,20 +687,12 @@ async fn replacing_without_managed_fields_keeps_the_owners() {
         )
         .await
         .expect("replaced");
-    let entries: Vec<(String, String, String)> = replaced
-        .metadata
-        .managed_fields
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            let fields = e.fields_v1.map(|f| f.0.to_string()).unwrap_or_default();
-            (
-                e.manager.unwrap_or_default(),
-                e.operation.unwrap_or_default(),
-                fields,
-            )
-        })
-        .collect();
+    let entries = managed_entries(replaced, |e| {
+        e.fields_v1
+            .as_ref()
+            .map(|f| f.0.to_string())
+            .unwrap_or_default()
+    });
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert_eq!(
         (entries[0].0.as_str(), entries[0].1.as_str()),
@@ -1221,6 +1222,22 @@ async fn watcher_with_streaming_lists_and_plain_lists() {
     }
 }
 
+/// A server with Pier's CRDs and `options`, and its core/v1 Events of namespace `default`.
+async fn server_with_events(options: Options) -> (ApiServer, Api<DynamicObject>) {
+    let (server, client) = common::server_with_crds(options).await;
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
+    (server, Api::namespaced_with(client, "default", &ar))
+}
+
+/// The Events `events` holds now.
+async fn listed(events: &Api<DynamicObject>) -> Vec<DynamicObject> {
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+}
+
 /// Past their budget for the other objects stored, the oldest Events go (down to nine tenths
 /// of it) and the newest stay; within it, none goes.
 #[tokio::test]
@@ -1229,13 +1246,11 @@ async fn the_oldest_events_go_past_their_budget() {
         at_least: 10,
         per_object: 0,
     };
-    let (_s, client) = common::server_with_crds(Options {
+    let (_s, events) = server_with_events(Options {
         event_budget: budget,
         ..Options::default()
     })
     .await;
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
-    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
     let names = |list: &[DynamicObject]| -> std::collections::BTreeSet<String> {
         list.iter()
             .filter_map(|e| e.metadata.name.clone())
@@ -1267,22 +1282,14 @@ async fn the_oldest_events_go_past_their_budget() {
         create(i).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-    let kept = events
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items;
+    let kept = listed(&events).await;
     assert_eq!(kept.len(), 10, "within the budget: {:?}", names(&kept));
     for i in (10..25).rev() {
         create(i).await;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let kept = loop {
-        let kept = events
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items;
+        let kept = listed(&events).await;
         if kept.len() <= 10 || std::time::Instant::now() > deadline {
             break kept;
         }
@@ -1296,7 +1303,7 @@ async fn the_oldest_events_go_past_their_budget() {
 /// as long as there are objects to allow them.
 #[tokio::test]
 async fn other_objects_allow_more_events() {
-    let (_s, client) = common::server_with_crds(Options {
+    let (_s, events) = server_with_events(Options {
         event_budget: EventBudget {
             at_least: 0,
             per_object: 10,
@@ -1304,8 +1311,6 @@ async fn other_objects_allow_more_events() {
         ..Options::default()
     })
     .await;
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
-    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
     // The server's own objects (namespaces, the node, the CRDs) allow 10 each.
     for i in 0..25 {
         let event = obj(json!({"apiVersion": "v1", "kind": "Event",
@@ -1318,11 +1323,7 @@ async fn other_objects_allow_more_events() {
             .expect("created");
     }
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-    let kept = events
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items;
+    let kept = listed(&events).await;
     assert_eq!(kept.len(), 25);
 }
 
@@ -1330,13 +1331,11 @@ async fn other_objects_allow_more_events() {
 async fn events_expire_after_their_ttl() {
     // Like kube-apiserver's --event-ttl: an Event lives that long after it was last written.
     let ttl = std::time::Duration::from_secs(2);
-    let (_s, client) = common::server_with_crds(Options {
+    let (_s, events) = server_with_events(Options {
         event_ttl: ttl,
         ..Options::default()
     })
     .await;
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events");
-    let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
     let stamp = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();

@@ -38,6 +38,8 @@
 #   measured (benches/notes/local.md). The ping still decides: an Endpoint reported attached
 #   before it answers keeps being probed, and one reported late only makes the figure larger.
 set -euo pipefail
+# Times are read and computed with a decimal point, whatever the caller's locale.
+export LC_NUMERIC=C
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/pier-up.sh
 . benches/pier-up.sh
@@ -265,6 +267,7 @@ scale_json="[]"
 rss_list="[$rss0]"
 base=10
 give_up_s="${PIER_BENCH_AT_ONCE_TIMEOUT:-120}"
+[[ "$give_up_s" =~ ^[0-9]+$ ]] || { echo "PIER_BENCH_AT_ONCE_TIMEOUT: whole seconds, not '$give_up_s'" >&2; exit 2; }
 # at_once N REP: one phase of N Endpoints applied at once (repetition REP), its sample appended
 # to $work/samples as one JSON line.
 at_once() {
@@ -318,11 +321,11 @@ at_once() {
   t0="$(now)"
   curl -sS -Z --parallel-max 16 -K "$work/curl.cfg" 2>"$work/curl.log" &
   curl_pid=$!
-  # A round forks three times (two awks and fping): the measuring side's processes compete with
-  # pier up for the two CPUs, and rounds with a fork per step (time arithmetic, sort, comm, mv,
-  # wc) took 10% of the machine during the 2,000 phase (bash, awk and those tools, in a
-  # profile; 5% now). Times are kept in microseconds from $EPOCHREALTIME (always six decimals)
-  # for the shell's own arithmetic.
+  # A round forks three times (two awks and fping; and sleep when nothing is attached yet): the
+  # measuring side's processes compete with pier up for the two CPUs, and rounds with a fork per
+  # step (time arithmetic, sort, comm, mv, wc) took 10% of the machine during the 2,000 phase
+  # (bash, awk and those tools, in a profile; 5% now). Times are kept in microseconds from
+  # $EPOCHREALTIME (always six decimals after a point: LC_NUMERIC=C) for the shell's arithmetic.
   local t0_us="${t0/./}" r0_us r1_us pending="$work/pending" pending_next="$work/pending.next" left_n swap
   rounds=0; last_round_ms=0; t_done=""; t_requests=""; progress=""
   while :; do
@@ -359,7 +362,7 @@ at_once() {
       t1 - t0, c1 - c0, (c1 - c0) / (t1 - t0), (b1 - b0) / (a1 - a0) }')"
   cpu_json="$(jq -c --argjson a "$threads0" --argjson b "$threads1" \
     '.pier_up_threads_cpu_s = ($b | with_entries(.value = ((.value - ($a[.key] // 0)) * 1000 | round / 1000)))' <<<"$cpu_json")"
-  left="$(wc -l <"$pending")"
+  left="$left_n"
   all_s="null"; [ -n "$t_done" ] && all_s="$(awk -v a="$t0" -v b="$t_done" 'BEGIN { printf "%.3f", b - a }')"
   req_s="$(awk -v a="$t0" -v b="$t_requests" 'BEGIN { printf "%.3f", b - a }')"
   echo "   CPU over the phase: $cpu_json; ARP table full $arp_fulls times"

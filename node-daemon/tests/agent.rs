@@ -863,6 +863,23 @@ async fn a_full_reconcile_during_a_burst_of_attaches_reports_each_attach_once() 
     cluster.stop().await;
 }
 
+/// An endpoint whose attach fails as a whole, writing no condition (the node's namespace
+/// unreadable for its apply), is reported by the next full reconcile that attaches it, not
+/// left to its retry's backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_first_attach_is_reported_by_the_resync_that_attaches_it() {
+    let kernel = FakeKernel::new();
+    kernel.fail_attach_applies(true);
+    let cluster = Cluster::start(kernel, Duration::from_millis(300)).await;
+    network(&cluster, "late", "10.40.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    endpoint(&cluster, "f1", "late", json!({"netns": {"name": "ns-f1"}})).await;
+    // Only a full apply can attach it: every attach of its own fails.
+    wait_for(&eps, "f1", "Attached=True", is_attached).await;
+    assert!(cluster.kernel.attached("default/f1").is_some());
+    cluster.stop().await;
+}
+
 /// Waits until `name` is gone from the API.
 async fn wait_for_gone(api: &Api<Endpoint>, name: &str) {
     let deadline = Instant::now() + PATIENCE;

@@ -49,6 +49,14 @@ impl Backoff {
         delays.next().unwrap_or(self.max)
     }
 
+    /// Whether `key` failed and has not reconciled since.
+    pub fn is_failing(&self, key: &str) -> bool {
+        self.failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key)
+    }
+
     /// Forgets `key`'s failures (it reconciled).
     pub fn reset(&self, key: &str) {
         self.failing
@@ -61,6 +69,17 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_is_failing_from_its_first_failure_until_it_reconciles() {
+        let backoff = Backoff::new(DEFAULT_MIN, DEFAULT_MAX);
+        assert!(!backoff.is_failing("default/a"));
+        backoff.next("default/a");
+        assert!(backoff.is_failing("default/a"));
+        assert!(!backoff.is_failing("default/b"));
+        backoff.reset("default/a");
+        assert!(!backoff.is_failing("default/a"));
+    }
 
     #[test]
     fn doubles_with_jitter_within_bounds_then_caps() {

@@ -9,11 +9,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
+use pier_crds::Endpoint;
 use pier_crds::conditions::WithConditions;
 use pier_crds::conditions::reason;
 use pier_crds::conditions::{self, ATTACHED};
 use pier_crds::names::bridge_name;
-use pier_crds::{Condition, Endpoint};
 use pier_memory::ShrinkIfSparse as _;
 use pier_runtime::finalizer::finalizer;
 
@@ -163,35 +163,22 @@ async fn attach(api: &Api<Endpoint>, ep: &Endpoint, ctx: &Context) -> Result<Act
     ) else {
         return Ok(Action::await_change());
     };
-    report_attached(ctx, api, ep, &existing, condition.clone()).await?;
+    write_condition(ctx, api, ep, &existing, condition.clone()).await?;
     if condition.status != "True" {
         return Err(Error::Attach {
             endpoint: id,
             message: condition.message,
         });
     }
-    Ok(Action::await_change())
-}
-
-/// Writes the endpoint's `Attached` condition and, when it says attached, remembers what it
-/// was attached as: the reconcile this write causes then needs no kernel work.
-pub async fn report_attached(
-    ctx: &Context,
-    api: &Api<Endpoint>,
-    ep: &Endpoint,
-    existing: &[Condition],
-    condition: Condition,
-) -> Result<(), Error> {
-    write_condition(ctx, api, ep, existing, condition.clone()).await?;
     let mut written = ep.clone();
     if let Some(status) = written.status.as_mut() {
         status.conditions.retain(|c| c.type_ != ATTACHED);
         status.conditions.push(condition);
     }
     if let Some(input) = attach_input(&written) {
-        lock(&ctx.attached).insert(ep.metadata.uid.clone().unwrap_or_default(), input);
+        lock(&ctx.attached).insert(uid, input);
     }
-    Ok(())
+    Ok(Action::await_change())
 }
 
 /// Removes the endpoint's kernel objects: its veth, and its network's bridge when no other

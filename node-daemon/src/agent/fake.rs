@@ -65,6 +65,9 @@ struct Node {
     detach_failures: HashMap<String, String>,
     /// Host ports a process of the node listens on.
     ports_in_use: BTreeSet<HostPort>,
+    /// Whether applies scoped to endpoints (attaches) fail as a whole, as when the host
+    /// namespace cannot be opened; full and other applies go on.
+    attach_applies_fail: bool,
     /// How long each apply takes, as a real kernel's does (none by default).
     apply_time: Duration,
     /// How long making sure a named namespace exists takes (none by default).
@@ -145,6 +148,11 @@ impl FakeKernel {
     /// Makes the attach of endpoint `id` fail with `message` (`None`: succeed again).
     pub fn fail_attach(&self, id: &str, message: Option<&str>) {
         set_failure(&mut lock(&self.node).attach_failures, id, message);
+    }
+
+    /// Makes every apply scoped to endpoints (an attach's) fail as a whole, or not.
+    pub fn fail_attach_applies(&self, fail: bool) {
+        lock(&self.node).attach_applies_fail = fail;
     }
 
     /// Makes the removal of endpoint `id`'s veth fail with `message` (`None`: succeed again).
@@ -260,8 +268,16 @@ impl Node {
 
 impl NodeKernel for FakeKernel {
     fn apply(&self, state: &NodeState, scope: &Scope) -> Result<Report, DataplaneError> {
-        let apply_time = lock(&self.node).apply_time;
+        let (apply_time, attach_applies_fail) = {
+            let node = lock(&self.node);
+            (node.apply_time, node.attach_applies_fail)
+        };
         std::thread::sleep(apply_time);
+        if attach_applies_fail && matches!(scope, Scope::Endpoints(_)) {
+            return Err(DataplaneError::HostNamespaceMissing(PathBuf::from(
+                "/run/netns/fake-node",
+            )));
+        }
         let mut node = lock(&self.node);
         let node = &mut *node;
         let mut report = Report::default();

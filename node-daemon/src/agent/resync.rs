@@ -14,8 +14,8 @@ use pier_crds::conditions::{self, ATTACHED, PUBLISHED, reason};
 use pier_crds::{Endpoint, PortPublish};
 
 use super::build::{Built, endpoint_key, object_id, ports_key};
-use super::context::{Context, lock, write_condition};
-use super::endpoint::{attached_message, report_attached};
+use super::context::{Context, key, lock, write_condition};
+use super::endpoint::attached_message;
 use super::metrics;
 use super::portpublish::{firewall_outcome, published_message};
 use super::{AgentHealth, Error, FINALIZER};
@@ -99,11 +99,14 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         if ep.metadata.deletion_timestamp.is_some() || !has_finalizer(&ep.metadata.finalizers) {
             continue;
         }
-        // An endpoint's first report is its attach's: one that has none yet is on its way
-        // (queued, in flight or retrying). A resync that attached it meanwhile (one falling into
-        // a burst of new Endpoints) reported it as well, and both wrote `Attached` and published
-        // its Event.
-        if conditions::find(ep.conditions(), ATTACHED).is_none() {
+        // An endpoint's first report is its attach's while that attach is on its way (queued
+        // or in flight): a resync that attached it meanwhile (one falling into a burst of new
+        // Endpoints) reported it as well, and both wrote `Attached` and published its Event.
+        // One whose attach failed without a condition (its apply failed as a whole) is the
+        // resync's to report: its retry may be a minute away.
+        if conditions::find(ep.conditions(), ATTACHED).is_none()
+            && !ctx.backoff.is_failing(&key(&*ep))
+        {
             continue;
         }
         let api: Api<Endpoint> =
@@ -115,7 +118,7 @@ async fn report_all(ctx: &Context, built: &Built, report: &Report) -> Result<(),
         else {
             continue;
         };
-        if let Err(error) = report_attached(ctx, &api, &ep, &existing, condition).await {
+        if let Err(error) = write_condition(ctx, &api, &*ep, &existing, condition).await {
             first_error.get_or_insert(error);
         }
     }

@@ -20,9 +20,9 @@
 # The image's user is 65532 (`nonroot`): the operator runs as it. The node daemon needs root and
 # network capabilities; the chart's DaemonSet sets runAsUser 0 for it.
 #
-# The binary it carries is stripped of debug info by Cargo.toml's [profile.release] (its size is
-# measured in BENCHMARKS.md, section memory); `cargo build --profile release-debug` builds one
-# with line tables.
+# The binary it carries is stripped of debug info by Cargo.toml's [profile.release] (its size and
+# the image's are measured in BENCHMARKS.md, section memory, by benches/image.sh); `cargo build
+# --profile release-debug` builds one with line tables.
 #
 # Build it and push it where your nodes pull from (no public registry carries it):
 #

@@ -8,28 +8,24 @@
 # Needs Debian's docker.io (dockerd, containerd, runc) and busybox-static; without a dockerd it
 # writes nothing and exits 0, and the report says "not measured".
 #
-# Nothing touches the machine's own Docker or network namespace: a dockerd of its own runs in a
-# network namespace made here (`pbd<pid>`, entered with nsenter: `ip netns exec` would remount
-# /sys and hide the cgroup mounts dockerd needs), with its data, socket and containerd namespace
-# in a temporary directory; its bridges, veths and iptables rules live and die with that
-# namespace. The image is busybox-static imported as a root filesystem (no registry).
+# Nothing touches the machine's own Docker or network namespace: the dockerd is the bench's own
+# (benches/dockerd.sh), in network namespace `pbd<pid>`. The image is busybox-static imported
+# as a root filesystem (no registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/dockerd.sh
+. benches/dockerd.sh
 
 runs="${PIER_BENCH_RUNS:-10}"
 down="${PIER_BENCH_DOWN:-100}"
 json_out="${PIER_BENCH_JSON:-}"
 [ "$(id -u)" = 0 ] || { echo "benches/docker.sh needs root" >&2; exit 1; }
-if ! command -v dockerd >/dev/null || ! [ -x /usr/bin/docker ] || ! [ -x /bin/busybox ]; then
+if ! dockerd_available || ! [ -x /bin/busybox ]; then
   echo "docker suite: dockerd, /usr/bin/docker or busybox-static missing: not measured"
   exit 0
 fi
 
-tag="pbd$$"
 work="$(mktemp -d /tmp/pier-bench-docker.XXXXXX)"
-export DOCKER_HOST="unix://$work/docker.sock"
-docker=/usr/bin/docker  # Debian's client, matching its daemon
-in_ns() { nsenter --net="/run/netns/$tag" "$@"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 stats() { # JSON numbers on stdin, one per line -> {median, min, max, samples}
   jq -s 'if length == 0 then null else (sort) as $s | {median: (if ($s | length) % 2 == 1
@@ -37,25 +33,14 @@ stats() { # JSON numbers on stdin, one per line -> {median, min, max, samples}
     min: $s[0], max: $s[-1], samples: .} end'
 }
 cleanup() {
-  if [ -S "$work/docker.sock" ]; then
-    { $docker ps -aq 2>/dev/null || true; } | xargs -r $docker rm -f >/dev/null 2>&1 || true
-  fi
-  if [ -f "$work/dockerd.pid" ]; then kill "$(cat "$work/dockerd.pid")" 2>/dev/null || true; fi
-  for _ in $(seq 50); do pgrep -f "$work/docker.sock" >/dev/null || break; sleep 0.2; done
-  ip netns del "$tag" 2>/dev/null || true
+  dockerd_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-ip netns add "$tag"
-in_ns ip link set lo up
-in_ns dockerd --data-root "$work/data" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
-  -H "$DOCKER_HOST" --storage-driver vfs --containerd-namespace "$tag" \
-  --containerd-plugins-namespace "$tag-plugins" >"$work/dockerd.log" 2>&1 &
-for _ in $(seq 150); do $docker info >/dev/null 2>&1 && break; sleep 0.2; done
-$docker info >/dev/null 2>&1 || { tail -5 "$work/dockerd.log" >&2; echo "dockerd did not start" >&2; exit 1; }
+dockerd_start "pbd$$" "$work"
 version="$($docker version --format '{{.Server.Version}}')"
-echo "== Docker $version (dockerd of its own in namespace $tag)"
+echo "== Docker $version (dockerd of its own in namespace $dockerd_netns)"
 
 mkdir -p "$work/rootfs/bin"
 cp /bin/busybox "$work/rootfs/bin/busybox"
@@ -73,7 +58,7 @@ for i in $(seq "$runs"); do
   start="$(now_ms)"
   $docker network connect --ip "$address" bench connect
   connected="$(now_ms)"
-  until in_ns ping -c1 -W1 "$address" >/dev/null 2>&1; do :; done
+  until dockerd_in_ns ping -c1 -W1 "$address" >/dev/null 2>&1; do :; done
   answered="$(now_ms)"
   connect_samples+=("$((connected - start))")
   ping_samples+=("$((answered - start))")
@@ -85,7 +70,7 @@ echo "   network connect -> ping: median $(jq .median <<<"$ping_json") ms (the c
 
 # compose down: N containers on `bench`, removed in parallel (compose removes a project's
 # containers concurrently), until no veth is left in the namespace.
-veths() { in_ns ip -o link show type veth | wc -l; }
+veths() { dockerd_in_ns ip -o link show type veth | wc -l; }
 base="$(veths)"
 seq "$down" | xargs -P 8 -I{} $docker run -d --network bench --name "down-{}" pier-bench/busybox sleep 86400 >/dev/null
 [ "$(veths)" -ge $((base + down)) ] || { echo "expected $down more veths" >&2; exit 1; }

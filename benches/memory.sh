@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Resources of `pier up`: memory (RSS) idle, with N Endpoints attached, after deleting them and
-# after rounds of creating and deleting; the binary's size; and how long `pier up` takes to say
-# `ready`, on an empty data directory and with objects stored. Called by benches/run.sh (suite
-# `memory`); runs alone too:
+# after rounds of creating and deleting; the sizes of the binary and of the image that carries
+# it (benches/image.sh); and how long `pier up` takes to say `ready`, on an empty data directory
+# and with objects stored. Called by benches/run.sh (suite `memory`); runs alone too:
 #   sudo PIER_BENCH_JSON=/tmp/memory.json benches/memory.sh
 # Env: PIER_BENCH_STARTS (starts timed per case, default 5), PIER_BENCH_ENDPOINTS (attached at
 # once, default 500), PIER_BENCH_CHURN_ROUNDS / PIER_BENCH_CHURN (rounds of creating and
@@ -207,13 +207,11 @@ for i in $(seq "$starts"); do
 done
 down
 
-# --- the binary, and the image when a Docker daemon can build it
+# --- the binary, and the image that carries it
 bin_bytes="$(stat -c %s "$pier")"
 debug_sections="$(readelf -S --wide "$pier" | awk '$2 ~ /^\.debug_/ {print $2}' | paste -sd, -)"
-image_json='{"measured": false, "why": "no Docker daemon here: docker build needs one"}'
-if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-  image_json='{"measured": false, "why": "docker build not run by this script (needs the base images)"}'
-fi
+image_json="$(benches/image.sh "$pier")"
+echo "== memory: image $(jq -r 'if .measured then "\(.bytes) bytes (Docker \(.docker))" else "not measured: \(.why)" end' <<<"$image_json"), layer $(jq -r .layer_gzip_bytes <<<"$image_json") bytes gzip-compressed"
 
 if [ -n "$json_out" ]; then
   jq -n --argjson empty "$(stats <"$work/empty.s")" --argjson with_stored "$(stats <"$work/stored.s")" \
@@ -226,7 +224,7 @@ if [ -n "$json_out" ]; then
       rss: $rss, endpoints: $endpoints, churn: {rounds: $rounds, per_round: $churn},
       binary: {bytes: $bin, debug_sections: ($debug | split(",") | map(select(. != "")))},
       image: $image,
-      peers: {kind: "not measured: no Docker daemon here", k3s: "not measured: not installed, no registry to fetch it"},
+      peers: {kind: "not measured: not packaged by Debian, and its node image (kindest/node) comes from a registry", k3s: "not measured: not installed, no registry to fetch it"},
       commands: {pier_up: "pier up --data-dir DIR --listen 127.0.0.1:0 --node-netns /run/netns/NODE --node-name node-a --resync-seconds 10",
                  rss: "grep -E \"VmRSS|VmHWM|RssAnon|RssFile\" /proc/PID_OF_PIER_UP/status",
                  apply: "curl -Z --parallel-max 16 -K CONFIG (one server-side apply PATCH per Endpoint)",

@@ -7,8 +7,8 @@
 //! Nothing touches the machine's own Docker or network namespace: a dockerd of its own runs in a
 //! network namespace made here (entered with nsenter: `ip netns exec` would remount /sys and
 //! hide the cgroup mounts dockerd needs), with its data, socket and containerd namespace in a
-//! temporary directory, as benches/docker.sh does. Needs root, docker.io (dockerd and
-//! /usr/bin/docker), kubectl and busybox.
+//! temporary directory, as the benches' does (benches/dockerd.sh). Needs root, docker.io
+//! (dockerd and /usr/bin/docker), kubectl and busybox.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

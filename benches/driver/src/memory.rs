@@ -127,12 +127,32 @@ pub fn memory(r: &mut Report, args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The image's size, or why it was not measured.
+/// The image's size as Docker reports it, and its layer as a registry stores it; or why the
+/// image was not measured, with its layer's size when that was.
 fn image(image: &Value) -> String {
+    let layer = match (
+        image["layer_gzip_bytes"].as_f64(),
+        image["layer_bytes"].as_f64(),
+    ) {
+        (Some(gzip), Some(tar)) => format!(
+            "its one layer {:.1} MB as gzip (as `docker push` stores it), {:.1} MB as tar, {} files",
+            gzip / MB,
+            tar / MB,
+            image["files"]
+        ),
+        _ => "its layer not measured".to_owned(),
+    };
     match image["bytes"].as_f64() {
-        Some(b) if image["measured"].as_bool() == Some(true) => format!("{:.1} MB", b / MB),
+        Some(b) if image["measured"].as_bool() == Some(true) => format!(
+            "{:.1} MB as Docker {} reports it (the Dockerfile's runtime root filesystem, from \
+             image/rootfs.list with this release binary, imported; `{}` printed by the binary \
+             run from it); {layer}",
+            b / MB,
+            image["docker"].as_str().unwrap_or("(version not recorded)"),
+            image["version_from_image"].as_str().unwrap_or("nothing"),
+        ),
         _ => format!(
-            "not measured ({})",
+            "not measured ({}); {layer}",
             image["why"].as_str().unwrap_or("no reason recorded")
         ),
     }
@@ -207,6 +227,39 @@ fn verdicts(r: &mut Report, m: &Value, bytes: Option<f64>, debug: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_is_reported_with_its_layer_or_says_why_not() {
+        let layer = serde_json::json!({"layer_bytes": 59_852_800, "layer_gzip_bytes": 19_485_786, "files": 146});
+        let mut measured = layer.clone();
+        measured["measured"] = true.into();
+        measured["bytes"] = 59_735_504.into();
+        measured["docker"] = "20.10.24+dfsg1".into();
+        measured["version_from_image"] = "pier 0.1.0".into();
+        let text = image(&measured);
+        assert!(
+            text.starts_with("59.7 MB as Docker 20.10.24+dfsg1 reports it"),
+            "{text}"
+        );
+        assert!(text.contains("`pier 0.1.0` printed"), "{text}");
+        assert!(
+            text.ends_with(
+                "19.5 MB as gzip (as `docker push` stores it), 59.9 MB as tar, 146 files"
+            ),
+            "{text}"
+        );
+        let mut without_docker = layer;
+        without_docker["measured"] = false.into();
+        without_docker["why"] = "no Docker here".into();
+        assert!(
+            image(&without_docker)
+                .starts_with("not measured (no Docker here); its one layer 19.5 MB")
+        );
+        assert_eq!(
+            image(&serde_json::json!({})),
+            "not measured (no reason recorded); its layer not measured"
+        );
+    }
 
     #[test]
     fn back_within_a_quarter_of_idle() {

@@ -3,12 +3,15 @@
 //! ready (benches/memory.sh); the targets of issue 19.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use anyhow::Result;
+use plotters::prelude::SeriesLabelPosition;
 use serde_json::Value;
 
+use crate::chart::{self, Frame};
 use crate::runs::Threshold;
-use crate::{Args, Report, fmt_opt, notes, read_json};
+use crate::{Args, IMG, Report, fmt_opt, notes, read_json};
 
 const ATTACHED_TARGET: &str = "pier up with 500 Endpoints attached: RSS < 80 MiB";
 const RETURN_TARGET: &str = "pier up after deleting them: RSS within 25% of its idle RSS";
@@ -29,6 +32,67 @@ fn rss<'a>(m: &'a Value, prefix: &str) -> Option<&'a Value> {
 
 /// RSS after the deletion over idle RSS: at most this (within 25%).
 const RETURN_LIMIT: f64 = 1.25;
+
+/// RSS with the Endpoints attached: under this, in MiB.
+const ATTACHED_LIMIT_MIB: f64 = 80.0;
+
+/// The (stage number, MiB) points of one RSS column, in the order of the rows.
+fn column(m: &Value, key: &str) -> Vec<(i32, f64)> {
+    m["rss"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, row)| Some((i32::try_from(i + 1).ok()?, row[key].as_f64()?)))
+        .collect()
+}
+
+/// RSS and what it is made of at each stage of the run, with both limits.
+fn plot_rss(path: &Path, m: &Value) -> Result<()> {
+    let lines = [
+        ("RSS (VmRSS)", column(m, "vmrss_mib")),
+        ("anonymous (heap, stacks)", column(m, "rss_anon_mib")),
+        ("binary pages read in", column(m, "rss_file_mib")),
+        ("high-water (VmHWM)", column(m, "vmhwm_mib")),
+    ];
+    let Some(stages) = lines[0].1.last().map(|p| p.0) else {
+        return Ok(());
+    };
+    let idle = rss(m, "idle").and_then(|r| r["vmrss_mib"].as_f64());
+    let y_max = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(ATTACHED_LIMIT_MIB, f64::max)
+        * 1.5; // the top third for the legend
+    let frame = Frame::new(
+        "pier up: memory at each stage",
+        "stage, in the order of the table above (1: idle)",
+        "MiB",
+    )
+    .legend(SeriesLabelPosition::UpperRight);
+    chart::draw(path, frame, 0..stages + 1, 0.0..y_max, |c| {
+        for (i, (label, points)) in lines.iter().enumerate() {
+            chart::line(c, points.iter().copied(), chart::color(i), *label)?;
+        }
+        let endpoints = m["endpoints"].as_u64().unwrap_or(0);
+        chart::target_line(
+            c,
+            (0, ATTACHED_LIMIT_MIB),
+            (stages + 1, ATTACHED_LIMIT_MIB),
+            &format!("limit with {endpoints} attached: {ATTACHED_LIMIT_MIB} MiB"),
+        )?;
+        if let Some(idle) = idle {
+            let back = idle * RETURN_LIMIT;
+            chart::target_line(
+                c,
+                (0, back),
+                (stages + 1, back),
+                &format!("limit after deleting them: idle + 25% ({back:.1} MiB)"),
+            )?;
+        }
+        Ok(())
+    })
+}
 
 /// RSS after deleting the Endpoints over idle RSS, in a run of the suite (`memory.json`) that
 /// attached enough of them to be judged (500).
@@ -123,6 +187,11 @@ pub fn memory(r: &mut Report, args: &Args) -> Result<()> {
         image(&m["image"])
     )?;
     verdicts(r, &m, bytes, &debug);
+    let plot = args.out.join("memory.svg");
+    plot_rss(&plot, &m)?;
+    if plot.exists() {
+        writeln!(r.md, "\n![pier up: memory at each stage]({IMG}memory.svg)")?;
+    }
     r.md.push_str(&notes(&args.notes, "memory"));
     Ok(())
 }
@@ -171,7 +240,7 @@ fn verdicts(r: &mut Report, m: &Value, bytes: Option<f64>, debug: &[&str]) {
         "memory",
         ATTACHED_TARGET,
         format!("{} at {endpoints}", fmt_opt(attached, 1, " MiB")),
-        attached.filter(|_| judged).map(|a| a < 80.0),
+        attached.filter(|_| judged).map(|a| a < ATTACHED_LIMIT_MIB),
         "see the memory notes: what the process holds per Endpoint",
     );
     let ratio = |after: Option<f64>| match (idle, after) {
@@ -259,6 +328,16 @@ mod tests {
             image(&serde_json::json!({})),
             "not measured (no reason recorded); its layer not measured"
         );
+    }
+
+    #[test]
+    fn each_rss_column_is_numbered_by_stage() {
+        let m = serde_json::json!({"rss": [
+            {"what": "idle", "vmrss_mib": 30.0, "rss_anon_mib": 5.0},
+            {"what": "500 attached", "vmrss_mib": 70.0}]});
+        assert_eq!(column(&m, "vmrss_mib"), vec![(1, 30.0), (2, 70.0)]);
+        assert_eq!(column(&m, "rss_anon_mib"), vec![(1, 5.0)]);
+        assert!(column(&serde_json::json!({}), "vmrss_mib").is_empty());
     }
 
     #[test]

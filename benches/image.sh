@@ -47,7 +47,10 @@ if ! dockerd_available; then
 fi
 
 mkdir -p "$work/docker"
-dockerd_start "pbi$$" "$work/docker"
+if ! dockerd_start "pbi$$" "$work/docker"; then
+  jq -n --argjson layer "$layer" '$layer + {measured: false, why: "its own dockerd did not start"}'
+  exit 0
+fi
 changes=()
 # The runtime stage's own instructions (the build stage has none of these).
 while IFS= read -r instruction; do changes+=(--change "$instruction"); done \

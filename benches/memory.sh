@@ -210,7 +210,9 @@ down
 # --- the binary, and the image that carries it
 bin_bytes="$(stat -c %s "$pier")"
 debug_sections="$(readelf -S --wide "$pier" | awk '$2 ~ /^\.debug_/ {print $2}' | paste -sd, -)"
-image_json="$(benches/image.sh "$pier")"
+# A failure there (its messages are above) costs the image's figure, not the suite's.
+image_json="$(benches/image.sh "$pier")" ||
+  image_json='{"measured": false, "why": "benches/image.sh failed"}'
 echo "== memory: image $(jq -r 'if .measured then "\(.bytes) bytes (Docker \(.docker))" else "not measured: \(.why)" end' <<<"$image_json"), layer $(jq -r .layer_gzip_bytes <<<"$image_json") bytes gzip-compressed"
 
 if [ -n "$json_out" ]; then

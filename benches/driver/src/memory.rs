@@ -33,6 +33,9 @@ fn rss<'a>(m: &'a Value, prefix: &str) -> Option<&'a Value> {
 /// RSS after the deletion over idle RSS: at most this (within 25%).
 const RETURN_LIMIT: f64 = 1.25;
 
+/// The memory targets are judged only for a run that attached at least this many Endpoints.
+const JUDGED_AT: u64 = 500;
+
 /// RSS with the Endpoints attached: under this, in MiB.
 const ATTACHED_LIMIT_MIB: f64 = 80.0;
 
@@ -95,10 +98,10 @@ fn plot_rss(path: &Path, m: &Value) -> Result<()> {
 }
 
 /// RSS after deleting the Endpoints over idle RSS, in a run of the suite (`memory.json`) that
-/// attached enough of them to be judged (500).
+/// attached enough of them to be judged ([`JUDGED_AT`]).
 pub fn return_ratio(m: &Value) -> Option<f64> {
     let mib = |prefix: &str| rss(m, prefix).and_then(|r| r["vmrss_mib"].as_f64());
-    let endpoints = m["endpoints"].as_u64().filter(|n| *n >= 500)?;
+    let endpoints = m["endpoints"].as_u64().filter(|n| *n >= JUDGED_AT)?;
     let idle = mib("idle").filter(|i| *i > 0.0)?;
     Some(mib(&format!("{endpoints} deleted"))? / idle)
 }
@@ -234,7 +237,7 @@ fn verdicts(r: &mut Report, m: &Value, bytes: Option<f64>, debug: &[&str]) {
     let attached = mib(rss(m, &format!("{endpoints} attached")));
     let deleted = mib(rss(m, &format!("{endpoints} deleted")));
     let churned = mib(rss(m, "after "));
-    let judged = endpoints >= 500;
+    let judged = endpoints >= JUDGED_AT;
     r.verdict_header();
     r.target(
         "memory",

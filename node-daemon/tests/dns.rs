@@ -437,6 +437,101 @@ fn listeners_follow_the_bridges_and_garbage_does_not_kill_the_server() {
     assert_eq!(dig(&l.con2, "con1").answers, vec!["172.18.0.2"]);
 }
 
+/// Sends `count` queries for `name` A from `socket` back to back (ids from `first_id`) to
+/// `server`, reading answers on another thread meanwhile; returns the addresses each id was
+/// answered with (ids answered twice or not at all are visible as such).
+fn burst(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    first_id: u16,
+    count: u16,
+) -> Vec<(u16, Vec<String>)> {
+    let receiver = socket.try_clone().expect("clone socket");
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let reader = std::thread::spawn(move || {
+        let mut answers = Vec::new();
+        let mut buffer = [0u8; 1500];
+        while answers.len() < usize::from(count) {
+            let Ok(n) = receiver.recv(&mut buffer) else {
+                break;
+            };
+            let message = Message::from_vec(&buffer[..n]).expect("one whole DNS message");
+            let addresses = message
+                .answers
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::A(A(address)) => Some(address.to_string()),
+                    _ => None,
+                })
+                .collect();
+            answers.push((message.metadata.id, addresses));
+        }
+        answers
+    });
+    for id in first_id..first_id + count {
+        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+        query.add_query(hickory_server::proto::op::Query::query(
+            hickory_server::proto::rr::Name::from_ascii(name).expect("name"),
+            RecordType::A,
+        ));
+        socket
+            .send_to(&query.to_vec().expect("encodes"), server)
+            .expect("sending a query");
+    }
+    let mut answers = reader.join().expect("reader");
+    answers.sort();
+    answers
+}
+
+#[test]
+fn a_burst_from_one_asker_leaves_in_segmented_datagrams_and_arrives_one_answer_each() {
+    let lab = Lab::new("dnsb");
+    let l = dual_stack_lesson(&lab);
+    let dns = Dns::start(&lab, &l.state, &[]);
+    // The paths are up (a fresh veth may lose its first packets).
+    assert_eq!(dig(&l.con1, "con2").answers, vec!["172.18.0.3"]);
+    assert!(
+        ping_eventually(&l.con1, "fd00:18::1"),
+        "con1 reaches gateway6"
+    );
+    for (client, server) in [
+        ("0.0.0.0:0", "172.18.0.1:53"),
+        ("[::]:0", "[fd00:18::1]:53"),
+    ] {
+        let socket = pier_node::kernel::netns::run_in(Some(&l.con1.path()), move || {
+            UdpSocket::bind(client).expect("client socket")
+        })
+        .expect("socket in con1");
+        let server: SocketAddr = server.parse().expect("address");
+        let before = dns.handle().stats().segmented;
+        const BURST: u16 = 48;
+        // Whether the server finds several queries queued at once is up to the scheduler: a
+        // few bursts, each of which must arrive whole, until one went segmented.
+        for round in 0..5u16 {
+            let first_id = round * BURST;
+            let answers = burst(&socket, server, "con2.", first_id, BURST);
+            let want: Vec<(u16, Vec<String>)> = (first_id..first_id + BURST)
+                .map(|id| (id, vec!["172.18.0.3".to_owned()]))
+                .collect();
+            assert_eq!(
+                answers, want,
+                "{server}: each query answered once, on its own"
+            );
+            if dns.handle().stats().segmented > before {
+                break;
+            }
+        }
+        let stats = dns.handle().stats();
+        assert!(
+            stats.segmented >= before + 2,
+            "{server}: answers to one asker left together: {stats:?}"
+        );
+    }
+}
+
 #[test]
 fn a_flood_of_forwarded_queries_is_shed_and_local_names_still_answer() {
     let lab = Lab::new("dnsx");

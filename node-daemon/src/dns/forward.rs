@@ -89,6 +89,8 @@ pub struct Counters {
     pub servfail: AtomicU64,
     /// Queries dropped without an answer (forwarding overloaded).
     pub dropped: AtomicU64,
+    /// Answers that left in a segmented datagram, with others to the same asker.
+    pub segmented: AtomicU64,
 }
 
 /// A snapshot of the counters.
@@ -101,6 +103,7 @@ pub struct DnsStats {
     pub nxdomain: u64,
     pub servfail: u64,
     pub dropped: u64,
+    pub segmented: u64,
 }
 
 impl Counters {
@@ -114,6 +117,7 @@ impl Counters {
             nxdomain: get(&self.nxdomain),
             servfail: get(&self.servfail),
             dropped: get(&self.dropped),
+            segmented: get(&self.segmented),
         }
     }
 

@@ -81,6 +81,15 @@ impl PierHandler {
         Counters::bump(&self.shared.counters.dropped);
     }
 
+    /// Counts answers that left in segmented datagrams.
+    pub fn count_segmented(&self, answers: usize) {
+        let answers = u64::try_from(answers).unwrap_or(u64::MAX);
+        self.shared
+            .counters
+            .segmented
+            .fetch_add(answers, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts a received query.
     pub fn count_query(&self) {
         Counters::bump(&self.shared.counters.queries);

@@ -93,15 +93,19 @@ async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
                 });
             }
         }
-        send_replies(&socket, &replies).await;
+        send_replies(&socket, &mut replies).await;
+        if replies.segmented() > 0 {
+            handler.count_segmented(replies.segmented());
+        }
         replies.clear();
     }
 }
 
 /// Sends every answer of the batch, waiting for room in the socket's send buffer when it is full.
-async fn send_replies(socket: &UdpSocket, replies: &Replies) {
+async fn send_replies(socket: &UdpSocket, replies: &mut Replies) {
+    let mut datagrams = replies.seal();
     let mut sent = 0;
-    while sent < replies.len() {
+    while sent < datagrams {
         let result = socket
             .async_io(Interest::WRITABLE, || {
                 replies.send(socket.as_raw_fd(), sent)
@@ -109,6 +113,11 @@ async fn send_replies(socket: &UdpSocket, replies: &Replies) {
             .await;
         match result {
             Ok(count) => sent += count.max(1),
+            // The kernel does not segment on this route: the same answers again, one by one.
+            Err(error) if replies.stop_segmenting_after(sent, &error) => {
+                tracing::debug!(%error, "UDP segmentation refused; answers go one by one");
+                datagrams = replies.planned();
+            }
             // The first of the rest could not go (its destination unreachable, say): the asker
             // retries; the others still go.
             Err(error) => {

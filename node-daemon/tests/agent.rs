@@ -863,6 +863,63 @@ async fn a_full_reconcile_during_a_burst_of_attaches_reports_each_attach_once() 
     cluster.stop().await;
 }
 
+/// A periodic full reconcile that falls due during a burst of attaches waits for the burst to
+/// end (one period at most) instead of taking the apply turn from it for a check of the whole
+/// node; it still runs once the burst is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_reconcile_due_during_a_burst_of_attaches_waits_for_its_end() {
+    let kernel = FakeKernel::new();
+    kernel.take_for_each_apply(Duration::from_millis(10));
+    let period = Duration::from_secs(2);
+    let cluster = Cluster::start(kernel, period).await;
+    // The first periodic resync is due one period from now (the first ran before `start`
+    // returned).
+    let started = Instant::now();
+    network(&cluster, "wait", "10.41.0.0/24").await;
+    let eps: Api<Endpoint> = cluster.api();
+    // Endpoints 20 ms apart until a quarter period after it was due: it falls inside the burst,
+    // and the burst ends well before another period has passed.
+    let mut names = Vec::new();
+    while started.elapsed() < period + period / 4 {
+        let name = format!("w{}", names.len());
+        let target = json!({"netns": {"name": format!("ns-{name}")}});
+        endpoint(&cluster, &name, "wait", target).await;
+        names.push(name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for name in &names {
+        wait_for(&eps, name, "Attached=True", is_attached).await;
+    }
+    let kinds = || -> Vec<&'static str> {
+        cluster
+            .kernel
+            .applied()
+            .into_iter()
+            .map(|a| match a.scope {
+                Scope::Full => "full",
+                Scope::Endpoints(_) => "attach",
+                _ => "other",
+            })
+            .collect()
+    };
+    let applied = kinds();
+    let first = applied.iter().position(|k| *k == "attach");
+    let last = applied.iter().rposition(|k| *k == "attach");
+    let (Some(first), Some(last)) = (first, last) else {
+        panic!("no attach applied: {applied:?}");
+    };
+    assert!(
+        !applied[first..last].contains(&"full"),
+        "a full reconcile ran inside the burst: {applied:?}"
+    );
+    // Not skipped: it runs once the attaches are done.
+    eventually("a full reconcile after the burst", || {
+        kinds()[last..].contains(&"full")
+    })
+    .await;
+    cluster.stop().await;
+}
+
 /// An endpoint whose attach fails as a whole, writing no condition (the node's namespace
 /// unreadable for its apply), is reported by the next full reconcile that attaches it, not
 /// left to its retry's backoff.

@@ -8,10 +8,13 @@
 //! every caller the same answer. While the work runs, new requests queue for the next batch, so
 //! batches grow by themselves when requests come faster than the work is done; the gap keeps a
 //! burst that is still arriving together instead of cutting it into a large batch and a small
-//! one, each paying the work's fixed cost; a lone request waits only the gap.
+//! one, each paying the work's fixed cost; a lone request waits only the gap. Other work that
+//! should not fall into a burst of requests waits for the batcher to be idle ([`Batcher::idle`]).
 //! Pure async logic: no kube, no netlink.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -30,13 +33,39 @@ struct Waiting<R, O> {
 /// Where requests are submitted; cheap to clone.
 pub struct Batcher<R, O> {
     queue: mpsc::UnboundedSender<Waiting<R, O>>,
+    activity: Arc<Activity>,
 }
 
 impl<R, O> Clone for Batcher<R, O> {
     fn clone(&self) -> Self {
         Batcher {
             queue: self.queue.clone(),
+            activity: Arc::clone(&self.activity),
         }
+    }
+}
+
+/// Requests submitted through every clone of a batcher: so far, and those not answered yet.
+#[derive(Debug, Default)]
+struct Activity {
+    submitted: AtomicU64,
+    unanswered: AtomicU64,
+}
+
+/// Counts a request as unanswered until dropped (answered, or its caller gave up).
+struct Unanswered<'a>(&'a Activity);
+
+impl<'a> Unanswered<'a> {
+    fn count(activity: &'a Activity) -> Self {
+        activity.submitted.fetch_add(1, Ordering::Relaxed);
+        activity.unanswered.fetch_add(1, Ordering::Relaxed);
+        Unanswered(activity)
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        self.0.unanswered.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -74,7 +103,10 @@ impl<R, O> Batcher<R, O> {
     pub fn new(linger: Linger) -> (Batcher<R, O>, Batches<R, O>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         (
-            Batcher { queue: sender },
+            Batcher {
+                queue: sender,
+                activity: Arc::default(),
+            },
             Batches {
                 queue: receiver,
                 linger,
@@ -84,11 +116,32 @@ impl<R, O> Batcher<R, O> {
 
     /// Submits `request` and waits for the answer of the batch it joined.
     pub async fn submit(&self, request: R) -> Result<O, BatchStopped> {
+        let _unanswered = Unanswered::count(&self.activity);
         let (answer, answered) = oneshot::channel();
         self.queue
             .send(Waiting { request, answer })
             .map_err(|_| BatchStopped)?;
         answered.await.map_err(|_| BatchStopped)
+    }
+
+    /// Waits until the batcher has been idle for `quiet` (no request submitted meanwhile, none
+    /// waiting for its answer), or for `longest` at most: for work that should not fall into a
+    /// burst of requests but must not wait for a steady stream of them to end.
+    pub async fn idle(&self, quiet: Duration, longest: Duration) {
+        let give_up = tokio::time::Instant::now() + longest;
+        let mut submitted = self.activity.submitted.load(Ordering::Relaxed);
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= give_up {
+                return;
+            }
+            tokio::time::sleep_until((now + quiet).min(give_up)).await;
+            let latest = self.activity.submitted.load(Ordering::Relaxed);
+            if latest == submitted && self.activity.unanswered.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            submitted = latest;
+        }
     }
 }
 
@@ -263,6 +316,59 @@ mod tests {
         task.abort();
         assert!(waiting.await.expect("joined").is_err());
         assert!(batcher.submit(2).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_out_a_burst_and_what_it_left_unanswered_but_not_a_steady_stream() {
+        let quiet = Duration::from_millis(200);
+        let started = tokio::time::Instant::now();
+        let waited = || started.elapsed();
+
+        // Nothing going on: one quiet gap.
+        let (batcher, _task, _seen) = summing(gap(0, 0), Duration::from_millis(300));
+        batcher.idle(quiet, Duration::from_secs(10)).await;
+        assert_eq!(waited(), quiet);
+
+        // A request every 50 ms for one second, then one whose work takes 300 ms: idle once
+        // that one is answered and a gap has passed.
+        let started = tokio::time::Instant::now();
+        let burst = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                for n in 1..=20 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let batcher = batcher.clone();
+                    tokio::spawn(async move { batcher.submit(n).await });
+                }
+            }
+        });
+        batcher.idle(quiet, Duration::from_secs(10)).await;
+        let after = started.elapsed();
+        assert!(
+            after >= Duration::from_millis(1000 + 300) + quiet / 2,
+            "idle {after:?} into the burst"
+        );
+        assert!(
+            after <= Duration::from_millis(1000 + 300) + quiet * 3,
+            "{after:?}"
+        );
+        burst.await.expect("joined");
+
+        // A steady stream: no gap ever, so the longest wait.
+        let (batcher, _task, _seen) = summing(gap(0, 0), Duration::ZERO);
+        let stream = tokio::spawn({
+            let batcher = batcher.clone();
+            async move {
+                for n in 1.. {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = batcher.submit(n).await;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        batcher.idle(quiet, Duration::from_secs(3)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        stream.abort();
     }
 
     #[tokio::test]

@@ -2,10 +2,12 @@
 //! Pier owns and converge it on what the API says. This is what removes what belongs to objects
 //! deleted while the agent was down, and what repairs drift (a veth deleted by hand, the `pier`
 //! table flushed, a bridge removed). It also re-reads the node's own subnets and brings every
-//! object's condition up to date.
+//! object's condition up to date. One that falls due during a burst of attaches waits for the
+//! burst to end, one period at most.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use kube::{Api, ResourceExt};
 use pier_crds::Condition;
@@ -36,8 +38,18 @@ pub async fn run(ctx: Arc<Context>, health: Arc<AgentHealth>) {
         }
         ctx.config.metrics.observe_objects(&ctx);
         tokio::time::sleep(ctx.config.resync).await;
+        // A burst of attaches (Endpoints applied at once) goes first: the full apply would take
+        // the apply turn from it for as long as it checks the whole node, and it reports the
+        // attaches' endpoints no sooner than they do. A steady stream of attaches delays the full
+        // check by one period at most.
+        ctx.arrivals.idle(ATTACHES_QUIET, ctx.config.resync).await;
     }
 }
+
+/// How long no attach must have been submitted or waiting for a periodic full reconcile to go:
+/// longer than the gaps between the attaches of a burst (each Endpoint's watch event, its
+/// reconcile), short beside the resync period.
+const ATTACHES_QUIET: Duration = Duration::from_millis(200);
 
 /// One full reconcile.
 pub async fn once(ctx: &Context) -> Result<(), Error> {

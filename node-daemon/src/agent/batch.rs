@@ -329,8 +329,8 @@ mod tests {
         batcher.idle(quiet, Duration::from_secs(10)).await;
         assert_eq!(waited(), quiet);
 
-        // A request every 50 ms for one second, then one whose work takes 300 ms: idle once
-        // that one is answered and a gap has passed.
+        // A request every 50 ms for one second, each batch's work taking 300 ms: idle once the
+        // last is answered and a gap has passed.
         let started = tokio::time::Instant::now();
         let burst = tokio::spawn({
             let batcher = batcher.clone();

@@ -89,7 +89,8 @@ ran() { # suite: records which run wrote its JSON, and keeps a copy of it under 
   mkdir -p "$json/runs/$1"
   jq -n --slurpfile meta "$json/$1.meta.json" --slurpfile results "$json/$1.json" \
     '{meta: $meta[0], results: $results[0]}' >"$json/runs/$1/$run_file"
-  # The newest runs only: the report judges borderline figures over the last few runs of a code.
+  # The newest runs only: the report judges the figures that move between runs over the last few
+  # runs of a code.
   find "$json/runs/$1" -name '*.json' | sort | head -n "-$runs_kept" | xargs -r rm -f
 }
 

@@ -1632,8 +1632,11 @@ fn main() -> Result<()> {
          (date, command, mode, load, git revision and code fingerprint, from `benches/fingerprint.sh`); its raw \
          samples are in `benches/report/json/` (the latest run of each suite) and `benches/report/json/runs/` \
          (every kept run). Verdicts are given only for sections measured on the code this report is about \
-         (fingerprint `{}`); the others say they are stale. A figure within {:.0}% of its target is borderline: it \
-         is judged by the median of that figure over {} runs of the same code and mode, never by the best run. \
+         (fingerprint `{}`); the others say they are stale. The targets whose figure moves between runs of the same \
+         code (attach flatness, dual-stack and iperf3 ratios, DNS, memory after deleting, teardown) are judged by \
+         their median over every kept run of the same code and mode, never by the best or the last one, and their \
+         row says so when more than one run went into it; a median within {:.0}% of its target is borderline and \
+         is judged only once there are {} runs. The other targets are judged on the run that measured them. \
          Run it yourself, as root: `sudo benches/run.sh --quick` (under about 2 minutes once built: \
          smaller N, fewer repetitions, so the targets at 1000 / 500 are not judged) or \
          `sudo benches/run.sh --full`; `PIER_BENCH_SUITES=\"ipam attach ports dns apiserver operator local overlay\"` \

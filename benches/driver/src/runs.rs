@@ -2,8 +2,9 @@
 //! provenance (`SUITE.meta.json`, written by `benches/run.sh`: date, command, mode, load, git
 //! revision and the code's fingerprint from `benches/fingerprint.sh`) and keeps a copy of its raw
 //! JSON under `runs/SUITE/`. A suite measured on other code than the report's is stale: its figures
-//! are shown, its verdicts are not. A figure within [`BORDERLINE`] of its target is judged by the
-//! median over every run of the suite on the same code and mode, once there are [`RUNS_TO_JUDGE`].
+//! are shown, its verdicts are not. A figure is judged by its median over every kept run of the
+//! suite on the same code and mode (one run: its own figure); a median within [`BORDERLINE`] of
+//! its target is judged once there are [`RUNS_TO_JUDGE`] runs.
 
 use std::path::Path;
 
@@ -103,30 +104,47 @@ pub fn runs_of(results: &Path, suite: &str, fingerprint: &str, mode: &str) -> Ve
         .collect()
 }
 
-/// The verdict on a figure: met or not from this run alone when it is clear; when borderline,
-/// from the median of `history` (this figure in each kept run on the same code), with the reason.
+/// The verdict on a figure from every kept run of the same code (`history`: this figure in each,
+/// the report's run among them; `value` alone when there is none): one run is judged alone when
+/// its figure is clear; several are judged by their median, so a clear last run never outvotes
+/// the others; a borderline median waits for [`RUNS_TO_JUDGE`] runs. Says how, when more than one
+/// run or a borderline figure went into it.
 pub fn judge(value: f64, threshold: Threshold, history: &[f64]) -> (Option<bool>, String) {
-    if !threshold.is_borderline(value) {
-        return (Some(threshold.met(value)), String::new());
+    let figures = if history.is_empty() {
+        vec![value]
+    } else {
+        history.to_vec()
+    };
+    let shown: Vec<String> = figures.iter().map(|v| format!("{v:.2}")).collect();
+    let median = crate::median_of(figures.clone()).unwrap_or(value);
+    if !threshold.is_borderline(median) {
+        let how = if figures.len() > 1 {
+            format!(
+                "median {median:.2} of {} runs of this code [{}]",
+                figures.len(),
+                shown.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        return (Some(threshold.met(median)), how);
     }
-    let shown: Vec<String> = history.iter().map(|v| format!("{v:.2}")).collect();
-    if history.len() < RUNS_TO_JUDGE {
+    if figures.len() < RUNS_TO_JUDGE {
         return (
             None,
             format!(
                 "borderline (within {:.0}% of the target): judged over {RUNS_TO_JUDGE} runs of this code, {} so far [{}]",
                 BORDERLINE * 100.0,
-                history.len(),
+                figures.len(),
                 shown.join(", ")
             ),
         );
     }
-    let median = crate::median_of(history.to_vec()).unwrap_or(value);
     (
         Some(threshold.met(median)),
         format!(
             "borderline: median {median:.2} of {} runs of this code [{}]",
-            history.len(),
+            figures.len(),
             shown.join(", ")
         ),
     )
@@ -156,5 +174,21 @@ mod tests {
         assert_eq!(met, Some(false), "{why}");
         let (met, _) = judge(1.52, Threshold::AtMost(1.5), &[1.52, 1.45, 1.48]);
         assert_eq!(met, Some(true));
+    }
+
+    #[test]
+    fn several_runs_are_judged_by_their_median_even_when_the_last_is_clear() {
+        // The report's run alone (2.23) would be clearly met; the three runs of the same code
+        // are not.
+        let (met, why) = judge(2.23, Threshold::AtLeast(2.0), &[1.95, 1.80, 2.23]);
+        assert_eq!(met, Some(false), "{why}");
+        assert!(why.contains("median 1.95 of 3 runs"), "{why}");
+        // Two runs with a clear median: judged, and said how.
+        let (met, why) = judge(1.2, Threshold::AtMost(1.5), &[1.1, 1.2]);
+        assert_eq!(met, Some(true));
+        assert!(why.contains("median 1.15 of 2 runs"), "{why}");
+        // Two runs with a borderline median: waits for the third.
+        let (met, why) = judge(2.23, Threshold::AtLeast(2.0), &[1.95, 2.23]);
+        assert_eq!(met, None, "{why}");
     }
 }

@@ -50,8 +50,9 @@ fn column(m: &Value, key: &str) -> Vec<(i32, f64)> {
         .collect()
 }
 
-/// RSS and what it is made of at each stage of the run, with both limits.
-fn plot_rss(path: &Path, m: &Value) -> Result<()> {
+/// RSS and what it is made of at each stage of the run, with both limits; false when the run
+/// has no stage to draw.
+fn plot_rss(path: &Path, m: &Value) -> Result<bool> {
     let lines = [
         ("RSS (VmRSS)", column(m, "vmrss_mib")),
         ("anonymous (heap, stacks)", column(m, "rss_anon_mib")),
@@ -59,7 +60,7 @@ fn plot_rss(path: &Path, m: &Value) -> Result<()> {
         ("high-water (VmHWM)", column(m, "vmhwm_mib")),
     ];
     let Some(stages) = lines[0].1.last().map(|p| p.0) else {
-        return Ok(());
+        return Ok(false);
     };
     let idle = rss(m, "idle").and_then(|r| r["vmrss_mib"].as_f64());
     let y_max = lines
@@ -90,11 +91,15 @@ fn plot_rss(path: &Path, m: &Value) -> Result<()> {
                 c,
                 (0, back),
                 (stages + 1, back),
-                &format!("limit after deleting them: idle + 25% ({back:.1} MiB)"),
+                &format!(
+                    "limit after deleting them: idle + {:.0}% ({back:.1} MiB)",
+                    (RETURN_LIMIT - 1.0) * 100.0
+                ),
             )?;
         }
         Ok(())
-    })
+    })?;
+    Ok(true)
 }
 
 /// RSS after deleting the Endpoints over idle RSS, in a run of the suite (`memory.json`) that
@@ -191,8 +196,8 @@ pub fn memory(r: &mut Report, args: &Args) -> Result<()> {
     )?;
     verdicts(r, &m, bytes, &debug);
     let plot = args.out.join("memory.svg");
-    plot_rss(&plot, &m)?;
-    if plot.exists() {
+    // Linked only when this run drew it (a file left by an earlier run is not this run's).
+    if plot_rss(&plot, &m)? {
         writeln!(r.md, "\n![pier up: memory at each stage]({IMG}memory.svg)")?;
     }
     r.md.push_str(&notes(&args.notes, "memory"));

@@ -52,7 +52,7 @@ fn progress(round: &Value) -> Vec<(f64, f64)> {
         .unwrap_or_default()
 }
 
-fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
+fn plot_progress(path: &Path, rounds: &[Value]) -> Result<bool> {
     let lines: Vec<(String, Vec<(f64, f64)>)> = rounds
         .iter()
         .enumerate()
@@ -65,7 +65,7 @@ fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
     let points = lines.iter().flat_map(|(_, p)| p.iter());
     let (x_max, y_max) = points.fold((0.0_f64, 0.0_f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
     if lines.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let frame = Frame::new(
         "Endpoints deleted at once: the node's veths left",
@@ -79,7 +79,8 @@ fn plot_progress(path: &Path, rounds: &[Value]) -> Result<()> {
             chart::line(c, points.iter().copied(), chart::color(i), label.clone())?;
         }
         chart::target_line(c, (LIMIT_S, 0.0), (LIMIT_S, y_top), "target: 3 s")
-    })
+    })?;
+    Ok(true)
 }
 
 /// The section: how it was measured, every round, the verdict and the plot.
@@ -168,8 +169,8 @@ pub fn teardown(r: &mut Report, args: &Args) -> Result<()> {
         "see the rounds above: the slowest round decides",
     );
     let plot = args.out.join("teardown.svg");
-    plot_progress(&plot, &rounds)?;
-    if plot.exists() {
+    // Linked only when this run drew it (a file left by an earlier run is not this run's).
+    if plot_progress(&plot, &rounds)? {
         writeln!(r.md, "\n![veths left after the delete]({IMG}teardown.svg)")?;
     }
     r.md.push_str(&notes(&args.notes, "teardown"));

@@ -175,15 +175,6 @@ impl Replies {
         self.len = self.len.saturating_sub(1);
     }
 
-    /// Answers filled and not sent yet.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Plans the datagrams for the answers filled so far: those of one length to one asker
     /// together, up to the kernel's limits. Returns how many datagrams there are to send.
     pub fn seal(&mut self) -> usize {
@@ -262,10 +253,10 @@ impl Replies {
             error.raw_os_error(),
             Some(nix::libc::EIO | nix::libc::EINVAL | nix::libc::EMSGSIZE | nix::libc::EOPNOTSUPP)
         );
-        let Some(&Outgoing { first, .. }) = self.datagrams.get(index) else {
+        let Some(&Outgoing { first, count }) = self.datagrams.get(index) else {
             return false;
         };
-        if !refused || self.datagrams[index].count == 1 {
+        if !refused || count == 1 {
             return false;
         }
         self.segmenting = false;
@@ -419,7 +410,6 @@ mod tests {
             .extend_from_slice(b"two");
         replies.next_buffer(second.local_addr().expect("address"));
         replies.discard_last();
-        assert_eq!(replies.len(), 2);
         assert_eq!(replies.seal(), 2);
         assert_eq!(replies.send(server.as_raw_fd(), 0).expect("send"), 2);
         let mut buffer = [0u8; 16];
@@ -432,7 +422,7 @@ mod tests {
         assert_eq!(&buffer[..n], b"two");
         // Buffers are kept for the next batch, their contents not.
         replies.clear();
-        assert!(replies.is_empty());
+        assert_eq!(replies.seal(), 0);
         assert!(
             replies
                 .next_buffer(first.local_addr().expect("a"))

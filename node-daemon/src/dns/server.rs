@@ -83,11 +83,10 @@ impl PierHandler {
 
     /// Counts answers that left in segmented datagrams.
     pub fn count_segmented(&self, answers: usize) {
-        let answers = u64::try_from(answers).unwrap_or(u64::MAX);
-        self.shared
-            .counters
-            .segmented
-            .fetch_add(answers, std::sync::atomic::Ordering::Relaxed);
+        if answers > 0 {
+            let answers = u64::try_from(answers).unwrap_or(u64::MAX);
+            Counters::add(&self.shared.counters.segmented, answers);
+        }
     }
 
     /// Counts a received query.

@@ -94,9 +94,7 @@ async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
             }
         }
         send_replies(&socket, &mut replies).await;
-        if replies.segmented() > 0 {
-            handler.count_segmented(replies.segmented());
-        }
+        handler.count_segmented(replies.segmented());
         replies.clear();
     }
 }

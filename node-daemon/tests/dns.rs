@@ -435,6 +435,23 @@ fn listeners_follow_the_bridges_and_garbage_does_not_kill_the_server() {
     dns.set(&only_workshop);
     assert_eq!(dns.handle().listening().len(), 1);
     assert_eq!(dig(&l.con2, "con1").answers, vec!["172.18.0.2"]);
+
+    // ch-open comes back: the new listener has the address to itself (no socket of the old one
+    // is left in its SO_REUSEPORT group to swallow a share of the queries), so queries from
+    // many source ports are all answered at the first try.
+    dns.set(&l.state);
+    assert_eq!(dns.handle().listening().len(), 2);
+    let answered = l
+        .con3
+        .sh("for i in $(seq 16); do dig +short +tries=1 +time=2 @172.19.0.1 con3 || true; done");
+    assert_eq!(
+        answered
+            .lines()
+            .filter(|line| *line == "172.19.0.2")
+            .count(),
+        16,
+        "{answered}"
+    );
 }
 
 /// Sends `count` queries for `name` A from `socket` back to back (ids from `first_id`) to

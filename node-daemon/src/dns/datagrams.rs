@@ -8,9 +8,11 @@
 //! (routing, connection tracking, bridge, veth), most of the DNS threads' CPU
 //! (benches/notes/dns.md).
 //!
-//! Both calls are non-blocking; the caller runs them under tokio's readiness (`async_io`).
-//! `sendmmsg` goes through libc directly: nix's wrapper reports how many were sent only by
-//! reading addresses it never initialised for sends.
+//! Both calls wait on a blocking socket: `recvmmsg` for the first query (then it takes what is
+//! queued without waiting), `sendmmsg` for room in a full send buffer (up to the socket's send
+//! timeout); a receive thread owns each socket (`udp.rs`). `sendmmsg` goes through libc
+//! directly: nix's wrapper reports how many were sent only by reading addresses it never
+//! initialised for sends.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -47,11 +49,12 @@ impl Default for Received {
 }
 
 impl Received {
-    /// Takes up to [`BATCH`] queued datagrams from `socket` without blocking (`WouldBlock` when
-    /// none is queued); returns how many.
+    /// Waits for a datagram on `socket`, then takes it and whatever else is queued, up to
+    /// [`BATCH`]; returns how many (`WouldBlock` when the socket's receive timeout passed first;
+    /// after the socket is shut down for reading, empty datagrams from no one).
     pub fn receive(&mut self, socket: RawFd) -> io::Result<usize> {
-        // The headers hold raw pointers (not `Send`): made per call, so the async loop holding
-        // `Received` across awaits stays `Send`.
+        // The headers hold raw pointers (not `Send`): made per call, so `Received` stays
+        // `Send`.
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
             .buffers
@@ -62,7 +65,7 @@ impl Received {
             socket,
             &mut headers,
             slices.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
+            MsgFlags::MSG_WAITFORONE,
             None,
         )
         .map_err(io::Error::from)?;
@@ -231,8 +234,8 @@ impl Replies {
             .sum()
     }
 
-    /// Sends the planned datagrams from the `from`-th on without blocking; returns how many went
-    /// (`WouldBlock` when the socket's send buffer is full).
+    /// Sends the planned datagrams from the `from`-th on; returns how many went (`WouldBlock`
+    /// when the socket's send buffer stayed full for its send timeout).
     pub fn send(&self, socket: RawFd, from: usize) -> io::Result<usize> {
         let datagrams = self.datagrams.get(from..).unwrap_or_default();
         send_many(
@@ -335,7 +338,7 @@ fn send_many(
     // SAFETY: every header points at a destination, slices and a control buffer that outlive
     // this call (borrowed from the arguments, `addresses`, `slices` and `controls`), and `count`
     // is at most the number of headers.
-    let sent = unsafe { libc::sendmmsg(socket, headers.as_mut_ptr(), count, libc::MSG_DONTWAIT) };
+    let sent = unsafe { libc::sendmmsg(socket, headers.as_mut_ptr(), count, 0) };
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
@@ -352,6 +355,10 @@ mod tests {
         let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // A receive with nothing queued gives up after this instead of waiting for good.
+        server
+            .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         (server, client)
     }

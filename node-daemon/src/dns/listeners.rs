@@ -1,9 +1,9 @@
 //! Listeners that follow the bridges: UDP and TCP on port 53 of each gateway address, IPv4 and
 //! IPv6 (a dual-stack network has two, each its own listener).
 //!
-//! Each gateway has its own UDP receive loops (`udp.rs`) and its own hickory `Server` for TCP (a
-//! `Server` cannot drop one socket of several); all share one handler, and so the same views. A
-//! network that appears gets listeners, one that goes loses them, and the others are not
+//! Each gateway has its own UDP receive threads (`udp.rs`) and its own hickory `Server` for TCP
+//! (a `Server` cannot drop one socket of several); all share one handler, and so the same views.
+//! A network that appears gets listeners, one that goes loses them, and the others are not
 //! touched: nothing is ever restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,11 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_server::Server;
-use tokio::task::JoinSet;
 
 use super::server::PierHandler;
 use super::sockets::{self, NetnsSockets, SocketThreadGone};
-use super::udp;
+use super::udp::{self, ReceiveThreads};
 
 /// How long a TCP client may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(5);
@@ -47,9 +46,9 @@ pub enum ListenError {
     },
 }
 
-/// One gateway's listeners: UDP loops (ours) and TCP (hickory's `Server`).
+/// One gateway's listeners: UDP receive threads (ours) and TCP (hickory's `Server`).
 struct Gateway {
-    udp: JoinSet<()>,
+    udp: ReceiveThreads,
     tcp: Server<PierHandler>,
 }
 
@@ -127,11 +126,9 @@ impl Listeners {
 
     async fn bind(&self, ip: IpAddr) -> Result<Gateway, ListenError> {
         let address = SocketAddr::new(ip, self.port);
-        // One UDP socket and receive loop per runtime worker: every core can answer.
-        let loops = tokio::runtime::Handle::current()
-            .metrics()
-            .num_workers()
-            .max(1);
+        // One UDP socket and receive thread per runtime worker: every core can answer.
+        let runtime = tokio::runtime::Handle::current();
+        let loops = runtime.metrics().num_workers().max(1);
         let (udp, tcp) = self
             .sockets
             .run(move || {
@@ -142,27 +139,19 @@ impl Listeners {
             .await
             .map_err(|source| ListenError::Thread { address, source })?;
         let udp = udp
-            .and_then(|sockets| {
-                sockets
-                    .into_iter()
-                    .map(tokio::net::UdpSocket::from_std)
-                    .collect::<std::io::Result<Vec<_>>>()
-            })
+            .and_then(|sockets| udp::serve(sockets, self.handler.clone(), runtime))
             .map_err(|source| ListenError::Udp { address, source })?;
         let tcp = tcp
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(|source| ListenError::Tcp { address, source })?;
         let mut server = Server::new(self.handler.clone());
         server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
-        Ok(Gateway {
-            udp: udp::serve(udp, self.handler.clone()),
-            tcp: server,
-        })
+        Ok(Gateway { udp, tcp: server })
     }
 }
 
 async fn stop(mut gateway: Gateway) {
-    gateway.udp.abort_all();
+    gateway.udp.stop(SHUTDOWN_GRACE).await;
     // Dropping the server (on timeout) aborts whatever is still running.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, gateway.tcp.shutdown_gracefully()).await;
 }

@@ -100,7 +100,7 @@ pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
     socket.set_reuse_port(true)?;
     // Bursts of queries must queue in the kernel, not be dropped while a worker is busy.
     let _ = socket.set_recv_buffer_size(4 << 20);
-    socket.set_nonblocking(true)?;
+    // Blocking: a receive thread waits in it (`udp.rs`).
     socket.bind(&address.into())?;
     Ok(socket.into())
 }

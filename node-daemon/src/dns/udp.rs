@@ -1,17 +1,24 @@
-//! The UDP path: receive loops that answer local names inline and send straight to the socket.
+//! The UDP path: receive threads that answer local names inline and send straight to the socket.
 //!
 //! hickory-server's own UDP path funnels every query of a socket through one task and a channel
 //! and spawns a task per query; for names answered from memory that plumbing costs more than the
-//! answer (measured: BENCHMARKS.md, DNS). Here one loop per runtime worker takes the queries
-//! queued on its socket in batches (`recvmmsg`), answers local names from the views straight into
-//! reply buffers and sends them in one call (`sendmmsg`); other queries are decoded with hickory
-//! (`Request::from_bytes`) and run through the same `PierHandler` with a responder that encodes
-//! and `send_to`s directly. Only queries that go upstream get a task of their own, so a slow
-//! upstream never stalls local answers. TCP stays on hickory's `Server`.
+//! answer (measured: BENCHMARKS.md, DNS). Here each socket (SO_REUSEPORT siblings, one per
+//! runtime worker) has a thread of its own that waits in `recvmmsg` for queries, takes every one
+//! queued, answers local names from the views straight into reply buffers and sends them in one
+//! `sendmmsg`, as NSD and Knot serve UDP. A thread, not a task: under load the runtime's
+//! readiness round per wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is
+//! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md). Other
+//! queries are decoded with hickory (`Request::from_bytes`) and run through the same
+//! `PierHandler` with a responder that encodes and sends directly; only queries that go
+//! upstream get a task of their own on the runtime, so a slow upstream never stalls local
+//! answers. TCP stays on hickory's `Server`.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
@@ -20,9 +27,9 @@ use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::task::JoinSet;
+use socket2::{SockAddr, SockRef};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use super::datagrams::{Received, Replies};
 use super::server::PierHandler;
@@ -31,17 +38,94 @@ use super::wire;
 /// Without EDNS, a UDP answer may be at most 512 bytes (RFC 1035 §4.2.1).
 const CLASSIC_UDP: u16 = 512;
 
-/// Starts one receive loop per socket (SO_REUSEPORT siblings on one address); they end when the
-/// returned set is dropped.
-pub fn serve(sockets: Vec<UdpSocket>, handler: PierHandler) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    for socket in sockets {
-        tasks.spawn(receive_loop(Arc::new(socket), handler.clone()));
-    }
-    tasks
+/// How long a send may wait for room in a full send buffer before that answer is given up (the
+/// asker retries): a wedged asker must not stall the others for long.
+const SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// One gateway's UDP receive threads. They end on [`stop`](Self::stop), or soon after this is
+/// dropped.
+#[derive(Debug)]
+pub struct ReceiveThreads {
+    sockets: Vec<Arc<UdpSocket>>,
+    /// One per thread, closed when the thread ends: waiting on these holds no thread of the
+    /// runtime, as joining would (and a runtime shutting down waits for those).
+    exited: Vec<oneshot::Receiver<()>>,
+    stopping: Arc<AtomicBool>,
 }
 
-async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
+/// Starts one receive thread per socket; queries that need the runtime (upstream ones) run on
+/// `runtime`.
+pub fn serve(
+    sockets: Vec<UdpSocket>,
+    handler: PierHandler,
+    runtime: Handle,
+) -> io::Result<ReceiveThreads> {
+    let mut loops = ReceiveThreads {
+        sockets: Vec::with_capacity(sockets.len()),
+        exited: Vec::with_capacity(sockets.len()),
+        stopping: Arc::new(AtomicBool::new(false)),
+    };
+    for socket in sockets {
+        // The thread waits in the kernel for queries, and a full send buffer makes it wait
+        // (bounded) rather than drop answers.
+        socket.set_nonblocking(false)?;
+        socket.set_write_timeout(Some(SEND_WAIT))?;
+        let socket = Arc::new(socket);
+        let (exiting, exited) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("pier-dns-udp".into())
+            .spawn({
+                let (socket, handler, runtime) = (socket.clone(), handler.clone(), runtime.clone());
+                let stopping = loops.stopping.clone();
+                move || {
+                    receive_loop(&socket, &handler, &runtime, &stopping);
+                    // The socket is closed before `stop` hears that the thread is done (a
+                    // panic drops `exiting` too).
+                    drop(socket);
+                    drop(exiting);
+                }
+            })?;
+        // (On an error above `loops` is dropped, which stops the threads already started.)
+        loops.exited.push(exited);
+        loops.sockets.push(socket);
+    }
+    Ok(loops)
+}
+
+impl ReceiveThreads {
+    /// Stops the threads and waits for them to let go of their sockets (up to `grace`), so a
+    /// listener bound again on the same address does not share queries with sockets nobody reads.
+    pub async fn stop(mut self, grace: Duration) {
+        self.signal_stop();
+        let exited = futures::future::join_all(std::mem::take(&mut self.exited));
+        if tokio::time::timeout(grace, exited).await.is_err() {
+            tracing::warn!("a DNS receive thread did not stop in time");
+        }
+    }
+
+    /// Tells the threads to stop and wakes them: shutting a socket down for reading makes a
+    /// thread waiting in `recvmmsg` return at once (for an unconnected UDP socket the call
+    /// reports ENOTCONN but does shut it down).
+    fn signal_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for socket in &self.sockets {
+            let _ = SockRef::from(socket.as_ref()).shutdown(std::net::Shutdown::Read);
+        }
+    }
+}
+
+impl Drop for ReceiveThreads {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+fn receive_loop(
+    socket: &Arc<UdpSocket>,
+    handler: &PierHandler,
+    runtime: &Handle,
+    stopping: &AtomicBool,
+) {
     let mut received = Received::default();
     let mut replies = Replies::default();
     // This loop's own reference to the views, refreshed when the generation moves: no lock and
@@ -49,9 +133,10 @@ async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
     let mut generation = handler.shared().generation();
     let mut views = handler.shared().views();
     loop {
-        let taken = socket
-            .async_io(Interest::READABLE, || received.receive(socket.as_raw_fd()))
-            .await;
+        let taken = received.receive(socket.as_raw_fd());
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
         // ICMP errors from earlier answers and the like: the socket itself is fine.
         if let Err(error) = taken {
             tracing::debug!(%error, "UDP receive error");
@@ -86,38 +171,36 @@ async fn receive_loop(socket: Arc<UdpSocket>, handler: PierHandler) {
                 destination: source,
             };
             handler.count_query();
-            if let Err(responder) = handler.answer(&request, responder, true).await {
+            // Answered from memory here (nothing in it waits on I/O); only what must go
+            // upstream leaves for a task.
+            if let Err(responder) = runtime.block_on(handler.answer(&request, responder, true)) {
                 let handler = handler.clone();
-                tokio::spawn(async move {
+                runtime.spawn(async move {
                     let _ = handler.answer(&request, responder, false).await;
                 });
             }
         }
-        send_replies(&socket, &mut replies).await;
+        send_replies(socket, &mut replies);
         handler.count_segmented(replies.segmented());
         replies.clear();
     }
 }
 
-/// Sends every answer of the batch, waiting for room in the socket's send buffer when it is full.
-async fn send_replies(socket: &UdpSocket, replies: &mut Replies) {
+/// Sends every answer of the batch (waiting, up to [`SEND_WAIT`] per call, for room in the
+/// socket's send buffer when it is full).
+fn send_replies(socket: &UdpSocket, replies: &mut Replies) {
     let mut datagrams = replies.seal();
     let mut sent = 0;
     while sent < datagrams {
-        let result = socket
-            .async_io(Interest::WRITABLE, || {
-                replies.send(socket.as_raw_fd(), sent)
-            })
-            .await;
-        match result {
+        match replies.send(socket.as_raw_fd(), sent) {
             Ok(count) => sent += count.max(1),
             // The kernel does not segment on this route: the same answers again, one by one.
             Err(error) if replies.stop_segmenting_after(sent, &error) => {
                 tracing::debug!(%error, "UDP segmentation refused; answers go one by one");
                 datagrams = replies.planned();
             }
-            // The first of the rest could not go (its destination unreachable, say): the asker
-            // retries; the others still go.
+            // The first of the rest could not go (its destination unreachable, the buffer
+            // still full after the wait, say): the asker retries; the others still go.
             Err(error) => {
                 tracing::debug!(%error, "UDP send error");
                 sent += 1;
@@ -155,7 +238,111 @@ impl ResponseHandler for UdpResponder {
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);
         let info = response.destructive_emit(&mut encoder)?;
-        self.socket.send_to(&bytes, self.destination).await?;
+        // Never waits (it may run on a runtime worker): with the send buffer full this answer
+        // is lost and the asker retries, as with any UDP loss.
+        SockRef::from(self.socket.as_ref()).send_to_with_flags(
+            &bytes,
+            &SockAddr::from(self.destination),
+            nix::libc::MSG_DONTWAIT,
+        )?;
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hickory_server::proto::op::{Message, OpCode, Query, ResponseCode};
+    use hickory_server::proto::rr::{Name, RData, RecordType};
+
+    use super::*;
+    use crate::dns::forward::{Forwarder, UpstreamConfig};
+    use crate::dns::metrics::DnsMetrics;
+    use crate::dns::server::Shared;
+    use crate::dns::sockets::{self, NetnsSockets};
+    use crate::dns::views::Views;
+    use crate::dns::views::tests::{endpoint, network};
+    use crate::state::NodeState;
+
+    /// One network on loopback: the asker (127.0.0.1) is `con1`, and `con2` is 127.0.0.2.
+    fn loopback_state() -> NodeState {
+        NodeState {
+            networks: vec![network("n", "127.0.0.0/8", "127.0.0.1")],
+            endpoints: vec![
+                endpoint("default/con1", "con1", "n", "127.0.0.1"),
+                endpoint("default/con2", "con2", "n", "127.0.0.2"),
+            ],
+            ports: vec![],
+            ..NodeState::default()
+        }
+    }
+
+    fn ask(client: &UdpSocket, server: SocketAddr, id: u16, name: &str) -> Message {
+        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(
+            Name::from_ascii(name).expect("name"),
+            RecordType::A,
+        ));
+        client
+            .send_to(&query.to_vec().expect("query encodes"), server)
+            .expect("send");
+        let mut buffer = [0; 1500];
+        let (length, from) = client.recv_from(&mut buffer).expect("an answer");
+        assert_eq!(from, server);
+        let answer = Message::from_vec(&buffer[..length]).expect("answer decodes");
+        assert_eq!(answer.metadata.id, id);
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn threads_answer_from_memory_and_through_the_runtime_and_let_go_of_the_address_on_stop()
+    {
+        let config = UpstreamConfig {
+            resolv_conf: "/nonexistent/resolv.conf".into(),
+            ..UpstreamConfig::default()
+        };
+        let shared = Arc::new(Shared::new(
+            Views::build(&loopback_state()),
+            Forwarder::new(&config, NetnsSockets::start(None).expect("socket thread")),
+            DnsMetrics::default(),
+        ));
+        let first = sockets::bind_udp("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let server = first.local_addr().expect("address");
+        let second = sockets::bind_udp(server).expect("a sibling on the same address");
+        let loops = serve(
+            vec![first, second],
+            PierHandler::new(shared.clone()),
+            Handle::current(),
+        )
+        .expect("threads start");
+
+        let client = tokio::task::spawn_blocking(move || {
+            let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            // A local name: the wire fast path.
+            let answer = ask(&client, server, 1, "con2.");
+            let addresses: Vec<RData> = answer.answers.iter().map(|r| r.data.clone()).collect();
+            assert_eq!(
+                addresses,
+                vec![RData::A(std::net::Ipv4Addr::new(127, 0, 0, 2).into())]
+            );
+            // Not local, and no upstream to forward to: answered on a task of the runtime.
+            let answer = ask(&client, server, 2, "elsewhere.example.");
+            assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+            client
+        })
+        .await
+        .expect("client");
+        drop(client);
+        assert_eq!(shared.counters.snapshot().local, 1);
+
+        let started = std::time::Instant::now();
+        loops.stop(Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "stop is prompt");
+        // No socket of the group is left open: the address can be bound without SO_REUSEPORT.
+        std::net::UdpSocket::bind(server).expect("the address is free after stop");
     }
 }

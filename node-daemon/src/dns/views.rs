@@ -441,11 +441,12 @@ pub fn namespace_gateways(state: &NodeState) -> BTreeMap<Netns, Vec<IpAddr>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::state::{BridgeAttachment, Driver, NetworkState};
 
-    fn network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
+    /// A bridge network with DNS, IPv4 only.
+    pub(crate) fn network(name: &str, subnet: &str, gateway: &str) -> NetworkState {
         NetworkState {
             name: name.into(),
             uid: format!("uid-{name}"),
@@ -461,7 +462,8 @@ mod tests {
         }
     }
 
-    fn endpoint(id: &str, ns: &str, network: &str, address: &str) -> EndpointState {
+    /// Endpoint `id` ("namespace/name") in netns `ns` with `address` on `network`.
+    pub(crate) fn endpoint(id: &str, ns: &str, network: &str, address: &str) -> EndpointState {
         EndpointState {
             id: id.into(),
             uid: format!("uid-{id}"),

@@ -88,6 +88,37 @@ fn dnsperf(client: &Ns, port: u16, file: &str, extra: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// CPU-bound processes, one per CPU, until dropped.
+struct BusyNeighbours(Vec<std::process::Child>);
+
+impl BusyNeighbours {
+    fn count() -> usize {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+
+    fn start() -> BusyNeighbours {
+        BusyNeighbours(
+            (0..Self::count())
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("busy loop starts")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyNeighbours {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix(label))
@@ -292,6 +323,17 @@ fn main() {
         eprintln!("10k QPS {label}: {run:?}");
         fixed.push((label, run));
     }
+    // The same beside CPU-bound neighbours, one per CPU: a node's DNS shares its CPUs with
+    // workloads, and a server that gives its CPU away to let askers run must not give it to them.
+    let mut beside_busy = Vec::new();
+    {
+        let _neighbours = BusyNeighbours::start();
+        for (label, port) in [("pier", PIER_PORT), ("aardvark-dns", AARDVARK_PORT)] {
+            let run = latency(&client, port, &file, 10_000);
+            eprintln!("10k QPS beside busy neighbours {label}: {run:?}");
+            beside_busy.push((label, run));
+        }
+    }
 
     // Update latency: add one endpoint to the NodeState, ask for it until it answers.
     let socket = pier_node::kernel::netns::run_in(Some(&client.path()), || {
@@ -417,6 +459,7 @@ fn main() {
             .collect()
     };
     let at_10k = |who: &str| fixed.iter().find(|(l, _)| *l == who).map(|(_, r)| r);
+    let beside = |who: &str| beside_busy.iter().find(|(l, _)| *l == who).map(|(_, r)| r);
     write_json(&serde_json::json!({
         "bench": "dns",
         "rounds": rounds,
@@ -424,6 +467,11 @@ fn main() {
         "max_qps_rounds": {"pier": runs("pier"), "aardvark-dns": runs("aardvark-dns")},
         "qps_ratio_per_round": pair_ratios,
         "at_10k_qps": {"pier": at_10k("pier"), "aardvark-dns": at_10k("aardvark-dns")},
+        "at_10k_qps_beside_busy_neighbours": {
+            "pier": beside("pier"),
+            "aardvark-dns": beside("aardvark-dns"),
+            "neighbours": BusyNeighbours::count(),
+        },
         // Every update sample; the 10,000 QPS runs keep percentiles only (100,000 per server).
         "update_us": {
             "p50": percentile(&updates, 0.5),

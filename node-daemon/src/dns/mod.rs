@@ -22,6 +22,7 @@ pub mod sockets;
 pub mod udp;
 pub mod views;
 pub mod wire;
+pub mod yielding;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

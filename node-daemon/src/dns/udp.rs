@@ -7,7 +7,8 @@
 //! queued, answers local names from the views straight into reply buffers and sends them in one
 //! `sendmmsg`, as NSD and Knot serve UDP. A thread, not a task: under load the runtime's
 //! readiness round per wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is
-//! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md). Other
+//! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md), and a
+//! thread can yield its CPU to the askers between batches (`yielding.rs`). Other
 //! queries are decoded with hickory (`Request::from_bytes`) and run through the same
 //! `PierHandler` with a responder that encodes and sends directly; only queries that go
 //! upstream get a task of their own on the runtime, so a slow upstream never stalls local
@@ -18,7 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
@@ -31,9 +32,10 @@ use socket2::{SockAddr, SockRef};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use super::datagrams::{Received, Replies};
+use super::datagrams::{BATCH, Received, Replies};
 use super::server::PierHandler;
 use super::wire;
+use super::yielding::YieldToAskers;
 
 /// Without EDNS, a UDP answer may be at most 512 bytes (RFC 1035 §4.2.1).
 const CLASSIC_UDP: u16 = 512;
@@ -132,16 +134,29 @@ fn receive_loop(
     // no shared reference count touched per query.
     let mut generation = handler.shared().generation();
     let mut views = handler.shared().views();
+    let mut courtesy = YieldToAskers::default();
+    let mut taken = 0;
     loop {
-        let taken = received.receive(socket.as_raw_fd());
+        // Under load, let the askers this thread just answered send their next queries before
+        // taking a batch (yielding.rs).
+        if courtesy.should_yield(Instant::now(), taken, BATCH) {
+            let started = Instant::now();
+            std::thread::yield_now();
+            let now = Instant::now();
+            courtesy.yielded(now, now - started);
+        }
+        let result = received.receive(socket.as_raw_fd());
         if stopping.load(Ordering::Acquire) {
             return;
         }
         // ICMP errors from earlier answers and the like: the socket itself is fine.
-        if let Err(error) = taken {
-            tracing::debug!(%error, "UDP receive error");
-            continue;
-        }
+        taken = match result {
+            Ok(taken) => taken,
+            Err(error) => {
+                tracing::debug!(%error, "UDP receive error");
+                continue;
+            }
+        };
         if handler.shared().generation() != generation {
             generation = handler.shared().generation();
             views = handler.shared().views();

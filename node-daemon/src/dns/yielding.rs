@@ -13,10 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-/// A yield that gave the CPU away this long was not a burst of queries being sent: an asker
-/// sends a burst in tens to a few hundred microseconds (a load generator at its limit of
-/// outstanding queries the longest), a CPU-bound task keeps a whole time slice (0.75 ms or
-/// more).
+/// A yield that gave the CPU away this long was most likely not a burst of queries being sent:
+/// an asker sends its burst in tens of microseconds, a CPU-bound task keeps a whole time slice
+/// (0.75 ms or more). Not always: see [`PROBE_EVERY`].
 pub const LONG_YIELD: Duration = Duration::from_micros(500);
 
 /// Share of long yields (moving average) above which the thread stops yielding.

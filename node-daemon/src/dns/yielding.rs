@@ -25,12 +25,13 @@ const LONG_SHARE_LIMIT: f32 = 0.2;
 /// few milliseconds of delay when a neighbour is CPU-bound), the odd long one does not.
 const WEIGHT: f32 = 1.0 / 32.0;
 
-/// While stopped, one yield this often finds out whether the neighbour is still there. Short,
-/// because an asker can look like a neighbour for a while (a load generator at its limit keeps
-/// the CPU for milliseconds); beside truly CPU-bound neighbours one delayed batch per period
-/// keeps the p50 at 10,000 QPS where it is without yielding and the p99 within 5%
-/// (benches/notes/dns.md).
-pub const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// While stopped, one yield this often finds out whether the neighbour is still there. An
+/// asker can look like a neighbour for a while (a load generator at its limit keeps the CPU
+/// for milliseconds), which argues for probing often; but each probe that finds the CPU free
+/// restarts yielding, and beside truly CPU-bound neighbours probing every 50 ms let their
+/// time slices in often enough to raise the p50 at 10,000 QPS from about 100 µs to 820 µs in
+/// one run of three (benches/notes/dns.md).
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// Per receive thread: whether to yield before the next receive.
 #[derive(Debug, Default)]

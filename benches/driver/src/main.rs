@@ -969,13 +969,13 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
          Pier's DNS and aardvark-dns serve the same 201 names on the same bridge gateway of a namespace of \
          the bench's own; dnsperf asks from a container namespace. Max-QPS rounds alternate the servers \
          ({} dnsperf clients); then 10 s at 10,000 QPS each for latency, alone and again beside CPU-bound \
-         processes (one per CPU); then record update latency.\n",
+         processes (one per CPU), where each server is also flooded for max QPS; then record update latency.\n",
         dns["rounds"],
         dns["clients"].as_str().unwrap_or("?")
     )?;
     writeln!(
         r.md,
-        "| server | max QPS per round | server CPU per query, µs (per round) | p50 / p99 / max µs at 10,000 QPS | the same beside CPU-bound processes |\n|---|---|---|---|---|"
+        "| server | max QPS per round | server CPU per query, µs (per round) | p50 / p99 / max µs at 10,000 QPS | the same beside CPU-bound processes | max QPS beside them |\n|---|---|---|---|---|---|"
     )?;
     let percentiles = |f: &Value| {
         if f.is_null() {
@@ -991,11 +991,14 @@ fn dns(r: &mut Report, args: &Args) -> Result<()> {
     for who in ["pier", "aardvark-dns"] {
         writeln!(
             r.md,
-            "| {who} | {} | {} | {} | {} |",
+            "| {who} | {} | {} | {} | {} | {} |",
             joined(&rounds(who, "qps"), 0),
             joined(&rounds(who, "cpu_us"), 1),
             percentiles(&dns["at_10k_qps"][who]),
-            percentiles(&dns["at_10k_qps_beside_busy_neighbours"][who])
+            percentiles(&dns["at_10k_qps_beside_busy_neighbours"][who]),
+            dns["max_qps_beside_busy_neighbours"][who]["qps"]
+                .as_f64()
+                .map_or_else(|| "not measured".to_owned(), |q| format!("{q:.0}"))
         )?;
     }
     let cpu_ratio = dns_cpu_ratio(&dns);

@@ -8,7 +8,8 @@
 //! `sendmmsg`, as NSD and Knot serve UDP. A thread, not a task: under load the runtime's
 //! readiness round per wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is
 //! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md), and a
-//! thread can yield its CPU to the askers between batches (`yielding.rs`). Other
+//! thread can give its CPU to the askers between batches (a yield or a short pause:
+//! `yielding.rs`). Other
 //! queries are decoded with hickory (`Request::from_bytes`) and run through the same
 //! `PierHandler` with a responder that encodes and sends directly; only queries that go
 //! upstream get a task of their own on the runtime, so a slow upstream never stalls local
@@ -35,7 +36,7 @@ use tokio::sync::oneshot;
 use super::datagrams::{BATCH, Received, Replies};
 use super::server::PierHandler;
 use super::wire;
-use super::yielding::YieldToAskers;
+use super::yielding::{GiveWay, GiveWayToAskers};
 
 /// Without EDNS, a UDP answer may be at most 512 bytes (RFC 1035 §4.2.1).
 const CLASSIC_UDP: u16 = 512;
@@ -43,6 +44,10 @@ const CLASSIC_UDP: u16 = 512;
 /// How long a send may wait for room in a full send buffer before that answer is given up (the
 /// asker retries): a wedged asker must not stall the others for long.
 const SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// Timer slack of a receive thread, in nanoseconds: its pauses (yielding.rs) last tens of
+/// microseconds.
+const PAUSE_TIMER_SLACK_NS: u64 = 1_000;
 
 /// One gateway's UDP receive threads. They end on [`stop`](Self::stop), or soon after this is
 /// dropped.
@@ -134,16 +139,25 @@ fn receive_loop(
     // no shared reference count touched per query.
     let mut generation = handler.shared().generation();
     let mut views = handler.shared().views();
-    let mut courtesy = YieldToAskers::default();
+    let mut courtesy = GiveWayToAskers::default();
     let mut taken = 0;
+    // Pauses last tens of microseconds; with the default timer slack (50 µs) they could end
+    // that much later.
+    if let Err(error) = nix::sys::prctl::set_timerslack(PAUSE_TIMER_SLACK_NS) {
+        tracing::debug!(%error, "DNS receive thread keeps the default timer slack");
+    }
     loop {
         // Under load, let the askers this thread just answered send their next queries before
         // taking a batch (yielding.rs).
-        if courtesy.should_yield(Instant::now(), taken, BATCH) {
-            let started = Instant::now();
-            std::thread::yield_now();
-            let now = Instant::now();
-            courtesy.yielded(now, now - started);
+        let now = Instant::now();
+        match courtesy.before_receive(now, taken, BATCH) {
+            GiveWay::No => {}
+            GiveWay::Yield => {
+                std::thread::yield_now();
+                let after = Instant::now();
+                courtesy.yielded(after, after - now);
+            }
+            GiveWay::Pause(pause) => std::thread::sleep(pause),
         }
         let result = received.receive(socket.as_raw_fd());
         if stopping.load(Ordering::Acquire) {

@@ -292,13 +292,18 @@ fn main() {
                 })
         })
         .expect("aardvark-dns runs in the host namespace");
+    // Each server: its label, its port and the process whose CPU time is its own.
+    let servers = [
+        ("pier", PIER_PORT, std::process::id()),
+        ("aardvark-dns", AARDVARK_PORT, aardvark_pid),
+    ];
 
     let queries = std::env::temp_dir().join(format!("pier-bench-queries-{}", std::process::id()));
     let text: String = (0..NAMES).map(|i| format!("svc{i} A\n")).collect();
     std::fs::write(&queries, text).expect("query file");
     let file = queries.display().to_string();
 
-    for (label, port) in [("pier", PIER_PORT), ("aardvark-dns", AARDVARK_PORT)] {
+    for (label, port, _) in servers {
         let check = client.exec(&format!("dig +short +time=1 @{GATEWAY} -p {port} svc7"));
         let answer = String::from_utf8_lossy(&check.stdout).trim().to_owned();
         assert_eq!(answer, "172.30.0.17", "{label} answers svc7");
@@ -308,17 +313,14 @@ fn main() {
     let mut max = Vec::new();
     let rounds: usize = env_or("PIER_BENCH_ROUNDS", "3").parse().unwrap_or(3);
     for round in 0..rounds {
-        for (label, port, pid) in [
-            ("pier", PIER_PORT, std::process::id()),
-            ("aardvark-dns", AARDVARK_PORT, aardvark_pid),
-        ] {
+        for (label, port, pid) in servers {
             let run = throughput(&client, port, &file, pid);
             eprintln!("round {round} {label}: {run:?}");
             max.push((label, run));
         }
     }
     let mut fixed = Vec::new();
-    for (label, port) in [("pier", PIER_PORT), ("aardvark-dns", AARDVARK_PORT)] {
+    for (label, port, _) in servers {
         let run = latency(&client, port, &file, 10_000);
         eprintln!("10k QPS {label}: {run:?}");
         fixed.push((label, run));
@@ -331,10 +333,7 @@ fn main() {
     let mut flooded_beside_busy = Vec::new();
     {
         let _neighbours = BusyNeighbours::start();
-        for (label, port, pid) in [
-            ("pier", PIER_PORT, std::process::id()),
-            ("aardvark-dns", AARDVARK_PORT, aardvark_pid),
-        ] {
+        for (label, port, pid) in servers {
             let run = latency(&client, port, &file, 10_000);
             eprintln!("10k QPS beside busy neighbours {label}: {run:?}");
             beside_busy.push((label, run));

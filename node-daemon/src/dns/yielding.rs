@@ -46,8 +46,8 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 pub const HOT_RATE: u32 = 20_000;
 
 /// How long a hot thread sleeps before its next receive. Long enough for the askers just
-/// answered to send again (20 µs was not, in the DNS bench: 7.8 µs of CPU per answer against
-/// 3.3-3.8 at 30 µs); the timer's own wakeup adds about 20 µs on the machines measured.
+/// answered to send again: in quick DNS bench runs, 20 µs gave 7.8 µs of CPU per answer where
+/// 30 µs mostly gave 3.3-4.1 (benches/notes/dns.md). The timer's wakeup adds about 20 µs.
 pub const PAUSE: Duration = Duration::from_micros(30);
 
 /// The query rate is counted over windows of at least this long: long enough that a burst

@@ -40,9 +40,9 @@ const WEIGHT: f32 = 1.0 / 32.0;
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// Queries per second, on one receive thread, from which it pauses rather than yields. Below
-/// it a thread answering in about 5 µs is idle most of the time, batches are small whatever
-/// it does, and a pause would only add latency; the 10,000 QPS of the latency bench (spread
-/// over a thread per CPU) stay below it.
+/// it queries arrive more than 50 µs apart on average, so a [`PAUSE`] would gather hardly one
+/// more and only add latency; the 10,000 QPS of the latency bench (spread over a thread per
+/// CPU) stay below it.
 pub const HOT_RATE: u32 = 20_000;
 
 /// How long a hot thread sleeps before its next receive. Long enough for the askers just

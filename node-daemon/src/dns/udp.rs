@@ -9,11 +9,10 @@
 //! readiness round per wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is
 //! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md), and a
 //! thread can give its CPU to the askers between batches (a yield or a short pause:
-//! `yielding.rs`). Other
-//! queries are decoded with hickory (`Request::from_bytes`) and run through the same
-//! `PierHandler` with a responder that encodes and sends directly; only queries that go
-//! upstream get a task of their own on the runtime, so a slow upstream never stalls local
-//! answers. TCP stays on hickory's `Server`.
+//! `yielding.rs`). Other queries are decoded with hickory (`Request::from_bytes`) and run
+//! through the same `PierHandler` with a responder that encodes and sends directly; only
+//! queries that go upstream get a task of their own on the runtime, so a slow upstream never
+//! stalls local answers. TCP stays on hickory's `Server`.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -36,7 +35,7 @@ use tokio::sync::oneshot;
 use super::datagrams::{BATCH, Received, Replies};
 use super::server::PierHandler;
 use super::wire;
-use super::yielding::{GiveWay, GiveWayToAskers};
+use super::yielding::{GiveWay, GiveWayToAskers, PAUSE_TIMER_SLACK_NS};
 
 /// Without EDNS, a UDP answer may be at most 512 bytes (RFC 1035 §4.2.1).
 const CLASSIC_UDP: u16 = 512;
@@ -44,10 +43,6 @@ const CLASSIC_UDP: u16 = 512;
 /// How long a send may wait for room in a full send buffer before that answer is given up (the
 /// asker retries): a wedged asker must not stall the others for long.
 const SEND_WAIT: Duration = Duration::from_secs(1);
-
-/// Timer slack of a receive thread, in nanoseconds: its pauses (yielding.rs) last tens of
-/// microseconds.
-const PAUSE_TIMER_SLACK_NS: u64 = 1_000;
 
 /// One gateway's UDP receive threads. They end on [`stop`](Self::stop), or soon after this is
 /// dropped.
@@ -141,8 +136,6 @@ fn receive_loop(
     let mut views = handler.shared().views();
     let mut courtesy = GiveWayToAskers::default();
     let mut taken = 0;
-    // Pauses last tens of microseconds; with the default timer slack (50 µs) they could end
-    // that much later.
     if let Err(error) = nix::sys::prctl::set_timerslack(PAUSE_TIMER_SLACK_NS) {
         tracing::debug!(%error, "DNS receive thread keeps the default timer slack");
     }

@@ -12,10 +12,10 @@
 //!   for a whole time slice at every yield and delay the next queries by as much, so yields
 //!   that take long are watched: when they become common the thread stops yielding, and tries
 //!   one again every [`PROBE_EVERY`] to see whether the neighbour has gone.
-//! - At [`HOT_RATE`] and above, a [`PAUSE`]: a sleep, which any task may use but which ends
-//!   on a timer, so a neighbour gets microseconds rather than a time slice. A yield there
-//!   would not do: a load generator at its limit keeps the CPU for milliseconds like a
-//!   neighbour, and the guard above stops yielding just when batching pays most.
+//! - At [`HOT_RATE`] and above, a [`PAUSE`]: a sleep. Any task may run meanwhile, but the
+//!   sleep ends on a timer, so a neighbour gets microseconds rather than a time slice. A
+//!   yield would not do there: a load generator at its limit keeps the CPU for milliseconds
+//!   like a neighbour, and the guard above stops yielding just when batching pays most.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,10 @@ pub const HOT_RATE: u32 = 20_000;
 /// answered to send again: in quick DNS bench runs, 20 µs gave 7.8 µs of CPU per answer where
 /// 30 µs mostly gave 3.3-4.1 (benches/notes/dns.md). The timer's wakeup adds about 20 µs.
 pub const PAUSE: Duration = Duration::from_micros(30);
+
+/// Timer slack, in nanoseconds, for a thread that pauses: with the default (50 µs) a
+/// [`PAUSE`] could end that much later than asked.
+pub const PAUSE_TIMER_SLACK_NS: u64 = 1_000;
 
 /// The query rate is counted over windows of at least this long: long enough that a burst
 /// queued behind a neighbour's time slice (a few ms) does not look like a high rate.

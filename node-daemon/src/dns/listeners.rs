@@ -126,7 +126,8 @@ impl Listeners {
 
     async fn bind(&self, ip: IpAddr) -> Result<Gateway, ListenError> {
         let address = SocketAddr::new(ip, self.port);
-        // One UDP socket and receive thread per runtime worker: every core can answer.
+        // One UDP socket and receive thread per runtime worker: every core can answer when one
+        // is not enough (spreading.rs).
         let runtime = tokio::runtime::Handle::current();
         let loops = runtime.metrics().num_workers().max(1);
         let (udp, tcp) = self

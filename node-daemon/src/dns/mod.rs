@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod resolv_conf;
 pub mod server;
 pub mod sockets;
+pub mod spreading;
 pub mod udp;
 pub mod views;
 pub mod wire;

@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::oneshot;
 
+use super::spreading::Spread;
 use crate::kernel::netns::{self, NetnsError};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -93,8 +94,8 @@ fn gateway_socket(address: SocketAddr, kind: Type, protocol: Protocol) -> io::Re
 }
 
 /// A UDP socket bound to `address` (IPv4 or IPv6, see `gateway_socket`). SO_REUSEPORT lets one
-/// socket per worker share the address: the kernel spreads askers over them (only sockets of
-/// the same user can join the group).
+/// socket per worker share the address: the kernel hands each query to one of them, as
+/// [`steer`] says (only sockets of the same user can join the group).
 pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = gateway_socket(address, Type::DGRAM, Protocol::UDP)?;
     socket.set_reuse_port(true)?;
@@ -103,6 +104,54 @@ pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
     // Blocking: a receive thread waits in it (`udp.rs`).
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+/// Tells the kernel which socket of `socket`'s SO_REUSEPORT group gets each query
+/// (spreading.rs), with a classic BPF program for the group (`SO_ATTACH_REUSEPORT_CBPF`) that
+/// returns the socket's index in the group: 0, the first bound, for [`Spread::First`]; for
+/// [`Spread::All`] an index past the end, on which the kernel falls back to its hash. The
+/// first socket of a gateway is the first of its group because the group's sockets are bound
+/// together and closed together (a listener bound again waits for the old threads to let go
+/// of theirs: `udp.rs`).
+#[allow(unsafe_code)]
+pub fn steer(socket: &std::net::UdpSocket, spread: Spread) -> io::Result<()> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    /// `BPF_RET | BPF_K`: return the constant.
+    const RETURN_CONSTANT: u16 = 0x06;
+    let index = match spread {
+        Spread::First => 0,
+        Spread::All => u32::MAX,
+    };
+    let mut program = [libc::sock_filter {
+        code: RETURN_CONSTANT,
+        jt: 0,
+        jf: 0,
+        k: index,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    #[allow(clippy::cast_possible_truncation)] // a pointer and a u16: 16 bytes
+    let length = std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the borrow of `socket`; `fprog` is the `sock_fprog`
+    // this option reads, `length` bytes, and it and the instruction it points at outlive the
+    // call (the kernel copies the program).
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            length,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A TCP listener bound to `address` (free-bound as for UDP).
@@ -133,4 +182,53 @@ pub fn tcp_socket(ipv6: bool) -> io::Result<std::net::TcpStream> {
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    /// Sends one datagram from each of `askers` fresh sockets (fresh source ports) to `server`;
+    /// returns how many each of `group` received.
+    fn deliver(group: &[UdpSocket], server: SocketAddr, askers: usize) -> Vec<usize> {
+        for _ in 0..askers {
+            let asker = UdpSocket::bind("127.0.0.1:0").expect("asker binds");
+            asker.send_to(b"query", server).expect("sends");
+        }
+        // Loopback delivers before `send_to` returns; the wait only guards a slow machine.
+        std::thread::sleep(Duration::from_millis(50));
+        group
+            .iter()
+            .map(|socket| {
+                let mut buffer = [0; 16];
+                std::iter::from_fn(|| socket.recv_from(&mut buffer).ok()).count()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steering_sends_every_query_to_the_first_socket_or_spreads_them_by_hash() {
+        let first = bind_udp("127.0.0.1:0".parse().expect("address")).expect("binds");
+        let server = first.local_addr().expect("address");
+        let group = [first, bind_udp(server).expect("a sibling binds")];
+        for socket in &group {
+            socket.set_nonblocking(true).expect("nonblocking");
+        }
+
+        steer(&group[0], Spread::First).expect("steers to the first");
+        assert_eq!(deliver(&group, server, 32), vec![32, 0]);
+
+        // Spread by the kernel's hash: 32 source ports all landing on one socket of two is a
+        // chance of one in 2^31.
+        steer(&group[0], Spread::All).expect("spreads");
+        let spread = deliver(&group, server, 32);
+        assert_eq!(spread.iter().sum::<usize>(), 32);
+        assert!(spread.iter().all(|&count| count > 0), "{spread:?}");
+
+        // The program is the group's: attached through the second socket it steers the same.
+        steer(&group[1], Spread::First).expect("steers to the first");
+        assert_eq!(deliver(&group, server, 32), vec![32, 0]);
+    }
 }

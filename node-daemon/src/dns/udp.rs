@@ -5,7 +5,8 @@
 //! answer (measured: BENCHMARKS.md, DNS). Here each socket (SO_REUSEPORT siblings, one per
 //! runtime worker) has a thread of its own that waits in `recvmmsg` for queries, takes every one
 //! queued, answers local names from the views straight into reply buffers and sends them in one
-//! `sendmmsg`, as NSD and Knot serve UDP. A thread, not a task: under load the runtime's
+//! `sendmmsg`, as NSD and Knot serve UDP; the first thread alone gets the queries until it falls
+//! behind (`spreading.rs`). A thread, not a task: under load the runtime's
 //! readiness round per wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is
 //! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md), and a
 //! thread can give its CPU to the askers between batches (a yield or a short pause:
@@ -18,7 +19,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_server::net::NetError;
@@ -34,6 +35,8 @@ use tokio::sync::oneshot;
 
 use super::datagrams::{BATCH, Received, Replies};
 use super::server::PierHandler;
+use super::sockets;
+use super::spreading::{IDLE_CHECK, Spread, SpreadWhenBehind};
 use super::wire;
 use super::yielding::{GiveWay, GiveWayToAskers, PAUSE_TIMER_SLACK_NS};
 
@@ -67,6 +70,19 @@ pub fn serve(
         exited: Vec::with_capacity(sockets.len()),
         stopping: Arc::new(AtomicBool::new(false)),
     };
+    let taken_by_all = Arc::new(AtomicU64::new(0));
+    // The first thread answers alone until it falls behind, and judges that (spreading.rs); a
+    // lone socket has nothing to steer.
+    let mut spreading = match sockets.first() {
+        Some(first) if sockets.len() > 1 => match sockets::steer(first, Spread::First) {
+            Ok(()) => Some(SpreadWhenBehind::new(Instant::now(), 0)),
+            Err(error) => {
+                tracing::debug!(%error, "DNS queries stay spread over the receive threads");
+                None
+            }
+        },
+        _ => None,
+    };
     for socket in sockets {
         // The thread waits in the kernel for queries, and a full send buffer makes it wait
         // (bounded) rather than drop answers.
@@ -77,13 +93,18 @@ pub fn serve(
         std::thread::Builder::new()
             .name("pier-dns-udp".into())
             .spawn({
-                let (socket, handler, runtime) = (socket.clone(), handler.clone(), runtime.clone());
-                let stopping = loops.stopping.clone();
+                let thread = ReceiveThread {
+                    socket: socket.clone(),
+                    handler: handler.clone(),
+                    runtime: runtime.clone(),
+                    stopping: loops.stopping.clone(),
+                    taken_by_all: taken_by_all.clone(),
+                    spreading: spreading.take(),
+                };
                 move || {
-                    receive_loop(&socket, &handler, &runtime, &stopping);
-                    // The socket is closed before `stop` hears that the thread is done (a
-                    // panic drops `exiting` too).
-                    drop(socket);
+                    // The thread's socket is closed (with `thread`) before `stop` hears that
+                    // the thread is done; a panic drops `exiting` too.
+                    thread.run();
                     drop(exiting);
                 }
             })?;
@@ -122,89 +143,133 @@ impl Drop for ReceiveThreads {
     }
 }
 
-fn receive_loop(
-    socket: &Arc<UdpSocket>,
-    handler: &PierHandler,
-    runtime: &Handle,
-    stopping: &AtomicBool,
-) {
-    let mut received = Received::default();
-    let mut replies = Replies::default();
-    // This loop's own reference to the views, refreshed when the generation moves: no lock and
-    // no shared reference count touched per query.
-    let mut generation = handler.shared().generation();
-    let mut views = handler.shared().views();
-    let mut courtesy = GiveWayToAskers::default();
-    let mut taken = 0;
-    if let Err(error) = nix::sys::prctl::set_timerslack(PAUSE_TIMER_SLACK_NS) {
-        tracing::debug!(%error, "DNS receive thread keeps the default timer slack");
-    }
-    loop {
-        // Under load, let the askers this thread just answered send their next queries before
-        // taking a batch (yielding.rs).
-        let now = Instant::now();
-        match courtesy.before_receive(now, taken, BATCH) {
-            GiveWay::No => {}
-            GiveWay::Yield => {
-                std::thread::yield_now();
-                let after = Instant::now();
-                courtesy.yielded(after, after - now);
+/// What one receive thread works with.
+struct ReceiveThread {
+    socket: Arc<UdpSocket>,
+    handler: PierHandler,
+    /// Where queries that need it (upstream ones) run.
+    runtime: Handle,
+    stopping: Arc<AtomicBool>,
+    /// Queries taken by all of the gateway's threads so far.
+    taken_by_all: Arc<AtomicU64>,
+    /// The first thread's: where the gateway's queries go (spreading.rs).
+    spreading: Option<SpreadWhenBehind>,
+}
+
+impl ReceiveThread {
+    fn run(self) {
+        let ReceiveThread {
+            socket,
+            handler,
+            runtime,
+            stopping,
+            taken_by_all,
+            mut spreading,
+        } = self;
+        let mut received = Received::default();
+        let mut replies = Replies::default();
+        // This loop's own reference to the views, refreshed when the generation moves: no lock and
+        // no shared reference count touched per query.
+        let mut generation = handler.shared().generation();
+        let mut views = handler.shared().views();
+        let mut courtesy = GiveWayToAskers::default();
+        let mut taken = 0;
+        if let Err(error) = nix::sys::prctl::set_timerslack(PAUSE_TIMER_SLACK_NS) {
+            tracing::debug!(%error, "DNS receive thread keeps the default timer slack");
+        }
+        loop {
+            // Under load, let the askers this thread just answered send their next queries before
+            // taking a batch (yielding.rs).
+            let now = Instant::now();
+            match courtesy.before_receive(now, taken, BATCH) {
+                GiveWay::No => {}
+                GiveWay::Yield => {
+                    std::thread::yield_now();
+                    let after = Instant::now();
+                    courtesy.yielded(after, after - now);
+                }
+                GiveWay::Pause(pause) => std::thread::sleep(pause),
             }
-            GiveWay::Pause(pause) => std::thread::sleep(pause),
-        }
-        let result = received.receive(socket.as_raw_fd());
-        if stopping.load(Ordering::Acquire) {
-            return;
-        }
-        // ICMP errors from earlier answers and the like: the socket itself is fine.
-        taken = match result {
-            Ok(taken) => taken,
-            Err(error) => {
-                tracing::debug!(%error, "UDP receive error");
-                continue;
+            let result = received.receive(socket.as_raw_fd());
+            if stopping.load(Ordering::Acquire) {
+                return;
             }
-        };
-        if handler.shared().generation() != generation {
-            generation = handler.shared().generation();
-            views = handler.shared().views();
-        }
-        for (packet, source) in received.datagrams() {
-            let Some(source) = source else {
-                handler.count_dropped();
-                continue;
-            };
-            if let Some(view) = views.view_of(source.ip()) {
-                if wire::answer(packet, |name| view.wire(name), replies.next_buffer(source)) {
-                    handler.count_local_answer();
+            taken = match result {
+                Ok(taken) => taken,
+                // The first thread's wait, while the queries are spread, ends now and then.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+                // ICMP errors from earlier answers and the like: the socket itself is fine.
+                Err(error) => {
+                    tracing::debug!(%error, "UDP receive error");
                     continue;
                 }
-                replies.discard_last();
+            };
+            let taken_count = u64::try_from(taken).unwrap_or(u64::MAX);
+            let all_taken = taken_by_all.fetch_add(taken_count, Ordering::Relaxed) + taken_count;
+            if let Some(policy) = spreading.as_mut() {
+                // After a wait that timed out, `now` is a second old.
+                let at = if taken == 0 { Instant::now() } else { now };
+                if let Some(spread) = policy.after_receive(at, taken, BATCH, all_taken) {
+                    steer(&socket, spread);
+                }
             }
-            // Malformed input, and responses (a reflection loop in the making), are dropped.
-            let request = match Request::from_bytes(packet.to_vec(), source, Protocol::Udp) {
-                Ok(request) if request.metadata.message_type == MessageType::Query => request,
-                _ => {
+            if handler.shared().generation() != generation {
+                generation = handler.shared().generation();
+                views = handler.shared().views();
+            }
+            for (packet, source) in received.datagrams() {
+                let Some(source) = source else {
                     handler.count_dropped();
                     continue;
+                };
+                if let Some(view) = views.view_of(source.ip()) {
+                    if wire::answer(packet, |name| view.wire(name), replies.next_buffer(source)) {
+                        handler.count_local_answer();
+                        continue;
+                    }
+                    replies.discard_last();
                 }
-            };
-            let responder = UdpResponder {
-                socket: socket.clone(),
-                destination: source,
-            };
-            handler.count_query();
-            // Answered from memory here (nothing in it waits on I/O); only what must go
-            // upstream leaves for a task.
-            if let Err(responder) = runtime.block_on(handler.answer(&request, responder, true)) {
-                let handler = handler.clone();
-                runtime.spawn(async move {
-                    let _ = handler.answer(&request, responder, false).await;
-                });
+                // Malformed input, and responses (a reflection loop in the making), are dropped.
+                let request = match Request::from_bytes(packet.to_vec(), source, Protocol::Udp) {
+                    Ok(request) if request.metadata.message_type == MessageType::Query => request,
+                    _ => {
+                        handler.count_dropped();
+                        continue;
+                    }
+                };
+                let responder = UdpResponder {
+                    socket: socket.clone(),
+                    destination: source,
+                };
+                handler.count_query();
+                // Answered from memory here (nothing in it waits on I/O); only what must go
+                // upstream leaves for a task.
+                if let Err(responder) = runtime.block_on(handler.answer(&request, responder, true))
+                {
+                    let handler = handler.clone();
+                    runtime.spawn(async move {
+                        let _ = handler.answer(&request, responder, false).await;
+                    });
+                }
             }
+            send_replies(&socket, &mut replies);
+            handler.count_segmented(replies.segmented());
+            replies.clear();
         }
-        send_replies(socket, &mut replies);
-        handler.count_segmented(replies.segmented());
-        replies.clear();
+    }
+}
+
+/// Sends the gateway's queries where `spread` says, from the first thread. While they are
+/// spread that thread may hear none for long, so its wait ends every [`IDLE_CHECK`] for it to
+/// judge all the same.
+fn steer(first: &UdpSocket, spread: Spread) {
+    let wait = match spread {
+        Spread::First => None,
+        Spread::All => Some(IDLE_CHECK),
+    };
+    match sockets::steer(first, spread).and_then(|()| first.set_read_timeout(wait)) {
+        Ok(()) => tracing::debug!(?spread, "DNS queries steered"),
+        Err(error) => tracing::warn!(%error, ?spread, "DNS queries could not be steered"),
     }
 }
 

@@ -41,8 +41,8 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// Queries per second, on one receive thread, from which it pauses rather than yields. Below
 /// it queries arrive more than 50 µs apart on average, so a [`PAUSE`] would gather hardly one
-/// more and only add latency; the 10,000 QPS of the latency bench (spread over a thread per
-/// CPU) stay below it.
+/// more and only add latency; the 10,000 QPS of the latency bench (all on the first thread:
+/// `spreading.rs`) stay below it.
 pub const HOT_RATE: u32 = 20_000;
 
 /// How long a hot thread sleeps before its next receive. Long enough for the askers just

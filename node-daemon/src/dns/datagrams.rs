@@ -53,6 +53,8 @@ impl Received {
     /// [`BATCH`]; returns how many (`WouldBlock` when the socket's receive timeout passed first;
     /// after the socket is shut down for reading, empty datagrams from no one).
     pub fn receive(&mut self, socket: RawFd) -> io::Result<usize> {
+        // Whatever happens, the last batch is not seen again.
+        self.datagrams.clear();
         // The headers hold raw pointers (not `Send`): made per call, so `Received` stays
         // `Send`.
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
@@ -69,7 +71,6 @@ impl Received {
             None,
         )
         .map_err(io::Error::from)?;
-        self.datagrams.clear();
         for message in results {
             let source = message.address.as_ref().and_then(socket_addr);
             self.datagrams.push((message.bytes, source));
@@ -77,7 +78,8 @@ impl Received {
         Ok(self.datagrams.len())
     }
 
-    /// The datagrams the last [`receive`](Self::receive) took: each one's bytes and its sender
+    /// The datagrams the last [`receive`](Self::receive) took (none if it failed): each one's
+    /// bytes and its sender
     /// (`None` for a sender address that is not IP, which a UDP socket does not produce).
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], Option<SocketAddr>)> {
         self.datagrams
@@ -385,6 +387,9 @@ mod tests {
             .receive(server.as_raw_fd())
             .expect_err("nothing queued");
         assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        // A receive that timed out leaves nothing to answer again (udp.rs's first thread waits
+        // with a timeout while queries are spread).
+        assert_eq!(received.datagrams().count(), 0);
     }
 
     #[test]

@@ -109,22 +109,22 @@ pub fn bind_udp(address: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// Tells the kernel which socket of `socket`'s SO_REUSEPORT group gets each query
 /// (spreading.rs), with a classic BPF program for the group (`SO_ATTACH_REUSEPORT_CBPF`) that
 /// returns the socket's index in the group: 0, the first bound, for [`Spread::First`]; for
-/// [`Spread::All`] an index past the end, on which the kernel falls back to its hash. The
-/// first socket of a gateway is the first of its group because the group's sockets are bound
-/// together and closed together (a listener bound again waits for the old threads to let go
-/// of theirs: `udp.rs`).
-#[allow(unsafe_code)]
+/// [`Spread::All`] an index past the end, on which the kernel falls back to its hash.
+///
+/// A gateway's first socket is the first of its group because the group's sockets are bound
+/// together and closed together. Not when a listener is bound again while a thread of the old
+/// one has not let go (`ReceiveThreads::stop` gave up waiting): the new sockets join the old
+/// group, and index 0 is an old socket until it closes.
 pub fn steer(socket: &std::net::UdpSocket, spread: Spread) -> io::Result<()> {
     use nix::libc;
-    use std::os::fd::AsRawFd;
-    /// `BPF_RET | BPF_K`: return the constant.
-    const RETURN_CONSTANT: u16 = 0x06;
+    use nix::sys::socket::{setsockopt, sockopt};
     let index = match spread {
         Spread::First => 0,
         Spread::All => u32::MAX,
     };
     let mut program = [libc::sock_filter {
-        code: RETURN_CONSTANT,
+        // `BPF_RET | BPF_K`: return the constant `k`.
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
         jt: 0,
         jf: 0,
         k: index,
@@ -133,25 +133,8 @@ pub fn steer(socket: &std::net::UdpSocket, spread: Spread) -> io::Result<()> {
         len: 1,
         filter: program.as_mut_ptr(),
     };
-    #[allow(clippy::cast_possible_truncation)] // a pointer and a u16: 16 bytes
-    let length = std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t;
-    // SAFETY: the descriptor is open for the borrow of `socket`; `fprog` is the `sock_fprog`
-    // this option reads, `length` bytes, and it and the instruction it points at outlive the
-    // call (the kernel copies the program).
-    let result = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            std::ptr::from_ref(&fprog).cast(),
-            length,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    // The kernel copies the program during the call.
+    setsockopt(socket, sockopt::AttachReusePortCbpf, &fprog).map_err(io::Error::from)
 }
 
 /// A TCP listener bound to `address` (free-bound as for UDP).

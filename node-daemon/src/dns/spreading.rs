@@ -199,7 +199,7 @@ mod tests {
     fn full_receives_spread_within_a_window_and_a_stall_does_not() {
         let start = Instant::now();
         let mut policy = SpreadWhenBehind::new(start, 0);
-        // A stall of 20 ms leaves a backlog of full batches; the rest of the window is light.
+        // 5 ms of full batches (the backlog a stall leaves), then light ones: not behind.
         let (changes, end) = feed(
             &mut policy,
             (start, 0),

@@ -102,8 +102,8 @@ pub fn serve(
                     spreading: spreading.take(),
                 };
                 move || {
-                    // The thread's socket is closed (with `thread`) before `stop` hears that
-                    // the thread is done; a panic drops `exiting` too.
+                    // The thread lets go of its socket (`run` consumes `thread`) before `stop`
+                    // hears that it is done; a panic drops `exiting` too.
                     thread.run();
                     drop(exiting);
                 }
@@ -122,6 +122,8 @@ impl ReceiveThreads {
         self.signal_stop();
         let exited = futures::future::join_all(std::mem::take(&mut self.exited));
         if tokio::time::timeout(grace, exited).await.is_err() {
+            // Until its socket closes, a listener bound again on the address shares the old
+            // sockets' group, and may see its queries steered to them (`sockets::steer`).
             tracing::warn!("a DNS receive thread did not stop in time");
         }
     }
@@ -166,6 +168,9 @@ impl ReceiveThread {
             taken_by_all,
             mut spreading,
         } = self;
+        // Should the first thread end while its siblings answer on (a panic), they get the
+        // queries.
+        let _spread_on_exit = spreading.is_some().then(|| SpreadOnExit(&socket));
         let mut received = Received::default();
         let mut replies = Replies::default();
         // This loop's own reference to the views, refreshed when the generation moves: no lock and
@@ -204,13 +209,12 @@ impl ReceiveThread {
                     continue;
                 }
             };
-            let taken_count = u64::try_from(taken).unwrap_or(u64::MAX);
+            let taken_count = taken as u64;
             let all_taken = taken_by_all.fetch_add(taken_count, Ordering::Relaxed) + taken_count;
             if let Some(policy) = spreading.as_mut() {
-                // After a wait that timed out, `now` is a second old.
-                let at = if taken == 0 { Instant::now() } else { now };
-                if let Some(spread) = policy.after_receive(at, taken, BATCH, all_taken) {
-                    steer(&socket, spread);
+                let received_at = Instant::now();
+                if let Some(spread) = policy.after_receive(received_at, taken, BATCH, all_taken) {
+                    steer_and_wait(&socket, spread);
                 }
             }
             if handler.shared().generation() != generation {
@@ -262,14 +266,26 @@ impl ReceiveThread {
 /// Sends the gateway's queries where `spread` says, from the first thread. While they are
 /// spread that thread may hear none for long, so its wait ends every [`IDLE_CHECK`] for it to
 /// judge all the same.
-fn steer(first: &UdpSocket, spread: Spread) {
+fn steer_and_wait(first: &UdpSocket, spread: Spread) {
     let wait = match spread {
         Spread::First => None,
         Spread::All => Some(IDLE_CHECK),
     };
-    match sockets::steer(first, spread).and_then(|()| first.set_read_timeout(wait)) {
+    if let Err(error) = first.set_read_timeout(wait) {
+        tracing::warn!(%error, ?wait, "the first DNS receive thread's wait is not bounded");
+    }
+    match sockets::steer(first, spread) {
         Ok(()) => tracing::debug!(?spread, "DNS queries steered"),
         Err(error) => tracing::warn!(%error, ?spread, "DNS queries could not be steered"),
+    }
+}
+
+/// Held by the first thread: when it ends, the gateway's queries go to all its sockets.
+struct SpreadOnExit<'a>(&'a UdpSocket);
+
+impl Drop for SpreadOnExit<'_> {
+    fn drop(&mut self) {
+        let _ = sockets::steer(self.0, Spread::All);
     }
 }
 

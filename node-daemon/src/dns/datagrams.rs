@@ -78,9 +78,9 @@ impl Received {
         Ok(self.datagrams.len())
     }
 
-    /// The datagrams the last [`receive`](Self::receive) took (none if it failed): each one's
-    /// bytes and its sender
-    /// (`None` for a sender address that is not IP, which a UDP socket does not produce).
+    /// The datagrams the last [`receive`](Self::receive) took, none if it failed: each one's
+    /// bytes and its sender (`None` for a sender address that is not IP, which a UDP socket does
+    /// not produce).
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], Option<SocketAddr>)> {
         self.datagrams
             .iter()

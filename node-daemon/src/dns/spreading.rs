@@ -6,8 +6,8 @@
 //! answer from memory costs a few microseconds, and Pier's askers run on the same node, on the
 //! same CPUs. Spread over two threads, a flood of queries keeps a receive thread on each CPU
 //! beside an asker, and each batch comes smaller and costs more: in the DNS bench on 2 cores
-//! the two threads answered 90-106k queries a second at 6.9-8.3 µs of CPU each when they sat
-//! on different CPUs, 157-165k when they shared one, and one thread alone 170-186k at 2.9-3.3
+//! the two threads answered 90-106k queries a second at 6.9-8.3 µs of CPU per answer when they
+//! sat on different CPUs, 157-165k when they shared one, and one thread alone 170-186k at 2.9-3.3
 //! µs (benches/notes/dns.md). So queries go to the first socket only, and to all of them (the
 //! kernel's hash of the asker's address) only while the first thread cannot keep up: when most
 //! of its receives come back full, queries are queueing. Its rate then is what one thread
@@ -53,14 +53,13 @@ pub const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Runs in the first receive thread of a gateway, which hears of every receive it makes.
 #[derive(Debug)]
 pub struct SpreadWhenBehind {
-    spread: Spread,
     /// The current window: when it began, the receives and the full ones in it, and the count of
     /// queries taken by all threads when it began.
     window_start: Instant,
     receives: u32,
     full: u32,
     all_taken_at_start: u64,
-    /// While spread: when it began, and the queries a second at which the first thread fell
+    /// Set while spread: when it began, and the queries a second at which the first thread fell
     /// behind.
     spread_since: Option<(Instant, f64)>,
     /// While spread: since when the rate has stayed low.
@@ -72,7 +71,6 @@ impl SpreadWhenBehind {
     /// the gateway's threads have taken so far.
     pub fn new(now: Instant, all_taken: u64) -> SpreadWhenBehind {
         SpreadWhenBehind {
-            spread: Spread::First,
             window_start: now,
             receives: 0,
             full: 0,
@@ -83,7 +81,10 @@ impl SpreadWhenBehind {
     }
 
     pub fn spread(&self) -> Spread {
-        self.spread
+        match self.spread_since {
+            None => Spread::First,
+            Some(_) => Spread::All,
+        }
     }
 
     /// After each receive of the first thread: `taken` queries came, of at most `full_batch`
@@ -112,13 +113,14 @@ impl SpreadWhenBehind {
         self.receives = 0;
         self.full = 0;
         self.all_taken_at_start = all_taken;
-        let next = match (self.spread, self.spread_since) {
-            (Spread::First, _) if behind => {
+        match self.spread_since {
+            None if behind => {
                 self.spread_since = Some((now, rate));
                 self.calm_since = None;
-                Spread::All
+                Some(Spread::All)
             }
-            (Spread::All, Some((since, behind_at))) => {
+            None => None,
+            Some((since, behind_at)) => {
                 if rate * 2.0 < behind_at {
                     self.calm_since.get_or_insert(now);
                 } else {
@@ -127,20 +129,13 @@ impl SpreadWhenBehind {
                 let calm = self
                     .calm_since
                     .is_some_and(|calm| now.saturating_duration_since(calm) >= CALM_FOR);
-                if calm || now.saturating_duration_since(since) >= RETRY_AFTER {
+                (calm || now.saturating_duration_since(since) >= RETRY_AFTER).then(|| {
                     self.spread_since = None;
                     self.calm_since = None;
                     Spread::First
-                } else {
-                    Spread::All
-                }
+                })
             }
-            (spread, _) => spread,
-        };
-        (next != self.spread).then(|| {
-            self.spread = next;
-            next
-        })
+        }
     }
 }
 

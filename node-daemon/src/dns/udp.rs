@@ -6,11 +6,10 @@
 //! runtime worker) has a thread of its own that waits in `recvmmsg` for queries, takes every one
 //! queued, answers local names from the views straight into reply buffers and sends them in one
 //! `sendmmsg`, as NSD and Knot serve UDP; the first thread alone gets the queries until it falls
-//! behind (`spreading.rs`). A thread, not a task: under load the runtime's
-//! readiness round per wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is
-//! drained, a task scheduled) cost about 6% of the CPU per answer (benches/notes/dns.md), and a
-//! thread can give its CPU to the askers between batches (a yield or a short pause:
-//! `yielding.rs`). Other queries are decoded with hickory (`Request::from_bytes`) and run
+//! behind (`spreading.rs`). A thread, not a task: under load the runtime's readiness round per
+//! wakeup (an `epoll_wait`, an empty `recvmmsg` to learn the queue is drained, a task scheduled)
+//! cost about 6% of the CPU per answer (benches/notes/dns.md), and a thread can give its CPU to
+//! the askers between batches (a yield or a short pause: `yielding.rs`). Other queries are decoded with hickory (`Request::from_bytes`) and run
 //! through the same `PierHandler` with a responder that encodes and sends directly; only
 //! queries that go upstream get a task of their own on the runtime, so a slow upstream never
 //! stalls local answers. TCP stays on hickory's `Server`.

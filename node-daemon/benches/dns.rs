@@ -194,6 +194,11 @@ fn answerable(socket: &UdpSocket, server: SocketAddr, name: &str, id: u16) -> bo
     false
 }
 
+/// The run of server `who` among `runs` (one per server).
+fn run_of<'a>(runs: &'a [(&str, Run)], who: &str) -> Option<&'a Run> {
+    runs.iter().find(|(l, _)| *l == who).map(|(_, r)| r)
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted
         .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
@@ -466,14 +471,9 @@ fn main() {
             .map(|(_, r)| r)
             .collect()
     };
-    let at_10k = |who: &str| fixed.iter().find(|(l, _)| *l == who).map(|(_, r)| r);
-    let beside = |who: &str| beside_busy.iter().find(|(l, _)| *l == who).map(|(_, r)| r);
-    let flooded = |who: &str| {
-        flooded_beside_busy
-            .iter()
-            .find(|(l, _)| *l == who)
-            .map(|(_, r)| r)
-    };
+    let at_10k = |who: &str| run_of(&fixed, who);
+    let beside = |who: &str| run_of(&beside_busy, who);
+    let flooded = |who: &str| run_of(&flooded_beside_busy, who);
     write_json(&serde_json::json!({
         "bench": "dns",
         "rounds": rounds,

@@ -37,7 +37,7 @@ use super::server::PierHandler;
 use super::sockets;
 use super::spreading::{IDLE_CHECK, Spread, SpreadWhenBehind};
 use super::wire;
-use super::yielding::{GiveWay, GiveWayToAskers, PAUSE_TIMER_SLACK_NS};
+use super::yielding::{GiveWay, GiveWayToAskers, PAUSE, PAUSE_TIMER_SLACK_NS};
 
 /// Without EDNS, a UDP answer may be at most 512 bytes (RFC 1035 §4.2.1).
 const CLASSIC_UDP: u16 = 512;
@@ -192,7 +192,7 @@ impl ReceiveThread {
                     let after = Instant::now();
                     courtesy.yielded(after, after - now);
                 }
-                GiveWay::Pause(pause) => std::thread::sleep(pause),
+                GiveWay::Pause => std::thread::sleep(PAUSE),
             }
             let result = received.receive(socket.as_raw_fd());
             if stopping.load(Ordering::Acquire) {
@@ -418,8 +418,19 @@ mod tests {
             Handle::current(),
         )
         .expect("threads start");
+        // A third member of the group, which nobody reads: the hash would hand it about a third
+        // of the askers, but the first thread alone gets them (spreading.rs).
+        let stray = sockets::bind_udp(server).expect("a third sibling");
+        stray.set_nonblocking(true).expect("nonblocking");
 
         let client = tokio::task::spawn_blocking(move || {
+            for id in 0..16 {
+                let asker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                asker
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                ask(&asker, server, 100 + id, "con2.");
+            }
             let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
             client
                 .set_read_timeout(Some(Duration::from_secs(5)))
@@ -439,7 +450,12 @@ mod tests {
         .await
         .expect("client");
         drop(client);
-        assert_eq!(shared.counters.snapshot().local, 1);
+        assert_eq!(shared.counters.snapshot().local, 17);
+        assert!(
+            stray.recv_from(&mut [0; 512]).is_err(),
+            "no query reached a socket past the first"
+        );
+        drop(stray);
 
         let started = std::time::Instant::now();
         loops.stop(Duration::from_secs(5)).await;

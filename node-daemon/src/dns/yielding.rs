@@ -65,8 +65,8 @@ pub enum GiveWay {
     No,
     /// `sched_yield`, and report how long it took with [`GiveWayToAskers::yielded`].
     Yield,
-    /// Sleep this long.
-    Pause(Duration),
+    /// Sleep for [`PAUSE`].
+    Pause,
 }
 
 /// Per receive thread: what to do before the next receive.
@@ -90,7 +90,7 @@ impl GiveWayToAskers {
         if taken >= full_batch {
             GiveWay::No
         } else if self.hot {
-            GiveWay::Pause(PAUSE)
+            GiveWay::Pause
         } else if self.probe_at.is_none_or(|due| now >= due) {
             GiveWay::Yield
         } else {
@@ -228,7 +228,7 @@ mod tests {
         let start = Instant::now();
         // 4 queries every 50 µs: 80,000 a second, for more than a window.
         let (said, now) = feed(&mut policy, start, 400, Duration::from_micros(50), 4);
-        assert_eq!(said, GiveWay::Pause(PAUSE));
+        assert_eq!(said, GiveWay::Pause);
         assert_eq!(policy.before_receive(now, BATCH, BATCH), GiveWay::No);
 
         // Then 1 query every 200 µs (5,000 a second): yielding again after a window.
@@ -259,6 +259,6 @@ mod tests {
         }
         // A pause ends on a timer: a neighbour cannot keep the CPU for a time slice.
         let (said, _) = feed(&mut policy, start, 400, Duration::from_micros(50), 4);
-        assert_eq!(said, GiveWay::Pause(PAUSE));
+        assert_eq!(said, GiveWay::Pause);
     }
 }

@@ -80,13 +80,6 @@ impl SpreadWhenBehind {
         }
     }
 
-    pub fn spread(&self) -> Spread {
-        match self.spread_since {
-            None => Spread::First,
-            Some(_) => Spread::All,
-        }
-    }
-
     /// After each receive of the first thread: `taken` queries came, of at most `full_batch`
     /// (none when the receive timed out), and the gateway's threads have taken `all_taken` so
     /// far. Returns where queries should go from now on when that changes.
@@ -187,7 +180,6 @@ mod tests {
             180_000,
         );
         assert_eq!(changes, vec![]);
-        assert_eq!(policy.spread(), Spread::First);
     }
 
     #[test]
